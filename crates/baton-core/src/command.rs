@@ -1,0 +1,121 @@
+//! Every input of the replicated state machine, its results and the events it emits.
+//!
+//! A [`Command`] is what goes into the Raft log: one variant per replicated write, applied in
+//! one `match` ([`crate::StateMachine::apply`]). The leader's clock reading travels inside the
+//! log entry (see [`Entry`]), never read by the state machine itself, so every replica computes
+//! the same outcome from the same log.
+
+use serde::{Deserialize, Serialize};
+
+/// A session's identifier: the log index of the command that opened it (unique per group).
+pub type SessionId = u64;
+
+/// A fencing token. Strictly increasing per lock name, forever.
+pub type Token = u64;
+
+/// One replicated write.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Open a session owned by `client` that lives `ttl_ms` after its last keepalive.
+    OpenSession { client: String, ttl_ms: u64 },
+    /// Close a session on its owner's request: its locks are released, its waits end.
+    CloseSession { session: SessionId },
+    /// The leader saw these sessions go a full TTL without a keepalive.
+    ExpireSessions { sessions: Vec<SessionId> },
+    /// Take an exclusive lock, or queue for it.
+    Acquire(AcquireRequest),
+    /// Give a held lock back; the next live waiter is granted in the same command.
+    Release { name: String, session: SessionId, token: Token },
+    /// Stop waiting for a lock (the client gave up before its deadline).
+    Cancel { name: String, session: SessionId, request_id: u64 },
+    /// Let time pass: waiters past their deadline time out, lock-delays end.
+    Tick,
+}
+
+/// The arguments of [`Command::Acquire`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcquireRequest {
+    /// The lock's name (1..=1024 bytes).
+    pub name: String,
+    /// The session that will hold the lock.
+    pub session: SessionId,
+    /// Chosen by the client; a retry with the same id gets the same outcome.
+    pub request_id: u64,
+    /// `None` or `Some(0)`: try once. `Some(ms)`: wait in the FIFO queue up to `ms`.
+    pub wait_ms: Option<u64>,
+    /// Chubby's lock-delay: if this holder's session expires (not on a clean release), the
+    /// lock is not granted again until this much time has passed.
+    pub lock_delay_ms: u64,
+}
+
+/// What goes into one Raft log entry: a command and the leader's clock when it proposed it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The proposing leader's clock, in milliseconds. The state machine's clock is the maximum
+    /// of all such readings, so it never runs backwards across leader changes.
+    pub leader_time_ms: u64,
+    /// The write itself.
+    pub command: Command,
+}
+
+/// The successful result of a command, returned to the client that proposed it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// A session was opened.
+    SessionOpened { session: SessionId, ttl_ms: u64 },
+    /// The session is closed; `released` locks were released with it.
+    SessionClosed { released: u32 },
+    /// These sessions (of the ones asked) existed and have expired.
+    SessionsExpired { expired: Vec<SessionId> },
+    /// The lock is held by the caller with this token.
+    Granted { token: Token },
+    /// The caller waits in the queue at this position (0 = next).
+    Queued { position: u32 },
+    /// Try-once acquire of a lock that is held (or in its lock-delay).
+    NotAvailable { holder: Option<SessionId> },
+    /// A retried wait that had already timed out (or lost its session).
+    TimedOut,
+    /// The lock was released.
+    Released,
+    /// A wait was cancelled, or the lock was granted before the cancel arrived.
+    Cancelled { granted: Option<Token> },
+    /// Time passed.
+    Ticked,
+}
+
+/// Why a wait ended without a grant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WaitEnd {
+    /// The waiter's deadline passed.
+    TimedOut,
+    /// The waiter's session was closed or expired.
+    SessionEnded,
+    /// The waiter cancelled.
+    Cancelled,
+}
+
+/// Why a session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionEnd {
+    /// Its owner closed it.
+    Closed,
+    /// The leader saw it go a TTL without keepalive.
+    Expired,
+}
+
+/// A change that watchers and waiting callers are told about, emitted in apply order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// A session was opened.
+    SessionOpened { session: SessionId, ttl_ms: u64 },
+    /// A session ended.
+    SessionEnded { session: SessionId, how: SessionEnd },
+    /// A lock was granted (at once or from the queue).
+    Granted { name: String, session: SessionId, request_id: u64, token: Token },
+    /// A waiter joined a lock's queue.
+    Queued { name: String, session: SessionId, request_id: u64 },
+    /// A waiter left the queue without the lock.
+    WaitEnded { name: String, session: SessionId, request_id: u64, how: WaitEnd },
+    /// A holder gave up the lock (cleanly, or with its session).
+    Released { name: String, session: SessionId, token: Token, expired: bool },
+}

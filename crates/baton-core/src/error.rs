@@ -1,0 +1,34 @@
+//! The state machine's errors.
+//!
+//! Every error here is a deterministic function of the command and the state it was applied
+//! to, so every replica reaches the same one: it is returned to the client and nothing was
+//! changed. Anything else going wrong while applying would make replicas diverge and must
+//! stop the node instead (that is the node's job, not this crate's).
+
+use crate::command::{SessionId, Token};
+
+/// A command that was rejected; the state is exactly as it was before the command.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The command's arguments are malformed or out of range.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A count limit would be exceeded.
+    #[error("{0}")]
+    LimitExceeded(String),
+    /// The session does not exist (never opened, closed, or expired).
+    #[error("session {0} not found: it was closed or has expired")]
+    SessionNotFound(SessionId),
+    /// Release by a session or token that does not hold the lock.
+    #[error("lock {name:?} is not held by session {session} with token {token}")]
+    NotHolder { name: String, session: SessionId, token: Token },
+    /// Locks are not reentrant: the session already holds or waits for this lock.
+    #[error("session {session} already {state} lock {name:?} (locks are not reentrant)")]
+    AlreadyOwned { name: String, session: SessionId, state: &'static str },
+    /// A retried request whose grant has since been released.
+    #[error("request {request_id} on lock {name:?} already completed: it was granted token {token} and released")]
+    RequestCompleted { name: String, request_id: u64, token: Token },
+}
+
+/// The state machine's result type.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,270 @@
+//! The exclusive lock: acquire (try or wait), release, cancel, and handoff to the next waiter.
+//!
+//! Guarantees, all enforced inside one `apply` so that every replica agrees:
+//! - at most one holder per name; the holder's token is greater than every token issued before;
+//! - waiters are granted strictly in arrival order, one at a time, in the same command that
+//!   frees the lock (release, close, expiry, timeout of a lock-delay);
+//! - a retry of an acquire with the same `(session, request_id)` returns the same outcome and
+//!   never queues twice;
+//! - locks are not reentrant: a session that holds or waits for a name and asks again with a new
+//!   request id gets [`Error::AlreadyOwned`].
+
+use crate::command::{AcquireRequest, Event, Outcome, SessionEnd, SessionId, Token, WaitEnd};
+use crate::error::{Error, Result};
+use crate::queue::{Holder, LockState, Waiter};
+use crate::state::{RecentResult, StateMachine, Timer, TimerKind};
+
+impl StateMachine {
+    pub(crate) fn acquire(&mut self, req: &AcquireRequest, events: &mut Vec<Event>) -> Result<Outcome> {
+        self.limits.check_name(&req.name)?;
+        self.limits.check_lock_delay(req.lock_delay_ms)?;
+        let wait_ms = req.wait_ms.unwrap_or(0);
+        self.limits.check_wait(wait_ms)?;
+        let Some(session) = self.sessions.get(&req.session) else {
+            return Err(Error::SessionNotFound(req.session));
+        };
+        if let Some(outcome) = self.retried_outcome(req)? {
+            return Ok(outcome);
+        }
+        if session.owned.contains(&req.name) {
+            let lock = self.locks.get(&req.name);
+            let holds = lock.and_then(|l| l.holder.as_ref()).is_some_and(|h| h.session == req.session);
+            let state = if holds { "holds" } else { "waits for" };
+            return Err(Error::AlreadyOwned { name: req.name.clone(), session: req.session, state });
+        }
+        if session.owned.len() >= self.limits.max_locks_per_session {
+            return Err(Error::LimitExceeded(format!(
+                "session {} already holds or waits for {} locks (limit {})",
+                req.session,
+                session.owned.len(),
+                self.limits.max_locks_per_session
+            )));
+        }
+        let now = self.now_ms;
+        let lock = self.locks.get(&req.name);
+        if lock.is_none_or(|l| l.is_grantable(now)) {
+            let token = self.grant(&req.name, req.session, req.request_id, req.lock_delay_ms, events);
+            return Ok(Outcome::Granted { token });
+        }
+        let lock = lock.expect("checked above");
+        if wait_ms == 0 {
+            let holder = lock.holder.as_ref().map(|h| h.session);
+            self.remember(req.session, req.request_id, &req.name, RecentResult::NotAvailable { holder });
+            return Ok(Outcome::NotAvailable { holder });
+        }
+        if lock.waiters.len() >= self.limits.max_waiters_per_lock {
+            return Err(Error::LimitExceeded(format!(
+                "lock {:?} already has {} waiters (limit {})",
+                req.name,
+                lock.waiters.len(),
+                self.limits.max_waiters_per_lock
+            )));
+        }
+        // Validation is over: from here on the command applies completely.
+        let deadline_ms = now.saturating_add(wait_ms);
+        let lock = self.locks.get_mut(&req.name).expect("checked above");
+        lock.waiters.push_back(Waiter {
+            session: req.session,
+            request_id: req.request_id,
+            deadline_ms,
+            queued_ms: now,
+            lock_delay_ms: req.lock_delay_ms,
+        });
+        let position = (lock.waiters.len() - 1) as u32;
+        self.own(req.session, &req.name);
+        self.timers.insert(Timer {
+            at_ms: deadline_ms,
+            name: req.name.clone(),
+            kind: TimerKind::WaitDeadline { session: req.session, request_id: req.request_id },
+        });
+        events.push(Event::Queued { name: req.name.clone(), session: req.session, request_id: req.request_id });
+        Ok(Outcome::Queued { position })
+    }
+
+    /// The outcome of an earlier attempt of the same request, if there was one.
+    fn retried_outcome(&self, req: &AcquireRequest) -> Result<Option<Outcome>> {
+        if let Some(lock) = self.locks.get(&req.name) {
+            if let Some(h) = &lock.holder {
+                if h.session == req.session && h.request_id == req.request_id {
+                    return Ok(Some(Outcome::Granted { token: h.token }));
+                }
+            }
+            if let Some(position) = lock.position(req.session, req.request_id) {
+                return Ok(Some(Outcome::Queued { position: position as u32 }));
+            }
+        }
+        let session = &self.sessions[&req.session];
+        let recent = session.recent.iter().rev().find(|r| r.request_id == req.request_id && r.name == req.name);
+        match recent.map(|r| &r.result) {
+            None => Ok(None),
+            Some(RecentResult::NotAvailable { holder }) => Ok(Some(Outcome::NotAvailable { holder: *holder })),
+            Some(RecentResult::WaitEnded(WaitEnd::Cancelled)) => Ok(Some(Outcome::Cancelled { granted: None })),
+            Some(RecentResult::WaitEnded(_)) => Ok(Some(Outcome::TimedOut)),
+            Some(RecentResult::Released { token }) => {
+                Err(Error::RequestCompleted { name: req.name.clone(), request_id: req.request_id, token: *token })
+            }
+        }
+    }
+
+    pub(crate) fn release(
+        &mut self,
+        name: &str,
+        session: SessionId,
+        token: Token,
+        events: &mut Vec<Event>,
+    ) -> Result<Outcome> {
+        self.limits.check_name(name)?;
+        let holds = self
+            .locks
+            .get(name)
+            .and_then(|l| l.holder.as_ref())
+            .is_some_and(|h| h.session == session && h.token == token);
+        if !holds {
+            if !self.sessions.contains_key(&session) {
+                return Err(Error::SessionNotFound(session));
+            }
+            return Err(Error::NotHolder { name: name.to_string(), session, token });
+        }
+        self.drop_ownership(name, session, SessionEnd::Closed, events);
+        Ok(Outcome::Released)
+    }
+
+    pub(crate) fn cancel(
+        &mut self,
+        name: &str,
+        session: SessionId,
+        request_id: u64,
+        events: &mut Vec<Event>,
+    ) -> Result<Outcome> {
+        self.limits.check_name(name)?;
+        if !self.sessions.contains_key(&session) {
+            return Err(Error::SessionNotFound(session));
+        }
+        if let Some(h) = self.locks.get(name).and_then(|l| l.holder.as_ref()) {
+            if h.session == session && h.request_id == request_id {
+                // The grant won the race with the cancel: the caller must release it.
+                return Ok(Outcome::Cancelled { granted: Some(h.token) });
+            }
+        }
+        self.end_wait(name, session, request_id, WaitEnd::Cancelled, events);
+        Ok(Outcome::Cancelled { granted: None })
+    }
+
+    /// Grants `name` to a session now. The lock must be free and open.
+    fn grant(
+        &mut self,
+        name: &str,
+        session: SessionId,
+        request_id: u64,
+        lock_delay_ms: u64,
+        events: &mut Vec<Event>,
+    ) -> Token {
+        let token = self.issue_token();
+        let now = self.now_ms;
+        let lock = self.locks.entry(name.to_string()).or_default();
+        debug_assert!(lock.holder.is_none());
+        lock.holder = Some(Holder { session, request_id, token, granted_ms: now, lock_delay_ms });
+        self.own(session, name);
+        events.push(Event::Granted { name: name.to_string(), session, request_id, token });
+        token
+    }
+
+    /// Grants the lock to queued waiters while it is free and open.
+    pub(crate) fn grant_waiters(&mut self, name: &str, events: &mut Vec<Event>) {
+        let now = self.now_ms;
+        let Some(lock) = self.locks.get_mut(name) else { return };
+        if let Some(w) = lock.next_to_grant(now) {
+            self.timers.remove(&Timer {
+                at_ms: w.deadline_ms,
+                name: name.to_string(),
+                kind: TimerKind::WaitDeadline { session: w.session, request_id: w.request_id },
+            });
+            // The waiter already owns the name; granting moves it from the queue to the holder.
+            self.disown(w.session, name);
+            self.grant(name, w.session, w.request_id, w.lock_delay_ms, events);
+        }
+        self.forget_if_idle(name);
+    }
+
+    /// Ends a waiter's wait without a grant.
+    pub(crate) fn end_wait(
+        &mut self,
+        name: &str,
+        session: SessionId,
+        request_id: u64,
+        how: WaitEnd,
+        events: &mut Vec<Event>,
+    ) {
+        let Some(lock) = self.locks.get_mut(name) else { return };
+        let Some(position) = lock.position(session, request_id) else { return };
+        let w = lock.remove_waiter(position).expect("position is valid");
+        self.timers.remove(&Timer {
+            at_ms: w.deadline_ms,
+            name: name.to_string(),
+            kind: TimerKind::WaitDeadline { session, request_id },
+        });
+        self.disown(session, name);
+        self.remember(session, request_id, name, RecentResult::WaitEnded(how));
+        events.push(Event::WaitEnded { name: name.to_string(), session, request_id, how });
+        self.forget_if_idle(name);
+    }
+
+    /// Removes a session's hold on or wait for `name` (release, close or expiry) and hands the
+    /// lock on. Returns true if the session held it.
+    pub(crate) fn drop_ownership(
+        &mut self,
+        name: &str,
+        session: SessionId,
+        how: SessionEnd,
+        events: &mut Vec<Event>,
+    ) -> bool {
+        let now = self.now_ms;
+        let Some(lock) = self.locks.get_mut(name) else { return false };
+        let holder = lock.holder.take_if(|h| h.session == session);
+        let Some(holder) = holder else {
+            let request_id = lock.position_of_session(session).map(|p| lock.waiters[p].request_id);
+            if let Some(request_id) = request_id {
+                let end = if self.sessions.contains_key(&session) { WaitEnd::Cancelled } else { WaitEnd::SessionEnded };
+                self.end_wait(name, session, request_id, end, events);
+            }
+            return false;
+        };
+        let expired = how == SessionEnd::Expired;
+        if expired && holder.lock_delay_ms > 0 {
+            let until = now.saturating_add(holder.lock_delay_ms);
+            lock.closed_until_ms = lock.closed_until_ms.max(until);
+            self.timers.insert(Timer { at_ms: until, name: name.to_string(), kind: TimerKind::DelayEnd });
+        }
+        self.disown(session, name);
+        self.remember(session, holder.request_id, name, RecentResult::Released { token: holder.token });
+        events.push(Event::Released { name: name.to_string(), session, token: holder.token, expired });
+        self.grant_waiters(name, events);
+        true
+    }
+
+    fn own(&mut self, session: SessionId, name: &str) {
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.owned.insert(name.to_string());
+        }
+    }
+
+    fn disown(&mut self, session: SessionId, name: &str) {
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.owned.remove(name);
+        }
+    }
+
+    fn forget_if_idle(&mut self, name: &str) {
+        let now = self.now_ms;
+        if self.locks.get(name).is_some_and(|l| l.is_idle(now)) {
+            self.locks.remove(name);
+        }
+    }
+}
+
+impl LockState {
+    /// The holder's session and token, if held.
+    pub fn held_by(&self) -> Option<(SessionId, Token)> {
+        self.holder.as_ref().map(|h| (h.session, h.token))
+    }
+}

@@ -1,0 +1,271 @@
+//! The replicated state: sessions, locks, timers, the token counter; and the one `apply`.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Command, Entry, Event, Outcome, SessionEnd, SessionId, Token, WaitEnd};
+use crate::error::{Error, Result};
+use crate::limits::Limits;
+use crate::queue::LockState;
+
+/// How many completed requests a session remembers for idempotent retries.
+pub(crate) const RECENT_PER_SESSION: usize = 16;
+
+/// A client's session: the lease every lock it holds hangs on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// The client that opened it (sessions per client are limited).
+    pub client: String,
+    /// Time to live after the last keepalive, in milliseconds.
+    pub ttl_ms: u64,
+    /// Names of the locks this session holds or waits for.
+    pub owned: BTreeSet<String>,
+    /// Requests that finished without holding the lock now, for idempotent retries.
+    pub(crate) recent: VecDeque<Recent>,
+}
+
+/// A finished acquire request remembered by its session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Recent {
+    pub request_id: u64,
+    pub name: String,
+    pub result: RecentResult,
+}
+
+/// How a remembered request finished.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum RecentResult {
+    NotAvailable { holder: Option<SessionId> },
+    WaitEnded(WaitEnd),
+    Released { token: Token },
+}
+
+/// A point in state machine time at which something must happen.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub(crate) struct Timer {
+    pub at_ms: u64,
+    pub name: String,
+    pub kind: TimerKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub(crate) enum TimerKind {
+    /// A waiter's deadline.
+    WaitDeadline { session: SessionId, request_id: u64 },
+    /// The end of a lock-delay.
+    DelayEnd,
+}
+
+/// The whole replicated state of one group. Pure: no I/O, no clock, no randomness.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateMachine {
+    pub(crate) limits: Limits,
+    /// The maximum leader time seen in any applied entry.
+    pub(crate) now_ms: u64,
+    /// The log index of the last applied entry.
+    pub(crate) applied_index: u64,
+    /// The last fencing token issued (tokens are group-wide, hence strictly increasing per name).
+    pub(crate) last_token: Token,
+    pub(crate) sessions: BTreeMap<SessionId, Session>,
+    pub(crate) sessions_per_client: BTreeMap<String, u32>,
+    pub(crate) locks: BTreeMap<String, LockState>,
+    pub(crate) timers: BTreeSet<Timer>,
+}
+
+impl StateMachine {
+    /// An empty state machine with the given limits.
+    pub fn new(limits: Limits) -> Self {
+        StateMachine {
+            limits,
+            now_ms: 0,
+            applied_index: 0,
+            last_token: 0,
+            sessions: BTreeMap::new(),
+            sessions_per_client: BTreeMap::new(),
+            locks: BTreeMap::new(),
+            timers: BTreeSet::new(),
+        }
+    }
+
+    /// Applies the entry at log `index`. On error nothing changed but the clock and the
+    /// applied index; events are appended to `events` in the order they happened.
+    pub fn apply(&mut self, index: u64, entry: &Entry, events: &mut Vec<Event>) -> Result<Outcome> {
+        debug_assert!(index > self.applied_index, "entry {index} applied twice");
+        self.applied_index = index;
+        self.now_ms = self.now_ms.max(entry.leader_time_ms);
+        // Timers due by now fire before the command, so that no command can, say, grant a lock
+        // to a waiter whose deadline has passed but whose Tick has not been applied yet.
+        self.run_timers(events);
+        match &entry.command {
+            Command::OpenSession { client, ttl_ms } => self.open_session(index, client, *ttl_ms, events),
+            Command::CloseSession { session } => self.close_session(*session, events),
+            Command::ExpireSessions { sessions } => Ok(self.expire_sessions(sessions, events)),
+            Command::Acquire(req) => self.acquire(req, events),
+            Command::Release { name, session, token } => self.release(name, *session, *token, events),
+            Command::Cancel { name, session, request_id } => self.cancel(name, *session, *request_id, events),
+            Command::Tick => Ok(Outcome::Ticked),
+        }
+    }
+
+    /// Advances the clock without a log entry, as applying a no-op entry would.
+    pub fn observe_time(&mut self, index: u64, leader_time_ms: u64) {
+        self.applied_index = self.applied_index.max(index);
+        self.now_ms = self.now_ms.max(leader_time_ms);
+    }
+
+    /// The state machine's clock: the latest leader time applied.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// The index of the last applied entry.
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// The last fencing token issued in this group.
+    pub fn last_token(&self) -> Token {
+        self.last_token
+    }
+
+    /// The limits this state machine enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The earliest state machine time at which a [`Command::Tick`] would change something.
+    pub fn next_timer_ms(&self) -> Option<u64> {
+        self.timers.first().map(|t| t.at_ms)
+    }
+
+    /// A session, if it exists.
+    pub fn session(&self, id: SessionId) -> Option<&Session> {
+        self.sessions.get(&id)
+    }
+
+    /// All sessions with their TTLs, in id order.
+    pub fn sessions(&self) -> impl Iterator<Item = (SessionId, &Session)> {
+        self.sessions.iter().map(|(id, s)| (*id, s))
+    }
+
+    /// Number of open sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// A lock's state, if it is held, has waiters, or is in lock-delay.
+    pub fn lock(&self, name: &str) -> Option<&LockState> {
+        self.locks.get(name)
+    }
+
+    /// Number of locks the state machine tracks.
+    pub fn lock_count(&self) -> usize {
+        self.locks.len()
+    }
+
+    /// Serialises the whole state for a Raft snapshot.
+    pub fn to_snapshot(&self) -> Vec<u8> {
+        bincode::serialize(self).expect("state machine serialises")
+    }
+
+    /// Restores a state from [`StateMachine::to_snapshot`] bytes.
+    pub fn from_snapshot(bytes: &[u8]) -> std::result::Result<Self, bincode::Error> {
+        bincode::deserialize(bytes)
+    }
+
+    fn open_session(&mut self, index: u64, client: &str, ttl_ms: u64, events: &mut Vec<Event>) -> Result<Outcome> {
+        self.limits.check_client(client)?;
+        self.limits.check_ttl(ttl_ms)?;
+        let count = self.sessions_per_client.get(client).copied().unwrap_or(0);
+        if count >= self.limits.max_sessions_per_client {
+            return Err(Error::LimitExceeded(format!(
+                "client {client:?} already has {count} sessions (limit {})",
+                self.limits.max_sessions_per_client
+            )));
+        }
+        if self.sessions.len() >= self.limits.max_sessions {
+            return Err(Error::LimitExceeded(format!(
+                "the group already has {} sessions (limit {})",
+                self.sessions.len(),
+                self.limits.max_sessions
+            )));
+        }
+        let session = Session { client: client.to_string(), ttl_ms, owned: BTreeSet::new(), recent: VecDeque::new() };
+        self.sessions.insert(index, session);
+        *self.sessions_per_client.entry(client.to_string()).or_insert(0) += 1;
+        events.push(Event::SessionOpened { session: index, ttl_ms });
+        Ok(Outcome::SessionOpened { session: index, ttl_ms })
+    }
+
+    fn close_session(&mut self, session: SessionId, events: &mut Vec<Event>) -> Result<Outcome> {
+        if !self.sessions.contains_key(&session) {
+            return Err(Error::SessionNotFound(session));
+        }
+        let released = self.end_session(session, SessionEnd::Closed, events);
+        Ok(Outcome::SessionClosed { released })
+    }
+
+    fn expire_sessions(&mut self, sessions: &[SessionId], events: &mut Vec<Event>) -> Outcome {
+        let mut expired = Vec::new();
+        for &session in sessions {
+            if self.sessions.contains_key(&session) {
+                self.end_session(session, SessionEnd::Expired, events);
+                expired.push(session);
+            }
+        }
+        Outcome::SessionsExpired { expired }
+    }
+
+    /// Removes a session: its waits end, its locks are released (with lock-delay if it
+    /// expired) and handed to the next waiters. Returns how many locks it held.
+    fn end_session(&mut self, session: SessionId, how: SessionEnd, events: &mut Vec<Event>) -> u32 {
+        let Some(state) = self.sessions.remove(&session) else { return 0 };
+        if let Some(count) = self.sessions_per_client.get_mut(&state.client) {
+            *count -= 1;
+            if *count == 0 {
+                self.sessions_per_client.remove(&state.client);
+            }
+        }
+        let mut released = 0;
+        for name in &state.owned {
+            if self.drop_ownership(name, session, how, events) {
+                released += 1;
+            }
+        }
+        events.push(Event::SessionEnded { session, how });
+        released
+    }
+
+    /// Issues the next fencing token.
+    pub(crate) fn issue_token(&mut self) -> Token {
+        self.last_token += 1;
+        self.last_token
+    }
+
+    /// Fires every timer due at the current time.
+    pub(crate) fn run_timers(&mut self, events: &mut Vec<Event>) {
+        while let Some(timer) = self.timers.first() {
+            if timer.at_ms > self.now_ms {
+                break;
+            }
+            let timer = self.timers.pop_first().expect("timer exists");
+            match timer.kind {
+                TimerKind::WaitDeadline { session, request_id } => {
+                    self.end_wait(&timer.name, session, request_id, WaitEnd::TimedOut, events);
+                }
+                TimerKind::DelayEnd => self.grant_waiters(&timer.name, events),
+            }
+        }
+    }
+
+    /// Remembers how a request finished, for idempotent retries.
+    pub(crate) fn remember(&mut self, session: SessionId, request_id: u64, name: &str, result: RecentResult) {
+        if let Some(s) = self.sessions.get_mut(&session) {
+            if s.recent.len() == RECENT_PER_SESSION {
+                s.recent.pop_front();
+            }
+            s.recent.push_back(Recent { request_id, name: name.to_string(), result });
+        }
+    }
+}

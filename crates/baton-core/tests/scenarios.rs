@@ -1,0 +1,122 @@
+//! Scenario tests: scripts of commands and the transcript the state machine produces.
+//!
+//! Each `tests/scripts/NAME.script` is run line by line; the transcript (every command, its
+//! outcome or error, and the events it emitted) must equal `NAME.golden`. To regenerate the
+//! golden files after an intended change, run with `BATON_GOLDEN=1` and review the diff.
+//!
+//! Script lines: `@T COMMAND ARGS` applies COMMAND with leader time T (ms); `# ...` comments.
+//! Commands: `open CLIENT ttl=MS`, `close S`, `expire S...`, `acquire NAME s=S r=R [wait=MS]
+//! [delay=MS]`, `release NAME s=S t=TOKEN`, `cancel NAME s=S r=R`, `tick`, and `describe NAME`
+//! (a read: prints holder and queue without applying anything).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use baton_core::{AcquireRequest, Command, Entry, Limits, StateMachine};
+
+fn parse_args(words: &[&str]) -> (Vec<String>, BTreeMap<String, u64>) {
+    let mut positional = Vec::new();
+    let mut named = BTreeMap::new();
+    for w in words {
+        match w.split_once('=') {
+            Some((k, v)) => {
+                named.insert(k.to_string(), v.parse().unwrap_or_else(|_| panic!("bad number in {w}")));
+            }
+            None => positional.push(w.to_string()),
+        }
+    }
+    (positional, named)
+}
+
+fn run_script(script: &str) -> String {
+    let limits =
+        Limits { max_waiters_per_lock: 3, max_locks_per_session: 4, max_sessions_per_client: 3, ..Limits::default() };
+    let mut sm = StateMachine::new(limits);
+    let mut out = String::new();
+    let mut index = 0;
+    for line in script.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        let (time, rest) = line.split_once(' ').expect("a line is `@T command`");
+        let time: u64 = time.trim_start_matches('@').parse().expect("time is a number");
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        let (pos, named) = parse_args(&words[1..]);
+        let arg = |k: &str| *named.get(k).unwrap_or_else(|| panic!("{line}: missing {k}="));
+        let command = match words[0] {
+            "open" => Command::OpenSession { client: pos[0].clone(), ttl_ms: arg("ttl") },
+            "close" => Command::CloseSession { session: pos[0].parse().unwrap() },
+            "expire" => Command::ExpireSessions { sessions: pos.iter().map(|s| s.parse().unwrap()).collect() },
+            "acquire" => Command::Acquire(AcquireRequest {
+                name: pos[0].clone(),
+                session: arg("s"),
+                request_id: arg("r"),
+                wait_ms: named.get("wait").copied(),
+                lock_delay_ms: named.get("delay").copied().unwrap_or(0),
+            }),
+            "release" => Command::Release { name: pos[0].clone(), session: arg("s"), token: arg("t") },
+            "cancel" => Command::Cancel { name: pos[0].clone(), session: arg("s"), request_id: arg("r") },
+            "tick" => Command::Tick,
+            "describe" => {
+                writeln!(out, "> {line}").unwrap();
+                match sm.lock(&pos[0]) {
+                    None => writeln!(out, "  free").unwrap(),
+                    Some(l) => {
+                        let waiters: Vec<String> =
+                            l.waiters.iter().map(|w| format!("s{}/r{}", w.session, w.request_id)).collect();
+                        writeln!(
+                            out,
+                            "  holder={:?} waiters=[{}] closed_until={}",
+                            l.held_by(),
+                            waiters.join(" "),
+                            l.closed_until_ms
+                        )
+                        .unwrap();
+                    }
+                }
+                continue;
+            }
+            other => panic!("unknown command {other}"),
+        };
+        index += 1;
+        let mut events = Vec::new();
+        let result = sm.apply(index, &Entry { leader_time_ms: time, command }, &mut events);
+        writeln!(out, "> {line}").unwrap();
+        match result {
+            Ok(outcome) => writeln!(out, "  ok {outcome:?}").unwrap(),
+            Err(e) => writeln!(out, "  error {e:?}: {e}").unwrap(),
+        }
+        for e in events {
+            writeln!(out, "  event {e:?}").unwrap();
+        }
+        // Every snapshot must restore to an identical state machine.
+        assert_eq!(StateMachine::from_snapshot(&sm.to_snapshot()).unwrap(), sm, "snapshot round trip at {line}");
+    }
+    out
+}
+
+#[test]
+fn scenarios() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts");
+    let regenerate = std::env::var_os("BATON_GOLDEN").is_some();
+    let mut scripts: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    scripts.sort();
+    let mut ran = 0;
+    for path in scripts.iter().filter(|p| p.extension().is_some_and(|e| e == "script")) {
+        let transcript = run_script(&std::fs::read_to_string(path).unwrap());
+        let golden = path.with_extension("golden");
+        if regenerate {
+            std::fs::write(&golden, &transcript).unwrap();
+        } else {
+            let expected = std::fs::read_to_string(&golden)
+                .unwrap_or_else(|_| panic!("{} missing: run with BATON_GOLDEN=1", golden.display()));
+            assert_eq!(transcript, expected, "transcript of {} differs from its golden file", path.display());
+        }
+        ran += 1;
+    }
+    assert!(ran >= 5, "expected the scenario scripts in {}", dir.display());
+}

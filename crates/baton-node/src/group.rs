@@ -1,0 +1,453 @@
+//! One Raft group on this node: raft-rs, the state machine, the leader's lease table.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use baton_core::{Command, Entry, Event, SessionId, StateMachine};
+use raft::eraftpb::{ConfChange, ConfChangeV2, EntryType, Message, Snapshot};
+use raft::{RawNode, StateRole};
+use serde::{Deserialize, Serialize};
+
+use crate::disk::{GroupWrite, Recovered};
+use crate::node::{GroupStatus, NodeConfig, NodeError, Output, Query, Reply, Role};
+use crate::storage::GroupStorage;
+use crate::{GroupId, NodeId, RequestId};
+
+/// Request ids with this bit set are the leader's own proposals (expiry, ticks): no reply.
+const INTERNAL: RequestId = 1 << 63;
+/// Most sessions expired by one command.
+const EXPIRE_BATCH: usize = 1024;
+/// A read not served within this long fails with `Unavailable`.
+const READ_TIMEOUT_MS: u64 = 5_000;
+/// An internal proposal still not applied after this long may be proposed again.
+const INTERNAL_RETRY_MS: u64 = 1_000;
+
+/// What one log entry carries: the command, and who to answer when it applies.
+#[derive(Serialize, Deserialize)]
+struct Proposal {
+    origin: NodeId,
+    request: RequestId,
+    entry: Entry,
+}
+
+struct PendingRead {
+    id: RequestId,
+    query: Query,
+    since_ms: u64,
+}
+
+pub(crate) struct Group {
+    id: GroupId,
+    raw: RawNode<GroupStorage>,
+    pub(crate) sm: StateMachine,
+    /// Our proposals not yet applied: request -> deadline (monotonic ms).
+    proposals: BTreeMap<RequestId, u64>,
+    /// Reads waiting for a ReadIndex round to start.
+    reads_queued: Vec<PendingRead>,
+    /// Reads in a ReadIndex round: round context -> reads.
+    reads_in_flight: BTreeMap<u64, Vec<PendingRead>>,
+    /// Reads whose index is known, waiting for apply: (index, read).
+    reads_ready: Vec<(u64, PendingRead)>,
+    next_read_round: u64,
+    next_internal: RequestId,
+    /// Leader only: session -> lease deadline on our monotonic clock.
+    leases: BTreeMap<SessionId, u64>,
+    /// Leader only: sessions whose expiry we proposed.
+    expiring: BTreeSet<SessionId>,
+    /// Leader only: when we last proposed a Tick that has not applied yet.
+    tick_proposed_ms: Option<u64>,
+    role: Role,
+    leader: Option<NodeId>,
+    pending_ready: Option<raft::Ready>,
+    /// Our own snapshot waiting to be written with the next batch.
+    snapshot_to_write: Option<Snapshot>,
+}
+
+fn raft_config(config: &NodeConfig, applied: u64) -> raft::Config {
+    raft::Config {
+        id: config.id,
+        election_tick: config.election_ticks,
+        heartbeat_tick: config.heartbeat_ticks,
+        applied,
+        max_size_per_msg: 1024 * 1024,
+        max_inflight_msgs: 256,
+        check_quorum: true,
+        pre_vote: true,
+        ..Default::default()
+    }
+}
+
+impl Group {
+    pub(crate) fn open(config: &NodeConfig, id: GroupId, recovered: Option<Recovered>) -> Result<(Group, Option<GroupWrite>), String> {
+        let (storage, sm, write) = match recovered {
+            Some(r) => {
+                let sm = if r.snapshot.data.is_empty() {
+                    StateMachine::new(config.limits.clone())
+                } else {
+                    StateMachine::from_snapshot(&r.snapshot.data).map_err(|e| format!("group {id}: corrupt snapshot: {e}"))?
+                };
+                (GroupStorage::recover(r.hard_state, r.snapshot, r.entries), sm, None)
+            }
+            None => {
+                let storage = GroupStorage::bootstrap(&config.voters);
+                let write = GroupWrite {
+                    group: id,
+                    snapshot: Some(storage.snapshot_ref().clone()),
+                    replace_log: true,
+                    entries: Vec::new(),
+                    hard_state: Some(storage.hard_state().clone()),
+                };
+                (storage, StateMachine::new(config.limits.clone()), Some(write))
+            }
+        };
+        let applied = storage.snapshot_ref().get_metadata().index;
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let raw = RawNode::new(&raft_config(config, applied), storage, &logger).map_err(|e| format!("group {id}: raft: {e}"))?;
+        let group = Group {
+            id,
+            raw,
+            sm,
+            proposals: BTreeMap::new(),
+            reads_queued: Vec::new(),
+            reads_in_flight: BTreeMap::new(),
+            reads_ready: Vec::new(),
+            next_read_round: 1,
+            next_internal: INTERNAL,
+            leases: BTreeMap::new(),
+            expiring: BTreeSet::new(),
+            tick_proposed_ms: None,
+            role: Role::Follower,
+            leader: None,
+            pending_ready: None,
+            snapshot_to_write: None,
+        };
+        Ok((group, write))
+    }
+
+    pub(crate) fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+
+    fn not_leader(&self) -> NodeError {
+        NodeError::NotLeader { group: self.id, leader: self.leader }
+    }
+
+    pub(crate) fn campaign(&mut self) {
+        let _ = self.raw.campaign();
+    }
+
+    pub(crate) fn step(&mut self, msg: Message) {
+        // Errors here are messages from stale terms or unknown peers: dropping them is correct.
+        let _ = self.raw.step(msg);
+    }
+
+    pub(crate) fn has_ready(&self) -> bool {
+        self.raw.has_ready() || self.snapshot_to_write.is_some() || !self.reads_queued.is_empty()
+    }
+
+    pub(crate) fn tick(&mut self, now: u64, wall: u64, out: &mut Vec<Output>) {
+        self.raw.tick();
+        self.time_out_requests(now, out);
+        if self.role != Role::Leader {
+            return;
+        }
+        let due: Vec<SessionId> = self
+            .leases
+            .iter()
+            .filter(|(s, deadline)| **deadline <= now && !self.expiring.contains(s))
+            .map(|(s, _)| *s)
+            .take(EXPIRE_BATCH)
+            .collect();
+        if !due.is_empty() {
+            self.expiring.extend(due.iter().copied());
+            self.propose_internal(Command::ExpireSessions { sessions: due }, wall);
+        }
+        let timer_due = self.sm.next_timer_ms().is_some_and(|at| at <= wall);
+        let tick_stale = self.tick_proposed_ms.is_none_or(|at| now.saturating_sub(at) >= INTERNAL_RETRY_MS);
+        if timer_due && tick_stale {
+            self.tick_proposed_ms = Some(now);
+            self.propose_internal(Command::Tick, wall);
+        }
+    }
+
+    fn propose_internal(&mut self, command: Command, wall: u64) {
+        self.next_internal += 1;
+        let p = Proposal { origin: 0, request: self.next_internal, entry: Entry { leader_time_ms: wall, command } };
+        let data = bincode::serialize(&p).expect("proposal serialises");
+        // A dropped internal proposal is simply proposed again on a later tick.
+        let _ = self.raw.propose(Vec::new(), data);
+    }
+
+    fn time_out_requests(&mut self, now: u64, out: &mut Vec<Output>) {
+        let expired: Vec<RequestId> = self.proposals.iter().filter(|(_, d)| **d <= now).map(|(id, _)| *id).collect();
+        for id in expired {
+            self.proposals.remove(&id);
+            let msg = format!("group {}: proposal not applied in time (it may still apply); retry with the same request id", self.id);
+            out.push(Output::Reply { id, result: Err(NodeError::Unavailable(msg)) });
+        }
+        let stale = |r: &PendingRead| now.saturating_sub(r.since_ms) >= READ_TIMEOUT_MS;
+        let mut failed = Vec::new();
+        for reads in self.reads_in_flight.values_mut() {
+            failed.extend(reads.extract_if(.., |r| stale(r)));
+        }
+        self.reads_in_flight.retain(|_, reads| !reads.is_empty());
+        failed.extend(self.reads_queued.extract_if(.., |r| stale(r)));
+        for r in failed {
+            let msg = format!("group {}: read not served in time; retry", self.id);
+            out.push(Output::Reply { id: r.id, result: Err(NodeError::Unavailable(msg)) });
+        }
+    }
+
+    pub(crate) fn propose(&mut self, origin: NodeId, id: RequestId, command: Command, now: u64, wall: u64, config: &NodeConfig) -> Result<(), NodeError> {
+        if self.role != Role::Leader {
+            return Err(self.not_leader());
+        }
+        let waiting = self.proposals.len() + self.reads_queued.len();
+        if waiting >= config.max_pending {
+            return Err(NodeError::Busy(waiting));
+        }
+        let p = Proposal { origin, request: id, entry: Entry { leader_time_ms: wall, command } };
+        let data = bincode::serialize(&p).expect("proposal serialises");
+        self.raw.propose(Vec::new(), data).map_err(|e| NodeError::Unavailable(format!("group {}: proposal dropped: {e}", self.id)))?;
+        self.proposals.insert(id, now + config.proposal_timeout_ms);
+        Ok(())
+    }
+
+    pub(crate) fn read(&mut self, id: RequestId, query: Query, now: u64, config: &NodeConfig) -> Result<(), NodeError> {
+        if self.role != Role::Leader {
+            return Err(self.not_leader());
+        }
+        let waiting = self.proposals.len() + self.reads_queued.len();
+        if waiting >= config.max_pending {
+            return Err(NodeError::Busy(waiting));
+        }
+        self.reads_queued.push(PendingRead { id, query, since_ms: now });
+        Ok(())
+    }
+
+    pub(crate) fn keepalive(&mut self, sessions: &[SessionId], now: u64) -> Vec<Result<u64, NodeError>> {
+        sessions
+            .iter()
+            .map(|&s| {
+                if self.role != Role::Leader {
+                    return Err(self.not_leader());
+                }
+                match self.sm.session(s) {
+                    Some(session) if !self.expiring.contains(&s) => {
+                        self.leases.insert(s, now + session.ttl_ms);
+                        Ok(session.ttl_ms)
+                    }
+                    _ => Err(NodeError::Rejected(baton_core::Error::SessionNotFound(s))),
+                }
+            })
+            .collect()
+    }
+
+    /// Starts a ReadIndex round for the queued reads, once this leader has committed an entry
+    /// of its term (raft-rs drops read requests before that).
+    fn start_read_round(&mut self) {
+        if self.reads_queued.is_empty() || self.role != Role::Leader || !self.raw.raft.commit_to_current_term() {
+            return;
+        }
+        let round = self.next_read_round;
+        self.next_read_round += 1;
+        self.reads_in_flight.insert(round, std::mem::take(&mut self.reads_queued));
+        self.raw.read_index(round.to_be_bytes().to_vec());
+    }
+
+    pub(crate) fn ready(&mut self, now: u64, out: &mut Vec<Output>) -> Result<Option<GroupWrite>, String> {
+        self.start_read_round();
+        let mut write = GroupWrite { group: self.id, ..Default::default() };
+        if let Some(snap) = self.snapshot_to_write.take() {
+            write.snapshot = Some(snap);
+        }
+        if !self.raw.has_ready() {
+            return Ok(write.snapshot.is_some().then_some(write));
+        }
+        let mut rd = self.raw.ready();
+        if let Some(ss) = rd.ss() {
+            self.on_role(ss.raft_state, ss.leader_id, now, out);
+        }
+        for msg in rd.take_messages() {
+            out.push(Output::Send { to: msg.to, group: self.id, msg });
+        }
+        if !rd.snapshot().is_empty() {
+            let snap = rd.snapshot().clone();
+            self.sm = StateMachine::from_snapshot(&snap.data).map_err(|e| format!("group {}: corrupt snapshot from leader: {e}", self.id))?;
+            self.raw.mut_store().apply_snapshot(snap.clone());
+            write.snapshot = Some(snap);
+            write.replace_log = true;
+            write.hard_state = Some(self.raw.store().hard_state().clone());
+        }
+        self.apply(rd.take_committed_entries(), now, out)?;
+        if !rd.entries().is_empty() {
+            self.raw.mut_store().append(rd.entries());
+            write.entries = rd.take_entries();
+        }
+        if let Some(hs) = rd.hs() {
+            self.raw.mut_store().set_hard_state(hs.clone());
+            write.hard_state = Some(hs.clone());
+        }
+        for rs in rd.take_read_states() {
+            let round = u64::from_be_bytes(rs.request_ctx.as_slice().try_into().unwrap_or_default());
+            if let Some(reads) = self.reads_in_flight.remove(&round) {
+                self.reads_ready.extend(reads.into_iter().map(|r| (rs.index, r)));
+            }
+        }
+        self.pending_ready = Some(rd);
+        let empty = write.snapshot.is_none() && write.entries.is_empty() && write.hard_state.is_none();
+        Ok((!empty).then_some(write))
+    }
+
+    pub(crate) fn persisted(&mut self, now: u64, config: &NodeConfig, out: &mut Vec<Output>) -> Result<(), String> {
+        let Some(mut rd) = self.pending_ready.take() else { return Ok(()) };
+        for msg in rd.take_persisted_messages() {
+            out.push(Output::Send { to: msg.to, group: self.id, msg });
+        }
+        let mut light = self.raw.advance(rd);
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().set_commit(commit);
+        }
+        for msg in light.take_messages() {
+            out.push(Output::Send { to: msg.to, group: self.id, msg });
+        }
+        self.apply(light.take_committed_entries(), now, out)?;
+        self.raw.advance_apply();
+        self.serve_reads(out);
+        self.maybe_snapshot(config);
+        Ok(())
+    }
+
+    fn serve_reads(&mut self, out: &mut Vec<Output>) {
+        let applied = self.sm.applied_index();
+        let ready: Vec<(u64, PendingRead)> = self.reads_ready.extract_if(.., |(index, _)| *index <= applied).collect();
+        for (_, r) in ready {
+            let reply = match &r.query {
+                Query::Lock(name) => match self.sm.lock(name) {
+                    Some(l) => Reply::Lock {
+                        holder: l.holder.clone(),
+                        waiters: l.waiters.iter().cloned().collect(),
+                        closed_until_ms: l.closed_until_ms,
+                        now_ms: self.sm.now_ms(),
+                    },
+                    None => Reply::Lock { holder: None, waiters: Vec::new(), closed_until_ms: 0, now_ms: self.sm.now_ms() },
+                },
+                Query::Session(id) => Reply::Session(self.sm.session(*id).map(|s| (s.ttl_ms, s.owned.iter().cloned().collect()))),
+            };
+            out.push(Output::Reply { id: r.id, result: Ok(reply) });
+        }
+    }
+
+    fn maybe_snapshot(&mut self, config: &NodeConfig) {
+        let applied = self.sm.applied_index();
+        let snap_index = self.raw.store().snapshot_ref().get_metadata().index;
+        if applied.saturating_sub(snap_index) < config.snapshot_entries {
+            return;
+        }
+        let data = self.sm.to_snapshot();
+        let snap = self.raw.mut_store().set_snapshot(data, applied);
+        self.snapshot_to_write = Some(snap);
+    }
+
+    fn on_role(&mut self, state: StateRole, leader: u64, now: u64, out: &mut Vec<Output>) {
+        let role = if state == StateRole::Leader { Role::Leader } else { Role::Follower };
+        let leader = (leader != raft::INVALID_ID).then_some(leader);
+        let was_leader = self.role == Role::Leader;
+        self.role = role;
+        self.leader = leader;
+        if role == Role::Leader && !was_leader {
+            // Grace: every session gets a full TTL from now before this leader may expire it.
+            self.leases = self.sm.sessions().map(|(id, s)| (id, now + s.ttl_ms)).collect();
+            self.expiring.clear();
+            self.tick_proposed_ms = None;
+        } else if role != Role::Leader && was_leader {
+            self.leases.clear();
+            self.expiring.clear();
+            let err = self.not_leader();
+            for id in std::mem::take(&mut self.proposals).into_keys() {
+                out.push(Output::Reply { id, result: Err(err.clone()) });
+            }
+            let reads = std::mem::take(&mut self.reads_queued)
+                .into_iter()
+                .chain(std::mem::take(&mut self.reads_in_flight).into_values().flatten())
+                .chain(std::mem::take(&mut self.reads_ready).into_iter().map(|(_, r)| r));
+            for r in reads {
+                out.push(Output::Reply { id: r.id, result: Err(err.clone()) });
+            }
+        }
+        out.push(Output::RoleChanged { group: self.id, role, leader, term: self.raw.raft.term });
+    }
+
+    fn apply(&mut self, entries: Vec<raft::eraftpb::Entry>, now: u64, out: &mut Vec<Output>) -> Result<(), String> {
+        let mut events = Vec::new();
+        for e in entries {
+            if e.index <= self.sm.applied_index() {
+                continue;
+            }
+            match e.get_entry_type() {
+                EntryType::EntryNormal if e.data.is_empty() => self.sm.observe_time(e.index, 0),
+                EntryType::EntryNormal => {
+                    let p: Proposal =
+                        bincode::deserialize(&e.data).map_err(|err| format!("group {}: undecodable entry {}: {err}", self.id, e.index))?;
+                    let result = self.sm.apply(e.index, &p.entry, &mut events);
+                    self.after_apply(&p, &events, now);
+                    if p.origin != 0 && self.proposals.remove(&p.request).is_some() {
+                        let reply = result.map(|outcome| Reply::Applied { index: e.index, outcome }).map_err(NodeError::Rejected);
+                        out.push(Output::Reply { id: p.request, result: reply });
+                    }
+                    for event in events.drain(..) {
+                        out.push(Output::Event { group: self.id, index: e.index, event });
+                    }
+                }
+                EntryType::EntryConfChange => {
+                    let mut cc = ConfChange::default();
+                    protobuf::Message::merge_from_bytes(&mut cc, &e.data).map_err(|err| format!("conf change: {err}"))?;
+                    self.raw.apply_conf_change(&cc).map_err(|err| format!("conf change: {err}"))?;
+                    self.sm.observe_time(e.index, 0);
+                }
+                EntryType::EntryConfChangeV2 => {
+                    let mut cc = ConfChangeV2::default();
+                    protobuf::Message::merge_from_bytes(&mut cc, &e.data).map_err(|err| format!("conf change: {err}"))?;
+                    self.raw.apply_conf_change(&cc).map_err(|err| format!("conf change: {err}"))?;
+                    self.sm.observe_time(e.index, 0);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps the leader's lease table in step with the applied state.
+    fn after_apply(&mut self, p: &Proposal, events: &[Event], now: u64) {
+        if matches!(p.entry.command, Command::Tick) && p.origin == 0 {
+            self.tick_proposed_ms = None;
+        }
+        if self.role != Role::Leader {
+            return;
+        }
+        for e in events {
+            match e {
+                Event::SessionOpened { session, ttl_ms } => {
+                    self.leases.insert(*session, now + ttl_ms);
+                }
+                Event::SessionEnded { session, .. } => {
+                    self.leases.remove(session);
+                    self.expiring.remove(session);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    pub(crate) fn status(&self) -> GroupStatus {
+        GroupStatus {
+            id: self.id,
+            leader: self.leader,
+            term: self.raw.raft.term,
+            commit: self.raw.raft.raft_log.committed,
+            applied: self.sm.applied_index(),
+            role: self.role,
+            sessions: self.sm.session_count(),
+            locks: self.sm.lock_count(),
+            last_token: self.sm.last_token(),
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! The node: inputs in, outputs out, across all groups.
+
+use std::collections::BTreeMap;
+
+use baton_core::{Command, Event, Holder, Limits, Outcome, SessionId, Waiter};
+use raft::eraftpb::Message;
+
+use crate::disk::{Recovered, WriteBatch};
+use crate::group::Group;
+use crate::{GroupId, NodeId, RequestId};
+
+/// Static configuration of a node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This node's id (non-zero).
+    pub id: NodeId,
+    /// Every voter of the cluster, this node included.
+    pub voters: Vec<NodeId>,
+    /// Raft heartbeat interval, in ticks.
+    pub heartbeat_ticks: usize,
+    /// Raft election timeout, in ticks (randomised by raft-rs between this and twice this).
+    pub election_ticks: usize,
+    /// Take a snapshot and cut the log after this many applied entries.
+    pub snapshot_entries: u64,
+    /// A proposal not applied within this long fails with `Unavailable`.
+    pub proposal_timeout_ms: u64,
+    /// Most proposals and reads waiting at once; more are refused with `Busy`.
+    pub max_pending: usize,
+    /// The state machine's limits (must be equal on every node).
+    pub limits: Limits,
+}
+
+impl NodeConfig {
+    /// Defaults for a node with the given id and voters.
+    pub fn new(id: NodeId, voters: Vec<NodeId>) -> Self {
+        NodeConfig {
+            id,
+            voters,
+            heartbeat_ticks: 2,
+            election_ticks: 10,
+            snapshot_entries: 20_000,
+            proposal_timeout_ms: 10_000,
+            max_pending: 200_000,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// A linearizable read of the state machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Query {
+    /// A lock's holder and queue.
+    Lock(String),
+    /// A session's TTL and the names it holds or waits for.
+    Session(SessionId),
+}
+
+/// A successful reply to a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// The proposal was applied at `index` with this outcome.
+    Applied { index: u64, outcome: Outcome },
+    /// A lock's state: `None` if nobody holds it, waits for it, or is kept out by lock-delay.
+    Lock { holder: Option<Holder>, waiters: Vec<Waiter>, closed_until_ms: u64, now_ms: u64 },
+    /// A session: `None` if it does not exist.
+    Session(Option<(u64, Vec<String>)>),
+}
+
+/// Why a request failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    /// This node is not the group's leader; `leader` is the one it knows of.
+    #[error("node is not the leader of group {group} (leader: {leader:?})")]
+    NotLeader { group: GroupId, leader: Option<NodeId> },
+    /// The state machine rejected the command (nothing changed).
+    #[error(transparent)]
+    Rejected(#[from] baton_core::Error),
+    /// The request could not complete; it may or may not have taken effect. Retry with the
+    /// same request id.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Too many requests are waiting; retry later.
+    #[error("node is overloaded: {0} requests waiting")]
+    Busy(usize),
+    /// The group does not exist on this node.
+    #[error("group {0} does not exist")]
+    NoGroup(GroupId),
+}
+
+/// The role of this node in a group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Leader of the group.
+    Leader,
+    /// Follower (or candidate) in the group.
+    Follower,
+}
+
+/// Something the runtime must do.
+#[derive(Debug)]
+pub enum Output {
+    /// Send a Raft message of `group` to node `to`.
+    Send { to: NodeId, group: GroupId, msg: Message },
+    /// Answer request `id`.
+    Reply { id: RequestId, result: Result<Reply, NodeError> },
+    /// The state machine of `group` emitted `event` while applying log `index`.
+    Event { group: GroupId, index: u64, event: Event },
+    /// This node's role or known leader in `group` changed.
+    RoleChanged { group: GroupId, role: Role, leader: Option<NodeId>, term: u64 },
+}
+
+/// A group's status as this node sees it (not linearizable).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupStatus {
+    /// The group.
+    pub id: GroupId,
+    /// The leader this node knows of.
+    pub leader: Option<NodeId>,
+    /// This node's current term.
+    pub term: u64,
+    /// Commit index.
+    pub commit: u64,
+    /// Applied index.
+    pub applied: u64,
+    /// This node's role.
+    pub role: Role,
+    /// Sessions and locks in the state machine.
+    pub sessions: usize,
+    /// Locks held, awaited or in lock-delay.
+    pub locks: usize,
+    /// Last fencing token issued.
+    pub last_token: u64,
+}
+
+/// All the groups of one process, driven by explicit inputs. See the crate docs.
+pub struct Node {
+    pub(crate) config: NodeConfig,
+    groups: BTreeMap<GroupId, Group>,
+    outputs: Vec<Output>,
+    /// Monotonic clock, ms: leases.
+    pub(crate) mono_ms: u64,
+    /// Wall clock, ms: the leader time stamped into entries.
+    pub(crate) wall_ms: u64,
+}
+
+impl Node {
+    /// Builds the node from what each group recovered from disk (`None`: a new group). Returns the
+    /// node and the write that makes newly bootstrapped groups durable; the runtime must persist
+    /// it before serving.
+    pub fn new(config: NodeConfig, groups: Vec<(GroupId, Option<Recovered>)>) -> Result<(Node, WriteBatch), String> {
+        let mut batch = WriteBatch::default();
+        let mut map = BTreeMap::new();
+        for (id, recovered) in groups {
+            let (group, write) = Group::open(&config, id, recovered)?;
+            if let Some(w) = write {
+                batch.groups.push(w);
+            }
+            map.insert(id, group);
+        }
+        Ok((Node { config, groups: map, outputs: Vec::new(), mono_ms: 0, wall_ms: 0 }, batch))
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.config.id
+    }
+
+    /// Sets the clocks for the inputs that follow. Both must be non-decreasing; a wall clock that
+    /// steps back is held at its maximum.
+    pub fn set_time(&mut self, mono_ms: u64, wall_ms: u64) {
+        self.mono_ms = self.mono_ms.max(mono_ms);
+        self.wall_ms = self.wall_ms.max(wall_ms);
+    }
+
+    /// One Raft tick of every group, plus the leader's duties: expire sessions whose deadline
+    /// passed, propose a `Tick` when a state machine timer is due, time out stale requests.
+    pub fn tick(&mut self) {
+        for group in self.groups.values_mut() {
+            group.tick(self.mono_ms, self.wall_ms, &mut self.outputs);
+        }
+    }
+
+    /// A message from a peer.
+    pub fn step(&mut self, group: GroupId, msg: Message) {
+        if let Some(g) = self.groups.get_mut(&group) {
+            g.step(msg);
+        }
+    }
+
+    /// Proposes a command; the reply comes as an [`Output::Reply`] once it is applied.
+    pub fn propose(&mut self, group: GroupId, id: RequestId, command: Command) {
+        let Some(g) = self.groups.get_mut(&group) else {
+            return self.outputs.push(Output::Reply { id, result: Err(NodeError::NoGroup(group)) });
+        };
+        if let Err(e) = g.propose(self.config.id, id, command, self.mono_ms, self.wall_ms, &self.config) {
+            self.outputs.push(Output::Reply { id, result: Err(e) });
+        }
+    }
+
+    /// Queues a linearizable read; the reply comes as an [`Output::Reply`].
+    pub fn read(&mut self, group: GroupId, id: RequestId, query: Query) {
+        let Some(g) = self.groups.get_mut(&group) else {
+            return self.outputs.push(Output::Reply { id, result: Err(NodeError::NoGroup(group)) });
+        };
+        if let Err(e) = g.read(id, query, self.mono_ms, &self.config) {
+            self.outputs.push(Output::Reply { id, result: Err(e) });
+        }
+    }
+
+    /// Renews sessions' leases on the leader; answers each with its TTL or why it failed.
+    pub fn keepalive(&mut self, group: GroupId, sessions: &[SessionId]) -> Vec<Result<u64, NodeError>> {
+        match self.groups.get_mut(&group) {
+            Some(g) => g.keepalive(sessions, self.mono_ms),
+            None => sessions.iter().map(|_| Err(NodeError::NoGroup(group))).collect(),
+        }
+    }
+
+    /// Collects every group's pending Raft work: queues messages, replies and events, applies
+    /// committed entries, and returns what must be made durable before [`Node::persisted`].
+    pub fn ready(&mut self) -> Result<WriteBatch, String> {
+        let mut batch = WriteBatch::default();
+        for group in self.groups.values_mut() {
+            if let Some(w) = group.ready(self.mono_ms, &mut self.outputs)? {
+                batch.groups.push(w);
+            }
+        }
+        Ok(batch)
+    }
+
+    /// The last batch from [`Node::ready`] is durable: finish those Raft rounds.
+    pub fn persisted(&mut self) -> Result<(), String> {
+        for group in self.groups.values_mut() {
+            group.persisted(self.mono_ms, &self.config, &mut self.outputs)?;
+        }
+        Ok(())
+    }
+
+    /// True if [`Node::ready`] has work to do.
+    pub fn has_ready(&self) -> bool {
+        self.groups.values().any(|g| g.has_ready())
+    }
+
+    /// Hands over the outputs queued so far.
+    pub fn take_outputs(&mut self) -> Vec<Output> {
+        std::mem::take(&mut self.outputs)
+    }
+
+    /// Moves the queued outputs into `out` (keeps `out`'s allocation).
+    pub fn drain_outputs_into(&mut self, out: &mut Vec<Output>) {
+        out.append(&mut self.outputs);
+    }
+
+    /// The status of every group on this node.
+    pub fn status(&self) -> Vec<GroupStatus> {
+        self.groups.values().map(|g| g.status()).collect()
+    }
+
+    /// The leader of `group` as this node knows it.
+    pub fn leader(&self, group: GroupId) -> Option<NodeId> {
+        self.groups.get(&group).and_then(|g| g.leader())
+    }
+
+    /// The state machine of a group, for tests and local (non-linearizable) inspection.
+    pub fn state_machine(&self, group: GroupId) -> Option<&baton_core::StateMachine> {
+        self.groups.get(&group).map(|g| &g.sm)
+    }
+
+    /// Asks `group` to campaign now (tests and leadership transfer).
+    pub fn campaign(&mut self, group: GroupId) {
+        if let Some(g) = self.groups.get_mut(&group) {
+            g.campaign();
+        }
+    }
+}

@@ -170,7 +170,8 @@ impl LogStore for EngineStore {
         };
         let path = self.snap_path(group);
         let snapshot = match fs::read(&path) {
-            Ok(bytes) => Snapshot::parse_from_bytes(&bytes).map_err(|e| DiskError::Corrupt(format!("{}: {e}", path.display())))?,
+            Ok(bytes) => Snapshot::parse_from_bytes(&bytes)
+                .map_err(|e| DiskError::Corrupt(format!("{}: {e}", path.display())))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Snapshot::default(),
             Err(source) => return Err(DiskError::Snapshot { path, source }),
         };

@@ -77,13 +77,18 @@ fn raft_config(config: &NodeConfig, applied: u64) -> raft::Config {
 }
 
 impl Group {
-    pub(crate) fn open(config: &NodeConfig, id: GroupId, recovered: Option<Recovered>) -> Result<(Group, Option<GroupWrite>), String> {
+    pub(crate) fn open(
+        config: &NodeConfig,
+        id: GroupId,
+        recovered: Option<Recovered>,
+    ) -> Result<(Group, Option<GroupWrite>), String> {
         let (storage, sm, write) = match recovered {
             Some(r) => {
                 let sm = if r.snapshot.data.is_empty() {
                     StateMachine::new(config.limits.clone())
                 } else {
-                    StateMachine::from_snapshot(&r.snapshot.data).map_err(|e| format!("group {id}: corrupt snapshot: {e}"))?
+                    StateMachine::from_snapshot(&r.snapshot.data)
+                        .map_err(|e| format!("group {id}: corrupt snapshot: {e}"))?
                 };
                 (GroupStorage::recover(r.hard_state, r.snapshot, r.entries), sm, None)
             }
@@ -101,7 +106,8 @@ impl Group {
         };
         let applied = storage.snapshot_ref().get_metadata().index;
         let logger = slog::Logger::root(slog::Discard, slog::o!());
-        let raw = RawNode::new(&raft_config(config, applied), storage, &logger).map_err(|e| format!("group {id}: raft: {e}"))?;
+        let raw = RawNode::new(&raft_config(config, applied), storage, &logger)
+            .map_err(|e| format!("group {id}: raft: {e}"))?;
         let group = Group {
             id,
             raw,
@@ -181,7 +187,10 @@ impl Group {
         let expired: Vec<RequestId> = self.proposals.iter().filter(|(_, d)| **d <= now).map(|(id, _)| *id).collect();
         for id in expired {
             self.proposals.remove(&id);
-            let msg = format!("group {}: proposal not applied in time (it may still apply); retry with the same request id", self.id);
+            let msg = format!(
+                "group {}: proposal not applied in time (it may still apply); retry with the same request id",
+                self.id
+            );
             out.push(Output::Reply { id, result: Err(NodeError::Unavailable(msg)) });
         }
         let stale = |r: &PendingRead| now.saturating_sub(r.since_ms) >= READ_TIMEOUT_MS;
@@ -197,7 +206,15 @@ impl Group {
         }
     }
 
-    pub(crate) fn propose(&mut self, origin: NodeId, id: RequestId, command: Command, now: u64, wall: u64, config: &NodeConfig) -> Result<(), NodeError> {
+    pub(crate) fn propose(
+        &mut self,
+        origin: NodeId,
+        id: RequestId,
+        command: Command,
+        now: u64,
+        wall: u64,
+        config: &NodeConfig,
+    ) -> Result<(), NodeError> {
         if self.role != Role::Leader {
             return Err(self.not_leader());
         }
@@ -207,7 +224,9 @@ impl Group {
         }
         let p = Proposal { origin, request: id, entry: Entry { leader_time_ms: wall, command } };
         let data = bincode::serialize(&p).expect("proposal serialises");
-        self.raw.propose(Vec::new(), data).map_err(|e| NodeError::Unavailable(format!("group {}: proposal dropped: {e}", self.id)))?;
+        self.raw
+            .propose(Vec::new(), data)
+            .map_err(|e| NodeError::Unavailable(format!("group {}: proposal dropped: {e}", self.id)))?;
         self.proposals.insert(id, now + config.proposal_timeout_ms);
         Ok(())
     }
@@ -272,7 +291,8 @@ impl Group {
         }
         if !rd.snapshot().is_empty() {
             let snap = rd.snapshot().clone();
-            self.sm = StateMachine::from_snapshot(&snap.data).map_err(|e| format!("group {}: corrupt snapshot from leader: {e}", self.id))?;
+            self.sm = StateMachine::from_snapshot(&snap.data)
+                .map_err(|e| format!("group {}: corrupt snapshot from leader: {e}", self.id))?;
             self.raw.mut_store().apply_snapshot(snap.clone());
             write.snapshot = Some(snap);
             write.replace_log = true;
@@ -329,9 +349,13 @@ impl Group {
                         closed_until_ms: l.closed_until_ms,
                         now_ms: self.sm.now_ms(),
                     },
-                    None => Reply::Lock { holder: None, waiters: Vec::new(), closed_until_ms: 0, now_ms: self.sm.now_ms() },
+                    None => {
+                        Reply::Lock { holder: None, waiters: Vec::new(), closed_until_ms: 0, now_ms: self.sm.now_ms() }
+                    }
                 },
-                Query::Session(id) => Reply::Session(self.sm.session(*id).map(|s| (s.ttl_ms, s.owned.iter().cloned().collect()))),
+                Query::Session(id) => {
+                    Reply::Session(self.sm.session(*id).map(|s| (s.ttl_ms, s.owned.iter().cloned().collect())))
+                }
             };
             out.push(Output::Reply { id: r.id, result: Ok(reply) });
         }
@@ -386,12 +410,14 @@ impl Group {
             match e.get_entry_type() {
                 EntryType::EntryNormal if e.data.is_empty() => self.sm.observe_time(e.index, 0),
                 EntryType::EntryNormal => {
-                    let p: Proposal =
-                        bincode::deserialize(&e.data).map_err(|err| format!("group {}: undecodable entry {}: {err}", self.id, e.index))?;
+                    let p: Proposal = bincode::deserialize(&e.data)
+                        .map_err(|err| format!("group {}: undecodable entry {}: {err}", self.id, e.index))?;
                     let result = self.sm.apply(e.index, &p.entry, &mut events);
                     self.after_apply(&p, &events, now);
                     if p.origin != 0 && self.proposals.remove(&p.request).is_some() {
-                        let reply = result.map(|outcome| Reply::Applied { index: e.index, outcome }).map_err(NodeError::Rejected);
+                        let reply = result
+                            .map(|outcome| Reply::Applied { index: e.index, outcome })
+                            .map_err(NodeError::Rejected);
                         out.push(Output::Reply { id: p.request, result: reply });
                     }
                     for event in events.drain(..) {
@@ -400,13 +426,15 @@ impl Group {
                 }
                 EntryType::EntryConfChange => {
                     let mut cc = ConfChange::default();
-                    protobuf::Message::merge_from_bytes(&mut cc, &e.data).map_err(|err| format!("conf change: {err}"))?;
+                    protobuf::Message::merge_from_bytes(&mut cc, &e.data)
+                        .map_err(|err| format!("conf change: {err}"))?;
                     self.raw.apply_conf_change(&cc).map_err(|err| format!("conf change: {err}"))?;
                     self.sm.observe_time(e.index, 0);
                 }
                 EntryType::EntryConfChangeV2 => {
                     let mut cc = ConfChangeV2::default();
-                    protobuf::Message::merge_from_bytes(&mut cc, &e.data).map_err(|err| format!("conf change: {err}"))?;
+                    protobuf::Message::merge_from_bytes(&mut cc, &e.data)
+                        .map_err(|err| format!("conf change: {err}"))?;
                     self.raw.apply_conf_change(&cc).map_err(|err| format!("conf change: {err}"))?;
                     self.sm.observe_time(e.index, 0);
                 }

@@ -36,10 +36,12 @@
 
 pub mod disk;
 mod group;
+pub mod mem;
 mod node;
 pub mod storage;
 
 pub use disk::{DiskError, EngineStore, GroupWrite, LogStore, Recovered, WriteBatch};
+pub use mem::MemStore;
 pub use node::{GroupStatus, Node, NodeConfig, NodeError, Output, Query, Reply, Role};
 
 /// Identifies a Raft group (a shard of the namespace).

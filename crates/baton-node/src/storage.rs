@@ -123,7 +123,13 @@ impl raft::Storage for GroupStorage {
         Ok(RaftState { hard_state: self.hard_state.clone(), conf_state: self.conf_state.clone() })
     }
 
-    fn entries(&self, low: u64, high: u64, max_size: impl Into<Option<u64>>, _ctx: GetEntriesContext) -> raft::Result<Vec<Entry>> {
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _ctx: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
         if low < self.first() {
             return Err(raft::Error::Store(StorageError::Compacted));
         }

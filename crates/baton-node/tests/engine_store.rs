@@ -1,0 +1,100 @@
+//! The raft-engine store writes what it is given and reads back exactly that after reopening.
+
+use baton_node::{EngineStore, GroupWrite, LogStore, WriteBatch};
+use raft::eraftpb::{Entry, HardState, Snapshot};
+
+fn entry(index: u64, term: u64) -> Entry {
+    Entry { index, term, data: vec![index as u8; 8].into(), ..Default::default() }
+}
+
+fn snapshot(index: u64, term: u64) -> Snapshot {
+    let mut s = Snapshot::default();
+    s.mut_metadata().index = index;
+    s.mut_metadata().term = term;
+    s.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+    s.data = b"state".to_vec().into();
+    s
+}
+
+#[test]
+fn writes_survive_reopen_per_group() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut store = EngineStore::open(dir.path()).unwrap();
+        let hs = HardState { term: 2, vote: 1, commit: 3, ..Default::default() };
+        let batch = WriteBatch {
+            groups: vec![
+                GroupWrite {
+                    group: 1,
+                    entries: (1..=5).map(|i| entry(i, 1)).collect(),
+                    hard_state: Some(hs.clone()),
+                    ..Default::default()
+                },
+                GroupWrite {
+                    group: 7,
+                    entries: vec![entry(1, 1)],
+                    hard_state: Some(HardState::default()),
+                    ..Default::default()
+                },
+            ],
+        };
+        store.write(&batch).unwrap();
+        // A conflicting suffix from a new leader replaces entries 4 and 5.
+        let batch =
+            WriteBatch { groups: vec![GroupWrite { group: 1, entries: vec![entry(4, 2)], ..Default::default() }] };
+        store.write(&batch).unwrap();
+    }
+    let store = EngineStore::open(dir.path()).unwrap();
+    let g1 = store.recover(1).unwrap().unwrap();
+    assert_eq!(g1.hard_state.term, 2);
+    assert_eq!(g1.entries.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(), vec![(1, 1), (2, 1), (3, 1), (4, 2)]);
+    assert_eq!(store.recover(7).unwrap().unwrap().entries.len(), 1);
+    assert!(store.recover(9).unwrap().is_none());
+}
+
+#[test]
+fn snapshots_cut_or_replace_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut store = EngineStore::open(dir.path()).unwrap();
+        let entries = (1..=10).map(|i| entry(i, 1)).collect();
+        store
+            .write(&WriteBatch {
+                groups: vec![GroupWrite {
+                    group: 1,
+                    entries,
+                    hard_state: Some(HardState::default()),
+                    ..Default::default()
+                }],
+            })
+            .unwrap();
+        // Our own snapshot at 6: entries after it stay.
+        store
+            .write(&WriteBatch {
+                groups: vec![GroupWrite { group: 1, snapshot: Some(snapshot(6, 1)), ..Default::default() }],
+            })
+            .unwrap();
+    }
+    {
+        let mut store = EngineStore::open(dir.path()).unwrap();
+        let g = store.recover(1).unwrap().unwrap();
+        assert_eq!(g.snapshot.get_metadata().index, 6);
+        assert_eq!(&g.snapshot.data[..], b"state");
+        assert_eq!(g.entries.iter().map(|e| e.index).collect::<Vec<_>>(), vec![7, 8, 9, 10]);
+        // A leader's snapshot at 20 replaces the whole log.
+        let hs = HardState { term: 3, vote: 0, commit: 20, ..Default::default() };
+        let write = GroupWrite {
+            group: 1,
+            snapshot: Some(snapshot(20, 3)),
+            replace_log: true,
+            hard_state: Some(hs),
+            ..Default::default()
+        };
+        store.write(&WriteBatch { groups: vec![write] }).unwrap();
+    }
+    let store = EngineStore::open(dir.path()).unwrap();
+    let g = store.recover(1).unwrap().unwrap();
+    assert_eq!(g.snapshot.get_metadata().index, 20);
+    assert_eq!(g.hard_state.commit, 20);
+    assert!(g.entries.is_empty());
+}

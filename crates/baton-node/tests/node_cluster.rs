@@ -1,0 +1,334 @@
+//! Whole clusters of sans-IO nodes wired together in memory: elections, replication, failover
+//! with grace, expiry, restart from disk and snapshot catch-up, deterministically.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use baton_core::{AcquireRequest, Command, Event, Outcome};
+use baton_node::{LogStore, MemStore, Node, NodeConfig, NodeError, Output, Query, Reply, Role, DATA_GROUP};
+
+const TICK_MS: u64 = 100;
+const G: u64 = DATA_GROUP;
+
+struct Cluster {
+    ids: Vec<u64>,
+    nodes: BTreeMap<u64, Node>,
+    stores: BTreeMap<u64, MemStore>,
+    /// Nodes whose traffic is dropped (crashed nodes are simply absent from `nodes`).
+    isolated: BTreeSet<u64>,
+    wire: VecDeque<(u64, u64, baton_node::RaftMessage)>,
+    replies: BTreeMap<u64, Result<Reply, NodeError>>,
+    events: Vec<(u64, Event)>,
+    now: u64,
+    next_id: u64,
+    snapshot_entries: u64,
+}
+
+impl Cluster {
+    fn new(n: u64, snapshot_entries: u64) -> Cluster {
+        let ids: Vec<u64> = (1..=n).collect();
+        let mut c = Cluster {
+            ids: ids.clone(),
+            nodes: BTreeMap::new(),
+            stores: BTreeMap::new(),
+            isolated: BTreeSet::new(),
+            wire: VecDeque::new(),
+            replies: BTreeMap::new(),
+            events: Vec::new(),
+            now: 1_000,
+            next_id: 1,
+            snapshot_entries,
+        };
+        for id in ids {
+            c.stores.insert(id, MemStore::default());
+            c.start(id);
+        }
+        c
+    }
+
+    fn start(&mut self, id: u64) {
+        let mut config = NodeConfig::new(id, self.ids.clone());
+        config.snapshot_entries = self.snapshot_entries;
+        let store = self.stores.get_mut(&id).unwrap();
+        let recovered = store.recover(G).unwrap();
+        let (mut node, boot) = Node::new(config, vec![(G, recovered)]).unwrap();
+        store.write(&boot).unwrap();
+        node.set_time(self.now, self.now);
+        self.nodes.insert(id, node);
+    }
+
+    fn crash(&mut self, id: u64) {
+        self.nodes.remove(&id);
+    }
+
+    /// Runs every node's ready/persist loop and delivers messages until the cluster is quiet.
+    fn settle(&mut self) {
+        for _ in 0..1000 {
+            let mut busy = false;
+            for (&id, node) in self.nodes.iter_mut() {
+                let batch = node.ready().unwrap();
+                if !batch.is_empty() {
+                    self.stores.get_mut(&id).unwrap().write(&batch).unwrap();
+                }
+                node.persisted().unwrap();
+                for out in node.take_outputs() {
+                    busy = true;
+                    match out {
+                        Output::Send { to, msg, .. } => self.wire.push_back((id, to, msg)),
+                        Output::Reply { id: req, result } => {
+                            self.replies.insert(req, result);
+                        }
+                        Output::Event { event, .. } => self.events.push((id, event)),
+                        Output::RoleChanged { .. } => {}
+                    }
+                }
+            }
+            while let Some((from, to, msg)) = self.wire.pop_front() {
+                busy = true;
+                if self.isolated.contains(&from) || self.isolated.contains(&to) {
+                    continue;
+                }
+                if let Some(node) = self.nodes.get_mut(&to) {
+                    node.step(G, msg);
+                }
+            }
+            if !busy {
+                return;
+            }
+        }
+        panic!("cluster did not settle");
+    }
+
+    fn advance(&mut self, ms: u64) {
+        for _ in 0..ms / TICK_MS {
+            self.now += TICK_MS;
+            for node in self.nodes.values_mut() {
+                node.set_time(self.now, self.now);
+                node.tick();
+            }
+            self.settle();
+        }
+    }
+
+    fn leader(&self) -> Option<u64> {
+        self.nodes
+            .iter()
+            .find(|(id, n)| !self.isolated.contains(id) && n.status()[0].role == Role::Leader)
+            .map(|(id, _)| *id)
+    }
+
+    fn wait_leader(&mut self) -> u64 {
+        for _ in 0..100 {
+            if let Some(l) = self.leader() {
+                return l;
+            }
+            self.advance(TICK_MS);
+        }
+        panic!("no leader elected");
+    }
+
+    fn propose(&mut self, command: Command) -> Result<Reply, NodeError> {
+        let leader = self.wait_leader();
+        let id = self.next_id;
+        self.next_id += 1;
+        self.nodes.get_mut(&leader).unwrap().propose(G, id, command);
+        self.settle();
+        self.replies.remove(&id).expect("proposal answered")
+    }
+
+    fn outcome(&mut self, command: Command) -> Outcome {
+        match self.propose(command) {
+            Ok(Reply::Applied { outcome, .. }) => outcome,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn read(&mut self, query: Query) -> Reply {
+        let leader = self.wait_leader();
+        let id = self.next_id;
+        self.next_id += 1;
+        self.nodes.get_mut(&leader).unwrap().read(G, id, query);
+        for _ in 0..20 {
+            self.settle();
+            if let Some(r) = self.replies.remove(&id) {
+                return r.unwrap();
+            }
+            self.advance(TICK_MS);
+        }
+        panic!("read not served");
+    }
+
+    fn keepalive(&mut self, sessions: &[u64]) {
+        if let Some(leader) = self.leader() {
+            self.nodes.get_mut(&leader).unwrap().keepalive(G, sessions);
+        }
+    }
+
+    fn open(&mut self, client: &str) -> u64 {
+        match self.outcome(Command::OpenSession { client: client.into(), ttl_ms: 3_000 }) {
+            Outcome::SessionOpened { session, .. } => session,
+            o => panic!("{o:?}"),
+        }
+    }
+
+    fn granted_tokens(&self, name: &str) -> Vec<(u64, u64)> {
+        // Every node applies every grant; take one node's view.
+        let first = self.events.first().map(|(n, _)| *n);
+        self.events
+            .iter()
+            .filter(|(n, _)| Some(*n) == first)
+            .filter_map(|(_, e)| match e {
+                Event::Granted { name: n, session, token, .. } if n == name => Some((*session, *token)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn acquire(name: &str, session: u64, request_id: u64, wait_ms: Option<u64>) -> Command {
+    Command::Acquire(AcquireRequest { name: name.into(), session, request_id, wait_ms, lock_delay_ms: 0 })
+}
+
+fn holder(reply: Reply) -> Option<(u64, u64)> {
+    match reply {
+        Reply::Lock { holder, .. } => holder.map(|h| (h.session, h.token)),
+        r => panic!("{r:?}"),
+    }
+}
+
+#[test]
+fn handoff_between_sessions_is_fifo_and_fenced() {
+    let mut c = Cluster::new(3, 20_000);
+    let a = c.open("a");
+    let b = c.open("b");
+    assert_eq!(c.outcome(acquire("x", a, 1, None)), Outcome::Granted { token: 1 });
+    assert_eq!(c.outcome(acquire("x", b, 1, Some(10_000))), Outcome::Queued { position: 0 });
+    assert_eq!(holder(c.read(Query::Lock("x".into()))), Some((a, 1)));
+    assert_eq!(c.outcome(Command::Release { name: "x".into(), session: a, token: 1 }), Outcome::Released);
+    assert_eq!(holder(c.read(Query::Lock("x".into()))), Some((b, 2)));
+    assert_eq!(c.granted_tokens("x"), vec![(a, 1), (b, 2)]);
+    // Every replica applied the same grants.
+    for node in c.nodes.values() {
+        assert_eq!(node.state_machine(G).unwrap().lock("x").unwrap().held_by(), Some((b, 2)));
+    }
+}
+
+#[test]
+fn follower_refuses_with_leader_hint() {
+    let mut c = Cluster::new(3, 20_000);
+    let leader = c.wait_leader();
+    let follower = *c.ids.iter().find(|&&i| i != leader).unwrap();
+    c.nodes.get_mut(&follower).unwrap().propose(G, 99, Command::Tick);
+    c.settle();
+    assert_eq!(c.replies.remove(&99), Some(Err(NodeError::NotLeader { group: G, leader: Some(leader) })));
+}
+
+#[test]
+fn leader_crash_keeps_holder_through_grace_and_tokens_increase() {
+    let mut c = Cluster::new(3, 20_000);
+    let a = c.open("a");
+    let b = c.open("b");
+    assert_eq!(c.outcome(acquire("x", a, 1, None)), Outcome::Granted { token: 1 });
+    assert_eq!(c.outcome(acquire("x", b, 1, Some(60_000))), Outcome::Queued { position: 0 });
+    let old = c.wait_leader();
+    c.crash(old);
+    // The election takes a while; the holder's keepalives reach the new leader once it exists.
+    for _ in 0..40 {
+        c.advance(TICK_MS);
+        c.keepalive(&[a, b]);
+    }
+    let new = c.wait_leader();
+    assert_ne!(new, old);
+    assert_eq!(holder(c.read(Query::Lock("x".into()))), Some((a, 1)), "holder kept its lock through the failover");
+    assert_eq!(c.outcome(Command::Release { name: "x".into(), session: a, token: 1 }), Outcome::Released);
+    let (s, token) = holder(c.read(Query::Lock("x".into()))).unwrap();
+    assert_eq!(s, b);
+    assert!(token > 1);
+    // The crashed node comes back from its disk and catches up.
+    c.start(old);
+    c.advance(2_000);
+    assert_eq!(c.nodes[&old].state_machine(G).unwrap().lock("x").unwrap().held_by(), Some((b, token)));
+}
+
+#[test]
+fn silent_session_expires_on_the_leader_and_its_lock_moves_on() {
+    let mut c = Cluster::new(3, 20_000);
+    let a = c.open("a");
+    let b = c.open("b");
+    assert_eq!(c.outcome(acquire("x", a, 1, None)), Outcome::Granted { token: 1 });
+    assert_eq!(c.outcome(acquire("x", b, 1, Some(60_000))), Outcome::Queued { position: 0 });
+    // Only b keeps its session alive; a's TTL is 3 s.
+    for _ in 0..25 {
+        c.advance(TICK_MS * 2);
+        c.keepalive(&[b]);
+    }
+    assert_eq!(holder(c.read(Query::Lock("x".into()))), Some((b, 2)));
+    assert!(c.events.iter().any(|(_, e)| matches!(e, Event::SessionEnded { session, .. } if *session == a)));
+    assert_eq!(c.read(Query::Session(a)), Reply::Session(None));
+}
+
+#[test]
+fn waiter_times_out_by_the_leaders_tick() {
+    let mut c = Cluster::new(3, 20_000);
+    let a = c.open("a");
+    let b = c.open("b");
+    c.outcome(acquire("x", a, 1, None));
+    assert_eq!(c.outcome(acquire("x", b, 7, Some(500))), Outcome::Queued { position: 0 });
+    for _ in 0..10 {
+        c.advance(TICK_MS);
+        c.keepalive(&[a, b]);
+    }
+    assert!(c.events.iter().any(|(_, e)| matches!(e, Event::WaitEnded { request_id: 7, .. })));
+    match c.read(Query::Lock("x".into())) {
+        Reply::Lock { waiters, .. } => assert!(waiters.is_empty()),
+        r => panic!("{r:?}"),
+    }
+}
+
+#[test]
+fn whole_cluster_restart_keeps_locks_and_tokens() {
+    let mut c = Cluster::new(3, 20_000);
+    let a = c.open("a");
+    c.outcome(acquire("x", a, 1, None));
+    c.outcome(Command::Release { name: "x".into(), session: a, token: 1 });
+    assert_eq!(c.outcome(acquire("x", a, 2, None)), Outcome::Granted { token: 2 });
+    for id in c.ids.clone() {
+        c.crash(id);
+    }
+    for id in c.ids.clone() {
+        c.start(id);
+    }
+    c.wait_leader();
+    assert_eq!(holder(c.read(Query::Lock("x".into()))), Some((a, 2)));
+    c.keepalive(&[a]);
+    c.outcome(Command::Release { name: "x".into(), session: a, token: 2 });
+    assert_eq!(c.outcome(acquire("x", a, 3, None)), Outcome::Granted { token: 3 }, "tokens continue after restart");
+}
+
+#[test]
+fn lagging_follower_catches_up_from_a_snapshot() {
+    let mut c = Cluster::new(3, 50);
+    let leader = c.wait_leader();
+    let lagging = *c.ids.iter().find(|&&i| i != leader).unwrap();
+    c.crash(lagging);
+    let a = c.open("a");
+    for i in 0..120 {
+        let name = format!("n{}", i % 7);
+        c.outcome(acquire(&name, a, 2 * i, None));
+        let token = holder(c.read(Query::Lock(name.clone()))).unwrap().1;
+        c.outcome(Command::Release { name, session: a, token });
+        c.keepalive(&[a]);
+    }
+    let store = &c.stores[&leader];
+    let recovered = store.recover(G).unwrap().unwrap();
+    assert!(recovered.snapshot.get_metadata().index > 0, "leader took a snapshot");
+    c.start(lagging);
+    c.advance(3_000);
+    let expected = c.nodes[&leader].state_machine(G).unwrap().last_token();
+    assert_eq!(expected, 120);
+    assert_eq!(c.nodes[&lagging].state_machine(G).unwrap().last_token(), expected);
+    // And after a restart the follower recovers from its own snapshot + log.
+    c.crash(lagging);
+    c.start(lagging);
+    c.advance(1_000);
+    assert_eq!(c.nodes[&lagging].state_machine(G).unwrap().last_token(), expected);
+}

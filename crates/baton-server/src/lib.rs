@@ -1,1 +1,176 @@
-//! placeholder
+//! Baton's server: the node runtime, the peer transport and the gRPC services of one process.
+//!
+//! # Design
+//! [`Server::start`] opens the durable store, recovers every group, starts the node thread
+//! ([`runtime`]), one sender task per peer ([`transport`]), and two gRPC servers: the client API
+//! ([`service`]) and the peer API. Layers are one-way: this crate drives `baton-node`, which
+//! drives `baton-core`; neither of those knows about tokio, tonic or the disk.
+//!
+//! # Caveats
+//! - Membership is the fixed `peers` list given at start (no reconfiguration yet).
+//! - Client and peer traffic is plaintext (TLS is a later issue).
+
+pub mod runtime;
+pub mod service;
+pub mod status;
+pub mod transport;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use baton_node::{EngineStore, LogStore, Node, NodeConfig, NodeId, DATA_GROUP};
+use baton_proto::peer::peer_server::PeerServer;
+use baton_proto::v1::baton_server::BatonServer;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::runtime::{ClusterView, Input, NodeHandle, Outboxes};
+
+/// How to run one node.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// This node's id (must be a key of `peers`).
+    pub id: NodeId,
+    /// Where the Raft log, hard state and snapshots live.
+    pub data_dir: PathBuf,
+    /// Peer addresses of every member, this node included.
+    pub peers: BTreeMap<NodeId, String>,
+    /// Raft tick interval.
+    pub tick: Duration,
+    /// Raft election timeout in ticks.
+    pub election_ticks: usize,
+    /// Snapshot after this many applied entries.
+    pub snapshot_entries: u64,
+}
+
+impl ServerConfig {
+    /// Defaults: 100 ms ticks, 1 s election timeout (randomised up to 2 s).
+    pub fn new(id: NodeId, data_dir: PathBuf, peers: BTreeMap<NodeId, String>) -> Self {
+        ServerConfig {
+            id,
+            data_dir,
+            peers,
+            tick: Duration::from_millis(100),
+            election_ticks: 10,
+            snapshot_entries: 20_000,
+        }
+    }
+}
+
+/// A running server.
+pub struct Server {
+    /// The bound client API address.
+    pub client_addr: SocketAddr,
+    /// The bound peer API address.
+    pub peer_addr: SocketAddr,
+    node: NodeHandle,
+    shutdown: Vec<oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds both addresses and starts serving.
+    pub async fn start(config: ServerConfig, client_addr: &str, peer_addr: &str) -> std::io::Result<Server> {
+        let client = TcpListener::bind(client_addr).await?;
+        let peer = TcpListener::bind(peer_addr).await?;
+        Self::start_with_listeners(config, client, peer).await
+    }
+
+    /// Starts serving on already bound listeners (tests bind port 0 first to learn the ports).
+    pub async fn start_with_listeners(
+        config: ServerConfig,
+        client: TcpListener,
+        peer: TcpListener,
+    ) -> std::io::Result<Server> {
+        let client_addr = client.local_addr()?;
+        let peer_addr = peer.local_addr()?;
+        if !config.peers.contains_key(&config.id) {
+            return Err(std::io::Error::other(format!("node id {} is not in the peer list", config.id)));
+        }
+        std::fs::create_dir_all(&config.data_dir)?;
+        let store = EngineStore::open(&config.data_dir).map_err(std::io::Error::other)?;
+        let recovered = store.recover(DATA_GROUP).map_err(std::io::Error::other)?;
+        let mut node_config = NodeConfig::new(config.id, config.peers.keys().copied().collect());
+        node_config.election_ticks = config.election_ticks;
+        node_config.snapshot_entries = config.snapshot_entries;
+        let (node, boot) = Node::new(node_config, vec![(DATA_GROUP, recovered)]).map_err(std::io::Error::other)?;
+
+        let view = Arc::new(Mutex::new(ClusterView::default()));
+        {
+            let mut v = view.lock().expect("view lock");
+            v.peer_addrs = config.peers.clone();
+            v.client_addrs.insert(config.id, client_addr.to_string());
+        }
+        let mut outboxes = Outboxes::new();
+        let mut tasks = Vec::new();
+        for (&id, addr) in &config.peers {
+            if id == config.id {
+                continue;
+            }
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            outboxes.insert(id, tx);
+            tasks.push(tokio::spawn(transport::run_sender(config.id, client_addr.to_string(), addr.clone(), rx)));
+        }
+        let (handle, thread) = runtime::spawn(node, store, boot, outboxes, view, config.tick)?;
+
+        let mut shutdown = Vec::new();
+        let (tx, rx) = oneshot::channel::<()>();
+        shutdown.push(tx);
+        let svc = BatonServer::new(service::BatonService { node: handle.clone() });
+        tasks.push(tokio::spawn(async move {
+            let r = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(svc)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(client), async {
+                    let _ = rx.await;
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::error!("client API server failed: {e}");
+            }
+        }));
+        let (tx, rx) = oneshot::channel::<()>();
+        shutdown.push(tx);
+        let peer_svc = PeerServer::new(transport::PeerService { node: handle.clone() })
+            .max_decoding_message_size(transport::MAX_PEER_MESSAGE_BYTES);
+        tasks.push(tokio::spawn(async move {
+            let r = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(peer_svc)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(peer), async {
+                    let _ = rx.await;
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::error!("peer API server failed: {e}");
+            }
+        }));
+        tracing::info!(id = config.id, %client_addr, %peer_addr, "baton node started");
+        Ok(Server { client_addr, peer_addr, node: handle, shutdown, tasks, thread: Some(thread) })
+    }
+
+    /// The node thread's handle.
+    pub fn node(&self) -> &NodeHandle {
+        &self.node
+    }
+
+    /// Stops serving and waits for the node thread to finish its current round. What was
+    /// acknowledged is on disk; a restart from the same folder continues from there.
+    pub async fn shutdown(mut self) {
+        for tx in self.shutdown.drain(..) {
+            let _ = tx.send(());
+        }
+        self.node.send(Input::Stop);
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! The client-facing gRPC service: sessions, locks, status.
+//!
+//! Handlers validate cheap things first (so garbage never costs a log write), then hand the
+//! request to the node thread and await its answer. Every request is served by the leader of the
+//! group; a follower answers `UNAVAILABLE` with the leader's address (see [`crate::status`]).
+
+use std::pin::Pin;
+
+use baton_core::limits::DEFAULT_TTL_MS;
+use baton_core::{AcquireRequest, Command, Limits, Outcome};
+use baton_node::{NodeError, Query, Reply, Role, DATA_GROUP};
+use baton_proto::v1 as pb;
+use baton_proto::v1::baton_server::Baton;
+use futures::Stream;
+use tokio::sync::oneshot;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::runtime::{AcquireResult, Input, NodeHandle};
+use crate::status::{stopped, to_status};
+
+/// Most sessions renewed by one keepalive message.
+pub const MAX_KEEPALIVE_SESSIONS: usize = 100_000;
+
+/// The `baton.v1.Baton` service.
+pub struct BatonService {
+    /// The node thread.
+    pub node: NodeHandle,
+}
+
+impl BatonService {
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Input) -> Result<T, Status> {
+        let (tx, rx) = oneshot::channel();
+        if !self.node.send(make(tx)) {
+            return Err(stopped());
+        }
+        rx.await.map_err(|_| stopped())
+    }
+
+    async fn propose(&self, command: Command) -> Result<Outcome, Status> {
+        match self.call(|tx| Input::Propose { group: DATA_GROUP, command, tx }).await? {
+            Ok(Reply::Applied { outcome, .. }) => Ok(outcome),
+            Ok(other) => Err(Status::internal(format!("unexpected reply {other:?}"))),
+            Err(e) => Err(to_status(e, &self.node)),
+        }
+    }
+
+    async fn read(&self, query: Query) -> Result<Reply, Status> {
+        self.call(|tx| Input::Read { group: DATA_GROUP, query, tx }).await?.map_err(|e| to_status(e, &self.node))
+    }
+}
+
+fn check_name(name: &str) -> Result<(), Status> {
+    Limits::default().check_name(name).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+/// Cancels a wait if the caller goes away before it is answered (dropped with the handler).
+struct CancelOnDrop<'a> {
+    node: &'a NodeHandle,
+    name: String,
+    session: u64,
+    request_id: u64,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let (tx, _rx) = oneshot::channel();
+            let command = Command::Cancel {
+                name: std::mem::take(&mut self.name),
+                session: self.session,
+                request_id: self.request_id,
+            };
+            self.node.send(Input::Propose { group: DATA_GROUP, command, tx });
+        }
+    }
+}
+
+type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<pb::KeepAliveResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Baton for BatonService {
+    async fn open_session(
+        &self,
+        request: Request<pb::OpenSessionRequest>,
+    ) -> Result<Response<pb::OpenSessionResponse>, Status> {
+        let req = request.into_inner();
+        let ttl_ms = if req.ttl_ms == 0 { DEFAULT_TTL_MS } else { req.ttl_ms };
+        let limits = Limits::default();
+        limits
+            .check_ttl(ttl_ms)
+            .and_then(|_| limits.check_client(&req.client_id))
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        match self.propose(Command::OpenSession { client: req.client_id, ttl_ms }).await? {
+            Outcome::SessionOpened { session, ttl_ms } => {
+                Ok(Response::new(pb::OpenSessionResponse { session_id: session, ttl_ms }))
+            }
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn close_session(
+        &self,
+        request: Request<pb::CloseSessionRequest>,
+    ) -> Result<Response<pb::CloseSessionResponse>, Status> {
+        let session = request.into_inner().session_id;
+        match self.propose(Command::CloseSession { session }).await? {
+            Outcome::SessionClosed { released } => Ok(Response::new(pb::CloseSessionResponse { released })),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    type KeepAliveStream = KeepAliveStream;
+
+    async fn keep_alive(
+        &self,
+        request: Request<Streaming<pb::KeepAliveRequest>>,
+    ) -> Result<Response<Self::KeepAliveStream>, Status> {
+        let mut incoming = request.into_inner();
+        let node = self.node.clone();
+        let stream = async_stream(move |tx| async move {
+            while let Some(req) = incoming.message().await? {
+                if req.session_ids.len() > MAX_KEEPALIVE_SESSIONS {
+                    return Err(Status::invalid_argument(format!(
+                        "keepalive lists {} sessions; at most {MAX_KEEPALIVE_SESSIONS} per message",
+                        req.session_ids.len()
+                    )));
+                }
+                let (otx, orx) = oneshot::channel();
+                if !node.send(Input::KeepAlive { group: DATA_GROUP, sessions: req.session_ids.clone(), tx: otx }) {
+                    return Err(stopped());
+                }
+                let results = orx.await.map_err(|_| stopped())?;
+                let mut leases = Vec::with_capacity(results.len());
+                for (session_id, r) in req.session_ids.iter().zip(results) {
+                    match r {
+                        Ok(ttl_ms) => leases.push(pb::SessionLease { session_id: *session_id, alive: true, ttl_ms }),
+                        Err(NodeError::Rejected(baton_core::Error::SessionNotFound(_))) => {
+                            leases.push(pb::SessionLease { session_id: *session_id, alive: false, ttl_ms: 0 })
+                        }
+                        // Not the leader (any more): the client must reconnect to the leader.
+                        Err(e) => return Err(to_status(e, &node)),
+                    }
+                }
+                if tx.send(Ok(pb::KeepAliveResponse { leases })).await.is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn acquire(&self, request: Request<pb::AcquireRequest>) -> Result<Response<pb::AcquireResponse>, Status> {
+        let req = request.into_inner();
+        check_name(&req.name)?;
+        let limits = Limits::default();
+        limits
+            .check_wait(req.wait_ms)
+            .and_then(|_| limits.check_lock_delay(req.lock_delay_ms))
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mut guard = CancelOnDrop {
+            node: &self.node,
+            name: req.name.clone(),
+            session: req.session_id,
+            request_id: req.request_id,
+            armed: req.wait_ms > 0,
+        };
+        let request = AcquireRequest {
+            name: req.name,
+            session: req.session_id,
+            request_id: req.request_id,
+            wait_ms: Some(req.wait_ms),
+            lock_delay_ms: req.lock_delay_ms,
+        };
+        let result = self.call(|tx| Input::Acquire { group: DATA_GROUP, request, tx }).await;
+        guard.armed = false;
+        let result = result?.map_err(|e| to_status(e, &self.node))?;
+        use pb::acquire_response::Result as R;
+        let response = match result {
+            AcquireResult::Granted(token) => {
+                pb::AcquireResponse { result: R::Granted as i32, token, holder_session: req.session_id }
+            }
+            AcquireResult::NotAvailable(holder) => {
+                pb::AcquireResponse { result: R::NotAvailable as i32, token: 0, holder_session: holder.unwrap_or(0) }
+            }
+            AcquireResult::TimedOut => pb::AcquireResponse { result: R::TimedOut as i32, token: 0, holder_session: 0 },
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn release(&self, request: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let req = request.into_inner();
+        check_name(&req.name)?;
+        self.propose(Command::Release { name: req.name, session: req.session_id, token: req.token }).await?;
+        Ok(Response::new(pb::ReleaseResponse {}))
+    }
+
+    async fn describe(&self, request: Request<pb::DescribeRequest>) -> Result<Response<pb::DescribeResponse>, Status> {
+        let name = request.into_inner().name;
+        check_name(&name)?;
+        let Reply::Lock { holder, waiters, closed_until_ms, now_ms } = self.read(Query::Lock(name)).await? else {
+            return Err(Status::internal("unexpected reply to a lock read"));
+        };
+        let waiters = waiters
+            .into_iter()
+            .map(|w| pb::Waiter {
+                session_id: w.session,
+                request_id: w.request_id,
+                waited_ms: now_ms.saturating_sub(w.queued_ms),
+                deadline_in_ms: w.deadline_ms.saturating_sub(now_ms),
+            })
+            .collect();
+        Ok(Response::new(pb::DescribeResponse {
+            held: holder.is_some(),
+            holder_session: holder.as_ref().map_or(0, |h| h.session),
+            token: holder.as_ref().map_or(0, |h| h.token),
+            held_for_ms: holder.as_ref().map_or(0, |h| now_ms.saturating_sub(h.granted_ms)),
+            waiters,
+            lock_delay_remaining_ms: closed_until_ms.saturating_sub(now_ms),
+        }))
+    }
+
+    async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        let groups = self.call(|tx| Input::Status { tx }).await?;
+        let groups = groups
+            .into_iter()
+            .map(|g| pb::GroupStatus {
+                id: g.id,
+                leader: g.leader.unwrap_or(0),
+                term: g.term,
+                commit_index: g.commit,
+                applied_index: g.applied,
+                role: if g.role == Role::Leader { "leader" } else { "follower" }.to_string(),
+                sessions: g.sessions as u64,
+                locks: g.locks as u64,
+                last_token: g.last_token,
+            })
+            .collect();
+        let view = self.node.view.lock().expect("view lock");
+        let nodes = view
+            .peer_addrs
+            .iter()
+            .map(|(id, peer)| pb::NodeStatus {
+                id: *id,
+                client_addr: view.client_addrs.get(id).cloned().unwrap_or_default(),
+                peer_addr: peer.clone(),
+            })
+            .collect();
+        Ok(Response::new(pb::StatusResponse { node_id: self.node.id, groups, nodes }))
+    }
+}
+
+/// A response stream fed by a task: `body` gets the sending half and runs until it returns.
+fn async_stream<F, Fut>(body: F) -> impl Stream<Item = Result<pb::KeepAliveResponse, Status>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<pb::KeepAliveResponse, Status>>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Status>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let fut = body(tx.clone());
+    tokio::spawn(async move {
+        if let Err(status) = fut.await {
+            let _ = tx.send(Err(status)).await;
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}

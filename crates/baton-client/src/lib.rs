@@ -1,1 +1,564 @@
-//! placeholder
+//! Rust client for Baton.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), baton_client::Error> {
+//! use std::time::Duration;
+//! let client = baton_client::Client::connect(["127.0.0.1:7700"]).await?;
+//! let session = client.session(Duration::from_secs(10)).await?;
+//! if let Some(guard) = session.lock("orders", Some(Duration::from_secs(5))).await? {
+//!     // Pass guard.token() to every storage write so a stale holder is rejected.
+//!     println!("holding with fencing token {}", guard.token());
+//!     guard.release().await?;
+//! }
+//! session.close().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Design
+//! A [`Client`] talks to whichever node leads the data group: it starts with the endpoints it
+//! was given and follows the `baton-leader` redirects servers attach to `UNAVAILABLE`. One
+//! background task per client keeps every session of that client alive over one keepalive
+//! stream (never one heartbeat per lock or per session).
+//!
+//! # Lease loss
+//! The client considers a session lost once it has gone its TTL minus a drift margin (a tenth of
+//! the TTL), measured from when it *sent* the last keepalive the leader acknowledged, without a
+//! renewal — or at once if the leader says the session is gone. Measuring from the send time
+//! means the client always gives up before the leader can expire it (given clock rates within
+//! the margin). [`LockGuard::is_lease_valid`] and [`LockGuard::lease_lost`] expose this so work
+//! under the lock can stop.
+//!
+//! # Caveats
+//! - Requests are retried (with the same request id, so acquires are idempotent) for up to
+//!   [`ClientOptions::request_timeout`] while no leader answers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use baton_proto::v1 as pb;
+use baton_proto::v1::baton_client::BatonClient;
+use tokio::sync::{watch, Notify};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+/// Metadata key the servers use for leader redirects.
+const LEADER_METADATA: &str = "baton-leader";
+
+/// Errors of the client.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server answered with an error status.
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(Status),
+    /// No endpoint answered in time.
+    #[error("no Baton leader reachable within {0:?} (last error: {1})")]
+    Unreachable(Duration, String),
+    /// An endpoint could not be parsed.
+    #[error("bad endpoint {0:?}: {1}")]
+    BadEndpoint(String, String),
+    /// The session's lease is gone: its locks may already belong to someone else.
+    #[error("session {0} lost its lease")]
+    LeaseLost(u64),
+}
+
+impl Error {
+    /// The gRPC code, if the server answered.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            Error::Status(s) => Some(s.code()),
+            _ => None,
+        }
+    }
+}
+
+/// The client's result type.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Tunables of a client.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Identifies this client to the servers (sessions per client are limited).
+    pub client_id: String,
+    /// How long one request keeps retrying while no leader answers.
+    pub request_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        ClientOptions {
+            client_id: format!("baton-client-{}-{nanos}", std::process::id()),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+struct Inner {
+    endpoints: Vec<String>,
+    options: ClientOptions,
+    /// The endpoint currently believed to be the leader, and channels by address.
+    route: Mutex<Route>,
+    next_request: AtomicU64,
+    sessions: Mutex<BTreeMap<u64, Arc<SessionShared>>>,
+    sessions_changed: Notify,
+}
+
+struct Route {
+    current: String,
+    next_index: usize,
+    channels: HashMap<String, BatonClient<Channel>>,
+}
+
+/// A connection to a Baton cluster. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+fn channel(addr: &str) -> Result<BatonClient<Channel>> {
+    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    let endpoint = tonic::transport::Endpoint::from_shared(uri)
+        .map_err(|e| Error::BadEndpoint(addr.to_string(), e.to_string()))?
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true);
+    Ok(BatonClient::new(endpoint.connect_lazy()))
+}
+
+impl Client {
+    /// A client for the cluster reachable at any of `endpoints` (`host:port`).
+    pub async fn connect<I, S>(endpoints: I) -> Result<Client>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::connect_with(endpoints, ClientOptions::default()).await
+    }
+
+    /// Like [`Client::connect`], with options.
+    pub async fn connect_with<I, S>(endpoints: I, options: ClientOptions) -> Result<Client>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let endpoints: Vec<String> = endpoints.into_iter().map(Into::into).collect();
+        let first =
+            endpoints.first().cloned().ok_or_else(|| Error::BadEndpoint(String::new(), "no endpoints given".into()))?;
+        for e in &endpoints {
+            channel(e)?;
+        }
+        let inner = Arc::new(Inner {
+            endpoints,
+            options,
+            route: Mutex::new(Route { current: first, next_index: 1, channels: HashMap::new() }),
+            next_request: AtomicU64::new(request_id_seed()),
+            sessions: Mutex::new(BTreeMap::new()),
+            sessions_changed: Notify::new(),
+        });
+        tokio::spawn(keepalive_loop(Arc::downgrade(&inner)));
+        Ok(Client { inner })
+    }
+
+    fn current(&self) -> Result<(String, BatonClient<Channel>)> {
+        let mut route = self.inner.route.lock().expect("route lock");
+        let addr = route.current.clone();
+        if let Some(c) = route.channels.get(&addr) {
+            return Ok((addr, c.clone()));
+        }
+        let c = channel(&addr)?;
+        route.channels.insert(addr.clone(), c.clone());
+        Ok((addr, c))
+    }
+
+    /// Points the client at the leader named in a redirect, or at the next endpoint.
+    fn reroute(&self, failed: &str, status: &Status) -> bool {
+        let mut route = self.inner.route.lock().expect("route lock");
+        if route.current != failed {
+            return true; // someone else already moved on
+        }
+        if let Some(leader) = status.metadata().get(LEADER_METADATA).and_then(|v| v.to_str().ok()) {
+            if leader != failed {
+                route.current = leader.to_string();
+                return true;
+            }
+        }
+        let i = route.next_index % self.inner.endpoints.len();
+        route.next_index = i + 1;
+        route.current = self.inner.endpoints[i].clone();
+        false
+    }
+
+    /// Runs `call` against the leader, following redirects and retrying while none answers.
+    async fn rpc<T, F, Fut>(&self, mut call: F) -> Result<T>
+    where
+        F: FnMut(BatonClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = Instant::now() + self.inner.options.request_timeout;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let (addr, client) = self.current()?;
+            let status = match call(client).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s)
+                    if s.code() == Code::Unavailable
+                        || s.code() == Code::Unknown && s.message().contains("transport") =>
+                {
+                    s
+                }
+                Err(s) => return Err(Error::Status(s)),
+            };
+            if Instant::now() >= deadline {
+                return Err(Error::Unreachable(self.inner.options.request_timeout, status.message().to_string()));
+            }
+            if !self.reroute(&addr, &status) {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            }
+        }
+    }
+
+    fn request_id(&self) -> u64 {
+        self.inner.next_request.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Opens a session with this TTL (1 s..=300 s) and keeps it alive in the background.
+    pub async fn session(&self, ttl: Duration) -> Result<Session> {
+        let client_id = self.inner.options.client_id.clone();
+        let ttl_ms = ttl.as_millis() as u64;
+        let sent = Instant::now();
+        let r = self
+            .rpc(|mut c| {
+                let req = pb::OpenSessionRequest { client_id: client_id.clone(), ttl_ms };
+                async move { c.open_session(req).await }
+            })
+            .await?;
+        let ttl = Duration::from_millis(r.ttl_ms);
+        let (lost_tx, _) = watch::channel(false);
+        let shared = Arc::new(SessionShared {
+            id: r.session_id,
+            ttl,
+            valid_until: Mutex::new(sent + lease_span(ttl)),
+            lost: lost_tx,
+        });
+        self.inner.sessions.lock().expect("sessions lock").insert(r.session_id, shared.clone());
+        self.inner.sessions_changed.notify_one();
+        Ok(Session { client: self.clone(), shared })
+    }
+
+    /// A lock's holder, token and waiters (linearizable).
+    pub async fn describe(&self, name: &str) -> Result<pb::DescribeResponse> {
+        let name = name.to_string();
+        self.rpc(|mut c| {
+            let req = pb::DescribeRequest { name: name.clone() };
+            async move { c.describe(req).await }
+        })
+        .await
+    }
+
+    /// The status of the node that answers (any node; no redirect).
+    pub async fn status(&self) -> Result<pb::StatusResponse> {
+        let (_, mut c) = self.current()?;
+        c.status(pb::StatusRequest {}).await.map(|r| r.into_inner()).map_err(Error::Status)
+    }
+
+    /// The status as seen by the node at `addr`.
+    pub async fn status_of(addr: &str) -> Result<pb::StatusResponse> {
+        let mut c = channel(addr)?;
+        c.status(pb::StatusRequest {}).await.map(|r| r.into_inner()).map_err(Error::Status)
+    }
+}
+
+fn request_id_seed() -> u64 {
+    // Request ids only need to be unique per session; a time-based start keeps a restarted
+    // process from colliding with the ids of its previous run.
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1) << 8
+}
+
+/// How long a renewal sent at some instant keeps the lease valid on the client's side.
+fn lease_span(ttl: Duration) -> Duration {
+    ttl - ttl / 10
+}
+
+struct SessionShared {
+    id: u64,
+    ttl: Duration,
+    valid_until: Mutex<Instant>,
+    lost: watch::Sender<bool>,
+}
+
+impl SessionShared {
+    fn renewed(&self, sent: Instant) {
+        let mut v = self.valid_until.lock().expect("lease lock");
+        *v = (*v).max(sent + lease_span(self.ttl));
+    }
+
+    fn is_valid(&self) -> bool {
+        !*self.lost.borrow() && Instant::now() < *self.valid_until.lock().expect("lease lock")
+    }
+
+    fn check(&self) {
+        if !*self.lost.borrow() && Instant::now() >= *self.valid_until.lock().expect("lease lock") {
+            tracing::warn!(session = self.id, "session lease lost: no renewal within its ttl");
+            self.lost.send_replace(true);
+        }
+    }
+
+    fn mark_lost(&self) {
+        if !self.lost.send_replace(true) {
+            tracing::warn!(session = self.id, "session is gone on the server");
+        }
+    }
+}
+
+async fn keepalive_loop(weak: Weak<Inner>) {
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let client = Client { inner };
+        let sessions: Vec<Arc<SessionShared>> =
+            client.inner.sessions.lock().expect("sessions lock").values().cloned().collect();
+        if sessions.is_empty() {
+            let notified = client.inner.sessions_changed.notified();
+            let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
+            continue;
+        }
+        if let Err(pause) = keepalive_stream(&client).await {
+            for s in client.inner.sessions.lock().expect("sessions lock").values() {
+                s.check();
+            }
+            drop(client);
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+/// Runs one keepalive stream until it breaks; returns how long to pause before the next.
+async fn keepalive_stream(client: &Client) -> std::result::Result<(), Duration> {
+    let (addr, mut c) = client.current().map_err(|_| Duration::from_millis(200))?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::KeepAliveRequest>(4);
+    let mut sent_at: std::collections::VecDeque<Instant> = std::collections::VecDeque::new();
+    // The first request goes out with the call so that the server has something to answer.
+    let first = live_ids(client);
+    sent_at.push_back(Instant::now());
+    tx.send(pb::KeepAliveRequest { session_ids: first }).await.map_err(|_| Duration::ZERO)?;
+    let mut responses = match c.keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => {
+            let redirected = client.reroute(&addr, &status);
+            return Err(if redirected { Duration::ZERO } else { Duration::from_millis(100) });
+        }
+    };
+    loop {
+        let sessions: Vec<Arc<SessionShared>> =
+            client.inner.sessions.lock().expect("sessions lock").values().cloned().collect();
+        let min_ttl = sessions.iter().map(|s| s.ttl).min().unwrap_or(Duration::from_secs(10));
+        let interval = (min_ttl / 3).max(Duration::from_millis(100));
+        match tokio::time::timeout(interval, responses.message()).await {
+            Ok(Ok(Some(r))) => {
+                let sent = sent_at.pop_front().unwrap_or_else(Instant::now);
+                let map = client.inner.sessions.lock().expect("sessions lock");
+                for lease in r.leases {
+                    if let Some(s) = map.get(&lease.session_id) {
+                        if lease.alive {
+                            s.renewed(sent);
+                        } else {
+                            s.mark_lost();
+                        }
+                    }
+                }
+            }
+            Ok(Ok(None)) => return Err(Duration::from_millis(50)),
+            Ok(Err(status)) => {
+                let redirected = client.reroute(&addr, &status);
+                return Err(if redirected { Duration::ZERO } else { Duration::from_millis(100) });
+            }
+            Err(_) => {
+                // No answer within an interval: the node may be hung; try again elsewhere soon.
+                if sent_at.len() > 2 {
+                    let status = Status::unavailable("keepalive stream stalled");
+                    client.reroute(&addr, &status);
+                    return Err(Duration::from_millis(50));
+                }
+            }
+        }
+        for s in &sessions {
+            s.check();
+        }
+        let ids = live_ids(client);
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sent_at.push_back(Instant::now());
+        if tx.send(pb::KeepAliveRequest { session_ids: ids }).await.is_err() {
+            return Err(Duration::from_millis(50));
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+fn live_ids(client: &Client) -> Vec<u64> {
+    client.inner.sessions.lock().expect("sessions lock").values().filter(|s| !*s.lost.borrow()).map(|s| s.id).collect()
+}
+
+/// A session: the lease that the locks taken through it hang on.
+#[derive(Clone)]
+pub struct Session {
+    client: Client,
+    shared: Arc<SessionShared>,
+}
+
+/// Options of an acquire.
+#[derive(Clone, Debug, Default)]
+pub struct LockOptions {
+    /// `None`: try once. `Some(d)`: wait in the queue up to `d`.
+    pub wait: Option<Duration>,
+    /// Lock-delay after this holder's session expires.
+    pub lock_delay: Duration,
+}
+
+impl Session {
+    /// The session's id.
+    pub fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// The session's TTL.
+    pub fn ttl(&self) -> Duration {
+        self.shared.ttl
+    }
+
+    /// True while the lease is known valid (see the crate docs on lease loss).
+    pub fn is_alive(&self) -> bool {
+        self.shared.is_valid()
+    }
+
+    /// Completes when the lease is lost.
+    pub async fn lost(&self) {
+        let mut rx = self.shared.lost.subscribe();
+        let _ = rx.wait_for(|lost| *lost).await;
+    }
+
+    /// Takes the exclusive lock `name`: `Ok(None)` if it was not granted (try-once on a held
+    /// lock, or the wait ran out).
+    pub async fn lock(&self, name: &str, wait: Option<Duration>) -> Result<Option<LockGuard>> {
+        self.lock_with(name, LockOptions { wait, lock_delay: Duration::ZERO }).await
+    }
+
+    /// [`Session::lock`] with all options.
+    pub async fn lock_with(&self, name: &str, options: LockOptions) -> Result<Option<LockGuard>> {
+        if !self.is_alive() {
+            return Err(Error::LeaseLost(self.id()));
+        }
+        let req = pb::AcquireRequest {
+            name: name.to_string(),
+            session_id: self.id(),
+            request_id: self.client.request_id(),
+            wait_ms: options.wait.map_or(0, |d| d.as_millis() as u64),
+            lock_delay_ms: options.lock_delay.as_millis() as u64,
+        };
+        let r = self.client.rpc(|mut c| {
+            let req = req.clone();
+            async move { c.acquire(req).await }
+        });
+        let r = r.await?;
+        if r.result == pb::acquire_response::Result::Granted as i32 {
+            Ok(Some(LockGuard { session: self.clone(), name: name.to_string(), token: r.token, released: false }))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Closes the session: its locks are released at once.
+    pub async fn close(self) -> Result<()> {
+        self.client.inner.sessions.lock().expect("sessions lock").remove(&self.id());
+        let id = self.id();
+        let r = self
+            .client
+            .rpc(|mut c| async move { c.close_session(pb::CloseSessionRequest { session_id: id }).await })
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some(Code::NotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A held lock. Released by [`LockGuard::release`], or in the background when dropped.
+pub struct LockGuard {
+    session: Session,
+    name: String,
+    token: u64,
+    released: bool,
+}
+
+impl LockGuard {
+    /// The fencing token: pass it to every write made under this lock.
+    pub fn token(&self) -> u64 {
+        self.token
+    }
+
+    /// The lock's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The session holding the lock.
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// False once the session's lease is lost: the lock may belong to someone else now.
+    pub fn is_lease_valid(&self) -> bool {
+        self.session.is_alive()
+    }
+
+    /// Completes when the lease is lost.
+    pub async fn lease_lost(&self) {
+        self.session.lost().await
+    }
+
+    /// Releases the lock.
+    pub async fn release(mut self) -> Result<()> {
+        self.released = true;
+        release(&self.session, &self.name, self.token).await
+    }
+}
+
+async fn release(session: &Session, name: &str, token: u64) -> Result<()> {
+    let name = name.to_string();
+    let session_id = session.id();
+    let r = session
+        .client
+        .rpc(|mut c| {
+            let req = pb::ReleaseRequest { name: name.clone(), session_id, token };
+            async move { c.release(req).await }
+        })
+        .await;
+    match r {
+        Ok(_) => Ok(()),
+        // Released by an earlier attempt of this call whose answer was lost, or the session is
+        // gone: either way we do not hold it.
+        Err(e) if matches!(e.code(), Some(Code::FailedPrecondition) | Some(Code::NotFound)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let session = self.session.clone();
+            let name = std::mem::take(&mut self.name);
+            let token = self.token;
+            rt.spawn(async move {
+                if let Err(e) = release(&session, &name, token).await {
+                    tracing::warn!(lock = %name, "release on drop failed: {e}");
+                }
+            });
+        }
+    }
+}

@@ -98,7 +98,11 @@ impl Server {
         let mut node_config = NodeConfig::new(config.id, config.peers.keys().copied().collect());
         node_config.election_ticks = config.election_ticks;
         node_config.snapshot_entries = config.snapshot_entries;
-        let (node, boot) = Node::new(node_config, vec![(DATA_GROUP, recovered)]).map_err(std::io::Error::other)?;
+        let (mut node, boot) = Node::new(node_config, vec![(DATA_GROUP, recovered)]).map_err(std::io::Error::other)?;
+        if config.peers.len() == 1 {
+            // A single node is its own majority: no reason to wait out an election timeout.
+            node.campaign(DATA_GROUP);
+        }
 
         let view = Arc::new(Mutex::new(ClusterView::default()));
         {

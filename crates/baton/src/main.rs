@@ -1,1 +1,418 @@
-fn main() {}
+//! The `baton` command: run a node (`dev`, `server`) or use a cluster (`lock`, `status`,
+//! `describe`). See the README for a tour.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use baton_client::{Client, LockOptions};
+use baton_server::{Server, ServerConfig};
+use clap::{Parser, Subcommand};
+
+/// Exit code when the lock was not acquired within --wait (EX_TEMPFAIL).
+const EXIT_NOT_ACQUIRED: u8 = 75;
+/// Exit code when no server could be reached (EX_UNAVAILABLE).
+const EXIT_UNAVAILABLE: u8 = 69;
+/// Exit code when the lease was lost while the command ran and the command was killed.
+const EXIT_LEASE_LOST: u8 = 76;
+/// Exit code for a command that could not be started.
+const EXIT_NO_COMMAND: u8 = 127;
+/// Exit code for bad usage or a request the server rejected (EX_USAGE / EX_DATAERR).
+const EXIT_USAGE: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "baton", version, about = "Baton: fenced locks and leases on Raft")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a complete single-node service (data in a local folder).
+    Dev {
+        /// Data folder.
+        #[arg(long, default_value = "./baton-data")]
+        data: PathBuf,
+        /// Address for clients.
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        client_addr: String,
+    },
+    /// Run one node of a cluster.
+    Server {
+        /// This node's id (a key of --peers).
+        #[arg(long)]
+        id: u64,
+        /// Data folder.
+        #[arg(long)]
+        data: PathBuf,
+        /// Address for clients.
+        #[arg(long)]
+        client_addr: String,
+        /// Address for other nodes.
+        #[arg(long)]
+        peer_addr: String,
+        /// Peer addresses of all initial members: 1=HOST:PORT,2=HOST:PORT,...
+        #[arg(long)]
+        peers: String,
+        /// Raft tick in milliseconds (election timeout is 10 ticks, randomised up to 20).
+        #[arg(long, default_value_t = 100)]
+        tick_ms: u64,
+    },
+    /// Hold a lock while running a command: `baton lock NAME -- CMD [ARGS...]`.
+    Lock {
+        /// Comma-separated client addresses of any nodes.
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        endpoints: String,
+        /// Session TTL in seconds.
+        #[arg(long, default_value_t = 10)]
+        ttl: u64,
+        /// Give up (exit 75) if not acquired within this many seconds; default: wait forever.
+        #[arg(long)]
+        wait: Option<f64>,
+        /// Lock-delay in seconds after an expiry of this holder.
+        #[arg(long, default_value_t = 0.0)]
+        lock_delay: f64,
+        /// The lock's name.
+        name: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Show the cluster: nodes, groups, leaders, terms, indexes.
+    Status {
+        /// Comma-separated client addresses of any nodes.
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        endpoints: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a lock's holder, fencing token and waiters.
+    Describe {
+        /// Comma-separated client addresses of any nodes.
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        endpoints: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// The lock's name.
+        name: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let serving = matches!(cli.command, Cmd::Dev { .. } | Cmd::Server { .. });
+    let default_filter = if serving { "info" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BATON_LOG").unwrap_or_else(|_| default_filter.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("baton: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(run(cli.command))
+}
+
+fn endpoints(list: &str) -> Vec<String> {
+    list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+}
+
+async fn run(cmd: Cmd) -> ExitCode {
+    match cmd {
+        Cmd::Dev { data, client_addr } => {
+            let peer = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+                Ok(l) => l,
+                Err(e) => return fail(1, format!("cannot bind a peer port: {e}")),
+            };
+            let peer_addr = peer.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            let config = ServerConfig::new(1, data.clone(), BTreeMap::from([(1, peer_addr)]));
+            let client = match tokio::net::TcpListener::bind(&client_addr).await {
+                Ok(l) => l,
+                Err(e) => return fail(1, format!("cannot listen for clients on {client_addr}: {e}")),
+            };
+            match Server::start_with_listeners(config, client, peer).await {
+                Ok(server) => {
+                    println!("baton dev: serving clients on {} (data in {})", server.client_addr, data.display());
+                    serve_until_signal(server).await
+                }
+                Err(e) => fail(1, format!("cannot start: {e}")),
+            }
+        }
+        Cmd::Server { id, data, client_addr, peer_addr, peers, tick_ms } => {
+            let peers = match parse_peers(&peers) {
+                Ok(p) => p,
+                Err(e) => return fail(EXIT_USAGE, e),
+            };
+            let mut config = ServerConfig::new(id, data.clone(), peers);
+            config.tick = Duration::from_millis(tick_ms.max(1));
+            match Server::start(config, &client_addr, &peer_addr).await {
+                Ok(server) => {
+                    println!(
+                        "baton server {id}: serving clients on {} and peers on {} (data in {})",
+                        server.client_addr,
+                        server.peer_addr,
+                        data.display()
+                    );
+                    serve_until_signal(server).await
+                }
+                Err(e) => fail(1, format!("cannot start: {e}")),
+            }
+        }
+        Cmd::Lock { endpoints: eps, ttl, wait, lock_delay, name, command } => {
+            lock(eps, ttl, wait, lock_delay, name, command).await
+        }
+        Cmd::Status { endpoints: eps, json } => status(eps, json).await,
+        Cmd::Describe { endpoints: eps, json, name } => describe(eps, json, name).await,
+    }
+}
+
+fn fail(code: u8, msg: String) -> ExitCode {
+    eprintln!("baton: {msg}");
+    ExitCode::from(code)
+}
+
+fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut peers = BTreeMap::new();
+    for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+        let (id, addr) = part.split_once('=').ok_or_else(|| format!("--peers entry {part:?} is not ID=HOST:PORT"))?;
+        let id: u64 = id.trim().parse().map_err(|_| format!("--peers entry {part:?}: {id:?} is not a node id"))?;
+        if id == 0 {
+            return Err("--peers: node ids start at 1".into());
+        }
+        if peers.insert(id, addr.trim().to_string()).is_some() {
+            return Err(format!("--peers names node {id} twice"));
+        }
+    }
+    if peers.is_empty() {
+        return Err("--peers is empty".into());
+    }
+    Ok(peers)
+}
+
+async fn serve_until_signal(server: Server) -> ExitCode {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => return fail(1, format!("cannot install signal handler: {e}")),
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("baton: shutting down");
+    server.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+async fn connect(eps: &str) -> Result<Client, ExitCode> {
+    let eps = endpoints(eps);
+    Client::connect(eps).await.map_err(|e| fail(EXIT_USAGE, e.to_string()))
+}
+
+fn client_error(e: baton_client::Error) -> ExitCode {
+    match e {
+        baton_client::Error::Status(s) if s.code() != tonic::Code::Unavailable => {
+            fail(EXIT_USAGE, format!("{}: {}", code_name(s.code()), s.message()))
+        }
+        e => fail(EXIT_UNAVAILABLE, e.to_string()),
+    }
+}
+
+fn code_name(code: tonic::Code) -> String {
+    format!("{code:?}")
+}
+
+async fn lock(
+    eps: String,
+    ttl: u64,
+    wait: Option<f64>,
+    lock_delay: f64,
+    name: String,
+    command: Vec<String>,
+) -> ExitCode {
+    let client = match connect(&eps).await {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let session = match client.session(Duration::from_secs(ttl)).await {
+        Ok(s) => s,
+        Err(e) => return client_error(e),
+    };
+    let lock_delay = Duration::from_secs_f64(lock_delay.max(0.0));
+    let guard = match wait {
+        Some(w) => {
+            let wait = Duration::from_secs_f64(w.max(0.0));
+            let wait = if wait.is_zero() { None } else { Some(wait) };
+            session.lock_with(&name, LockOptions { wait, lock_delay }).await
+        }
+        None => loop {
+            // Wait forever, one longest-allowed wait at a time.
+            match session.lock_with(&name, LockOptions { wait: Some(Duration::from_secs(3600)), lock_delay }).await {
+                Ok(None) => continue,
+                other => break other,
+            }
+        },
+    };
+    let guard = match guard {
+        Ok(Some(g)) => g,
+        Ok(None) => {
+            let _ = session.close().await;
+            return fail(EXIT_NOT_ACQUIRED, format!("lock {name:?} not acquired within the wait"));
+        }
+        Err(e) => {
+            let _ = session.close().await;
+            return client_error(e);
+        }
+    };
+    let mut child = match tokio::process::Command::new(&command[0])
+        .args(&command[1..])
+        .env("BATON_FENCE", guard.token().to_string())
+        .env("BATON_LOCK", &name)
+        .env("BATON_SESSION", session.id().to_string())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = guard.release().await;
+            let _ = session.close().await;
+            return fail(EXIT_NO_COMMAND, format!("cannot run {:?}: {e}", command[0]));
+        }
+    };
+    let code = tokio::select! {
+        status = child.wait() => match status {
+            Ok(s) => exit_code_of(s),
+            Err(e) => fail(1, format!("waiting for the command failed: {e}")),
+        },
+        _ = guard.lease_lost() => {
+            eprintln!("baton: lease on lock {name:?} lost (token {}); killing the command", guard.token());
+            let _ = child.kill().await;
+            ExitCode::from(EXIT_LEASE_LOST)
+        }
+    };
+    if let Err(e) = guard.release().await {
+        eprintln!("baton: release failed (the lock is freed when the session ends): {e}");
+    }
+    if let Err(e) = session.close().await {
+        eprintln!("baton: closing the session failed (it expires after its ttl): {e}");
+    }
+    code
+}
+
+fn exit_code_of(status: std::process::ExitStatus) -> ExitCode {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => ExitCode::from(c.clamp(0, 255) as u8),
+        (None, Some(sig)) => ExitCode::from((128 + sig).clamp(0, 255) as u8),
+        _ => ExitCode::from(1),
+    }
+}
+
+async fn status(eps: String, json: bool) -> ExitCode {
+    let mut last_err = None;
+    for ep in endpoints(&eps) {
+        match Client::status_of(&ep).await {
+            Ok(s) => {
+                if json {
+                    println!("{}", status_json(&s));
+                } else {
+                    print_status(&s);
+                }
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => last_err = Some(format!("{ep}: {e}")),
+        }
+    }
+    fail(EXIT_UNAVAILABLE, format!("no node answered ({})", last_err.unwrap_or_default()))
+}
+
+fn status_json(s: &baton_proto::v1::StatusResponse) -> serde_json::Value {
+    serde_json::json!({
+        "node": s.node_id,
+        "groups": s.groups.iter().map(|g| serde_json::json!({
+            "id": g.id,
+            "leader": if g.leader == 0 { serde_json::Value::Null } else { g.leader.into() },
+            "term": g.term,
+            "commit_index": g.commit_index,
+            "applied_index": g.applied_index,
+            "role": g.role,
+            "sessions": g.sessions,
+            "locks": g.locks,
+            "last_token": g.last_token,
+        })).collect::<Vec<_>>(),
+        "nodes": s.nodes.iter().map(|n| serde_json::json!({
+            "id": n.id,
+            "client_addr": if n.client_addr.is_empty() { serde_json::Value::Null } else { n.client_addr.clone().into() },
+            "peer_addr": n.peer_addr,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn print_status(s: &baton_proto::v1::StatusResponse) {
+    println!("answered by node {}", s.node_id);
+    println!("{:<6} {:<22} {:<22}", "NODE", "CLIENT ADDR", "PEER ADDR");
+    for n in &s.nodes {
+        let client = if n.client_addr.is_empty() { "?" } else { &n.client_addr };
+        println!("{:<6} {:<22} {:<22}", n.id, client, n.peer_addr);
+    }
+    println!();
+    println!(
+        "{:<6} {:<7} {:<6} {:<9} {:<9} {:<9} {:<9} {:<7} {:<10}",
+        "GROUP", "LEADER", "TERM", "COMMIT", "APPLIED", "ROLE", "SESSIONS", "LOCKS", "LAST TOKEN"
+    );
+    for g in &s.groups {
+        let leader = if g.leader == 0 { "-".to_string() } else { g.leader.to_string() };
+        println!(
+            "{:<6} {:<7} {:<6} {:<9} {:<9} {:<9} {:<9} {:<7} {:<10}",
+            g.id, leader, g.term, g.commit_index, g.applied_index, g.role, g.sessions, g.locks, g.last_token
+        );
+    }
+}
+
+async fn describe(eps: String, json: bool, name: String) -> ExitCode {
+    let client = match connect(&eps).await {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let d = match client.describe(&name).await {
+        Ok(d) => d,
+        Err(e) => return client_error(e),
+    };
+    if json {
+        let v = serde_json::json!({
+            "name": name,
+            "held": d.held,
+            "holder_session": if d.held { d.holder_session.into() } else { serde_json::Value::Null },
+            "token": if d.held { d.token.into() } else { serde_json::Value::Null },
+            "held_for_ms": d.held_for_ms,
+            "lock_delay_remaining_ms": d.lock_delay_remaining_ms,
+            "waiters": d.waiters.iter().map(|w| serde_json::json!({
+                "session": w.session_id, "request_id": w.request_id, "waited_ms": w.waited_ms, "deadline_in_ms": w.deadline_in_ms,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{v}");
+    } else if d.held {
+        println!(
+            "{name}: held by session {} with token {} for {} ms; {} waiting",
+            d.holder_session,
+            d.token,
+            d.held_for_ms,
+            d.waiters.len()
+        );
+        for (i, w) in d.waiters.iter().enumerate() {
+            println!("  {i}: session {} waited {} ms, gives up in {} ms", w.session_id, w.waited_ms, w.deadline_in_ms);
+        }
+    } else if d.lock_delay_remaining_ms > 0 {
+        println!("{name}: free, in lock-delay for {} ms more; {} waiting", d.lock_delay_remaining_ms, d.waiters.len());
+    } else {
+        println!("{name}: free");
+    }
+    ExitCode::SUCCESS
+}

@@ -201,12 +201,7 @@ impl Client {
             let (addr, client) = self.current()?;
             let status = match call(client).await {
                 Ok(r) => return Ok(r.into_inner()),
-                Err(s)
-                    if s.code() == Code::Unavailable
-                        || s.code() == Code::Unknown && s.message().contains("transport") =>
-                {
-                    s
-                }
+                Err(s) if retryable(&s) => s,
                 Err(s) => return Err(Error::Status(s)),
             };
             if Instant::now() >= deadline {
@@ -267,6 +262,22 @@ impl Client {
     pub async fn status_of(addr: &str) -> Result<pb::StatusResponse> {
         let mut c = channel(addr)?;
         c.status(pb::StatusRequest {}).await.map(|r| r.into_inner()).map_err(Error::Status)
+    }
+}
+
+/// Errors after which the same request may be sent again (to this or another node): every
+/// request is idempotent by its request id, or harmless to repeat.
+fn retryable(s: &Status) -> bool {
+    match s.code() {
+        Code::Unavailable => true,
+        // A connection that broke mid-call (the node stopped): the request may or may not have
+        // been applied; retrying with the same request id finds out.
+        Code::Cancelled | Code::Unknown => {
+            std::error::Error::source(s).is_some()
+                || s.message().contains("transport")
+                || s.message().contains("connection")
+        }
+        _ => false,
     }
 }
 
@@ -457,11 +468,17 @@ impl Session {
             wait_ms: options.wait.map_or(0, |d| d.as_millis() as u64),
             lock_delay_ms: options.lock_delay.as_millis() as u64,
         };
+        // If the caller stops waiting (drops this future), withdraw the request on the server so
+        // that it is not granted to nobody.
+        let mut withdraw =
+            WithdrawOnDrop { session: Some(self.clone()), name: req.name.clone(), request_id: req.request_id };
         let r = self.client.rpc(|mut c| {
             let req = req.clone();
             async move { c.acquire(req).await }
         });
-        let r = r.await?;
+        let r = r.await;
+        withdraw.session = None;
+        let r = r?;
         if r.result == pb::acquire_response::Result::Granted as i32 {
             Ok(Some(LockGuard { session: self.clone(), name: name.to_string(), token: r.token, released: false }))
         } else {
@@ -482,6 +499,36 @@ impl Session {
             Err(e) if e.code() == Some(Code::NotFound) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+}
+
+struct WithdrawOnDrop {
+    session: Option<Session>,
+    name: String,
+    request_id: u64,
+}
+
+impl Drop for WithdrawOnDrop {
+    fn drop(&mut self) {
+        let Some(session) = self.session.take() else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let name = std::mem::take(&mut self.name);
+        let request_id = self.request_id;
+        rt.spawn(async move {
+            let session_id = session.id();
+            let r = session
+                .client
+                .rpc(|mut c| {
+                    let req = pb::CancelRequest { name: name.clone(), session_id, request_id };
+                    async move { c.cancel(req).await }
+                })
+                .await;
+            if let Ok(pb::CancelResponse { granted_token }) = r {
+                if granted_token != 0 {
+                    let _ = release(&session, &name, granted_token).await;
+                }
+            }
+        });
     }
 }
 

@@ -53,29 +53,6 @@ fn check_name(name: &str) -> Result<(), Status> {
     Limits::default().check_name(name).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
-/// Cancels a wait if the caller goes away before it is answered (dropped with the handler).
-struct CancelOnDrop<'a> {
-    node: &'a NodeHandle,
-    name: String,
-    session: u64,
-    request_id: u64,
-    armed: bool,
-}
-
-impl Drop for CancelOnDrop<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            let (tx, _rx) = oneshot::channel();
-            let command = Command::Cancel {
-                name: std::mem::take(&mut self.name),
-                session: self.session,
-                request_id: self.request_id,
-            };
-            self.node.send(Input::Propose { group: DATA_GROUP, command, tx });
-        }
-    }
-}
-
 type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<pb::KeepAliveResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -159,13 +136,8 @@ impl Baton for BatonService {
             .check_wait(req.wait_ms)
             .and_then(|_| limits.check_lock_delay(req.lock_delay_ms))
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let mut guard = CancelOnDrop {
-            node: &self.node,
-            name: req.name.clone(),
-            session: req.session_id,
-            request_id: req.request_id,
-            armed: req.wait_ms > 0,
-        };
+        // A caller that goes away is not taken as a cancel: it may be retrying elsewhere with the
+        // same request id. Callers withdraw explicitly with Cancel; dead ones with their session.
         let request = AcquireRequest {
             name: req.name,
             session: req.session_id,
@@ -173,9 +145,10 @@ impl Baton for BatonService {
             wait_ms: Some(req.wait_ms),
             lock_delay_ms: req.lock_delay_ms,
         };
-        let result = self.call(|tx| Input::Acquire { group: DATA_GROUP, request, tx }).await;
-        guard.armed = false;
-        let result = result?.map_err(|e| to_status(e, &self.node))?;
+        let result = self
+            .call(|tx| Input::Acquire { group: DATA_GROUP, request, tx })
+            .await?
+            .map_err(|e| to_status(e, &self.node))?;
         use pb::acquire_response::Result as R;
         let response = match result {
             AcquireResult::Granted(token) => {
@@ -194,6 +167,20 @@ impl Baton for BatonService {
         check_name(&req.name)?;
         self.propose(Command::Release { name: req.name, session: req.session_id, token: req.token }).await?;
         Ok(Response::new(pb::ReleaseResponse {}))
+    }
+
+    async fn cancel(&self, request: Request<pb::CancelRequest>) -> Result<Response<pb::CancelResponse>, Status> {
+        let req = request.into_inner();
+        check_name(&req.name)?;
+        match self
+            .propose(Command::Cancel { name: req.name, session: req.session_id, request_id: req.request_id })
+            .await?
+        {
+            Outcome::Cancelled { granted } => {
+                Ok(Response::new(pb::CancelResponse { granted_token: granted.unwrap_or(0) }))
+            }
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
     }
 
     async fn describe(&self, request: Request<pb::DescribeRequest>) -> Result<Response<pb::DescribeResponse>, Status> {

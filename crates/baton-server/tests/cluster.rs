@@ -1,0 +1,263 @@
+//! Three real nodes in one process, each with its own sockets on 127.0.0.1 and its own data
+//! folder, driven through the Rust client: handoff, leader failover with waiters, whole-cluster
+//! restart, snapshot catch-up, and clear errors for bad input.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use baton_client::{Client, ClientOptions, Error};
+use baton_server::{Server, ServerConfig};
+use tokio::net::TcpListener;
+
+struct TestCluster {
+    dirs: BTreeMap<u64, tempfile::TempDir>,
+    peers: BTreeMap<u64, String>,
+    client_addrs: BTreeMap<u64, String>,
+    servers: BTreeMap<u64, Server>,
+    snapshot_entries: u64,
+}
+
+impl TestCluster {
+    async fn start(n: u64, snapshot_entries: u64) -> TestCluster {
+        let mut peer_listeners = BTreeMap::new();
+        let mut client_listeners = BTreeMap::new();
+        for id in 1..=n {
+            peer_listeners.insert(id, TcpListener::bind("127.0.0.1:0").await.unwrap());
+            client_listeners.insert(id, TcpListener::bind("127.0.0.1:0").await.unwrap());
+        }
+        let peers = peer_listeners.iter().map(|(id, l)| (*id, l.local_addr().unwrap().to_string())).collect();
+        let client_addrs = client_listeners.iter().map(|(id, l)| (*id, l.local_addr().unwrap().to_string())).collect();
+        let mut c =
+            TestCluster { dirs: BTreeMap::new(), peers, client_addrs, servers: BTreeMap::new(), snapshot_entries };
+        for id in 1..=n {
+            c.dirs.insert(id, tempfile::tempdir().unwrap());
+            let (cl, pl) = (client_listeners.remove(&id).unwrap(), peer_listeners.remove(&id).unwrap());
+            c.launch(id, cl, pl).await;
+        }
+        c
+    }
+
+    async fn launch(&mut self, id: u64, client: TcpListener, peer: TcpListener) {
+        let mut config = ServerConfig::new(id, self.dirs[&id].path().to_path_buf(), self.peers.clone());
+        config.tick = Duration::from_millis(50);
+        config.snapshot_entries = self.snapshot_entries;
+        let server = Server::start_with_listeners(config, client, peer).await.unwrap();
+        self.servers.insert(id, server);
+    }
+
+    async fn stop(&mut self, id: u64) {
+        if let Some(s) = self.servers.remove(&id) {
+            s.shutdown().await;
+        }
+    }
+
+    async fn restart(&mut self, id: u64) {
+        let client = bind_again(&self.client_addrs[&id]).await;
+        let peer = bind_again(&self.peers[&id]).await;
+        self.launch(id, client, peer).await;
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        self.client_addrs.values().cloned().collect()
+    }
+
+    async fn client(&self) -> Client {
+        let options = ClientOptions { client_id: "test".into(), request_timeout: Duration::from_secs(20) };
+        Client::connect_with(self.endpoints(), options).await.unwrap()
+    }
+
+    /// The leader that every running node agrees on.
+    async fn leader(&self) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut seen = Vec::new();
+            for id in self.servers.keys() {
+                if let Ok(s) = Client::status_of(&self.client_addrs[id]).await {
+                    seen.push(s.groups[0].leader);
+                }
+            }
+            if !seen.is_empty()
+                && seen[0] != 0
+                && seen.iter().all(|l| *l == seen[0])
+                && self.servers.contains_key(&seen[0])
+            {
+                return seen[0];
+            }
+            assert!(Instant::now() < deadline, "no agreed leader: {seen:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn bind_again(addr: &str) -> TcpListener {
+    for _ in 0..100 {
+        if let Ok(l) = TcpListener::bind(addr).await {
+            return l;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("cannot bind {addr} again");
+}
+
+const TTL: Duration = Duration::from_secs(3);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handoff_between_clients_is_fifo_and_fenced() {
+    let mut cluster = TestCluster::start(3, 20_000).await;
+    let client = cluster.client().await;
+    let a = client.session(TTL).await.unwrap();
+    let b = client.session(TTL).await.unwrap();
+    let c = client.session(TTL).await.unwrap();
+    let ga = a.lock("job", None).await.unwrap().expect("free lock is granted");
+    assert!(b.lock("job", None).await.unwrap().is_none(), "try-once on a held lock fails");
+    let (b2, c2) = (b.clone(), c.clone());
+    let wb = tokio::spawn(async move { b2.lock("job", Some(Duration::from_secs(20))).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let wc = tokio::spawn(async move { c2.lock("job", Some(Duration::from_secs(20))).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let d = client.describe("job").await.unwrap();
+    assert_eq!((d.holder_session, d.token), (a.id(), ga.token()));
+    assert_eq!(d.waiters.iter().map(|w| w.session_id).collect::<Vec<_>>(), vec![b.id(), c.id()]);
+    let first = ga.token();
+    ga.release().await.unwrap();
+    let gb = wb.await.unwrap().unwrap().expect("b is next");
+    assert!(gb.token() > first);
+    assert!(!wc.is_finished(), "c still waits");
+    gb.release().await.unwrap();
+    let gc = wc.await.unwrap().unwrap().expect("c is last");
+    assert!(gc.token() > first + 1);
+    gc.release().await.unwrap();
+    for id in [1, 2, 3] {
+        cluster.stop(id).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_failover_keeps_the_holder_and_serves_waiters() {
+    let mut cluster = TestCluster::start(3, 20_000).await;
+    let client = cluster.client().await;
+    let holder = client.session(TTL).await.unwrap();
+    let waiter = client.session(TTL).await.unwrap();
+    let g = holder.lock("res", None).await.unwrap().unwrap();
+    let w = waiter.clone();
+    let wait = tokio::spawn(async move { w.lock("res", Some(Duration::from_secs(30))).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let old = cluster.leader().await;
+    cluster.stop(old).await;
+    // Longer than the TTL: only the new leader's grace and the keepalives that reach it keep
+    // the holder's session alive.
+    tokio::time::sleep(TTL + Duration::from_secs(1)).await;
+    let new = cluster.leader().await;
+    assert_ne!(new, old);
+    assert!(g.is_lease_valid(), "holder's lease survived the failover");
+    let d = client.describe("res").await.unwrap();
+    assert_eq!((d.holder_session, d.token), (holder.id(), g.token()), "holder kept the lock");
+    assert!(!wait.is_finished(), "waiter still waits");
+
+    let first = g.token();
+    g.release().await.unwrap();
+    let gw = wait.await.unwrap().unwrap().expect("waiter granted after release");
+    assert!(gw.token() > first, "tokens increase across the failover");
+    gw.release().await.unwrap();
+
+    // The old leader rejoins and catches up.
+    cluster.restart(old).await;
+    let leader = cluster.leader().await;
+    assert!(cluster.servers.contains_key(&leader));
+    for id in [1, 2, 3] {
+        cluster.stop(id).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_cluster_restart_keeps_locks_and_tokens() {
+    let mut cluster = TestCluster::start(3, 20_000).await;
+    let client = cluster.client().await;
+    let s = client.session(Duration::from_secs(30)).await.unwrap();
+    let g = s.lock("kept", None).await.unwrap().unwrap();
+    let token = g.token();
+    std::mem::forget(g); // keep holding across the restart
+    for id in [1, 2, 3] {
+        cluster.stop(id).await;
+    }
+    for id in [1, 2, 3] {
+        cluster.restart(id).await;
+    }
+    cluster.leader().await;
+    let d = client.describe("kept").await.unwrap();
+    assert_eq!((d.held, d.holder_session, d.token), (true, s.id(), token), "the held lock survived the restart");
+    let other = client.session(TTL).await.unwrap();
+    s.close().await.unwrap();
+    let g2 = other.lock("kept", None).await.unwrap().expect("free after the holder closed");
+    assert!(g2.token() > token, "tokens keep increasing after a restart");
+    g2.release().await.unwrap();
+    for id in [1, 2, 3] {
+        cluster.stop(id).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_follower_catches_up_from_a_snapshot() {
+    let mut cluster = TestCluster::start(3, 30).await;
+    let leader = cluster.leader().await;
+    let follower = *cluster.servers.keys().find(|&&id| id != leader).unwrap();
+    cluster.stop(follower).await;
+    let client = cluster.client().await;
+    let s = client.session(TTL).await.unwrap();
+    let mut last = 0;
+    for i in 0..60 {
+        let g = s.lock(&format!("k{}", i % 5), None).await.unwrap().unwrap();
+        last = g.token();
+        g.release().await.unwrap();
+    }
+    cluster.restart(follower).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = Client::status_of(&cluster.client_addrs[&follower]).await;
+        if let Ok(st) = st {
+            if st.groups[0].last_token == last {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "follower did not catch up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(cluster.dirs[&follower].path().join("snap/group-1.snap").exists());
+    for id in [1, 2, 3] {
+        cluster.stop(id).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_error() {
+    let mut cluster = TestCluster::start(1, 20_000).await;
+    let client = cluster.client().await;
+    let s = client.session(TTL).await.unwrap();
+    let long = "x".repeat(1025);
+    match s.lock(&long, None).await {
+        Err(Error::Status(st)) => {
+            assert_eq!(st.code(), tonic::Code::InvalidArgument);
+            assert!(st.message().contains("longer than 1024 bytes"), "{}", st.message());
+        }
+        other => panic!("expected InvalidArgument, got {:?}", other.map(|g| g.map(|g| g.token()))),
+    }
+    match client.session(Duration::from_millis(10)).await {
+        Err(Error::Status(st)) => assert_eq!(st.code(), tonic::Code::InvalidArgument, "{}", st.message()),
+        Err(e) => panic!("unexpected {e}"),
+        Ok(_) => panic!("a 10 ms ttl was accepted"),
+    }
+    // A release by a non-holder is refused and the holder keeps the lock.
+    let g = s.lock("mine", None).await.unwrap().unwrap();
+    let other = client.session(TTL).await.unwrap();
+    let mut raw = baton_proto::v1::baton_client::BatonClient::connect(format!("http://{}", cluster.endpoints()[0]))
+        .await
+        .unwrap();
+    let err = raw
+        .release(baton_proto::v1::ReleaseRequest { name: "mine".into(), session_id: other.id(), token: g.token() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(client.describe("mine").await.unwrap().held);
+    cluster.stop(1).await;
+}

@@ -100,8 +100,7 @@ impl GroupStorage {
     /// to it. A follower that is further behind than the snapshot is sent the snapshot.
     pub fn set_snapshot(&mut self, data: Vec<u8>, index: u64) -> Snapshot {
         let term = raft::Storage::term(self, index).expect("snapshot index is in the log");
-        let mut snapshot = Snapshot::default();
-        snapshot.data = data.into();
+        let mut snapshot = Snapshot { data: data.into(), ..Default::default() };
         let meta = snapshot.mut_metadata();
         meta.index = index;
         meta.term = term;

@@ -10,6 +10,8 @@ use baton_client::{Client, LockOptions};
 use baton_server::{Server, ServerConfig};
 use clap::{Parser, Subcommand};
 
+mod bench;
+
 /// Exit code when the lock was not acquired within --wait (EX_TEMPFAIL).
 const EXIT_NOT_ACQUIRED: u8 = 75;
 /// Exit code when no server could be reached (EX_UNAVAILABLE).
@@ -85,6 +87,24 @@ enum Cmd {
         /// Comma-separated client addresses of any nodes.
         #[arg(long, default_value = "127.0.0.1:7700")]
         endpoints: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure lock throughput and latency against a running cluster.
+    Bench {
+        /// Comma-separated client addresses of any nodes.
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        endpoints: String,
+        /// uncontended (own name per client) or contended (one name for all).
+        #[arg(long, default_value = "uncontended")]
+        workload: String,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Seconds to measure.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -172,6 +192,20 @@ async fn run(cmd: Cmd) -> ExitCode {
         }
         Cmd::Status { endpoints: eps, json } => status(eps, json).await,
         Cmd::Describe { endpoints: eps, json, name } => describe(eps, json, name).await,
+        Cmd::Bench { endpoints: eps, workload, clients, duration, json } => {
+            let duration = Duration::from_secs_f64(duration.clamp(0.1, 3600.0));
+            match bench::run(bench::BenchArgs { endpoints: endpoints(&eps), workload, clients, duration }).await {
+                Ok(report) if json => {
+                    println!("{}", report.to_json());
+                    ExitCode::SUCCESS
+                }
+                Ok(report) => {
+                    println!("{}", report.to_text());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(EXIT_USAGE, e),
+            }
+        }
     }
 }
 

@@ -103,7 +103,8 @@ fn dev_serialises_two_lock_commands() {
     assert_eq!(tokens.len(), 2);
 
     // The command's exit code is passed through.
-    let code = Command::new(BATON).args(["lock", "--endpoints", &addr, "job", "--", "sh", "-c", "exit 7"]).status().unwrap();
+    let code =
+        Command::new(BATON).args(["lock", "--endpoints", &addr, "job", "--", "sh", "-c", "exit 7"]).status().unwrap();
     assert_eq!(code.code(), Some(7));
 
     // Not acquired within --wait: exit 75, and the command never ran.
@@ -141,8 +142,10 @@ struct ProcCluster {
 impl ProcCluster {
     fn start(dir: &Path) -> ProcCluster {
         let ids = [1u64, 2, 3];
-        let client_addrs: BTreeMap<u64, String> = ids.iter().map(|&i| (i, format!("127.0.0.1:{}", free_port()))).collect();
-        let peer_addrs: BTreeMap<u64, String> = ids.iter().map(|&i| (i, format!("127.0.0.1:{}", free_port()))).collect();
+        let client_addrs: BTreeMap<u64, String> =
+            ids.iter().map(|&i| (i, format!("127.0.0.1:{}", free_port()))).collect();
+        let peer_addrs: BTreeMap<u64, String> =
+            ids.iter().map(|&i| (i, format!("127.0.0.1:{}", free_port()))).collect();
         let peers = peer_addrs.iter().map(|(i, a)| format!("{i}={a}")).collect::<Vec<_>>().join(",");
         let data = ids.iter().map(|&i| (i, dir.join(format!("n{i}")))).collect();
         let mut c = ProcCluster { procs: BTreeMap::new(), client_addrs, peers, peer_addrs, data };
@@ -155,7 +158,14 @@ impl ProcCluster {
     fn launch(&mut self, id: u64) {
         let mut child = Command::new(BATON)
             .args(["server", "--id", &id.to_string(), "--data", self.data[&id].to_str().unwrap()])
-            .args(["--client-addr", &self.client_addrs[&id], "--peer-addr", &self.peer_addrs[&id], "--peers", &self.peers])
+            .args([
+                "--client-addr",
+                &self.client_addrs[&id],
+                "--peer-addr",
+                &self.peer_addrs[&id],
+                "--peers",
+                &self.peers,
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -217,7 +227,10 @@ fn three_node_cluster_survives_sigkill_of_its_leader() {
     // A fresh client measures how long until a lock can be granted again.
     let mut ok = false;
     while killed_at.elapsed() < Duration::from_secs(30) {
-        let out = Command::new(BATON).args(["lock", "--endpoints", &eps, "--wait", "0", "probe", "--", "true"]).output().unwrap();
+        let out = Command::new(BATON)
+            .args(["lock", "--endpoints", &eps, "--wait", "0", "probe", "--", "true"])
+            .output()
+            .unwrap();
         if out.status.success() {
             ok = true;
             break;
@@ -235,7 +248,10 @@ fn three_node_cluster_survives_sigkill_of_its_leader() {
 
     // The killed node restarts from its disk and the cluster keeps granting.
     cluster.launch(leader);
-    let out = Command::new(BATON).args(["lock", "--endpoints", &eps, "shared", "--", "sh", "-c", "echo $BATON_FENCE"]).output().unwrap();
+    let out = Command::new(BATON)
+        .args(["lock", "--endpoints", &eps, "shared", "--", "sh", "-c", "echo $BATON_FENCE"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let last: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     assert!(last > *tokens.last().unwrap());

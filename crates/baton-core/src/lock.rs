@@ -172,6 +172,15 @@ impl StateMachine {
     /// Grants the lock to queued waiters while it is free and open.
     pub(crate) fn grant_waiters(&mut self, name: &str, events: &mut Vec<Event>) {
         let now = self.now_ms;
+        // Waiters whose deadline has passed time out first, even if their own timer has not
+        // fired yet (timers fire in time order; an earlier one may be what frees the lock).
+        while let Some(w) = self.locks.get(name).and_then(|l| l.waiters.front()) {
+            if w.deadline_ms > now {
+                break;
+            }
+            let (session, request_id) = (w.session, w.request_id);
+            self.end_wait(name, session, request_id, WaitEnd::TimedOut, events);
+        }
         let Some(lock) = self.locks.get_mut(name) else { return };
         if let Some(w) = lock.next_to_grant(now) {
             self.timers.remove(&Timer {

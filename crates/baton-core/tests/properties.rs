@@ -112,7 +112,7 @@ impl Harness {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
     #[test]
     fn invariants_hold(ops in proptest::collection::vec((op(), 0u64..400), 1..120)) {
         let mut h = Harness {

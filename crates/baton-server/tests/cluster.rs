@@ -261,3 +261,67 @@ async fn bad_input_gets_a_clear_error() {
     assert!(client.describe("mine").await.unwrap().held);
     cluster.stop(1).await;
 }
+
+/// A storage system that uses fencing tokens: it remembers the highest token it has seen per
+/// resource and rejects writes carrying a lower one.
+#[derive(Default)]
+struct FencedStore {
+    highest: BTreeMap<String, u64>,
+    data: BTreeMap<String, String>,
+}
+
+impl FencedStore {
+    fn write(&mut self, resource: &str, token: u64, value: &str) -> Result<(), String> {
+        let highest = self.highest.entry(resource.to_string()).or_insert(0);
+        if token < *highest {
+            return Err(format!("stale fencing token {token} < {highest} for {resource}"));
+        }
+        *highest = token;
+        self.data.insert(resource.to_string(), value.to_string());
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_holder_is_fenced_off_by_its_token() {
+    let mut cluster = TestCluster::start(3, 20_000).await;
+    let mut store = FencedStore::default();
+    cluster.leader().await;
+    // The "paused" holder uses the raw API and never sends a keepalive (a long GC pause).
+    let mut raw = None;
+    for addr in cluster.endpoints() {
+        let mut c = baton_proto::v1::baton_client::BatonClient::connect(format!("http://{addr}")).await.unwrap();
+        if let Ok(r) =
+            c.open_session(baton_proto::v1::OpenSessionRequest { client_id: "paused".into(), ttl_ms: 1000 }).await
+        {
+            raw = Some((c, r.into_inner().session_id));
+            break;
+        }
+    }
+    let (mut paused, session) = raw.expect("some node is the leader");
+    let req = baton_proto::v1::AcquireRequest {
+        name: "ledger".into(),
+        session_id: session,
+        request_id: 1,
+        wait_ms: 0,
+        lock_delay_ms: 0,
+    };
+    let stale = paused.acquire(req).await.unwrap().into_inner().token;
+    store.write("ledger", stale, "from the paused holder").unwrap();
+
+    // Its session expires on the leader; a healthy client gets the lock with a larger token.
+    let client = cluster.client().await;
+    let healthy = client.session(TTL).await.unwrap();
+    let g = healthy.lock("ledger", Some(Duration::from_secs(10))).await.unwrap().expect("granted after the expiry");
+    assert!(g.token() > stale);
+    store.write("ledger", g.token(), "from the new holder").unwrap();
+
+    // The paused holder wakes up, still believing it holds the lock: its write is rejected.
+    let err = store.write("ledger", stale, "late write").unwrap_err();
+    assert!(err.contains("stale fencing token"), "{err}");
+    assert_eq!(store.data["ledger"], "from the new holder");
+    g.release().await.unwrap();
+    for id in [1, 2, 3] {
+        cluster.stop(id).await;
+    }
+}

@@ -424,22 +424,23 @@ impl Group {
                         out.push(Output::Event { group: self.id, index: e.index, event });
                     }
                 }
-                EntryType::EntryConfChange => {
-                    let mut cc = ConfChange::default();
-                    protobuf::Message::merge_from_bytes(&mut cc, &e.data)
-                        .map_err(|err| format!("conf change: {err}"))?;
-                    self.raw.apply_conf_change(&cc).map_err(|err| format!("conf change: {err}"))?;
-                    self.sm.observe_time(e.index, 0);
-                }
-                EntryType::EntryConfChangeV2 => {
-                    let mut cc = ConfChangeV2::default();
-                    protobuf::Message::merge_from_bytes(&mut cc, &e.data)
-                        .map_err(|err| format!("conf change: {err}"))?;
-                    self.raw.apply_conf_change(&cc).map_err(|err| format!("conf change: {err}"))?;
-                    self.sm.observe_time(e.index, 0);
-                }
+                EntryType::EntryConfChange => self.apply_conf_change::<ConfChange>(&e)?,
+                EntryType::EntryConfChangeV2 => self.apply_conf_change::<ConfChangeV2>(&e)?,
             }
         }
+        Ok(())
+    }
+
+    /// Membership changes are not proposed by Baton yet; one found in the log is applied to
+    /// raft-rs as the protocol requires.
+    fn apply_conf_change<C: protobuf::Message + raft_proto::ConfChangeI>(
+        &mut self,
+        e: &raft::eraftpb::Entry,
+    ) -> Result<(), String> {
+        let mut cc = C::new();
+        cc.merge_from_bytes(&e.data).map_err(|err| format!("conf change at {}: {err}", e.index))?;
+        self.raw.apply_conf_change(&cc).map_err(|err| format!("conf change at {}: {err}", e.index))?;
+        self.sm.observe_time(e.index, 0);
         Ok(())
     }
 

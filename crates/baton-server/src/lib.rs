@@ -73,6 +73,25 @@ pub struct Server {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Serves `router` on `listener` until the returned task is told to stop through `shutdown`.
+fn serve(
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    what: &'static str,
+    shutdown: &mut Vec<oneshot::Sender<()>>,
+) -> tokio::task::JoinHandle<()> {
+    let (tx, rx) = oneshot::channel::<()>();
+    shutdown.push(tx);
+    tokio::spawn(async move {
+        let stop = async {
+            let _ = rx.await;
+        };
+        if let Err(e) = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop).await {
+            tracing::error!("{what} server failed: {e}");
+        }
+    })
+}
+
 impl Server {
     /// Binds both addresses and starts serving.
     pub async fn start(config: ServerConfig, client_addr: &str, peer_addr: &str) -> std::io::Result<Server> {
@@ -123,37 +142,14 @@ impl Server {
         let (handle, thread) = runtime::spawn(node, store, boot, outboxes, view, config.tick)?;
 
         let mut shutdown = Vec::new();
-        let (tx, rx) = oneshot::channel::<()>();
-        shutdown.push(tx);
-        let svc = BatonServer::new(service::BatonService { node: handle.clone() });
-        tasks.push(tokio::spawn(async move {
-            let r = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
-                .add_service(svc)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(client), async {
-                    let _ = rx.await;
-                })
-                .await;
-            if let Err(e) = r {
-                tracing::error!("client API server failed: {e}");
-            }
-        }));
-        let (tx, rx) = oneshot::channel::<()>();
-        shutdown.push(tx);
+        let client_api = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(BatonServer::new(service::BatonService { node: handle.clone() }));
+        tasks.push(serve(client_api, client, "client API", &mut shutdown));
         let peer_svc = PeerServer::new(transport::PeerService { node: handle.clone() })
             .max_decoding_message_size(transport::MAX_PEER_MESSAGE_BYTES);
-        tasks.push(tokio::spawn(async move {
-            let r = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
-                .add_service(peer_svc)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(peer), async {
-                    let _ = rx.await;
-                })
-                .await;
-            if let Err(e) = r {
-                tracing::error!("peer API server failed: {e}");
-            }
-        }));
+        let peer_api = tonic::transport::Server::builder().tcp_nodelay(true).add_service(peer_svc);
+        tasks.push(serve(peer_api, peer, "peer API", &mut shutdown));
         tracing::info!(id = config.id, %client_addr, %peer_addr, "baton node started");
         Ok(Server { client_addr, peer_addr, node: handle, shutdown, tasks, thread: Some(thread) })
     }

@@ -190,16 +190,30 @@ impl Client {
     }
 
     /// Runs `call` against the leader, following redirects and retrying while none answers.
-    async fn rpc<T, F, Fut>(&self, mut call: F) -> Result<T>
+    async fn rpc<T, F, Fut>(&self, call: F) -> Result<T>
     where
         F: FnMut(BatonClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, Status>>,
     {
-        let deadline = Instant::now() + self.inner.options.request_timeout;
+        self.rpc_within(Duration::from_secs(5), Duration::ZERO, call).await
+    }
+
+    /// [`Client::rpc`] where one attempt may take up to `attempt` (a node that does not answer in
+    /// time — hung, paused, cut off — is treated like one that is down), and the whole call
+    /// `extra` longer than the request timeout.
+    async fn rpc_within<T, F, Fut>(&self, attempt: Duration, extra: Duration, mut call: F) -> Result<T>
+    where
+        F: FnMut(BatonClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = Instant::now() + self.inner.options.request_timeout + extra;
         let mut backoff = Duration::from_millis(20);
         loop {
             let (addr, client) = self.current()?;
-            let status = match call(client).await {
+            let result = tokio::time::timeout(attempt, call(client))
+                .await
+                .unwrap_or_else(|_| Err(Status::unavailable(format!("no answer from {addr} within {attempt:?}"))));
+            let status = match result {
                 Ok(r) => return Ok(r.into_inner()),
                 Err(s) if retryable(&s) => s,
                 Err(s) => return Err(Error::Status(s)),
@@ -472,7 +486,12 @@ impl Session {
         // that it is not granted to nobody.
         let mut withdraw =
             WithdrawOnDrop { session: Some(self.clone()), name: req.name.clone(), request_id: req.request_id };
-        let r = self.client.rpc(|mut c| {
+        // The server answers a wait when it ends. One attempt waits at most 30 s; then the same
+        // request (same id: it does not queue twice) is sent again, to another node if need be,
+        // so that a hung node cannot hold the caller forever.
+        let wait = Duration::from_millis(req.wait_ms);
+        let attempt = (wait + Duration::from_secs(5)).min(Duration::from_secs(30));
+        let r = self.client.rpc_within(attempt, wait, |mut c| {
             let req = req.clone();
             async move { c.acquire(req).await }
         });

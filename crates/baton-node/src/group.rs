@@ -55,6 +55,8 @@ pub(crate) struct Group {
     expiring: BTreeSet<SessionId>,
     /// Leader only: when we last proposed a Tick that has not applied yet.
     tick_proposed_ms: Option<u64>,
+    /// Leader only: (state-machine time, monotonic time) at our election; see `leader_time`.
+    time_base: (u64, u64),
     role: Role,
     leader: Option<NodeId>,
     pending_ready: Option<raft::Ready>,
@@ -121,6 +123,7 @@ impl Group {
             leases: BTreeMap::new(),
             expiring: BTreeSet::new(),
             tick_proposed_ms: None,
+            time_base: (0, 0),
             role: Role::Follower,
             leader: None,
             pending_ready: None,
@@ -150,7 +153,7 @@ impl Group {
         self.raw.has_ready() || self.snapshot_to_write.is_some() || !self.reads_queued.is_empty()
     }
 
-    pub(crate) fn tick(&mut self, now: u64, wall: u64, out: &mut Vec<Output>) {
+    pub(crate) fn tick(&mut self, now: u64, out: &mut Vec<Output>) {
         self.raw.tick();
         self.time_out_requests(now, out);
         if self.role != Role::Leader {
@@ -165,19 +168,30 @@ impl Group {
             .collect();
         if !due.is_empty() {
             self.expiring.extend(due.iter().copied());
-            self.propose_internal(Command::ExpireSessions { sessions: due }, wall);
+            self.propose_internal(Command::ExpireSessions { sessions: due }, now);
         }
-        let timer_due = self.sm.next_timer_ms().is_some_and(|at| at <= wall);
+        let timer_due = self.sm.next_timer_ms().is_some_and(|at| at <= self.leader_time(now));
         let tick_stale = self.tick_proposed_ms.is_none_or(|at| now.saturating_sub(at) >= INTERNAL_RETRY_MS);
         if timer_due && tick_stale {
             self.tick_proposed_ms = Some(now);
-            self.propose_internal(Command::Tick, wall);
+            self.propose_internal(Command::Tick, now);
         }
     }
 
-    fn propose_internal(&mut self, command: Command, wall: u64) {
+    /// The time this leader stamps into entries: its monotonic clock, rebased at its election
+    /// onto the latest state-machine time, and never behind the state machine. Wall-clock jumps
+    /// therefore cannot move deadlines, and time never runs backwards across leaders. (The time
+    /// between the last entry of the old leader and this election is not counted: deadlines
+    /// stretch by at most one failover, never shrink.)
+    fn leader_time(&self, now: u64) -> u64 {
+        let (base_sm, base_mono) = self.time_base;
+        self.sm.now_ms().max(base_sm + now.saturating_sub(base_mono))
+    }
+
+    fn propose_internal(&mut self, command: Command, now: u64) {
         self.next_internal += 1;
-        let p = Proposal { origin: 0, request: self.next_internal, entry: Entry { leader_time_ms: wall, command } };
+        let entry = Entry { leader_time_ms: self.leader_time(now), command };
+        let p = Proposal { origin: 0, request: self.next_internal, entry };
         let data = bincode::serialize(&p).expect("proposal serialises");
         // A dropped internal proposal is simply proposed again on a later tick.
         let _ = self.raw.propose(Vec::new(), data);
@@ -212,7 +226,6 @@ impl Group {
         id: RequestId,
         command: Command,
         now: u64,
-        wall: u64,
         config: &NodeConfig,
     ) -> Result<(), NodeError> {
         if self.role != Role::Leader {
@@ -222,7 +235,7 @@ impl Group {
         if waiting >= config.max_pending {
             return Err(NodeError::Busy(waiting));
         }
-        let p = Proposal { origin, request: id, entry: Entry { leader_time_ms: wall, command } };
+        let p = Proposal { origin, request: id, entry: Entry { leader_time_ms: self.leader_time(now), command } };
         let data = bincode::serialize(&p).expect("proposal serialises");
         self.raw
             .propose(Vec::new(), data)
@@ -296,6 +309,7 @@ impl Group {
             self.raw.mut_store().apply_snapshot(snap.clone());
             write.snapshot = Some(snap);
             write.replace_log = true;
+            out.push(Output::Reset { group: self.id });
             write.hard_state = Some(self.raw.store().hard_state().clone());
         }
         self.apply(rd.take_committed_entries(), now, out)?;
@@ -383,6 +397,7 @@ impl Group {
             self.leases = self.sm.sessions().map(|(id, s)| (id, now + s.ttl_ms)).collect();
             self.expiring.clear();
             self.tick_proposed_ms = None;
+            self.time_base = (self.sm.now_ms(), now);
         } else if role != Role::Leader && was_leader {
             self.leases.clear();
             self.expiring.clear();

@@ -5,7 +5,7 @@
 //! reads a clock, sleeps, touches the network or the disk. The runtime (the server crate, or the
 //! simulator) feeds it inputs and carries out its outputs:
 //!
-//! - inputs: [`Node::tick`] with the current time, [`Node::step`] with a peer's message,
+//! - inputs: [`Node::set_time`] with the monotonic clock, [`Node::tick`], [`Node::step`] with a peer's message,
 //!   [`Node::propose`], [`Node::read`] and [`Node::keepalive`] with client requests, and
 //!   [`Node::persisted`] when the last [`WriteBatch`] is on disk;
 //! - outputs: [`Node::ready`] returns the [`WriteBatch`] to make durable (all groups, one fsync)

@@ -21,6 +21,8 @@ struct Cluster {
     now: u64,
     next_id: u64,
     snapshot_entries: u64,
+    /// Per-node offsets of the monotonic clock (nodes' clocks have unrelated origins).
+    offsets: BTreeMap<u64, u64>,
 }
 
 impl Cluster {
@@ -37,6 +39,7 @@ impl Cluster {
             now: 1_000,
             next_id: 1,
             snapshot_entries,
+            offsets: BTreeMap::new(),
         };
         for id in ids {
             c.stores.insert(id, MemStore::default());
@@ -52,7 +55,7 @@ impl Cluster {
         let recovered = store.recover(G).unwrap();
         let (mut node, boot) = Node::new(config, vec![(G, recovered)]).unwrap();
         store.write(&boot).unwrap();
-        node.set_time(self.now, self.now);
+        node.set_time(self.now + self.offsets.get(&id).copied().unwrap_or(0));
         self.nodes.insert(id, node);
     }
 
@@ -78,7 +81,7 @@ impl Cluster {
                             self.replies.insert(req, result);
                         }
                         Output::Event { event, .. } => self.events.push((id, event)),
-                        Output::RoleChanged { .. } => {}
+                        Output::RoleChanged { .. } | Output::Reset { .. } => {}
                     }
                 }
             }
@@ -101,8 +104,8 @@ impl Cluster {
     fn advance(&mut self, ms: u64) {
         for _ in 0..ms / TICK_MS {
             self.now += TICK_MS;
-            for node in self.nodes.values_mut() {
-                node.set_time(self.now, self.now);
+            for (id, node) in self.nodes.iter_mut() {
+                node.set_time(self.now + self.offsets.get(id).copied().unwrap_or(0));
                 node.tick();
             }
             self.settle();
@@ -331,4 +334,40 @@ fn lagging_follower_catches_up_from_a_snapshot() {
     c.start(lagging);
     c.advance(1_000);
     assert_eq!(c.nodes[&lagging].state_machine(G).unwrap().last_token(), expected);
+}
+
+#[test]
+fn deadlines_follow_the_leaders_clock_rate_not_its_origin() {
+    let mut c = Cluster::new(3, 20_000);
+    // Each node's monotonic clock has its own origin, hours apart.
+    c.offsets = BTreeMap::from([(1, 0), (2, 7_200_000), (3, 3_600_000)]);
+    let a = c.open("a");
+    let b = c.open("b");
+    c.outcome(acquire("x", a, 1, None));
+    // A wait of one minute, queued under the first leader.
+    assert_eq!(c.outcome(acquire("x", b, 1, Some(60_000))), Outcome::Queued { position: 0 });
+    let old = c.wait_leader();
+    c.crash(old);
+    for _ in 0..40 {
+        c.advance(TICK_MS);
+        c.keepalive(&[a, b]);
+    }
+    let new = c.wait_leader();
+    assert_ne!(new, old);
+    assert!(
+        !c.events.iter().any(|(_, e)| matches!(e, Event::WaitEnded { request_id: 1, .. })),
+        "the minute-long wait ended at the failover"
+    );
+    c.outcome(Command::Cancel { name: "x".into(), session: b, request_id: 1 });
+    assert_eq!(c.outcome(acquire("x", b, 2, Some(1_000))), Outcome::Queued { position: 0 });
+    for _ in 0..5 {
+        c.advance(TICK_MS);
+        c.keepalive(&[a, b]);
+    }
+    assert!(!c.events.iter().any(|(_, e)| matches!(e, Event::WaitEnded { request_id: 2, .. })), "timed out early");
+    for _ in 0..10 {
+        c.advance(TICK_MS);
+        c.keepalive(&[a, b]);
+    }
+    assert!(c.events.iter().any(|(_, e)| matches!(e, Event::WaitEnded { request_id: 2, .. })), "never timed out");
 }

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use baton_core::{AcquireRequest, Command, Event, Outcome, SessionId};
 use baton_node::{
@@ -141,13 +141,9 @@ pub fn spawn<S: LogStore + Send + 'static>(
     Ok((NodeHandle { tx, id, view }, join))
 }
 
-fn wall_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 impl<S: LogStore> Runtime<S> {
     fn set_time(&mut self) {
-        self.node.set_time(self.started.elapsed().as_millis() as u64, wall_ms());
+        self.node.set_time(self.started.elapsed().as_millis() as u64);
     }
 
     fn run(&mut self) {
@@ -254,6 +250,15 @@ impl<S: LogStore> Runtime<S> {
                 }
                 Output::Reply { id, result } => self.reply(id, result),
                 Output::Event { group, event, .. } => self.on_event(group, event),
+                Output::Reset { group } => {
+                    let keys: Vec<WaitKey> = self.waits.keys().filter(|k| k.0 == group).cloned().collect();
+                    for key in keys {
+                        for tx in self.waits.remove(&key).unwrap_or_default() {
+                            let msg = "this node installed a snapshot while the request waited; retry with the same request id";
+                            let _ = tx.send(Err(NodeError::Unavailable(msg.into())));
+                        }
+                    }
+                }
                 Output::RoleChanged { group, role, leader, term } => {
                     tracing::info!(group, ?role, ?leader, term, "role changed");
                     let mut view = self.view.lock().expect("view lock");

@@ -59,6 +59,10 @@ pub(crate) struct Group {
     time_base: (u64, u64),
     role: Role,
     leader: Option<NodeId>,
+    /// Deterministic source of election timeouts (see `rerandomize`).
+    rng: u64,
+    /// (term, role) when the election timeout was last drawn.
+    timeout_drawn_for: (u64, raft::StateRole),
     pending_ready: Option<raft::Ready>,
     /// Our own snapshot waiting to be written with the next batch.
     snapshot_to_write: Option<Snapshot>,
@@ -126,10 +130,33 @@ impl Group {
             time_base: (0, 0),
             role: Role::Follower,
             leader: None,
+            rng: config.seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            timeout_drawn_for: (u64::MAX, StateRole::Follower),
             pending_ready: None,
             snapshot_to_write: None,
         };
+        let mut group = group;
+        group.rerandomize();
         Ok((group, write))
+    }
+
+    /// raft-rs draws a new randomised election timeout from the thread's RNG whenever it
+    /// changes term or role. We replace it with one from our seeded generator, so that a run is
+    /// a function of its inputs (the simulator replays seeds bit for bit).
+    fn rerandomize(&mut self) {
+        let key = (self.raw.raft.term, self.raw.raft.state);
+        if key == self.timeout_drawn_for {
+            return;
+        }
+        self.timeout_drawn_for = key;
+        // splitmix64
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let base = self.raw.raft.election_timeout();
+        self.raw.raft.set_randomized_election_timeout(base + (z % base as u64) as usize);
     }
 
     pub(crate) fn leader(&self) -> Option<NodeId> {
@@ -142,11 +169,13 @@ impl Group {
 
     pub(crate) fn campaign(&mut self) {
         let _ = self.raw.campaign();
+        self.rerandomize();
     }
 
     pub(crate) fn step(&mut self, msg: Message) {
         // Errors here are messages from stale terms or unknown peers: dropping them is correct.
         let _ = self.raw.step(msg);
+        self.rerandomize();
     }
 
     pub(crate) fn has_ready(&self) -> bool {
@@ -155,6 +184,7 @@ impl Group {
 
     pub(crate) fn tick(&mut self, now: u64, out: &mut Vec<Output>) {
         self.raw.tick();
+        self.rerandomize();
         self.time_out_requests(now, out);
         if self.role != Role::Leader {
             return;

@@ -36,11 +36,13 @@
 
 pub mod disk;
 mod group;
+pub mod host;
 pub mod mem;
 mod node;
 pub mod storage;
 
 pub use disk::{DiskError, EngineStore, GroupWrite, LogStore, Recovered, WriteBatch};
+pub use host::{AcquireResult, Answer, Request, Requests};
 pub use mem::MemStore;
 pub use node::{GroupStatus, Node, NodeConfig, NodeError, Output, Query, Reply, Role};
 

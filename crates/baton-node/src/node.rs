@@ -28,6 +28,9 @@ pub struct NodeConfig {
     pub max_pending: usize,
     /// The state machine's limits (must be equal on every node).
     pub limits: Limits,
+    /// Seeds the randomised election timeouts: randomness is an input, so that the simulator
+    /// can replay a run exactly. The server draws it from the OS.
+    pub seed: u64,
 }
 
 impl NodeConfig {
@@ -42,6 +45,7 @@ impl NodeConfig {
             proposal_timeout_ms: 10_000,
             max_pending: 200_000,
             limits: Limits::default(),
+            seed: id,
         }
     }
 }

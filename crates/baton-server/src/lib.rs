@@ -117,6 +117,13 @@ impl Server {
         let mut node_config = NodeConfig::new(config.id, config.peers.keys().copied().collect());
         node_config.election_ticks = config.election_ticks;
         node_config.snapshot_entries = config.snapshot_entries;
+        // The node takes its randomness as an input; here it comes from the OS.
+        node_config.seed = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(config.id);
+            h.finish()
+        };
         let (mut node, boot) = Node::new(node_config, vec![(DATA_GROUP, recovered)]).map_err(std::io::Error::other)?;
         if config.peers.len() == 1 {
             // A single node is its own majority: no reason to wait out an election timeout.

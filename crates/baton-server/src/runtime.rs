@@ -10,10 +10,10 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use baton_core::{AcquireRequest, Command, Event, Outcome, SessionId};
+use baton_core::SessionId;
 use baton_node::{
-    GroupId, GroupStatus, LogStore, Node, NodeError, NodeId, Output, Query, RaftMessage, Reply, RequestId, Role,
-    WriteBatch,
+    Answer, GroupId, GroupStatus, LogStore, Node, NodeError, NodeId, Output, RaftMessage, Request, RequestId, Requests,
+    Role, WriteBatch,
 };
 use baton_proto::peer::GroupMessage;
 use protobuf::Message as _;
@@ -22,27 +22,12 @@ use tokio::sync::oneshot;
 /// Most inputs taken in one round before the node's work is flushed.
 const MAX_INPUTS_PER_ROUND: usize = 8192;
 
-/// How an acquire finished, as the service reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AcquireResult {
-    /// Held with this token.
-    Granted(u64),
-    /// Try-once on a held lock.
-    NotAvailable(Option<SessionId>),
-    /// The wait ended without the lock.
-    TimedOut,
-}
-
 /// A request to the node thread.
 pub enum Input {
     /// Raft messages from a peer.
     Steps(Vec<(GroupId, RaftMessage)>),
-    /// Propose a command and answer once it applies.
-    Propose { group: GroupId, command: Command, tx: oneshot::Sender<Result<Reply, NodeError>> },
-    /// Acquire a lock and answer once it is granted, refused or timed out.
-    Acquire { group: GroupId, request: AcquireRequest, tx: oneshot::Sender<Result<AcquireResult, NodeError>> },
-    /// A linearizable read.
-    Read { group: GroupId, query: Query, tx: oneshot::Sender<Result<Reply, NodeError>> },
+    /// A client request; answered on `tx`.
+    Request { group: GroupId, request: Request, tx: oneshot::Sender<Result<Answer, NodeError>> },
     /// Renew sessions' leases.
     KeepAlive { group: GroupId, sessions: Vec<SessionId>, tx: oneshot::Sender<Vec<Result<u64, NodeError>>> },
     /// The status of every group.
@@ -84,13 +69,6 @@ impl NodeHandle {
     }
 }
 
-enum Pending {
-    Propose(oneshot::Sender<Result<Reply, NodeError>>),
-    Acquire { key: WaitKey, tx: oneshot::Sender<Result<AcquireResult, NodeError>> },
-}
-
-type WaitKey = (GroupId, String, SessionId, u64);
-
 /// Per-peer outboxes of the transport.
 pub type Outboxes = BTreeMap<NodeId, tokio::sync::mpsc::UnboundedSender<Vec<GroupMessage>>>;
 
@@ -100,8 +78,9 @@ struct Runtime<S: LogStore> {
     rx: mpsc::Receiver<Input>,
     outboxes: Outboxes,
     view: Arc<Mutex<ClusterView>>,
-    pending: HashMap<RequestId, Pending>,
-    waits: HashMap<WaitKey, Vec<oneshot::Sender<Result<AcquireResult, NodeError>>>>,
+    requests: Requests,
+    answer_to: HashMap<RequestId, oneshot::Sender<Result<Answer, NodeError>>>,
+    answers: Vec<(RequestId, Result<Answer, NodeError>)>,
     next_request: RequestId,
     started: Instant,
     tick: Duration,
@@ -129,8 +108,9 @@ pub fn spawn<S: LogStore + Send + 'static>(
         rx,
         outboxes,
         view: view.clone(),
-        pending: HashMap::new(),
-        waits: HashMap::new(),
+        requests: Requests::default(),
+        answer_to: HashMap::new(),
+        answers: Vec::new(),
         next_request: 1,
         started: Instant::now(),
         tick,
@@ -212,21 +192,10 @@ impl<S: LogStore> Runtime<S> {
                     self.node.step(group, msg);
                 }
             }
-            Input::Propose { group, command, tx } => {
+            Input::Request { group, request, tx } => {
                 let id = self.next_id();
-                self.pending.insert(id, Pending::Propose(tx));
-                self.node.propose(group, id, command);
-            }
-            Input::Acquire { group, request, tx } => {
-                let id = self.next_id();
-                let key = (group, request.name.clone(), request.session, request.request_id);
-                self.pending.insert(id, Pending::Acquire { key, tx });
-                self.node.propose(group, id, Command::Acquire(request));
-            }
-            Input::Read { group, query, tx } => {
-                let id = self.next_id();
-                self.pending.insert(id, Pending::Propose(tx));
-                self.node.read(group, id, query);
+                self.answer_to.insert(id, tx);
+                self.requests.submit(&mut self.node, group, id, request);
             }
             Input::KeepAlive { group, sessions, tx } => {
                 let _ = tx.send(self.node.keepalive(group, &sessions));
@@ -243,85 +212,36 @@ impl<S: LogStore> Runtime<S> {
         self.node.drain_outputs_into(&mut self.outputs);
         let mut outputs = std::mem::take(&mut self.outputs);
         for out in outputs.drain(..) {
+            self.requests.handle(&out, &mut self.answers);
             match out {
                 Output::Send { to, group, msg } => {
                     let bytes = msg.write_to_bytes().expect("raft message encodes");
                     self.per_peer.entry(to).or_default().push(GroupMessage { group, message: bytes });
-                }
-                Output::Reply { id, result } => self.reply(id, result),
-                Output::Event { group, event, .. } => self.on_event(group, event),
-                Output::Reset { group } => {
-                    let keys: Vec<WaitKey> = self.waits.keys().filter(|k| k.0 == group).cloned().collect();
-                    for key in keys {
-                        for tx in self.waits.remove(&key).unwrap_or_default() {
-                            let msg = "this node installed a snapshot while the request waited; retry with the same request id";
-                            let _ = tx.send(Err(NodeError::Unavailable(msg.into())));
-                        }
-                    }
                 }
                 Output::RoleChanged { group, role, leader, term } => {
                     tracing::info!(group, ?role, ?leader, term, "role changed");
                     let mut view = self.view.lock().expect("view lock");
                     view.leaders.insert(group, if role == Role::Leader { Some(self.node.id()) } else { leader });
                 }
+                Output::Reply { .. } | Output::Event { .. } | Output::Reset { .. } => {}
             }
         }
         self.outputs = outputs;
+        for (id, answer) in self.answers.drain(..) {
+            match self.answer_to.remove(&id) {
+                Some(tx) => {
+                    if tx.send(answer).is_err() {
+                        // The caller went away (it may retry with the same request id).
+                        self.requests.forget(id);
+                    }
+                }
+                None => self.requests.forget(id),
+            }
+        }
         for (to, msgs) in std::mem::take(&mut self.per_peer) {
             if let Some(outbox) = self.outboxes.get(&to) {
                 // A closed outbox means the transport is shutting down; Raft tolerates the loss.
                 let _ = outbox.send(msgs);
-            }
-        }
-    }
-
-    fn reply(&mut self, id: RequestId, result: Result<Reply, NodeError>) {
-        match self.pending.remove(&id) {
-            Some(Pending::Propose(tx)) => {
-                let _ = tx.send(result);
-            }
-            Some(Pending::Acquire { key, tx }) => {
-                let outcome = match result {
-                    Ok(Reply::Applied { outcome, .. }) => outcome,
-                    Ok(other) => unreachable!("acquire answered with {other:?}"),
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                };
-                let result = match outcome {
-                    Outcome::Granted { token } => AcquireResult::Granted(token),
-                    Outcome::NotAvailable { holder } => AcquireResult::NotAvailable(holder),
-                    Outcome::TimedOut | Outcome::Cancelled { granted: None } => AcquireResult::TimedOut,
-                    Outcome::Cancelled { granted: Some(token) } => AcquireResult::Granted(token),
-                    Outcome::Queued { .. } => {
-                        // Answered later by the grant or the end of the wait, in apply order.
-                        let waiters = self.waits.entry(key).or_default();
-                        waiters.retain(|w| !w.is_closed());
-                        waiters.push(tx);
-                        return;
-                    }
-                    other => unreachable!("acquire outcome {other:?}"),
-                };
-                let _ = tx.send(Ok(result));
-            }
-            None => {}
-        }
-    }
-
-    fn on_event(&mut self, group: GroupId, event: Event) {
-        let (key, result) = match event {
-            Event::Granted { name, session, request_id, token } => {
-                ((group, name, session, request_id), AcquireResult::Granted(token))
-            }
-            Event::WaitEnded { name, session, request_id, .. } => {
-                ((group, name, session, request_id), AcquireResult::TimedOut)
-            }
-            _ => return,
-        };
-        if let Some(waiters) = self.waits.remove(&key) {
-            for tx in waiters {
-                let _ = tx.send(Ok(result.clone()));
             }
         }
     }

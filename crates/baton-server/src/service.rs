@@ -8,14 +8,14 @@ use std::pin::Pin;
 
 use baton_core::limits::DEFAULT_TTL_MS;
 use baton_core::{AcquireRequest, Command, Limits, Outcome};
-use baton_node::{NodeError, Query, Reply, Role, DATA_GROUP};
+use baton_node::{AcquireResult, Answer, NodeError, Query, Reply, Request as NodeRequest, Role, DATA_GROUP};
 use baton_proto::v1 as pb;
 use baton_proto::v1::baton_server::Baton;
 use futures::Stream;
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::runtime::{AcquireResult, Input, NodeHandle};
+use crate::runtime::{Input, NodeHandle};
 use crate::status::{stopped, to_status};
 
 /// Most sessions renewed by one keepalive message.
@@ -36,16 +36,22 @@ impl BatonService {
         rx.await.map_err(|_| stopped())
     }
 
+    async fn request(&self, request: NodeRequest) -> Result<Answer, Status> {
+        self.call(|tx| Input::Request { group: DATA_GROUP, request, tx }).await?.map_err(|e| to_status(e, &self.node))
+    }
+
     async fn propose(&self, command: Command) -> Result<Outcome, Status> {
-        match self.call(|tx| Input::Propose { group: DATA_GROUP, command, tx }).await? {
-            Ok(Reply::Applied { outcome, .. }) => Ok(outcome),
-            Ok(other) => Err(Status::internal(format!("unexpected reply {other:?}"))),
-            Err(e) => Err(to_status(e, &self.node)),
+        match self.request(NodeRequest::Propose(command)).await? {
+            Answer::Applied(outcome) => Ok(outcome),
+            other => Err(Status::internal(format!("unexpected answer {other:?}"))),
         }
     }
 
     async fn read(&self, query: Query) -> Result<Reply, Status> {
-        self.call(|tx| Input::Read { group: DATA_GROUP, query, tx }).await?.map_err(|e| to_status(e, &self.node))
+        match self.request(NodeRequest::Read(query)).await? {
+            Answer::Read(reply) => Ok(reply),
+            other => Err(Status::internal(format!("unexpected answer {other:?}"))),
+        }
     }
 }
 
@@ -145,10 +151,9 @@ impl Baton for BatonService {
             wait_ms: Some(req.wait_ms),
             lock_delay_ms: req.lock_delay_ms,
         };
-        let result = self
-            .call(|tx| Input::Acquire { group: DATA_GROUP, request, tx })
-            .await?
-            .map_err(|e| to_status(e, &self.node))?;
+        let Answer::Acquire(result) = self.request(NodeRequest::Acquire(request)).await? else {
+            return Err(Status::internal("unexpected answer to an acquire"));
+        };
         use pb::acquire_response::Result as R;
         let response = match result {
             AcquireResult::Granted(token) => {

@@ -23,6 +23,7 @@
 //! - Locks are not reentrant (documented choice): a second acquire by the holder is an error.
 //! - A session's remembered results for idempotent retries are bounded to the last 16.
 
+pub mod bugs;
 pub mod command;
 pub mod error;
 pub mod limits;
@@ -30,6 +31,7 @@ mod lock;
 pub mod queue;
 mod state;
 
+pub use bugs::Bugs;
 pub use command::{AcquireRequest, Command, Entry, Event, Outcome, SessionEnd, SessionId, Token, WaitEnd};
 pub use error::{Error, Result};
 pub use limits::Limits;

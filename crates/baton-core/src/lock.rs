@@ -41,8 +41,14 @@ impl StateMachine {
             )));
         }
         let now = self.now_ms;
+        if self.bugs.grant_ignores_queue {
+            // Deliberate bug: take the lock from its holder.
+            if let Some(old) = self.locks.get_mut(&req.name).and_then(|l| l.holder.take()) {
+                self.disown(old.session, &req.name);
+            }
+        }
         let lock = self.locks.get(&req.name);
-        if lock.is_none_or(|l| l.is_grantable(now)) {
+        if lock.is_none_or(|l| l.holder.is_none() && (self.bugs.grant_ignores_queue || l.is_grantable(now))) {
             let token = self.grant(&req.name, req.session, req.request_id, req.lock_delay_ms, events);
             return Ok(Outcome::Granted { token });
         }

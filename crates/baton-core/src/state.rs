@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use crate::bugs::Bugs;
 use crate::command::{Command, Entry, Event, Outcome, SessionEnd, SessionId, Token, WaitEnd};
 use crate::error::{Error, Result};
 use crate::limits::Limits;
@@ -71,6 +72,9 @@ pub struct StateMachine {
     pub(crate) sessions_per_client: BTreeMap<String, u32>,
     pub(crate) locks: BTreeMap<String, LockState>,
     pub(crate) timers: BTreeSet<Timer>,
+    /// Deliberate bugs (simulator only; never replicated, never in a snapshot).
+    #[serde(skip)]
+    pub(crate) bugs: Bugs,
 }
 
 impl StateMachine {
@@ -85,7 +89,18 @@ impl StateMachine {
             sessions_per_client: BTreeMap::new(),
             locks: BTreeMap::new(),
             timers: BTreeSet::new(),
+            bugs: Bugs::default(),
         }
+    }
+
+    /// Turns deliberate bugs on (see [`Bugs`]); for the simulator's broken variants only.
+    pub fn set_bugs(&mut self, bugs: Bugs) {
+        self.bugs = bugs;
+    }
+
+    /// The `token_reset_on_restart` bug: forget the token counter.
+    pub fn bug_reset_tokens(&mut self) {
+        self.last_token = 0;
     }
 
     /// Applies the entry at log `index`. On error nothing changed but the clock and the

@@ -63,6 +63,7 @@ pub(crate) struct Group {
     rng: u64,
     /// (term, role) when the election timeout was last drawn.
     timeout_drawn_for: (u64, raft::StateRole),
+    bugs: baton_core::Bugs,
     pending_ready: Option<raft::Ready>,
     /// Our own snapshot waiting to be written with the next batch.
     snapshot_to_write: Option<Snapshot>,
@@ -88,14 +89,17 @@ impl Group {
         id: GroupId,
         recovered: Option<Recovered>,
     ) -> Result<(Group, Option<GroupWrite>), String> {
-        let (storage, sm, write) = match recovered {
+        let (storage, mut sm, write) = match recovered {
             Some(r) => {
-                let sm = if r.snapshot.data.is_empty() {
+                let mut sm = if r.snapshot.data.is_empty() {
                     StateMachine::new(config.limits.clone())
                 } else {
                     StateMachine::from_snapshot(&r.snapshot.data)
                         .map_err(|e| format!("group {id}: corrupt snapshot: {e}"))?
                 };
+                if config.bugs.token_reset_on_restart {
+                    sm.bug_reset_tokens();
+                }
                 (GroupStorage::recover(r.hard_state, r.snapshot, r.entries), sm, None)
             }
             None => {
@@ -110,6 +114,7 @@ impl Group {
                 (storage, StateMachine::new(config.limits.clone()), Some(write))
             }
         };
+        sm.set_bugs(config.bugs);
         let applied = storage.snapshot_ref().get_metadata().index;
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let raw = RawNode::new(&raft_config(config, applied), storage, &logger)
@@ -132,6 +137,7 @@ impl Group {
             leader: None,
             rng: config.seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15),
             timeout_drawn_for: (u64::MAX, StateRole::Follower),
+            bugs: config.bugs,
             pending_ready: None,
             snapshot_to_write: None,
         };
@@ -186,7 +192,12 @@ impl Group {
         self.raw.tick();
         self.rerandomize();
         self.time_out_requests(now, out);
-        if self.role != Role::Leader {
+        if self.role != Role::Leader && self.bugs.follower_expiry {
+            // Deliberate bug: a follower that never sees keepalives expires sessions itself.
+            for (id, s) in self.sm.sessions() {
+                self.leases.entry(id).or_insert(now + s.ttl_ms);
+            }
+        } else if self.role != Role::Leader {
             return;
         }
         let due: Vec<SessionId> = self
@@ -334,8 +345,10 @@ impl Group {
         }
         if !rd.snapshot().is_empty() {
             let snap = rd.snapshot().clone();
+            let bugs = self.bugs;
             self.sm = StateMachine::from_snapshot(&snap.data)
                 .map_err(|e| format!("group {}: corrupt snapshot from leader: {e}", self.id))?;
+            self.sm.set_bugs(bugs);
             self.raw.mut_store().apply_snapshot(snap.clone());
             write.snapshot = Some(snap);
             write.replace_log = true;

@@ -31,6 +31,8 @@ pub struct NodeConfig {
     /// Seeds the randomised election timeouts: randomness is an input, so that the simulator
     /// can replay a run exactly. The server draws it from the OS.
     pub seed: u64,
+    /// Deliberate bugs for the simulator's broken variants; all off in production.
+    pub bugs: baton_core::Bugs,
 }
 
 impl NodeConfig {
@@ -46,6 +48,7 @@ impl NodeConfig {
             max_pending: 200_000,
             limits: Limits::default(),
             seed: id,
+            bugs: baton_core::Bugs::default(),
         }
     }
 }

@@ -11,6 +11,7 @@ use baton_server::{Server, ServerConfig};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod sim;
 
 /// Exit code when the lock was not acquired within --wait (EX_TEMPFAIL).
 const EXIT_NOT_ACQUIRED: u8 = 75;
@@ -109,6 +110,39 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Deterministic simulation: a campaign of seeds, or one seed replayed with its trace.
+    Sim {
+        /// How many seeds to run.
+        #[arg(long, default_value_t = 100)]
+        seeds: u64,
+        /// The first seed of the campaign.
+        #[arg(long, default_value_t = 0)]
+        start_seed: u64,
+        /// Run (replay) this one seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Cluster size: 3, 5 or 7.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 5)]
+        clients: usize,
+        /// all, none, or a list of: loss,duplicate,delay,partition,crash,pause,clock,disk.
+        #[arg(long, default_value = "all")]
+        faults: String,
+        /// Run a deliberately broken variant: grant-ignores-queue, token-reset-on-restart, follower-expiry.
+        #[arg(long)]
+        bug: Option<String>,
+        /// Print the whole trace (with --seed).
+        #[arg(long)]
+        trace: bool,
+        /// Virtual milliseconds of faults.
+        #[arg(long, default_value_t = 20_000)]
+        fault_ms: u64,
+        /// Virtual milliseconds of healed operation after the faults.
+        #[arg(long, default_value_t = 15_000)]
+        heal_ms: u64,
+    },
     /// Show a lock's holder, fencing token and waiters.
     Describe {
         /// Comma-separated client addresses of any nodes.
@@ -124,6 +158,21 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Sim { seeds, start_seed, seed, nodes, clients, faults, bug, trace, fault_ms, heal_ms } = cli.command {
+        // Pure computation: no runtime, no logging.
+        return sim::main(sim::SimArgs {
+            seeds,
+            start_seed,
+            seed,
+            nodes,
+            clients,
+            faults,
+            bug,
+            trace,
+            fault_ms,
+            heal_ms,
+        });
+    }
     let serving = matches!(cli.command, Cmd::Dev { .. } | Cmd::Server { .. });
     let default_filter = if serving { "info" } else { "warn" };
     tracing_subscriber::fmt()
@@ -192,6 +241,7 @@ async fn run(cmd: Cmd) -> ExitCode {
         }
         Cmd::Status { endpoints: eps, json } => status(eps, json).await,
         Cmd::Describe { endpoints: eps, json, name } => describe(eps, json, name).await,
+        Cmd::Sim { .. } => unreachable!("handled before the runtime starts"),
         Cmd::Bench { endpoints: eps, workload, clients, duration, json } => {
             let duration = Duration::from_secs_f64(duration.clamp(0.1, 3600.0));
             match bench::run(bench::BenchArgs { endpoints: endpoints(&eps), workload, clients, duration }).await {

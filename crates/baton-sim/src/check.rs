@@ -1,0 +1,165 @@
+//! The recorded history of a run and the checkers over it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use baton_core::{Event, SessionId};
+
+/// Virtual time in microseconds.
+pub type Time = u64;
+
+/// A property the run broke.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// Which property: `agreement`, `fencing`, `mutual-exclusion`, `durability`, `liveness`.
+    pub property: &'static str,
+    /// What happened, for a person.
+    pub detail: String,
+    /// Virtual time (µs) at which it was detected.
+    pub at: Time,
+}
+
+/// One client's hold of a lock, in virtual time.
+#[derive(Clone, Debug)]
+pub struct Hold {
+    pub name: String,
+    pub client: usize,
+    pub session: SessionId,
+    pub token: u64,
+    pub from: Time,
+    pub until: Time,
+}
+
+/// Everything the checkers look at.
+#[derive(Default)]
+pub struct History {
+    /// The events of each applied log index, as first applied anywhere.
+    log: BTreeMap<u64, Vec<Event>>,
+    /// Per node: the index being applied and its events so far.
+    applying: BTreeMap<u64, (u64, Vec<Event>)>,
+    /// Completed holds.
+    pub holds: Vec<Hold>,
+    /// Grants clients received: (name, session, token, time).
+    pub received: Vec<(String, SessionId, u64, Time)>,
+    pub violations: Vec<Violation>,
+}
+
+impl History {
+    /// A node applied `event` at log `index`.
+    pub fn applied(&mut self, node: u64, index: u64, event: Event, now: Time) {
+        let entry = self.applying.entry(node).or_insert((index, Vec::new()));
+        if entry.0 != index {
+            let (done_index, events) = std::mem::replace(entry, (index, Vec::new()));
+            self.finish(node, done_index, events, now);
+        }
+        self.applying.get_mut(&node).expect("just inserted").1.push(event);
+    }
+
+    /// A node crashed or installed a snapshot: what it was applying is complete.
+    pub fn flush(&mut self, node: u64, now: Time) {
+        if let Some((index, events)) = self.applying.remove(&node) {
+            self.finish(node, index, events, now);
+        }
+    }
+
+    fn finish(&mut self, node: u64, index: u64, events: Vec<Event>, now: Time) {
+        match self.log.get(&index) {
+            Some(first) if *first != events => self.violations.push(Violation {
+                property: "agreement",
+                detail: format!(
+                    "node {node} applied index {index} as {events:?}, but it was first applied as {first:?}"
+                ),
+                at: now,
+            }),
+            Some(_) => {}
+            None => {
+                self.log.insert(index, events);
+            }
+        }
+    }
+
+    /// Runs the checkers that need the whole history.
+    pub fn check_end(&mut self, now: Time) {
+        let nodes: Vec<u64> = self.applying.keys().copied().collect();
+        for n in nodes {
+            self.flush(n, now);
+        }
+        self.check_fencing(now);
+        self.check_received();
+        self.check_exclusion();
+    }
+
+    fn check_fencing(&mut self, now: Time) {
+        let mut last: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut issued = BTreeSet::new();
+        let mut found = Vec::new();
+        for (index, events) in &self.log {
+            for e in events {
+                if let Event::Granted { name, token, .. } = e {
+                    if !issued.insert(*token) {
+                        found.push(format!("token {token} issued twice (again at index {index} for {name:?})"));
+                    }
+                    let prev = last.insert(name, *token).unwrap_or(0);
+                    if *token <= prev {
+                        found.push(format!("{name:?} granted token {token} at index {index} after token {prev}"));
+                    }
+                }
+            }
+        }
+        for detail in found {
+            self.violations.push(Violation { property: "fencing", detail, at: now });
+        }
+    }
+
+    fn check_received(&mut self) {
+        let granted: BTreeSet<(&str, SessionId, u64)> = self
+            .log
+            .values()
+            .flatten()
+            .filter_map(|e| match e {
+                Event::Granted { name, session, token, .. } => Some((name.as_str(), *session, *token)),
+                _ => None,
+            })
+            .collect();
+        let mut found = Vec::new();
+        for (name, session, token, at) in &self.received {
+            if !granted.contains(&(name.as_str(), *session, *token)) {
+                found.push((format!("session {session} was told it holds {name:?} with token {token}, which no applied entry granted"), *at));
+            }
+        }
+        for (detail, at) in found {
+            self.violations.push(Violation { property: "durability", detail, at });
+        }
+    }
+
+    fn check_exclusion(&mut self) {
+        let mut by_name: BTreeMap<&str, Vec<&Hold>> = BTreeMap::new();
+        for h in &self.holds {
+            if h.until > h.from {
+                by_name.entry(&h.name).or_default().push(h);
+            }
+        }
+        let mut found = Vec::new();
+        for (name, mut holds) in by_name {
+            holds.sort_by_key(|h| (h.from, h.until));
+            for (i, a) in holds.iter().enumerate() {
+                for b in &holds[i + 1..] {
+                    if b.from >= a.until {
+                        break;
+                    }
+                    if a.session != b.session {
+                        found.push((
+                            format!(
+                                "{name:?} held by session {} (client {}, token {}) during [{}, {}) µs and by session {} (client {}, token {}) from {} µs",
+                                a.session, a.client, a.token, a.from, a.until, b.session, b.client, b.token, b.from
+                            ),
+                            b.from,
+                        ));
+                    }
+                }
+            }
+        }
+        for (detail, at) in found {
+            self.violations.push(Violation { property: "mutual-exclusion", detail, at });
+        }
+    }
+}

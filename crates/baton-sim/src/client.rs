@@ -1,0 +1,458 @@
+//! A simulated client: sessions, keepalives, acquire / hold / release cycles, retries with the
+//! same request id, and its own view of its lease on its own drifting clock — the same rules as
+//! `baton-client`.
+
+use baton_core::{AcquireRequest, Command, Outcome};
+use baton_node::{AcquireResult, Answer, NodeError, Request};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::check::{History, Hold, Time, Violation};
+
+/// A clock with its own origin and rate (drift in parts per million).
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    pub offset_ms: u64,
+    pub rate_ppm: i64,
+}
+
+impl Clock {
+    /// This clock's reading, in ms, at virtual time `t` (µs).
+    pub fn local_ms(&self, t: Time) -> u64 {
+        let scaled = (t as i128 * (1_000_000 + self.rate_ppm as i128)) / 1_000_000;
+        self.offset_ms + (scaled / 1000) as u64
+    }
+
+    /// The virtual time (µs) at which this clock reads `ms`.
+    pub fn to_virtual(&self, ms: u64) -> Time {
+        let local_us = (ms.saturating_sub(self.offset_ms)) as i128 * 1000;
+        ((local_us * 1_000_000) / (1_000_000 + self.rate_ppm as i128)) as Time
+    }
+}
+
+/// A message from a client to a node.
+#[derive(Clone, Debug)]
+pub enum ClientMsg {
+    /// A request answered through `Requests`.
+    Request { creq: u64, request: Request },
+    /// A keepalive (answered synchronously by the node).
+    KeepAlive { creq: u64, session: u64 },
+}
+
+/// A node's answer to a client.
+#[derive(Clone, Debug)]
+pub enum NodeReply {
+    Answer { creq: u64, result: Result<Answer, NodeError> },
+    KeepAlive { creq: u64, result: Result<u64, NodeError> },
+}
+
+struct Session {
+    id: u64,
+    ttl_ms: u64,
+    valid_until_local: u64,
+    keepalive: Option<(u64, u64)>,
+    next_keepalive_local: u64,
+}
+
+enum Op {
+    Idle { until_local: u64 },
+    Opening { creq: u64, sent_local: u64 },
+    Acquiring { creq: u64, req: AcquireRequest, resend_local: u64, started: Time },
+    Holding { name: String, token: u64, release_local: u64 },
+    Releasing { creq: u64, name: String, token: u64, resend_local: u64 },
+}
+
+/// One simulated client.
+pub struct SimClient {
+    pub id: usize,
+    pub clock: Clock,
+    pub alive: bool,
+    nodes: usize,
+    target: u64,
+    names: usize,
+    ttl_ms: u64,
+    session: Option<Session>,
+    op: Op,
+    next_creq: u64,
+    next_request_id: u64,
+    hold: Option<Hold>,
+}
+
+/// What a client step wants done.
+pub struct Effects {
+    pub sends: Vec<(u64, ClientMsg)>,
+    pub trace: Vec<String>,
+}
+
+const RESEND_MS: u64 = 1_000;
+
+impl SimClient {
+    pub fn new(id: usize, clock: Clock, nodes: usize, names: usize, ttl_ms: u64) -> Self {
+        SimClient {
+            id,
+            clock,
+            alive: true,
+            nodes,
+            target: 1 + (id % nodes) as u64,
+            names,
+            ttl_ms,
+            session: None,
+            op: Op::Idle { until_local: 0 },
+            next_creq: 1,
+            next_request_id: 1,
+            hold: None,
+        }
+    }
+
+    fn creq(&mut self) -> u64 {
+        self.next_creq += 1;
+        self.next_creq
+    }
+
+    fn next_target(&mut self) {
+        self.target = 1 + (self.target % self.nodes as u64);
+    }
+
+    /// The client dies: it stops renewing and sending. Its hold lasts until its lease runs out.
+    pub fn crash(&mut self, now: Time, hist: &mut History) {
+        self.end_hold_at_lease(now, hist);
+        self.alive = false;
+    }
+
+    /// A new process takes the dead client's place (new session, new request ids).
+    pub fn restart(&mut self, now: Time) {
+        let _ = now;
+        self.alive = true;
+        self.session = None;
+        self.op = Op::Idle { until_local: 0 };
+        self.next_request_id += 1000;
+    }
+
+    fn lease_valid(&self, local: u64) -> bool {
+        self.session.as_ref().is_some_and(|s| local < s.valid_until_local)
+    }
+
+    /// Ends the current hold when the lease runs out (or now, if it already has).
+    fn end_hold_at_lease(&mut self, now: Time, hist: &mut History) {
+        if let Some(mut h) = self.hold.take() {
+            let lease_end = self.session.as_ref().map_or(now, |s| self.clock.to_virtual(s.valid_until_local));
+            h.until = lease_end.max(h.from);
+            hist.holds.push(h);
+        }
+    }
+
+    fn end_hold(&mut self, at: Time, hist: &mut History) {
+        if let Some(mut h) = self.hold.take() {
+            let lease_end = self.session.as_ref().map_or(at, |s| self.clock.to_virtual(s.valid_until_local));
+            h.until = at.min(lease_end).max(h.from);
+            hist.holds.push(h);
+        }
+    }
+
+    /// The session is gone (expired, or its lease ran out on our clock): abandon it.
+    fn lose_session(&mut self, now: Time, why: &str, fx: &mut Effects, hist: &mut History) {
+        if let Some(s) = &self.session {
+            fx.trace.push(format!("client {} loses session {}: {why}", self.id, s.id));
+        }
+        self.end_hold_at_lease(now, hist);
+        self.session = None;
+        self.op = Op::Idle { until_local: 0 };
+    }
+
+    /// Handles an answer (if any), then makes progress. Returns the next virtual time to wake.
+    pub fn step(
+        &mut self,
+        now: Time,
+        reply: Option<NodeReply>,
+        accept_new_work: bool,
+        rng: &mut ChaCha8Rng,
+        hist: &mut History,
+    ) -> (Effects, Time) {
+        let mut fx = Effects { sends: Vec::new(), trace: Vec::new() };
+        if !self.alive {
+            return (fx, Time::MAX);
+        }
+        let local = self.clock.local_ms(now);
+        if let Some(reply) = reply {
+            self.on_reply(now, local, reply, rng, &mut fx, hist);
+        }
+        // The lease is judged on our own clock, before anything else.
+        if self.session.is_some() && !self.lease_valid(local) {
+            self.lose_session(now, "no renewal within its ttl", &mut fx, hist);
+        }
+        self.keepalive(local, &mut fx);
+        self.progress(now, local, accept_new_work, rng, &mut fx, hist);
+        let next = self.next_wake(local);
+        (fx, self.clock.to_virtual(next).max(now + 1))
+    }
+
+    fn keepalive(&mut self, local: u64, fx: &mut Effects) {
+        let creq = self.next_creq + 1;
+        let target = self.target;
+        let Some(s) = self.session.as_mut() else { return };
+        let stale = s.keepalive.is_some_and(|(_, sent)| local >= sent + RESEND_MS);
+        if (s.keepalive.is_none() || stale) && local >= s.next_keepalive_local {
+            self.next_creq = creq;
+            s.keepalive = Some((creq, local));
+            s.next_keepalive_local = local + s.ttl_ms / 3;
+            fx.sends.push((target, ClientMsg::KeepAlive { creq, session: s.id }));
+        }
+    }
+
+    fn next_wake(&self, local: u64) -> u64 {
+        let mut next = local + 200;
+        if let Some(s) = &self.session {
+            next = next.min(s.next_keepalive_local.max(local + 1)).min(s.valid_until_local.max(local + 1));
+        }
+        let op_at = match &self.op {
+            Op::Idle { until_local } => *until_local,
+            Op::Opening { sent_local, .. } => sent_local + RESEND_MS,
+            Op::Acquiring { resend_local, .. } => *resend_local,
+            Op::Holding { release_local, .. } => *release_local,
+            Op::Releasing { resend_local, .. } => *resend_local,
+        };
+        next.min(op_at.max(local + 1))
+    }
+
+    fn progress(
+        &mut self,
+        now: Time,
+        local: u64,
+        accept_new_work: bool,
+        rng: &mut ChaCha8Rng,
+        fx: &mut Effects,
+        hist: &mut History,
+    ) {
+        match &self.op {
+            Op::Idle { until_local } if local >= *until_local && accept_new_work => {
+                if self.session.is_none() {
+                    let creq = self.creq();
+                    let command = Command::OpenSession { client: format!("c{}", self.id), ttl_ms: self.ttl_ms };
+                    fx.sends.push((self.target, ClientMsg::Request { creq, request: Request::Propose(command) }));
+                    self.op = Op::Opening { creq, sent_local: local };
+                    return;
+                }
+                let session = self.session.as_ref().map(|s| s.id).unwrap_or(0);
+                let name = format!("lock-{}", rng.gen_range(0..self.names));
+                let wait_ms = if rng.gen_bool(0.3) { None } else { Some(rng.gen_range(100..3_000)) };
+                let lock_delay_ms = if rng.gen_bool(0.2) { rng.gen_range(1..500) } else { 0 };
+                self.next_request_id += 1;
+                let req = AcquireRequest { name, session, request_id: self.next_request_id, wait_ms, lock_delay_ms };
+                self.send_acquire(now, local, req, fx);
+            }
+            Op::Opening { sent_local, .. } if local >= sent_local + RESEND_MS => {
+                // Unanswered: try another node (a second session may be opened; the first expires).
+                self.next_target();
+                self.op = Op::Idle { until_local: local };
+            }
+            Op::Acquiring { req, resend_local, started, .. } if local >= *resend_local => {
+                let (req, started) = (req.clone(), *started);
+                self.next_target();
+                self.send_acquire(started, local, req, fx);
+            }
+            Op::Holding { name, token, release_local } if local >= *release_local => {
+                let (name, token) = (name.clone(), *token);
+                self.end_hold(now, hist);
+                self.send_release(local, name, token, fx);
+            }
+            Op::Releasing { name, token, resend_local, .. } if local >= *resend_local => {
+                let (name, token) = (name.clone(), *token);
+                self.next_target();
+                self.send_release(local, name, token, fx);
+            }
+            _ => {}
+        }
+    }
+
+    fn send_acquire(&mut self, started: Time, local: u64, req: AcquireRequest, fx: &mut Effects) {
+        let creq = self.creq();
+        let resend_local = local + req.wait_ms.unwrap_or(0) + RESEND_MS;
+        fx.sends.push((self.target, ClientMsg::Request { creq, request: Request::Acquire(req.clone()) }));
+        self.op = Op::Acquiring { creq, req, resend_local, started };
+    }
+
+    fn send_release(&mut self, local: u64, name: String, token: u64, fx: &mut Effects) {
+        let creq = self.creq();
+        let session = self.session.as_ref().map(|s| s.id).unwrap_or(0);
+        let command = Command::Release { name: name.clone(), session, token };
+        fx.sends.push((self.target, ClientMsg::Request { creq, request: Request::Propose(command) }));
+        self.op = Op::Releasing { creq, name, token, resend_local: local + RESEND_MS };
+    }
+
+    fn follow(&mut self, err: &NodeError) -> bool {
+        match err {
+            NodeError::NotLeader { leader: Some(l), .. } => {
+                self.target = *l;
+                true
+            }
+            NodeError::NotLeader { leader: None, .. } | NodeError::Unavailable(_) | NodeError::Busy(_) => {
+                self.next_target();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn on_reply(
+        &mut self,
+        now: Time,
+        local: u64,
+        reply: NodeReply,
+        rng: &mut ChaCha8Rng,
+        fx: &mut Effects,
+        hist: &mut History,
+    ) {
+        match reply {
+            NodeReply::KeepAlive { creq, result } => {
+                let Some(s) = self.session.as_mut() else { return };
+                let Some((pending, sent)) = s.keepalive else { return };
+                if pending != creq {
+                    return;
+                }
+                s.keepalive = None;
+                match result {
+                    Ok(ttl) => s.valid_until_local = s.valid_until_local.max(sent + ttl - ttl / 10),
+                    Err(NodeError::Rejected(baton_core::Error::SessionNotFound(_))) => {
+                        self.lose_session(now, "the leader says it is gone", fx, hist)
+                    }
+                    Err(e) => {
+                        self.follow(&e);
+                        if let Some(s) = self.session.as_mut() {
+                            s.next_keepalive_local = local;
+                        }
+                    }
+                }
+            }
+            NodeReply::Answer { creq, result } => self.on_answer(now, local, creq, result, rng, fx, hist),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_answer(
+        &mut self,
+        now: Time,
+        local: u64,
+        creq: u64,
+        result: Result<Answer, NodeError>,
+        rng: &mut ChaCha8Rng,
+        fx: &mut Effects,
+        hist: &mut History,
+    ) {
+        match &self.op {
+            Op::Opening { creq: c, sent_local } if *c == creq => {
+                let sent_local = *sent_local;
+                match result {
+                    Ok(Answer::Applied(Outcome::SessionOpened { session, ttl_ms })) => {
+                        fx.trace.push(format!("client {} opened session {session}", self.id));
+                        self.session = Some(Session {
+                            id: session,
+                            ttl_ms,
+                            valid_until_local: sent_local + ttl_ms - ttl_ms / 10,
+                            keepalive: None,
+                            next_keepalive_local: local + ttl_ms / 3,
+                        });
+                        self.op = Op::Idle { until_local: local + rng.gen_range(0..100) };
+                    }
+                    Err(e) => {
+                        self.follow(&e);
+                        self.op = Op::Idle { until_local: local + 50 };
+                    }
+                    Ok(other) => hist.violations.push(unexpected(now, self.id, &other)),
+                }
+            }
+            Op::Acquiring { creq: c, req, started, .. } if *c == creq => {
+                let (req, started) = (req.clone(), *started);
+                match result {
+                    Ok(Answer::Acquire(AcquireResult::Granted(token))) => {
+                        hist.received.push((req.name.clone(), req.session, token, now));
+                        if !self.lease_valid(local) {
+                            // Granted to a session we already consider lost: never use it.
+                            self.lose_session(now, "grant arrived after the lease ran out", fx, hist);
+                            return;
+                        }
+                        fx.trace.push(format!("client {} holds {} with token {token}", self.id, req.name));
+                        self.hold = Some(Hold {
+                            name: req.name.clone(),
+                            client: self.id,
+                            session: req.session,
+                            token,
+                            from: now,
+                            until: now,
+                        });
+                        let release_local = local + rng.gen_range(10..400);
+                        self.op = Op::Holding { name: req.name, token, release_local };
+                    }
+                    Ok(Answer::Acquire(_)) => self.op = Op::Idle { until_local: local + rng.gen_range(0..200) },
+                    Err(NodeError::Rejected(baton_core::Error::SessionNotFound(_))) => {
+                        self.lose_session(now, "acquire says it is gone", fx, hist)
+                    }
+                    Err(NodeError::Rejected(e)) => {
+                        fx.trace.push(format!("client {} acquire rejected: {e}", self.id));
+                        self.op = Op::Idle { until_local: local + 100 };
+                    }
+                    Err(e) => {
+                        // Retry the same request (same id: it cannot queue twice).
+                        self.follow(&e);
+                        self.send_acquire(started, local, req, fx);
+                    }
+                    Ok(other) => hist.violations.push(unexpected(now, self.id, &other)),
+                }
+            }
+            Op::Releasing { creq: c, name, token, .. } if *c == creq => {
+                let (name, token) = (name.clone(), *token);
+                match result {
+                    Ok(_) | Err(NodeError::Rejected(_)) => {
+                        fx.trace.push(format!("client {} released {name} (token {token})", self.id));
+                        if rng.gen_bool(0.1) {
+                            // Sometimes close the session and start a new one.
+                            let creq = self.creq();
+                            if let Some(s) = self.session.take() {
+                                let command = Command::CloseSession { session: s.id };
+                                fx.sends.push((
+                                    self.target,
+                                    ClientMsg::Request { creq, request: Request::Propose(command) },
+                                ));
+                            }
+                        }
+                        self.op = Op::Idle { until_local: local + rng.gen_range(0..200) };
+                    }
+                    Err(e) => {
+                        self.follow(&e);
+                        self.send_release(local, name, token, fx);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Liveness: a wait still open long after it should have ended.
+    pub fn check_liveness(&self, now: Time, hist: &mut History) {
+        if let (true, Op::Acquiring { req, started, .. }) = (self.alive, &self.op) {
+            let bound = (req.wait_ms.unwrap_or(0) + 10_000) * 1000;
+            if now.saturating_sub(*started) > bound {
+                hist.violations.push(Violation {
+                    property: "liveness",
+                    detail: format!(
+                        "client {} has waited {} ms for {:?} (request {}, wait {:?} ms) after faults healed",
+                        self.id,
+                        (now - started) / 1000,
+                        req.name,
+                        req.request_id,
+                        req.wait_ms
+                    ),
+                    at: now,
+                });
+            }
+        }
+    }
+
+    /// Ends the hold, if any, at the end of the run.
+    pub fn finish(&mut self, now: Time, hist: &mut History) {
+        self.end_hold(now, hist);
+    }
+}
+
+fn unexpected(now: Time, client: usize, answer: &Answer) -> Violation {
+    Violation { property: "protocol", detail: format!("client {client} got an unexpected answer {answer:?}"), at: now }
+}

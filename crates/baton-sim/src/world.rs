@@ -1,0 +1,782 @@
+//! The simulated world: nodes, disks, network, clocks, the nemesis, and the event loop.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+
+use baton_core::Bugs;
+use baton_node::{
+    LogStore, MemStore, Node, NodeConfig, Output, RaftMessage, Request, RequestId, Requests, WriteBatch, DATA_GROUP,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::check::{History, Time, Violation};
+use crate::client::{ClientMsg, Clock, NodeReply, SimClient};
+
+const MS: Time = 1_000;
+
+/// Which faults the nemesis may inject.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Drop messages.
+    pub loss: bool,
+    /// Deliver some messages twice.
+    pub duplicate: bool,
+    /// Occasional long delays (which also reorder).
+    pub delay: bool,
+    /// Network partitions: majority/minority, isolated leader, one-way, bridge.
+    pub partition: bool,
+    /// Node crashes (losing what was not fsynced) and restarts; client crashes.
+    pub crash: bool,
+    /// Node pauses (a GC-like freeze), some longer than the session TTL.
+    pub pause: bool,
+    /// Clocks run at different rates (within the configured bound).
+    pub clock: bool,
+    /// Slow fsyncs.
+    pub disk: bool,
+}
+
+impl Faults {
+    /// Every fault.
+    pub fn all() -> Faults {
+        Faults {
+            loss: true,
+            duplicate: true,
+            delay: true,
+            partition: true,
+            crash: true,
+            pause: true,
+            clock: true,
+            disk: true,
+        }
+    }
+
+    /// Parses `all`, `none`, or a comma-separated list of fault names.
+    pub fn parse(s: &str) -> Result<Faults, String> {
+        match s {
+            "all" => return Ok(Faults::all()),
+            "none" => return Ok(Faults::default()),
+            _ => {}
+        }
+        let mut f = Faults::default();
+        for name in s.split(',').map(str::trim) {
+            match name {
+                "loss" => f.loss = true,
+                "duplicate" => f.duplicate = true,
+                "delay" => f.delay = true,
+                "partition" => f.partition = true,
+                "crash" => f.crash = true,
+                "pause" => f.pause = true,
+                "clock" => f.clock = true,
+                "disk" => f.disk = true,
+                other => {
+                    return Err(format!(
+                        "unknown fault {other:?} (known: loss, duplicate, delay, partition, crash, pause, clock, disk, all, none)"
+                    ))
+                }
+            }
+        }
+        Ok(f)
+    }
+}
+
+/// The shape of one simulated run.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Nodes in the cluster (3, 5 or 7).
+    pub nodes: usize,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Distinct lock names the clients use.
+    pub names: usize,
+    /// Length of the fault phase (ms of virtual time).
+    pub fault_ms: u64,
+    /// Length of the heal phase that follows (ms).
+    pub heal_ms: u64,
+    /// Enabled faults.
+    pub faults: Faults,
+    /// Deliberate bugs (broken variants).
+    pub bugs: Bugs,
+    /// Session TTL used by clients (ms).
+    pub ttl_ms: u64,
+    /// Raft tick (ms).
+    pub tick_ms: u64,
+    /// Largest clock-rate difference from true time, in ppm (drift bound).
+    pub max_drift_ppm: i64,
+    /// Snapshot after this many applied entries (small, to exercise snapshots).
+    pub snapshot_entries: u64,
+    /// Keep the whole trace (otherwise only its hash and the last lines).
+    pub keep_trace: bool,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            nodes: 3,
+            clients: 5,
+            names: 3,
+            fault_ms: 20_000,
+            heal_ms: 15_000,
+            faults: Faults::all(),
+            bugs: Bugs::default(),
+            ttl_ms: 2_000,
+            tick_ms: 100,
+            max_drift_ppm: 20_000,
+            snapshot_entries: 300,
+            keep_trace: false,
+        }
+    }
+}
+
+/// The result of one run.
+#[derive(Debug)]
+pub struct SimReport {
+    /// The seed.
+    pub seed: u64,
+    /// What broke (empty: nothing).
+    pub violations: Vec<Violation>,
+    /// Hash of the whole trace (equal for equal runs).
+    pub trace_hash: u64,
+    /// The trace: complete with `keep_trace`, else its last lines.
+    pub trace: Vec<String>,
+    /// Grants clients received.
+    pub grants: usize,
+    /// Simulated events processed.
+    pub steps: u64,
+}
+
+enum Ev {
+    Tick(u64, u64),
+    Deliver { from: u64, to: u64, msg: RaftMessage },
+    ToNode { node: u64, client: usize, msg: ClientMsg },
+    ToClient { client: usize, reply: NodeReply },
+    DiskDone(u64, u64),
+    Wake(usize, u64),
+    Resume(u64, u64),
+    Restart(u64),
+    RestartClient(usize),
+    Nemesis,
+    Heal,
+}
+
+enum Input {
+    Step(RaftMessage),
+    Request { client: usize, creq: u64, request: Request },
+    KeepAlive { client: usize, creq: u64, session: u64 },
+    Tick,
+}
+
+struct SimNode {
+    node: Option<Node>,
+    requests: Requests,
+    store: MemStore,
+    clock: Clock,
+    epoch: u64,
+    writing: Option<WriteBatch>,
+    paused: bool,
+    inbox: VecDeque<Input>,
+    answer_to: BTreeMap<RequestId, (usize, u64)>,
+    next_request: RequestId,
+    disk_ms: (u64, u64),
+}
+
+struct World {
+    cfg: SimConfig,
+    rng: ChaCha8Rng,
+    now: Time,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(Time, u64, usize)>>,
+    events: BTreeMap<usize, Ev>,
+    next_event: usize,
+    nodes: BTreeMap<u64, SimNode>,
+    clients: Vec<SimClient>,
+    wake_gen: Vec<u64>,
+    hist: History,
+    /// Directed links that drop everything.
+    blocked: BTreeSet<(u64, u64)>,
+    loss: f64,
+    duplicate: f64,
+    spike: f64,
+    healed: bool,
+    leader: Option<u64>,
+    trace_hash: u64,
+    trace: VecDeque<String>,
+    steps: u64,
+}
+
+/// Runs one seed.
+pub fn run(cfg: &SimConfig, seed: u64) -> SimReport {
+    let mut w = World::new(cfg.clone(), seed);
+    w.run();
+    w.report(seed)
+}
+
+impl World {
+    fn new(cfg: SimConfig, seed: u64) -> World {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut nodes = BTreeMap::new();
+        let drift = |rng: &mut ChaCha8Rng| {
+            if cfg.faults.clock {
+                rng.gen_range(-cfg.max_drift_ppm..=cfg.max_drift_ppm)
+            } else {
+                0
+            }
+        };
+        for id in 1..=cfg.nodes as u64 {
+            let clock = Clock { offset_ms: rng.gen_range(0..10_000_000), rate_ppm: drift(&mut rng) };
+            nodes.insert(
+                id,
+                SimNode {
+                    node: None,
+                    requests: Requests::default(),
+                    store: MemStore::default(),
+                    clock,
+                    epoch: 0,
+                    writing: None,
+                    paused: false,
+                    inbox: VecDeque::new(),
+                    answer_to: BTreeMap::new(),
+                    next_request: 1,
+                    disk_ms: (0, 1),
+                },
+            );
+        }
+        let mut clients = Vec::new();
+        for i in 0..cfg.clients {
+            let clock = Clock { offset_ms: rng.gen_range(0..10_000_000), rate_ppm: drift(&mut rng) };
+            clients.push(SimClient::new(i, clock, cfg.nodes, cfg.names, cfg.ttl_ms));
+        }
+        let (loss, duplicate, spike) = (
+            if cfg.faults.loss { 0.02 } else { 0.0 },
+            if cfg.faults.duplicate { 0.01 } else { 0.0 },
+            if cfg.faults.delay { 0.01 } else { 0.0 },
+        );
+        let n = clients.len();
+        World {
+            cfg,
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            events: BTreeMap::new(),
+            next_event: 0,
+            nodes,
+            clients,
+            wake_gen: vec![0; n],
+            hist: History::default(),
+            blocked: BTreeSet::new(),
+            loss,
+            duplicate,
+            spike,
+            healed: false,
+            leader: None,
+            trace_hash: 0xcbf2_9ce4_8422_2325,
+            trace: VecDeque::new(),
+            steps: 0,
+        }
+    }
+
+    fn trace(&mut self, line: String) {
+        let line = format!("{:>9.3}s {line}", self.now as f64 / 1e6);
+        for b in line.bytes().chain(std::iter::once(b'\n')) {
+            self.trace_hash = (self.trace_hash ^ b as u64).wrapping_mul(0x100_0000_01b3);
+        }
+        self.trace.push_back(line);
+        if !self.cfg.keep_trace && self.trace.len() > 300 {
+            self.trace.pop_front();
+        }
+    }
+
+    fn at(&mut self, t: Time, ev: Ev) {
+        self.seq += 1;
+        let id = self.next_event;
+        self.next_event += 1;
+        self.events.insert(id, ev);
+        self.queue.push(Reverse((t, self.seq, id)));
+    }
+
+    fn run(&mut self) {
+        for id in 1..=self.cfg.nodes as u64 {
+            self.start_node(id);
+        }
+        for c in 0..self.clients.len() {
+            let t = self.rng.gen_range(0..500) * MS;
+            self.at(t, Ev::Wake(c, 0));
+        }
+        if self.cfg.faults != Faults::default() {
+            self.at(1_000 * MS, Ev::Nemesis);
+        }
+        let end_faults = self.cfg.fault_ms * MS;
+        let end = end_faults + self.cfg.heal_ms * MS;
+        self.at(end_faults, Ev::Heal);
+        while let Some(Reverse((t, _, id))) = self.queue.pop() {
+            if t > end {
+                break;
+            }
+            self.now = t;
+            self.steps += 1;
+            let ev = self.events.remove(&id).expect("event exists");
+            self.handle(ev);
+        }
+        self.now = end;
+        let mut clients = std::mem::take(&mut self.clients);
+        for c in &mut clients {
+            c.check_liveness(end, &mut self.hist);
+            c.finish(end, &mut self.hist);
+        }
+        self.clients = clients;
+        self.hist.check_end(end);
+    }
+
+    fn report(mut self, seed: u64) -> SimReport {
+        let violations = std::mem::take(&mut self.hist.violations);
+        for v in &violations {
+            self.trace(format!("VIOLATION {}: {}", v.property, v.detail));
+        }
+        SimReport {
+            seed,
+            violations,
+            trace_hash: self.trace_hash,
+            trace: self.trace.into_iter().collect(),
+            grants: self.hist.received.len(),
+            steps: self.steps,
+        }
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Tick(id, epoch) => {
+                let n = &self.nodes[&id];
+                if n.epoch != epoch || n.node.is_none() {
+                    return;
+                }
+                self.input(id, Input::Tick);
+                let next = self.node_interval(id, self.cfg.tick_ms);
+                self.at(self.now + next, Ev::Tick(id, epoch));
+            }
+            Ev::Deliver { from, to, msg } => {
+                if !self.blocked.contains(&(from, to)) {
+                    self.input(to, Input::Step(msg));
+                }
+            }
+            Ev::ToNode { node, client, msg } => {
+                let input = match msg {
+                    ClientMsg::Request { creq, request } => Input::Request { client, creq, request },
+                    ClientMsg::KeepAlive { creq, session } => Input::KeepAlive { client, creq, session },
+                };
+                self.input(node, input);
+            }
+            Ev::ToClient { client, reply } => self.client_step(client, Some(reply)),
+            Ev::Wake(client, gen) => {
+                if self.wake_gen[client] == gen {
+                    self.client_step(client, None);
+                }
+            }
+            Ev::DiskDone(id, epoch) => self.disk_done(id, epoch),
+            Ev::Resume(id, epoch) => {
+                let n = self.nodes.get_mut(&id).expect("node");
+                if n.epoch == epoch && n.paused {
+                    n.paused = false;
+                    self.trace(format!("node {id} resumes"));
+                    self.drain(id);
+                }
+            }
+            Ev::Restart(id) => {
+                if self.nodes[&id].node.is_none() {
+                    self.start_node(id);
+                }
+            }
+            Ev::RestartClient(c) => {
+                if !self.clients[c].alive {
+                    self.clients[c].restart(self.now);
+                    self.trace(format!("client {c} restarts"));
+                    self.client_step(c, None);
+                }
+            }
+            Ev::Nemesis => {
+                if !self.healed {
+                    self.nemesis();
+                    let next = self.rng.gen_range(500..3_000) * MS;
+                    self.at(self.now + next, Ev::Nemesis);
+                }
+            }
+            Ev::Heal => self.heal(),
+        }
+    }
+
+    /// Virtual time for `ms` of node-local time.
+    fn node_interval(&self, id: u64, ms: u64) -> Time {
+        let rate = self.nodes[&id].clock.rate_ppm;
+        ((ms * MS) as i128 * 1_000_000 / (1_000_000 + rate as i128)) as Time
+    }
+
+    fn start_node(&mut self, id: u64) {
+        let seed = self.rng.gen();
+        let mut config = NodeConfig::new(id, (1..=self.cfg.nodes as u64).collect());
+        config.snapshot_entries = self.cfg.snapshot_entries;
+        config.seed = seed;
+        config.bugs = self.cfg.bugs;
+        let n = self.nodes.get_mut(&id).expect("node");
+        let recovered = n.store.recover(DATA_GROUP).expect("memory store reads");
+        let (mut node, boot) = Node::new(config, vec![(DATA_GROUP, recovered)]).expect("node starts");
+        n.store.write(&boot).expect("memory store writes");
+        node.set_time(n.clock.local_ms(self.now));
+        n.node = Some(node);
+        n.epoch += 1;
+        n.paused = false;
+        let epoch = n.epoch;
+        self.trace(format!("node {id} starts"));
+        let first = self.node_interval(id, self.cfg.tick_ms);
+        self.at(self.now + first, Ev::Tick(id, epoch));
+    }
+
+    fn crash_node(&mut self, id: u64) {
+        self.hist.flush(id, self.now);
+        let n = self.nodes.get_mut(&id).expect("node");
+        n.node = None;
+        n.writing = None; // not fsynced: lost
+        n.inbox.clear();
+        n.answer_to.clear();
+        n.requests = Requests::default();
+        n.epoch += 1;
+        n.paused = false;
+        self.trace(format!("node {id} crashes"));
+    }
+
+    fn input(&mut self, id: u64, input: Input) {
+        let n = self.nodes.get_mut(&id).expect("node");
+        if n.node.is_none() {
+            return;
+        }
+        if n.paused || n.writing.is_some() {
+            if matches!(input, Input::Tick) && n.inbox.iter().any(|i| matches!(i, Input::Tick)) {
+                return; // a busy runtime runs one late tick, not all the missed ones
+            }
+            n.inbox.push_back(input);
+            return;
+        }
+        self.apply(id, input);
+        self.round(id);
+    }
+
+    fn apply(&mut self, id: u64, input: Input) {
+        let now = self.now;
+        let n = self.nodes.get_mut(&id).expect("node");
+        let local = n.clock.local_ms(now);
+        let node = n.node.as_mut().expect("running");
+        node.set_time(local);
+        match input {
+            Input::Step(msg) => node.step(DATA_GROUP, msg),
+            Input::Tick => node.tick(),
+            Input::Request { client, creq, request } => {
+                let rid = n.next_request;
+                n.next_request += 1;
+                n.answer_to.insert(rid, (client, creq));
+                n.requests.submit(node, DATA_GROUP, rid, request);
+            }
+            Input::KeepAlive { client, creq, session } => {
+                let result = node.keepalive(DATA_GROUP, &[session]).pop().expect("one answer");
+                self.send_to_client(client, NodeReply::KeepAlive { creq, result });
+            }
+        }
+    }
+
+    /// One runtime round: collect ready work, send, start the fsync.
+    fn round(&mut self, id: u64) {
+        for _ in 0..16 {
+            let n = self.nodes.get_mut(&id).expect("node");
+            let Some(node) = n.node.as_mut() else { return };
+            if n.writing.is_some() || n.paused {
+                return;
+            }
+            let batch = node.ready().expect("node ready");
+            self.dispatch(id);
+            if !batch.is_empty() {
+                let n = self.nodes.get_mut(&id).expect("node");
+                let (lo, hi) = n.disk_ms;
+                n.writing = Some(batch);
+                let epoch = n.epoch;
+                let lat = self.rng.gen_range(lo * MS + 50..=hi * MS + 200);
+                self.at(self.now + lat, Ev::DiskDone(id, epoch));
+                return;
+            }
+            self.persisted(id);
+            let n = &self.nodes[&id];
+            if !n.node.as_ref().is_some_and(|node| node.has_ready()) {
+                return;
+            }
+        }
+    }
+
+    fn persisted(&mut self, id: u64) {
+        let n = self.nodes.get_mut(&id).expect("node");
+        let Some(node) = n.node.as_mut() else { return };
+        node.persisted().expect("node persisted");
+        self.dispatch(id);
+    }
+
+    fn disk_done(&mut self, id: u64, epoch: u64) {
+        let n = self.nodes.get_mut(&id).expect("node");
+        if n.epoch != epoch {
+            return;
+        }
+        if n.paused {
+            // The fsync finishes while the process is frozen; it resumes afterwards.
+            let t = self.now + MS;
+            self.at(t, Ev::DiskDone(id, epoch));
+            return;
+        }
+        let batch = n.writing.take().expect("a write in flight");
+        n.store.write(&batch).expect("memory store writes");
+        self.persisted(id);
+        self.drain(id);
+    }
+
+    /// Takes every queued input at once (as the real runtime drains its channel), then a round.
+    fn drain(&mut self, id: u64) {
+        let n = self.nodes.get_mut(&id).expect("node");
+        if n.writing.is_some() || n.paused || n.node.is_none() {
+            // A round is in flight (the node is inside its fsync): inputs wait for it, as they
+            // wait in the real runtime's channel.
+            return;
+        }
+        let inputs: Vec<Input> = n.inbox.drain(..).collect();
+        for input in inputs {
+            self.apply(id, input);
+        }
+        self.round(id);
+    }
+
+    fn dispatch(&mut self, id: u64) {
+        let n = self.nodes.get_mut(&id).expect("node");
+        let Some(node) = n.node.as_mut() else { return };
+        let outputs = node.take_outputs();
+        let mut answers = Vec::new();
+        let mut sends = Vec::new();
+        let mut replies = Vec::new();
+        let mut notes = Vec::new();
+        for out in outputs {
+            n.requests.handle(&out, &mut answers);
+            match out {
+                Output::Send { to, msg, .. } => sends.push((to, msg)),
+                Output::Event { index, event, .. } => self.hist.applied(id, index, event, self.now),
+                Output::RoleChanged { role, leader, term, .. } => {
+                    notes.push(format!("node {id}: {role:?} in term {term}, leader {leader:?}"));
+                    if role == baton_node::Role::Leader {
+                        self.leader = Some(id);
+                    }
+                }
+                Output::Reset { .. } => {
+                    self.hist.flush(id, self.now);
+                    notes.push(format!("node {id} installs a snapshot"));
+                }
+                Output::Reply { .. } => {}
+            }
+        }
+        for (rid, result) in answers {
+            if let Some((client, creq)) = n.answer_to.remove(&rid) {
+                replies.push((client, NodeReply::Answer { creq, result }));
+            }
+        }
+        for line in notes {
+            self.trace(line);
+        }
+        for (to, msg) in sends {
+            self.send(id, to, msg);
+        }
+        for (client, reply) in replies {
+            self.send_to_client(client, reply);
+        }
+    }
+
+    fn latency(&mut self) -> Time {
+        let mut t = self.rng.gen_range(100..1_000);
+        if self.spike > 0.0 && self.rng.gen_bool(self.spike) {
+            t += self.rng.gen_range(50..500) * MS;
+        }
+        t
+    }
+
+    fn send(&mut self, from: u64, to: u64, msg: RaftMessage) {
+        if self.blocked.contains(&(from, to)) || (self.loss > 0.0 && self.rng.gen_bool(self.loss)) {
+            return;
+        }
+        if self.duplicate > 0.0 && self.rng.gen_bool(self.duplicate) {
+            let t = self.now + self.latency();
+            self.at(t, Ev::Deliver { from, to, msg: msg.clone() });
+        }
+        let t = self.now + self.latency();
+        self.at(t, Ev::Deliver { from, to, msg });
+    }
+
+    fn send_to_client(&mut self, client: usize, reply: NodeReply) {
+        if self.loss > 0.0 && self.rng.gen_bool(self.loss) {
+            return;
+        }
+        let t = self.now + self.latency();
+        self.at(t, Ev::ToClient { client, reply });
+    }
+
+    fn client_step(&mut self, c: usize, reply: Option<NodeReply>) {
+        let end = (self.cfg.fault_ms + self.cfg.heal_ms) * MS;
+        let accept = self.now + 5_000 * MS < end;
+        let (fx, wake) = self.clients[c].step(self.now, reply, accept, &mut self.rng, &mut self.hist);
+        for line in fx.trace {
+            self.trace(line);
+        }
+        for (node, msg) in fx.sends {
+            if self.loss > 0.0 && self.rng.gen_bool(self.loss) {
+                continue;
+            }
+            let t = self.now + self.latency();
+            self.at(t, Ev::ToNode { node, client: c, msg });
+        }
+        if wake != Time::MAX {
+            self.wake_gen[c] += 1;
+            let gen = self.wake_gen[c];
+            self.at(wake, Ev::Wake(c, gen));
+        }
+    }
+
+    fn up_nodes(&self) -> Vec<u64> {
+        self.nodes.iter().filter(|(_, n)| n.node.is_some()).map(|(id, _)| *id).collect()
+    }
+
+    fn nemesis(&mut self) {
+        let f = self.cfg.faults;
+        let mut choices = Vec::new();
+        if f.partition {
+            choices.extend(["split", "isolate-leader", "one-way", "bridge", "heal-network"]);
+        }
+        if f.crash {
+            choices.extend(["crash", "crash-leader", "crash-client"]);
+        }
+        if f.pause {
+            choices.push("pause");
+        }
+        if f.disk {
+            choices.push("slow-disk");
+        }
+        if choices.is_empty() {
+            return;
+        }
+        let choice = choices[self.rng.gen_range(0..choices.len())];
+        let ids: Vec<u64> = (1..=self.cfg.nodes as u64).collect();
+        match choice {
+            "split" => {
+                self.blocked.clear();
+                let minority = self.rng.gen_range(1..=(ids.len() - 1) / 2);
+                let mut shuffled = ids.clone();
+                for i in (1..shuffled.len()).rev() {
+                    let j = self.rng.gen_range(0..=i);
+                    shuffled.swap(i, j);
+                }
+                let (small, big) = shuffled.split_at(minority);
+                self.cut(small, big, true);
+                self.trace(format!("nemesis: partition {small:?} | {big:?}"));
+            }
+            "isolate-leader" => {
+                if let Some(l) = self.leader {
+                    self.blocked.clear();
+                    let others: Vec<u64> = ids.iter().copied().filter(|&i| i != l).collect();
+                    self.cut(&[l], &others, true);
+                    self.trace(format!("nemesis: isolate leader {l}"));
+                }
+            }
+            "one-way" => {
+                let a = ids[self.rng.gen_range(0..ids.len())];
+                let others: Vec<u64> = ids.iter().copied().filter(|&i| i != a).collect();
+                self.cut(&[a], &others, false);
+                self.trace(format!("nemesis: node {a} cannot send to anyone"));
+            }
+            "bridge" => {
+                // Two halves that only one node (the bridge) can talk to.
+                self.blocked.clear();
+                let bridge = ids[self.rng.gen_range(0..ids.len())];
+                let rest: Vec<u64> = ids.iter().copied().filter(|&i| i != bridge).collect();
+                let (a, b) = rest.split_at(rest.len() / 2);
+                self.cut(a, b, true);
+                self.trace(format!("nemesis: bridge {bridge} between {a:?} and {b:?}"));
+            }
+            "heal-network" => {
+                self.blocked.clear();
+                self.trace("nemesis: network healed".into());
+            }
+            "crash" | "crash-leader" => {
+                let up = self.up_nodes();
+                let target = if choice == "crash-leader" { self.leader.filter(|l| up.contains(l)) } else { None }
+                    .or_else(|| (!up.is_empty()).then(|| up[self.rng.gen_range(0..up.len())]));
+                if let Some(id) = target {
+                    self.crash_node(id);
+                    let back = self.rng.gen_range(200..4_000) * MS;
+                    self.at(self.now + back, Ev::Restart(id));
+                }
+            }
+            "crash-client" => {
+                let c = self.rng.gen_range(0..self.clients.len());
+                if self.clients[c].alive {
+                    self.clients[c].crash(self.now, &mut self.hist);
+                    self.trace(format!("nemesis: client {c} crashes"));
+                    let back = self.rng.gen_range(500..5_000) * MS;
+                    self.at(self.now + back, Ev::RestartClient(c));
+                }
+            }
+            "pause" => {
+                let up = self.up_nodes();
+                if !up.is_empty() {
+                    let id = up[self.rng.gen_range(0..up.len())];
+                    let ms = self.rng.gen_range(100..self.cfg.ttl_ms * 2);
+                    let n = self.nodes.get_mut(&id).expect("node");
+                    n.paused = true;
+                    let epoch = n.epoch;
+                    self.trace(format!("nemesis: pause node {id} for {ms} ms"));
+                    self.at(self.now + ms * MS, Ev::Resume(id, epoch));
+                }
+            }
+            "slow-disk" => {
+                let id = ids[self.rng.gen_range(0..ids.len())];
+                let slow = (self.rng.gen_range(5..50), self.rng.gen_range(50..200));
+                self.nodes.get_mut(&id).expect("node").disk_ms = slow;
+                self.trace(format!("nemesis: slow disk on node {id}: {slow:?} ms"));
+            }
+            _ => unreachable!("unknown nemesis choice"),
+        }
+    }
+
+    fn cut(&mut self, a: &[u64], b: &[u64], both_ways: bool) {
+        for &x in a {
+            for &y in b {
+                self.blocked.insert((x, y));
+                if both_ways {
+                    self.blocked.insert((y, x));
+                }
+            }
+        }
+    }
+
+    fn heal(&mut self) {
+        self.healed = true;
+        self.blocked.clear();
+        self.loss = 0.0;
+        self.duplicate = 0.0;
+        self.spike = 0.0;
+        self.trace("heal: all faults lifted".into());
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            let n = self.nodes.get_mut(&id).expect("node");
+            n.disk_ms = (0, 1);
+            if n.node.is_none() {
+                self.start_node(id);
+            } else if n.paused {
+                n.paused = false;
+                self.drain(id);
+            }
+        }
+        for c in 0..self.clients.len() {
+            if !self.clients[c].alive {
+                self.clients[c].restart(self.now);
+                self.client_step(c, None);
+            }
+        }
+    }
+}

@@ -24,7 +24,7 @@ impl Clock {
     }
 
     /// The virtual time (µs) at which this clock reads `ms`.
-    pub fn to_virtual(&self, ms: u64) -> Time {
+    pub fn virtual_at(&self, ms: u64) -> Time {
         let local_us = (ms.saturating_sub(self.offset_ms)) as i128 * 1000;
         ((local_us * 1_000_000) / (1_000_000 + self.rate_ppm as i128)) as Time
     }
@@ -135,7 +135,7 @@ impl SimClient {
     /// Ends the current hold when the lease runs out (or now, if it already has).
     fn end_hold_at_lease(&mut self, now: Time, hist: &mut History) {
         if let Some(mut h) = self.hold.take() {
-            let lease_end = self.session.as_ref().map_or(now, |s| self.clock.to_virtual(s.valid_until_local));
+            let lease_end = self.session.as_ref().map_or(now, |s| self.clock.virtual_at(s.valid_until_local));
             h.until = lease_end.max(h.from);
             hist.holds.push(h);
         }
@@ -143,7 +143,7 @@ impl SimClient {
 
     fn end_hold(&mut self, at: Time, hist: &mut History) {
         if let Some(mut h) = self.hold.take() {
-            let lease_end = self.session.as_ref().map_or(at, |s| self.clock.to_virtual(s.valid_until_local));
+            let lease_end = self.session.as_ref().map_or(at, |s| self.clock.virtual_at(s.valid_until_local));
             h.until = at.min(lease_end).max(h.from);
             hist.holds.push(h);
         }
@@ -183,7 +183,7 @@ impl SimClient {
         self.keepalive(local, &mut fx);
         self.progress(now, local, accept_new_work, rng, &mut fx, hist);
         let next = self.next_wake(local);
-        (fx, self.clock.to_virtual(next).max(now + 1))
+        (fx, self.clock.virtual_at(next).max(now + 1))
     }
 
     fn keepalive(&mut self, local: u64, fx: &mut Effects) {

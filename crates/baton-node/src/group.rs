@@ -297,24 +297,6 @@ impl Group {
         Ok(())
     }
 
-    pub(crate) fn keepalive(&mut self, sessions: &[SessionId], now: u64) -> Vec<Result<u64, NodeError>> {
-        sessions
-            .iter()
-            .map(|&s| {
-                if self.role != Role::Leader {
-                    return Err(self.not_leader());
-                }
-                match self.sm.session(s) {
-                    Some(session) if !self.expiring.contains(&s) => {
-                        self.leases.insert(s, now + session.ttl_ms);
-                        Ok(session.ttl_ms)
-                    }
-                    _ => Err(NodeError::Rejected(baton_core::Error::SessionNotFound(s))),
-                }
-            })
-            .collect()
-    }
-
     /// Starts a ReadIndex round for the queued reads, once this leader has committed an entry
     /// of its term (raft-rs drops read requests before that).
     fn start_read_round(&mut self) {
@@ -389,12 +371,12 @@ impl Group {
         }
         self.apply(light.take_committed_entries(), now, out)?;
         self.raw.advance_apply();
-        self.serve_reads(out);
+        self.serve_reads(now, out);
         self.maybe_snapshot(config);
         Ok(())
     }
 
-    fn serve_reads(&mut self, out: &mut Vec<Output>) {
+    fn serve_reads(&mut self, now: u64, out: &mut Vec<Output>) {
         let applied = self.sm.applied_index();
         let ready: Vec<(u64, PendingRead)> = self.reads_ready.extract_if(.., |(index, _)| *index <= applied).collect();
         for (_, r) in ready {
@@ -412,6 +394,20 @@ impl Group {
                 },
                 Query::Session(id) => {
                     Reply::Session(self.sm.session(*id).map(|s| (s.ttl_ms, s.owned.iter().cloned().collect())))
+                }
+                Query::KeepAlive(sessions) => {
+                    let mut leases = Vec::with_capacity(sessions.len());
+                    for &id in sessions {
+                        match self.sm.session(id) {
+                            Some(s) if !self.expiring.contains(&id) => {
+                                // Confirmed leader: the lease runs a full TTL from now.
+                                self.leases.insert(id, now + s.ttl_ms);
+                                leases.push((id, Some(s.ttl_ms)));
+                            }
+                            _ => leases.push((id, None)),
+                        }
+                    }
+                    Reply::KeepAlive(leases)
                 }
             };
             out.push(Output::Reply { id: r.id, result: Ok(reply) });
@@ -472,7 +468,9 @@ impl Group {
                         .map_err(|err| format!("group {}: undecodable entry {}: {err}", self.id, e.index))?;
                     let result = self.sm.apply(e.index, &p.entry, &mut events);
                     self.after_apply(&p, &events, now);
-                    if p.origin != 0 && self.proposals.remove(&p.request).is_some() {
+                    // Only our own proposals are answered here: request ids are per node, so another node's
+                    // entry can carry the id of one of ours (a bug the simulator found, seed 841).
+                    if p.origin == self.raw.raft.id && self.proposals.remove(&p.request).is_some() {
                         let reply = result
                             .map(|outcome| Reply::Applied { index: e.index, outcome })
                             .map_err(NodeError::Rejected);

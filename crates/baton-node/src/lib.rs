@@ -6,7 +6,7 @@
 //! simulator) feeds it inputs and carries out its outputs:
 //!
 //! - inputs: [`Node::set_time`] with the monotonic clock, [`Node::tick`], [`Node::step`] with a peer's message,
-//!   [`Node::propose`], [`Node::read`] and [`Node::keepalive`] with client requests, and
+//!   [`Node::propose`] and [`Node::read`] (reads include keepalives) with client requests, and
 //!   [`Node::persisted`] when the last [`WriteBatch`] is on disk;
 //! - outputs: [`Node::ready`] returns the [`WriteBatch`] to make durable (all groups, one fsync)
 //!   and queues [`Output`]s — messages for peers, replies to requests, and the state machine's

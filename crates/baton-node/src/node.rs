@@ -60,6 +60,10 @@ pub enum Query {
     Lock(String),
     /// A session's TTL and the names it holds or waits for.
     Session(SessionId),
+    /// Renew these sessions' leases. Served like a read, after a ReadIndex round: a leader
+    /// acknowledges a keepalive only once a majority has confirmed it still leads, so a deposed
+    /// leader that has not noticed yet cannot extend a lease its successor does not know about.
+    KeepAlive(Vec<SessionId>),
 }
 
 /// A successful reply to a request.
@@ -71,6 +75,8 @@ pub enum Reply {
     Lock { holder: Option<Holder>, waiters: Vec<Waiter>, closed_until_ms: u64, now_ms: u64 },
     /// A session: `None` if it does not exist.
     Session(Option<(u64, Vec<String>)>),
+    /// Per session asked: its TTL if renewed, `None` if it is gone.
+    KeepAlive(Vec<(SessionId, Option<u64>)>),
 }
 
 /// Why a request failed.
@@ -211,14 +217,6 @@ impl Node {
         };
         if let Err(e) = g.read(id, query, self.mono_ms, &self.config) {
             self.outputs.push(Output::Reply { id, result: Err(e) });
-        }
-    }
-
-    /// Renews sessions' leases on the leader; answers each with its TTL or why it failed.
-    pub fn keepalive(&mut self, group: GroupId, sessions: &[SessionId]) -> Vec<Result<u64, NodeError>> {
-        match self.groups.get_mut(&group) {
-            Some(g) => g.keepalive(sessions, self.mono_ms),
-            None => sessions.iter().map(|_| Err(NodeError::NoGroup(group))).collect(),
         }
     }
 

@@ -160,9 +160,14 @@ impl Cluster {
         panic!("read not served");
     }
 
+    /// Sends a keepalive to the leader (if there is one) and lets it be served.
     fn keepalive(&mut self, sessions: &[u64]) {
         if let Some(leader) = self.leader() {
-            self.nodes.get_mut(&leader).unwrap().keepalive(G, sessions);
+            let id = self.next_id;
+            self.next_id += 1;
+            self.nodes.get_mut(&leader).unwrap().read(G, id, Query::KeepAlive(sessions.to_vec()));
+            self.settle();
+            self.replies.remove(&id);
         }
     }
 
@@ -370,4 +375,28 @@ fn deadlines_follow_the_leaders_clock_rate_not_its_origin() {
         c.keepalive(&[a, b]);
     }
     assert!(c.events.iter().any(|(_, e)| matches!(e, Event::WaitEnded { request_id: 2, .. })), "never timed out");
+}
+
+/// Regression (found by the simulator, seed 1509): a leader cut off from the others, that has
+/// not noticed yet, must not acknowledge keepalives — its successor would not know of them and
+/// could expire a session whose client believes its lease was renewed.
+#[test]
+fn a_deposed_leader_does_not_renew_leases() {
+    let mut c = Cluster::new(3, 20_000);
+    let a = c.open("a");
+    let old = c.wait_leader();
+    c.isolated.insert(old);
+    let id = 9_999;
+    c.nodes.get_mut(&old).unwrap().read(G, id, Query::KeepAlive(vec![a]));
+    for _ in 0..30 {
+        c.advance(TICK_MS);
+        if c.replies.contains_key(&id) {
+            break;
+        }
+    }
+    match c.replies.remove(&id) {
+        Some(Ok(reply)) => panic!("the isolated leader renewed a lease: {reply:?}"),
+        Some(Err(e)) => assert!(matches!(e, NodeError::NotLeader { .. } | NodeError::Unavailable(_)), "{e:?}"),
+        None => panic!("the keepalive was never answered"),
+    }
 }

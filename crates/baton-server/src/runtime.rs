@@ -10,7 +10,6 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use baton_core::SessionId;
 use baton_node::{
     Answer, GroupId, GroupStatus, LogStore, Node, NodeError, NodeId, Output, RaftMessage, Request, RequestId, Requests,
     Role, WriteBatch,
@@ -28,8 +27,6 @@ pub enum Input {
     Steps(Vec<(GroupId, RaftMessage)>),
     /// A client request; answered on `tx`.
     Request { group: GroupId, request: Request, tx: oneshot::Sender<Result<Answer, NodeError>> },
-    /// Renew sessions' leases.
-    KeepAlive { group: GroupId, sessions: Vec<SessionId>, tx: oneshot::Sender<Vec<Result<u64, NodeError>>> },
     /// The status of every group.
     Status { tx: oneshot::Sender<Vec<GroupStatus>> },
     /// Stop the loop.
@@ -196,9 +193,6 @@ impl<S: LogStore> Runtime<S> {
                 let id = self.next_id();
                 self.answer_to.insert(id, tx);
                 self.requests.submit(&mut self.node, group, id, request);
-            }
-            Input::KeepAlive { group, sessions, tx } => {
-                let _ = tx.send(self.node.keepalive(group, &sessions));
             }
             Input::Status { tx } => {
                 let _ = tx.send(self.node.status());

@@ -8,7 +8,7 @@ use std::pin::Pin;
 
 use baton_core::limits::DEFAULT_TTL_MS;
 use baton_core::{AcquireRequest, Command, Limits, Outcome};
-use baton_node::{AcquireResult, Answer, NodeError, Query, Reply, Request as NodeRequest, Role, DATA_GROUP};
+use baton_node::{AcquireResult, Answer, Query, Reply, Request as NodeRequest, Role, DATA_GROUP};
 use baton_proto::v1 as pb;
 use baton_proto::v1::baton_server::Baton;
 use futures::Stream;
@@ -109,22 +109,25 @@ impl Baton for BatonService {
                         req.session_ids.len()
                     )));
                 }
+                // Answered after a ReadIndex round confirms this node still leads (see Query::KeepAlive).
                 let (otx, orx) = oneshot::channel();
-                if !node.send(Input::KeepAlive { group: DATA_GROUP, sessions: req.session_ids.clone(), tx: otx }) {
+                let request = NodeRequest::Read(Query::KeepAlive(req.session_ids));
+                if !node.send(Input::Request { group: DATA_GROUP, request, tx: otx }) {
                     return Err(stopped());
                 }
-                let results = orx.await.map_err(|_| stopped())?;
-                let mut leases = Vec::with_capacity(results.len());
-                for (session_id, r) in req.session_ids.iter().zip(results) {
-                    match r {
-                        Ok(ttl_ms) => leases.push(pb::SessionLease { session_id: *session_id, alive: true, ttl_ms }),
-                        Err(NodeError::Rejected(baton_core::Error::SessionNotFound(_))) => {
-                            leases.push(pb::SessionLease { session_id: *session_id, alive: false, ttl_ms: 0 })
-                        }
-                        // Not the leader (any more): the client must reconnect to the leader.
-                        Err(e) => return Err(to_status(e, &node)),
-                    }
-                }
+                // Not the leader (any more): the client must reconnect to the leader.
+                let answer = orx.await.map_err(|_| stopped())?.map_err(|e| to_status(e, &node))?;
+                let Answer::Read(Reply::KeepAlive(results)) = answer else {
+                    return Err(Status::internal("unexpected answer to a keepalive"));
+                };
+                let leases = results
+                    .into_iter()
+                    .map(|(session_id, ttl)| pb::SessionLease {
+                        session_id,
+                        alive: ttl.is_some(),
+                        ttl_ms: ttl.unwrap_or(0),
+                    })
+                    .collect();
                 if tx.send(Ok(pb::KeepAliveResponse { leases })).await.is_err() {
                     break;
                 }

@@ -3,7 +3,7 @@
 //! `baton-client`.
 
 use baton_core::{AcquireRequest, Command, Outcome};
-use baton_node::{AcquireResult, Answer, NodeError, Request};
+use baton_node::{AcquireResult, Answer, NodeError, Query, Reply, Request};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
@@ -33,17 +33,14 @@ impl Clock {
 /// A message from a client to a node.
 #[derive(Clone, Debug)]
 pub enum ClientMsg {
-    /// A request answered through `Requests`.
+    /// A request answered through `Requests` (keepalives are reads).
     Request { creq: u64, request: Request },
-    /// A keepalive (answered synchronously by the node).
-    KeepAlive { creq: u64, session: u64 },
 }
 
 /// A node's answer to a client.
 #[derive(Clone, Debug)]
 pub enum NodeReply {
     Answer { creq: u64, result: Result<Answer, NodeError> },
-    KeepAlive { creq: u64, result: Result<u64, NodeError> },
 }
 
 struct Session {
@@ -195,7 +192,8 @@ impl SimClient {
             self.next_creq = creq;
             s.keepalive = Some((creq, local));
             s.next_keepalive_local = local + s.ttl_ms / 3;
-            fx.sends.push((target, ClientMsg::KeepAlive { creq, session: s.id }));
+            let request = Request::Read(Query::KeepAlive(vec![s.id]));
+            fx.sends.push((target, ClientMsg::Request { creq, request }));
         }
     }
 
@@ -303,18 +301,17 @@ impl SimClient {
         hist: &mut History,
     ) {
         match reply {
-            NodeReply::KeepAlive { creq, result } => {
-                let Some(s) = self.session.as_mut() else { return };
-                let Some((pending, sent)) = s.keepalive else { return };
-                if pending != creq {
-                    return;
-                }
-                s.keepalive = None;
+            NodeReply::Answer { creq, result }
+                if self.session.as_ref().and_then(|s| s.keepalive).is_some_and(|(pending, _)| pending == creq) =>
+            {
+                let s = self.session.as_mut().expect("checked");
+                let (_, sent) = s.keepalive.take().expect("checked");
                 match result {
-                    Ok(ttl) => s.valid_until_local = s.valid_until_local.max(sent + ttl - ttl / 10),
-                    Err(NodeError::Rejected(baton_core::Error::SessionNotFound(_))) => {
-                        self.lose_session(now, "the leader says it is gone", fx, hist)
-                    }
+                    Ok(Answer::Read(Reply::KeepAlive(leases))) => match leases.first() {
+                        Some((_, Some(ttl))) => s.valid_until_local = s.valid_until_local.max(sent + ttl - ttl / 10),
+                        _ => self.lose_session(now, "the leader says it is gone", fx, hist),
+                    },
+                    Ok(other) => hist.violations.push(unexpected(now, self.id, &other)),
                     Err(e) => {
                         self.follow(&e);
                         if let Some(s) = self.session.as_mut() {

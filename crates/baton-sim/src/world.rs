@@ -162,7 +162,6 @@ enum Ev {
 enum Input {
     Step(RaftMessage),
     Request { client: usize, creq: u64, request: Request },
-    KeepAlive { client: usize, creq: u64, session: u64 },
     Tick,
 }
 
@@ -360,10 +359,8 @@ impl World {
                 }
             }
             Ev::ToNode { node, client, msg } => {
-                let input = match msg {
-                    ClientMsg::Request { creq, request } => Input::Request { client, creq, request },
-                    ClientMsg::KeepAlive { creq, session } => Input::KeepAlive { client, creq, session },
-                };
+                let ClientMsg::Request { creq, request } = msg;
+                let input = Input::Request { client, creq, request };
                 self.input(node, input);
             }
             Ev::ToClient { client, reply } => self.client_step(client, Some(reply)),
@@ -473,10 +470,6 @@ impl World {
                 n.next_request += 1;
                 n.answer_to.insert(rid, (client, creq));
                 n.requests.submit(node, DATA_GROUP, rid, request);
-            }
-            Input::KeepAlive { client, creq, session } => {
-                let result = node.keepalive(DATA_GROUP, &[session]).pop().expect("one answer");
-                self.send_to_client(client, NodeReply::KeepAlive { creq, result });
             }
         }
     }

@@ -24,6 +24,16 @@ fn five_nodes_all_faults() {
     assert_clean(&SimConfig { nodes: 5, clients: 7, ..SimConfig::default() }, 100..106);
 }
 
+/// Seeds that found real bugs, kept as regressions: 841 and 868 (a node answered its own
+/// request with the outcome of another node's entry carrying the same request id), 1199 and
+/// 1509 (a deposed leader that had not noticed acknowledged keepalives).
+#[test]
+fn regression_seeds() {
+    for seed in [841, 868, 1199, 1509] {
+        assert_clean(&SimConfig::default(), seed..seed + 1);
+    }
+}
+
 #[test]
 fn no_faults_is_clean_and_busy() {
     let cfg = SimConfig { faults: Faults::default(), ..SimConfig::default() };

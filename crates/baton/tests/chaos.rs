@@ -47,7 +47,6 @@ async fn proxy(listener: TcpListener, target: String, cut: watch::Receiver<bool>
 }
 
 struct Node {
-    id: u64,
     child: Option<Child>,
     stopped: bool,
     args: Vec<String>,
@@ -144,7 +143,7 @@ async fn chaos_run_keeps_mutual_exclusion_and_fencing() {
             "--peers".into(),
             peer_lists[&i].join(","),
         ];
-        let mut n = Node { id: i, child: None, stopped: false, args };
+        let mut n = Node { child: None, stopped: false, args };
         n.start();
         nodes.insert(i, n);
     }

@@ -58,16 +58,54 @@ fn config(args: &SimArgs) -> Result<SimConfig, String> {
     })
 }
 
-fn print_failure(r: &SimReport, lines: usize) {
+/// Prints the first violation of a failed run and the trace leading up to it (replaying the
+/// seed with the whole trace kept, which is cheap and exact).
+fn print_failure(cfg: &SimConfig, r: &SimReport, lines: usize) {
     let v = &r.violations[0];
     println!("seed {}: {} violated at {:.3}s: {}", r.seed, v.property, v.at as f64 / 1e6, v.detail);
     if r.violations.len() > 1 {
         println!("  (+{} more violations in this run)", r.violations.len() - 1);
     }
-    for line in r.trace.iter().rev().take(lines).rev() {
-        println!("  | {line}");
+    if lines > 0 {
+        let full = run(&SimConfig { keep_trace: true, ..cfg.clone() }, r.seed);
+        let before: Vec<&String> = full
+            .trace
+            .iter()
+            .filter(|l| {
+                l.split_whitespace()
+                    .next()
+                    .and_then(|t| t.trim_end_matches('s').parse::<f64>().ok())
+                    .is_some_and(|t| t * 1e6 <= v.at as f64)
+            })
+            .collect();
+        for line in before.iter().rev().take(lines).rev() {
+            println!("  | {line}");
+        }
     }
-    println!("  replay: baton sim --seed {} --trace", r.seed);
+    println!("  replay: baton sim --seed {} --trace{}", r.seed, replay_flags(cfg));
+}
+
+fn replay_flags(cfg: &SimConfig) -> String {
+    let mut f = String::new();
+    if cfg.nodes != 3 {
+        f.push_str(&format!(" --nodes {}", cfg.nodes));
+    }
+    if cfg.clients != SimConfig::default().clients {
+        f.push_str(&format!(" --clients {}", cfg.clients));
+    }
+    if cfg.faults != Faults::all() {
+        f.push_str(" --faults ...");
+    }
+    for (on, name) in [
+        (cfg.bugs.grant_ignores_queue, "grant-ignores-queue"),
+        (cfg.bugs.token_reset_on_restart, "token-reset-on-restart"),
+        (cfg.bugs.follower_expiry, "follower-expiry"),
+    ] {
+        if on {
+            f.push_str(&format!(" --bug {name}"));
+        }
+    }
+    f
 }
 
 /// Runs the command.
@@ -88,7 +126,7 @@ pub fn main(args: SimArgs) -> ExitCode {
             }
         }
         if !r.violations.is_empty() {
-            print_failure(&r, if args.trace { 0 } else { 30 });
+            print_failure(&cfg, &r, if args.trace { 0 } else { 30 });
         }
         let bad = u64::from(!r.violations.is_empty());
         println!("runs=1 violations={bad} seeds_per_s={:.1}", 1.0 / started.elapsed().as_secs_f64());
@@ -115,7 +153,7 @@ pub fn main(args: SimArgs) -> ExitCode {
     let mut failed = failed.into_inner().expect("failed list");
     failed.sort_by_key(|r| r.seed);
     for r in failed.iter().take(5) {
-        print_failure(r, 30);
+        print_failure(&cfg, r, 30);
     }
     if failed.len() > 5 {
         let rest: Vec<String> = failed[5..].iter().map(|r| r.seed.to_string()).collect();

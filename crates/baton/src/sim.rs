@@ -94,7 +94,21 @@ fn replay_flags(cfg: &SimConfig) -> String {
         f.push_str(&format!(" --clients {}", cfg.clients));
     }
     if cfg.faults != Faults::all() {
-        f.push_str(" --faults ...");
+        let x = cfg.faults;
+        let names: Vec<&str> = [
+            (x.loss, "loss"),
+            (x.duplicate, "duplicate"),
+            (x.delay, "delay"),
+            (x.partition, "partition"),
+            (x.crash, "crash"),
+            (x.pause, "pause"),
+            (x.clock, "clock"),
+            (x.disk, "disk"),
+        ]
+        .into_iter()
+        .filter_map(|(on, n)| on.then_some(n))
+        .collect();
+        f.push_str(&format!(" --faults {}", if names.is_empty() { "none".to_string() } else { names.join(",") }));
     }
     for (on, name) in [
         (cfg.bugs.grant_ignores_queue, "grant-ignores-queue"),

@@ -156,6 +156,14 @@ impl<S: LogStore> Runtime<S> {
                 }
             }
             self.flush();
+            // Finishing a round can leave more work (a snapshot to write, a read round to
+            // start): do it now rather than at the next input or tick.
+            for _ in 0..4 {
+                if !self.node.has_ready() {
+                    break;
+                }
+                self.flush();
+            }
         }
     }
 

@@ -30,7 +30,7 @@ pub struct Faults {
     pub crash: bool,
     /// Node pauses (a GC-like freeze), some longer than the session TTL.
     pub pause: bool,
-    /// Clocks run at different rates (within the configured bound).
+    /// Clocks run at different rates, and node clocks jump forward (within the configured bounds).
     pub clock: bool,
     /// Slow fsyncs.
     pub disk: bool,
@@ -103,6 +103,9 @@ pub struct SimConfig {
     pub tick_ms: u64,
     /// Largest clock-rate difference from true time, in ppm (drift bound).
     pub max_drift_ppm: i64,
+    /// Largest forward jump of a node's clock, in ms (jump bound). Together with the drift bound
+    /// it must stay within the client's lease margin (TTL/10), or mutual exclusion can break.
+    pub max_jump_ms: u64,
     /// Snapshot after this many applied entries (small, to exercise snapshots).
     pub snapshot_entries: u64,
     /// Keep the whole trace (otherwise only its hash and the last lines).
@@ -122,6 +125,7 @@ impl Default for SimConfig {
             ttl_ms: 2_000,
             tick_ms: 100,
             max_drift_ppm: 20_000,
+            max_jump_ms: 100,
             snapshot_entries: 300,
             keep_trace: false,
         }
@@ -650,6 +654,9 @@ impl World {
         if f.disk {
             choices.push("slow-disk");
         }
+        if f.clock && self.cfg.max_jump_ms > 0 {
+            choices.push("clock-jump");
+        }
         if choices.is_empty() {
             return;
         }
@@ -731,6 +738,12 @@ impl World {
                 let slow = (self.rng.gen_range(5..50), self.rng.gen_range(50..200));
                 self.nodes.get_mut(&id).expect("node").disk_ms = slow;
                 self.trace(format!("nemesis: slow disk on node {id}: {slow:?} ms"));
+            }
+            "clock-jump" => {
+                let id = ids[self.rng.gen_range(0..ids.len())];
+                let ms = self.rng.gen_range(1..=self.cfg.max_jump_ms);
+                self.nodes.get_mut(&id).expect("node").clock.offset_ms += ms;
+                self.trace(format!("nemesis: node {id}'s clock jumps {ms} ms forward"));
             }
             _ => unreachable!("unknown nemesis choice"),
         }

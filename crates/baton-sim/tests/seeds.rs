@@ -78,3 +78,15 @@ fn expiring_on_a_followers_clock_is_caught() {
     let found = caught(Bugs { follower_expiry: true, ..Bugs::default() }, 300);
     assert_eq!(found.map(|(_, p)| p), Some("mutual-exclusion"), "{found:?}");
 }
+
+/// The leases' safety rests on a clock bound: a leader whose clock jumps forward by more than
+/// the client's margin (TTL/10) expires sessions early. The checker must see that.
+#[test]
+fn clock_jumps_beyond_the_lease_margin_are_caught() {
+    let faults = Faults { clock: true, ..Faults::default() };
+    let within = SimConfig { faults, ..SimConfig::default() };
+    assert_clean(&within, 0..5);
+    let cfg = SimConfig { faults, max_jump_ms: 1_500, ..SimConfig::default() };
+    let found = (0..10).find_map(|seed| run(&cfg, seed).violations.first().map(|v| (seed, v.property)));
+    assert_eq!(found.map(|(_, p)| p), Some("mutual-exclusion"), "{found:?}");
+}

@@ -433,6 +433,20 @@ pub struct Session {
     shared: Arc<SessionShared>,
 }
 
+/// What an acquire asks for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LockKind {
+    /// An exclusive lock.
+    #[default]
+    Exclusive,
+    /// The read side of a read/write lock (shared with other readers).
+    Read,
+    /// The write side of a read/write lock.
+    Write,
+    /// `permits` permits of a semaphore with `capacity`.
+    Semaphore { permits: u32, capacity: u32 },
+}
+
 /// Options of an acquire.
 #[derive(Clone, Debug, Default)]
 pub struct LockOptions {
@@ -440,6 +454,8 @@ pub struct LockOptions {
     pub wait: Option<Duration>,
     /// Lock-delay after this holder's session expires.
     pub lock_delay: Duration,
+    /// Exclusive lock (default), read or write lock, or semaphore permits.
+    pub kind: LockKind,
 }
 
 impl Session {
@@ -467,7 +483,30 @@ impl Session {
     /// Takes the exclusive lock `name`: `Ok(None)` if it was not granted (try-once on a held
     /// lock, or the wait ran out).
     pub async fn lock(&self, name: &str, wait: Option<Duration>) -> Result<Option<LockGuard>> {
-        self.lock_with(name, LockOptions { wait, lock_delay: Duration::ZERO }).await
+        self.lock_with(name, LockOptions { wait, ..Default::default() }).await
+    }
+
+    /// Takes the read side of the read/write lock `name` (shared with other readers; FIFO with
+    /// writers, so a waiting writer is not starved).
+    pub async fn read_lock(&self, name: &str, wait: Option<Duration>) -> Result<Option<LockGuard>> {
+        self.lock_with(name, LockOptions { wait, kind: LockKind::Read, ..Default::default() }).await
+    }
+
+    /// Takes the write side of the read/write lock `name`.
+    pub async fn write_lock(&self, name: &str, wait: Option<Duration>) -> Result<Option<LockGuard>> {
+        self.lock_with(name, LockOptions { wait, kind: LockKind::Write, ..Default::default() }).await
+    }
+
+    /// Takes `permits` permits of the semaphore `name` with `capacity` permits in all.
+    pub async fn semaphore(
+        &self,
+        name: &str,
+        permits: u32,
+        capacity: u32,
+        wait: Option<Duration>,
+    ) -> Result<Option<LockGuard>> {
+        let kind = LockKind::Semaphore { permits, capacity };
+        self.lock_with(name, LockOptions { wait, kind, ..Default::default() }).await
     }
 
     /// [`Session::lock`] with all options.
@@ -481,6 +520,15 @@ impl Session {
             request_id: self.client.request_id(),
             wait_ms: options.wait.map_or(0, |d| d.as_millis() as u64),
             lock_delay_ms: options.lock_delay.as_millis() as u64,
+            ..Default::default()
+        };
+        let req = match options.kind {
+            LockKind::Exclusive => req,
+            LockKind::Read => pb::AcquireRequest { kind: pb::ResourceKind::Rwlock as i32, shared: true, ..req },
+            LockKind::Write => pb::AcquireRequest { kind: pb::ResourceKind::Rwlock as i32, ..req },
+            LockKind::Semaphore { permits, capacity } => {
+                pb::AcquireRequest { kind: pb::ResourceKind::Semaphore as i32, permits, capacity, ..req }
+            }
         };
         // If the caller stops waiting (drops this future), withdraw the request on the server so
         // that it is not granted to nobody.

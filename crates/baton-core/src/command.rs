@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::queue::{Kind, Mode};
+
 /// A session's identifier: the log index of the command that opened it (unique per group).
 pub type SessionId = u64;
 
@@ -46,6 +48,26 @@ pub struct AcquireRequest {
     /// Chubby's lock-delay: if this holder's session expires (not on a clean release), the
     /// lock is not granted again until this much time has passed.
     pub lock_delay_ms: u64,
+    /// What kind of resource the caller expects `name` to be (it must match while the resource
+    /// exists).
+    pub kind: Kind,
+    /// What the caller asks for: exclusive, shared (read), or a number of permits.
+    pub mode: Mode,
+}
+
+impl AcquireRequest {
+    /// An exclusive-lock request (the common case).
+    pub fn exclusive(name: impl Into<String>, session: SessionId, request_id: u64, wait_ms: Option<u64>) -> Self {
+        AcquireRequest {
+            name: name.into(),
+            session,
+            request_id,
+            wait_ms,
+            lock_delay_ms: 0,
+            kind: Kind::Mutex,
+            mode: Mode::Exclusive,
+        }
+    }
 }
 
 /// What goes into one Raft log entry: a command and the leader's clock when it proposed it.

@@ -22,9 +22,9 @@ pub enum Error {
     /// Release by a session or token that does not hold the lock.
     #[error("lock {name:?} is not held by session {session} with token {token}")]
     NotHolder { name: String, session: SessionId, token: Token },
-    /// Locks are not reentrant: the session already holds or waits for this lock.
-    #[error("session {session} already {state} lock {name:?} (locks are not reentrant)")]
-    AlreadyOwned { name: String, session: SessionId, state: &'static str },
+    /// Nothing is reentrant: the session already holds or waits for this name.
+    #[error("session {session} already {state} {name:?} ({why})")]
+    AlreadyOwned { name: String, session: SessionId, state: &'static str, why: &'static str },
     /// A retried request whose grant has since been released.
     #[error("request {request_id} on lock {name:?} already completed: it was granted token {token} and released")]
     RequestCompleted { name: String, request_id: u64, token: Token },

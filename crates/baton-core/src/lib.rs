@@ -35,5 +35,5 @@ pub use bugs::Bugs;
 pub use command::{AcquireRequest, Command, Entry, Event, Outcome, SessionEnd, SessionId, Token, WaitEnd};
 pub use error::{Error, Result};
 pub use limits::Limits;
-pub use queue::{Holder, LockState, Waiter};
+pub use queue::{Holder, Kind, LockState, Mode, Waiter};
 pub use state::{Session, StateMachine};

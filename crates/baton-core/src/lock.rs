@@ -1,17 +1,18 @@
-//! The exclusive lock: acquire (try or wait), release, cancel, and handoff to the next waiter.
+//! Locks, read/write locks and semaphores: acquire (try or wait), release, cancel, handoff.
 //!
 //! Guarantees, all enforced inside one `apply` so that every replica agrees:
-//! - at most one holder per name; the holder's token is greater than every token issued before;
-//! - waiters are granted strictly in arrival order, one at a time, in the same command that
-//!   frees the lock (release, close, expiry, timeout of a lock-delay);
+//! - holders are always compatible (one exclusive holder; or readers only; or at most
+//!   `capacity` permits); every grant's token is greater than every token issued before;
+//! - waiters are granted strictly in arrival order, in the same command that frees room for
+//!   them (release, close, expiry, end of a lock-delay) — as many as fit, and no more;
 //! - a retry of an acquire with the same `(session, request_id)` returns the same outcome and
 //!   never queues twice;
-//! - locks are not reentrant: a session that holds or waits for a name and asks again with a new
-//!   request id gets [`Error::AlreadyOwned`].
+//! - nothing is reentrant, and a read lock is never silently upgraded: a session that holds or
+//!   waits for a name and asks again with a new request id gets [`Error::AlreadyOwned`].
 
 use crate::command::{AcquireRequest, Event, Outcome, SessionEnd, SessionId, Token, WaitEnd};
 use crate::error::{Error, Result};
-use crate::queue::{Holder, LockState, Waiter};
+use crate::queue::{Holder, LockState, Mode, Waiter};
 use crate::state::{RecentResult, StateMachine, Timer, TimerKind};
 
 impl StateMachine {
@@ -20,6 +21,25 @@ impl StateMachine {
         self.limits.check_lock_delay(req.lock_delay_ms)?;
         let wait_ms = req.wait_ms.unwrap_or(0);
         self.limits.check_wait(wait_ms)?;
+        if let crate::queue::Kind::Semaphore { capacity } = req.kind {
+            if capacity == 0 || capacity > crate::queue::MAX_CAPACITY {
+                return Err(Error::InvalidArgument(format!(
+                    "semaphore capacity {capacity} is outside 1..={}",
+                    crate::queue::MAX_CAPACITY
+                )));
+            }
+        }
+        req.kind.accepts(req.mode).map_err(Error::InvalidArgument)?;
+        if let Some(existing) = self.locks.get(&req.name).map(|l| l.kind) {
+            if existing != req.kind {
+                return Err(Error::InvalidArgument(format!(
+                    "{:?} is a {}, not a {}",
+                    req.name,
+                    existing.describe(),
+                    req.kind.describe()
+                )));
+            }
+        }
         let Some(session) = self.sessions.get(&req.session) else {
             return Err(Error::SessionNotFound(req.session));
         };
@@ -27,10 +47,15 @@ impl StateMachine {
             return Ok(outcome);
         }
         if session.owned.contains(&req.name) {
-            let lock = self.locks.get(&req.name);
-            let holds = lock.and_then(|l| l.holder.as_ref()).is_some_and(|h| h.session == req.session);
-            let state = if holds { "holds" } else { "waits for" };
-            return Err(Error::AlreadyOwned { name: req.name.clone(), session: req.session, state });
+            let held = self.locks.get(&req.name).and_then(|l| l.holder(req.session)).map(|h| h.mode);
+            let (state, why) = match (held, req.mode) {
+                (Some(Mode::Shared), Mode::Exclusive) => {
+                    ("holds a read lock on", "upgrading to a write lock is not supported: release the read lock first")
+                }
+                (Some(_), _) => ("holds", "locks are not reentrant"),
+                (None, _) => ("waits for", "locks are not reentrant"),
+            };
+            return Err(Error::AlreadyOwned { name: req.name.clone(), session: req.session, state, why });
         }
         if session.owned.len() >= self.limits.max_locks_per_session {
             return Err(Error::LimitExceeded(format!(
@@ -42,19 +67,24 @@ impl StateMachine {
         }
         let now = self.now_ms;
         if self.bugs.grant_ignores_queue {
-            // Deliberate bug: take the lock from its holder.
-            if let Some(old) = self.locks.get_mut(&req.name).and_then(|l| l.holder.take()) {
-                self.disown(old.session, &req.name);
+            // Deliberate bug: take the lock from its holders.
+            let old: Vec<Holder> =
+                self.locks.get_mut(&req.name).map(|l| std::mem::take(&mut l.holders)).unwrap_or_default();
+            for h in old {
+                self.disown(h.session, &req.name);
             }
         }
         let lock = self.locks.get(&req.name);
-        if lock.is_none_or(|l| l.holder.is_none() && (self.bugs.grant_ignores_queue || l.is_grantable(now))) {
-            let token = self.grant(&req.name, req.session, req.request_id, req.lock_delay_ms, events);
+        let open = |l: &LockState| self.bugs.grant_ignores_queue || l.is_grantable(req.mode, now);
+        if lock.is_none_or(open) {
+            let (session, request_id, delay) = (req.session, req.request_id, req.lock_delay_ms);
+            self.locks.entry(req.name.clone()).or_insert_with(|| LockState::new(req.kind));
+            let token = self.grant(&req.name, session, request_id, delay, req.mode, events);
             return Ok(Outcome::Granted { token });
         }
         let lock = lock.expect("checked above");
         if wait_ms == 0 {
-            let holder = lock.holder.as_ref().map(|h| h.session);
+            let holder = lock.holders.first().map(|h| h.session);
             self.remember(req.session, req.request_id, &req.name, RecentResult::NotAvailable { holder });
             return Ok(Outcome::NotAvailable { holder });
         }
@@ -75,6 +105,7 @@ impl StateMachine {
             deadline_ms,
             queued_ms: now,
             lock_delay_ms: req.lock_delay_ms,
+            mode: req.mode,
         });
         let position = (lock.waiters.len() - 1) as u32;
         self.own(req.session, &req.name);
@@ -90,8 +121,8 @@ impl StateMachine {
     /// The outcome of an earlier attempt of the same request, if there was one.
     fn retried_outcome(&self, req: &AcquireRequest) -> Result<Option<Outcome>> {
         if let Some(lock) = self.locks.get(&req.name) {
-            if let Some(h) = &lock.holder {
-                if h.session == req.session && h.request_id == req.request_id {
+            if let Some(h) = lock.holder(req.session) {
+                if h.request_id == req.request_id {
                     return Ok(Some(Outcome::Granted { token: h.token }));
                 }
             }
@@ -120,11 +151,7 @@ impl StateMachine {
         events: &mut Vec<Event>,
     ) -> Result<Outcome> {
         self.limits.check_name(name)?;
-        let holds = self
-            .locks
-            .get(name)
-            .and_then(|l| l.holder.as_ref())
-            .is_some_and(|h| h.session == session && h.token == token);
+        let holds = self.locks.get(name).and_then(|l| l.holder(session)).is_some_and(|h| h.token == token);
         if !holds {
             if !self.sessions.contains_key(&session) {
                 return Err(Error::SessionNotFound(session));
@@ -146,8 +173,8 @@ impl StateMachine {
         if !self.sessions.contains_key(&session) {
             return Err(Error::SessionNotFound(session));
         }
-        if let Some(h) = self.locks.get(name).and_then(|l| l.holder.as_ref()) {
-            if h.session == session && h.request_id == request_id {
+        if let Some(h) = self.locks.get(name).and_then(|l| l.holder(session)) {
+            if h.request_id == request_id {
                 // The grant won the race with the cancel: the caller must release it.
                 return Ok(Outcome::Cancelled { granted: Some(h.token) });
             }
@@ -156,20 +183,20 @@ impl StateMachine {
         Ok(Outcome::Cancelled { granted: None })
     }
 
-    /// Grants `name` to a session now. The lock must be free and open.
+    /// Grants `name` (which exists) to a session now; the caller checked that it fits.
     fn grant(
         &mut self,
         name: &str,
         session: SessionId,
         request_id: u64,
         lock_delay_ms: u64,
+        mode: Mode,
         events: &mut Vec<Event>,
     ) -> Token {
         let token = self.issue_token();
         let now = self.now_ms;
-        let lock = self.locks.entry(name.to_string()).or_default();
-        debug_assert!(lock.holder.is_none());
-        lock.holder = Some(Holder { session, request_id, token, granted_ms: now, lock_delay_ms });
+        let lock = self.locks.get_mut(name).expect("granted resource exists");
+        lock.holders.push(Holder { session, request_id, token, granted_ms: now, lock_delay_ms, mode });
         self.own(session, name);
         events.push(Event::Granted { name: name.to_string(), session, request_id, token });
         token
@@ -185,23 +212,24 @@ impl StateMachine {
                 break;
             }
             let (session, request_id) = (w.session, w.request_id);
-            self.end_wait(name, session, request_id, WaitEnd::TimedOut, events);
+            self.remove_wait(name, session, request_id, WaitEnd::TimedOut, events);
         }
-        let Some(lock) = self.locks.get_mut(name) else { return };
-        if let Some(w) = lock.next_to_grant(now) {
+        while let Some(w) = self.locks.get_mut(name).and_then(|l| l.next_to_grant(now)) {
             self.timers.remove(&Timer {
                 at_ms: w.deadline_ms,
                 name: name.to_string(),
                 kind: TimerKind::WaitDeadline { session: w.session, request_id: w.request_id },
             });
-            // The waiter already owns the name; granting moves it from the queue to the holder.
+            // The waiter already owns the name; granting moves it from the queue to the holders.
             self.disown(w.session, name);
-            self.grant(name, w.session, w.request_id, w.lock_delay_ms, events);
+            self.grant(name, w.session, w.request_id, w.lock_delay_ms, w.mode, events);
         }
         self.forget_if_idle(name);
     }
 
-    /// Ends a waiter's wait without a grant.
+    /// Ends a waiter's wait without a grant, then grants whoever fits now: a read/write lock or
+    /// semaphore may admit the waiters behind a writer or a large permit request that left.
+    /// (The property test found the missing grant here.)
     pub(crate) fn end_wait(
         &mut self,
         name: &str,
@@ -210,8 +238,22 @@ impl StateMachine {
         how: WaitEnd,
         events: &mut Vec<Event>,
     ) {
-        let Some(lock) = self.locks.get_mut(name) else { return };
-        let Some(position) = lock.position(session, request_id) else { return };
+        if self.remove_wait(name, session, request_id, how, events) {
+            self.grant_waiters(name, events);
+        }
+    }
+
+    /// Removes a waiter and records how its wait ended; true if it was queued.
+    fn remove_wait(
+        &mut self,
+        name: &str,
+        session: SessionId,
+        request_id: u64,
+        how: WaitEnd,
+        events: &mut Vec<Event>,
+    ) -> bool {
+        let Some(lock) = self.locks.get_mut(name) else { return false };
+        let Some(position) = lock.position(session, request_id) else { return false };
         let w = lock.remove_waiter(position).expect("position is valid");
         self.timers.remove(&Timer {
             at_ms: w.deadline_ms,
@@ -221,7 +263,7 @@ impl StateMachine {
         self.disown(session, name);
         self.remember(session, request_id, name, RecentResult::WaitEnded(how));
         events.push(Event::WaitEnded { name: name.to_string(), session, request_id, how });
-        self.forget_if_idle(name);
+        true
     }
 
     /// Removes a session's hold on or wait for `name` (release, close or expiry) and hands the
@@ -235,7 +277,7 @@ impl StateMachine {
     ) -> bool {
         let now = self.now_ms;
         let Some(lock) = self.locks.get_mut(name) else { return false };
-        let holder = lock.holder.take_if(|h| h.session == session);
+        let holder = lock.holders.iter().position(|h| h.session == session).map(|i| lock.holders.remove(i));
         let Some(holder) = holder else {
             let request_id = lock.position_of_session(session).map(|p| lock.waiters[p].request_id);
             if let Some(request_id) = request_id {
@@ -274,12 +316,5 @@ impl StateMachine {
         if self.locks.get(name).is_some_and(|l| l.is_idle(now)) {
             self.locks.remove(name);
         }
-    }
-}
-
-impl LockState {
-    /// The holder's session and token, if held.
-    pub fn held_by(&self) -> Option<(SessionId, Token)> {
-        self.holder.as_ref().map(|h| (h.session, h.token))
     }
 }

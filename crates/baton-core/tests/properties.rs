@@ -2,10 +2,21 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use baton_core::{AcquireRequest, Command, Entry, Event, Limits, Outcome, StateMachine};
+use baton_core::{AcquireRequest, Command, Entry, Event, Kind, Limits, Mode, Outcome, StateMachine};
 use proptest::prelude::*;
 
+/// "a" is an exclusive lock, "b" a read/write lock, "c" a semaphore with capacity 3.
 const NAMES: [&str; 3] = ["a", "b", "c"];
+const CAPACITY: u32 = 3;
+
+fn kind_and_mode(name: usize, variant: u32) -> (Kind, Mode) {
+    match name {
+        0 => (Kind::Mutex, Mode::Exclusive),
+        1 if variant.is_multiple_of(3) => (Kind::RwLock, Mode::Exclusive),
+        1 => (Kind::RwLock, Mode::Shared),
+        _ => (Kind::Semaphore { capacity: CAPACITY }, Mode::Permits(1 + variant % CAPACITY)),
+    }
+}
 
 /// A command template; session numbers pick among the sessions opened so far.
 #[derive(Clone, Debug)]
@@ -13,7 +24,7 @@ enum Op {
     Open { ttl_s: u64 },
     Close { pick: usize },
     Expire { pick: usize },
-    Acquire { pick: usize, name: usize, request_id: u64, wait_ms: Option<u64>, delay_ms: u64 },
+    Acquire { pick: usize, name: usize, request_id: u64, wait_ms: Option<u64>, delay_ms: u64, variant: u32 },
     Release { pick: usize, name: usize, stale: bool },
     Cancel { pick: usize, name: usize, request_id: u64 },
     Tick,
@@ -25,7 +36,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<usize>().prop_map(|pick| Op::Close { pick }),
         1 => any::<usize>().prop_map(|pick| Op::Expire { pick }),
         5 => (any::<usize>(), 0..NAMES.len(), 0u64..4, proptest::option::of(0u64..3000), prop_oneof![Just(0u64), 1u64..500])
-            .prop_map(|(pick, name, request_id, wait_ms, delay_ms)| Op::Acquire { pick, name, request_id, wait_ms, delay_ms }),
+            .prop_flat_map(|(pick, name, request_id, wait_ms, delay_ms)| (0u32..6).prop_map(move |variant| Op::Acquire { pick, name, request_id, wait_ms, delay_ms, variant })),
         4 => (any::<usize>(), 0..NAMES.len(), any::<bool>()).prop_map(|(pick, name, stale)| Op::Release { pick, name, stale }),
         1 => (any::<usize>(), 0..NAMES.len(), 0u64..4).prop_map(|(pick, name, request_id)| Op::Cancel { pick, name, request_id }),
         2 => Just(Op::Tick),
@@ -94,12 +105,32 @@ impl Harness {
 
     fn check_structure(&self) {
         for (name, lock) in (0..NAMES.len()).filter_map(|i| self.sm.lock(NAMES[i]).map(|l| (NAMES[i], l))) {
-            if let Some((s, _)) = lock.held_by() {
-                let session = self.sm.session(s).expect("holder's session is live");
+            for h in &lock.holders {
+                let session = self.sm.session(h.session).expect("holder's session is live");
                 assert!(session.owned.contains(name));
-                assert!(lock.waiters.iter().all(|w| w.session != s), "holder also waits");
-            } else if lock.closed_until_ms <= self.sm.now_ms() {
-                assert!(lock.waiters.is_empty(), "free, open lock {name} has waiters");
+                assert!(lock.waiters.iter().all(|w| w.session != h.session), "holder also waits");
+            }
+            // Holders are compatible.
+            match lock.kind {
+                Kind::Mutex => assert!(lock.holders.len() <= 1, "{name}: {} holders", lock.holders.len()),
+                Kind::RwLock => assert!(
+                    lock.holders.iter().all(|h| h.mode == Mode::Shared) || lock.holders.len() == 1,
+                    "{name}: a writer shares the lock: {:?}",
+                    lock.holders
+                ),
+                Kind::Semaphore { capacity } => {
+                    assert!(lock.permits_held() <= capacity as u64, "{name}: over capacity")
+                }
+            }
+            // Nobody waits who could be granted (FIFO: only the front matters).
+            if lock.closed_until_ms <= self.sm.now_ms() {
+                if let Some(front) = lock.waiters.front() {
+                    assert!(
+                        !lock.fits(front.mode),
+                        "{name}: the front waiter fits but waits: {front:?} holders {:?}",
+                        lock.holders
+                    );
+                }
             }
             let mut seen = BTreeSet::new();
             for w in &lock.waiters {
@@ -127,9 +158,12 @@ proptest! {
                 Op::Open { ttl_s } => Command::OpenSession { client: "p".into(), ttl_ms: ttl_s * 1000 },
                 Op::Close { pick } => Command::CloseSession { session: session(&h, pick) },
                 Op::Expire { pick } => Command::ExpireSessions { sessions: vec![session(&h, pick)] },
-                Op::Acquire { pick, name, request_id, wait_ms, delay_ms } => Command::Acquire(AcquireRequest {
-                    name: NAMES[name].into(), session: session(&h, pick), request_id, wait_ms, lock_delay_ms: delay_ms,
-                }),
+                Op::Acquire { pick, name, request_id, wait_ms, delay_ms, variant } => {
+                    let (kind, mode) = kind_and_mode(name, variant);
+                    Command::Acquire(AcquireRequest {
+                        name: NAMES[name].into(), session: session(&h, pick), request_id, wait_ms, lock_delay_ms: delay_ms, kind, mode,
+                    })
+                }
                 Op::Release { pick, name, stale } => {
                     let s = session(&h, pick);
                     let token = h.sm.lock(NAMES[name]).and_then(|l| l.held_by()).map(|(_, t)| t).unwrap_or(1);

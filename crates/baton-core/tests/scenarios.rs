@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use baton_core::{AcquireRequest, Command, Entry, Limits, StateMachine};
+use baton_core::{AcquireRequest, Command, Entry, Kind, Limits, Mode, StateMachine};
 
 fn parse_args(words: &[&str]) -> (Vec<String>, BTreeMap<String, u64>) {
     let mut positional = Vec::new();
@@ -51,13 +51,27 @@ fn run_script(script: &str) -> String {
             "open" => Command::OpenSession { client: pos[0].clone(), ttl_ms: arg("ttl") },
             "close" => Command::CloseSession { session: pos[0].parse().unwrap() },
             "expire" => Command::ExpireSessions { sessions: pos.iter().map(|s| s.parse().unwrap()).collect() },
-            "acquire" => Command::Acquire(AcquireRequest {
-                name: pos[0].clone(),
-                session: arg("s"),
-                request_id: arg("r"),
-                wait_ms: named.get("wait").copied(),
-                lock_delay_ms: named.get("delay").copied().unwrap_or(0),
-            }),
+            "acquire" => {
+                // `read` / `write`: a read/write lock; `permits=N capacity=C`: a semaphore.
+                let (kind, mode) = if pos.iter().any(|p| p == "read") {
+                    (Kind::RwLock, Mode::Shared)
+                } else if pos.iter().any(|p| p == "write") {
+                    (Kind::RwLock, Mode::Exclusive)
+                } else if let Some(n) = named.get("permits") {
+                    (Kind::Semaphore { capacity: arg("capacity") as u32 }, Mode::Permits(*n as u32))
+                } else {
+                    (Kind::Mutex, Mode::Exclusive)
+                };
+                Command::Acquire(AcquireRequest {
+                    name: pos[0].clone(),
+                    session: arg("s"),
+                    request_id: arg("r"),
+                    wait_ms: named.get("wait").copied(),
+                    lock_delay_ms: named.get("delay").copied().unwrap_or(0),
+                    kind,
+                    mode,
+                })
+            }
             "release" => Command::Release { name: pos[0].clone(), session: arg("s"), token: arg("t") },
             "cancel" => Command::Cancel { name: pos[0].clone(), session: arg("s"), request_id: arg("r") },
             "tick" => Command::Tick,
@@ -68,14 +82,21 @@ fn run_script(script: &str) -> String {
                     Some(l) => {
                         let waiters: Vec<String> =
                             l.waiters.iter().map(|w| format!("s{}/r{}", w.session, w.request_id)).collect();
-                        writeln!(
-                            out,
-                            "  holder={:?} waiters=[{}] closed_until={}",
-                            l.held_by(),
-                            waiters.join(" "),
-                            l.closed_until_ms
-                        )
-                        .unwrap();
+                        if l.kind == Kind::Mutex {
+                            let (h, c) = (l.held_by(), l.closed_until_ms);
+                            writeln!(out, "  holder={h:?} waiters=[{}] closed_until={c}", waiters.join(" ")).unwrap();
+                        } else {
+                            let holders: Vec<String> =
+                                l.holders.iter().map(|h| format!("s{}/t{}/{:?}", h.session, h.token, h.mode)).collect();
+                            writeln!(
+                                out,
+                                "  {:?} holders=[{}] waiters=[{}]",
+                                l.kind,
+                                holders.join(" "),
+                                waiters.join(" ")
+                            )
+                            .unwrap();
+                        }
                     }
                 }
                 continue;

@@ -383,14 +383,19 @@ impl Group {
             let reply = match &r.query {
                 Query::Lock(name) => match self.sm.lock(name) {
                     Some(l) => Reply::Lock {
-                        holder: l.holder.clone(),
+                        kind: l.kind,
+                        holders: l.holders.clone(),
                         waiters: l.waiters.iter().cloned().collect(),
                         closed_until_ms: l.closed_until_ms,
                         now_ms: self.sm.now_ms(),
                     },
-                    None => {
-                        Reply::Lock { holder: None, waiters: Vec::new(), closed_until_ms: 0, now_ms: self.sm.now_ms() }
-                    }
+                    None => Reply::Lock {
+                        kind: baton_core::Kind::Mutex,
+                        holders: Vec::new(),
+                        waiters: Vec::new(),
+                        closed_until_ms: 0,
+                        now_ms: self.sm.now_ms(),
+                    },
                 },
                 Query::Session(id) => {
                     Reply::Session(self.sm.session(*id).map(|s| (s.ttl_ms, s.owned.iter().cloned().collect())))

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use baton_core::{Command, Event, Holder, Limits, Outcome, SessionId, Waiter};
+use baton_core::{Command, Event, Holder, Kind, Limits, Outcome, SessionId, Waiter};
 use raft::eraftpb::Message;
 
 use crate::disk::{Recovered, WriteBatch};
@@ -71,8 +71,8 @@ pub enum Query {
 pub enum Reply {
     /// The proposal was applied at `index` with this outcome.
     Applied { index: u64, outcome: Outcome },
-    /// A lock's state: `None` if nobody holds it, waits for it, or is kept out by lock-delay.
-    Lock { holder: Option<Holder>, waiters: Vec<Waiter>, closed_until_ms: u64, now_ms: u64 },
+    /// A lock's state (no holders and no waiters if nobody holds or awaits it).
+    Lock { kind: Kind, holders: Vec<Holder>, waiters: Vec<Waiter>, closed_until_ms: u64, now_ms: u64 },
     /// A session: `None` if it does not exist.
     Session(Option<(u64, Vec<String>)>),
     /// Per session asked: its TTL if renewed, `None` if it is gone.

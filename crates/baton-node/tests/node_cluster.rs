@@ -193,12 +193,12 @@ impl Cluster {
 }
 
 fn acquire(name: &str, session: u64, request_id: u64, wait_ms: Option<u64>) -> Command {
-    Command::Acquire(AcquireRequest { name: name.into(), session, request_id, wait_ms, lock_delay_ms: 0 })
+    Command::Acquire(AcquireRequest::exclusive(name, session, request_id, wait_ms))
 }
 
 fn holder(reply: Reply) -> Option<(u64, u64)> {
     match reply {
-        Reply::Lock { holder, .. } => holder.map(|h| (h.session, h.token)),
+        Reply::Lock { holders, .. } => holders.first().map(|h| (h.session, h.token)),
         r => panic!("{r:?}"),
     }
 }

@@ -7,7 +7,7 @@
 use std::pin::Pin;
 
 use baton_core::limits::DEFAULT_TTL_MS;
-use baton_core::{AcquireRequest, Command, Limits, Outcome};
+use baton_core::{AcquireRequest, Command, Kind, Limits, Mode, Outcome};
 use baton_node::{AcquireResult, Answer, Query, Reply, Request as NodeRequest, Role, DATA_GROUP};
 use baton_proto::v1 as pb;
 use baton_proto::v1::baton_server::Baton;
@@ -52,6 +52,30 @@ impl BatonService {
             Answer::Read(reply) => Ok(reply),
             other => Err(Status::internal(format!("unexpected answer {other:?}"))),
         }
+    }
+}
+
+/// The resource kind and mode an acquire asks for.
+fn kind_and_mode(req: &pb::AcquireRequest) -> Result<(Kind, Mode), Status> {
+    let kind = pb::ResourceKind::try_from(req.kind)
+        .map_err(|_| Status::invalid_argument(format!("unknown resource kind {}", req.kind)))?;
+    Ok(match kind {
+        pb::ResourceKind::Lock => (Kind::Mutex, Mode::Exclusive),
+        pb::ResourceKind::Rwlock => (Kind::RwLock, if req.shared { Mode::Shared } else { Mode::Exclusive }),
+        pb::ResourceKind::Semaphore => {
+            if req.capacity == 0 {
+                return Err(Status::invalid_argument("a semaphore needs a capacity of at least 1"));
+            }
+            (Kind::Semaphore { capacity: req.capacity }, Mode::Permits(req.permits.max(1)))
+        }
+    })
+}
+
+fn permits_of(mode: Mode) -> u32 {
+    if let Mode::Permits(n) = mode {
+        n
+    } else {
+        0
     }
 }
 
@@ -147,12 +171,15 @@ impl Baton for BatonService {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         // A caller that goes away is not taken as a cancel: it may be retrying elsewhere with the
         // same request id. Callers withdraw explicitly with Cancel; dead ones with their session.
+        let (kind, mode) = kind_and_mode(&req)?;
         let request = AcquireRequest {
             name: req.name,
             session: req.session_id,
             request_id: req.request_id,
             wait_ms: Some(req.wait_ms),
             lock_delay_ms: req.lock_delay_ms,
+            kind,
+            mode,
         };
         let Answer::Acquire(result) = self.request(NodeRequest::Acquire(request)).await? else {
             return Err(Status::internal("unexpected answer to an acquire"));
@@ -194,9 +221,26 @@ impl Baton for BatonService {
     async fn describe(&self, request: Request<pb::DescribeRequest>) -> Result<Response<pb::DescribeResponse>, Status> {
         let name = request.into_inner().name;
         check_name(&name)?;
-        let Reply::Lock { holder, waiters, closed_until_ms, now_ms } = self.read(Query::Lock(name)).await? else {
+        let Reply::Lock { kind, holders, waiters, closed_until_ms, now_ms } = self.read(Query::Lock(name)).await?
+        else {
             return Err(Status::internal("unexpected reply to a lock read"));
         };
+        let holder = holders.first().cloned();
+        let (pb_kind, capacity) = match kind {
+            Kind::Mutex => (pb::ResourceKind::Lock, 0),
+            Kind::RwLock => (pb::ResourceKind::Rwlock, 0),
+            Kind::Semaphore { capacity } => (pb::ResourceKind::Semaphore, capacity),
+        };
+        let holders = holders
+            .iter()
+            .map(|h| pb::Holder {
+                session_id: h.session,
+                token: h.token,
+                held_for_ms: now_ms.saturating_sub(h.granted_ms),
+                shared: h.mode == Mode::Shared,
+                permits: permits_of(h.mode),
+            })
+            .collect();
         let waiters = waiters
             .into_iter()
             .map(|w| pb::Waiter {
@@ -204,6 +248,8 @@ impl Baton for BatonService {
                 request_id: w.request_id,
                 waited_ms: now_ms.saturating_sub(w.queued_ms),
                 deadline_in_ms: w.deadline_ms.saturating_sub(now_ms),
+                shared: w.mode == Mode::Shared,
+                permits: permits_of(w.mode),
             })
             .collect();
         Ok(Response::new(pb::DescribeResponse {
@@ -213,6 +259,9 @@ impl Baton for BatonService {
             held_for_ms: holder.as_ref().map_or(0, |h| now_ms.saturating_sub(h.granted_ms)),
             waiters,
             lock_delay_remaining_ms: closed_until_ms.saturating_sub(now_ms),
+            kind: pb_kind as i32,
+            capacity,
+            holders,
         }))
     }
 

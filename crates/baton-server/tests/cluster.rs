@@ -303,8 +303,7 @@ async fn a_paused_holder_is_fenced_off_by_its_token() {
         name: "ledger".into(),
         session_id: session,
         request_id: 1,
-        wait_ms: 0,
-        lock_delay_ms: 0,
+        ..Default::default()
     };
     let stale = paused.acquire(req).await.unwrap().into_inner().token;
     store.write("ledger", stale, "from the paused holder").unwrap();

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use baton_core::{Event, SessionId};
+use baton_core::{Event, Kind, Mode, SessionId};
 
 /// Virtual time in microseconds.
 pub type Time = u64;
@@ -25,8 +25,25 @@ pub struct Hold {
     pub client: usize,
     pub session: SessionId,
     pub token: u64,
+    pub kind: Kind,
+    pub mode: Mode,
     pub from: Time,
     pub until: Time,
+}
+
+impl Hold {
+    /// True if `self` and `other` (on the same name, different sessions) may not overlap, given
+    /// the other holds `active` at the moment `self` starts (semaphores count permits).
+    fn conflicts(&self, active: &[&Hold]) -> bool {
+        match self.kind {
+            Kind::Mutex => !active.is_empty(),
+            Kind::RwLock => active.iter().any(|a| a.mode == Mode::Exclusive || self.mode == Mode::Exclusive),
+            Kind::Semaphore { capacity } => {
+                let permits = |h: &Hold| if let Mode::Permits(n) = h.mode { n as u64 } else { 1 };
+                active.iter().map(|a| permits(a)).sum::<u64>() + permits(self) > capacity as u64
+            }
+        }
+    }
 }
 
 /// Everything the checkers look at.
@@ -131,6 +148,9 @@ impl History {
         }
     }
 
+    /// Mutual exclusion, generalised: at no instant are incompatible holds of one name held by
+    /// different sessions (one exclusive holder; readers only with readers; permits within
+    /// the semaphore's capacity).
     fn check_exclusion(&mut self) {
         let mut by_name: BTreeMap<&str, Vec<&Hold>> = BTreeMap::new();
         for h in &self.holds {
@@ -141,20 +161,32 @@ impl History {
         let mut found = Vec::new();
         for (name, mut holds) in by_name {
             holds.sort_by_key(|h| (h.from, h.until));
-            for (i, a) in holds.iter().enumerate() {
-                for b in &holds[i + 1..] {
-                    if b.from >= a.until {
-                        break;
-                    }
-                    if a.session != b.session {
-                        found.push((
+            for (i, b) in holds.iter().enumerate() {
+                let active: Vec<&Hold> =
+                    holds[..i].iter().copied().filter(|a| a.until > b.from && a.session != b.session).collect();
+                if b.conflicts(&active) {
+                    let others: Vec<String> = active
+                        .iter()
+                        .map(|a| {
                             format!(
-                                "{name:?} held by session {} (client {}, token {}) during [{}, {}) µs and by session {} (client {}, token {}) from {} µs",
-                                a.session, a.client, a.token, a.from, a.until, b.session, b.client, b.token, b.from
-                            ),
+                                "session {} (client {}, token {}, {:?}) during [{}, {}) µs",
+                                a.session, a.client, a.token, a.mode, a.from, a.until
+                            )
+                        })
+                        .collect();
+                    found.push((
+                        format!(
+                            "{name:?} ({:?}) granted to session {} (client {}, token {}, {:?}) at {} µs while held by {}",
+                            b.kind,
+                            b.session,
+                            b.client,
+                            b.token,
+                            b.mode,
                             b.from,
-                        ));
-                    }
+                            others.join(", ")
+                        ),
+                        b.from,
+                    ));
                 }
             }
         }

@@ -2,7 +2,7 @@
 //! same request id, and its own view of its lease on its own drifting clock — the same rules as
 //! `baton-client`.
 
-use baton_core::{AcquireRequest, Command, Outcome};
+use baton_core::{AcquireRequest, Command, Kind, Mode, Outcome};
 use baton_node::{AcquireResult, Answer, NodeError, Query, Reply, Request};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -235,7 +235,22 @@ impl SimClient {
                 let wait_ms = if rng.gen_bool(0.3) { None } else { Some(rng.gen_range(100..3_000)) };
                 let lock_delay_ms = if rng.gen_bool(0.2) { rng.gen_range(1..500) } else { 0 };
                 self.next_request_id += 1;
-                let req = AcquireRequest { name, session, request_id: self.next_request_id, wait_ms, lock_delay_ms };
+                // lock-0 is an exclusive lock, lock-1 a read/write lock, lock-2 a semaphore.
+                let (kind, mode) = match name.as_str() {
+                    "lock-1" if rng.gen_bool(0.6) => (Kind::RwLock, Mode::Shared),
+                    "lock-1" => (Kind::RwLock, Mode::Exclusive),
+                    "lock-2" => (Kind::Semaphore { capacity: 2 }, Mode::Permits(rng.gen_range(1..=2))),
+                    _ => (Kind::Mutex, Mode::Exclusive),
+                };
+                let req = AcquireRequest {
+                    name,
+                    session,
+                    request_id: self.next_request_id,
+                    wait_ms,
+                    lock_delay_ms,
+                    kind,
+                    mode,
+                };
                 self.send_acquire(now, local, req, fx);
             }
             Op::Opening { sent_local, .. } if local >= sent_local + RESEND_MS => {
@@ -369,6 +384,8 @@ impl SimClient {
                         }
                         fx.trace.push(format!("client {} holds {} with token {token}", self.id, req.name));
                         self.hold = Some(Hold {
+                            kind: req.kind,
+                            mode: req.mode,
                             name: req.name.clone(),
                             client: self.id,
                             session: req.session,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use baton_client::{Client, LockOptions};
+use baton_client::{Client, LockKind, LockOptions};
 use baton_server::{Server, ServerConfig};
 use clap::{Parser, Subcommand};
 
@@ -29,6 +29,28 @@ const EXIT_USAGE: u8 = 64;
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
+}
+
+/// Arguments shared by the commands that hold something while running a command.
+#[derive(clap::Args)]
+struct HoldArgs {
+    /// Comma-separated client addresses of any nodes.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    endpoints: String,
+    /// Session TTL in seconds.
+    #[arg(long, default_value_t = 10)]
+    ttl: u64,
+    /// Give up (exit 75) if not acquired within this many seconds; default: wait forever.
+    #[arg(long)]
+    wait: Option<f64>,
+    /// Lock-delay in seconds after an expiry of this holder.
+    #[arg(long, default_value_t = 0.0)]
+    lock_delay: f64,
+    /// The name.
+    name: String,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -65,23 +87,30 @@ enum Cmd {
     },
     /// Hold a lock while running a command: `baton lock NAME -- CMD [ARGS...]`.
     Lock {
-        /// Comma-separated client addresses of any nodes.
-        #[arg(long, default_value = "127.0.0.1:7700")]
-        endpoints: String,
-        /// Session TTL in seconds.
-        #[arg(long, default_value_t = 10)]
-        ttl: u64,
-        /// Give up (exit 75) if not acquired within this many seconds; default: wait forever.
+        #[command(flatten)]
+        hold: HoldArgs,
+    },
+    /// Hold a read/write lock while running a command: `baton rwlock --read NAME -- CMD`.
+    Rwlock {
+        /// Take the read (shared) side.
+        #[arg(long, conflicts_with = "write", required_unless_present = "write")]
+        read: bool,
+        /// Take the write (exclusive) side.
         #[arg(long)]
-        wait: Option<f64>,
-        /// Lock-delay in seconds after an expiry of this holder.
-        #[arg(long, default_value_t = 0.0)]
-        lock_delay: f64,
-        /// The lock's name.
-        name: String,
-        /// The command and its arguments.
-        #[arg(last = true, required = true)]
-        command: Vec<String>,
+        write: bool,
+        #[command(flatten)]
+        hold: HoldArgs,
+    },
+    /// Hold semaphore permits while running a command: `baton sem --capacity 4 NAME -- CMD`.
+    Sem {
+        /// Permits to take.
+        #[arg(long, default_value_t = 1)]
+        permits: u32,
+        /// The semaphore's capacity (every user of NAME must give the same).
+        #[arg(long)]
+        capacity: u32,
+        #[command(flatten)]
+        hold: HoldArgs,
     },
     /// Show the cluster: nodes, groups, leaders, terms, indexes.
     Status {
@@ -236,9 +265,9 @@ async fn run(cmd: Cmd) -> ExitCode {
                 Err(e) => fail(1, format!("cannot start: {e}")),
             }
         }
-        Cmd::Lock { endpoints: eps, ttl, wait, lock_delay, name, command } => {
-            lock(eps, ttl, wait, lock_delay, name, command).await
-        }
+        Cmd::Lock { hold } => lock(hold, LockKind::Exclusive).await,
+        Cmd::Rwlock { read, hold, .. } => lock(hold, if read { LockKind::Read } else { LockKind::Write }).await,
+        Cmd::Sem { permits, capacity, hold } => lock(hold, LockKind::Semaphore { permits, capacity }).await,
         Cmd::Status { endpoints: eps, json } => status(eps, json).await,
         Cmd::Describe { endpoints: eps, json, name } => describe(eps, json, name).await,
         Cmd::Sim { .. } => unreachable!("handled before the runtime starts"),
@@ -314,14 +343,9 @@ fn code_name(code: tonic::Code) -> String {
     format!("{code:?}")
 }
 
-async fn lock(
-    eps: String,
-    ttl: u64,
-    wait: Option<f64>,
-    lock_delay: f64,
-    name: String,
-    command: Vec<String>,
-) -> ExitCode {
+/// Acquires (a lock, a read or write lock, or semaphore permits), runs the command, releases.
+async fn lock(hold: HoldArgs, kind: LockKind) -> ExitCode {
+    let HoldArgs { endpoints: eps, ttl, wait, lock_delay, name, command } = hold;
     let client = match connect(&eps).await {
         Ok(c) => c,
         Err(code) => return code,
@@ -335,11 +359,14 @@ async fn lock(
         Some(w) => {
             let wait = Duration::from_secs_f64(w.max(0.0));
             let wait = if wait.is_zero() { None } else { Some(wait) };
-            session.lock_with(&name, LockOptions { wait, lock_delay }).await
+            session.lock_with(&name, LockOptions { wait, lock_delay, kind }).await
         }
         None => loop {
             // Wait forever, one longest-allowed wait at a time.
-            match session.lock_with(&name, LockOptions { wait: Some(Duration::from_secs(3600)), lock_delay }).await {
+            match session
+                .lock_with(&name, LockOptions { wait: Some(Duration::from_secs(3600)), lock_delay, kind })
+                .await
+            {
                 Ok(None) => continue,
                 other => break other,
             }
@@ -461,6 +488,7 @@ fn print_status(s: &baton_proto::v1::StatusResponse) {
 }
 
 async fn describe(eps: String, json: bool, name: String) -> ExitCode {
+    use baton_proto::v1::ResourceKind;
     let client = match connect(&eps).await {
         Ok(c) => c,
         Err(code) => return code,
@@ -469,34 +497,60 @@ async fn describe(eps: String, json: bool, name: String) -> ExitCode {
         Ok(d) => d,
         Err(e) => return client_error(e),
     };
+    let kind = match ResourceKind::try_from(d.kind).unwrap_or(ResourceKind::Lock) {
+        ResourceKind::Lock => "lock".to_string(),
+        ResourceKind::Rwlock => "rwlock".to_string(),
+        ResourceKind::Semaphore => format!("semaphore(capacity {})", d.capacity),
+    };
+    let mode = |shared: bool, permits: u32| match (shared, permits) {
+        (true, _) => "read".to_string(),
+        (false, 0) if d.kind == ResourceKind::Rwlock as i32 => "write".to_string(),
+        (false, 0) => "exclusive".to_string(),
+        (false, n) => format!("{n} permits"),
+    };
     if json {
         let v = serde_json::json!({
             "name": name,
+            "kind": kind,
             "held": d.held,
             "holder_session": if d.held { d.holder_session.into() } else { serde_json::Value::Null },
             "token": if d.held { d.token.into() } else { serde_json::Value::Null },
             "held_for_ms": d.held_for_ms,
             "lock_delay_remaining_ms": d.lock_delay_remaining_ms,
+            "holders": d.holders.iter().map(|h| serde_json::json!({
+                "session": h.session_id, "token": h.token, "held_for_ms": h.held_for_ms, "mode": mode(h.shared, h.permits),
+            })).collect::<Vec<_>>(),
             "waiters": d.waiters.iter().map(|w| serde_json::json!({
-                "session": w.session_id, "request_id": w.request_id, "waited_ms": w.waited_ms, "deadline_in_ms": w.deadline_in_ms,
+                "session": w.session_id, "request_id": w.request_id, "waited_ms": w.waited_ms,
+                "deadline_in_ms": w.deadline_in_ms, "mode": mode(w.shared, w.permits),
             })).collect::<Vec<_>>(),
         });
         println!("{v}");
-    } else if d.held {
-        println!(
-            "{name}: held by session {} with token {} for {} ms; {} waiting",
-            d.holder_session,
-            d.token,
-            d.held_for_ms,
-            d.waiters.len()
-        );
-        for (i, w) in d.waiters.iter().enumerate() {
-            println!("  {i}: session {} waited {} ms, gives up in {} ms", w.session_id, w.waited_ms, w.deadline_in_ms);
-        }
-    } else if d.lock_delay_remaining_ms > 0 {
-        println!("{name}: free, in lock-delay for {} ms more; {} waiting", d.lock_delay_remaining_ms, d.waiters.len());
-    } else {
+        return ExitCode::SUCCESS;
+    }
+    if !d.held && d.waiters.is_empty() && d.lock_delay_remaining_ms == 0 {
         println!("{name}: free");
+        return ExitCode::SUCCESS;
+    }
+    println!("{name} ({kind}): {} holder(s), {} waiting", d.holders.len(), d.waiters.len());
+    if d.lock_delay_remaining_ms > 0 {
+        println!("  in lock-delay for {} ms more", d.lock_delay_remaining_ms);
+    }
+    for h in &d.holders {
+        println!(
+            "  held by session {} ({}) with token {} for {} ms",
+            h.session_id,
+            mode(h.shared, h.permits),
+            h.token,
+            h.held_for_ms
+        );
+    }
+    for (i, w) in d.waiters.iter().enumerate() {
+        let m = mode(w.shared, w.permits);
+        println!(
+            "  {i}: session {} ({m}) waited {} ms, gives up in {} ms",
+            w.session_id, w.waited_ms, w.deadline_in_ms
+        );
     }
     ExitCode::SUCCESS
 }

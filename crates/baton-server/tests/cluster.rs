@@ -324,3 +324,59 @@ async fn a_paused_holder_is_fenced_off_by_its_token() {
         cluster.stop(id).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rwlock_and_semaphore_survive_a_failover_mid_wait() {
+    let mut cluster = TestCluster::start(3, 20_000).await;
+    let client = cluster.client().await;
+    let s: Vec<_> = open_sessions(&client, 5).await;
+    // Two readers together; a writer queues; a reader after the writer queues behind it.
+    let r1 = s[0].read_lock("doc", None).await.unwrap().expect("first reader");
+    let r2 = s[1].read_lock("doc", None).await.unwrap().expect("readers share");
+    let (w, r3) = (s[2].clone(), s[3].clone());
+    let writer = tokio::spawn(async move { w.write_lock("doc", Some(Duration::from_secs(30))).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let late_reader = tokio::spawn(async move { r3.read_lock("doc", Some(Duration::from_secs(30))).await });
+    // Semaphore of 2: two single permits, a third waits.
+    let p1 = s[0].semaphore("pool", 1, 2, None).await.unwrap().expect("permit 1");
+    let _p2 = s[1].semaphore("pool", 1, 2, None).await.unwrap().expect("permit 2");
+    let p = s[4].clone();
+    let permit_wait = tokio::spawn(async move { p.semaphore("pool", 1, 2, Some(Duration::from_secs(30))).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let d = client.describe("doc").await.unwrap();
+    assert_eq!(d.holders.len(), 2);
+    assert_eq!(
+        d.waiters.iter().map(|w| (w.session_id, w.shared)).collect::<Vec<_>>(),
+        vec![(s[2].id(), false), (s[3].id(), true)]
+    );
+
+    let old = cluster.leader().await;
+    cluster.stop(old).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!writer.is_finished() && !late_reader.is_finished() && !permit_wait.is_finished());
+
+    let top = r2.token().max(r1.token());
+    r1.release().await.unwrap();
+    assert!(!writer.is_finished(), "the writer waits for every reader");
+    r2.release().await.unwrap();
+    let wg = writer.await.unwrap().unwrap().expect("writer granted after the readers");
+    assert!(wg.token() > top);
+    assert!(!late_reader.is_finished(), "the late reader queued behind the writer");
+    wg.release().await.unwrap();
+    let rg = late_reader.await.unwrap().unwrap().expect("late reader granted after the writer");
+    rg.release().await.unwrap();
+    p1.release().await.unwrap();
+    let pg = permit_wait.await.unwrap().unwrap().expect("a permit came back");
+    pg.release().await.unwrap();
+    for id in [1, 2, 3] {
+        cluster.stop(id).await;
+    }
+}
+
+async fn open_sessions(client: &Client, n: usize) -> Vec<baton_client::Session> {
+    let mut v = Vec::new();
+    for _ in 0..n {
+        v.push(client.session(TTL).await.unwrap());
+    }
+    v
+}

@@ -198,6 +198,99 @@ impl Client {
         self.rpc_within(Duration::from_secs(5), Duration::ZERO, call).await
     }
 
+    /// Like [`Client::rpc`] for writes that must not apply twice (counter adds, register
+    /// writes): retried only on answers that prove the request was not applied (a redirect, or no
+    /// leader); any ambiguous failure is returned to the caller.
+    async fn rpc_once<T, F, Fut>(&self, mut call: F) -> Result<T>
+    where
+        F: FnMut(BatonClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = Instant::now() + self.inner.options.request_timeout;
+        loop {
+            let (addr, client) = self.current()?;
+            let status = match call(client).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) => s,
+            };
+            let redirect = s_is_redirect(&status);
+            if !redirect || Instant::now() >= deadline {
+                return Err(Error::Status(status));
+            }
+            if !self.reroute(&addr, &status) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    /// Adds `delta` to the counter `name`; returns the new value. Not retried after an
+    /// ambiguous failure (it could apply twice).
+    pub async fn counter_add(&self, name: &str, delta: i64) -> Result<i64> {
+        let req = pb::CounterRequest { name: name.into(), op: Some(pb::counter_request::Op::Add(delta)) };
+        self.rpc_once(|mut c| {
+            let req = req.clone();
+            async move { c.counter(req).await }
+        })
+        .await
+        .map(|r| r.value)
+    }
+
+    /// Reads the counter `name` (linearizable).
+    pub async fn counter_get(&self, name: &str) -> Result<i64> {
+        let req = pb::CounterRequest { name: name.into(), op: Some(pb::counter_request::Op::Get(true)) };
+        self.rpc(|mut c| {
+            let req = req.clone();
+            async move { c.counter(req).await }
+        })
+        .await
+        .map(|r| r.value)
+    }
+
+    /// Sets the counter `name` to `new` if it is `expected`; returns (swapped, value now).
+    pub async fn counter_cas(&self, name: &str, expected: i64, new: i64) -> Result<(bool, i64)> {
+        let op = pb::counter_request::Op::Cas(pb::CounterCas { expected, new });
+        let req = pb::CounterRequest { name: name.into(), op: Some(op) };
+        self.rpc_once(|mut c| {
+            let req = req.clone();
+            async move { c.counter(req).await }
+        })
+        .await
+        .map(|r| (r.swapped, r.value))
+    }
+
+    /// Reads the register `name`: (value, version); version 0 means never written.
+    pub async fn register_get(&self, name: &str) -> Result<(Vec<u8>, u64)> {
+        let req =
+            pb::RegisterRequest { name: name.into(), op: Some(pb::register_request::Op::Get(true)), if_version: None };
+        self.rpc(|mut c| {
+            let req = req.clone();
+            async move { c.register(req).await }
+        })
+        .await
+        .map(|r| (r.value, r.version))
+    }
+
+    /// Writes (`Some`) or deletes (`None`) the register `name`, only if its version is
+    /// `if_version` (when given); returns (swapped, version now).
+    pub async fn register_set(
+        &self,
+        name: &str,
+        value: Option<Vec<u8>>,
+        if_version: Option<u64>,
+    ) -> Result<(bool, u64)> {
+        let op = match value {
+            Some(v) => pb::register_request::Op::Set(v),
+            None => pb::register_request::Op::Delete(true),
+        };
+        let req = pb::RegisterRequest { name: name.into(), op: Some(op), if_version };
+        self.rpc_once(|mut c| {
+            let req = req.clone();
+            async move { c.register(req).await }
+        })
+        .await
+        .map(|r| (r.swapped, r.version))
+    }
+
     /// [`Client::rpc`] where one attempt may take up to `attempt` (a node that does not answer in
     /// time — hung, paused, cut off — is treated like one that is down), and the whole call
     /// `extra` longer than the request timeout.
@@ -293,6 +386,14 @@ fn retryable(s: &Status) -> bool {
         }
         _ => false,
     }
+}
+
+/// True if the status proves the request was not applied: a follower's redirect or "no leader".
+fn s_is_redirect(s: &Status) -> bool {
+    s.code() == Code::Unavailable
+        && (s.metadata().get(LEADER_METADATA).is_some()
+            || s.message().contains("is not the leader")
+            || s.message().contains("has no leader"))
 }
 
 fn request_id_seed() -> u64 {

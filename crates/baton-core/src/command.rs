@@ -32,6 +32,13 @@ pub enum Command {
     Cancel { name: String, session: SessionId, request_id: u64 },
     /// Let time pass: waiters past their deadline time out, lock-delays end.
     Tick,
+    /// Add `delta` to a counter.
+    CounterAdd { name: String, delta: i64 },
+    /// Set a counter to `new` if it is `expected`.
+    CounterCas { name: String, expected: i64, new: i64 },
+    /// Write (`Some`) or delete (`None`) a register, if its version is `expected_version` (when
+    /// given; 0 means "not written").
+    RegisterSet { name: String, value: Option<Vec<u8>>, expected_version: Option<u64> },
 }
 
 /// The arguments of [`Command::Acquire`].
@@ -103,6 +110,10 @@ pub enum Outcome {
     Cancelled { granted: Option<Token> },
     /// Time passed.
     Ticked,
+    /// A counter's value after the command; `swapped` is false if a compare-and-set failed.
+    Counter { value: i64, swapped: bool },
+    /// A register's version after the command; `swapped` is false if the version did not match.
+    Register { version: u64, swapped: bool },
 }
 
 /// Why a wait ended without a grant.
@@ -140,4 +151,8 @@ pub enum Event {
     WaitEnded { name: String, session: SessionId, request_id: u64, how: WaitEnd },
     /// A holder gave up the lock (cleanly, or with its session).
     Released { name: String, session: SessionId, token: Token, expired: bool },
+    /// A counter changed.
+    CounterChanged { name: String, value: i64 },
+    /// A register was written (version > 0) or deleted (version 0).
+    RegisterChanged { name: String, version: u64 },
 }

@@ -30,6 +30,7 @@ pub mod limits;
 mod lock;
 pub mod queue;
 mod state;
+pub mod value;
 
 pub use bugs::Bugs;
 pub use command::{AcquireRequest, Command, Entry, Event, Outcome, SessionEnd, SessionId, Token, WaitEnd};
@@ -37,3 +38,4 @@ pub use error::{Error, Result};
 pub use limits::Limits;
 pub use queue::{Holder, Kind, LockState, Mode, Waiter};
 pub use state::{Session, StateMachine};
+pub use value::Register;

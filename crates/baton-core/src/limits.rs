@@ -33,6 +33,8 @@ pub struct Limits {
     pub max_locks_per_session: usize,
     /// Waiters queued on one lock.
     pub max_waiters_per_lock: usize,
+    /// Counters, and registers, in the group (each).
+    pub max_values: usize,
 }
 
 impl Default for Limits {
@@ -42,6 +44,7 @@ impl Default for Limits {
             max_sessions_per_client: 100_000,
             max_locks_per_session: 100_000,
             max_waiters_per_lock: 10_000,
+            max_values: 1_000_000,
         }
     }
 }

@@ -9,6 +9,7 @@ use crate::command::{Command, Entry, Event, Outcome, SessionEnd, SessionId, Toke
 use crate::error::{Error, Result};
 use crate::limits::Limits;
 use crate::queue::LockState;
+use crate::value::Register;
 
 /// How many completed requests a session remembers for idempotent retries.
 pub(crate) const RECENT_PER_SESSION: usize = 16;
@@ -72,6 +73,10 @@ pub struct StateMachine {
     pub(crate) sessions_per_client: BTreeMap<String, u32>,
     pub(crate) locks: BTreeMap<String, LockState>,
     pub(crate) timers: BTreeSet<Timer>,
+    pub(crate) counters: BTreeMap<String, i64>,
+    pub(crate) registers: BTreeMap<String, Register>,
+    /// The last register version issued (versions never repeat).
+    pub(crate) last_version: u64,
     /// Deliberate bugs (simulator only; never replicated, never in a snapshot).
     #[serde(skip)]
     pub(crate) bugs: Bugs,
@@ -89,6 +94,9 @@ impl StateMachine {
             sessions_per_client: BTreeMap::new(),
             locks: BTreeMap::new(),
             timers: BTreeSet::new(),
+            counters: BTreeMap::new(),
+            registers: BTreeMap::new(),
+            last_version: 0,
             bugs: Bugs::default(),
         }
     }
@@ -120,6 +128,11 @@ impl StateMachine {
             Command::Release { name, session, token } => self.release(name, *session, *token, events),
             Command::Cancel { name, session, request_id } => self.cancel(name, *session, *request_id, events),
             Command::Tick => Ok(Outcome::Ticked),
+            Command::CounterAdd { name, delta } => self.counter_add(name, *delta, events),
+            Command::CounterCas { name, expected, new } => self.counter_cas(name, *expected, *new, events),
+            Command::RegisterSet { name, value, expected_version } => {
+                self.register_set(name, value.as_deref(), *expected_version, events)
+            }
         }
     }
 

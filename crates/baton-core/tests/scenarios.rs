@@ -75,6 +75,25 @@ fn run_script(script: &str) -> String {
             "release" => Command::Release { name: pos[0].clone(), session: arg("s"), token: arg("t") },
             "cancel" => Command::Cancel { name: pos[0].clone(), session: arg("s"), request_id: arg("r") },
             "tick" => Command::Tick,
+            "add" => Command::CounterAdd { name: pos[0].clone(), delta: pos[1].parse().unwrap() },
+            "cas" => Command::CounterCas {
+                name: pos[0].clone(),
+                expected: pos[1].parse().unwrap(),
+                new: pos[2].parse().unwrap(),
+            },
+            "set" => Command::RegisterSet {
+                name: pos[0].clone(),
+                value: Some(pos[1].as_bytes().to_vec()),
+                expected_version: named.get("v").copied(),
+            },
+            "del" => {
+                Command::RegisterSet { name: pos[0].clone(), value: None, expected_version: named.get("v").copied() }
+            }
+            "get" => {
+                let r = sm.register(&pos[0]).map(|r| (String::from_utf8_lossy(&r.value).into_owned(), r.version));
+                writeln!(out, "> {line}\n  counter={} register={r:?}", sm.counter(&pos[0])).unwrap();
+                continue;
+            }
             "describe" => {
                 writeln!(out, "> {line}").unwrap();
                 match sm.lock(&pos[0]) {

@@ -400,6 +400,8 @@ impl Group {
                 Query::Session(id) => {
                     Reply::Session(self.sm.session(*id).map(|s| (s.ttl_ms, s.owned.iter().cloned().collect())))
                 }
+                Query::Counter(name) => Reply::Counter(self.sm.counter(name)),
+                Query::Register(name) => Reply::Register(self.sm.register(name).map(|r| (r.value.clone(), r.version))),
                 Query::KeepAlive(sessions) => {
                     let mut leases = Vec::with_capacity(sessions.len());
                     for &id in sessions {
@@ -446,8 +448,14 @@ impl Group {
             self.leases.clear();
             self.expiring.clear();
             let err = self.not_leader();
+            // Proposals already in the log may still commit under the new leader: that is not a
+            // plain "not the leader" (which means "never proposed"), callers must know.
+            let msg = format!(
+                "group {}: leadership changed before the request was applied; it may still apply (retry with the same request id where the operation has one)",
+                self.id
+            );
             for id in std::mem::take(&mut self.proposals).into_keys() {
-                out.push(Output::Reply { id, result: Err(err.clone()) });
+                out.push(Output::Reply { id, result: Err(NodeError::Unavailable(msg.clone())) });
             }
             let reads = std::mem::take(&mut self.reads_queued)
                 .into_iter()

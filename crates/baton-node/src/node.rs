@@ -64,6 +64,10 @@ pub enum Query {
     /// acknowledges a keepalive only once a majority has confirmed it still leads, so a deposed
     /// leader that has not noticed yet cannot extend a lease its successor does not know about.
     KeepAlive(Vec<SessionId>),
+    /// A counter's value.
+    Counter(String),
+    /// A register's value and version.
+    Register(String),
 }
 
 /// A successful reply to a request.
@@ -77,6 +81,10 @@ pub enum Reply {
     Session(Option<(u64, Vec<String>)>),
     /// Per session asked: its TTL if renewed, `None` if it is gone.
     KeepAlive(Vec<(SessionId, Option<u64>)>),
+    /// A counter's value (0 if never written).
+    Counter(i64),
+    /// A register's value and version (`None`: not written).
+    Register(Option<(Vec<u8>, u64)>),
 }
 
 /// Why a request failed.

@@ -218,6 +218,61 @@ impl Baton for BatonService {
         }
     }
 
+    async fn counter(&self, request: Request<pb::CounterRequest>) -> Result<Response<pb::CounterResponse>, Status> {
+        use pb::counter_request::Op;
+        let req = request.into_inner();
+        check_name(&req.name)?;
+        let command = match req.op {
+            Some(Op::Add(delta)) => Command::CounterAdd { name: req.name, delta },
+            Some(Op::Cas(c)) => Command::CounterCas { name: req.name, expected: c.expected, new: c.new },
+            Some(Op::Get(_)) => {
+                let Reply::Counter(value) = self.read(Query::Counter(req.name)).await? else {
+                    return Err(Status::internal("unexpected reply to a counter read"));
+                };
+                return Ok(Response::new(pb::CounterResponse { value, swapped: false }));
+            }
+            None => return Err(Status::invalid_argument("counter request without an operation (add, get or cas)")),
+        };
+        match self.propose(command).await? {
+            Outcome::Counter { value, swapped } => Ok(Response::new(pb::CounterResponse { value, swapped })),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        use pb::register_request::Op;
+        let req = request.into_inner();
+        check_name(&req.name)?;
+        let value = match req.op {
+            Some(Op::Get(_)) => {
+                let Reply::Register(r) = self.read(Query::Register(req.name)).await? else {
+                    return Err(Status::internal("unexpected reply to a register read"));
+                };
+                let (value, version) = r.unwrap_or_default();
+                return Ok(Response::new(pb::RegisterResponse { version, swapped: false, value }));
+            }
+            Some(Op::Set(v)) => {
+                if v.len() > baton_core::value::MAX_VALUE_BYTES {
+                    return Err(Status::invalid_argument(format!(
+                        "register value of {} bytes is larger than the limit of {} bytes",
+                        v.len(),
+                        baton_core::value::MAX_VALUE_BYTES
+                    )));
+                }
+                Some(v)
+            }
+            Some(Op::Delete(_)) => None,
+            None => return Err(Status::invalid_argument("register request without an operation (get, set or delete)")),
+        };
+        let command = Command::RegisterSet { name: req.name, value, expected_version: req.if_version };
+        match self.propose(command).await? {
+            Outcome::Register { version, swapped } => {
+                Ok(Response::new(pb::RegisterResponse { version, swapped, value: Vec::new() }))
+            }
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
     async fn describe(&self, request: Request<pb::DescribeRequest>) -> Result<Response<pb::DescribeResponse>, Status> {
         let name = request.into_inner().name;
         check_name(&name)?;

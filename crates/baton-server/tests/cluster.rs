@@ -380,3 +380,52 @@ async fn open_sessions(client: &Client, n: usize) -> Vec<baton_client::Session> 
     }
     v
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_and_registers_are_linearizable_across_a_failover() {
+    let mut cluster = TestCluster::start(3, 20_000).await;
+    let client = cluster.client().await;
+    // Concurrent adds from several tasks: every add's result is distinct and the sum is exact.
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let c = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for _ in 0..10 {
+                seen.push(c.counter_add("hits", 1).await.unwrap());
+            }
+            seen
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort();
+    assert_eq!(all, (1..=40).collect::<Vec<i64>>(), "each add saw a distinct value");
+    assert_eq!(client.counter_get("hits").await.unwrap(), 40);
+    assert_eq!(client.counter_cas("hits", 39, 0).await.unwrap(), (false, 40));
+    assert_eq!(client.counter_cas("hits", 40, 100).await.unwrap(), (true, 100));
+
+    let (ok, v1) = client.register_set("cfg", Some(b"one".to_vec()), Some(0)).await.unwrap();
+    assert!(ok && v1 > 0);
+    assert_eq!(client.register_set("cfg", Some(b"lost".to_vec()), Some(0)).await.unwrap(), (false, v1));
+
+    let old = cluster.leader().await;
+    cluster.stop(old).await;
+    // After the failover every read sees every acknowledged write.
+    assert_eq!(client.counter_get("hits").await.unwrap(), 100);
+    assert_eq!(client.register_get("cfg").await.unwrap(), (b"one".to_vec(), v1));
+    let (ok, v2) = client.register_set("cfg", Some(b"two".to_vec()), Some(v1)).await.unwrap();
+    assert!(ok && v2 > v1);
+    assert_eq!(client.register_set("cfg", None, Some(v2)).await.unwrap(), (true, 0));
+    assert_eq!(client.register_get("cfg").await.unwrap(), (Vec::new(), 0));
+    let too_big = vec![0u8; 64 * 1024 + 1];
+    match client.register_set("cfg", Some(too_big), None).await {
+        Err(baton_client::Error::Status(s)) => assert_eq!(s.code(), tonic::Code::InvalidArgument, "{}", s.message()),
+        other => panic!("an oversized value was accepted: {other:?}"),
+    }
+    for id in [1, 2, 3] {
+        cluster.stop(id).await;
+    }
+}

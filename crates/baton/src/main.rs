@@ -112,6 +112,34 @@ enum Cmd {
         #[command(flatten)]
         hold: HoldArgs,
     },
+    /// A linearizable counter: `baton counter NAME add N | get | cas EXPECTED NEW`.
+    Counter {
+        /// Comma-separated client addresses of any nodes.
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        endpoints: String,
+        /// The counter's name.
+        name: String,
+        /// add, get or cas.
+        op: String,
+        /// add: the amount; cas: the expected and the new value.
+        #[arg(allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// A versioned register: `baton register NAME get | set VALUE | delete [--if-version V]`.
+    Register {
+        /// Comma-separated client addresses of any nodes.
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        endpoints: String,
+        /// Only write or delete if the current version is this (0: not written yet).
+        #[arg(long)]
+        if_version: Option<u64>,
+        /// The register's name.
+        name: String,
+        /// get, set or delete.
+        op: String,
+        /// set: the value.
+        value: Option<String>,
+    },
     /// Show the cluster: nodes, groups, leaders, terms, indexes.
     Status {
         /// Comma-separated client addresses of any nodes.
@@ -269,6 +297,10 @@ async fn run(cmd: Cmd) -> ExitCode {
         Cmd::Rwlock { read, hold, .. } => lock(hold, if read { LockKind::Read } else { LockKind::Write }).await,
         Cmd::Sem { permits, capacity, hold } => lock(hold, LockKind::Semaphore { permits, capacity }).await,
         Cmd::Status { endpoints: eps, json } => status(eps, json).await,
+        Cmd::Counter { endpoints: eps, name, op, args } => counter(eps, name, op, args).await,
+        Cmd::Register { endpoints: eps, if_version, name, op, value } => {
+            register(eps, name, op, value, if_version).await
+        }
         Cmd::Describe { endpoints: eps, json, name } => describe(eps, json, name).await,
         Cmd::Sim { .. } => unreachable!("handled before the runtime starts"),
         Cmd::Bench { endpoints: eps, workload, clients, duration, json } => {
@@ -553,4 +585,64 @@ async fn describe(eps: String, json: bool, name: String) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
+}
+
+async fn counter(eps: String, name: String, op: String, args: Vec<String>) -> ExitCode {
+    let num = |i: usize| -> Result<i64, ExitCode> {
+        let a = args.get(i).ok_or_else(|| fail(EXIT_USAGE, format!("counter {op}: missing argument {}", i + 1)))?;
+        a.parse().map_err(|_| fail(EXIT_USAGE, format!("counter {op}: {a:?} is not a 64-bit integer")))
+    };
+    let client = match connect(&eps).await {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let result = match op.as_str() {
+        "get" => client.counter_get(&name).await.map(|v| v.to_string()),
+        "add" => match num(0) {
+            Ok(n) => client.counter_add(&name, n).await.map(|v| v.to_string()),
+            Err(code) => return code,
+        },
+        "cas" => match (num(0), num(1)) {
+            (Ok(e), Ok(n)) => client.counter_cas(&name, e, n).await.map(|(ok, v)| format!("swapped={ok} value={v}")),
+            (Err(code), _) | (_, Err(code)) => return code,
+        },
+        other => return fail(EXIT_USAGE, format!("unknown counter operation {other:?} (add, get, cas)")),
+    };
+    match result {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => client_error(e),
+    }
+}
+
+async fn register(eps: String, name: String, op: String, value: Option<String>, if_version: Option<u64>) -> ExitCode {
+    let client = match connect(&eps).await {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let result = match (op.as_str(), value) {
+        ("get", _) => client
+            .register_get(&name)
+            .await
+            .map(|(v, version)| format!("version={version} value={}", String::from_utf8_lossy(&v))),
+        ("set", Some(v)) => client
+            .register_set(&name, Some(v.into_bytes()), if_version)
+            .await
+            .map(|(ok, version)| format!("swapped={ok} version={version}")),
+        ("set", None) => return fail(EXIT_USAGE, "register set: missing VALUE".into()),
+        ("delete", _) => client
+            .register_set(&name, None, if_version)
+            .await
+            .map(|(ok, version)| format!("swapped={ok} version={version}")),
+        (other, _) => return fail(EXIT_USAGE, format!("unknown register operation {other:?} (get, set, delete)")),
+    };
+    match result {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => client_error(e),
+    }
 }

@@ -124,6 +124,27 @@ fn dev_serialises_two_lock_commands() {
     assert_eq!(st["groups"][0]["leader"], 1);
     assert_eq!(st["nodes"][0]["client_addr"], addr.as_str());
 
+    // Counter and register from the CLI.
+    let run = |args: &[&str]| {
+        let out = Command::new(BATON).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(run(&["counter", "--endpoints", &addr, "c", "add", "5"]), "5");
+    assert_eq!(run(&["counter", "--endpoints", &addr, "c", "add", "-2"]), "3");
+    assert_eq!(run(&["counter", "--endpoints", &addr, "c", "cas", "3", "7"]), "swapped=true value=7");
+    assert_eq!(run(&["counter", "--endpoints", &addr, "c", "get"]), "7");
+    assert!(
+        run(&["register", "--endpoints", &addr, "--if-version", "0", "r", "set", "hello"]).starts_with("swapped=true")
+    );
+    assert!(run(&["register", "--endpoints", &addr, "r", "get"]).ends_with("value=hello"));
+    // Semaphore and read/write lock verbs run their commands.
+    assert_eq!(
+        run(&["sem", "--endpoints", &addr, "--capacity", "2", "pool", "--", "sh", "-c", "echo $BATON_LOCK"]),
+        "pool"
+    );
+    assert_eq!(run(&["rwlock", "--endpoints", &addr, "--read", "doc", "--", "echo", "read"]), "read");
+
     // A clear error for a bad name, and nothing runs.
     let long = "n".repeat(2000);
     let out = Command::new(BATON).args(["lock", "--endpoints", &addr, &long, "--", "true"]).output().unwrap();

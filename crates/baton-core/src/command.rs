@@ -83,6 +83,9 @@ pub struct Entry {
     /// The proposing leader's clock, in milliseconds. The state machine's clock is the maximum
     /// of all such readings, so it never runs backwards across leader changes.
     pub leader_time_ms: u64,
+    /// The proposing leader's wall clock (ms since the Unix epoch), used only for the hybrid
+    /// logical clock timestamps of events, never for deadlines.
+    pub wall_ms: u64,
     /// The write itself.
     pub command: Command,
 }

@@ -26,6 +26,7 @@
 pub mod bugs;
 pub mod command;
 pub mod error;
+pub mod hlc;
 pub mod limits;
 mod lock;
 pub mod queue;
@@ -35,6 +36,7 @@ pub mod value;
 pub use bugs::Bugs;
 pub use command::{AcquireRequest, Command, Entry, Event, Outcome, SessionEnd, SessionId, Token, WaitEnd};
 pub use error::{Error, Result};
+pub use hlc::Hlc;
 pub use limits::Limits;
 pub use queue::{Holder, Kind, LockState, Mode, Waiter};
 pub use state::{Session, StateMachine};

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::bugs::Bugs;
 use crate::command::{Command, Entry, Event, Outcome, SessionEnd, SessionId, Token, WaitEnd};
 use crate::error::{Error, Result};
+use crate::hlc::Hlc;
 use crate::limits::Limits;
 use crate::queue::LockState;
 use crate::value::Register;
@@ -77,6 +78,10 @@ pub struct StateMachine {
     pub(crate) registers: BTreeMap<String, Register>,
     /// The last register version issued (versions never repeat).
     pub(crate) last_version: u64,
+    /// Sequence number of the last event emitted.
+    pub(crate) event_seq: u64,
+    /// Timestamp of the last event emitted.
+    pub(crate) hlc: Hlc,
     /// Deliberate bugs (simulator only; never replicated, never in a snapshot).
     #[serde(skip)]
     pub(crate) bugs: Bugs,
@@ -97,6 +102,8 @@ impl StateMachine {
             counters: BTreeMap::new(),
             registers: BTreeMap::new(),
             last_version: 0,
+            event_seq: 0,
+            hlc: Hlc::default(),
             bugs: Bugs::default(),
         }
     }
@@ -134,6 +141,23 @@ impl StateMachine {
                 self.register_set(name, value.as_deref(), *expected_version, events)
             }
         }
+    }
+
+    /// Numbers and timestamps the `count` events that applying the entry with wall clock
+    /// `wall_ms` just emitted. Call it after every [`StateMachine::apply`], on every replica.
+    pub fn stamp(&mut self, wall_ms: u64, count: usize) -> Vec<(u64, Hlc)> {
+        (0..count)
+            .map(|_| {
+                self.event_seq += 1;
+                self.hlc = self.hlc.next(wall_ms);
+                (self.event_seq, self.hlc)
+            })
+            .collect()
+    }
+
+    /// The sequence number of the last event emitted in this group.
+    pub fn event_seq(&self) -> u64 {
+        self.event_seq
     }
 
     /// Advances the clock without a log entry, as applying a no-op entry would.

@@ -61,7 +61,8 @@ impl Harness {
         self.index += 1;
         let before = self.sm.clone();
         let mut events = Vec::new();
-        let result = self.sm.apply(self.index, &Entry { leader_time_ms: self.now, command }, &mut events);
+        let result =
+            self.sm.apply(self.index, &Entry { leader_time_ms: self.now, wall_ms: self.now, command }, &mut events);
         if result.is_err() {
             // A rejected command changes nothing but time (and the timers time fires).
             let mut expected = before.clone();
@@ -69,7 +70,11 @@ impl Harness {
             let mut timer_events = Vec::new();
             let mut replay = before;
             replay
-                .apply(self.index, &Entry { leader_time_ms: self.now, command: Command::Tick }, &mut timer_events)
+                .apply(
+                    self.index,
+                    &Entry { leader_time_ms: self.now, wall_ms: self.now, command: Command::Tick },
+                    &mut timer_events,
+                )
                 .unwrap();
             assert_eq!(replay, self.sm, "a rejected command changed the state");
             assert_eq!(timer_events, events, "a rejected command emitted events other than its timers'");

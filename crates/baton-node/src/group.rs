@@ -188,7 +188,7 @@ impl Group {
         self.raw.has_ready() || self.snapshot_to_write.is_some() || !self.reads_queued.is_empty()
     }
 
-    pub(crate) fn tick(&mut self, now: u64, out: &mut Vec<Output>) {
+    pub(crate) fn tick(&mut self, now: u64, wall: u64, out: &mut Vec<Output>) {
         self.raw.tick();
         self.rerandomize();
         self.time_out_requests(now, out);
@@ -209,13 +209,13 @@ impl Group {
             .collect();
         if !due.is_empty() {
             self.expiring.extend(due.iter().copied());
-            self.propose_internal(Command::ExpireSessions { sessions: due }, now);
+            self.propose_internal(Command::ExpireSessions { sessions: due }, now, wall);
         }
         let timer_due = self.sm.next_timer_ms().is_some_and(|at| at <= self.leader_time(now));
         let tick_stale = self.tick_proposed_ms.is_none_or(|at| now.saturating_sub(at) >= INTERNAL_RETRY_MS);
         if timer_due && tick_stale {
             self.tick_proposed_ms = Some(now);
-            self.propose_internal(Command::Tick, now);
+            self.propose_internal(Command::Tick, now, wall);
         }
     }
 
@@ -229,9 +229,9 @@ impl Group {
         self.sm.now_ms().max(base_sm + now.saturating_sub(base_mono))
     }
 
-    fn propose_internal(&mut self, command: Command, now: u64) {
+    fn propose_internal(&mut self, command: Command, now: u64, wall: u64) {
         self.next_internal += 1;
-        let entry = Entry { leader_time_ms: self.leader_time(now), command };
+        let entry = Entry { leader_time_ms: self.leader_time(now), wall_ms: wall, command };
         let p = Proposal { origin: 0, request: self.next_internal, entry };
         let data = bincode::serialize(&p).expect("proposal serialises");
         // A dropped internal proposal is simply proposed again on a later tick.
@@ -267,6 +267,7 @@ impl Group {
         id: RequestId,
         command: Command,
         now: u64,
+        wall: u64,
         config: &NodeConfig,
     ) -> Result<(), NodeError> {
         if self.role != Role::Leader {
@@ -276,7 +277,8 @@ impl Group {
         if waiting >= config.max_pending {
             return Err(NodeError::Busy(waiting));
         }
-        let p = Proposal { origin, request: id, entry: Entry { leader_time_ms: self.leader_time(now), command } };
+        let entry = Entry { leader_time_ms: self.leader_time(now), wall_ms: wall, command };
+        let p = Proposal { origin, request: id, entry };
         let data = bincode::serialize(&p).expect("proposal serialises");
         self.raw
             .propose(Vec::new(), data)
@@ -489,8 +491,9 @@ impl Group {
                             .map_err(NodeError::Rejected);
                         out.push(Output::Reply { id: p.request, result: reply });
                     }
-                    for event in events.drain(..) {
-                        out.push(Output::Event { group: self.id, index: e.index, event });
+                    let stamps = self.sm.stamp(p.entry.wall_ms, events.len());
+                    for (event, (seq, hlc)) in events.drain(..).zip(stamps) {
+                        out.push(Output::Event { group: self.id, index: e.index, seq, hlc, event });
                     }
                 }
                 EntryType::EntryConfChange => self.apply_conf_change::<ConfChange>(&e)?,

@@ -124,8 +124,9 @@ pub enum Output {
     Send { to: NodeId, group: GroupId, msg: Message },
     /// Answer request `id`.
     Reply { id: RequestId, result: Result<Reply, NodeError> },
-    /// The state machine of `group` emitted `event` while applying log `index`.
-    Event { group: GroupId, index: u64, event: Event },
+    /// The state machine of `group` emitted `event` while applying log `index`, as the group's
+    /// event number `seq` (gap-free, equal on every replica) at hybrid logical time `hlc`.
+    Event { group: GroupId, index: u64, seq: u64, hlc: baton_core::Hlc, event: Event },
     /// The state machine of `group` was replaced by a snapshot from the leader: the events of
     /// the entries it covers were never emitted here, so anyone waiting for one must ask again.
     Reset { group: GroupId },
@@ -163,6 +164,8 @@ pub struct Node {
     outputs: Vec<Output>,
     /// Monotonic clock, ms: leases, and the leader time stamped into entries.
     pub(crate) mono_ms: u64,
+    /// Wall clock, ms since the Unix epoch: only for event timestamps (HLC).
+    pub(crate) wall_ms: u64,
 }
 
 impl Node {
@@ -179,7 +182,7 @@ impl Node {
             }
             map.insert(id, group);
         }
-        Ok((Node { config, groups: map, outputs: Vec::new(), mono_ms: 0 }, batch))
+        Ok((Node { config, groups: map, outputs: Vec::new(), mono_ms: 0, wall_ms: 0 }, batch))
     }
 
     /// This node's id.
@@ -187,17 +190,20 @@ impl Node {
         self.config.id
     }
 
-    /// Sets the monotonic clock (milliseconds from any fixed origin) for the inputs that follow.
-    /// It never goes backwards: an earlier reading is ignored.
-    pub fn set_time(&mut self, mono_ms: u64) {
+    /// Sets the clocks for the inputs that follow: the monotonic clock (milliseconds from any
+    /// fixed origin; leases and deadlines) and the wall clock (milliseconds since the Unix epoch;
+    /// only for the hybrid-logical-clock timestamps of events). Neither goes backwards: an
+    /// earlier reading is ignored.
+    pub fn set_time(&mut self, mono_ms: u64, wall_ms: u64) {
         self.mono_ms = self.mono_ms.max(mono_ms);
+        self.wall_ms = self.wall_ms.max(wall_ms);
     }
 
     /// One Raft tick of every group, plus the leader's duties: expire sessions whose deadline
     /// passed, propose a `Tick` when a state machine timer is due, time out stale requests.
     pub fn tick(&mut self) {
         for group in self.groups.values_mut() {
-            group.tick(self.mono_ms, &mut self.outputs);
+            group.tick(self.mono_ms, self.wall_ms, &mut self.outputs);
         }
     }
 
@@ -213,7 +219,7 @@ impl Node {
         let Some(g) = self.groups.get_mut(&group) else {
             return self.outputs.push(Output::Reply { id, result: Err(NodeError::NoGroup(group)) });
         };
-        if let Err(e) = g.propose(self.config.id, id, command, self.mono_ms, &self.config) {
+        if let Err(e) = g.propose(self.config.id, id, command, self.mono_ms, self.wall_ms, &self.config) {
             self.outputs.push(Output::Reply { id, result: Err(e) });
         }
     }

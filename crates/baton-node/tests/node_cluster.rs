@@ -55,7 +55,7 @@ impl Cluster {
         let recovered = store.recover(G).unwrap();
         let (mut node, boot) = Node::new(config, vec![(G, recovered)]).unwrap();
         store.write(&boot).unwrap();
-        node.set_time(self.now + self.offsets.get(&id).copied().unwrap_or(0));
+        node.set_time(self.now + self.offsets.get(&id).copied().unwrap_or(0), self.now);
         self.nodes.insert(id, node);
     }
 
@@ -105,7 +105,7 @@ impl Cluster {
         for _ in 0..ms / TICK_MS {
             self.now += TICK_MS;
             for (id, node) in self.nodes.iter_mut() {
-                node.set_time(self.now + self.offsets.get(id).copied().unwrap_or(0));
+                node.set_time(self.now + self.offsets.get(id).copied().unwrap_or(0), self.now);
                 node.tick();
             }
             self.settle();

@@ -120,7 +120,9 @@ pub fn spawn<S: LogStore + Send + 'static>(
 
 impl<S: LogStore> Runtime<S> {
     fn set_time(&mut self) {
-        self.node.set_time(self.started.elapsed().as_millis() as u64);
+        let wall =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        self.node.set_time(self.started.elapsed().as_millis() as u64, wall);
     }
 
     fn run(&mut self) {

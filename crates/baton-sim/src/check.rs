@@ -49,10 +49,10 @@ impl Hold {
 /// Everything the checkers look at.
 #[derive(Default)]
 pub struct History {
-    /// The events of each applied log index, as first applied anywhere.
-    log: BTreeMap<u64, Vec<Event>>,
+    /// The (sequence number, event) pairs of each applied log index, as first applied anywhere.
+    log: BTreeMap<u64, Vec<(u64, Event)>>,
     /// Per node: the index being applied and its events so far.
-    applying: BTreeMap<u64, (u64, Vec<Event>)>,
+    applying: BTreeMap<u64, (u64, Vec<(u64, Event)>)>,
     /// Completed holds.
     pub holds: Vec<Hold>,
     /// Grants clients received: (name, session, token, time).
@@ -62,13 +62,13 @@ pub struct History {
 
 impl History {
     /// A node applied `event` at log `index`.
-    pub fn applied(&mut self, node: u64, index: u64, event: Event, now: Time) {
+    pub fn applied(&mut self, node: u64, index: u64, seq: u64, event: Event, now: Time) {
         let entry = self.applying.entry(node).or_insert((index, Vec::new()));
         if entry.0 != index {
             let (done_index, events) = std::mem::replace(entry, (index, Vec::new()));
             self.finish(node, done_index, events, now);
         }
-        self.applying.get_mut(&node).expect("just inserted").1.push(event);
+        self.applying.get_mut(&node).expect("just inserted").1.push((seq, event));
     }
 
     /// A node crashed or installed a snapshot: what it was applying is complete.
@@ -78,7 +78,7 @@ impl History {
         }
     }
 
-    fn finish(&mut self, node: u64, index: u64, events: Vec<Event>, now: Time) {
+    fn finish(&mut self, node: u64, index: u64, events: Vec<(u64, Event)>, now: Time) {
         match self.log.get(&index) {
             Some(first) if *first != events => self.violations.push(Violation {
                 property: "agreement",
@@ -110,7 +110,7 @@ impl History {
         let mut issued = BTreeSet::new();
         let mut found = Vec::new();
         for (index, events) in &self.log {
-            for e in events {
+            for (_, e) in events {
                 if let Event::Granted { name, token, .. } = e {
                     if !issued.insert(*token) {
                         found.push(format!("token {token} issued twice (again at index {index} for {name:?})"));
@@ -132,7 +132,7 @@ impl History {
             .log
             .values()
             .flatten()
-            .filter_map(|e| match e {
+            .filter_map(|(_, e)| match e {
                 Event::Granted { name, session, token, .. } => Some((name.as_str(), *session, *token)),
                 _ => None,
             })

@@ -421,7 +421,7 @@ impl World {
         let recovered = n.store.recover(DATA_GROUP).expect("memory store reads");
         let (mut node, boot) = Node::new(config, vec![(DATA_GROUP, recovered)]).expect("node starts");
         n.store.write(&boot).expect("memory store writes");
-        node.set_time(n.clock.local_ms(self.now));
+        node.set_time(n.clock.local_ms(self.now), n.clock.local_ms(self.now));
         n.node = Some(node);
         n.epoch += 1;
         n.paused = false;
@@ -465,7 +465,7 @@ impl World {
         let n = self.nodes.get_mut(&id).expect("node");
         let local = n.clock.local_ms(now);
         let node = n.node.as_mut().expect("running");
-        node.set_time(local);
+        node.set_time(local, local);
         match input {
             Input::Step(msg) => node.step(DATA_GROUP, msg),
             Input::Tick => node.tick(),
@@ -556,7 +556,7 @@ impl World {
             n.requests.handle(&out, &mut answers);
             match out {
                 Output::Send { to, msg, .. } => sends.push((to, msg)),
-                Output::Event { index, event, .. } => self.hist.applied(id, index, event, self.now),
+                Output::Event { index, seq, event, .. } => self.hist.applied(id, index, seq, event, self.now),
                 Output::RoleChanged { role, leader, term, .. } => {
                     notes.push(format!("node {id}: {role:?} in term {term}, leader {leader:?}"));
                     if role == baton_node::Role::Leader {

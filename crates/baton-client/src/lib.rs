@@ -223,6 +223,62 @@ impl Client {
         }
     }
 
+    /// Watches `name` (or every name starting with it, with `prefix`) from sequence number
+    /// `start_seq` (0: from now). The stream resumes by itself, on any node, after a broken
+    /// connection, without missing or repeating events; it ends with an error if the history it
+    /// needs is gone (`OUT_OF_RANGE`: read the state and watch again from the seq named).
+    pub fn watch(
+        &self,
+        name: &str,
+        prefix: bool,
+        start_seq: u64,
+    ) -> tokio::sync::mpsc::Receiver<Result<pb::WatchEvent>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let client = self.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let mut next = start_seq;
+            let mut backoff = Duration::from_millis(20);
+            loop {
+                let Ok((addr, mut c)) = client.current() else { return };
+                let req = pb::WatchRequest { name: name.clone(), prefix, start_seq: next };
+                let status = match c.watch(req).await {
+                    Ok(stream) => {
+                        let mut stream = stream.into_inner();
+                        loop {
+                            match stream.message().await {
+                                Ok(Some(e)) => {
+                                    next = e.seq + 1;
+                                    backoff = Duration::from_millis(20);
+                                    if e.r#type == "sync" {
+                                        continue; // only tells where the watch starts
+                                    }
+                                    if tx.send(Ok(e)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                Ok(None) => break Status::unavailable("watch stream ended"),
+                                Err(s) => break s,
+                            }
+                        }
+                    }
+                    Err(s) => s,
+                };
+                if !retryable(&status) && status.code() != Code::Unavailable {
+                    let _ = tx.send(Err(Error::Status(status))).await;
+                    return;
+                }
+                if tx.is_closed() {
+                    return;
+                }
+                client.reroute(&addr, &Status::unavailable("watch reconnect"));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            }
+        });
+        rx
+    }
+
     /// Adds `delta` to the counter `name`; returns the new value. Not retried after an
     /// ambiguous failure (it could apply twice).
     pub async fn counter_add(&self, name: &str, delta: i64) -> Result<i64> {

@@ -336,7 +336,7 @@ impl Group {
             self.raw.mut_store().apply_snapshot(snap.clone());
             write.snapshot = Some(snap);
             write.replace_log = true;
-            out.push(Output::Reset { group: self.id });
+            out.push(Output::Reset { group: self.id, event_seq: self.sm.event_seq() });
             write.hard_state = Some(self.raw.store().hard_state().clone());
         }
         self.apply(rd.take_committed_entries(), now, out)?;

@@ -98,7 +98,7 @@ impl Requests {
                     answers.push((id, Ok(Answer::Acquire(result.clone()))));
                 }
             }
-            Output::Reset { group } => {
+            Output::Reset { group, .. } => {
                 let keys: Vec<WaitKey> = self.waits.keys().filter(|k| k.0 == *group).cloned().collect();
                 for key in keys {
                     for id in self.waits.remove(&key).unwrap_or_default() {

@@ -129,7 +129,7 @@ pub enum Output {
     Event { group: GroupId, index: u64, seq: u64, hlc: baton_core::Hlc, event: Event },
     /// The state machine of `group` was replaced by a snapshot from the leader: the events of
     /// the entries it covers were never emitted here, so anyone waiting for one must ask again.
-    Reset { group: GroupId },
+    Reset { group: GroupId, event_seq: u64 },
     /// This node's role or known leader in `group` changed.
     RoleChanged { group: GroupId, role: Role, leader: Option<NodeId>, term: u64 },
 }

@@ -14,6 +14,7 @@ pub mod runtime;
 pub mod service;
 pub mod status;
 pub mod transport;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -18,6 +18,8 @@ use baton_proto::peer::GroupMessage;
 use protobuf::Message as _;
 use tokio::sync::oneshot;
 
+use crate::watch::{EventLog, SharedLog, Watched};
+
 /// Most inputs taken in one round before the node's work is flushed.
 const MAX_INPUTS_PER_ROUND: usize = 8192;
 
@@ -52,6 +54,8 @@ pub struct NodeHandle {
     pub id: NodeId,
     /// Shared view of the cluster.
     pub view: Arc<Mutex<ClusterView>>,
+    /// Applied events, for watchers.
+    pub events: SharedLog,
 }
 
 impl NodeHandle {
@@ -75,6 +79,7 @@ struct Runtime<S: LogStore> {
     rx: mpsc::Receiver<Input>,
     outboxes: Outboxes,
     view: Arc<Mutex<ClusterView>>,
+    events: SharedLog,
     requests: Requests,
     answer_to: HashMap<RequestId, oneshot::Sender<Result<Answer, NodeError>>>,
     answers: Vec<(RequestId, Result<Answer, NodeError>)>,
@@ -99,7 +104,10 @@ pub fn spawn<S: LogStore + Send + 'static>(
     }
     let (tx, rx) = mpsc::channel();
     let id = node.id();
+    let next_seq = node.state_machine(baton_node::DATA_GROUP).map_or(0, |sm| sm.event_seq()) + 1;
+    let events = EventLog::new(next_seq);
     let mut rt = Runtime {
+        events: events.clone(),
         node,
         store,
         rx,
@@ -115,7 +123,7 @@ pub fn spawn<S: LogStore + Send + 'static>(
         per_peer: BTreeMap::new(),
     };
     let join = std::thread::Builder::new().name(format!("baton-node-{id}")).spawn(move || rt.run())?;
-    Ok((NodeHandle { tx, id, view }, join))
+    Ok((NodeHandle { tx, id, view, events }, join))
 }
 
 impl<S: LogStore> Runtime<S> {
@@ -207,7 +215,10 @@ impl<S: LogStore> Runtime<S> {
             Input::Status { tx } => {
                 let _ = tx.send(self.node.status());
             }
-            Input::Stop => return false,
+            Input::Stop => {
+                self.events.lock().expect("event log").close();
+                return false;
+            }
         }
         true
     }
@@ -227,7 +238,11 @@ impl<S: LogStore> Runtime<S> {
                     let mut view = self.view.lock().expect("view lock");
                     view.leaders.insert(group, if role == Role::Leader { Some(self.node.id()) } else { leader });
                 }
-                Output::Reply { .. } | Output::Event { .. } | Output::Reset { .. } => {}
+                Output::Event { seq, hlc, event, .. } => {
+                    self.events.lock().expect("event log").push(Watched { seq, hlc, event });
+                }
+                Output::Reset { event_seq, .. } => self.events.lock().expect("event log").reset(event_seq),
+                Output::Reply { .. } => {}
             }
         }
         self.outputs = outputs;

@@ -84,6 +84,7 @@ fn check_name(name: &str) -> Result<(), Status> {
 }
 
 type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<pb::KeepAliveResponse, Status>> + Send>>;
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Baton for BatonService {
@@ -271,6 +272,69 @@ impl Baton for BatonService {
             }
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let req = request.into_inner();
+        if !(req.prefix && req.name.is_empty()) {
+            check_name(&req.name)?;
+        }
+        let (subscribed, last) = {
+            let log = self.node.events.lock().expect("event log");
+            (log.subscribe(req.start_seq), log.last_seq())
+        };
+        let (kept, mut live) = subscribed.map_err(|first| {
+            Status::out_of_range(format!(
+                "events before seq {first} are no longer kept on node {} (history trimmed, or the node restarted): read the current state, then watch from seq {first}",
+                self.node.id
+            ))
+        })?;
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            let mut next = req.start_seq;
+            if next == 0 {
+                // Tell the watcher where "now" is, so that it can resume from there exactly.
+                next = last + 1;
+                let sync = pb::WatchEvent { seq: last, r#type: "sync".into(), ..Default::default() };
+                if tx.send(Ok(sync)).await.is_err() {
+                    return;
+                }
+            }
+            for w in kept {
+                if w.seq >= next
+                    && w.matches(&req.name, req.prefix)
+                    && tx.send(Ok(crate::watch::to_proto(&w))).await.is_err()
+                {
+                    return;
+                }
+                next = next.max(w.seq + 1);
+            }
+            loop {
+                match live.recv().await {
+                    Ok(w) => {
+                        if w.seq < next {
+                            continue; // already sent from the kept history
+                        }
+                        next = w.seq + 1;
+                        if w.matches(&req.name, req.prefix) && tx.send(Ok(crate::watch::to_proto(&w))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        let msg = format!("the watcher fell behind; resume from seq {next}");
+                        let _ = tx.send(Err(Status::out_of_range(msg))).await;
+                        return;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        let _ = tx.send(Err(stopped())).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn describe(&self, request: Request<pb::DescribeRequest>) -> Result<Response<pb::DescribeResponse>, Status> {

@@ -429,3 +429,51 @@ async fn counters_and_registers_are_linearizable_across_a_failover() {
         cluster.stop(id).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_resumes_on_another_node_without_gaps_or_repeats() {
+    let mut cluster = TestCluster::start(3, 20_000).await;
+    let client = cluster.client().await;
+    let s = client.session(TTL).await.unwrap();
+    let mut events = client.watch("w/", true, 0);
+    let mut tokens = Vec::new();
+    for i in 0..10 {
+        if i == 5 {
+            // The watcher is connected to the leader (the client's current node): stop it.
+            let old = cluster.leader().await;
+            cluster.stop(old).await;
+        }
+        let g = s.lock("w/a", Some(Duration::from_secs(10))).await.unwrap().unwrap();
+        tokens.push(g.token());
+        g.release().await.unwrap();
+        client.counter_add("w/n", 1).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut seqs = Vec::new();
+    while seen.len() < 30 {
+        let e = tokio::time::timeout(Duration::from_secs(15), events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("stuck after {seen:?} {seqs:?}"))
+            .unwrap()
+            .unwrap();
+        seqs.push(e.seq);
+        assert!(e.hlc_physical_ms > 0);
+        seen.push((e.r#type.clone(), e.token, e.counter_value));
+    }
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "sequence numbers strictly increase: {seqs:?}");
+    let expected: Vec<(String, u64, i64)> = tokens
+        .iter()
+        .enumerate()
+        .flat_map(|(i, t)| {
+            [
+                ("granted".to_string(), *t, 0),
+                ("released".to_string(), *t, 0),
+                ("counter_changed".to_string(), 0, i as i64 + 1),
+            ]
+        })
+        .collect();
+    assert_eq!(seen, expected, "every event exactly once, in order");
+    for id in [1, 2, 3] {
+        cluster.stop(id).await;
+    }
+}

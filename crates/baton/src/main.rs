@@ -140,6 +140,23 @@ enum Cmd {
         /// set: the value.
         value: Option<String>,
     },
+    /// Stream the events on a name (or a prefix) until interrupted.
+    Watch {
+        /// Comma-separated client addresses of any nodes.
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        endpoints: String,
+        /// Watch every name that starts with NAME.
+        #[arg(long)]
+        prefix: bool,
+        /// Start at this sequence number (default: from now).
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// One JSON object per event.
+        #[arg(long)]
+        json: bool,
+        /// The name (or prefix).
+        name: String,
+    },
     /// Show the cluster: nodes, groups, leaders, terms, indexes.
     Status {
         /// Comma-separated client addresses of any nodes.
@@ -297,6 +314,7 @@ async fn run(cmd: Cmd) -> ExitCode {
         Cmd::Rwlock { read, hold, .. } => lock(hold, if read { LockKind::Read } else { LockKind::Write }).await,
         Cmd::Sem { permits, capacity, hold } => lock(hold, LockKind::Semaphore { permits, capacity }).await,
         Cmd::Status { endpoints: eps, json } => status(eps, json).await,
+        Cmd::Watch { endpoints: eps, prefix, from, json, name } => watch(eps, name, prefix, from, json).await,
         Cmd::Counter { endpoints: eps, name, op, args } => counter(eps, name, op, args).await,
         Cmd::Register { endpoints: eps, if_version, name, op, value } => {
             register(eps, name, op, value, if_version).await
@@ -644,5 +662,44 @@ async fn register(eps: String, name: String, op: String, value: Option<String>, 
             ExitCode::SUCCESS
         }
         Err(e) => client_error(e),
+    }
+}
+
+async fn watch(eps: String, name: String, prefix: bool, from: u64, json: bool) -> ExitCode {
+    let client = match connect(&eps).await {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let mut events = client.watch(&name, prefix, from);
+    loop {
+        let e = tokio::select! {
+            e = events.recv() => e,
+            _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+        };
+        match e {
+            Some(Ok(e)) if json => println!(
+                "{}",
+                serde_json::json!({
+                    "seq": e.seq, "hlc": format!("{}.{}", e.hlc_physical_ms, e.hlc_logical), "type": e.r#type,
+                    "name": e.name, "session": e.session_id, "token": e.token, "request_id": e.request_id,
+                    "counter_value": e.counter_value, "version": e.version, "reason": e.reason,
+                })
+            ),
+            Some(Ok(e)) => {
+                let detail = match e.r#type.as_str() {
+                    "counter_changed" => format!("value={}", e.counter_value),
+                    "register_changed" => format!("version={}", e.version),
+                    "wait_ended" => format!("session={} request={} reason={}", e.session_id, e.request_id, e.reason),
+                    "queued" => format!("session={} request={}", e.session_id, e.request_id),
+                    _ => format!("session={} token={}", e.session_id, e.token),
+                };
+                println!(
+                    "{:>8} {}.{:03} {:<16} {} {detail}",
+                    e.seq, e.hlc_physical_ms, e.hlc_logical, e.r#type, e.name
+                );
+            }
+            Some(Err(e)) => return client_error(e),
+            None => return ExitCode::SUCCESS,
+        }
     }
 }

@@ -279,6 +279,46 @@ impl Client {
         rx
     }
 
+    /// Observes the election `name`: first its current leader, then every change (a new leader,
+    /// a proclaimed value, or no leader: session 0), in order.
+    pub async fn observe(&self, name: &str) -> Result<tokio::sync::mpsc::Receiver<Result<Leader>>> {
+        // Subscribe first, then read the current leader, so no change can fall in between; a
+        // change already reflected in the read shows up again and is skipped by its token.
+        let mut events = self.watch(name, false, 0);
+        let d = self.describe(name).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let current = d.holders.first().map_or(Leader::default(), |h| Leader {
+            session: h.session_id,
+            token: h.token,
+            value: h.value.clone(),
+        });
+        tokio::spawn(async move {
+            let mut last = current.clone();
+            if tx.send(Ok(current)).await.is_err() {
+                return;
+            }
+            while let Some(e) = events.recv().await {
+                let e = match e {
+                    Ok(e) if e.r#type == "leader" => e,
+                    Ok(_) => continue,
+                    Err(err) => {
+                        let _ = tx.send(Err(err)).await;
+                        return;
+                    }
+                };
+                let leader = Leader { session: e.session_id, token: e.token, value: e.value };
+                if leader == last || (leader.token != 0 && leader.token < last.token) {
+                    continue;
+                }
+                last = leader.clone();
+                if tx.send(Ok(leader)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
+
     /// Adds `delta` to the counter `name`; returns the new value. Not retried after an
     /// ambiguous failure (it could apply twice).
     pub async fn counter_add(&self, name: &str, delta: i64) -> Result<i64> {
@@ -591,7 +631,7 @@ pub struct Session {
 }
 
 /// What an acquire asks for.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum LockKind {
     /// An exclusive lock.
     #[default]
@@ -602,6 +642,19 @@ pub enum LockKind {
     Write,
     /// `permits` permits of a semaphore with `capacity`.
     Semaphore { permits: u32, capacity: u32 },
+    /// Candidacy in a leader election; the value is published once elected.
+    Election { value: Vec<u8> },
+}
+
+/// An election's leader as observers see it (`session` 0: no leader).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Leader {
+    /// The leader's session.
+    pub session: u64,
+    /// Its term / fencing token.
+    pub token: u64,
+    /// Its published value.
+    pub value: Vec<u8>,
 }
 
 /// Options of an acquire.
@@ -654,6 +707,13 @@ impl Session {
         self.lock_with(name, LockOptions { wait, kind: LockKind::Write, ..Default::default() }).await
     }
 
+    /// Campaigns in the election `name`: waits (FIFO among candidates) until this session is the
+    /// leader, then publishes `value`. The guard's token is the leader's term/fencing token;
+    /// releasing the guard resigns (the next candidate is elected at once).
+    pub async fn campaign(&self, name: &str, value: Vec<u8>, wait: Option<Duration>) -> Result<Option<LockGuard>> {
+        self.lock_with(name, LockOptions { wait, kind: LockKind::Election { value }, ..Default::default() }).await
+    }
+
     /// Takes `permits` permits of the semaphore `name` with `capacity` permits in all.
     pub async fn semaphore(
         &self,
@@ -685,6 +745,9 @@ impl Session {
             LockKind::Write => pb::AcquireRequest { kind: pb::ResourceKind::Rwlock as i32, ..req },
             LockKind::Semaphore { permits, capacity } => {
                 pb::AcquireRequest { kind: pb::ResourceKind::Semaphore as i32, permits, capacity, ..req }
+            }
+            LockKind::Election { value } => {
+                pb::AcquireRequest { kind: pb::ResourceKind::Election as i32, value, ..req }
             }
         };
         // If the caller stops waiting (drops this future), withdraw the request on the server so
@@ -790,7 +853,21 @@ impl LockGuard {
         self.session.lost().await
     }
 
-    /// Releases the lock.
+    /// Elections: publishes a new value as the leader.
+    pub async fn proclaim(&self, value: Vec<u8>) -> Result<()> {
+        let req =
+            pb::ProclaimRequest { name: self.name.clone(), session_id: self.session.id(), token: self.token, value };
+        self.session
+            .client
+            .rpc(|mut c| {
+                let req = req.clone();
+                async move { c.proclaim(req).await }
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Releases the lock (for an election: resigns).
     pub async fn release(mut self) -> Result<()> {
         self.released = true;
         release(&self.session, &self.name, self.token).await

@@ -32,6 +32,8 @@ pub enum Command {
     Cancel { name: String, session: SessionId, request_id: u64 },
     /// Let time pass: waiters past their deadline time out, lock-delays end.
     Tick,
+    /// The leader of an election publishes a new value.
+    Proclaim { name: String, session: SessionId, token: Token, value: Vec<u8> },
     /// Add `delta` to a counter.
     CounterAdd { name: String, delta: i64 },
     /// Set a counter to `new` if it is `expected`.
@@ -60,6 +62,8 @@ pub struct AcquireRequest {
     pub kind: Kind,
     /// What the caller asks for: exclusive, shared (read), or a number of permits.
     pub mode: Mode,
+    /// Elections: the value to publish once elected (at most 64 KiB); empty otherwise.
+    pub value: Vec<u8>,
 }
 
 impl AcquireRequest {
@@ -73,6 +77,7 @@ impl AcquireRequest {
             lock_delay_ms: 0,
             kind: Kind::Mutex,
             mode: Mode::Exclusive,
+            value: Vec::new(),
         }
     }
 }
@@ -109,6 +114,8 @@ pub enum Outcome {
     TimedOut,
     /// The lock was released.
     Released,
+    /// The leader's new value is published.
+    Proclaimed,
     /// A wait was cancelled, or the lock was granted before the cancel arrived.
     Cancelled { granted: Option<Token> },
     /// Time passed.
@@ -154,6 +161,8 @@ pub enum Event {
     WaitEnded { name: String, session: SessionId, request_id: u64, how: WaitEnd },
     /// A holder gave up the lock (cleanly, or with its session).
     Released { name: String, session: SessionId, token: Token, expired: bool },
+    /// An election's leader changed, or the leader proclaimed a new value. `session` 0: no leader.
+    LeaderChanged { name: String, session: SessionId, token: Token, value: Vec<u8> },
     /// A counter changed.
     CounterChanged { name: String, value: i64 },
     /// A register was written (version > 0) or deleted (version 0).

@@ -12,7 +12,7 @@
 
 use crate::command::{AcquireRequest, Event, Outcome, SessionEnd, SessionId, Token, WaitEnd};
 use crate::error::{Error, Result};
-use crate::queue::{Holder, LockState, Mode, Waiter};
+use crate::queue::{Holder, Kind, LockState, Mode, Waiter};
 use crate::state::{RecentResult, StateMachine, Timer, TimerKind};
 
 impl StateMachine {
@@ -30,6 +30,7 @@ impl StateMachine {
             }
         }
         req.kind.accepts(req.mode).map_err(Error::InvalidArgument)?;
+        check_value(&req.value)?;
         if let Some(existing) = self.locks.get(&req.name).map(|l| l.kind) {
             if existing != req.kind {
                 return Err(Error::InvalidArgument(format!(
@@ -77,9 +78,17 @@ impl StateMachine {
         let lock = self.locks.get(&req.name);
         let open = |l: &LockState| self.bugs.grant_ignores_queue || l.is_grantable(req.mode, now);
         if lock.is_none_or(open) {
-            let (session, request_id, delay) = (req.session, req.request_id, req.lock_delay_ms);
             self.locks.entry(req.name.clone()).or_insert_with(|| LockState::new(req.kind));
-            let token = self.grant(&req.name, session, request_id, delay, req.mode, events);
+            let claim = Waiter {
+                session: req.session,
+                request_id: req.request_id,
+                deadline_ms: now,
+                queued_ms: now,
+                lock_delay_ms: req.lock_delay_ms,
+                mode: req.mode,
+                value: req.value.clone(),
+            };
+            let token = self.grant(&req.name, claim, events);
             return Ok(Outcome::Granted { token });
         }
         let lock = lock.expect("checked above");
@@ -106,6 +115,7 @@ impl StateMachine {
             queued_ms: now,
             lock_delay_ms: req.lock_delay_ms,
             mode: req.mode,
+            value: req.value.clone(),
         });
         let position = (lock.waiters.len() - 1) as u32;
         self.own(req.session, &req.name);
@@ -183,23 +193,46 @@ impl StateMachine {
         Ok(Outcome::Cancelled { granted: None })
     }
 
-    /// Grants `name` (which exists) to a session now; the caller checked that it fits.
-    fn grant(
+    /// Grants `name` (which exists) to a claim now; the caller checked that it fits.
+    fn grant(&mut self, name: &str, claim: Waiter, events: &mut Vec<Event>) -> Token {
+        let token = self.issue_token();
+        let now = self.now_ms;
+        let Waiter { session, request_id, lock_delay_ms, mode, value, .. } = claim;
+        let lock = self.locks.get_mut(name).expect("granted resource exists");
+        let election = lock.kind == Kind::Election;
+        let published = if election { value.clone() } else { Vec::new() };
+        lock.holders.push(Holder { session, request_id, token, granted_ms: now, lock_delay_ms, mode, value });
+        self.own(session, name);
+        events.push(Event::Granted { name: name.to_string(), session, request_id, token });
+        if election {
+            events.push(Event::LeaderChanged { name: name.to_string(), session, token, value: published });
+        }
+        token
+    }
+
+    /// The leader of an election publishes a new value.
+    pub(crate) fn proclaim(
         &mut self,
         name: &str,
         session: SessionId,
-        request_id: u64,
-        lock_delay_ms: u64,
-        mode: Mode,
+        token: Token,
+        value: &[u8],
         events: &mut Vec<Event>,
-    ) -> Token {
-        let token = self.issue_token();
-        let now = self.now_ms;
-        let lock = self.locks.get_mut(name).expect("granted resource exists");
-        lock.holders.push(Holder { session, request_id, token, granted_ms: now, lock_delay_ms, mode });
-        self.own(session, name);
-        events.push(Event::Granted { name: name.to_string(), session, request_id, token });
-        token
+    ) -> Result<Outcome> {
+        self.limits.check_name(name)?;
+        check_value(value)?;
+        let Some(lock) = self.locks.get_mut(name) else {
+            return Err(Error::NotHolder { name: name.to_string(), session, token });
+        };
+        if lock.kind != Kind::Election {
+            return Err(Error::InvalidArgument(format!("{name:?} is a {}, not an election", lock.kind.describe())));
+        }
+        let Some(h) = lock.holders.iter_mut().find(|h| h.session == session && h.token == token) else {
+            return Err(Error::NotHolder { name: name.to_string(), session, token });
+        };
+        h.value = value.to_vec();
+        events.push(Event::LeaderChanged { name: name.to_string(), session, token, value: value.to_vec() });
+        Ok(Outcome::Proclaimed)
     }
 
     /// Grants the lock to queued waiters while it is free and open.
@@ -222,7 +255,7 @@ impl StateMachine {
             });
             // The waiter already owns the name; granting moves it from the queue to the holders.
             self.disown(w.session, name);
-            self.grant(name, w.session, w.request_id, w.lock_delay_ms, w.mode, events);
+            self.grant(name, w, events);
         }
         self.forget_if_idle(name);
     }
@@ -277,6 +310,7 @@ impl StateMachine {
     ) -> bool {
         let now = self.now_ms;
         let Some(lock) = self.locks.get_mut(name) else { return false };
+        let kind = lock.kind;
         let holder = lock.holders.iter().position(|h| h.session == session).map(|i| lock.holders.remove(i));
         let Some(holder) = holder else {
             let request_id = lock.position_of_session(session).map(|p| lock.waiters[p].request_id);
@@ -296,6 +330,10 @@ impl StateMachine {
         self.remember(session, holder.request_id, name, RecentResult::Released { token: holder.token });
         events.push(Event::Released { name: name.to_string(), session, token: holder.token, expired });
         self.grant_waiters(name, events);
+        let leaderless = self.locks.get(name).is_none_or(|l| l.holders.is_empty());
+        if kind == Kind::Election && leaderless {
+            events.push(Event::LeaderChanged { name: name.to_string(), session: 0, token: 0, value: Vec::new() });
+        }
         true
     }
 
@@ -317,4 +355,16 @@ impl StateMachine {
             self.locks.remove(name);
         }
     }
+}
+
+/// An election value must be at most [`crate::value::MAX_VALUE_BYTES`].
+pub(crate) fn check_value(value: &[u8]) -> Result<()> {
+    if value.len() > crate::value::MAX_VALUE_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "value of {} bytes is larger than the limit of {} bytes",
+            value.len(),
+            crate::value::MAX_VALUE_BYTES
+        )));
+    }
+    Ok(())
 }

@@ -37,6 +37,8 @@ pub enum Kind {
     RwLock,
     /// A counting semaphore with this many permits.
     Semaphore { capacity: u32 },
+    /// A leader election: exclusive, and the holder (the leader) publishes a value.
+    Election,
 }
 
 /// What a request asks for.
@@ -54,7 +56,7 @@ impl Kind {
     /// Checks that `mode` makes sense for this kind.
     pub fn accepts(&self, mode: Mode) -> Result<(), String> {
         match (self, mode) {
-            (Kind::Mutex, Mode::Exclusive) | (Kind::RwLock, Mode::Exclusive | Mode::Shared) => Ok(()),
+            (Kind::Mutex | Kind::Election, Mode::Exclusive) | (Kind::RwLock, Mode::Exclusive | Mode::Shared) => Ok(()),
             (Kind::Semaphore { capacity }, Mode::Permits(n)) if n >= 1 && n <= *capacity => Ok(()),
             (Kind::Semaphore { capacity }, Mode::Permits(n)) => {
                 Err(format!("asked for {n} permits of a semaphore with capacity {capacity} (must be 1..={capacity})"))
@@ -69,6 +71,7 @@ impl Kind {
             Kind::Mutex => "lock".into(),
             Kind::RwLock => "read/write lock".into(),
             Kind::Semaphore { capacity } => format!("semaphore with capacity {capacity}"),
+            Kind::Election => "election".into(),
         }
     }
 }
@@ -88,6 +91,8 @@ pub struct Holder {
     pub lock_delay_ms: u64,
     /// What was granted.
     pub mode: Mode,
+    /// Elections: the leader's published value.
+    pub value: Vec<u8>,
 }
 
 /// A queued request.
@@ -105,6 +110,8 @@ pub struct Waiter {
     pub lock_delay_ms: u64,
     /// What it asks for.
     pub mode: Mode,
+    /// Elections: the value the candidate will publish when elected.
+    pub value: Vec<u8>,
 }
 
 /// One named resource: kind, holders, FIFO queue and lock-delay.

@@ -135,6 +135,7 @@ impl StateMachine {
             Command::Release { name, session, token } => self.release(name, *session, *token, events),
             Command::Cancel { name, session, request_id } => self.cancel(name, *session, *request_id, events),
             Command::Tick => Ok(Outcome::Ticked),
+            Command::Proclaim { name, session, token, value } => self.proclaim(name, *session, *token, value, events),
             Command::CounterAdd { name, delta } => self.counter_add(name, *delta, events),
             Command::CounterCas { name, expected, new } => self.counter_cas(name, *expected, *new, events),
             Command::RegisterSet { name, value, expected_version } => {

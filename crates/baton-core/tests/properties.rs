@@ -117,7 +117,9 @@ impl Harness {
             }
             // Holders are compatible.
             match lock.kind {
-                Kind::Mutex => assert!(lock.holders.len() <= 1, "{name}: {} holders", lock.holders.len()),
+                Kind::Mutex | Kind::Election => {
+                    assert!(lock.holders.len() <= 1, "{name}: {} holders", lock.holders.len())
+                }
                 Kind::RwLock => assert!(
                     lock.holders.iter().all(|h| h.mode == Mode::Shared) || lock.holders.len() == 1,
                     "{name}: a writer shares the lock: {:?}",
@@ -166,7 +168,7 @@ proptest! {
                 Op::Acquire { pick, name, request_id, wait_ms, delay_ms, variant } => {
                     let (kind, mode) = kind_and_mode(name, variant);
                     Command::Acquire(AcquireRequest {
-                        name: NAMES[name].into(), session: session(&h, pick), request_id, wait_ms, lock_delay_ms: delay_ms, kind, mode,
+                        name: NAMES[name].into(), session: session(&h, pick), request_id, wait_ms, lock_delay_ms: delay_ms, kind, mode, value: Vec::new(),
                     })
                 }
                 Op::Release { pick, name, stale } => {

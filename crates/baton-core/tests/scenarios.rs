@@ -53,7 +53,10 @@ fn run_script(script: &str) -> String {
             "expire" => Command::ExpireSessions { sessions: pos.iter().map(|s| s.parse().unwrap()).collect() },
             "acquire" => {
                 // `read` / `write`: a read/write lock; `permits=N capacity=C`: a semaphore.
-                let (kind, mode) = if pos.iter().any(|p| p == "read") {
+                let elect = pos.iter().find_map(|p| p.strip_prefix("elect:")).map(|v| v.as_bytes().to_vec());
+                let (kind, mode) = if elect.is_some() {
+                    (Kind::Election, Mode::Exclusive)
+                } else if pos.iter().any(|p| p == "read") {
                     (Kind::RwLock, Mode::Shared)
                 } else if pos.iter().any(|p| p == "write") {
                     (Kind::RwLock, Mode::Exclusive)
@@ -70,11 +73,18 @@ fn run_script(script: &str) -> String {
                     lock_delay_ms: named.get("delay").copied().unwrap_or(0),
                     kind,
                     mode,
+                    value: elect.unwrap_or_default(),
                 })
             }
             "release" => Command::Release { name: pos[0].clone(), session: arg("s"), token: arg("t") },
             "cancel" => Command::Cancel { name: pos[0].clone(), session: arg("s"), request_id: arg("r") },
             "tick" => Command::Tick,
+            "proclaim" => Command::Proclaim {
+                name: pos[0].clone(),
+                session: arg("s"),
+                token: arg("t"),
+                value: pos[1].as_bytes().to_vec(),
+            },
             "add" => Command::CounterAdd { name: pos[0].clone(), delta: pos[1].parse().unwrap() },
             "cas" => Command::CounterCas {
                 name: pos[0].clone(),

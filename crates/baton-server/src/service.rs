@@ -68,6 +68,7 @@ fn kind_and_mode(req: &pb::AcquireRequest) -> Result<(Kind, Mode), Status> {
             }
             (Kind::Semaphore { capacity: req.capacity }, Mode::Permits(req.permits.max(1)))
         }
+        pb::ResourceKind::Election => (Kind::Election, Mode::Exclusive),
     })
 }
 
@@ -181,6 +182,7 @@ impl Baton for BatonService {
             lock_delay_ms: req.lock_delay_ms,
             kind,
             mode,
+            value: req.value,
         };
         let Answer::Acquire(result) = self.request(NodeRequest::Acquire(request)).await? else {
             return Err(Status::internal("unexpected answer to an acquire"));
@@ -217,6 +219,14 @@ impl Baton for BatonService {
             }
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
+    }
+
+    async fn proclaim(&self, request: Request<pb::ProclaimRequest>) -> Result<Response<pb::ProclaimResponse>, Status> {
+        let req = request.into_inner();
+        check_name(&req.name)?;
+        let command = Command::Proclaim { name: req.name, session: req.session_id, token: req.token, value: req.value };
+        self.propose(command).await?;
+        Ok(Response::new(pb::ProclaimResponse {}))
     }
 
     async fn counter(&self, request: Request<pb::CounterRequest>) -> Result<Response<pb::CounterResponse>, Status> {
@@ -349,6 +359,7 @@ impl Baton for BatonService {
             Kind::Mutex => (pb::ResourceKind::Lock, 0),
             Kind::RwLock => (pb::ResourceKind::Rwlock, 0),
             Kind::Semaphore { capacity } => (pb::ResourceKind::Semaphore, capacity),
+            Kind::Election => (pb::ResourceKind::Election, 0),
         };
         let holders = holders
             .iter()
@@ -358,6 +369,7 @@ impl Baton for BatonService {
                 held_for_ms: now_ms.saturating_sub(h.granted_ms),
                 shared: h.mode == Mode::Shared,
                 permits: permits_of(h.mode),
+                value: h.value.clone(),
             })
             .collect();
         let waiters = waiters

@@ -35,7 +35,8 @@ impl Watched {
             | Event::WaitEnded { name, .. }
             | Event::Released { name, .. }
             | Event::CounterChanged { name, .. }
-            | Event::RegisterChanged { name, .. } => Some(name),
+            | Event::RegisterChanged { name, .. }
+            | Event::LeaderChanged { name, .. } => Some(name),
             Event::SessionOpened { .. } | Event::SessionEnded { .. } => None,
         }
     }
@@ -157,6 +158,9 @@ pub fn to_proto(w: &Watched) -> baton_proto::v1::WatchEvent {
             (e.r#type, e.session_id, e.token) = (kind.into(), *session, *token)
         }
         Event::CounterChanged { value, .. } => (e.r#type, e.counter_value) = ("counter_changed".into(), *value),
+        Event::LeaderChanged { session, token, value, .. } => {
+            (e.r#type, e.session_id, e.token, e.value) = ("leader".into(), *session, *token, value.clone())
+        }
         Event::RegisterChanged { version, .. } => (e.r#type, e.version) = ("register_changed".into(), *version),
         Event::SessionOpened { session, .. } => (e.r#type, e.session_id) = ("session_opened".into(), *session),
         Event::SessionEnded { session, .. } => (e.r#type, e.session_id) = ("session_ended".into(), *session),

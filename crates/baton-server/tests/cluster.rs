@@ -477,3 +477,48 @@ async fn watch_resumes_on_another_node_without_gaps_or_repeats() {
         cluster.stop(id).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn election_hands_over_in_fifo_order_and_observers_see_every_change() {
+    let mut cluster = TestCluster::start(3, 20_000).await;
+    let client = cluster.client().await;
+    let s = open_sessions(&client, 3).await;
+    let mut observed = client.observe("svc").await.unwrap();
+    assert_eq!(observed.recv().await.unwrap().unwrap().session, 0, "nobody leads at first");
+    let a = s[0].campaign("svc", b"a".to_vec(), None).await.unwrap().expect("first candidate wins");
+    let (b, c) = (s[1].clone(), s[2].clone());
+    let cb = tokio::spawn(async move { b.campaign("svc", b"b".to_vec(), Some(Duration::from_secs(30))).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let cc = tokio::spawn(async move { c.campaign("svc", b"c".to_vec(), Some(Duration::from_secs(30))).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a.proclaim(b"a2".to_vec()).await.unwrap();
+    // The leader of the cluster fails while candidates wait.
+    let old = cluster.leader().await;
+    cluster.stop(old).await;
+    a.release().await.unwrap(); // resign: b is next
+    let gb = cb.await.unwrap().unwrap().expect("b elected");
+    assert!(!cc.is_finished(), "c waits behind b");
+    gb.release().await.unwrap();
+    let gc = cc.await.unwrap().unwrap().expect("c elected");
+    gc.release().await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        let l = tokio::time::timeout(Duration::from_secs(15), observed.recv())
+            .await
+            .expect("changes keep coming")
+            .unwrap()
+            .unwrap();
+        seen.push((l.session, String::from_utf8_lossy(&l.value).into_owned()));
+    }
+    let expected = vec![
+        (s[0].id(), "a".to_string()),
+        (s[0].id(), "a2".to_string()),
+        (s[1].id(), "b".to_string()),
+        (s[2].id(), "c".to_string()),
+        (0, String::new()),
+    ];
+    assert_eq!(seen, expected);
+    for id in [1, 2, 3] {
+        cluster.stop(id).await;
+    }
+}

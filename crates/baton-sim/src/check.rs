@@ -36,7 +36,7 @@ impl Hold {
     /// the other holds `active` at the moment `self` starts (semaphores count permits).
     fn conflicts(&self, active: &[&Hold]) -> bool {
         match self.kind {
-            Kind::Mutex => !active.is_empty(),
+            Kind::Mutex | Kind::Election => !active.is_empty(),
             Kind::RwLock => active.iter().any(|a| a.mode == Mode::Exclusive || self.mode == Mode::Exclusive),
             Kind::Semaphore { capacity } => {
                 let permits = |h: &Hold| if let Mode::Permits(n) = h.mode { n as u64 } else { 1 };

@@ -235,11 +235,13 @@ impl SimClient {
                 let wait_ms = if rng.gen_bool(0.3) { None } else { Some(rng.gen_range(100..3_000)) };
                 let lock_delay_ms = if rng.gen_bool(0.2) { rng.gen_range(1..500) } else { 0 };
                 self.next_request_id += 1;
-                // lock-0 is an exclusive lock, lock-1 a read/write lock, lock-2 a semaphore.
+                // lock-0 is an exclusive lock, lock-1 a read/write lock, lock-2 a semaphore,
+                // lock-3 an election.
                 let (kind, mode) = match name.as_str() {
                     "lock-1" if rng.gen_bool(0.6) => (Kind::RwLock, Mode::Shared),
                     "lock-1" => (Kind::RwLock, Mode::Exclusive),
                     "lock-2" => (Kind::Semaphore { capacity: 2 }, Mode::Permits(rng.gen_range(1..=2))),
+                    "lock-3" => (Kind::Election, Mode::Exclusive),
                     _ => (Kind::Mutex, Mode::Exclusive),
                 };
                 let req = AcquireRequest {
@@ -250,6 +252,7 @@ impl SimClient {
                     lock_delay_ms,
                     kind,
                     mode,
+                    value: if kind == Kind::Election { format!("c{}", self.id).into_bytes() } else { Vec::new() },
                 };
                 self.send_acquire(now, local, req, fx);
             }

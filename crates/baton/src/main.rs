@@ -140,6 +140,24 @@ enum Cmd {
         /// set: the value.
         value: Option<String>,
     },
+    /// Leader election: `baton elect NAME VALUE` campaigns and holds leadership until interrupted;
+    /// `baton elect --observe NAME` prints every leadership change.
+    Elect {
+        /// Comma-separated client addresses of any nodes.
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        endpoints: String,
+        /// Session TTL in seconds.
+        #[arg(long, default_value_t = 10)]
+        ttl: u64,
+        /// Only observe.
+        #[arg(long)]
+        observe: bool,
+        /// The election's name.
+        name: String,
+        /// The value to publish once elected.
+        #[arg(required_unless_present = "observe")]
+        value: Option<String>,
+    },
     /// Stream the events on a name (or a prefix) until interrupted.
     Watch {
         /// Comma-separated client addresses of any nodes.
@@ -314,6 +332,7 @@ async fn run(cmd: Cmd) -> ExitCode {
         Cmd::Rwlock { read, hold, .. } => lock(hold, if read { LockKind::Read } else { LockKind::Write }).await,
         Cmd::Sem { permits, capacity, hold } => lock(hold, LockKind::Semaphore { permits, capacity }).await,
         Cmd::Status { endpoints: eps, json } => status(eps, json).await,
+        Cmd::Elect { endpoints: eps, ttl, observe, name, value } => elect(eps, ttl, observe, name, value).await,
         Cmd::Watch { endpoints: eps, prefix, from, json, name } => watch(eps, name, prefix, from, json).await,
         Cmd::Counter { endpoints: eps, name, op, args } => counter(eps, name, op, args).await,
         Cmd::Register { endpoints: eps, if_version, name, op, value } => {
@@ -409,12 +428,12 @@ async fn lock(hold: HoldArgs, kind: LockKind) -> ExitCode {
         Some(w) => {
             let wait = Duration::from_secs_f64(w.max(0.0));
             let wait = if wait.is_zero() { None } else { Some(wait) };
-            session.lock_with(&name, LockOptions { wait, lock_delay, kind }).await
+            session.lock_with(&name, LockOptions { wait, lock_delay, kind: kind.clone() }).await
         }
         None => loop {
             // Wait forever, one longest-allowed wait at a time.
             match session
-                .lock_with(&name, LockOptions { wait: Some(Duration::from_secs(3600)), lock_delay, kind })
+                .lock_with(&name, LockOptions { wait: Some(Duration::from_secs(3600)), lock_delay, kind: kind.clone() })
                 .await
             {
                 Ok(None) => continue,
@@ -551,6 +570,7 @@ async fn describe(eps: String, json: bool, name: String) -> ExitCode {
         ResourceKind::Lock => "lock".to_string(),
         ResourceKind::Rwlock => "rwlock".to_string(),
         ResourceKind::Semaphore => format!("semaphore(capacity {})", d.capacity),
+        ResourceKind::Election => "election".to_string(),
     };
     let mode = |shared: bool, permits: u32| match (shared, permits) {
         (true, _) => "read".to_string(),
@@ -702,4 +722,64 @@ async fn watch(eps: String, name: String, prefix: bool, from: u64, json: bool) -
             None => return ExitCode::SUCCESS,
         }
     }
+}
+
+async fn elect(eps: String, ttl: u64, observe: bool, name: String, value: Option<String>) -> ExitCode {
+    let client = match connect(&eps).await {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if observe {
+        let mut leaders = match client.observe(&name).await {
+            Ok(rx) => rx,
+            Err(e) => return client_error(e),
+        };
+        loop {
+            let l = tokio::select! {
+                l = leaders.recv() => l,
+                _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+            };
+            match l {
+                Some(Ok(l)) if l.session == 0 => println!("{name}: no leader"),
+                Some(Ok(l)) => println!(
+                    "{name}: leader session={} token={} value={}",
+                    l.session,
+                    l.token,
+                    String::from_utf8_lossy(&l.value)
+                ),
+                Some(Err(e)) => return client_error(e),
+                None => return ExitCode::SUCCESS,
+            }
+        }
+    }
+    let session = match client.session(Duration::from_secs(ttl)).await {
+        Ok(s) => s,
+        Err(e) => return client_error(e),
+    };
+    let value = value.unwrap_or_default().into_bytes();
+    let guard = loop {
+        let campaign = session.campaign(&name, value.clone(), Some(Duration::from_secs(3600)));
+        tokio::select! {
+            r = campaign => match r {
+                Ok(Some(g)) => break g,
+                Ok(None) => continue,
+                Err(e) => return client_error(e),
+            },
+            _ = tokio::signal::ctrl_c() => {
+                let _ = session.close().await;
+                return ExitCode::SUCCESS;
+            }
+        }
+    };
+    println!("{name}: elected with token {} (value {})", guard.token(), String::from_utf8_lossy(&value));
+    let code = tokio::select! {
+        _ = tokio::signal::ctrl_c() => ExitCode::SUCCESS,
+        _ = guard.lease_lost() => {
+            eprintln!("baton: lease lost: no longer the leader of {name:?}");
+            ExitCode::from(EXIT_LEASE_LOST)
+        }
+    };
+    let _ = guard.release().await;
+    let _ = session.close().await;
+    code
 }

@@ -319,6 +319,30 @@ impl Client {
         Ok(rx)
     }
 
+    /// Gives the countdown latch `name` its count, unless it has one; returns (set, count).
+    pub async fn latch_set(&self, name: &str, count: u64) -> Result<(bool, u64)> {
+        let req = pb::LatchRequest { name: name.into(), op: Some(pb::latch_request::Op::Set(count)) };
+        // Idempotent: a repeated set finds the latch already set.
+        self.rpc(|mut c| {
+            let req = req.clone();
+            async move { c.latch(req).await }
+        })
+        .await
+        .map(|r| (r.set, r.count))
+    }
+
+    /// Counts the latch `name` down by one; returns the remaining count. Not retried after an
+    /// ambiguous failure (it could count twice).
+    pub async fn latch_count_down(&self, name: &str) -> Result<u64> {
+        let req = pb::LatchRequest { name: name.into(), op: Some(pb::latch_request::Op::CountDown(true)) };
+        self.rpc_once(|mut c| {
+            let req = req.clone();
+            async move { c.latch(req).await }
+        })
+        .await
+        .map(|r| r.count)
+    }
+
     /// Adds `delta` to the counter `name`; returns the new value. Not retried after an
     /// ambiguous failure (it could apply twice).
     pub async fn counter_add(&self, name: &str, delta: i64) -> Result<i64> {
@@ -644,6 +668,10 @@ pub enum LockKind {
     Semaphore { permits: u32, capacity: u32 },
     /// Candidacy in a leader election; the value is published once elected.
     Election { value: Vec<u8> },
+    /// An arrival at a barrier of `parties`.
+    Barrier { parties: u32 },
+    /// A wait on a countdown latch.
+    Latch,
 }
 
 /// An election's leader as observers see it (`session` 0: no leader).
@@ -714,6 +742,30 @@ impl Session {
         self.lock_with(name, LockOptions { wait, kind: LockKind::Election { value }, ..Default::default() }).await
     }
 
+    /// Arrives at the barrier `name` of `parties` and waits until all have arrived: true if the
+    /// barrier was passed, false if the wait ran out (this arrival no longer counts).
+    pub async fn barrier(&self, name: &str, parties: u32, wait: Option<Duration>) -> Result<bool> {
+        let options = LockOptions { wait, kind: LockKind::Barrier { parties }, ..Default::default() };
+        Ok(self.lock_with(name, options).await?.map(LockGuard::passed).is_some())
+    }
+
+    /// Double barrier (Curator): waits until `parties` have entered `name`.
+    pub async fn double_barrier_enter(&self, name: &str, parties: u32, wait: Option<Duration>) -> Result<bool> {
+        self.barrier(&format!("{name}/enter"), parties, wait).await
+    }
+
+    /// Double barrier (Curator): waits until all `parties` have left `name`.
+    pub async fn double_barrier_leave(&self, name: &str, parties: u32, wait: Option<Duration>) -> Result<bool> {
+        self.barrier(&format!("{name}/leave"), parties, wait).await
+    }
+
+    /// Waits until the countdown latch `name` reaches zero: true if it did, false if the wait
+    /// ran out. A latch that was never set (or already reached zero) is open.
+    pub async fn latch_wait(&self, name: &str, wait: Option<Duration>) -> Result<bool> {
+        let options = LockOptions { wait, kind: LockKind::Latch, ..Default::default() };
+        Ok(self.lock_with(name, options).await?.map(LockGuard::passed).is_some())
+    }
+
     /// Takes `permits` permits of the semaphore `name` with `capacity` permits in all.
     pub async fn semaphore(
         &self,
@@ -749,6 +801,10 @@ impl Session {
             LockKind::Election { value } => {
                 pb::AcquireRequest { kind: pb::ResourceKind::Election as i32, value, ..req }
             }
+            LockKind::Barrier { parties } => {
+                pb::AcquireRequest { kind: pb::ResourceKind::Barrier as i32, parties, ..req }
+            }
+            LockKind::Latch => pb::AcquireRequest { kind: pb::ResourceKind::Latch as i32, ..req },
         };
         // If the caller stops waiting (drops this future), withdraw the request on the server so
         // that it is not granted to nobody.
@@ -851,6 +907,12 @@ impl LockGuard {
     /// Completes when the lease is lost.
     pub async fn lease_lost(&self) {
         self.session.lost().await
+    }
+
+    /// Barriers and latches: nothing is held after passing; drop the guard without a release.
+    fn passed(mut self) -> u64 {
+        self.released = true;
+        self.token
     }
 
     /// Elections: publishes a new value as the leader.

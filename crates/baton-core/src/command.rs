@@ -34,6 +34,10 @@ pub enum Command {
     Tick,
     /// The leader of an election publishes a new value.
     Proclaim { name: String, session: SessionId, token: Token, value: Vec<u8> },
+    /// Give a countdown latch its count, if it has none.
+    LatchSet { name: String, count: u64 },
+    /// Count a latch down by one; at zero everyone waiting on it passes.
+    LatchCountDown { name: String },
     /// Add `delta` to a counter.
     CounterAdd { name: String, delta: i64 },
     /// Set a counter to `new` if it is `expected`.
@@ -120,6 +124,8 @@ pub enum Outcome {
     Cancelled { granted: Option<Token> },
     /// Time passed.
     Ticked,
+    /// A latch's count after the command; `set` is false if `LatchSet` found it already set.
+    Latch { count: u64, set: bool },
     /// A counter's value after the command; `swapped` is false if a compare-and-set failed.
     Counter { value: i64, swapped: bool },
     /// A register's version after the command; `swapped` is false if the version did not match.

@@ -23,6 +23,7 @@
 //! - Locks are not reentrant (documented choice): a second acquire by the holder is an error.
 //! - A session's remembered results for idempotent retries are bounded to the last 16.
 
+pub mod barrier;
 pub mod bugs;
 pub mod command;
 pub mod error;

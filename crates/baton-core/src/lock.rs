@@ -31,6 +31,7 @@ impl StateMachine {
         }
         req.kind.accepts(req.mode).map_err(Error::InvalidArgument)?;
         check_value(&req.value)?;
+        self.check_barrier(req)?;
         if let Some(existing) = self.locks.get(&req.name).map(|l| l.kind) {
             if existing != req.kind {
                 return Err(Error::InvalidArgument(format!(
@@ -67,6 +68,13 @@ impl StateMachine {
             )));
         }
         let now = self.now_ms;
+        // Latches and barriers pass everyone together, by their own rule.
+        if self.latch_open(req) {
+            return Ok(Outcome::Granted { token: self.pass_one(&req.name, req.session, req.request_id, events) });
+        }
+        if let Some(token) = self.barrier_arrive(req, events) {
+            return Ok(Outcome::Granted { token });
+        }
         if self.bugs.grant_ignores_queue {
             // Deliberate bug: take the lock from its holders.
             let old: Vec<Holder> =
@@ -77,7 +85,7 @@ impl StateMachine {
         }
         let lock = self.locks.get(&req.name);
         let open = |l: &LockState| self.bugs.grant_ignores_queue || l.is_grantable(req.mode, now);
-        if lock.is_none_or(open) {
+        if lock.map_or_else(|| open(&LockState::new(req.kind)), open) {
             self.locks.entry(req.name.clone()).or_insert_with(|| LockState::new(req.kind));
             let claim = Waiter {
                 session: req.session,
@@ -91,23 +99,21 @@ impl StateMachine {
             let token = self.grant(&req.name, claim, events);
             return Ok(Outcome::Granted { token });
         }
-        let lock = lock.expect("checked above");
         if wait_ms == 0 {
-            let holder = lock.holders.first().map(|h| h.session);
+            let holder = lock.and_then(|l| l.holders.first()).map(|h| h.session);
             self.remember(req.session, req.request_id, &req.name, RecentResult::NotAvailable { holder });
             return Ok(Outcome::NotAvailable { holder });
         }
-        if lock.waiters.len() >= self.limits.max_waiters_per_lock {
+        let waiting = lock.map_or(0, |l| l.waiters.len());
+        if waiting >= self.limits.max_waiters_per_lock {
             return Err(Error::LimitExceeded(format!(
-                "lock {:?} already has {} waiters (limit {})",
-                req.name,
-                lock.waiters.len(),
-                self.limits.max_waiters_per_lock
+                "{:?} already has {waiting} waiters (limit {})",
+                req.name, self.limits.max_waiters_per_lock
             )));
         }
         // Validation is over: from here on the command applies completely.
         let deadline_ms = now.saturating_add(wait_ms);
-        let lock = self.locks.get_mut(&req.name).expect("checked above");
+        let lock = self.locks.entry(req.name.clone()).or_insert_with(|| LockState::new(req.kind));
         lock.waiters.push_back(Waiter {
             session: req.session,
             request_id: req.request_id,
@@ -147,6 +153,7 @@ impl StateMachine {
             Some(RecentResult::NotAvailable { holder }) => Ok(Some(Outcome::NotAvailable { holder: *holder })),
             Some(RecentResult::WaitEnded(WaitEnd::Cancelled)) => Ok(Some(Outcome::Cancelled { granted: None })),
             Some(RecentResult::WaitEnded(_)) => Ok(Some(Outcome::TimedOut)),
+            Some(RecentResult::Passed { token }) => Ok(Some(Outcome::Granted { token: *token })),
             Some(RecentResult::Released { token }) => {
                 Err(Error::RequestCompleted { name: req.name.clone(), request_id: req.request_id, token: *token })
             }

@@ -39,6 +39,10 @@ pub enum Kind {
     Semaphore { capacity: u32 },
     /// A leader election: exclusive, and the holder (the leader) publishes a value.
     Election,
+    /// A barrier: arrivals wait until `parties` have arrived, then all pass together.
+    Barrier { parties: u32 },
+    /// A countdown latch: arrivals wait until its count reaches zero.
+    Latch,
 }
 
 /// What a request asks for.
@@ -56,7 +60,8 @@ impl Kind {
     /// Checks that `mode` makes sense for this kind.
     pub fn accepts(&self, mode: Mode) -> Result<(), String> {
         match (self, mode) {
-            (Kind::Mutex | Kind::Election, Mode::Exclusive) | (Kind::RwLock, Mode::Exclusive | Mode::Shared) => Ok(()),
+            (Kind::Mutex | Kind::Election | Kind::Barrier { .. } | Kind::Latch, Mode::Exclusive)
+            | (Kind::RwLock, Mode::Exclusive | Mode::Shared) => Ok(()),
             (Kind::Semaphore { capacity }, Mode::Permits(n)) if n >= 1 && n <= *capacity => Ok(()),
             (Kind::Semaphore { capacity }, Mode::Permits(n)) => {
                 Err(format!("asked for {n} permits of a semaphore with capacity {capacity} (must be 1..={capacity})"))
@@ -72,6 +77,8 @@ impl Kind {
             Kind::RwLock => "read/write lock".into(),
             Kind::Semaphore { capacity } => format!("semaphore with capacity {capacity}"),
             Kind::Election => "election".into(),
+            Kind::Barrier { parties } => format!("barrier of {parties} parties"),
+            Kind::Latch => "countdown latch".into(),
         }
     }
 }
@@ -141,6 +148,8 @@ impl LockState {
     /// True if a request in `mode` is compatible with the current holders.
     pub fn fits(&self, mode: Mode) -> bool {
         match (self.kind, mode) {
+            // Barriers and latches are passed all at once by their own rule, never one by one.
+            (Kind::Barrier { .. } | Kind::Latch, _) => false,
             (Kind::Semaphore { capacity }, Mode::Permits(n)) => self.permits_held() + n as u64 <= capacity as u64,
             (_, Mode::Shared) => self.holders.iter().all(|h| h.mode == Mode::Shared),
             _ => self.holders.is_empty(),

@@ -39,9 +39,17 @@ pub(crate) struct Recent {
 /// How a remembered request finished.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum RecentResult {
-    NotAvailable { holder: Option<SessionId> },
+    NotAvailable {
+        holder: Option<SessionId>,
+    },
     WaitEnded(WaitEnd),
-    Released { token: Token },
+    Released {
+        token: Token,
+    },
+    /// A barrier or latch wait that passed.
+    Passed {
+        token: Token,
+    },
 }
 
 /// A point in state machine time at which something must happen.
@@ -75,6 +83,7 @@ pub struct StateMachine {
     pub(crate) locks: BTreeMap<String, LockState>,
     pub(crate) timers: BTreeSet<Timer>,
     pub(crate) counters: BTreeMap<String, i64>,
+    pub(crate) latches: BTreeMap<String, u64>,
     pub(crate) registers: BTreeMap<String, Register>,
     /// The last register version issued (versions never repeat).
     pub(crate) last_version: u64,
@@ -100,6 +109,7 @@ impl StateMachine {
             locks: BTreeMap::new(),
             timers: BTreeSet::new(),
             counters: BTreeMap::new(),
+            latches: BTreeMap::new(),
             registers: BTreeMap::new(),
             last_version: 0,
             event_seq: 0,
@@ -136,6 +146,8 @@ impl StateMachine {
             Command::Cancel { name, session, request_id } => self.cancel(name, *session, *request_id, events),
             Command::Tick => Ok(Outcome::Ticked),
             Command::Proclaim { name, session, token, value } => self.proclaim(name, *session, *token, value, events),
+            Command::LatchSet { name, count } => self.latch_set(name, *count),
+            Command::LatchCountDown { name } => self.latch_count_down(name, events),
             Command::CounterAdd { name, delta } => self.counter_add(name, *delta, events),
             Command::CounterCas { name, expected, new } => self.counter_cas(name, *expected, *new, events),
             Command::RegisterSet { name, value, expected_version } => {

@@ -128,6 +128,9 @@ impl Harness {
                 Kind::Semaphore { capacity } => {
                     assert!(lock.permits_held() <= capacity as u64, "{name}: over capacity")
                 }
+                Kind::Barrier { .. } | Kind::Latch => {
+                    assert!(lock.holders.is_empty(), "{name}: barriers have no holders")
+                }
             }
             // Nobody waits who could be granted (FIFO: only the front matters).
             if lock.closed_until_ms <= self.sm.now_ms() {

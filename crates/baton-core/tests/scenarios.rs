@@ -54,7 +54,11 @@ fn run_script(script: &str) -> String {
             "acquire" => {
                 // `read` / `write`: a read/write lock; `permits=N capacity=C`: a semaphore.
                 let elect = pos.iter().find_map(|p| p.strip_prefix("elect:")).map(|v| v.as_bytes().to_vec());
-                let (kind, mode) = if elect.is_some() {
+                let (kind, mode) = if let Some(n) = named.get("parties") {
+                    (Kind::Barrier { parties: *n as u32 }, Mode::Exclusive)
+                } else if pos.iter().any(|p| p == "latch") {
+                    (Kind::Latch, Mode::Exclusive)
+                } else if elect.is_some() {
                     (Kind::Election, Mode::Exclusive)
                 } else if pos.iter().any(|p| p == "read") {
                     (Kind::RwLock, Mode::Shared)
@@ -79,6 +83,8 @@ fn run_script(script: &str) -> String {
             "release" => Command::Release { name: pos[0].clone(), session: arg("s"), token: arg("t") },
             "cancel" => Command::Cancel { name: pos[0].clone(), session: arg("s"), request_id: arg("r") },
             "tick" => Command::Tick,
+            "latch-set" => Command::LatchSet { name: pos[0].clone(), count: pos[1].parse().unwrap() },
+            "latch-down" => Command::LatchCountDown { name: pos[0].clone() },
             "proclaim" => Command::Proclaim {
                 name: pos[0].clone(),
                 session: arg("s"),

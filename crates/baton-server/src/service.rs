@@ -69,6 +69,8 @@ fn kind_and_mode(req: &pb::AcquireRequest) -> Result<(Kind, Mode), Status> {
             (Kind::Semaphore { capacity: req.capacity }, Mode::Permits(req.permits.max(1)))
         }
         pb::ResourceKind::Election => (Kind::Election, Mode::Exclusive),
+        pb::ResourceKind::Barrier => (Kind::Barrier { parties: req.parties }, Mode::Exclusive),
+        pb::ResourceKind::Latch => (Kind::Latch, Mode::Exclusive),
     })
 }
 
@@ -229,6 +231,21 @@ impl Baton for BatonService {
         Ok(Response::new(pb::ProclaimResponse {}))
     }
 
+    async fn latch(&self, request: Request<pb::LatchRequest>) -> Result<Response<pb::LatchResponse>, Status> {
+        use pb::latch_request::Op;
+        let req = request.into_inner();
+        check_name(&req.name)?;
+        let command = match req.op {
+            Some(Op::Set(count)) => Command::LatchSet { name: req.name, count },
+            Some(Op::CountDown(_)) => Command::LatchCountDown { name: req.name },
+            None => return Err(Status::invalid_argument("latch request without an operation (set or count_down)")),
+        };
+        match self.propose(command).await? {
+            Outcome::Latch { count, set } => Ok(Response::new(pb::LatchResponse { count, set })),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
     async fn counter(&self, request: Request<pb::CounterRequest>) -> Result<Response<pb::CounterResponse>, Status> {
         use pb::counter_request::Op;
         let req = request.into_inner();
@@ -360,6 +377,8 @@ impl Baton for BatonService {
             Kind::RwLock => (pb::ResourceKind::Rwlock, 0),
             Kind::Semaphore { capacity } => (pb::ResourceKind::Semaphore, capacity),
             Kind::Election => (pb::ResourceKind::Election, 0),
+            Kind::Barrier { parties } => (pb::ResourceKind::Barrier, parties),
+            Kind::Latch => (pb::ResourceKind::Latch, 0),
         };
         let holders = holders
             .iter()

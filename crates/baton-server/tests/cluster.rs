@@ -522,3 +522,32 @@ async fn election_hands_over_in_fifo_order_and_observers_see_every_change() {
         cluster.stop(id).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn barriers_and_latches_release_everyone_together_across_a_failover() {
+    let mut cluster = TestCluster::start(3, 20_000).await;
+    let client = cluster.client().await;
+    let s = open_sessions(&client, 3).await;
+    let wait = Some(Duration::from_secs(30));
+    let (a, b) = (s[0].clone(), s[1].clone());
+    let ta = tokio::spawn(async move { a.barrier("gate", 3, wait).await });
+    let tb = tokio::spawn(async move { b.barrier("gate", 3, wait).await });
+    client.latch_set("boot", 2).await.unwrap();
+    let c = s[2].clone();
+    let tl = tokio::spawn(async move { c.latch_wait("boot", wait).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let old = cluster.leader().await;
+    cluster.stop(old).await;
+    assert!(!ta.is_finished() && !tb.is_finished(), "two of three parties wait");
+    assert!(s[2].barrier("gate", 3, wait).await.unwrap(), "the third arrival passes");
+    assert!(ta.await.unwrap().unwrap() && tb.await.unwrap().unwrap(), "and so do the others");
+    assert_eq!(client.latch_count_down("boot").await.unwrap(), 1);
+    assert!(!tl.is_finished());
+    assert_eq!(client.latch_count_down("boot").await.unwrap(), 0);
+    assert!(tl.await.unwrap().unwrap(), "the latch opened");
+    // A barrier arrival that times out no longer counts.
+    assert!(!s[0].barrier("gate2", 2, Some(Duration::from_millis(300))).await.unwrap());
+    for id in [1, 2, 3] {
+        cluster.stop(id).await;
+    }
+}

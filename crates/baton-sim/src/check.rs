@@ -37,6 +37,8 @@ impl Hold {
     fn conflicts(&self, active: &[&Hold]) -> bool {
         match self.kind {
             Kind::Mutex | Kind::Election => !active.is_empty(),
+            // Passing a barrier or latch holds nothing.
+            Kind::Barrier { .. } | Kind::Latch => false,
             Kind::RwLock => active.iter().any(|a| a.mode == Mode::Exclusive || self.mode == Mode::Exclusive),
             Kind::Semaphore { capacity } => {
                 let permits = |h: &Hold| if let Mode::Permits(n) = h.mode { n as u64 } else { 1 };

@@ -158,6 +158,35 @@ enum Cmd {
         #[arg(required_unless_present = "observe")]
         value: Option<String>,
     },
+    /// Arrive at a barrier and wait for all parties (exit 75 if --wait runs out).
+    Barrier {
+        /// Comma-separated client addresses of any nodes.
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        endpoints: String,
+        /// How many parties must arrive.
+        #[arg(long)]
+        parties: u32,
+        /// Give up after this many seconds (default: one hour).
+        #[arg(long, default_value_t = 3600.0)]
+        wait: f64,
+        /// The barrier's name.
+        name: String,
+    },
+    /// Countdown latch: `baton latch NAME set N | down | wait [--wait SECS]`.
+    Latch {
+        /// Comma-separated client addresses of any nodes.
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        endpoints: String,
+        /// For wait: give up after this many seconds (exit 75).
+        #[arg(long, default_value_t = 3600.0)]
+        wait: f64,
+        /// The latch's name.
+        name: String,
+        /// set, down or wait.
+        op: String,
+        /// For set: the count.
+        count: Option<u64>,
+    },
     /// Stream the events on a name (or a prefix) until interrupted.
     Watch {
         /// Comma-separated client addresses of any nodes.
@@ -332,6 +361,8 @@ async fn run(cmd: Cmd) -> ExitCode {
         Cmd::Rwlock { read, hold, .. } => lock(hold, if read { LockKind::Read } else { LockKind::Write }).await,
         Cmd::Sem { permits, capacity, hold } => lock(hold, LockKind::Semaphore { permits, capacity }).await,
         Cmd::Status { endpoints: eps, json } => status(eps, json).await,
+        Cmd::Barrier { endpoints: eps, parties, wait, name } => barrier(eps, name, parties, wait).await,
+        Cmd::Latch { endpoints: eps, wait, name, op, count } => latch(eps, name, op, count, wait).await,
         Cmd::Elect { endpoints: eps, ttl, observe, name, value } => elect(eps, ttl, observe, name, value).await,
         Cmd::Watch { endpoints: eps, prefix, from, json, name } => watch(eps, name, prefix, from, json).await,
         Cmd::Counter { endpoints: eps, name, op, args } => counter(eps, name, op, args).await,
@@ -571,6 +602,8 @@ async fn describe(eps: String, json: bool, name: String) -> ExitCode {
         ResourceKind::Rwlock => "rwlock".to_string(),
         ResourceKind::Semaphore => format!("semaphore(capacity {})", d.capacity),
         ResourceKind::Election => "election".to_string(),
+        ResourceKind::Barrier => format!("barrier({} parties)", d.capacity),
+        ResourceKind::Latch => "latch".to_string(),
     };
     let mode = |shared: bool, permits: u32| match (shared, permits) {
         (true, _) => "read".to_string(),
@@ -782,4 +815,57 @@ async fn elect(eps: String, ttl: u64, observe: bool, name: String, value: Option
     let _ = guard.release().await;
     let _ = session.close().await;
     code
+}
+
+/// Opens a short-lived session for a one-off wait (barrier, latch).
+async fn with_session(eps: &str) -> Result<(Client, baton_client::Session), ExitCode> {
+    let client = connect(eps).await?;
+    let session = client.session(Duration::from_secs(10)).await.map_err(client_error)?;
+    Ok((client, session))
+}
+
+async fn barrier(eps: String, name: String, parties: u32, wait: f64) -> ExitCode {
+    let (_client, session) = match with_session(&eps).await {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let wait = Duration::from_secs_f64(wait.clamp(0.0, 3600.0));
+    let r = session.barrier(&name, parties, Some(wait)).await;
+    let _ = session.close().await;
+    match r {
+        Ok(true) => {
+            println!("{name}: all {parties} parties arrived");
+            ExitCode::SUCCESS
+        }
+        Ok(false) => {
+            fail(EXIT_NOT_ACQUIRED, format!("barrier {name:?}: not all {parties} parties arrived within the wait"))
+        }
+        Err(e) => client_error(e),
+    }
+}
+
+async fn latch(eps: String, name: String, op: String, count: Option<u64>, wait: f64) -> ExitCode {
+    let (client, session) = match with_session(&eps).await {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let r = match (op.as_str(), count) {
+        ("set", Some(n)) => client.latch_set(&name, n).await.map(|(set, c)| {
+            println!("{}", if set { format!("count={c}") } else { format!("already set: count={c}") });
+            true
+        }),
+        ("set", None) => return fail(EXIT_USAGE, "latch set: missing COUNT".into()),
+        ("down", _) => client.latch_count_down(&name).await.map(|c| {
+            println!("count={c}");
+            true
+        }),
+        ("wait", _) => session.latch_wait(&name, Some(Duration::from_secs_f64(wait.clamp(0.0, 3600.0)))).await,
+        (other, _) => return fail(EXIT_USAGE, format!("unknown latch operation {other:?} (set, down, wait)")),
+    };
+    let _ = session.close().await;
+    match r {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => fail(EXIT_NOT_ACQUIRED, format!("latch {name:?} did not reach zero within the wait")),
+        Err(e) => client_error(e),
+    }
 }

@@ -15,11 +15,13 @@ pub struct Bugs {
     pub token_reset_on_restart: bool,
     /// Followers expire sessions on their own clock, without seeing keepalives.
     pub follower_expiry: bool,
+    /// Any node answers reads from its own state at once, without ReadIndex (stale reads).
+    pub stale_reads: bool,
 }
 
 impl Bugs {
     /// True if any bug is on.
     pub fn any(&self) -> bool {
-        self.grant_ignores_queue || self.token_reset_on_restart || self.follower_expiry
+        self.grant_ignores_queue || self.token_reset_on_restart || self.follower_expiry || self.stale_reads
     }
 }

@@ -288,6 +288,11 @@ impl Group {
     }
 
     pub(crate) fn read(&mut self, id: RequestId, query: Query, now: u64, config: &NodeConfig) -> Result<(), NodeError> {
+        if self.bugs.stale_reads && !matches!(query, Query::KeepAlive(_)) {
+            // Deliberate bug: answer from local state, leader or not, without ReadIndex.
+            self.reads_ready.push((0, PendingRead { id, query, since_ms: now }));
+            return Ok(());
+        }
         if self.role != Role::Leader {
             return Err(self.not_leader());
         }

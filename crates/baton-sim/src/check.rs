@@ -48,6 +48,18 @@ impl Hold {
     }
 }
 
+/// One counter operation on the shared counter `ctr` (adds are +1).
+#[derive(Clone, Debug)]
+pub struct CounterOp {
+    /// An add (else a read).
+    pub add: bool,
+    pub invoked: Time,
+    /// `None`: no answer (an add may or may not have applied).
+    pub completed: Option<Time>,
+    /// The value after the add, or the value read.
+    pub value: Option<i64>,
+}
+
 /// Everything the checkers look at.
 #[derive(Default)]
 pub struct History {
@@ -60,6 +72,8 @@ pub struct History {
     /// Grants clients received: (name, session, token, time).
     pub received: Vec<(String, SessionId, u64, Time)>,
     pub violations: Vec<Violation>,
+    /// Counter operations, in invocation order.
+    pub counter_ops: Vec<CounterOp>,
 }
 
 impl History {
@@ -105,6 +119,57 @@ impl History {
         self.check_fencing(now);
         self.check_received();
         self.check_exclusion();
+        self.check_counter();
+    }
+
+    /// Linearizability of the increment-only counter, checked against real time: an operation
+    /// that completed before another was invoked must be ordered before it. With +1 adds that
+    /// means: acknowledged adds return distinct values; a later add returns more than an earlier
+    /// one; a read sees at least every add completed before it and at most every add invoked
+    /// before it completed; reads never go backwards.
+    fn check_counter(&mut self) {
+        let done: Vec<&CounterOp> = self.counter_ops.iter().filter(|o| o.completed.is_some()).collect();
+        let mut found = Vec::new();
+        let mut seen = BTreeSet::new();
+        for a in done.iter().filter(|o| o.add) {
+            if !seen.insert(a.value) {
+                found.push((format!("two acknowledged adds both returned {:?}", a.value), a.completed.unwrap_or(0)));
+            }
+        }
+        for a in &done {
+            for b in &done {
+                let (Some(ac), Some(av), Some(bv)) = (a.completed, a.value, b.value) else { continue };
+                if ac >= b.invoked {
+                    continue;
+                }
+                // a happened before b.
+                let broken = match (a.add, b.add) {
+                    (_, true) => bv <= av,
+                    (_, false) => bv < av,
+                };
+                if broken {
+                    found.push((
+                        format!(
+                            "{} returning {av} completed at {ac} µs, before {} invoked at {} µs returned {bv}",
+                            if a.add { "add" } else { "read" },
+                            if b.add { "an add" } else { "a read" },
+                            b.invoked
+                        ),
+                        b.invoked,
+                    ));
+                }
+            }
+        }
+        for r in done.iter().filter(|o| !o.add) {
+            let (Some(rc), Some(rv)) = (r.completed, r.value) else { continue };
+            let possible = self.counter_ops.iter().filter(|o| o.add && o.invoked < rc).count() as i64;
+            if rv > possible {
+                found.push((format!("a read returned {rv}, but only {possible} adds had been invoked"), rc));
+            }
+        }
+        for (detail, at) in found.into_iter().take(10) {
+            self.violations.push(Violation { property: "linearizability", detail, at });
+        }
     }
 
     fn check_fencing(&mut self, now: Time) {

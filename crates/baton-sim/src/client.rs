@@ -7,7 +7,7 @@ use baton_node::{AcquireResult, Answer, NodeError, Query, Reply, Request};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::check::{History, Hold, Time, Violation};
+use crate::check::{CounterOp, History, Hold, Time, Violation};
 
 /// A clock with its own origin and rate (drift in parts per million).
 #[derive(Clone, Copy, Debug)]
@@ -52,11 +52,37 @@ struct Session {
 }
 
 enum Op {
-    Idle { until_local: u64 },
-    Opening { creq: u64, sent_local: u64 },
-    Acquiring { creq: u64, req: AcquireRequest, resend_local: u64, started: Time },
-    Holding { name: String, token: u64, release_local: u64 },
-    Releasing { creq: u64, name: String, token: u64, resend_local: u64 },
+    Idle {
+        until_local: u64,
+    },
+    Opening {
+        creq: u64,
+        sent_local: u64,
+    },
+    Acquiring {
+        creq: u64,
+        req: AcquireRequest,
+        resend_local: u64,
+        started: Time,
+    },
+    Holding {
+        name: String,
+        token: u64,
+        release_local: u64,
+    },
+    Releasing {
+        creq: u64,
+        name: String,
+        token: u64,
+        resend_local: u64,
+    },
+    /// A counter add (+1) or read in flight; `op` indexes `History::counter_ops`.
+    Counting {
+        creq: u64,
+        add: bool,
+        op: usize,
+        resend_local: u64,
+    },
 }
 
 /// One simulated client.
@@ -208,6 +234,7 @@ impl SimClient {
             Op::Acquiring { resend_local, .. } => *resend_local,
             Op::Holding { release_local, .. } => *release_local,
             Op::Releasing { resend_local, .. } => *resend_local,
+            Op::Counting { resend_local, .. } => *resend_local,
         };
         next.min(op_at.max(local + 1))
     }
@@ -228,6 +255,14 @@ impl SimClient {
                     let command = Command::OpenSession { client: format!("c{}", self.id), ttl_ms: self.ttl_ms };
                     fx.sends.push((self.target, ClientMsg::Request { creq, request: Request::Propose(command) }));
                     self.op = Op::Opening { creq, sent_local: local };
+                    return;
+                }
+                if rng.gen_bool(0.2) {
+                    // A counter operation: +1, or a linearizable read.
+                    let add = rng.gen_bool(0.6);
+                    let op = hist.counter_ops.len();
+                    hist.counter_ops.push(CounterOp { add, invoked: now, completed: None, value: None });
+                    self.send_counter(local, add, op, fx);
                     return;
                 }
                 let session = self.session.as_ref().map(|s| s.id).unwrap_or(0);
@@ -271,6 +306,16 @@ impl SimClient {
                 self.end_hold(now, hist);
                 self.send_release(local, name, token, fx);
             }
+            Op::Counting { add, op, resend_local, .. } if local >= *resend_local => {
+                let (add, op) = (*add, *op);
+                self.next_target();
+                if add {
+                    // Unanswered: it may or may not have applied; never sent twice.
+                    self.op = Op::Idle { until_local: local };
+                } else {
+                    self.send_counter(local, false, op, fx);
+                }
+            }
             Op::Releasing { name, token, resend_local, .. } if local >= *resend_local => {
                 let (name, token) = (name.clone(), *token);
                 self.next_target();
@@ -285,6 +330,17 @@ impl SimClient {
         let resend_local = local + req.wait_ms.unwrap_or(0) + RESEND_MS;
         fx.sends.push((self.target, ClientMsg::Request { creq, request: Request::Acquire(req.clone()) }));
         self.op = Op::Acquiring { creq, req, resend_local, started };
+    }
+
+    fn send_counter(&mut self, local: u64, add: bool, op: usize, fx: &mut Effects) {
+        let creq = self.creq();
+        let request = if add {
+            Request::Propose(Command::CounterAdd { name: "ctr".into(), delta: 1 })
+        } else {
+            Request::Read(Query::Counter("ctr".into()))
+        };
+        fx.sends.push((self.target, ClientMsg::Request { creq, request }));
+        self.op = Op::Counting { creq, add, op, resend_local: local + RESEND_MS };
     }
 
     fn send_release(&mut self, local: u64, name: String, token: u64, fx: &mut Effects) {
@@ -414,6 +470,37 @@ impl SimClient {
                     }
                     Ok(other) => hist.violations.push(unexpected(now, self.id, &other)),
                 }
+            }
+            Op::Counting { creq: c, add, op, .. } if *c == creq => {
+                let (add, op) = (*add, *op);
+                let value = match result {
+                    Ok(Answer::Applied(Outcome::Counter { value, .. })) | Ok(Answer::Read(Reply::Counter(value))) => {
+                        value
+                    }
+                    // Never proposed: safe to send again (to the leader).
+                    Err(e @ NodeError::NotLeader { .. }) => {
+                        self.follow(&e);
+                        self.send_counter(local, add, op, fx);
+                        return;
+                    }
+                    Err(e) if !add => {
+                        self.follow(&e);
+                        self.send_counter(local, add, op, fx);
+                        return;
+                    }
+                    // An add whose fate is unknown: leave it open in the history.
+                    Err(_) => {
+                        self.op = Op::Idle { until_local: local };
+                        return;
+                    }
+                    Ok(other) => {
+                        hist.violations.push(unexpected(now, self.id, &other));
+                        return;
+                    }
+                };
+                hist.counter_ops[op].completed = Some(now);
+                hist.counter_ops[op].value = Some(value);
+                self.op = Op::Idle { until_local: local + rng.gen_range(0..100) };
             }
             Op::Releasing { creq: c, name, token, .. } if *c == creq => {
                 let (name, token) = (name.clone(), *token);

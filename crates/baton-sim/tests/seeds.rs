@@ -90,3 +90,12 @@ fn clock_jumps_beyond_the_lease_margin_are_caught() {
     let found = (0..10).find_map(|seed| run(&cfg, seed).violations.first().map(|v| (seed, v.property)));
     assert_eq!(found.map(|(_, p)| p), Some("mutual-exclusion"), "{found:?}");
 }
+
+#[test]
+fn stale_reads_are_caught_by_the_linearizability_checker() {
+    let cfg = SimConfig { bugs: Bugs { stale_reads: true, ..Bugs::default() }, ..SimConfig::default() };
+    let found = (0..20).find_map(|seed| {
+        run(&cfg, seed).violations.iter().find(|v| v.property == "linearizability").map(|v| (seed, v.detail.clone()))
+    });
+    assert!(found.is_some(), "no seed caught stale reads");
+}

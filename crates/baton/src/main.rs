@@ -251,7 +251,7 @@ enum Cmd {
         /// all, none, or a list of: loss,duplicate,delay,partition,crash,pause,clock,disk.
         #[arg(long, default_value = "all")]
         faults: String,
-        /// Run a deliberately broken variant: grant-ignores-queue, token-reset-on-restart, follower-expiry.
+        /// Run a deliberately broken variant: grant-ignores-queue, token-reset-on-restart, follower-expiry, stale-reads.
         #[arg(long)]
         bug: Option<String>,
         /// Print the whole trace (with --seed).

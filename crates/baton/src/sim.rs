@@ -27,11 +27,10 @@ fn parse_bug(name: &str) -> Result<Bugs, String> {
         "grant-ignores-queue" => b.grant_ignores_queue = true,
         "token-reset-on-restart" => b.token_reset_on_restart = true,
         "follower-expiry" => b.follower_expiry = true,
-        other => {
-            return Err(format!(
-                "unknown bug {other:?} (known: grant-ignores-queue, token-reset-on-restart, follower-expiry)"
-            ))
-        }
+        "stale-reads" => b.stale_reads = true,
+        other => return Err(format!(
+            "unknown bug {other:?} (known: grant-ignores-queue, token-reset-on-restart, follower-expiry, stale-reads)"
+        )),
     }
     Ok(b)
 }
@@ -114,6 +113,7 @@ fn replay_flags(cfg: &SimConfig) -> String {
         (cfg.bugs.grant_ignores_queue, "grant-ignores-queue"),
         (cfg.bugs.token_reset_on_restart, "token-reset-on-restart"),
         (cfg.bugs.follower_expiry, "follower-expiry"),
+        (cfg.bugs.stale_reads, "stale-reads"),
     ] {
         if on {
             f.push_str(&format!(" --bug {name}"));

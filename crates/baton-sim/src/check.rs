@@ -4,6 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use baton_core::{Event, Kind, Mode, SessionId};
 
+/// Parties of the workload's barrier (`lock-4`).
+pub const BARRIER_PARTIES: u32 = 3;
+
 /// Virtual time in microseconds.
 pub type Time = u64;
 
@@ -120,6 +123,31 @@ impl History {
         self.check_received();
         self.check_exclusion();
         self.check_counter();
+        self.check_barrier();
+    }
+
+    /// A barrier lets its parties pass all together: every log entry that grants the workload's
+    /// barrier grants exactly `BARRIER_PARTIES` distinct sessions.
+    fn check_barrier(&mut self) {
+        let mut found = Vec::new();
+        for (index, events) in &self.log {
+            let passed: BTreeSet<SessionId> = events
+                .iter()
+                .filter_map(|(_, e)| match e {
+                    Event::Granted { name, session, .. } if name == "lock-4" => Some(*session),
+                    _ => None,
+                })
+                .collect();
+            if !passed.is_empty() && passed.len() != BARRIER_PARTIES as usize {
+                found.push(format!(
+                    "index {index} let {} sessions pass the barrier of {BARRIER_PARTIES}: {passed:?}",
+                    passed.len()
+                ));
+            }
+        }
+        for detail in found {
+            self.violations.push(Violation { property: "barrier", detail, at: 0 });
+        }
     }
 
     /// Linearizability of the increment-only counter, checked against real time: an operation

@@ -271,12 +271,14 @@ impl SimClient {
                 let lock_delay_ms = if rng.gen_bool(0.2) { rng.gen_range(1..500) } else { 0 };
                 self.next_request_id += 1;
                 // lock-0 is an exclusive lock, lock-1 a read/write lock, lock-2 a semaphore,
-                // lock-3 an election.
+                // lock-3 an election, lock-4 a barrier (passing it holds nothing; the "release"
+                // that follows is refused and ignored).
                 let (kind, mode) = match name.as_str() {
                     "lock-1" if rng.gen_bool(0.6) => (Kind::RwLock, Mode::Shared),
                     "lock-1" => (Kind::RwLock, Mode::Exclusive),
                     "lock-2" => (Kind::Semaphore { capacity: 2 }, Mode::Permits(rng.gen_range(1..=2))),
                     "lock-3" => (Kind::Election, Mode::Exclusive),
+                    "lock-4" => (Kind::Barrier { parties: crate::check::BARRIER_PARTIES }, Mode::Exclusive),
                     _ => (Kind::Mutex, Mode::Exclusive),
                 };
                 let req = AcquireRequest {

@@ -117,7 +117,7 @@ impl Default for SimConfig {
         SimConfig {
             nodes: 3,
             clients: 5,
-            names: 4,
+            names: 5,
             fault_ms: 20_000,
             heal_ms: 15_000,
             faults: Faults::all(),

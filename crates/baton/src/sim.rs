@@ -28,9 +28,11 @@ fn parse_bug(name: &str) -> Result<Bugs, String> {
         "token-reset-on-restart" => b.token_reset_on_restart = true,
         "follower-expiry" => b.follower_expiry = true,
         "stale-reads" => b.stale_reads = true,
-        other => return Err(format!(
+        other => {
+            return Err(format!(
             "unknown bug {other:?} (known: grant-ignores-queue, token-reset-on-restart, follower-expiry, stale-reads)"
-        )),
+        ))
+        }
     }
     Ok(b)
 }

@@ -260,6 +260,11 @@ impl SimClient {
                 if rng.gen_bool(0.2) {
                     // A counter operation: +1, or a linearizable read.
                     let add = rng.gen_bool(0.6);
+                    if !add {
+                        // Reads go to any node: only the leader may answer them (after a
+                        // ReadIndex round); anyone else must redirect.
+                        self.target = rng.gen_range(1..=self.nodes as u64);
+                    }
                     let op = hist.counter_ops.len();
                     hist.counter_ops.push(CounterOp { add, invoked: now, completed: None, value: None });
                     self.send_counter(local, add, op, fx);

@@ -5,8 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use baton_core::{AcquireRequest, Command, Entry, Event, Kind, Limits, Mode, Outcome, StateMachine};
 use proptest::prelude::*;
 
-/// "a" is an exclusive lock, "b" a read/write lock, "c" a semaphore with capacity 3.
-const NAMES: [&str; 3] = ["a", "b", "c"];
+/// "a" is an exclusive lock, "b" a read/write lock, "c" a semaphore with capacity 3, "d" an
+/// election, "e" a barrier of 3 parties.
+const NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
+const PARTIES: u32 = 3;
 const CAPACITY: u32 = 3;
 
 fn kind_and_mode(name: usize, variant: u32) -> (Kind, Mode) {
@@ -14,7 +16,9 @@ fn kind_and_mode(name: usize, variant: u32) -> (Kind, Mode) {
         0 => (Kind::Mutex, Mode::Exclusive),
         1 if variant.is_multiple_of(3) => (Kind::RwLock, Mode::Exclusive),
         1 => (Kind::RwLock, Mode::Shared),
-        _ => (Kind::Semaphore { capacity: CAPACITY }, Mode::Permits(1 + variant % CAPACITY)),
+        2 => (Kind::Semaphore { capacity: CAPACITY }, Mode::Permits(1 + variant % CAPACITY)),
+        3 => (Kind::Election, Mode::Exclusive),
+        _ => (Kind::Barrier { parties: PARTIES }, Mode::Exclusive),
     }
 }
 

@@ -8,6 +8,7 @@ use raft::{RawNode, StateRole};
 use serde::{Deserialize, Serialize};
 
 use crate::disk::{GroupWrite, Recovered};
+use crate::lease::LeaseTable;
 use crate::node::{GroupStatus, NodeConfig, NodeError, Output, Query, Reply, Role};
 use crate::storage::GroupStorage;
 use crate::{GroupId, NodeId, RequestId};
@@ -50,7 +51,7 @@ pub(crate) struct Group {
     next_read_round: u64,
     next_internal: RequestId,
     /// Leader only: session -> lease deadline on our monotonic clock.
-    leases: BTreeMap<SessionId, u64>,
+    leases: LeaseTable,
     /// Leader only: sessions whose expiry we proposed.
     expiring: BTreeSet<SessionId>,
     /// Leader only: when we last proposed a Tick that has not applied yet.
@@ -129,7 +130,7 @@ impl Group {
             reads_ready: Vec::new(),
             next_read_round: 1,
             next_internal: INTERNAL,
-            leases: BTreeMap::new(),
+            leases: LeaseTable::default(),
             expiring: BTreeSet::new(),
             tick_proposed_ms: None,
             time_base: (0, 0),
@@ -195,18 +196,12 @@ impl Group {
         if self.role != Role::Leader && self.bugs.follower_expiry {
             // Deliberate bug: a follower that never sees keepalives expires sessions itself.
             for (id, s) in self.sm.sessions() {
-                self.leases.entry(id).or_insert(now + s.ttl_ms);
+                self.leases.set_if_absent(id, now + s.ttl_ms);
             }
         } else if self.role != Role::Leader {
             return;
         }
-        let due: Vec<SessionId> = self
-            .leases
-            .iter()
-            .filter(|(s, deadline)| **deadline <= now && !self.expiring.contains(s))
-            .map(|(s, _)| *s)
-            .take(EXPIRE_BATCH)
-            .collect();
+        let due = self.leases.due(now, EXPIRE_BATCH, &self.expiring);
         if !due.is_empty() {
             self.expiring.extend(due.iter().copied());
             self.propose_internal(Command::ExpireSessions { sessions: due }, now, wall);
@@ -415,7 +410,7 @@ impl Group {
                         match self.sm.session(id) {
                             Some(s) if !self.expiring.contains(&id) => {
                                 // Confirmed leader: the lease runs a full TTL from now.
-                                self.leases.insert(id, now + s.ttl_ms);
+                                self.leases.set(id, now + s.ttl_ms);
                                 leases.push((id, Some(s.ttl_ms)));
                             }
                             _ => leases.push((id, None)),
@@ -447,7 +442,10 @@ impl Group {
         self.leader = leader;
         if role == Role::Leader && !was_leader {
             // Grace: every session gets a full TTL from now before this leader may expire it.
-            self.leases = self.sm.sessions().map(|(id, s)| (id, now + s.ttl_ms)).collect();
+            self.leases.clear();
+            for (id, s) in self.sm.sessions() {
+                self.leases.set(id, now + s.ttl_ms);
+            }
             self.expiring.clear();
             self.tick_proposed_ms = None;
             self.time_base = (self.sm.now_ms(), now);
@@ -532,10 +530,10 @@ impl Group {
         for e in events {
             match e {
                 Event::SessionOpened { session, ttl_ms } => {
-                    self.leases.insert(*session, now + ttl_ms);
+                    self.leases.set(*session, now + ttl_ms);
                 }
                 Event::SessionEnded { session, .. } => {
-                    self.leases.remove(session);
+                    self.leases.remove(*session);
                     self.expiring.remove(session);
                 }
                 _ => {}

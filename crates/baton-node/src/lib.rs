@@ -37,6 +37,7 @@
 pub mod disk;
 mod group;
 pub mod host;
+mod lease;
 pub mod mem;
 mod node;
 pub mod storage;

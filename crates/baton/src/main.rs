@@ -278,6 +278,12 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // Like other command-line tools, stop quietly when the reader of our output goes away
+    // (`baton sim ... | head`) instead of failing to print.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     if let Cmd::Sim { seeds, start_seed, seed, nodes, clients, faults, bug, trace, fault_ms, heal_ms } = cli.command {
         // Pure computation: no runtime, no logging.

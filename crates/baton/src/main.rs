@@ -278,15 +278,16 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    // Like other command-line tools, stop quietly when the reader of our output goes away
-    // (`baton sim ... | head`) instead of failing to print.
-    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = Cli::parse();
     if let Cmd::Sim { seeds, start_seed, seed, nodes, clients, faults, bug, trace, fault_ms, heal_ms } = cli.command {
-        // Pure computation: no runtime, no logging.
+        // Pure computation: no runtime, no logging, no sockets. Like other filters, stop quietly
+        // when the reader of our output goes away (`baton sim ... | head`). Only here: a server
+        // or client must see EPIPE on a broken socket as an error, not die of SIGPIPE (the
+        // chaos test caught exactly that when this was set for every command).
+        // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
         return sim::main(sim::SimArgs {
             seeds,
             start_seed,

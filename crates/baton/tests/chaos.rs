@@ -19,8 +19,10 @@ use tokio::sync::watch;
 const BATON: &str = env!("CARGO_BIN_EXE_baton");
 const TTL: Duration = Duration::from_secs(2);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// `n` distinct free ports: all bound at once, so that no two calls can return the same port.
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<_> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
 
 /// A one-way link `from -> to`: a TCP proxy that can be cut (dropping every connection).
@@ -107,8 +109,10 @@ async fn chaos_run_keeps_mutual_exclusion_and_fencing() {
     let seed: u64 = std::env::var("BATON_CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     let dir = tempfile::tempdir().unwrap();
     let ids = [1u64, 2, 3];
-    let peer_ports: BTreeMap<u64, u16> = ids.iter().map(|&i| (i, free_port())).collect();
-    let client_addrs: BTreeMap<u64, String> = ids.iter().map(|&i| (i, format!("127.0.0.1:{}", free_port()))).collect();
+    let ports = free_ports(6);
+    let peer_ports: BTreeMap<u64, u16> = ids.iter().map(|&i| (i, ports[i as usize - 1])).collect();
+    let client_addrs: BTreeMap<u64, String> =
+        ids.iter().map(|&i| (i, format!("127.0.0.1:{}", ports[i as usize + 2]))).collect();
 
     // Node i reaches node j through its own proxy, so every directed link can be cut.
     let mut links: BTreeMap<(u64, u64), Link> = BTreeMap::new();

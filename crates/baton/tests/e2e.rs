@@ -19,8 +19,10 @@ impl Drop for Proc {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// `n` distinct free ports: all bound at once, so that no two calls can return the same port.
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<_> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
 
 fn wait_for_line(child: &mut Child, needle: &str) {
@@ -84,7 +86,7 @@ fn locked_writer(endpoints: &str, name: &str, log: &Path, hold_s: f64, extra: &[
 #[test]
 fn dev_serialises_two_lock_commands() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
+    let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
     let mut dev = Proc(
         Command::new(BATON)
             .args(["dev", "--data", dir.path().join("data").to_str().unwrap(), "--client-addr", &addr])
@@ -163,10 +165,11 @@ struct ProcCluster {
 impl ProcCluster {
     fn start(dir: &Path) -> ProcCluster {
         let ids = [1u64, 2, 3];
+        let ports = free_ports(6);
         let client_addrs: BTreeMap<u64, String> =
-            ids.iter().map(|&i| (i, format!("127.0.0.1:{}", free_port()))).collect();
+            ids.iter().map(|&i| (i, format!("127.0.0.1:{}", ports[i as usize - 1]))).collect();
         let peer_addrs: BTreeMap<u64, String> =
-            ids.iter().map(|&i| (i, format!("127.0.0.1:{}", free_port()))).collect();
+            ids.iter().map(|&i| (i, format!("127.0.0.1:{}", ports[i as usize + 2]))).collect();
         let peers = peer_addrs.iter().map(|(i, a)| format!("{i}={a}")).collect::<Vec<_>>().join(",");
         let data = ids.iter().map(|&i| (i, dir.join(format!("n{i}")))).collect();
         let mut c = ProcCluster { procs: BTreeMap::new(), client_addrs, peers, peer_addrs, data };

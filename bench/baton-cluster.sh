@@ -2,12 +2,14 @@
 # Starts a 3-node Baton cluster of real processes on 127.0.0.1 (data in a temp folder, fsync
 # on), runs `baton bench` with the arguments given for each line of the matrix below, and stops
 # the nodes it started (by PID). Usage: bench/baton-cluster.sh [DURATION_SECS]
+# BENCH_TMPDIR=/dev/shm puts the data on tmpfs, where fsync costs nothing: a diagnostic that
+# separates replication cost from disk cost, not a supported setup.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=${1:-10}
 cargo build --release -q -p baton
 bin=target/release/baton
-dir=$(mktemp -d)
+dir=$(mktemp -d -p "${BENCH_TMPDIR:-${TMPDIR:-/tmp}}")
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done

@@ -12,7 +12,7 @@
 use crate::command::{AcquireRequest, Event, Outcome, SessionId};
 use crate::error::{Error, Result};
 use crate::queue::Kind;
-use crate::state::{RecentResult, StateMachine, Timer, TimerKind};
+use crate::state::{RecentResult, StateMachine};
 
 /// Largest number of parties of a barrier.
 pub const MAX_PARTIES: u32 = 10_000;
@@ -59,11 +59,7 @@ impl StateMachine {
     pub(crate) fn pass_all(&mut self, name: &str, events: &mut Vec<Event>) {
         let Some(lock) = self.locks.remove(name) else { return };
         for w in lock.waiters {
-            self.timers.remove(&Timer {
-                at_ms: w.deadline_ms,
-                name: name.to_string(),
-                kind: TimerKind::WaitDeadline { session: w.session, request_id: w.request_id },
-            });
+            self.forget_deadline(name, &w);
             if let Some(s) = self.sessions.get_mut(&w.session) {
                 s.owned.remove(name);
             }

@@ -255,11 +255,7 @@ impl StateMachine {
             self.remove_wait(name, session, request_id, WaitEnd::TimedOut, events);
         }
         while let Some(w) = self.locks.get_mut(name).and_then(|l| l.next_to_grant(now)) {
-            self.timers.remove(&Timer {
-                at_ms: w.deadline_ms,
-                name: name.to_string(),
-                kind: TimerKind::WaitDeadline { session: w.session, request_id: w.request_id },
-            });
+            self.forget_deadline(name, &w);
             // The waiter already owns the name; granting moves it from the queue to the holders.
             self.disown(w.session, name);
             self.grant(name, w, events);
@@ -295,11 +291,7 @@ impl StateMachine {
         let Some(lock) = self.locks.get_mut(name) else { return false };
         let Some(position) = lock.position(session, request_id) else { return false };
         let w = lock.remove_waiter(position).expect("position is valid");
-        self.timers.remove(&Timer {
-            at_ms: w.deadline_ms,
-            name: name.to_string(),
-            kind: TimerKind::WaitDeadline { session, request_id },
-        });
+        self.forget_deadline(name, &w);
         self.disown(session, name);
         self.remember(session, request_id, name, RecentResult::WaitEnded(how));
         events.push(Event::WaitEnded { name: name.to_string(), session, request_id, how });
@@ -342,6 +334,15 @@ impl StateMachine {
             events.push(Event::LeaderChanged { name: name.to_string(), session: 0, token: 0, value: Vec::new() });
         }
         true
+    }
+
+    /// Removes the deadline timer of a waiter that leaves the queue.
+    pub(crate) fn forget_deadline(&mut self, name: &str, w: &Waiter) {
+        self.timers.remove(&Timer {
+            at_ms: w.deadline_ms,
+            name: name.to_string(),
+            kind: TimerKind::WaitDeadline { session: w.session, request_id: w.request_id },
+        });
     }
 
     fn own(&mut self, session: SessionId, name: &str) {

@@ -18,10 +18,3 @@ pub struct Bugs {
     /// Any node answers reads from its own state at once, without ReadIndex (stale reads).
     pub stale_reads: bool,
 }
-
-impl Bugs {
-    /// True if any bug is on.
-    pub fn any(&self) -> bool {
-        self.grant_ignores_queue || self.token_reset_on_restart || self.follower_expiry || self.stale_reads
-    }
-}

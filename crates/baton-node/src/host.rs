@@ -133,16 +133,6 @@ impl Requests {
         }
     }
 
-    /// Requests in flight (pending plus waiting).
-    pub fn len(&self) -> usize {
-        self.pending.len() + self.waits.values().map(Vec::len).sum::<usize>()
-    }
-
-    /// True if nothing is in flight.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     fn on_reply(
         &mut self,
         id: RequestId,

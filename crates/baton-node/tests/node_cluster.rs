@@ -160,6 +160,14 @@ impl Cluster {
         panic!("read not served");
     }
 
+    /// Advances time `steps` times by `step_ms`, renewing `sessions` after each step.
+    fn run_with_keepalives(&mut self, steps: usize, step_ms: u64, sessions: &[u64]) {
+        for _ in 0..steps {
+            self.advance(step_ms);
+            self.keepalive(sessions);
+        }
+    }
+
     /// Sends a keepalive to the leader (if there is one) and lets it be served.
     fn keepalive(&mut self, sessions: &[u64]) {
         if let Some(leader) = self.leader() {
@@ -240,10 +248,7 @@ fn leader_crash_keeps_holder_through_grace_and_tokens_increase() {
     let old = c.wait_leader();
     c.crash(old);
     // The election takes a while; the holder's keepalives reach the new leader once it exists.
-    for _ in 0..40 {
-        c.advance(TICK_MS);
-        c.keepalive(&[a, b]);
-    }
+    c.run_with_keepalives(40, TICK_MS, &[a, b]);
     let new = c.wait_leader();
     assert_ne!(new, old);
     assert_eq!(holder(c.read(Query::Lock("x".into()))), Some((a, 1)), "holder kept its lock through the failover");
@@ -265,10 +270,7 @@ fn silent_session_expires_on_the_leader_and_its_lock_moves_on() {
     assert_eq!(c.outcome(acquire("x", a, 1, None)), Outcome::Granted { token: 1 });
     assert_eq!(c.outcome(acquire("x", b, 1, Some(60_000))), Outcome::Queued { position: 0 });
     // Only b keeps its session alive; a's TTL is 3 s.
-    for _ in 0..25 {
-        c.advance(TICK_MS * 2);
-        c.keepalive(&[b]);
-    }
+    c.run_with_keepalives(25, TICK_MS * 2, &[b]);
     assert_eq!(holder(c.read(Query::Lock("x".into()))), Some((b, 2)));
     assert!(c.events.iter().any(|(_, e)| matches!(e, Event::SessionEnded { session, .. } if *session == a)));
     assert_eq!(c.read(Query::Session(a)), Reply::Session(None));
@@ -281,10 +283,7 @@ fn waiter_times_out_by_the_leaders_tick() {
     let b = c.open("b");
     c.outcome(acquire("x", a, 1, None));
     assert_eq!(c.outcome(acquire("x", b, 7, Some(500))), Outcome::Queued { position: 0 });
-    for _ in 0..10 {
-        c.advance(TICK_MS);
-        c.keepalive(&[a, b]);
-    }
+    c.run_with_keepalives(10, TICK_MS, &[a, b]);
     assert!(c.events.iter().any(|(_, e)| matches!(e, Event::WaitEnded { request_id: 7, .. })));
     match c.read(Query::Lock("x".into())) {
         Reply::Lock { waiters, .. } => assert!(waiters.is_empty()),
@@ -353,10 +352,7 @@ fn deadlines_follow_the_leaders_clock_rate_not_its_origin() {
     assert_eq!(c.outcome(acquire("x", b, 1, Some(60_000))), Outcome::Queued { position: 0 });
     let old = c.wait_leader();
     c.crash(old);
-    for _ in 0..40 {
-        c.advance(TICK_MS);
-        c.keepalive(&[a, b]);
-    }
+    c.run_with_keepalives(40, TICK_MS, &[a, b]);
     let new = c.wait_leader();
     assert_ne!(new, old);
     assert!(
@@ -365,15 +361,9 @@ fn deadlines_follow_the_leaders_clock_rate_not_its_origin() {
     );
     c.outcome(Command::Cancel { name: "x".into(), session: b, request_id: 1 });
     assert_eq!(c.outcome(acquire("x", b, 2, Some(1_000))), Outcome::Queued { position: 0 });
-    for _ in 0..5 {
-        c.advance(TICK_MS);
-        c.keepalive(&[a, b]);
-    }
+    c.run_with_keepalives(5, TICK_MS, &[a, b]);
     assert!(!c.events.iter().any(|(_, e)| matches!(e, Event::WaitEnded { request_id: 2, .. })), "timed out early");
-    for _ in 0..10 {
-        c.advance(TICK_MS);
-        c.keepalive(&[a, b]);
-    }
+    c.run_with_keepalives(10, TICK_MS, &[a, b]);
     assert!(c.events.iter().any(|(_, e)| matches!(e, Event::WaitEnded { request_id: 2, .. })), "never timed out");
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use baton_node::{
     Answer, GroupId, GroupStatus, LogStore, Node, NodeError, NodeId, Output, RaftMessage, Request, RequestId, Requests,
-    Role, WriteBatch,
+    WriteBatch,
 };
 use baton_proto::peer::GroupMessage;
 use protobuf::Message as _;
@@ -38,8 +38,6 @@ pub enum Input {
 /// What every part of the server may read about the cluster without asking the node thread.
 #[derive(Default, Debug)]
 pub struct ClusterView {
-    /// The leader of each group, as this node knows it.
-    pub leaders: BTreeMap<GroupId, Option<NodeId>>,
     /// Client addresses of the nodes (ours, and what peers told us).
     pub client_addrs: BTreeMap<NodeId, String>,
     /// Peer addresses of the members.
@@ -78,7 +76,6 @@ struct Runtime<S: LogStore> {
     store: S,
     rx: mpsc::Receiver<Input>,
     outboxes: Outboxes,
-    view: Arc<Mutex<ClusterView>>,
     events: SharedLog,
     requests: Requests,
     answer_to: HashMap<RequestId, oneshot::Sender<Result<Answer, NodeError>>>,
@@ -112,7 +109,6 @@ pub fn spawn<S: LogStore + Send + 'static>(
         store,
         rx,
         outboxes,
-        view: view.clone(),
         requests: Requests::default(),
         answer_to: HashMap::new(),
         answers: Vec::new(),
@@ -235,8 +231,6 @@ impl<S: LogStore> Runtime<S> {
                 }
                 Output::RoleChanged { group, role, leader, term } => {
                     tracing::info!(group, ?role, ?leader, term, "role changed");
-                    let mut view = self.view.lock().expect("view lock");
-                    view.leaders.insert(group, if role == Role::Leader { Some(self.node.id()) } else { leader });
                 }
                 Output::Event { seq, hlc, event, .. } => {
                     self.events.lock().expect("event log").push(Watched { seq, hlc, event });

@@ -5,9 +5,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: build scripts are single-threaded; the variable is read by tonic-prost-build.
     unsafe { std::env::set_var("PROTOC", protoc) };
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = [root.join("baton/v1/baton.proto"), root.join("baton/v1/peer.proto")];
-    tonic_prost_build::configure().compile_protos(&files, std::slice::from_ref(&root))?;
-    for f in &files {
+    let baton = [root.join("baton/v1/baton.proto"), root.join("baton/v1/peer.proto")];
+    tonic_prost_build::configure().compile_protos(&baton, std::slice::from_ref(&root))?;
+    // etcd v3's API, client side only: `baton bench --target etcd` drives a real etcd with it.
+    let etcd = ["mvcc", "etcdserver", "lock", "election"].map(|f| root.join(format!("etcd/{f}.proto")));
+    tonic_prost_build::configure().build_server(false).compile_protos(&etcd, std::slice::from_ref(&root))?;
+    for f in baton.iter().chain(&etcd) {
         println!("cargo:rerun-if-changed={}", f.display());
     }
     Ok(())

@@ -103,6 +103,8 @@ struct Inner {
     next_request: AtomicU64,
     sessions: Mutex<BTreeMap<u64, Arc<SessionShared>>>,
     sessions_changed: Notify,
+    /// Session renewals the leader acknowledged (for benchmarks and metrics).
+    renewals: AtomicU64,
 }
 
 struct Route {
@@ -155,6 +157,7 @@ impl Client {
             next_request: AtomicU64::new(request_id_seed()),
             sessions: Mutex::new(BTreeMap::new()),
             sessions_changed: Notify::new(),
+            renewals: AtomicU64::new(0),
         });
         tokio::spawn(keepalive_loop(Arc::downgrade(&inner)));
         Ok(Client { inner })
@@ -441,6 +444,11 @@ impl Client {
         }
     }
 
+    /// How many session renewals the leader has acknowledged to this client's keepalive stream.
+    pub fn renewals(&self) -> u64 {
+        self.inner.renewals.load(Ordering::Relaxed)
+    }
+
     fn request_id(&self) -> u64 {
         self.inner.next_request.fetch_add(1, Ordering::Relaxed)
     }
@@ -607,6 +615,7 @@ async fn keepalive_stream(client: &Client) -> std::result::Result<(), Duration> 
                 for lease in r.leases {
                     if let Some(s) = map.get(&lease.session_id) {
                         if lease.alive {
+                            client.inner.renewals.fetch_add(1, Ordering::Relaxed);
                             s.renewed(sent);
                         } else {
                             s.mark_lost();
@@ -827,6 +836,32 @@ impl Session {
         } else {
             Ok(None)
         }
+    }
+
+    /// Renews the lease now, on a keepalive stream of its own, instead of waiting for the
+    /// background keepalive (e.g. before a long critical section). Returns false if the session
+    /// is gone on the server.
+    pub async fn keep_alive_once(&self) -> Result<bool> {
+        let id = self.id();
+        let sent = Instant::now();
+        let r = self
+            .client
+            .rpc(|mut c| async move {
+                let req = tokio_stream::once(pb::KeepAliveRequest { session_ids: vec![id] });
+                let mut responses = c.keep_alive(req).await?.into_inner();
+                match responses.message().await? {
+                    Some(r) => Ok(tonic::Response::new(r)),
+                    None => Err(Status::unavailable("keepalive stream ended without an answer")),
+                }
+            })
+            .await?;
+        let alive = r.leases.iter().any(|l| l.session_id == id && l.alive);
+        if alive {
+            self.shared.renewed(sent);
+        } else {
+            self.shared.mark_lost();
+        }
+        Ok(alive)
     }
 
     /// Closes the session: its locks are released at once.

@@ -27,7 +27,6 @@ use baton_proto::peer::peer_server::PeerServer;
 use baton_proto::v1::baton_server::BatonServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::runtime::{ClusterView, Input, NodeHandle, Outboxes};
 
@@ -74,6 +73,13 @@ pub struct Server {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// The connections accepted on `listener`, with TCP_NODELAY set. An incoming stream of our own
+/// does not get the server builder's setting, and without it small answers wait for Nagle's
+/// algorithm and the peer's delayed ACK (~40 ms).
+fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
 /// Serves `router` on `listener` until the returned task is told to stop through `shutdown`.
 fn serve(
     router: tonic::transport::server::Router,
@@ -87,7 +93,7 @@ fn serve(
         let stop = async {
             let _ = rx.await;
         };
-        if let Err(e) = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop).await {
+        if let Err(e) = router.serve_with_incoming_shutdown(incoming(listener), stop).await {
             tracing::error!("{what} server failed: {e}");
         }
     })
@@ -180,5 +186,22 @@ impl Server {
         if let Some(thread) = self.thread.take() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_stream::StreamExt;
+
+    /// Regression: servers were started on our own listener, so the builder's `tcp_nodelay`
+    /// never applied and session churn took ~45 ms per keepalive round trip.
+    #[tokio::test]
+    async fn accepted_connections_have_nodelay() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = super::incoming(listener);
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let accepted = incoming.next().await.unwrap().unwrap();
+        assert!(accepted.nodelay().unwrap());
     }
 }

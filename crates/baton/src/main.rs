@@ -23,6 +23,8 @@ const EXIT_LEASE_LOST: u8 = 76;
 const EXIT_NO_COMMAND: u8 = 127;
 /// Exit code for bad usage or a request the server rejected (EX_USAGE / EX_DATAERR).
 const EXIT_USAGE: u8 = 64;
+/// Exit code when a benchmark or report could not complete (EX_SOFTWARE).
+const EXIT_FAILED: u8 = 70;
 
 #[derive(Parser)]
 #[command(name = "baton", version, about = "Baton: fenced locks and leases on Raft")]
@@ -213,12 +215,16 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Measure lock throughput and latency against a running cluster.
+    /// Measure throughput and latency of Baton or etcd with the same workloads.
     Bench {
-        /// Comma-separated client addresses of any nodes.
+        /// baton, or etcd (a real etcd v3 server, through its Lock, Lease, KV and Election APIs).
+        #[arg(long, default_value = "baton")]
+        target: String,
+        /// Comma-separated client addresses of any nodes (etcd: of its members).
         #[arg(long, default_value = "127.0.0.1:7700")]
         endpoints: String,
-        /// uncontended (own name per client) or contended (one name for all).
+        /// uncontended, uncontended-session, contended, hot-set, session-churn, keepalive-scale,
+        /// election, mixed, hold.
         #[arg(long, default_value = "uncontended")]
         workload: String,
         /// Concurrent clients.
@@ -227,9 +233,26 @@ enum Cmd {
         /// Seconds to measure.
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
+        /// Sessions held by keepalive-scale and hold.
+        #[arg(long, default_value_t = 10_000)]
+        sessions: usize,
+        /// Locks held by hold.
+        #[arg(long, default_value_t = 100_000)]
+        locks: usize,
+        /// Comma-separated PIDs of the server processes, for memory and CPU figures.
+        #[arg(long, default_value = "")]
+        pids: String,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+    },
+    /// Turn `baton bench --json` lines of both targets into a markdown table and an SVG plot.
+    BenchReport {
+        /// The file of JSON lines.
+        input: std::path::PathBuf,
+        /// Where to write the plot.
+        #[arg(long)]
+        svg: Option<std::path::PathBuf>,
     },
     /// Deterministic simulation: a campaign of seeds, or one seed replayed with its trace.
     Sim {
@@ -378,21 +401,76 @@ async fn run(cmd: Cmd) -> ExitCode {
         }
         Cmd::Describe { endpoints: eps, json, name } => describe(eps, json, name).await,
         Cmd::Sim { .. } => unreachable!("handled before the runtime starts"),
-        Cmd::Bench { endpoints: eps, workload, clients, duration, json } => {
-            let duration = Duration::from_secs_f64(duration.clamp(0.1, 3600.0));
-            match bench::run(bench::BenchArgs { endpoints: endpoints(&eps), workload, clients, duration }).await {
-                Ok(report) if json => {
-                    println!("{}", report.to_json());
-                    ExitCode::SUCCESS
-                }
-                Ok(report) => {
-                    println!("{}", report.to_text());
-                    ExitCode::SUCCESS
-                }
+        Cmd::Bench { target, endpoints: eps, workload, clients, duration, sessions, locks, pids, json } => {
+            let args = bench_args(target, &eps, workload, clients, duration, sessions, locks, &pids);
+            match args {
+                Ok(args) => match bench::run(args).await {
+                    Ok(report) if json => {
+                        println!("{}", report.to_json());
+                        ExitCode::SUCCESS
+                    }
+                    Ok(report) => {
+                        println!("{}", report.to_text());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(EXIT_FAILED, e),
+                },
                 Err(e) => fail(EXIT_USAGE, e),
             }
         }
+        Cmd::BenchReport { input, svg } => bench_report(&input, svg.as_deref()),
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bench_args(
+    target: String,
+    eps: &str,
+    workload: String,
+    clients: usize,
+    duration: f64,
+    sessions: usize,
+    locks: usize,
+    pids: &str,
+) -> Result<bench::BenchArgs, String> {
+    let pids = pids
+        .split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| p.trim().parse::<u32>().map_err(|_| format!("--pids: {p:?} is not a process id")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let args = bench::BenchArgs {
+        target: bench::driver::Target::parse(&target)?,
+        endpoints: endpoints(eps),
+        workload,
+        clients,
+        duration: Duration::from_secs_f64(duration.clamp(0.1, 3600.0)),
+        sessions,
+        locks,
+        pids,
+    };
+    bench::validate(&args)?;
+    Ok(args)
+}
+
+fn bench_report(input: &std::path::Path, svg: Option<&std::path::Path>) -> ExitCode {
+    let text = match std::fs::read_to_string(input) {
+        Ok(t) => t,
+        Err(e) => return fail(EXIT_USAGE, format!("{}: {e}", input.display())),
+    };
+    let mut lines = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| l.trim_start().starts_with('{')) {
+        match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(v) => lines.push(v),
+            Err(e) => return fail(EXIT_USAGE, format!("{}:{}: not JSON: {e}", input.display(), i + 1)),
+        }
+    }
+    print!("{}", bench::report::markdown(&lines));
+    if let Some(svg) = svg {
+        if let Err(e) = bench::report::plot(&lines, svg) {
+            return fail(EXIT_FAILED, e);
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn fail(code: u8, msg: String) -> ExitCode {

@@ -276,8 +276,7 @@ impl Etcd {
                 let revision = r.header.map(|h| h.revision as u64).unwrap_or(0);
                 Ok(Some(Held::EtcdLock { key: r.key, revision }))
             }
-            // The deadline passed: etcd says DeadlineExceeded, or tonic cancels the call first.
-            Err(s) if matches!(s.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled) => Ok(None),
+            Err(s) if deadline_passed(&s) => Ok(None),
             Err(s) => Err(s.to_string()),
         }
     }
@@ -298,8 +297,7 @@ impl Etcd {
                 let leader = r.leader.ok_or("campaign answered without a leader key")?;
                 Ok(Some(Held::EtcdLeader { leader, revision }))
             }
-            // The deadline passed: etcd says DeadlineExceeded, or tonic cancels the call first.
-            Err(s) if matches!(s.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled) => Ok(None),
+            Err(s) if deadline_passed(&s) => Ok(None),
             Err(s) => Err(s.to_string()),
         }
     }
@@ -358,6 +356,13 @@ impl Etcd {
         }
         Err(format!("counter {name}: 100 conflicting transactions in a row"))
     }
+}
+
+/// The wait ran out: etcd answers DeadlineExceeded, or Unknown "context deadline exceeded"
+/// from its lock and election services, or tonic cancels the call first.
+fn deadline_passed(s: &tonic::Status) -> bool {
+    matches!(s.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled)
+        || (s.code() == tonic::Code::Unknown && s.message().contains("deadline exceeded"))
 }
 
 fn parse_count(bytes: &[u8]) -> i64 {

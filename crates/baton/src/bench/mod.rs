@@ -87,6 +87,9 @@ pub fn validate(args: &BenchArgs) -> Result<(), String> {
     if args.sessions == 0 || args.sessions > MAX_HELD || args.locks > MAX_HELD {
         return Err(format!("--sessions must be 1..={MAX_HELD} and --locks at most {MAX_HELD}"));
     }
+    if matches!(args.workload.as_str(), "hold" | "keepalive-scale") && args.sessions < args.clients {
+        return Err(format!("--sessions ({}) must be at least --clients ({})", args.sessions, args.clients));
+    }
     if args.workload == "hold" && args.pids.is_empty() {
         return Err("the hold workload measures server memory: give the servers' --pids".into());
     }
@@ -107,6 +110,8 @@ struct Shared {
     last_token: Vec<AtomicU64>,
     /// `election`: when the last leader started resigning, in µs since the start (0 = none).
     resigned_at_us: AtomicU64,
+    /// The first error seen, reported with the figures.
+    first_error: Mutex<Option<String>>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -123,6 +128,7 @@ impl Shared {
             holders: (0..names).map(|_| AtomicU64::new(0)).collect(),
             last_token: (0..names).map(|_| AtomicU64::new(0)).collect(),
             resigned_at_us: AtomicU64::new(0),
+            first_error: Mutex::new(None),
         }
     }
 
@@ -141,8 +147,18 @@ impl Shared {
         self.holders[slot].store(0, Ordering::SeqCst);
     }
 
-    fn error(&self) {
+    fn error(&self, e: String) {
         self.errors.fetch_add(1, Ordering::Relaxed);
+        self.first_error.lock().expect("error lock").get_or_insert(e);
+    }
+
+    /// The workload-specific figures: the first error, if any.
+    fn extra(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut extra = serde_json::Map::new();
+        if let Some(e) = self.first_error.lock().expect("error lock").clone() {
+            extra.insert("first_error".into(), e.into());
+        }
+        extra
     }
 }
 
@@ -266,7 +282,7 @@ async fn looped(args: &BenchArgs, drivers: Vec<Driver>) -> Result<BenchReport, S
                     Ok(None) => {}
                     Err(e) => {
                         tracing::debug!(worker = w.id, error = %e, "bench op failed");
-                        shared.error();
+                        shared.error(e);
                         // Do not spin on a broken connection.
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
@@ -297,7 +313,7 @@ async fn looped(args: &BenchArgs, drivers: Vec<Driver>) -> Result<BenchReport, S
         latency_us,
         errors: shared.errors.load(Ordering::Relaxed),
         violations: shared.violations.load(Ordering::Relaxed),
-        extra: serde_json::Map::new(),
+        extra: shared.extra(),
     })
 }
 
@@ -334,11 +350,18 @@ async fn churn(w: &Worker) -> Result<Option<Duration>, String> {
 /// Waits for `name` until the deadline; a wait that ends with the run is not an error.
 async fn wait_for(w: &Worker, name: &str, deadline: Instant) -> Result<Option<Held>, String> {
     let wait = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-    match w.driver.lock(session(w)?, name, Some(wait)).await? {
-        Some(h) => Ok(Some(h)),
-        None if Instant::now() + Duration::from_millis(100) >= deadline => Ok(None),
-        None => Err(format!("wait for {name} ended before the deadline without a grant")),
+    match w.driver.lock(session(w)?, name, Some(wait)).await {
+        Ok(Some(h)) => Ok(Some(h)),
+        // The wait was cut by the end of the run (etcd may report that as a timeout error).
+        Ok(None) | Err(_) if ending(deadline) => Ok(None),
+        Ok(None) => Err(format!("wait for {name} ended before the deadline without a grant")),
+        Err(e) => Err(e),
     }
+}
+
+/// True when a wait bounded by the run's deadline has reached it.
+fn ending(deadline: Instant) -> bool {
+    Instant::now() + Duration::from_millis(100) >= deadline
 }
 
 /// One grant of the contended name; the latency is the wait.
@@ -370,12 +393,11 @@ async fn leadership_change(
     deadline: Instant,
 ) -> Result<Option<Duration>, String> {
     let wait = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-    let Some(held) = w.driver.campaign(session(w)?, "bench-election", wait).await? else {
-        return if Instant::now() + Duration::from_millis(100) >= deadline {
-            Ok(None)
-        } else {
-            Err("campaign ended before the deadline without leadership".into())
-        };
+    let held = match w.driver.campaign(session(w)?, "bench-election", wait).await {
+        Ok(Some(held)) => held,
+        Ok(None) | Err(_) if ending(deadline) => return Ok(None),
+        Ok(None) => return Err("campaign ended before the deadline without leadership".into()),
+        Err(e) => return Err(e),
     };
     let now_us = start.elapsed().as_micros() as u64;
     let resigned = shared.resigned_at_us.load(Ordering::SeqCst);
@@ -402,12 +424,16 @@ async fn mixed(w: &mut Worker) -> Result<Option<Duration>, String> {
     Ok(Some(t0.elapsed()))
 }
 
+/// Client `i`'s part of `total` things spread evenly over `n` clients.
+fn share(total: usize, n: usize, i: usize) -> usize {
+    total / n + usize::from(i < total % n)
+}
+
 /// Opens `total` sessions spread over the drivers (32 opens in flight per driver).
 async fn open_many(drivers: &[Driver], total: usize, ttl: Duration) -> Result<Vec<Vec<Sess>>, String> {
-    let per = total.div_ceil(drivers.len());
     let mut tasks = Vec::new();
     for (i, d) in drivers.iter().enumerate() {
-        let n = per.min(total.saturating_sub(i * per));
+        let n = share(total, drivers.len(), i);
         let d = d.clone();
         tasks.push(tokio::spawn(async move {
             let opened: Vec<Result<Sess, String>> =
@@ -494,14 +520,15 @@ async fn hold(args: &BenchArgs, drivers: Vec<Driver>) -> Result<BenchReport, Str
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss1 = max_rss(&args.pids)?;
     let shared = Arc::new(Shared::new(1));
-    let per_client = args.locks.div_ceil(drivers.len());
     let started = Instant::now();
     let mut tasks = Vec::new();
     let mut held_all = Vec::new();
+    let mut first = 0;
     for (i, (d, list)) in drivers.iter().cloned().zip(sessions.iter().cloned()).enumerate() {
         let shared = shared.clone();
-        let first = i * per_client;
-        let n = per_client.min(args.locks.saturating_sub(first));
+        let n = share(args.locks, drivers.len(), i);
+        first += n;
+        let first = first - n;
         tasks.push(tokio::spawn(async move {
             let mut local = histogram();
             let mut held = Vec::with_capacity(n);
@@ -523,7 +550,8 @@ async fn hold(args: &BenchArgs, drivers: Vec<Driver>) -> Result<BenchReport, Str
                         let _ = local.record(latency.as_micros().max(1) as u64);
                         held.push(h);
                     }
-                    _ => shared.error(),
+                    Ok(None) => shared.error("a lock nobody else holds was not granted".into()),
+                    Err(e) => shared.error(e),
                 }
             }
             let _ = shared.hist.lock().expect("hist lock").add(&local);
@@ -542,7 +570,7 @@ async fn hold(args: &BenchArgs, drivers: Vec<Driver>) -> Result<BenchReport, Str
         std::mem::forget(list);
     }
     close_many(&drivers, sessions).await;
-    let mut extra = serde_json::Map::new();
+    let mut extra = shared.extra();
     extra.insert("sessions".into(), args.sessions.into());
     extra.insert("locks".into(), held.into());
     extra.insert("rss_before_mib".into(), round1(rss0 as f64 / 1048576.0).into());
@@ -560,4 +588,57 @@ async fn hold(args: &BenchArgs, drivers: Vec<Driver>) -> Result<BenchReport, Str
         violations: 0,
         extra,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_add_up_and_differ_by_at_most_one() {
+        for (total, n) in [(2000, 64), (10, 3), (5, 5), (7, 10), (1_000_000, 64)] {
+            let parts: Vec<usize> = (0..n).map(|i| share(total, n, i)).collect();
+            assert_eq!(parts.iter().sum::<usize>(), total);
+            assert!(parts.iter().max().unwrap() - parts.iter().min().unwrap() <= 1, "{parts:?}");
+        }
+    }
+
+    #[test]
+    fn zipf_prefers_low_ranks_and_stays_in_range() {
+        let z = Zipf::new(HOT_SET_NAMES);
+        let mut rng = Rng::new(7);
+        let mut counts = vec![0u32; HOT_SET_NAMES];
+        for _ in 0..100_000 {
+            counts[z.sample(&mut rng)] += 1;
+        }
+        // Zipf(1) over 10k names: rank 1 gets ~10% of draws, rank 2 half of that.
+        assert!((8_000..12_000).contains(&counts[0]), "{}", counts[0]);
+        assert!((counts[1] as f64 / counts[0] as f64 - 0.5).abs() < 0.1);
+        assert!(counts[HOT_SET_NAMES / 2..].iter().sum::<u32>() > 0);
+    }
+
+    fn args(workload: &str) -> BenchArgs {
+        BenchArgs {
+            target: Target::Baton,
+            endpoints: vec!["127.0.0.1:1".into()],
+            workload: workload.into(),
+            clients: 4,
+            duration: Duration::from_secs(1),
+            sessions: 10,
+            locks: 10,
+            pids: vec![],
+        }
+    }
+
+    #[test]
+    fn bad_arguments_are_refused_with_the_reason() {
+        assert!(validate(&args("uncontended")).is_ok());
+        assert!(validate(&args("nope")).unwrap_err().contains("unknown workload"));
+        assert!(validate(&args("hold")).unwrap_err().contains("--pids"));
+        let mut a = args("keepalive-scale");
+        a.sessions = 2;
+        assert!(validate(&a).unwrap_err().contains("at least --clients"));
+        a.clients = 0;
+        assert!(validate(&a).unwrap_err().contains("--clients"));
+    }
 }

@@ -1,0 +1,54 @@
+# Shared by the bench scripts: start a 3-node Baton and a 3-member etcd on 127.0.0.1 with data
+# under $dir, remembering every PID in $pids so that cleanup stops exactly what was started.
+# Expects: $bin (the baton binary), $dir (a temp folder), pids=() declared by the caller.
+
+baton_peers="1=127.0.0.1:17801,2=127.0.0.1:17802,3=127.0.0.1:17803"
+baton_eps=127.0.0.1:17711,127.0.0.1:17712,127.0.0.1:17713
+etcd_eps=127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793
+baton_pids=()
+etcd_pids=()
+
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$dir"
+}
+
+start_baton() {
+  for i in 1 2 3; do
+    "$bin" server --id "$i" --data "$dir/baton$i" --client-addr "127.0.0.1:1771$i" \
+      --peer-addr "127.0.0.1:1780$i" --peers "$baton_peers" >"$dir/baton$i.log" 2>&1 &
+    pids+=($!)
+    baton_pids+=($!)
+  done
+  for _ in $(seq 1 100); do
+    "$bin" status --endpoints "$baton_eps" --json 2>/dev/null | grep -q '"leader":[0-9]' && return 0
+    sleep 0.1
+  done
+  echo "baton cluster did not elect a leader; logs in $dir" >&2
+  return 1
+}
+
+start_etcd() {
+  local cluster="e1=http://127.0.0.1:23801,e2=http://127.0.0.1:23802,e3=http://127.0.0.1:23803"
+  for i in 1 2 3; do
+    etcd --name "e$i" --data-dir "$dir/etcd$i" \
+      --listen-client-urls "http://127.0.0.1:2379$i" --advertise-client-urls "http://127.0.0.1:2379$i" \
+      --listen-peer-urls "http://127.0.0.1:2380$i" --initial-advertise-peer-urls "http://127.0.0.1:2380$i" \
+      --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token baton-bench \
+      >"$dir/etcd$i.log" 2>&1 &
+    pids+=($!)
+    etcd_pids+=($!)
+  done
+  for _ in $(seq 1 100); do
+    ETCDCTL_API=3 etcdctl --endpoints "$etcd_eps" endpoint health >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  echo "etcd cluster did not become healthy; logs in $dir" >&2
+  return 1
+}
+
+joined() {
+  local IFS=,
+  echo "$*"
+}

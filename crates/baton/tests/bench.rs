@@ -1,0 +1,155 @@
+//! `baton bench` end to end: every workload against a real `baton dev` process, and (where an
+//! `etcd` binary is installed, always in CI: `.ci/run` installs it) the same workloads against a
+//! real single-member etcd, checking the JSON each run prints. Every process started here is
+//! stopped here, by its PID.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BATON: &str = env!("CARGO_BIN_EXE_baton");
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<_> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+fn start_dev(dir: &Path) -> (Proc, String) {
+    let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
+    let mut child = Command::new(BATON)
+        .args(["dev", "--data", dir.join("baton").to_str().unwrap(), "--client-addr", &addr])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.contains("serving clients") => break,
+            Some(_) => continue,
+            None => panic!("baton dev exited before serving"),
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    (Proc(child), addr)
+}
+
+fn bench(target: &str, endpoint: &str, pid: u32, workload: &str, extra: &[&str]) -> serde_json::Value {
+    let duration = if workload == "keepalive-scale" { "4" } else { "1" };
+    let out = Command::new(BATON)
+        .args(["bench", "--json", "--target", target, "--endpoints", endpoint, "--workload", workload])
+        .args(["--clients", "3", "--duration", duration, "--pids", &pid.to_string()])
+        .args(extra)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{target} {workload}: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    for key in ["target", "workload", "clients", "ops_per_s", "p50_ms", "p99_ms", "errors"] {
+        assert!(v.get(key).is_some(), "{target} {workload}: no {key} in {v}");
+    }
+    assert_eq!(v["target"], target);
+    assert_eq!(v["workload"], workload);
+    assert_eq!(v["errors"], 0, "{v}");
+    if matches!(workload, "contended" | "hot-set" | "election") {
+        assert_eq!(v["violations"], 0, "{v}");
+    }
+    v
+}
+
+/// Runs every workload against one target and checks what each one must show.
+fn every_workload(target: &str, endpoint: &str, pid: u32) -> Vec<serde_json::Value> {
+    let mut lines = Vec::new();
+    for workload in ["uncontended", "uncontended-session", "contended", "hot-set", "session-churn", "election", "mixed"]
+    {
+        let v = bench(target, endpoint, pid, workload, &[]);
+        assert!(v["ops_per_s"].as_f64().unwrap() > 0.0, "{v}");
+        lines.push(v);
+    }
+    let v = bench(target, endpoint, pid, "contended", &[]);
+    assert!(v["handoffs_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    // keepalive-scale waits TTL/3 before measuring; every session is renewed in the window.
+    let v = bench(target, endpoint, pid, "keepalive-scale", &["--sessions", "300"]);
+    assert_eq!(v["sessions"], 300);
+    assert!(v["ops_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v.get("cpu_us_per_renewal").is_some(), "{v}");
+    lines.push(v);
+    let v = bench(target, endpoint, pid, "hold", &["--sessions", "50", "--locks", "2000"]);
+    assert_eq!(v["locks"], 2000, "{v}");
+    assert!(v["rss_after_mib"].as_f64().unwrap() > 1.0, "{v}");
+    lines.push(v);
+    lines
+}
+
+#[test]
+fn every_workload_runs_against_baton_and_the_report_renders() {
+    let dir = tempfile::tempdir().unwrap();
+    let (dev, addr) = start_dev(dir.path());
+    let lines = every_workload("baton", &addr, dev.0.id());
+    // The tool refuses what it cannot run, with the reason.
+    let out = Command::new(BATON).args(["bench", "--endpoints", &addr, "--workload", "hold"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--pids"));
+    // bench-report reads the JSON lines back (one target only: no ratios, but every row).
+    let jsonl = dir.path().join("runs.jsonl");
+    let text: Vec<String> = lines.iter().map(|v| v.to_string()).collect();
+    std::fs::write(&jsonl, text.join("\n")).unwrap();
+    let out = Command::new(BATON).args(["bench-report", jsonl.to_str().unwrap()]).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(table.contains("| hot-set | 3 |") && table.contains("| hold | 3 |"), "{table}");
+}
+
+/// A single-member etcd on free ports, data in `dir`.
+fn start_etcd(dir: &Path) -> Option<(Proc, String)> {
+    let which = Command::new("sh").args(["-c", "command -v etcd"]).output().ok()?;
+    if !which.status.success() {
+        assert!(std::env::var_os("BATON_REQUIRE_ETCD").is_none(), "BATON_REQUIRE_ETCD is set but etcd is missing");
+        eprintln!("etcd is not installed: skipping the etcd side (bench/compare.sh and .ci/run install it)");
+        return None;
+    }
+    let ports = free_ports(2);
+    let (client, peer) = (format!("http://127.0.0.1:{}", ports[0]), format!("http://127.0.0.1:{}", ports[1]));
+    let child = Command::new("etcd")
+        .args(["--name", "bench", "--data-dir", dir.join("etcd").to_str().unwrap()])
+        .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+        .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+        .args(["--initial-cluster", &format!("bench={peer}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let proc = Proc(child);
+    let addr = format!("127.0.0.1:{}", ports[0]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let out = Command::new(BATON)
+            .args(["bench", "--target", "etcd", "--endpoints", &addr, "--clients", "1", "--duration", "0.2"])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            return Some((proc, addr));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("etcd did not start serving");
+}
+
+#[test]
+fn every_workload_runs_against_a_real_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((etcd, addr)) = start_etcd(dir.path()) else { return };
+    let lines = every_workload("etcd", &addr, etcd.0.id());
+    // etcd's lock path: fencing revisions grow and exclusion holds (checked in bench()).
+    assert!(lines.iter().any(|v| v["workload"] == "contended"));
+}

@@ -6,7 +6,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     unsafe { std::env::set_var("PROTOC", protoc) };
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
     let baton = [root.join("baton/v1/baton.proto"), root.join("baton/v1/peer.proto")];
-    tonic_prost_build::configure().compile_protos(&baton, std::slice::from_ref(&root))?;
+    // Raft messages are encoded into slices of one shared buffer (see baton-server's runtime).
+    tonic_prost_build::configure()
+        .bytes(".baton.peer.v1.GroupMessage.message")
+        .compile_protos(&baton, std::slice::from_ref(&root))?;
     // etcd v3's API, client side only: `baton bench --target etcd` drives a real etcd with it.
     let etcd = ["mvcc", "etcdserver", "lock", "election"].map(|f| root.join(format!("etcd/{f}.proto")));
     tonic_prost_build::configure().build_server(false).compile_protos(&etcd, std::slice::from_ref(&root))?;

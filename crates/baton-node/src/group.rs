@@ -49,6 +49,10 @@ pub(crate) struct Group {
     /// Reads whose index is known, waiting for apply: (index, read).
     reads_ready: Vec<(u64, PendingRead)>,
     next_read_round: u64,
+    /// Leader with lease reads on: when each ReadIndex round in flight started (monotonic ms).
+    round_started_ms: BTreeMap<u64, u64>,
+    /// Leader with lease reads on: reads may skip ReadIndex until this time (monotonic ms).
+    lease_until_ms: u64,
     next_internal: RequestId,
     /// Leader only: session -> lease deadline on our monotonic clock.
     leases: LeaseTable,
@@ -127,6 +131,8 @@ impl Group {
             proposals: BTreeMap::new(),
             reads_queued: Vec::new(),
             reads_in_flight: BTreeMap::new(),
+            round_started_ms: BTreeMap::new(),
+            lease_until_ms: 0,
             reads_ready: Vec::new(),
             next_read_round: 1,
             next_internal: INTERNAL,
@@ -186,7 +192,10 @@ impl Group {
     }
 
     pub(crate) fn has_ready(&self) -> bool {
-        self.raw.has_ready() || self.snapshot_to_write.is_some() || !self.reads_queued.is_empty()
+        self.raw.has_ready()
+            || self.snapshot_to_write.is_some()
+            || !self.reads_queued.is_empty()
+            || !self.reads_ready.is_empty()
     }
 
     pub(crate) fn tick(&mut self, now: u64, wall: u64, out: &mut Vec<Output>) {
@@ -295,24 +304,39 @@ impl Group {
         if waiting >= config.max_pending {
             return Err(NodeError::Busy(waiting));
         }
-        self.reads_queued.push(PendingRead { id, query, since_ms: now });
+        let read = PendingRead { id, query, since_ms: now };
+        if now < self.lease_until_ms && self.raw.raft.commit_to_current_term() {
+            // Lease read (NodeConfig::lease_read_ms): no other leader can exist yet, so what is
+            // committed now is the latest; serve once it has applied.
+            self.reads_ready.push((self.raw.raft.raft_log.committed, read));
+            return Ok(());
+        }
+        self.reads_queued.push(read);
         Ok(())
     }
 
     /// Starts a ReadIndex round for the queued reads, once this leader has committed an entry
     /// of its term (raft-rs drops read requests before that).
-    fn start_read_round(&mut self) {
+    fn start_read_round(&mut self, now: u64, config: &NodeConfig) {
         if self.reads_queued.is_empty() || self.role != Role::Leader || !self.raw.raft.commit_to_current_term() {
             return;
         }
         let round = self.next_read_round;
         self.next_read_round += 1;
+        if config.lease_read_ms > 0 {
+            self.round_started_ms.insert(round, now);
+        }
         self.reads_in_flight.insert(round, std::mem::take(&mut self.reads_queued));
         self.raw.read_index(round.to_be_bytes().to_vec());
     }
 
-    pub(crate) fn ready(&mut self, now: u64, out: &mut Vec<Output>) -> Result<Option<GroupWrite>, String> {
-        self.start_read_round();
+    pub(crate) fn ready(
+        &mut self,
+        now: u64,
+        config: &NodeConfig,
+        out: &mut Vec<Output>,
+    ) -> Result<Option<GroupWrite>, String> {
+        self.start_read_round(now, config);
         let mut write = GroupWrite { group: self.id, ..Default::default() };
         if let Some(snap) = self.snapshot_to_write.take() {
             write.snapshot = Some(snap);
@@ -350,6 +374,12 @@ impl Group {
         }
         for rs in rd.take_read_states() {
             let round = u64::from_be_bytes(rs.request_ctx.as_slice().try_into().unwrap_or_default());
+            // A quorum confirmed our leadership as of the round's start: followers that
+            // answered will not vote for anyone else for an election timeout after that.
+            if let Some(started) = self.round_started_ms.remove(&round) {
+                self.lease_until_ms = self.lease_until_ms.max(started + config.lease_read_ms);
+            }
+            self.round_started_ms.retain(|r, _| *r > round);
             if let Some(reads) = self.reads_in_flight.remove(&round) {
                 self.reads_ready.extend(reads.into_iter().map(|r| (rs.index, r)));
             }
@@ -360,7 +390,11 @@ impl Group {
     }
 
     pub(crate) fn persisted(&mut self, now: u64, config: &NodeConfig, out: &mut Vec<Output>) -> Result<(), String> {
-        let Some(mut rd) = self.pending_ready.take() else { return Ok(()) };
+        let Some(mut rd) = self.pending_ready.take() else {
+            // Lease reads wait for nothing but apply.
+            self.serve_reads(now, out);
+            return Ok(());
+        };
         for msg in rd.take_persisted_messages() {
             out.push(Output::Send { to: msg.to, group: self.id, msg });
         }
@@ -439,6 +473,8 @@ impl Group {
         let leader = (leader != raft::INVALID_ID).then_some(leader);
         let was_leader = self.role == Role::Leader;
         self.role = role;
+        self.lease_until_ms = 0;
+        self.round_started_ms.clear();
         self.leader = leader;
         if role == Role::Leader && !was_leader {
             // Grace: every session gets a full TTL from now before this leader may expire it.

@@ -33,6 +33,12 @@ pub struct NodeConfig {
     pub seed: u64,
     /// Deliberate bugs for the simulator's broken variants; all off in production.
     pub bugs: baton_core::Bugs,
+    /// Lease reads (off at 0): after a ReadIndex round started at time t is confirmed by a
+    /// quorum, the leader serves reads and keepalives without another round until
+    /// t + lease_read_ms. Safe only while this stays below the election timeout as the
+    /// *followers'* clocks measure it: set it with margin for clock drift and pauses (the
+    /// server uses 80% of the election timeout). Off, every read costs a heartbeat round.
+    pub lease_read_ms: u64,
 }
 
 impl NodeConfig {
@@ -49,6 +55,7 @@ impl NodeConfig {
             limits: Limits::default(),
             seed: id,
             bugs: baton_core::Bugs::default(),
+            lease_read_ms: 0,
         }
     }
 }
@@ -239,7 +246,7 @@ impl Node {
     pub fn ready(&mut self) -> Result<WriteBatch, String> {
         let mut batch = WriteBatch::default();
         for group in self.groups.values_mut() {
-            if let Some(w) = group.ready(self.mono_ms, &mut self.outputs)? {
+            if let Some(w) = group.ready(self.mono_ms, &self.config, &mut self.outputs)? {
                 batch.groups.push(w);
             }
         }

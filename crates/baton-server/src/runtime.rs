@@ -15,6 +15,7 @@ use baton_node::{
     WriteBatch,
 };
 use baton_proto::peer::GroupMessage;
+use bytes::{BufMut, Bytes, BytesMut};
 use protobuf::Message as _;
 use tokio::sync::oneshot;
 
@@ -85,6 +86,20 @@ struct Runtime<S: LogStore> {
     tick: Duration,
     outputs: Vec<Output>,
     per_peer: BTreeMap<NodeId, Vec<GroupMessage>>,
+    /// Outgoing Raft messages are encoded into slices of this buffer: one allocation per
+    /// ~64 KiB of messages (reclaimed once the transport has sent them), not one per message.
+    encode_buf: BytesMut,
+}
+
+/// Encodes `msg` into the shared buffer and splits it off as its own cheap handle.
+fn encode(buf: &mut BytesMut, msg: &raft::eraftpb::Message) -> Bytes {
+    let size = msg.compute_size() as usize;
+    if buf.capacity() < size {
+        buf.reserve(size.max(64 * 1024));
+    }
+    let mut w = (&mut *buf).writer();
+    msg.write_to_writer(&mut w).expect("raft message encodes into memory");
+    buf.split().freeze()
 }
 
 /// Starts the node thread. `boot` is the write returned by [`Node::new`], persisted first.
@@ -117,6 +132,7 @@ pub fn spawn<S: LogStore + Send + 'static>(
         tick,
         outputs: Vec::new(),
         per_peer: BTreeMap::new(),
+        encode_buf: BytesMut::new(),
     };
     let join = std::thread::Builder::new().name(format!("baton-node-{id}")).spawn(move || rt.run())?;
     Ok((NodeHandle { tx, id, view, events }, join))
@@ -226,8 +242,8 @@ impl<S: LogStore> Runtime<S> {
             self.requests.handle(&out, &mut self.answers);
             match out {
                 Output::Send { to, group, msg } => {
-                    let bytes = msg.write_to_bytes().expect("raft message encodes");
-                    self.per_peer.entry(to).or_default().push(GroupMessage { group, message: bytes });
+                    let message = encode(&mut self.encode_buf, &msg);
+                    self.per_peer.entry(to).or_default().push(GroupMessage { group, message });
                 }
                 Output::RoleChanged { group, role, leader, term } => {
                     tracing::info!(group, ?role, ?leader, term, "role changed");

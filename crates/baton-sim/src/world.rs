@@ -110,6 +110,8 @@ pub struct SimConfig {
     pub snapshot_entries: u64,
     /// Keep the whole trace (otherwise only its hash and the last lines).
     pub keep_trace: bool,
+    /// Leader-lease reads (`NodeConfig::lease_read_ms`; 0 = every read takes a ReadIndex round).
+    pub lease_read_ms: u64,
 }
 
 impl Default for SimConfig {
@@ -128,6 +130,7 @@ impl Default for SimConfig {
             max_jump_ms: 100,
             snapshot_entries: 300,
             keep_trace: false,
+            lease_read_ms: 0,
         }
     }
 }
@@ -417,6 +420,7 @@ impl World {
         config.snapshot_entries = self.cfg.snapshot_entries;
         config.seed = seed;
         config.bugs = self.cfg.bugs;
+        config.lease_read_ms = self.cfg.lease_read_ms;
         let n = self.nodes.get_mut(&id).expect("node");
         let recovered = n.store.recover(DATA_GROUP).expect("memory store reads");
         let (mut node, boot) = Node::new(config, vec![(DATA_GROUP, recovered)]).expect("node starts");

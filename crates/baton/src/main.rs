@@ -65,6 +65,10 @@ enum Cmd {
         /// Address for clients.
         #[arg(long, default_value = "127.0.0.1:7700")]
         client_addr: String,
+        /// Serve reads and keepalives from a leader lease (docs/SEMANTICS.md: assumes bounded
+        /// clock drift).
+        #[arg(long)]
+        lease_reads: bool,
     },
     /// Run one node of a cluster.
     Server {
@@ -86,6 +90,10 @@ enum Cmd {
         /// Raft tick in milliseconds (election timeout is 10 ticks, randomised up to 20).
         #[arg(long, default_value_t = 100)]
         tick_ms: u64,
+        /// Serve reads and keepalives from a leader lease of 80% of the election timeout
+        /// instead of a heartbeat round each (docs/SEMANTICS.md: assumes bounded clock drift).
+        #[arg(long)]
+        lease_reads: bool,
     },
     /// Hold a lock while running a command: `baton lock NAME -- CMD [ARGS...]`.
     Lock {
@@ -286,6 +294,9 @@ enum Cmd {
         /// Virtual milliseconds of healed operation after the faults.
         #[arg(long, default_value_t = 15_000)]
         heal_ms: u64,
+        /// Nodes serve reads and keepalives from leader leases (as `baton server --lease-reads`).
+        #[arg(long)]
+        lease_reads: bool,
     },
     /// Show a lock's holder, fencing token and waiters.
     Describe {
@@ -302,7 +313,9 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Cmd::Sim { seeds, start_seed, seed, nodes, clients, faults, bug, trace, fault_ms, heal_ms } = cli.command {
+    if let Cmd::Sim { seeds, start_seed, seed, nodes, clients, faults, bug, trace, fault_ms, heal_ms, lease_reads } =
+        cli.command
+    {
         // Pure computation: no runtime, no logging, no sockets. Like other filters, stop quietly
         // when the reader of our output goes away (`baton sim ... | head`). Only here: a server
         // or client must see EPIPE on a broken socket as an error, not die of SIGPIPE (the
@@ -322,6 +335,7 @@ fn main() -> ExitCode {
             trace,
             fault_ms,
             heal_ms,
+            lease_reads,
         });
     }
     let serving = matches!(cli.command, Cmd::Dev { .. } | Cmd::Server { .. });
@@ -348,13 +362,14 @@ fn endpoints(list: &str) -> Vec<String> {
 
 async fn run(cmd: Cmd) -> ExitCode {
     match cmd {
-        Cmd::Dev { data, client_addr } => {
+        Cmd::Dev { data, client_addr, lease_reads } => {
             let peer = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
                 Ok(l) => l,
                 Err(e) => return fail(1, format!("cannot bind a peer port: {e}")),
             };
             let peer_addr = peer.local_addr().map(|a| a.to_string()).unwrap_or_default();
-            let config = ServerConfig::new(1, data.clone(), BTreeMap::from([(1, peer_addr)]));
+            let mut config = ServerConfig::new(1, data.clone(), BTreeMap::from([(1, peer_addr)]));
+            config.lease_reads = lease_reads;
             let client = match tokio::net::TcpListener::bind(&client_addr).await {
                 Ok(l) => l,
                 Err(e) => return fail(1, format!("cannot listen for clients on {client_addr}: {e}")),
@@ -367,13 +382,14 @@ async fn run(cmd: Cmd) -> ExitCode {
                 Err(e) => fail(1, format!("cannot start: {e}")),
             }
         }
-        Cmd::Server { id, data, client_addr, peer_addr, peers, tick_ms } => {
+        Cmd::Server { id, data, client_addr, peer_addr, peers, tick_ms, lease_reads } => {
             let peers = match parse_peers(&peers) {
                 Ok(p) => p,
                 Err(e) => return fail(EXIT_USAGE, e),
             };
             let mut config = ServerConfig::new(id, data.clone(), peers);
             config.tick = Duration::from_millis(tick_ms.max(1));
+            config.lease_reads = lease_reads;
             match Server::start(config, &client_addr, &peer_addr).await {
                 Ok(server) => {
                     println!(

@@ -19,6 +19,7 @@ pub struct SimArgs {
     pub trace: bool,
     pub fault_ms: u64,
     pub heal_ms: u64,
+    pub lease_reads: bool,
 }
 
 fn parse_bug(name: &str) -> Result<Bugs, String> {
@@ -55,6 +56,8 @@ fn config(args: &SimArgs) -> Result<SimConfig, String> {
         fault_ms: args.fault_ms,
         heal_ms: args.heal_ms,
         keep_trace: args.trace,
+        // As the server sets it: 80% of the election timeout (10 ticks).
+        lease_read_ms: if args.lease_reads { SimConfig::default().tick_ms * 10 * 8 / 10 } else { 0 },
         ..SimConfig::default()
     })
 }
@@ -120,6 +123,9 @@ fn replay_flags(cfg: &SimConfig) -> String {
         if on {
             f.push_str(&format!(" --bug {name}"));
         }
+    }
+    if cfg.lease_read_ms > 0 {
+        f.push_str(" --lease-reads");
     }
     f
 }

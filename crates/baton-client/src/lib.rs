@@ -18,7 +18,9 @@
 //! A [`Client`] talks to whichever node leads the data group: it starts with the endpoints it
 //! was given and follows the `baton-leader` redirects servers attach to `UNAVAILABLE`. One
 //! background task per client keeps every session of that client alive over one keepalive
-//! stream (never one heartbeat per lock or per session).
+//! stream (never one heartbeat per lock or per session). Sessions, acquires, releases, cancels
+//! and counter calls travel on one long-lived `Call` stream per node, many at once (see
+//! `pipe.rs`): no HTTP/2 stream per call.
 //!
 //! # Lease loss
 //! The client considers a session lost once it has gone its TTL minus a drift margin (a tenth of
@@ -32,6 +34,8 @@
 //! - Requests are retried (with the same request id, so acquires are idempotent) for up to
 //!   [`ClientOptions::request_timeout`] while no leader answers.
 
+mod pipe;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -39,6 +43,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use baton_proto::v1 as pb;
 use baton_proto::v1::baton_client::BatonClient;
+use pipe::{Conn, Pipe};
 use tokio::sync::{watch, Notify};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -111,6 +116,8 @@ struct Route {
     current: String,
     next_index: usize,
     channels: HashMap<String, BatonClient<Channel>>,
+    /// The fast-path stream to each node (see [`pipe`]).
+    pipes: HashMap<String, Arc<Pipe>>,
 }
 
 /// A connection to a Baton cluster. Cheap to clone.
@@ -153,7 +160,7 @@ impl Client {
         let inner = Arc::new(Inner {
             endpoints,
             options,
-            route: Mutex::new(Route { current: first, next_index: 1, channels: HashMap::new() }),
+            route: Mutex::new(Route { current: first, next_index: 1, channels: HashMap::new(), pipes: HashMap::new() }),
             next_request: AtomicU64::new(request_id_seed()),
             sessions: Mutex::new(BTreeMap::new()),
             sessions_changed: Notify::new(),
@@ -163,15 +170,26 @@ impl Client {
         Ok(Client { inner })
     }
 
-    fn current(&self) -> Result<(String, BatonClient<Channel>)> {
+    fn current(&self) -> Result<(String, Conn)> {
         let mut route = self.inner.route.lock().expect("route lock");
         let addr = route.current.clone();
-        if let Some(c) = route.channels.get(&addr) {
-            return Ok((addr, c.clone()));
-        }
-        let c = channel(&addr)?;
-        route.channels.insert(addr.clone(), c.clone());
-        Ok((addr, c))
+        let grpc = match route.channels.get(&addr) {
+            Some(c) => c.clone(),
+            None => {
+                let c = channel(&addr)?;
+                route.channels.insert(addr.clone(), c.clone());
+                c
+            }
+        };
+        let pipe = match route.pipes.get(&addr) {
+            Some(p) if p.is_open() => p.clone(),
+            _ => {
+                let p = Arc::new(Pipe::open(&addr, grpc.clone()));
+                route.pipes.insert(addr.clone(), p.clone());
+                p
+            }
+        };
+        Ok((addr, Conn { grpc, pipe }))
     }
 
     /// Points the client at the leader named in a redirect, or at the next endpoint.
@@ -195,7 +213,7 @@ impl Client {
     /// Runs `call` against the leader, following redirects and retrying while none answers.
     async fn rpc<T, F, Fut>(&self, call: F) -> Result<T>
     where
-        F: FnMut(BatonClient<Channel>) -> Fut,
+        F: FnMut(Conn) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, Status>>,
     {
         self.rpc_within(Duration::from_secs(5), Duration::ZERO, call).await
@@ -206,7 +224,7 @@ impl Client {
     /// leader); any ambiguous failure is returned to the caller.
     async fn rpc_once<T, F, Fut>(&self, mut call: F) -> Result<T>
     where
-        F: FnMut(BatonClient<Channel>) -> Fut,
+        F: FnMut(Conn) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, Status>>,
     {
         let deadline = Instant::now() + self.inner.options.request_timeout;
@@ -419,16 +437,19 @@ impl Client {
     /// `extra` longer than the request timeout.
     async fn rpc_within<T, F, Fut>(&self, attempt: Duration, extra: Duration, mut call: F) -> Result<T>
     where
-        F: FnMut(BatonClient<Channel>) -> Fut,
+        F: FnMut(Conn) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, Status>>,
     {
         let deadline = Instant::now() + self.inner.options.request_timeout + extra;
         let mut backoff = Duration::from_millis(20);
         loop {
             let (addr, client) = self.current()?;
-            let result = tokio::time::timeout(attempt, call(client))
-                .await
-                .unwrap_or_else(|_| Err(Status::unavailable(format!("no answer from {addr} within {attempt:?}"))));
+            let pipe = client.pipe.clone();
+            let result = tokio::time::timeout(attempt, call(client)).await.unwrap_or_else(|_| {
+                // The node may be hung: the next attempt gets a fresh stream.
+                pipe.close();
+                Err(Status::unavailable(format!("no answer from {addr} within {attempt:?}")))
+            });
             let status = match result {
                 Ok(r) => return Ok(r.into_inner()),
                 Err(s) if retryable(&s) => s,

@@ -20,8 +20,11 @@ use crate::status::{stopped, to_status};
 
 /// Most sessions renewed by one keepalive message.
 pub const MAX_KEEPALIVE_SESSIONS: usize = 100_000;
+/// Most calls in flight on one `Call` stream; more are answered RESOURCE_EXHAUSTED.
+pub const MAX_CALLS_IN_FLIGHT: usize = 10_000;
 
 /// The `baton.v1.Baton` service.
+#[derive(Clone)]
 pub struct BatonService {
     /// The node thread.
     pub node: NodeHandle,
@@ -88,6 +91,7 @@ fn check_name(name: &str) -> Result<(), Status> {
 
 type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<pb::KeepAliveResponse, Status>> + Send>>;
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+type CallStream = Pin<Box<dyn Stream<Item = Result<pb::CallResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Baton for BatonService {
@@ -302,6 +306,14 @@ impl Baton for BatonService {
     }
 
     type WatchStream = WatchStream;
+    type CallStream = CallStream;
+
+    async fn call(&self, request: Request<Streaming<pb::CallRequest>>) -> Result<Response<Self::CallStream>, Status> {
+        let incoming = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(serve_calls(self.clone(), incoming, tx));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
 
     async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let req = request.into_inner();
@@ -443,6 +455,76 @@ impl Baton for BatonService {
             .collect();
         Ok(Response::new(pb::StatusResponse { node_id: self.node.id, groups, nodes }))
     }
+}
+
+/// Serves one `Call` stream: every call runs concurrently in this one task (no task per call),
+/// and each answer is sent the moment it is ready, in completion order. A client that ends
+/// its side gets the answers still in flight; one that breaks the stream gets nothing more
+/// (as with a unary call whose caller went away, nothing is cancelled by that).
+async fn serve_calls(
+    svc: BatonService,
+    mut incoming: Streaming<pb::CallRequest>,
+    tx: tokio::sync::mpsc::Sender<Result<pb::CallResponse, Status>>,
+) {
+    use futures::stream::{FuturesUnordered, StreamExt};
+    let mut running = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            msg = incoming.message(), if open => match msg {
+                Ok(Some(req)) if running.len() >= MAX_CALLS_IN_FLIGHT => {
+                    let s = Status::resource_exhausted(format!(
+                        "more than {MAX_CALLS_IN_FLIGHT} calls in flight on one stream; wait for answers"
+                    ));
+                    if tx.send(Ok(call_failed(req.call_id, &s))).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Some(req)) => running.push(dispatch_call(&svc, req)),
+                Ok(None) => open = false,
+                Err(_) => return,
+            },
+            Some((answer, stopped)) = running.next(), if !running.is_empty() => {
+                if stopped {
+                    // The node is gone: end the stream so that the client reconnects (to this
+                    // address's next incarnation, or elsewhere) instead of asking a dead node.
+                    let _ = tx.send(Err(crate::status::stopped())).await;
+                    return;
+                }
+                if tx.send(Ok(answer)).await.is_err() {
+                    return;
+                }
+            }
+            else => return,
+        }
+    }
+}
+
+/// Runs one call of a `Call` stream through the unary handler of the same name; true with the
+/// answer if the node has stopped.
+async fn dispatch_call(svc: &BatonService, req: pb::CallRequest) -> (pb::CallResponse, bool) {
+    use pb::call_request::Op;
+    use pb::call_response::Result as R;
+    let result = match req.op {
+        Some(Op::OpenSession(r)) => svc.open_session(Request::new(r)).await.map(|r| R::OpenSession(r.into_inner())),
+        Some(Op::CloseSession(r)) => svc.close_session(Request::new(r)).await.map(|r| R::CloseSession(r.into_inner())),
+        Some(Op::Acquire(r)) => svc.acquire(Request::new(r)).await.map(|r| R::Acquire(r.into_inner())),
+        Some(Op::Release(r)) => svc.release(Request::new(r)).await.map(|r| R::Release(r.into_inner())),
+        Some(Op::Cancel(r)) => svc.cancel(Request::new(r)).await.map(|r| R::Cancel(r.into_inner())),
+        Some(Op::Counter(r)) => svc.counter(Request::new(r)).await.map(|r| R::Counter(r.into_inner())),
+        None => Err(Status::invalid_argument("call without an operation")),
+    };
+    match result {
+        Ok(result) => (pb::CallResponse { call_id: req.call_id, result: Some(result) }, false),
+        Err(s) => (call_failed(req.call_id, &s), crate::status::is_stopped(&s)),
+    }
+}
+
+/// A unary call's error status as a `Call` stream answer (the leader redirect included).
+fn call_failed(call_id: u64, s: &Status) -> pb::CallResponse {
+    let leader = s.metadata().get(crate::status::LEADER_METADATA).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let error = pb::CallError { code: s.code() as i32, message: s.message().to_string(), leader: leader.to_string() };
+    pb::CallResponse { call_id, result: Some(pb::call_response::Result::Error(error)) }
 }
 
 /// A response stream fed by a task: `body` gets the sending half and runs until it returns.

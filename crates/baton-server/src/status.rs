@@ -43,5 +43,12 @@ pub fn to_status(err: NodeError, node: &NodeHandle) -> Status {
 
 /// The node thread stopped (the server is shutting down).
 pub fn stopped() -> Status {
-    Status::unavailable("node is shutting down")
+    Status::unavailable(STOPPED)
+}
+
+const STOPPED: &str = "node is shutting down";
+
+/// True for the status of [`stopped`].
+pub fn is_stopped(s: &Status) -> bool {
+    s.code() == tonic::Code::Unavailable && s.message() == STOPPED
 }

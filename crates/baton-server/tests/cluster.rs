@@ -551,3 +551,100 @@ async fn barriers_and_latches_release_everyone_together_across_a_failover() {
         cluster.stop(id).await;
     }
 }
+
+/// The `Call` stream: many calls in flight on one stream, answered in completion order (a
+/// queued acquire is answered by the grant the release causes, on the same stream), errors as
+/// `CallError` with the stream still usable, and a follower's redirect naming the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_stream_multiplexes_and_redirects() {
+    use baton_proto::v1 as pb;
+    use pb::call_request::Op;
+    use pb::call_response::Result as R;
+    let mut cluster = TestCluster::start(3, 20_000).await;
+    let leader = cluster.leader().await;
+    let open = |addr: String| async move {
+        let mut raw = pb::baton_client::BatonClient::connect(format!("http://{addr}")).await.unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<pb::CallRequest>();
+        let answers = raw.call(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)).await.unwrap().into_inner();
+        (tx, answers)
+    };
+    let (tx, mut answers) = open(cluster.client_addrs[&leader].clone()).await;
+    let send = |call_id, op| tx.send(pb::CallRequest { call_id, op: Some(op) }).unwrap();
+    let open_req = || Op::OpenSession(pb::OpenSessionRequest { client_id: "pipe".into(), ttl_ms: 5_000 });
+    send(1, open_req());
+    send(2, open_req());
+    let mut sessions = Vec::new();
+    for _ in 0..2 {
+        match answers.message().await.unwrap().unwrap().result {
+            Some(R::OpenSession(r)) => sessions.push(r.session_id),
+            other => panic!("expected a session, got {other:?}"),
+        }
+    }
+    let acquire = |session_id, request_id, wait_ms| {
+        Op::Acquire(pb::AcquireRequest { name: "piped".into(), session_id, request_id, wait_ms, ..Default::default() })
+    };
+    send(10, acquire(sessions[0], 1, 0));
+    let first = answers.message().await.unwrap().unwrap();
+    let Some(R::Acquire(granted)) = first.result else { panic!("{first:?}") };
+    assert_eq!((first.call_id, granted.result), (10, pb::acquire_response::Result::Granted as i32));
+    // A waiter and then the holder's release, on the same stream: the release and the grant it
+    // causes both come back, each with its own call id.
+    send(11, acquire(sessions[1], 2, 10_000));
+    send(12, Op::Release(pb::ReleaseRequest { name: "piped".into(), session_id: sessions[0], token: granted.token }));
+    let mut seen = BTreeMap::new();
+    for _ in 0..2 {
+        let a = answers.message().await.unwrap().unwrap();
+        seen.insert(a.call_id, a.result);
+    }
+    assert!(matches!(seen.get(&12), Some(Some(R::Release(_)))), "{seen:?}");
+    match seen.get(&11) {
+        Some(Some(R::Acquire(r))) => {
+            assert_eq!(r.result, pb::acquire_response::Result::Granted as i32);
+            assert!(r.token > granted.token);
+        }
+        other => panic!("expected the waiter's grant, got {other:?}"),
+    }
+    // Bad input: an error answer for that call only; the stream goes on.
+    send(13, acquire(sessions[1], 3, 0));
+    send(
+        14,
+        Op::Acquire(pb::AcquireRequest {
+            name: "x".repeat(1025),
+            session_id: sessions[1],
+            request_id: 4,
+            ..Default::default()
+        }),
+    );
+    tx.send(pb::CallRequest { call_id: 15, op: None }).unwrap();
+    let mut errors = BTreeMap::new();
+    for _ in 0..3 {
+        let a = answers.message().await.unwrap().unwrap();
+        if let Some(R::Error(e)) = a.result {
+            errors.insert(a.call_id, e);
+        }
+    }
+    assert_eq!(errors[&14].code, tonic::Code::InvalidArgument as i32);
+    assert!(errors[&14].message.contains("longer than 1024 bytes"), "{:?}", errors[&14]);
+    assert_eq!(errors[&15].code, tonic::Code::InvalidArgument as i32);
+    assert!(errors[&13].message.contains("not reentrant"), "{:?}", errors[&13]);
+    // A follower answers with the leader's address.
+    let follower = *cluster.client_addrs.keys().find(|id| **id != leader).unwrap();
+    let (ftx, mut fanswers) = open(cluster.client_addrs[&follower].clone()).await;
+    ftx.send(pb::CallRequest { call_id: 1, op: Some(acquire(sessions[1], 5, 0)) }).unwrap();
+    match fanswers.message().await.unwrap().unwrap().result {
+        Some(R::Error(e)) => {
+            assert_eq!(e.code, tonic::Code::Unavailable as i32);
+            assert_eq!(e.leader, cluster.client_addrs[&leader]);
+        }
+        other => panic!("expected a redirect, got {other:?}"),
+    }
+    // Ending our side still delivers what is in flight, then the stream ends.
+    send(20, Op::Counter(pb::CounterRequest { name: "c".into(), op: Some(pb::counter_request::Op::Add(5)) }));
+    drop(tx);
+    let last = answers.message().await.unwrap().unwrap();
+    assert!(matches!(last.result, Some(R::Counter(pb::CounterResponse { value: 5, .. }))), "{last:?}");
+    assert!(answers.message().await.unwrap().is_none());
+    for id in [1, 2, 3] {
+        cluster.stop(id).await;
+    }
+}

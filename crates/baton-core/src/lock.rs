@@ -208,6 +208,11 @@ impl StateMachine {
         let lock = self.locks.get_mut(name).expect("granted resource exists");
         let election = lock.kind == Kind::Election;
         let published = if election { value.clone() } else { Vec::new() };
+        // Most resources have one holder: without this a first push reserves room for four,
+        // which was over half of the memory a held lock costs.
+        if lock.holders.capacity() == 0 {
+            lock.holders.reserve_exact(1);
+        }
         lock.holders.push(Holder { session, request_id, token, granted_ms: now, lock_delay_ms, mode, value });
         self.own(session, name);
         events.push(Event::Granted { name: name.to_string(), session, request_id, token });

@@ -15,7 +15,10 @@ source bench/lib.sh
 trap cleanup EXIT
 start_baton
 echo "# $(nproc) cores, 3 nodes on 127.0.0.1, fsync on, ${duration}s per run"
-for run in "uncontended 1" "uncontended 16" "uncontended 64" "contended 16"; do
+shift || true
+runs=("$@")
+[ ${#runs[@]} -eq 0 ] && runs=("uncontended 1" "uncontended 16" "uncontended 64" "contended 16")
+for run in "${runs[@]}"; do
   set -- $run
   "$bin" bench --endpoints "$baton_eps" --workload "$1" --clients "$2" --duration "$duration" --json
 done

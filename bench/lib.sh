@@ -1,6 +1,7 @@
 # Shared by the bench scripts: start a 3-node Baton and a 3-member etcd on 127.0.0.1 with data
 # under $dir, remembering every PID in $pids so that cleanup stops exactly what was started.
 # Expects: $bin (the baton binary), $dir (a temp folder), pids=() declared by the caller.
+# BATON_SERVER_FLAGS adds flags to every `baton server` (e.g. --lease-reads).
 
 baton_peers="1=127.0.0.1:17801,2=127.0.0.1:17802,3=127.0.0.1:17803"
 baton_eps=127.0.0.1:17711,127.0.0.1:17712,127.0.0.1:17713
@@ -17,7 +18,7 @@ cleanup() {
 start_baton() {
   for i in 1 2 3; do
     "$bin" server --id "$i" --data "$dir/baton$i" --client-addr "127.0.0.1:1771$i" \
-      --peer-addr "127.0.0.1:1780$i" --peers "$baton_peers" >"$dir/baton$i.log" 2>&1 &
+      --peer-addr "127.0.0.1:1780$i" --peers "$baton_peers" ${BATON_SERVER_FLAGS:-} >"$dir/baton$i.log" 2>&1 &
     pids+=($!)
     baton_pids+=($!)
   done

@@ -859,22 +859,14 @@ impl Session {
         }
     }
 
-    /// Renews the lease now, on a keepalive stream of its own, instead of waiting for the
-    /// background keepalive (e.g. before a long critical section). Returns false if the session
+    /// Renews the lease now instead of waiting for the background keepalive (e.g. before a long critical section). Returns false if the session
     /// is gone on the server.
     pub async fn keep_alive_once(&self) -> Result<bool> {
         let id = self.id();
         let sent = Instant::now();
         let r = self
             .client
-            .rpc(|mut c| async move {
-                let req = tokio_stream::once(pb::KeepAliveRequest { session_ids: vec![id] });
-                let mut responses = c.keep_alive(req).await?.into_inner();
-                match responses.message().await? {
-                    Some(r) => Ok(tonic::Response::new(r)),
-                    None => Err(Status::unavailable("keepalive stream ended without an answer")),
-                }
-            })
+            .rpc(|mut c| async move { c.renew(pb::KeepAliveRequest { session_ids: vec![id] }).await })
             .await?;
         let alive = r.leases.iter().any(|l| l.session_id == id && l.alive);
         if alive {

@@ -1,5 +1,5 @@
 //! The fast path to one node: a single long-lived `Call` stream that carries every session,
-//! acquire, release, cancel and counter call of this client at once, instead of one HTTP/2
+//! acquire, release, cancel, counter and one-off renewal call of this client at once, instead of one HTTP/2
 //! stream (headers, trailers, a server task) per call. Answers are matched by call id.
 //!
 //! [`Conn`] is what the retry loop hands each attempt: the node's unary gRPC client (for the
@@ -167,4 +167,5 @@ piped! {
     release(ReleaseRequest) -> ReleaseResponse via Release;
     cancel(CancelRequest) -> CancelResponse via Cancel;
     counter(CounterRequest) -> CounterResponse via Counter;
+    renew(KeepAliveRequest) -> KeepAliveResponse via KeepAlive;
 }

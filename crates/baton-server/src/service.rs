@@ -135,32 +135,10 @@ impl Baton for BatonService {
         let node = self.node.clone();
         let stream = async_stream(move |tx| async move {
             while let Some(req) = incoming.message().await? {
-                if req.session_ids.len() > MAX_KEEPALIVE_SESSIONS {
-                    return Err(Status::invalid_argument(format!(
-                        "keepalive lists {} sessions; at most {MAX_KEEPALIVE_SESSIONS} per message",
-                        req.session_ids.len()
-                    )));
-                }
-                // Answered after a ReadIndex round confirms this node still leads (see Query::KeepAlive).
-                let (otx, orx) = oneshot::channel();
-                let request = NodeRequest::Read(Query::KeepAlive(req.session_ids));
-                if !node.send(Input::Request { group: DATA_GROUP, request, tx: otx }) {
-                    return Err(stopped());
-                }
-                // Not the leader (any more): the client must reconnect to the leader.
-                let answer = orx.await.map_err(|_| stopped())?.map_err(|e| to_status(e, &node))?;
-                let Answer::Read(Reply::KeepAlive(results)) = answer else {
-                    return Err(Status::internal("unexpected answer to a keepalive"));
-                };
-                let leases = results
-                    .into_iter()
-                    .map(|(session_id, ttl)| pb::SessionLease {
-                        session_id,
-                        alive: ttl.is_some(),
-                        ttl_ms: ttl.unwrap_or(0),
-                    })
-                    .collect();
-                if tx.send(Ok(pb::KeepAliveResponse { leases })).await.is_err() {
+                // Not the leader (any more): the error ends the stream and the client must
+                // reconnect to the leader.
+                let answer = renew(&node, req).await?;
+                if tx.send(Ok(answer)).await.is_err() {
                     break;
                 }
             }
@@ -500,6 +478,31 @@ async fn serve_calls(
     }
 }
 
+/// One keepalive message: renews the sessions it lists, answered after a ReadIndex round
+/// confirms this node still leads (see Query::KeepAlive).
+async fn renew(node: &NodeHandle, req: pb::KeepAliveRequest) -> Result<pb::KeepAliveResponse, Status> {
+    if req.session_ids.len() > MAX_KEEPALIVE_SESSIONS {
+        return Err(Status::invalid_argument(format!(
+            "keepalive lists {} sessions; at most {MAX_KEEPALIVE_SESSIONS} per message",
+            req.session_ids.len()
+        )));
+    }
+    let (otx, orx) = oneshot::channel();
+    let request = NodeRequest::Read(Query::KeepAlive(req.session_ids));
+    if !node.send(Input::Request { group: DATA_GROUP, request, tx: otx }) {
+        return Err(stopped());
+    }
+    let answer = orx.await.map_err(|_| stopped())?.map_err(|e| to_status(e, node))?;
+    let Answer::Read(Reply::KeepAlive(results)) = answer else {
+        return Err(Status::internal("unexpected answer to a keepalive"));
+    };
+    let leases = results
+        .into_iter()
+        .map(|(session_id, ttl)| pb::SessionLease { session_id, alive: ttl.is_some(), ttl_ms: ttl.unwrap_or(0) })
+        .collect();
+    Ok(pb::KeepAliveResponse { leases })
+}
+
 /// Runs one call of a `Call` stream through the unary handler of the same name; true with the
 /// answer if the node has stopped.
 async fn dispatch_call(svc: &BatonService, req: pb::CallRequest) -> (pb::CallResponse, bool) {
@@ -512,6 +515,7 @@ async fn dispatch_call(svc: &BatonService, req: pb::CallRequest) -> (pb::CallRes
         Some(Op::Release(r)) => svc.release(Request::new(r)).await.map(|r| R::Release(r.into_inner())),
         Some(Op::Cancel(r)) => svc.cancel(Request::new(r)).await.map(|r| R::Cancel(r.into_inner())),
         Some(Op::Counter(r)) => svc.counter(Request::new(r)).await.map(|r| R::Counter(r.into_inner())),
+        Some(Op::KeepAlive(r)) => renew(&svc.node, r).await.map(R::KeepAlive),
         None => Err(Status::invalid_argument("call without an operation")),
     };
     match result {

@@ -627,6 +627,15 @@ async fn call_stream_multiplexes_and_redirects() {
     assert!(errors[&14].message.contains("longer than 1024 bytes"), "{:?}", errors[&14]);
     assert_eq!(errors[&15].code, tonic::Code::InvalidArgument as i32);
     assert!(errors[&13].message.contains("not reentrant"), "{:?}", errors[&13]);
+    // A one-off renewal: a live session and one that never existed.
+    send(16, Op::KeepAlive(pb::KeepAliveRequest { session_ids: vec![sessions[0], 999_999] }));
+    match answers.message().await.unwrap().unwrap().result {
+        Some(R::KeepAlive(r)) => {
+            let alive: Vec<(u64, bool)> = r.leases.iter().map(|l| (l.session_id, l.alive)).collect();
+            assert_eq!(alive, vec![(sessions[0], true), (999_999, false)]);
+        }
+        other => panic!("expected a renewal, got {other:?}"),
+    }
     // A follower answers with the leader's address.
     let follower = *cluster.client_addrs.keys().find(|id| **id != leader).unwrap();
     let (ftx, mut fanswers) = open(cluster.client_addrs[&follower].clone()).await;

@@ -191,65 +191,67 @@ pub fn markdown(lines: &[Value]) -> String {
     out
 }
 
-/// A bar chart (SVG) of Baton's advantage per workload, on a log scale with 1x marked.
+/// A bar chart (SVG) of Baton's advantage per workload: one horizontal bar per workload and
+/// client count, on a log scale, with 1x (parity) and 10x marked.
 pub fn plot(lines: &[Value], path: &std::path::Path) -> Result<(), String> {
     use plotters::prelude::*;
-    let bars: Vec<(String, f64)> = pairs(lines)
+    // Bottom-up on the chart: reversed, so that the table's first row is the top bar.
+    let bars: Vec<(String, f64, &'static str)> = pairs(lines)
         .iter()
-        .filter_map(|p| advantage(p).map(|(r, _)| (format!("{} {}", p.workload, p.clients), r)))
+        .rev()
+        .filter_map(|p| advantage(p).map(|(r, on)| (format!("{} ({} clients)", p.workload, p.clients), r, on)))
         .collect();
     if bars.is_empty() {
         return Err("no workload ran on both targets: nothing to plot".into());
     }
-    let top = bars.iter().map(|b| b.1).fold(10.0f64, f64::max) * 2.0;
-    let bottom = bars.iter().map(|b| b.1).fold(0.5f64, f64::min) / 2.0;
-    let width = 140 + 90 * bars.len() as u32;
-    let root = SVGBackend::new(path, (width, 480)).into_drawing_area();
+    let right = bars.iter().map(|b| b.1).fold(10.0f64, f64::max) * 12.0;
+    let left = bars.iter().map(|b| b.1).fold(0.5f64, f64::min) / 2.0;
+    let n = bars.len() as i32;
+    let height = 90 + 34 * bars.len() as u32;
+    let root = SVGBackend::new(path, (900, height)).into_drawing_area();
     let e = |e: DrawingAreaErrorKind<_>| e.to_string();
     root.fill(&WHITE).map_err(e)?;
-    let n = bars.len() as i32;
     let mut chart = ChartBuilder::on(&root)
-        .caption("Baton ÷ etcd (higher is better; log scale)", ("sans-serif", 20))
+        .caption("Baton ÷ etcd, same machine and tool (higher is better; log scale)", ("sans-serif", 18))
         .margin(15)
-        .x_label_area_size(110)
-        .y_label_area_size(60)
-        .build_cartesian_2d((0..n).into_segmented(), (bottom..top).log_scale())
+        .x_label_area_size(35)
+        .y_label_area_size(230)
+        .build_cartesian_2d((left..right).log_scale(), (0..n).into_segmented())
         .map_err(e)?;
     chart
         .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(bars.len())
-        .x_label_formatter(&|x| match x {
+        .disable_y_mesh()
+        .y_labels(bars.len())
+        .y_label_formatter(&|y| match y {
             SegmentValue::CenterOf(i) => bars.get(*i as usize).map(|b| b.0.clone()).unwrap_or_default(),
             _ => String::new(),
         })
-        .x_label_style(("sans-serif", 12).into_font().transform(FontTransform::Rotate90))
-        .y_desc("ratio")
-        .y_label_formatter(&|y| format!("{y}x"))
+        .y_label_style(("sans-serif", 13))
+        .x_label_formatter(&|x| format!("{x}x"))
         .draw()
         .map_err(e)?;
     chart
-        .draw_series(bars.iter().enumerate().map(|(i, (_, r))| {
+        .draw_series(bars.iter().enumerate().map(|(i, (_, r, _))| {
             let color = if *r >= 1.0 { RGBColor(46, 125, 50) } else { RGBColor(198, 40, 40) };
             let mut bar = Rectangle::new(
-                [(SegmentValue::Exact(i as i32), bottom), (SegmentValue::Exact(i as i32 + 1), *r)],
+                [(left, SegmentValue::Exact(i as i32)), (*r, SegmentValue::Exact(i as i32 + 1))],
                 color.filled(),
             );
-            bar.set_margin(0, 0, 12, 12);
+            bar.set_margin(5, 5, 0, 0);
             bar
         }))
         .map_err(e)?;
     chart
-        .draw_series(bars.iter().enumerate().map(|(i, (_, r))| {
-            Text::new(format!("{r:.1}x"), (SegmentValue::CenterOf(i as i32), *r * 1.15), ("sans-serif", 12))
+        .draw_series(bars.iter().enumerate().map(|(i, (_, r, on))| {
+            let label = if *on == "ops/s" { format!("{r:.1}x") } else { format!("{r:.1}x ({on})") };
+            Text::new(label, (*r * 1.08, SegmentValue::CenterOf(i as i32)), ("sans-serif", 13))
         }))
         .map_err(e)?;
-    chart
-        .draw_series(LineSeries::new(
-            [(SegmentValue::Exact(0), 1.0), (SegmentValue::Exact(n), 1.0)],
-            BLACK.stroke_width(1),
-        ))
-        .map_err(e)?;
+    for (at, style) in [(1.0, BLACK.stroke_width(1)), (10.0, RGBColor(120, 120, 120).stroke_width(1))] {
+        chart
+            .draw_series(LineSeries::new([(at, SegmentValue::Exact(0)), (at, SegmentValue::Exact(n))], style))
+            .map_err(e)?;
+    }
     root.present().map_err(e)?;
     Ok(())
 }
@@ -277,7 +279,7 @@ mod tests {
         let svg = dir.path().join("plot.svg");
         plot(&lines, &svg).unwrap();
         let text = std::fs::read_to_string(&svg).unwrap();
-        assert!(text.contains("contended 16") && text.contains("20.0x"), "{text}");
+        assert!(text.contains("contended (16 clients)") && text.contains("20.0x"), "{text}");
         assert!(plot(&lines[2..], &svg).is_err());
     }
 

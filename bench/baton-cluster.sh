@@ -7,12 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=${1:-10}
-cargo build --release -q -p baton
-bin=target/release/baton
-dir=$(mktemp -d -p "${BENCH_TMPDIR:-${TMPDIR:-/tmp}}")
-pids=()
 source bench/lib.sh
-trap cleanup EXIT
+prepare
 start_baton
 echo "# $(nproc) cores, 3 nodes on 127.0.0.1, fsync on, ${duration}s per run"
 shift || true

@@ -12,12 +12,8 @@ if ! command -v etcd >/dev/null; then
   echo "installing etcd (Debian package etcd-server)" >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q etcd-server etcd-client >/dev/null
 fi
-cargo build --release -q -p baton
-bin=target/release/baton
-dir=$(mktemp -d -p "${TMPDIR:-/tmp}")
-pids=()
 source bench/lib.sh
-trap cleanup EXIT
+prepare
 start_baton
 start_etcd
 results=bench/results/compare-$(date -u +%Y%m%d-%H%M%S).jsonl

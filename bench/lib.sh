@@ -1,6 +1,7 @@
-# Shared by the bench scripts: start a 3-node Baton and a 3-member etcd on 127.0.0.1 with data
-# under $dir, remembering every PID in $pids so that cleanup stops exactly what was started.
-# Expects: $bin (the baton binary), $dir (a temp folder), pids=() declared by the caller.
+# Shared by the bench scripts: `prepare` builds the release binary ($bin) and makes a temp
+# folder ($dir, under BENCH_TMPDIR or TMPDIR); start_baton / start_etcd start a 3-node Baton
+# and a 3-member etcd on 127.0.0.1 with data under $dir, remembering every PID in $pids so that
+# cleanup (run on exit) stops exactly what was started and removes $dir.
 # BATON_SERVER_FLAGS adds flags to every `baton server` (e.g. --lease-reads).
 
 baton_peers="1=127.0.0.1:17801,2=127.0.0.1:17802,3=127.0.0.1:17803"
@@ -8,6 +9,14 @@ baton_eps=127.0.0.1:17711,127.0.0.1:17712,127.0.0.1:17713
 etcd_eps=127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793
 baton_pids=()
 etcd_pids=()
+
+prepare() {
+  cargo build --release -q -p baton
+  bin=target/release/baton
+  dir=$(mktemp -d -p "${BENCH_TMPDIR:-${TMPDIR:-/tmp}}")
+  pids=()
+  trap cleanup EXIT
+}
 
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done

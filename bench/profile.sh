@@ -8,12 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=${1:-10} workload=${2:-uncontended} clients=${3:-64}
 command -v perf >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q linux-perf >/dev/null
-cargo build --release -q -p baton
-bin=target/release/baton
-dir=$(mktemp -d -p "${TMPDIR:-/tmp}")
-pids=()
 source bench/lib.sh
-trap cleanup EXIT
+prepare
 start_baton
 leader=$("$bin" status --endpoints "$baton_eps" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["groups"][0]["leader"])')
 leader_pid=${baton_pids[$((leader - 1))]}

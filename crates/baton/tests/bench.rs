@@ -3,26 +3,13 @@
 //! real single-member etcd, checking the JSON each run prints. Every process started here is
 //! stopped here, by its PID.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BATON: &str = env!("CARGO_BIN_EXE_baton");
+mod common;
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<_> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
-}
+use common::{free_ports, wait_for_line, Proc, BATON};
 
 fn start_dev(dir: &Path) -> (Proc, String) {
     let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
@@ -32,15 +19,7 @@ fn start_dev(dir: &Path) -> (Proc, String) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(line)) if line.contains("serving clients") => break,
-            Some(_) => continue,
-            None => panic!("baton dev exited before serving"),
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
+    wait_for_line(&mut child, "serving clients");
     (Proc(child), addr)
 }
 

@@ -16,14 +16,11 @@ use baton_client::{Client, ClientOptions};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-const BATON: &str = env!("CARGO_BIN_EXE_baton");
-const TTL: Duration = Duration::from_secs(2);
+mod common;
 
-/// `n` distinct free ports: all bound at once, so that no two calls can return the same port.
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<_> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
-}
+use common::{free_ports, BATON};
+
+const TTL: Duration = Duration::from_secs(2);
 
 /// A one-way link `from -> to`: a TCP proxy that can be cut (dropping every connection).
 struct Link {

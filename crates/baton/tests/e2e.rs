@@ -2,46 +2,13 @@
 //! real disks in temp folders. Every process started here is stopped here, by its PID.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BATON: &str = env!("CARGO_BIN_EXE_baton");
+mod common;
 
-/// A child process killed when dropped, so that a failing test leaves nothing running.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `n` distinct free ports: all bound at once, so that no two calls can return the same port.
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<_> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
-}
-
-fn wait_for_line(child: &mut Child, needle: &str) {
-    let out = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(out).lines();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        match lines.next() {
-            Some(Ok(line)) if line.contains(needle) => {
-                // Keep draining stdout so the child never blocks on a full pipe.
-                std::thread::spawn(move || for _ in lines {});
-                return;
-            }
-            Some(_) => continue,
-            None => break,
-        }
-    }
-    panic!("process never printed {needle:?}");
-}
+use common::{free_ports, wait_for_line, Proc, BATON};
 
 fn status_json(endpoints: &str) -> Option<serde_json::Value> {
     let out = Command::new(BATON).args(["status", "--json", "--endpoints", endpoints]).output().ok()?;

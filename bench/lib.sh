@@ -2,7 +2,8 @@
 # folder ($dir, under BENCH_TMPDIR or TMPDIR); start_baton / start_etcd start a 3-node Baton
 # and a 3-member etcd on 127.0.0.1 with data under $dir, remembering every PID in $pids so that
 # cleanup (run on exit) stops exactly what was started and removes $dir.
-# BATON_SERVER_FLAGS adds flags to every `baton server` (e.g. --lease-reads).
+# BATON_SERVER_FLAGS adds flags to every `baton server` (e.g. --lease-reads); KEEP_LOGS=FILE
+# keeps the servers' logs (concatenated) when the temp folder is removed.
 
 baton_peers="1=127.0.0.1:17801,2=127.0.0.1:17802,3=127.0.0.1:17803"
 baton_eps=127.0.0.1:17711,127.0.0.1:17712,127.0.0.1:17713
@@ -21,7 +22,7 @@ prepare() {
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$dir"
+  [ -n "${KEEP_LOGS:-}" ] && cat "$dir"/*.log >"$KEEP_LOGS"; rm -rf "$dir"
 }
 
 start_baton() {

@@ -236,6 +236,10 @@ impl Client {
             };
             let redirect = s_is_redirect(&status);
             if !redirect || Instant::now() >= deadline {
+                if status.code() == Code::Unavailable {
+                    // Ambiguous for this call, but the next one should not ask the same node.
+                    self.reroute(&addr, &status);
+                }
                 return Err(Error::Status(status));
             }
             if !self.reroute(&addr, &status) {
@@ -537,12 +541,32 @@ fn retryable(s: &Status) -> bool {
     }
 }
 
-/// True if the status proves the request was not applied: a follower's redirect or "no leader".
+/// True if the status proves the request was not applied: a follower's redirect, "no leader",
+/// or no connection at all.
 fn s_is_redirect(s: &Status) -> bool {
     s.code() == Code::Unavailable
         && (s.metadata().get(LEADER_METADATA).is_some()
             || s.message().contains("is not the leader")
-            || s.message().contains("has no leader"))
+            || s.message().contains("has no leader")
+            || s.message().starts_with(NOT_CONNECTED)
+            || connect_failed(s))
+}
+
+/// How a call stream that never connected reports it (see `pipe.rs`).
+const NOT_CONNECTED: &str = "could not connect to";
+
+/// True if the status is a failure to connect (nothing was sent).
+fn connect_failed(s: &Status) -> bool {
+    if s.code() != Code::Unavailable {
+        return false;
+    }
+    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(s);
+    let mut text = s.message().to_string();
+    while let Some(e) = source {
+        text.push_str(&format!(": {e}"));
+        source = e.source();
+    }
+    text.contains("tcp connect error") || text.contains("Connection refused")
 }
 
 fn request_id_seed() -> u64 {

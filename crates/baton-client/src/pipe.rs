@@ -44,6 +44,7 @@ impl Pipe {
         let shared = pending.clone();
         let addr = addr.to_string();
         tokio::spawn(async move {
+            let mut not_sent = false;
             let reason = match grpc.call(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)).await {
                 Ok(r) => {
                     let mut answers = r.into_inner();
@@ -60,10 +61,19 @@ impl Pipe {
                         }
                     }
                 }
-                Err(s) => s.message().to_string(),
+                Err(s) => {
+                    not_sent = crate::connect_failed(&s);
+                    s.message().to_string()
+                }
             };
             let mut p = shared.lock().expect("pipe lock");
-            let reason = format!("call stream to {addr} broke ({reason})");
+            // A connection that could not even be made carried nothing: say so, so that callers
+            // may retry elsewhere (see `s_is_redirect`).
+            let reason = if not_sent {
+                format!("{} {addr} ({reason})", crate::NOT_CONNECTED)
+            } else {
+                format!("call stream to {addr} broke ({reason})")
+            };
             for (_, w) in p.waiting.drain() {
                 let _ = w.send(Err(Status::unavailable(reason.clone())));
             }

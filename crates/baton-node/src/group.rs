@@ -195,7 +195,7 @@ impl Group {
         self.raw.has_ready()
             || self.snapshot_to_write.is_some()
             || !self.reads_queued.is_empty()
-            || !self.reads_ready.is_empty()
+            || self.reads_ready.iter().any(|(index, _)| *index <= self.sm.applied_index())
     }
 
     pub(crate) fn tick(&mut self, now: u64, wall: u64, out: &mut Vec<Output>) {

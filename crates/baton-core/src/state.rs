@@ -189,6 +189,13 @@ impl StateMachine {
         self.applied_index
     }
 
+    /// How many things the state holds (sessions, resources, counters, registers, latches): a
+    /// snapshot's cost grows with it.
+    pub fn object_count(&self) -> u64 {
+        (self.sessions.len() + self.locks.len() + self.counters.len() + self.registers.len() + self.latches.len())
+            as u64
+    }
+
     /// The last fencing token issued in this group.
     pub fn last_token(&self) -> Token {
         self.last_token

@@ -20,7 +20,8 @@ pub struct NodeConfig {
     pub heartbeat_ticks: usize,
     /// Raft election timeout, in ticks (randomised by raft-rs between this and twice this).
     pub election_ticks: usize,
-    /// Take a snapshot and cut the log after this many applied entries.
+    /// Take a snapshot and cut the log after this many applied entries, or a quarter as many as
+    /// the state has objects if that is more.
     pub snapshot_entries: u64,
     /// A proposal not applied within this long fails with `Unavailable`.
     pub proposal_timeout_ms: u64,

@@ -390,3 +390,38 @@ fn a_deposed_leader_does_not_renew_leases() {
         None => panic!("the keepalive was never answered"),
     }
 }
+
+/// A snapshot's cost grows with the state, so it waits for new entries in proportion: with
+/// 400 objects and `snapshot_entries` 20, no snapshot before 100 new entries (a quarter).
+#[test]
+fn snapshots_wait_longer_as_the_state_grows() {
+    let mut c = Cluster::new(3, 20);
+    let leader = c.wait_leader();
+    let a = c.open("a");
+    let snapshot_index =
+        |c: &Cluster| c.stores[&leader].recover(G).unwrap().map_or(0, |r| r.snapshot.get_metadata().index);
+    // 400 held locks: the interval becomes 100 entries.
+    for i in 0..400 {
+        c.outcome(acquire(&format!("held-{i}"), a, i + 1, None));
+        if i % 50 == 0 {
+            c.keepalive(&[a]);
+        }
+    }
+    let before = snapshot_index(&c);
+    assert!(before > 0, "small states still snapshot every 20 entries");
+    let applied = |c: &Cluster| c.nodes[&leader].state_machine(G).unwrap().applied_index();
+    let start = applied(&c);
+    let mut taken_at = None;
+    for i in 0..150 {
+        c.outcome(Command::CounterAdd { name: "ticks".into(), delta: 1 });
+        if i % 50 == 0 {
+            c.keepalive(&[a]);
+        }
+        if taken_at.is_none() && snapshot_index(&c) > before {
+            taken_at = Some(applied(&c));
+        }
+    }
+    let taken_at = taken_at.expect("a snapshot after enough entries");
+    assert!(taken_at - before >= 100, "snapshot after {} entries with 400 objects", taken_at - before);
+    assert!(taken_at > start);
+}

@@ -16,5 +16,7 @@ runs=("$@")
 [ ${#runs[@]} -eq 0 ] && runs=("uncontended 1" "uncontended 16" "uncontended 64" "contended 16")
 for run in "${runs[@]}"; do
   set -- $run
-  "$bin" bench --endpoints "$baton_eps" --workload "$1" --clients "$2" --duration "$duration" --json
+  workload=$1 clients=$2
+  shift 2
+  "$bin" bench --endpoints "$baton_eps" --workload "$workload" --clients "$clients" --duration "$duration" --json "$@"
 done

@@ -23,6 +23,7 @@ matrix=(
   "uncontended 1"
   "uncontended 16"
   "uncontended 64"
+  "uncontended 64 --connections 1"
   "uncontended-session 16"
   "contended 16"
   "hot-set 64"

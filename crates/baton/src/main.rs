@@ -250,6 +250,9 @@ enum Cmd {
         /// Comma-separated PIDs of the server processes, for memory and CPU figures.
         #[arg(long, default_value = "")]
         pids: String,
+        /// Connections the clients share, as tasks of one process would (default: one each).
+        #[arg(long, default_value_t = 0)]
+        connections: usize,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -417,8 +420,20 @@ async fn run(cmd: Cmd) -> ExitCode {
         }
         Cmd::Describe { endpoints: eps, json, name } => describe(eps, json, name).await,
         Cmd::Sim { .. } => unreachable!("handled before the runtime starts"),
-        Cmd::Bench { target, endpoints: eps, workload, clients, duration, sessions, locks, pids, json } => {
-            let args = bench_args(target, &eps, workload, clients, duration, sessions, locks, &pids);
+        Cmd::Bench {
+            target,
+            endpoints: eps,
+            workload,
+            clients,
+            duration,
+            sessions,
+            locks,
+            pids,
+            connections,
+            json,
+        } => {
+            let args = bench_args(target, &eps, workload, clients, duration, sessions, locks, &pids)
+                .map(|a| bench::BenchArgs { connections, ..a });
             match args {
                 Ok(args) => match bench::run(args).await {
                     Ok(report) if json => {
@@ -463,6 +478,7 @@ fn bench_args(
         sessions,
         locks,
         pids,
+        connections: 0,
     };
     bench::validate(&args)?;
     Ok(args)

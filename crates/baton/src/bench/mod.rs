@@ -71,6 +71,9 @@ pub struct BenchArgs {
     pub locks: usize,
     /// Server processes whose RSS and CPU time to read.
     pub pids: Vec<u32>,
+    /// Connections the clients share (0: one per client). Each client keeps its own session;
+    /// clients `i` and `i + connections` share a connection, as tasks of one process would.
+    pub connections: usize,
 }
 
 /// Checks the arguments before anything connects.
@@ -215,9 +218,14 @@ const SHORT_TTL: Duration = Duration::from_secs(10);
 /// Runs one workload and returns its figures.
 pub async fn run(args: BenchArgs) -> Result<BenchReport, String> {
     validate(&args)?;
-    let mut drivers = Vec::with_capacity(args.clients);
+    let mut drivers: Vec<Driver> = Vec::with_capacity(args.clients);
+    let connections = if args.connections == 0 { args.clients } else { args.connections.min(args.clients) };
     for i in 0..args.clients {
-        drivers.push(Driver::connect(args.target, &args.endpoints, i).await?);
+        let driver = match i.checked_sub(connections) {
+            Some(_) => drivers[i % connections].clone(),
+            None => Driver::connect(args.target, &args.endpoints, i).await?,
+        };
+        drivers.push(driver);
     }
     match args.workload.as_str() {
         "keepalive-scale" => keepalive_scale(&args, drivers).await,
@@ -309,6 +317,7 @@ async fn looped(args: &BenchArgs, drivers: Vec<Driver>) -> Result<BenchReport, S
         target: args.target,
         workload: args.workload.clone(),
         clients: args.clients,
+        connections: args.connections,
         ops_per_s: shared.ops.load(Ordering::Relaxed) as f64 / elapsed,
         latency_us,
         errors: shared.errors.load(Ordering::Relaxed),
@@ -496,6 +505,7 @@ async fn keepalive_scale(args: &BenchArgs, drivers: Vec<Driver>) -> Result<Bench
         target: args.target,
         workload: args.workload.clone(),
         clients: args.clients,
+        connections: args.connections,
         ops_per_s: renewed / elapsed,
         latency_us: histogram(),
         errors: 0,
@@ -582,6 +592,7 @@ async fn hold(args: &BenchArgs, drivers: Vec<Driver>) -> Result<BenchReport, Str
         target: args.target,
         workload: args.workload.clone(),
         clients: args.clients,
+        connections: args.connections,
         ops_per_s: held as f64 / taking,
         latency_us,
         errors: shared.errors.load(Ordering::Relaxed),
@@ -627,6 +638,7 @@ mod tests {
             sessions: 10,
             locks: 10,
             pids: vec![],
+            connections: 0,
         }
     }
 

@@ -17,6 +17,8 @@ pub struct BenchReport {
     pub workload: String,
     /// Concurrent clients.
     pub clients: usize,
+    /// Connections they shared (0: one each).
+    pub connections: usize,
     /// Completed operations per second.
     pub ops_per_s: f64,
     /// Latency histogram in microseconds.
@@ -52,6 +54,9 @@ impl BenchReport {
             "max_ms": self.latency_us.max() as f64 / 1000.0,
             "errors": self.errors,
         });
+        if self.connections != 0 && self.connections < self.clients {
+            v["connections"] = self.connections.into();
+        }
         if self.workload == "contended" {
             v["handoffs_per_s"] = v["ops_per_s"].clone();
         }
@@ -95,7 +100,8 @@ impl BenchReport {
 /// One compared line: a workload at a client count, with each target's figures.
 struct Pair {
     workload: String,
-    clients: u64,
+    /// The client count, and the connections they shared if fewer than one each.
+    clients: String,
     baton: Option<Value>,
     etcd: Option<Value>,
 }
@@ -119,11 +125,15 @@ fn advantage(p: &Pair) -> Option<(f64, &'static str)> {
 }
 
 fn pairs(lines: &[Value]) -> Vec<Pair> {
-    let mut order: Vec<(String, u64)> = Vec::new();
-    let mut by: BTreeMap<(String, u64), (Option<Value>, Option<Value>)> = BTreeMap::new();
+    let mut order: Vec<(String, String)> = Vec::new();
+    let mut by: BTreeMap<(String, String), (Option<Value>, Option<Value>)> = BTreeMap::new();
     for v in lines {
         let workload = v.get("workload").and_then(Value::as_str).unwrap_or("?").to_string();
         let clients = v.get("clients").and_then(Value::as_u64).unwrap_or(0);
+        let clients = match v.get("connections").and_then(Value::as_u64) {
+            Some(c) => format!("{clients} on {c} conns"),
+            None => clients.to_string(),
+        };
         let key = (workload, clients);
         if !by.contains_key(&key) {
             order.push(key.clone());

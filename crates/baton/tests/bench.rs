@@ -57,6 +57,10 @@ fn every_workload(target: &str, endpoint: &str, pid: u32) -> Vec<serde_json::Val
     }
     let v = bench(target, endpoint, pid, "contended", &[]);
     assert!(v["handoffs_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    // Three clients over one shared connection, each with its own session.
+    let v = bench(target, endpoint, pid, "contended", &["--connections", "1"]);
+    assert_eq!(v["connections"], 1, "{v}");
+    assert!(v["handoffs_per_s"].as_f64().unwrap() > 0.0, "{v}");
     // keepalive-scale waits TTL/3 before measuring; every session is renewed in the window.
     let v = bench(target, endpoint, pid, "keepalive-scale", &["--sessions", "300"]);
     assert_eq!(v["sessions"], 300);

@@ -131,6 +131,7 @@ fn pairs(lines: &[Value]) -> Vec<Pair> {
         let workload = v.get("workload").and_then(Value::as_str).unwrap_or("?").to_string();
         let clients = v.get("clients").and_then(Value::as_u64).unwrap_or(0);
         let clients = match v.get("connections").and_then(Value::as_u64) {
+            Some(1) => format!("{clients} on 1 conn"),
             Some(c) => format!("{clients} on {c} conns"),
             None => clients.to_string(),
         };
@@ -209,7 +210,13 @@ pub fn plot(lines: &[Value], path: &std::path::Path) -> Result<(), String> {
     let bars: Vec<(String, f64, &'static str)> = pairs(lines)
         .iter()
         .rev()
-        .filter_map(|p| advantage(p).map(|(r, on)| (format!("{} ({} clients)", p.workload, p.clients), r, on)))
+        .filter_map(|p| {
+            let who = match p.clients.split_once(" on ") {
+                Some((n, conns)) => format!("{n} clients on {conns}"),
+                None => format!("{} clients", p.clients),
+            };
+            advantage(p).map(|(r, on)| (format!("{} ({who})", p.workload), r, on))
+        })
         .collect();
     if bars.is_empty() {
         return Err("no workload ran on both targets: nothing to plot".into());

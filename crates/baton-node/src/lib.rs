@@ -45,7 +45,9 @@ pub mod storage;
 pub use disk::{DiskError, EngineStore, GroupWrite, LogStore, Recovered, WriteBatch};
 pub use host::{AcquireResult, Answer, Request, Requests};
 pub use mem::MemStore;
-pub use node::{GroupStatus, Node, NodeConfig, NodeError, Output, Query, Reply, Role};
+pub use node::{
+    lease_read_ms, GroupStatus, Node, NodeConfig, NodeError, Output, Query, Reply, Role, DEFAULT_ELECTION_TICKS,
+};
 
 /// Identifies a Raft group (a shard of the namespace).
 pub type GroupId = u64;

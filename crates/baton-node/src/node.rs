@@ -42,6 +42,15 @@ pub struct NodeConfig {
     pub lease_read_ms: u64,
 }
 
+/// Default Raft election timeout, in ticks.
+pub const DEFAULT_ELECTION_TICKS: usize = 10;
+
+/// The lease for `NodeConfig::lease_read_ms` that the server and the simulator use: 80% of the
+/// election timeout, leaving 20% for clock drift, clock jumps and scheduling delays.
+pub fn lease_read_ms(election_ticks: usize, tick_ms: u64) -> u64 {
+    election_ticks as u64 * tick_ms * 8 / 10
+}
+
 impl NodeConfig {
     /// Defaults for a node with the given id and voters.
     pub fn new(id: NodeId, voters: Vec<NodeId>) -> Self {
@@ -49,7 +58,7 @@ impl NodeConfig {
             id,
             voters,
             heartbeat_ticks: 2,
-            election_ticks: 10,
+            election_ticks: DEFAULT_ELECTION_TICKS,
             snapshot_entries: 20_000,
             proposal_timeout_ms: 10_000,
             max_pending: 200_000,

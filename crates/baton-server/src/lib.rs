@@ -59,7 +59,7 @@ impl ServerConfig {
             data_dir,
             peers,
             tick: Duration::from_millis(100),
-            election_ticks: 10,
+            election_ticks: baton_node::DEFAULT_ELECTION_TICKS,
             snapshot_entries: 20_000,
             lease_reads: false,
         }
@@ -130,8 +130,8 @@ impl Server {
         node_config.election_ticks = config.election_ticks;
         node_config.snapshot_entries = config.snapshot_entries;
         if config.lease_reads {
-            let election_ms = config.election_ticks as u64 * config.tick.as_millis() as u64;
-            node_config.lease_read_ms = election_ms * 8 / 10;
+            node_config.lease_read_ms =
+                baton_node::lease_read_ms(config.election_ticks, config.tick.as_millis() as u64);
         }
         // The node takes its randomness as an input; here it comes from the OS.
         node_config.seed = {

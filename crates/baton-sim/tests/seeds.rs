@@ -96,7 +96,9 @@ fn clock_jumps_beyond_the_lease_margin_are_caught() {
 /// deposed leader answer stale reads, and the checker must see that.
 #[test]
 fn lease_reads_are_safe_within_the_timeout_and_caught_beyond_it() {
-    let cfg = SimConfig { lease_read_ms: 800, ..SimConfig::default() };
+    let lease = baton_node::lease_read_ms(baton_node::DEFAULT_ELECTION_TICKS, SimConfig::default().tick_ms);
+    assert_eq!(lease, 800);
+    let cfg = SimConfig { lease_read_ms: lease, ..SimConfig::default() };
     assert_clean(&cfg, 0..8);
     let faults = Faults { partition: true, ..Faults::default() };
     let too_long = SimConfig { lease_read_ms: 6_000, faults, ..SimConfig::default() };

@@ -432,8 +432,20 @@ async fn run(cmd: Cmd) -> ExitCode {
             connections,
             json,
         } => {
-            let args = bench_args(target, &eps, workload, clients, duration, sessions, locks, &pids)
-                .map(|a| bench::BenchArgs { connections, ..a });
+            let args = parse_pids(&pids).and_then(|pids| {
+                let args = bench::BenchArgs {
+                    target: bench::driver::Target::parse(&target)?,
+                    endpoints: endpoints(&eps),
+                    workload,
+                    clients,
+                    duration: Duration::from_secs_f64(duration.clamp(0.1, 3600.0)),
+                    sessions,
+                    locks,
+                    pids,
+                    connections,
+                };
+                bench::validate(&args).map(|()| args)
+            });
             match args {
                 Ok(args) => match bench::run(args).await {
                     Ok(report) if json => {
@@ -453,35 +465,12 @@ async fn run(cmd: Cmd) -> ExitCode {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn bench_args(
-    target: String,
-    eps: &str,
-    workload: String,
-    clients: usize,
-    duration: f64,
-    sessions: usize,
-    locks: usize,
-    pids: &str,
-) -> Result<bench::BenchArgs, String> {
-    let pids = pids
-        .split(',')
+/// `--pids`: comma-separated process ids (empty: none).
+fn parse_pids(list: &str) -> Result<Vec<u32>, String> {
+    list.split(',')
         .filter(|p| !p.trim().is_empty())
         .map(|p| p.trim().parse::<u32>().map_err(|_| format!("--pids: {p:?} is not a process id")))
-        .collect::<Result<Vec<_>, _>>()?;
-    let args = bench::BenchArgs {
-        target: bench::driver::Target::parse(&target)?,
-        endpoints: endpoints(eps),
-        workload,
-        clients,
-        duration: Duration::from_secs_f64(duration.clamp(0.1, 3600.0)),
-        sessions,
-        locks,
-        pids,
-        connections: 0,
-    };
-    bench::validate(&args)?;
-    Ok(args)
+        .collect()
 }
 
 fn bench_report(input: &std::path::Path, svg: Option<&std::path::Path>) -> ExitCode {

@@ -56,8 +56,12 @@ fn config(args: &SimArgs) -> Result<SimConfig, String> {
         fault_ms: args.fault_ms,
         heal_ms: args.heal_ms,
         keep_trace: args.trace,
-        // As the server sets it: 80% of the election timeout (10 ticks).
-        lease_read_ms: if args.lease_reads { SimConfig::default().tick_ms * 10 * 8 / 10 } else { 0 },
+        // As the server sets it.
+        lease_read_ms: if args.lease_reads {
+            baton_node::lease_read_ms(baton_node::DEFAULT_ELECTION_TICKS, SimConfig::default().tick_ms)
+        } else {
+            0
+        },
         ..SimConfig::default()
     })
 }

@@ -132,7 +132,7 @@ fn start_etcd(dir: &Path) -> Option<(Proc, String)> {
 fn every_workload_runs_against_a_real_etcd() {
     let dir = tempfile::tempdir().unwrap();
     let Some((etcd, addr)) = start_etcd(dir.path()) else { return };
-    let lines = every_workload("etcd", &addr, etcd.0.id());
-    // etcd's lock path: fencing revisions grow and exclusion holds (checked in bench()).
-    assert!(lines.iter().any(|v| v["workload"] == "contended"));
+    // Every run is checked in bench(): documented keys, no errors, and for etcd's lock and
+    // election paths no exclusion violations and growing revisions.
+    every_workload("etcd", &addr, etcd.0.id());
 }

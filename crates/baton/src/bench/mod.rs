@@ -155,13 +155,28 @@ impl Shared {
         self.first_error.lock().expect("error lock").get_or_insert(e);
     }
 
-    /// The workload-specific figures: the first error, if any.
-    fn extra(&self) -> serde_json::Map<String, serde_json::Value> {
-        let mut extra = serde_json::Map::new();
+    /// The run's figures: what every worker added here, `ops_per_s`, and the workload's own
+    /// figures (`extra`), plus the first error if there was one.
+    fn report(
+        &self,
+        args: &BenchArgs,
+        ops_per_s: f64,
+        mut extra: serde_json::Map<String, serde_json::Value>,
+    ) -> BenchReport {
         if let Some(e) = self.first_error.lock().expect("error lock").clone() {
             extra.insert("first_error".into(), e.into());
         }
-        extra
+        BenchReport {
+            target: args.target,
+            workload: args.workload.clone(),
+            clients: args.clients,
+            connections: args.connections,
+            ops_per_s,
+            latency_us: self.hist.lock().expect("hist lock").clone(),
+            errors: self.errors.load(Ordering::Relaxed),
+            violations: self.violations.load(Ordering::Relaxed),
+            extra,
+        }
     }
 }
 
@@ -312,18 +327,8 @@ async fn looped(args: &BenchArgs, drivers: Vec<Driver>) -> Result<BenchReport, S
             let _ = w.driver.close(s).await;
         }
     }
-    let latency_us = shared.hist.lock().expect("hist lock").clone();
-    Ok(BenchReport {
-        target: args.target,
-        workload: args.workload.clone(),
-        clients: args.clients,
-        connections: args.connections,
-        ops_per_s: shared.ops.load(Ordering::Relaxed) as f64 / elapsed,
-        latency_us,
-        errors: shared.errors.load(Ordering::Relaxed),
-        violations: shared.violations.load(Ordering::Relaxed),
-        extra: shared.extra(),
-    })
+    let ops_per_s = shared.ops.load(Ordering::Relaxed) as f64 / elapsed;
+    Ok(shared.report(args, ops_per_s, serde_json::Map::new()))
 }
 
 fn session(w: &Worker) -> Result<&Sess, String> {
@@ -499,19 +504,9 @@ async fn keepalive_scale(args: &BenchArgs, drivers: Vec<Driver>) -> Result<Bench
         extra.insert("cpu_us_per_renewal".into(), round1(1e6 * cpu / renewed.max(1.0)).into());
     }
     // Each session should be renewed about every TTL/3: fewer renewals mean lost sessions.
-    let expected = args.sessions as f64 * elapsed / (SHORT_TTL.as_secs_f64() / 3.0);
-    extra.insert("renewals_expected_per_s".into(), round1(expected / elapsed).into());
-    Ok(BenchReport {
-        target: args.target,
-        workload: args.workload.clone(),
-        clients: args.clients,
-        connections: args.connections,
-        ops_per_s: renewed / elapsed,
-        latency_us: histogram(),
-        errors: 0,
-        violations: 0,
-        extra,
-    })
+    let expected_per_s = args.sessions as f64 / (SHORT_TTL.as_secs_f64() / 3.0);
+    extra.insert("renewals_expected_per_s".into(), round1(expected_per_s).into());
+    Ok(Shared::new(0).report(args, renewed / elapsed, extra))
 }
 
 fn round1(v: f64) -> f64 {
@@ -580,25 +575,14 @@ async fn hold(args: &BenchArgs, drivers: Vec<Driver>) -> Result<BenchReport, Str
         std::mem::forget(list);
     }
     close_many(&drivers, sessions).await;
-    let mut extra = shared.extra();
+    let mut extra = serde_json::Map::new();
     extra.insert("sessions".into(), args.sessions.into());
     extra.insert("locks".into(), held.into());
     extra.insert("rss_before_mib".into(), round1(rss0 as f64 / 1048576.0).into());
     extra.insert("rss_after_mib".into(), round1(rss2 as f64 / 1048576.0).into());
     extra.insert("bytes_per_session".into(), (rss1.saturating_sub(rss0) / args.sessions as u64).into());
     extra.insert("bytes_per_lock".into(), (rss2.saturating_sub(rss1) / held.max(1) as u64).into());
-    let latency_us = shared.hist.lock().expect("hist lock").clone();
-    Ok(BenchReport {
-        target: args.target,
-        workload: args.workload.clone(),
-        clients: args.clients,
-        connections: args.connections,
-        ops_per_s: held as f64 / taking,
-        latency_us,
-        errors: shared.errors.load(Ordering::Relaxed),
-        violations: 0,
-        extra,
-    })
+    Ok(shared.report(args, held as f64 / taking, extra))
 }
 
 #[cfg(test)]

@@ -482,10 +482,14 @@ impl Client {
     pub async fn session(&self, ttl: Duration) -> Result<Session> {
         let client_id = self.inner.options.client_id.clone();
         let ttl_ms = ttl.as_millis() as u64;
+        // One request id for every attempt: a retry after an ambiguous failure returns the
+        // session the first attempt opened instead of leaving it orphaned. The lease is measured
+        // from the first attempt's send time, before which the session cannot have opened.
+        let request_id = self.request_id();
         let sent = Instant::now();
         let r = self
             .rpc(|mut c| {
-                let req = pb::OpenSessionRequest { client_id: client_id.clone(), ttl_ms };
+                let req = pb::OpenSessionRequest { client_id: client_id.clone(), ttl_ms, request_id };
                 async move { c.open_session(req).await }
             })
             .await?;

@@ -26,7 +26,7 @@ impl Log {
     }
 
     fn session(&mut self) -> u64 {
-        match self.apply(Command::OpenSession { client: "bench".into(), ttl_ms: 60_000 }) {
+        match self.apply(Command::OpenSession { client: "bench".into(), ttl_ms: 60_000, request_id: 0 }) {
             Outcome::SessionOpened { session, .. } => session,
             other => panic!("unexpected {other:?}"),
         }

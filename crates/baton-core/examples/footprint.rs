@@ -46,7 +46,7 @@ fn main() {
     let mut ids = Vec::with_capacity(sessions);
     for i in 0..sessions {
         let client = format!("bench-{}-{}", 4242, i % 64);
-        match apply(&mut sm, Command::OpenSession { client, ttl_ms: 30_000 }) {
+        match apply(&mut sm, Command::OpenSession { client, ttl_ms: 30_000, request_id: 0 }) {
             Outcome::SessionOpened { session, .. } => ids.push(session),
             other => panic!("unexpected {other:?}"),
         }

@@ -11,6 +11,7 @@
 
 use crate::command::{AcquireRequest, Event, Outcome, SessionId};
 use crate::error::{Error, Result};
+use crate::names::Use;
 use crate::queue::Kind;
 use crate::state::{RecentResult, StateMachine};
 
@@ -67,12 +68,18 @@ impl StateMachine {
         }
     }
 
+    /// A latch's count (`None`: not set, or it reached zero).
+    pub fn latch(&self, name: &str) -> Option<u64> {
+        self.latches.get(name).copied()
+    }
+
     /// Sets a latch's count if it has none (it counts down from there).
     pub(crate) fn latch_set(&mut self, name: &str, count: u64) -> Result<Outcome> {
         self.limits.check_name(name)?;
         if count == 0 {
             return Err(Error::InvalidArgument("a latch's count must be at least 1".into()));
         }
+        self.check_use(name, Use::Latch)?;
         let current = self.latches.get(name).copied().unwrap_or(0);
         if current == 0 {
             if self.latches.len() >= self.limits.max_values {
@@ -87,6 +94,7 @@ impl StateMachine {
     /// Counts a latch down by one; at zero its waiters pass and it is forgotten.
     pub(crate) fn latch_count_down(&mut self, name: &str, events: &mut Vec<Event>) -> Result<Outcome> {
         self.limits.check_name(name)?;
+        self.check_use(name, Use::Latch)?;
         let Some(count) = self.latches.get_mut(name) else {
             return Err(Error::InvalidArgument(format!("latch {name:?} is not set (or already reached zero)")));
         };

@@ -18,8 +18,10 @@ pub type Token = u64;
 /// One replicated write.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    /// Open a session owned by `client` that lives `ttl_ms` after its last keepalive.
-    OpenSession { client: String, ttl_ms: u64 },
+    /// Open a session owned by `client` that lives `ttl_ms` after its last keepalive. A retry
+    /// with the same non-zero `request_id` while that session lives returns it again, instead
+    /// of opening a second one that nobody would keep alive.
+    OpenSession { client: String, ttl_ms: u64, request_id: u64 },
     /// Close a session on its owner's request: its locks are released, its waits end.
     CloseSession { session: SessionId },
     /// The leader saw these sessions go a full TTL without a keepalive.

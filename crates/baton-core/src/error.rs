@@ -25,6 +25,14 @@ pub enum Error {
     /// Nothing is reentrant: the session already holds or waits for this name.
     #[error("session {session} already {state} {name:?} ({why})")]
     AlreadyOwned { name: String, session: SessionId, state: &'static str, why: &'static str },
+    /// The name is in use as another kind of primitive (a lock and a latch, say, never share
+    /// a name while either exists).
+    #[error("{name:?} is in use as {in_use}; it cannot be used as {asked} until it is free")]
+    WrongKind { name: String, in_use: String, asked: String },
+    /// A retry of a request older than the session's retry window: its outcome is no longer
+    /// remembered, so it is refused rather than applied a second time.
+    #[error("request {request_id} of session {session} is older than the session's retry window (its outcome is no longer remembered); it was not applied again")]
+    RetryTooLate { session: SessionId, request_id: u64 },
     /// A retried request whose grant has since been released.
     #[error("request {request_id} on lock {name:?} already completed: it was granted token {token} and released")]
     RequestCompleted { name: String, request_id: u64, token: Token },

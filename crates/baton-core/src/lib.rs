@@ -21,7 +21,10 @@
 //!
 //! # Caveats
 //! - Locks are not reentrant (documented choice): a second acquire by the holder is an error.
-//! - A session's remembered results for idempotent retries are bounded to the last 16.
+//! - A session remembers the outcomes of its last 16 finished requests for idempotent retries;
+//!   a retry of an older one is refused ([`Error::RetryTooLate`]), never applied twice. Request
+//!   ids must therefore grow within a session (the client's do).
+//! - One name, one kind: see [`names`](crate::names) for the rule between primitives.
 
 pub mod barrier;
 pub mod bugs;
@@ -30,6 +33,7 @@ pub mod error;
 pub mod hlc;
 pub mod limits;
 mod lock;
+pub mod names;
 pub mod queue;
 mod state;
 pub mod value;

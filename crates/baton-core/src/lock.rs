@@ -12,6 +12,7 @@
 
 use crate::command::{AcquireRequest, Event, Outcome, SessionEnd, SessionId, Token, WaitEnd};
 use crate::error::{Error, Result};
+use crate::names::Use;
 use crate::queue::{Holder, Kind, LockState, Mode, Waiter};
 use crate::state::{RecentResult, StateMachine, Timer, TimerKind};
 
@@ -32,16 +33,7 @@ impl StateMachine {
         req.kind.accepts(req.mode).map_err(Error::InvalidArgument)?;
         check_value(&req.value)?;
         self.check_barrier(req)?;
-        if let Some(existing) = self.locks.get(&req.name).map(|l| l.kind) {
-            if existing != req.kind {
-                return Err(Error::InvalidArgument(format!(
-                    "{:?} is a {}, not a {}",
-                    req.name,
-                    existing.describe(),
-                    req.kind.describe()
-                )));
-            }
-        }
+        self.check_use(&req.name, Use::Resource(req.kind))?;
         let Some(session) = self.sessions.get(&req.session) else {
             return Err(Error::SessionNotFound(req.session));
         };
@@ -149,6 +141,9 @@ impl StateMachine {
         let session = &self.sessions[&req.session];
         let recent = session.recent.iter().rev().find(|r| r.request_id == req.request_id && r.name == req.name);
         match recent.map(|r| &r.result) {
+            None if session.forgotten_up_to.is_some_and(|f| req.request_id <= f) => {
+                Err(Error::RetryTooLate { session: req.session, request_id: req.request_id })
+            }
             None => Ok(None),
             Some(RecentResult::NotAvailable { holder }) => Ok(Some(Outcome::NotAvailable { holder: *holder })),
             Some(RecentResult::WaitEnded(WaitEnd::Cancelled)) => Ok(Some(Outcome::Cancelled { granted: None })),
@@ -190,13 +185,21 @@ impl StateMachine {
         if !self.sessions.contains_key(&session) {
             return Err(Error::SessionNotFound(session));
         }
-        if let Some(h) = self.locks.get(name).and_then(|l| l.holder(session)) {
+        let lock = self.locks.get(name);
+        if let Some(h) = lock.and_then(|l| l.holder(session)) {
             if h.request_id == request_id {
                 // The grant won the race with the cancel: the caller must release it.
                 return Ok(Outcome::Cancelled { granted: Some(h.token) });
             }
         }
-        self.end_wait(name, session, request_id, WaitEnd::Cancelled, events);
+        if lock.is_some_and(|l| l.position(session, request_id).is_some()) {
+            self.end_wait(name, session, request_id, WaitEnd::Cancelled, events);
+        } else if !self.sessions[&session].recent.iter().any(|r| r.request_id == request_id && r.name == name) {
+            // The cancel overtook its acquire (or the acquire never arrived): remember it, so
+            // that the acquire, if it comes, is answered "cancelled" instead of queueing or
+            // being granted with nobody waiting for it.
+            self.remember(session, request_id, name, RecentResult::WaitEnded(WaitEnd::Cancelled));
+        }
         Ok(Outcome::Cancelled { granted: None })
     }
 
@@ -233,12 +236,10 @@ impl StateMachine {
     ) -> Result<Outcome> {
         self.limits.check_name(name)?;
         check_value(value)?;
+        self.check_use(name, Use::Resource(Kind::Election))?;
         let Some(lock) = self.locks.get_mut(name) else {
             return Err(Error::NotHolder { name: name.to_string(), session, token });
         };
-        if lock.kind != Kind::Election {
-            return Err(Error::InvalidArgument(format!("{name:?} is a {}, not an election", lock.kind.describe())));
-        }
         let Some(h) = lock.holders.iter_mut().find(|h| h.session == session && h.token == token) else {
             return Err(Error::NotHolder { name: name.to_string(), session, token });
         };
@@ -250,13 +251,14 @@ impl StateMachine {
     /// Grants the lock to queued waiters while it is free and open.
     pub(crate) fn grant_waiters(&mut self, name: &str, events: &mut Vec<Event>) {
         let now = self.now_ms;
-        // Waiters whose deadline has passed time out first, even if their own timer has not
-        // fired yet (timers fire in time order; an earlier one may be what frees the lock).
-        while let Some(w) = self.locks.get(name).and_then(|l| l.waiters.front()) {
-            if w.deadline_ms > now {
-                break;
-            }
-            let (session, request_id) = (w.session, w.request_id);
+        // Every waiter whose deadline has passed times out first, wherever it is in the queue,
+        // even if its own timer has not fired yet: timers fire in time order, and an earlier
+        // one (a writer's deadline, say) may be what frees the lock for the readers behind it.
+        // Timing out only the front let those readers be granted after their deadline.
+        let late: Vec<(SessionId, u64)> = self.locks.get(name).map_or_else(Vec::new, |l| {
+            l.waiters.iter().filter(|w| w.deadline_ms <= now).map(|w| (w.session, w.request_id)).collect()
+        });
+        for (session, request_id) in late {
             self.remove_wait(name, session, request_id, WaitEnd::TimedOut, events);
         }
         while let Some(w) = self.locks.get_mut(name).and_then(|l| l.next_to_grant(now)) {

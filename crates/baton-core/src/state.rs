@@ -26,6 +26,12 @@ pub struct Session {
     pub owned: BTreeSet<String>,
     /// Requests that finished without holding the lock now, for idempotent retries.
     pub(crate) recent: VecDeque<Recent>,
+    /// The highest request id pushed out of `recent`: a request at or below it that is neither
+    /// held, queued nor remembered is a retry whose outcome was forgotten, and is refused
+    /// (request ids grow per client, so a new request is always above it).
+    pub(crate) forgotten_up_to: Option<u64>,
+    /// The request id that opened the session (0: none), for idempotent opens.
+    pub(crate) open_request: u64,
 }
 
 /// A finished acquire request remembered by its session.
@@ -80,6 +86,8 @@ pub struct StateMachine {
     pub(crate) last_token: Token,
     pub(crate) sessions: BTreeMap<SessionId, Session>,
     pub(crate) sessions_per_client: BTreeMap<String, u32>,
+    /// Live sessions by the (client, request id) that opened them, for idempotent opens.
+    pub(crate) opens: BTreeMap<(String, u64), SessionId>,
     pub(crate) locks: BTreeMap<String, LockState>,
     pub(crate) timers: BTreeSet<Timer>,
     pub(crate) counters: BTreeMap<String, i64>,
@@ -96,6 +104,12 @@ pub struct StateMachine {
     pub(crate) bugs: Bugs,
 }
 
+impl Default for StateMachine {
+    fn default() -> Self {
+        StateMachine::new(Limits::default())
+    }
+}
+
 impl StateMachine {
     /// An empty state machine with the given limits.
     pub fn new(limits: Limits) -> Self {
@@ -106,6 +120,7 @@ impl StateMachine {
             last_token: 0,
             sessions: BTreeMap::new(),
             sessions_per_client: BTreeMap::new(),
+            opens: BTreeMap::new(),
             locks: BTreeMap::new(),
             timers: BTreeSet::new(),
             counters: BTreeMap::new(),
@@ -138,7 +153,9 @@ impl StateMachine {
         // to a waiter whose deadline has passed but whose Tick has not been applied yet.
         self.run_timers(events);
         match &entry.command {
-            Command::OpenSession { client, ttl_ms } => self.open_session(index, client, *ttl_ms, events),
+            Command::OpenSession { client, ttl_ms, request_id } => {
+                self.open_session(index, client, *ttl_ms, *request_id, events)
+            }
             Command::CloseSession { session } => self.close_session(*session, events),
             Command::ExpireSessions { sessions } => Ok(self.expire_sessions(sessions, events)),
             Command::Acquire(req) => self.acquire(req, events),
@@ -246,9 +263,23 @@ impl StateMachine {
         bincode::deserialize(bytes)
     }
 
-    fn open_session(&mut self, index: u64, client: &str, ttl_ms: u64, events: &mut Vec<Event>) -> Result<Outcome> {
+    fn open_session(
+        &mut self,
+        index: u64,
+        client: &str,
+        ttl_ms: u64,
+        request_id: u64,
+        events: &mut Vec<Event>,
+    ) -> Result<Outcome> {
         self.limits.check_client(client)?;
         self.limits.check_ttl(ttl_ms)?;
+        if request_id != 0 {
+            if let Some(&session) = self.opens.get(&(client.to_string(), request_id)) {
+                // A retry of an open that applied: the same session, not a second one.
+                let ttl_ms = self.sessions[&session].ttl_ms;
+                return Ok(Outcome::SessionOpened { session, ttl_ms });
+            }
+        }
         let count = self.sessions_per_client.get(client).copied().unwrap_or(0);
         if count >= self.limits.max_sessions_per_client {
             return Err(Error::LimitExceeded(format!(
@@ -263,8 +294,18 @@ impl StateMachine {
                 self.limits.max_sessions
             )));
         }
-        let session = Session { client: client.to_string(), ttl_ms, owned: BTreeSet::new(), recent: VecDeque::new() };
+        let session = Session {
+            client: client.to_string(),
+            ttl_ms,
+            owned: BTreeSet::new(),
+            recent: VecDeque::new(),
+            forgotten_up_to: None,
+            open_request: request_id,
+        };
         self.sessions.insert(index, session);
+        if request_id != 0 {
+            self.opens.insert((client.to_string(), request_id), index);
+        }
         *self.sessions_per_client.entry(client.to_string()).or_insert(0) += 1;
         events.push(Event::SessionOpened { session: index, ttl_ms });
         Ok(Outcome::SessionOpened { session: index, ttl_ms })
@@ -293,6 +334,9 @@ impl StateMachine {
     /// expired) and handed to the next waiters. Returns how many locks it held.
     fn end_session(&mut self, session: SessionId, how: SessionEnd, events: &mut Vec<Event>) -> u32 {
         let Some(state) = self.sessions.remove(&session) else { return 0 };
+        if state.open_request != 0 {
+            self.opens.remove(&(state.client.clone(), state.open_request));
+        }
         if let Some(count) = self.sessions_per_client.get_mut(&state.client) {
             *count -= 1;
             if *count == 0 {
@@ -335,7 +379,9 @@ impl StateMachine {
     pub(crate) fn remember(&mut self, session: SessionId, request_id: u64, name: &str, result: RecentResult) {
         if let Some(s) = self.sessions.get_mut(&session) {
             if s.recent.len() == RECENT_PER_SESSION {
-                s.recent.pop_front();
+                if let Some(old) = s.recent.pop_front() {
+                    s.forgotten_up_to = s.forgotten_up_to.max(Some(old.request_id));
+                }
             }
             s.recent.push_back(Recent { request_id, name: name.to_string(), result });
         }

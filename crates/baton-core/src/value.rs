@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::{Event, Outcome};
 use crate::error::{Error, Result};
+use crate::names::Use;
 use crate::state::StateMachine;
 
 /// Largest register value, in bytes.
@@ -26,6 +27,7 @@ pub struct Register {
 impl StateMachine {
     pub(crate) fn counter_add(&mut self, name: &str, delta: i64, events: &mut Vec<Event>) -> Result<Outcome> {
         self.limits.check_name(name)?;
+        self.check_use(name, Use::Counter)?;
         let current = self.counter(name);
         let value = current
             .checked_add(delta)
@@ -42,6 +44,7 @@ impl StateMachine {
         events: &mut Vec<Event>,
     ) -> Result<Outcome> {
         self.limits.check_name(name)?;
+        self.check_use(name, Use::Counter)?;
         let current = self.counter(name);
         if current != expected {
             return Ok(Outcome::Counter { value: current, swapped: false });
@@ -83,6 +86,7 @@ impl StateMachine {
         events: &mut Vec<Event>,
     ) -> Result<Outcome> {
         self.limits.check_name(name)?;
+        self.check_use(name, Use::Register)?;
         if let Some(v) = value {
             if v.len() > MAX_VALUE_BYTES {
                 return Err(Error::InvalidArgument(format!(

@@ -48,7 +48,11 @@ fn run_script(script: &str) -> String {
         let (pos, named) = parse_args(&words[1..]);
         let arg = |k: &str| *named.get(k).unwrap_or_else(|| panic!("{line}: missing {k}="));
         let command = match words[0] {
-            "open" => Command::OpenSession { client: pos[0].clone(), ttl_ms: arg("ttl") },
+            "open" => Command::OpenSession {
+                client: pos[0].clone(),
+                ttl_ms: arg("ttl"),
+                request_id: named.get("r").copied().unwrap_or(0),
+            },
             "close" => Command::CloseSession { session: pos[0].parse().unwrap() },
             "expire" => Command::ExpireSessions { sessions: pos.iter().map(|s| s.parse().unwrap()).collect() },
             "acquire" => {

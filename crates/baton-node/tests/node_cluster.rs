@@ -180,7 +180,7 @@ impl Cluster {
     }
 
     fn open(&mut self, client: &str) -> u64 {
-        match self.outcome(Command::OpenSession { client: client.into(), ttl_ms: 3_000 }) {
+        match self.outcome(Command::OpenSession { client: client.into(), ttl_ms: 3_000, request_id: 0 }) {
             Outcome::SessionOpened { session, .. } => session,
             o => panic!("{o:?}"),
         }

@@ -106,7 +106,8 @@ impl Baton for BatonService {
             .check_ttl(ttl_ms)
             .and_then(|_| limits.check_client(&req.client_id))
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        match self.propose(Command::OpenSession { client: req.client_id, ttl_ms }).await? {
+        let command = Command::OpenSession { client: req.client_id, ttl_ms, request_id: req.request_id };
+        match self.propose(command).await? {
             Outcome::SessionOpened { session, ttl_ms } => {
                 Ok(Response::new(pb::OpenSessionResponse { session_id: session, ttl_ms }))
             }

@@ -31,7 +31,11 @@ pub fn to_status(err: NodeError, node: &NodeHandle) -> Status {
                 E::InvalidArgument(_) => Code::InvalidArgument,
                 E::LimitExceeded(_) => Code::ResourceExhausted,
                 E::SessionNotFound(_) => Code::NotFound,
-                E::NotHolder { .. } | E::AlreadyOwned { .. } | E::RequestCompleted { .. } => Code::FailedPrecondition,
+                E::NotHolder { .. }
+                | E::AlreadyOwned { .. }
+                | E::RequestCompleted { .. }
+                | E::WrongKind { .. }
+                | E::RetryTooLate { .. } => Code::FailedPrecondition,
             };
             Status::new(code, e.to_string())
         }

@@ -303,8 +303,13 @@ async fn a_paused_holder_is_fenced_off_by_its_token() {
     let mut raw = None;
     for addr in cluster.endpoints() {
         let mut c = baton_proto::v1::baton_client::BatonClient::connect(format!("http://{addr}")).await.unwrap();
-        if let Ok(r) =
-            c.open_session(baton_proto::v1::OpenSessionRequest { client_id: "paused".into(), ttl_ms: 1000 }).await
+        if let Ok(r) = c
+            .open_session(baton_proto::v1::OpenSessionRequest {
+                client_id: "paused".into(),
+                ttl_ms: 1000,
+                request_id: 0,
+            })
+            .await
         {
             raw = Some((c, r.into_inner().session_id));
             break;
@@ -582,7 +587,8 @@ async fn call_stream_multiplexes_and_redirects() {
     };
     let (tx, mut answers) = open(cluster.client_addrs[&leader].clone()).await;
     let send = |call_id, op| tx.send(pb::CallRequest { call_id, op: Some(op) }).unwrap();
-    let open_req = || Op::OpenSession(pb::OpenSessionRequest { client_id: "pipe".into(), ttl_ms: 5_000 });
+    let open_req =
+        || Op::OpenSession(pb::OpenSessionRequest { client_id: "pipe".into(), ttl_ms: 5_000, request_id: 0 });
     send(1, open_req());
     send(2, open_req());
     let mut sessions = Vec::new();

@@ -57,7 +57,14 @@ enum Op {
     },
     Opening {
         creq: u64,
+        /// The open's request id: a resend carries the same one, so it returns the same session.
+        request_id: u64,
+        /// When the first attempt was sent: the session cannot have been opened (and its lease
+        /// started) before that, so the client's lease is measured from it, not from a resend.
+        first_sent_local: u64,
         sent_local: u64,
+        /// An error answered the last attempt (it already chose the next target).
+        answered: bool,
     },
     Acquiring {
         creq: u64,
@@ -251,10 +258,8 @@ impl SimClient {
         match &self.op {
             Op::Idle { until_local } if local >= *until_local && accept_new_work => {
                 if self.session.is_none() {
-                    let creq = self.creq();
-                    let command = Command::OpenSession { client: format!("c{}", self.id), ttl_ms: self.ttl_ms };
-                    fx.sends.push((self.target, ClientMsg::Request { creq, request: Request::Propose(command) }));
-                    self.op = Op::Opening { creq, sent_local: local };
+                    self.next_request_id += 1;
+                    self.send_open(local, self.next_request_id, local, fx);
                     return;
                 }
                 if rng.gen_bool(0.2) {
@@ -298,10 +303,16 @@ impl SimClient {
                 };
                 self.send_acquire(now, local, req, fx);
             }
-            Op::Opening { sent_local, .. } if local >= sent_local + RESEND_MS => {
-                // Unanswered: try another node (a second session may be opened; the first expires).
-                self.next_target();
-                self.op = Op::Idle { until_local: local };
+            Op::Opening { sent_local, request_id, first_sent_local, answered, .. }
+                if local >= sent_local + RESEND_MS =>
+            {
+                // Try again with the same request id (opens are idempotent); unanswered, at
+                // another node.
+                let (request_id, first) = (*request_id, *first_sent_local);
+                if !*answered {
+                    self.next_target();
+                }
+                self.send_open(local, request_id, first, fx);
             }
             Op::Acquiring { req, resend_local, started, .. } if local >= *resend_local => {
                 let (req, started) = (req.clone(), *started);
@@ -330,6 +341,13 @@ impl SimClient {
             }
             _ => {}
         }
+    }
+
+    fn send_open(&mut self, local: u64, request_id: u64, first_sent_local: u64, fx: &mut Effects) {
+        let creq = self.creq();
+        let command = Command::OpenSession { client: format!("c{}", self.id), ttl_ms: self.ttl_ms, request_id };
+        fx.sends.push((self.target, ClientMsg::Request { creq, request: Request::Propose(command) }));
+        self.op = Op::Opening { creq, request_id, first_sent_local, sent_local: local, answered: false };
     }
 
     fn send_acquire(&mut self, started: Time, local: u64, req: AcquireRequest, fx: &mut Effects) {
@@ -417,8 +435,8 @@ impl SimClient {
         hist: &mut History,
     ) {
         match &self.op {
-            Op::Opening { creq: c, sent_local } if *c == creq => {
-                let sent_local = *sent_local;
+            Op::Opening { creq: c, first_sent_local, .. } if *c == creq => {
+                let sent_local = *first_sent_local;
                 match result {
                     Ok(Answer::Applied(Outcome::SessionOpened { session, ttl_ms })) => {
                         fx.trace.push(format!("client {} opened session {session}", self.id));
@@ -432,8 +450,13 @@ impl SimClient {
                         self.op = Op::Idle { until_local: local + rng.gen_range(0..100) };
                     }
                     Err(e) => {
+                        // It may have applied: resend the same request id in 50 ms (to the
+                        // leader, if the error named one), so that no second session is opened.
                         self.follow(&e);
-                        self.op = Op::Idle { until_local: local + 50 };
+                        if let Op::Opening { sent_local, answered, .. } = &mut self.op {
+                            *sent_local = (local + 50).saturating_sub(RESEND_MS);
+                            *answered = true;
+                        }
                     }
                     Ok(other) => hist.violations.push(unexpected(now, self.id, &other)),
                 }

@@ -2,6 +2,11 @@
 //! acquire, release, cancel, counter and one-off renewal call of this client at once, instead of one HTTP/2
 //! stream (headers, trailers, a server task) per call. Answers are matched by call id.
 //!
+//! A call whose caller stops waiting (its attempt timed out) is forgotten alone: the stream and
+//! every other call on it go on. The stream is given up only when it breaks, or when the node
+//! does not accept it within [`OPEN_TIMEOUT`]; a call still queued then fails as not sent (it
+//! may go elsewhere), one already handed to the transport as unanswered (it may have applied).
+//!
 //! [`Conn`] is what the retry loop hands each attempt: the node's unary gRPC client (for the
 //! other calls, through `Deref`) plus its pipe, with `acquire`, `release`, ... of the same
 //! signatures going through the pipe.
@@ -9,21 +14,31 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use baton_proto::v1 as pb;
 use baton_proto::v1::baton_client::BatonClient;
+use futures::StreamExt;
 use pb::call_request::Op;
 use pb::call_response::Result as Answer;
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::LEADER_METADATA;
+use crate::retry::AttemptError;
 
-type Waiter = oneshot::Sender<Result<Answer, Status>>;
+/// How long the server may take to accept a new stream (it does so at once when it runs): a
+/// node that does not is stopped or hung, and the stream is given up.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(2);
+
+struct Waiter {
+    answer: oneshot::Sender<Result<Answer, AttemptError>>,
+    /// Handed to the transport: the server may have received it.
+    sent: bool,
+}
 
 struct Pending {
-    /// Calls sent and not yet answered.
+    /// Calls queued or sent and not yet answered.
     waiting: HashMap<u64, Waiter>,
     /// Set (with the reason) once the stream is gone; no call is accepted after that.
     broken: Option<String>,
@@ -39,58 +54,57 @@ pub(crate) struct Pipe {
 impl Pipe {
     /// Opens the stream in the background (calls may be queued at once).
     pub(crate) fn open(addr: &str, mut grpc: BatonClient<Channel>) -> Pipe {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::unbounded_channel::<pb::CallRequest>();
         let pending = Arc::new(Mutex::new(Pending { waiting: HashMap::new(), broken: None }));
         let shared = pending.clone();
+        // Marks each call as sent when the transport takes it: a call still queued when the
+        // stream fails certainly never reached the server, and may go elsewhere.
+        let marks = pending.clone();
+        let outgoing = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(move |req| {
+            if let Some(w) = marks.lock().expect("pipe lock").waiting.get_mut(&req.call_id) {
+                w.sent = true;
+            }
+            req
+        });
         let addr = addr.to_string();
         tokio::spawn(async move {
-            let mut not_sent = false;
-            let reason = match grpc.call(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)).await {
-                Ok(r) => {
+            let (reason, nothing_sent) = match tokio::time::timeout(OPEN_TIMEOUT, grpc.call(outgoing)).await {
+                Err(_) => (format!("the node did not accept the stream within {OPEN_TIMEOUT:?}"), false),
+                // The server refused the stream, or no connection could be made: no call of it
+                // was processed.
+                Ok(Err(s)) => match AttemptError::from(s) {
+                    AttemptError::NoAnswer(why) => (why, false),
+                    AttemptError::NotSent(why) => (why, true),
+                    AttemptError::Answered(s) => (format!("{}: {}", s.code(), s.message()), true),
+                },
+                Ok(Ok(r)) => {
                     let mut answers = r.into_inner();
                     loop {
                         match answers.message().await {
                             Ok(Some(a)) => {
                                 let waiter = shared.lock().expect("pipe lock").waiting.remove(&a.call_id);
                                 if let (Some(w), Some(result)) = (waiter, a.result) {
-                                    let _ = w.send(into_result(result));
+                                    let _ = w.answer.send(into_result(result));
                                 }
                             }
-                            Ok(None) => break "ended".to_string(),
-                            Err(s) => break s.message().to_string(),
+                            Ok(None) => break ("the stream ended".to_string(), false),
+                            Err(s) => break (format!("{}: {}", s.code(), s.message()), false),
                         }
                     }
                 }
-                Err(s) => {
-                    not_sent = crate::connect_failed(&s);
-                    s.message().to_string()
-                }
             };
             let mut p = shared.lock().expect("pipe lock");
-            // A connection that could not even be made carried nothing: say so, so that callers
-            // may retry elsewhere (see `s_is_redirect`).
-            let reason = if not_sent {
-                format!("{} {addr} ({reason})", crate::NOT_CONNECTED)
-            } else {
-                format!("call stream to {addr} broke ({reason})")
-            };
             for (_, w) in p.waiting.drain() {
-                let _ = w.send(Err(Status::unavailable(reason.clone())));
+                let e = if nothing_sent || !w.sent {
+                    AttemptError::NotSent(format!("call stream to {addr} failed before the call was sent ({reason})"))
+                } else {
+                    AttemptError::NoAnswer(format!("call stream to {addr} broke with the call in flight ({reason})"))
+                };
+                let _ = w.answer.send(Err(e));
             }
             p.broken = Some(reason);
         });
         Pipe { tx, pending, next_call: AtomicU64::new(1) }
-    }
-
-    /// Gives up on this stream: calls in flight fail as UNAVAILABLE (retryable), and the next
-    /// call through the client opens a new stream.
-    pub(crate) fn close(&self) {
-        let mut p = self.pending.lock().expect("pipe lock");
-        let reason = "call stream abandoned: no answer in time".to_string();
-        for (_, w) in p.waiting.drain() {
-            let _ = w.send(Err(Status::unavailable(reason.clone())));
-        }
-        p.broken = Some(reason);
     }
 
     /// False once the stream is gone: open a new pipe.
@@ -98,34 +112,45 @@ impl Pipe {
         self.pending.lock().expect("pipe lock").broken.is_none()
     }
 
-    async fn call(&self, op: Op) -> Result<Answer, Status> {
+    async fn call(&self, op: Op) -> Result<Answer, AttemptError> {
         let call_id = self.next_call.fetch_add(1, Ordering::Relaxed);
         let (wtx, wrx) = oneshot::channel();
         {
             let mut p = self.pending.lock().expect("pipe lock");
             if let Some(reason) = &p.broken {
-                return Err(Status::unavailable(reason.clone()));
+                return Err(AttemptError::NotSent(format!("call stream closed ({reason})")));
             }
-            p.waiting.insert(call_id, wtx);
+            p.waiting.insert(call_id, Waiter { answer: wtx, sent: false });
         }
+        // A caller that stops waiting (its attempt timed out) takes only its own entry away.
+        let _forget = Forget { pending: &self.pending, call_id };
         if self.tx.send(pb::CallRequest { call_id, op: Some(op) }).is_err() {
-            self.pending.lock().expect("pipe lock").waiting.remove(&call_id);
-            return Err(Status::unavailable("call stream closed"));
+            return Err(AttemptError::NotSent("call stream closed".into()));
         }
-        wrx.await.unwrap_or_else(|_| Err(Status::unavailable("call stream closed")))
+        wrx.await.unwrap_or_else(|_| Err(AttemptError::NoAnswer("call stream closed with the call in flight".into())))
     }
 }
 
-/// A `CallError` back into the status a unary call would have returned.
-fn into_result(result: Answer) -> Result<Answer, Status> {
+/// Removes a call's entry when its caller goes away (answered entries are already gone).
+struct Forget<'a> {
+    pending: &'a Mutex<Pending>,
+    call_id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.pending.lock().expect("pipe lock").waiting.remove(&self.call_id);
+    }
+}
+
+/// A `CallError` back into the status a unary call would have returned, typed detail included.
+fn into_result(result: Answer) -> Result<Answer, AttemptError> {
     let Answer::Error(e) = result else { return Ok(result) };
     let mut status = Status::new(Code::from(e.code), e.message);
-    if !e.leader.is_empty() {
-        if let Ok(v) = e.leader.parse() {
-            status.metadata_mut().insert(LEADER_METADATA, v);
-        }
+    if let Some(info) = e.info {
+        info.attach(&mut status);
     }
-    Err(status)
+    Err(AttemptError::Answered(status))
 }
 
 /// One attempt's connection to a node: its unary client (through `Deref`) and its pipe.
@@ -159,10 +184,10 @@ macro_rules! piped {
                 pub(crate) async fn $method(
                     &mut self,
                     req: pb::$req,
-                ) -> Result<tonic::Response<pb::$resp>, Status> {
+                ) -> Result<tonic::Response<pb::$resp>, AttemptError> {
                     match self.pipe.call(Op::$variant(req)).await? {
                         Answer::$variant(r) => Ok(tonic::Response::new(r)),
-                        _ => Err(unexpected(stringify!($method))),
+                        _ => Err(AttemptError::Answered(unexpected(stringify!($method)))),
                     }
                 }
             )*

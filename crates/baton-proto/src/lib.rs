@@ -30,3 +30,22 @@ pub mod etcd {
         tonic::include_proto!("v3electionpb");
     }
 }
+
+/// The binary metadata key that carries a unary call's [`v1::ErrorInfo`].
+pub const ERROR_INFO_METADATA: &str = "baton-error-bin";
+
+impl v1::ErrorInfo {
+    /// Attaches this detail to `status` (as `baton-error-bin` metadata), for the client to act on.
+    pub fn attach(&self, status: &mut tonic::Status) {
+        use prost::Message;
+        let value = tonic::metadata::MetadataValue::from_bytes(&self.encode_to_vec());
+        status.metadata_mut().insert_bin(ERROR_INFO_METADATA, value);
+    }
+
+    /// The detail a server attached to `status`, if any (and if it decodes).
+    pub fn of(status: &tonic::Status) -> Option<v1::ErrorInfo> {
+        use prost::Message;
+        let bytes = status.metadata().get_bin(ERROR_INFO_METADATA)?.to_bytes().ok()?;
+        v1::ErrorInfo::decode(bytes).ok()
+    }
+}

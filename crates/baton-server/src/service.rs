@@ -525,10 +525,16 @@ async fn dispatch_call(svc: &BatonService, req: pb::CallRequest) -> (pb::CallRes
     }
 }
 
-/// A unary call's error status as a `Call` stream answer (the leader redirect included).
+/// A unary call's error status as a `Call` stream answer (the leader redirect and the typed
+/// [`pb::ErrorInfo`] included).
 fn call_failed(call_id: u64, s: &Status) -> pb::CallResponse {
     let leader = s.metadata().get(crate::status::LEADER_METADATA).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    let error = pb::CallError { code: s.code() as i32, message: s.message().to_string(), leader: leader.to_string() };
+    let error = pb::CallError {
+        code: s.code() as i32,
+        message: s.message().to_string(),
+        leader: leader.to_string(),
+        info: pb::ErrorInfo::of(s),
+    };
     pb::CallResponse { call_id, result: Some(pb::call_response::Result::Error(error)) }
 }
 

@@ -1,6 +1,7 @@
 //! The one place where errors become gRPC statuses with messages a person can act on.
 
 use baton_node::NodeError;
+use baton_proto::v1 as pb;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
@@ -10,21 +11,35 @@ use crate::runtime::NodeHandle;
 pub const LEADER_METADATA: &str = "baton-leader";
 
 /// Maps a node error to a status; `NotLeader` carries the leader's address when it is known.
+///
+/// Every error a client must act on (a redirect, overload, an outcome that is not known) also
+/// carries a typed [`pb::ErrorInfo`] (see [`pb::ErrorInfo::attach`]): clients decide on that,
+/// never on the message, which is for people.
 pub fn to_status(err: NodeError, node: &NodeHandle) -> Status {
     use baton_core::Error as E;
+    use pb::error_info::Reason;
     match err {
         NodeError::NotLeader { group, leader: Some(leader) } => match node.client_addr(leader) {
             Some(addr) => {
-                let mut status = Status::unavailable(format!("node {} is not the leader of group {group}; the leader is node {leader} at {addr}", node.id));
+                let mut status = Status::unavailable(format!(
+                    "node {} is not the leader of group {group}; the leader is node {leader} at {addr}",
+                    node.id
+                ));
                 if let Ok(v) = MetadataValue::try_from(addr.as_str()) {
                     status.metadata_mut().insert(LEADER_METADATA, v);
                 }
-                status
+                with_info(status, Reason::NotLeader, leader, addr)
             }
-            None => Status::unavailable(format!("node {} is not the leader of group {group}; the leader is node {leader}, whose address is not known yet: retry", node.id)),
+            None => {
+                let status = Status::unavailable(format!("node {} is not the leader of group {group}; the leader is node {leader}, whose address is not known yet: retry", node.id));
+                with_info(status, Reason::NotLeader, leader, String::new())
+            }
         },
         NodeError::NotLeader { group, leader: None } => {
-            Status::unavailable(format!("group {group} has no leader right now (election in progress or no quorum): retry shortly"))
+            let status = Status::unavailable(format!(
+                "group {group} has no leader right now (election in progress or no quorum): retry shortly"
+            ));
+            with_info(status, Reason::NotLeader, 0, String::new())
         }
         NodeError::Rejected(e) => {
             let code = match &e {
@@ -39,15 +54,21 @@ pub fn to_status(err: NodeError, node: &NodeHandle) -> Status {
             };
             Status::new(code, e.to_string())
         }
-        NodeError::Unavailable(msg) => Status::unavailable(msg),
-        NodeError::Busy(_) => Status::resource_exhausted(err.to_string()),
+        NodeError::Unavailable(msg) => with_info(Status::unavailable(msg), Reason::MayHaveApplied, 0, String::new()),
+        NodeError::Busy(_) => with_info(Status::resource_exhausted(err.to_string()), Reason::Busy, 0, String::new()),
         NodeError::NoGroup(_) => Status::not_found(err.to_string()),
     }
 }
 
-/// The node thread stopped (the server is shutting down).
+fn with_info(mut status: Status, reason: pb::error_info::Reason, leader_id: u64, leader_addr: String) -> Status {
+    pb::ErrorInfo { reason: reason as i32, leader_id, leader_addr }.attach(&mut status);
+    status
+}
+
+/// The node thread stopped (the server is shutting down). A request handed to it may have been
+/// proposed before it stopped: its outcome is not known.
 pub fn stopped() -> Status {
-    Status::unavailable(STOPPED)
+    with_info(Status::unavailable(STOPPED), pb::error_info::Reason::MayHaveApplied, 0, String::new())
 }
 
 const STOPPED: &str = "node is shutting down";

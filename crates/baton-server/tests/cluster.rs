@@ -74,7 +74,8 @@ impl TestCluster {
     }
 
     async fn client(&self) -> Client {
-        let options = ClientOptions { client_id: "test".into(), request_timeout: Duration::from_secs(20) };
+        let options =
+            ClientOptions { client_id: "test".into(), request_timeout: Duration::from_secs(20), ..Default::default() };
         Client::connect_with(self.endpoints(), options).await.unwrap()
     }
 

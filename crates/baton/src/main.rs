@@ -13,15 +13,23 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod sim;
 
+// Exit codes (documented in the README's CLI section). Each says whether anything changed, so
+// that a script can tell a bad argument from an operation that may have been applied.
+
 /// Exit code when the lock was not acquired within --wait (EX_TEMPFAIL).
 const EXIT_NOT_ACQUIRED: u8 = 75;
-/// Exit code when no server could be reached (EX_UNAVAILABLE).
+/// Exit code when no server could be reached, or none led the group, in time: nothing was
+/// applied (EX_UNAVAILABLE).
 const EXIT_UNAVAILABLE: u8 = 69;
-/// Exit code when the lease was lost while the command ran and the command was killed.
+/// Exit code when the request was sent but its outcome is not known (the connection broke or
+/// the node stopped answering with it in flight): it may or may not have been applied (EX_IOERR).
+const EXIT_OUTCOME_UNKNOWN: u8 = 74;
+/// Exit code when the session's lease was lost: the command was killed at the lease's deadline,
+/// or never started (EX_PROTOCOL).
 const EXIT_LEASE_LOST: u8 = 76;
 /// Exit code for a command that could not be started.
 const EXIT_NO_COMMAND: u8 = 127;
-/// Exit code for bad usage or a request the server rejected (EX_USAGE / EX_DATAERR).
+/// Exit code for bad usage or a request the server refused: nothing changed (EX_USAGE).
 const EXIT_USAGE: u8 = 64;
 /// Exit code when a benchmark or report could not complete (EX_SOFTWARE).
 const EXIT_FAILED: u8 = 70;
@@ -533,20 +541,19 @@ async fn serve_until_signal(server: Server) -> ExitCode {
 
 async fn connect(eps: &str) -> Result<Client, ExitCode> {
     let eps = endpoints(eps);
-    Client::connect(eps).await.map_err(|e| fail(EXIT_USAGE, e.to_string()))
+    Client::connect(eps).await.map_err(client_error)
 }
 
+/// The one mapping of client errors to exit codes.
 fn client_error(e: baton_client::Error) -> ExitCode {
+    use baton_client::Error as E;
     match e {
-        baton_client::Error::Status(s) if s.code() != tonic::Code::Unavailable => {
-            fail(EXIT_USAGE, format!("{}: {}", code_name(s.code()), s.message()))
-        }
-        e => fail(EXIT_UNAVAILABLE, e.to_string()),
+        E::Status(s) => fail(EXIT_USAGE, format!("refused: {:?}: {}", s.code(), s.message())),
+        E::BadEndpoint(..) => fail(EXIT_USAGE, e.to_string()),
+        E::Unreachable(..) => fail(EXIT_UNAVAILABLE, e.to_string()),
+        E::OutcomeUnknown(_) => fail(EXIT_OUTCOME_UNKNOWN, e.to_string()),
+        E::LeaseLost(_) => fail(EXIT_LEASE_LOST, e.to_string()),
     }
-}
-
-fn code_name(code: tonic::Code) -> String {
-    format!("{code:?}")
 }
 
 /// Acquires (a lock, a read or write lock, or semaphore permits), runs the command, releases.
@@ -589,6 +596,17 @@ async fn lock(hold: HoldArgs, kind: LockKind) -> ExitCode {
             return client_error(e);
         }
     };
+    // The grant may have come back after a long wait or a failover: start CMD only while the
+    // lease is still good, so that it never starts on a lock that may be someone else's.
+    if !guard.is_lease_valid() {
+        let token = guard.token();
+        let _ = guard.release().await;
+        let _ = session.close().await;
+        return fail(
+            EXIT_LEASE_LOST,
+            format!("lease on lock {name:?} (token {token}) lost before the command started; not run"),
+        );
+    }
     let mut child = match tokio::process::Command::new(&command[0])
         .args(&command[1..])
         .env("BATON_FENCE", guard.token().to_string())
@@ -608,6 +626,8 @@ async fn lock(hold: HoldArgs, kind: LockKind) -> ExitCode {
             Ok(s) => exit_code_of(s),
             Err(e) => fail(1, format!("waiting for the command failed: {e}")),
         },
+        // Fires at the lease's deadline on this process's monotonic clock (last acknowledged
+        // renewal's send time + TTL - TTL/10), however stuck the renewals are.
         _ = guard.lease_lost() => {
             eprintln!("baton: lease on lock {name:?} lost (token {}); killing the command", guard.token());
             let _ = child.kill().await;

@@ -157,7 +157,11 @@ async fn chaos_run_keeps_mutual_exclusion_and_fencing() {
     for w in 0..4 {
         let (holds, stop, endpoints) = (holds.clone(), stop.clone(), endpoints.clone());
         workers.push(tokio::spawn(async move {
-            let options = ClientOptions { client_id: format!("chaos-{w}"), request_timeout: Duration::from_secs(10) };
+            let options = ClientOptions {
+                client_id: format!("chaos-{w}"),
+                request_timeout: Duration::from_secs(10),
+                ..Default::default()
+            };
             let client = Client::connect_with(endpoints, options).await.unwrap();
             let mut session = None;
             let mut i = 0u64;

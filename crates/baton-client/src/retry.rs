@@ -1,0 +1,245 @@
+//! What a failed attempt means, and whether the request may be sent again.
+//!
+//! Decisions rest on facts, never on message text:
+//! - whether the request left this process at all ([`AttemptError::NotSent`]: a connection
+//!   that could not be made, or a `Call` stream that broke before the request was written);
+//! - whether an answer came back ([`AttemptError::NoAnswer`]: the connection broke after the
+//!   request was written, or the node did not answer within the attempt's time);
+//! - the typed [`pb::ErrorInfo`] a server attaches to the errors a client must act on.
+//!
+//! From these, [`verdict`] says: nothing was applied (retry, at the leader a redirect named if
+//! any), the outcome is unknown (retry only a request that is harmless to repeat), or the server
+//! refused (final). [`Client::attempts`] runs the loop: every attempt has its own timeout, which
+//! fails only that attempt (never the connection others share), and moves the client on to
+//! another node.
+
+use std::error::Error as _;
+use std::future::Future;
+use std::time::Duration;
+
+use baton_proto::v1 as pb;
+use pb::error_info::Reason;
+use tokio::time::Instant;
+use tonic::{Code, Status};
+
+use crate::pipe::Conn;
+use crate::{Client, Error, Result};
+
+/// Why one attempt failed.
+#[derive(Debug)]
+pub(crate) enum AttemptError {
+    /// The server answered with an error status.
+    Answered(Status),
+    /// The request never left this process: nothing can have been applied.
+    NotSent(String),
+    /// The request was (or may have been) sent, and no answer came back.
+    NoAnswer(String),
+}
+
+impl AttemptError {
+    /// A short account of the failure, for error messages.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            AttemptError::Answered(s) => format!("{}: {}", s.code(), s.message()),
+            AttemptError::NotSent(why) | AttemptError::NoAnswer(why) => why.clone(),
+        }
+    }
+
+    /// The caller's error once no further attempt is made: the server's refusal, or an
+    /// outcome that is not known.
+    pub(crate) fn into_error(self) -> Error {
+        match self {
+            AttemptError::Answered(s) => Error::Status(s),
+            other => Error::OutcomeUnknown(other.describe()),
+        }
+    }
+}
+
+impl From<Status> for AttemptError {
+    /// Sorts a unary call's status by origin: tonic keeps the local error as the status's source
+    /// when the failure happened on this side (connect, transport, HTTP/2), and a status that
+    /// came from the server has none.
+    fn from(status: Status) -> AttemptError {
+        let Some(source) = status.source() else { return AttemptError::Answered(status) };
+        let why = format!("{}: {}", status.code(), status.message());
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source);
+        while let Some(e) = cause {
+            if e.downcast_ref::<tonic::ConnectError>().is_some() {
+                return AttemptError::NotSent(why);
+            }
+            cause = e.source();
+        }
+        AttemptError::NoAnswer(why)
+    }
+}
+
+/// What one failed attempt means for the request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing was applied: send it again, at `leader` if a redirect named one (else another
+    /// node), after a pause if `backoff`.
+    NotApplied {
+        /// The leader's client address, from a redirect.
+        leader: Option<String>,
+        /// Wait before the next attempt (no leader yet, or overload).
+        backoff: bool,
+        /// Stay on this node (it is the leader, only overloaded).
+        stay: bool,
+    },
+    /// It may have been applied: only a request that is harmless to repeat is sent again (to
+    /// another node).
+    Unknown,
+    /// The server refused it (bad input, a limit, not the holder, ...): nothing changed, and
+    /// the same request would be refused again.
+    Refused,
+}
+
+/// The verdict on a server's answer: its [`pb::ErrorInfo`] when it has one, else its code.
+pub fn verdict_of_status(status: &Status) -> Verdict {
+    let info = pb::ErrorInfo::of(status).unwrap_or_default();
+    match Reason::try_from(info.reason).unwrap_or(Reason::Unspecified) {
+        Reason::NotLeader => {
+            let leader = Some(info.leader_addr).filter(|a| !a.is_empty());
+            Verdict::NotApplied { backoff: leader.is_none(), leader, stay: false }
+        }
+        Reason::Busy => Verdict::NotApplied { leader: None, backoff: true, stay: true },
+        Reason::MayHaveApplied => Verdict::Unknown,
+        // Not from Baton's mapping (a proxy, the HTTP/2 layer of the server): UNAVAILABLE is
+        // the code gRPC reserves for "try again", without saying whether anything happened.
+        Reason::Unspecified if status.code() == Code::Unavailable => Verdict::Unknown,
+        Reason::Unspecified => Verdict::Refused,
+    }
+}
+
+pub(crate) fn verdict(e: &AttemptError) -> Verdict {
+    match e {
+        AttemptError::Answered(s) => verdict_of_status(s),
+        AttemptError::NotSent(_) => Verdict::NotApplied { leader: None, backoff: true, stay: false },
+        AttemptError::NoAnswer(_) => Verdict::Unknown,
+    }
+}
+
+/// How a request may be retried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Repeat {
+    /// A read: repeat freely; running out of time means "unreachable".
+    Read,
+    /// A write that is harmless to repeat (same request id, or idempotent by nature).
+    Idempotent,
+    /// A write that must not apply twice (counter add, register write, latch count-down): sent
+    /// again only when it certainly was not applied.
+    Once,
+}
+
+/// The limits of one call's attempts.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Plan {
+    pub(crate) repeat: Repeat,
+    /// How long one attempt may take.
+    pub(crate) attempt: Duration,
+    /// How much longer than the client's request timeout the whole call may take (a wait).
+    pub(crate) extra: Duration,
+}
+
+impl Client {
+    /// A plan for a call that does not wait on the server.
+    pub(crate) fn plan(&self, repeat: Repeat) -> Plan {
+        Plan { repeat, attempt: self.inner.options.attempt_timeout, extra: Duration::ZERO }
+    }
+
+    /// Runs `call` against the current node until it succeeds, the server refuses, or `plan`
+    /// says to stop. Every attempt has its own timeout; a failed attempt moves the client on
+    /// (to the leader a redirect named, or the next endpoint).
+    pub(crate) async fn attempts<T, F, Fut>(&self, plan: Plan, mut call: F) -> Result<T>
+    where
+        F: FnMut(Conn) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, AttemptError>>,
+    {
+        let deadline = Instant::now() + self.inner.options.request_timeout + plan.extra;
+        let mut backoff = Duration::from_millis(20);
+        let mut maybe_applied = false;
+        loop {
+            let (addr, conn) = self.inner.router.current()?;
+            let error = match tokio::time::timeout(plan.attempt, call(conn)).await {
+                Ok(Ok(r)) => return Ok(r.into_inner()),
+                Ok(Err(e)) => e,
+                // Only this attempt is abandoned: calls of others on the same stream go on.
+                Err(_) => AttemptError::NoAnswer(format!("no answer from {addr} within {:?}", plan.attempt)),
+            };
+            let verdict = verdict(&error);
+            let pause = match verdict {
+                Verdict::Refused => return Err(error.into_error()),
+                Verdict::Unknown => {
+                    // The next attempt (of this call or any other) should not ask the same node.
+                    self.inner.router.moved_on(&addr, None);
+                    if plan.repeat == Repeat::Once {
+                        return Err(Error::OutcomeUnknown(format!("{addr}: {}", error.describe())));
+                    }
+                    maybe_applied |= plan.repeat == Repeat::Idempotent;
+                    // A node that said so is losing leadership or stopping: give the cluster
+                    // a moment. One that did not answer has cost us enough time already.
+                    matches!(error, AttemptError::Answered(_))
+                }
+                Verdict::NotApplied { leader, backoff, stay } => {
+                    let redirected = !stay && self.inner.router.moved_on(&addr, leader.as_deref());
+                    backoff || !redirected
+                }
+            };
+            if Instant::now() >= deadline {
+                let last = format!("{addr}: {}", error.describe());
+                return Err(if maybe_applied {
+                    Error::OutcomeUnknown(last)
+                } else {
+                    Error::Unreachable(self.inner.options.request_timeout, last)
+                });
+            }
+            if pause {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(reason: Reason, leader_addr: &str) -> Status {
+        let mut s = Status::unavailable("whatever the text says");
+        pb::ErrorInfo { reason: reason as i32, leader_id: 2, leader_addr: leader_addr.into() }.attach(&mut s);
+        s
+    }
+
+    #[test]
+    fn verdicts_follow_the_typed_detail_not_the_text() {
+        assert_eq!(
+            verdict_of_status(&with(Reason::NotLeader, "10.0.0.2:7700")),
+            Verdict::NotApplied { leader: Some("10.0.0.2:7700".into()), backoff: false, stay: false }
+        );
+        assert_eq!(
+            verdict_of_status(&with(Reason::NotLeader, "")),
+            Verdict::NotApplied { leader: None, backoff: true, stay: false }
+        );
+        assert_eq!(verdict_of_status(&with(Reason::MayHaveApplied, "")), Verdict::Unknown);
+        let busy = verdict_of_status(&with(Reason::Busy, ""));
+        assert_eq!(busy, Verdict::NotApplied { leader: None, backoff: true, stay: true });
+        // A message that reads like a redirect is not one.
+        assert_eq!(verdict_of_status(&Status::failed_precondition("node 1 is not the leader")), Verdict::Refused);
+        assert_eq!(verdict_of_status(&Status::unavailable("is not the leader")), Verdict::Unknown);
+    }
+
+    /// A connection that cannot be made is "not sent" (safe to send elsewhere), told apart from
+    /// a broken one by the error's type.
+    #[tokio::test]
+    async fn a_refused_connection_means_not_sent() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let mut c = crate::route::channel(&format!("127.0.0.1:{port}")).unwrap();
+        let status = c.status(pb::StatusRequest {}).await.unwrap_err();
+        let e = AttemptError::from(status);
+        assert!(matches!(e, AttemptError::NotSent(_)), "{e:?}");
+    }
+}

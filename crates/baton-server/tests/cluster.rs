@@ -752,3 +752,209 @@ async fn non_idempotent_writes_move_to_the_new_leader() {
         cluster.stop(id).await;
     }
 }
+
+/// A TCP proxy in front of one node's client port that can be frozen: from then on it forwards
+/// nothing, on the connections it has and on new ones (accepted, then left silent), as a
+/// SIGSTOPped node's kernel would; `cut` also drops the connections it has.
+struct FreezingProxy {
+    addr: String,
+    frozen: tokio::sync::watch::Sender<u8>,
+}
+
+/// States of a [`FreezingProxy`].
+const FLOWING: u8 = 0;
+const FROZEN: u8 = 1;
+const CUT_AND_FROZEN: u8 = 2;
+
+impl FreezingProxy {
+    async fn start(target: String) -> FreezingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (frozen, rx) = tokio::sync::watch::channel(FLOWING);
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { return };
+                if *rx.borrow() != FLOWING {
+                    held.push(inbound); // open, and silent
+                    continue;
+                }
+                let target = target.clone();
+                let mut state = rx.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => return,
+                        _ = state.wait_for(|s| *s != FLOWING) => {}
+                    }
+                    if *state.borrow() == FROZEN {
+                        // Keep both ends open, forwarding nothing.
+                        let _ = state.wait_for(|s| *s == FLOWING).await;
+                    }
+                });
+            }
+        });
+        FreezingProxy { addr, frozen }
+    }
+
+    fn set(&self, state: u8) {
+        self.frozen.send_replace(state);
+    }
+}
+
+/// Regression (defect 4): the lease-lost signal came from the keepalive loop, which hung for
+/// good opening a stream to a node that accepts connections but never answers; the signal never
+/// fired. Now it is a timer: it fires at the lease's deadline with every renewal stuck, and
+/// before the leader expires the session (the client always gives up first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_is_lost_on_time_while_renewals_hang() {
+    let mut cluster = TestCluster::start(3, 20_000).await;
+    let leader = cluster.leader().await;
+    let proxy = FreezingProxy::start(cluster.client_addrs[&leader].clone()).await;
+    let client = Client::connect_with([proxy.addr.clone()], ClientOptions::default()).await.unwrap();
+    let ttl = Duration::from_secs(3);
+    let session = client.session(ttl).await.unwrap();
+    let guard = session.lock("stuck", None).await.unwrap().expect("free lock is granted");
+    // Wait for a renewal, so that the keepalive stream is open when the connections are cut.
+    let renewals = client.renewals();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.renewals() == renewals {
+        assert!(Instant::now() < deadline, "no renewal acknowledged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.set(CUT_AND_FROZEN);
+    let frozen_at = Instant::now();
+    tokio::time::timeout(ttl * 2, guard.lease_lost()).await.expect("the lease-lost signal never fired");
+    let lost_after = frozen_at.elapsed();
+    assert!(!guard.is_lease_valid() && !session.is_alive());
+    // No acknowledged renewal was sent after the freeze: the deadline is at most 0.9 TTL away.
+    assert!(lost_after <= ttl - ttl / 10 + Duration::from_millis(300), "lost {lost_after:?} after the freeze");
+    // The leader has not expired the session yet: the client gave up first.
+    let direct = cluster.client().await;
+    let d = direct.describe("stuck").await.unwrap();
+    assert_eq!((d.holder_session, d.token), (session.id(), guard.token()), "expired before the client gave up");
+    drop(guard);
+    for id in [1, 2, 3] {
+        cluster.stop(id).await;
+    }
+}
+
+/// Regression (defect 4): renewals stayed on a node that did not answer until the lease was
+/// gone. Now a renewal not answered in time moves the keepalive on to the next endpoint, which
+/// redirects it to the leader: the session lives on while its first endpoint is silent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_move_on_from_a_node_that_does_not_answer() {
+    let mut cluster = TestCluster::start(3, 20_000).await;
+    let leader = cluster.leader().await;
+    let proxy = FreezingProxy::start(cluster.client_addrs[&leader].clone()).await;
+    let others = cluster.client_addrs.iter().filter(|(id, _)| **id != leader).map(|(_, a)| a.clone());
+    let endpoints: Vec<String> = std::iter::once(proxy.addr.clone()).chain(others).collect();
+    let client = Client::connect_with(endpoints, ClientOptions::default()).await.unwrap();
+    let ttl = Duration::from_secs(3);
+    let session = client.session(ttl).await.unwrap();
+    let guard = session.lock("kept", None).await.unwrap().expect("free lock is granted");
+    proxy.set(FROZEN);
+    let renewals = client.renewals();
+    // Three TTLs: long enough for the lease to be lost three times over without a renewal.
+    let until = Instant::now() + ttl * 3;
+    while Instant::now() < until {
+        assert!(guard.is_lease_valid(), "lease lost although two nodes answer");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(client.renewals() >= renewals + 3, "renewals stopped: {} -> {}", renewals, client.renewals());
+    let d = cluster.client().await.describe("kept").await.unwrap();
+    assert_eq!((d.holder_session, d.token), (session.id(), guard.token()));
+    drop(guard);
+    for id in [1, 2, 3] {
+        cluster.stop(id).await;
+    }
+}
+
+/// Regression (defect 9): an attempt that timed out closed the client's shared `Call` stream,
+/// failing every call in flight on it (a counter add caught so was reported ambiguous, and the
+/// client moved off a healthy leader). Now a timed-out attempt ends alone. Here every attempt
+/// of a 4 s lock wait is cut at 1 s (as a wait longer than `max_attempt` is), while adds run
+/// on the same client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_attempt_fails_only_itself() {
+    let mut cluster = TestCluster::start(3, 20_000).await;
+    let leader = cluster.leader().await;
+    let options = ClientOptions {
+        client_id: "short-attempts".into(),
+        attempt_timeout: Duration::from_secs(1),
+        max_attempt: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let client = Client::connect_with([cluster.client_addrs[&leader].clone()], options).await.unwrap();
+    let holder = client.session(TTL).await.unwrap();
+    let waiter = client.session(TTL).await.unwrap();
+    let held = holder.lock("long", None).await.unwrap().expect("free lock is granted");
+    let wait = tokio::spawn({
+        let waiter = waiter.clone();
+        async move { waiter.lock("long", Some(Duration::from_secs(4))).await }
+    });
+    let adders: Vec<_> = (0..4)
+        .map(|_| {
+            let c = client.clone();
+            tokio::spawn(async move {
+                let mut ok = 0u32;
+                let until = Instant::now() + Duration::from_millis(3500);
+                while Instant::now() < until {
+                    c.counter_add("beside", 1).await.map_err(|e| format!("add failed: {e}"))?;
+                    ok += 1;
+                }
+                Ok::<u32, String>(ok)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for a in adders {
+        total += a.await.unwrap().unwrap();
+    }
+    held.release().await.unwrap();
+    let granted = wait.await.unwrap().unwrap().expect("the waiter is granted once the holder releases");
+    assert!(granted.token() > 0);
+    assert_eq!(client.counter_get("beside").await.unwrap(), i64::from(total));
+    // Still talking to the leader: nothing moved the client off it.
+    assert_eq!(client.status().await.unwrap().node_id, leader);
+    drop(granted);
+    for id in [1, 2, 3] {
+        cluster.stop(id).await;
+    }
+}
+
+/// Defect 9: redirects are typed. A follower's error carries an `ErrorInfo` naming the leader,
+/// on a unary call (binary metadata) and on the `Call` stream (`CallError.info`); the client
+/// decides on it, never on the message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_carry_typed_details() {
+    use baton_proto::v1 as pb;
+    let mut cluster = TestCluster::start(3, 20_000).await;
+    let leader = cluster.leader().await;
+    let follower = *cluster.client_addrs.keys().find(|id| **id != leader).unwrap();
+    let mut raw =
+        pb::baton_client::BatonClient::connect(format!("http://{}", cluster.client_addrs[&follower])).await.unwrap();
+    let status = raw.describe(pb::DescribeRequest { name: "x".into() }).await.unwrap_err();
+    let info = pb::ErrorInfo::of(&status).expect("a redirect carries an ErrorInfo");
+    assert_eq!(info.reason, pb::error_info::Reason::NotLeader as i32);
+    assert_eq!((info.leader_id, info.leader_addr.as_str()), (leader, cluster.client_addrs[&leader].as_str()));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut answers = raw.call(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)).await.unwrap().into_inner();
+    let add = pb::CounterRequest { name: "c".into(), op: Some(pb::counter_request::Op::Add(1)) };
+    tx.send(pb::CallRequest { call_id: 7, op: Some(pb::call_request::Op::Counter(add)) }).unwrap();
+    match answers.message().await.unwrap().unwrap().result {
+        Some(pb::call_response::Result::Error(e)) => {
+            let info = e.info.expect("CallError.info is set");
+            assert_eq!(info.reason, pb::error_info::Reason::NotLeader as i32);
+            assert_eq!(info.leader_addr, cluster.client_addrs[&leader]);
+        }
+        other => panic!("expected a redirect, got {other:?}"),
+    }
+    // A refusal carries none: it is final.
+    let bad = raw.describe(pb::DescribeRequest { name: String::new() }).await.unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(pb::ErrorInfo::of(&bad).is_none());
+    for id in [1, 2, 3] {
+        cluster.stop(id).await;
+    }
+}

@@ -631,7 +631,9 @@ async fn lock(hold: HoldArgs, kind: LockKind) -> ExitCode {
         _ = guard.lease_lost() => {
             eprintln!("baton: lease on lock {name:?} lost (token {}); killing the command", guard.token());
             let _ = child.kill().await;
-            ExitCode::from(EXIT_LEASE_LOST)
+            // No release or close: they would wait on the cluster that stopped answering, and
+            // the server ends the session (and frees the lock) by itself.
+            return ExitCode::from(EXIT_LEASE_LOST);
         }
     };
     if let Err(e) = guard.release().await {
@@ -934,8 +936,9 @@ async fn elect(eps: String, ttl: u64, observe: bool, name: String, value: Option
     let code = tokio::select! {
         _ = tokio::signal::ctrl_c() => ExitCode::SUCCESS,
         _ = guard.lease_lost() => {
+            // As in `lock`: no resign or close on a cluster that stopped answering.
             eprintln!("baton: lease lost: no longer the leader of {name:?}");
-            ExitCode::from(EXIT_LEASE_LOST)
+            return ExitCode::from(EXIT_LEASE_LOST);
         }
     };
     let _ = guard.release().await;

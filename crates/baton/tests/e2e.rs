@@ -53,16 +53,7 @@ fn locked_writer(endpoints: &str, name: &str, log: &Path, hold_s: f64, extra: &[
 #[test]
 fn dev_serialises_two_lock_commands() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
-    let mut dev = Proc(
-        Command::new(BATON)
-            .args(["dev", "--data", dir.path().join("data").to_str().unwrap(), "--client-addr", &addr])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_line(&mut dev.0, "serving clients");
+    let (_dev, addr) = start_dev(dir.path());
     let log = dir.path().join("log");
     let mut a = locked_writer(&addr, "job", &log, 0.5, &[]).spawn().unwrap();
     let mut b = locked_writer(&addr, "job", &log, 0.5, &[]).spawn().unwrap();
@@ -246,4 +237,181 @@ fn three_node_cluster_survives_sigkill_of_its_leader() {
     assert!(out.status.success());
     let last: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     assert!(last > *tokens.last().unwrap());
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) on a process this test started and has not reaped.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+/// Runs `cmd` to its end, which must come within `limit` (else it is killed and the test
+/// fails): the exit code and stderr.
+fn run_within(cmd: &mut Command, limit: Duration) -> (Option<i32>, String) {
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => {
+            let out = out.unwrap();
+            (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+        Err(_) => {
+            signal(pid, libc::SIGKILL);
+            panic!("{cmd:?} did not finish within {limit:?}");
+        }
+    }
+}
+
+/// Bytes received and not yet read on an established IPv4 connection whose local port is
+/// `port` (from /proc/net/tcp): what a stopped server has been sent.
+fn unread_bytes(port: u16) -> u64 {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local_port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+            let established = *f.get(3)? == "01";
+            let rx = u64::from_str_radix(f.get(4)?.split(':').nth(1)?, 16).ok()?;
+            (local_port == port && established).then_some(rx)
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+fn start_dev(dir: &Path) -> (Proc, String) {
+    let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
+    let mut dev = Proc(
+        Command::new(BATON)
+            .args(["dev", "--data", dir.join("data").to_str().unwrap(), "--client-addr", &addr])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_line(&mut dev.0, "serving clients");
+    (dev, addr)
+}
+
+/// Regression (defects 11, 12): a counter add to a stopped (SIGSTOP) server waited until it
+/// resumed, and one whose connection was cut mid-request exited 64 (the usage error) with
+/// "Unknown: transport error". Both now end with exit 74, "outcome unknown": the add was sent
+/// and may or may not have been applied.
+#[test]
+fn an_unanswered_or_cut_request_exits_74_outcome_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut dev, addr) = start_dev(dir.path());
+    let add = || {
+        let mut cmd = Command::new(BATON);
+        cmd.args(["counter", "--endpoints", &addr, "c", "add", "1"]);
+        cmd
+    };
+    assert_eq!(run_within(&mut add(), Duration::from_secs(20)).0, Some(0));
+
+    // Stopped: the request is sent and never answered.
+    signal(dev.0.id(), libc::SIGSTOP);
+    let (code, stderr) = run_within(&mut add(), Duration::from_secs(20));
+    assert_eq!(code, Some(74), "{stderr}");
+    assert!(stderr.contains("outcome unknown"), "{stderr}");
+
+    // Cut: the request sits unread at the stopped server when the server dies.
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    let mut cut = add();
+    let cut = std::thread::spawn(move || run_within(&mut cut, Duration::from_secs(40)));
+    // The HTTP/2 preface, settings, headers and the call's message: well over 100 bytes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while unread_bytes(port) < 100 {
+        assert!(Instant::now() < deadline, "the request never reached the server's socket");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    dev.0.kill().unwrap();
+    dev.0.wait().unwrap();
+    let (code, stderr) = cut.join().unwrap();
+    assert_eq!(code, Some(74), "{stderr}");
+    assert!(stderr.contains("outcome unknown"), "{stderr}");
+}
+
+/// Defect 4: `baton lock` kills its command at the lease's deadline, measured on its own clock,
+/// while every renewal goes unanswered (the server is stopped), and exits 76.
+#[test]
+fn baton_lock_kills_its_command_at_the_lease_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (dev, addr) = start_dev(dir.path());
+    let pidfile = dir.path().join("cmd.pid");
+    let script = format!("echo $$ > {}; exec sleep 60", pidfile.display());
+    let ttl = Duration::from_secs(2);
+    let mut lock = Command::new(BATON);
+    lock.args(["lock", "--endpoints", &addr, "--ttl", "2", "job", "--", "sh", "-c", &script]);
+    let runner = std::thread::spawn(move || run_within(&mut lock, Duration::from_secs(30)));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let cmd_pid: u32 = loop {
+        if let Some(pid) = std::fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse().ok()) {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the command never started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    signal(dev.0.id(), libc::SIGSTOP);
+    let stopped_at = Instant::now();
+    let (code, stderr) = runner.join().unwrap();
+    let after = stopped_at.elapsed();
+    signal(dev.0.id(), libc::SIGCONT);
+    assert_eq!(code, Some(76), "{stderr}");
+    assert!(stderr.contains("lease on lock \"job\" lost"), "{stderr}");
+    // The last acknowledged renewal was sent before the stop: the deadline is < 0.9 TTL away.
+    assert!(after < ttl + Duration::from_secs(1), "killed {after:?} after the stop");
+    // SAFETY: signal 0 only checks that the process exists.
+    let alive = unsafe { libc::kill(cmd_pid as libc::pid_t, 0) } == 0;
+    assert!(!alive, "the command still runs");
+}
+
+/// Regression (defect 11): with the leader stopped (SIGSTOP), client calls waited on it until it
+/// resumed. Now every attempt times out and moves on: a read and a waiting acquire complete at
+/// the new leader, a counter add completes or is reported as of unknown outcome, and the
+/// sessions stay alive (the keepalive moved on too).
+#[test]
+fn a_stopped_leader_does_not_stall_clients() {
+    use baton_client::{Client, Error};
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = ProcCluster::start(dir.path());
+    let leader = cluster.leader();
+    let leader_pid = cluster.procs[&leader].0.id();
+    // The stopped leader first, so that every client starts there.
+    let mut endpoints = vec![cluster.client_addrs[&leader].clone()];
+    endpoints.extend(cluster.client_addrs.iter().filter(|(id, _)| **id != leader).map(|(_, a)| a.clone()));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let bound = Duration::from_secs(25);
+        let client = Client::connect(endpoints).await.unwrap();
+        let session = client.session(Duration::from_secs(10)).await.unwrap();
+        let held = session.lock("held", None).await.unwrap().expect("free lock is granted");
+        assert_eq!(client.counter_add("c", 1).await.unwrap(), 1);
+        signal(leader_pid, libc::SIGSTOP);
+        let (get, add, lock) = tokio::join!(
+            tokio::time::timeout(bound, client.counter_get("c")),
+            tokio::time::timeout(bound, client.counter_add("c", 1)),
+            tokio::time::timeout(bound, session.lock("other", Some(Duration::from_secs(5)))),
+        );
+        let get = get.expect("a read stalled on the stopped leader").unwrap();
+        assert!(get == 1 || get == 2, "{get}");
+        match add.expect("a write stalled on the stopped leader") {
+            Ok(v) => assert_eq!(v, 2),
+            Err(Error::OutcomeUnknown(_)) => {}
+            Err(e) => panic!("an add to a stopped leader: {e}"),
+        }
+        let other = lock.expect("an acquire stalled on the stopped leader").unwrap().expect("granted");
+        let after = tokio::time::timeout(bound, client.counter_add("c", 1)).await.expect("stalled").unwrap();
+        assert!(after == 2 || after == 3, "{after}");
+        assert!(held.is_lease_valid());
+        let d = client.describe("held").await.unwrap();
+        assert_eq!((d.holder_session, d.token), (session.id(), held.token()));
+        drop(other);
+    });
+    signal(leader_pid, libc::SIGCONT);
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use protobuf::Message as _;
 use raft::eraftpb::{Entry, HardState, Snapshot};
-use raft_engine::{Config, Engine, LogBatch, MessageExt};
+use raft_engine::{Config, Engine, LogBatch, MessageExt, RecoveryMode};
 
 use crate::GroupId;
 
@@ -78,7 +78,15 @@ pub trait LogStore {
     fn write(&mut self, batch: &WriteBatch) -> Result<(), DiskError>;
     /// Reads back one group, or `None` if the group was never written.
     fn recover(&self, group: GroupId) -> Result<Option<Recovered>, DiskError>;
+    /// Counts a start of the node on this store: returns a number that no earlier call on this
+    /// store returned, made durable before it returns. It becomes [`crate::NodeConfig`]'s
+    /// `incarnation`, which keeps the request ids of one run from answering for another's.
+    fn next_incarnation(&mut self) -> Result<u64, DiskError>;
 }
+
+/// Where node-wide records live in the log engine: a region id no group will have.
+const NODE_REGION: u64 = u64::MAX;
+const INCARNATION_KEY: &[u8] = b"incarnation";
 
 struct EntryExt;
 
@@ -91,11 +99,38 @@ impl MessageExt for EntryExt {
 
 const HARD_STATE_KEY: &[u8] = b"hs";
 
+/// What opening an [`EngineStore`] found at the end of its log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreRecovery {
+    /// The log did not end where its last write ended: the process stopped without closing it
+    /// (kill -9, power loss), leaving the log file's preallocated space, and perhaps a torn
+    /// write, after the last complete write. Expected after a crash.
+    pub unclean_end: bool,
+    /// Bytes of a torn last write dropped from the end of the log (0: no write was torn). A
+    /// crash in the middle of a write leaves one; it was never acknowledged (answers wait for
+    /// the fsync of the whole batch), so dropping it loses nothing anyone was told of.
+    pub torn_tail_bytes: u64,
+}
+
 /// The real store: raft-engine for logs and hard states, files for snapshots.
 pub struct EngineStore {
     engine: Engine,
     snap_dir: PathBuf,
     writes_since_purge: u64,
+    recovery: StoreRecovery,
+}
+
+/// The newest file of the log engine (the only one a tolerant recovery may cut).
+fn newest_log_file(dir: &Path) -> Option<PathBuf> {
+    let files = fs::read_dir(dir).ok()?;
+    files.filter_map(|f| Some(f.ok()?.path())).filter(|p| p.extension().is_some_and(|e| e == "raftlog")).max()
+}
+
+/// How many bytes of `before` past `cut` were written (not zero): the torn part of a write.
+/// The rest of a log file past its last write is preallocated space, all zeros.
+fn torn_bytes(before: &[u8], cut: u64) -> u64 {
+    let tail = before.get(cut as usize..).unwrap_or_default();
+    tail.iter().rposition(|b| *b != 0).map_or(0, |last| last as u64 + 1)
 }
 
 impl EngineStore {
@@ -103,9 +138,35 @@ impl EngineStore {
     pub fn open(dir: &Path) -> Result<Self, DiskError> {
         let snap_dir = dir.join("snap");
         fs::create_dir_all(&snap_dir).map_err(|source| DiskError::Snapshot { path: snap_dir.clone(), source })?;
-        let cfg = Config { dir: dir.join("log").to_string_lossy().into_owned(), ..Default::default() };
-        let engine = Engine::open(cfg)?;
-        Ok(EngineStore { engine, snap_dir, writes_since_purge: 0 })
+        let log_dir = dir.join("log");
+        let strict = Config {
+            dir: log_dir.to_string_lossy().into_owned(),
+            recovery_mode: RecoveryMode::AbsoluteConsistency,
+            ..Default::default()
+        };
+        // First strictly, so that a damaged log is noticed rather than silently repaired; if
+        // that fails, the only damage tolerated is at the very end of the newest file, where a
+        // crash in the middle of a write leaves it. Anything else still refuses to start.
+        let (engine, recovery) = match Engine::open(strict.clone()) {
+            Ok(engine) => (engine, StoreRecovery::default()),
+            Err(raft_engine::Error::Io(e)) => return Err(raft_engine::Error::Io(e).into()),
+            Err(_) => {
+                // Keep the newest file's bytes: after the recovery has cut it at its last
+                // complete write, they tell a torn write (data) from preallocated space (zeros).
+                let newest = newest_log_file(&log_dir);
+                let before = newest.as_ref().and_then(|p| fs::read(p).ok()).unwrap_or_default();
+                let tolerant = Config { recovery_mode: RecoveryMode::TolerateTailCorruption, ..strict };
+                let engine = Engine::open(tolerant)?;
+                let cut = newest.and_then(|p| fs::metadata(p).ok()).map_or(before.len() as u64, |m| m.len());
+                (engine, StoreRecovery { unclean_end: true, torn_tail_bytes: torn_bytes(&before, cut) })
+            }
+        };
+        Ok(EngineStore { engine, snap_dir, writes_since_purge: 0, recovery })
+    }
+
+    /// What opening the store found (a torn tail dropped, or nothing).
+    pub fn recovery(&self) -> &StoreRecovery {
+        &self.recovery
     }
 
     fn snap_path(&self, group: GroupId) -> PathBuf {
@@ -162,6 +223,23 @@ impl LogStore for EngineStore {
             self.writes_since_purge = 0;
         }
         Ok(())
+    }
+
+    fn next_incarnation(&mut self) -> Result<u64, DiskError> {
+        let last = match self.engine.get(NODE_REGION, INCARNATION_KEY) {
+            None => 0,
+            Some(bytes) => u64::from_be_bytes(
+                bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| DiskError::Corrupt("incarnation record is not 8 bytes".into()))?,
+            ),
+        };
+        let next = last + 1;
+        let mut log = LogBatch::default();
+        log.put(NODE_REGION, INCARNATION_KEY.to_vec(), next.to_be_bytes().to_vec())?;
+        self.engine.write(&mut log, true)?;
+        Ok(next)
     }
 
     fn recover(&self, group: GroupId) -> Result<Option<Recovered>, DiskError> {

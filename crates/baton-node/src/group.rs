@@ -1,6 +1,6 @@
 //! One Raft group on this node: raft-rs, the state machine, the leader's lease table.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use baton_core::{Command, Entry, Event, SessionId, StateMachine};
 use raft::eraftpb::{ConfChange, ConfChangeV2, EntryType, Message, Snapshot};
@@ -26,6 +26,9 @@ const INTERNAL_RETRY_MS: u64 = 1_000;
 #[derive(Serialize, Deserialize)]
 struct Proposal {
     origin: NodeId,
+    /// The origin's incarnation: request ids restart with the process, so (origin, request)
+    /// alone does not say which request an entry answers (issue 9, defect 3).
+    incarnation: u64,
     request: RequestId,
     entry: Entry,
 }
@@ -56,8 +59,10 @@ pub(crate) struct Group {
     next_internal: RequestId,
     /// Leader only: session -> lease deadline on our monotonic clock.
     leases: LeaseTable,
-    /// Leader only: sessions whose expiry we proposed.
-    expiring: BTreeSet<SessionId>,
+    /// Leader only: sessions whose expiry we proposed, and when (monotonic ms). A proposal can
+    /// be dropped (raft-rs refuses proposals during a leadership transfer, a full log, ...): one
+    /// not applied within `INTERNAL_RETRY_MS` is proposed again.
+    expiring: BTreeMap<SessionId, u64>,
     /// Leader only: when we last proposed a Tick that has not applied yet.
     tick_proposed_ms: Option<u64>,
     /// Leader only: (state-machine time, monotonic time) at our election; see `leader_time`.
@@ -69,9 +74,14 @@ pub(crate) struct Group {
     /// (term, role) when the election timeout was last drawn.
     timeout_drawn_for: (u64, raft::StateRole),
     bugs: baton_core::Bugs,
+    /// This start of the node (see `NodeConfig::incarnation`).
+    incarnation: u64,
     pending_ready: Option<raft::Ready>,
     /// Our own snapshot waiting to be written with the next batch.
     snapshot_to_write: Option<Snapshot>,
+    /// The commit index moved without a hard state to write (raft-rs reports such moves in
+    /// its light ready, e.g. every commit of a single-voter group): the next batch carries it.
+    commit_unsaved: bool,
 }
 
 fn raft_config(config: &NodeConfig, applied: u64) -> raft::Config {
@@ -137,7 +147,7 @@ impl Group {
             next_read_round: 1,
             next_internal: INTERNAL,
             leases: LeaseTable::default(),
-            expiring: BTreeSet::new(),
+            expiring: BTreeMap::new(),
             tick_proposed_ms: None,
             time_base: (0, 0),
             role: Role::Follower,
@@ -145,8 +155,10 @@ impl Group {
             rng: config.seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15),
             timeout_drawn_for: (u64::MAX, StateRole::Follower),
             bugs: config.bugs,
+            incarnation: config.incarnation,
             pending_ready: None,
             snapshot_to_write: None,
+            commit_unsaved: false,
         };
         let mut group = group;
         group.rerandomize();
@@ -180,6 +192,10 @@ impl Group {
         NodeError::NotLeader { group: self.id, leader: self.leader }
     }
 
+    pub(crate) fn transfer_leader(&mut self, to: NodeId) {
+        self.raw.transfer_leader(to);
+    }
+
     pub(crate) fn campaign(&mut self) {
         let _ = self.raw.campaign();
         self.rerandomize();
@@ -210,16 +226,16 @@ impl Group {
         } else if self.role != Role::Leader {
             return;
         }
+        // Expiries proposed long enough ago and still not applied were dropped: propose again.
+        self.expiring.retain(|_, proposed| now.saturating_sub(*proposed) < INTERNAL_RETRY_MS);
         let due = self.leases.due(now, EXPIRE_BATCH, &self.expiring);
-        if !due.is_empty() {
-            self.expiring.extend(due.iter().copied());
-            self.propose_internal(Command::ExpireSessions { sessions: due }, now, wall);
+        if !due.is_empty() && self.propose_internal(Command::ExpireSessions { sessions: due.clone() }, now, wall) {
+            self.expiring.extend(due.iter().map(|s| (*s, now)));
         }
         let timer_due = self.sm.next_timer_ms().is_some_and(|at| at <= self.leader_time(now));
         let tick_stale = self.tick_proposed_ms.is_none_or(|at| now.saturating_sub(at) >= INTERNAL_RETRY_MS);
-        if timer_due && tick_stale {
+        if timer_due && tick_stale && self.propose_internal(Command::Tick, now, wall) {
             self.tick_proposed_ms = Some(now);
-            self.propose_internal(Command::Tick, now, wall);
         }
     }
 
@@ -233,13 +249,14 @@ impl Group {
         self.sm.now_ms().max(base_sm + now.saturating_sub(base_mono))
     }
 
-    fn propose_internal(&mut self, command: Command, now: u64, wall: u64) {
+    /// Proposes one of the leader's own commands; false if raft-rs refused it (it is proposed
+    /// again on a later tick).
+    fn propose_internal(&mut self, command: Command, now: u64, wall: u64) -> bool {
         self.next_internal += 1;
         let entry = Entry { leader_time_ms: self.leader_time(now), wall_ms: wall, command };
-        let p = Proposal { origin: 0, request: self.next_internal, entry };
+        let p = Proposal { origin: 0, incarnation: self.incarnation, request: self.next_internal, entry };
         let data = bincode::serialize(&p).expect("proposal serialises");
-        // A dropped internal proposal is simply proposed again on a later tick.
-        let _ = self.raw.propose(Vec::new(), data);
+        self.raw.propose(Vec::new(), data).is_ok()
     }
 
     fn time_out_requests(&mut self, now: u64, out: &mut Vec<Output>) {
@@ -278,11 +295,15 @@ impl Group {
             return Err(self.not_leader());
         }
         let waiting = self.proposals.len() + self.reads_queued.len();
-        if waiting >= config.max_pending {
+        // Commands that only give things back (release, cancel, close) get twice the room:
+        // refusing them under overload would keep the load in place.
+        let frees = matches!(command, Command::Release { .. } | Command::Cancel { .. } | Command::CloseSession { .. });
+        let room = if frees { config.max_pending.saturating_mul(2) } else { config.max_pending };
+        if waiting >= room {
             return Err(NodeError::Busy(waiting));
         }
         let entry = Entry { leader_time_ms: self.leader_time(now), wall_ms: wall, command };
-        let p = Proposal { origin, request: id, entry };
+        let p = Proposal { origin, incarnation: self.incarnation, request: id, entry };
         let data = bincode::serialize(&p).expect("proposal serialises");
         self.raw
             .propose(Vec::new(), data)
@@ -301,7 +322,10 @@ impl Group {
             return Err(self.not_leader());
         }
         let waiting = self.proposals.len() + self.reads_queued.len();
-        if waiting >= config.max_pending {
+        // Renewals are never refused for overload: refusing them turns overload into mass
+        // session expiry, which frees nothing and hands every lock on (issue 9, defect 8). They
+        // are bounded by the sessions that exist, not by the requests clients send.
+        if waiting >= config.max_pending && !matches!(query, Query::KeepAlive(_)) {
             return Err(NodeError::Busy(waiting));
         }
         let read = PendingRead { id, query, since_ms: now };
@@ -341,8 +365,14 @@ impl Group {
         if let Some(snap) = self.snapshot_to_write.take() {
             write.snapshot = Some(snap);
         }
+        if std::mem::take(&mut self.commit_unsaved) {
+            // Without this a single-voter group never stored its commit index, and after its
+            // first snapshot the stored commit lagged behind it: the node could not restart.
+            write.hard_state = Some(self.raw.store().hard_state().clone());
+        }
         if !self.raw.has_ready() {
-            return Ok(write.snapshot.is_some().then_some(write));
+            let empty = write.snapshot.is_none() && write.hard_state.is_none();
+            return Ok((!empty).then_some(write));
         }
         let mut rd = self.raw.ready();
         if let Some(ss) = rd.ss() {
@@ -401,6 +431,7 @@ impl Group {
         let mut light = self.raw.advance(rd);
         if let Some(commit) = light.commit_index() {
             self.raw.mut_store().set_commit(commit);
+            self.commit_unsaved = true;
         }
         for msg in light.take_messages() {
             out.push(Output::Send { to: msg.to, group: self.id, msg });
@@ -442,7 +473,7 @@ impl Group {
                     let mut leases = Vec::with_capacity(sessions.len());
                     for &id in sessions {
                         match self.sm.session(id) {
-                            Some(s) if !self.expiring.contains(&id) => {
+                            Some(s) if !self.expiring.contains_key(&id) => {
                                 // Confirmed leader: the lease runs a full TTL from now.
                                 self.leases.set(id, now + s.ttl_ms);
                                 leases.push((id, Some(s.ttl_ms)));
@@ -528,8 +559,10 @@ impl Group {
                     let result = self.sm.apply(e.index, &p.entry, &mut events);
                     self.after_apply(&p, &events, now);
                     // Only our own proposals are answered here: request ids are per node, so another node's
-                    // entry can carry the id of one of ours (a bug the simulator found, seed 841).
-                    if p.origin == self.raw.raft.id && self.proposals.remove(&p.request).is_some() {
+                    // entry can carry the id of one of ours (a bug the simulator found, seed 841), and per
+                    // incarnation, so an entry of ours from before a restart can too.
+                    let ours = p.origin == self.raw.raft.id && p.incarnation == self.incarnation;
+                    if ours && self.proposals.remove(&p.request).is_some() {
                         let reply = result
                             .map(|outcome| Reply::Applied { index: e.index, outcome })
                             .map_err(NodeError::Rejected);

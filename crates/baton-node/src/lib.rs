@@ -42,7 +42,7 @@ pub mod mem;
 mod node;
 pub mod storage;
 
-pub use disk::{DiskError, EngineStore, GroupWrite, LogStore, Recovered, WriteBatch};
+pub use disk::{DiskError, EngineStore, GroupWrite, LogStore, Recovered, StoreRecovery, WriteBatch};
 pub use host::{AcquireResult, Answer, Request, Requests};
 pub use mem::MemStore;
 pub use node::{

@@ -22,6 +22,8 @@ pub struct MemStore {
     groups: BTreeMap<GroupId, GroupData>,
     /// Number of `write` calls (each stands for one fsync).
     pub syncs: u64,
+    /// Starts counted by [`LogStore::next_incarnation`] (durable like everything here).
+    incarnation: u64,
 }
 
 impl LogStore for MemStore {
@@ -47,6 +49,12 @@ impl LogStore for MemStore {
         }
         self.syncs += 1;
         Ok(())
+    }
+
+    fn next_incarnation(&mut self) -> Result<u64, DiskError> {
+        self.incarnation += 1;
+        self.syncs += 1;
+        Ok(self.incarnation)
     }
 
     fn recover(&self, group: GroupId) -> Result<Option<Recovered>, DiskError> {

@@ -40,6 +40,10 @@ pub struct NodeConfig {
     /// *followers'* clocks measure it: set it with margin for clock drift and pauses (the
     /// server uses 80% of the election timeout). Off, every read costs a heartbeat round.
     pub lease_read_ms: u64,
+    /// Which start of this node this is ([`crate::LogStore::next_incarnation`]): log entries
+    /// carry it with their request id, so that a request id reused after a restart is never
+    /// answered by an entry proposed before it.
+    pub incarnation: u64,
 }
 
 /// Default Raft election timeout, in ticks.
@@ -66,6 +70,7 @@ impl NodeConfig {
             seed: id,
             bugs: baton_core::Bugs::default(),
             lease_read_ms: 0,
+            incarnation: 0,
         }
     }
 }
@@ -299,6 +304,15 @@ impl Node {
     /// The state machine of a group, for tests and local (non-linearizable) inspection.
     pub fn state_machine(&self, group: GroupId) -> Option<&baton_core::StateMachine> {
         self.groups.get(&group).map(|g| &g.sm)
+    }
+
+    /// Asks this node, if it leads `group`, to hand the leadership to `to` (placement, and
+    /// tests). Proposals are refused while the transfer is under way (at most an election
+    /// timeout).
+    pub fn transfer_leader(&mut self, group: GroupId, to: NodeId) {
+        if let Some(g) = self.groups.get_mut(&group) {
+            g.transfer_leader(to);
+        }
     }
 
     /// Asks `group` to campaign now (tests and leadership transfer).

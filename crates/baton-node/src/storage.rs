@@ -31,7 +31,15 @@ impl GroupStorage {
     }
 
     /// A group recovered from disk.
-    pub fn recover(hard_state: HardState, snapshot: Snapshot, entries: Vec<Entry>) -> Self {
+    ///
+    /// The stored commit index may lag behind the snapshot: a crash can fall between writing a
+    /// snapshot file and the log batch that records the commit. A snapshot holds only applied,
+    /// hence committed, entries, so the commit index starts at least at the snapshot's (raft-rs
+    /// refuses to start with a commit below its first index).
+    pub fn recover(mut hard_state: HardState, snapshot: Snapshot, entries: Vec<Entry>) -> Self {
+        let meta = snapshot.get_metadata();
+        hard_state.commit = hard_state.commit.max(meta.index);
+        hard_state.term = hard_state.term.max(meta.term);
         let conf_state = snapshot.get_metadata().get_conf_state().clone();
         let first = snapshot.get_metadata().index + 1;
         let entries: Vec<Entry> = entries.into_iter().filter(|e| e.index >= first).collect();

@@ -52,6 +52,7 @@ impl Cluster {
         let mut config = NodeConfig::new(id, self.ids.clone());
         config.snapshot_entries = self.snapshot_entries;
         let store = self.stores.get_mut(&id).unwrap();
+        config.incarnation = store.next_incarnation().unwrap();
         let recovered = store.recover(G).unwrap();
         let (mut node, boot) = Node::new(config, vec![(G, recovered)]).unwrap();
         store.write(&boot).unwrap();
@@ -66,6 +67,17 @@ impl Cluster {
     /// Runs every node's ready/persist loop and delivers messages until the cluster is quiet.
     fn settle(&mut self) {
         for _ in 0..1000 {
+            if !self.round() {
+                return;
+            }
+        }
+        panic!("cluster did not settle");
+    }
+
+    /// One ready/persist round of every node, then delivers the messages it sent. False if
+    /// nothing happened.
+    fn round(&mut self) -> bool {
+        {
             let mut busy = false;
             for (&id, node) in self.nodes.iter_mut() {
                 let batch = node.ready().unwrap();
@@ -94,11 +106,8 @@ impl Cluster {
                     node.step(G, msg);
                 }
             }
-            if !busy {
-                return;
-            }
+            busy
         }
-        panic!("cluster did not settle");
     }
 
     fn advance(&mut self, ms: u64) {
@@ -424,4 +433,174 @@ fn snapshots_wait_longer_as_the_state_grows() {
     let taken_at = taken_at.expect("a snapshot after enough entries");
     assert!(taken_at - before >= 100, "snapshot after {} entries with 400 objects", taken_at - before);
     assert!(taken_at > start);
+}
+
+/// Issue 9, defect 2: a single-voter group advanced its commit index without the hard state
+/// reaching disk, so after its first snapshot the stored commit lagged behind the snapshot and a
+/// restart panicked in raft-rs (`hs.commit ... is out of range`). Every cluster size must restart
+/// after snapshots, with its locks and tokens.
+#[test]
+fn every_cluster_size_restarts_after_snapshots() {
+    for n in [1, 3] {
+        let mut c = Cluster::new(n, 20);
+        let a = c.open("a");
+        let mut token = 0;
+        for i in 0..60 {
+            let Outcome::Granted { token: t } = c.outcome(acquire("x", a, 1 + i, None)) else { panic!("not granted") };
+            token = t;
+            if i < 59 {
+                c.outcome(Command::Release { name: "x".into(), session: a, token });
+            }
+        }
+        let leader = c.wait_leader();
+        let recovered = c.stores[&leader].recover(G).unwrap().unwrap();
+        let snap = recovered.snapshot.get_metadata().index;
+        assert!(snap > 0, "{n} nodes: no snapshot taken");
+        assert!(
+            recovered.hard_state.commit >= snap,
+            "{n} nodes: stored commit {} behind snapshot {snap}",
+            recovered.hard_state.commit
+        );
+        for id in c.ids.clone() {
+            c.crash(id);
+        }
+        for id in c.ids.clone() {
+            c.start(id);
+        }
+        c.wait_leader();
+        assert_eq!(holder(c.read(Query::Lock("x".into()))), Some((a, token)), "{n} nodes: the holder survives");
+        c.keepalive(&[a]);
+        c.outcome(Command::Release { name: "x".into(), session: a, token });
+        let Outcome::Granted { token: next } = c.outcome(acquire("x", a, 100, None)) else { panic!("not granted") };
+        assert!(next > token, "{n} nodes: tokens continue after the restart");
+    }
+}
+
+/// A crash between writing a snapshot file and the log batch that records the commit leaves
+/// a stored commit behind the snapshot; what the snapshot covers was committed, so recovery
+/// starts from it instead of refusing to start.
+#[test]
+fn recovery_tolerates_a_commit_behind_the_snapshot() {
+    let mut c = Cluster::new(1, 20);
+    let a = c.open("a");
+    for i in 0..30 {
+        c.outcome(acquire(&format!("n{i}"), a, 1 + i, None));
+    }
+    let mut recovered = c.stores[&1].recover(G).unwrap().unwrap();
+    assert!(recovered.snapshot.get_metadata().index > 1);
+    recovered.hard_state.commit = 1;
+    let (mut node, _) = Node::new(NodeConfig::new(1, vec![1]), vec![(G, Some(recovered))]).expect("node starts");
+    node.campaign(G);
+    let _ = node.ready().unwrap();
+    node.persisted().unwrap();
+    assert_eq!(node.state_machine(G).unwrap().lock_count(), 30);
+}
+
+/// Issue 9, defect 3: request ids restart when a node restarts, and applied entries were matched
+/// to waiting requests by (node, request id): an entry written before a crash and committed
+/// after the restart answered a new request that reused its id. Each start of a node is a new
+/// incarnation, recorded durably by the store, and only entries of this incarnation answer.
+#[test]
+fn an_entry_from_before_a_restart_does_not_answer_a_new_request() {
+    let mut c = Cluster::new(3, 20_000);
+    let leader = c.wait_leader();
+    let a = c.open("a");
+    // The leader writes request 7777 to its disk but cannot replicate it, and crashes.
+    c.isolated.insert(leader);
+    c.nodes.get_mut(&leader).unwrap().propose(G, 7777, acquire("before-crash", a, 1, None));
+    c.settle();
+    c.replies.clear();
+    // Everyone restarts (nobody remembers a leader), and the old leader, whose log is the longest,
+    // is elected again; its first request after the restart happens to be numbered 7777 too,
+    // and is pending when the old entry commits with the new term's first entry.
+    for id in c.ids.clone() {
+        c.crash(id);
+    }
+    c.isolated.clear();
+    for id in c.ids.clone() {
+        c.start(id);
+    }
+    c.nodes.get_mut(&leader).unwrap().campaign(G);
+    let mut proposed = false;
+    for _ in 0..100 {
+        if !proposed && c.leader() == Some(leader) {
+            c.nodes.get_mut(&leader).unwrap().propose(G, 7777, acquire("after-restart", a, 2, None));
+            proposed = true;
+        }
+        if !c.round() && proposed {
+            break;
+        }
+    }
+    assert!(proposed, "the old leader was not elected again");
+    let sm = c.nodes[&leader].state_machine(G).unwrap();
+    let (_, old_token) = sm.lock("before-crash").and_then(|l| l.held_by()).expect("the old entry applied");
+    let (_, new_token) = sm.lock("after-restart").and_then(|l| l.held_by()).expect("the new request applied");
+    match c.replies.remove(&7777) {
+        Some(Ok(Reply::Applied { outcome: Outcome::Granted { token }, .. })) => {
+            assert_eq!(token, new_token, "request 7777 was answered with the old entry's grant (token {old_token})")
+        }
+        other => panic!("unexpected answer {other:?}"),
+    }
+}
+
+/// Issue 9, defect 8: an expiry proposal that raft-rs dropped (here: during a leadership
+/// transfer, which refuses proposals) was never proposed again, so the session never expired
+/// while that leader lasted.
+#[test]
+fn a_dropped_expiry_is_proposed_again() {
+    let mut c = Cluster::new(3, 20_000);
+    let leader = c.wait_leader();
+    let a = c.open("a");
+    c.outcome(acquire("x", a, 1, None));
+    c.advance(2_900);
+    // A transfer to a follower that cannot hear us stays under way for an election timeout.
+    let target = *c.ids.iter().find(|&&i| i != leader).unwrap();
+    c.isolated.insert(target);
+    c.nodes.get_mut(&leader).unwrap().transfer_leader(G, target);
+    c.advance(300);
+    assert!(c.nodes[&leader].state_machine(G).unwrap().session(a).is_some(), "expired during the transfer");
+    c.advance(3_000);
+    assert_eq!(c.leader(), Some(leader), "the leader kept its place");
+    assert!(c.nodes[&leader].state_machine(G).unwrap().session(a).is_none(), "the silent session never expired");
+}
+
+/// Issue 9, defect 8: under overload keepalives were refused as Busy like new work, which turns
+/// overload into mass session expiry. Renewals are always served.
+#[test]
+fn keepalives_are_served_when_the_leader_is_full() {
+    let mut config = NodeConfig::new(1, vec![1]);
+    config.max_pending = 3;
+    let mut store = MemStore::default();
+    let (mut node, boot) = Node::new(config, vec![(G, None)]).unwrap();
+    store.write(&boot).unwrap();
+    node.set_time(1_000, 1_000);
+    node.campaign(G);
+    let mut round = |node: &mut Node| {
+        let batch = node.ready().unwrap();
+        store.write(&batch).unwrap();
+        node.persisted().unwrap();
+        node.take_outputs()
+    };
+    round(&mut node);
+    node.propose(G, 1, Command::OpenSession { client: "c".into(), ttl_ms: 10_000, request_id: 0 });
+    round(&mut node);
+    let session = node.state_machine(G).unwrap().sessions().next().unwrap().0;
+    for id in 10..13 {
+        node.propose(G, id, Command::CounterAdd { name: "n".into(), delta: 1 });
+    }
+    node.propose(G, 13, Command::CounterAdd { name: "n".into(), delta: 1 });
+    node.read(G, 14, Query::KeepAlive(vec![session]));
+    // Giving back is not refused either (up to twice the limit).
+    node.propose(G, 15, Command::CloseSession { session: 999 });
+    let mut replies = BTreeMap::new();
+    for _ in 0..3 {
+        for out in round(&mut node) {
+            if let Output::Reply { id, result } = out {
+                replies.insert(id, result);
+            }
+        }
+    }
+    assert!(matches!(replies[&13], Err(NodeError::Busy(_))), "{:?}", replies[&13]);
+    assert_eq!(replies[&14], Ok(Reply::KeepAlive(vec![(session, Some(10_000))])));
+    assert!(matches!(replies[&15], Err(NodeError::Rejected(baton_core::Error::SessionNotFound(999)))));
 }

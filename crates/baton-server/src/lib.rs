@@ -124,7 +124,20 @@ impl Server {
             return Err(std::io::Error::other(format!("node id {} is not in the peer list", config.id)));
         }
         std::fs::create_dir_all(&config.data_dir)?;
-        let store = EngineStore::open(&config.data_dir).map_err(std::io::Error::other)?;
+        let mut store = EngineStore::open(&config.data_dir).map_err(std::io::Error::other)?;
+        let recovery = store.recovery().clone();
+        let torn_tail_bytes = recovery.torn_tail_bytes;
+        if torn_tail_bytes > 0 {
+            tracing::warn!(
+                torn_tail_bytes,
+                "recovered from a crash in the middle of a write: its last {torn_tail_bytes} bytes were dropped \
+                 from the end of the log. They were never acknowledged (answers wait for the fsync of the whole \
+                 write), so nothing acknowledged was lost. Shown in `baton status`; damage anywhere else in the \
+                 log stops the node from starting"
+            );
+        } else if recovery.unclean_end {
+            tracing::info!("the previous run stopped without closing the log (a crash or kill -9); no write was torn");
+        }
         let recovered = store.recover(DATA_GROUP).map_err(std::io::Error::other)?;
         let mut node_config = NodeConfig::new(config.id, config.peers.keys().copied().collect());
         node_config.election_ticks = config.election_ticks;
@@ -134,6 +147,8 @@ impl Server {
                 baton_node::lease_read_ms(config.election_ticks, config.tick.as_millis() as u64);
         }
         // The node takes its randomness as an input; here it comes from the OS.
+        // Request ids restart with the process; the incarnation keeps them apart across starts.
+        node_config.incarnation = store.next_incarnation().map_err(std::io::Error::other)?;
         node_config.seed = {
             use std::hash::{BuildHasher, Hasher};
             let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -151,6 +166,8 @@ impl Server {
             let mut v = view.lock().expect("view lock");
             v.peer_addrs = config.peers.clone();
             v.client_addrs.insert(config.id, client_addr.to_string());
+            v.torn_tail_bytes = torn_tail_bytes;
+            v.unclean_start = recovery.unclean_end;
         }
         let mut outboxes = Outboxes::new();
         let mut tasks = Vec::new();

@@ -43,6 +43,10 @@ pub struct ClusterView {
     pub client_addrs: BTreeMap<NodeId, String>,
     /// Peer addresses of the members.
     pub peer_addrs: BTreeMap<NodeId, String>,
+    /// Bytes of a torn last write dropped from the end of the log at start (0: none).
+    pub torn_tail_bytes: u64,
+    /// The previous run ended without closing the log (a crash).
+    pub unclean_start: bool,
 }
 
 /// A cloneable handle to the node thread.

@@ -432,7 +432,8 @@ impl Baton for BatonService {
                 peer_addr: peer.clone(),
             })
             .collect();
-        Ok(Response::new(pb::StatusResponse { node_id: self.node.id, groups, nodes }))
+        let (torn_tail_bytes, unclean_start) = (view.torn_tail_bytes, view.unclean_start);
+        Ok(Response::new(pb::StatusResponse { node_id: self.node.id, groups, nodes, torn_tail_bytes, unclean_start }))
     }
 }
 

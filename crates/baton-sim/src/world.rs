@@ -422,6 +422,7 @@ impl World {
         config.bugs = self.cfg.bugs;
         config.lease_read_ms = self.cfg.lease_read_ms;
         let n = self.nodes.get_mut(&id).expect("node");
+        config.incarnation = n.store.next_incarnation().expect("memory store writes");
         let recovered = n.store.recover(DATA_GROUP).expect("memory store reads");
         let (mut node, boot) = Node::new(config, vec![(DATA_GROUP, recovered)]).expect("node starts");
         n.store.write(&boot).expect("memory store writes");
@@ -443,6 +444,8 @@ impl World {
         n.inbox.clear();
         n.answer_to.clear();
         n.requests = Requests::default();
+        // Request ids restart with the process, as the server's do (the incarnation tells runs apart).
+        n.next_request = 1;
         n.epoch += 1;
         n.paused = false;
         self.trace(format!("node {id} crashes"));

@@ -1,0 +1,137 @@
+//! The reproductions of issue 9 run as a user would run them: the real `baton` binary, `baton
+//! dev` in a temp folder on 127.0.0.1, every process stopped here by its PID.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::{free_ports, wait_for_line, Proc, BATON};
+
+fn start_dev(data: &Path, addr: &str) -> Proc {
+    let mut dev = Proc(
+        Command::new(BATON)
+            .args(["dev", "--data", data.to_str().unwrap(), "--client-addr", addr])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_line(&mut dev.0, "serving clients");
+    dev
+}
+
+fn status(addr: &str) -> serde_json::Value {
+    let out = Command::new(BATON).args(["status", "--json", "--endpoints", addr]).output().unwrap();
+    assert!(out.status.success(), "status: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn baton(args: &[&str]) -> std::process::Output {
+    Command::new(BATON).args(args).output().unwrap()
+}
+
+/// Waits for `child` to exit (at most `limit`); its exit code.
+fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("process {} did not exit within {limit:?}", child.id());
+}
+
+/// Issue 9, reproduction 1: with A holding `x` and B queued for it, `baton latch x set 1; baton
+/// latch x down` told B it held `x`, made `x` look free and let a third command take it too.
+/// Now both latch commands are refused (exit 65, the name is in use as a lock), and B gets `x`
+/// only when A is done.
+#[test]
+fn a_latch_cannot_touch_a_held_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
+    let _dev = start_dev(&dir.path().join("data"), &addr);
+    let log = dir.path().join("log");
+    let holder = |who: &str, secs: &str| {
+        let script =
+            format!("echo \"{who} start $BATON_FENCE\" >> {0}; sleep {secs}; echo \"{who} end\" >> {0}", log.display());
+        Command::new(BATON).args(["lock", "--endpoints", &addr, "x", "--", "sh", "-c", &script]).spawn().unwrap()
+    };
+    let mut a = Proc(holder("A", "2"));
+    // A holds x before B asks (its line is in the log), B queues behind it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("A start") {
+        assert!(Instant::now() < deadline, "A never got the lock");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut b = Proc(holder("B", "0"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let d = baton(&["describe", "--json", "--endpoints", &addr, "x"]);
+        let v: serde_json::Value = serde_json::from_slice(&d.stdout).unwrap_or_default();
+        if v["waiters"].as_array().is_some_and(|w| !w.is_empty()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B never queued: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for args in [&["x", "set", "1"][..], &["x", "down"][..]] {
+        let out = baton(&[&["latch", "--endpoints", &addr][..], args].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{args:?} was accepted");
+        assert!(stderr.contains("in use as a lock"), "{args:?}: {stderr}");
+    }
+    // A third command cannot take x while A (then B) holds it.
+    let third = baton(&["lock", "--endpoints", &addr, "--wait", "0.2", "x", "--", "true"]);
+    assert_eq!(third.status.code(), Some(75), "a third holder was granted x");
+    assert_eq!(wait_exit(&mut a.0, Duration::from_secs(30)), Some(0));
+    assert_eq!(wait_exit(&mut b.0, Duration::from_secs(30)), Some(0));
+    let lines: Vec<String> = std::fs::read_to_string(&log).unwrap().lines().map(String::from).collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert!(lines[0].starts_with("A start") && lines[1] == "A end", "{lines:?}");
+    assert!(lines[2].starts_with("B start") && lines[3] == "B end", "{lines:?}");
+}
+
+/// Issue 9, reproduction 2: `baton dev` panicked at its first restart after a snapshot (the
+/// stored commit index lagged behind it). Run enough lock cycles to snapshot, stop it with
+/// SIGTERM, start it again (twice, the second time after kill -9): it serves, with its tokens.
+#[test]
+fn dev_restarts_after_its_first_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
+    let mut dev = start_dev(&data, &addr);
+    // Snapshots are taken every 20,000 applied entries; each lock cycle is two.
+    let mut rounds = 0;
+    while status(&addr)["groups"][0]["applied_index"].as_u64().unwrap() < 25_000 {
+        rounds += 1;
+        assert!(rounds <= 10, "the bench never reached a snapshot");
+        let out =
+            baton(&["bench", "--endpoints", &addr, "--workload", "uncontended", "--clients", "32", "--duration", "3"]);
+        assert!(out.status.success(), "bench: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let snapshots = std::fs::read_dir(data.join("snap")).unwrap().count();
+    assert!(snapshots > 0, "no snapshot was written");
+    let before = status(&addr)["groups"][0]["last_token"].as_u64().unwrap();
+    // SIGTERM: a clean stop.
+    // SAFETY: kill(2) on the process this test started and has not reaped.
+    unsafe { libc::kill(dev.0.id() as libc::pid_t, libc::SIGTERM) };
+    wait_exit(&mut dev.0, Duration::from_secs(30));
+    for crash in [false, true] {
+        let mut dev = start_dev(&data, &addr);
+        let out = baton(&["lock", "--endpoints", &addr, "after-restart", "--", "sh", "-c", "echo $BATON_FENCE"]);
+        assert!(out.status.success(), "lock after restart: {}", String::from_utf8_lossy(&out.stderr));
+        let token: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        assert!(token > before, "token {token} after the restart is not above {before}");
+        let s = status(&addr);
+        assert_eq!(s["unclean_start"], serde_json::json!(crash), "{s}");
+        if crash {
+            drop(dev);
+        } else {
+            dev.0.kill().unwrap();
+            wait_exit(&mut dev.0, Duration::from_secs(30));
+        }
+    }
+}

@@ -7,7 +7,7 @@
 //! renewal moves the deadline: nothing else (no I/O, no stuck keepalive loop) can delay it.
 //!
 //! [`Lease`] is pure and generic over the instant type, so that the simulator runs this exact
-//! rule on its virtual clock; [`SessionLease`] is the real client's timer around it: the
+//! rule on its virtual clock; `SessionLease` is the real client's timer around it: the
 //! lease-lost signal fires when the deadline passes, whether or not any keepalive is running.
 //!
 //! # Caveats

@@ -17,11 +17,11 @@
 //! # Design
 //! A [`Client`] talks to whichever node leads the data group: it starts with the endpoints it
 //! was given, follows the redirects servers send (a typed `ErrorInfo`, see [`retry`]), and
-//! moves to the next endpoint when a node fails or does not answer (see [`route`]). One
+//! moves to the next endpoint when a node fails or does not answer (see `route.rs`). One
 //! background task per client keeps every session of that client alive over one keepalive
-//! stream (never one heartbeat per lock or per session; see [`keepalive`]). Sessions, acquires,
+//! stream (never one heartbeat per lock or per session; see `keepalive.rs`). Sessions, acquires,
 //! releases, cancels and counter calls travel on one long-lived `Call` stream per node, many at
-//! once (see [`pipe`]): no HTTP/2 stream per call.
+//! once (see `pipe.rs`): no HTTP/2 stream per call.
 //!
 //! # Failures
 //! Every attempt has its own timeout ([`ClientOptions::attempt_timeout`]; a waiting acquire:

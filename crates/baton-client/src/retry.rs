@@ -1,17 +1,17 @@
 //! What a failed attempt means, and whether the request may be sent again.
 //!
 //! Decisions rest on facts, never on message text:
-//! - whether the request left this process at all ([`AttemptError::NotSent`]: a connection
-//!   that could not be made, or a `Call` stream that broke before the request was written);
-//! - whether an answer came back ([`AttemptError::NoAnswer`]: the connection broke after the
-//!   request was written, or the node did not answer within the attempt's time);
+//! - whether the request left this process at all (not sent: a connection that could not be
+//!   made, or a `Call` stream that broke before the request was written);
+//! - whether an answer came back (no answer: the connection broke after the request was
+//!   written, or the node did not answer within the attempt's time);
 //! - the typed [`pb::ErrorInfo`] a server attaches to the errors a client must act on.
 //!
-//! From these, [`verdict`] says: nothing was applied (retry, at the leader a redirect named if
-//! any), the outcome is unknown (retry only a request that is harmless to repeat), or the server
-//! refused (final). [`Client::attempts`] runs the loop: every attempt has its own timeout, which
-//! fails only that attempt (never the connection others share), and moves the client on to
-//! another node.
+//! From these, a [`Verdict`] ([`verdict_of_status`] for a server's answer): nothing was applied
+//! (retry, at the leader a redirect named if any), the outcome is unknown (retry only a request
+//! that is harmless to repeat), or the server refused (final). `Client::attempts` runs the loop:
+//! every attempt has its own timeout, which fails only that attempt (never the connection others
+//! share), and moves the client on to another node.
 
 use std::error::Error as _;
 use std::future::Future;

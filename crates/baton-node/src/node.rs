@@ -36,9 +36,9 @@ pub struct NodeConfig {
     pub bugs: baton_core::Bugs,
     /// Lease reads (off at 0): after a ReadIndex round started at time t is confirmed by a
     /// quorum, the leader serves reads and keepalives without another round until
-    /// t + lease_read_ms. Safe only while this stays below the election timeout as the
-    /// *followers'* clocks measure it: set it with margin for clock drift and pauses (the
-    /// server uses 80% of the election timeout). Off, every read costs a heartbeat round.
+    /// t + lease_read_ms. Safe only while this stays below the followers' vote-refusal window
+    /// with margin for clock drift and for the age of the clock reading a lease is checked
+    /// against: use [`lease_read_ms`], which derives it. Off, every read costs a heartbeat round.
     pub lease_read_ms: u64,
     /// Which start of this node this is ([`crate::LogStore::next_incarnation`]): log entries
     /// carry it with their request id, so that a request id reused after a restart is never
@@ -49,10 +49,40 @@ pub struct NodeConfig {
 /// Default Raft election timeout, in ticks.
 pub const DEFAULT_ELECTION_TICKS: usize = 10;
 
-/// The lease for `NodeConfig::lease_read_ms` that the server and the simulator use: 80% of the
-/// election timeout, leaving 20% for clock drift, clock jumps and scheduling delays.
+/// Largest difference in rate between two members' monotonic clocks that a lease allows for, in
+/// parts per million (5%: NTP slews by at most 0.05%; the rest is for virtual machines, and it
+/// covers the simulator's ±2% per node).
+pub const LEASE_DRIFT_PPM: u64 = 50_000;
+/// Largest forward jump of a follower's monotonic clock that a lease allows for (the simulator
+/// injects jumps up to this size).
+pub const LEASE_CLOCK_JUMP_MS: u64 = 100;
+/// Largest time between the runtime reading the clock ([`Node::set_time`]) and the node checking
+/// a lease against that reading. The server reads the clock right before each request, so this
+/// is the handling of one request plus any time the OS keeps the node thread off a core.
+pub const LEASE_READING_AGE_MS: u64 = 50;
+
+/// The lease for `NodeConfig::lease_read_ms`, or 0 if the timing leaves no safe lease.
+///
+/// A follower that acknowledged the leader's ReadIndex round (started at t on the leader's clock)
+/// received that heartbeat after t, and refuses to vote for anyone else (raft-rs check-quorum)
+/// until it has counted `election_ticks` ticks since. The first of those ticks can come right
+/// after the heartbeat, and the runtime keeps ticks at least one tick apart, so the refusal lasts
+/// at least `(election_ticks - 1) * tick_ms` on the follower's clock. Every new leader needs the
+/// vote of one of those followers, so none exists before then. The lease subtracts from that
+/// window what the clocks may get wrong and how stale the reading checked against it may be:
+///
+/// ```text
+/// lease = (election_ticks - 1) * tick_ms          follower's refusal window, less the tick it can start late
+///       - window * LEASE_DRIFT_PPM / 1e6 (rounded up)   clocks running at different rates
+///       - LEASE_CLOCK_JUMP_MS                     a follower's clock jumping forward
+///       - LEASE_READING_AGE_MS                    reading the clock, then checking the lease
+/// ```
+///
+/// With the defaults (10 ticks of 100 ms): 900 - 45 - 100 - 50 = 705 ms.
 pub fn lease_read_ms(election_ticks: usize, tick_ms: u64) -> u64 {
-    election_ticks as u64 * tick_ms * 8 / 10
+    let window = (election_ticks as u64).saturating_sub(1).saturating_mul(tick_ms);
+    let drift = window.saturating_mul(LEASE_DRIFT_PPM).div_ceil(1_000_000);
+    window.saturating_sub(drift + LEASE_CLOCK_JUMP_MS + LEASE_READING_AGE_MS)
 }
 
 impl NodeConfig {
@@ -320,5 +350,35 @@ impl Node {
         if let Some(g) = self.groups.get_mut(&group) {
             g.campaign();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: the lease was 80% of the election timeout (800 ms of 1 s), more than the
+    /// 900 ms a follower is sure to refuse votes for, before any allowance for clocks.
+    #[test]
+    fn the_lease_fits_in_the_followers_refusal_window_with_every_allowance() {
+        assert_eq!(lease_read_ms(DEFAULT_ELECTION_TICKS, 100), 705);
+        for election_ticks in 1..=30 {
+            for tick_ms in [1, 10, 20, 50, 100, 250, 1_000] {
+                let lease = lease_read_ms(election_ticks, tick_ms);
+                let window = (election_ticks as u64).saturating_sub(1) * tick_ms;
+                if lease == 0 {
+                    continue;
+                }
+                // Measured on the leader's clock, the window can look this much shorter.
+                let drifted = window - window * LEASE_DRIFT_PPM / 1_000_000;
+                assert!(
+                    lease + LEASE_CLOCK_JUMP_MS + LEASE_READING_AGE_MS <= drifted,
+                    "{election_ticks} ticks of {tick_ms} ms: lease {lease} ms"
+                );
+            }
+        }
+        // Too short a timeout leaves no room for the allowances: no lease at all.
+        assert_eq!(lease_read_ms(10, 10), 0);
+        assert_eq!(lease_read_ms(1, 1_000), 0);
     }
 }

@@ -6,6 +6,10 @@
 //! ([`service`]) and the peer API. Layers are one-way: this crate drives `baton-node`, which
 //! drives `baton-core`; neither of those knows about tokio, tonic or the disk.
 //!
+//! A fatal error (a failed disk write, a node error) never exits the process: the node thread
+//! stops, the gRPC servers stop, and [`Server::stopped`] returns the error to whoever runs the
+//! server (the `baton` binary exits with code 71 on it).
+//!
 //! # Caveats
 //! - Membership is the fixed `peers` list given at start (no reconfiguration yet).
 //! - Client and peer traffic is plaintext (TLS is a later issue).
@@ -17,6 +21,7 @@ pub mod transport;
 pub mod watch;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -26,9 +31,30 @@ use baton_node::{EngineStore, LogStore, Node, NodeConfig, NodeId, DATA_GROUP};
 use baton_proto::peer::peer_server::PeerServer;
 use baton_proto::v1::baton_server::BatonServer;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::watch as signal;
 
-use crate::runtime::{ClusterView, Input, NodeHandle, Outboxes};
+use crate::runtime::{ClusterView, Input, NodeHandle, Outboxes, Outcome};
+
+/// Why a running server stopped on its own. Any of these means the node must not go on: it
+/// could acknowledge what is not durable, or diverge from the other replicas.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ServerError {
+    /// Writing the Raft log, hard state or a snapshot failed.
+    #[error("disk write failed: {0}")]
+    Disk(String),
+    /// The node hit an error it cannot continue from (e.g. an undecodable entry or snapshot).
+    #[error("node failed: {0}")]
+    Node(String),
+    /// The node thread ended without reporting why (a bug: it panicked).
+    #[error("the node thread ended unexpectedly (panic)")]
+    Panicked,
+}
+
+/// Results of this crate.
+pub type Result<T, E = ServerError> = std::result::Result<T, E>;
+
+/// How long the gRPC servers get to finish their calls after the node stopped on its own.
+const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// How to run one node.
 #[derive(Clone, Debug)]
@@ -45,10 +71,13 @@ pub struct ServerConfig {
     pub election_ticks: usize,
     /// Snapshot after this many applied entries.
     pub snapshot_entries: u64,
-    /// Serve reads and keepalives from a leader lease instead of a heartbeat round each (see
-    /// `NodeConfig::lease_read_ms`; the lease is 80% of the election timeout, assuming clocks
-    /// drift apart by less than that margin and no node pauses longer than it).
+    /// Serve reads and keepalives from a leader lease instead of a heartbeat round each, for
+    /// `baton_node::lease_read_ms` of the timing (705 ms with the defaults; the arithmetic and its
+    /// assumptions are there). Every member must agree (checked in the peer handshake).
     pub lease_reads: bool,
+    /// Largest frame accepted from or sent to a peer; a snapshot travels in one, so this bounds
+    /// the state a lagging follower can be sent (see [`transport`], "Size bound").
+    pub max_peer_message_bytes: usize,
 }
 
 impl ServerConfig {
@@ -62,6 +91,7 @@ impl ServerConfig {
             election_ticks: baton_node::DEFAULT_ELECTION_TICKS,
             snapshot_entries: 20_000,
             lease_reads: false,
+            max_peer_message_bytes: transport::DEFAULT_MAX_PEER_MESSAGE_BYTES,
         }
     }
 }
@@ -73,8 +103,10 @@ pub struct Server {
     /// The bound peer API address.
     pub peer_addr: SocketAddr,
     node: NodeHandle,
-    shutdown: Vec<oneshot::Sender<()>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// How the node thread ended (`None` while it runs).
+    outcome: signal::Receiver<Outcome>,
+    /// The gRPC servers' and senders' tasks, to abort on shutdown.
+    tasks: Vec<tokio::task::AbortHandle>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -85,18 +117,17 @@ fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
-/// Serves `router` on `listener` until the returned task is told to stop through `shutdown`.
+/// Serves `router` on `listener` until the node thread has stopped.
 fn serve(
     router: tonic::transport::server::Router,
     listener: TcpListener,
     what: &'static str,
-    shutdown: &mut Vec<oneshot::Sender<()>>,
+    outcome: &signal::Receiver<Outcome>,
 ) -> tokio::task::JoinHandle<()> {
-    let (tx, rx) = oneshot::channel::<()>();
-    shutdown.push(tx);
+    let mut outcome = outcome.clone();
     tokio::spawn(async move {
-        let stop = async {
-            let _ = rx.await;
+        let stop = async move {
+            let _ = outcome.wait_for(Option::is_some).await;
         };
         if let Err(e) = router.serve_with_incoming_shutdown(incoming(listener), stop).await {
             tracing::error!("{what} server failed: {e}");
@@ -143,8 +174,15 @@ impl Server {
         node_config.election_ticks = config.election_ticks;
         node_config.snapshot_entries = config.snapshot_entries;
         if config.lease_reads {
-            node_config.lease_read_ms =
-                baton_node::lease_read_ms(config.election_ticks, config.tick.as_millis() as u64);
+            let tick_ms = config.tick.as_millis() as u64;
+            node_config.lease_read_ms = baton_node::lease_read_ms(config.election_ticks, tick_ms);
+            if node_config.lease_read_ms == 0 {
+                return Err(std::io::Error::other(format!(
+                    "--lease-reads needs a longer election timeout than {} ticks of {tick_ms} ms: the clock \
+                     allowances leave no safe lease (see docs/SEMANTICS.md, \"Reads\"); raise --tick-ms",
+                    config.election_ticks
+                )));
+            }
         }
         // The node takes its randomness as an input; here it comes from the OS.
         // Request ids restart with the process; the incarnation keeps them apart across starts.
@@ -169,6 +207,8 @@ impl Server {
             v.torn_tail_bytes = torn_tail_bytes;
             v.unclean_start = recovery.unclean_end;
         }
+        let local = transport::local_handshake(&config, client_addr.to_string());
+        let max_bytes = config.max_peer_message_bytes;
         let mut outboxes = Outboxes::new();
         let mut tasks = Vec::new();
         for (&id, addr) in &config.peers {
@@ -177,21 +217,33 @@ impl Server {
             }
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             outboxes.insert(id, tx);
-            tasks.push(tokio::spawn(transport::run_sender(config.id, client_addr.to_string(), addr.clone(), rx)));
+            let sender = transport::run_sender(local.clone(), id, addr.clone(), max_bytes, view.clone(), rx);
+            tasks.push(tokio::spawn(sender).abort_handle());
         }
-        let (handle, thread) = runtime::spawn(node, store, boot, outboxes, view, config.tick)?;
+        let (handle, thread, outcome) = runtime::spawn(node, store, boot, outboxes, view, config.tick)?;
 
-        let mut shutdown = Vec::new();
         let client_api = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(BatonServer::new(service::BatonService { node: handle.clone() }));
-        tasks.push(serve(client_api, client, "client API", &mut shutdown));
-        let peer_svc = PeerServer::new(transport::PeerService { node: handle.clone() })
-            .max_decoding_message_size(transport::MAX_PEER_MESSAGE_BYTES);
+        let mut serving = vec![serve(client_api, client, "client API", &outcome)];
+        let peer_svc = PeerServer::new(transport::PeerService { node: handle.clone(), local })
+            .max_decoding_message_size(max_bytes)
+            .max_encoding_message_size(max_bytes);
         let peer_api = tonic::transport::Server::builder().tcp_nodelay(true).add_service(peer_svc);
-        tasks.push(serve(peer_api, peer, "peer API", &mut shutdown));
+        serving.push(serve(peer_api, peer, "peer API", &outcome));
+        tasks.extend(serving.iter().map(|t| t.abort_handle()));
+        // If the node stops on its own, the servers stop taking calls at once (see `serve`);
+        // calls still open get a grace period to fail cleanly, then they are cut.
+        let mut stopped = outcome.clone();
+        tokio::spawn(async move {
+            let _ = stopped.wait_for(Option::is_some).await;
+            let all = futures::future::join_all(serving.iter_mut());
+            if tokio::time::timeout(STOP_GRACE, all).await.is_err() {
+                serving.iter().for_each(|t| t.abort());
+            }
+        });
         tracing::info!(id = config.id, %client_addr, %peer_addr, "baton node started");
-        Ok(Server { client_addr, peer_addr, node: handle, shutdown, tasks, thread: Some(thread) })
+        Ok(Server { client_addr, peer_addr, node: handle, outcome, tasks, thread: Some(thread) })
     }
 
     /// The node thread's handle.
@@ -199,18 +251,28 @@ impl Server {
         &self.node
     }
 
+    /// Resolves once the server has stopped: `Ok(())` after [`Server::shutdown`], the error if
+    /// the node stopped on its own (then the gRPC servers stop too; the process goes on).
+    pub fn stopped(&self) -> impl Future<Output = Result<()>> + Send + 'static {
+        let mut outcome = self.outcome.clone();
+        async move {
+            match outcome.wait_for(Option::is_some).await {
+                Ok(o) => o.clone().unwrap_or(Ok(())),
+                Err(_) => Err(ServerError::Panicked),
+            }
+        }
+    }
+
     /// Stops serving and waits for the node thread to finish its current round. What was
     /// acknowledged is on disk; a restart from the same folder continues from there.
     pub async fn shutdown(mut self) {
-        for tx in self.shutdown.drain(..) {
-            let _ = tx.send(());
-        }
         self.node.send(Input::Stop);
-        for t in self.tasks.drain(..) {
-            t.abort();
-        }
         if let Some(thread) = self.thread.take() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        // Long-lived streams (peers, watchers) would hold a graceful shutdown open: cut them.
+        for t in self.tasks.drain(..) {
+            t.abort();
         }
     }
 }

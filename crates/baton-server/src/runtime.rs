@@ -4,6 +4,20 @@
 //! inputs that arrive queue up in the channel, so that the next round takes them all at once:
 //! proposals are batched into one Raft ready and one fsync without any timer. gRPC handlers and
 //! the peer transport talk to it through [`NodeHandle`] and get answers on oneshot channels.
+//!
+//! # Fatal errors
+//! A failed disk write or a node error ends the loop: continuing could acknowledge writes that
+//! are not durable or let replicas diverge. The thread does not exit the process (a test may run
+//! several servers in one): it closes the event feed, drops every pending answer (callers see
+//! "node is shutting down") and reports the error on the [`Outcome`] channel, which
+//! [`crate::Server`] turns into stopping its gRPC servers and into [`crate::Server::stopped`].
+//!
+//! # Time
+//! The clock is read right before each client request is handed to the node, not once per round:
+//! a lease read is checked against that reading, and a round can take thousands of inputs (see
+//! `baton_node::lease_read_ms` for the allowance this leaves). Ticks are kept at least one tick
+//! apart, never bunched to catch up after a slow round: a follower's vote-refusal window counts
+//! ticks, and the lease arithmetic assumes `n` ticks span at least `n - 1` tick intervals.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -17,9 +31,10 @@ use baton_node::{
 use baton_proto::peer::GroupMessage;
 use bytes::{BufMut, Bytes, BytesMut};
 use protobuf::Message as _;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::watch::{EventLog, SharedLog, Watched};
+use crate::ServerError;
 
 /// Most inputs taken in one round before the node's work is flushed.
 const MAX_INPUTS_PER_ROUND: usize = 8192;
@@ -73,6 +88,10 @@ impl NodeHandle {
     }
 }
 
+/// How the node thread ended: `None` while it runs, `Some(Ok(()))` after [`Input::Stop`],
+/// `Some(Err(_))` after a fatal error.
+pub type Outcome = Option<Result<(), ServerError>>;
+
 /// Per-peer outboxes of the transport.
 pub type Outboxes = BTreeMap<NodeId, tokio::sync::mpsc::UnboundedSender<Vec<GroupMessage>>>;
 
@@ -86,13 +105,26 @@ struct Runtime<S: LogStore> {
     answer_to: HashMap<RequestId, oneshot::Sender<Result<Answer, NodeError>>>,
     answers: Vec<(RequestId, Result<Answer, NodeError>)>,
     next_request: RequestId,
-    started: Instant,
+    clock: Clock,
     tick: Duration,
     outputs: Vec<Output>,
     per_peer: BTreeMap<NodeId, Vec<GroupMessage>>,
     /// Outgoing Raft messages are encoded into slices of this buffer: one allocation per
     /// ~64 KiB of messages (reclaimed once the transport has sent them), not one per message.
     encode_buf: BytesMut,
+}
+
+/// Reads (monotonic ms, wall ms since the Unix epoch); replaceable in tests.
+type Clock = Box<dyn FnMut() -> (u64, u64) + Send>;
+
+/// The process's clocks: monotonic from `started`, wall from the Unix epoch.
+fn system_clock() -> Clock {
+    let started = Instant::now();
+    Box::new(move || {
+        let wall =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        (started.elapsed().as_millis() as u64, wall)
+    })
 }
 
 /// Encodes `msg` into the shared buffer and splits it off as its own cheap handle.
@@ -106,15 +138,29 @@ fn encode(buf: &mut BytesMut, msg: &raft::eraftpb::Message) -> Bytes {
     buf.split().freeze()
 }
 
-/// Starts the node thread. `boot` is the write returned by [`Node::new`], persisted first.
+/// Starts the node thread. `boot` is the write returned by [`Node::new`], persisted first. The
+/// returned receiver tells how the thread ended (see [`Outcome`]).
 pub fn spawn<S: LogStore + Send + 'static>(
+    node: Node,
+    store: S,
+    boot: WriteBatch,
+    outboxes: Outboxes,
+    view: Arc<Mutex<ClusterView>>,
+    tick: Duration,
+) -> std::io::Result<(NodeHandle, std::thread::JoinHandle<()>, watch::Receiver<Outcome>)> {
+    spawn_with_clock(node, store, boot, outboxes, view, tick, system_clock())
+}
+
+/// [`spawn`] with the clock given.
+fn spawn_with_clock<S: LogStore + Send + 'static>(
     node: Node,
     mut store: S,
     boot: WriteBatch,
     outboxes: Outboxes,
     view: Arc<Mutex<ClusterView>>,
     tick: Duration,
-) -> std::io::Result<(NodeHandle, std::thread::JoinHandle<()>)> {
+    clock: Clock,
+) -> std::io::Result<(NodeHandle, std::thread::JoinHandle<()>, watch::Receiver<Outcome>)> {
     if !boot.is_empty() {
         store.write(&boot).map_err(std::io::Error::other)?;
     }
@@ -132,83 +178,88 @@ pub fn spawn<S: LogStore + Send + 'static>(
         answer_to: HashMap::new(),
         answers: Vec::new(),
         next_request: 1,
-        started: Instant::now(),
+        clock,
         tick,
         outputs: Vec::new(),
         per_peer: BTreeMap::new(),
         encode_buf: BytesMut::new(),
     };
-    let join = std::thread::Builder::new().name(format!("baton-node-{id}")).spawn(move || rt.run())?;
-    Ok((NodeHandle { tx, id, view, events }, join))
+    let (done_tx, done_rx) = watch::channel(None);
+    let join = std::thread::Builder::new().name(format!("baton-node-{id}")).spawn(move || {
+        let result = rt.run();
+        if let Err(e) = &result {
+            tracing::error!("{e}; stopping the node");
+        }
+        rt.events.lock().expect("event log").close();
+        // Pending callers learn that the node stopped as their answer channels close.
+        rt.answer_to.clear();
+        let _ = done_tx.send(Some(result));
+    })?;
+    Ok((NodeHandle { tx, id, view, events }, join, done_rx))
 }
 
 impl<S: LogStore> Runtime<S> {
     fn set_time(&mut self) {
-        let wall =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        self.node.set_time(self.started.elapsed().as_millis() as u64, wall);
+        let (mono, wall) = (self.clock)();
+        self.node.set_time(mono, wall);
     }
 
-    fn run(&mut self) {
+    /// Runs rounds until [`Input::Stop`] (or every handle is gone), or until a fatal error.
+    fn run(&mut self) -> Result<(), ServerError> {
         let mut next_tick = Instant::now() + self.tick;
         loop {
             let timeout = next_tick.saturating_duration_since(Instant::now());
             let first = match self.rx.recv_timeout(timeout) {
                 Ok(input) => Some(input),
                 Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
             };
             self.set_time();
             if let Some(input) = first {
                 if !self.handle(input) {
-                    return;
+                    return Ok(());
                 }
                 for _ in 0..MAX_INPUTS_PER_ROUND {
                     match self.rx.try_recv() {
                         Ok(input) => {
                             if !self.handle(input) {
-                                return;
+                                return Ok(());
                             }
                         }
                         Err(_) => break,
                     }
                 }
             }
-            if Instant::now() >= next_tick {
+            let now = Instant::now();
+            if now >= next_tick {
+                self.set_time();
                 self.node.tick();
-                next_tick += self.tick;
-                if next_tick < Instant::now() {
-                    next_tick = Instant::now() + self.tick;
-                }
+                // From this tick, not from the one that was due: see the module docs, "Time".
+                next_tick = now + self.tick;
             }
-            self.flush();
+            self.flush()?;
             // Finishing a round can leave more work (a snapshot to write, a read round to
             // start): do it now rather than at the next input or tick.
             for _ in 0..4 {
                 if !self.node.has_ready() {
                     break;
                 }
-                self.flush();
+                self.flush()?;
             }
         }
     }
 
-    /// One Raft round: send what can go before the fsync, fsync, finish the round.
-    fn flush(&mut self) {
-        let batch = match self.node.ready() {
-            Ok(b) => b,
-            Err(e) => fatal(&format!("node failed: {e}")),
-        };
+    /// One Raft round: send what can go before the fsync, fsync, finish the round. An error
+    /// here is fatal: nothing of the round may be acknowledged.
+    fn flush(&mut self) -> Result<(), ServerError> {
+        let batch = self.node.ready().map_err(ServerError::Node)?;
         self.dispatch();
         if !batch.is_empty() {
-            if let Err(e) = self.store.write(&batch) {
-                fatal(&format!("disk write failed: {e}"));
-            }
+            self.store.write(&batch).map_err(|e| ServerError::Disk(e.to_string()))?;
         }
-        if let Err(e) = self.node.persisted() {
-            fatal(&format!("node failed: {e}"));
-        }
+        self.node.persisted().map_err(ServerError::Node)?;
         self.dispatch();
+        Ok(())
     }
 
     fn next_id(&mut self) -> RequestId {
@@ -224,6 +275,8 @@ impl<S: LogStore> Runtime<S> {
                 }
             }
             Input::Request { group, request, tx } => {
+                // A fresh reading for every request: a lease read is checked against it.
+                self.set_time();
                 let id = self.next_id();
                 self.answer_to.insert(id, tx);
                 self.requests.submit(&mut self.node, group, id, request);
@@ -231,10 +284,7 @@ impl<S: LogStore> Runtime<S> {
             Input::Status { tx } => {
                 let _ = tx.send(self.node.status());
             }
-            Input::Stop => {
-                self.events.lock().expect("event log").close();
-                return false;
-            }
+            Input::Stop => return false,
         }
         true
     }
@@ -280,9 +330,73 @@ impl<S: LogStore> Runtime<S> {
     }
 }
 
-fn fatal(msg: &str) -> ! {
-    // Continuing could acknowledge writes that are not durable or let replicas diverge.
-    tracing::error!("{msg}; stopping the node");
-    eprintln!("baton: fatal: {msg}; stopping the node");
-    std::process::exit(71);
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use baton_core::Command;
+    use baton_node::{MemStore, NodeConfig, Role, DATA_GROUP};
+
+    use super::*;
+
+    /// Regression (issue 9, defect 6): the clock was read once per round, and a round takes up
+    /// to 8,192 inputs, so a lease was checked against a reading taken before all of them. Each
+    /// request must be handled with its own reading: here the clock advances a millisecond
+    /// per reading, and requests queued while the node thread waits are handled in one round; their
+    /// entries must carry different times.
+    #[test]
+    fn every_request_is_handled_with_its_own_clock_reading() {
+        let (mut node, boot) = Node::new(NodeConfig::new(1, vec![1]), vec![(DATA_GROUP, None)]).unwrap();
+        node.campaign(DATA_GROUP);
+        let readings = Arc::new(AtomicU64::new(0));
+        // While the test holds `gate`, the node thread waits at its next clock reading.
+        let gate = Arc::new(Mutex::new(()));
+        let clock: Clock = {
+            let (readings, gate) = (readings.clone(), gate.clone());
+            Box::new(move || {
+                drop(gate.lock().unwrap());
+                let k = readings.fetch_add(1, Ordering::SeqCst) + 1;
+                (k, 1_700_000_000_000 + k)
+            })
+        };
+        let view = Arc::new(Mutex::new(ClusterView::default()));
+        let tick = Duration::from_millis(5);
+        let (handle, thread, _) =
+            spawn_with_clock(node, MemStore::default(), boot, Outboxes::new(), view, tick, clock).unwrap();
+        let status = |h: &NodeHandle| {
+            let (tx, rx) = oneshot::channel();
+            assert!(h.send(Input::Status { tx }));
+            rx.blocking_recv().unwrap()
+        };
+        let mut leading = false;
+        for _ in 0..1_000 {
+            if status(&handle)[0].role == Role::Leader {
+                leading = true;
+                break;
+            }
+            std::thread::sleep(tick);
+        }
+        assert!(leading, "a single node did not elect itself");
+        let before = handle.events.lock().unwrap().last_seq();
+
+        let held = gate.lock().unwrap();
+        let mut answers = Vec::new();
+        for i in 0..20 {
+            let (tx, rx) = oneshot::channel();
+            let request = Request::Propose(Command::CounterAdd { name: format!("c{i}"), delta: 1 });
+            assert!(handle.send(Input::Request { group: DATA_GROUP, request, tx }));
+            answers.push(rx);
+        }
+        drop(held);
+        for rx in answers {
+            rx.blocking_recv().unwrap().unwrap();
+        }
+        let (events, _) = handle.events.lock().unwrap().subscribe(before + 1).unwrap();
+        let mut times: Vec<u64> = events.iter().map(|w| w.hlc.physical_ms).collect();
+        assert_eq!(times.len(), 20);
+        times.dedup();
+        assert_eq!(times.len(), 20, "requests of one round shared a clock reading: {times:?}");
+        handle.send(Input::Stop);
+        thread.join().unwrap();
+    }
 }

@@ -1,32 +1,135 @@
-//! Node-to-node transport: one gRPC client stream from each node to each peer.
+//! Node-to-node transport: one gRPC stream from each node to each peer.
 //!
 //! The node thread hands each round's messages for a peer to that peer's outbox as one vector;
-//! the sender task coalesces whatever has queued since its last send into one `RaftBatch`, so a
-//! busy node sends few, large batches (all groups together) and an idle one sends at once. When a
+//! the sender task coalesces whatever has queued since its last send into batches, so a busy
+//! node sends few, large batches (all groups together) and an idle one sends at once. When a
 //! peer is down, messages are dropped: Raft retransmits what matters.
+//!
+//! # Handshake
+//! Each stream opens with the sender's [`Handshake`]: its node id, client address, member list
+//! and the timing that must be equal on every member (tick, election timeout, lease reads: the
+//! lease arithmetic of `baton_node::lease_read_ms` assumes the followers count the same
+//! timeout). The receiver checks it with [`check_handshake`] and either refuses the stream with
+//! `FAILED_PRECONDITION` saying what differs, or answers with its own handshake, which the sender
+//! checks the same way (and that it reached the node id it meant to). Both sides log a refusal
+//! as an error, and a refused stream carries nothing. After that, every batch's `from` and every
+//! Raft message's `from` must be the handshake's node id, and every message's `to` ours: a
+//! message that claims another sender ends the stream. Today the handshake's node id is taken
+//! at its word (traffic is plaintext); with mTLS, [`check_identity`] is where the certificate's
+//! identity is compared with it.
+//!
+//! # Size bound
+//! Appends are at most 1 MiB per message (raft `max_size_per_msg`), but raft-rs sends a snapshot
+//! as one message carrying the whole state (~130 MB at 1M locks). So a stream frame may be up to
+//! [`crate::ServerConfig::max_peer_message_bytes`] (default [`DEFAULT_MAX_PEER_MESSAGE_BYTES`]);
+//! the receiver refuses a larger frame (the stream ends; an error is logged), and the sender
+//! never sends one: batches are cut to fit, and a single message too large for the bound (a
+//! snapshot of a state that outgrew it) is dropped with an error telling the operator to raise
+//! the bound on every node. Until then the follower it was for cannot catch up (Raft does not
+//! resend it while it waits for the snapshot's outcome); the rest of the cluster is unaffected.
+//! Chunked snapshots would let the bound shrink to a few MiB (future work).
 
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baton_node::{GroupId, NodeId, RaftMessage};
 use baton_proto::peer::peer_client::PeerClient;
+use baton_proto::peer::peer_frame::Frame;
 use baton_proto::peer::peer_server::Peer;
-use baton_proto::peer::{GroupMessage, RaftAck, RaftBatch};
+use baton_proto::peer::{GroupMessage, Handshake, PeerFrame, PeerReply, RaftBatch};
 use protobuf::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::runtime::{Input, NodeHandle};
+use crate::runtime::{ClusterView, Input, NodeHandle};
 
-/// Largest Raft message accepted from a peer (snapshots travel as one message).
-pub const MAX_PEER_MESSAGE_BYTES: usize = 1 << 30;
+/// Default bound on one frame of a peer stream (a batch, or a snapshot): 256 MiB, room for the
+/// snapshot of about two million held locks.
+pub const DEFAULT_MAX_PEER_MESSAGE_BYTES: usize = 256 << 20;
+/// Room left in a frame for the framing around the messages (ids, tags, lengths).
+const FRAME_OVERHEAD: usize = 64;
+/// Per-message framing (group id, tags, lengths) counted when cutting batches.
+const MESSAGE_OVERHEAD: usize = 32;
+/// How long either side waits for the other's handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Wait before retrying a peer that refused our handshake (or that we refused): the
+/// configuration will not change until someone restarts a node.
+const REFUSED_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Sends everything queued for one peer, reconnecting with backoff while it is unreachable.
+/// The handshake this node sends and answers with.
+pub fn local_handshake(config: &crate::ServerConfig, client_addr: String) -> Handshake {
+    Handshake {
+        node_id: config.id,
+        client_addr,
+        members: config.peers.iter().map(|(id, addr)| (*id, addr.clone())).collect(),
+        tick_ms: config.tick.as_millis() as u64,
+        election_ticks: config.election_ticks as u64,
+        lease_reads: config.lease_reads,
+    }
+}
+
+/// Whether `remote` may talk to `local`: a member other than us, with the same members and the
+/// same timing. The error says what differs, for the logs of both sides.
+pub fn check_handshake(local: &Handshake, remote: &Handshake) -> Result<(), String> {
+    let who = format!("node {}", remote.node_id);
+    if remote.node_id == local.node_id {
+        return Err(format!("{who} has our own id {}: two nodes share an id", local.node_id));
+    }
+    if !local.members.contains_key(&remote.node_id) {
+        let ours: BTreeSet<_> = local.members.keys().collect();
+        return Err(format!("{who} is not a member of this cluster (members: {ours:?})"));
+    }
+    let ours: BTreeSet<_> = local.members.keys().collect();
+    let theirs: BTreeSet<_> = remote.members.keys().collect();
+    if ours != theirs {
+        return Err(format!("{who} is configured with members {theirs:?}, node {} with {ours:?}", local.node_id));
+    }
+    let differ = |theirs: String, ours: String| {
+        format!("{who} runs with {theirs}, node {} with {ours}: every member needs the same", local.node_id)
+    };
+    if remote.tick_ms != local.tick_ms {
+        return Err(differ(format!("--tick-ms {}", remote.tick_ms), format!("--tick-ms {}", local.tick_ms)));
+    }
+    if remote.election_ticks != local.election_ticks {
+        let ticks = |n: u64| format!("an election timeout of {n} ticks");
+        return Err(differ(ticks(remote.election_ticks), ticks(local.election_ticks)));
+    }
+    if remote.lease_reads != local.lease_reads {
+        let flag = |on: bool| format!("--lease-reads {}", if on { "on" } else { "off" });
+        return Err(differ(flag(remote.lease_reads), flag(local.lease_reads)));
+    }
+    Ok(())
+}
+
+/// What the transport proves about the other end of a peer stream, taken from the request
+/// before its stream is read. Plaintext proves nothing but the address; mTLS adds the peer
+/// certificates (`Request::peer_certs`) here.
+pub struct PeerProof {
+    /// The TCP peer address, for the logs.
+    pub remote_addr: Option<std::net::SocketAddr>,
+}
+
+/// Checks the transport's proof of who is on the other end against the handshake's node id.
+/// Plaintext connections prove nothing, so this accepts; with mTLS it will compare the
+/// certificate's node id with `claimed` and refuse a mismatch.
+pub fn check_identity(_proof: &PeerProof, _claimed: NodeId) -> Result<(), String> {
+    Ok(())
+}
+
+/// What the sender's outbox holds between rounds.
+type Outbox = mpsc::UnboundedReceiver<Vec<GroupMessage>>;
+
+/// Sends everything queued for peer `to`, reconnecting with backoff while it is unreachable or
+/// refuses us. Returns when the outbox closes (the node stopped).
 pub async fn run_sender(
-    from: NodeId,
-    from_client_addr: String,
+    local: Handshake,
+    to: NodeId,
     peer_addr: String,
-    mut outbox: mpsc::UnboundedReceiver<Vec<GroupMessage>>,
+    max_message_bytes: usize,
+    view: Arc<Mutex<ClusterView>>,
+    mut outbox: Outbox,
 ) {
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -41,64 +144,302 @@ pub async fn run_sender(
             Ok(c) => c,
             Err(_) => {
                 // Drop what queued while the peer is down, then retry.
-                while outbox.try_recv().is_ok() {}
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(500));
-                if outbox.is_closed() {
+                if !drain_for(&mut outbox, backoff).await {
                     return;
                 }
+                backoff = (backoff * 2).min(Duration::from_millis(500));
                 continue;
             }
         };
         backoff = Duration::from_millis(50);
-        let mut client = PeerClient::new(channel).max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
-        let (tx, rx) = mpsc::channel::<RaftBatch>(16);
-        let call = tokio::spawn(async move { client.raft(ReceiverStream::new(rx)).await });
-        loop {
-            let Some(mut messages) = outbox.recv().await else {
-                call.abort();
-                return;
-            };
-            while let Ok(more) = outbox.try_recv() {
-                messages.extend(more);
-            }
-            let batch = RaftBatch { from, from_client_addr: from_client_addr.clone(), messages };
-            if tx.send(batch).await.is_err() {
-                break;
+        let client = PeerClient::new(channel)
+            .max_encoding_message_size(max_message_bytes)
+            .max_decoding_message_size(max_message_bytes);
+        match send_stream(client, &local, to, &peer_addr, max_message_bytes, &view, &mut outbox).await {
+            Ended::OutboxClosed => return,
+            Ended::Broken => tracing::debug!(%peer_addr, "peer stream closed; reconnecting"),
+            Ended::Refused => {
+                if !drain_for(&mut outbox, REFUSED_BACKOFF).await {
+                    return;
+                }
             }
         }
-        tracing::debug!(%peer_addr, "peer stream closed; reconnecting");
     }
 }
 
-/// The receiving side: decodes batches and feeds them to the node thread.
+/// Why a stream to a peer ended.
+enum Ended {
+    /// The node stopped.
+    OutboxClosed,
+    /// The connection broke or the peer went away: reconnect.
+    Broken,
+    /// One side refused the other's handshake (logged): retry later.
+    Refused,
+}
+
+/// Drops everything queued for `wait`; false if the outbox closed meanwhile.
+async fn drain_for(outbox: &mut Outbox, wait: Duration) -> bool {
+    let deadline = tokio::time::sleep(wait);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => return true,
+            m = outbox.recv() => if m.is_none() { return false },
+        }
+    }
+}
+
+/// One stream: handshake, then batches until something breaks.
+async fn send_stream(
+    mut client: PeerClient<tonic::transport::Channel>,
+    local: &Handshake,
+    to: NodeId,
+    peer_addr: &str,
+    max_message_bytes: usize,
+    view: &Mutex<ClusterView>,
+    outbox: &mut Outbox,
+) -> Ended {
+    let (tx, rx) = mpsc::channel::<PeerFrame>(16);
+    // The handshake is queued first, so the receiver can answer before the call returns.
+    let _ = tx.try_send(PeerFrame { frame: Some(Frame::Handshake(local.clone())) });
+    let opened = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        let mut replies = client.raft(ReceiverStream::new(rx)).await?.into_inner();
+        let first = replies.message().await?;
+        Ok::<_, Status>((replies, first))
+    })
+    .await;
+    let (mut replies, first) = match opened {
+        Err(_) => return Ended::Broken,
+        Ok(Err(status)) if status.code() == tonic::Code::FailedPrecondition => {
+            tracing::error!(peer = to, %peer_addr, "peer refused our handshake: {}", status.message());
+            return Ended::Refused;
+        }
+        Ok(Err(_)) => return Ended::Broken,
+        Ok(Ok(x)) => x,
+    };
+    let Some(theirs) = first.and_then(|r| r.handshake) else {
+        return Ended::Broken;
+    };
+    let checked = if theirs.node_id != to {
+        Err(format!("the peer at {peer_addr} is node {}, but it is configured as node {to}", theirs.node_id))
+    } else {
+        check_handshake(local, &theirs)
+    };
+    if let Err(e) = checked {
+        tracing::error!(peer = to, %peer_addr, "refusing peer: {e}");
+        return Ended::Refused;
+    }
+    if !theirs.client_addr.is_empty() {
+        view.lock().expect("view lock").client_addrs.insert(to, theirs.client_addr);
+    }
+    let budget = max_message_bytes.saturating_sub(FRAME_OVERHEAD);
+    loop {
+        let messages = tokio::select! {
+            m = outbox.recv() => match m {
+                Some(m) => m,
+                None => return Ended::OutboxClosed,
+            },
+            // The receiver only ever ends the reply stream, with or without an error.
+            r = replies.message() => {
+                if let Err(status) = r {
+                    tracing::warn!(peer = to, %peer_addr, "peer ended the stream: {}", status.message());
+                }
+                return Ended::Broken;
+            }
+        };
+        let more = std::iter::from_fn(|| outbox.try_recv().ok()).flatten();
+        let (batches, dropped) = cut_batches(messages.into_iter().chain(more), budget);
+        for m in &dropped {
+            oversized(to, m, max_message_bytes);
+        }
+        for messages in batches {
+            let frame = PeerFrame { frame: Some(Frame::Batch(RaftBatch { from: local.node_id, messages })) };
+            if tx.send(frame).await.is_err() {
+                return Ended::Broken;
+            }
+        }
+    }
+}
+
+/// Packs messages, in order, into batches of at most `budget` bytes each (framing counted), and
+/// sets apart those that do not fit in any.
+fn cut_batches(
+    messages: impl Iterator<Item = GroupMessage>,
+    budget: usize,
+) -> (Vec<Vec<GroupMessage>>, Vec<GroupMessage>) {
+    let (mut batches, mut dropped) = (Vec::new(), Vec::new());
+    let (mut batch, mut size) = (Vec::new(), 0);
+    for m in messages {
+        let len = m.message.len() + MESSAGE_OVERHEAD;
+        if len > budget {
+            dropped.push(m);
+            continue;
+        }
+        if size + len > budget {
+            batches.push(std::mem::take(&mut batch));
+            size = 0;
+        }
+        size += len;
+        batch.push(m);
+    }
+    if !batch.is_empty() {
+        batches.push(batch);
+    }
+    (batches, dropped)
+}
+
+/// Logs a message that cannot be sent within the bound; it is dropped.
+fn oversized(to: NodeId, m: &GroupMessage, max_message_bytes: usize) {
+    let (kind, snapshot_index) = match RaftMessage::parse_from_bytes(&m.message) {
+        Ok(msg) => (format!("{:?}", msg.get_msg_type()), msg.get_snapshot().get_metadata().index),
+        Err(_) => ("message".to_string(), 0),
+    };
+    tracing::error!(
+        peer = to,
+        group = m.group,
+        "cannot send a {kind} of {} bytes (snapshot index {snapshot_index}): peer messages are bounded to {} bytes \
+         (--max-peer-message-mib); node {to} cannot catch up until the bound is raised on every node",
+        m.message.len(),
+        max_message_bytes
+    );
+}
+
+/// The receiving side: checks the handshake, then decodes batches and feeds them to the node.
 pub struct PeerService {
     /// The node to feed.
     pub node: NodeHandle,
+    /// What we answer a handshake with, and check it against.
+    pub local: Handshake,
 }
 
 #[tonic::async_trait]
 impl Peer for PeerService {
-    async fn raft(&self, request: Request<Streaming<RaftBatch>>) -> Result<Response<RaftAck>, Status> {
-        let mut stream = request.into_inner();
-        let mut learned = false;
-        while let Some(batch) = stream.message().await? {
-            if !learned && !batch.from_client_addr.is_empty() {
-                let mut view = self.node.view.lock().expect("view lock");
-                view.client_addrs.insert(batch.from, batch.from_client_addr.clone());
-                learned = true;
+    type RaftStream = ReceiverStream<Result<PeerReply, Status>>;
+
+    async fn raft(&self, request: Request<Streaming<PeerFrame>>) -> Result<Response<Self::RaftStream>, Status> {
+        let proof = PeerProof { remote_addr: request.remote_addr() };
+        let remote = proof.remote_addr.map_or_else(|| "unknown address".to_string(), |a| a.to_string());
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no handshake within 5 s of opening a peer stream"))?;
+        let theirs = match first {
+            Ok(Some(PeerFrame { frame: Some(Frame::Handshake(h)) })) => h,
+            Ok(_) => {
+                tracing::warn!(%remote, "peer stream without a handshake refused");
+                return Err(Status::invalid_argument("a peer stream must start with a handshake"));
             }
-            let mut steps: Vec<(GroupId, RaftMessage)> = Vec::with_capacity(batch.messages.len());
-            for m in batch.messages {
-                let msg = RaftMessage::parse_from_bytes(&m.message).map_err(|e| {
-                    Status::invalid_argument(format!("undecodable raft message from node {}: {e}", batch.from))
-                })?;
-                steps.push((m.group, msg));
-            }
-            if !self.node.send(Input::Steps(steps)) {
-                return Err(Status::unavailable("node is shutting down"));
-            }
+            Err(status) => return Err(status),
+        };
+        if let Err(e) = check_handshake(&self.local, &theirs).and_then(|()| check_identity(&proof, theirs.node_id)) {
+            tracing::error!(%remote, "refusing peer: {e}");
+            return Err(Status::failed_precondition(format!("node {} refuses: {e}", self.local.node_id)));
         }
-        Ok(Response::new(RaftAck {}))
+        let from = theirs.node_id;
+        if !theirs.client_addr.is_empty() {
+            self.node.view.lock().expect("view lock").client_addrs.insert(from, theirs.client_addr);
+        }
+        let (tx, rx) = mpsc::channel(1);
+        let _ = tx.try_send(Ok(PeerReply { handshake: Some(self.local.clone()) }));
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            // The reply stream stays open (tx held) until the inbound stream ends, so that an
+            // error can still reach the sender.
+            if let Err(status) = receive(&node, from, &mut inbound).await {
+                tracing::error!(peer = from, %remote, "peer stream ended: {}", status.message());
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Feeds the batches of an accepted stream from node `from` to the node thread.
+async fn receive(node: &NodeHandle, from: NodeId, inbound: &mut Streaming<PeerFrame>) -> Result<(), Status> {
+    while let Some(frame) = inbound.message().await? {
+        let batch = match frame.frame {
+            Some(Frame::Batch(b)) => b,
+            Some(Frame::Handshake(_)) | None => {
+                return Err(Status::invalid_argument(format!("node {from} sent a second handshake or an empty frame")));
+            }
+        };
+        if batch.from != from {
+            return Err(Status::permission_denied(format!(
+                "a batch claims to come from node {} on the stream of node {from}",
+                batch.from
+            )));
+        }
+        let mut steps: Vec<(GroupId, RaftMessage)> = Vec::with_capacity(batch.messages.len());
+        for m in batch.messages {
+            let msg = RaftMessage::parse_from_bytes(&m.message)
+                .map_err(|e| Status::invalid_argument(format!("undecodable raft message from node {from}: {e}")))?;
+            if msg.from != from || msg.to != node.id {
+                return Err(Status::permission_denied(format!(
+                    "a raft message from node {} to node {} on the stream from node {from} to node {}",
+                    msg.from, msg.to, node.id
+                )));
+            }
+            steps.push((m.group, msg));
+        }
+        if !node.send(Input::Steps(steps)) {
+            return Err(Status::unavailable("node is shutting down"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(group: u64, len: usize) -> GroupMessage {
+        GroupMessage { group, message: vec![0; len].into() }
+    }
+
+    /// A sender never builds a frame its peer would refuse: batches are cut to the bound, in
+    /// order, and a message larger than the bound on its own is set apart (and logged).
+    #[test]
+    fn batches_are_cut_to_the_bound_and_oversized_messages_set_apart() {
+        let budget = 1_000;
+        let input = vec![msg(1, 400), msg(2, 400), msg(3, 5_000), msg(4, 200), msg(5, 900), msg(6, 10)];
+        let (batches, dropped) = cut_batches(input.into_iter(), budget);
+        let groups: Vec<Vec<u64>> = batches.iter().map(|b| b.iter().map(|m| m.group).collect()).collect();
+        assert_eq!(groups, vec![vec![1, 2], vec![4], vec![5, 6]]);
+        assert_eq!(dropped.iter().map(|m| m.group).collect::<Vec<_>>(), vec![3]);
+        for b in &batches {
+            assert!(b.iter().map(|m| m.message.len() + MESSAGE_OVERHEAD).sum::<usize>() <= budget);
+        }
+    }
+
+    fn handshake(id: NodeId) -> Handshake {
+        Handshake {
+            node_id: id,
+            client_addr: format!("127.0.0.1:770{id}"),
+            members: (1..=3).map(|i| (i, format!("127.0.0.1:780{i}"))).collect(),
+            tick_ms: 100,
+            election_ticks: 10,
+            lease_reads: true,
+        }
+    }
+
+    #[test]
+    fn a_handshake_must_come_from_another_member_with_the_same_timing() {
+        let local = handshake(1);
+        assert_eq!(check_handshake(&local, &handshake(2)), Ok(()));
+        let refused = |h: Handshake| check_handshake(&local, &h).unwrap_err();
+        assert!(refused(handshake(1)).contains("two nodes share an id"));
+        assert!(refused(handshake(9)).contains("not a member"));
+        let mut other = handshake(2);
+        other.members.insert(4, "127.0.0.1:7804".into());
+        assert!(refused(other).contains("configured with members"));
+        let mut other = handshake(2);
+        other.tick_ms = 50;
+        assert!(refused(other).contains("--tick-ms 50, node 1 with --tick-ms 100"));
+        let mut other = handshake(2);
+        other.election_ticks = 20;
+        assert!(refused(other).contains("election timeout of 20 ticks"));
+        let mut other = handshake(2);
+        other.lease_reads = false;
+        assert!(refused(other).contains("--lease-reads off, node 1 with --lease-reads on"));
     }
 }

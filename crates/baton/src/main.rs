@@ -98,10 +98,15 @@ enum Cmd {
         /// Raft tick in milliseconds (election timeout is 10 ticks, randomised up to 20).
         #[arg(long, default_value_t = 100)]
         tick_ms: u64,
-        /// Serve reads and keepalives from a leader lease of 80% of the election timeout
+        /// Serve reads and keepalives from a leader lease (705 ms with the default tick)
         /// instead of a heartbeat round each (docs/SEMANTICS.md: assumes bounded clock drift).
+        /// Every member needs the same setting and --tick-ms.
         #[arg(long)]
         lease_reads: bool,
+        /// Largest message between nodes, in MiB: a snapshot travels in one, so a state whose
+        /// snapshot outgrows it cannot be sent to a lagging follower (an error says so).
+        #[arg(long, default_value_t = 256)]
+        max_peer_message_mib: usize,
     },
     /// Hold a lock while running a command: `baton lock NAME -- CMD [ARGS...]`.
     Lock {
@@ -396,7 +401,7 @@ async fn run(cmd: Cmd) -> ExitCode {
                 Err(e) => fail(1, format!("cannot start: {e}")),
             }
         }
-        Cmd::Server { id, data, client_addr, peer_addr, peers, tick_ms, lease_reads } => {
+        Cmd::Server { id, data, client_addr, peer_addr, peers, tick_ms, lease_reads, max_peer_message_mib } => {
             let peers = match parse_peers(&peers) {
                 Ok(p) => p,
                 Err(e) => return fail(EXIT_USAGE, e),
@@ -404,6 +409,7 @@ async fn run(cmd: Cmd) -> ExitCode {
             let mut config = ServerConfig::new(id, data.clone(), peers);
             config.tick = Duration::from_millis(tick_ms.max(1));
             config.lease_reads = lease_reads;
+            config.max_peer_message_bytes = max_peer_message_mib.max(1).saturating_mul(1 << 20);
             match Server::start(config, &client_addr, &peer_addr).await {
                 Ok(server) => {
                     println!(
@@ -528,6 +534,9 @@ fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>, String> {
     Ok(peers)
 }
 
+/// Exit code of a server that stopped on a fatal error (EX_SOFTWARE).
+const EXIT_SERVER_FAILED: u8 = 71;
+
 async fn serve_until_signal(server: Server) -> ExitCode {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
@@ -536,6 +545,14 @@ async fn serve_until_signal(server: Server) -> ExitCode {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+        // The node stopped on its own: a disk write or the node failed (already logged).
+        result = server.stopped() => {
+            server.shutdown().await;
+            return match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(EXIT_SERVER_FAILED, format!("fatal: {e}; the node stopped")),
+            };
+        }
     }
     eprintln!("baton: shutting down");
     server.shutdown().await;

@@ -24,7 +24,8 @@ impl StateMachine {
     pub(crate) fn barrier_arrive(&mut self, req: &AcquireRequest, events: &mut Vec<Event>) -> Option<u64> {
         let Kind::Barrier { parties } = req.kind else { return None };
         let waiting = self.locks.get(&req.name).map_or(0, |l| l.waiters.len());
-        if waiting as u64 + 1 < parties as u64 {
+        let needed = if self.bugs.barrier_trips_early { parties.saturating_sub(1) } else { parties };
+        if waiting as u64 + 1 < needed as u64 {
             return None;
         }
         self.pass_all(&req.name, events);

@@ -2,14 +2,15 @@
 //!
 //! Every flag is off by default and nothing in the server or CLI turns one on; only the
 //! simulator's "broken variant" runs do (`baton sim --bug ...`). Each flag reproduces a classic
-//! lock-service mistake in the smallest possible change.
+//! lock-service mistake in the smallest possible change, and each checker of the simulator has
+//! at least one flag that it, in particular, catches (see `crates/baton-sim/tests/seeds.rs`).
 
 use serde::{Deserialize, Serialize};
 
 /// Which deliberate bugs are on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bugs {
-    /// Acquire grants a held lock anyway, without consulting holder or queue.
+    /// Acquire grants a held lock anyway, without consulting holder or queue (mutual exclusion).
     pub grant_ignores_queue: bool,
     /// A restarted node forgets the token counter (tokens are reused after a restart).
     pub token_reset_on_restart: bool,
@@ -17,4 +18,58 @@ pub struct Bugs {
     pub follower_expiry: bool,
     /// Any node answers reads from its own state at once, without ReadIndex (stale reads).
     pub stale_reads: bool,
+    /// A grant from the queue reuses the token of the holder it replaces, on every replica
+    /// alike (fencing, and nothing else).
+    pub token_reuse_on_handoff: bool,
+    /// Followers drop the last event of every entry they apply: replicas disagree on what an
+    /// index did, though clients (answered by leaders) see nothing wrong (agreement).
+    pub follower_drops_events: bool,
+    /// A queued acquire is answered by the grant of any session's request with the same name
+    /// and request id (request ids are per client, not global): a client is told it holds what
+    /// another session was granted (durability).
+    pub wakeup_ignores_session: bool,
+    /// The client never sends an unanswered acquire again: one lost message (or a node that
+    /// crashed with it) leaves it waiting forever (liveness).
+    pub acquire_never_resent: bool,
+    /// A barrier trips when one party fewer than asked has arrived (barrier).
+    pub barrier_trips_early: bool,
+}
+
+/// Picks one flag out of a [`Bugs`].
+type Flag = fn(&mut Bugs) -> &mut bool;
+
+/// The command-line names of the bugs, with the flag each sets.
+const TABLE: [(&str, Flag); 9] = [
+    ("grant-ignores-queue", |b| &mut b.grant_ignores_queue),
+    ("token-reset-on-restart", |b| &mut b.token_reset_on_restart),
+    ("follower-expiry", |b| &mut b.follower_expiry),
+    ("stale-reads", |b| &mut b.stale_reads),
+    ("token-reuse-on-handoff", |b| &mut b.token_reuse_on_handoff),
+    ("follower-drops-events", |b| &mut b.follower_drops_events),
+    ("wakeup-ignores-session", |b| &mut b.wakeup_ignores_session),
+    ("acquire-never-resent", |b| &mut b.acquire_never_resent),
+    ("barrier-trips-early", |b| &mut b.barrier_trips_early),
+];
+
+impl Bugs {
+    /// The bug called `name` on the command line (one of [`Bugs::names_known`]).
+    pub fn parse(name: &str) -> Result<Bugs, String> {
+        let mut bugs = Bugs::default();
+        let (_, flag) = TABLE.iter().find(|(n, _)| *n == name).ok_or_else(|| {
+            format!("unknown bug {name:?} (known: {})", Bugs::names_known().collect::<Vec<_>>().join(", "))
+        })?;
+        *flag(&mut bugs) = true;
+        Ok(bugs)
+    }
+
+    /// Every bug's command-line name.
+    pub fn names_known() -> impl Iterator<Item = &'static str> {
+        TABLE.iter().map(|(n, _)| *n)
+    }
+
+    /// The command-line names of the bugs that are on.
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut copy = *self;
+        TABLE.iter().filter(|(_, flag)| *flag(&mut copy)).map(|(n, _)| *n).collect()
+    }
 }

@@ -333,6 +333,10 @@ impl StateMachine {
             self.timers.insert(Timer { at_ms: until, name: name.to_string(), kind: TimerKind::DelayEnd });
         }
         self.disown(session, name);
+        if self.bugs.token_reuse_on_handoff && holder.token == self.last_token {
+            // Deliberate bug: the next grant gets the released holder's token again.
+            self.last_token -= 1;
+        }
         self.remember(session, holder.request_id, name, RecentResult::Released { token: holder.token });
         events.push(Event::Released { name: name.to_string(), session, token: holder.token, expired });
         self.grant_waiters(name, events);

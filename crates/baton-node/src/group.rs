@@ -568,6 +568,10 @@ impl Group {
                             .map_err(NodeError::Rejected);
                         out.push(Output::Reply { id: p.request, result: reply });
                     }
+                    if self.bugs.follower_drops_events && self.role != Role::Leader {
+                        // Deliberate bug: this replica's account of the entry differs.
+                        events.pop();
+                    }
                     let stamps = self.sm.stamp(p.entry.wall_ms, events.len());
                     for (event, (seq, hlc)) in events.drain(..).zip(stamps) {
                         out.push(Output::Event { group: self.id, index: e.index, seq, hlc, event });

@@ -59,9 +59,23 @@ enum Kind {
 pub struct Requests {
     pending: BTreeMap<RequestId, Kind>,
     waits: BTreeMap<WaitKey, Vec<RequestId>>,
+    bugs: baton_core::Bugs,
 }
 
 impl Requests {
+    /// Requests with deliberate bugs on (the simulator's broken variants).
+    pub fn with_bugs(bugs: baton_core::Bugs) -> Self {
+        Requests { bugs, ..Requests::default() }
+    }
+
+    /// The key a wait is filed under.
+    fn wait_key(&self, group: GroupId, name: &str, session: SessionId, request_id: u64) -> WaitKey {
+        // Deliberate bug: request ids are per client, so without the session two clients'
+        // waits collide.
+        let session = if self.bugs.wakeup_ignores_session { 0 } else { session };
+        (group, name.to_string(), session, request_id)
+    }
+
     /// Submits a request to the node; its answer comes out of [`Requests::handle`].
     pub fn submit(&mut self, node: &mut Node, group: GroupId, id: RequestId, request: Request) {
         match request {
@@ -70,7 +84,8 @@ impl Requests {
                 node.propose(group, id, command);
             }
             Request::Acquire(req) => {
-                self.pending.insert(id, Kind::Acquire((group, req.name.clone(), req.session, req.request_id)));
+                let key = self.wait_key(group, &req.name, req.session, req.request_id);
+                self.pending.insert(id, Kind::Acquire(key));
                 node.propose(group, id, Command::Acquire(req));
             }
             Request::Read(query) => {
@@ -87,10 +102,10 @@ impl Requests {
             Output::Event { group, event, .. } => {
                 let (key, result) = match event {
                     Event::Granted { name, session, request_id, token } => {
-                        ((*group, name.clone(), *session, *request_id), AcquireResult::Granted(*token))
+                        (self.wait_key(*group, name, *session, *request_id), AcquireResult::Granted(*token))
                     }
                     Event::WaitEnded { name, session, request_id, .. } => {
-                        ((*group, name.clone(), *session, *request_id), AcquireResult::TimedOut)
+                        (self.wait_key(*group, name, *session, *request_id), AcquireResult::TimedOut)
                     }
                     _ => return,
                 };

@@ -106,6 +106,8 @@ pub struct SimClient {
     next_creq: u64,
     next_request_id: u64,
     hold: Option<Hold>,
+    /// Deliberate client bugs (broken variants).
+    bugs: baton_core::Bugs,
 }
 
 /// What a client step wants done.
@@ -117,7 +119,7 @@ pub struct Effects {
 const RESEND_MS: u64 = 1_000;
 
 impl SimClient {
-    pub fn new(id: usize, clock: Clock, nodes: usize, names: usize, ttl_ms: u64) -> Self {
+    pub fn new(id: usize, clock: Clock, nodes: usize, names: usize, ttl_ms: u64, bugs: baton_core::Bugs) -> Self {
         SimClient {
             id,
             clock,
@@ -131,6 +133,7 @@ impl SimClient {
             next_creq: 1,
             next_request_id: 1,
             hold: None,
+            bugs,
         }
     }
 
@@ -314,7 +317,9 @@ impl SimClient {
                 }
                 self.send_open(local, request_id, first, fx);
             }
-            Op::Acquiring { req, resend_local, started, .. } if local >= *resend_local => {
+            Op::Acquiring { req, resend_local, started, .. }
+                if local >= *resend_local && !self.bugs.acquire_never_resent =>
+            {
                 let (req, started) = (req.clone(), *started);
                 self.next_target();
                 self.send_acquire(started, local, req, fx);

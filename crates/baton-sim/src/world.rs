@@ -154,13 +154,26 @@ pub struct SimReport {
 
 enum Ev {
     Tick(u64, u64),
-    Deliver { from: u64, to: u64, msg: RaftMessage },
-    ToNode { node: u64, client: usize, msg: ClientMsg },
-    ToClient { client: usize, reply: NodeReply },
+    Deliver {
+        from: u64,
+        to: u64,
+        msg: RaftMessage,
+    },
+    ToNode {
+        node: u64,
+        client: usize,
+        msg: ClientMsg,
+    },
+    ToClient {
+        client: usize,
+        reply: NodeReply,
+    },
     DiskDone(u64, u64),
     Wake(usize, u64),
     Resume(u64, u64),
     Restart(u64),
+    /// Crash this node again if it is up (a crash loop), then restart it soon.
+    Recrash(u64),
     RestartClient(usize),
     Nemesis,
     Heal,
@@ -234,7 +247,7 @@ impl World {
                 id,
                 SimNode {
                     node: None,
-                    requests: Requests::default(),
+                    requests: Requests::with_bugs(cfg.bugs),
                     store: MemStore::default(),
                     clock,
                     epoch: 0,
@@ -250,7 +263,7 @@ impl World {
         let mut clients = Vec::new();
         for i in 0..cfg.clients {
             let clock = Clock { offset_ms: rng.gen_range(0..10_000_000), rate_ppm: drift(&mut rng) };
-            clients.push(SimClient::new(i, clock, cfg.nodes, cfg.names, cfg.ttl_ms));
+            clients.push(SimClient::new(i, clock, cfg.nodes, cfg.names, cfg.ttl_ms, cfg.bugs));
         }
         let (loss, duplicate, spike) = (
             if cfg.faults.loss { 0.02 } else { 0.0 },
@@ -390,6 +403,14 @@ impl World {
                     self.start_node(id);
                 }
             }
+            Ev::Recrash(id) => {
+                if !self.healed && self.nodes[&id].node.is_some() {
+                    self.trace(format!("nemesis: node {id} crashes again (crash loop)"));
+                    self.crash_node(id);
+                    let back = self.rng.gen_range(50..500) * MS;
+                    self.at(self.now + back, Ev::Restart(id));
+                }
+            }
             Ev::RestartClient(c) => {
                 if !self.clients[c].alive {
                     self.clients[c].restart(self.now);
@@ -443,7 +464,7 @@ impl World {
         n.writing = None; // not fsynced: lost
         n.inbox.clear();
         n.answer_to.clear();
-        n.requests = Requests::default();
+        n.requests = Requests::with_bugs(self.cfg.bugs);
         // Request ids restart with the process, as the server's do (the incarnation tells runs apart).
         n.next_request = 1;
         n.epoch += 1;
@@ -653,7 +674,7 @@ impl World {
             choices.extend(["split", "isolate-leader", "one-way", "bridge", "heal-network"]);
         }
         if f.crash {
-            choices.extend(["crash", "crash-leader", "crash-client"]);
+            choices.extend(["crash", "crash-leader", "crash-loop-leader", "crash-client"]);
         }
         if f.pause {
             choices.push("pause");
@@ -717,6 +738,20 @@ impl World {
                     self.crash_node(id);
                     let back = self.rng.gen_range(200..4_000) * MS;
                     self.at(self.now + back, Ev::Restart(id));
+                }
+            }
+            "crash-loop-leader" => {
+                // A leader that crashes, comes back at once (often with entries nobody else has,
+                // so it may win again), and crashes again soon: few requests between its
+                // starts, so request ids of one run meet those of the next.
+                if let Some(id) = self.leader.filter(|l| self.nodes[l].node.is_some()) {
+                    self.crash_node(id);
+                    let back = self.rng.gen_range(50..500) * MS;
+                    self.at(self.now + back, Ev::Restart(id));
+                    for _ in 0..self.rng.gen_range(1..4) {
+                        let again = self.rng.gen_range(500..3_000) * MS;
+                        self.at(self.now + again, Ev::Recrash(id));
+                    }
                 }
             }
             "crash-client" => {

@@ -298,7 +298,9 @@ enum Cmd {
         /// all, none, or a list of: loss,duplicate,delay,partition,crash,pause,clock,disk.
         #[arg(long, default_value = "all")]
         faults: String,
-        /// Run a deliberately broken variant: grant-ignores-queue, token-reset-on-restart, follower-expiry, stale-reads.
+        /// Run a deliberately broken variant (one per checker; see docs/TESTING.md): grant-ignores-queue,
+        /// token-reset-on-restart, follower-expiry, stale-reads, token-reuse-on-handoff,
+        /// follower-drops-events, wakeup-ignores-session, acquire-never-resent, barrier-trips-early.
         #[arg(long)]
         bug: Option<String>,
         /// Print the whole trace (with --seed).

@@ -22,22 +22,6 @@ pub struct SimArgs {
     pub lease_reads: bool,
 }
 
-fn parse_bug(name: &str) -> Result<Bugs, String> {
-    let mut b = Bugs::default();
-    match name {
-        "grant-ignores-queue" => b.grant_ignores_queue = true,
-        "token-reset-on-restart" => b.token_reset_on_restart = true,
-        "follower-expiry" => b.follower_expiry = true,
-        "stale-reads" => b.stale_reads = true,
-        other => {
-            return Err(format!(
-            "unknown bug {other:?} (known: grant-ignores-queue, token-reset-on-restart, follower-expiry, stale-reads)"
-        ))
-        }
-    }
-    Ok(b)
-}
-
 fn config(args: &SimArgs) -> Result<SimConfig, String> {
     if ![3, 5, 7].contains(&args.nodes) {
         return Err("--nodes must be 3, 5 or 7".into());
@@ -45,7 +29,7 @@ fn config(args: &SimArgs) -> Result<SimConfig, String> {
     if args.clients == 0 || args.clients > 100 {
         return Err("--clients must be 1..=100".into());
     }
-    let bugs = args.bug.as_deref().map(parse_bug).transpose()?.unwrap_or_default();
+    let bugs = args.bug.as_deref().map(Bugs::parse).transpose()?.unwrap_or_default();
     Ok(SimConfig {
         nodes: args.nodes,
         clients: args.clients,
@@ -118,15 +102,8 @@ fn replay_flags(cfg: &SimConfig) -> String {
         .collect();
         f.push_str(&format!(" --faults {}", if names.is_empty() { "none".to_string() } else { names.join(",") }));
     }
-    for (on, name) in [
-        (cfg.bugs.grant_ignores_queue, "grant-ignores-queue"),
-        (cfg.bugs.token_reset_on_restart, "token-reset-on-restart"),
-        (cfg.bugs.follower_expiry, "follower-expiry"),
-        (cfg.bugs.stale_reads, "stale-reads"),
-    ] {
-        if on {
-            f.push_str(&format!(" --bug {name}"));
-        }
+    for name in cfg.bugs.names() {
+        f.push_str(&format!(" --bug {name}"));
     }
     if cfg.lease_read_ms > 0 {
         f.push_str(" --lease-reads");

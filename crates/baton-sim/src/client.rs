@@ -2,6 +2,8 @@
 //! same request id, and its own view of its lease on its own drifting clock — the same rules as
 //! `baton-client`.
 
+use std::collections::VecDeque;
+
 use baton_core::{AcquireRequest, Command, Kind, Mode, Outcome};
 use baton_node::{AcquireResult, Answer, NodeError, Query, Reply, Request};
 use rand::Rng;
@@ -108,6 +110,14 @@ pub struct SimClient {
     hold: Option<Hold>,
     /// Deliberate client bugs (broken variants).
     bugs: baton_core::Bugs,
+    /// Frozen until this virtual time (a paused process handles nothing before it).
+    paused_until: Time,
+    /// Replies that arrived while paused, handled in order on resume.
+    parked: VecDeque<NodeReply>,
+    /// Forward jumps asked for and not yet taken (taken at the next step).
+    pending_jump_ms: u64,
+    /// The clocks before each jump, with the virtual time each stopped being used.
+    old_clocks: Vec<(Time, Clock)>,
 }
 
 /// What a client step wants done.
@@ -134,7 +144,54 @@ impl SimClient {
             next_request_id: 1,
             hold: None,
             bugs,
+            paused_until: 0,
+            parked: VecDeque::new(),
+            pending_jump_ms: 0,
+            old_clocks: Vec::new(),
         }
+    }
+
+    /// Freezes the client process until `until`: it handles nothing before then (replies wait,
+    /// timers do not fire, renewals are not sent); everything queued is handled on resume. Its
+    /// lease still runs out on its clock meanwhile, so a hold ends at the lease deadline.
+    #[allow(dead_code)] // the nemesis's client pauses (world.rs) call it
+    pub fn pause(&mut self, until: Time) {
+        self.paused_until = self.paused_until.max(until);
+    }
+
+    /// The client's monotonic clock jumps `ms` forward. The jump takes effect at the client's
+    /// next step (a process only sees its clock when it runs), and is remembered so that the
+    /// virtual time of a lease deadline is found on the clock that was running at that moment.
+    #[allow(dead_code)] // the nemesis's client clock jumps (world.rs) call it
+    pub fn jump_clock(&mut self, ms: u64) {
+        self.pending_jump_ms += ms;
+    }
+
+    /// Takes a pending clock jump at `now`.
+    fn take_jump(&mut self, now: Time) {
+        if self.pending_jump_ms > 0 {
+            self.old_clocks.push((now, self.clock));
+            self.clock.offset_ms += std::mem::take(&mut self.pending_jump_ms);
+        }
+    }
+
+    /// The virtual time at which this client's clock first reads `ms`, across its jumps.
+    fn virtual_at(&self, ms: u64) -> Time {
+        let mut from = 0;
+        for (until, clock) in &self.old_clocks {
+            if clock.local_ms(from) >= ms {
+                return from;
+            }
+            let t = clock.virtual_at(ms).max(from);
+            if t < *until {
+                return t;
+            }
+            from = *until;
+        }
+        if self.clock.local_ms(from) >= ms {
+            return from;
+        }
+        self.clock.virtual_at(ms).max(from)
     }
 
     fn creq(&mut self) -> u64 {
@@ -148,8 +205,11 @@ impl SimClient {
 
     /// The client dies: it stops renewing and sending. Its hold lasts until its lease runs out.
     pub fn crash(&mut self, now: Time, hist: &mut History) {
+        self.take_jump(now);
         self.end_hold_at_lease(now, hist);
         self.alive = false;
+        self.paused_until = 0;
+        self.parked.clear();
     }
 
     /// A new process takes the dead client's place (new session, new request ids).
@@ -159,6 +219,8 @@ impl SimClient {
         self.session = None;
         self.op = Op::Idle { until_local: 0 };
         self.next_request_id += 1000;
+        self.paused_until = 0;
+        self.parked.clear();
     }
 
     fn lease_valid(&self, local: u64) -> bool {
@@ -168,7 +230,7 @@ impl SimClient {
     /// Ends the current hold when the lease runs out (or now, if it already has).
     fn end_hold_at_lease(&mut self, now: Time, hist: &mut History) {
         if let Some(mut h) = self.hold.take() {
-            let lease_end = self.session.as_ref().map_or(now, |s| self.clock.virtual_at(s.valid_until_local));
+            let lease_end = self.session.as_ref().map_or(now, |s| self.virtual_at(s.valid_until_local));
             h.until = lease_end.max(h.from);
             hist.holds.push(h);
         }
@@ -176,7 +238,7 @@ impl SimClient {
 
     fn end_hold(&mut self, at: Time, hist: &mut History) {
         if let Some(mut h) = self.hold.take() {
-            let lease_end = self.session.as_ref().map_or(at, |s| self.clock.virtual_at(s.valid_until_local));
+            let lease_end = self.session.as_ref().map_or(at, |s| self.virtual_at(s.valid_until_local));
             h.until = at.min(lease_end).max(h.from);
             hist.holds.push(h);
         }
@@ -205,8 +267,14 @@ impl SimClient {
         if !self.alive {
             return (fx, Time::MAX);
         }
+        if now < self.paused_until {
+            self.parked.extend(reply);
+            return (fx, self.paused_until);
+        }
+        self.take_jump(now);
         let local = self.clock.local_ms(now);
-        if let Some(reply) = reply {
+        let replies: Vec<NodeReply> = self.parked.drain(..).chain(reply).collect();
+        for reply in replies {
             self.on_reply(now, local, reply, rng, &mut fx, hist);
         }
         // The lease is judged on our own clock, before anything else.
@@ -216,7 +284,7 @@ impl SimClient {
         self.keepalive(local, &mut fx);
         self.progress(now, local, accept_new_work, rng, &mut fx, hist);
         let next = self.next_wake(local);
-        (fx, self.clock.virtual_at(next).max(now + 1))
+        (fx, self.virtual_at(next).max(now + 1))
     }
 
     fn keepalive(&mut self, local: u64, fx: &mut Effects) {
@@ -588,10 +656,48 @@ impl SimClient {
 
     /// Ends the hold, if any, at the end of the run.
     pub fn finish(&mut self, now: Time, hist: &mut History) {
+        self.take_jump(now);
         self.end_hold(now, hist);
     }
 }
 
 fn unexpected(now: Time, client: usize, answer: &Answer) -> Violation {
     Violation { property: "protocol", detail: format!("client {client} got an unexpected answer {answer:?}"), at: now }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deadline is placed on the clock that was running when it was reached: before a jump
+    /// on the old clock, across a jump at the jump, after it on the new clock.
+    #[test]
+    fn deadlines_are_found_across_clock_jumps() {
+        let clock = Clock { offset_ms: 1_000, rate_ppm: 0 };
+        let mut c = SimClient::new(0, clock, 3, 5, 2_000, baton_core::Bugs::default());
+        assert_eq!(c.virtual_at(1_500), 500_000);
+        c.jump_clock(300);
+        c.take_jump(600_000); // local 1_600 becomes 1_900
+        assert_eq!(c.virtual_at(1_500), 500_000, "reached before the jump");
+        assert_eq!(c.virtual_at(1_800), 600_000, "jumped over");
+        assert_eq!(c.virtual_at(2_000), 700_000, "after the jump, on the new clock");
+    }
+
+    /// A paused client parks what arrives and wakes only when the pause ends.
+    #[test]
+    fn a_paused_client_handles_nothing_until_it_resumes() {
+        use rand::SeedableRng;
+        let clock = Clock { offset_ms: 0, rate_ppm: 0 };
+        let mut c = SimClient::new(0, clock, 3, 5, 2_000, baton_core::Bugs::default());
+        let (mut rng, mut hist) = (ChaCha8Rng::seed_from_u64(1), History::default());
+        c.pause(5_000_000);
+        let reply = NodeReply::Answer { creq: 99, result: Err(NodeError::Busy(1)) };
+        let (fx, wake) = c.step(1_000, Some(reply), true, &mut rng, &mut hist);
+        assert!(fx.sends.is_empty());
+        assert_eq!(wake, 5_000_000);
+        assert_eq!(c.parked.len(), 1);
+        let (fx, _) = c.step(5_000_000, None, true, &mut rng, &mut hist);
+        assert!(c.parked.is_empty());
+        assert_eq!(fx.sends.len(), 1, "it opens its session on resume");
+    }
 }

@@ -234,6 +234,12 @@ impl Node {
             }
             map.insert(id, group);
         }
+        if config.voters == [config.id] {
+            // A single voter is its own majority: no reason to wait out an election timeout.
+            for g in map.values_mut() {
+                g.campaign();
+            }
+        }
         Ok((Node { config, groups: map, outputs: Vec::new(), mono_ms: 0, wall_ms: 0 }, batch))
     }
 

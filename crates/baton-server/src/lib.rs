@@ -193,11 +193,8 @@ impl Server {
             h.write_u64(config.id);
             h.finish()
         };
-        let (mut node, boot) = Node::new(node_config, vec![(DATA_GROUP, recovered)]).map_err(std::io::Error::other)?;
-        if config.peers.len() == 1 {
-            // A single node is its own majority: no reason to wait out an election timeout.
-            node.campaign(DATA_GROUP);
-        }
+        // (A single node campaigns at once: Node::new does that for a lone voter.)
+        let (node, boot) = Node::new(node_config, vec![(DATA_GROUP, recovered)]).map_err(std::io::Error::other)?;
 
         let view = Arc::new(Mutex::new(ClusterView::default()));
         {

@@ -33,4 +33,4 @@ mod world;
 
 pub use baton_core::Bugs;
 pub use check::Violation;
-pub use world::{run, Faults, SimConfig, SimReport};
+pub use world::{run, Coverage, Faults, SimConfig, SimReport};

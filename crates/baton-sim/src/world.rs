@@ -3,7 +3,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 
-use baton_core::Bugs;
+use baton_core::{Bugs, Command};
 use baton_node::{
     LogStore, MemStore, Node, NodeConfig, Output, RaftMessage, Request, RequestId, Requests, WriteBatch, DATA_GROUP,
 };
@@ -106,7 +106,8 @@ pub struct SimConfig {
     /// Largest forward jump of a node's clock, in ms (jump bound). Together with the drift bound
     /// it must stay within the client's lease margin (TTL/10), or mutual exclusion can break.
     pub max_jump_ms: u64,
-    /// Snapshot after this many applied entries (small, to exercise snapshots).
+    /// Snapshot after this many applied entries; 0: drawn per run from 10..=100, so that every
+    /// run snapshots, restarts from snapshots and sends them to lagging followers.
     pub snapshot_entries: u64,
     /// Keep the whole trace (otherwise only its hash and the last lines).
     pub keep_trace: bool,
@@ -128,7 +129,7 @@ impl Default for SimConfig {
             tick_ms: 100,
             max_drift_ppm: 20_000,
             max_jump_ms: 100,
-            snapshot_entries: 300,
+            snapshot_entries: 0,
             keep_trace: false,
             lease_read_ms: 0,
         }
@@ -150,6 +151,23 @@ pub struct SimReport {
     pub grants: usize,
     /// Simulated events processed.
     pub steps: u64,
+    /// What the run went through, to show that the faults and paths were exercised.
+    pub coverage: Coverage,
+}
+
+/// Counts of the paths one run exercised.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Coverage {
+    /// Snapshots a node took of its own state.
+    pub snapshots_taken: u64,
+    /// Snapshots a node installed from its leader (it had fallen behind the leader's log).
+    pub snapshots_installed: u64,
+    /// Node starts from a stored snapshot (a restart after at least one snapshot).
+    pub restarts_from_snapshot: u64,
+    /// Node crashes.
+    pub crashes: u64,
+    /// Writes torn by a crash in the middle of them (found and dropped at the restart).
+    pub torn_writes: u64,
 }
 
 enum Ev {
@@ -176,6 +194,8 @@ enum Ev {
     Recrash(u64),
     RestartClient(usize),
     Nemesis,
+    /// Crash a follower for long enough that it needs a snapshot to catch up.
+    LagFollower,
     Heal,
 }
 
@@ -213,6 +233,13 @@ struct World {
     hist: History,
     /// Directed links that drop everything.
     blocked: BTreeSet<(u64, u64)>,
+    /// Client-node pairs that cannot reach each other (both ways).
+    cut_clients: BTreeSet<(usize, u64)>,
+    /// Nodes to crash in the middle of their next write.
+    crash_mid_write: BTreeSet<u64>,
+    /// This run's snapshot interval.
+    snapshot_entries: u64,
+    coverage: Coverage,
     loss: f64,
     duplicate: f64,
     spike: f64,
@@ -221,6 +248,25 @@ struct World {
     trace_hash: u64,
     trace: VecDeque<String>,
     steps: u64,
+}
+
+/// True for the requests a client may send twice (it resends them after a timeout, and the two
+/// can race): reads, and writes that carry their own identity or change nothing when repeated.
+/// A counter add or a register write is never resent by a client (its outcome is reported as
+/// unknown instead), so the network does not duplicate it either: TCP does not.
+fn repeatable(msg: &ClientMsg) -> bool {
+    let ClientMsg::Request { request, .. } = msg;
+    match request {
+        Request::Read(_) | Request::Acquire(_) => true,
+        Request::Propose(command) => !matches!(
+            command,
+            Command::CounterAdd { .. }
+                | Command::CounterCas { .. }
+                | Command::RegisterSet { .. }
+                | Command::LatchSet { .. }
+                | Command::LatchCountDown { .. }
+        ),
+    }
 }
 
 /// Runs one seed.
@@ -233,6 +279,7 @@ pub fn run(cfg: &SimConfig, seed: u64) -> SimReport {
 impl World {
     fn new(cfg: SimConfig, seed: u64) -> World {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let snapshot_entries = if cfg.snapshot_entries == 0 { rng.gen_range(10..=100) } else { cfg.snapshot_entries };
         let mut nodes = BTreeMap::new();
         let drift = |rng: &mut ChaCha8Rng| {
             if cfg.faults.clock {
@@ -284,6 +331,10 @@ impl World {
             wake_gen: vec![0; n],
             hist: History::default(),
             blocked: BTreeSet::new(),
+            cut_clients: BTreeSet::new(),
+            crash_mid_write: BTreeSet::new(),
+            snapshot_entries,
+            coverage: Coverage::default(),
             loss,
             duplicate,
             spike,
@@ -325,6 +376,14 @@ impl World {
         if self.cfg.faults != Faults::default() {
             self.at(1_000 * MS, Ev::Nemesis);
         }
+        if self.cfg.faults.crash && self.cfg.nodes >= 3 {
+            // Every run has a follower that falls behind by more than a snapshot: early in the
+            // heal phase (when the others surely make progress) it is down for 2-4 s, and must
+            // catch up from a snapshot its leader sends. A minority down does not stop
+            // progress, and the run goes on fault-free for 9 s after it returns.
+            let at = self.cfg.fault_ms * MS + self.rng.gen_range(500..1_500) * MS;
+            self.at(at, Ev::LagFollower);
+        }
         let end_faults = self.cfg.fault_ms * MS;
         let end = end_faults + self.cfg.heal_ms * MS;
         self.at(end_faults, Ev::Heal);
@@ -359,6 +418,7 @@ impl World {
             trace: self.trace.into_iter().collect(),
             grants: self.hist.received.len(),
             steps: self.steps,
+            coverage: self.coverage,
         }
     }
 
@@ -426,6 +486,17 @@ impl World {
                 }
             }
             Ev::Heal => self.heal(),
+            Ev::LagFollower => {
+                let up = self.up_nodes();
+                let followers: Vec<u64> = up.into_iter().filter(|id| Some(*id) != self.leader).collect();
+                if !followers.is_empty() {
+                    let id = followers[self.rng.gen_range(0..followers.len())];
+                    self.trace(format!("nemesis: follower {id} goes down long enough to need a snapshot"));
+                    self.crash_node(id);
+                    let back = self.rng.gen_range(2_000..4_000) * MS;
+                    self.at(self.now + back, Ev::Restart(id));
+                }
+            }
         }
     }
 
@@ -438,13 +509,16 @@ impl World {
     fn start_node(&mut self, id: u64) {
         let seed = self.rng.gen();
         let mut config = NodeConfig::new(id, (1..=self.cfg.nodes as u64).collect());
-        config.snapshot_entries = self.cfg.snapshot_entries;
+        config.snapshot_entries = self.snapshot_entries;
         config.seed = seed;
         config.bugs = self.cfg.bugs;
         config.lease_read_ms = self.cfg.lease_read_ms;
         let n = self.nodes.get_mut(&id).expect("node");
         config.incarnation = n.store.next_incarnation().expect("memory store writes");
         let recovered = n.store.recover(DATA_GROUP).expect("memory store reads");
+        if recovered.as_ref().is_some_and(|r| r.snapshot.get_metadata().index > 0) {
+            self.coverage.restarts_from_snapshot += 1;
+        }
         let (mut node, boot) = Node::new(config, vec![(DATA_GROUP, recovered)]).expect("node starts");
         n.store.write(&boot).expect("memory store writes");
         node.set_time(n.clock.local_ms(self.now), n.clock.local_ms(self.now));
@@ -461,7 +535,10 @@ impl World {
         self.hist.flush(id, self.now);
         let n = self.nodes.get_mut(&id).expect("node");
         n.node = None;
-        n.writing = None; // not fsynced: lost
+        // A write in flight is torn: the store's contract (raft-engine checksums every batch;
+        // see EngineStore's tests) is that a torn batch is found and dropped whole at the next
+        // start, never applied in part. It was not acknowledged: answers wait for the fsync.
+        let torn = n.writing.take().is_some();
         n.inbox.clear();
         n.answer_to.clear();
         n.requests = Requests::with_bugs(self.cfg.bugs);
@@ -469,7 +546,13 @@ impl World {
         n.next_request = 1;
         n.epoch += 1;
         n.paused = false;
-        self.trace(format!("node {id} crashes"));
+        self.coverage.crashes += 1;
+        if torn {
+            self.coverage.torn_writes += 1;
+            self.trace(format!("node {id} crashes in the middle of a write (dropped at restart)"));
+        } else {
+            self.trace(format!("node {id} crashes"));
+        }
     }
 
     fn input(&mut self, id: u64, input: Input) {
@@ -523,6 +606,9 @@ impl World {
                 let epoch = n.epoch;
                 let lat = self.rng.gen_range(lo * MS + 50..=hi * MS + 200);
                 self.at(self.now + lat, Ev::DiskDone(id, epoch));
+                if self.crash_mid_write.remove(&id) {
+                    self.at(self.now + lat / 2, Ev::Recrash(id));
+                }
                 return;
             }
             self.persisted(id);
@@ -553,6 +639,13 @@ impl World {
         }
         let batch = n.writing.take().expect("a write in flight");
         n.store.write(&batch).expect("memory store writes");
+        for g in batch.groups.iter().filter(|g| g.snapshot.is_some()) {
+            if g.replace_log {
+                self.coverage.snapshots_installed += 1;
+            } else {
+                self.coverage.snapshots_taken += 1;
+            }
+        }
         self.persisted(id);
         self.drain(id);
     }
@@ -610,7 +703,7 @@ impl World {
             self.send(id, to, msg);
         }
         for (client, reply) in replies {
-            self.send_to_client(client, reply);
+            self.send_to_client(id, client, reply);
         }
     }
 
@@ -634,8 +727,8 @@ impl World {
         self.at(t, Ev::Deliver { from, to, msg });
     }
 
-    fn send_to_client(&mut self, client: usize, reply: NodeReply) {
-        if self.loss > 0.0 && self.rng.gen_bool(self.loss) {
+    fn send_to_client(&mut self, from: u64, client: usize, reply: NodeReply) {
+        if self.cut_clients.contains(&(client, from)) || (self.loss > 0.0 && self.rng.gen_bool(self.loss)) {
             return;
         }
         let t = self.now + self.latency();
@@ -650,8 +743,13 @@ impl World {
             self.trace(line);
         }
         for (node, msg) in fx.sends {
-            if self.loss > 0.0 && self.rng.gen_bool(self.loss) {
+            if self.cut_clients.contains(&(c, node)) || (self.loss > 0.0 && self.rng.gen_bool(self.loss)) {
                 continue;
+            }
+            if self.duplicate > 0.0 && repeatable(&msg) && self.rng.gen_bool(self.duplicate) {
+                // The same request twice (a resend racing the original), each with its own delay.
+                let t = self.now + self.latency();
+                self.at(t, Ev::ToNode { node, client: c, msg: msg.clone() });
             }
             let t = self.now + self.latency();
             self.at(t, Ev::ToNode { node, client: c, msg });
@@ -671,19 +769,22 @@ impl World {
         let f = self.cfg.faults;
         let mut choices = Vec::new();
         if f.partition {
-            choices.extend(["split", "isolate-leader", "one-way", "bridge", "heal-network"]);
+            if self.cfg.nodes >= 3 {
+                choices.extend(["split", "isolate-leader", "one-way", "bridge"]);
+            }
+            choices.extend(["cut-client", "heal-network"]);
         }
         if f.crash {
-            choices.extend(["crash", "crash-leader", "crash-loop-leader", "crash-client"]);
+            choices.extend(["crash", "crash-leader", "crash-loop-leader", "crash-mid-write", "crash-client"]);
         }
         if f.pause {
-            choices.push("pause");
+            choices.extend(["pause", "pause-client"]);
         }
         if f.disk {
             choices.push("slow-disk");
         }
         if f.clock && self.cfg.max_jump_ms > 0 {
-            choices.push("clock-jump");
+            choices.extend(["clock-jump", "client-clock-jump"]);
         }
         if choices.is_empty() {
             return;
@@ -726,8 +827,29 @@ impl World {
                 self.cut(a, b, true);
                 self.trace(format!("nemesis: bridge {bridge} between {a:?} and {b:?}"));
             }
+            "cut-client" => {
+                // A client that cannot reach some nodes (the leader, often): it must move on.
+                let c = self.rng.gen_range(0..self.clients.len());
+                let mut cut = Vec::new();
+                for &id in &ids {
+                    if Some(id) == self.leader || self.rng.gen_bool(0.3) {
+                        self.cut_clients.insert((c, id));
+                        cut.push(id);
+                    }
+                }
+                self.trace(format!("nemesis: client {c} cannot reach nodes {cut:?}"));
+            }
+            "crash-mid-write" => {
+                let up = self.up_nodes();
+                let target = self.leader.filter(|l| up.contains(l)).or_else(|| up.first().copied());
+                if let Some(id) = target {
+                    self.crash_mid_write.insert(id);
+                    self.trace(format!("nemesis: node {id} will crash in the middle of its next write"));
+                }
+            }
             "heal-network" => {
                 self.blocked.clear();
+                self.cut_clients.clear();
                 self.trace("nemesis: network healed".into());
             }
             "crash" | "crash-leader" => {
@@ -775,6 +897,21 @@ impl World {
                     self.at(self.now + ms * MS, Ev::Resume(id, epoch));
                 }
             }
+            "pause-client" => {
+                // A client process frozen (GC, SIGSTOP), sometimes past its session's TTL: its
+                // lease must run out on its own clock, and what it held be handed on.
+                let c = self.rng.gen_range(0..self.clients.len());
+                let ms = self.rng.gen_range(100..self.cfg.ttl_ms * 2);
+                self.clients[c].pause(self.now + ms * MS);
+                self.trace(format!("nemesis: client {c} pauses for {ms} ms"));
+                self.client_step(c, None);
+            }
+            "client-clock-jump" => {
+                let c = self.rng.gen_range(0..self.clients.len());
+                let ms = self.rng.gen_range(1..=self.cfg.max_jump_ms);
+                self.clients[c].jump_clock(ms);
+                self.trace(format!("nemesis: client {c}'s clock jumps {ms} ms forward"));
+            }
             "slow-disk" => {
                 let id = ids[self.rng.gen_range(0..ids.len())];
                 let slow = (self.rng.gen_range(5..50), self.rng.gen_range(50..200));
@@ -805,6 +942,8 @@ impl World {
     fn heal(&mut self) {
         self.healed = true;
         self.blocked.clear();
+        self.cut_clients.clear();
+        self.crash_mid_write.clear();
         self.loss = 0.0;
         self.duplicate = 0.0;
         self.spike = 0.0;

@@ -289,7 +289,7 @@ enum Cmd {
         /// Run (replay) this one seed.
         #[arg(long)]
         seed: Option<u64>,
-        /// Cluster size: 3, 5 or 7.
+        /// Cluster size: 1, 3, 5 or 7.
         #[arg(long, default_value_t = 3)]
         nodes: usize,
         /// Concurrent clients.

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use baton_sim::{run, Bugs, Faults, SimConfig, SimReport};
+use baton_sim::{run, Bugs, Coverage, Faults, SimConfig, SimReport};
 
 /// Arguments of `baton sim`.
 pub struct SimArgs {
@@ -23,8 +23,8 @@ pub struct SimArgs {
 }
 
 fn config(args: &SimArgs) -> Result<SimConfig, String> {
-    if ![3, 5, 7].contains(&args.nodes) {
-        return Err("--nodes must be 3, 5 or 7".into());
+    if ![1, 3, 5, 7].contains(&args.nodes) {
+        return Err("--nodes must be 1, 3, 5 or 7".into());
     }
     if args.clients == 0 || args.clients > 100 {
         return Err("--clients must be 1..=100".into());
@@ -35,7 +35,7 @@ fn config(args: &SimArgs) -> Result<SimConfig, String> {
         clients: args.clients,
         faults: Faults::parse(&args.faults)?,
         bugs,
-        // Small snapshots make restarts go through snapshot recovery often.
+        // Small snapshots make restarts go through snapshot recovery often (0: drawn per run).
         snapshot_entries: if bugs.token_reset_on_restart { 50 } else { SimConfig::default().snapshot_entries },
         fault_ms: args.fault_ms,
         heal_ms: args.heal_ms,
@@ -111,6 +111,33 @@ fn replay_flags(cfg: &SimConfig) -> String {
     f
 }
 
+/// How many runs of a campaign went through each path, and how often.
+#[derive(Default)]
+struct CoverageTally {
+    /// (runs in which it happened, times in all) per path, in `Coverage` field order.
+    paths: [(u64, u64); 5],
+}
+
+impl CoverageTally {
+    fn add(&mut self, c: &Coverage) {
+        let counts = [c.snapshots_taken, c.restarts_from_snapshot, c.snapshots_installed, c.crashes, c.torn_writes];
+        for (tally, n) in self.paths.iter_mut().zip(counts) {
+            tally.0 += u64::from(n > 0);
+            tally.1 += n;
+        }
+    }
+
+    fn summary(&self, runs: u64) -> String {
+        let names = ["snapshot taken", "restart from a snapshot", "snapshot sent to a follower", "crash", "torn write"];
+        let parts: Vec<String> = names
+            .iter()
+            .zip(self.paths)
+            .map(|(name, (runs_with, total))| format!("{name}: {runs_with}/{runs} runs ({total} in all)"))
+            .collect();
+        format!("coverage: {}", parts.join("; "))
+    }
+}
+
 /// Runs the command.
 pub fn main(args: SimArgs) -> ExitCode {
     let cfg = match config(&args) {
@@ -138,6 +165,7 @@ pub fn main(args: SimArgs) -> ExitCode {
     let next = AtomicU64::new(args.start_seed);
     let end = args.start_seed + args.seeds;
     let failed = Mutex::new(Vec::new());
+    let covered = Mutex::new(CoverageTally::default());
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     std::thread::scope(|s| {
         for _ in 0..workers {
@@ -147,6 +175,7 @@ pub fn main(args: SimArgs) -> ExitCode {
                     return;
                 }
                 let r = run(&cfg, seed);
+                covered.lock().expect("coverage").add(&r.coverage);
                 if !r.violations.is_empty() {
                     failed.lock().expect("failed list").push(r);
                 }
@@ -162,6 +191,7 @@ pub fn main(args: SimArgs) -> ExitCode {
         let rest: Vec<String> = failed[5..].iter().map(|r| r.seed.to_string()).collect();
         println!("also failed: seeds {}", rest.join(", "));
     }
+    println!("{}", covered.into_inner().expect("coverage").summary(args.seeds));
     let rate = args.seeds as f64 / started.elapsed().as_secs_f64();
     println!("runs={} violations={} seeds_per_s={rate:.1}", args.seeds, failed.len());
     if failed.is_empty() {

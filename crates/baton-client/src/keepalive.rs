@@ -13,22 +13,21 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use baton_proto::v1 as pb;
-use tokio::time::Instant;
 
+use crate::core::{self as rules, decide, Decision, Renew, Renewals};
 use crate::lease::SessionLease;
-use crate::retry::{verdict, AttemptError, Verdict};
+use crate::retry::AttemptError;
 use crate::{Client, Inner};
 
-/// How often renewals are sent for sessions of this TTL.
+/// How often renewals are sent for sessions of this TTL ([`rules::renew_interval_ms`]).
 pub fn renew_interval(ttl: Duration) -> Duration {
-    (ttl / 3).max(Duration::from_millis(100))
+    Duration::from_millis(rules::renew_interval_ms(ttl.as_millis() as u64))
 }
 
 /// How long one renewal (or opening the stream) may wait for an answer before the node is
-/// given up: half a renewal interval, so that a stopped node is left with two thirds of the
-/// lease still to go, but never less than what a loaded leader's heartbeat round needs.
+/// given up ([`rules::answer_timeout_ms`]).
 pub fn answer_timeout(ttl: Duration) -> Duration {
-    (renew_interval(ttl) / 2).clamp(Duration::from_millis(200), Duration::from_secs(2))
+    Duration::from_millis(rules::answer_timeout_ms(ttl.as_millis() as u64))
 }
 
 pub(crate) async fn keepalive_loop(weak: Weak<Inner>) {
@@ -47,17 +46,20 @@ pub(crate) async fn keepalive_loop(weak: Weak<Inner>) {
     }
 }
 
-/// Runs one keepalive stream until it fails; returns how long to pause before the next.
+/// Runs one keepalive stream until it fails; returns how long to pause before the next. The
+/// schedule — when to renew, when an unanswered renewal gives the node up — is [`Renewals`].
 async fn keepalive_stream(client: &Client) -> Duration {
     let Ok((addr, mut conn)) = client.inner.router.current() else { return Duration::from_millis(200) };
-    let ttl = min_ttl(client);
-    let timeout = answer_timeout(ttl);
+    let clock = client.inner.clock;
+    let mut schedule = Renewals::new(min_ttl_ms(client), clock.now_ms());
     let (tx, rx) = tokio::sync::mpsc::channel::<pb::KeepAliveRequest>(4);
     // The first renewal goes out with the call, so that the server has something to answer.
-    let mut sent = Instant::now();
-    if tx.try_send(pb::KeepAliveRequest { session_ids: live_ids(client) }).is_err() {
+    if schedule.poll(clock.now_ms()) != Renew::Send
+        || tx.try_send(pb::KeepAliveRequest { session_ids: live_ids(client) }).is_err()
+    {
         return Duration::ZERO;
     }
+    let timeout = answer_timeout(Duration::from_millis(min_ttl_ms(client)));
     let opened = tokio::time::timeout(timeout, conn.keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx)));
     let mut responses = match opened.await {
         Ok(Ok(r)) => r.into_inner(),
@@ -65,48 +67,62 @@ async fn keepalive_stream(client: &Client) -> Duration {
         Err(_) => return give_up(client, &addr, AttemptError::NoAnswer(format!("no stream within {timeout:?}"))),
     };
     loop {
-        match tokio::time::timeout(timeout, responses.message()).await {
-            Ok(Ok(Some(r))) => renewed(client, r, sent),
-            Ok(Ok(None)) => return Duration::from_millis(50),
-            Ok(Err(status)) => return give_up(client, &addr, AttemptError::from(status)),
-            Err(_) => {
+        schedule.shorten_ttl(min_ttl_ms(client));
+        match schedule.poll(clock.now_ms()) {
+            Renew::Send => {
+                let ids = live_ids(client);
+                if ids.is_empty() {
+                    return Duration::ZERO;
+                }
+                if tx.send(pb::KeepAliveRequest { session_ids: ids }).await.is_err() {
+                    return Duration::from_millis(50);
+                }
+            }
+            Renew::GiveUp => {
                 let why = format!("renewal not answered within {timeout:?}");
                 return give_up(client, &addr, AttemptError::NoAnswer(why));
             }
-        }
-        tokio::time::sleep_until(sent + renew_interval(min_ttl(client))).await;
-        let ids = live_ids(client);
-        if ids.is_empty() {
-            return Duration::ZERO;
-        }
-        sent = Instant::now();
-        if tx.send(pb::KeepAliveRequest { session_ids: ids }).await.is_err() {
-            return Duration::from_millis(50);
+            Renew::Wait(until) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(clock.at(until)) => {}
+                    // Cancel-safe: the stream keeps its state, a message is never half read.
+                    m = responses.message() => match m {
+                        Ok(Some(r)) => {
+                            if let Some(sent_ms) = schedule.answered() {
+                                renewed(client, r, sent_ms);
+                            }
+                        }
+                        Ok(None) => return Duration::from_millis(50),
+                        Err(status) => return give_up(client, &addr, AttemptError::from(status)),
+                    },
+                }
+            }
         }
     }
 }
 
-/// Moves the client on after a failed stream; returns the pause before the next one.
+/// Moves the client on after a failed stream, as the shared rule says for a read; returns the
+/// pause before the next stream.
 fn give_up(client: &Client, addr: &str, error: AttemptError) -> Duration {
     tracing::debug!(node = addr, "keepalive stream failed: {error:?}");
-    let leader = match verdict(&error) {
-        Verdict::NotApplied { leader, .. } => leader,
-        Verdict::Unknown | Verdict::Refused => None,
+    let (leader, stay) = match decide(error.class(), rules::Op::Read.repeat()) {
+        Decision::Retry { leader, stay, .. } => (leader, stay),
+        Decision::Refused | Decision::OutcomeUnknown => (None, false),
     };
-    if client.inner.router.moved_on(addr, leader.as_deref()) {
+    if !stay && client.inner.router.moved_on(addr, leader.as_deref()) {
         Duration::ZERO
     } else {
         Duration::from_millis(50)
     }
 }
 
-fn renewed(client: &Client, r: pb::KeepAliveResponse, sent: Instant) {
+fn renewed(client: &Client, r: pb::KeepAliveResponse, sent_ms: u64) {
     let map = client.inner.sessions.lock().expect("sessions lock");
     for lease in r.leases {
         if let Some(s) = map.get(&lease.session_id) {
             if lease.alive {
                 client.inner.renewals.fetch_add(1, Ordering::Relaxed);
-                s.renewed(sent);
+                s.renewed(sent_ms);
             } else {
                 s.mark_lost();
             }
@@ -114,9 +130,9 @@ fn renewed(client: &Client, r: pb::KeepAliveResponse, sent: Instant) {
     }
 }
 
-fn min_ttl(client: &Client) -> Duration {
+fn min_ttl_ms(client: &Client) -> u64 {
     let map = client.inner.sessions.lock().expect("sessions lock");
-    map.values().map(|s| s.ttl()).min().unwrap_or(Duration::from_secs(10))
+    map.values().map(|s| s.ttl().as_millis() as u64).min().unwrap_or(10_000)
 }
 
 /// The sessions still worth renewing: a lease the client has given up on stays given up (its

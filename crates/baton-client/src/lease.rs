@@ -1,64 +1,45 @@
-//! The client's view of a session's lease: a deadline on the client's own monotonic clock.
+//! The client's view of a session's lease, as a timer on the client's own monotonic clock.
 //!
-//! A renewal the leader acknowledged keeps the lease valid until *the time it was sent* plus
-//! the TTL minus a drift margin (a tenth of the TTL). The leader's deadline runs from when it
-//! *received* the renewal, so the client always gives up first, as long as the two clocks'
-//! rates differ by less than the margin over one TTL. Only the send time of an acknowledged
-//! renewal moves the deadline: nothing else (no I/O, no stuck keepalive loop) can delay it.
-//!
-//! [`Lease`] is pure and generic over the instant type, so that the simulator runs this exact
-//! rule on its virtual clock; `SessionLease` is the real client's timer around it: the
-//! lease-lost signal fires when the deadline passes, whether or not any keepalive is running.
-//!
-//! # Caveats
-//! - The margin only covers clock *rate* differences (and forward jumps of the leader's
-//!   clock) smaller than TTL/10; a paused client process notices nothing until it runs again,
-//!   which is why fencing tokens exist.
+//! The rule — valid until the send time of the last acknowledged renewal plus the TTL less a
+//! tenth of it — is [`crate::core::Lease`], shared with the simulator. Here it runs on a
+//! [`MonoClock`] (milliseconds since the client started), and `SessionLease` is the real
+//! client's timer around it: the lease-lost signal fires when the deadline passes, whether or
+//! not any keepalive is running. Only the send time of an acknowledged renewal moves the
+//! deadline: nothing else (no I/O, no stuck keepalive loop) can delay it.
 
-use std::ops::Add;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// How long a renewal sent at some instant keeps the lease valid on the client's side: the TTL
-/// minus a drift margin of a tenth of it.
-pub fn lease_span(ttl: Duration) -> Duration {
-    ttl - ttl / 10
+use crate::core::Lease;
+
+/// The client's monotonic clock as the shared rules read it: whole milliseconds since `origin`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MonoClock {
+    origin: Instant,
 }
 
-/// A session's lease as the client sees it, on any monotonic clock `I`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Lease<I> {
-    ttl: Duration,
-    valid_until: I,
-}
-
-impl<I: Copy + Ord + Add<Duration, Output = I>> Lease<I> {
-    /// The lease of a session whose open request was sent at `sent` and granted `ttl`.
-    pub fn new(ttl: Duration, sent: I) -> Lease<I> {
-        Lease { ttl, valid_until: sent + lease_span(ttl) }
+impl MonoClock {
+    /// A clock that reads 0 now.
+    pub(crate) fn start() -> MonoClock {
+        MonoClock { origin: Instant::now() }
     }
 
-    /// The leader acknowledged a renewal sent at `sent` (late answers never shorten the lease).
-    pub fn renewed(&mut self, sent: I) {
-        self.valid_until = self.valid_until.max(sent + lease_span(self.ttl));
+    /// The reading at `t` (rounded down: a send time read early only makes a deadline earlier).
+    pub(crate) fn ms(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.origin).as_millis() as u64
     }
 
-    /// The instant the lease is lost unless a renewal is acknowledged before.
-    pub fn deadline(&self) -> I {
-        self.valid_until
+    /// The reading now.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.ms(Instant::now())
     }
 
-    /// True while `now` is before the deadline.
-    pub fn is_valid(&self, now: I) -> bool {
-        now < self.valid_until
-    }
-
-    /// The session's TTL.
-    pub fn ttl(&self) -> Duration {
-        self.ttl
+    /// The instant at which the clock reads `ms`.
+    pub(crate) fn at(&self, ms: u64) -> Instant {
+        self.origin + Duration::from_millis(ms)
     }
 }
 
@@ -66,25 +47,27 @@ impl<I: Copy + Ord + Add<Duration, Output = I>> Lease<I> {
 /// passed (by a timer, see [`SessionLease::lost`]) or once the leader says the session is gone.
 pub(crate) struct SessionLease {
     pub(crate) id: u64,
-    lease: Mutex<Lease<Instant>>,
+    clock: MonoClock,
+    lease: Mutex<Lease>,
     lost: watch::Sender<bool>,
 }
 
 impl SessionLease {
-    pub(crate) fn new(id: u64, lease: Lease<Instant>) -> SessionLease {
-        SessionLease { id, lease: Mutex::new(lease), lost: watch::channel(false).0 }
+    pub(crate) fn new(id: u64, clock: MonoClock, lease: Lease) -> SessionLease {
+        SessionLease { id, clock, lease: Mutex::new(lease), lost: watch::channel(false).0 }
     }
 
     pub(crate) fn ttl(&self) -> Duration {
-        self.lease.lock().expect("lease lock").ttl()
+        Duration::from_millis(self.lease.lock().expect("lease lock").ttl_ms())
     }
 
-    pub(crate) fn renewed(&self, sent: Instant) {
-        self.lease.lock().expect("lease lock").renewed(sent);
+    /// A renewal sent at `sent_ms` (on this lease's clock) was acknowledged.
+    pub(crate) fn renewed(&self, sent_ms: u64) {
+        self.lease.lock().expect("lease lock").renewed(sent_ms);
     }
 
     fn deadline(&self) -> Instant {
-        self.lease.lock().expect("lease lock").deadline()
+        self.clock.at(self.lease.lock().expect("lease lock").deadline_ms())
     }
 
     /// True while the lease is valid: not declared lost, and its deadline not passed.
@@ -125,27 +108,13 @@ impl SessionLease {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_deadline_runs_from_the_send_time_of_the_last_acknowledged_renewal() {
-        let t0 = std::time::Instant::now();
-        let ttl = Duration::from_secs(10);
-        let mut lease = Lease::new(ttl, t0);
-        assert_eq!(lease.deadline(), t0 + Duration::from_secs(9));
-        lease.renewed(t0 + Duration::from_secs(3));
-        assert_eq!(lease.deadline(), t0 + Duration::from_secs(12));
-        // A late answer to an older renewal does not shorten it.
-        lease.renewed(t0 + Duration::from_secs(1));
-        assert_eq!(lease.deadline(), t0 + Duration::from_secs(12));
-        assert!(lease.is_valid(t0 + Duration::from_millis(11_999)));
-        assert!(!lease.is_valid(t0 + Duration::from_secs(12)));
-    }
-
     /// The timer fires at the deadline with no keepalive running at all, and not before.
     #[tokio::test(start_paused = true)]
     async fn lost_fires_at_the_deadline_without_any_io() {
+        let clock = MonoClock::start();
         let start = Instant::now();
-        let lease = SessionLease::new(1, Lease::new(Duration::from_secs(10), start));
-        lease.renewed(start + Duration::from_secs(2));
+        let lease = SessionLease::new(1, clock, Lease::new(10_000, clock.now_ms()));
+        lease.renewed(clock.ms(start + Duration::from_secs(2)));
         lease.lost().await;
         assert_eq!(Instant::now() - start, Duration::from_secs(11));
         assert!(!lease.is_valid());

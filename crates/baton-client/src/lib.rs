@@ -36,8 +36,14 @@
 //! the TTL), measured from when it *sent* the last keepalive the leader acknowledged, without a
 //! renewal — or at once if the leader says the session is gone. Measuring from the send time
 //! means the client always gives up before the leader can expire it (given clock rates within
-//! the margin). The deadline is a timer on the client's monotonic clock (see [`lease`]): it
-//! fires on time however stuck the renewals are. [`LockGuard::is_lease_valid`] and
+//! the margin). The deadline is a timer on the client's monotonic clock (see [`core::Lease`]): it
+//! fires on time however stuck the renewals are.
+//!
+//! # One set of rules
+//! The rules above — the lease deadline, the renewal schedule and its rotation off a silent
+//! node, which failures are retried for which operation, request ids — live in [`core`], which
+//! does no I/O and reads no clock. This client and the simulator's client (`baton-sim`) both run
+//! it, so the simulator checks the rules that ship. [`LockGuard::is_lease_valid`] and
 //! [`LockGuard::lease_lost`] expose this so work under the lock can stop.
 //!
 //! # Caveats
@@ -45,8 +51,9 @@
 //! - A watch on a node that stops answering is noticed by the connection's HTTP/2 pings
 //!   (about five seconds), not sooner: silence is also what a watch of a quiet name looks like.
 
+pub mod core;
 mod keepalive;
-pub mod lease;
+mod lease;
 mod pipe;
 pub mod retry;
 mod route;
@@ -57,12 +64,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::core::{decide, Decision, Lease, Op, RequestIds};
 use baton_proto::v1 as pb;
-use lease::{Lease, SessionLease};
-use retry::{verdict, AttemptError, Repeat, Verdict};
+use lease::{MonoClock, SessionLease};
+use retry::AttemptError;
 use route::Router;
 use tokio::sync::Notify;
-use tokio::time::Instant;
 use tonic::{Code, Status};
 
 pub use keepalive::{answer_timeout, renew_interval};
@@ -135,7 +142,9 @@ pub(crate) struct Inner {
     options: ClientOptions,
     /// Where requests go, and the connections.
     router: Router,
-    next_request: AtomicU64,
+    /// The clock the shared rules (leases, renewals) read.
+    clock: MonoClock,
+    next_request: RequestIds,
     sessions: Mutex<BTreeMap<u64, Arc<SessionLease>>>,
     sessions_changed: Notify,
     /// Session renewals the leader acknowledged (for benchmarks and metrics).
@@ -168,7 +177,8 @@ impl Client {
         let inner = Arc::new(Inner {
             options,
             router,
-            next_request: AtomicU64::new(request_id_seed()),
+            clock: MonoClock::start(),
+            next_request: RequestIds::starting_at(request_id_seed()),
             sessions: Mutex::new(BTreeMap::new()),
             sessions_changed: Notify::new(),
             renewals: AtomicU64::new(0),
@@ -222,13 +232,12 @@ impl Client {
                 };
                 // Resuming from `next` is harmless anywhere: only a refusal (the history is
                 // gone, a bad name) ends the watch.
-                let leader = match verdict(&error) {
-                    Verdict::Refused => {
+                let leader = match decide(error.class(), Op::Read.repeat()) {
+                    Decision::Refused | Decision::OutcomeUnknown => {
                         let _ = tx.send(Err(error.into_error())).await;
                         return;
                     }
-                    Verdict::NotApplied { leader, .. } => leader,
-                    Verdict::Unknown => None,
+                    Decision::Retry { leader, .. } => leader,
                 };
                 if tx.is_closed() {
                     return;
@@ -285,7 +294,7 @@ impl Client {
     pub async fn latch_set(&self, name: &str, count: u64) -> Result<(bool, u64)> {
         let req = pb::LatchRequest { name: name.into(), op: Some(pb::latch_request::Op::Set(count)) };
         // Idempotent: a repeated set finds the latch already set.
-        self.attempts(self.plan(Repeat::Idempotent), |mut c| {
+        self.attempts(self.plan(Op::LatchSet), |mut c| {
             let req = req.clone();
             async move { c.latch(req).await.map_err(AttemptError::from) }
         })
@@ -297,7 +306,7 @@ impl Client {
     /// ambiguous failure (it could count twice).
     pub async fn latch_count_down(&self, name: &str) -> Result<u64> {
         let req = pb::LatchRequest { name: name.into(), op: Some(pb::latch_request::Op::CountDown(true)) };
-        self.attempts(self.plan(Repeat::Once), |mut c| {
+        self.attempts(self.plan(Op::LatchCountDown), |mut c| {
             let req = req.clone();
             async move { c.latch(req).await.map_err(AttemptError::from) }
         })
@@ -309,7 +318,7 @@ impl Client {
     /// ambiguous failure (it could apply twice): that is [`Error::OutcomeUnknown`].
     pub async fn counter_add(&self, name: &str, delta: i64) -> Result<i64> {
         let req = pb::CounterRequest { name: name.into(), op: Some(pb::counter_request::Op::Add(delta)) };
-        self.attempts(self.plan(Repeat::Once), |mut c| {
+        self.attempts(self.plan(Op::CounterAdd), |mut c| {
             let req = req.clone();
             async move { c.counter(req).await }
         })
@@ -320,7 +329,7 @@ impl Client {
     /// Reads the counter `name` (linearizable).
     pub async fn counter_get(&self, name: &str) -> Result<i64> {
         let req = pb::CounterRequest { name: name.into(), op: Some(pb::counter_request::Op::Get(true)) };
-        self.attempts(self.plan(Repeat::Read), |mut c| {
+        self.attempts(self.plan(Op::Read), |mut c| {
             let req = req.clone();
             async move { c.counter(req).await }
         })
@@ -332,7 +341,7 @@ impl Client {
     pub async fn counter_cas(&self, name: &str, expected: i64, new: i64) -> Result<(bool, i64)> {
         let op = pb::counter_request::Op::Cas(pb::CounterCas { expected, new });
         let req = pb::CounterRequest { name: name.into(), op: Some(op) };
-        self.attempts(self.plan(Repeat::Once), |mut c| {
+        self.attempts(self.plan(Op::CounterCas), |mut c| {
             let req = req.clone();
             async move { c.counter(req).await }
         })
@@ -344,7 +353,7 @@ impl Client {
     pub async fn register_get(&self, name: &str) -> Result<(Vec<u8>, u64)> {
         let req =
             pb::RegisterRequest { name: name.into(), op: Some(pb::register_request::Op::Get(true)), if_version: None };
-        self.attempts(self.plan(Repeat::Read), |mut c| {
+        self.attempts(self.plan(Op::Read), |mut c| {
             let req = req.clone();
             async move { c.register(req).await.map_err(AttemptError::from) }
         })
@@ -365,7 +374,7 @@ impl Client {
             None => pb::register_request::Op::Delete(true),
         };
         let req = pb::RegisterRequest { name: name.into(), op: Some(op), if_version };
-        self.attempts(self.plan(Repeat::Once), |mut c| {
+        self.attempts(self.plan(Op::RegisterSet), |mut c| {
             let req = req.clone();
             async move { c.register(req).await.map_err(AttemptError::from) }
         })
@@ -379,7 +388,7 @@ impl Client {
     }
 
     fn request_id(&self) -> u64 {
-        self.inner.next_request.fetch_add(1, Ordering::Relaxed)
+        self.inner.next_request.next()
     }
 
     /// Opens a session with this TTL (1 s..=300 s) and keeps it alive in the background.
@@ -390,15 +399,15 @@ impl Client {
         // session the first attempt opened instead of leaving it orphaned. The lease is measured
         // from the first attempt's send time, before which the session cannot have opened.
         let request_id = self.request_id();
-        let sent = Instant::now();
+        let sent_ms = self.inner.clock.now_ms();
         let r = self
-            .attempts(self.plan(Repeat::Idempotent), |mut c| {
+            .attempts(self.plan(Op::OpenSession), |mut c| {
                 let req = pb::OpenSessionRequest { client_id: client_id.clone(), ttl_ms, request_id };
                 async move { c.open_session(req).await }
             })
             .await?;
-        let lease = Lease::new(Duration::from_millis(r.ttl_ms), sent);
-        let shared = Arc::new(SessionLease::new(r.session_id, lease));
+        let lease = Lease::new(r.ttl_ms, sent_ms);
+        let shared = Arc::new(SessionLease::new(r.session_id, self.inner.clock, lease));
         self.inner.sessions.lock().expect("sessions lock").insert(r.session_id, shared.clone());
         self.inner.sessions_changed.notify_one();
         Ok(Session { client: self.clone(), shared })
@@ -407,7 +416,7 @@ impl Client {
     /// A lock's holder, token and waiters (linearizable).
     pub async fn describe(&self, name: &str) -> Result<pb::DescribeResponse> {
         let name = name.to_string();
-        self.attempts(self.plan(Repeat::Read), |mut c| {
+        self.attempts(self.plan(Op::Read), |mut c| {
             let req = pb::DescribeRequest { name: name.clone() };
             async move { c.describe(req).await.map_err(AttemptError::from) }
         })
@@ -447,5 +456,7 @@ async fn status_at(
 fn request_id_seed() -> u64 {
     // Request ids only need to be unique per session; a time-based start keeps a restarted
     // process from colliding with the ids of its previous run.
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1) << 8
+    crate::core::request_id_seed(
+        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1),
+    )
 }

@@ -7,9 +7,10 @@
 //!   written, or the node did not answer within the attempt's time);
 //! - the typed [`pb::ErrorInfo`] a server attaches to the errors a client must act on.
 //!
-//! From these, a [`Verdict`] ([`verdict_of_status`] for a server's answer): nothing was applied
-//! (retry, at the leader a redirect named if any), the outcome is unknown (retry only a request
-//! that is harmless to repeat), or the server refused (final). `Client::attempts` runs the loop:
+//! From these, an [`ErrorClass`] ([`class_of_status`] for a server's answer), on which the
+//! shared rule [`crate::core::decide`] decides: retry (at the leader a redirect named, if any),
+//! stop with "outcome unknown" (a request that must not apply twice), or stop with the server's
+//! refusal. `Client::attempts` runs the loop:
 //! every attempt has its own timeout, which fails only that attempt (never the connection others
 //! share), and moves the client on to another node.
 
@@ -22,6 +23,7 @@ use pb::error_info::Reason;
 use tokio::time::Instant;
 use tonic::{Code, Status};
 
+use crate::core::{decide, Decision, ErrorClass, Op, Repeat};
 use crate::pipe::Conn;
 use crate::{Client, Error, Result};
 
@@ -73,62 +75,29 @@ impl From<Status> for AttemptError {
     }
 }
 
-/// What one failed attempt means for the request.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// Nothing was applied: send it again, at `leader` if a redirect named one (else another
-    /// node), after a pause if `backoff`.
-    NotApplied {
-        /// The leader's client address, from a redirect.
-        leader: Option<String>,
-        /// Wait before the next attempt (no leader yet, or overload).
-        backoff: bool,
-        /// Stay on this node (it is the leader, only overloaded).
-        stay: bool,
-    },
-    /// It may have been applied: only a request that is harmless to repeat is sent again (to
-    /// another node).
-    Unknown,
-    /// The server refused it (bad input, a limit, not the holder, ...): nothing changed, and
-    /// the same request would be refused again.
-    Refused,
-}
-
-/// The verdict on a server's answer: its [`pb::ErrorInfo`] when it has one, else its code.
-pub fn verdict_of_status(status: &Status) -> Verdict {
+/// The class of a server's answer: its [`pb::ErrorInfo`] when it has one, else its code.
+pub fn class_of_status(status: &Status) -> ErrorClass<String> {
     let info = pb::ErrorInfo::of(status).unwrap_or_default();
     match Reason::try_from(info.reason).unwrap_or(Reason::Unspecified) {
-        Reason::NotLeader => {
-            let leader = Some(info.leader_addr).filter(|a| !a.is_empty());
-            Verdict::NotApplied { backoff: leader.is_none(), leader, stay: false }
-        }
-        Reason::Busy => Verdict::NotApplied { leader: None, backoff: true, stay: true },
-        Reason::MayHaveApplied => Verdict::Unknown,
+        Reason::NotLeader => ErrorClass::NotLeader { leader: Some(info.leader_addr).filter(|a| !a.is_empty()) },
+        Reason::Busy => ErrorClass::Busy,
+        Reason::MayHaveApplied => ErrorClass::MayHaveApplied,
         // Not from Baton's mapping (a proxy, the HTTP/2 layer of the server): UNAVAILABLE is
         // the code gRPC reserves for "try again", without saying whether anything happened.
-        Reason::Unspecified if status.code() == Code::Unavailable => Verdict::Unknown,
-        Reason::Unspecified => Verdict::Refused,
+        Reason::Unspecified if status.code() == Code::Unavailable => ErrorClass::MayHaveApplied,
+        Reason::Unspecified => ErrorClass::Refused,
     }
 }
 
-pub(crate) fn verdict(e: &AttemptError) -> Verdict {
-    match e {
-        AttemptError::Answered(s) => verdict_of_status(s),
-        AttemptError::NotSent(_) => Verdict::NotApplied { leader: None, backoff: true, stay: false },
-        AttemptError::NoAnswer(_) => Verdict::Unknown,
+impl AttemptError {
+    /// The class of this failure, for [`crate::core::decide`].
+    pub(crate) fn class(&self) -> ErrorClass<String> {
+        match self {
+            AttemptError::Answered(s) => class_of_status(s),
+            AttemptError::NotSent(_) => ErrorClass::NotSent,
+            AttemptError::NoAnswer(_) => ErrorClass::NoAnswer,
+        }
     }
-}
-
-/// How a request may be retried.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Repeat {
-    /// A read: repeat freely; running out of time means "unreachable".
-    Read,
-    /// A write that is harmless to repeat (same request id, or idempotent by nature).
-    Idempotent,
-    /// A write that must not apply twice (counter add, register write, latch count-down): sent
-    /// again only when it certainly was not applied.
-    Once,
 }
 
 /// The limits of one call's attempts.
@@ -142,9 +111,9 @@ pub(crate) struct Plan {
 }
 
 impl Client {
-    /// A plan for a call that does not wait on the server.
-    pub(crate) fn plan(&self, repeat: Repeat) -> Plan {
-        Plan { repeat, attempt: self.inner.options.attempt_timeout, extra: Duration::ZERO }
+    /// A plan for a call of `op` that does not wait on the server.
+    pub(crate) fn plan(&self, op: Op) -> Plan {
+        Plan { repeat: op.repeat(), attempt: self.inner.options.attempt_timeout, extra: Duration::ZERO }
     }
 
     /// Runs `call` against the current node until it succeeds, the server refuses, or `plan`
@@ -166,23 +135,17 @@ impl Client {
                 // Only this attempt is abandoned: calls of others on the same stream go on.
                 Err(_) => AttemptError::NoAnswer(format!("no answer from {addr} within {:?}", plan.attempt)),
             };
-            let verdict = verdict(&error);
-            let pause = match verdict {
-                Verdict::Refused => return Err(error.into_error()),
-                Verdict::Unknown => {
-                    // The next attempt (of this call or any other) should not ask the same node.
+            let pause = match decide(error.class(), plan.repeat) {
+                Decision::Refused => return Err(error.into_error()),
+                Decision::OutcomeUnknown => {
+                    // The next attempt (of any call) should not ask the same node.
                     self.inner.router.moved_on(&addr, None);
-                    if plan.repeat == Repeat::Once {
-                        return Err(Error::OutcomeUnknown(format!("{addr}: {}", error.describe())));
-                    }
-                    maybe_applied |= plan.repeat == Repeat::Idempotent;
-                    // A node that said so is losing leadership or stopping: give the cluster
-                    // a moment. One that did not answer has cost us enough time already.
-                    matches!(error, AttemptError::Answered(_))
+                    return Err(Error::OutcomeUnknown(format!("{addr}: {}", error.describe())));
                 }
-                Verdict::NotApplied { leader, backoff, stay } => {
+                Decision::Retry { leader, stay, backoff, maybe_applied: maybe } => {
+                    maybe_applied |= maybe;
                     let redirected = !stay && self.inner.router.moved_on(&addr, leader.as_deref());
-                    backoff || !redirected
+                    backoff.pause(redirected)
                 }
             };
             if Instant::now() >= deadline {
@@ -212,21 +175,17 @@ mod tests {
     }
 
     #[test]
-    fn verdicts_follow_the_typed_detail_not_the_text() {
+    fn classes_follow_the_typed_detail_not_the_text() {
         assert_eq!(
-            verdict_of_status(&with(Reason::NotLeader, "10.0.0.2:7700")),
-            Verdict::NotApplied { leader: Some("10.0.0.2:7700".into()), backoff: false, stay: false }
+            class_of_status(&with(Reason::NotLeader, "10.0.0.2:7700")),
+            ErrorClass::NotLeader { leader: Some("10.0.0.2:7700".into()) }
         );
-        assert_eq!(
-            verdict_of_status(&with(Reason::NotLeader, "")),
-            Verdict::NotApplied { leader: None, backoff: true, stay: false }
-        );
-        assert_eq!(verdict_of_status(&with(Reason::MayHaveApplied, "")), Verdict::Unknown);
-        let busy = verdict_of_status(&with(Reason::Busy, ""));
-        assert_eq!(busy, Verdict::NotApplied { leader: None, backoff: true, stay: true });
+        assert_eq!(class_of_status(&with(Reason::NotLeader, "")), ErrorClass::NotLeader { leader: None });
+        assert_eq!(class_of_status(&with(Reason::MayHaveApplied, "")), ErrorClass::MayHaveApplied);
+        assert_eq!(class_of_status(&with(Reason::Busy, "")), ErrorClass::Busy);
         // A message that reads like a redirect is not one.
-        assert_eq!(verdict_of_status(&Status::failed_precondition("node 1 is not the leader")), Verdict::Refused);
-        assert_eq!(verdict_of_status(&Status::unavailable("is not the leader")), Verdict::Unknown);
+        assert_eq!(class_of_status(&Status::failed_precondition("node 1 is not the leader")), ErrorClass::Refused);
+        assert_eq!(class_of_status(&Status::unavailable("is not the leader")), ErrorClass::MayHaveApplied);
     }
 
     /// A connection that cannot be made is "not sent" (safe to send elsewhere), told apart from

@@ -18,6 +18,7 @@ use std::time::Duration;
 use baton_proto::v1::baton_client::BatonClient;
 use tonic::transport::Channel;
 
+use crate::core::Route;
 use crate::pipe::{Conn, Pipe};
 use crate::{Error, Result};
 
@@ -40,16 +41,14 @@ pub(crate) fn channel(addr: &str) -> Result<BatonClient<Channel>> {
     Ok(BatonClient::new(endpoint.connect_lazy()))
 }
 
-/// The endpoints, the current address and the connections to each node.
+/// The route (see [`Route`]: the same rule the simulator's client follows) and the connections
+/// to each node.
 pub(crate) struct Router {
-    endpoints: Vec<String>,
-    state: Mutex<Route>,
+    state: Mutex<Routes>,
 }
 
-struct Route {
-    current: String,
-    /// The endpoint that rotation moves to next.
-    next_index: usize,
+struct Routes {
+    route: Route<String>,
     channels: HashMap<String, BatonClient<Channel>>,
     /// The fast-path stream to each node (see [`crate::pipe`]).
     pipes: HashMap<String, Arc<Pipe>>,
@@ -59,19 +58,20 @@ impl Router {
     /// A router over `endpoints`, starting at the first. Fails on an empty list or an address
     /// that cannot be parsed.
     pub(crate) fn new(endpoints: Vec<String>) -> Result<Router> {
-        let first =
-            endpoints.first().cloned().ok_or_else(|| Error::BadEndpoint(String::new(), "no endpoints given".into()))?;
+        if endpoints.is_empty() {
+            return Err(Error::BadEndpoint(String::new(), "no endpoints given".into()));
+        }
         for e in &endpoints {
             channel(e)?;
         }
-        let state = Route { current: first, next_index: 1, channels: HashMap::new(), pipes: HashMap::new() };
-        Ok(Router { endpoints, state: Mutex::new(state) })
+        let state = Routes { route: Route::new(endpoints, 0), channels: HashMap::new(), pipes: HashMap::new() };
+        Ok(Router { state: Mutex::new(state) })
     }
 
     /// The current address and a connection to it (a new `Call` stream if the last one broke).
     pub(crate) fn current(&self) -> Result<(String, Conn)> {
         let mut route = self.state.lock().expect("route lock");
-        let addr = route.current.clone();
+        let addr = route.route.current().clone();
         let grpc = match route.channels.get(&addr) {
             Some(c) => c.clone(),
             None => {
@@ -95,17 +95,7 @@ impl Router {
     /// to the next endpoint. Nothing changes if another caller already moved on. Returns true if
     /// the client now points at a leader it was told of (worth trying at once).
     pub(crate) fn moved_on(&self, failed: &str, leader: Option<&str>) -> bool {
-        let mut route = self.state.lock().expect("route lock");
-        if route.current != failed {
-            return true; // someone else already moved on
-        }
-        if let Some(leader) = leader.filter(|l| *l != failed) {
-            route.current = leader.to_string();
-            return true;
-        }
-        let i = route.next_index % self.endpoints.len();
-        route.next_index = i + 1;
-        route.current = self.endpoints[i].clone();
-        false
+        let mut state = self.state.lock().expect("route lock");
+        state.route.moved_on(&failed.to_string(), leader.map(str::to_string))
     }
 }

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton_proto::v1 as pb;
-use tokio::time::Instant;
 use tonic::Code;
 
+use crate::core::Op;
 use crate::lease::SessionLease;
-use crate::retry::{AttemptError, Plan, Repeat};
+use crate::retry::{AttemptError, Plan};
 use crate::{Client, Error, Result};
 
 /// A session: the lease that the locks taken through it hang on.
@@ -187,7 +187,7 @@ impl Session {
         let wait = Duration::from_millis(req.wait_ms);
         let options = &self.client.inner.options;
         let attempt = (wait + options.attempt_timeout).min(options.max_attempt.max(options.attempt_timeout));
-        let plan = Plan { repeat: Repeat::Idempotent, attempt, extra: wait };
+        let plan = Plan { repeat: Op::Acquire.repeat(), attempt, extra: wait };
         let r = self.client.attempts(plan, |mut c| {
             let req = req.clone();
             async move { c.acquire(req).await }
@@ -206,16 +206,16 @@ impl Session {
     /// is gone on the server.
     pub async fn keep_alive_once(&self) -> Result<bool> {
         let id = self.id();
-        let sent = Instant::now();
+        let sent_ms = self.client.inner.clock.now_ms();
         let r = self
             .client
-            .attempts(self.client.plan(Repeat::Read), |mut c| async move {
+            .attempts(self.client.plan(Op::Read), |mut c| async move {
                 c.renew(pb::KeepAliveRequest { session_ids: vec![id] }).await
             })
             .await?;
         let alive = r.leases.iter().any(|l| l.session_id == id && l.alive);
         if alive {
-            self.shared.renewed(sent);
+            self.shared.renewed(sent_ms);
         } else {
             self.shared.mark_lost();
         }
@@ -228,7 +228,7 @@ impl Session {
         let id = self.id();
         let r = self
             .client
-            .attempts(self.client.plan(Repeat::Idempotent), |mut c| async move {
+            .attempts(self.client.plan(Op::CloseSession), |mut c| async move {
                 c.close_session(pb::CloseSessionRequest { session_id: id }).await
             })
             .await;
@@ -256,7 +256,7 @@ impl Drop for WithdrawOnDrop {
             let session_id = session.id();
             let r = session
                 .client
-                .attempts(session.client.plan(Repeat::Idempotent), |mut c| {
+                .attempts(session.client.plan(Op::Cancel), |mut c| {
                     let req = pb::CancelRequest { name: name.clone(), session_id, request_id };
                     async move { c.cancel(req).await }
                 })
@@ -318,7 +318,7 @@ impl LockGuard {
         // Idempotent: the same value proclaimed twice is the same state.
         let client = &self.session.client;
         client
-            .attempts(client.plan(Repeat::Idempotent), |mut c| {
+            .attempts(client.plan(Op::Proclaim), |mut c| {
                 let req = req.clone();
                 async move { c.proclaim(req).await.map_err(AttemptError::from) }
             })
@@ -338,7 +338,7 @@ async fn release(session: &Session, name: &str, token: u64) -> Result<()> {
     let session_id = session.id();
     let r = session
         .client
-        .attempts(session.client.plan(Repeat::Idempotent), |mut c| {
+        .attempts(session.client.plan(Op::Release), |mut c| {
             let req = pb::ReleaseRequest { name: name.clone(), session_id, token };
             async move { c.release(req).await }
         })

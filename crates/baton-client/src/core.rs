@@ -1,0 +1,440 @@
+//! The client's rules, without I/O: the one copy that both the async client and the simulator's
+//! client run, so that what the simulator checks is what ships.
+//!
+//! # What is here
+//! - [`Lease`]: a session's lease as the client sees it — valid until the *send time* of the
+//!   last acknowledged renewal plus the TTL less a drift margin of a tenth of the TTL.
+//! - [`Renewals`]: when to send the next renewal (every TTL/3), and when an unanswered one is
+//!   given up ([`answer_timeout_ms`]), which moves the client to another node.
+//! - [`Route`]: which node the client talks to — the leader a redirect named, else the next
+//!   endpoint in turn.
+//! - [`ErrorClass`] → [`decide`]: what one failed attempt means for a request of a given
+//!   [`Repeat`] (see [`Op::repeat`] for which operations are idempotent).
+//! - [`RequestIds`]: request ids that grow for the life of the process and start above those of
+//!   an earlier run of it.
+//!
+//! # Time
+//! Every function takes time as a number of milliseconds on the caller's monotonic clock (any
+//! origin): the async client counts from an `Instant` it took at start, the simulator passes
+//! its virtual clock, jumps and drift included. Nothing here reads a clock or draws a random
+//! number.
+//!
+//! # Caveats
+//! - The drift margin only covers clock *rate* differences (and forward jumps of the leader's
+//!   clock) smaller than TTL/10 over one TTL; a paused client notices nothing until it runs
+//!   again, which is why fencing tokens exist.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// How long a renewal sent at some instant keeps the lease valid on the client's side: the TTL
+/// minus a drift margin of a tenth of it.
+pub fn lease_span_ms(ttl_ms: u64) -> u64 {
+    ttl_ms - ttl_ms / 10
+}
+
+/// A session's lease as the client sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease {
+    ttl_ms: u64,
+    valid_until_ms: u64,
+}
+
+impl Lease {
+    /// The lease of a session granted `ttl_ms`, whose open request was *first* sent at
+    /// `sent_ms` (the session cannot have opened before, whichever attempt opened it).
+    pub fn new(ttl_ms: u64, sent_ms: u64) -> Lease {
+        Lease { ttl_ms, valid_until_ms: sent_ms + lease_span_ms(ttl_ms) }
+    }
+
+    /// The leader acknowledged a renewal sent at `sent_ms` (late answers never shorten it).
+    pub fn renewed(&mut self, sent_ms: u64) {
+        self.valid_until_ms = self.valid_until_ms.max(sent_ms + lease_span_ms(self.ttl_ms));
+    }
+
+    /// The time the lease is lost unless a renewal is acknowledged before.
+    pub fn deadline_ms(&self) -> u64 {
+        self.valid_until_ms
+    }
+
+    /// True while `now_ms` is before the deadline.
+    pub fn is_valid(&self, now_ms: u64) -> bool {
+        now_ms < self.valid_until_ms
+    }
+
+    /// The session's TTL.
+    pub fn ttl_ms(&self) -> u64 {
+        self.ttl_ms
+    }
+}
+
+/// How often renewals are sent for sessions of this TTL.
+pub fn renew_interval_ms(ttl_ms: u64) -> u64 {
+    (ttl_ms / 3).max(100)
+}
+
+/// How long one renewal may wait for an answer before the node is given up: half a renewal
+/// interval, so that a stopped node is left with two thirds of the lease still to go, but never
+/// less than what a loaded leader's heartbeat round needs.
+pub fn answer_timeout_ms(ttl_ms: u64) -> u64 {
+    (renew_interval_ms(ttl_ms) / 2).clamp(200, 2_000)
+}
+
+/// What the renewal schedule wants now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Renew {
+    /// Send a renewal now (it is recorded as in flight, sent now).
+    Send,
+    /// The renewal in flight went unanswered too long: give the node up (move on, see
+    /// [`Route::moved_on`]); the next renewal is due at once.
+    GiveUp,
+    /// Nothing to do before this time.
+    Wait(u64),
+}
+
+/// The renewal schedule of one keepalive stream: one renewal in flight at a time, the next due
+/// a renewal interval after the last was sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Renewals {
+    ttl_ms: u64,
+    next_ms: u64,
+    in_flight: Option<u64>,
+}
+
+impl Renewals {
+    /// A schedule for sessions of `ttl_ms` (the shortest, if several) whose first renewal is
+    /// due at `first_ms`.
+    pub fn new(ttl_ms: u64, first_ms: u64) -> Renewals {
+        Renewals { ttl_ms, next_ms: first_ms, in_flight: None }
+    }
+
+    /// What to do at `now_ms`.
+    pub fn poll(&mut self, now_ms: u64) -> Renew {
+        if let Some(sent) = self.in_flight {
+            let give_up = sent + answer_timeout_ms(self.ttl_ms);
+            if now_ms < give_up {
+                return Renew::Wait(give_up);
+            }
+            self.in_flight = None;
+            self.next_ms = now_ms;
+            return Renew::GiveUp;
+        }
+        if now_ms < self.next_ms {
+            return Renew::Wait(self.next_ms);
+        }
+        self.in_flight = Some(now_ms);
+        self.next_ms = now_ms + renew_interval_ms(self.ttl_ms);
+        Renew::Send
+    }
+
+    /// A session with a shorter TTL joined: renew as often as it needs from now on (the next
+    /// renewal moves earlier by the difference of the intervals).
+    pub fn shorten_ttl(&mut self, ttl_ms: u64) {
+        if ttl_ms < self.ttl_ms {
+            let earlier = renew_interval_ms(self.ttl_ms) - renew_interval_ms(ttl_ms);
+            self.next_ms = self.next_ms.saturating_sub(earlier);
+            self.ttl_ms = ttl_ms;
+        }
+    }
+
+    /// The send time of the renewal in flight, if any.
+    pub fn in_flight(&self) -> Option<u64> {
+        self.in_flight
+    }
+
+    /// The renewal in flight was answered (acknowledged or not): returns its send time, the
+    /// instant an acknowledgement extends the lease from.
+    pub fn answered(&mut self) -> Option<u64> {
+        self.in_flight.take()
+    }
+
+    /// The renewal in flight failed with an error at `now_ms`: the next is due at once (after
+    /// the caller moved on as [`decide`] says).
+    pub fn failed(&mut self, now_ms: u64) {
+        self.in_flight = None;
+        self.next_ms = now_ms;
+    }
+}
+
+/// Which node the client talks to: one current address, the leader as far as it knows.
+#[derive(Clone, Debug)]
+pub struct Route<A> {
+    endpoints: Vec<A>,
+    current: A,
+    /// The endpoint that rotation moves to next.
+    next_index: usize,
+}
+
+impl<A: Clone + PartialEq> Route<A> {
+    /// A route over `endpoints` (not empty), starting at the one at `start` (modulo their number).
+    pub fn new(endpoints: Vec<A>, start: usize) -> Route<A> {
+        assert!(!endpoints.is_empty(), "a route needs at least one endpoint");
+        let i = start % endpoints.len();
+        Route { current: endpoints[i].clone(), next_index: i + 1, endpoints }
+    }
+
+    /// The address requests go to.
+    pub fn current(&self) -> &A {
+        &self.current
+    }
+
+    /// The configured endpoints.
+    pub fn endpoints(&self) -> &[A] {
+        &self.endpoints
+    }
+
+    /// An attempt at `failed` did not succeed: move to `leader` (from a redirect) if given, else
+    /// to the next endpoint in turn (so a node that does not answer is left behind). Nothing
+    /// changes if another caller already moved on. Returns true if the client now points at a
+    /// leader it was told of, or somewhere another caller chose (worth trying at once).
+    pub fn moved_on(&mut self, failed: &A, leader: Option<A>) -> bool {
+        if self.current != *failed {
+            return true;
+        }
+        if let Some(leader) = leader.filter(|l| l != failed) {
+            self.current = leader;
+            return true;
+        }
+        let i = self.next_index % self.endpoints.len();
+        self.next_index = i + 1;
+        self.current = self.endpoints[i].clone();
+        false
+    }
+}
+
+/// What one failed attempt was, whatever the transport: the async client sorts a gRPC status
+/// (its typed `ErrorInfo`, else its code) into one, the simulator a `baton_node::NodeError`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ErrorClass<A> {
+    /// The node does not lead: nothing was applied. `leader`: the one it named, if any.
+    NotLeader {
+        /// The leader's address, from the redirect.
+        leader: Option<A>,
+    },
+    /// The leader is overloaded: nothing was applied; try it again after a pause.
+    Busy,
+    /// The node answered that the request may have been applied (leadership changed with it in
+    /// flight, the node is stopping).
+    MayHaveApplied,
+    /// No answer came (timeout, broken connection): it may have been applied.
+    NoAnswer,
+    /// The request never left this process: nothing was applied.
+    NotSent,
+    /// The server refused it (bad input, a limit, not the holder, the wrong kind, ...): nothing
+    /// changed, and the same request would be refused again.
+    Refused,
+}
+
+/// How an operation may be retried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Repeat {
+    /// A read: repeat freely; running out of time means "unreachable".
+    Read,
+    /// A write that is harmless to repeat (same request id, or idempotent by nature).
+    Idempotent,
+    /// A write that must not apply twice: sent again only when it certainly was not applied.
+    Once,
+}
+
+/// Every operation of the client, for [`Op::repeat`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Open a session (one request id for every attempt: a retry returns the same session).
+    OpenSession,
+    /// Close a session (closing a closed session changes nothing).
+    CloseSession,
+    /// Acquire / wait (by its request id: never queues twice).
+    Acquire,
+    /// Release by token (a second release is refused and changes nothing).
+    Release,
+    /// Cancel a wait by its request id.
+    Cancel,
+    /// Publish an election value (the same value twice is the same state).
+    Proclaim,
+    /// Give a latch its count, unless it has one.
+    LatchSet,
+    /// Count a latch down (twice would count twice).
+    LatchCountDown,
+    /// Add to a counter.
+    CounterAdd,
+    /// Compare-and-set a counter (a repeat after success would compare against its own write).
+    CounterCas,
+    /// Write or delete a register (conditional or not: a repeat could apply twice).
+    RegisterSet,
+    /// Any read: keepalive, describe, counter or register get, status.
+    Read,
+}
+
+impl Op {
+    /// How this operation may be retried.
+    pub fn repeat(self) -> Repeat {
+        match self {
+            Op::Read => Repeat::Read,
+            Op::OpenSession
+            | Op::CloseSession
+            | Op::Acquire
+            | Op::Release
+            | Op::Cancel
+            | Op::Proclaim
+            | Op::LatchSet => Repeat::Idempotent,
+            Op::LatchCountDown | Op::CounterAdd | Op::CounterCas | Op::RegisterSet => Repeat::Once,
+        }
+    }
+}
+
+/// Whether to pause before the next attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backoff {
+    /// Go again at once (the attempt already cost a timeout).
+    No,
+    /// Pause first (no leader yet, overload, a node losing leadership or unreachable).
+    Yes,
+    /// Pause unless moving on reached a leader the client was told of.
+    UnlessRedirected,
+}
+
+impl Backoff {
+    /// True to pause, given whether [`Route::moved_on`] reached a named leader.
+    pub fn pause(self, redirected: bool) -> bool {
+        match self {
+            Backoff::No => false,
+            Backoff::Yes => true,
+            Backoff::UnlessRedirected => !redirected,
+        }
+    }
+}
+
+/// What to do after a failed attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision<A> {
+    /// Send it again: move on first ([`Route::moved_on`] with `leader`) unless `stay`.
+    Retry {
+        /// The leader a redirect named.
+        leader: Option<A>,
+        /// Stay on this node (it leads, and is only overloaded).
+        stay: bool,
+        /// Whether to pause before the next attempt.
+        backoff: Backoff,
+        /// This attempt may have been applied (an idempotent repeat follows): running out of
+        /// time is then "outcome unknown", not "unreachable".
+        maybe_applied: bool,
+    },
+    /// Stop: the server refused it; report the refusal.
+    Refused,
+    /// Stop: it may or may not have applied, and it must not be repeated.
+    OutcomeUnknown,
+}
+
+/// The decision on a failed attempt of an operation that repeats as `repeat`.
+pub fn decide<A>(class: ErrorClass<A>, repeat: Repeat) -> Decision<A> {
+    let retry = |leader, stay, backoff, maybe_applied| Decision::Retry { leader, stay, backoff, maybe_applied };
+    match class {
+        ErrorClass::Refused => Decision::Refused,
+        ErrorClass::NotLeader { leader: None } => retry(None, false, Backoff::Yes, false),
+        ErrorClass::NotLeader { leader } => retry(leader, false, Backoff::UnlessRedirected, false),
+        ErrorClass::Busy => retry(None, true, Backoff::Yes, false),
+        ErrorClass::NotSent => retry(None, false, Backoff::Yes, false),
+        ErrorClass::MayHaveApplied | ErrorClass::NoAnswer if repeat == Repeat::Once => Decision::OutcomeUnknown,
+        // A node that said so is losing leadership or stopping: give the cluster a moment. One
+        // that did not answer has cost enough time already.
+        ErrorClass::MayHaveApplied => retry(None, false, Backoff::Yes, repeat == Repeat::Idempotent),
+        ErrorClass::NoAnswer => retry(None, false, Backoff::No, repeat == Repeat::Idempotent),
+    }
+}
+
+/// The request ids of one client process: unique and growing for its whole life, starting
+/// above the ids of an earlier run (see [`request_id_seed`]).
+#[derive(Debug)]
+pub struct RequestIds(AtomicU64);
+
+impl RequestIds {
+    /// Ids starting at `first`.
+    pub fn starting_at(first: u64) -> RequestIds {
+        RequestIds(AtomicU64::new(first.max(1)))
+    }
+
+    /// The next id.
+    pub fn next(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// The first request id of a process started at `micros` (a clock that a restart does not set
+/// back): 256 ids per microsecond of the previous run's life before they could meet.
+pub fn request_id_seed(micros: u64) -> u64 {
+    micros << 8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deadline_runs_from_the_send_time_of_the_last_acknowledged_renewal() {
+        let mut lease = Lease::new(10_000, 1_000);
+        assert_eq!(lease.deadline_ms(), 10_000);
+        lease.renewed(4_000);
+        assert_eq!(lease.deadline_ms(), 13_000);
+        lease.renewed(2_000); // a late answer to an older renewal does not shorten it
+        assert_eq!(lease.deadline_ms(), 13_000);
+        assert!(lease.is_valid(12_999));
+        assert!(!lease.is_valid(13_000));
+    }
+
+    #[test]
+    fn renewals_go_every_third_of_the_ttl_and_an_unanswered_one_is_given_up() {
+        let mut r = Renewals::new(3_000, 1_000);
+        assert_eq!(r.poll(0), Renew::Wait(1_000));
+        assert_eq!(r.poll(1_000), Renew::Send);
+        assert_eq!(r.poll(1_100), Renew::Wait(1_500), "one in flight: wait for its answer");
+        assert_eq!(r.answered(), Some(1_000));
+        assert_eq!(r.poll(1_200), Renew::Wait(2_000));
+        assert_eq!(r.poll(2_000), Renew::Send);
+        assert_eq!(r.poll(2_500), Renew::GiveUp);
+        assert_eq!(r.poll(2_500), Renew::Send, "the next goes at once, to the next node");
+        r.failed(2_600);
+        assert_eq!(r.poll(2_600), Renew::Send);
+    }
+
+    #[test]
+    fn the_route_follows_redirects_and_rotates_past_silent_nodes() {
+        let mut route = Route::new(vec![1u64, 2, 3], 1);
+        assert_eq!(*route.current(), 2);
+        assert!(route.moved_on(&2, Some(1)));
+        assert_eq!(*route.current(), 1);
+        assert!(route.moved_on(&3, None), "someone else moved on already");
+        assert!(!route.moved_on(&1, Some(1)), "a redirect to the failed node is no redirect");
+        assert_eq!(*route.current(), 3);
+        assert!(!route.moved_on(&3, None));
+        assert_eq!(*route.current(), 1);
+    }
+
+    #[test]
+    fn only_what_is_harmless_to_repeat_is_repeated_after_an_ambiguous_failure() {
+        let retry = |leader, stay, backoff, maybe_applied| Decision::Retry { leader, stay, backoff, maybe_applied };
+        assert_eq!(decide::<u64>(ErrorClass::NoAnswer, Op::CounterAdd.repeat()), Decision::OutcomeUnknown);
+        assert_eq!(decide::<u64>(ErrorClass::MayHaveApplied, Op::LatchCountDown.repeat()), Decision::OutcomeUnknown);
+        assert_eq!(decide::<u64>(ErrorClass::NoAnswer, Op::Acquire.repeat()), retry(None, false, Backoff::No, true));
+        assert_eq!(
+            decide::<u64>(ErrorClass::MayHaveApplied, Op::Read.repeat()),
+            retry(None, false, Backoff::Yes, false)
+        );
+        assert_eq!(
+            decide::<u64>(ErrorClass::NotSent, Op::RegisterSet.repeat()),
+            retry(None, false, Backoff::Yes, false)
+        );
+        assert_eq!(
+            decide(ErrorClass::NotLeader { leader: Some(2u64) }, Op::CounterCas.repeat()),
+            retry(Some(2), false, Backoff::UnlessRedirected, false)
+        );
+        assert_eq!(decide::<u64>(ErrorClass::Busy, Op::CounterAdd.repeat()), retry(None, true, Backoff::Yes, false));
+        assert_eq!(decide::<u64>(ErrorClass::Refused, Op::Acquire.repeat()), Decision::Refused);
+    }
+
+    #[test]
+    fn request_ids_grow_and_a_later_run_starts_above() {
+        let ids = RequestIds::starting_at(request_id_seed(5));
+        let (a, b) = (ids.next(), ids.next());
+        assert!(b > a);
+        assert!(request_id_seed(6) > a + 200);
+    }
+}

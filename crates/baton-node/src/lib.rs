@@ -14,7 +14,9 @@
 //!
 //! The runtime's loop is: feed inputs; `let batch = node.ready()`; send the queued messages (a
 //! leader's appends go out in parallel with its own fsync, as the Raft thesis allows); write
-//! the batch with one fsync; `node.persisted()`; send the queued messages and replies.
+//! the batch with one fsync; `node.persisted()`; send the queued messages and replies. That loop
+//! is written once, in [`Driver`]: the server, the simulator and the node tests all drive their
+//! nodes through it, so the simulator runs the production round.
 //!
 //! Every message, proposal and storage key carries a [`GroupId`]. There is one data group today;
 //! sharding adds groups without changing this interface.
@@ -35,6 +37,7 @@
 //!   commit under the new leader, which is why clients retry with the same request id.
 
 pub mod disk;
+pub mod driver;
 mod group;
 pub mod host;
 mod lease;
@@ -43,6 +46,7 @@ mod node;
 pub mod storage;
 
 pub use disk::{DiskError, EngineStore, GroupWrite, LogStore, Recovered, StoreRecovery, WriteBatch};
+pub use driver::{Driver, Effects, RoundError, ROUNDS_PER_BATCH};
 pub use host::{AcquireResult, Answer, Request, Requests};
 pub use mem::MemStore;
 pub use node::{

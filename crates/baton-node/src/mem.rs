@@ -26,6 +26,19 @@ pub struct MemStore {
     incarnation: u64,
 }
 
+impl MemStore {
+    /// The index of the group's stored snapshot (0: none).
+    pub fn snapshot_index(&self, group: GroupId) -> u64 {
+        self.groups.get(&group).map_or(0, |d| d.snapshot.get_metadata().index)
+    }
+
+    /// The index of the group's last stored entry (or of its snapshot, if the log is empty).
+    pub fn last_index(&self, group: GroupId) -> u64 {
+        let d = self.groups.get(&group);
+        d.and_then(|d| d.entries.keys().next_back().copied()).unwrap_or_else(|| self.snapshot_index(group))
+    }
+}
+
 impl LogStore for MemStore {
     fn write(&mut self, batch: &WriteBatch) -> Result<(), DiskError> {
         for g in &batch.groups {

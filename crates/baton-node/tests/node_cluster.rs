@@ -4,22 +4,61 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use baton_core::{AcquireRequest, Command, Event, Outcome};
-use baton_node::{LogStore, MemStore, Node, NodeConfig, NodeError, Output, Query, Reply, Role, DATA_GROUP};
+use baton_node::{
+    Answer, Driver, Effects, GroupId, LogStore, MemStore, Node, NodeConfig, NodeError, Query, RaftMessage, Reply,
+    Request, Requests, Role, DATA_GROUP,
+};
 
 const TICK_MS: u64 = 100;
 const G: u64 = DATA_GROUP;
 
+/// The harness's [`Effects`]: messages onto the wire, answers and events into the cluster.
+struct Collect<'a> {
+    from: u64,
+    wire: &'a mut VecDeque<(u64, u64, RaftMessage)>,
+    answers: &'a mut BTreeMap<u64, Result<Answer, NodeError>>,
+    events: &'a mut Vec<(u64, Event)>,
+    busy: bool,
+}
+
+impl Effects for Collect<'_> {
+    fn send(&mut self, to: u64, _group: GroupId, msg: RaftMessage) {
+        self.busy = true;
+        self.wire.push_back((self.from, to, msg));
+    }
+
+    fn answer(&mut self, id: u64, answer: Result<Answer, NodeError>) -> bool {
+        self.busy = true;
+        self.answers.insert(id, answer);
+        true
+    }
+
+    fn event(&mut self, _group: GroupId, _index: u64, _seq: u64, _hlc: baton_core::Hlc, event: Event) {
+        self.busy = true;
+        self.events.push((self.from, event));
+    }
+
+    fn reset(&mut self, _group: GroupId, _event_seq: u64) {
+        self.busy = true;
+    }
+
+    fn role(&mut self, _group: GroupId, _role: Role, _leader: Option<u64>, _term: u64) {
+        self.busy = true;
+    }
+}
+
+/// Every node is driven by the production round loop (`baton_node::Driver`), as in the server
+/// and the simulator; only the disk (a `MemStore`), the wire and the clock are the test's.
 struct Cluster {
     ids: Vec<u64>,
-    nodes: BTreeMap<u64, Node>,
+    nodes: BTreeMap<u64, Driver>,
     stores: BTreeMap<u64, MemStore>,
     /// Nodes whose traffic is dropped (crashed nodes are simply absent from `nodes`).
     isolated: BTreeSet<u64>,
     wire: VecDeque<(u64, u64, baton_node::RaftMessage)>,
-    replies: BTreeMap<u64, Result<Reply, NodeError>>,
+    answers: BTreeMap<u64, Result<Answer, NodeError>>,
     events: Vec<(u64, Event)>,
     now: u64,
-    next_id: u64,
     snapshot_entries: u64,
     /// Per-node offsets of the monotonic clock (nodes' clocks have unrelated origins).
     offsets: BTreeMap<u64, u64>,
@@ -34,10 +73,9 @@ impl Cluster {
             stores: BTreeMap::new(),
             isolated: BTreeSet::new(),
             wire: VecDeque::new(),
-            replies: BTreeMap::new(),
+            answers: BTreeMap::new(),
             events: Vec::new(),
             now: 1_000,
-            next_id: 1,
             snapshot_entries,
             offsets: BTreeMap::new(),
         };
@@ -57,7 +95,18 @@ impl Cluster {
         let (mut node, boot) = Node::new(config, vec![(G, recovered)]).unwrap();
         store.write(&boot).unwrap();
         node.set_time(self.now + self.offsets.get(&id).copied().unwrap_or(0), self.now);
-        self.nodes.insert(id, node);
+        self.nodes.insert(id, Driver::new(node, Requests::default()));
+    }
+
+    /// A node's clock reading now.
+    fn clock(&self, id: u64) -> (u64, u64) {
+        (self.now + self.offsets.get(&id).copied().unwrap_or(0), self.now)
+    }
+
+    /// Submits a request to node `id`; the answer lands in `answers` under the returned id.
+    fn submit(&mut self, id: u64, request: Request) -> u64 {
+        let (mono, wall) = self.clock(id);
+        self.nodes.get_mut(&id).unwrap().submit(G, request, mono, wall)
     }
 
     fn crash(&mut self, id: u64) {
@@ -79,23 +128,16 @@ impl Cluster {
     fn round(&mut self) -> bool {
         {
             let mut busy = false;
-            for (&id, node) in self.nodes.iter_mut() {
-                let batch = node.ready().unwrap();
-                if !batch.is_empty() {
-                    self.stores.get_mut(&id).unwrap().write(&batch).unwrap();
-                }
-                node.persisted().unwrap();
-                for out in node.take_outputs() {
-                    busy = true;
-                    match out {
-                        Output::Send { to, msg, .. } => self.wire.push_back((id, to, msg)),
-                        Output::Reply { id: req, result } => {
-                            self.replies.insert(req, result);
-                        }
-                        Output::Event { event, .. } => self.events.push((id, event)),
-                        Output::RoleChanged { .. } | Output::Reset { .. } => {}
-                    }
-                }
+            for (&id, driver) in self.nodes.iter_mut() {
+                let mut fx = Collect {
+                    from: id,
+                    wire: &mut self.wire,
+                    answers: &mut self.answers,
+                    events: &mut self.events,
+                    busy: false,
+                };
+                driver.run_rounds(self.stores.get_mut(&id).unwrap(), &mut fx).unwrap();
+                busy |= fx.busy;
             }
             while let Some((from, to, msg)) = self.wire.pop_front() {
                 busy = true;
@@ -113,9 +155,8 @@ impl Cluster {
     fn advance(&mut self, ms: u64) {
         for _ in 0..ms / TICK_MS {
             self.now += TICK_MS;
-            for (id, node) in self.nodes.iter_mut() {
-                node.set_time(self.now + self.offsets.get(id).copied().unwrap_or(0), self.now);
-                node.tick();
+            for (id, driver) in self.nodes.iter_mut() {
+                driver.tick(self.now + self.offsets.get(id).copied().unwrap_or(0), self.now);
             }
             self.settle();
         }
@@ -124,7 +165,7 @@ impl Cluster {
     fn leader(&self) -> Option<u64> {
         self.nodes
             .iter()
-            .find(|(id, n)| !self.isolated.contains(id) && n.status()[0].role == Role::Leader)
+            .find(|(id, n)| !self.isolated.contains(id) && n.node().status()[0].role == Role::Leader)
             .map(|(id, _)| *id)
     }
 
@@ -138,33 +179,30 @@ impl Cluster {
         panic!("no leader elected");
     }
 
-    fn propose(&mut self, command: Command) -> Result<Reply, NodeError> {
+    fn propose(&mut self, command: Command) -> Result<Answer, NodeError> {
         let leader = self.wait_leader();
-        let id = self.next_id;
-        self.next_id += 1;
-        self.nodes.get_mut(&leader).unwrap().propose(G, id, command);
+        let id = self.submit(leader, Request::Propose(command));
         self.settle();
-        self.replies.remove(&id).expect("proposal answered")
+        self.answers.remove(&id).expect("proposal answered")
     }
 
     fn outcome(&mut self, command: Command) -> Outcome {
         match self.propose(command) {
-            Ok(Reply::Applied { outcome, .. }) => outcome,
+            Ok(Answer::Applied(outcome)) => outcome,
             other => panic!("unexpected {other:?}"),
         }
     }
 
     fn read(&mut self, query: Query) -> Reply {
         let leader = self.wait_leader();
-        let id = self.next_id;
-        self.next_id += 1;
-        self.nodes.get_mut(&leader).unwrap().read(G, id, query);
+        let id = self.submit(leader, Request::Read(query));
         for _ in 0..20 {
             self.settle();
-            if let Some(r) = self.replies.remove(&id) {
-                return r.unwrap();
+            match self.answers.remove(&id) {
+                Some(Ok(Answer::Read(r))) => return r,
+                Some(other) => panic!("read failed: {other:?}"),
+                None => self.advance(TICK_MS),
             }
-            self.advance(TICK_MS);
         }
         panic!("read not served");
     }
@@ -180,11 +218,9 @@ impl Cluster {
     /// Sends a keepalive to the leader (if there is one) and lets it be served.
     fn keepalive(&mut self, sessions: &[u64]) {
         if let Some(leader) = self.leader() {
-            let id = self.next_id;
-            self.next_id += 1;
-            self.nodes.get_mut(&leader).unwrap().read(G, id, Query::KeepAlive(sessions.to_vec()));
+            let id = self.submit(leader, Request::Read(Query::KeepAlive(sessions.to_vec())));
             self.settle();
-            self.replies.remove(&id);
+            self.answers.remove(&id);
         }
     }
 
@@ -232,8 +268,8 @@ fn handoff_between_sessions_is_fifo_and_fenced() {
     assert_eq!(holder(c.read(Query::Lock("x".into()))), Some((b, 2)));
     assert_eq!(c.granted_tokens("x"), vec![(a, 1), (b, 2)]);
     // Every replica applied the same grants.
-    for node in c.nodes.values() {
-        assert_eq!(node.state_machine(G).unwrap().lock("x").unwrap().held_by(), Some((b, 2)));
+    for driver in c.nodes.values() {
+        assert_eq!(driver.node().state_machine(G).unwrap().lock("x").unwrap().held_by(), Some((b, 2)));
     }
 }
 
@@ -242,9 +278,9 @@ fn follower_refuses_with_leader_hint() {
     let mut c = Cluster::new(3, 20_000);
     let leader = c.wait_leader();
     let follower = *c.ids.iter().find(|&&i| i != leader).unwrap();
-    c.nodes.get_mut(&follower).unwrap().propose(G, 99, Command::Tick);
+    let id = c.submit(follower, Request::Propose(Command::Tick));
     c.settle();
-    assert_eq!(c.replies.remove(&99), Some(Err(NodeError::NotLeader { group: G, leader: Some(leader) })));
+    assert_eq!(c.answers.remove(&id), Some(Err(NodeError::NotLeader { group: G, leader: Some(leader) })));
 }
 
 #[test]
@@ -268,7 +304,7 @@ fn leader_crash_keeps_holder_through_grace_and_tokens_increase() {
     // The crashed node comes back from its disk and catches up.
     c.start(old);
     c.advance(2_000);
-    assert_eq!(c.nodes[&old].state_machine(G).unwrap().lock("x").unwrap().held_by(), Some((b, token)));
+    assert_eq!(c.nodes[&old].node().state_machine(G).unwrap().lock("x").unwrap().held_by(), Some((b, token)));
 }
 
 #[test]
@@ -339,14 +375,14 @@ fn lagging_follower_catches_up_from_a_snapshot() {
     assert!(recovered.snapshot.get_metadata().index > 0, "leader took a snapshot");
     c.start(lagging);
     c.advance(3_000);
-    let expected = c.nodes[&leader].state_machine(G).unwrap().last_token();
+    let expected = c.nodes[&leader].node().state_machine(G).unwrap().last_token();
     assert_eq!(expected, 120);
-    assert_eq!(c.nodes[&lagging].state_machine(G).unwrap().last_token(), expected);
+    assert_eq!(c.nodes[&lagging].node().state_machine(G).unwrap().last_token(), expected);
     // And after a restart the follower recovers from its own snapshot + log.
     c.crash(lagging);
     c.start(lagging);
     c.advance(1_000);
-    assert_eq!(c.nodes[&lagging].state_machine(G).unwrap().last_token(), expected);
+    assert_eq!(c.nodes[&lagging].node().state_machine(G).unwrap().last_token(), expected);
 }
 
 #[test]
@@ -385,15 +421,14 @@ fn a_deposed_leader_does_not_renew_leases() {
     let a = c.open("a");
     let old = c.wait_leader();
     c.isolated.insert(old);
-    let id = 9_999;
-    c.nodes.get_mut(&old).unwrap().read(G, id, Query::KeepAlive(vec![a]));
+    let id = c.submit(old, Request::Read(Query::KeepAlive(vec![a])));
     for _ in 0..30 {
         c.advance(TICK_MS);
-        if c.replies.contains_key(&id) {
+        if c.answers.contains_key(&id) {
             break;
         }
     }
-    match c.replies.remove(&id) {
+    match c.answers.remove(&id) {
         Some(Ok(reply)) => panic!("the isolated leader renewed a lease: {reply:?}"),
         Some(Err(e)) => assert!(matches!(e, NodeError::NotLeader { .. } | NodeError::Unavailable(_)), "{e:?}"),
         None => panic!("the keepalive was never answered"),
@@ -418,7 +453,7 @@ fn snapshots_wait_longer_as_the_state_grows() {
     }
     let before = snapshot_index(&c);
     assert!(before > 0, "small states still snapshot every 20 entries");
-    let applied = |c: &Cluster| c.nodes[&leader].state_machine(G).unwrap().applied_index();
+    let applied = |c: &Cluster| c.nodes[&leader].node().state_machine(G).unwrap().applied_index();
     let start = applied(&c);
     let mut taken_at = None;
     for i in 0..150 {
@@ -489,11 +524,12 @@ fn recovery_tolerates_a_commit_behind_the_snapshot() {
     let mut recovered = c.stores[&1].recover(G).unwrap().unwrap();
     assert!(recovered.snapshot.get_metadata().index > 1);
     recovered.hard_state.commit = 1;
-    let (mut node, _) = Node::new(NodeConfig::new(1, vec![1]), vec![(G, Some(recovered))]).expect("node starts");
-    node.campaign(G);
-    let _ = node.ready().unwrap();
-    node.persisted().unwrap();
-    assert_eq!(node.state_machine(G).unwrap().lock_count(), 30);
+    let (node, _) = Node::new(NodeConfig::new(1, vec![1]), vec![(G, Some(recovered))]).expect("node starts");
+    let mut driver = Driver::new(node, Requests::default());
+    let (mut wire, mut answers, mut events) = (VecDeque::new(), BTreeMap::new(), Vec::new());
+    let mut fx = Collect { from: 1, wire: &mut wire, answers: &mut answers, events: &mut events, busy: false };
+    driver.run_rounds(c.stores.get_mut(&1).unwrap(), &mut fx).unwrap();
+    assert_eq!(driver.node().state_machine(G).unwrap().lock_count(), 30);
 }
 
 /// Issue 9, defect 3: request ids restart when a node restarts, and applied entries were matched
@@ -505,14 +541,15 @@ fn an_entry_from_before_a_restart_does_not_answer_a_new_request() {
     let mut c = Cluster::new(3, 20_000);
     let leader = c.wait_leader();
     let a = c.open("a");
-    // The leader writes request 7777 to its disk but cannot replicate it, and crashes.
+    // The leader writes an acquire to its disk but cannot replicate it, and crashes.
     c.isolated.insert(leader);
-    c.nodes.get_mut(&leader).unwrap().propose(G, 7777, acquire("before-crash", a, 1, None));
+    let old = c.submit(leader, Request::Acquire(AcquireRequest::exclusive("before-crash", a, 1, None)));
     c.settle();
-    c.replies.clear();
+    c.answers.clear();
     // Everyone restarts (nobody remembers a leader), and the old leader, whose log is the longest,
-    // is elected again; its first request after the restart happens to be numbered 7777 too,
-    // and is pending when the old entry commits with the new term's first entry.
+    // is elected again. Its request ids restart at 1: it takes requests until the next one gets
+    // the old acquire's id, which is pending when the old entry commits with the new term's
+    // first entry.
     for id in c.ids.clone() {
         c.crash(id);
     }
@@ -520,24 +557,25 @@ fn an_entry_from_before_a_restart_does_not_answer_a_new_request() {
     for id in c.ids.clone() {
         c.start(id);
     }
-    c.nodes.get_mut(&leader).unwrap().campaign(G);
-    let mut proposed = false;
+    while c.submit(leader, Request::Read(Query::Counter("n".into()))) + 1 < old {}
+    c.nodes.get_mut(&leader).unwrap().node_mut().campaign(G);
+    let mut new = None;
     for _ in 0..100 {
-        if !proposed && c.leader() == Some(leader) {
-            c.nodes.get_mut(&leader).unwrap().propose(G, 7777, acquire("after-restart", a, 2, None));
-            proposed = true;
+        if new.is_none() && c.leader() == Some(leader) {
+            let request = Request::Acquire(AcquireRequest::exclusive("after-restart", a, 2, None));
+            new = Some(c.submit(leader, request));
         }
-        if !c.round() && proposed {
+        if !c.round() && new.is_some() {
             break;
         }
     }
-    assert!(proposed, "the old leader was not elected again");
-    let sm = c.nodes[&leader].state_machine(G).unwrap();
+    assert_eq!(new, Some(old), "the old leader was not elected again, or its ids did not meet");
+    let sm = c.nodes[&leader].node().state_machine(G).unwrap();
     let (_, old_token) = sm.lock("before-crash").and_then(|l| l.held_by()).expect("the old entry applied");
     let (_, new_token) = sm.lock("after-restart").and_then(|l| l.held_by()).expect("the new request applied");
-    match c.replies.remove(&7777) {
-        Some(Ok(Reply::Applied { outcome: Outcome::Granted { token }, .. })) => {
-            assert_eq!(token, new_token, "request 7777 was answered with the old entry's grant (token {old_token})")
+    match c.answers.remove(&old) {
+        Some(Ok(Answer::Acquire(baton_node::AcquireResult::Granted(token)))) => {
+            assert_eq!(token, new_token, "the new request was answered with the old entry's grant (token {old_token})")
         }
         other => panic!("unexpected answer {other:?}"),
     }
@@ -556,12 +594,12 @@ fn a_dropped_expiry_is_proposed_again() {
     // A transfer to a follower that cannot hear us stays under way for an election timeout.
     let target = *c.ids.iter().find(|&&i| i != leader).unwrap();
     c.isolated.insert(target);
-    c.nodes.get_mut(&leader).unwrap().transfer_leader(G, target);
+    c.nodes.get_mut(&leader).unwrap().node_mut().transfer_leader(G, target);
     c.advance(300);
-    assert!(c.nodes[&leader].state_machine(G).unwrap().session(a).is_some(), "expired during the transfer");
+    assert!(c.nodes[&leader].node().state_machine(G).unwrap().session(a).is_some(), "expired during the transfer");
     c.advance(3_000);
     assert_eq!(c.leader(), Some(leader), "the leader kept its place");
-    assert!(c.nodes[&leader].state_machine(G).unwrap().session(a).is_none(), "the silent session never expired");
+    assert!(c.nodes[&leader].node().state_machine(G).unwrap().session(a).is_none(), "the silent session never expired");
 }
 
 /// Issue 9, defect 8: under overload keepalives were refused as Busy like new work, which turns
@@ -571,36 +609,31 @@ fn keepalives_are_served_when_the_leader_is_full() {
     let mut config = NodeConfig::new(1, vec![1]);
     config.max_pending = 3;
     let mut store = MemStore::default();
-    let (mut node, boot) = Node::new(config, vec![(G, None)]).unwrap();
+    let (node, boot) = Node::new(config, vec![(G, None)]).unwrap();
     store.write(&boot).unwrap();
-    node.set_time(1_000, 1_000);
-    node.campaign(G);
-    let mut round = |node: &mut Node| {
-        let batch = node.ready().unwrap();
-        store.write(&batch).unwrap();
-        node.persisted().unwrap();
-        node.take_outputs()
+    let mut driver = Driver::new(node, Requests::default());
+    let (mut wire, mut answers, mut events) = (VecDeque::new(), BTreeMap::new(), Vec::new());
+    let mut rounds = |driver: &mut Driver, answers: &mut BTreeMap<u64, _>| {
+        let mut fx = Collect { from: 1, wire: &mut wire, answers, events: &mut events, busy: false };
+        driver.run_rounds(&mut store, &mut fx).unwrap();
     };
-    round(&mut node);
-    node.propose(G, 1, Command::OpenSession { client: "c".into(), ttl_ms: 10_000, request_id: 0 });
-    round(&mut node);
-    let session = node.state_machine(G).unwrap().sessions().next().unwrap().0;
-    for id in 10..13 {
-        node.propose(G, id, Command::CounterAdd { name: "n".into(), delta: 1 });
-    }
-    node.propose(G, 13, Command::CounterAdd { name: "n".into(), delta: 1 });
-    node.read(G, 14, Query::KeepAlive(vec![session]));
-    // Giving back is not refused either (up to twice the limit).
-    node.propose(G, 15, Command::CloseSession { session: 999 });
-    let mut replies = BTreeMap::new();
+    rounds(&mut driver, &mut answers);
+    let open = Command::OpenSession { client: "c".into(), ttl_ms: 10_000, request_id: 0 };
+    driver.submit(G, Request::Propose(open), 1_000, 1_000);
+    rounds(&mut driver, &mut answers);
+    let session = driver.node().state_machine(G).unwrap().sessions().next().unwrap().0;
+    let add = || Request::Propose(Command::CounterAdd { name: "n".into(), delta: 1 });
     for _ in 0..3 {
-        for out in round(&mut node) {
-            if let Output::Reply { id, result } = out {
-                replies.insert(id, result);
-            }
-        }
+        driver.submit(G, add(), 1_000, 1_000);
     }
-    assert!(matches!(replies[&13], Err(NodeError::Busy(_))), "{:?}", replies[&13]);
-    assert_eq!(replies[&14], Ok(Reply::KeepAlive(vec![(session, Some(10_000))])));
-    assert!(matches!(replies[&15], Err(NodeError::Rejected(baton_core::Error::SessionNotFound(999)))));
+    let refused = driver.submit(G, add(), 1_000, 1_000);
+    let renewal = driver.submit(G, Request::Read(Query::KeepAlive(vec![session])), 1_000, 1_000);
+    // Giving back is not refused either (up to twice the limit).
+    let close = driver.submit(G, Request::Propose(Command::CloseSession { session: 999 }), 1_000, 1_000);
+    for _ in 0..3 {
+        rounds(&mut driver, &mut answers);
+    }
+    assert!(matches!(answers[&refused], Err(NodeError::Busy(_))), "{:?}", answers[&refused]);
+    assert_eq!(answers[&renewal], Ok(Answer::Read(Reply::KeepAlive(vec![(session, Some(10_000))]))));
+    assert!(matches!(answers[&close], Err(NodeError::Rejected(baton_core::Error::SessionNotFound(999)))));
 }

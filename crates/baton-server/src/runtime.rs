@@ -25,8 +25,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use baton_node::{
-    Answer, GroupId, GroupStatus, LogStore, Node, NodeError, NodeId, Output, RaftMessage, Request, RequestId, Requests,
-    WriteBatch,
+    Answer, Driver, Effects, GroupId, GroupStatus, LogStore, Node, NodeError, NodeId, RaftMessage, Request, RequestId,
+    Requests, Role, RoundError, WriteBatch,
 };
 use baton_proto::peer::GroupMessage;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -96,22 +96,58 @@ pub type Outcome = Option<Result<(), ServerError>>;
 pub type Outboxes = BTreeMap<NodeId, tokio::sync::mpsc::UnboundedSender<Vec<GroupMessage>>>;
 
 struct Runtime<S: LogStore> {
-    node: Node,
+    /// The node and its requests, driven by the round loop shared with the simulator.
+    driver: Driver,
     store: S,
     rx: mpsc::Receiver<Input>,
-    outboxes: Outboxes,
-    events: SharedLog,
-    requests: Requests,
-    answer_to: HashMap<RequestId, oneshot::Sender<Result<Answer, NodeError>>>,
-    answers: Vec<(RequestId, Result<Answer, NodeError>)>,
-    next_request: RequestId,
     clock: Clock,
     tick: Duration,
-    outputs: Vec<Output>,
+    fx: ServerEffects,
+}
+
+/// Where the node's outputs go in the server: peers' outboxes, callers' answer channels, the
+/// event log of watchers.
+struct ServerEffects {
+    outboxes: Outboxes,
+    events: SharedLog,
+    answer_to: HashMap<RequestId, oneshot::Sender<Result<Answer, NodeError>>>,
     per_peer: BTreeMap<NodeId, Vec<GroupMessage>>,
     /// Outgoing Raft messages are encoded into slices of this buffer: one allocation per
     /// ~64 KiB of messages (reclaimed once the transport has sent them), not one per message.
     encode_buf: BytesMut,
+}
+
+impl Effects for ServerEffects {
+    fn send(&mut self, to: NodeId, group: GroupId, msg: RaftMessage) {
+        let message = encode(&mut self.encode_buf, &msg);
+        self.per_peer.entry(to).or_default().push(GroupMessage { group, message });
+    }
+
+    fn answer(&mut self, id: RequestId, answer: Result<Answer, NodeError>) -> bool {
+        // No sender, or a closed one: the caller went away (it may retry with the same id).
+        self.answer_to.remove(&id).is_some_and(|tx| tx.send(answer).is_ok())
+    }
+
+    fn event(&mut self, _group: GroupId, _index: u64, seq: u64, hlc: baton_core::Hlc, event: baton_core::Event) {
+        self.events.lock().expect("event log").push(Watched { seq, hlc, event });
+    }
+
+    fn reset(&mut self, _group: GroupId, event_seq: u64) {
+        self.events.lock().expect("event log").reset(event_seq);
+    }
+
+    fn role(&mut self, group: GroupId, role: Role, leader: Option<NodeId>, term: u64) {
+        tracing::info!(group, ?role, ?leader, term, "role changed");
+    }
+
+    fn flush(&mut self) {
+        for (to, msgs) in std::mem::take(&mut self.per_peer) {
+            if let Some(outbox) = self.outboxes.get(&to) {
+                // A closed outbox means the transport is shutting down; Raft tolerates the loss.
+                let _ = outbox.send(msgs);
+            }
+        }
+    }
 }
 
 /// Reads (monotonic ms, wall ms since the Unix epoch); replaceable in tests.
@@ -169,20 +205,18 @@ fn spawn_with_clock<S: LogStore + Send + 'static>(
     let next_seq = node.state_machine(baton_node::DATA_GROUP).map_or(0, |sm| sm.event_seq()) + 1;
     let events = EventLog::new(next_seq);
     let mut rt = Runtime {
-        events: events.clone(),
-        node,
+        driver: Driver::new(node, Requests::default()),
         store,
         rx,
-        outboxes,
-        requests: Requests::default(),
-        answer_to: HashMap::new(),
-        answers: Vec::new(),
-        next_request: 1,
         clock,
         tick,
-        outputs: Vec::new(),
-        per_peer: BTreeMap::new(),
-        encode_buf: BytesMut::new(),
+        fx: ServerEffects {
+            outboxes,
+            events: events.clone(),
+            answer_to: HashMap::new(),
+            per_peer: BTreeMap::new(),
+            encode_buf: BytesMut::new(),
+        },
     };
     let (done_tx, done_rx) = watch::channel(None);
     let join = std::thread::Builder::new().name(format!("baton-node-{id}")).spawn(move || {
@@ -190,20 +224,15 @@ fn spawn_with_clock<S: LogStore + Send + 'static>(
         if let Err(e) = &result {
             tracing::error!("{e}; stopping the node");
         }
-        rt.events.lock().expect("event log").close();
+        rt.fx.events.lock().expect("event log").close();
         // Pending callers learn that the node stopped as their answer channels close.
-        rt.answer_to.clear();
+        rt.fx.answer_to.clear();
         let _ = done_tx.send(Some(result));
     })?;
     Ok((NodeHandle { tx, id, view, events }, join, done_rx))
 }
 
 impl<S: LogStore> Runtime<S> {
-    fn set_time(&mut self) {
-        let (mono, wall) = (self.clock)();
-        self.node.set_time(mono, wall);
-    }
-
     /// Runs rounds until [`Input::Stop`] (or every handle is gone), or until a fatal error.
     fn run(&mut self) -> Result<(), ServerError> {
         let mut next_tick = Instant::now() + self.tick;
@@ -214,7 +243,6 @@ impl<S: LogStore> Runtime<S> {
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             };
-            self.set_time();
             if let Some(input) = first {
                 if !self.handle(input) {
                     return Ok(());
@@ -232,101 +260,38 @@ impl<S: LogStore> Runtime<S> {
             }
             let now = Instant::now();
             if now >= next_tick {
-                self.set_time();
-                self.node.tick();
+                let (mono, wall) = (self.clock)();
+                self.driver.tick(mono, wall);
                 // From this tick, not from the one that was due: see the module docs, "Time".
                 next_tick = now + self.tick;
             }
-            self.flush()?;
-            // Finishing a round can leave more work (a snapshot to write, a read round to
-            // start): do it now rather than at the next input or tick.
-            for _ in 0..4 {
-                if !self.node.has_ready() {
-                    break;
-                }
-                self.flush()?;
-            }
+            // An error here is fatal: nothing of the round may be acknowledged.
+            self.driver.run_rounds(&mut self.store, &mut self.fx).map_err(|e| match e {
+                RoundError::Node(e) => ServerError::Node(e),
+                RoundError::Disk(e) => ServerError::Disk(e.to_string()),
+            })?;
         }
-    }
-
-    /// One Raft round: send what can go before the fsync, fsync, finish the round. An error
-    /// here is fatal: nothing of the round may be acknowledged.
-    fn flush(&mut self) -> Result<(), ServerError> {
-        let batch = self.node.ready().map_err(ServerError::Node)?;
-        self.dispatch();
-        if !batch.is_empty() {
-            self.store.write(&batch).map_err(|e| ServerError::Disk(e.to_string()))?;
-        }
-        self.node.persisted().map_err(ServerError::Node)?;
-        self.dispatch();
-        Ok(())
-    }
-
-    fn next_id(&mut self) -> RequestId {
-        self.next_request += 1;
-        self.next_request
     }
 
     fn handle(&mut self, input: Input) -> bool {
         match input {
             Input::Steps(msgs) => {
                 for (group, msg) in msgs {
-                    self.node.step(group, msg);
+                    self.driver.step(group, msg);
                 }
             }
             Input::Request { group, request, tx } => {
                 // A fresh reading for every request: a lease read is checked against it.
-                self.set_time();
-                let id = self.next_id();
-                self.answer_to.insert(id, tx);
-                self.requests.submit(&mut self.node, group, id, request);
+                let (mono, wall) = (self.clock)();
+                let id = self.driver.submit(group, request, mono, wall);
+                self.fx.answer_to.insert(id, tx);
             }
             Input::Status { tx } => {
-                let _ = tx.send(self.node.status());
+                let _ = tx.send(self.driver.node().status());
             }
             Input::Stop => return false,
         }
         true
-    }
-
-    fn dispatch(&mut self) {
-        self.node.drain_outputs_into(&mut self.outputs);
-        let mut outputs = std::mem::take(&mut self.outputs);
-        for out in outputs.drain(..) {
-            self.requests.handle(&out, &mut self.answers);
-            match out {
-                Output::Send { to, group, msg } => {
-                    let message = encode(&mut self.encode_buf, &msg);
-                    self.per_peer.entry(to).or_default().push(GroupMessage { group, message });
-                }
-                Output::RoleChanged { group, role, leader, term } => {
-                    tracing::info!(group, ?role, ?leader, term, "role changed");
-                }
-                Output::Event { seq, hlc, event, .. } => {
-                    self.events.lock().expect("event log").push(Watched { seq, hlc, event });
-                }
-                Output::Reset { event_seq, .. } => self.events.lock().expect("event log").reset(event_seq),
-                Output::Reply { .. } => {}
-            }
-        }
-        self.outputs = outputs;
-        for (id, answer) in self.answers.drain(..) {
-            match self.answer_to.remove(&id) {
-                Some(tx) => {
-                    if tx.send(answer).is_err() {
-                        // The caller went away (it may retry with the same request id).
-                        self.requests.forget(id);
-                    }
-                }
-                None => self.requests.forget(id),
-            }
-        }
-        for (to, msgs) in std::mem::take(&mut self.per_peer) {
-            if let Some(outbox) = self.outboxes.get(&to) {
-                // A closed outbox means the transport is shutting down; Raft tolerates the loss.
-                let _ = outbox.send(msgs);
-            }
-        }
     }
 }
 

@@ -3,9 +3,10 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 
-use baton_core::{Bugs, Command};
+use baton_core::{Bugs, Command, Event};
 use baton_node::{
-    LogStore, MemStore, Node, NodeConfig, Output, RaftMessage, Request, RequestId, Requests, WriteBatch, DATA_GROUP,
+    Answer, Driver, Effects, GroupId, LogStore, MemStore, Node, NodeConfig, NodeError, RaftMessage, Request, RequestId,
+    Requests, Role, WriteBatch, DATA_GROUP,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -196,6 +197,12 @@ enum Ev {
     Nemesis,
     /// Crash a follower for long enough that it needs a snapshot to catch up.
     LagFollower,
+    /// Restart the lagging follower once the leader's snapshot is past its log (or at the
+    /// last try).
+    RestartLagging {
+        id: u64,
+        tries: u32,
+    },
     Heal,
 }
 
@@ -206,17 +213,69 @@ enum Input {
 }
 
 struct SimNode {
-    node: Option<Node>,
-    requests: Requests,
+    /// The running process: the production round loop around the node (`None`: crashed).
+    driver: Option<Driver>,
     store: MemStore,
     clock: Clock,
     epoch: u64,
+    /// The write of the round in flight (the process is inside its fsync).
     writing: Option<WriteBatch>,
     paused: bool,
     inbox: VecDeque<Input>,
     answer_to: BTreeMap<RequestId, (usize, u64)>,
-    next_request: RequestId,
     disk_ms: (u64, u64),
+}
+
+/// What a node's rounds produced, for the world to carry out.
+#[derive(Default)]
+struct Dispatched {
+    sends: Vec<(u64, RaftMessage)>,
+    replies: Vec<(usize, NodeReply)>,
+    events: Vec<(u64, u64, Event)>,
+    notes: Vec<String>,
+    resets: usize,
+    leader: bool,
+}
+
+/// The simulator's [`Effects`]: collects the outputs (answers go to the client that asked).
+struct Collected<'a> {
+    answer_to: &'a mut BTreeMap<RequestId, (usize, u64)>,
+    out: Dispatched,
+}
+
+impl<'a> Collected<'a> {
+    fn new(answer_to: &'a mut BTreeMap<RequestId, (usize, u64)>) -> Self {
+        Collected { answer_to, out: Dispatched::default() }
+    }
+
+    fn done(self) -> Dispatched {
+        self.out
+    }
+}
+
+impl Effects for Collected<'_> {
+    fn send(&mut self, to: u64, _group: GroupId, msg: RaftMessage) {
+        self.out.sends.push((to, msg));
+    }
+
+    fn answer(&mut self, id: RequestId, result: Result<Answer, NodeError>) -> bool {
+        let Some((client, creq)) = self.answer_to.remove(&id) else { return false };
+        self.out.replies.push((client, NodeReply::Answer { creq, result }));
+        true
+    }
+
+    fn event(&mut self, _group: GroupId, index: u64, seq: u64, _hlc: baton_core::Hlc, event: Event) {
+        self.out.events.push((index, seq, event));
+    }
+
+    fn reset(&mut self, _group: GroupId, _event_seq: u64) {
+        self.out.resets += 1;
+    }
+
+    fn role(&mut self, _group: GroupId, role: Role, leader: Option<u64>, term: u64) {
+        self.out.notes.push(format!("{role:?} in term {term}, leader {leader:?}"));
+        self.out.leader |= role == Role::Leader;
+    }
 }
 
 struct World {
@@ -293,8 +352,7 @@ impl World {
             nodes.insert(
                 id,
                 SimNode {
-                    node: None,
-                    requests: Requests::with_bugs(cfg.bugs),
+                    driver: None,
                     store: MemStore::default(),
                     clock,
                     epoch: 0,
@@ -302,7 +360,6 @@ impl World {
                     paused: false,
                     inbox: VecDeque::new(),
                     answer_to: BTreeMap::new(),
-                    next_request: 1,
                     disk_ms: (0, 1),
                 },
             );
@@ -426,7 +483,7 @@ impl World {
         match ev {
             Ev::Tick(id, epoch) => {
                 let n = &self.nodes[&id];
-                if n.epoch != epoch || n.node.is_none() {
+                if n.epoch != epoch || n.driver.is_none() {
                     return;
                 }
                 self.input(id, Input::Tick);
@@ -459,12 +516,12 @@ impl World {
                 }
             }
             Ev::Restart(id) => {
-                if self.nodes[&id].node.is_none() {
+                if self.nodes[&id].driver.is_none() {
                     self.start_node(id);
                 }
             }
             Ev::Recrash(id) => {
-                if !self.healed && self.nodes[&id].node.is_some() {
+                if !self.healed && self.nodes[&id].driver.is_some() {
                     self.trace(format!("nemesis: node {id} crashes again (crash loop)"));
                     self.crash_node(id);
                     let back = self.rng.gen_range(50..500) * MS;
@@ -486,15 +543,29 @@ impl World {
                 }
             }
             Ev::Heal => self.heal(),
+            Ev::RestartLagging { id, tries } => {
+                let behind = self.nodes[&id].store.last_index(DATA_GROUP);
+                let compacted = self.nodes.values().map(|n| n.store.snapshot_index(DATA_GROUP)).max().unwrap_or(0);
+                if compacted > behind || tries == 0 {
+                    if self.nodes[&id].driver.is_none() {
+                        self.start_node(id);
+                    }
+                } else {
+                    self.at(self.now + 500 * MS, Ev::RestartLagging { id, tries: tries - 1 });
+                }
+            }
             Ev::LagFollower => {
-                let up = self.up_nodes();
-                let followers: Vec<u64> = up.into_iter().filter(|id| Some(*id) != self.leader).collect();
+                let followers: Vec<u64> = self
+                    .nodes
+                    .iter()
+                    .filter(|(_, n)| n.driver.as_ref().is_some_and(|d| d.node().status()[0].role == Role::Follower))
+                    .map(|(id, _)| *id)
+                    .collect();
                 if !followers.is_empty() {
                     let id = followers[self.rng.gen_range(0..followers.len())];
                     self.trace(format!("nemesis: follower {id} goes down long enough to need a snapshot"));
                     self.crash_node(id);
-                    let back = self.rng.gen_range(2_000..4_000) * MS;
-                    self.at(self.now + back, Ev::Restart(id));
+                    self.at(self.now + 1_000 * MS, Ev::RestartLagging { id, tries: 8 });
                 }
             }
         }
@@ -522,7 +593,7 @@ impl World {
         let (mut node, boot) = Node::new(config, vec![(DATA_GROUP, recovered)]).expect("node starts");
         n.store.write(&boot).expect("memory store writes");
         node.set_time(n.clock.local_ms(self.now), n.clock.local_ms(self.now));
-        n.node = Some(node);
+        n.driver = Some(Driver::new(node, Requests::with_bugs(self.cfg.bugs)));
         n.epoch += 1;
         n.paused = false;
         let epoch = n.epoch;
@@ -534,16 +605,13 @@ impl World {
     fn crash_node(&mut self, id: u64) {
         self.hist.flush(id, self.now);
         let n = self.nodes.get_mut(&id).expect("node");
-        n.node = None;
+        n.driver = None;
         // A write in flight is torn: the store's contract (raft-engine checksums every batch;
         // see EngineStore's tests) is that a torn batch is found and dropped whole at the next
         // start, never applied in part. It was not acknowledged: answers wait for the fsync.
         let torn = n.writing.take().is_some();
         n.inbox.clear();
         n.answer_to.clear();
-        n.requests = Requests::with_bugs(self.cfg.bugs);
-        // Request ids restart with the process, as the server's do (the incarnation tells runs apart).
-        n.next_request = 1;
         n.epoch += 1;
         n.paused = false;
         self.coverage.crashes += 1;
@@ -557,7 +625,7 @@ impl World {
 
     fn input(&mut self, id: u64, input: Input) {
         let n = self.nodes.get_mut(&id).expect("node");
-        if n.node.is_none() {
+        if n.driver.is_none() {
             return;
         }
         if n.paused || n.writing.is_some() {
@@ -568,62 +636,56 @@ impl World {
             return;
         }
         self.apply(id, input);
-        self.round(id);
+        self.rounds(id);
     }
 
+    /// Hands one input to the node's driver, with the node's clock reading now.
     fn apply(&mut self, id: u64, input: Input) {
-        let now = self.now;
         let n = self.nodes.get_mut(&id).expect("node");
-        let local = n.clock.local_ms(now);
-        let node = n.node.as_mut().expect("running");
-        node.set_time(local, local);
+        let local = n.clock.local_ms(self.now);
+        let driver = n.driver.as_mut().expect("running");
         match input {
-            Input::Step(msg) => node.step(DATA_GROUP, msg),
-            Input::Tick => node.tick(),
+            Input::Step(msg) => driver.step(DATA_GROUP, msg),
+            Input::Tick => driver.tick(local, local),
             Input::Request { client, creq, request } => {
-                let rid = n.next_request;
-                n.next_request += 1;
+                let rid = driver.submit(DATA_GROUP, request, local, local);
                 n.answer_to.insert(rid, (client, creq));
-                n.requests.submit(node, DATA_GROUP, rid, request);
             }
         }
     }
 
-    /// One runtime round: collect ready work, send, start the fsync.
-    fn round(&mut self, id: u64) {
-        for _ in 0..16 {
-            let n = self.nodes.get_mut(&id).expect("node");
-            let Some(node) = n.node.as_mut() else { return };
-            if n.writing.is_some() || n.paused {
-                return;
-            }
-            let batch = node.ready().expect("node ready");
-            self.dispatch(id);
-            if !batch.is_empty() {
-                let n = self.nodes.get_mut(&id).expect("node");
-                let (lo, hi) = n.disk_ms;
-                n.writing = Some(batch);
-                let epoch = n.epoch;
-                let lat = self.rng.gen_range(lo * MS + 50..=hi * MS + 200);
-                self.at(self.now + lat, Ev::DiskDone(id, epoch));
-                if self.crash_mid_write.remove(&id) {
-                    self.at(self.now + lat / 2, Ev::Recrash(id));
-                }
-                return;
-            }
-            self.persisted(id);
-            let n = &self.nodes[&id];
-            if !n.node.as_ref().is_some_and(|node| node.has_ready()) {
-                return;
-            }
-        }
-    }
-
-    fn persisted(&mut self, id: u64) {
+    /// The rounds that follow a batch of inputs (the production loop of `baton_node::Driver`),
+    /// until one has a write to make durable: the disk completes it later.
+    fn rounds(&mut self, id: u64) {
         let n = self.nodes.get_mut(&id).expect("node");
-        let Some(node) = n.node.as_mut() else { return };
-        node.persisted().expect("node persisted");
-        self.dispatch(id);
+        let Some(driver) = n.driver.as_mut() else { return };
+        if n.writing.is_some() || n.paused {
+            return;
+        }
+        driver.start_rounds();
+        self.next_round(id);
+    }
+
+    fn next_round(&mut self, id: u64) {
+        let n = self.nodes.get_mut(&id).expect("node");
+        let Some(driver) = n.driver.as_mut() else { return };
+        let mut fx = Collected::new(&mut n.answer_to);
+        let batch = driver.next_round(&mut fx).expect("node round");
+        let fx = fx.done();
+        self.carry_out(id, fx);
+        let Some(batch) = batch else {
+            // The rounds of this batch are done: inputs that came meanwhile are the next batch.
+            return self.drain(id);
+        };
+        let n = self.nodes.get_mut(&id).expect("node");
+        let (lo, hi) = n.disk_ms;
+        n.writing = Some(batch);
+        let epoch = n.epoch;
+        let lat = self.rng.gen_range(lo * MS + 50..=hi * MS + 200);
+        self.at(self.now + lat, Ev::DiskDone(id, epoch));
+        if self.crash_mid_write.remove(&id) {
+            self.at(self.now + lat / 2, Ev::Recrash(id));
+        }
     }
 
     fn disk_done(&mut self, id: u64, epoch: u64) {
@@ -646,14 +708,19 @@ impl World {
                 self.coverage.snapshots_taken += 1;
             }
         }
-        self.persisted(id);
-        self.drain(id);
+        let n = self.nodes.get_mut(&id).expect("node");
+        let driver = n.driver.as_mut().expect("running");
+        let mut fx = Collected::new(&mut n.answer_to);
+        driver.written(&mut fx).expect("node round");
+        let fx = fx.done();
+        self.carry_out(id, fx);
+        self.next_round(id);
     }
 
-    /// Takes every queued input at once (as the real runtime drains its channel), then a round.
+    /// Takes every queued input at once (as the real runtime drains its channel), then rounds.
     fn drain(&mut self, id: u64) {
         let n = self.nodes.get_mut(&id).expect("node");
-        if n.writing.is_some() || n.paused || n.node.is_none() {
+        if n.writing.is_some() || n.paused || n.driver.is_none() || n.inbox.is_empty() {
             // A round is in flight (the node is inside its fsync): inputs wait for it, as they
             // wait in the real runtime's channel.
             return;
@@ -662,47 +729,28 @@ impl World {
         for input in inputs {
             self.apply(id, input);
         }
-        self.round(id);
+        self.rounds(id);
     }
 
-    fn dispatch(&mut self, id: u64) {
-        let n = self.nodes.get_mut(&id).expect("node");
-        let Some(node) = n.node.as_mut() else { return };
-        let outputs = node.take_outputs();
-        let mut answers = Vec::new();
-        let mut sends = Vec::new();
-        let mut replies = Vec::new();
-        let mut notes = Vec::new();
-        for out in outputs {
-            n.requests.handle(&out, &mut answers);
-            match out {
-                Output::Send { to, msg, .. } => sends.push((to, msg)),
-                Output::Event { index, seq, event, .. } => self.hist.applied(id, index, seq, event, self.now),
-                Output::RoleChanged { role, leader, term, .. } => {
-                    notes.push(format!("node {id}: {role:?} in term {term}, leader {leader:?}"));
-                    if role == baton_node::Role::Leader {
-                        self.leader = Some(id);
-                    }
-                }
-                Output::Reset { .. } => {
-                    self.hist.flush(id, self.now);
-                    notes.push(format!("node {id} installs a snapshot"));
-                }
-                Output::Reply { .. } => {}
-            }
+    /// Carries out what a node's round produced: history, trace, messages, replies.
+    fn carry_out(&mut self, id: u64, fx: Dispatched) {
+        for (index, seq, event) in fx.events {
+            self.hist.applied(id, index, seq, event, self.now);
         }
-        for (rid, result) in answers {
-            if let Some((client, creq)) = n.answer_to.remove(&rid) {
-                replies.push((client, NodeReply::Answer { creq, result }));
-            }
+        for _ in 0..fx.resets {
+            self.hist.flush(id, self.now);
+            self.trace(format!("node {id} installs a snapshot"));
         }
-        for line in notes {
-            self.trace(line);
+        if fx.leader {
+            self.leader = Some(id);
         }
-        for (to, msg) in sends {
+        for note in fx.notes {
+            self.trace(format!("node {id}: {note}"));
+        }
+        for (to, msg) in fx.sends {
             self.send(id, to, msg);
         }
-        for (client, reply) in replies {
+        for (client, reply) in fx.replies {
             self.send_to_client(id, client, reply);
         }
     }
@@ -762,7 +810,7 @@ impl World {
     }
 
     fn up_nodes(&self) -> Vec<u64> {
-        self.nodes.iter().filter(|(_, n)| n.node.is_some()).map(|(id, _)| *id).collect()
+        self.nodes.iter().filter(|(_, n)| n.driver.is_some()).map(|(id, _)| *id).collect()
     }
 
     fn nemesis(&mut self) {
@@ -866,7 +914,7 @@ impl World {
                 // A leader that crashes, comes back at once (often with entries nobody else has,
                 // so it may win again), and crashes again soon: few requests between its
                 // starts, so request ids of one run meet those of the next.
-                if let Some(id) = self.leader.filter(|l| self.nodes[l].node.is_some()) {
+                if let Some(id) = self.leader.filter(|l| self.nodes[l].driver.is_some()) {
                     self.crash_node(id);
                     let back = self.rng.gen_range(50..500) * MS;
                     self.at(self.now + back, Ev::Restart(id));
@@ -952,7 +1000,7 @@ impl World {
         for id in ids {
             let n = self.nodes.get_mut(&id).expect("node");
             n.disk_ms = (0, 1);
-            if n.node.is_none() {
+            if n.driver.is_none() {
                 self.start_node(id);
             } else if n.paused {
                 n.paused = false;

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use baton_core::{Command, Entry, Event, SessionId, StateMachine};
-use raft::eraftpb::{ConfChange, ConfChangeV2, EntryType, Message, Snapshot};
-use raft::{RawNode, StateRole};
+use raft::eraftpb::{ConfChange, ConfChangeV2, EntryType, Message, MessageType, Snapshot};
+use raft::{ProgressState, RawNode, SnapshotStatus, StateRole};
 use serde::{Deserialize, Serialize};
 
 use crate::disk::{GroupWrite, Recovered};
@@ -19,6 +19,9 @@ const INTERNAL: RequestId = 1 << 63;
 const EXPIRE_BATCH: usize = 1024;
 /// A read not served within this long fails with `Unavailable`.
 const READ_TIMEOUT_MS: u64 = 5_000;
+/// A snapshot sent to a follower and not answered (installed) within this long is taken as lost
+/// and sent again. Generous: installing a large state takes seconds.
+const SNAPSHOT_ANSWER_MS: u64 = 10_000;
 /// An internal proposal still not applied after this long may be proposed again.
 const INTERNAL_RETRY_MS: u64 = 1_000;
 
@@ -79,6 +82,8 @@ pub(crate) struct Group {
     pending_ready: Option<raft::Ready>,
     /// Our own snapshot waiting to be written with the next batch.
     snapshot_to_write: Option<Snapshot>,
+    /// Leader only: when a snapshot last went to each follower (see `retry_lost_snapshots`).
+    snapshots_sent: BTreeMap<NodeId, u64>,
     /// The commit index moved without a hard state to write (raft-rs reports such moves in
     /// its light ready, e.g. every commit of a single-voter group): the next batch carries it.
     commit_unsaved: bool,
@@ -159,6 +164,7 @@ impl Group {
             pending_ready: None,
             snapshot_to_write: None,
             commit_unsaved: false,
+            snapshots_sent: BTreeMap::new(),
         };
         let mut group = group;
         group.rerandomize();
@@ -224,8 +230,10 @@ impl Group {
                 self.leases.set_if_absent(id, now + s.ttl_ms);
             }
         } else if self.role != Role::Leader {
+            self.snapshots_sent.clear();
             return;
         }
+        self.retry_lost_snapshots(now);
         // Expiries proposed long enough ago and still not applied were dropped: propose again.
         self.expiring.retain(|_, proposed| now.saturating_sub(*proposed) < INTERNAL_RETRY_MS);
         let due = self.leases.due(now, EXPIRE_BATCH, &self.expiring);
@@ -379,7 +387,7 @@ impl Group {
             self.on_role(ss.raft_state, ss.leader_id, now, out);
         }
         for msg in rd.take_messages() {
-            out.push(Output::Send { to: msg.to, group: self.id, msg });
+            self.send(msg, now, out);
         }
         if !rd.snapshot().is_empty() {
             let snap = rd.snapshot().clone();
@@ -419,6 +427,35 @@ impl Group {
         Ok((!empty).then_some(write))
     }
 
+    /// Hands a message to the runtime, noting when a snapshot went to whom.
+    fn send(&mut self, msg: Message, now: u64, out: &mut Vec<Output>) {
+        if msg.get_msg_type() == MessageType::MsgSnapshot {
+            self.snapshots_sent.insert(msg.to, now);
+        }
+        out.push(Output::Send { to: msg.to, group: self.id, msg });
+    }
+
+    /// A snapshot the follower has not answered in `SNAPSHOT_ANSWER_MS` was lost (a connection
+    /// cut mid-send, a message over the transport's bound): raft-rs sends nothing more to a
+    /// follower it is sending a snapshot to until told how that went, so without this the
+    /// follower stayed behind until the leadership changed. Reporting the failure makes raft-rs
+    /// probe the follower again, and send a new snapshot if it still needs one.
+    fn retry_lost_snapshots(&mut self, now: u64) {
+        let waiting: Vec<NodeId> = self
+            .snapshots_sent
+            .iter()
+            .filter(|(_, sent)| now.saturating_sub(**sent) >= SNAPSHOT_ANSWER_MS)
+            .map(|(to, _)| *to)
+            .collect();
+        for to in waiting {
+            self.snapshots_sent.remove(&to);
+            let sending = self.raw.raft.prs().get(to).is_some_and(|p| p.state == ProgressState::Snapshot);
+            if sending {
+                self.raw.report_snapshot(to, SnapshotStatus::Failure);
+            }
+        }
+    }
+
     pub(crate) fn persisted(&mut self, now: u64, config: &NodeConfig, out: &mut Vec<Output>) -> Result<(), String> {
         let Some(mut rd) = self.pending_ready.take() else {
             // Lease reads wait for nothing but apply.
@@ -426,7 +463,7 @@ impl Group {
             return Ok(());
         };
         for msg in rd.take_persisted_messages() {
-            out.push(Output::Send { to: msg.to, group: self.id, msg });
+            self.send(msg, now, out);
         }
         let mut light = self.raw.advance(rd);
         if let Some(commit) = light.commit_index() {
@@ -434,7 +471,7 @@ impl Group {
             self.commit_unsaved = true;
         }
         for msg in light.take_messages() {
-            out.push(Output::Send { to: msg.to, group: self.id, msg });
+            self.send(msg, now, out);
         }
         self.apply(light.take_committed_entries(), now, out)?;
         self.raw.advance_apply();

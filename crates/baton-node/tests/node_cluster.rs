@@ -60,6 +60,8 @@ struct Cluster {
     events: Vec<(u64, Event)>,
     now: u64,
     snapshot_entries: u64,
+    /// This many snapshot messages are lost on the wire.
+    lose_snapshots: usize,
     /// Per-node offsets of the monotonic clock (nodes' clocks have unrelated origins).
     offsets: BTreeMap<u64, u64>,
 }
@@ -77,6 +79,7 @@ impl Cluster {
             events: Vec::new(),
             now: 1_000,
             snapshot_entries,
+            lose_snapshots: 0,
             offsets: BTreeMap::new(),
         };
         for id in ids {
@@ -142,6 +145,10 @@ impl Cluster {
             while let Some((from, to, msg)) = self.wire.pop_front() {
                 busy = true;
                 if self.isolated.contains(&from) || self.isolated.contains(&to) {
+                    continue;
+                }
+                if msg.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot && self.lose_snapshots > 0 {
+                    self.lose_snapshots -= 1;
                     continue;
                 }
                 if let Some(node) = self.nodes.get_mut(&to) {
@@ -358,6 +365,19 @@ fn whole_cluster_restart_keeps_locks_and_tokens() {
 
 #[test]
 fn lagging_follower_catches_up_from_a_snapshot() {
+    lagging_follower_catches_up(0);
+}
+
+/// A snapshot message lost on the way (a connection cut mid-send) left the follower's progress
+/// waiting for an answer that never came: raft-rs sends nothing more to a follower it is
+/// sending a snapshot to until told how the send went. The leader gives up on a snapshot that
+/// is not answered in time and sends another.
+#[test]
+fn a_lost_snapshot_is_sent_again() {
+    lagging_follower_catches_up(1);
+}
+
+fn lagging_follower_catches_up(lost_snapshots: usize) {
     let mut c = Cluster::new(3, 50);
     let leader = c.wait_leader();
     let lagging = *c.ids.iter().find(|&&i| i != leader).unwrap();
@@ -373,8 +393,10 @@ fn lagging_follower_catches_up_from_a_snapshot() {
     let store = &c.stores[&leader];
     let recovered = store.recover(G).unwrap().unwrap();
     assert!(recovered.snapshot.get_metadata().index > 0, "leader took a snapshot");
+    c.lose_snapshots = lost_snapshots;
     c.start(lagging);
-    c.advance(3_000);
+    c.run_with_keepalives(15, 1_000, &[a]);
+    assert_eq!(c.lose_snapshots, 0, "no snapshot was sent");
     let expected = c.nodes[&leader].node().state_machine(G).unwrap().last_token();
     assert_eq!(expected, 120);
     assert_eq!(c.nodes[&lagging].node().state_machine(G).unwrap().last_token(), expected);

@@ -79,6 +79,16 @@ pub fn answer_timeout_ms(ttl_ms: u64) -> u64 {
     (renew_interval_ms(ttl_ms) / 2).clamp(200, 2_000)
 }
 
+/// The pause before the next keepalive stream after one failed: none if moving on reached a
+/// leader the client was told of, else a short one (an election in progress, every node tried).
+pub fn renew_pause_ms(redirected: bool) -> u64 {
+    if redirected {
+        0
+    } else {
+        50
+    }
+}
+
 /// What the renewal schedule wants now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Renew {
@@ -133,6 +143,14 @@ impl Renewals {
             let earlier = renew_interval_ms(self.ttl_ms) - renew_interval_ms(ttl_ms);
             self.next_ms = self.next_ms.saturating_sub(earlier);
             self.ttl_ms = ttl_ms;
+        }
+    }
+
+    /// When [`Renewals::poll`] next has something to do.
+    pub fn next_ms(&self) -> u64 {
+        match self.in_flight {
+            Some(sent) => sent + answer_timeout_ms(self.ttl_ms),
+            None => self.next_ms,
         }
     }
 
@@ -301,6 +319,21 @@ impl Backoff {
             Backoff::UnlessRedirected => !redirected,
         }
     }
+}
+
+/// The first pause of a call's retries.
+pub const FIRST_BACKOFF_MS: u64 = 20;
+
+/// The pause after one of `ms`: doubling, up to half a second.
+pub fn next_backoff_ms(ms: u64) -> u64 {
+    (ms * 2).min(500)
+}
+
+/// How long one attempt of a call may go unanswered: `attempt_ms`, plus the wait of a waiting
+/// acquire (the server answers a wait when it ends), but no more than `max_attempt_ms` (a longer
+/// wait is sent again, with the same request id, so that a hung node cannot hold it forever).
+pub fn attempt_timeout_ms(wait_ms: u64, attempt_ms: u64, max_attempt_ms: u64) -> u64 {
+    (wait_ms + attempt_ms).min(max_attempt_ms.max(attempt_ms))
 }
 
 /// What to do after a failed attempt.

@@ -109,11 +109,8 @@ fn give_up(client: &Client, addr: &str, error: AttemptError) -> Duration {
         Decision::Retry { leader, stay, .. } => (leader, stay),
         Decision::Refused | Decision::OutcomeUnknown => (None, false),
     };
-    if !stay && client.inner.router.moved_on(addr, leader.as_deref()) {
-        Duration::ZERO
-    } else {
-        Duration::from_millis(50)
-    }
+    let redirected = !stay && client.inner.router.moved_on(addr, leader.as_deref());
+    Duration::from_millis(rules::renew_pause_ms(redirected))
 }
 
 fn renewed(client: &Client, r: pb::KeepAliveResponse, sent_ms: u64) {

@@ -125,7 +125,7 @@ impl Client {
         Fut: Future<Output = std::result::Result<tonic::Response<T>, AttemptError>>,
     {
         let deadline = Instant::now() + self.inner.options.request_timeout + plan.extra;
-        let mut backoff = Duration::from_millis(20);
+        let mut backoff = crate::core::FIRST_BACKOFF_MS;
         let mut maybe_applied = false;
         loop {
             let (addr, conn) = self.inner.router.current()?;
@@ -142,10 +142,10 @@ impl Client {
                     self.inner.router.moved_on(&addr, None);
                     return Err(Error::OutcomeUnknown(format!("{addr}: {}", error.describe())));
                 }
-                Decision::Retry { leader, stay, backoff, maybe_applied: maybe } => {
+                Decision::Retry { leader, stay, backoff: rule, maybe_applied: maybe } => {
                     maybe_applied |= maybe;
                     let redirected = !stay && self.inner.router.moved_on(&addr, leader.as_deref());
-                    backoff.pause(redirected)
+                    rule.pause(redirected)
                 }
             };
             if Instant::now() >= deadline {
@@ -157,8 +157,8 @@ impl Client {
                 });
             }
             if pause {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(500));
+                tokio::time::sleep(Duration::from_millis(backoff)).await;
+                backoff = crate::core::next_backoff_ms(backoff);
             }
         }
     }

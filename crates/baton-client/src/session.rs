@@ -186,7 +186,12 @@ impl Session {
         // ends: other calls on the same stream go on.
         let wait = Duration::from_millis(req.wait_ms);
         let options = &self.client.inner.options;
-        let attempt = (wait + options.attempt_timeout).min(options.max_attempt.max(options.attempt_timeout));
+        let ms = |d: Duration| d.as_millis() as u64;
+        let attempt = Duration::from_millis(crate::core::attempt_timeout_ms(
+            req.wait_ms,
+            ms(options.attempt_timeout),
+            ms(options.max_attempt),
+        ));
         let plan = Plan { repeat: Op::Acquire.repeat(), attempt, extra: wait };
         let r = self.client.attempts(plan, |mut c| {
             let req = req.clone();

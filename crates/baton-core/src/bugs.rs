@@ -33,13 +33,21 @@ pub struct Bugs {
     pub acquire_never_resent: bool,
     /// A barrier trips when one party fewer than asked has arrived (barrier).
     pub barrier_trips_early: bool,
+    /// The client answers half its register reads from the version it saw last, without asking
+    /// (register).
+    pub register_read_cache: bool,
+    /// The client takes a latch wait that timed out as passed (latch).
+    pub latch_timeout_passes: bool,
+    /// The client sends an unanswered acquire again under a new request id, so one call can be
+    /// granted twice (once).
+    pub acquire_retry_new_id: bool,
 }
 
 /// Picks one flag out of a [`Bugs`].
 type Flag = fn(&mut Bugs) -> &mut bool;
 
 /// The command-line names of the bugs, with the flag each sets.
-const TABLE: [(&str, Flag); 9] = [
+const TABLE: [(&str, Flag); 12] = [
     ("grant-ignores-queue", |b| &mut b.grant_ignores_queue),
     ("token-reset-on-restart", |b| &mut b.token_reset_on_restart),
     ("follower-expiry", |b| &mut b.follower_expiry),
@@ -49,6 +57,9 @@ const TABLE: [(&str, Flag); 9] = [
     ("wakeup-ignores-session", |b| &mut b.wakeup_ignores_session),
     ("acquire-never-resent", |b| &mut b.acquire_never_resent),
     ("barrier-trips-early", |b| &mut b.barrier_trips_early),
+    ("register-read-cache", |b| &mut b.register_read_cache),
+    ("latch-timeout-passes", |b| &mut b.latch_timeout_passes),
+    ("acquire-retry-new-id", |b| &mut b.acquire_retry_new_id),
 ];
 
 impl Bugs {

@@ -63,6 +63,21 @@ pub struct CounterOp {
     pub value: Option<i64>,
 }
 
+/// One operation on the workload's register `reg-0`.
+#[derive(Clone, Debug)]
+pub struct RegisterOp {
+    /// A write (set, or a compare-and-set that swapped); else a read (a get, or a
+    /// compare-and-set that did not swap, which read the version it compared with).
+    pub write: bool,
+    /// A delete (version 0 after it).
+    pub delete: bool,
+    pub invoked: Time,
+    /// `None`: no answer (a write may or may not have applied).
+    pub completed: Option<Time>,
+    /// The version written, or read (0: not written).
+    pub version: Option<u64>,
+}
+
 /// Everything the checkers look at.
 #[derive(Default)]
 pub struct History {
@@ -77,6 +92,16 @@ pub struct History {
     pub violations: Vec<Violation>,
     /// Counter operations, in invocation order.
     pub counter_ops: Vec<CounterOp>,
+    /// Register operations, in invocation order.
+    pub register_ops: Vec<RegisterOp>,
+    /// Latch waits clients were told they passed: (session, request id, time).
+    pub latch_passes: Vec<(SessionId, u64, Time)>,
+    /// Violations the clients saw in answers (a describe without the holder, a refused proclaim
+    /// of a leader, ...), reported after the whole-history checkers, which are more specific.
+    pub answer_violations: Vec<Violation>,
+    /// Every acquire call: its session and the request ids its attempts carried (one, unless a
+    /// client bug changes it).
+    pub acquire_calls: Vec<(SessionId, Vec<u64>)>,
 }
 
 impl History {
@@ -124,6 +149,142 @@ impl History {
         self.check_exclusion();
         self.check_counter();
         self.check_barrier();
+        self.check_register();
+        self.check_latch();
+        self.check_once();
+        self.check_one_kind();
+        let seen = std::mem::take(&mut self.answer_violations);
+        self.violations.extend(seen);
+    }
+
+    /// The register `reg-0`, against real time: acknowledged writes get strictly increasing
+    /// versions in real-time order (a write that completed before another was invoked has the
+    /// lower version), and a read never sees a version older than a write or a read that
+    /// completed before it was invoked — unless it reads "not written" and a delete may have
+    /// come in between.
+    fn check_register(&mut self) {
+        let done: Vec<&RegisterOp> = self.register_ops.iter().filter(|o| o.completed.is_some()).collect();
+        let deleted_between = |a: &RegisterOp, b: &RegisterOp| {
+            // A delete that may have applied after `a` and before `b`'s answer.
+            self.register_ops.iter().any(|d| {
+                d.delete && d.invoked < b.completed.unwrap_or(Time::MAX) && d.completed.is_none_or(|c| c > a.invoked)
+            })
+        };
+        let mut found = Vec::new();
+        for a in done.iter().filter(|o| !o.delete) {
+            for b in done.iter().filter(|o| !o.delete) {
+                let (Some(ac), Some(av), Some(bv)) = (a.completed, a.version, b.version) else { continue };
+                if ac >= b.invoked {
+                    continue;
+                }
+                let broken = if b.write { bv <= av } else { bv < av && !(bv == 0 && deleted_between(a, b)) };
+                if broken {
+                    found.push((
+                        format!(
+                            "register {} of version {av} completed at {ac} µs, before {} invoked at {} µs gave version {bv}",
+                            if a.write { "write" } else { "read" },
+                            if b.write { "a write" } else { "a read" },
+                            b.invoked
+                        ),
+                        b.invoked,
+                    ));
+                }
+            }
+        }
+        for (detail, at) in found.into_iter().take(10) {
+            self.violations.push(Violation { property: "register", detail, at });
+        }
+    }
+
+    /// A latch wait passes only through the log: the client was told it passed only if an entry
+    /// granted its request, and a waiter that queued passes only in the entry that counted the
+    /// latch down to zero.
+    fn check_latch(&mut self) {
+        let mut queued = BTreeSet::new();
+        let mut passed = BTreeMap::new();
+        for (index, events) in &self.log {
+            let opened = events
+                .iter()
+                .any(|(_, e)| matches!(e, Event::CounterChanged { name, value: 0 } if name.starts_with("latch")));
+            for (_, e) in events {
+                match e {
+                    Event::Queued { name, session, request_id } if name.starts_with("latch") => {
+                        queued.insert((*session, *request_id));
+                    }
+                    Event::Granted { name, session, request_id, .. } if name.starts_with("latch") => {
+                        let key = (*session, *request_id);
+                        passed.insert(key, (*index, queued.contains(&key) && !opened));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut found = Vec::new();
+        for ((session, request_id), (index, early)) in &passed {
+            if *early {
+                found.push((format!("latch waiter (session {session}, request {request_id}) passed at index {index} without the count reaching zero"), 0));
+            }
+        }
+        for (session, request_id, at) in &self.latch_passes {
+            if !passed.contains_key(&(*session, *request_id)) {
+                found.push((
+                    format!("session {session} was told its latch wait {request_id} passed, but no entry let it pass"),
+                    *at,
+                ));
+            }
+        }
+        for (detail, at) in found.into_iter().take(10) {
+            self.violations.push(Violation { property: "latch", detail, at });
+        }
+    }
+
+    /// A request is granted at most once: no (session, request id) has two grants in the log,
+    /// and no acquire call (whatever ids its attempts carried) was granted twice.
+    fn check_once(&mut self) {
+        let mut grants: BTreeMap<(SessionId, u64), Vec<u64>> = BTreeMap::new();
+        for (index, events) in &self.log {
+            for (_, e) in events {
+                if let Event::Granted { session, request_id, .. } = e {
+                    grants.entry((*session, *request_id)).or_default().push(*index);
+                }
+            }
+        }
+        let mut found = Vec::new();
+        for ((session, request_id), at) in &grants {
+            if at.len() > 1 {
+                found.push(format!("request {request_id} of session {session} was granted at indexes {at:?}"));
+            }
+        }
+        for (session, ids) in &self.acquire_calls {
+            let granted: Vec<u64> = ids.iter().copied().filter(|id| grants.contains_key(&(*session, *id))).collect();
+            if granted.len() > 1 {
+                found.push(format!("one acquire call of session {session} was granted as requests {granted:?}"));
+            }
+        }
+        for detail in found.into_iter().take(10) {
+            self.violations.push(Violation { property: "once", detail, at: 0 });
+        }
+    }
+
+    /// One name, one kind: the workload only uses a lock's name as a counter or register while
+    /// holding it, when that must be refused, so no such write may ever apply.
+    fn check_one_kind(&mut self) {
+        let mut found = Vec::new();
+        for (index, events) in &self.log {
+            for (_, e) in events {
+                match e {
+                    Event::CounterChanged { name, .. } | Event::RegisterChanged { name, .. }
+                        if name.starts_with("lock-") =>
+                    {
+                        found.push(format!("index {index} changed lock name {name:?} as another kind: {e:?}"));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for detail in found.into_iter().take(10) {
+            self.violations.push(Violation { property: "one-kind", detail, at: 0 });
+        }
     }
 
     /// A barrier lets its parties pass all together: every log entry that grants the workload's

@@ -1,15 +1,26 @@
-//! A simulated client: sessions, keepalives, acquire / hold / release cycles, retries with the
-//! same request id, and its own view of its lease on its own drifting clock — the same rules as
-//! `baton-client`.
+//! A simulated client process: its clock (drift, jumps, pauses), its session and keepalives, and
+//! its calls with their retries.
+//!
+//! Every rule of the real client comes from [`baton_client::core`], the same code the async
+//! client runs: the lease deadline ([`Lease`]), when to renew and when an unanswered renewal
+//! gives a node up ([`Renewals`]), which node to ask ([`Route`]), what a failed attempt means
+//! for each operation ([`decide`] over the [`ErrorClass`] a [`NodeError`] maps to), and request
+//! ids ([`RequestIds`]). What this file adds is only the simulated I/O: messages through the
+//! world, timers as wake-ups, time as the client's own clock in ms. What the client does
+//! (the workload) and what it checks of each answer is in `workload.rs`.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
-use baton_core::{AcquireRequest, Command, Kind, Mode, Outcome};
-use baton_node::{AcquireResult, Answer, NodeError, Query, Reply, Request};
-use rand::Rng;
+use baton_client::core::{
+    attempt_timeout_ms, decide, next_backoff_ms, renew_pause_ms, request_id_seed, Decision, ErrorClass, Lease, Op,
+    Renew, Renewals, RequestIds, Route, FIRST_BACKOFF_MS,
+};
+use baton_core::SessionId;
+use baton_node::{Answer, NodeError, Query, Reply, Request};
 use rand_chacha::ChaCha8Rng;
 
-use crate::check::{CounterOp, History, Hold, Time, Violation};
+use crate::check::{History, Time};
+use crate::workload::{Held, Probe, Work};
 
 /// A clock with its own origin and rate (drift in parts per million).
 #[derive(Clone, Copy, Debug)]
@@ -45,53 +56,59 @@ pub enum NodeReply {
     Answer { creq: u64, result: Result<Answer, NodeError> },
 }
 
-struct Session {
-    id: u64,
-    ttl_ms: u64,
-    valid_until_local: u64,
-    keepalive: Option<(u64, u64)>,
-    next_keepalive_local: u64,
+/// What a client step wants done.
+#[derive(Default)]
+pub struct Effects {
+    pub sends: Vec<(u64, ClientMsg)>,
+    pub trace: Vec<String>,
 }
 
-enum Op {
-    Idle {
-        until_local: u64,
-    },
-    Opening {
-        creq: u64,
-        /// The open's request id: a resend carries the same one, so it returns the same session.
-        request_id: u64,
-        /// When the first attempt was sent: the session cannot have been opened (and its lease
-        /// started) before that, so the client's lease is measured from it, not from a resend.
-        first_sent_local: u64,
-        sent_local: u64,
-        /// An error answered the last attempt (it already chose the next target).
-        answered: bool,
-    },
-    Acquiring {
-        creq: u64,
-        req: AcquireRequest,
-        resend_local: u64,
-        started: Time,
-    },
-    Holding {
-        name: String,
-        token: u64,
-        release_local: u64,
-    },
-    Releasing {
-        creq: u64,
-        name: String,
-        token: u64,
-        resend_local: u64,
-    },
-    /// A counter add (+1) or read in flight; `op` indexes `History::counter_ops`.
-    Counting {
-        creq: u64,
-        add: bool,
-        op: usize,
-        resend_local: u64,
-    },
+/// How long one attempt may go unanswered (the async client's `attempt_timeout`, scaled to the
+/// simulated TTL), and the longest attempt of a waiting acquire.
+const ATTEMPT_MS: u64 = 1_000;
+const MAX_ATTEMPT_MS: u64 = 30_000;
+
+/// The client's session: its lease and renewal schedule, from the shared rules.
+pub(crate) struct Session {
+    pub(crate) id: SessionId,
+    pub(crate) lease: Lease,
+    renewals: Renewals,
+    /// The renewal in flight: its creq and the node it went to.
+    keepalive: Option<(u64, u64)>,
+}
+
+/// The call in flight: its request, where its attempt went, and when that is given up.
+pub(crate) struct Call {
+    creq: u64,
+    node: u64,
+    op: Op,
+    pub(crate) request: Request,
+    wait_ms: u64,
+    /// When the attempt in flight is given up (no answer).
+    timeout_local: u64,
+    /// Set while pausing before the next attempt.
+    resend_local: Option<u64>,
+    backoff_ms: u64,
+    pub(crate) work: Work,
+}
+
+/// How a call ended without an answer to use.
+pub(crate) enum Failure {
+    /// The server refused it (nothing changed).
+    Refused(NodeError),
+    /// It may or may not have applied, and must not be repeated.
+    Unknown,
+}
+
+/// The class of a node's error, as the shared retry rule sees it (the async client sorts gRPC
+/// statuses into the same classes: `baton_client::retry::class_of_status`).
+pub(crate) fn class_of(e: &NodeError) -> ErrorClass<u64> {
+    match e {
+        NodeError::NotLeader { leader, .. } => ErrorClass::NotLeader { leader: *leader },
+        NodeError::Busy(_) => ErrorClass::Busy,
+        NodeError::Unavailable(_) => ErrorClass::MayHaveApplied,
+        NodeError::Rejected(_) | NodeError::NoGroup(_) => ErrorClass::Refused,
+    }
 }
 
 /// One simulated client.
@@ -99,17 +116,23 @@ pub struct SimClient {
     pub id: usize,
     pub clock: Clock,
     pub alive: bool,
+    pub(crate) names: usize,
+    pub(crate) ttl_ms: u64,
     nodes: usize,
-    target: u64,
-    names: usize,
-    ttl_ms: u64,
-    session: Option<Session>,
-    op: Op,
-    next_creq: u64,
-    next_request_id: u64,
-    hold: Option<Hold>,
+    pub(crate) route: Route<u64>,
+    pub(crate) ids: RequestIds,
+    pub(crate) session: Option<Session>,
+    pub(crate) call: Option<Call>,
+    /// No new work before this (local ms).
+    pub(crate) idle_until: u64,
+    pub(crate) held: Option<Held>,
+    /// One-shot requests whose answers are only checked, by creq.
+    pub(crate) probes: BTreeMap<u64, Probe>,
+    /// What the workload remembers between calls.
+    pub(crate) memory: crate::workload::Memory,
     /// Deliberate client bugs (broken variants).
-    bugs: baton_core::Bugs,
+    pub(crate) bugs: baton_core::Bugs,
+    next_creq: u64,
     /// Frozen until this virtual time (a paused process handles nothing before it).
     paused_until: Time,
     /// Replies that arrived while paused, handled in order on resume.
@@ -120,30 +143,27 @@ pub struct SimClient {
     old_clocks: Vec<(Time, Clock)>,
 }
 
-/// What a client step wants done.
-pub struct Effects {
-    pub sends: Vec<(u64, ClientMsg)>,
-    pub trace: Vec<String>,
-}
-
-const RESEND_MS: u64 = 1_000;
-
 impl SimClient {
     pub fn new(id: usize, clock: Clock, nodes: usize, names: usize, ttl_ms: u64, bugs: baton_core::Bugs) -> Self {
         SimClient {
             id,
             clock,
             alive: true,
-            nodes,
-            target: 1 + (id % nodes) as u64,
             names,
             ttl_ms,
+            nodes,
+            route: Route::new((1..=nodes as u64).collect(), id),
+            // The real client seeds its ids from the wall clock at start, which all clients
+            // share: virtual time here (all start at 0, so their ids meet, as they may).
+            ids: RequestIds::starting_at(request_id_seed(0)),
             session: None,
-            op: Op::Idle { until_local: 0 },
-            next_creq: 1,
-            next_request_id: 1,
-            hold: None,
+            call: None,
+            idle_until: 0,
+            held: None,
+            probes: BTreeMap::new(),
+            memory: Default::default(),
             bugs,
+            next_creq: 1,
             paused_until: 0,
             parked: VecDeque::new(),
             pending_jump_ms: 0,
@@ -154,7 +174,6 @@ impl SimClient {
     /// Freezes the client process until `until`: it handles nothing before then (replies wait,
     /// timers do not fire, renewals are not sent); everything queued is handled on resume. Its
     /// lease still runs out on its clock meanwhile, so a hold ends at the lease deadline.
-    #[allow(dead_code)] // the nemesis's client pauses (world.rs) call it
     pub fn pause(&mut self, until: Time) {
         self.paused_until = self.paused_until.max(until);
     }
@@ -162,7 +181,6 @@ impl SimClient {
     /// The client's monotonic clock jumps `ms` forward. The jump takes effect at the client's
     /// next step (a process only sees its clock when it runs), and is remembered so that the
     /// virtual time of a lease deadline is found on the clock that was running at that moment.
-    #[allow(dead_code)] // the nemesis's client clock jumps (world.rs) call it
     pub fn jump_clock(&mut self, ms: u64) {
         self.pending_jump_ms += ms;
     }
@@ -176,7 +194,7 @@ impl SimClient {
     }
 
     /// The virtual time at which this client's clock first reads `ms`, across its jumps.
-    fn virtual_at(&self, ms: u64) -> Time {
+    pub(crate) fn virtual_at(&self, ms: u64) -> Time {
         let mut from = 0;
         for (until, clock) in &self.old_clocks {
             if clock.local_ms(from) >= ms {
@@ -194,13 +212,20 @@ impl SimClient {
         self.clock.virtual_at(ms).max(from)
     }
 
-    fn creq(&mut self) -> u64 {
+    pub(crate) fn creq(&mut self) -> u64 {
         self.next_creq += 1;
         self.next_creq
     }
 
-    fn next_target(&mut self) {
-        self.target = 1 + (self.target % self.nodes as u64);
+    /// A node chosen at random (reads go anywhere first, so that a stale answer shows).
+    pub(crate) fn any_node(&self, rng: &mut ChaCha8Rng) -> u64 {
+        use rand::Rng;
+        rng.gen_range(1..=self.nodes as u64)
+    }
+
+    /// The lease is valid now (on this client's clock).
+    pub(crate) fn lease_valid(&self, local: u64) -> bool {
+        self.session.as_ref().is_some_and(|s| s.lease.is_valid(local))
     }
 
     /// The client dies: it stops renewing and sending. Its hold lasts until its lease runs out.
@@ -212,46 +237,64 @@ impl SimClient {
         self.parked.clear();
     }
 
-    /// A new process takes the dead client's place (new session, new request ids).
+    /// A new process takes the dead client's place: new session, and request ids that start
+    /// above the old process's (the shared seed rule, on the wall clock: virtual time).
     pub fn restart(&mut self, now: Time) {
-        let _ = now;
         self.alive = true;
         self.session = None;
-        self.op = Op::Idle { until_local: 0 };
-        self.next_request_id += 1000;
+        self.call = None;
+        self.held = None;
+        self.probes.clear();
+        self.memory = Default::default();
+        self.idle_until = 0;
+        self.ids = RequestIds::starting_at(request_id_seed(now));
         self.paused_until = 0;
         self.parked.clear();
     }
 
-    fn lease_valid(&self, local: u64) -> bool {
-        self.session.as_ref().is_some_and(|s| local < s.valid_until_local)
-    }
-
     /// Ends the current hold when the lease runs out (or now, if it already has).
     fn end_hold_at_lease(&mut self, now: Time, hist: &mut History) {
-        if let Some(mut h) = self.hold.take() {
-            let lease_end = self.session.as_ref().map_or(now, |s| self.virtual_at(s.valid_until_local));
+        if let Some(held) = self.held.take() {
+            let mut h = held.hold;
+            let lease_end = self.session.as_ref().map_or(now, |s| self.virtual_at(s.lease.deadline_ms()));
             h.until = lease_end.max(h.from);
             hist.holds.push(h);
         }
     }
 
-    fn end_hold(&mut self, at: Time, hist: &mut History) {
-        if let Some(mut h) = self.hold.take() {
-            let lease_end = self.session.as_ref().map_or(at, |s| self.virtual_at(s.valid_until_local));
+    /// Ends the current hold at `at` (a release is sent), or at the lease's end if earlier.
+    pub(crate) fn end_hold(&mut self, at: Time, hist: &mut History) {
+        if let Some(held) = self.held.take() {
+            let mut h = held.hold;
+            let lease_end = self.session.as_ref().map_or(at, |s| self.virtual_at(s.lease.deadline_ms()));
             h.until = at.min(lease_end).max(h.from);
             hist.holds.push(h);
         }
     }
 
-    /// The session is gone (expired, or its lease ran out on our clock): abandon it.
-    fn lose_session(&mut self, now: Time, why: &str, fx: &mut Effects, hist: &mut History) {
+    /// The session is gone (expired, or its lease ran out on our clock): abandon it and every
+    /// call made through it.
+    pub(crate) fn lose_session(&mut self, now: Time, why: &str, fx: &mut Effects, hist: &mut History) {
         if let Some(s) = &self.session {
             fx.trace.push(format!("client {} loses session {}: {why}", self.id, s.id));
         }
         self.end_hold_at_lease(now, hist);
         self.session = None;
-        self.op = Op::Idle { until_local: 0 };
+        self.call = None;
+        self.memory = Default::default();
+        self.idle_until = 0;
+    }
+
+    /// A session was opened: its lease runs from the open's first send, renewals start a
+    /// renewal interval from now.
+    pub(crate) fn opened(&mut self, id: SessionId, ttl_ms: u64, first_sent_local: u64, local: u64) {
+        let first = local + baton_client::core::renew_interval_ms(ttl_ms);
+        self.session = Some(Session {
+            id,
+            lease: Lease::new(ttl_ms, first_sent_local),
+            renewals: Renewals::new(ttl_ms, first),
+            keepalive: None,
+        });
     }
 
     /// Handles an answer (if any), then makes progress. Returns the next virtual time to wake.
@@ -263,7 +306,7 @@ impl SimClient {
         rng: &mut ChaCha8Rng,
         hist: &mut History,
     ) -> (Effects, Time) {
-        let mut fx = Effects { sends: Vec::new(), trace: Vec::new() };
+        let mut fx = Effects::default();
         if !self.alive {
             return (fx, Time::MAX);
         }
@@ -279,187 +322,171 @@ impl SimClient {
         }
         // The lease is judged on our own clock, before anything else.
         if self.session.is_some() && !self.lease_valid(local) {
-            self.lose_session(now, "no renewal within its ttl", &mut fx, hist);
+            self.lose_session(now, "no renewal acknowledged within its ttl", &mut fx, hist);
         }
         self.keepalive(local, &mut fx);
-        self.progress(now, local, accept_new_work, rng, &mut fx, hist);
+        self.retry_due(now, local, rng, &mut fx, hist);
+        if self.call.is_none() {
+            self.next_work(now, local, accept_new_work, rng, &mut fx, hist);
+        }
         let next = self.next_wake(local);
         (fx, self.virtual_at(next).max(now + 1))
     }
 
+    /// Sends a renewal when the shared schedule says so; gives a silent node up when it says so.
     fn keepalive(&mut self, local: u64, fx: &mut Effects) {
-        let creq = self.next_creq + 1;
-        let target = self.target;
-        let Some(s) = self.session.as_mut() else { return };
-        let stale = s.keepalive.is_some_and(|(_, sent)| local >= sent + RESEND_MS);
-        if (s.keepalive.is_none() || stale) && local >= s.next_keepalive_local {
-            self.next_creq = creq;
-            s.keepalive = Some((creq, local));
-            s.next_keepalive_local = local + s.ttl_ms / 3;
-            let request = Request::Read(Query::KeepAlive(vec![s.id]));
-            fx.sends.push((target, ClientMsg::Request { creq, request }));
+        for _ in 0..2 {
+            let Some(s) = self.session.as_mut() else { return };
+            match s.renewals.poll(local) {
+                Renew::Wait(_) => return,
+                Renew::Send => {
+                    let (sid, node) = (s.id, *self.route.current());
+                    let creq = self.creq();
+                    let s = self.session.as_mut().expect("checked");
+                    s.keepalive = Some((creq, node));
+                    let request = Request::Read(Query::KeepAlive(vec![sid]));
+                    fx.sends.push((node, ClientMsg::Request { creq, request }));
+                    return;
+                }
+                Renew::GiveUp => {
+                    if let Some((_, node)) = s.keepalive.take() {
+                        self.renewal_failed(local, node, ErrorClass::NoAnswer);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A renewal failed: move on as the shared rule says for a read, and pause as the async
+    /// client pauses before its next stream.
+    fn renewal_failed(&mut self, local: u64, node: u64, class: ErrorClass<u64>) {
+        let (leader, stay) = match decide(class, Op::Read.repeat()) {
+            Decision::Retry { leader, stay, .. } => (leader, stay),
+            Decision::Refused | Decision::OutcomeUnknown => (None, false),
+        };
+        let redirected = !stay && self.route.moved_on(&node, leader);
+        if let Some(s) = self.session.as_mut() {
+            s.renewals.failed(local + renew_pause_ms(redirected));
         }
     }
 
     fn next_wake(&self, local: u64) -> u64 {
         let mut next = local + 200;
         if let Some(s) = &self.session {
-            next = next.min(s.next_keepalive_local.max(local + 1)).min(s.valid_until_local.max(local + 1));
+            next = next.min(s.renewals.next_ms()).min(s.lease.deadline_ms());
         }
-        let op_at = match &self.op {
-            Op::Idle { until_local } => *until_local,
-            Op::Opening { sent_local, .. } => sent_local + RESEND_MS,
-            Op::Acquiring { resend_local, .. } => *resend_local,
-            Op::Holding { release_local, .. } => *release_local,
-            Op::Releasing { resend_local, .. } => *resend_local,
-            Op::Counting { resend_local, .. } => *resend_local,
-        };
-        next.min(op_at.max(local + 1))
+        match &self.call {
+            Some(c) => next = next.min(c.resend_local.unwrap_or(c.timeout_local)),
+            None => {
+                next = next.min(self.idle_until);
+                if let Some(h) = &self.held {
+                    next = next.min(h.release_local);
+                }
+            }
+        }
+        next.max(local + 1)
     }
 
-    fn progress(
+    /// Starts a call: its first attempt goes to `first` if given, else where the route points.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn start_call(
+        &mut self,
+        local: u64,
+        op: Op,
+        request: Request,
+        wait_ms: u64,
+        first: Option<u64>,
+        work: Work,
+        fx: &mut Effects,
+    ) {
+        let mut call = Call {
+            creq: 0,
+            node: 0,
+            op,
+            request,
+            wait_ms,
+            timeout_local: 0,
+            resend_local: None,
+            backoff_ms: FIRST_BACKOFF_MS,
+            work,
+        };
+        self.send_attempt(&mut call, local, first, fx);
+        self.call = Some(call);
+    }
+
+    fn send_attempt(&mut self, call: &mut Call, local: u64, to: Option<u64>, fx: &mut Effects) {
+        call.creq = self.creq();
+        call.node = to.unwrap_or(*self.route.current());
+        call.timeout_local = local + attempt_timeout_ms(call.wait_ms, ATTEMPT_MS, MAX_ATTEMPT_MS);
+        call.resend_local = None;
+        fx.sends.push((call.node, ClientMsg::Request { creq: call.creq, request: call.request.clone() }));
+    }
+
+    /// The call's pause before its next attempt is over, or its attempt went unanswered.
+    fn retry_due(&mut self, now: Time, local: u64, rng: &mut ChaCha8Rng, fx: &mut Effects, hist: &mut History) {
+        let Some(call) = self.call.as_mut() else { return };
+        if let Some(at) = call.resend_local {
+            if local >= at {
+                let mut call = self.call.take().expect("checked");
+                self.send_attempt(&mut call, local, None, fx);
+                self.call = Some(call);
+            }
+            return;
+        }
+        if local < call.timeout_local {
+            return;
+        }
+        if self.bugs.acquire_never_resent && matches!(call.work, Work::Acquire { .. }) {
+            call.timeout_local = u64::MAX; // deliberate bug: wait for this attempt forever
+            return;
+        }
+        self.attempt_failed(now, local, ErrorClass::NoAnswer, None, rng, fx, hist);
+    }
+
+    /// One attempt of the call failed: the shared rule decides whether (and where) it goes again.
+    #[allow(clippy::too_many_arguments)]
+    fn attempt_failed(
         &mut self,
         now: Time,
         local: u64,
-        accept_new_work: bool,
+        class: ErrorClass<u64>,
+        error: Option<NodeError>,
         rng: &mut ChaCha8Rng,
         fx: &mut Effects,
         hist: &mut History,
     ) {
-        match &self.op {
-            Op::Idle { until_local } if local >= *until_local && accept_new_work => {
-                if self.session.is_none() {
-                    self.next_request_id += 1;
-                    self.send_open(local, self.next_request_id, local, fx);
-                    return;
-                }
-                if rng.gen_bool(0.2) {
-                    // A counter operation: +1, or a linearizable read.
-                    let add = rng.gen_bool(0.6);
-                    if !add {
-                        // Reads go to any node: only the leader may answer them (after a
-                        // ReadIndex round); anyone else must redirect.
-                        self.target = rng.gen_range(1..=self.nodes as u64);
-                    }
-                    let op = hist.counter_ops.len();
-                    hist.counter_ops.push(CounterOp { add, invoked: now, completed: None, value: None });
-                    self.send_counter(local, add, op, fx);
-                    return;
-                }
-                let session = self.session.as_ref().map(|s| s.id).unwrap_or(0);
-                let name = format!("lock-{}", rng.gen_range(0..self.names));
-                let wait_ms = if rng.gen_bool(0.3) { None } else { Some(rng.gen_range(100..3_000)) };
-                let lock_delay_ms = if rng.gen_bool(0.2) { rng.gen_range(1..500) } else { 0 };
-                self.next_request_id += 1;
-                // lock-0 is an exclusive lock, lock-1 a read/write lock, lock-2 a semaphore,
-                // lock-3 an election, lock-4 a barrier (passing it holds nothing; the "release"
-                // that follows is refused and ignored).
-                let (kind, mode) = match name.as_str() {
-                    "lock-1" if rng.gen_bool(0.6) => (Kind::RwLock, Mode::Shared),
-                    "lock-1" => (Kind::RwLock, Mode::Exclusive),
-                    "lock-2" => (Kind::Semaphore { capacity: 2 }, Mode::Permits(rng.gen_range(1..=2))),
-                    "lock-3" => (Kind::Election, Mode::Exclusive),
-                    "lock-4" => (Kind::Barrier { parties: crate::check::BARRIER_PARTIES }, Mode::Exclusive),
-                    _ => (Kind::Mutex, Mode::Exclusive),
-                };
-                let req = AcquireRequest {
-                    name,
-                    session,
-                    request_id: self.next_request_id,
-                    wait_ms,
-                    lock_delay_ms,
-                    kind,
-                    mode,
-                    value: if kind == Kind::Election { format!("c{}", self.id).into_bytes() } else { Vec::new() },
-                };
-                self.send_acquire(now, local, req, fx);
-            }
-            Op::Opening { sent_local, request_id, first_sent_local, answered, .. }
-                if local >= sent_local + RESEND_MS =>
-            {
-                // Try again with the same request id (opens are idempotent); unanswered, at
-                // another node.
-                let (request_id, first) = (*request_id, *first_sent_local);
-                if !*answered {
-                    self.next_target();
-                }
-                self.send_open(local, request_id, first, fx);
-            }
-            Op::Acquiring { req, resend_local, started, .. }
-                if local >= *resend_local && !self.bugs.acquire_never_resent =>
-            {
-                let (req, started) = (req.clone(), *started);
-                self.next_target();
-                self.send_acquire(started, local, req, fx);
-            }
-            Op::Holding { name, token, release_local } if local >= *release_local => {
-                let (name, token) = (name.clone(), *token);
-                self.end_hold(now, hist);
-                self.send_release(local, name, token, fx);
-            }
-            Op::Counting { add, op, resend_local, .. } if local >= *resend_local => {
-                let (add, op) = (*add, *op);
-                self.next_target();
-                if add {
-                    // Unanswered: it may or may not have applied; never sent twice.
-                    self.op = Op::Idle { until_local: local };
+        let mut call = self.call.take().expect("a call in flight");
+        match decide(class, call.op.repeat()) {
+            Decision::Retry { leader, stay, backoff, .. } => {
+                let redirected = !stay && self.route.moved_on(&call.node, leader);
+                self.bug_new_request_id(&mut call, hist);
+                if backoff.pause(redirected) {
+                    call.creq = 0; // the abandoned attempt's answer is not waited for
+                    call.resend_local = Some(local + call.backoff_ms);
+                    call.backoff_ms = next_backoff_ms(call.backoff_ms);
+                    self.call = Some(call);
                 } else {
-                    self.send_counter(local, false, op, fx);
+                    self.send_attempt(&mut call, local, None, fx);
+                    self.call = Some(call);
                 }
             }
-            Op::Releasing { name, token, resend_local, .. } if local >= *resend_local => {
-                let (name, token) = (name.clone(), *token);
-                self.next_target();
-                self.send_release(local, name, token, fx);
+            Decision::Refused => {
+                let e = error.expect("only an answer refuses");
+                self.finish_call(now, local, call.work, Err(Failure::Refused(e)), rng, fx, hist);
             }
-            _ => {}
+            Decision::OutcomeUnknown => self.finish_call(now, local, call.work, Err(Failure::Unknown), rng, fx, hist),
         }
     }
 
-    fn send_open(&mut self, local: u64, request_id: u64, first_sent_local: u64, fx: &mut Effects) {
-        let creq = self.creq();
-        let command = Command::OpenSession { client: format!("c{}", self.id), ttl_ms: self.ttl_ms, request_id };
-        fx.sends.push((self.target, ClientMsg::Request { creq, request: Request::Propose(command) }));
-        self.op = Op::Opening { creq, request_id, first_sent_local, sent_local: local, answered: false };
-    }
-
-    fn send_acquire(&mut self, started: Time, local: u64, req: AcquireRequest, fx: &mut Effects) {
-        let creq = self.creq();
-        let resend_local = local + req.wait_ms.unwrap_or(0) + RESEND_MS;
-        fx.sends.push((self.target, ClientMsg::Request { creq, request: Request::Acquire(req.clone()) }));
-        self.op = Op::Acquiring { creq, req, resend_local, started };
-    }
-
-    fn send_counter(&mut self, local: u64, add: bool, op: usize, fx: &mut Effects) {
-        let creq = self.creq();
-        let request = if add {
-            Request::Propose(Command::CounterAdd { name: "ctr".into(), delta: 1 })
-        } else {
-            Request::Read(Query::Counter("ctr".into()))
-        };
-        fx.sends.push((self.target, ClientMsg::Request { creq, request }));
-        self.op = Op::Counting { creq, add, op, resend_local: local + RESEND_MS };
-    }
-
-    fn send_release(&mut self, local: u64, name: String, token: u64, fx: &mut Effects) {
-        let creq = self.creq();
-        let session = self.session.as_ref().map(|s| s.id).unwrap_or(0);
-        let command = Command::Release { name: name.clone(), session, token };
-        fx.sends.push((self.target, ClientMsg::Request { creq, request: Request::Propose(command) }));
-        self.op = Op::Releasing { creq, name, token, resend_local: local + RESEND_MS };
-    }
-
-    fn follow(&mut self, err: &NodeError) -> bool {
-        match err {
-            NodeError::NotLeader { leader: Some(l), .. } => {
-                self.target = *l;
-                true
-            }
-            NodeError::NotLeader { leader: None, .. } | NodeError::Unavailable(_) | NodeError::Busy(_) => {
-                self.next_target();
-                true
-            }
-            _ => false,
+    /// Deliberate bug `acquire-retry-new-id`: an acquire is sent again under a new request id.
+    fn bug_new_request_id(&mut self, call: &mut Call, hist: &mut History) {
+        if !self.bugs.acquire_retry_new_id {
+            return;
+        }
+        if let Work::Acquire { req, call: index, .. } = &mut call.work {
+            req.request_id = self.ids.next();
+            hist.acquire_calls[*index].1.push(req.request_id);
+            call.request = Request::Acquire(req.clone());
         }
     }
 
@@ -472,185 +499,39 @@ impl SimClient {
         fx: &mut Effects,
         hist: &mut History,
     ) {
-        match reply {
-            NodeReply::Answer { creq, result }
-                if self.session.as_ref().and_then(|s| s.keepalive).is_some_and(|(pending, _)| pending == creq) =>
-            {
-                let s = self.session.as_mut().expect("checked");
-                let (_, sent) = s.keepalive.take().expect("checked");
-                match result {
-                    Ok(Answer::Read(Reply::KeepAlive(leases))) => match leases.first() {
-                        Some((_, Some(ttl))) => s.valid_until_local = s.valid_until_local.max(sent + ttl - ttl / 10),
-                        _ => self.lose_session(now, "the leader says it is gone", fx, hist),
-                    },
-                    Ok(other) => hist.violations.push(unexpected(now, self.id, &other)),
-                    Err(e) => {
-                        self.follow(&e);
-                        if let Some(s) = self.session.as_mut() {
-                            s.next_keepalive_local = local;
+        let NodeReply::Answer { creq, result } = reply;
+        let renewal = self.session.as_ref().and_then(|s| s.keepalive).filter(|(c, _)| *c == creq);
+        if let Some((_, node)) = renewal {
+            let s = self.session.as_mut().expect("checked");
+            s.keepalive = None;
+            let sent = s.renewals.answered();
+            match result {
+                Ok(Answer::Read(Reply::KeepAlive(leases))) => match leases.first() {
+                    Some((_, Some(_))) => {
+                        if let Some(sent) = sent {
+                            s.lease.renewed(sent);
                         }
                     }
-                }
+                    _ => self.lose_session(now, "the leader says it is gone", fx, hist),
+                },
+                Ok(other) => hist.violations.push(crate::workload::unexpected(now, self.id, &other)),
+                Err(e) => self.renewal_failed(local, node, class_of(&e)),
             }
-            NodeReply::Answer { creq, result } => self.on_answer(now, local, creq, result, rng, fx, hist),
+            return;
         }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn on_answer(
-        &mut self,
-        now: Time,
-        local: u64,
-        creq: u64,
-        result: Result<Answer, NodeError>,
-        rng: &mut ChaCha8Rng,
-        fx: &mut Effects,
-        hist: &mut History,
-    ) {
-        match &self.op {
-            Op::Opening { creq: c, first_sent_local, .. } if *c == creq => {
-                let sent_local = *first_sent_local;
-                match result {
-                    Ok(Answer::Applied(Outcome::SessionOpened { session, ttl_ms })) => {
-                        fx.trace.push(format!("client {} opened session {session}", self.id));
-                        self.session = Some(Session {
-                            id: session,
-                            ttl_ms,
-                            valid_until_local: sent_local + ttl_ms - ttl_ms / 10,
-                            keepalive: None,
-                            next_keepalive_local: local + ttl_ms / 3,
-                        });
-                        self.op = Op::Idle { until_local: local + rng.gen_range(0..100) };
-                    }
-                    Err(e) => {
-                        // It may have applied: resend the same request id in 50 ms (to the
-                        // leader, if the error named one), so that no second session is opened.
-                        self.follow(&e);
-                        if let Op::Opening { sent_local, answered, .. } = &mut self.op {
-                            *sent_local = (local + 50).saturating_sub(RESEND_MS);
-                            *answered = true;
-                        }
-                    }
-                    Ok(other) => hist.violations.push(unexpected(now, self.id, &other)),
-                }
-            }
-            Op::Acquiring { creq: c, req, started, .. } if *c == creq => {
-                let (req, started) = (req.clone(), *started);
-                match result {
-                    Ok(Answer::Acquire(AcquireResult::Granted(token))) => {
-                        hist.received.push((req.name.clone(), req.session, token, now));
-                        if !self.lease_valid(local) {
-                            // Granted to a session we already consider lost: never use it.
-                            self.lose_session(now, "grant arrived after the lease ran out", fx, hist);
-                            return;
-                        }
-                        fx.trace.push(format!("client {} holds {} with token {token}", self.id, req.name));
-                        self.hold = Some(Hold {
-                            kind: req.kind,
-                            mode: req.mode,
-                            name: req.name.clone(),
-                            client: self.id,
-                            session: req.session,
-                            token,
-                            from: now,
-                            until: now,
-                        });
-                        let release_local = local + rng.gen_range(10..400);
-                        self.op = Op::Holding { name: req.name, token, release_local };
-                    }
-                    Ok(Answer::Acquire(_)) => self.op = Op::Idle { until_local: local + rng.gen_range(0..200) },
-                    Err(NodeError::Rejected(baton_core::Error::SessionNotFound(_))) => {
-                        self.lose_session(now, "acquire says it is gone", fx, hist)
-                    }
-                    Err(NodeError::Rejected(e)) => {
-                        fx.trace.push(format!("client {} acquire rejected: {e}", self.id));
-                        self.op = Op::Idle { until_local: local + 100 };
-                    }
-                    Err(e) => {
-                        // Retry the same request (same id: it cannot queue twice).
-                        self.follow(&e);
-                        self.send_acquire(started, local, req, fx);
-                    }
-                    Ok(other) => hist.violations.push(unexpected(now, self.id, &other)),
-                }
-            }
-            Op::Counting { creq: c, add, op, .. } if *c == creq => {
-                let (add, op) = (*add, *op);
-                let value = match result {
-                    Ok(Answer::Applied(Outcome::Counter { value, .. })) | Ok(Answer::Read(Reply::Counter(value))) => {
-                        value
-                    }
-                    // Never proposed: safe to send again (to the leader).
-                    Err(e @ NodeError::NotLeader { .. }) => {
-                        self.follow(&e);
-                        self.send_counter(local, add, op, fx);
-                        return;
-                    }
-                    Err(e) if !add => {
-                        self.follow(&e);
-                        self.send_counter(local, add, op, fx);
-                        return;
-                    }
-                    // An add whose fate is unknown: leave it open in the history.
-                    Err(_) => {
-                        self.op = Op::Idle { until_local: local };
-                        return;
-                    }
-                    Ok(other) => {
-                        hist.violations.push(unexpected(now, self.id, &other));
-                        return;
-                    }
-                };
-                hist.counter_ops[op].completed = Some(now);
-                hist.counter_ops[op].value = Some(value);
-                self.op = Op::Idle { until_local: local + rng.gen_range(0..100) };
-            }
-            Op::Releasing { creq: c, name, token, .. } if *c == creq => {
-                let (name, token) = (name.clone(), *token);
-                match result {
-                    Ok(_) | Err(NodeError::Rejected(_)) => {
-                        fx.trace.push(format!("client {} released {name} (token {token})", self.id));
-                        if rng.gen_bool(0.1) {
-                            // Sometimes close the session and start a new one.
-                            let creq = self.creq();
-                            if let Some(s) = self.session.take() {
-                                let command = Command::CloseSession { session: s.id };
-                                fx.sends.push((
-                                    self.target,
-                                    ClientMsg::Request { creq, request: Request::Propose(command) },
-                                ));
-                            }
-                        }
-                        self.op = Op::Idle { until_local: local + rng.gen_range(0..200) };
-                    }
-                    Err(e) => {
-                        self.follow(&e);
-                        self.send_release(local, name, token, fx);
-                    }
-                }
-            }
-            _ => {}
+        if let Some(probe) = self.probes.remove(&creq) {
+            self.on_probe(now, local, probe, result, fx, hist);
+            return;
         }
-    }
-
-    /// Liveness: a wait still open long after it should have ended.
-    pub fn check_liveness(&self, now: Time, hist: &mut History) {
-        if let (true, Op::Acquiring { req, started, .. }) = (self.alive, &self.op) {
-            let bound = (req.wait_ms.unwrap_or(0) + 10_000) * 1000;
-            if now.saturating_sub(*started) > bound {
-                hist.violations.push(Violation {
-                    property: "liveness",
-                    detail: format!(
-                        "client {} has waited {} ms for {:?} (request {}, wait {:?} ms) after faults healed",
-                        self.id,
-                        (now - started) / 1000,
-                        req.name,
-                        req.request_id,
-                        req.wait_ms
-                    ),
-                    at: now,
-                });
+        if self.call.as_ref().is_none_or(|c| c.creq != creq) {
+            return; // an abandoned attempt, or a duplicate
+        }
+        match result {
+            Ok(answer) => {
+                let call = self.call.take().expect("checked");
+                self.finish_call(now, local, call.work, Ok(answer), rng, fx, hist);
             }
+            Err(e) => self.attempt_failed(now, local, class_of(&e), Some(e), rng, fx, hist),
         }
     }
 
@@ -659,10 +540,6 @@ impl SimClient {
         self.take_jump(now);
         self.end_hold(now, hist);
     }
-}
-
-fn unexpected(now: Time, client: usize, answer: &Answer) -> Violation {
-    Violation { property: "protocol", detail: format!("client {client} got an unexpected answer {answer:?}"), at: now }
 }
 
 #[cfg(test)]

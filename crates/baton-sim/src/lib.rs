@@ -29,6 +29,7 @@
 
 mod check;
 mod client;
+mod workload;
 mod world;
 
 pub use baton_core::Bugs;

@@ -78,6 +78,9 @@ fn every_checker_catches_its_planted_bug() {
         ("acquire-never-resent", "liveness"),
         ("stale-reads", "linearizability"),
         ("barrier-trips-early", "barrier"),
+        ("register-read-cache", "register"),
+        ("latch-timeout-passes", "latch"),
+        ("acquire-retry-new-id", "once"),
     ] {
         let found = caught(bug, 300);
         assert_eq!(found.as_ref().map(|(_, p)| p[0]), Some(property), "--bug {bug}: {found:?}");

@@ -240,6 +240,10 @@ pub enum ErrorClass<A> {
     /// The server refused it (bad input, a limit, not the holder, the wrong kind, ...): nothing
     /// changed, and the same request would be refused again.
     Refused,
+    /// The server refused a retry older than its session's window of remembered outcomes: it
+    /// was not applied again, but the first attempt may have been, and repeating it is refused
+    /// the same way.
+    Forgotten,
 }
 
 /// How an operation may be retried.
@@ -287,14 +291,12 @@ impl Op {
     pub fn repeat(self) -> Repeat {
         match self {
             Op::Read => Repeat::Read,
-            Op::OpenSession
-            | Op::CloseSession
-            | Op::Acquire
-            | Op::Release
-            | Op::Cancel
-            | Op::Proclaim
-            | Op::LatchSet => Repeat::Idempotent,
-            Op::LatchCountDown | Op::CounterAdd | Op::CounterCas | Op::RegisterSet => Repeat::Once,
+            Op::OpenSession | Op::CloseSession | Op::Acquire | Op::Release | Op::Cancel | Op::Proclaim => {
+                Repeat::Idempotent
+            }
+            // Setting a latch is not harmless to repeat: between the two, count-downs may have
+            // taken it to zero (and it is forgotten then), and the repeat would set it again.
+            Op::LatchSet | Op::LatchCountDown | Op::CounterAdd | Op::CounterCas | Op::RegisterSet => Repeat::Once,
         }
     }
 }
@@ -362,6 +364,7 @@ pub fn decide<A>(class: ErrorClass<A>, repeat: Repeat) -> Decision<A> {
     let retry = |leader, stay, backoff, maybe_applied| Decision::Retry { leader, stay, backoff, maybe_applied };
     match class {
         ErrorClass::Refused => Decision::Refused,
+        ErrorClass::Forgotten => Decision::OutcomeUnknown,
         ErrorClass::NotLeader { leader: None } => retry(None, false, Backoff::Yes, false),
         ErrorClass::NotLeader { leader } => retry(leader, false, Backoff::UnlessRedirected, false),
         ErrorClass::Busy => retry(None, true, Backoff::Yes, false),
@@ -446,6 +449,10 @@ mod tests {
         let retry = |leader, stay, backoff, maybe_applied| Decision::Retry { leader, stay, backoff, maybe_applied };
         assert_eq!(decide::<u64>(ErrorClass::NoAnswer, Op::CounterAdd.repeat()), Decision::OutcomeUnknown);
         assert_eq!(decide::<u64>(ErrorClass::MayHaveApplied, Op::LatchCountDown.repeat()), Decision::OutcomeUnknown);
+        // Found by review: a repeated latch set after count-downs took it to zero sets it again.
+        assert_eq!(decide::<u64>(ErrorClass::MayHaveApplied, Op::LatchSet.repeat()), Decision::OutcomeUnknown);
+        // A retry older than the session's window: maybe applied once, refused ever after.
+        assert_eq!(decide::<u64>(ErrorClass::Forgotten, Op::Acquire.repeat()), Decision::OutcomeUnknown);
         assert_eq!(decide::<u64>(ErrorClass::NoAnswer, Op::Acquire.repeat()), retry(None, false, Backoff::No, true));
         assert_eq!(
             decide::<u64>(ErrorClass::MayHaveApplied, Op::Read.repeat()),

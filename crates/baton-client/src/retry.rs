@@ -82,6 +82,7 @@ pub fn class_of_status(status: &Status) -> ErrorClass<String> {
         Reason::NotLeader => ErrorClass::NotLeader { leader: Some(info.leader_addr).filter(|a| !a.is_empty()) },
         Reason::Busy => ErrorClass::Busy,
         Reason::MayHaveApplied => ErrorClass::MayHaveApplied,
+        Reason::OutcomeForgotten => ErrorClass::Forgotten,
         // Not from Baton's mapping (a proxy, the HTTP/2 layer of the server): UNAVAILABLE is
         // the code gRPC reserves for "try again", without saying whether anything happened.
         Reason::Unspecified if status.code() == Code::Unavailable => ErrorClass::MayHaveApplied,

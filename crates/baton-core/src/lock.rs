@@ -33,13 +33,15 @@ impl StateMachine {
         req.kind.accepts(req.mode).map_err(Error::InvalidArgument)?;
         check_value(&req.value)?;
         self.check_barrier(req)?;
-        self.check_use(&req.name, Use::Resource(req.kind))?;
         let Some(session) = self.sessions.get(&req.session) else {
             return Err(Error::SessionNotFound(req.session));
         };
+        // A retry gets its first attempt's outcome whatever the name has become since (a latch
+        // that passed it may be a counter now): before the kind check (the review caught it).
         if let Some(outcome) = self.retried_outcome(req)? {
             return Ok(outcome);
         }
+        self.check_use(&req.name, Use::Resource(req.kind))?;
         if session.owned.contains(&req.name) {
             let held = self.locks.get(&req.name).and_then(|l| l.holder(req.session)).map(|h| h.mode);
             let (state, why) = match (held, req.mode) {

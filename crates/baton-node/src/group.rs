@@ -1,6 +1,6 @@
 //! One Raft group on this node: raft-rs, the state machine, the leader's lease table.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use baton_core::{Command, Entry, Event, SessionId, StateMachine};
 use raft::eraftpb::{ConfChange, ConfChangeV2, EntryType, Message, MessageType, Snapshot};
@@ -19,9 +19,12 @@ const INTERNAL: RequestId = 1 << 63;
 const EXPIRE_BATCH: usize = 1024;
 /// A read not served within this long fails with `Unavailable`.
 const READ_TIMEOUT_MS: u64 = 5_000;
-/// A snapshot sent to a follower and not answered (installed) within this long is taken as lost
-/// and sent again. Generous: installing a large state takes seconds.
+/// A snapshot sent to a follower and not answered (installed) within this long, plus
+/// `SNAPSHOT_MS_PER_MIB` for each MiB of it, is taken as lost and sent again. Generous: moving and
+/// installing a large state takes seconds, and each resend queues another copy.
 const SNAPSHOT_ANSWER_MS: u64 = 10_000;
+/// Time allowed per MiB of a snapshot (10 MiB/s for sending, writing and installing it).
+const SNAPSHOT_MS_PER_MIB: u64 = 100;
 /// An internal proposal still not applied after this long may be proposed again.
 const INTERNAL_RETRY_MS: u64 = 1_000;
 
@@ -62,10 +65,10 @@ pub(crate) struct Group {
     next_internal: RequestId,
     /// Leader only: session -> lease deadline on our monotonic clock.
     leases: LeaseTable,
-    /// Leader only: sessions whose expiry we proposed, and when (monotonic ms). A proposal can
-    /// be dropped (raft-rs refuses proposals during a leadership transfer, a full log, ...): one
-    /// not applied within `INTERNAL_RETRY_MS` is proposed again.
-    expiring: BTreeMap<SessionId, u64>,
+    /// Leader only: sessions whose expiry raft-rs accepted into this leader's log. A proposal
+    /// raft-rs refuses (during a leadership transfer, say) is not marked, so the next tick
+    /// proposes it again.
+    expiring: BTreeSet<SessionId>,
     /// Leader only: when we last proposed a Tick that has not applied yet.
     tick_proposed_ms: Option<u64>,
     /// Leader only: (state-machine time, monotonic time) at our election; see `leader_time`.
@@ -82,7 +85,8 @@ pub(crate) struct Group {
     pending_ready: Option<raft::Ready>,
     /// Our own snapshot waiting to be written with the next batch.
     snapshot_to_write: Option<Snapshot>,
-    /// Leader only: when a snapshot last went to each follower (see `retry_lost_snapshots`).
+    /// Leader only: by when each follower sent a snapshot should have answered (see
+    /// `retry_lost_snapshots`).
     snapshots_sent: BTreeMap<NodeId, u64>,
     /// The commit index moved without a hard state to write (raft-rs reports such moves in
     /// its light ready, e.g. every commit of a single-voter group): the next batch carries it.
@@ -152,7 +156,7 @@ impl Group {
             next_read_round: 1,
             next_internal: INTERNAL,
             leases: LeaseTable::default(),
-            expiring: BTreeMap::new(),
+            expiring: BTreeSet::new(),
             tick_proposed_ms: None,
             time_base: (0, 0),
             role: Role::Follower,
@@ -234,11 +238,15 @@ impl Group {
             return;
         }
         self.retry_lost_snapshots(now);
-        // Expiries proposed long enough ago and still not applied were dropped: propose again.
-        self.expiring.retain(|_, proposed| now.saturating_sub(*proposed) < INTERNAL_RETRY_MS);
+        // A session is marked expiring only once raft-rs accepted the proposal; a refused one is
+        // proposed again at the next tick. An accepted one stays in this leader's log until it
+        // commits or the leader steps down (which clears the marks), so it is never proposed
+        // twice — and no keepalive is acknowledged for the session meanwhile. (Forgetting the mark
+        // after a while, as a first version did, let a renewal be confirmed with the old expiry
+        // still in the log: the review caught it.)
         let due = self.leases.due(now, EXPIRE_BATCH, &self.expiring);
         if !due.is_empty() && self.propose_internal(Command::ExpireSessions { sessions: due.clone() }, now, wall) {
-            self.expiring.extend(due.iter().map(|s| (*s, now)));
+            self.expiring.extend(due.iter().copied());
         }
         let timer_due = self.sm.next_timer_ms().is_some_and(|at| at <= self.leader_time(now));
         let tick_stale = self.tick_proposed_ms.is_none_or(|at| now.saturating_sub(at) >= INTERNAL_RETRY_MS);
@@ -330,10 +338,12 @@ impl Group {
             return Err(self.not_leader());
         }
         let waiting = self.proposals.len() + self.reads_queued.len();
-        // Renewals are never refused for overload: refusing them turns overload into mass
-        // session expiry, which frees nothing and hands every lock on (issue 9, defect 8). They
-        // are bounded by the sessions that exist, not by the requests clients send.
-        if waiting >= config.max_pending && !matches!(query, Query::KeepAlive(_)) {
+        // Renewals are not refused for overload: refusing them turns overload into mass session
+        // expiry, which frees nothing and hands every lock on (issue 9, defect 8). They have
+        // four times the room (one per client stream is in flight), so a flood is still bounded.
+        let renewal = matches!(query, Query::KeepAlive(_));
+        let room = if renewal { config.max_pending.saturating_mul(4) } else { config.max_pending };
+        if waiting >= room {
             return Err(NodeError::Busy(waiting));
         }
         let read = PendingRead { id, query, since_ms: now };
@@ -430,23 +440,21 @@ impl Group {
     /// Hands a message to the runtime, noting when a snapshot went to whom.
     fn send(&mut self, msg: Message, now: u64, out: &mut Vec<Output>) {
         if msg.get_msg_type() == MessageType::MsgSnapshot {
-            self.snapshots_sent.insert(msg.to, now);
+            let mib = msg.get_snapshot().get_data().len() as u64 >> 20;
+            let answer_by = now + SNAPSHOT_ANSWER_MS + mib * SNAPSHOT_MS_PER_MIB;
+            self.snapshots_sent.insert(msg.to, answer_by);
         }
         out.push(Output::Send { to: msg.to, group: self.id, msg });
     }
 
-    /// A snapshot the follower has not answered in `SNAPSHOT_ANSWER_MS` was lost (a connection
+    /// A snapshot the follower has not answered in time (`SNAPSHOT_ANSWER_MS`) was lost (a connection
     /// cut mid-send, a message over the transport's bound): raft-rs sends nothing more to a
     /// follower it is sending a snapshot to until told how that went, so without this the
     /// follower stayed behind until the leadership changed. Reporting the failure makes raft-rs
     /// probe the follower again, and send a new snapshot if it still needs one.
     fn retry_lost_snapshots(&mut self, now: u64) {
-        let waiting: Vec<NodeId> = self
-            .snapshots_sent
-            .iter()
-            .filter(|(_, sent)| now.saturating_sub(**sent) >= SNAPSHOT_ANSWER_MS)
-            .map(|(to, _)| *to)
-            .collect();
+        let waiting: Vec<NodeId> =
+            self.snapshots_sent.iter().filter(|(_, answer_by)| now >= **answer_by).map(|(to, _)| *to).collect();
         for to in waiting {
             self.snapshots_sent.remove(&to);
             let sending = self.raw.raft.prs().get(to).is_some_and(|p| p.state == ProgressState::Snapshot);
@@ -510,7 +518,7 @@ impl Group {
                     let mut leases = Vec::with_capacity(sessions.len());
                     for &id in sessions {
                         match self.sm.session(id) {
-                            Some(s) if !self.expiring.contains_key(&id) => {
+                            Some(s) if !self.expiring.contains(&id) => {
                                 // Confirmed leader: the lease runs a full TTL from now.
                                 self.leases.set(id, now + s.ttl_ms);
                                 leases.push((id, Some(s.ttl_ms)));

@@ -42,12 +42,12 @@ impl LeaseTable {
     }
 
     /// Up to `limit` sessions whose deadline is at or before `now`, skipping those in `skip`.
-    pub fn due<V>(&self, now: u64, limit: usize, skip: &BTreeMap<SessionId, V>) -> Vec<SessionId> {
+    pub fn due(&self, now: u64, limit: usize, skip: &BTreeSet<SessionId>) -> Vec<SessionId> {
         self.by_deadline
             .iter()
             .take_while(|(deadline, _)| *deadline <= now)
             .map(|(_, s)| *s)
-            .filter(|s| !skip.contains_key(s))
+            .filter(|s| !skip.contains(s))
             .take(limit)
             .collect()
     }
@@ -64,14 +64,14 @@ mod tests {
         t.set(2, 50);
         t.set(3, 300);
         t.set(2, 200); // renewed
-        assert_eq!(t.due(150, 10, &BTreeMap::<SessionId, ()>::new()), vec![1]);
-        assert_eq!(t.due(250, 10, &BTreeMap::<SessionId, ()>::new()), vec![1, 2]);
-        assert_eq!(t.due(250, 10, &BTreeMap::from([(1, ())])), vec![2]);
-        assert_eq!(t.due(1_000, 2, &BTreeMap::<SessionId, ()>::new()), vec![1, 2]);
+        assert_eq!(t.due(150, 10, &BTreeSet::new()), vec![1]);
+        assert_eq!(t.due(250, 10, &BTreeSet::new()), vec![1, 2]);
+        assert_eq!(t.due(250, 10, &BTreeSet::from([1])), vec![2]);
+        assert_eq!(t.due(1_000, 2, &BTreeSet::new()), vec![1, 2]);
         t.remove(1);
         t.set_if_absent(3, 10);
-        assert_eq!(t.due(1_000, 10, &BTreeMap::<SessionId, ()>::new()), vec![2, 3]);
+        assert_eq!(t.due(1_000, 10, &BTreeSet::new()), vec![2, 3]);
         t.clear();
-        assert!(t.due(u64::MAX, 10, &BTreeMap::<SessionId, ()>::new()).is_empty());
+        assert!(t.due(u64::MAX, 10, &BTreeSet::new()).is_empty());
     }
 }

@@ -62,6 +62,8 @@ struct Cluster {
     snapshot_entries: u64,
     /// This many snapshot messages are lost on the wire.
     lose_snapshots: usize,
+    /// Appends are lost on the wire (heartbeats get through): followers whose disks stall.
+    block_appends: bool,
     /// Per-node offsets of the monotonic clock (nodes' clocks have unrelated origins).
     offsets: BTreeMap<u64, u64>,
 }
@@ -80,6 +82,7 @@ impl Cluster {
             now: 1_000,
             snapshot_entries,
             lose_snapshots: 0,
+            block_appends: false,
             offsets: BTreeMap::new(),
         };
         for id in ids {
@@ -145,6 +148,9 @@ impl Cluster {
             while let Some((from, to, msg)) = self.wire.pop_front() {
                 busy = true;
                 if self.isolated.contains(&from) || self.isolated.contains(&to) {
+                    continue;
+                }
+                if self.block_appends && msg.get_msg_type() == raft::eraftpb::MessageType::MsgAppend {
                     continue;
                 }
                 if msg.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot && self.lose_snapshots > 0 {
@@ -658,4 +664,39 @@ fn keepalives_are_served_when_the_leader_is_full() {
     assert!(matches!(answers[&refused], Err(NodeError::Busy(_))), "{:?}", answers[&refused]);
     assert_eq!(answers[&renewal], Ok(Answer::Read(Reply::KeepAlive(vec![(session, Some(10_000))]))));
     assert!(matches!(answers[&close], Err(NodeError::Rejected(baton_core::Error::SessionNotFound(999)))));
+}
+
+/// Found by review: an expiry the leader proposed stays in its log until it commits, but a first
+/// version of the re-proposal (defect 8) forgot after a second that it was proposed. With the
+/// expiry still uncommitted and a re-proposal refused (a leadership transfer under way), a
+/// keepalive was confirmed — and then the old expiry committed and the lock went to someone else
+/// while the client believed in its lease.
+#[test]
+fn no_renewal_is_confirmed_while_an_expiry_is_in_the_log() {
+    let mut c = Cluster::new(3, 20_000);
+    let leader = c.wait_leader();
+    let a = c.open("a");
+    c.outcome(acquire("x", a, 1, None));
+    c.block_appends = true;
+    // a goes a TTL without renewal: the leader proposes its expiry, which cannot commit.
+    c.advance(3_600);
+    assert!(c.nodes[&leader].node().state_machine(G).unwrap().session(a).is_some(), "the expiry committed");
+    let target = *c.ids.iter().find(|&&i| i != leader).unwrap();
+    c.nodes.get_mut(&leader).unwrap().node_mut().transfer_leader(G, target);
+    c.advance(600);
+    assert_eq!(c.leader(), Some(leader));
+    let id = c.submit(leader, Request::Read(Query::KeepAlive(vec![a])));
+    for _ in 0..5 {
+        c.settle();
+        if c.answers.contains_key(&id) {
+            break;
+        }
+        c.advance(TICK_MS);
+    }
+    match c.answers.remove(&id) {
+        Some(Ok(Answer::Read(Reply::KeepAlive(leases)))) => {
+            assert_eq!(leases, vec![(a, None)], "a renewal was confirmed with the expiry in the log")
+        }
+        other => panic!("unexpected answer {other:?}"),
+    }
 }

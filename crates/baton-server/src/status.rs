@@ -52,7 +52,12 @@ pub fn to_status(err: NodeError, node: &NodeHandle) -> Status {
                 | E::WrongKind { .. }
                 | E::RetryTooLate { .. } => Code::FailedPrecondition,
             };
-            Status::new(code, e.to_string())
+            let status = Status::new(code, e.to_string());
+            if matches!(e, E::RetryTooLate { .. }) {
+                // Not a plain refusal: the first attempt may have applied.
+                return with_info(status, Reason::OutcomeForgotten, 0, String::new());
+            }
+            status
         }
         NodeError::Unavailable(msg) => with_info(Status::unavailable(msg), Reason::MayHaveApplied, 0, String::new()),
         NodeError::Busy(_) => with_info(Status::resource_exhausted(err.to_string()), Reason::Busy, 0, String::new()),

@@ -25,8 +25,9 @@
 //! the receiver refuses a larger frame (the stream ends; an error is logged), and the sender
 //! never sends one: batches are cut to fit, and a single message too large for the bound (a
 //! snapshot of a state that outgrew it) is dropped with an error telling the operator to raise
-//! the bound on every node. Until then the follower it was for cannot catch up (Raft does not
-//! resend it while it waits for the snapshot's outcome); the rest of the cluster is unaffected.
+//! the bound on every node. Until then the follower it was for cannot catch up (the leader sends
+//! the snapshot again only when one has gone unanswered for 10 s and more, see baton-node's
+//! `retry_lost_snapshots`); the rest of the cluster is unaffected.
 //! Chunked snapshots would let the bound shrink to a few MiB (future work).
 
 use std::collections::BTreeSet;

@@ -7,6 +7,24 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use baton_client::{Client, LockKind, LockOptions};
+
+/// `println!` that does not panic when the reader of our output has gone away (`baton status |
+/// head -1`): the command's output is no longer wanted, so it exits quietly (status 0, as a
+/// filter does). SIGPIPE stays ignored in every command but `sim`: a client or server must see a
+/// broken socket as an error, not die of the signal.
+macro_rules! out {
+    () => {
+        out!("")
+    };
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
 use baton_server::{Server, ServerConfig};
 use clap::{Parser, Subcommand};
 
@@ -397,7 +415,7 @@ async fn run(cmd: Cmd) -> ExitCode {
             };
             match Server::start_with_listeners(config, client, peer).await {
                 Ok(server) => {
-                    println!("baton dev: serving clients on {} (data in {})", server.client_addr, data.display());
+                    out!("baton dev: serving clients on {} (data in {})", server.client_addr, data.display());
                     serve_until_signal(server).await
                 }
                 Err(e) => fail(1, format!("cannot start: {e}")),
@@ -414,7 +432,7 @@ async fn run(cmd: Cmd) -> ExitCode {
             config.max_peer_message_bytes = max_peer_message_mib.max(1).saturating_mul(1 << 20);
             match Server::start(config, &client_addr, &peer_addr).await {
                 Ok(server) => {
-                    println!(
+                    out!(
                         "baton server {id}: serving clients on {} and peers on {} (data in {})",
                         server.client_addr,
                         server.peer_addr,
@@ -468,11 +486,11 @@ async fn run(cmd: Cmd) -> ExitCode {
             match args {
                 Ok(args) => match bench::run(args).await {
                     Ok(report) if json => {
-                        println!("{}", report.to_json());
+                        out!("{}", report.to_json());
                         ExitCode::SUCCESS
                     }
                     Ok(report) => {
-                        println!("{}", report.to_text());
+                        out!("{}", report.to_text());
                         ExitCode::SUCCESS
                     }
                     Err(e) => fail(EXIT_FAILED, e),
@@ -682,7 +700,7 @@ async fn status(eps: String, json: bool) -> ExitCode {
         match Client::status_of(&ep).await {
             Ok(s) => {
                 if json {
-                    println!("{}", status_json(&s));
+                    out!("{}", status_json(&s));
                 } else {
                     print_status(&s);
                 }
@@ -719,30 +737,46 @@ fn status_json(s: &baton_proto::v1::StatusResponse) -> serde_json::Value {
 }
 
 fn print_status(s: &baton_proto::v1::StatusResponse) {
-    println!("answered by node {}", s.node_id);
+    out!("answered by node {}", s.node_id);
     if s.torn_tail_bytes > 0 {
-        println!(
+        out!(
             "started after a crash in the middle of a write: dropped its torn, never-acknowledged last {} bytes",
             s.torn_tail_bytes
         );
     } else if s.unclean_start {
-        println!("started after a crash (no write was torn)");
+        out!("started after a crash (no write was torn)");
     }
-    println!("{:<6} {:<22} {:<22}", "NODE", "CLIENT ADDR", "PEER ADDR");
+    out!("{:<6} {:<22} {:<22}", "NODE", "CLIENT ADDR", "PEER ADDR");
     for n in &s.nodes {
         let client = if n.client_addr.is_empty() { "?" } else { &n.client_addr };
-        println!("{:<6} {:<22} {:<22}", n.id, client, n.peer_addr);
+        out!("{:<6} {:<22} {:<22}", n.id, client, n.peer_addr);
     }
-    println!();
-    println!(
+    out!();
+    out!(
         "{:<6} {:<7} {:<6} {:<9} {:<9} {:<9} {:<9} {:<7} {:<10}",
-        "GROUP", "LEADER", "TERM", "COMMIT", "APPLIED", "ROLE", "SESSIONS", "LOCKS", "LAST TOKEN"
+        "GROUP",
+        "LEADER",
+        "TERM",
+        "COMMIT",
+        "APPLIED",
+        "ROLE",
+        "SESSIONS",
+        "LOCKS",
+        "LAST TOKEN"
     );
     for g in &s.groups {
         let leader = if g.leader == 0 { "-".to_string() } else { g.leader.to_string() };
-        println!(
+        out!(
             "{:<6} {:<7} {:<6} {:<9} {:<9} {:<9} {:<9} {:<7} {:<10}",
-            g.id, leader, g.term, g.commit_index, g.applied_index, g.role, g.sessions, g.locks, g.last_token
+            g.id,
+            leader,
+            g.term,
+            g.commit_index,
+            g.applied_index,
+            g.role,
+            g.sessions,
+            g.locks,
+            g.last_token
         );
     }
 }
@@ -788,19 +822,19 @@ async fn describe(eps: String, json: bool, name: String) -> ExitCode {
                 "deadline_in_ms": w.deadline_in_ms, "mode": mode(w.shared, w.permits),
             })).collect::<Vec<_>>(),
         });
-        println!("{v}");
+        out!("{v}");
         return ExitCode::SUCCESS;
     }
     if !d.held && d.waiters.is_empty() && d.lock_delay_remaining_ms == 0 {
-        println!("{name}: free");
+        out!("{name}: free");
         return ExitCode::SUCCESS;
     }
-    println!("{name} ({kind}): {} holder(s), {} waiting", d.holders.len(), d.waiters.len());
+    out!("{name} ({kind}): {} holder(s), {} waiting", d.holders.len(), d.waiters.len());
     if d.lock_delay_remaining_ms > 0 {
-        println!("  in lock-delay for {} ms more", d.lock_delay_remaining_ms);
+        out!("  in lock-delay for {} ms more", d.lock_delay_remaining_ms);
     }
     for h in &d.holders {
-        println!(
+        out!(
             "  held by session {} ({}) with token {} for {} ms",
             h.session_id,
             mode(h.shared, h.permits),
@@ -810,10 +844,7 @@ async fn describe(eps: String, json: bool, name: String) -> ExitCode {
     }
     for (i, w) in d.waiters.iter().enumerate() {
         let m = mode(w.shared, w.permits);
-        println!(
-            "  {i}: session {} ({m}) waited {} ms, gives up in {} ms",
-            w.session_id, w.waited_ms, w.deadline_in_ms
-        );
+        out!("  {i}: session {} ({m}) waited {} ms, gives up in {} ms", w.session_id, w.waited_ms, w.deadline_in_ms);
     }
     ExitCode::SUCCESS
 }
@@ -841,7 +872,7 @@ async fn counter(eps: String, name: String, op: String, args: Vec<String>) -> Ex
     };
     match result {
         Ok(line) => {
-            println!("{line}");
+            out!("{line}");
             ExitCode::SUCCESS
         }
         Err(e) => client_error(e),
@@ -871,7 +902,7 @@ async fn register(eps: String, name: String, op: String, value: Option<String>, 
     };
     match result {
         Ok(line) => {
-            println!("{line}");
+            out!("{line}");
             ExitCode::SUCCESS
         }
         Err(e) => client_error(e),
@@ -890,7 +921,7 @@ async fn watch(eps: String, name: String, prefix: bool, from: u64, json: bool) -
             _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
         };
         match e {
-            Some(Ok(e)) if json => println!(
+            Some(Ok(e)) if json => out!(
                 "{}",
                 serde_json::json!({
                     "seq": e.seq, "hlc": format!("{}.{}", e.hlc_physical_ms, e.hlc_logical), "type": e.r#type,
@@ -906,10 +937,7 @@ async fn watch(eps: String, name: String, prefix: bool, from: u64, json: bool) -
                     "queued" => format!("session={} request={}", e.session_id, e.request_id),
                     _ => format!("session={} token={}", e.session_id, e.token),
                 };
-                println!(
-                    "{:>8} {}.{:03} {:<16} {} {detail}",
-                    e.seq, e.hlc_physical_ms, e.hlc_logical, e.r#type, e.name
-                );
+                out!("{:>8} {}.{:03} {:<16} {} {detail}", e.seq, e.hlc_physical_ms, e.hlc_logical, e.r#type, e.name);
             }
             Some(Err(e)) => return client_error(e),
             None => return ExitCode::SUCCESS,
@@ -933,8 +961,8 @@ async fn elect(eps: String, ttl: u64, observe: bool, name: String, value: Option
                 _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
             };
             match l {
-                Some(Ok(l)) if l.session == 0 => println!("{name}: no leader"),
-                Some(Ok(l)) => println!(
+                Some(Ok(l)) if l.session == 0 => out!("{name}: no leader"),
+                Some(Ok(l)) => out!(
                     "{name}: leader session={} token={} value={}",
                     l.session,
                     l.token,
@@ -964,7 +992,7 @@ async fn elect(eps: String, ttl: u64, observe: bool, name: String, value: Option
             }
         }
     };
-    println!("{name}: elected with token {} (value {})", guard.token(), String::from_utf8_lossy(&value));
+    out!("{name}: elected with token {} (value {})", guard.token(), String::from_utf8_lossy(&value));
     let code = tokio::select! {
         _ = tokio::signal::ctrl_c() => ExitCode::SUCCESS,
         _ = guard.lease_lost() => {
@@ -995,7 +1023,7 @@ async fn barrier(eps: String, name: String, parties: u32, wait: f64) -> ExitCode
     let _ = session.close().await;
     match r {
         Ok(true) => {
-            println!("{name}: all {parties} parties arrived");
+            out!("{name}: all {parties} parties arrived");
             ExitCode::SUCCESS
         }
         Ok(false) => {
@@ -1012,12 +1040,12 @@ async fn latch(eps: String, name: String, op: String, count: Option<u64>, wait: 
     };
     let r = match (op.as_str(), count) {
         ("set", Some(n)) => client.latch_set(&name, n).await.map(|(set, c)| {
-            println!("{}", if set { format!("count={c}") } else { format!("already set: count={c}") });
+            out!("{}", if set { format!("count={c}") } else { format!("already set: count={c}") });
             true
         }),
         ("set", None) => return fail(EXIT_USAGE, "latch set: missing COUNT".into()),
         ("down", _) => client.latch_count_down(&name).await.map(|c| {
-            println!("count={c}");
+            out!("count={c}");
             true
         }),
         ("wait", _) => session.latch_wait(&name, Some(Duration::from_secs_f64(wait.clamp(0.0, 3600.0)))).await,

@@ -135,3 +135,24 @@ fn dev_restarts_after_its_first_snapshot() {
         }
     }
 }
+
+/// `baton status | head -1` panicked ("failed printing to stdout: Broken pipe") when the reader
+/// went away before the output was written. It exits quietly now, as a filter does.
+#[test]
+fn output_to_a_closed_pipe_is_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
+    let _dev = start_dev(&dir.path().join("data"), &addr);
+    let mut child = Command::new(BATON)
+        .args(["status", "--endpoints", &addr])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before the command has written anything.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}

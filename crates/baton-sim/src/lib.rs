@@ -20,10 +20,22 @@
 //! - **mutual exclusion**: no two sessions hold one name at the same virtual instant, where a
 //!   client holds from receiving a grant until it sends the release or its lease runs out on its
 //!   own (drifting) clock;
-//! - **liveness after heal**: once faults stop, every wait ends (granted or timed out) in time.
+//! - **liveness after heal**: once faults stop, every wait ends (granted or timed out) in time;
+//! - **linearizability** of the counter (and of describes: a holder is listed), **register**
+//!   (versions and reads in real-time order), **latch** (a waiter passes only through the log,
+//!   and a queued one only when the count reaches zero), **barrier**, **once** (no request, and
+//!   no acquire call, is granted twice; re-sent old requests and opens get the same outcome),
+//!   **one-kind** (a command of another kind never applies to a held name), **election** (the
+//!   leader's proclaim is accepted, a stale token's refused).
+//!
+//! # Clients
+//! The simulated client runs the real client's rules — [`baton_client::core`]: lease deadline,
+//! renewal schedule and rotation, retry decisions per operation, request ids — and only supplies
+//! the I/O (`client.rs`); its workload covers every command (`workload.rs`).
 //!
 //! # Caveats
-//! - Linearizability of registers/counters is not checked yet: those primitives do not exist.
+//! - A call is retried until it ends: the real client's overall request timeout is not
+//!   modelled (the liveness checker bounds waits instead).
 //! - Clients talk to nodes through the same [`baton_node::Requests`] layer as the gRPC server,
 //!   not through gRPC itself; the gRPC layer is covered by the process-level tests.
 

@@ -101,7 +101,7 @@ impl StateMachine {
         };
         *count -= 1;
         let count = *count;
-        if count == 0 {
+        if count == 0 || (count == 1 && self.bugs.latch_opens_early) {
             self.latches.remove(name);
             self.pass_all(name, events);
         }

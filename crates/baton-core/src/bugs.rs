@@ -41,13 +41,19 @@ pub struct Bugs {
     /// The client sends an unanswered acquire again under a new request id, so one call can be
     /// granted twice (once).
     pub acquire_retry_new_id: bool,
+    /// Counters and registers do not check what else their name is in use as (one-kind).
+    pub values_ignore_kind: bool,
+    /// A proclaim is accepted from any session that holds nothing, with any token (election).
+    pub proclaim_ignores_token: bool,
+    /// A latch lets its waiters pass when its count reaches one, not zero (latch).
+    pub latch_opens_early: bool,
 }
 
 /// Picks one flag out of a [`Bugs`].
 type Flag = fn(&mut Bugs) -> &mut bool;
 
 /// The command-line names of the bugs, with the flag each sets.
-const TABLE: [(&str, Flag); 12] = [
+const TABLE: [(&str, Flag); 15] = [
     ("grant-ignores-queue", |b| &mut b.grant_ignores_queue),
     ("token-reset-on-restart", |b| &mut b.token_reset_on_restart),
     ("follower-expiry", |b| &mut b.follower_expiry),
@@ -60,6 +66,9 @@ const TABLE: [(&str, Flag); 12] = [
     ("register-read-cache", |b| &mut b.register_read_cache),
     ("latch-timeout-passes", |b| &mut b.latch_timeout_passes),
     ("acquire-retry-new-id", |b| &mut b.acquire_retry_new_id),
+    ("values-ignore-kind", |b| &mut b.values_ignore_kind),
+    ("proclaim-ignores-token", |b| &mut b.proclaim_ignores_token),
+    ("latch-opens-early", |b| &mut b.latch_opens_early),
 ];
 
 impl Bugs {

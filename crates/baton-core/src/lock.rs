@@ -242,7 +242,13 @@ impl StateMachine {
         let Some(lock) = self.locks.get_mut(name) else {
             return Err(Error::NotHolder { name: name.to_string(), session, token });
         };
-        let Some(h) = lock.holders.iter_mut().find(|h| h.session == session && h.token == token) else {
+        let bug = self.bugs.proclaim_ignores_token;
+        let Some(h) = lock.holders.iter_mut().find(|h| bug || (h.session == session && h.token == token)) else {
+            if bug {
+                // Deliberate bug: a stale proclaim on a leaderless election is accepted too.
+                events.push(Event::LeaderChanged { name: name.to_string(), session, token, value: value.to_vec() });
+                return Ok(Outcome::Proclaimed);
+            }
             return Err(Error::NotHolder { name: name.to_string(), session, token });
         };
         h.value = value.to_vec();

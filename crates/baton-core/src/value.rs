@@ -27,7 +27,7 @@ pub struct Register {
 impl StateMachine {
     pub(crate) fn counter_add(&mut self, name: &str, delta: i64, events: &mut Vec<Event>) -> Result<Outcome> {
         self.limits.check_name(name)?;
-        self.check_use(name, Use::Counter)?;
+        self.check_value_use(name, Use::Counter)?;
         let current = self.counter(name);
         let value = current
             .checked_add(delta)
@@ -44,7 +44,7 @@ impl StateMachine {
         events: &mut Vec<Event>,
     ) -> Result<Outcome> {
         self.limits.check_name(name)?;
-        self.check_use(name, Use::Counter)?;
+        self.check_value_use(name, Use::Counter)?;
         let current = self.counter(name);
         if current != expected {
             return Ok(Outcome::Counter { value: current, swapped: false });
@@ -64,6 +64,15 @@ impl StateMachine {
         }
         events.push(Event::CounterChanged { name: name.to_string(), value });
         Ok(())
+    }
+
+    /// The kind check of counters and registers (skipped by a deliberate bug in the simulator's
+    /// broken variant `values-ignore-kind`).
+    fn check_value_use(&self, name: &str, asked: Use) -> Result<()> {
+        if self.bugs.values_ignore_kind {
+            return Ok(());
+        }
+        self.check_use(name, asked)
     }
 
     /// A counter's value (0 if never written).
@@ -86,7 +95,7 @@ impl StateMachine {
         events: &mut Vec<Event>,
     ) -> Result<Outcome> {
         self.limits.check_name(name)?;
-        self.check_use(name, Use::Register)?;
+        self.check_value_use(name, Use::Register)?;
         if let Some(v) = value {
             if v.len() > MAX_VALUE_BYTES {
                 return Err(Error::InvalidArgument(format!(

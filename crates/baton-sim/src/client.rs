@@ -107,6 +107,8 @@ pub(crate) fn class_of(e: &NodeError) -> ErrorClass<u64> {
         NodeError::NotLeader { leader, .. } => ErrorClass::NotLeader { leader: *leader },
         NodeError::Busy(_) => ErrorClass::Busy,
         NodeError::Unavailable(_) => ErrorClass::MayHaveApplied,
+        // As the server marks it (ErrorInfo OUTCOME_FORGOTTEN): the first attempt may have applied.
+        NodeError::Rejected(baton_core::Error::RetryTooLate { .. }) => ErrorClass::Forgotten,
         NodeError::Rejected(_) | NodeError::NoGroup(_) => ErrorClass::Refused,
     }
 }

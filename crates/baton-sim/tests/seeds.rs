@@ -81,6 +81,9 @@ fn every_checker_catches_its_planted_bug() {
         ("register-read-cache", "register"),
         ("latch-timeout-passes", "latch"),
         ("acquire-retry-new-id", "once"),
+        ("values-ignore-kind", "one-kind"),
+        ("proclaim-ignores-token", "election"),
+        ("latch-opens-early", "latch"),
     ] {
         let found = caught(bug, 300);
         assert_eq!(found.as_ref().map(|(_, p)| p[0]), Some(property), "--bug {bug}: {found:?}");

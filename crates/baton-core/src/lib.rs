@@ -24,7 +24,7 @@
 //! - A session remembers the outcomes of its last 16 finished requests for idempotent retries;
 //!   a retry of an older one is refused ([`Error::RetryTooLate`]), never applied twice. Request
 //!   ids must therefore grow within a session (the client's do).
-//! - One name, one kind: see [`names`](crate::names) for the rule between primitives.
+//! - One name, one kind: see [`names`] for the rule between primitives.
 
 pub mod barrier;
 pub mod bugs;

@@ -13,6 +13,9 @@ use crate::node::{GroupStatus, NodeConfig, NodeError, Output, Query, Reply, Role
 use crate::storage::GroupStorage;
 use crate::{GroupId, NodeId, RequestId};
 
+mod reads;
+mod snapshots;
+
 /// Request ids with this bit set are the leader's own proposals (expiry, ticks): no reply.
 const INTERNAL: RequestId = 1 << 63;
 /// Most sessions expired by one command.
@@ -328,50 +331,6 @@ impl Group {
         Ok(())
     }
 
-    pub(crate) fn read(&mut self, id: RequestId, query: Query, now: u64, config: &NodeConfig) -> Result<(), NodeError> {
-        if self.bugs.stale_reads && !matches!(query, Query::KeepAlive(_)) {
-            // Deliberate bug: answer from local state, leader or not, without ReadIndex.
-            self.reads_ready.push((0, PendingRead { id, query, since_ms: now }));
-            return Ok(());
-        }
-        if self.role != Role::Leader {
-            return Err(self.not_leader());
-        }
-        let waiting = self.proposals.len() + self.reads_queued.len();
-        // Renewals are not refused for overload: refusing them turns overload into mass session
-        // expiry, which frees nothing and hands every lock on (issue 9, defect 8). They have
-        // four times the room (one per client stream is in flight), so a flood is still bounded.
-        let renewal = matches!(query, Query::KeepAlive(_));
-        let room = if renewal { config.max_pending.saturating_mul(4) } else { config.max_pending };
-        if waiting >= room {
-            return Err(NodeError::Busy(waiting));
-        }
-        let read = PendingRead { id, query, since_ms: now };
-        if now < self.lease_until_ms && self.raw.raft.commit_to_current_term() {
-            // Lease read (NodeConfig::lease_read_ms): no other leader can exist yet, so what is
-            // committed now is the latest; serve once it has applied.
-            self.reads_ready.push((self.raw.raft.raft_log.committed, read));
-            return Ok(());
-        }
-        self.reads_queued.push(read);
-        Ok(())
-    }
-
-    /// Starts a ReadIndex round for the queued reads, once this leader has committed an entry
-    /// of its term (raft-rs drops read requests before that).
-    fn start_read_round(&mut self, now: u64, config: &NodeConfig) {
-        if self.reads_queued.is_empty() || self.role != Role::Leader || !self.raw.raft.commit_to_current_term() {
-            return;
-        }
-        let round = self.next_read_round;
-        self.next_read_round += 1;
-        if config.lease_read_ms > 0 {
-            self.round_started_ms.insert(round, now);
-        }
-        self.reads_in_flight.insert(round, std::mem::take(&mut self.reads_queued));
-        self.raw.read_index(round.to_be_bytes().to_vec());
-    }
-
     pub(crate) fn ready(
         &mut self,
         now: u64,
@@ -437,33 +396,6 @@ impl Group {
         Ok((!empty).then_some(write))
     }
 
-    /// Hands a message to the runtime, noting when a snapshot went to whom.
-    fn send(&mut self, msg: Message, now: u64, out: &mut Vec<Output>) {
-        if msg.get_msg_type() == MessageType::MsgSnapshot {
-            let mib = msg.get_snapshot().get_data().len() as u64 >> 20;
-            let answer_by = now + SNAPSHOT_ANSWER_MS + mib * SNAPSHOT_MS_PER_MIB;
-            self.snapshots_sent.insert(msg.to, answer_by);
-        }
-        out.push(Output::Send { to: msg.to, group: self.id, msg });
-    }
-
-    /// A snapshot the follower has not answered in time (`SNAPSHOT_ANSWER_MS`) was lost (a connection
-    /// cut mid-send, a message over the transport's bound): raft-rs sends nothing more to a
-    /// follower it is sending a snapshot to until told how that went, so without this the
-    /// follower stayed behind until the leadership changed. Reporting the failure makes raft-rs
-    /// probe the follower again, and send a new snapshot if it still needs one.
-    fn retry_lost_snapshots(&mut self, now: u64) {
-        let waiting: Vec<NodeId> =
-            self.snapshots_sent.iter().filter(|(_, answer_by)| now >= **answer_by).map(|(to, _)| *to).collect();
-        for to in waiting {
-            self.snapshots_sent.remove(&to);
-            let sending = self.raw.raft.prs().get(to).is_some_and(|p| p.state == ProgressState::Snapshot);
-            if sending {
-                self.raw.report_snapshot(to, SnapshotStatus::Failure);
-            }
-        }
-    }
-
     pub(crate) fn persisted(&mut self, now: u64, config: &NodeConfig, out: &mut Vec<Output>) -> Result<(), String> {
         let Some(mut rd) = self.pending_ready.take() else {
             // Lease reads wait for nothing but apply.
@@ -486,67 +418,6 @@ impl Group {
         self.serve_reads(now, out);
         self.maybe_snapshot(config);
         Ok(())
-    }
-
-    fn serve_reads(&mut self, now: u64, out: &mut Vec<Output>) {
-        let applied = self.sm.applied_index();
-        let ready: Vec<(u64, PendingRead)> = self.reads_ready.extract_if(.., |(index, _)| *index <= applied).collect();
-        for (_, r) in ready {
-            let reply = match &r.query {
-                Query::Lock(name) => match self.sm.lock(name) {
-                    Some(l) => Reply::Lock {
-                        kind: l.kind,
-                        holders: l.holders.clone(),
-                        waiters: l.waiters.iter().cloned().collect(),
-                        closed_until_ms: l.closed_until_ms,
-                        now_ms: self.sm.now_ms(),
-                    },
-                    None => Reply::Lock {
-                        kind: baton_core::Kind::Mutex,
-                        holders: Vec::new(),
-                        waiters: Vec::new(),
-                        closed_until_ms: 0,
-                        now_ms: self.sm.now_ms(),
-                    },
-                },
-                Query::Session(id) => {
-                    Reply::Session(self.sm.session(*id).map(|s| (s.ttl_ms, s.owned.iter().cloned().collect())))
-                }
-                Query::Counter(name) => Reply::Counter(self.sm.counter(name)),
-                Query::Register(name) => Reply::Register(self.sm.register(name).map(|r| (r.value.clone(), r.version))),
-                Query::KeepAlive(sessions) => {
-                    let mut leases = Vec::with_capacity(sessions.len());
-                    for &id in sessions {
-                        match self.sm.session(id) {
-                            Some(s) if !self.expiring.contains(&id) => {
-                                // Confirmed leader: the lease runs a full TTL from now.
-                                self.leases.set(id, now + s.ttl_ms);
-                                leases.push((id, Some(s.ttl_ms)));
-                            }
-                            _ => leases.push((id, None)),
-                        }
-                    }
-                    Reply::KeepAlive(leases)
-                }
-            };
-            out.push(Output::Reply { id: r.id, result: Ok(reply) });
-        }
-    }
-
-    fn maybe_snapshot(&mut self, config: &NodeConfig) {
-        let applied = self.sm.applied_index();
-        let snap_index = self.raw.store().snapshot_ref().get_metadata().index;
-        // A snapshot costs time in proportion to the state, so it waits for new entries in
-        // proportion too (a quarter of the objects): the cost per entry stays bounded however
-        // large the state grows. With a fixed 20,000 entries, a node holding 1M locks spent
-        // most of its time serialising. The log kept in memory grows by the same quarter.
-        let due = config.snapshot_entries.max(self.sm.object_count() / 4);
-        if applied.saturating_sub(snap_index) < due {
-            return;
-        }
-        let data = self.sm.to_snapshot();
-        let snap = self.raw.mut_store().set_snapshot(data, applied);
-        self.snapshot_to_write = Some(snap);
     }
 
     fn on_role(&mut self, state: StateRole, leader: u64, now: u64, out: &mut Vec<Output>) {

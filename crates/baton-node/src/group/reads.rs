@@ -1,0 +1,94 @@
+//! A group's linearizable reads and keepalives: ReadIndex rounds, leader leases, serving.
+
+use super::*;
+
+impl Group {
+    pub(crate) fn read(&mut self, id: RequestId, query: Query, now: u64, config: &NodeConfig) -> Result<(), NodeError> {
+        if self.bugs.stale_reads && !matches!(query, Query::KeepAlive(_)) {
+            // Deliberate bug: answer from local state, leader or not, without ReadIndex.
+            self.reads_ready.push((0, PendingRead { id, query, since_ms: now }));
+            return Ok(());
+        }
+        if self.role != Role::Leader {
+            return Err(self.not_leader());
+        }
+        let waiting = self.proposals.len() + self.reads_queued.len();
+        // Renewals are not refused for overload: refusing them turns overload into mass session
+        // expiry, which frees nothing and hands every lock on (issue 9, defect 8). They have
+        // four times the room (one per client stream is in flight), so a flood is still bounded.
+        let renewal = matches!(query, Query::KeepAlive(_));
+        let room = if renewal { config.max_pending.saturating_mul(4) } else { config.max_pending };
+        if waiting >= room {
+            return Err(NodeError::Busy(waiting));
+        }
+        let read = PendingRead { id, query, since_ms: now };
+        if now < self.lease_until_ms && self.raw.raft.commit_to_current_term() {
+            // Lease read (NodeConfig::lease_read_ms): no other leader can exist yet, so what is
+            // committed now is the latest; serve once it has applied.
+            self.reads_ready.push((self.raw.raft.raft_log.committed, read));
+            return Ok(());
+        }
+        self.reads_queued.push(read);
+        Ok(())
+    }
+
+    /// Starts a ReadIndex round for the queued reads, once this leader has committed an entry
+    /// of its term (raft-rs drops read requests before that).
+    pub(super) fn start_read_round(&mut self, now: u64, config: &NodeConfig) {
+        if self.reads_queued.is_empty() || self.role != Role::Leader || !self.raw.raft.commit_to_current_term() {
+            return;
+        }
+        let round = self.next_read_round;
+        self.next_read_round += 1;
+        if config.lease_read_ms > 0 {
+            self.round_started_ms.insert(round, now);
+        }
+        self.reads_in_flight.insert(round, std::mem::take(&mut self.reads_queued));
+        self.raw.read_index(round.to_be_bytes().to_vec());
+    }
+
+    pub(super) fn serve_reads(&mut self, now: u64, out: &mut Vec<Output>) {
+        let applied = self.sm.applied_index();
+        let ready: Vec<(u64, PendingRead)> = self.reads_ready.extract_if(.., |(index, _)| *index <= applied).collect();
+        for (_, r) in ready {
+            let reply = match &r.query {
+                Query::Lock(name) => match self.sm.lock(name) {
+                    Some(l) => Reply::Lock {
+                        kind: l.kind,
+                        holders: l.holders.clone(),
+                        waiters: l.waiters.iter().cloned().collect(),
+                        closed_until_ms: l.closed_until_ms,
+                        now_ms: self.sm.now_ms(),
+                    },
+                    None => Reply::Lock {
+                        kind: baton_core::Kind::Mutex,
+                        holders: Vec::new(),
+                        waiters: Vec::new(),
+                        closed_until_ms: 0,
+                        now_ms: self.sm.now_ms(),
+                    },
+                },
+                Query::Session(id) => {
+                    Reply::Session(self.sm.session(*id).map(|s| (s.ttl_ms, s.owned.iter().cloned().collect())))
+                }
+                Query::Counter(name) => Reply::Counter(self.sm.counter(name)),
+                Query::Register(name) => Reply::Register(self.sm.register(name).map(|r| (r.value.clone(), r.version))),
+                Query::KeepAlive(sessions) => {
+                    let mut leases = Vec::with_capacity(sessions.len());
+                    for &id in sessions {
+                        match self.sm.session(id) {
+                            Some(s) if !self.expiring.contains(&id) => {
+                                // Confirmed leader: the lease runs a full TTL from now.
+                                self.leases.set(id, now + s.ttl_ms);
+                                leases.push((id, Some(s.ttl_ms)));
+                            }
+                            _ => leases.push((id, None)),
+                        }
+                    }
+                    Reply::KeepAlive(leases)
+                }
+            };
+            out.push(Output::Reply { id: r.id, result: Ok(reply) });
+        }
+    }
+}

@@ -291,12 +291,14 @@ impl Op {
     pub fn repeat(self) -> Repeat {
         match self {
             Op::Read => Repeat::Read,
-            Op::OpenSession | Op::CloseSession | Op::Acquire | Op::Release | Op::Cancel | Op::Proclaim => {
-                Repeat::Idempotent
-            }
+            Op::OpenSession | Op::CloseSession | Op::Acquire | Op::Release | Op::Cancel => Repeat::Idempotent,
             // Setting a latch is not harmless to repeat: between the two, count-downs may have
-            // taken it to zero (and it is forgotten then), and the repeat would set it again.
-            Op::LatchSet | Op::LatchCountDown | Op::CounterAdd | Op::CounterCas | Op::RegisterSet => Repeat::Once,
+            // taken it to zero (and it is forgotten then), and the repeat would set it again. A
+            // late repeat of a proclaim could publish an older value over a newer one (both
+            // found by review).
+            Op::Proclaim | Op::LatchSet | Op::LatchCountDown | Op::CounterAdd | Op::CounterCas | Op::RegisterSet => {
+                Repeat::Once
+            }
         }
     }
 }

@@ -28,8 +28,8 @@
 //! its wait plus that, up to [`ClientOptions::max_attempt`]) which fails that attempt only.
 //! Then the call goes on at another node if it certainly was not applied, or if repeating it is
 //! harmless (reads; acquires, releases and cancels by their request id). A write that must not
-//! apply twice (counter add or CAS, register write, latch count-down) whose outcome is not
-//! known is not repeated: it fails with [`Error::OutcomeUnknown`].
+//! apply twice (counter add or CAS, register write, latch set or count-down, proclaim) whose
+//! outcome is not known is not repeated: it fails with [`Error::OutcomeUnknown`].
 //!
 //! # Lease loss
 //! The client considers a session lost once it has gone its TTL minus a drift margin (a tenth of
@@ -293,7 +293,8 @@ impl Client {
     /// Gives the countdown latch `name` its count, unless it has one; returns (set, count).
     pub async fn latch_set(&self, name: &str, count: u64) -> Result<(bool, u64)> {
         let req = pb::LatchRequest { name: name.into(), op: Some(pb::latch_request::Op::Set(count)) };
-        // Idempotent: a repeated set finds the latch already set.
+        // Not repeated when its outcome is unknown: count-downs may have taken the latch to
+        // zero in between, and a repeat would set it again.
         self.attempts(self.plan(Op::LatchSet), |mut c| {
             let req = req.clone();
             async move { c.latch(req).await.map_err(AttemptError::from) }

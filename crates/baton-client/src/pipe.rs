@@ -58,14 +58,22 @@ impl Pipe {
         let pending = Arc::new(Mutex::new(Pending { waiting: HashMap::new(), broken: None }));
         let shared = pending.clone();
         // Marks each call as sent when the transport takes it: a call still queued when the
-        // stream fails certainly never reached the server, and may go elsewhere.
+        // stream fails certainly never reached the server, and may go elsewhere. A call the
+        // failure already answered "not sent" (or whose caller went away) is never handed to
+        // the transport afterwards, even if the stream is still being torn down: it may be
+        // on its way to another node by then (found by review).
         let marks = pending.clone();
-        let outgoing = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(move |req| {
-            if let Some(w) = marks.lock().expect("pipe lock").waiting.get_mut(&req.call_id) {
-                w.sent = true;
+        let take = move |req: pb::CallRequest| {
+            let mut p = marks.lock().expect("pipe lock");
+            if p.broken.is_some() {
+                return None;
             }
-            req
-        });
+            let w = p.waiting.get_mut(&req.call_id)?;
+            w.sent = true;
+            Some(req)
+        };
+        let outgoing = tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
+            .filter_map(move |req| std::future::ready(take(req)));
         let addr = addr.to_string();
         tokio::spawn(async move {
             let (reason, nothing_sent) = match tokio::time::timeout(OPEN_TIMEOUT, grpc.call(outgoing)).await {

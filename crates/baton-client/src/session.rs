@@ -198,7 +198,12 @@ impl Session {
             async move { c.acquire(req).await }
         });
         let r = r.await;
-        withdraw.session = None;
+        // Keep the cancel-on-drop armed when the outcome is unknown: the acquire may sit in the
+        // queue and be granted later to a session nobody uses for it (found by review). Only an
+        // answer (granted, not granted, refused) makes the withdrawal unnecessary.
+        if !matches!(r, Err(Error::OutcomeUnknown(_))) {
+            withdraw.session = None;
+        }
         let r = r?;
         if r.result == pb::acquire_response::Result::Granted as i32 {
             Ok(Some(LockGuard { session: self.clone(), name: name.to_string(), token: r.token, released: false }))

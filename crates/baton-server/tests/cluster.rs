@@ -958,3 +958,62 @@ async fn errors_carry_typed_details() {
         cluster.stop(id).await;
     }
 }
+
+/// Found by review: an acquire whose outcome became unknown (queued, then the cluster lost its
+/// quorum for longer than the client's request timeout) no longer withdrew itself, so the grant
+/// came later to a live session that nobody used for it and held the lock until that session
+/// ended. The client now sends the cancel whenever the outcome is unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquire_of_unknown_outcome_is_withdrawn() {
+    let mut cluster = TestCluster::start(3, 20_000).await;
+    let client = cluster.client().await;
+    let holder = client.session(Duration::from_secs(60)).await.unwrap();
+    let held = holder.lock("x", None).await.unwrap().expect("free lock is granted");
+    let options = ClientOptions {
+        client_id: "waiter".into(),
+        request_timeout: Duration::from_secs(2),
+        attempt_timeout: Duration::from_secs(1),
+        max_attempt: Duration::from_secs(2),
+    };
+    let waiter_client = Client::connect_with(cluster.endpoints(), options).await.unwrap();
+    // Sessions that outlive the outage: the waiter must leave the queue by its withdrawal, not
+    // with its session.
+    let waiter = waiter_client.session(Duration::from_secs(60)).await.unwrap();
+    let w = waiter.clone();
+    // Its wait (10 s of the state machine's time, which stands still without a leader) outlasts
+    // the outage and the checks below: only a withdrawal can empty the queue in time.
+    let pending = tokio::spawn(async move { w.lock("x", Some(Duration::from_secs(10))).await });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.describe("x").await.unwrap().waiters.is_empty() {
+        assert!(Instant::now() < deadline, "the acquire never queued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // No quorum: the queued acquire's fate cannot be learned within the request timeout.
+    let leader = cluster.leader().await;
+    let follower = *cluster.client_addrs.keys().find(|&&id| id != leader).unwrap();
+    cluster.stop(leader).await;
+    cluster.stop(follower).await;
+    match pending.await.unwrap() {
+        Err(Error::OutcomeUnknown(_)) => {}
+        other => panic!("expected an unknown outcome, got {:?}", other.map(|g| g.map(|g| g.token()))),
+    }
+    cluster.restart(leader).await;
+    cluster.restart(follower).await;
+    // The withdrawal (sent in the background) removes the waiter once there is a leader again,
+    // well before the wait would time out.
+    let deadline = Instant::now() + Duration::from_secs(6);
+    loop {
+        match client.describe("x").await {
+            Ok(d) if d.waiters.is_empty() => break,
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "the waiter of unknown outcome stayed queued");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    held.release().await.unwrap();
+    let d = client.describe("x").await.unwrap();
+    assert_ne!(d.holder_session, waiter.id(), "the lock went to a session nobody used for it");
+    for id in [1, 2, 3] {
+        cluster.stop(id).await;
+    }
+}

@@ -72,10 +72,10 @@ struct HoldArgs {
     #[arg(long, default_value_t = 10)]
     ttl: u64,
     /// Give up (exit 75) if not acquired within this many seconds; default: wait forever.
-    #[arg(long)]
+    #[arg(long, value_parser = seconds)]
     wait: Option<f64>,
     /// Lock-delay in seconds after an expiry of this holder.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = seconds)]
     lock_delay: f64,
     /// The name.
     name: String,
@@ -211,7 +211,7 @@ enum Cmd {
         #[arg(long)]
         parties: u32,
         /// Give up after this many seconds (default: one hour).
-        #[arg(long, default_value_t = 3600.0)]
+        #[arg(long, default_value_t = 3600.0, value_parser = seconds)]
         wait: f64,
         /// The barrier's name.
         name: String,
@@ -222,7 +222,7 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:7700")]
         endpoints: String,
         /// For wait: give up after this many seconds (exit 75).
-        #[arg(long, default_value_t = 3600.0)]
+        #[arg(long, default_value_t = 3600.0, value_parser = seconds)]
         wait: f64,
         /// The latch's name.
         name: String,
@@ -273,7 +273,7 @@ enum Cmd {
         #[arg(long, default_value_t = 16)]
         clients: usize,
         /// Seconds to measure.
-        #[arg(long, default_value_t = 10.0)]
+        #[arg(long, default_value_t = 10.0, value_parser = seconds)]
         duration: f64,
         /// Sessions held by keepalive-scale and hold.
         #[arg(long, default_value_t = 10_000)]
@@ -350,7 +350,14 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Bad arguments exit 64 like every other usage error (clap's own code would be 2).
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(EXIT_USAGE) } else { ExitCode::SUCCESS };
+        }
+    };
     if let Cmd::Sim { seeds, start_seed, seed, nodes, clients, faults, bug, trace, fault_ms, heal_ms, lease_reads } =
         cli.command
     {
@@ -395,6 +402,17 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(run(cli.command))
+}
+
+/// A number of seconds given on the command line: finite, not negative, at most a year (a
+/// `Duration` is made of it; `nan` or `inf` used to panic there). The server has its own,
+/// smaller limits for waits and delays, and says so.
+fn seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !v.is_finite() || !(0.0..=31_536_000.0).contains(&v) {
+        return Err(format!("{s} is not a number of seconds within 0..=31536000"));
+    }
+    Ok(v)
 }
 
 fn endpoints(list: &str) -> Vec<String> {
@@ -649,13 +667,25 @@ async fn lock(hold: HoldArgs, kind: LockKind) -> ExitCode {
             format!("lease on lock {name:?} (token {token}) lost before the command started; not run"),
         );
     }
-    let mut child = match tokio::process::Command::new(&command[0])
-        .args(&command[1..])
+    let mut cmd = tokio::process::Command::new(&command[0]);
+    cmd.args(&command[1..])
         .env("BATON_FENCE", guard.token().to_string())
         .env("BATON_LOCK", &name)
         .env("BATON_SESSION", session.id().to_string())
-        .spawn()
-    {
+        // Its own process group, so that the deadline kills everything CMD started, not just
+        // CMD (a child of a shell kept writing after the lease had passed: found by review).
+        .process_group(0);
+    // SAFETY: prctl(2) is async-signal-safe and touches only the child being set up: if this
+    // process dies (SIGKILL, OOM) nothing renews the lease any more, so CMD must not outlive it.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
             let _ = guard.release().await;
@@ -663,21 +693,64 @@ async fn lock(hold: HoldArgs, kind: LockKind) -> ExitCode {
             return fail(EXIT_NO_COMMAND, format!("cannot run {:?}: {e}", command[0]));
         }
     };
-    let code = tokio::select! {
-        status = child.wait() => match status {
-            Ok(s) => exit_code_of(s),
-            Err(e) => fail(1, format!("waiting for the command failed: {e}")),
-        },
-        // Fires at the lease's deadline on this process's monotonic clock (last acknowledged
-        // renewal's send time + TTL - TTL/10), however stuck the renewals are.
-        _ = guard.lease_lost() => {
-            eprintln!("baton: lease on lock {name:?} lost (token {}); killing the command", guard.token());
-            let _ = child.kill().await;
-            // No release or close: they would wait on the cluster that stopped answering, and
-            // the server ends the session (and frees the lock) by itself.
-            return ExitCode::from(EXIT_LEASE_LOST);
+    let group = child.id().map_or(0, |pid| pid as libc::pid_t);
+    let kill_group = |signal: libc::c_int| {
+        if group > 0 {
+            // SAFETY: kill(2) on the process group this command created for CMD.
+            unsafe { libc::killpg(group, signal) };
         }
     };
+    // SIGINT, SIGTERM and SIGHUP are passed on to CMD's group and baton goes on renewing the
+    // lease until CMD exits (a CMD that drains on SIGTERM keeps a valid lock meanwhile); dying
+    // of them instead left CMD running with nobody renewing (found by review).
+    let signals = [
+        tokio::signal::unix::SignalKind::interrupt(),
+        tokio::signal::unix::SignalKind::terminate(),
+        tokio::signal::unix::SignalKind::hangup(),
+    ];
+    let mut streams = Vec::new();
+    for kind in signals {
+        match tokio::signal::unix::signal(kind) {
+            Ok(s) => streams.push((kind.as_raw_value(), s)),
+            Err(e) => {
+                kill_group(libc::SIGKILL);
+                let _ = guard.release().await;
+                let _ = session.close().await;
+                return fail(EXIT_FAILED, format!("cannot watch for signals: {e}"));
+            }
+        }
+    }
+    let code = {
+        let mut lost = std::pin::pin!(guard.lease_lost());
+        loop {
+            let signal = futures::future::select_all(streams.iter_mut().map(|(raw, s)| {
+                let raw = *raw;
+                Box::pin(async move {
+                    s.recv().await;
+                    raw
+                })
+            }));
+            tokio::select! {
+                status = child.wait() => break match status {
+                    Ok(s) => exit_code_of(s),
+                    Err(e) => fail(1, format!("waiting for the command failed: {e}")),
+                },
+                // Fires at the lease's deadline on this process's monotonic clock (last
+                // acknowledged renewal's send time + TTL - TTL/10), however stuck the renewals are.
+                _ = &mut lost => {
+                    // Kill first: writing to a stderr whose reader is stuck could block.
+                    kill_group(libc::SIGKILL);
+                    eprintln!("baton: lease on lock {name:?} lost (token {}); the command was killed", guard.token());
+                    // No release or close: they would wait on the cluster that stopped answering,
+                    // and the server ends the session (and frees the lock) by itself.
+                    return ExitCode::from(EXIT_LEASE_LOST);
+                }
+                (raw, _, _) = signal => kill_group(raw),
+            }
+        }
+    };
+    // CMD is done; anything it left in its group must not run on without the lock.
+    kill_group(libc::SIGKILL);
     if let Err(e) = guard.release().await {
         eprintln!("baton: release failed (the lock is freed when the session ends): {e}");
     }

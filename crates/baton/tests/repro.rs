@@ -22,6 +22,14 @@ fn start_dev(data: &Path, addr: &str) -> Proc {
     dev
 }
 
+/// `baton dev` on a free port with its data in a new temp folder.
+fn dev_in_tempdir() -> (tempfile::TempDir, String, Proc) {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
+    let dev = start_dev(&dir.path().join("data"), &addr);
+    (dir, addr, dev)
+}
+
 fn status(addr: &str) -> serde_json::Value {
     let out = Command::new(BATON).args(["status", "--json", "--endpoints", addr]).output().unwrap();
     assert!(out.status.success(), "status: {}", String::from_utf8_lossy(&out.stderr));
@@ -50,9 +58,7 @@ fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
 /// only when A is done.
 #[test]
 fn a_latch_cannot_touch_a_held_lock() {
-    let dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
-    let _dev = start_dev(&dir.path().join("data"), &addr);
+    let (dir, addr, _dev) = dev_in_tempdir();
     let log = dir.path().join("log");
     let holder = |who: &str, secs: &str| {
         let script =
@@ -140,9 +146,7 @@ fn dev_restarts_after_its_first_snapshot() {
 /// went away before the output was written. It exits quietly now, as a filter does.
 #[test]
 fn output_to_a_closed_pipe_is_not_a_panic() {
-    let dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
-    let _dev = start_dev(&dir.path().join("data"), &addr);
+    let (_dir, addr, _dev) = dev_in_tempdir();
     let mut child = Command::new(BATON)
         .args(["status", "--endpoints", &addr])
         .stdout(Stdio::piped())
@@ -155,4 +159,99 @@ fn output_to_a_closed_pipe_is_not_a_panic() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
+
+/// True once `pid` is gone (or a zombie: killed, not yet reaped).
+fn is_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next()) == Some("Z"),
+    }
+}
+
+/// Waits up to 10 s for `path` to hold a pid.
+fn read_pid(path: &Path) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(pid) = std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()) {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "{} never written", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) on a process this test started.
+    unsafe { libc::kill(pid as libc::pid_t, sig) };
+}
+
+/// Found by review: at the lease's deadline `baton lock` killed CMD but not what CMD had
+/// started, which went on working after the lock had passed to someone else. CMD now runs in
+/// its own process group, and the whole group is killed.
+#[test]
+fn the_lease_deadline_kills_what_the_command_started() {
+    let (dir, addr, dev) = dev_in_tempdir();
+    let pidfile = dir.path().join("grandchild.pid");
+    let script = format!("sh -c 'echo $$ > {}; exec sleep 60' & wait", pidfile.display());
+    let mut lock = Command::new(BATON)
+        .args(["lock", "--endpoints", &addr, "--ttl", "2", "job", "--", "sh", "-c", &script])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let grandchild = read_pid(&pidfile);
+    signal(dev.0.id(), libc::SIGSTOP);
+    let code = wait_exit(&mut lock, Duration::from_secs(20));
+    signal(dev.0.id(), libc::SIGCONT);
+    assert_eq!(code, Some(76));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !is_gone(grandchild) {
+        assert!(Instant::now() < deadline, "a process the command started outlived the lease");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Found by review: SIGTERM killed `baton lock` and left CMD running with nobody renewing the
+/// lease. The signal now goes to CMD, the lease is kept until CMD exits, then the lock is
+/// released and `baton` exits with CMD's code.
+#[test]
+fn a_signal_to_baton_lock_goes_to_the_command() {
+    let (dir, addr, _dev) = dev_in_tempdir();
+    let pidfile = dir.path().join("cmd.pid");
+    let script = format!("trap 'exit 3' TERM; echo $$ > {}; while true; do sleep 0.1; done", pidfile.display());
+    let mut lock =
+        Command::new(BATON).args(["lock", "--endpoints", &addr, "job", "--", "sh", "-c", &script]).spawn().unwrap();
+    let cmd = read_pid(&pidfile);
+    signal(lock.id(), libc::SIGTERM);
+    assert_eq!(wait_exit(&mut lock, Duration::from_secs(20)), Some(3), "baton did not pass on CMD's code");
+    assert!(
+        is_gone(cmd) || {
+            std::thread::sleep(Duration::from_millis(500));
+            is_gone(cmd)
+        }
+    );
+    // The lock was released: another command gets it at once.
+    let next = baton(&["lock", "--endpoints", &addr, "--wait", "5", "job", "--", "true"]);
+    assert_eq!(next.status.code(), Some(0), "{}", String::from_utf8_lossy(&next.stderr));
+}
+
+/// Found by review: `--wait inf`, `--lock-delay nan`, `latch --wait nan` and the like panicked
+/// (exit 101) when made into a `Duration`. They are refused as bad usage (exit 64), as every
+/// bad argument is now (clap's own exit code was 2).
+#[test]
+fn bad_durations_are_refused_not_a_panic() {
+    for args in [
+        &["lock", "--wait", "inf", "x", "--", "true"][..],
+        &["lock", "--wait", "1e300", "x", "--", "true"][..],
+        &["lock", "--lock-delay", "nan", "x", "--", "true"][..],
+        &["latch", "--wait", "nan", "x", "wait"][..],
+        &["barrier", "--parties", "2", "--wait", "-1", "x"][..],
+        &["bench", "--duration", "nan"][..],
+        &["lock", "--no-such-flag"][..],
+    ] {
+        let out = baton(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
 }

@@ -671,14 +671,23 @@ async fn lock(hold: HoldArgs, kind: LockKind) -> ExitCode {
     cmd.args(&command[1..])
         .env("BATON_FENCE", guard.token().to_string())
         .env("BATON_LOCK", &name)
-        .env("BATON_SESSION", session.id().to_string())
-        // Its own process group, so that the deadline kills everything CMD started, not just
-        // CMD (a child of a shell kept writing after the lease had passed: found by review).
-        .process_group(0);
-    // SAFETY: prctl(2) is async-signal-safe and touches only the child being set up: if this
-    // process dies (SIGKILL, OOM) nothing renews the lease any more, so CMD must not outlive it.
+        .env("BATON_SESSION", session.id().to_string());
+    // CMD gets its own process group, so that the deadline kills everything CMD started, not
+    // just CMD (a child of a shell kept writing after the lease had passed: found by review).
+    // On a terminal where baton is in the foreground, CMD's group takes the foreground (as a
+    // shell gives it to a job), or a CMD that reads the terminal would be stopped (SIGTTIN).
+    let foreground = terminal_foreground();
+    // SAFETY: only async-signal-safe calls (setpgid, sigprocmask, tcsetpgrp, prctl), on the child
+    // being set up. If baton dies (SIGKILL, OOM) nothing renews the lease any more, so CMD must
+    // not outlive it: PR_SET_PDEATHSIG.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
+            if libc::setpgid(0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if foreground {
+                with_sigttou_blocked(|| libc::tcsetpgrp(0, libc::getpid()));
+            }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -694,6 +703,17 @@ async fn lock(hold: HoldArgs, kind: LockKind) -> ExitCode {
         }
     };
     let group = child.id().map_or(0, |pid| pid as libc::pid_t);
+    if foreground && group > 0 {
+        // Also from here (whichever of the two runs first), as shells do.
+        // SAFETY: tcsetpgrp(3) on our own terminal, to CMD's group.
+        with_sigttou_blocked(|| unsafe { libc::tcsetpgrp(0, group) });
+    }
+    let take_terminal_back = || {
+        if foreground {
+            // SAFETY: tcsetpgrp(3) on our own terminal, back to our own group.
+            with_sigttou_blocked(|| unsafe { libc::tcsetpgrp(0, libc::getpgrp()) });
+        }
+    };
     let kill_group = |signal: libc::c_int| {
         if group > 0 {
             // SAFETY: kill(2) on the process group this command created for CMD.
@@ -740,6 +760,7 @@ async fn lock(hold: HoldArgs, kind: LockKind) -> ExitCode {
                 _ = &mut lost => {
                     // Kill first: writing to a stderr whose reader is stuck could block.
                     kill_group(libc::SIGKILL);
+                    take_terminal_back();
                     eprintln!("baton: lease on lock {name:?} lost (token {}); the command was killed", guard.token());
                     // No release or close: they would wait on the cluster that stopped answering,
                     // and the server ends the session (and frees the lock) by itself.
@@ -751,6 +772,7 @@ async fn lock(hold: HoldArgs, kind: LockKind) -> ExitCode {
     };
     // CMD is done; anything it left in its group must not run on without the lock.
     kill_group(libc::SIGKILL);
+    take_terminal_back();
     if let Err(e) = guard.release().await {
         eprintln!("baton: release failed (the lock is freed when the session ends): {e}");
     }
@@ -758,6 +780,28 @@ async fn lock(hold: HoldArgs, kind: LockKind) -> ExitCode {
         eprintln!("baton: closing the session failed (it expires after its ttl): {e}");
     }
     code
+}
+
+/// True if standard input is a terminal whose foreground process group is ours.
+fn terminal_foreground() -> bool {
+    // SAFETY: isatty(3), tcgetpgrp(3) and getpgrp(2) only read.
+    unsafe { libc::isatty(0) == 1 && libc::tcgetpgrp(0) == libc::getpgrp() }
+}
+
+/// Runs `f` with SIGTTOU blocked: a process outside the terminal's foreground group may then
+/// change it (tcsetpgrp) instead of being stopped. Async-signal-safe (used between fork and exec).
+fn with_sigttou_blocked<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: a signal set on the stack, and pthread_sigmask(3) on this thread, restored after.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTTOU);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+        let r = f();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        r
+    }
 }
 
 fn exit_code_of(status: std::process::ExitStatus) -> ExitCode {

@@ -255,3 +255,27 @@ fn bad_durations_are_refused_not_a_panic() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+/// With CMD in its own process group, a CMD that read the terminal was stopped (SIGTTIN): on a
+/// terminal where `baton lock` is in the foreground, CMD's group now takes the foreground, as a
+/// shell gives it to a job. Run under `script`, which gives it a terminal.
+#[test]
+fn a_command_under_baton_lock_can_read_the_terminal() {
+    let (_dir, addr, _dev) = dev_in_tempdir();
+    let inner = format!("{BATON} lock --endpoints {addr} tty -- sh -c 'read line; echo got:$line; exit 5'");
+    let mut script = Proc(
+        Command::new("script")
+            .args(["-qec", &inner, "/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("script(1) from util-linux"),
+    );
+    use std::io::Write as _;
+    script.0.stdin.as_mut().unwrap().write_all(b"hello-tty\n").unwrap();
+    let code = wait_exit(&mut script.0, Duration::from_secs(20));
+    let mut out = String::new();
+    std::io::Read::read_to_string(script.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert!(out.contains("got:hello-tty"), "{out}");
+    assert_eq!(code, Some(5), "{out}");
+}

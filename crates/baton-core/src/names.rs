@@ -80,9 +80,4 @@ impl StateMachine {
             _ => Ok(()),
         }
     }
-
-    /// A phrase for what `name` is in use as (`None`: free), for describe-like reads.
-    pub fn name_kind(&self, name: &str) -> Option<String> {
-        self.name_use(name).map(Use::describe)
-    }
 }

@@ -130,11 +130,6 @@ impl Driver {
         self.rounds_left = ROUNDS_PER_BATCH;
     }
 
-    /// True while a round's write is out.
-    pub fn is_writing(&self) -> bool {
-        self.writing
-    }
-
     /// Runs rounds until one has a write to make durable (returned) or the rounds after this
     /// batch of inputs are done (`None`: take the next batch of inputs).
     pub fn next_round(&mut self, fx: &mut impl Effects) -> Result<Option<WriteBatch>, RoundError> {
@@ -193,11 +188,14 @@ impl Driver {
             }
         }
         self.outputs = outputs;
-        for (id, answer) in std::mem::take(&mut self.answers) {
+        // Drained, not taken: the buffer's allocation is kept for the next round.
+        let mut answers = std::mem::take(&mut self.answers);
+        for (id, answer) in answers.drain(..) {
             if !fx.answer(id, answer) {
                 self.requests.forget(id);
             }
         }
+        self.answers = answers;
         fx.flush();
     }
 }

@@ -453,13 +453,16 @@ async fn serve_calls(
         tokio::select! {
             msg = incoming.message(), if open => match msg {
                 Ok(Some(req)) if running.len() >= MAX_CALLS_IN_FLIGHT => {
-                    let mut s = Status::resource_exhausted(format!(
-                        "more than {MAX_CALLS_IN_FLIGHT} calls in flight on one stream; wait for answers"
-                    ));
                     // Nothing was done: BUSY, so that the client retries later rather than
                     // taking it as a refusal.
-                    let busy = pb::error_info::Reason::Busy as i32;
-                    pb::ErrorInfo { reason: busy, ..Default::default() }.attach(&mut s);
+                    let s = crate::status::with_info(
+                        Status::resource_exhausted(format!(
+                            "more than {MAX_CALLS_IN_FLIGHT} calls in flight on one stream; wait for answers"
+                        )),
+                        pb::error_info::Reason::Busy,
+                        0,
+                        String::new(),
+                    );
                     if tx.send(Ok(call_failed(req.call_id, &s))).await.is_err() {
                         return;
                     }

@@ -65,7 +65,13 @@ pub fn to_status(err: NodeError, node: &NodeHandle) -> Status {
     }
 }
 
-fn with_info(mut status: Status, reason: pb::error_info::Reason, leader_id: u64, leader_addr: String) -> Status {
+/// Attaches the machine-readable [`pb::ErrorInfo`] to `status`.
+pub(crate) fn with_info(
+    mut status: Status,
+    reason: pb::error_info::Reason,
+    leader_id: u64,
+    leader_addr: String,
+) -> Status {
     pb::ErrorInfo { reason: reason as i32, leader_id, leader_addr }.attach(&mut status);
     status
 }

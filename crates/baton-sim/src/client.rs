@@ -46,8 +46,9 @@ impl Clock {
 /// A message from a client to a node.
 #[derive(Clone, Debug)]
 pub enum ClientMsg {
-    /// A request answered through `Requests` (keepalives are reads).
-    Request { creq: u64, request: Request },
+    /// A request answered through `Requests` (keepalives are reads), with the client's
+    /// operation for it: the network duplicates only what the client's own rule repeats.
+    Request { creq: u64, op: Op, request: Request },
 }
 
 /// A node's answer to a client.
@@ -347,7 +348,7 @@ impl SimClient {
                     let s = self.session.as_mut().expect("checked");
                     s.keepalive = Some((creq, node));
                     let request = Request::Read(Query::KeepAlive(vec![sid]));
-                    fx.sends.push((node, ClientMsg::Request { creq, request }));
+                    fx.sends.push((node, ClientMsg::Request { creq, op: Op::Read, request }));
                     return;
                 }
                 Renew::GiveUp => {
@@ -390,6 +391,14 @@ impl SimClient {
     }
 
     /// Starts a call: its first attempt goes to `first` if given, else where the route points.
+    /// Sends one attempt of a request outside the call in progress (a probe of the workload, a
+    /// session close), to the node the route points to; the answer's creq.
+    pub(crate) fn send_once(&mut self, op: Op, request: Request, fx: &mut Effects) -> u64 {
+        let creq = self.creq();
+        fx.sends.push((*self.route.current(), ClientMsg::Request { creq, op, request }));
+        creq
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn start_call(
         &mut self,
@@ -421,7 +430,8 @@ impl SimClient {
         call.node = to.unwrap_or(*self.route.current());
         call.timeout_local = local + attempt_timeout_ms(call.wait_ms, ATTEMPT_MS, MAX_ATTEMPT_MS);
         call.resend_local = None;
-        fx.sends.push((call.node, ClientMsg::Request { creq: call.creq, request: call.request.clone() }));
+        let msg = ClientMsg::Request { creq: call.creq, op: call.op, request: call.request.clone() };
+        fx.sends.push((call.node, msg));
     }
 
     /// The call's pause before its next attempt is over, or its attempt went unanswered.

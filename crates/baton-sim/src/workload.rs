@@ -187,13 +187,9 @@ impl SimClient {
             AcquireRequest { name, session, request_id: self.ids.next(), wait_ms, lock_delay_ms, kind, mode, value };
         if wait_ms.is_some() && rng.gen_bool(0.08) {
             // A cancel sent with its acquire: on the wire either may arrive first.
-            let creq = self.creq();
             let command = Command::Cancel { name: req.name.clone(), session, request_id: req.request_id };
+            let creq = self.send_once(Op::Cancel, Request::Propose(command), fx);
             self.probes.insert(creq, Probe::Cancel);
-            fx.sends.push((
-                *self.route.current(),
-                crate::client::ClientMsg::Request { creq, request: Request::Propose(command) },
-            ));
         }
         self.send_acquire(now, local, req, fx, hist);
     }
@@ -284,22 +280,14 @@ impl SimClient {
     /// newer ones finished.
     fn old_retry(&mut self, fx: &mut Effects) {
         let Some((req, original)) = self.memory.finished.pop_front() else { return };
-        let creq = self.creq();
-        fx.sends.push((
-            *self.route.current(),
-            crate::client::ClientMsg::Request { creq, request: Request::Acquire(req.clone()) },
-        ));
+        let creq = self.send_once(Op::Acquire, Request::Acquire(req.clone()), fx);
         self.probes.insert(creq, Probe::OldRetry { req, original });
     }
 
     fn stale_proclaim(&mut self, session: SessionId, fx: &mut Effects) {
         let Some((name, token)) = self.memory.resigned.take() else { return };
-        let creq = self.creq();
         let command = Command::Proclaim { name: name.clone(), session, token, value: b"stale".to_vec() };
-        fx.sends.push((
-            *self.route.current(),
-            crate::client::ClientMsg::Request { creq, request: Request::Propose(command) },
-        ));
+        let creq = self.send_once(Op::Proclaim, Request::Propose(command), fx);
         self.probes.insert(creq, Probe::StaleProclaim { name, token });
     }
 
@@ -360,13 +348,9 @@ impl SimClient {
                 self.opened(session, ttl_ms, first_sent_local, local);
                 if rng.gen_bool(0.3) {
                     // The same open again: it must return the same session.
-                    let creq = self.creq();
                     let command =
                         Command::OpenSession { client: format!("c{}", self.id), ttl_ms: self.ttl_ms, request_id };
-                    fx.sends.push((
-                        *self.route.current(),
-                        crate::client::ClientMsg::Request { creq, request: Request::Propose(command) },
-                    ));
+                    let creq = self.send_once(Op::OpenSession, Request::Propose(command), fx);
                     self.probes.insert(creq, Probe::Reopen { session });
                 }
                 self.idle_until = rest;
@@ -383,9 +367,8 @@ impl SimClient {
                 if rng.gen_bool(0.1) {
                     // Sometimes close the session and start a new one.
                     if let Some(s) = self.session.take() {
-                        let creq = self.creq();
                         let request = Request::Propose(Command::CloseSession { session: s.id });
-                        fx.sends.push((*self.route.current(), crate::client::ClientMsg::Request { creq, request }));
+                        self.send_once(Op::CloseSession, request, fx);
                         self.memory = Default::default();
                     }
                 }

@@ -3,7 +3,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 
-use baton_core::{Bugs, Command, Event};
+use baton_core::{Bugs, Event};
 use baton_node::{
     Answer, Driver, Effects, GroupId, LogStore, MemStore, Node, NodeConfig, NodeError, RaftMessage, Request, RequestId,
     Requests, Role, WriteBatch, DATA_GROUP,
@@ -179,22 +179,12 @@ struct World {
 }
 
 /// True for the requests a client may send twice (it resends them after a timeout, and the two
-/// can race): reads, and writes that carry their own identity or change nothing when repeated.
-/// A counter add or a register write is never resent by a client (its outcome is reported as
-/// unknown instead), so the network does not duplicate it either: TCP does not.
+/// can race), by the client's own rule (`baton_client::core::Op::repeat`): a write that must not
+/// apply twice is never resent (its outcome is reported as unknown instead), so the network
+/// does not duplicate it either: TCP does not.
 fn repeatable(msg: &ClientMsg) -> bool {
-    let ClientMsg::Request { request, .. } = msg;
-    match request {
-        Request::Read(_) | Request::Acquire(_) => true,
-        Request::Propose(command) => !matches!(
-            command,
-            Command::CounterAdd { .. }
-                | Command::CounterCas { .. }
-                | Command::RegisterSet { .. }
-                | Command::LatchSet { .. }
-                | Command::LatchCountDown { .. }
-        ),
-    }
+    let ClientMsg::Request { op, .. } = msg;
+    op.repeat() != baton_client::core::Repeat::Once
 }
 
 /// Runs one seed.
@@ -365,7 +355,7 @@ impl World {
                 }
             }
             Ev::ToNode { node, client, msg } => {
-                let ClientMsg::Request { creq, request } = msg;
+                let ClientMsg::Request { creq, request, .. } = msg;
                 let input = Input::Request { client, creq, request };
                 self.input(node, input);
             }

@@ -761,6 +761,8 @@ async fn lock(hold: HoldArgs, kind: LockKind) -> ExitCode {
                     // Kill first: writing to a stderr whose reader is stuck could block.
                     kill_group(libc::SIGKILL);
                     take_terminal_back();
+                    // Reaped, not left a zombie: it is gone when baton exits.
+                    let _ = child.wait().await;
                     eprintln!("baton: lease on lock {name:?} lost (token {}); the command was killed", guard.token());
                     // No release or close: they would wait on the cluster that stopped answering,
                     // and the server ends the session (and frees the lock) by itself.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{free_ports, wait_for_line, Proc, BATON};
+use common::{dev_in, free_ports, read_pid, signal, wait_for_line, Proc, BATON};
 
 fn status_json(endpoints: &str) -> Option<serde_json::Value> {
     let out = Command::new(BATON).args(["status", "--json", "--endpoints", endpoints]).output().ok()?;
@@ -53,7 +53,7 @@ fn locked_writer(endpoints: &str, name: &str, log: &Path, hold_s: f64, extra: &[
 #[test]
 fn dev_serialises_two_lock_commands() {
     let dir = tempfile::tempdir().unwrap();
-    let (_dev, addr) = start_dev(dir.path());
+    let (_dev, addr) = dev_in(dir.path());
     let log = dir.path().join("log");
     let mut a = locked_writer(&addr, "job", &log, 0.5, &[]).spawn().unwrap();
     let mut b = locked_writer(&addr, "job", &log, 0.5, &[]).spawn().unwrap();
@@ -239,13 +239,6 @@ fn three_node_cluster_survives_sigkill_of_its_leader() {
     assert!(last > *tokens.last().unwrap());
 }
 
-fn signal(pid: u32, sig: libc::c_int) {
-    // SAFETY: kill(2) on a process this test started and has not reaped.
-    unsafe {
-        libc::kill(pid as libc::pid_t, sig);
-    }
-}
-
 /// Runs `cmd` to its end, which must come within `limit` (else it is killed and the test
 /// fails): the exit code and stderr.
 fn run_within(cmd: &mut Command, limit: Duration) -> (Option<i32>, String) {
@@ -285,20 +278,6 @@ fn unread_bytes(port: u16) -> u64 {
         .unwrap_or(0)
 }
 
-fn start_dev(dir: &Path) -> (Proc, String) {
-    let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
-    let mut dev = Proc(
-        Command::new(BATON)
-            .args(["dev", "--data", dir.join("data").to_str().unwrap(), "--client-addr", &addr])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_line(&mut dev.0, "serving clients");
-    (dev, addr)
-}
-
 /// Regression (defects 11, 12): a counter add to a stopped (SIGSTOP) server waited until it
 /// resumed, and one whose connection was cut mid-request exited 64 (the usage error) with
 /// "Unknown: transport error". Both now end with exit 74, "outcome unknown": the add was sent
@@ -306,7 +285,7 @@ fn start_dev(dir: &Path) -> (Proc, String) {
 #[test]
 fn an_unanswered_or_cut_request_exits_74_outcome_unknown() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut dev, addr) = start_dev(dir.path());
+    let (mut dev, addr) = dev_in(dir.path());
     let add = || {
         let mut cmd = Command::new(BATON);
         cmd.args(["counter", "--endpoints", &addr, "c", "add", "1"]);
@@ -342,21 +321,14 @@ fn an_unanswered_or_cut_request_exits_74_outcome_unknown() {
 #[test]
 fn baton_lock_kills_its_command_at_the_lease_deadline() {
     let dir = tempfile::tempdir().unwrap();
-    let (dev, addr) = start_dev(dir.path());
+    let (dev, addr) = dev_in(dir.path());
     let pidfile = dir.path().join("cmd.pid");
     let script = format!("echo $$ > {}; exec sleep 60", pidfile.display());
     let ttl = Duration::from_secs(2);
     let mut lock = Command::new(BATON);
     lock.args(["lock", "--endpoints", &addr, "--ttl", "2", "job", "--", "sh", "-c", &script]);
     let runner = std::thread::spawn(move || run_within(&mut lock, Duration::from_secs(30)));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let cmd_pid: u32 = loop {
-        if let Some(pid) = std::fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse().ok()) {
-            break pid;
-        }
-        assert!(Instant::now() < deadline, "the command never started");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let cmd_pid = read_pid(&pidfile);
     signal(dev.0.id(), libc::SIGSTOP);
     let stopped_at = Instant::now();
     let (code, stderr) = runner.join().unwrap();

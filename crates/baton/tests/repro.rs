@@ -1,32 +1,17 @@
 //! The reproductions of issue 9 run as a user would run them: the real `baton` binary, `baton
 //! dev` in a temp folder on 127.0.0.1, every process stopped here by its PID.
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{free_ports, wait_for_line, Proc, BATON};
-
-fn start_dev(data: &Path, addr: &str) -> Proc {
-    let mut dev = Proc(
-        Command::new(BATON)
-            .args(["dev", "--data", data.to_str().unwrap(), "--client-addr", addr])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_line(&mut dev.0, "serving clients");
-    dev
-}
+use common::{dev_in, free_ports, read_pid, signal, start_dev, wait_exit, wait_gone, Proc, BATON};
 
 /// `baton dev` on a free port with its data in a new temp folder.
 fn dev_in_tempdir() -> (tempfile::TempDir, String, Proc) {
     let dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
-    let dev = start_dev(&dir.path().join("data"), &addr);
+    let (dev, addr) = dev_in(dir.path());
     (dir, addr, dev)
 }
 
@@ -40,21 +25,9 @@ fn baton(args: &[&str]) -> std::process::Output {
     Command::new(BATON).args(args).output().unwrap()
 }
 
-/// Waits for `child` to exit (at most `limit`); its exit code.
-fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("process {} did not exit within {limit:?}", child.id());
-}
-
 /// Issue 9, reproduction 1: with A holding `x` and B queued for it, `baton latch x set 1; baton
 /// latch x down` told B it held `x`, made `x` look free and let a third command take it too.
-/// Now both latch commands are refused (exit 65, the name is in use as a lock), and B gets `x`
+/// Now both latch commands are refused (exit 64: the name is in use as a lock), and B gets `x`
 /// only when A is done.
 #[test]
 fn a_latch_cannot_touch_a_held_lock() {
@@ -86,7 +59,7 @@ fn a_latch_cannot_touch_a_held_lock() {
     for args in [&["x", "set", "1"][..], &["x", "down"][..]] {
         let out = baton(&[&["latch", "--endpoints", &addr][..], args].concat());
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_ne!(out.status.code(), Some(0), "{args:?} was accepted");
+        assert_eq!(out.status.code(), Some(64), "{args:?} was not refused: {stderr}");
         assert!(stderr.contains("in use as a lock"), "{args:?}: {stderr}");
     }
     // A third command cannot take x while A (then B) holds it.
@@ -161,31 +134,6 @@ fn output_to_a_closed_pipe_is_not_a_panic() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
 }
 
-/// True once `pid` is gone (or a zombie: killed, not yet reaped).
-fn is_gone(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next()) == Some("Z"),
-    }
-}
-
-/// Waits up to 10 s for `path` to hold a pid.
-fn read_pid(path: &Path) -> u32 {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(pid) = std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()) {
-            return pid;
-        }
-        assert!(Instant::now() < deadline, "{} never written", path.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn signal(pid: u32, sig: libc::c_int) {
-    // SAFETY: kill(2) on a process this test started.
-    unsafe { libc::kill(pid as libc::pid_t, sig) };
-}
-
 /// Found by review: at the lease's deadline `baton lock` killed CMD but not what CMD had
 /// started, which went on working after the lock had passed to someone else. CMD now runs in
 /// its own process group, and the whole group is killed.
@@ -204,11 +152,7 @@ fn the_lease_deadline_kills_what_the_command_started() {
     let code = wait_exit(&mut lock, Duration::from_secs(20));
     signal(dev.0.id(), libc::SIGCONT);
     assert_eq!(code, Some(76));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !is_gone(grandchild) {
-        assert!(Instant::now() < deadline, "a process the command started outlived the lease");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(wait_gone(grandchild), "a process the command started outlived the lease");
 }
 
 /// Found by review: SIGTERM killed `baton lock` and left CMD running with nobody renewing the
@@ -224,12 +168,7 @@ fn a_signal_to_baton_lock_goes_to_the_command() {
     let cmd = read_pid(&pidfile);
     signal(lock.id(), libc::SIGTERM);
     assert_eq!(wait_exit(&mut lock, Duration::from_secs(20)), Some(3), "baton did not pass on CMD's code");
-    assert!(
-        is_gone(cmd) || {
-            std::thread::sleep(Duration::from_millis(500));
-            is_gone(cmd)
-        }
-    );
+    assert!(wait_gone(cmd), "the command outlived baton");
     // The lock was released: another command gets it at once.
     let next = baton(&["lock", "--endpoints", &addr, "--wait", "5", "job", "--", "true"]);
     assert_eq!(next.status.code(), Some(0), "{}", String::from_utf8_lossy(&next.stderr));

@@ -83,6 +83,11 @@ impl World {
                 choices.extend(["split", "isolate-leader", "one-way", "bridge"]);
             }
             choices.extend(["cut-client", "heal-network"]);
+            if self.cfg.nodes >= 3 {
+                // Not a fault but an operation (placement will use it): the leader hands over,
+                // refusing proposals meanwhile (expiries and ticks must be proposed again).
+                choices.push("transfer-leader");
+            }
         }
         if f.crash {
             choices.extend(["crash", "crash-leader", "crash-loop-leader", "crash-mid-write", "crash-client"]);
@@ -155,6 +160,19 @@ impl World {
                 if let Some(id) = target {
                     self.crash_mid_write.insert(id);
                     self.trace(format!("nemesis: node {id} will crash in the middle of its next write"));
+                }
+            }
+            "transfer-leader" => {
+                let up = self.up_nodes();
+                if let Some(l) = self.leader.filter(|l| up.contains(l)) {
+                    let others: Vec<u64> = up.iter().copied().filter(|&i| i != l).collect();
+                    if !others.is_empty() {
+                        let to = others[self.rng.gen_range(0..others.len())];
+                        self.trace(format!("nemesis: leader {l} transfers leadership to {to}"));
+                        let n = self.nodes.get_mut(&l).expect("node");
+                        n.driver.as_mut().expect("up").node_mut().transfer_leader(DATA_GROUP, to);
+                        self.rounds(l);
+                    }
                 }
             }
             "heal-network" => {

@@ -1,7 +1,8 @@
 //! The client's view of a session's lease, as a timer on the client's own monotonic clock.
 //!
-//! The rule — valid until the send time of the last acknowledged renewal plus the TTL less a
-//! tenth of it — is [`crate::core::Lease`], shared with the simulator. Here it runs on a
+//! The rule — valid until the earliest, over the groups the session has records in, of the send
+//! time of the last acknowledged renewal there plus the TTL less a tenth of it — is
+//! [`crate::core::Lease`], shared with the simulator. Here it runs on a
 //! [`MonoClock`] (milliseconds since the client started), and `SessionLease` is the real
 //! client's timer around it: the lease-lost signal fires when the deadline passes, whether or
 //! not any keepalive is running. Only the send time of an acknowledged renewal moves the
@@ -61,9 +62,28 @@ impl SessionLease {
         Duration::from_millis(self.lease.lock().expect("lease lock").ttl_ms())
     }
 
-    /// A renewal sent at `sent_ms` (on this lease's clock) was acknowledged.
-    pub(crate) fn renewed(&self, sent_ms: u64) {
-        self.lease.lock().expect("lease lock").renewed(sent_ms);
+    /// Applies a renewal answer to a renewal sent at `sent_ms` (see [`Lease::renewal`]); marks
+    /// the lease lost if the answer shows the session is gone.
+    pub(crate) fn renewal(&self, sent_ms: u64, led: &[u64], present: &[u64], moved_to: &[u64]) {
+        if !self.lease.lock().expect("lease lock").renewal(sent_ms, led, present, moved_to) {
+            self.mark_lost();
+        }
+    }
+
+    /// The session got a record in `group` (an attach first sent at `sent_ms`, answered at
+    /// `acked_ms`).
+    pub(crate) fn attached(&self, group: u64, sent_ms: u64, acked_ms: u64) {
+        self.lease.lock().expect("lease lock").attached(group, sent_ms, acked_ms);
+    }
+
+    /// True if the session has a record in `group`.
+    pub(crate) fn has(&self, group: u64) -> bool {
+        self.lease.lock().expect("lease lock").has(group)
+    }
+
+    /// The groups the session has records in.
+    pub(crate) fn groups(&self) -> Vec<u64> {
+        self.lease.lock().expect("lease lock").groups()
     }
 
     fn deadline(&self) -> Instant {
@@ -113,8 +133,9 @@ mod tests {
     async fn lost_fires_at_the_deadline_without_any_io() {
         let clock = MonoClock::start();
         let start = Instant::now();
-        let lease = SessionLease::new(1, clock, Lease::new(10_000, clock.now_ms()));
-        lease.renewed(clock.ms(start + Duration::from_secs(2)));
+        let now = clock.now_ms();
+        let lease = SessionLease::new(1, clock, Lease::new(10_000, 1, now, now));
+        lease.renewal(clock.ms(start + Duration::from_secs(2)), &[1], &[1], &[]);
         lease.lost().await;
         assert_eq!(Instant::now() - start, Duration::from_secs(11));
         assert!(!lease.is_valid());

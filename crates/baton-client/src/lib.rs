@@ -15,13 +15,24 @@
 //! ```
 //!
 //! # Design
-//! A [`Client`] talks to whichever node leads the data group: it starts with the endpoints it
-//! was given, follows the redirects servers send (a typed `ErrorInfo`, see [`retry`]), and
-//! moves to the next endpoint when a node fails or does not answer (see `route.rs`). One
-//! background task per client keeps every session of that client alive over one keepalive
-//! stream (never one heartbeat per lock or per session; see `keepalive.rs`). Sessions, acquires,
-//! releases, cancels and counter calls travel on one long-lived `Call` stream per node, many at
-//! once (see `pipe.rs`): no HTTP/2 stream per call.
+//! The namespace is sharded: names hash to slots, slots belong to Raft groups, and each group
+//! has its own leader. A [`Client`] keeps the cluster's slot map and sends each request about a
+//! name straight to the leader of the group that serves it; it follows the redirects servers
+//! send (a typed `ErrorInfo`, see [`retry`]: `NOT_LEADER`, and `MOVED` when its map is stale),
+//! and moves to the next endpoint when a node fails or does not answer (see `routing.rs`).
+//!
+//! The modules: `routing` (the slot map, leaders, connections), `session` (sessions, and the
+//! acquires made through them), `keepalive` and `lease` (renewals and the lease-lost timer),
+//! `session`'s [`LockGuard`] (a held grant), `values` (counters, registers, latches), `watch`
+//! (event streams, observers), `pipe` (the `Call` stream), `retry` (what a failed attempt
+//! means), and [`core`] (the rules, without I/O, shared with the simulator).
+//!
+//! A session is opened in one group (its home) and gets a record in each other group the first
+//! time it is used there (an attach; see docs/SEMANTICS.md, "Sessions across groups"). One
+//! background task per client keeps every session alive with one keepalive stream per node —
+//! never one heartbeat per lock, per session or per group (see `keepalive.rs`). Sessions,
+//! acquires, releases, cancels and counter calls travel on one long-lived `Call` stream per
+//! node, many at once (see `pipe.rs`): no HTTP/2 stream per call.
 //!
 //! # Failures
 //! Every attempt has its own timeout ([`ClientOptions::attempt_timeout`]; a waiting acquire:
@@ -32,9 +43,9 @@
 //! outcome is not known is not repeated: it fails with [`Error::OutcomeUnknown`].
 //!
 //! # Lease loss
-//! The client considers a session lost once it has gone its TTL minus a drift margin (a tenth of
-//! the TTL), measured from when it *sent* the last keepalive the leader acknowledged, without a
-//! renewal — or at once if the leader says the session is gone. Measuring from the send time
+//! The client considers a session lost once one of its groups has gone the TTL minus a drift
+//! margin (a tenth of the TTL), measured from when it *sent* the last keepalive that group's
+//! leader acknowledged, without a renewal — or at once if a leader says the session is gone. Measuring from the send time
 //! means the client always gives up before the leader can expire it (given clock rates within
 //! the margin). The deadline is a timer on the client's monotonic clock (see [`core::Lease`]): it
 //! fires on time however stuck the renewals are.
@@ -56,19 +67,21 @@ mod keepalive;
 mod lease;
 mod pipe;
 pub mod retry;
-mod route;
+mod routing;
 mod session;
+mod values;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::core::{decide, Decision, Lease, Op, RequestIds};
+use crate::core::{Lease, Op, RequestIds};
 use baton_proto::v1 as pb;
 use lease::{MonoClock, SessionLease};
 use retry::AttemptError;
-use route::Router;
+use routing::{Router, Target};
 use tokio::sync::Notify;
 use tonic::{Code, Status};
 
@@ -124,6 +137,10 @@ pub struct ClientOptions {
     /// The longest one attempt of a waiting acquire may take (its wait plus
     /// `attempt_timeout`, up to this); a longer wait is sent again, with the same request id.
     pub max_attempt: Duration,
+    /// Learn the nodes' addresses from the cluster (the addresses they were started with) and
+    /// talk to them directly. Off: only the endpoints given are used (clients behind a proxy or
+    /// address translation); requests still follow the leader addresses redirects name.
+    pub discover: bool,
 }
 
 impl Default for ClientOptions {
@@ -134,6 +151,7 @@ impl Default for ClientOptions {
             request_timeout: Duration::from_secs(30),
             attempt_timeout: Duration::from_secs(3),
             max_attempt: Duration::from_secs(30),
+            discover: true,
         }
     }
 }
@@ -149,6 +167,10 @@ pub(crate) struct Inner {
     sessions_changed: Notify,
     /// Session renewals the leader acknowledged (for benchmarks and metrics).
     renewals: AtomicU64,
+    /// When a keepalive stream last failed (client clock, ms; 0: never), and its signal: the
+    /// other streams hurry their renewals then (see `keepalive.rs`).
+    stream_failed_ms: AtomicU64,
+    stream_failed: Notify,
 }
 
 /// A connection to a Baton cluster. Cheap to clone.
@@ -173,7 +195,7 @@ impl Client {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let router = Router::new(endpoints.into_iter().map(Into::into).collect())?;
+        let router = Router::new(endpoints.into_iter().map(Into::into).collect(), options.discover)?;
         let inner = Arc::new(Inner {
             options,
             router,
@@ -182,205 +204,14 @@ impl Client {
             sessions: Mutex::new(BTreeMap::new()),
             sessions_changed: Notify::new(),
             renewals: AtomicU64::new(0),
+            stream_failed_ms: AtomicU64::new(0),
+            stream_failed: Notify::new(),
         });
+        // The slot map comes in the background: until it does, every name goes to group 1, and
+        // a redirect corrects that (connecting never waits on a node).
+        tokio::spawn(routing::refresh_loop(Arc::downgrade(&inner)));
         tokio::spawn(keepalive::keepalive_loop(Arc::downgrade(&inner)));
         Ok(Client { inner })
-    }
-
-    /// Watches `name` (or every name starting with it, with `prefix`) from sequence number
-    /// `start_seq` (0: from now). The stream resumes by itself, on any node, after a broken
-    /// connection, without missing or repeating events; it ends with an error if the history it
-    /// needs is gone (`OUT_OF_RANGE`: read the state and watch again from the seq named).
-    pub fn watch(
-        &self,
-        name: &str,
-        prefix: bool,
-        start_seq: u64,
-    ) -> tokio::sync::mpsc::Receiver<Result<pb::WatchEvent>> {
-        let (tx, rx) = tokio::sync::mpsc::channel(256);
-        let client = self.clone();
-        let name = name.to_string();
-        tokio::spawn(async move {
-            let mut next = start_seq;
-            let mut backoff = Duration::from_millis(20);
-            let attempt = client.inner.options.attempt_timeout;
-            loop {
-                let Ok((addr, mut c)) = client.inner.router.current() else { return };
-                let req = pb::WatchRequest { name: name.clone(), prefix, start_seq: next };
-                let error = match tokio::time::timeout(attempt, c.watch(req)).await {
-                    Err(_) => AttemptError::NoAnswer(format!("no watch stream from {addr} within {attempt:?}")),
-                    Ok(Err(s)) => AttemptError::from(s),
-                    Ok(Ok(stream)) => {
-                        let mut stream = stream.into_inner();
-                        loop {
-                            match stream.message().await {
-                                Ok(Some(e)) => {
-                                    next = e.seq + 1;
-                                    backoff = Duration::from_millis(20);
-                                    if e.r#type == "sync" {
-                                        continue; // only tells where the watch starts
-                                    }
-                                    if tx.send(Ok(e)).await.is_err() {
-                                        return;
-                                    }
-                                }
-                                Ok(None) => break AttemptError::NoAnswer("the watch stream ended".into()),
-                                Err(s) => break AttemptError::from(s),
-                            }
-                        }
-                    }
-                };
-                // Resuming from `next` is harmless anywhere: only a refusal (the history is
-                // gone, a bad name) ends the watch.
-                let leader = match decide(error.class(), Op::Read.repeat()) {
-                    Decision::Refused | Decision::OutcomeUnknown => {
-                        let _ = tx.send(Err(error.into_error())).await;
-                        return;
-                    }
-                    Decision::Retry { leader, .. } => leader,
-                };
-                if tx.is_closed() {
-                    return;
-                }
-                client.inner.router.moved_on(&addr, leader.as_deref());
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(500));
-            }
-        });
-        rx
-    }
-
-    /// Observes the election `name`: first its current leader, then every change (a new leader,
-    /// a proclaimed value, or no leader: session 0), in order.
-    pub async fn observe(&self, name: &str) -> Result<tokio::sync::mpsc::Receiver<Result<Leader>>> {
-        // Subscribe first, then read the current leader, so no change can fall in between; a
-        // change already reflected in the read shows up again and is skipped by its token.
-        let mut events = self.watch(name, false, 0);
-        let d = self.describe(name).await?;
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let current = d.holders.first().map_or(Leader::default(), |h| Leader {
-            session: h.session_id,
-            token: h.token,
-            value: h.value.clone(),
-        });
-        tokio::spawn(async move {
-            let mut last = current.clone();
-            if tx.send(Ok(current)).await.is_err() {
-                return;
-            }
-            while let Some(e) = events.recv().await {
-                let e = match e {
-                    Ok(e) if e.r#type == "leader" => e,
-                    Ok(_) => continue,
-                    Err(err) => {
-                        let _ = tx.send(Err(err)).await;
-                        return;
-                    }
-                };
-                let leader = Leader { session: e.session_id, token: e.token, value: e.value };
-                if leader == last || (leader.token != 0 && leader.token < last.token) {
-                    continue;
-                }
-                last = leader.clone();
-                if tx.send(Ok(leader)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(rx)
-    }
-
-    /// Gives the countdown latch `name` its count, unless it has one; returns (set, count).
-    pub async fn latch_set(&self, name: &str, count: u64) -> Result<(bool, u64)> {
-        let req = pb::LatchRequest { name: name.into(), op: Some(pb::latch_request::Op::Set(count)) };
-        // Not repeated when its outcome is unknown: count-downs may have taken the latch to
-        // zero in between, and a repeat would set it again.
-        self.attempts(self.plan(Op::LatchSet), |mut c| {
-            let req = req.clone();
-            async move { c.latch(req).await.map_err(AttemptError::from) }
-        })
-        .await
-        .map(|r| (r.set, r.count))
-    }
-
-    /// Counts the latch `name` down by one; returns the remaining count. Not retried after an
-    /// ambiguous failure (it could count twice).
-    pub async fn latch_count_down(&self, name: &str) -> Result<u64> {
-        let req = pb::LatchRequest { name: name.into(), op: Some(pb::latch_request::Op::CountDown(true)) };
-        self.attempts(self.plan(Op::LatchCountDown), |mut c| {
-            let req = req.clone();
-            async move { c.latch(req).await.map_err(AttemptError::from) }
-        })
-        .await
-        .map(|r| r.count)
-    }
-
-    /// Adds `delta` to the counter `name`; returns the new value. Not retried after an
-    /// ambiguous failure (it could apply twice): that is [`Error::OutcomeUnknown`].
-    pub async fn counter_add(&self, name: &str, delta: i64) -> Result<i64> {
-        let req = pb::CounterRequest { name: name.into(), op: Some(pb::counter_request::Op::Add(delta)) };
-        self.attempts(self.plan(Op::CounterAdd), |mut c| {
-            let req = req.clone();
-            async move { c.counter(req).await }
-        })
-        .await
-        .map(|r| r.value)
-    }
-
-    /// Reads the counter `name` (linearizable).
-    pub async fn counter_get(&self, name: &str) -> Result<i64> {
-        let req = pb::CounterRequest { name: name.into(), op: Some(pb::counter_request::Op::Get(true)) };
-        self.attempts(self.plan(Op::Read), |mut c| {
-            let req = req.clone();
-            async move { c.counter(req).await }
-        })
-        .await
-        .map(|r| r.value)
-    }
-
-    /// Sets the counter `name` to `new` if it is `expected`; returns (swapped, value now).
-    pub async fn counter_cas(&self, name: &str, expected: i64, new: i64) -> Result<(bool, i64)> {
-        let op = pb::counter_request::Op::Cas(pb::CounterCas { expected, new });
-        let req = pb::CounterRequest { name: name.into(), op: Some(op) };
-        self.attempts(self.plan(Op::CounterCas), |mut c| {
-            let req = req.clone();
-            async move { c.counter(req).await }
-        })
-        .await
-        .map(|r| (r.swapped, r.value))
-    }
-
-    /// Reads the register `name`: (value, version); version 0 means never written.
-    pub async fn register_get(&self, name: &str) -> Result<(Vec<u8>, u64)> {
-        let req =
-            pb::RegisterRequest { name: name.into(), op: Some(pb::register_request::Op::Get(true)), if_version: None };
-        self.attempts(self.plan(Op::Read), |mut c| {
-            let req = req.clone();
-            async move { c.register(req).await.map_err(AttemptError::from) }
-        })
-        .await
-        .map(|r| (r.value, r.version))
-    }
-
-    /// Writes (`Some`) or deletes (`None`) the register `name`, only if its version is
-    /// `if_version` (when given); returns (swapped, version now).
-    pub async fn register_set(
-        &self,
-        name: &str,
-        value: Option<Vec<u8>>,
-        if_version: Option<u64>,
-    ) -> Result<(bool, u64)> {
-        let op = match value {
-            Some(v) => pb::register_request::Op::Set(v),
-            None => pb::register_request::Op::Delete(true),
-        };
-        let req = pb::RegisterRequest { name: name.into(), op: Some(op), if_version };
-        self.attempts(self.plan(Op::RegisterSet), |mut c| {
-            let req = req.clone();
-            async move { c.register(req).await.map_err(AttemptError::from) }
-        })
-        .await
-        .map(|r| (r.swapped, r.version))
     }
 
     /// How many session renewals the leader has acknowledged to this client's keepalive stream.
@@ -401,13 +232,15 @@ impl Client {
         // from the first attempt's send time, before which the session cannot have opened.
         let request_id = self.request_id();
         let sent_ms = self.inner.clock.now_ms();
+        // Its home is the group serving the client id's slot (the server routes it the same way).
         let r = self
-            .attempts(self.plan(Op::OpenSession), |mut c| {
+            .attempts(self.plan(Op::OpenSession), Target::Name(&client_id), |mut c, _| {
                 let req = pb::OpenSessionRequest { client_id: client_id.clone(), ttl_ms, request_id };
                 async move { c.open_session(req).await }
             })
             .await?;
-        let lease = Lease::new(r.ttl_ms, sent_ms);
+        let home = if r.group == 0 { 1 } else { r.group };
+        let lease = Lease::new(r.ttl_ms, home, sent_ms, self.inner.clock.now_ms());
         let shared = Arc::new(SessionLease::new(r.session_id, self.inner.clock, lease));
         self.inner.sessions.lock().expect("sessions lock").insert(r.session_id, shared.clone());
         self.inner.sessions_changed.notify_one();
@@ -417,22 +250,29 @@ impl Client {
     /// A lock's holder, token and waiters (linearizable).
     pub async fn describe(&self, name: &str) -> Result<pb::DescribeResponse> {
         let name = name.to_string();
-        self.attempts(self.plan(Op::Read), |mut c| {
-            let req = pb::DescribeRequest { name: name.clone() };
+        self.attempts(self.plan(Op::Read), Target::Name(&name), |mut c, group| {
+            let req = pb::DescribeRequest { name: name.clone(), group };
             async move { c.describe(req).await.map_err(AttemptError::from) }
         })
         .await
     }
 
+    /// Where this client sends requests about `name` now: the group serving it by the client's
+    /// slot map, and that group's leader as far as the client knows (diagnostics).
+    pub fn route_of(&self, name: &str) -> (u64, String) {
+        let group = self.inner.router.group(Target::Name(name)).unwrap_or(1);
+        (group, self.inner.router.address(Some(group)))
+    }
+
     /// The status of the node that answers (any node; no redirect).
     pub async fn status(&self) -> Result<pb::StatusResponse> {
-        let (addr, c) = self.inner.router.current()?;
+        let (addr, c) = self.inner.router.current(None)?;
         status_at(&addr, c.grpc.clone(), self.inner.options.attempt_timeout).await
     }
 
     /// The status as seen by the node at `addr` (which must answer within 3 s).
     pub async fn status_of(addr: &str) -> Result<pb::StatusResponse> {
-        status_at(addr, route::channel(addr)?, Duration::from_secs(3)).await
+        status_at(addr, routing::channel(addr)?, Duration::from_secs(3)).await
     }
 }
 

@@ -211,4 +211,5 @@ piped! {
     cancel(CancelRequest) -> CancelResponse via Cancel;
     counter(CounterRequest) -> CounterResponse via Counter;
     renew(KeepAliveRequest) -> KeepAliveResponse via KeepAlive;
+    attach_session(AttachSessionRequest) -> OpenSessionResponse via AttachSession;
 }

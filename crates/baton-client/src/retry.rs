@@ -25,7 +25,8 @@ use tonic::{Code, Status};
 
 use crate::core::{decide, Decision, ErrorClass, Op, Repeat};
 use crate::pipe::Conn;
-use crate::{Client, Error, Result};
+use crate::routing::Target;
+use crate::{Client, Error, Result, Session};
 
 /// Why one attempt failed.
 #[derive(Debug)]
@@ -80,6 +81,11 @@ pub fn class_of_status(status: &Status) -> ErrorClass<String> {
     let info = pb::ErrorInfo::of(status).unwrap_or_default();
     match Reason::try_from(info.reason).unwrap_or(Reason::Unspecified) {
         Reason::NotLeader => ErrorClass::NotLeader { leader: Some(info.leader_addr).filter(|a| !a.is_empty()) },
+        Reason::Moved => ErrorClass::Moved {
+            group: info.group,
+            version: info.topology_version,
+            leader: Some(info.leader_addr).filter(|a| !a.is_empty()),
+        },
         Reason::Busy => ErrorClass::Busy,
         Reason::MayHaveApplied => ErrorClass::MayHaveApplied,
         Reason::OutcomeForgotten => ErrorClass::Forgotten,
@@ -117,35 +123,83 @@ impl Client {
         Plan { repeat: op.repeat(), attempt: self.inner.options.attempt_timeout, extra: Duration::ZERO }
     }
 
-    /// Runs `call` against the current node until it succeeds, the server refuses, or `plan`
-    /// says to stop. Every attempt has its own timeout; a failed attempt moves the client on
-    /// (to the leader a redirect named, or the next endpoint).
-    pub(crate) async fn attempts<T, F, Fut>(&self, plan: Plan, mut call: F) -> Result<T>
+    /// Runs `call` against the node `target` routes to until it succeeds, the server refuses,
+    /// or `plan` says to stop. Every attempt has its own timeout; a failed attempt moves the
+    /// client on (to the leader a redirect named, or the next endpoint).
+    pub(crate) async fn attempts<T, F, Fut>(&self, plan: Plan, target: Target<'_>, call: F) -> Result<T>
     where
-        F: FnMut(Conn) -> Fut,
+        F: FnMut(Conn, u64) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, AttemptError>>,
+    {
+        self.attempts_as(plan, target, None, call).await
+    }
+
+    /// `call` gets the connection and the group the request is for (it goes in the request, so
+    /// that the group that receives it is the one the client routed it to: a session attached
+    /// there, say; a group that does not serve the name answers MOVED).
+    ///
+    /// [`Client::attempts`] for a request made through `session`: before each attempt, the
+    /// session gets a record in the group the request goes to if it has none there yet (see
+    /// docs/SEMANTICS.md, "Sessions across groups").
+    pub(crate) async fn attempts_as<T, F, Fut>(
+        &self,
+        plan: Plan,
+        target: Target<'_>,
+        session: Option<&Session>,
+        mut call: F,
+    ) -> Result<T>
+    where
+        F: FnMut(Conn, u64) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, AttemptError>>,
     {
         let deadline = Instant::now() + self.inner.options.request_timeout + plan.extra;
         let mut backoff = crate::core::FIRST_BACKOFF_MS;
         let mut maybe_applied = false;
         loop {
-            let (addr, conn) = self.inner.router.current()?;
-            let error = match tokio::time::timeout(plan.attempt, call(conn)).await {
-                Ok(Ok(r)) => return Ok(r.into_inner()),
+            let group = self.inner.router.group(target);
+            if let (Some(s), Some(g)) = (session, group) {
+                s.attach(g).await?;
+            }
+            let (addr, conn) = self.inner.router.current(group)?;
+            let error = match tokio::time::timeout(plan.attempt, call(conn, group.unwrap_or(0))).await {
+                Ok(Ok(r)) => {
+                    if let Some(g) = group {
+                        // Only a group's leader answers for it.
+                        self.inner.router.set_leader(g, &addr);
+                    }
+                    return Ok(r.into_inner());
+                }
                 Ok(Err(e)) => e,
                 // Only this attempt is abandoned: calls of others on the same stream go on.
                 Err(_) => AttemptError::NoAnswer(format!("no answer from {addr} within {:?}", plan.attempt)),
             };
-            let pause = match decide(error.class(), plan.repeat) {
+            let class = error.class();
+            if let (ErrorClass::Moved { group: to, version, .. }, Target::Name(name)) = (&class, target) {
+                self.inner.router.moved(baton_core::slot_of(name), *to, *version);
+            }
+            let moved = matches!(class, ErrorClass::Moved { .. });
+            let pause = match decide(class, plan.repeat) {
                 Decision::Refused => return Err(error.into_error()),
                 Decision::OutcomeUnknown => {
                     // The next attempt (of any call) should not ask the same node.
-                    self.inner.router.moved_on(&addr, None);
+                    self.inner.router.moved_on(group, &addr, None);
                     return Err(Error::OutcomeUnknown(format!("{addr}: {}", error.describe())));
+                }
+                // The name lives in another group now: the next attempt is routed there.
+                Decision::Retry { leader, backoff: rule, .. } if moved => {
+                    let to = self.inner.router.group(target);
+                    let redirected = match (to, leader) {
+                        (Some(g), Some(l)) => {
+                            self.inner.router.set_leader(g, &l);
+                            true
+                        }
+                        _ => false,
+                    };
+                    rule.pause(redirected)
                 }
                 Decision::Retry { leader, stay, backoff: rule, maybe_applied: maybe } => {
                     maybe_applied |= maybe;
-                    let redirected = !stay && self.inner.router.moved_on(&addr, leader.as_deref());
+                    let redirected = !stay && self.inner.router.moved_on(group, &addr, leader.as_deref());
                     rule.pause(redirected)
                 }
             };
@@ -171,7 +225,8 @@ mod tests {
 
     fn with(reason: Reason, leader_addr: &str) -> Status {
         let mut s = Status::unavailable("whatever the text says");
-        pb::ErrorInfo { reason: reason as i32, leader_id: 2, leader_addr: leader_addr.into() }.attach(&mut s);
+        pb::ErrorInfo { reason: reason as i32, leader_id: 2, leader_addr: leader_addr.into(), ..Default::default() }
+            .attach(&mut s);
         s
     }
 
@@ -197,7 +252,7 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let mut c = crate::route::channel(&format!("127.0.0.1:{port}")).unwrap();
+        let mut c = crate::routing::channel(&format!("127.0.0.1:{port}")).unwrap();
         let status = c.status(pb::StatusRequest {}).await.unwrap_err();
         let e = AttemptError::from(status);
         assert!(matches!(e, AttemptError::NotSent(_)), "{e:?}");

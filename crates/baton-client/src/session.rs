@@ -14,6 +14,7 @@ use tonic::Code;
 use crate::core::Op;
 use crate::lease::SessionLease;
 use crate::retry::{AttemptError, Plan};
+use crate::routing::Target;
 use crate::{Client, Error, Result};
 
 /// A session: the lease that the locks taken through it hang on.
@@ -193,8 +194,9 @@ impl Session {
             ms(options.max_attempt),
         ));
         let plan = Plan { repeat: Op::Acquire.repeat(), attempt, extra: wait };
-        let r = self.client.attempts(plan, |mut c| {
-            let req = req.clone();
+        let r = self.client.attempts_as(plan, Target::Name(name), Some(self), |mut c, group| {
+            let mut req = req.clone();
+            req.group = group;
             async move { c.acquire(req).await }
         });
         let r = r.await;
@@ -212,41 +214,86 @@ impl Session {
         }
     }
 
-    /// Renews the lease now instead of waiting for the background keepalive (e.g. before a long critical section). Returns false if the session
-    /// is gone on the server.
-    pub async fn keep_alive_once(&self) -> Result<bool> {
-        let id = self.id();
-        let sent_ms = self.client.inner.clock.now_ms();
-        let r = self
-            .client
-            .attempts(self.client.plan(Op::Read), |mut c| async move {
-                c.renew(pb::KeepAliveRequest { session_ids: vec![id] }).await
-            })
-            .await?;
-        let alive = r.leases.iter().any(|l| l.session_id == id && l.alive);
-        if alive {
-            self.shared.renewed(sent_ms);
-        } else {
-            self.shared.mark_lost();
+    /// Gives the session a record in `group` if it has none yet (its first request there).
+    pub(crate) async fn attach(&self, group: u64) -> Result<()> {
+        if self.shared.has(group) {
+            return Ok(());
         }
-        Ok(alive)
+        if !self.is_alive() {
+            return Err(Error::LeaseLost(self.id()));
+        }
+        let req = pb::AttachSessionRequest {
+            session_id: self.id(),
+            client_id: self.client.inner.options.client_id.clone(),
+            ttl_ms: self.ttl().as_millis() as u64,
+            group,
+        };
+        let clock = self.client.inner.clock;
+        let sent_ms = clock.now_ms();
+        let client = &self.client;
+        let r = Box::pin(client.attempts(client.plan(Op::AttachSession), Target::Group(group), |mut c, group| {
+            let mut req = req.clone();
+            req.group = group;
+            async move { c.attach_session(req).await }
+        }))
+        .await;
+        match r {
+            Ok(_) => {
+                self.shared.attached(group, sent_ms, clock.now_ms());
+                self.client.inner.sessions_changed.notify_waiters();
+                Ok(())
+            }
+            // Its home says it is gone: the whole session is.
+            Err(e) if e.code() == Some(Code::NotFound) => {
+                self.shared.mark_lost();
+                Err(Error::LeaseLost(self.id()))
+            }
+            Err(e) => Err(e),
+        }
     }
 
-    /// Closes the session: its locks are released at once.
+    /// Renews the lease now at every node instead of waiting for the background keepalive (e.g.
+    /// before a long critical section). Returns false if the session is gone on the server.
+    pub async fn keep_alive_once(&self) -> Result<bool> {
+        let id = self.id();
+        let clock = self.client.inner.clock;
+        let timeout = self.client.inner.options.attempt_timeout;
+        let mut answered = false;
+        for addr in self.client.inner.router.nodes() {
+            let Ok(mut c) = self.client.inner.router.conn_to(&addr) else { continue };
+            let sent_ms = clock.now_ms();
+            let req = pb::KeepAliveRequest { session_ids: vec![id] };
+            if let Ok(Ok(r)) = tokio::time::timeout(timeout, c.renew(req)).await {
+                let r = r.into_inner();
+                crate::keepalive::apply(&self.client, &addr, &r, sent_ms);
+                answered = true;
+            }
+        }
+        if !answered {
+            return Err(Error::Unreachable(timeout, "no node answered the renewal".into()));
+        }
+        Ok(self.is_alive())
+    }
+
+    /// Closes the session in every group it has a record in: its locks are released at once.
     pub async fn close(self) -> Result<()> {
         self.client.inner.sessions.lock().expect("sessions lock").remove(&self.id());
         let id = self.id();
-        let r = self
-            .client
-            .attempts(self.client.plan(Op::CloseSession), |mut c| async move {
-                c.close_session(pb::CloseSessionRequest { session_id: id }).await
-            })
-            .await;
-        match r {
-            Ok(_) => Ok(()),
-            Err(e) if e.code() == Some(Code::NotFound) => Ok(()),
-            Err(e) => Err(e),
+        let mut result = Ok(());
+        for group in self.shared.groups() {
+            let r = self
+                .client
+                .attempts(self.client.plan(Op::CloseSession), Target::Group(group), |mut c, _| async move {
+                    c.close_session(pb::CloseSessionRequest { session_id: id, group }).await
+                })
+                .await;
+            match r {
+                Ok(_) => {}
+                Err(e) if e.code() == Some(Code::NotFound) => {}
+                Err(e) => result = Err(e),
+            }
         }
+        result
     }
 }
 
@@ -266,8 +313,8 @@ impl Drop for WithdrawOnDrop {
             let session_id = session.id();
             let r = session
                 .client
-                .attempts(session.client.plan(Op::Cancel), |mut c| {
-                    let req = pb::CancelRequest { name: name.clone(), session_id, request_id };
+                .attempts_as(session.client.plan(Op::Cancel), Target::Name(&name), Some(&session), |mut c, group| {
+                    let req = pb::CancelRequest { name: name.clone(), session_id, request_id, group };
                     async move { c.cancel(req).await }
                 })
                 .await;
@@ -323,13 +370,19 @@ impl LockGuard {
 
     /// Elections: publishes a new value as the leader.
     pub async fn proclaim(&self, value: Vec<u8>) -> Result<()> {
-        let req =
-            pb::ProclaimRequest { name: self.name.clone(), session_id: self.session.id(), token: self.token, value };
+        let req = pb::ProclaimRequest {
+            name: self.name.clone(),
+            session_id: self.session.id(),
+            token: self.token,
+            value,
+            group: 0,
+        };
         // Idempotent: the same value proclaimed twice is the same state.
         let client = &self.session.client;
         client
-            .attempts(client.plan(Op::Proclaim), |mut c| {
-                let req = req.clone();
+            .attempts_as(client.plan(Op::Proclaim), Target::Name(&self.name), Some(&self.session), |mut c, group| {
+                let mut req = req.clone();
+                req.group = group;
                 async move { c.proclaim(req).await.map_err(AttemptError::from) }
             })
             .await
@@ -348,8 +401,8 @@ async fn release(session: &Session, name: &str, token: u64) -> Result<()> {
     let session_id = session.id();
     let r = session
         .client
-        .attempts(session.client.plan(Op::Release), |mut c| {
-            let req = pb::ReleaseRequest { name: name.clone(), session_id, token };
+        .attempts_as(session.client.plan(Op::Release), Target::Name(&name), Some(session), |mut c, group| {
+            let req = pb::ReleaseRequest { name: name.clone(), session_id, token, group };
             async move { c.release(req).await }
         })
         .await;

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::queue::{Kind, Mode};
 
-/// A session's identifier: the log index of the command that opened it (unique per group).
+/// A session's identifier, unique in the cluster: the log index of the command that opened it,
+/// with its home group (less one) in the top 16 bits.
 pub type SessionId = u64;
 
 /// A fencing token. Strictly increasing per lock name, forever.
@@ -22,6 +23,15 @@ pub enum Command {
     /// with the same non-zero `request_id` while that session lives returns it again, instead
     /// of opening a second one that nobody would keep alive.
     OpenSession { client: String, ttl_ms: u64, request_id: u64 },
+    /// Give session `session`, opened in another group, a record in this one (a client's first
+    /// request in a group does this). A session that has a record here already is answered as
+    /// opened; a session whose home is this group and that is gone is not brought back.
+    AttachSession { session: SessionId, client: String, ttl_ms: u64 },
+    /// Source group of a slot move: stop serving `start..=end` and hand its state to group `to`
+    /// (see [`crate::moves`]).
+    HandOff { move_id: u64, start: crate::slots::Slot, end: crate::slots::Slot, to: u64 },
+    /// Destination group of a slot move: serve the bundle's slots with its state.
+    TakeOver { bundle: Box<crate::moves::SlotBundle> },
     /// Close a session on its owner's request: its locks are released, its waits end.
     CloseSession { session: SessionId },
     /// The leader saw these sessions go a full TTL without a keepalive.
@@ -47,6 +57,30 @@ pub enum Command {
     /// Write (`Some`) or delete (`None`) a register, if its version is `expected_version` (when
     /// given; 0 means "not written").
     RegisterSet { name: String, value: Option<Vec<u8>>, expected_version: Option<u64> },
+}
+
+impl Command {
+    /// The name the command is about, if it is about one (its slot decides the group).
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Command::Acquire(r) => Some(&r.name),
+            Command::Release { name, .. }
+            | Command::Cancel { name, .. }
+            | Command::Proclaim { name, .. }
+            | Command::LatchSet { name, .. }
+            | Command::LatchCountDown { name }
+            | Command::CounterAdd { name, .. }
+            | Command::CounterCas { name, .. }
+            | Command::RegisterSet { name, .. } => Some(name),
+            Command::OpenSession { .. }
+            | Command::AttachSession { .. }
+            | Command::CloseSession { .. }
+            | Command::ExpireSessions { .. }
+            | Command::HandOff { .. }
+            | Command::TakeOver { .. }
+            | Command::Tick => None,
+        }
+    }
 }
 
 /// The arguments of [`Command::Acquire`].
@@ -126,6 +160,10 @@ pub enum Outcome {
     Cancelled { granted: Option<Token> },
     /// Time passed.
     Ticked,
+    /// The source of a slot move stopped serving the range; this is what it handed over.
+    HandedOff { bundle: Box<crate::moves::SlotBundle> },
+    /// The destination of a slot move serves the range now, with this many names.
+    TookOver { names: u64 },
     /// A latch's count after the command; `set` is false if `LatchSet` found it already set.
     Latch { count: u64, set: bool },
     /// A counter's value after the command; `swapped` is false if a compare-and-set failed.
@@ -175,4 +213,7 @@ pub enum Event {
     CounterChanged { name: String, value: i64 },
     /// A register was written (version > 0) or deleted (version 0).
     RegisterChanged { name: String, version: u64 },
+    /// Slots `start..=end` moved from group `from` to group `to` (emitted by both: by the
+    /// source when it stops serving them, by the destination when it starts).
+    SlotsMoved { start: u16, end: u16, from: u64, to: u64 },
 }

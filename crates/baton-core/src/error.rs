@@ -33,6 +33,12 @@ pub enum Error {
     /// remembered, so it is refused rather than applied a second time.
     #[error("request {request_id} of session {session} is older than the session's retry window (its outcome is no longer remembered); it was not applied again")]
     RetryTooLate { session: SessionId, request_id: u64 },
+    /// The name's slot is not served by this group (any more): the sender's slot map is
+    /// stale. Nothing was done; ask the group that serves the slot now.
+    #[error(
+        "{name:?} (slot {slot}) is not served by group {group}: the slot map changed; ask the group that serves it now"
+    )]
+    NotOwned { name: String, slot: u16, group: u64 },
     /// A retried request whose grant has since been released.
     #[error("request {request_id} on lock {name:?} already completed: it was granted token {token} and released")]
     RequestCompleted { name: String, request_id: u64, token: Token },

@@ -10,7 +10,13 @@ use crate::error::{Error, Result};
 use crate::hlc::Hlc;
 use crate::limits::Limits;
 use crate::queue::LockState;
+use crate::slots::{slot_of, SlotSet};
+use crate::topology::Topology;
 use crate::value::Register;
+
+/// Session ids carry their home group: its id less one in the top 16 bits, the log index of the
+/// open in the rest (so a single-group cluster's ids are plain log indexes).
+const SESSION_INDEX_BITS: u32 = 48;
 
 /// How many completed requests a session remembers for idempotent retries.
 pub(crate) const RECENT_PER_SESSION: usize = 16;
@@ -32,11 +38,14 @@ pub struct Session {
     pub(crate) forgotten_up_to: Option<u64>,
     /// The request id that opened the session (0: none), for idempotent opens.
     pub(crate) open_request: u64,
+    /// Groups that names of this session were moved to (see [`crate::moves`]): keepalive
+    /// answers tell the client, which must renew the session there too.
+    pub moved_to: BTreeSet<u64>,
 }
 
 /// A finished acquire request remembered by its session.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Recent {
+pub struct Recent {
     pub request_id: u64,
     pub name: String,
     pub result: RecentResult,
@@ -44,7 +53,7 @@ pub(crate) struct Recent {
 
 /// How a remembered request finished.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum RecentResult {
+pub enum RecentResult {
     NotAvailable {
         holder: Option<SessionId>,
     },
@@ -60,14 +69,14 @@ pub(crate) enum RecentResult {
 
 /// A point in state machine time at which something must happen.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub(crate) struct Timer {
+pub struct Timer {
     pub at_ms: u64,
     pub name: String,
     pub kind: TimerKind,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub(crate) enum TimerKind {
+pub enum TimerKind {
     /// A waiter's deadline.
     WaitDeadline { session: SessionId, request_id: u64 },
     /// The end of a lock-delay.
@@ -78,6 +87,16 @@ pub(crate) enum TimerKind {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateMachine {
     pub(crate) limits: Limits,
+    /// The group this state machine replicates (session ids are unique across groups by it).
+    pub(crate) group: u64,
+    /// The slots whose names this group serves: a command on any other name is refused.
+    pub(crate) slots: SlotSet,
+    /// The meta group only: the cluster's layout.
+    pub(crate) topology: Option<Topology>,
+    /// The last hand-offs made, to answer a repeated one with the same bundle.
+    pub(crate) handoffs: VecDeque<crate::moves::SlotBundle>,
+    /// The last take-overs applied (move ids), to answer a repeated one as done.
+    pub(crate) taken_over: VecDeque<u64>,
     /// The maximum leader time seen in any applied entry.
     pub(crate) now_ms: u64,
     /// The log index of the last applied entry.
@@ -111,10 +130,21 @@ impl Default for StateMachine {
 }
 
 impl StateMachine {
-    /// An empty state machine with the given limits.
+    /// An empty state machine with the given limits: group 1, serving every slot (a
+    /// single-group cluster, and the tests).
     pub fn new(limits: Limits) -> Self {
+        StateMachine::for_group(limits, 1, SlotSet::all())
+    }
+
+    /// An empty state machine of data group `group` serving `slots`.
+    pub fn for_group(limits: Limits, group: u64, slots: SlotSet) -> Self {
         StateMachine {
             limits,
+            group,
+            slots,
+            topology: None,
+            handoffs: VecDeque::new(),
+            taken_over: VecDeque::new(),
             now_ms: 0,
             applied_index: 0,
             last_token: 0,
@@ -131,6 +161,49 @@ impl StateMachine {
             hlc: Hlc::default(),
             bugs: Bugs::default(),
         }
+    }
+
+    /// The meta group's state machine: no slots, the cluster's layout.
+    pub fn meta(limits: Limits, topology: Topology) -> Self {
+        let mut sm = StateMachine::for_group(limits, crate::topology::META_GROUP, SlotSet::empty());
+        sm.topology = Some(topology);
+        sm
+    }
+
+    /// The group this state machine replicates.
+    pub fn group(&self) -> u64 {
+        self.group
+    }
+
+    /// The slots this group serves.
+    pub fn slots(&self) -> &SlotSet {
+        &self.slots
+    }
+
+    /// The cluster's layout (the meta group only).
+    pub fn topology(&self) -> Option<&Topology> {
+        self.topology.as_ref()
+    }
+
+    /// Refuses a name this group does not serve.
+    pub fn check_owned(&self, name: &str) -> Result<()> {
+        let slot = slot_of(name);
+        if self.slots.contains(slot) {
+            Ok(())
+        } else {
+            Err(Error::NotOwned { name: name.to_string(), slot, group: self.group })
+        }
+    }
+
+    /// The id of a session opened by the entry at `index` of this group.
+    fn session_id(&self, index: u64) -> Result<SessionId> {
+        if index >> SESSION_INDEX_BITS != 0 || self.group == 0 || self.group > 1 << 16 {
+            return Err(Error::LimitExceeded(format!(
+                "group {} cannot open sessions (log index {index}): open it in another group",
+                self.group
+            )));
+        }
+        Ok(((self.group - 1) << SESSION_INDEX_BITS) | index)
     }
 
     /// Turns deliberate bugs on (see [`Bugs`]); for the simulator's broken variants only.
@@ -152,11 +225,19 @@ impl StateMachine {
         // Timers due by now fire before the command, so that no command can, say, grant a lock
         // to a waiter whose deadline has passed but whose Tick has not been applied yet.
         self.run_timers(events);
+        if let Some(name) = entry.command.name() {
+            self.check_owned(name)?;
+        }
         match &entry.command {
             Command::OpenSession { client, ttl_ms, request_id } => {
                 self.open_session(index, client, *ttl_ms, *request_id, events)
             }
+            Command::AttachSession { session, client, ttl_ms } => {
+                self.attach_session(*session, client, *ttl_ms, events)
+            }
             Command::CloseSession { session } => self.close_session(*session, events),
+            Command::HandOff { move_id, start, end, to } => self.hand_off(*move_id, *start, *end, *to, events),
+            Command::TakeOver { bundle } => self.take_over(bundle, events),
             Command::ExpireSessions { sessions } => Ok(self.expire_sessions(sessions, events)),
             Command::Acquire(req) => self.acquire(req, events),
             Command::Release { name, session, token } => self.release(name, *session, *token, events),
@@ -280,6 +361,37 @@ impl StateMachine {
                 return Ok(Outcome::SessionOpened { session, ttl_ms });
             }
         }
+        let id = self.session_id(index)?;
+        self.check_session_room(client)?;
+        self.insert_session(id, client, ttl_ms, request_id, events);
+        Ok(Outcome::SessionOpened { session: id, ttl_ms })
+    }
+
+    /// Gives a session opened in another group (its home) a record here, so that it can hold
+    /// names of this group. Attaching a session that is here already answers as opening it.
+    fn attach_session(
+        &mut self,
+        session: SessionId,
+        client: &str,
+        ttl_ms: u64,
+        events: &mut Vec<Event>,
+    ) -> Result<Outcome> {
+        self.limits.check_client(client)?;
+        self.limits.check_ttl(ttl_ms)?;
+        if let Some(s) = self.sessions.get(&session) {
+            return Ok(Outcome::SessionOpened { session, ttl_ms: s.ttl_ms });
+        }
+        if session >> SESSION_INDEX_BITS == self.group.wrapping_sub(1) {
+            // Its home is this group and it is gone: it expired or was closed, and must not
+            // come back to life under the same id.
+            return Err(Error::SessionNotFound(session));
+        }
+        self.check_session_room(client)?;
+        self.insert_session(session, client, ttl_ms, 0, events);
+        Ok(Outcome::SessionOpened { session, ttl_ms })
+    }
+
+    fn check_session_room(&self, client: &str) -> Result<()> {
         let count = self.sessions_per_client.get(client).copied().unwrap_or(0);
         if count >= self.limits.max_sessions_per_client {
             return Err(Error::LimitExceeded(format!(
@@ -294,6 +406,10 @@ impl StateMachine {
                 self.limits.max_sessions
             )));
         }
+        Ok(())
+    }
+
+    fn insert_session(&mut self, id: SessionId, client: &str, ttl_ms: u64, request_id: u64, events: &mut Vec<Event>) {
         let session = Session {
             client: client.to_string(),
             ttl_ms,
@@ -301,14 +417,14 @@ impl StateMachine {
             recent: VecDeque::new(),
             forgotten_up_to: None,
             open_request: request_id,
+            moved_to: BTreeSet::new(),
         };
-        self.sessions.insert(index, session);
+        self.sessions.insert(id, session);
         if request_id != 0 {
-            self.opens.insert((client.to_string(), request_id), index);
+            self.opens.insert((client.to_string(), request_id), id);
         }
         *self.sessions_per_client.entry(client.to_string()).or_insert(0) += 1;
-        events.push(Event::SessionOpened { session: index, ttl_ms });
-        Ok(Outcome::SessionOpened { session: index, ttl_ms })
+        events.push(Event::SessionOpened { session: id, ttl_ms });
     }
 
     fn close_session(&mut self, session: SessionId, events: &mut Vec<Event>) -> Result<Outcome> {

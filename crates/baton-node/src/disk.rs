@@ -78,6 +78,8 @@ pub trait LogStore {
     fn write(&mut self, batch: &WriteBatch) -> Result<(), DiskError>;
     /// Reads back one group, or `None` if the group was never written.
     fn recover(&self, group: GroupId) -> Result<Option<Recovered>, DiskError>;
+    /// The groups this store holds (every group ever written, in id order). Empty: a new node.
+    fn groups(&self) -> Result<Vec<GroupId>, DiskError>;
     /// Counts a start of the node on this store: returns a number that no earlier call on this
     /// store returned, made durable before it returns. It becomes [`crate::NodeConfig`]'s
     /// `incarnation`, which keeps the request ids of one run from answering for another's.
@@ -240,6 +242,17 @@ impl LogStore for EngineStore {
         log.put(NODE_REGION, INCARNATION_KEY.to_vec(), next.to_be_bytes().to_vec())?;
         self.engine.write(&mut log, true)?;
         Ok(next)
+    }
+
+    fn groups(&self) -> Result<Vec<GroupId>, DiskError> {
+        let mut out = Vec::new();
+        for g in self.engine.raft_groups() {
+            if g != NODE_REGION && self.engine.get_message::<HardState>(g, HARD_STATE_KEY)?.is_some() {
+                out.push(g);
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
     }
 
     fn recover(&self, group: GroupId) -> Result<Option<Recovered>, DiskError> {

@@ -110,13 +110,14 @@ impl Driver {
         self.node.tick();
     }
 
-    /// A client request, handled with the clock reading `(mono_ms, wall_ms)` taken for it;
-    /// returns the id its answer will carry.
-    pub fn submit(&mut self, group: GroupId, request: Request, mono_ms: u64, wall_ms: u64) -> RequestId {
+    /// A client request for `group` (`None`: the group serving its name, by this node's map),
+    /// handled with the clock reading `(mono_ms, wall_ms)` taken for it; returns the id its
+    /// answer will carry.
+    pub fn submit(&mut self, group: Option<GroupId>, request: Request, mono_ms: u64, wall_ms: u64) -> RequestId {
         self.node.set_time(mono_ms, wall_ms);
         self.next_request += 1;
         let id = self.next_request;
-        self.requests.submit(&mut self.node, group, id, request);
+        self.requests.submit(&mut self.node, group, id, request, &mut self.answers);
         id
     }
 
@@ -190,7 +191,11 @@ impl Driver {
         self.outputs = outputs;
         // Drained, not taken: the buffer's allocation is kept for the next round.
         let mut answers = std::mem::take(&mut self.answers);
-        for (id, answer) in answers.drain(..) {
+        for (id, mut answer) in answers.drain(..) {
+            if let Err(NodeError::Rejected(baton_core::Error::NotOwned { slot, .. })) = &answer {
+                // Say where the name is served now, so that the client goes straight there.
+                answer = Err(self.node.moved(*slot));
+            }
             if !fx.answer(id, answer) {
                 self.requests.forget(id);
             }

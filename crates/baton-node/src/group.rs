@@ -7,8 +7,9 @@ use raft::eraftpb::{ConfChange, ConfChangeV2, EntryType, Message, MessageType, S
 use raft::{ProgressState, RawNode, SnapshotStatus, StateRole};
 use serde::{Deserialize, Serialize};
 
-use crate::disk::{GroupWrite, Recovered};
+use crate::disk::GroupWrite;
 use crate::lease::LeaseTable;
+use crate::node::Start;
 use crate::node::{GroupStatus, NodeConfig, NodeError, Output, Query, Reply, Role};
 use crate::storage::GroupStorage;
 use crate::{GroupId, NodeId, RequestId};
@@ -30,6 +31,9 @@ const SNAPSHOT_ANSWER_MS: u64 = 10_000;
 const SNAPSHOT_MS_PER_MIB: u64 = 100;
 /// An internal proposal still not applied after this long may be proposed again.
 const INTERNAL_RETRY_MS: u64 = 1_000;
+/// A new leader waits this long before handing the leadership to its group's preferred leader,
+/// and as long again between two attempts: a node that flaps does not drag leaderships along.
+const PLACEMENT_PAUSE_MS: u64 = 3_000;
 
 /// What one log entry carries: the command, and who to answer when it applies.
 #[derive(Serialize, Deserialize)]
@@ -91,6 +95,8 @@ pub(crate) struct Group {
     /// Leader only: by when each follower sent a snapshot should have answered (see
     /// `retry_lost_snapshots`).
     snapshots_sent: BTreeMap<NodeId, u64>,
+    /// Leader only: no hand-over to the preferred leader before this time (monotonic ms).
+    placement_after_ms: u64,
     /// The commit index moved without a hard state to write (raft-rs reports such moves in
     /// its light ready, e.g. every commit of a single-voter group): the next batch carries it.
     commit_unsaved: bool,
@@ -111,13 +117,9 @@ fn raft_config(config: &NodeConfig, applied: u64) -> raft::Config {
 }
 
 impl Group {
-    pub(crate) fn open(
-        config: &NodeConfig,
-        id: GroupId,
-        recovered: Option<Recovered>,
-    ) -> Result<(Group, Option<GroupWrite>), String> {
-        let (storage, mut sm, write) = match recovered {
-            Some(r) => {
+    pub(crate) fn open(config: &NodeConfig, id: GroupId, start: Start) -> Result<(Group, Option<GroupWrite>), String> {
+        let (storage, mut sm, write) = match start {
+            Start::Recovered(r) => {
                 let mut sm = if r.snapshot.data.is_empty() {
                     StateMachine::new(config.limits.clone())
                 } else {
@@ -129,8 +131,8 @@ impl Group {
                 }
                 (GroupStorage::recover(r.hard_state, r.snapshot, r.entries), sm, None)
             }
-            None => {
-                let storage = GroupStorage::bootstrap(&config.voters);
+            Start::New { voters, state } => {
+                let storage = GroupStorage::bootstrap(&voters, state.to_snapshot());
                 let write = GroupWrite {
                     group: id,
                     snapshot: Some(storage.snapshot_ref().clone()),
@@ -138,7 +140,7 @@ impl Group {
                     entries: Vec::new(),
                     hard_state: Some(storage.hard_state().clone()),
                 };
-                (storage, StateMachine::new(config.limits.clone()), Some(write))
+                (storage, *state, Some(write))
             }
         };
         sm.set_bugs(config.bugs);
@@ -171,6 +173,7 @@ impl Group {
             pending_ready: None,
             snapshot_to_write: None,
             commit_unsaved: false,
+            placement_after_ms: 0,
             snapshots_sent: BTreeMap::new(),
         };
         let mut group = group;
@@ -201,12 +204,37 @@ impl Group {
         self.leader
     }
 
+    pub(crate) fn role(&self) -> Role {
+        self.role
+    }
+
     fn not_leader(&self) -> NodeError {
         NodeError::NotLeader { group: self.id, leader: self.leader }
     }
 
     pub(crate) fn transfer_leader(&mut self, to: NodeId) {
         self.raw.transfer_leader(to);
+    }
+
+    /// Leader placement: hands the leadership to `preferred` once it has every entry and
+    /// replicates normally (see [`crate::Node`]'s `place_leaders`).
+    pub(crate) fn hand_to_preferred(&mut self, preferred: NodeId, now: u64) {
+        let raft = &self.raw.raft;
+        if self.role != Role::Leader || preferred == raft.id || raft.lead_transferee.is_some() {
+            return;
+        }
+        if now < self.placement_after_ms {
+            return;
+        }
+        let last = raft.raft_log.last_index();
+        let ready = raft
+            .prs()
+            .get(preferred)
+            .is_some_and(|p| p.matched == last && p.state == ProgressState::Replicate && p.recent_active);
+        if ready {
+            self.placement_after_ms = now + PLACEMENT_PAUSE_MS;
+            self.raw.transfer_leader(preferred);
+        }
     }
 
     pub(crate) fn campaign(&mut self) {
@@ -437,6 +465,7 @@ impl Group {
             self.expiring.clear();
             self.tick_proposed_ms = None;
             self.time_base = (self.sm.now_ms(), now);
+            self.placement_after_ms = now + PLACEMENT_PAUSE_MS;
         } else if role != Role::Leader && was_leader {
             self.leases.clear();
             self.expiring.clear();
@@ -546,6 +575,8 @@ impl Group {
             sessions: self.sm.session_count(),
             locks: self.sm.lock_count(),
             last_token: self.sm.last_token(),
+            slots: self.sm.slots().ranges(),
+            replicas: self.raw.raft.prs().conf().voters().ids().iter().collect(),
         }
     }
 }

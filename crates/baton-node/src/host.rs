@@ -1,10 +1,22 @@
-//! Client requests on top of a [`Node`]: which request is waiting for what.
+//! Client requests on top of a [`Node`]: which group each goes to, and which request is
+//! waiting for what.
 //!
 //! A runtime (the server, or the simulator) gives each request an id, submits it here, and feeds
 //! every [`Output`] of the node through [`Requests::handle`]; the answers come back by id. An
 //! acquire that queues is answered later, by the `Granted` or `WaitEnded` event of its
 //! `(group, name, session, request_id)` — on whatever node the client is connected to, leader or
-//! not, because every replica applies every event.
+//! not, because every replica applies every event. A wait whose name's slot moves to another
+//! group ends with [`NodeError::Moved`]: the client asks the new group, with the same request id.
+//!
+//! # Routing
+//! A request submitted without a group goes to the group serving its name's slot by this node's
+//! map ([`Node::group_of`]; a session's open by its client id). The map may be stale: the group
+//! then refuses the name and the client is told where it is served now ([`NodeError::Moved`]).
+//!
+//! # Keepalives
+//! One [`Request::KeepAlive`] renews its sessions in every data group this node leads, each
+//! after its own ReadIndex round (or lease), asked at once and answered together as one
+//! [`Renewal`]: the client, which sends one to every node, learns which groups renewed what.
 
 use std::collections::BTreeMap;
 
@@ -22,6 +34,45 @@ pub enum Request {
     Acquire(AcquireRequest),
     /// A linearizable read.
     Read(Query),
+    /// Renew these sessions in every data group this node leads.
+    KeepAlive(Vec<SessionId>),
+}
+
+impl Request {
+    /// What the request is routed by when no group is given: its name, or the client id of a
+    /// session's open (its home group).
+    pub fn routing_key(&self) -> Option<&str> {
+        match self {
+            Request::Propose(Command::OpenSession { client, .. }) => Some(client),
+            Request::Propose(c) => c.name(),
+            Request::Acquire(r) => Some(&r.name),
+            Request::Read(Query::Lock(n) | Query::Counter(n) | Query::Register(n)) => Some(n),
+            Request::Read(Query::Session(_) | Query::KeepAlive(_)) | Request::KeepAlive(_) => None,
+        }
+    }
+}
+
+/// The answer to a [`Request::KeepAlive`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Renewal {
+    /// The data groups that renewed (this node leads them, confirmed by a quorum).
+    pub groups: Vec<GroupId>,
+    /// Per session asked, in order: the groups of `groups` where it has a record (renewed),
+    /// its TTL, and the groups its names were moved to from those.
+    pub leases: Vec<SessionRenewal>,
+}
+
+/// One session's part of a [`Renewal`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionRenewal {
+    /// The session.
+    pub session: SessionId,
+    /// Groups that renewed it.
+    pub groups: Vec<GroupId>,
+    /// Its TTL (0 if no group had it).
+    pub ttl_ms: u64,
+    /// Groups its names moved to.
+    pub moved_to: Vec<GroupId>,
 }
 
 /// How an acquire finished.
@@ -44,6 +95,8 @@ pub enum Answer {
     Acquire(AcquireResult),
     /// A read was served.
     Read(Reply),
+    /// Sessions were renewed.
+    KeepAlive(Renewal),
 }
 
 type WaitKey = (GroupId, String, SessionId, u64);
@@ -52,13 +105,27 @@ enum Kind {
     Propose,
     Acquire(WaitKey),
     Read,
+    /// One group's part of a keepalive: (the keepalive's id, the group).
+    Renew(RequestId, GroupId),
 }
+
+/// A keepalive waiting for the groups it asked.
+struct Join {
+    waiting: usize,
+    renewal: Renewal,
+    first_error: Option<NodeError>,
+}
+
+/// Ids of the per-group parts of a keepalive: above every id a runtime gives out.
+const PART: RequestId = 1 << 62;
 
 /// The requests in flight on one node.
 #[derive(Default)]
 pub struct Requests {
     pending: BTreeMap<RequestId, Kind>,
     waits: BTreeMap<WaitKey, Vec<RequestId>>,
+    joins: BTreeMap<RequestId, Join>,
+    next_part: RequestId,
     bugs: baton_core::Bugs,
 }
 
@@ -76,9 +143,23 @@ impl Requests {
         (group, name.to_string(), session, request_id)
     }
 
-    /// Submits a request to the node; its answer comes out of [`Requests::handle`].
-    pub fn submit(&mut self, node: &mut Node, group: GroupId, id: RequestId, request: Request) {
+    /// Submits a request to the node, to `group` or (`None`) to the group its routing key
+    /// belongs to; its answer comes out of [`Requests::handle`].
+    pub fn submit(
+        &mut self,
+        node: &mut Node,
+        group: Option<GroupId>,
+        id: RequestId,
+        request: Request,
+        answers: &mut Vec<(RequestId, Result<Answer, NodeError>)>,
+    ) {
+        let group = match (group, request.routing_key()) {
+            (Some(g), _) => g,
+            (None, Some(key)) => node.group_of(key),
+            (None, None) => crate::DATA_GROUP,
+        };
         match request {
+            Request::KeepAlive(sessions) => self.renew(node, id, sessions, answers),
             Request::Propose(command) => {
                 self.pending.insert(id, Kind::Propose);
                 node.propose(group, id, command);
@@ -95,10 +176,101 @@ impl Requests {
         }
     }
 
+    /// Asks every data group this node leads to renew `sessions`.
+    fn renew(
+        &mut self,
+        node: &mut Node,
+        id: RequestId,
+        sessions: Vec<SessionId>,
+        answers: &mut Vec<(RequestId, Result<Answer, NodeError>)>,
+    ) {
+        let leading = node.leading();
+        if leading.is_empty() {
+            // Leading nothing: the client's other streams renew the sessions. Name the leader
+            // of the first group, for a client that talks to one node at a time.
+            let err = NodeError::NotLeader { group: crate::DATA_GROUP, leader: node.leader(crate::DATA_GROUP) };
+            answers.push((id, Err(err)));
+            return;
+        }
+        let leases = sessions.iter().map(|&session| SessionRenewal { session, ..Default::default() }).collect();
+        let renewal = Renewal { groups: Vec::new(), leases };
+        self.joins.insert(id, Join { waiting: leading.len(), renewal, first_error: None });
+        for group in leading {
+            self.next_part += 1;
+            let part = PART | self.next_part;
+            self.pending.insert(part, Kind::Renew(id, group));
+            node.read(group, part, Query::KeepAlive(sessions.clone()));
+        }
+    }
+
+    /// One group's part of a keepalive is in; answers the keepalive once every part is.
+    fn renewed(
+        &mut self,
+        id: RequestId,
+        group: GroupId,
+        result: &Result<Reply, NodeError>,
+        answers: &mut Vec<(RequestId, Result<Answer, NodeError>)>,
+    ) {
+        let Some(join) = self.joins.get_mut(&id) else { return };
+        join.waiting -= 1;
+        match result {
+            Ok(Reply::KeepAlive(results)) => {
+                join.renewal.groups.push(group);
+                for (lease, (_, renewed)) in join.renewal.leases.iter_mut().zip(results) {
+                    if let Some((ttl, moved_to)) = renewed {
+                        lease.groups.push(group);
+                        lease.ttl_ms = *ttl;
+                        for g in moved_to {
+                            if !lease.moved_to.contains(g) {
+                                lease.moved_to.push(*g);
+                            }
+                        }
+                    }
+                }
+            }
+            // Lost the leadership meanwhile (or no quorum): this group renewed nothing here.
+            Err(e) => {
+                join.first_error.get_or_insert_with(|| e.clone());
+            }
+            Ok(other) => {
+                join.first_error.get_or_insert_with(|| NodeError::Unavailable(format!("unexpected reply {other:?}")));
+            }
+        }
+        if join.waiting > 0 {
+            return;
+        }
+        let join = self.joins.remove(&id).expect("present");
+        let answer = if join.renewal.groups.is_empty() {
+            Err(join.first_error.unwrap_or(NodeError::NotLeader { group: crate::DATA_GROUP, leader: None }))
+        } else {
+            let mut renewal = join.renewal;
+            renewal.groups.sort_unstable();
+            Ok(Answer::KeepAlive(renewal))
+        };
+        answers.push((id, answer));
+    }
+
     /// Looks at one output of the node and appends the answers it completes.
     pub fn handle(&mut self, out: &Output, answers: &mut Vec<(RequestId, Result<Answer, NodeError>)>) {
         match out {
             Output::Reply { id, result } => self.on_reply(*id, result, answers),
+            Output::Event { group, event: Event::SlotsMoved { start, end, from, .. }, .. } if group == from => {
+                // The source stopped serving these names: their waits go on in the new group.
+                let range = *start..=*end;
+                let keys: Vec<WaitKey> = self
+                    .waits
+                    .keys()
+                    .filter(|k| k.0 == *group && range.contains(&baton_core::slot_of(&k.1)))
+                    .cloned()
+                    .collect();
+                for key in keys {
+                    let slot = baton_core::slot_of(&key.1);
+                    for id in self.waits.remove(&key).unwrap_or_default() {
+                        let e = baton_core::Error::NotOwned { name: key.1.clone(), slot, group: *group };
+                        answers.push((id, Err(NodeError::Rejected(e))));
+                    }
+                }
+            }
             Output::Event { group, event, .. } => {
                 let (key, result) = match event {
                     Event::Granted { name, session, request_id, token } => {
@@ -155,6 +327,9 @@ impl Requests {
         answers: &mut Vec<(RequestId, Result<Answer, NodeError>)>,
     ) {
         let Some(kind) = self.pending.remove(&id) else { return };
+        if let Kind::Renew(keepalive, group) = kind {
+            return self.renewed(keepalive, group, result, answers);
+        }
         let answer = match (kind, result) {
             (_, Err(e)) => Err(e.clone()),
             (Kind::Read, Ok(reply)) => Ok(Answer::Read(reply.clone())),
@@ -171,6 +346,7 @@ impl Requests {
                 }
                 _ => Ok(Answer::Acquire(AcquireResult::TimedOut)),
             },
+            (Kind::Renew(..), _) => unreachable!("handled above"),
             (_, Ok(other)) => Err(NodeError::Unavailable(format!("unexpected reply {other:?}"))),
         };
         answers.push((id, answer));

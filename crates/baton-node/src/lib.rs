@@ -50,7 +50,8 @@ pub use driver::{Driver, Effects, RoundError, ROUNDS_PER_BATCH};
 pub use host::{AcquireResult, Answer, Request, Requests};
 pub use mem::MemStore;
 pub use node::{
-    lease_read_ms, GroupStatus, Node, NodeConfig, NodeError, Output, Query, Reply, Role, DEFAULT_ELECTION_TICKS,
+    initial_groups, lease_read_ms, start_groups, GroupStatus, Node, NodeConfig, NodeError, Output, Query, Reply, Role,
+    Start, DEFAULT_ELECTION_TICKS,
 };
 
 /// Identifies a Raft group (a shard of the namespace).
@@ -60,8 +61,9 @@ pub type NodeId = u64;
 /// Identifies a client request inside one node; chosen by the runtime.
 pub type RequestId = u64;
 
-/// The group that holds every lock until the namespace is sharded.
+/// The first data group (the only one of a cluster started with one group).
 pub const DATA_GROUP: GroupId = 1;
+pub use baton_core::META_GROUP;
 
 /// The raft-rs message type, re-exported for the transport.
 pub use raft::eraftpb::Message as RaftMessage;

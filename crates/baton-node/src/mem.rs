@@ -70,6 +70,10 @@ impl LogStore for MemStore {
         Ok(self.incarnation)
     }
 
+    fn groups(&self) -> Result<Vec<GroupId>, DiskError> {
+        Ok(self.groups.keys().copied().collect())
+    }
+
     fn recover(&self, group: GroupId) -> Result<Option<Recovered>, DiskError> {
         Ok(self.groups.get(&group).map(|d| Recovered {
             hard_state: d.hard_state.clone(),

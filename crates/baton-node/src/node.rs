@@ -8,6 +8,7 @@ use raft::eraftpb::Message;
 use crate::disk::{Recovered, WriteBatch};
 use crate::group::Group;
 use crate::{GroupId, NodeId, RequestId};
+use baton_core::META_GROUP;
 
 /// Static configuration of a node.
 #[derive(Clone, Debug)]
@@ -105,6 +106,60 @@ impl NodeConfig {
     }
 }
 
+/// How a group starts on this node.
+#[derive(Debug)]
+pub enum Start {
+    /// From what the store recovered.
+    Recovered(Recovered),
+    /// A new group: its voters and the state its state machine starts with (equal on every
+    /// member).
+    New { voters: Vec<NodeId>, state: Box<baton_core::StateMachine> },
+}
+
+/// The groups a new cluster starts with that `node` holds a replica of: the meta group (on every
+/// voter) with the initial [`baton_core::Topology`], and the data groups it places on `node`.
+pub fn initial_groups(node: NodeId, voters: &[NodeId], data_groups: u64, limits: &Limits) -> Vec<(GroupId, Start)> {
+    let topology = baton_core::Topology::initial(voters, data_groups);
+    let mut meta_voters = voters.to_vec();
+    meta_voters.sort_unstable();
+    let mut out = Vec::new();
+    for (&id, g) in &topology.groups {
+        if g.replicas.contains(&node) {
+            let state = baton_core::StateMachine::for_group(limits.clone(), id, g.slots.clone());
+            out.push((id, Start::New { voters: g.replicas.clone(), state: Box::new(state) }));
+        }
+    }
+    let meta = baton_core::StateMachine::meta(limits.clone(), topology);
+    out.insert(0, (META_GROUP, Start::New { voters: meta_voters, state: Box::new(meta) }));
+    out
+}
+
+/// The groups to start `node` with: every group `store` holds, or, for a store that holds none
+/// (a new node of a new cluster), [`initial_groups`] with `data_groups` data groups.
+pub fn start_groups<S: crate::LogStore>(
+    store: &S,
+    node: NodeId,
+    voters: &[NodeId],
+    data_groups: u64,
+    limits: &Limits,
+) -> Result<Vec<(GroupId, Start)>, String> {
+    let ids = store.groups().map_err(|e| e.to_string())?;
+    if ids.is_empty() {
+        return Ok(initial_groups(node, voters, data_groups, limits));
+    }
+    if !ids.contains(&META_GROUP) {
+        return Err("the data folder has no meta group: it was written by a Baton before sharding, whose \
+                    format this version cannot read; start from an empty folder"
+            .into());
+    }
+    let mut out = Vec::new();
+    for id in ids {
+        let recovered = store.recover(id).map_err(|e| e.to_string())?;
+        out.push((id, Start::Recovered(recovered.ok_or_else(|| format!("group {id} vanished from the store"))?)));
+    }
+    Ok(out)
+}
+
 /// A linearizable read of the state machine.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Query {
@@ -131,13 +186,17 @@ pub enum Reply {
     Lock { kind: Kind, holders: Vec<Holder>, waiters: Vec<Waiter>, closed_until_ms: u64, now_ms: u64 },
     /// A session: `None` if it does not exist.
     Session(Option<(u64, Vec<String>)>),
-    /// Per session asked: its TTL if renewed, `None` if it is gone.
-    KeepAlive(Vec<(SessionId, Option<u64>)>),
+    /// Per session asked: its TTL and the groups its names were moved to if renewed, `None`
+    /// if it has no record in the group.
+    KeepAlive(Vec<(SessionId, Option<Renewed>)>),
     /// A counter's value (0 if never written).
     Counter(i64),
     /// A register's value and version (`None`: not written).
     Register(Option<(Vec<u8>, u64)>),
 }
+
+/// A session renewed by one group: its TTL, and the groups its names were moved to from it.
+pub type Renewed = (u64, Vec<GroupId>);
 
 /// Why a request failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -158,6 +217,12 @@ pub enum NodeError {
     /// The group does not exist on this node.
     #[error("group {0} does not exist")]
     NoGroup(GroupId),
+    /// The request's name is in `slot`, which the group it reached does not serve (the map it
+    /// was routed by is stale, or the slot is being moved). Nothing was done. `group` serves it
+    /// by this node's map, version `version` (`None`: nobody right now, a move is under way),
+    /// and `leader` leads that group as far as this node knows.
+    #[error("slot {slot} is served by {} (slot map version {version}): retry there", match group { Some(g) => format!("group {g}"), None => "no group right now (it is being moved)".to_string() })]
+    Moved { slot: u16, group: Option<GroupId>, leader: Option<NodeId>, version: u64 },
 }
 
 /// The role of this node in a group.
@@ -207,6 +272,10 @@ pub struct GroupStatus {
     pub locks: usize,
     /// Last fencing token issued.
     pub last_token: u64,
+    /// The slots the group serves, as this node's replica has it.
+    pub slots: Vec<(u16, u16)>,
+    /// The group's voters.
+    pub replicas: Vec<NodeId>,
 }
 
 /// All the groups of one process, driven by explicit inputs. See the crate docs.
@@ -221,14 +290,14 @@ pub struct Node {
 }
 
 impl Node {
-    /// Builds the node from what each group recovered from disk (`None`: a new group). Returns the
-    /// node and the write that makes newly bootstrapped groups durable; the runtime must persist
+    /// Builds the node from its groups (recovered from disk, or new: see [`initial_groups`]).
+    /// Returns the node and the write that makes new groups durable; the runtime must persist
     /// it before serving.
-    pub fn new(config: NodeConfig, groups: Vec<(GroupId, Option<Recovered>)>) -> Result<(Node, WriteBatch), String> {
+    pub fn new(config: NodeConfig, groups: Vec<(GroupId, Start)>) -> Result<(Node, WriteBatch), String> {
         let mut batch = WriteBatch::default();
         let mut map = BTreeMap::new();
-        for (id, recovered) in groups {
-            let (group, write) = Group::open(&config, id, recovered)?;
+        for (id, start) in groups {
+            let (group, write) = Group::open(&config, id, start)?;
             if let Some(w) = write {
                 batch.groups.push(w);
             }
@@ -263,6 +332,52 @@ impl Node {
         for group in self.groups.values_mut() {
             group.tick(self.mono_ms, self.wall_ms, &mut self.outputs);
         }
+        self.place_leaders();
+    }
+
+    /// Hands the leadership of each group this node leads to the group's preferred leader (see
+    /// [`baton_core::topology`], "Placement") once that node is caught up. Only with more than
+    /// one data group: with one, moving the leadership would buy nothing and cost a pause.
+    fn place_leaders(&mut self) {
+        let Some(topology) = self.groups.get(&META_GROUP).and_then(|g| g.sm.topology()) else { return };
+        if topology.groups.len() < 2 {
+            return;
+        }
+        let preferred: Vec<(GroupId, NodeId)> =
+            topology.groups.iter().filter_map(|(id, g)| Some((*id, g.preferred_leader(*id)?))).collect();
+        for (id, to) in preferred {
+            if let Some(g) = self.groups.get_mut(&id) {
+                g.hand_to_preferred(to, self.mono_ms);
+            }
+        }
+    }
+
+    /// The group a request for `key` (a name, or a client id for a session's home) goes to by
+    /// this node's map: the data group serving its slot (group 1 without a map).
+    pub fn group_of(&self, key: &str) -> GroupId {
+        self.topology().and_then(|t| t.group_of(baton_core::slot_of(key))).unwrap_or(crate::DATA_GROUP)
+    }
+
+    /// A refusal for a name outside the group's slots, with where the name is served instead.
+    pub fn moved(&self, slot: u16) -> NodeError {
+        let group = self.topology().and_then(|t| t.group_of(slot));
+        let version = self.topology().map_or(0, |t| t.version);
+        NodeError::Moved { slot, group, leader: group.and_then(|g| self.leader(g)), version }
+    }
+
+    /// The data groups this node leads.
+    pub fn leading(&self) -> Vec<GroupId> {
+        self.groups.iter().filter(|(id, g)| **id != META_GROUP && g.role() == Role::Leader).map(|(id, _)| *id).collect()
+    }
+
+    /// The ids of the groups this node holds a replica of.
+    pub fn groups(&self) -> Vec<GroupId> {
+        self.groups.keys().copied().collect()
+    }
+
+    /// The cluster's layout as this node's replica of the meta group has it (not linearizable).
+    pub fn topology(&self) -> Option<&baton_core::Topology> {
+        self.groups.get(&META_GROUP).and_then(|g| g.sm.topology())
     }
 
     /// A message from a peer.

@@ -22,11 +22,14 @@ pub struct GroupStorage {
 }
 
 impl GroupStorage {
-    /// A fresh group whose initial voters are `voters` (every member must start the same way).
-    pub fn bootstrap(voters: &[u64]) -> Self {
+    /// A fresh group whose initial voters are `voters` and whose state machine starts as
+    /// `state` (a serialised state machine, kept as the initial snapshot's data so that a restart
+    /// before the first real snapshot starts from it too). Every member must start the same way.
+    pub fn bootstrap(voters: &[u64], state: Vec<u8>) -> Self {
         let conf_state = ConfState { voters: voters.to_vec(), ..Default::default() };
         let mut snapshot = Snapshot::default();
         snapshot.mut_metadata().set_conf_state(conf_state.clone());
+        snapshot.data = state.into();
         GroupStorage { conf_state, snapshot, ..Default::default() }
     }
 

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use baton_core::{AcquireRequest, Command, Event, Outcome};
 use baton_node::{
     Answer, Driver, Effects, GroupId, LogStore, MemStore, Node, NodeConfig, NodeError, Query, RaftMessage, Reply,
-    Request, Requests, Role, DATA_GROUP,
+    Request, Requests, Role, Start, DATA_GROUP,
 };
 
 const TICK_MS: u64 = 100;
@@ -15,16 +15,16 @@ const G: u64 = DATA_GROUP;
 /// The harness's [`Effects`]: messages onto the wire, answers and events into the cluster.
 struct Collect<'a> {
     from: u64,
-    wire: &'a mut VecDeque<(u64, u64, RaftMessage)>,
+    wire: &'a mut VecDeque<(u64, u64, GroupId, RaftMessage)>,
     answers: &'a mut BTreeMap<u64, Result<Answer, NodeError>>,
     events: &'a mut Vec<(u64, Event)>,
     busy: bool,
 }
 
 impl Effects for Collect<'_> {
-    fn send(&mut self, to: u64, _group: GroupId, msg: RaftMessage) {
+    fn send(&mut self, to: u64, group: GroupId, msg: RaftMessage) {
         self.busy = true;
-        self.wire.push_back((self.from, to, msg));
+        self.wire.push_back((self.from, to, group, msg));
     }
 
     fn answer(&mut self, id: u64, answer: Result<Answer, NodeError>) -> bool {
@@ -55,7 +55,7 @@ struct Cluster {
     stores: BTreeMap<u64, MemStore>,
     /// Nodes whose traffic is dropped (crashed nodes are simply absent from `nodes`).
     isolated: BTreeSet<u64>,
-    wire: VecDeque<(u64, u64, baton_node::RaftMessage)>,
+    wire: VecDeque<(u64, u64, GroupId, baton_node::RaftMessage)>,
     answers: BTreeMap<u64, Result<Answer, NodeError>>,
     events: Vec<(u64, Event)>,
     now: u64,
@@ -66,10 +66,16 @@ struct Cluster {
     block_appends: bool,
     /// Per-node offsets of the monotonic clock (nodes' clocks have unrelated origins).
     offsets: BTreeMap<u64, u64>,
+    /// Data groups the cluster starts with.
+    groups: u64,
 }
 
 impl Cluster {
     fn new(n: u64, snapshot_entries: u64) -> Cluster {
+        Cluster::with_groups(n, snapshot_entries, 1)
+    }
+
+    fn with_groups(n: u64, snapshot_entries: u64, groups: u64) -> Cluster {
         let ids: Vec<u64> = (1..=n).collect();
         let mut c = Cluster {
             ids: ids.clone(),
@@ -84,6 +90,7 @@ impl Cluster {
             lose_snapshots: 0,
             block_appends: false,
             offsets: BTreeMap::new(),
+            groups,
         };
         for id in ids {
             c.stores.insert(id, MemStore::default());
@@ -97,8 +104,8 @@ impl Cluster {
         config.snapshot_entries = self.snapshot_entries;
         let store = self.stores.get_mut(&id).unwrap();
         config.incarnation = store.next_incarnation().unwrap();
-        let recovered = store.recover(G).unwrap();
-        let (mut node, boot) = Node::new(config, vec![(G, recovered)]).unwrap();
+        let groups = baton_node::start_groups(&*store, id, &self.ids, self.groups, &config.limits).unwrap();
+        let (mut node, boot) = Node::new(config, groups).unwrap();
         store.write(&boot).unwrap();
         node.set_time(self.now + self.offsets.get(&id).copied().unwrap_or(0), self.now);
         self.nodes.insert(id, Driver::new(node, Requests::default()));
@@ -112,7 +119,7 @@ impl Cluster {
     /// Submits a request to node `id`; the answer lands in `answers` under the returned id.
     fn submit(&mut self, id: u64, request: Request) -> u64 {
         let (mono, wall) = self.clock(id);
-        self.nodes.get_mut(&id).unwrap().submit(G, request, mono, wall)
+        self.nodes.get_mut(&id).unwrap().submit(Some(G), request, mono, wall)
     }
 
     fn crash(&mut self, id: u64) {
@@ -145,7 +152,7 @@ impl Cluster {
                 driver.run_rounds(self.stores.get_mut(&id).unwrap(), &mut fx).unwrap();
                 busy |= fx.busy;
             }
-            while let Some((from, to, msg)) = self.wire.pop_front() {
+            while let Some((from, to, group, msg)) = self.wire.pop_front() {
                 busy = true;
                 if self.isolated.contains(&from) || self.isolated.contains(&to) {
                     continue;
@@ -158,7 +165,7 @@ impl Cluster {
                     continue;
                 }
                 if let Some(node) = self.nodes.get_mut(&to) {
-                    node.step(G, msg);
+                    node.step(group, msg);
                 }
             }
             busy
@@ -178,7 +185,9 @@ impl Cluster {
     fn leader(&self) -> Option<u64> {
         self.nodes
             .iter()
-            .find(|(id, n)| !self.isolated.contains(id) && n.node().status()[0].role == Role::Leader)
+            .find(|(id, n)| {
+                !self.isolated.contains(id) && n.node().status().iter().any(|g| g.id == G && g.role == Role::Leader)
+            })
             .map(|(id, _)| *id)
     }
 
@@ -552,7 +561,8 @@ fn recovery_tolerates_a_commit_behind_the_snapshot() {
     let mut recovered = c.stores[&1].recover(G).unwrap().unwrap();
     assert!(recovered.snapshot.get_metadata().index > 1);
     recovered.hard_state.commit = 1;
-    let (node, _) = Node::new(NodeConfig::new(1, vec![1]), vec![(G, Some(recovered))]).expect("node starts");
+    let (node, _) =
+        Node::new(NodeConfig::new(1, vec![1]), vec![(G, Start::Recovered(recovered))]).expect("node starts");
     let mut driver = Driver::new(node, Requests::default());
     let (mut wire, mut answers, mut events) = (VecDeque::new(), BTreeMap::new(), Vec::new());
     let mut fx = Collect { from: 1, wire: &mut wire, answers: &mut answers, events: &mut events, busy: false };
@@ -637,7 +647,7 @@ fn keepalives_are_served_when_the_leader_is_full() {
     let mut config = NodeConfig::new(1, vec![1]);
     config.max_pending = 3;
     let mut store = MemStore::default();
-    let (node, boot) = Node::new(config, vec![(G, None)]).unwrap();
+    let (node, boot) = Node::new(config, baton_node::initial_groups(1, &[1], 1, &Default::default())).unwrap();
     store.write(&boot).unwrap();
     let mut driver = Driver::new(node, Requests::default());
     let (mut wire, mut answers, mut events) = (VecDeque::new(), BTreeMap::new(), Vec::new());
@@ -647,22 +657,22 @@ fn keepalives_are_served_when_the_leader_is_full() {
     };
     rounds(&mut driver, &mut answers);
     let open = Command::OpenSession { client: "c".into(), ttl_ms: 10_000, request_id: 0 };
-    driver.submit(G, Request::Propose(open), 1_000, 1_000);
+    driver.submit(Some(G), Request::Propose(open), 1_000, 1_000);
     rounds(&mut driver, &mut answers);
     let session = driver.node().state_machine(G).unwrap().sessions().next().unwrap().0;
     let add = || Request::Propose(Command::CounterAdd { name: "n".into(), delta: 1 });
     for _ in 0..3 {
-        driver.submit(G, add(), 1_000, 1_000);
+        driver.submit(Some(G), add(), 1_000, 1_000);
     }
-    let refused = driver.submit(G, add(), 1_000, 1_000);
-    let renewal = driver.submit(G, Request::Read(Query::KeepAlive(vec![session])), 1_000, 1_000);
+    let refused = driver.submit(Some(G), add(), 1_000, 1_000);
+    let renewal = driver.submit(Some(G), Request::Read(Query::KeepAlive(vec![session])), 1_000, 1_000);
     // Giving back is not refused either (up to twice the limit).
-    let close = driver.submit(G, Request::Propose(Command::CloseSession { session: 999 }), 1_000, 1_000);
+    let close = driver.submit(Some(G), Request::Propose(Command::CloseSession { session: 999 }), 1_000, 1_000);
     for _ in 0..3 {
         rounds(&mut driver, &mut answers);
     }
     assert!(matches!(answers[&refused], Err(NodeError::Busy(_))), "{:?}", answers[&refused]);
-    assert_eq!(answers[&renewal], Ok(Answer::Read(Reply::KeepAlive(vec![(session, Some(10_000))]))));
+    assert_eq!(answers[&renewal], Ok(Answer::Read(Reply::KeepAlive(vec![(session, Some((10_000, vec![])))]))));
     assert!(matches!(answers[&close], Err(NodeError::Rejected(baton_core::Error::SessionNotFound(999)))));
 }
 
@@ -699,4 +709,70 @@ fn no_renewal_is_confirmed_while_an_expiry_is_in_the_log() {
         }
         other => panic!("unexpected answer {other:?}"),
     }
+}
+
+/// Sharding in the node: requests without a group go to the group serving their name, a request
+/// that reaches a group not serving its name is refused with where it is served, one keepalive
+/// renews a session in every group the node leads, and leaderships spread over the nodes.
+#[test]
+fn requests_route_by_slot_and_one_keepalive_renews_every_group_led() {
+    let mut c = Cluster::with_groups(3, 1_000, 6);
+    // Past the placement pause: every group's preferred leader has taken over.
+    c.advance(10_000);
+    let topology = c.nodes[&1].node().topology().unwrap().clone();
+    let mut leads: BTreeMap<u64, Vec<GroupId>> = BTreeMap::new();
+    for id in 1..=3 {
+        leads.insert(id, c.nodes[&id].node().leading());
+    }
+    for (g, placement) in &topology.groups {
+        let preferred = placement.preferred_leader(*g).unwrap();
+        assert!(leads[&preferred].contains(g), "group {g} is not led by node {preferred}: {leads:?}");
+    }
+    assert!(leads.values().all(|l| l.len() == 2), "{leads:?}");
+
+    // A name goes to the group serving its slot: the name's leader answers, from its group.
+    let name = "orders";
+    let group = topology.group_of(baton_core::slot_of(name)).unwrap();
+    let leader = c.nodes[&1].node().leader(group).unwrap();
+    let open = Command::OpenSession { client: "c".into(), ttl_ms: 3_000, request_id: 0 };
+    let id = c.nodes.get_mut(&leader).unwrap().submit(Some(group), Request::Propose(open), c.now, c.now);
+    c.settle();
+    let Some(Ok(Answer::Applied(Outcome::SessionOpened { session, .. }))) = c.answers.remove(&id) else { panic!() };
+    assert_eq!(session >> 48, group - 1, "the id names its home group");
+    let id =
+        c.nodes.get_mut(&leader).unwrap().submit(None, Request::Propose(acquire(name, session, 1, None)), c.now, c.now);
+    c.settle();
+    assert!(matches!(c.answers.remove(&id), Some(Ok(Answer::Applied(Outcome::Granted { .. })))));
+    assert!(c.nodes[&leader].node().state_machine(group).unwrap().lock(name).is_some());
+
+    // The same name sent to another group that this node leads: refused, pointing at the owner.
+    let other = *leads[&leader].iter().find(|g| **g != group).unwrap();
+    let id = c.nodes.get_mut(&leader).unwrap().submit(
+        Some(other),
+        Request::Propose(Command::CounterAdd { name: name.into(), delta: 1 }),
+        c.now,
+        c.now,
+    );
+    c.settle();
+    match c.answers.remove(&id) {
+        Some(Err(NodeError::Moved { group: Some(g), leader: Some(l), version: 1, .. })) => {
+            assert_eq!((g, l), (group, leader));
+        }
+        other => panic!("expected a redirect to group {group}, got {other:?}"),
+    }
+
+    // One keepalive: every group the node leads answers; the session lives in one of them.
+    let id = c.nodes.get_mut(&leader).unwrap().submit(None, Request::KeepAlive(vec![session, 12345]), c.now, c.now);
+    for _ in 0..5 {
+        c.settle();
+        if c.answers.contains_key(&id) {
+            break;
+        }
+        c.advance(TICK_MS);
+    }
+    let Some(Ok(Answer::KeepAlive(r))) = c.answers.remove(&id) else { panic!("keepalive not answered") };
+    assert_eq!(r.groups, leads[&leader]);
+    assert_eq!(r.leases[0].groups, vec![group]);
+    assert_eq!(r.leases[0].ttl_ms, 3_000);
+    assert!(r.leases[1].groups.is_empty(), "an unknown session lives nowhere");
 }

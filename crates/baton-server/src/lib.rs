@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use baton_node::{EngineStore, LogStore, Node, NodeConfig, NodeId, DATA_GROUP};
+use baton_node::{EngineStore, LogStore, Node, NodeConfig, NodeId};
 use baton_proto::peer::peer_server::PeerServer;
 use baton_proto::v1::baton_server::BatonServer;
 use tokio::net::TcpListener;
@@ -78,6 +78,9 @@ pub struct ServerConfig {
     /// Largest frame accepted from or sent to a peer; a snapshot travels in one, so this bounds
     /// the state a lagging follower can be sent (see [`transport`], "Size bound").
     pub max_peer_message_bytes: usize,
+    /// Data groups of a new cluster (ignored once the data folder holds one: the layout is then
+    /// the meta group's).
+    pub groups: u64,
 }
 
 impl ServerConfig {
@@ -92,6 +95,7 @@ impl ServerConfig {
             snapshot_entries: 20_000,
             lease_reads: false,
             max_peer_message_bytes: transport::DEFAULT_MAX_PEER_MESSAGE_BYTES,
+            groups: 1,
         }
     }
 }
@@ -169,7 +173,9 @@ impl Server {
         } else if recovery.unclean_end {
             tracing::info!("the previous run stopped without closing the log (a crash or kill -9); no write was torn");
         }
-        let recovered = store.recover(DATA_GROUP).map_err(std::io::Error::other)?;
+        let voters: Vec<NodeId> = config.peers.keys().copied().collect();
+        let groups = baton_node::start_groups(&store, config.id, &voters, config.groups, &Default::default())
+            .map_err(std::io::Error::other)?;
         let mut node_config = NodeConfig::new(config.id, config.peers.keys().copied().collect());
         node_config.election_ticks = config.election_ticks;
         node_config.snapshot_entries = config.snapshot_entries;
@@ -194,7 +200,7 @@ impl Server {
             h.finish()
         };
         // (A single node campaigns at once: Node::new does that for a lone voter.)
-        let (node, boot) = Node::new(node_config, vec![(DATA_GROUP, recovered)]).map_err(std::io::Error::other)?;
+        let (node, boot) = Node::new(node_config, groups).map_err(std::io::Error::other)?;
 
         let view = Arc::new(Mutex::new(ClusterView::default()));
         {
@@ -204,7 +210,14 @@ impl Server {
             v.torn_tail_bytes = torn_tail_bytes;
             v.unclean_start = recovery.unclean_end;
         }
-        let local = transport::local_handshake(&config, client_addr.to_string());
+        let data_groups = node.topology().map_or(0, |t| t.groups.len() as u64);
+        if config.groups != data_groups && node.groups().len() > 1 {
+            tracing::info!(
+                data_groups,
+                "the data folder's layout decides the data groups; --groups applies to new clusters only"
+            );
+        }
+        let local = transport::local_handshake(&config, client_addr.to_string(), data_groups);
         let max_bytes = config.max_peer_message_bytes;
         let mut outboxes = Outboxes::new();
         let mut tasks = Vec::new();

@@ -33,7 +33,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use protobuf::Message as _;
 use tokio::sync::{oneshot, watch};
 
-use crate::watch::{EventLog, SharedLog, Watched};
+use crate::watch::{EventLogs, SharedLog, Watched};
 use crate::ServerError;
 
 /// Most inputs taken in one round before the node's work is flushed.
@@ -43,8 +43,9 @@ const MAX_INPUTS_PER_ROUND: usize = 8192;
 pub enum Input {
     /// Raft messages from a peer.
     Steps(Vec<(GroupId, RaftMessage)>),
-    /// A client request; answered on `tx`.
-    Request { group: GroupId, request: Request, tx: oneshot::Sender<Result<Answer, NodeError>> },
+    /// A client request for `group` (`None`: the group serving its name, by this node's map);
+    /// answered on `tx`.
+    Request { group: Option<GroupId>, request: Request, tx: oneshot::Sender<Result<Answer, NodeError>> },
     /// The status of every group.
     Status { tx: oneshot::Sender<Vec<GroupStatus>> },
     /// Stop the loop.
@@ -62,6 +63,19 @@ pub struct ClusterView {
     pub torn_tail_bytes: u64,
     /// The previous run ended without closing the log (a crash).
     pub unclean_start: bool,
+    /// The slot map as this node's replica of the meta group has it (refreshed after every
+    /// round that changed it).
+    pub topology: Arc<baton_core::Topology>,
+    /// The leader of each group this node holds, as it knows it.
+    pub leaders: BTreeMap<GroupId, Option<NodeId>>,
+}
+
+impl ClusterView {
+    /// The data group serving `name` by this node's map (group 1 if the map has no owner for its
+    /// slot: the group then refuses it as not served, which the client takes as a redirect).
+    pub fn group_of(&self, name: &str) -> GroupId {
+        self.topology.group_of(baton_core::slot_of(name)).unwrap_or(baton_node::DATA_GROUP)
+    }
 }
 
 /// A cloneable handle to the node thread.
@@ -110,6 +124,9 @@ struct Runtime<S: LogStore> {
 struct ServerEffects {
     outboxes: Outboxes,
     events: SharedLog,
+    view: Arc<Mutex<ClusterView>>,
+    /// The slot map may have changed in this round (an event of the meta group, or a move).
+    topology_changed: bool,
     answer_to: HashMap<RequestId, oneshot::Sender<Result<Answer, NodeError>>>,
     per_peer: BTreeMap<NodeId, Vec<GroupMessage>>,
     /// Outgoing Raft messages are encoded into slices of this buffer: one allocation per
@@ -128,16 +145,21 @@ impl Effects for ServerEffects {
         self.answer_to.remove(&id).is_some_and(|tx| tx.send(answer).is_ok())
     }
 
-    fn event(&mut self, _group: GroupId, _index: u64, seq: u64, hlc: baton_core::Hlc, event: baton_core::Event) {
-        self.events.lock().expect("event log").push(Watched { seq, hlc, event });
+    fn event(&mut self, group: GroupId, _index: u64, seq: u64, hlc: baton_core::Hlc, event: baton_core::Event) {
+        if group == baton_node::META_GROUP || matches!(event, baton_core::Event::SlotsMoved { .. }) {
+            self.topology_changed = true;
+        }
+        self.events.lock().expect("event log").group(group).push(Watched { group, seq, hlc, event });
     }
 
-    fn reset(&mut self, _group: GroupId, event_seq: u64) {
-        self.events.lock().expect("event log").reset(event_seq);
+    fn reset(&mut self, group: GroupId, event_seq: u64) {
+        self.topology_changed = true;
+        self.events.lock().expect("event log").group(group).reset(event_seq);
     }
 
     fn role(&mut self, group: GroupId, role: Role, leader: Option<NodeId>, term: u64) {
         tracing::info!(group, ?role, ?leader, term, "role changed");
+        self.view.lock().expect("view lock").leaders.insert(group, leader);
     }
 
     fn flush(&mut self) {
@@ -202,8 +224,16 @@ fn spawn_with_clock<S: LogStore + Send + 'static>(
     }
     let (tx, rx) = mpsc::channel();
     let id = node.id();
-    let next_seq = node.state_machine(baton_node::DATA_GROUP).map_or(0, |sm| sm.event_seq()) + 1;
-    let events = EventLog::new(next_seq);
+    let events = EventLogs::new(
+        node.groups().into_iter().map(|g| (g, node.state_machine(g).map_or(0, |sm| sm.event_seq()) + 1)),
+    );
+    {
+        let mut v = view.lock().expect("view lock");
+        if let Some(t) = node.topology() {
+            v.topology = Arc::new(t.clone());
+        }
+        v.leaders = node.groups().into_iter().map(|g| (g, None)).collect();
+    }
     let mut rt = Runtime {
         driver: Driver::new(node, Requests::default()),
         store,
@@ -213,6 +243,8 @@ fn spawn_with_clock<S: LogStore + Send + 'static>(
         fx: ServerEffects {
             outboxes,
             events: events.clone(),
+            view: view.clone(),
+            topology_changed: false,
             answer_to: HashMap::new(),
             per_peer: BTreeMap::new(),
             encode_buf: BytesMut::new(),
@@ -270,6 +302,11 @@ impl<S: LogStore> Runtime<S> {
                 RoundError::Node(e) => ServerError::Node(e),
                 RoundError::Disk(e) => ServerError::Disk(e.to_string()),
             })?;
+            if std::mem::take(&mut self.fx.topology_changed) {
+                if let Some(t) = self.driver.node().topology() {
+                    self.fx.view.lock().expect("view lock").topology = Arc::new(t.clone());
+                }
+            }
         }
     }
 
@@ -311,7 +348,8 @@ mod tests {
     /// entries must carry different times.
     #[test]
     fn every_request_is_handled_with_its_own_clock_reading() {
-        let (mut node, boot) = Node::new(NodeConfig::new(1, vec![1]), vec![(DATA_GROUP, None)]).unwrap();
+        let groups = baton_node::initial_groups(1, &[1], 1, &Default::default());
+        let (mut node, boot) = Node::new(NodeConfig::new(1, vec![1]), groups).unwrap();
         node.campaign(DATA_GROUP);
         let readings = Arc::new(AtomicU64::new(0));
         // While the test holds `gate`, the node thread waits at its next clock reading.
@@ -335,28 +373,28 @@ mod tests {
         };
         let mut leading = false;
         for _ in 0..1_000 {
-            if status(&handle)[0].role == Role::Leader {
+            if status(&handle).iter().all(|g| g.role == Role::Leader) {
                 leading = true;
                 break;
             }
             std::thread::sleep(tick);
         }
         assert!(leading, "a single node did not elect itself");
-        let before = handle.events.lock().unwrap().last_seq();
+        let before = handle.events.lock().unwrap().group(DATA_GROUP).last_seq();
 
         let held = gate.lock().unwrap();
         let mut answers = Vec::new();
         for i in 0..20 {
             let (tx, rx) = oneshot::channel();
             let request = Request::Propose(Command::CounterAdd { name: format!("c{i}"), delta: 1 });
-            assert!(handle.send(Input::Request { group: DATA_GROUP, request, tx }));
+            assert!(handle.send(Input::Request { group: Some(DATA_GROUP), request, tx }));
             answers.push(rx);
         }
         drop(held);
         for rx in answers {
             rx.blocking_recv().unwrap().unwrap();
         }
-        let (events, _) = handle.events.lock().unwrap().subscribe(before + 1).unwrap();
+        let (events, _) = handle.events.lock().unwrap().group(DATA_GROUP).subscribe(before + 1).unwrap();
         let mut times: Vec<u64> = events.iter().map(|w| w.hlc.physical_ms).collect();
         assert_eq!(times.len(), 20);
         times.dedup();

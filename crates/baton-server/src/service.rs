@@ -8,7 +8,7 @@ use std::pin::Pin;
 
 use baton_core::limits::DEFAULT_TTL_MS;
 use baton_core::{AcquireRequest, Command, Kind, Limits, Mode, Outcome};
-use baton_node::{AcquireResult, Answer, Query, Reply, Request as NodeRequest, Role, DATA_GROUP};
+use baton_node::{AcquireResult, Answer, GroupId, Query, Reply, Request as NodeRequest, Role};
 use baton_proto::v1 as pb;
 use baton_proto::v1::baton_server::Baton;
 use futures::Stream;
@@ -39,23 +39,59 @@ impl BatonService {
         rx.await.map_err(|_| stopped())
     }
 
-    async fn request(&self, request: NodeRequest) -> Result<Answer, Status> {
-        self.call(|tx| Input::Request { group: DATA_GROUP, request, tx }).await?.map_err(|e| to_status(e, &self.node))
+    /// Hands a request to the node: for `group`, or (`None`) for the group serving its name.
+    async fn request(&self, group: Option<GroupId>, request: NodeRequest) -> Result<Answer, Status> {
+        self.call(|tx| Input::Request { group, request, tx }).await?.map_err(|e| to_status(e, &self.node))
     }
 
-    async fn propose(&self, command: Command) -> Result<Outcome, Status> {
-        match self.request(NodeRequest::Propose(command)).await? {
+    /// Proposes a command about a name to `group` (`None`: the group that serves it by this
+    /// node's map).
+    async fn propose_on(&self, group: Option<GroupId>, command: Command) -> Result<Outcome, Status> {
+        self.propose(group, command).await
+    }
+
+    async fn propose(&self, group: Option<GroupId>, command: Command) -> Result<Outcome, Status> {
+        match self.request(group, NodeRequest::Propose(command)).await? {
             Answer::Applied(outcome) => Ok(outcome),
             other => Err(Status::internal(format!("unexpected answer {other:?}"))),
         }
     }
 
-    async fn read(&self, query: Query) -> Result<Reply, Status> {
-        match self.request(NodeRequest::Read(query)).await? {
+    async fn read(&self, group: Option<GroupId>, query: Query) -> Result<Reply, Status> {
+        match self.request(group, NodeRequest::Read(query)).await? {
             Answer::Read(reply) => Ok(reply),
             other => Err(Status::internal(format!("unexpected answer {other:?}"))),
         }
     }
+
+    /// The data group that serves `name`, by this node's slot map.
+    fn group_of(&self, name: &str) -> GroupId {
+        self.node.view.lock().expect("view lock").group_of(name)
+    }
+}
+
+/// A session's home group: the top 16 bits of its id, plus one.
+pub fn home_group(session: u64) -> GroupId {
+    (session >> 48) + 1
+}
+
+/// The group a request names (`None` for 0: route by this node's map).
+fn routed(group: GroupId) -> Result<Option<GroupId>, Status> {
+    if group == 0 {
+        return Ok(None);
+    }
+    check_group(group)?;
+    Ok(Some(group))
+}
+
+fn check_group(group: GroupId) -> Result<(), Status> {
+    if group == baton_node::META_GROUP || group > baton_core::topology::MAX_GROUPS {
+        return Err(Status::invalid_argument(format!(
+            "group {group} is not a data group (data groups are 1..={})",
+            baton_core::topology::MAX_GROUPS
+        )));
+    }
+    Ok(())
 }
 
 /// The resource kind and mode an acquire asks for.
@@ -106,10 +142,33 @@ impl Baton for BatonService {
             .check_ttl(ttl_ms)
             .and_then(|_| limits.check_client(&req.client_id))
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // The home group is the one serving the client id's slot: a retry of the same open
+        // reaches the same group (while the map is unchanged), which makes it idempotent.
+        let group = self.group_of(&req.client_id);
         let command = Command::OpenSession { client: req.client_id, ttl_ms, request_id: req.request_id };
-        match self.propose(command).await? {
+        match self.propose(Some(group), command).await? {
             Outcome::SessionOpened { session, ttl_ms } => {
-                Ok(Response::new(pb::OpenSessionResponse { session_id: session, ttl_ms }))
+                Ok(Response::new(pb::OpenSessionResponse { session_id: session, ttl_ms, group }))
+            }
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn attach_session(
+        &self,
+        request: Request<pb::AttachSessionRequest>,
+    ) -> Result<Response<pb::OpenSessionResponse>, Status> {
+        let req = request.into_inner();
+        check_group(req.group)?;
+        let limits = Limits::default();
+        limits
+            .check_ttl(req.ttl_ms)
+            .and_then(|_| limits.check_client(&req.client_id))
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let command = Command::AttachSession { session: req.session_id, client: req.client_id, ttl_ms: req.ttl_ms };
+        match self.propose(Some(req.group), command).await? {
+            Outcome::SessionOpened { session, ttl_ms } => {
+                Ok(Response::new(pb::OpenSessionResponse { session_id: session, ttl_ms, group: req.group }))
             }
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
@@ -119,8 +178,10 @@ impl Baton for BatonService {
         &self,
         request: Request<pb::CloseSessionRequest>,
     ) -> Result<Response<pb::CloseSessionResponse>, Status> {
-        let session = request.into_inner().session_id;
-        match self.propose(Command::CloseSession { session }).await? {
+        let req = request.into_inner();
+        let group = if req.group == 0 { home_group(req.session_id) } else { req.group };
+        check_group(group)?;
+        match self.propose(Some(group), Command::CloseSession { session: req.session_id }).await? {
             Outcome::SessionClosed { released } => Ok(Response::new(pb::CloseSessionResponse { released })),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
@@ -159,6 +220,7 @@ impl Baton for BatonService {
         // A caller that goes away is not taken as a cancel: it may be retrying elsewhere with the
         // same request id. Callers withdraw explicitly with Cancel; dead ones with their session.
         let (kind, mode) = kind_and_mode(&req)?;
+        let group = routed(req.group)?;
         let request = AcquireRequest {
             name: req.name,
             session: req.session_id,
@@ -169,7 +231,7 @@ impl Baton for BatonService {
             mode,
             value: req.value,
         };
-        let Answer::Acquire(result) = self.request(NodeRequest::Acquire(request)).await? else {
+        let Answer::Acquire(result) = self.request(group, NodeRequest::Acquire(request)).await? else {
             return Err(Status::internal("unexpected answer to an acquire"));
         };
         use pb::acquire_response::Result as R;
@@ -188,17 +250,16 @@ impl Baton for BatonService {
     async fn release(&self, request: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
         let req = request.into_inner();
         check_name(&req.name)?;
-        self.propose(Command::Release { name: req.name, session: req.session_id, token: req.token }).await?;
+        let command = Command::Release { name: req.name.clone(), session: req.session_id, token: req.token };
+        self.propose_on(routed(req.group)?, command).await?;
         Ok(Response::new(pb::ReleaseResponse {}))
     }
 
     async fn cancel(&self, request: Request<pb::CancelRequest>) -> Result<Response<pb::CancelResponse>, Status> {
         let req = request.into_inner();
         check_name(&req.name)?;
-        match self
-            .propose(Command::Cancel { name: req.name, session: req.session_id, request_id: req.request_id })
-            .await?
-        {
+        let command = Command::Cancel { name: req.name.clone(), session: req.session_id, request_id: req.request_id };
+        match self.propose_on(routed(req.group)?, command).await? {
             Outcome::Cancelled { granted } => {
                 Ok(Response::new(pb::CancelResponse { granted_token: granted.unwrap_or(0) }))
             }
@@ -209,8 +270,9 @@ impl Baton for BatonService {
     async fn proclaim(&self, request: Request<pb::ProclaimRequest>) -> Result<Response<pb::ProclaimResponse>, Status> {
         let req = request.into_inner();
         check_name(&req.name)?;
-        let command = Command::Proclaim { name: req.name, session: req.session_id, token: req.token, value: req.value };
-        self.propose(command).await?;
+        let command =
+            Command::Proclaim { name: req.name.clone(), session: req.session_id, token: req.token, value: req.value };
+        self.propose_on(routed(req.group)?, command).await?;
         Ok(Response::new(pb::ProclaimResponse {}))
     }
 
@@ -223,7 +285,7 @@ impl Baton for BatonService {
             Some(Op::CountDown(_)) => Command::LatchCountDown { name: req.name },
             None => return Err(Status::invalid_argument("latch request without an operation (set or count_down)")),
         };
-        match self.propose(command).await? {
+        match self.propose_on(routed(req.group)?, command).await? {
             Outcome::Latch { count, set } => Ok(Response::new(pb::LatchResponse { count, set })),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
@@ -237,14 +299,14 @@ impl Baton for BatonService {
             Some(Op::Add(delta)) => Command::CounterAdd { name: req.name, delta },
             Some(Op::Cas(c)) => Command::CounterCas { name: req.name, expected: c.expected, new: c.new },
             Some(Op::Get(_)) => {
-                let Reply::Counter(value) = self.read(Query::Counter(req.name)).await? else {
+                let Reply::Counter(value) = self.read(routed(req.group)?, Query::Counter(req.name)).await? else {
                     return Err(Status::internal("unexpected reply to a counter read"));
                 };
                 return Ok(Response::new(pb::CounterResponse { value, swapped: false }));
             }
             None => return Err(Status::invalid_argument("counter request without an operation (add, get or cas)")),
         };
-        match self.propose(command).await? {
+        match self.propose_on(routed(req.group)?, command).await? {
             Outcome::Counter { value, swapped } => Ok(Response::new(pb::CounterResponse { value, swapped })),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
@@ -256,7 +318,7 @@ impl Baton for BatonService {
         check_name(&req.name)?;
         let value = match req.op {
             Some(Op::Get(_)) => {
-                let Reply::Register(r) = self.read(Query::Register(req.name)).await? else {
+                let Reply::Register(r) = self.read(routed(req.group)?, Query::Register(req.name)).await? else {
                     return Err(Status::internal("unexpected reply to a register read"));
                 };
                 let (value, version) = r.unwrap_or_default();
@@ -276,7 +338,7 @@ impl Baton for BatonService {
             None => return Err(Status::invalid_argument("register request without an operation (get, set or delete)")),
         };
         let command = Command::RegisterSet { name: req.name, value, expected_version: req.if_version };
-        match self.propose(command).await? {
+        match self.propose_on(routed(req.group)?, command).await? {
             Outcome::Register { version, swapped } => {
                 Ok(Response::new(pb::RegisterResponse { version, swapped, value: Vec::new() }))
             }
@@ -299,66 +361,41 @@ impl Baton for BatonService {
         if !(req.prefix && req.name.is_empty()) {
             check_name(&req.name)?;
         }
-        let (subscribed, last) = {
-            let log = self.node.events.lock().expect("event log");
-            (log.subscribe(req.start_seq), log.last_seq())
+        // A name's events are its group's; a prefix covers every group this node holds.
+        let groups: Vec<(GroupId, u64)> = if req.prefix {
+            let logs = self.node.events.lock().expect("event log").groups();
+            logs.into_iter()
+                .filter(|g| *g != baton_node::META_GROUP)
+                .map(|g| (g, req.start_seqs.get(&g).copied().unwrap_or(0)))
+                .collect()
+        } else {
+            vec![(self.group_of(&req.name), req.start_seq)]
         };
-        let (kept, mut live) = subscribed.map_err(|first| {
-            Status::out_of_range(format!(
-                "events before seq {first} are no longer kept on node {} (history trimmed, or the node restarted): read the current state, then watch from seq {first}",
-                self.node.id
-            ))
-        })?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
-        tokio::spawn(async move {
-            let mut next = req.start_seq;
-            if next == 0 {
-                // Tell the watcher where "now" is, so that it can resume from there exactly.
-                next = last + 1;
-                let sync = pb::WatchEvent { seq: last, r#type: "sync".into(), ..Default::default() };
-                if tx.send(Ok(sync)).await.is_err() {
-                    return;
-                }
-            }
-            for w in kept {
-                if w.seq >= next
-                    && w.matches(&req.name, req.prefix)
-                    && tx.send(Ok(crate::watch::to_proto(&w))).await.is_err()
-                {
-                    return;
-                }
-                next = next.max(w.seq + 1);
-            }
-            loop {
-                match live.recv().await {
-                    Ok(w) => {
-                        if w.seq < next {
-                            continue; // already sent from the kept history
-                        }
-                        next = w.seq + 1;
-                        if w.matches(&req.name, req.prefix) && tx.send(Ok(crate::watch::to_proto(&w))).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        let msg = format!("the watcher fell behind; resume from seq {next}");
-                        let _ = tx.send(Err(Status::out_of_range(msg))).await;
-                        return;
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                        let _ = tx.send(Err(stopped())).await;
-                        return;
-                    }
-                }
-            }
-        });
+        for (group, start_seq) in groups {
+            let (subscribed, last) = {
+                let mut logs = self.node.events.lock().expect("event log");
+                let log = logs.group(group);
+                (log.subscribe(start_seq), log.last_seq())
+            };
+            let (kept, live) = subscribed.map_err(|first| {
+                Status::out_of_range(format!(
+                    "events of group {group} before seq {first} are no longer kept on node {} (history trimmed, or the node restarted): read the current state, then watch from seq {first}",
+                    self.node.id
+                ))
+            })?;
+            let feed = GroupFeed { group, name: req.name.clone(), prefix: req.prefix, start_seq, last, kept, live };
+            tokio::spawn(feed.run(tx.clone()));
+        }
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn describe(&self, request: Request<pb::DescribeRequest>) -> Result<Response<pb::DescribeResponse>, Status> {
-        let name = request.into_inner().name;
+        let req = request.into_inner();
+        let name = req.name;
         check_name(&name)?;
-        let Reply::Lock { kind, holders, waiters, closed_until_ms, now_ms } = self.read(Query::Lock(name)).await?
+        let Reply::Lock { kind, holders, waiters, closed_until_ms, now_ms } =
+            self.read(routed(req.group)?, Query::Lock(name.clone())).await?
         else {
             return Err(Status::internal("unexpected reply to a lock read"));
         };
@@ -407,7 +444,10 @@ impl Baton for BatonService {
     }
 
     async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
-        let groups = self.call(|tx| Input::Status { tx }).await?;
+        let mut groups = self.call(|tx| Input::Status { tx }).await?;
+        // Data groups first, in id order, then the meta group: `groups[0]` of a one-group
+        // cluster is its data group, as before sharding.
+        groups.sort_by_key(|g| (g.id == baton_node::META_GROUP, g.id));
         let groups = groups
             .into_iter()
             .map(|g| pb::GroupStatus {
@@ -420,20 +460,108 @@ impl Baton for BatonService {
                 sessions: g.sessions as u64,
                 locks: g.locks as u64,
                 last_token: g.last_token,
+                slots: to_ranges(&g.slots),
+                replicas: g.replicas,
             })
             .collect();
         let view = self.node.view.lock().expect("view lock");
-        let nodes = view
-            .peer_addrs
-            .iter()
-            .map(|(id, peer)| pb::NodeStatus {
-                id: *id,
-                client_addr: view.client_addrs.get(id).cloned().unwrap_or_default(),
-                peer_addr: peer.clone(),
-            })
-            .collect();
+        let nodes = node_list(&view);
         let (torn_tail_bytes, unclean_start) = (view.torn_tail_bytes, view.unclean_start);
         Ok(Response::new(pb::StatusResponse { node_id: self.node.id, groups, nodes, torn_tail_bytes, unclean_start }))
+    }
+
+    async fn topology(&self, _request: Request<pb::TopologyRequest>) -> Result<Response<pb::TopologyResponse>, Status> {
+        let view = self.node.view.lock().expect("view lock");
+        let groups = view
+            .topology
+            .groups
+            .iter()
+            .map(|(id, g)| pb::TopologyGroup {
+                id: *id,
+                slots: to_ranges(&g.slots.ranges()),
+                replicas: g.replicas.clone(),
+                leader: view.leaders.get(id).copied().flatten().unwrap_or(0),
+            })
+            .collect();
+        Ok(Response::new(pb::TopologyResponse {
+            version: view.topology.version,
+            groups,
+            nodes: node_list(&view),
+            node_id: self.node.id,
+        }))
+    }
+}
+
+fn to_ranges(ranges: &[(u16, u16)]) -> Vec<pb::SlotRange> {
+    ranges.iter().map(|(a, b)| pb::SlotRange { start: *a as u32, end: *b as u32 }).collect()
+}
+
+/// Every member with its addresses, as this node knows them.
+fn node_list(view: &crate::runtime::ClusterView) -> Vec<pb::NodeStatus> {
+    view.peer_addrs
+        .iter()
+        .map(|(id, peer)| pb::NodeStatus {
+            id: *id,
+            client_addr: view.client_addrs.get(id).cloned().unwrap_or_default(),
+            peer_addr: peer.clone(),
+        })
+        .collect()
+}
+
+/// One group's part of a watch: its kept history from the start asked, then its live events.
+struct GroupFeed {
+    group: GroupId,
+    name: String,
+    prefix: bool,
+    start_seq: u64,
+    last: u64,
+    kept: Vec<std::sync::Arc<crate::watch::Watched>>,
+    live: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::watch::Watched>>,
+}
+
+impl GroupFeed {
+    async fn run(mut self, tx: tokio::sync::mpsc::Sender<Result<pb::WatchEvent, Status>>) {
+        let mut next = self.start_seq;
+        if next == 0 {
+            // Tell the watcher where "now" is, so that it can resume from there exactly.
+            next = self.last + 1;
+            let sync =
+                pb::WatchEvent { group: self.group, seq: self.last, r#type: "sync".into(), ..Default::default() };
+            if tx.send(Ok(sync)).await.is_err() {
+                return;
+            }
+        }
+        for w in std::mem::take(&mut self.kept) {
+            if w.seq >= next
+                && w.matches(&self.name, self.prefix)
+                && tx.send(Ok(crate::watch::to_proto(&w))).await.is_err()
+            {
+                return;
+            }
+            next = next.max(w.seq + 1);
+        }
+        loop {
+            match self.live.recv().await {
+                Ok(w) => {
+                    if w.seq < next {
+                        continue; // already sent from the kept history
+                    }
+                    next = w.seq + 1;
+                    if w.matches(&self.name, self.prefix) && tx.send(Ok(crate::watch::to_proto(&w))).await.is_err() {
+                        return;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    let msg = format!("the watcher fell behind; resume group {} from seq {next}", self.group);
+                    let _ = tx.send(Err(Status::out_of_range(msg))).await;
+                    return;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    let _ = tx.send(Err(stopped())).await;
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -497,19 +625,25 @@ async fn renew(node: &NodeHandle, req: pb::KeepAliveRequest) -> Result<pb::KeepA
         )));
     }
     let (otx, orx) = oneshot::channel();
-    let request = NodeRequest::Read(Query::KeepAlive(req.session_ids));
-    if !node.send(Input::Request { group: DATA_GROUP, request, tx: otx }) {
+    if !node.send(Input::Request { group: None, request: NodeRequest::KeepAlive(req.session_ids), tx: otx }) {
         return Err(stopped());
     }
     let answer = orx.await.map_err(|_| stopped())?.map_err(|e| to_status(e, node))?;
-    let Answer::Read(Reply::KeepAlive(results)) = answer else {
+    let Answer::KeepAlive(renewal) = answer else {
         return Err(Status::internal("unexpected answer to a keepalive"));
     };
-    let leases = results
+    let leases = renewal
+        .leases
         .into_iter()
-        .map(|(session_id, ttl)| pb::SessionLease { session_id, alive: ttl.is_some(), ttl_ms: ttl.unwrap_or(0) })
+        .map(|l| pb::SessionLease {
+            session_id: l.session,
+            alive: !l.groups.is_empty(),
+            ttl_ms: l.ttl_ms,
+            groups: l.groups,
+            moved_to: l.moved_to,
+        })
         .collect();
-    Ok(pb::KeepAliveResponse { leases })
+    Ok(pb::KeepAliveResponse { leases, groups: renewal.groups })
 }
 
 /// Runs one call of a `Call` stream through the unary handler of the same name; true with the
@@ -525,6 +659,9 @@ async fn dispatch_call(svc: &BatonService, req: pb::CallRequest) -> (pb::CallRes
         Some(Op::Cancel(r)) => svc.cancel(Request::new(r)).await.map(|r| R::Cancel(r.into_inner())),
         Some(Op::Counter(r)) => svc.counter(Request::new(r)).await.map(|r| R::Counter(r.into_inner())),
         Some(Op::KeepAlive(r)) => renew(&svc.node, r).await.map(R::KeepAlive),
+        Some(Op::AttachSession(r)) => {
+            svc.attach_session(Request::new(r)).await.map(|r| R::AttachSession(r.into_inner()))
+        }
         None => Err(Status::invalid_argument("call without an operation")),
     };
     match result {

@@ -41,8 +41,11 @@ pub fn to_status(err: NodeError, node: &NodeHandle) -> Status {
             ));
             with_info(status, Reason::NotLeader, 0, String::new())
         }
+        NodeError::Moved { slot, group, leader, version } => moved(slot, group, leader, version, node),
         NodeError::Rejected(e) => {
             let code = match &e {
+                // The driver turns these into `Moved`; one that got here is still a redirect.
+                E::NotOwned { .. } => Code::Unavailable,
                 E::InvalidArgument(_) => Code::InvalidArgument,
                 E::LimitExceeded(_) => Code::ResourceExhausted,
                 E::SessionNotFound(_) => Code::NotFound,
@@ -65,6 +68,31 @@ pub fn to_status(err: NodeError, node: &NodeHandle) -> Status {
     }
 }
 
+/// A request reached a group that does not serve the name's slot: MOVED, naming the group that
+/// serves it by this node's map and that group's leader, so that the client goes straight there.
+fn moved(slot: u16, group: Option<u64>, leader: Option<u64>, version: u64, node: &NodeHandle) -> Status {
+    let leader = leader.unwrap_or(0);
+    let leader_addr = node.client_addr(leader).unwrap_or_default();
+    let message = match group {
+        None => format!("slot {slot} is being moved between groups: retry shortly"),
+        Some(g) => format!(
+            "slot {slot} is served by group {g} (by node {}'s slot map, version {version}): ask its leader{}",
+            node.id,
+            if leader_addr.is_empty() { String::new() } else { format!(" at {leader_addr}") }
+        ),
+    };
+    let mut status = Status::unavailable(message);
+    let info = pb::ErrorInfo {
+        reason: pb::error_info::Reason::Moved as i32,
+        leader_id: leader,
+        leader_addr,
+        group: group.unwrap_or(0),
+        topology_version: version,
+    };
+    info.attach(&mut status);
+    status
+}
+
 /// Attaches the machine-readable [`pb::ErrorInfo`] to `status`.
 pub(crate) fn with_info(
     mut status: Status,
@@ -72,7 +100,7 @@ pub(crate) fn with_info(
     leader_id: u64,
     leader_addr: String,
 ) -> Status {
-    pb::ErrorInfo { reason: reason as i32, leader_id, leader_addr }.attach(&mut status);
+    pb::ErrorInfo { reason: reason as i32, leader_id, leader_addr, ..Default::default() }.attach(&mut status);
     status
 }
 

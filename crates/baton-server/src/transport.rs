@@ -60,8 +60,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const REFUSED_BACKOFF: Duration = Duration::from_secs(5);
 
 /// The handshake this node sends and answers with.
-pub fn local_handshake(config: &crate::ServerConfig, client_addr: String) -> Handshake {
+pub fn local_handshake(config: &crate::ServerConfig, client_addr: String, data_groups: u64) -> Handshake {
     Handshake {
+        data_groups,
         node_id: config.id,
         client_addr,
         members: config.peers.iter().map(|(id, addr)| (*id, addr.clone())).collect(),
@@ -100,6 +101,10 @@ pub fn check_handshake(local: &Handshake, remote: &Handshake) -> Result<(), Stri
     if remote.lease_reads != local.lease_reads {
         let flag = |on: bool| format!("--lease-reads {}", if on { "on" } else { "off" });
         return Err(differ(flag(remote.lease_reads), flag(local.lease_reads)));
+    }
+    if remote.data_groups != local.data_groups {
+        let groups = |n: u64| format!("a layout of {n} data groups (--groups when its data folder was created)");
+        return Err(differ(groups(remote.data_groups), groups(local.data_groups)));
     }
     Ok(())
 }
@@ -420,6 +425,7 @@ mod tests {
             tick_ms: 100,
             election_ticks: 10,
             lease_reads: true,
+            data_groups: 4,
         }
     }
 
@@ -442,5 +448,8 @@ mod tests {
         let mut other = handshake(2);
         other.lease_reads = false;
         assert!(refused(other).contains("--lease-reads off, node 1 with --lease-reads on"));
+        let mut other = handshake(2);
+        other.data_groups = 12;
+        assert!(refused(other).contains("a layout of 12 data groups"));
     }
 }

@@ -1,12 +1,14 @@
-//! Watches: a bounded in-memory history of the events this node applied, and live fan-out.
+//! Watches: a bounded in-memory history of the events this node applied, per group, and live
+//! fan-out.
 //!
-//! Events carry the group's sequence number, which is the same on every replica, so a watcher
-//! that reconnects — to this node or another — resumes with `start_seq = last seen + 1` and
-//! misses and repeats nothing. A node keeps the last [`HISTORY`] events; asking for older ones
-//! (or for events from before this node restarted or installed a snapshot) is `OUT_OF_RANGE`:
-//! the watcher must read the current state and watch from the sequence number the error names.
+//! Events carry their group's sequence number, which is the same on every replica, so a watcher
+//! that reconnects — to this node or another — resumes with `start_seq = last seen + 1` (per
+//! group) and misses and repeats nothing. A node keeps the last [`HISTORY`] events of each group;
+//! asking for older ones (or for events from before this node restarted or installed a snapshot)
+//! is `OUT_OF_RANGE`: the watcher must read the current state and watch from the sequence number
+//! the error names.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use baton_core::{Event, Hlc};
@@ -18,6 +20,8 @@ pub const HISTORY: usize = 100_000;
 /// One applied event.
 #[derive(Clone, Debug)]
 pub struct Watched {
+    /// The group that applied it.
+    pub group: u64,
     /// Group-wide, gap-free sequence number.
     pub seq: u64,
     /// Hybrid logical clock timestamp.
@@ -37,16 +41,19 @@ impl Watched {
             | Event::CounterChanged { name, .. }
             | Event::RegisterChanged { name, .. }
             | Event::LeaderChanged { name, .. } => Some(name),
-            Event::SessionOpened { .. } | Event::SessionEnded { .. } => None,
+            Event::SessionOpened { .. } | Event::SessionEnded { .. } | Event::SlotsMoved { .. } => None,
         }
     }
 
-    /// True if a watch on `name` (or on names starting with it, with `prefix`) wants it.
+    /// True if a watch on `name` (or on names starting with it, with `prefix`) wants it. A slot
+    /// move is for every watcher of a name whose slot moved (and for every prefix watcher): the
+    /// name's events continue in the other group's sequence.
     pub fn matches(&self, name: &str, prefix: bool) -> bool {
-        match self.name() {
-            Some(n) if prefix => n.starts_with(name),
-            Some(n) => n == name,
-            None => false,
+        match (&self.event, self.name()) {
+            (Event::SlotsMoved { start, end, .. }, _) => prefix || (*start..=*end).contains(&baton_core::slot_of(name)),
+            (_, Some(n)) if prefix => n.starts_with(name),
+            (_, Some(n)) => n == name,
+            (_, None) => false,
         }
     }
 }
@@ -60,14 +67,54 @@ pub struct EventLog {
     tx: Option<broadcast::Sender<Arc<Watched>>>,
 }
 
-/// Shared handle to the event log.
-pub type SharedLog = Arc<Mutex<EventLog>>;
+/// Every group's event log on this node.
+#[derive(Default)]
+pub struct EventLogs {
+    logs: BTreeMap<u64, EventLog>,
+    closed: bool,
+}
+
+/// Shared handle to the event logs.
+pub type SharedLog = Arc<Mutex<EventLogs>>;
+
+impl EventLogs {
+    /// Logs for groups whose next events will be these: (group, next seq).
+    pub fn new(groups: impl IntoIterator<Item = (u64, u64)>) -> SharedLog {
+        let logs = groups.into_iter().map(|(g, next)| (g, EventLog::new(next))).collect();
+        Arc::new(Mutex::new(EventLogs { logs, closed: false }))
+    }
+
+    /// The log of `group` (created empty, starting at seq 1, if the node did not have it).
+    pub fn group(&mut self, group: u64) -> &mut EventLog {
+        let closed = self.closed;
+        self.logs.entry(group).or_insert_with(|| {
+            let mut log = EventLog::new(1);
+            if closed {
+                log.close();
+            }
+            log
+        })
+    }
+
+    /// The groups with a log, in id order.
+    pub fn groups(&self) -> Vec<u64> {
+        self.logs.keys().copied().collect()
+    }
+
+    /// The node stopped: end every live watch.
+    pub fn close(&mut self) {
+        self.closed = true;
+        for log in self.logs.values_mut() {
+            log.close();
+        }
+    }
+}
 
 impl EventLog {
     /// An empty log whose next event will be `next_seq`.
-    pub fn new(next_seq: u64) -> SharedLog {
+    pub fn new(next_seq: u64) -> EventLog {
         let (tx, _) = broadcast::channel(16_384);
-        Arc::new(Mutex::new(EventLog { ring: VecDeque::new(), available_from: next_seq, tx: Some(tx) }))
+        EventLog { ring: VecDeque::new(), available_from: next_seq, tx: Some(tx) }
     }
 
     /// Records an applied event and hands it to live watchers.
@@ -131,6 +178,7 @@ impl EventLog {
 pub fn to_proto(w: &Watched) -> baton_proto::v1::WatchEvent {
     use baton_core::WaitEnd;
     let mut e = baton_proto::v1::WatchEvent {
+        group: w.group,
         seq: w.seq,
         hlc_physical_ms: w.hlc.physical_ms,
         hlc_logical: w.hlc.logical,
@@ -164,6 +212,10 @@ pub fn to_proto(w: &Watched) -> baton_proto::v1::WatchEvent {
         Event::RegisterChanged { version, .. } => (e.r#type, e.version) = ("register_changed".into(), *version),
         Event::SessionOpened { session, .. } => (e.r#type, e.session_id) = ("session_opened".into(), *session),
         Event::SessionEnded { session, .. } => (e.r#type, e.session_id) = ("session_ended".into(), *session),
+        Event::SlotsMoved { start, end, from, to } => {
+            (e.r#type, e.slot_start, e.slot_end, e.from_group, e.to_group) =
+                ("slots_moved".into(), *start as u32, *end as u32, *from, *to)
+        }
     }
     e
 }

@@ -267,7 +267,12 @@ async fn bad_input_gets_a_clear_error() {
         .await
         .unwrap();
     let err = raw
-        .release(baton_proto::v1::ReleaseRequest { name: "mine".into(), session_id: other.id(), token: g.token() })
+        .release(baton_proto::v1::ReleaseRequest {
+            name: "mine".into(),
+            session_id: other.id(),
+            token: g.token(),
+            group: 0,
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
@@ -609,7 +614,15 @@ async fn call_stream_multiplexes_and_redirects() {
     // A waiter and then the holder's release, on the same stream: the release and the grant it
     // causes both come back, each with its own call id.
     send(11, acquire(sessions[1], 2, 10_000));
-    send(12, Op::Release(pb::ReleaseRequest { name: "piped".into(), session_id: sessions[0], token: granted.token }));
+    send(
+        12,
+        Op::Release(pb::ReleaseRequest {
+            name: "piped".into(),
+            session_id: sessions[0],
+            token: granted.token,
+            group: 0,
+        }),
+    );
     let mut seen = BTreeMap::new();
     for _ in 0..2 {
         let a = answers.message().await.unwrap().unwrap();
@@ -667,7 +680,7 @@ async fn call_stream_multiplexes_and_redirects() {
         other => panic!("expected a redirect, got {other:?}"),
     }
     // Ending our side still delivers what is in flight, then the stream ends.
-    send(20, Op::Counter(pb::CounterRequest { name: "c".into(), op: Some(pb::counter_request::Op::Add(5)) }));
+    send(20, Op::Counter(pb::CounterRequest { name: "c".into(), op: Some(pb::counter_request::Op::Add(5)), group: 0 }));
     drop(tx);
     let last = answers.message().await.unwrap().unwrap();
     assert!(matches!(last.result, Some(R::Counter(pb::CounterResponse { value: 5, .. }))), "{last:?}");
@@ -811,7 +824,9 @@ async fn the_lease_is_lost_on_time_while_renewals_hang() {
     let mut cluster = TestCluster::start(3, 20_000).await;
     let leader = cluster.leader().await;
     let proxy = FreezingProxy::start(cluster.client_addrs[&leader].clone()).await;
-    let client = Client::connect_with([proxy.addr.clone()], ClientOptions::default()).await.unwrap();
+    // Only through the proxy: the client must not find the node's own address.
+    let options = ClientOptions { discover: false, ..Default::default() };
+    let client = Client::connect_with([proxy.addr.clone()], options).await.unwrap();
     let ttl = Duration::from_secs(3);
     let session = client.session(ttl).await.unwrap();
     let guard = session.lock("stuck", None).await.unwrap().expect("free lock is granted");
@@ -840,8 +855,8 @@ async fn the_lease_is_lost_on_time_while_renewals_hang() {
 }
 
 /// Regression (defect 4): renewals stayed on a node that did not answer until the lease was
-/// gone. Now a renewal not answered in time moves the keepalive on to the next endpoint, which
-/// redirects it to the leader: the session lives on while its first endpoint is silent.
+/// gone. Now the client renews at every node it knows (the cluster's nodes, learned from any
+/// endpoint), each on its own stream: the session lives on while its first endpoint is silent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewals_move_on_from_a_node_that_does_not_answer() {
     let mut cluster = TestCluster::start(3, 20_000).await;
@@ -916,7 +931,7 @@ async fn a_timed_out_attempt_fails_only_itself() {
     assert!(granted.token() > 0);
     assert_eq!(client.counter_get("beside").await.unwrap(), i64::from(total));
     // Still talking to the leader: nothing moved the client off it.
-    assert_eq!(client.status().await.unwrap().node_id, leader);
+    assert_eq!(client.route_of("long").1, cluster.client_addrs[&leader]);
     drop(granted);
     for id in [1, 2, 3] {
         cluster.stop(id).await;
@@ -934,13 +949,13 @@ async fn errors_carry_typed_details() {
     let follower = *cluster.client_addrs.keys().find(|id| **id != leader).unwrap();
     let mut raw =
         pb::baton_client::BatonClient::connect(format!("http://{}", cluster.client_addrs[&follower])).await.unwrap();
-    let status = raw.describe(pb::DescribeRequest { name: "x".into() }).await.unwrap_err();
+    let status = raw.describe(pb::DescribeRequest { name: "x".into(), group: 0 }).await.unwrap_err();
     let info = pb::ErrorInfo::of(&status).expect("a redirect carries an ErrorInfo");
     assert_eq!(info.reason, pb::error_info::Reason::NotLeader as i32);
     assert_eq!((info.leader_id, info.leader_addr.as_str()), (leader, cluster.client_addrs[&leader].as_str()));
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let mut answers = raw.call(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)).await.unwrap().into_inner();
-    let add = pb::CounterRequest { name: "c".into(), op: Some(pb::counter_request::Op::Add(1)) };
+    let add = pb::CounterRequest { name: "c".into(), op: Some(pb::counter_request::Op::Add(1)), group: 0 };
     tx.send(pb::CallRequest { call_id: 7, op: Some(pb::call_request::Op::Counter(add)) }).unwrap();
     match answers.message().await.unwrap().unwrap().result {
         Some(pb::call_response::Result::Error(e)) => {
@@ -951,7 +966,7 @@ async fn errors_carry_typed_details() {
         other => panic!("expected a redirect, got {other:?}"),
     }
     // A refusal carries none: it is final.
-    let bad = raw.describe(pb::DescribeRequest { name: String::new() }).await.unwrap_err();
+    let bad = raw.describe(pb::DescribeRequest { name: String::new(), group: 0 }).await.unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
     assert!(pb::ErrorInfo::of(&bad).is_none());
     for id in [1, 2, 3] {
@@ -974,6 +989,7 @@ async fn an_acquire_of_unknown_outcome_is_withdrawn() {
         request_timeout: Duration::from_secs(2),
         attempt_timeout: Duration::from_secs(1),
         max_attempt: Duration::from_secs(2),
+        ..Default::default()
     };
     let waiter_client = Client::connect_with(cluster.endpoints(), options).await.unwrap();
     // Sessions that outlive the outage: the waiter must leave the queue by its withdrawal, not

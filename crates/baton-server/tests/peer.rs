@@ -106,6 +106,7 @@ impl Lonely {
             tick_ms: 100,
             election_ticks: baton_node::DEFAULT_ELECTION_TICKS as u64,
             lease_reads: false,
+            data_groups: 1,
         }
     }
 

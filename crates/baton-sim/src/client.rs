@@ -16,7 +16,7 @@ use baton_client::core::{
     Renew, Renewals, RequestIds, Route, FIRST_BACKOFF_MS,
 };
 use baton_core::SessionId;
-use baton_node::{Answer, NodeError, Query, Reply, Request};
+use baton_node::{Answer, NodeError, Request};
 use rand_chacha::ChaCha8Rng;
 
 use crate::check::{History, Time};
@@ -105,7 +105,9 @@ pub(crate) enum Failure {
 /// statuses into the same classes: `baton_client::retry::class_of_status`).
 pub(crate) fn class_of(e: &NodeError) -> ErrorClass<u64> {
     match e {
-        NodeError::NotLeader { leader, .. } => ErrorClass::NotLeader { leader: *leader },
+        NodeError::NotLeader { leader, .. } | NodeError::Moved { leader, .. } => {
+            ErrorClass::NotLeader { leader: *leader }
+        }
         NodeError::Busy(_) => ErrorClass::Busy,
         NodeError::Unavailable(_) => ErrorClass::MayHaveApplied,
         // As the server marks it (ErrorInfo OUTCOME_FORGOTTEN): the first attempt may have applied.
@@ -294,7 +296,7 @@ impl SimClient {
         let first = local + baton_client::core::renew_interval_ms(ttl_ms);
         self.session = Some(Session {
             id,
-            lease: Lease::new(ttl_ms, first_sent_local),
+            lease: Lease::new(ttl_ms, (id >> 48) + 1, first_sent_local, local),
             renewals: Renewals::new(ttl_ms, first),
             keepalive: None,
         });
@@ -347,7 +349,7 @@ impl SimClient {
                     let creq = self.creq();
                     let s = self.session.as_mut().expect("checked");
                     s.keepalive = Some((creq, node));
-                    let request = Request::Read(Query::KeepAlive(vec![sid]));
+                    let request = Request::KeepAlive(vec![sid]);
                     fx.sends.push((node, ClientMsg::Request { creq, op: Op::Read, request }));
                     return;
                 }
@@ -518,14 +520,15 @@ impl SimClient {
             s.keepalive = None;
             let sent = s.renewals.answered();
             match result {
-                Ok(Answer::Read(Reply::KeepAlive(leases))) => match leases.first() {
-                    Some((_, Some(_))) => {
-                        if let Some(sent) = sent {
-                            s.lease.renewed(sent);
-                        }
+                Ok(Answer::KeepAlive(r)) => {
+                    let lease = r.leases.first().cloned().unwrap_or_default();
+                    // No send time: an answer to an abandoned renewal, which proves nothing.
+                    let alive =
+                        sent.is_none_or(|sent| s.lease.renewal(sent, &r.groups, &lease.groups, &lease.moved_to));
+                    if !alive {
+                        self.lose_session(now, "the leader says it is gone", fx, hist);
                     }
-                    _ => self.lose_session(now, "the leader says it is gone", fx, hist),
-                },
+                }
                 Ok(other) => hist.violations.push(crate::workload::unexpected(now, self.id, &other)),
                 Err(e) => self.renewal_failed(local, node, class_of(&e)),
             }

@@ -55,6 +55,8 @@ pub struct SimConfig {
     pub keep_trace: bool,
     /// Leader-lease reads (`NodeConfig::lease_read_ms`; 0 = every read takes a ReadIndex round).
     pub lease_read_ms: u64,
+    /// Data groups the cluster starts with.
+    pub groups: u64,
 }
 
 impl Default for SimConfig {
@@ -74,6 +76,7 @@ impl Default for SimConfig {
             snapshot_entries: 0,
             keep_trace: false,
             lease_read_ms: 0,
+            groups: 1,
         }
     }
 }

@@ -54,11 +54,11 @@ fn a_seed_replays_bit_for_bit() {
     assert_ne!(a.trace_hash, c.trace_hash, "different seeds gave the same history");
 }
 
-/// Runs a broken variant over a few seeds and returns the first seed that was caught, with the
-/// properties it violated (in the order found).
+/// Runs a broken variant over seeds until one is caught (at most 100; most bugs are caught by
+/// the first few) and returns that seed with the properties it violated (in the order found).
 fn caught(bug: &str, snapshot_entries: u64) -> Option<(u64, Vec<&'static str>)> {
     let cfg = SimConfig { bugs: Bugs::parse(bug).unwrap(), snapshot_entries, ..SimConfig::default() };
-    (0..10).find_map(|seed| {
+    (0..100).find_map(|seed| {
         let r = run(&cfg, seed);
         (!r.violations.is_empty()).then(|| (seed, r.violations.iter().map(|v| v.property).collect()))
     })
@@ -108,8 +108,10 @@ fn clock_jumps_beyond_the_lease_margin_are_caught() {
     let within = SimConfig { faults, ..SimConfig::default() };
     assert_clean(&within, 0..5);
     let cfg = SimConfig { faults, max_jump_ms: 1_500, ..SimConfig::default() };
-    let found = (0..10).find_map(|seed| run(&cfg, seed).violations.first().map(|v| (seed, v.property)));
-    assert_eq!(found.map(|(_, p)| p), Some("mutual-exclusion"), "{found:?}");
+    // An early expiry shows as two holders at once; some seeds show it first as a read that
+    // missed a write (the linearizability checker), which is the same fault seen elsewhere.
+    let found = (0..30).find(|seed| run(&cfg, *seed).violations.iter().any(|v| v.property == "mutual-exclusion"));
+    assert!(found.is_some(), "no seed in 0..30 caught clock jumps beyond the margin as two holders");
 }
 
 /// Lease reads (`baton_node::lease_read_ms`: the followers' vote-refusal window less the clock

@@ -84,6 +84,9 @@ struct HoldArgs {
     command: Vec<String>,
 }
 
+/// Data groups per node of a new cluster when `--groups` is not given.
+const DEFAULT_GROUPS_PER_NODE: u64 = 4;
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a complete single-node service (data in a local folder).
@@ -98,6 +101,9 @@ enum Cmd {
         /// clock drift).
         #[arg(long)]
         lease_reads: bool,
+        /// Data groups (Raft groups the names are sharded over) of a new data folder, 1..=1024.
+        #[arg(long, default_value_t = DEFAULT_GROUPS_PER_NODE, value_parser = clap::value_parser!(u64).range(1..=1024))]
+        groups: u64,
     },
     /// Run one node of a cluster.
     Server {
@@ -128,6 +134,11 @@ enum Cmd {
         /// snapshot outgrows it cannot be sent to a lagging follower (an error says so).
         #[arg(long, default_value_t = 256)]
         max_peer_message_mib: usize,
+        /// Data groups (Raft groups the names are sharded over) of a new cluster, 1..=1024; every
+        /// node must be started with the same. Default: 4 per node, so that every node leads some.
+        /// Ignored once the data folder exists (its layout decides).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
+        groups: Option<u64>,
     },
     /// Hold a lock while running a command: `baton lock NAME -- CMD [ARGS...]`.
     Lock {
@@ -421,7 +432,7 @@ fn endpoints(list: &str) -> Vec<String> {
 
 async fn run(cmd: Cmd) -> ExitCode {
     match cmd {
-        Cmd::Dev { data, client_addr, lease_reads } => {
+        Cmd::Dev { data, client_addr, lease_reads, groups } => {
             let peer = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
                 Ok(l) => l,
                 Err(e) => return fail(1, format!("cannot bind a peer port: {e}")),
@@ -429,6 +440,7 @@ async fn run(cmd: Cmd) -> ExitCode {
             let peer_addr = peer.local_addr().map(|a| a.to_string()).unwrap_or_default();
             let mut config = ServerConfig::new(1, data.clone(), BTreeMap::from([(1, peer_addr)]));
             config.lease_reads = lease_reads;
+            config.groups = groups;
             let client = match tokio::net::TcpListener::bind(&client_addr).await {
                 Ok(l) => l,
                 Err(e) => return fail(1, format!("cannot listen for clients on {client_addr}: {e}")),
@@ -441,12 +453,14 @@ async fn run(cmd: Cmd) -> ExitCode {
                 Err(e) => fail(1, format!("cannot start: {e}")),
             }
         }
-        Cmd::Server { id, data, client_addr, peer_addr, peers, tick_ms, lease_reads, max_peer_message_mib } => {
+        Cmd::Server { id, data, client_addr, peer_addr, peers, tick_ms, lease_reads, max_peer_message_mib, groups } => {
             let peers = match parse_peers(&peers) {
                 Ok(p) => p,
                 Err(e) => return fail(EXIT_USAGE, e),
             };
+            let nodes = peers.len() as u64;
             let mut config = ServerConfig::new(id, data.clone(), peers);
+            config.groups = groups.unwrap_or(DEFAULT_GROUPS_PER_NODE * nodes).min(1024);
             config.tick = Duration::from_millis(tick_ms.max(1));
             config.lease_reads = lease_reads;
             config.max_peer_message_bytes = max_peer_message_mib.max(1).saturating_mul(1 << 20);

@@ -36,6 +36,8 @@ fn status_json(s: &baton_proto::v1::StatusResponse) -> serde_json::Value {
             "sessions": g.sessions,
             "locks": g.locks,
             "last_token": g.last_token,
+            "slots": g.slots.iter().map(|r| serde_json::json!([r.start, r.end])).collect::<Vec<_>>(),
+            "replicas": g.replicas,
         })).collect::<Vec<_>>(),
         "nodes": s.nodes.iter().map(|n| serde_json::json!({
             "id": n.id,
@@ -62,7 +64,7 @@ fn print_status(s: &baton_proto::v1::StatusResponse) {
     }
     out!();
     out!(
-        "{:<6} {:<7} {:<6} {:<9} {:<9} {:<9} {:<9} {:<7} {:<10}",
+        "{:<6} {:<7} {:<6} {:<9} {:<9} {:<9} {:<9} {:<7} {:<10} {:<9} {}",
         "GROUP",
         "LEADER",
         "TERM",
@@ -71,12 +73,17 @@ fn print_status(s: &baton_proto::v1::StatusResponse) {
         "ROLE",
         "SESSIONS",
         "LOCKS",
-        "LAST TOKEN"
+        "LAST TOKEN",
+        "REPLICAS",
+        "SLOTS"
     );
     for g in &s.groups {
         let leader = if g.leader == 0 { "-".to_string() } else { g.leader.to_string() };
+        let replicas: Vec<String> = g.replicas.iter().map(u64::to_string).collect();
+        let ranges: Vec<(u16, u16)> = g.slots.iter().map(|r| (r.start as u16, r.end as u16)).collect();
+        let slots = if g.id == 0 { "(meta)".to_string() } else { baton_core::slots::format_ranges(&ranges) };
         out!(
-            "{:<6} {:<7} {:<6} {:<9} {:<9} {:<9} {:<9} {:<7} {:<10}",
+            "{:<6} {:<7} {:<6} {:<9} {:<9} {:<9} {:<9} {:<7} {:<10} {:<9} {}",
             g.id,
             leader,
             g.term,
@@ -85,7 +92,9 @@ fn print_status(s: &baton_proto::v1::StatusResponse) {
             g.role,
             g.sessions,
             g.locks,
-            g.last_token
+            g.last_token,
+            replicas.join(","),
+            slots
         );
     }
 }

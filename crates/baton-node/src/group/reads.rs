@@ -51,6 +51,15 @@ impl Group {
         let applied = self.sm.applied_index();
         let ready: Vec<(u64, PendingRead)> = self.reads_ready.extract_if(.., |(index, _)| *index <= applied).collect();
         for (_, r) in ready {
+            let name = match &r.query {
+                Query::Lock(n) | Query::Counter(n) | Query::Register(n) => Some(n),
+                Query::Session(_) | Query::KeepAlive(_) => None,
+            };
+            if let Some(Err(e)) = name.map(|n| self.sm.check_owned(n)) {
+                // The name's slot moved away before the read was served: refused, like a write.
+                out.push(Output::Reply { id: r.id, result: Err(NodeError::Rejected(e)) });
+                continue;
+            }
             let reply = match &r.query {
                 Query::Lock(name) => match self.sm.lock(name) {
                     Some(l) => Reply::Lock {
@@ -80,7 +89,7 @@ impl Group {
                             Some(s) if !self.expiring.contains(&id) => {
                                 // Confirmed leader: the lease runs a full TTL from now.
                                 self.leases.set(id, now + s.ttl_ms);
-                                leases.push((id, Some(s.ttl_ms)));
+                                leases.push((id, Some((s.ttl_ms, s.moved_to.iter().copied().collect()))));
                             }
                             _ => leases.push((id, None)),
                         }

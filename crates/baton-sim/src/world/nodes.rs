@@ -85,11 +85,13 @@ impl World {
         config.lease_read_ms = self.cfg.lease_read_ms;
         let n = self.nodes.get_mut(&id).expect("node");
         config.incarnation = n.store.next_incarnation().expect("memory store writes");
-        let recovered = n.store.recover(DATA_GROUP).expect("memory store reads");
-        if recovered.as_ref().is_some_and(|r| r.snapshot.get_metadata().index > 0) {
+        if n.store.snapshot_index(DATA_GROUP) > 0 {
             self.coverage.restarts_from_snapshot += 1;
         }
-        let (mut node, boot) = Node::new(config, vec![(DATA_GROUP, recovered)]).expect("node starts");
+        let voters: Vec<u64> = (1..=self.cfg.nodes as u64).collect();
+        let groups = baton_node::start_groups(&n.store, id, &voters, self.cfg.groups, &config.limits)
+            .expect("memory store reads");
+        let (mut node, boot) = Node::new(config, groups).expect("node starts");
         n.store.write(&boot).expect("memory store writes");
         node.set_time(n.clock.local_ms(self.now), n.clock.local_ms(self.now));
         n.driver = Some(Driver::new(node, Requests::with_bugs(self.cfg.bugs)));
@@ -147,7 +149,7 @@ impl World {
             Input::Step(msg) => driver.step(DATA_GROUP, msg),
             Input::Tick => driver.tick(local, local),
             Input::Request { client, creq, request } => {
-                let rid = driver.submit(DATA_GROUP, request, local, local);
+                let rid = driver.submit(None, request, local, local);
                 n.answer_to.insert(rid, (client, creq));
             }
         }

@@ -2,8 +2,10 @@
 //! client run, so that what the simulator checks is what ships.
 //!
 //! # What is here
-//! - [`Lease`]: a session's lease as the client sees it — valid until the *send time* of the
-//!   last acknowledged renewal plus the TTL less a drift margin of a tenth of the TTL.
+//! - [`Lease`]: a session's lease as the client sees it, across the groups it has records in —
+//!   valid until the earliest, over those groups, of the *send time* of the last acknowledged
+//!   renewal plus the TTL less a drift margin of a tenth of the TTL.
+//! - [`SlotMap`] and [`Routes`]: which group serves a name, and which node to ask for a group.
 //! - [`Renewals`]: when to send the next renewal (every TTL/3), and when an unanswered one is
 //!   given up ([`answer_timeout_ms`]), which moves the client to another node.
 //! - [`Route`]: which node the client talks to — the leader a redirect named, else the next
@@ -26,46 +28,11 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// How long a renewal sent at some instant keeps the lease valid on the client's side: the TTL
-/// minus a drift margin of a tenth of it.
-pub fn lease_span_ms(ttl_ms: u64) -> u64 {
-    ttl_ms - ttl_ms / 10
-}
+mod lease;
+mod routes;
 
-/// A session's lease as the client sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Lease {
-    ttl_ms: u64,
-    valid_until_ms: u64,
-}
-
-impl Lease {
-    /// The lease of a session granted `ttl_ms`, whose open request was *first* sent at
-    /// `sent_ms` (the session cannot have opened before, whichever attempt opened it).
-    pub fn new(ttl_ms: u64, sent_ms: u64) -> Lease {
-        Lease { ttl_ms, valid_until_ms: sent_ms + lease_span_ms(ttl_ms) }
-    }
-
-    /// The leader acknowledged a renewal sent at `sent_ms` (late answers never shorten it).
-    pub fn renewed(&mut self, sent_ms: u64) {
-        self.valid_until_ms = self.valid_until_ms.max(sent_ms + lease_span_ms(self.ttl_ms));
-    }
-
-    /// The time the lease is lost unless a renewal is acknowledged before.
-    pub fn deadline_ms(&self) -> u64 {
-        self.valid_until_ms
-    }
-
-    /// True while `now_ms` is before the deadline.
-    pub fn is_valid(&self, now_ms: u64) -> bool {
-        now_ms < self.valid_until_ms
-    }
-
-    /// The session's TTL.
-    pub fn ttl_ms(&self) -> u64 {
-        self.ttl_ms
-    }
-}
+pub use lease::{lease_span_ms, Lease};
+pub use routes::{Routes, SlotMap};
 
 /// How often renewals are sent for sessions of this TTL.
 pub fn renew_interval_ms(ttl_ms: u64) -> u64 {
@@ -108,13 +75,32 @@ pub struct Renewals {
     ttl_ms: u64,
     next_ms: u64,
     in_flight: Option<u64>,
+    /// Renew every [`HURRY_INTERVAL_MS`] until this time (see [`Renewals::hurry`]).
+    hurry_until_ms: u64,
 }
+
+/// The renewal interval while a failover may be under way (see [`Renewals::hurry`]).
+pub const HURRY_INTERVAL_MS: u64 = 250;
 
 impl Renewals {
     /// A schedule for sessions of `ttl_ms` (the shortest, if several) whose first renewal is
     /// due at `first_ms`.
     pub fn new(ttl_ms: u64, first_ms: u64) -> Renewals {
-        Renewals { ttl_ms, next_ms: first_ms, in_flight: None }
+        Renewals { ttl_ms, next_ms: first_ms, in_flight: None, hurry_until_ms: 0 }
+    }
+
+    /// Another node stopped answering at `now_ms`: the groups it led get new leaders elsewhere,
+    /// and each new leader must see a renewal soon after its election, before the lease's
+    /// margin runs out. Until a TTL from now, renew every [`HURRY_INTERVAL_MS`] (at once, if
+    /// the next renewal is later than that).
+    pub fn hurry(&mut self, now_ms: u64) {
+        self.hurry_until_ms = self.hurry_until_ms.max(now_ms + self.ttl_ms);
+        self.next_ms = self.next_ms.min(now_ms + HURRY_INTERVAL_MS);
+    }
+
+    /// True while renewals hurry (see [`Renewals::hurry`]).
+    pub fn hurrying(&self, now_ms: u64) -> bool {
+        now_ms < self.hurry_until_ms
     }
 
     /// What to do at `now_ms`.
@@ -132,7 +118,8 @@ impl Renewals {
             return Renew::Wait(self.next_ms);
         }
         self.in_flight = Some(now_ms);
-        self.next_ms = now_ms + renew_interval_ms(self.ttl_ms);
+        let interval = renew_interval_ms(self.ttl_ms);
+        self.next_ms = now_ms + if self.hurrying(now_ms) { interval.min(HURRY_INTERVAL_MS) } else { interval };
         Renew::Send
     }
 
@@ -200,6 +187,14 @@ impl<A: Clone + PartialEq> Route<A> {
         &self.endpoints
     }
 
+    /// Replaces the endpoints rotation goes through (the nodes a topology lists); the current
+    /// address stays.
+    pub fn set_endpoints(&mut self, endpoints: Vec<A>) {
+        if !endpoints.is_empty() {
+            self.endpoints = endpoints;
+        }
+    }
+
     /// An attempt at `failed` did not succeed: move to `leader` (from a redirect) if given, else
     /// to the next endpoint in turn (so a node that does not answer is left behind). Nothing
     /// changes if another caller already moved on. Returns true if the client now points at a
@@ -226,6 +221,17 @@ pub enum ErrorClass<A> {
     /// The node does not lead: nothing was applied. `leader`: the one it named, if any.
     NotLeader {
         /// The leader's address, from the redirect.
+        leader: Option<A>,
+    },
+    /// The group asked does not serve the name's slot (the client's map is stale, or the slot
+    /// is being moved): nothing was applied. `group` serves it by the answering node's map of
+    /// `version` (0: nobody right now); `leader` leads it, if known.
+    Moved {
+        /// The group serving the slot now (0: none, a move is under way).
+        group: u64,
+        /// The version of the map that says so.
+        version: u64,
+        /// That group's leader, if known.
         leader: Option<A>,
     },
     /// The leader is overloaded: nothing was applied; try it again after a pause.
@@ -264,6 +270,8 @@ pub enum Op {
     OpenSession,
     /// Close a session (closing a closed session changes nothing).
     CloseSession,
+    /// Give a session a record in another group (attaching twice is attaching once).
+    AttachSession,
     /// Acquire / wait (by its request id: never queues twice).
     Acquire,
     /// Release by token (a second release is refused and changes nothing).
@@ -291,7 +299,9 @@ impl Op {
     pub fn repeat(self) -> Repeat {
         match self {
             Op::Read => Repeat::Read,
-            Op::OpenSession | Op::CloseSession | Op::Acquire | Op::Release | Op::Cancel => Repeat::Idempotent,
+            Op::OpenSession | Op::CloseSession | Op::AttachSession | Op::Acquire | Op::Release | Op::Cancel => {
+                Repeat::Idempotent
+            }
             // Setting a latch is not harmless to repeat: between the two, count-downs may have
             // taken it to zero (and it is forgotten then), and the repeat would set it again. A
             // late repeat of a proclaim could publish an older value over a newer one (both
@@ -369,6 +379,11 @@ pub fn decide<A>(class: ErrorClass<A>, repeat: Repeat) -> Decision<A> {
         ErrorClass::Forgotten => Decision::OutcomeUnknown,
         ErrorClass::NotLeader { leader: None } => retry(None, false, Backoff::Yes, false),
         ErrorClass::NotLeader { leader } => retry(leader, false, Backoff::UnlessRedirected, false),
+        // The caller records where the slot went (SlotMap::moved) before asking again.
+        ErrorClass::Moved { group: 0, .. } | ErrorClass::Moved { leader: None, .. } => {
+            retry(None, true, Backoff::Yes, false)
+        }
+        ErrorClass::Moved { leader, .. } => retry(leader, false, Backoff::UnlessRedirected, false),
         ErrorClass::Busy => retry(None, true, Backoff::Yes, false),
         ErrorClass::NotSent => retry(None, false, Backoff::Yes, false),
         ErrorClass::MayHaveApplied | ErrorClass::NoAnswer if repeat == Repeat::Once => Decision::OutcomeUnknown,
@@ -407,18 +422,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_deadline_runs_from_the_send_time_of_the_last_acknowledged_renewal() {
-        let mut lease = Lease::new(10_000, 1_000);
-        assert_eq!(lease.deadline_ms(), 10_000);
-        lease.renewed(4_000);
-        assert_eq!(lease.deadline_ms(), 13_000);
-        lease.renewed(2_000); // a late answer to an older renewal does not shorten it
-        assert_eq!(lease.deadline_ms(), 13_000);
-        assert!(lease.is_valid(12_999));
-        assert!(!lease.is_valid(13_000));
-    }
-
-    #[test]
     fn renewals_go_every_third_of_the_ttl_and_an_unanswered_one_is_given_up() {
         let mut r = Renewals::new(3_000, 1_000);
         assert_eq!(r.poll(0), Renew::Wait(1_000));
@@ -431,6 +434,17 @@ mod tests {
         assert_eq!(r.poll(2_500), Renew::Send, "the next goes at once, to the next node");
         r.failed(2_600);
         assert_eq!(r.poll(2_600), Renew::Send);
+        assert_eq!(r.answered(), Some(2_600));
+        // A failover elsewhere: every 250 ms for a TTL, then back to every TTL/3.
+        r.hurry(2_700);
+        assert_eq!(r.poll(2_700), Renew::Wait(2_950));
+        assert_eq!(r.poll(2_950), Renew::Send);
+        r.answered();
+        assert_eq!(r.poll(3_000), Renew::Wait(3_200));
+        assert!(r.hurrying(5_699) && !r.hurrying(5_700));
+        r.poll(5_800);
+        r.answered();
+        assert_eq!(r.poll(5_800), Renew::Wait(6_800));
     }
 
     #[test]

@@ -1,0 +1,246 @@
+//! Which node each request goes to, and the connections.
+//!
+//! The rules are [`Routes`] (shared with the simulator): a request about a name goes to the
+//! leader of the group serving the name's slot, a request about a group to that group's leader,
+//! anything else to the current endpoint. A failed attempt moves on to the leader a redirect
+//! named, or else to the next endpoint in turn (rotation), so that a node that does not answer
+//! — stopped, hung, cut off — is left behind by every caller. Each address has one lazily
+//! connected channel and one `Call` stream ([`Pipe`]).
+//!
+//! The slot map comes from any node's `Topology` answer: fetched when the client starts, again
+//! after every `Moved` redirect (at most every [`REFRESH_PAUSE`]) and every [`REFRESH_EVERY`]
+//! in the background, which also keeps the list of nodes the keepalive talks to current. A
+//! redirect's own hint is used at once, before the refresh lands.
+//!
+//! Every connection is watched by HTTP/2 pings: a node that stops answering them (a SIGSTOPped
+//! process whose kernel still accepts TCP) is dropped after [`PING_INTERVAL`] +
+//! [`PING_TIMEOUT`], which fails the streams on it (a waiting acquire is then retried
+//! elsewhere at once instead of at its attempt's end).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use baton_proto::v1 as pb;
+use baton_proto::v1::baton_client::BatonClient;
+use tokio::sync::Notify;
+use tonic::transport::Channel;
+
+use crate::core::Routes;
+use crate::pipe::{Conn, Pipe};
+use crate::{Error, Inner, Result};
+
+/// The least time between two slot map refreshes that redirects ask for.
+pub const REFRESH_PAUSE: Duration = Duration::from_millis(200);
+/// How often the slot map is refreshed in the background.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(5);
+
+/// How long a TCP connect may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often an open connection is probed with an HTTP/2 ping.
+const PING_INTERVAL: Duration = Duration::from_secs(2);
+/// How long a ping may go unanswered before the connection is dropped.
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A lazily connected channel to `addr` (`host:port` or a URI).
+pub(crate) fn channel(addr: &str) -> Result<BatonClient<Channel>> {
+    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    let endpoint = tonic::transport::Endpoint::from_shared(uri)
+        .map_err(|e| Error::BadEndpoint(addr.to_string(), e.to_string()))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(PING_INTERVAL)
+        .keep_alive_timeout(PING_TIMEOUT)
+        .tcp_nodelay(true);
+    Ok(BatonClient::new(endpoint.connect_lazy()))
+}
+
+/// The routes (see [`Routes`]: the same rules the simulator's client follows) and the
+/// connections to each node.
+pub(crate) struct Router {
+    state: Mutex<RouterState>,
+    /// Wakes the refresh task (a redirect said the map is stale).
+    stale: Notify,
+    /// Take node addresses from topologies (`ClientOptions::discover`).
+    discover: bool,
+}
+
+struct RouterState {
+    routes: Routes<String>,
+    channels: HashMap<String, BatonClient<Channel>>,
+    /// The fast-path stream to each node (see [`crate::pipe`]).
+    pipes: HashMap<String, Arc<Pipe>>,
+    /// Every node's client address, from the last topology (the endpoints until then).
+    nodes: Vec<String>,
+}
+
+/// What a request is about, which decides where it goes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Target<'a> {
+    /// A name: the leader of the group serving its slot.
+    Name(&'a str),
+    /// A group: its leader.
+    Group(u64),
+}
+
+impl Router {
+    /// A router over `endpoints`, starting at the first. Fails on an empty list or an address
+    /// that cannot be parsed.
+    pub(crate) fn new(endpoints: Vec<String>, discover: bool) -> Result<Router> {
+        if endpoints.is_empty() {
+            return Err(Error::BadEndpoint(String::new(), "no endpoints given".into()));
+        }
+        for e in &endpoints {
+            channel(e)?;
+        }
+        let state = RouterState {
+            routes: Routes::new(endpoints.clone(), 0),
+            channels: HashMap::new(),
+            pipes: HashMap::new(),
+            nodes: endpoints,
+        };
+        Ok(Router { state: Mutex::new(state), stale: Notify::new(), discover })
+    }
+
+    /// The group a target is routed to (`None`: no group in particular).
+    pub(crate) fn group(&self, target: Target<'_>) -> Option<u64> {
+        match target {
+            Target::Name(n) => Some(self.state.lock().expect("route lock").routes.map.group_of(n)),
+            Target::Group(g) => Some(g),
+        }
+    }
+
+    /// The address for `group` and a connection to it (a new `Call` stream if the last broke).
+    pub(crate) fn current(&self, group: Option<u64>) -> Result<(String, Conn)> {
+        let mut state = self.state.lock().expect("route lock");
+        let addr = state.routes.target(group);
+        let conn = state.conn(&addr)?;
+        Ok((addr, conn))
+    }
+
+    /// The address a request for `group` goes to now.
+    pub(crate) fn address(&self, group: Option<u64>) -> String {
+        self.state.lock().expect("route lock").routes.target(group)
+    }
+
+    /// A connection to `addr`.
+    pub(crate) fn conn_to(&self, addr: &str) -> Result<Conn> {
+        self.state.lock().expect("route lock").conn(addr)
+    }
+
+    /// An attempt for `group` at `failed` did not succeed: move to `leader` (from a redirect) if
+    /// given, else to the next endpoint. Returns true if the client now points at a leader it
+    /// was told of (worth trying at once).
+    pub(crate) fn moved_on(&self, group: Option<u64>, failed: &str, leader: Option<&str>) -> bool {
+        let mut state = self.state.lock().expect("route lock");
+        state.routes.moved_on(group, &failed.to_string(), leader.map(str::to_string))
+    }
+
+    /// A redirect said `slot` is served by `group` as of map `version`: route it there now, and
+    /// have the whole map refreshed.
+    pub(crate) fn moved(&self, slot: u16, group: u64, version: u64) {
+        self.state.lock().expect("route lock").routes.map.moved(slot, group, version);
+        self.stale.notify_one();
+    }
+
+    /// `addr` answered as the leader of `group`.
+    pub(crate) fn set_leader(&self, group: u64, addr: &str) {
+        self.state.lock().expect("route lock").routes.set_leader(group, addr.to_string());
+    }
+
+    /// Every node's client address (the keepalive talks to each): the last topology's nodes,
+    /// or without discovery the endpoints and the leaders redirects named.
+    pub(crate) fn nodes(&self) -> Vec<String> {
+        let state = self.state.lock().expect("route lock");
+        let mut nodes = state.nodes.clone();
+        if !self.discover {
+            nodes.extend(state.routes.leaders().filter(|a| !nodes.contains(a)).cloned().collect::<Vec<_>>());
+        }
+        nodes
+    }
+
+    /// Takes a node's topology: the slot map (unless ours is newer), the leaders it knows, the
+    /// nodes' addresses.
+    pub(crate) fn apply_topology(&self, t: &pb::TopologyResponse) {
+        let mut state = self.state.lock().expect("route lock");
+        let groups: Vec<(u64, Vec<(u16, u16)>)> =
+            t.groups.iter().map(|g| (g.id, g.slots.iter().map(|r| (r.start as u16, r.end as u16)).collect())).collect();
+        state.routes.map.replace(t.version, &groups);
+        if !self.discover {
+            return;
+        }
+        let addrs: HashMap<u64, String> =
+            t.nodes.iter().filter(|n| !n.client_addr.is_empty()).map(|n| (n.id, n.client_addr.clone())).collect();
+        for g in &t.groups {
+            if let Some(addr) = addrs.get(&g.leader) {
+                state.routes.set_leader(g.id, addr.clone());
+            }
+        }
+        let mut nodes: Vec<String> = addrs.into_values().collect();
+        nodes.sort();
+        if !nodes.is_empty() {
+            state.routes.set_endpoints(nodes.clone());
+            state.nodes = nodes;
+        }
+    }
+}
+
+impl RouterState {
+    fn conn(&mut self, addr: &str) -> Result<Conn> {
+        let grpc = match self.channels.get(addr) {
+            Some(c) => c.clone(),
+            None => {
+                let c = channel(addr)?;
+                self.channels.insert(addr.to_string(), c.clone());
+                c
+            }
+        };
+        let pipe = match self.pipes.get(addr) {
+            Some(p) if p.is_open() => p.clone(),
+            _ => {
+                let p = Arc::new(Pipe::open(addr, grpc.clone()));
+                self.pipes.insert(addr.to_string(), p.clone());
+                p
+            }
+        };
+        Ok(Conn { grpc, pipe })
+    }
+}
+
+/// Keeps the client's slot map fresh: at once, after every redirect (at most every
+/// [`REFRESH_PAUSE`]), and every [`REFRESH_EVERY`]. Ends when the client is dropped.
+pub(crate) async fn refresh_loop(weak: Weak<Inner>) {
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        refresh_once(&inner).await;
+        let stale = {
+            let inner = inner.clone();
+            async move { inner.router.stale.notified().await }
+        };
+        // Wait for a redirect or the period; then give a dropped client the chance to end this.
+        let _ = tokio::time::timeout(REFRESH_EVERY, stale).await;
+        drop(inner);
+        tokio::time::sleep(REFRESH_PAUSE).await;
+    }
+}
+
+/// Asks one node (the current endpoint, then the others) for the topology.
+pub(crate) async fn refresh_once(inner: &Inner) {
+    let timeout = inner.options.attempt_timeout;
+    let mut tried = Vec::new();
+    for _ in 0..inner.router.nodes().len().max(1) {
+        let Ok((addr, mut conn)) = inner.router.current(None) else { return };
+        if tried.contains(&addr) {
+            break;
+        }
+        match tokio::time::timeout(timeout, conn.topology(pb::TopologyRequest {})).await {
+            Ok(Ok(t)) => {
+                inner.router.apply_topology(&t.into_inner());
+                return;
+            }
+            _ => {
+                inner.router.moved_on(None, &addr, None);
+                tried.push(addr);
+            }
+        }
+    }
+}

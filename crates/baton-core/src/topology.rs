@@ -1,0 +1,107 @@
+//! The cluster's layout, as the meta group (group 0) replicates it: which data groups exist,
+//! which nodes hold their replicas, which slots each serves.
+//!
+//! The meta group is a Raft group like the others, running the same state machine type with
+//! no slots of its own; its state holds a [`Topology`] and only topology changes write to it.
+//! Each data group's own state machine holds the slots it serves, and that copy is the one that
+//! decides: the meta group's map is what nodes and clients route by, and a stale route is
+//! refused by the group it reached ([`crate::Error::NotOwned`]).
+//!
+//! # Placement
+//! Replicas and leaderships are spread evenly: group `g`'s preferred leader is the
+//! `(g - 1) mod n`-th of its replicas in id order, so `n` nodes with `k * n` groups prefer each
+//! node `k` times. A leader that is not its group's preferred one hands the leadership over once
+//! the preferred node is caught up (see the node crate): after a node comes back, its
+//! leaderships come back to it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::slots::{even_split, Slot, SlotSet};
+
+/// A data group's place in the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupPlacement {
+    /// The nodes that hold a replica (Raft voters), in id order.
+    pub replicas: Vec<u64>,
+    /// The slots the group serves.
+    pub slots: SlotSet,
+}
+
+impl GroupPlacement {
+    /// The replica that should lead the group when it is up: spreads leaderships evenly.
+    pub fn preferred_leader(&self, group: u64) -> Option<u64> {
+        if self.replicas.is_empty() {
+            return None;
+        }
+        Some(self.replicas[(group.saturating_sub(1) % self.replicas.len() as u64) as usize])
+    }
+}
+
+/// The layout of the cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Topology {
+    /// Incremented by every change; clients compare it with the one they route by.
+    pub version: u64,
+    /// Data groups by id (1, 2, ...).
+    pub groups: BTreeMap<u64, GroupPlacement>,
+}
+
+/// The meta group's id.
+pub const META_GROUP: u64 = 0;
+/// Most data groups a cluster may have.
+pub const MAX_GROUPS: u64 = 1_024;
+
+impl Topology {
+    /// The layout a new cluster starts with: `data_groups` groups (1..=`MAX_GROUPS`), each on
+    /// every node of `voters`, the slots cut into equal contiguous ranges in group order.
+    pub fn initial(voters: &[u64], data_groups: u64) -> Topology {
+        let mut replicas = voters.to_vec();
+        replicas.sort_unstable();
+        replicas.dedup();
+        let groups = even_split(data_groups.clamp(1, MAX_GROUPS))
+            .into_iter()
+            .enumerate()
+            .map(|(i, (start, end))| {
+                (i as u64 + 1, GroupPlacement { replicas: replicas.clone(), slots: SlotSet::range(start, end) })
+            })
+            .collect();
+        Topology { version: 1, groups }
+    }
+
+    /// The group serving `slot`, if any.
+    pub fn group_of(&self, slot: Slot) -> Option<u64> {
+        self.groups.iter().find(|(_, g)| g.slots.contains(slot)).map(|(id, _)| *id)
+    }
+
+    /// The groups `node` holds a replica of, the meta group included when it is a voter of it.
+    pub fn groups_of(&self, node: u64) -> Vec<u64> {
+        self.groups.iter().filter(|(_, g)| g.replicas.contains(&node)).map(|(id, _)| *id).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::slots::{slot_of, SLOTS};
+
+    #[test]
+    fn initial_layout_spreads_slots_and_leaders() {
+        let t = Topology::initial(&[3, 1, 2], 12);
+        assert_eq!(t.groups.len(), 12);
+        let total: usize = t.groups.values().map(|g| g.slots.len()).sum();
+        assert_eq!(total, SLOTS as usize);
+        for s in [0, 1, 5000, SLOTS - 1, slot_of("foo")] {
+            assert!(t.group_of(s).is_some());
+        }
+        let mut leads = BTreeMap::new();
+        for (id, g) in &t.groups {
+            assert_eq!(g.replicas, vec![1, 2, 3]);
+            *leads.entry(g.preferred_leader(*id).unwrap()).or_insert(0) += 1;
+        }
+        assert_eq!(leads, BTreeMap::from([(1, 4), (2, 4), (3, 4)]));
+        assert_eq!(t.groups_of(2).len(), 12);
+        assert_eq!(Topology::initial(&[1], 0).groups.len(), 1, "at least one group");
+    }
+}

@@ -32,6 +32,11 @@ pub enum Command {
     HandOff { move_id: u64, start: crate::slots::Slot, end: crate::slots::Slot, to: u64 },
     /// Destination group of a slot move: serve the bundle's slots with its state.
     TakeOver { bundle: Box<crate::moves::SlotBundle> },
+    /// Meta group: start moving slots `start..=end` to data group `to` (the move's id is this
+    /// entry's log index). Whoever leads the meta group then drives the move's steps.
+    BeginMove { start: crate::slots::Slot, end: crate::slots::Slot, to: u64 },
+    /// Meta group: the move's destination serves its slots; the map says so from now on.
+    FinishMove { move_id: u64 },
     /// Close a session on its owner's request: its locks are released, its waits end.
     CloseSession { session: SessionId },
     /// The leader saw these sessions go a full TTL without a keepalive.
@@ -78,6 +83,8 @@ impl Command {
             | Command::ExpireSessions { .. }
             | Command::HandOff { .. }
             | Command::TakeOver { .. }
+            | Command::BeginMove { .. }
+            | Command::FinishMove { .. }
             | Command::Tick => None,
         }
     }
@@ -164,6 +171,11 @@ pub enum Outcome {
     HandedOff { bundle: Box<crate::moves::SlotBundle> },
     /// The destination of a slot move serves the range now, with this many names.
     TookOver { names: u64 },
+    /// The meta group started a slot move with this id.
+    MoveBegun { move_id: u64 },
+    /// The meta group's map moved with a finished move (false: it had finished already), now at
+    /// this version.
+    MoveFinished { finished: bool, version: u64 },
     /// A latch's count after the command; `set` is false if `LatchSet` found it already set.
     Latch { count: u64, set: bool },
     /// A counter's value after the command; `swapped` is false if a compare-and-set failed.
@@ -216,4 +228,6 @@ pub enum Event {
     /// Slots `start..=end` moved from group `from` to group `to` (emitted by both: by the
     /// source when it stops serving them, by the destination when it starts).
     SlotsMoved { start: u16, end: u16, from: u64, to: u64 },
+    /// The meta group's map changed (a move started or finished): now at `version`.
+    TopologyChanged { version: u64 },
 }

@@ -185,6 +185,31 @@ impl StateMachine {
         self.topology.as_ref()
     }
 
+    fn topology_mut(&mut self) -> Result<&mut Topology> {
+        let group = self.group;
+        self.topology
+            .as_mut()
+            .ok_or_else(|| Error::InvalidArgument(format!("group {group} is not the meta group: it has no slot map")))
+    }
+
+    fn begin_move(&mut self, index: u64, start: u16, end: u16, to: u64, events: &mut Vec<Event>) -> Result<Outcome> {
+        let t = self.topology_mut()?;
+        t.begin_move(index, start, end, to).map_err(Error::InvalidArgument)?;
+        let version = t.version;
+        events.push(Event::TopologyChanged { version });
+        Ok(Outcome::MoveBegun { move_id: index })
+    }
+
+    fn finish_move(&mut self, move_id: u64, events: &mut Vec<Event>) -> Result<Outcome> {
+        let t = self.topology_mut()?;
+        let finished = t.finish_move(move_id);
+        let version = t.version;
+        if finished {
+            events.push(Event::TopologyChanged { version });
+        }
+        Ok(Outcome::MoveFinished { finished, version })
+    }
+
     /// Refuses a name this group does not serve.
     pub fn check_owned(&self, name: &str) -> Result<()> {
         let slot = slot_of(name);
@@ -238,6 +263,8 @@ impl StateMachine {
             Command::CloseSession { session } => self.close_session(*session, events),
             Command::HandOff { move_id, start, end, to } => self.hand_off(*move_id, *start, *end, *to, events),
             Command::TakeOver { bundle } => self.take_over(bundle, events),
+            Command::BeginMove { start, end, to } => self.begin_move(index, *start, *end, *to, events),
+            Command::FinishMove { move_id } => self.finish_move(*move_id, events),
             Command::ExpireSessions { sessions } => Ok(self.expire_sessions(sessions, events)),
             Command::Acquire(req) => self.acquire(req, events),
             Command::Release { name, session, token } => self.release(name, *session, *token, events),

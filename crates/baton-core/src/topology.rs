@@ -39,6 +39,19 @@ impl GroupPlacement {
     }
 }
 
+/// A slot move the meta group has started and not finished (see [`crate::moves`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingMove {
+    /// First slot.
+    pub start: Slot,
+    /// Last slot.
+    pub end: Slot,
+    /// The group serving them until the move finishes.
+    pub from: u64,
+    /// The group serving them after.
+    pub to: u64,
+}
+
 /// The layout of the cluster.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Topology {
@@ -46,7 +59,12 @@ pub struct Topology {
     pub version: u64,
     /// Data groups by id (1, 2, ...).
     pub groups: BTreeMap<u64, GroupPlacement>,
+    /// Slot moves under way, by move id (the meta log index that started them).
+    pub moves: BTreeMap<u64, PendingMove>,
 }
+
+/// Most slot moves under way at once.
+pub const MAX_PENDING_MOVES: usize = 64;
 
 /// The meta group's id.
 pub const META_GROUP: u64 = 0;
@@ -67,10 +85,61 @@ impl Topology {
                 (i as u64 + 1, GroupPlacement { replicas: replicas.clone(), slots: SlotSet::range(start, end) })
             })
             .collect();
-        Topology { version: 1, groups }
+        Topology { version: 1, groups, moves: BTreeMap::new() }
     }
 
-    /// The group serving `slot`, if any.
+    /// The move under way that covers `slot`, if any.
+    pub fn moving(&self, slot: Slot) -> Option<(u64, &PendingMove)> {
+        self.moves.iter().find(|(_, m)| (m.start..=m.end).contains(&slot)).map(|(id, m)| (*id, m))
+    }
+
+    /// Starts moving `start..=end` to group `to` (the meta group's step; see [`crate::moves`]).
+    pub(crate) fn begin_move(&mut self, move_id: u64, start: Slot, end: Slot, to: u64) -> Result<(), String> {
+        if start > end || end >= crate::slots::SLOTS {
+            return Err(format!("slot range {start}-{end} is not a range of slots 0..={}", crate::slots::SLOTS - 1));
+        }
+        if !self.groups.contains_key(&to) {
+            return Err(format!(
+                "group {to} does not exist (data groups: {:?})",
+                self.groups.keys().collect::<Vec<_>>()
+            ));
+        }
+        let from = self.group_of(start).ok_or_else(|| format!("slot {start} is being moved already"))?;
+        if from == to {
+            return Err(format!("slots {start}-{end} are served by group {to} already"));
+        }
+        if !self.groups[&from].slots.contains_range(start, end) {
+            return Err(format!(
+                "slots {start}-{end} are not all served by group {from}: move one group's slots at a time (group {from} serves {:?})",
+                self.groups[&from].slots
+            ));
+        }
+        if let Some((id, m)) = self.moves.iter().find(|(_, m)| m.start <= end && start <= m.end) {
+            return Err(format!("slots {}-{} are being moved already (move {id})", m.start, m.end));
+        }
+        if self.moves.len() >= MAX_PENDING_MOVES {
+            return Err(format!("{MAX_PENDING_MOVES} moves are under way already; wait for some to finish"));
+        }
+        self.moves.insert(move_id, PendingMove { start, end, from, to });
+        Ok(())
+    }
+
+    /// Finishes a move: its slots belong to its destination in the map from now on. False if no
+    /// such move is under way (finished already).
+    pub(crate) fn finish_move(&mut self, move_id: u64) -> bool {
+        let Some(m) = self.moves.remove(&move_id) else { return false };
+        if let Some(g) = self.groups.get_mut(&m.from) {
+            g.slots.remove_range(m.start, m.end);
+        }
+        if let Some(g) = self.groups.get_mut(&m.to) {
+            g.slots.insert_range(m.start, m.end);
+        }
+        self.version += 1;
+        true
+    }
+
+    /// The group serving `slot` by the map, if any (during a move, the source: it serves the
+    /// slot until its hand-off).
     pub fn group_of(&self, slot: Slot) -> Option<u64> {
         self.groups.iter().find(|(_, g)| g.slots.contains(slot)).map(|(id, _)| *id)
     }

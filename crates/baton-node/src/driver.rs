@@ -45,6 +45,12 @@ pub trait Effects {
     fn reset(&mut self, group: GroupId, event_seq: u64);
     /// This node's role or known leader in `group` changed.
     fn role(&mut self, group: GroupId, role: Role, leader: Option<NodeId>, term: u64);
+    /// Propose `command` to `group` at node `to` on this node's behalf and hand the outcome to
+    /// [`Node::forwarded`] under `id` (a slot move's step). A runtime that drops it delays the
+    /// move: the step is sent again after a timeout.
+    fn forward(&mut self, to: NodeId, id: RequestId, group: GroupId, command: baton_core::Command) {
+        let _ = (to, id, group, command);
+    }
     /// The outputs handed over since the last call are complete (a runtime that batches
     /// messages per peer sends them now).
     fn flush(&mut self) {}
@@ -185,6 +191,7 @@ impl Driver {
                 Output::Event { group, index, seq, hlc, event } => fx.event(group, index, seq, hlc, event),
                 Output::Reset { group, event_seq } => fx.reset(group, event_seq),
                 Output::RoleChanged { group, role, leader, term } => fx.role(group, role, leader, term),
+                Output::Forward { to, id, group, command } => fx.forward(to, id, group, command),
                 Output::Reply { .. } => {}
             }
         }

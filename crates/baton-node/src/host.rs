@@ -295,7 +295,7 @@ impl Requests {
                     }
                 }
             }
-            Output::Send { .. } | Output::RoleChanged { .. } => {}
+            Output::Send { .. } | Output::RoleChanged { .. } | Output::Forward { .. } => {}
         }
     }
 

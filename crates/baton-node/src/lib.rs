@@ -42,6 +42,7 @@ mod group;
 pub mod host;
 mod lease;
 pub mod mem;
+pub mod mover;
 mod node;
 pub mod storage;
 

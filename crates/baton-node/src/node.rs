@@ -249,6 +249,10 @@ pub enum Output {
     Reset { group: GroupId, event_seq: u64 },
     /// This node's role or known leader in `group` changed.
     RoleChanged { group: GroupId, role: Role, leader: Option<NodeId>, term: u64 },
+    /// Propose `command` to `group` at node `to` (its leader) on this node's behalf, and hand
+    /// the outcome back with [`Node::forwarded`] under `id` (a slot move's step; see
+    /// [`crate::mover`]). Lost or unanswered, the step is sent again later.
+    Forward { to: NodeId, id: RequestId, group: GroupId, command: Command },
 }
 
 /// A group's status as this node sees it (not linearizable).
@@ -281,12 +285,14 @@ pub struct GroupStatus {
 /// All the groups of one process, driven by explicit inputs. See the crate docs.
 pub struct Node {
     pub(crate) config: NodeConfig,
-    groups: BTreeMap<GroupId, Group>,
-    outputs: Vec<Output>,
+    pub(crate) groups: BTreeMap<GroupId, Group>,
+    pub(crate) outputs: Vec<Output>,
     /// Monotonic clock, ms: leases, and the leader time stamped into entries.
     pub(crate) mono_ms: u64,
     /// Wall clock, ms since the Unix epoch: only for event timestamps (HLC).
     pub(crate) wall_ms: u64,
+    /// The meta leader's slot moves in progress.
+    pub(crate) mover: crate::mover::Mover,
 }
 
 impl Node {
@@ -309,7 +315,8 @@ impl Node {
                 g.campaign();
             }
         }
-        Ok((Node { config, groups: map, outputs: Vec::new(), mono_ms: 0, wall_ms: 0 }, batch))
+        let node = Node { config, groups: map, outputs: Vec::new(), mono_ms: 0, wall_ms: 0, mover: Default::default() };
+        Ok((node, batch))
     }
 
     /// This node's id.
@@ -333,6 +340,8 @@ impl Node {
             group.tick(self.mono_ms, self.wall_ms, &mut self.outputs);
         }
         self.place_leaders();
+        self.drive_moves();
+        self.take_mover_replies();
     }
 
     /// Hands the leadership of each group this node leads to the group's preferred leader (see
@@ -360,7 +369,9 @@ impl Node {
 
     /// A refusal for a name outside the group's slots, with where the name is served instead.
     pub fn moved(&self, slot: u16) -> NodeError {
-        let group = self.topology().and_then(|t| t.group_of(slot));
+        // A slot being moved is the destination's as soon as the source refuses it (it may not
+        // serve it yet either; the client then asks again after a pause).
+        let group = self.topology().and_then(|t| t.moving(slot).map(|(_, m)| m.to).or_else(|| t.group_of(slot)));
         let version = self.topology().map_or(0, |t| t.version);
         NodeError::Moved { slot, group, leader: group.and_then(|g| self.leader(g)), version }
     }
@@ -416,6 +427,7 @@ impl Node {
                 batch.groups.push(w);
             }
         }
+        self.take_mover_replies();
         Ok(batch)
     }
 
@@ -424,6 +436,7 @@ impl Node {
         for group in self.groups.values_mut() {
             group.persisted(self.mono_ms, &self.config, &mut self.outputs)?;
         }
+        self.take_mover_replies();
         Ok(())
     }
 

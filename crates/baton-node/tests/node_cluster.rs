@@ -19,9 +19,26 @@ struct Collect<'a> {
     answers: &'a mut BTreeMap<u64, Result<Answer, NodeError>>,
     events: &'a mut Vec<(u64, Event)>,
     busy: bool,
+    /// Forwarded proposals (slot moves' steps), for a cluster that carries them.
+    forwarding: Option<&'a mut Forwarding>,
+}
+
+/// Proposals forwarded between nodes: asked, in flight at their target, answered.
+#[derive(Default)]
+struct Forwarding {
+    asked: Vec<(u64, u64, u64, GroupId, Command)>,
+    in_flight: BTreeMap<(u64, u64), (u64, u64)>,
+    answered: Vec<(u64, u64, Result<Outcome, NodeError>)>,
 }
 
 impl Effects for Collect<'_> {
+    fn forward(&mut self, to: u64, id: u64, group: GroupId, command: Command) {
+        self.busy = true;
+        if let Some(f) = self.forwarding.as_deref_mut() {
+            f.asked.push((self.from, to, id, group, command));
+        }
+    }
+
     fn send(&mut self, to: u64, group: GroupId, msg: RaftMessage) {
         self.busy = true;
         self.wire.push_back((self.from, to, group, msg));
@@ -29,6 +46,16 @@ impl Effects for Collect<'_> {
 
     fn answer(&mut self, id: u64, answer: Result<Answer, NodeError>) -> bool {
         self.busy = true;
+        if let Some(f) = self.forwarding.as_deref_mut() {
+            if let Some((origin, origin_id)) = f.in_flight.remove(&(self.from, id)) {
+                let result = answer.and_then(|a| match a {
+                    Answer::Applied(o) => Ok(o),
+                    other => Err(NodeError::Unavailable(format!("unexpected {other:?}"))),
+                });
+                f.answered.push((origin, origin_id, result));
+                return true;
+            }
+        }
         self.answers.insert(id, answer);
         true
     }
@@ -68,6 +95,7 @@ struct Cluster {
     offsets: BTreeMap<u64, u64>,
     /// Data groups the cluster starts with.
     groups: u64,
+    forwarding: Forwarding,
 }
 
 impl Cluster {
@@ -91,6 +119,7 @@ impl Cluster {
             block_appends: false,
             offsets: BTreeMap::new(),
             groups,
+            forwarding: Forwarding::default(),
         };
         for id in ids {
             c.stores.insert(id, MemStore::default());
@@ -148,9 +177,27 @@ impl Cluster {
                     answers: &mut self.answers,
                     events: &mut self.events,
                     busy: false,
+                    forwarding: Some(&mut self.forwarding),
                 };
                 driver.run_rounds(self.stores.get_mut(&id).unwrap(), &mut fx).unwrap();
                 busy |= fx.busy;
+            }
+            for (origin, to, id, group, command) in std::mem::take(&mut self.forwarding.asked) {
+                busy = true;
+                if self.isolated.contains(&origin) || self.isolated.contains(&to) {
+                    continue;
+                }
+                let (mono, wall) = (self.now + self.offsets.get(&to).copied().unwrap_or(0), self.now);
+                if let Some(target) = self.nodes.get_mut(&to) {
+                    let hid = target.submit(Some(group), Request::Propose(command), mono, wall);
+                    self.forwarding.in_flight.insert((to, hid), (origin, id));
+                }
+            }
+            for (origin, id, result) in std::mem::take(&mut self.forwarding.answered) {
+                busy = true;
+                if let Some(node) = self.nodes.get_mut(&origin) {
+                    node.node_mut().forwarded(id, result);
+                }
             }
             while let Some((from, to, group, msg)) = self.wire.pop_front() {
                 busy = true;
@@ -565,7 +612,8 @@ fn recovery_tolerates_a_commit_behind_the_snapshot() {
         Node::new(NodeConfig::new(1, vec![1]), vec![(G, Start::Recovered(recovered))]).expect("node starts");
     let mut driver = Driver::new(node, Requests::default());
     let (mut wire, mut answers, mut events) = (VecDeque::new(), BTreeMap::new(), Vec::new());
-    let mut fx = Collect { from: 1, wire: &mut wire, answers: &mut answers, events: &mut events, busy: false };
+    let mut fx =
+        Collect { from: 1, wire: &mut wire, answers: &mut answers, events: &mut events, busy: false, forwarding: None };
     driver.run_rounds(c.stores.get_mut(&1).unwrap(), &mut fx).unwrap();
     assert_eq!(driver.node().state_machine(G).unwrap().lock_count(), 30);
 }
@@ -652,7 +700,7 @@ fn keepalives_are_served_when_the_leader_is_full() {
     let mut driver = Driver::new(node, Requests::default());
     let (mut wire, mut answers, mut events) = (VecDeque::new(), BTreeMap::new(), Vec::new());
     let mut rounds = |driver: &mut Driver, answers: &mut BTreeMap<u64, _>| {
-        let mut fx = Collect { from: 1, wire: &mut wire, answers, events: &mut events, busy: false };
+        let mut fx = Collect { from: 1, wire: &mut wire, answers, events: &mut events, busy: false, forwarding: None };
         driver.run_rounds(&mut store, &mut fx).unwrap();
     };
     rounds(&mut driver, &mut answers);
@@ -775,4 +823,92 @@ fn requests_route_by_slot_and_one_keepalive_renews_every_group_led() {
     assert_eq!(r.leases[0].groups, vec![group]);
     assert_eq!(r.leases[0].ttl_ms, 3_000);
     assert!(r.leases[1].groups.is_empty(), "an unknown session lives nowhere");
+}
+
+/// A slot move through the production mover: the meta group begins it, its leader hands the
+/// range off, the destination takes it over (forwarded to its leader when that is another node),
+/// and the map changes. The holder keeps its lock and token, the waiter its place, and the next
+/// grant's token is above every token the source issued.
+#[test]
+fn a_slot_move_keeps_holders_waiters_and_token_order() {
+    let mut c = Cluster::with_groups(3, 1_000, 4);
+    c.advance(10_000);
+    let topology = c.nodes[&1].node().topology().unwrap().clone();
+    let name = "orders";
+    let slot = baton_core::slot_of(name);
+    let from = topology.group_of(slot).unwrap();
+    let to = if from == 4 { 1 } else { from + 1 };
+    let leader_of = |c: &Cluster, g: GroupId| c.nodes[&1].node().leader(g).unwrap();
+    let submit = |c: &mut Cluster, group: Option<GroupId>, node: u64, request: Request| {
+        let (mono, wall) = c.clock(node);
+        let id = c.nodes.get_mut(&node).unwrap().submit(group, request, mono, wall);
+        c.settle();
+        id
+    };
+    let mut open = |c: &mut Cluster, client: &str| {
+        let l = leader_of(c, from);
+        let id = submit(
+            c,
+            Some(from),
+            l,
+            Request::Propose(Command::OpenSession { client: client.into(), ttl_ms: 30_000, request_id: 0 }),
+        );
+        match c.answers.remove(&id) {
+            Some(Ok(Answer::Applied(Outcome::SessionOpened { session, .. }))) => session,
+            other => panic!("{other:?}"),
+        }
+    };
+    let (h, w) = (open(&mut c, "holder"), open(&mut c, "waiter"));
+    let l = leader_of(&c, from);
+    let id = submit(&mut c, None, l, Request::Propose(acquire(name, h, 1, None)));
+    let Some(Ok(Answer::Applied(Outcome::Granted { token: t1 }))) = c.answers.remove(&id) else { panic!() };
+    let waiting =
+        submit(&mut c, None, l, Request::Acquire(baton_core::AcquireRequest::exclusive(name, w, 1, Some(60_000))));
+    assert!(!c.answers.contains_key(&waiting), "the waiter waits");
+    let source_floor = c.nodes[&l].node().state_machine(from).unwrap().last_token();
+
+    // Begin the move of the name's whole range at the meta leader.
+    let (start, end) = topology.groups[&from].slots.ranges()[0];
+    let meta_leader = leader_of(&c, baton_node::META_GROUP);
+    let id = submit(
+        &mut c,
+        Some(baton_node::META_GROUP),
+        meta_leader,
+        Request::Propose(Command::BeginMove { start, end, to }),
+    );
+    assert!(matches!(c.answers.remove(&id), Some(Ok(Answer::Applied(Outcome::MoveBegun { .. })))));
+    // The waiter's call at the source ends with a redirect to the destination.
+    for _ in 0..50 {
+        if c.nodes[&1].node().topology().unwrap().moves.is_empty() {
+            break;
+        }
+        c.advance(TICK_MS);
+    }
+    let after = c.nodes[&1].node().topology().unwrap().clone();
+    assert!(after.moves.is_empty(), "the move did not finish: {:?}", after.moves);
+    assert_eq!(after.group_of(slot), Some(to));
+    assert_eq!(after.version, topology.version + 1);
+    match c.answers.remove(&waiting) {
+        Some(Err(NodeError::Moved { group: Some(g), .. })) => assert_eq!(g, to),
+        other => panic!("the waiter's call should have been redirected, got {other:?}"),
+    }
+    for id in 1..=3 {
+        let n = c.nodes[&id].node();
+        assert!(n.state_machine(from).unwrap().lock(name).is_none(), "node {id}: the source still has it");
+        let lock = n.state_machine(to).unwrap().lock(name).expect("the destination has it");
+        assert_eq!(lock.held_by(), Some((h, t1)));
+        assert_eq!(lock.waiters.len(), 1);
+    }
+    // The holder releases at the destination; the waiter is granted above the source's floor.
+    let l2 = leader_of(&c, to);
+    let id = submit(&mut c, None, l2, Request::Propose(Command::Release { name: name.into(), session: h, token: t1 }));
+    assert!(matches!(c.answers.remove(&id), Some(Ok(_))));
+    let retry =
+        submit(&mut c, None, l2, Request::Acquire(baton_core::AcquireRequest::exclusive(name, w, 1, Some(60_000))));
+    match c.answers.remove(&retry) {
+        Some(Ok(Answer::Acquire(baton_node::AcquireResult::Granted(t2)))) => {
+            assert!(t2 > source_floor, "token {t2} is not above the source's {source_floor}")
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -65,48 +65,60 @@ pub(crate) async fn keepalive_loop(weak: Weak<Inner>) {
     }
 }
 
-/// Renews at one node, stream after stream, while the client lives.
+/// Renews at one node, stream after stream, while the client lives. Holds the client only
+/// between awaits, so that dropping it ends this task.
 async fn node_loop(weak: Weak<Inner>, addr: String) {
     loop {
         let Some(inner) = weak.upgrade() else { return };
-        let client = Client { inner };
-        if live_ids(&client).is_empty() {
+        if live_ids(&Client { inner: inner.clone() }).is_empty() {
             // At most a second, so that a client dropped meanwhile ends this loop soon.
-            let inner = client.inner.clone();
-            drop(client);
-            let _ = tokio::time::timeout(Duration::from_secs(1), inner.sessions_changed.notified()).await;
+            let changed = inner.sessions_changed.clone();
+            drop(inner);
+            let _ = tokio::time::timeout(Duration::from_secs(1), changed.notified()).await;
             continue;
         }
-        let pause = keepalive_stream(&client, &addr).await;
-        drop(client);
+        drop(inner);
+        let pause = keepalive_stream(&weak, &addr).await;
         tokio::time::sleep(pause).await;
     }
 }
 
-/// Runs one keepalive stream to `addr` until it fails; returns how long to pause before the
-/// next. The schedule — when to renew, when an unanswered renewal gives the stream up — is
-/// [`Renewals`].
-async fn keepalive_stream(client: &Client, addr: &str) -> Duration {
+/// The client, if it still exists.
+fn up(weak: &Weak<Inner>) -> Option<Client> {
+    weak.upgrade().map(|inner| Client { inner })
+}
+
+/// Runs one keepalive stream to `addr` until it fails (or the client is dropped); returns how
+/// long to pause before the next. The schedule — when to renew, when an unanswered renewal gives
+/// the stream up — is [`Renewals`].
+async fn keepalive_stream(weak: &Weak<Inner>, addr: &str) -> Duration {
+    let Some(client) = up(weak) else { return Duration::ZERO };
     let Ok(mut conn) = client.inner.router.conn_to(addr) else { return Duration::from_millis(200) };
     let clock = client.inner.clock;
-    let mut schedule = Renewals::new(min_ttl_ms(client), clock.now_ms());
+    let stream_failed = client.inner.stream_failed.clone();
+    let mut schedule = Renewals::new(min_ttl_ms(&client), clock.now_ms());
     let (tx, rx) = tokio::sync::mpsc::channel::<pb::KeepAliveRequest>(4);
     // The first renewal goes out with the call, so that the server has something to answer.
     if schedule.poll(clock.now_ms()) != Renew::Send
-        || tx.try_send(pb::KeepAliveRequest { session_ids: live_ids(client) }).is_err()
+        || tx.try_send(pb::KeepAliveRequest { session_ids: live_ids(&client) }).is_err()
     {
         return Duration::ZERO;
     }
-    let timeout = answer_timeout(Duration::from_millis(min_ttl_ms(client)));
+    let timeout = answer_timeout(Duration::from_millis(min_ttl_ms(&client)));
+    drop(client);
     let opened = tokio::time::timeout(timeout, conn.keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx)));
-    let mut responses = match opened.await {
+    let opened = opened.await;
+    let Some(client) = up(weak) else { return Duration::ZERO };
+    let mut responses = match opened {
         Ok(Ok(r)) => r.into_inner(),
-        Ok(Err(status)) => return failed(client, addr, AttemptError::from(status)),
-        Err(_) => return failed(client, addr, AttemptError::NoAnswer(format!("no stream within {timeout:?}"))),
+        Ok(Err(status)) => return failed(&client, addr, AttemptError::from(status)),
+        Err(_) => return failed(&client, addr, AttemptError::NoAnswer(format!("no stream within {timeout:?}"))),
     };
     let mut hurried_at = client.inner.stream_failed_ms.load(Ordering::Relaxed);
+    drop(client);
     loop {
-        schedule.shorten_ttl(min_ttl_ms(client));
+        let Some(client) = up(weak) else { return Duration::ZERO };
+        schedule.shorten_ttl(min_ttl_ms(&client));
         let failed_ms = client.inner.stream_failed_ms.load(Ordering::Relaxed);
         if failed_ms != hurried_at {
             hurried_at = failed_ms;
@@ -114,7 +126,8 @@ async fn keepalive_stream(client: &Client, addr: &str) -> Duration {
         }
         match schedule.poll(clock.now_ms()) {
             Renew::Send => {
-                let ids = live_ids(client);
+                let ids = live_ids(&client);
+                drop(client);
                 if ids.is_empty() {
                     return Duration::ZERO;
                 }
@@ -124,23 +137,27 @@ async fn keepalive_stream(client: &Client, addr: &str) -> Duration {
             }
             Renew::GiveUp => {
                 let why = format!("renewal not answered within {timeout:?}");
-                return failed(client, addr, AttemptError::NoAnswer(why));
+                return failed(&client, addr, AttemptError::NoAnswer(why));
             }
             Renew::Wait(until) => {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(clock.at(until)) => {}
+                drop(client);
+                let message = tokio::select! {
+                    _ = tokio::time::sleep_until(clock.at(until)) => None,
                     // Another stream failed: hurry (see above).
-                    _ = client.inner.stream_failed.notified() => {}
+                    _ = stream_failed.notified() => None,
                     // Cancel-safe: the stream keeps its state, a message is never half read.
-                    m = responses.message() => match m {
-                        Ok(Some(r)) => {
-                            if let Some(sent_ms) = schedule.answered() {
-                                apply(client, addr, &r, sent_ms);
-                            }
+                    m = responses.message() => Some(m),
+                };
+                let Some(client) = up(weak) else { return Duration::ZERO };
+                match message {
+                    None => {}
+                    Some(Ok(Some(r))) => {
+                        if let Some(sent_ms) = schedule.answered() {
+                            apply(&client, addr, &r, sent_ms);
                         }
-                        Ok(None) => return Duration::from_millis(50),
-                        Err(status) => return failed(client, addr, AttemptError::from(status)),
-                    },
+                    }
+                    Some(Ok(None)) => return Duration::from_millis(50),
+                    Some(Err(status)) => return failed(&client, addr, AttemptError::from(status)),
                 }
             }
         }

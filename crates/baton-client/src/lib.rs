@@ -164,13 +164,13 @@ pub(crate) struct Inner {
     clock: MonoClock,
     next_request: RequestIds,
     sessions: Mutex<BTreeMap<u64, Arc<SessionLease>>>,
-    sessions_changed: Notify,
+    sessions_changed: Arc<Notify>,
     /// Session renewals the leader acknowledged (for benchmarks and metrics).
     renewals: AtomicU64,
     /// When a keepalive stream last failed (client clock, ms; 0: never), and its signal: the
     /// other streams hurry their renewals then (see `keepalive.rs`).
     stream_failed_ms: AtomicU64,
-    stream_failed: Notify,
+    stream_failed: Arc<Notify>,
 }
 
 /// A connection to a Baton cluster. Cheap to clone.
@@ -202,10 +202,10 @@ impl Client {
             clock: MonoClock::start(),
             next_request: RequestIds::starting_at(request_id_seed()),
             sessions: Mutex::new(BTreeMap::new()),
-            sessions_changed: Notify::new(),
+            sessions_changed: Arc::new(Notify::new()),
             renewals: AtomicU64::new(0),
             stream_failed_ms: AtomicU64::new(0),
-            stream_failed: Notify::new(),
+            stream_failed: Arc::new(Notify::new()),
         });
         // The slot map comes in the background: until it does, every name goes to group 1, and
         // a redirect corrects that (connecting never waits on a node).
@@ -253,6 +253,27 @@ impl Client {
         self.attempts(self.plan(Op::Read), Target::Name(&name), |mut c, group| {
             let req = pb::DescribeRequest { name: name.clone(), group };
             async move { c.describe(req).await.map_err(AttemptError::from) }
+        })
+        .await
+    }
+
+    /// The cluster's layout as a node has it: every data group's slots, replicas and leader,
+    /// and the nodes' addresses.
+    pub async fn topology(&self) -> Result<pb::TopologyResponse> {
+        routing::refresh_once(&self.inner).await
+    }
+
+    /// Moves slots `start..=end` (all served by one group) to data group `to`, online, and
+    /// waits until the move has finished (at most a minute): see `MoveSlots` in the API.
+    pub async fn move_slots(&self, start: u16, end: u16, to: u64) -> Result<pb::MoveSlotsResponse> {
+        let plan = retry::Plan {
+            repeat: Op::MoveSlots.repeat(),
+            attempt: Duration::from_secs(70),
+            extra: Duration::from_secs(70),
+        };
+        self.attempts(plan, Target::Group(0), |mut c, _| async move {
+            let req = pb::MoveSlotsRequest { start: start as u32, end: end as u32, to_group: to };
+            c.move_slots(req).await.map_err(AttemptError::from)
         })
         .await
     }

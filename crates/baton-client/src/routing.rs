@@ -59,7 +59,7 @@ pub(crate) fn channel(addr: &str) -> Result<BatonClient<Channel>> {
 pub(crate) struct Router {
     state: Mutex<RouterState>,
     /// Wakes the refresh task (a redirect said the map is stale).
-    stale: Notify,
+    stale: Arc<Notify>,
     /// Take node addresses from topologies (`ClientOptions::discover`).
     discover: bool,
 }
@@ -98,7 +98,7 @@ impl Router {
             pipes: HashMap::new(),
             nodes: endpoints,
         };
-        Ok(Router { state: Mutex::new(state), stale: Notify::new(), discover })
+        Ok(Router { state: Mutex::new(state), stale: Arc::new(Notify::new()), discover })
     }
 
     /// The group a target is routed to (`None`: no group in particular).
@@ -211,36 +211,38 @@ impl RouterState {
 pub(crate) async fn refresh_loop(weak: Weak<Inner>) {
     loop {
         let Some(inner) = weak.upgrade() else { return };
-        refresh_once(&inner).await;
-        let stale = {
-            let inner = inner.clone();
-            async move { inner.router.stale.notified().await }
-        };
-        // Wait for a redirect or the period; then give a dropped client the chance to end this.
-        let _ = tokio::time::timeout(REFRESH_EVERY, stale).await;
+        if let Err(e) = refresh_once(&inner).await {
+            tracing::debug!("slot map refresh failed: {e}");
+        }
+        let stale = inner.router.stale.clone();
+        // Hold no reference while waiting, so that a dropped client ends this task.
         drop(inner);
+        let _ = tokio::time::timeout(REFRESH_EVERY, stale.notified()).await;
         tokio::time::sleep(REFRESH_PAUSE).await;
     }
 }
 
-/// Asks one node (the current endpoint, then the others) for the topology.
-pub(crate) async fn refresh_once(inner: &Inner) {
+/// Asks one node (the current endpoint, then the others) for the topology, and routes by it.
+pub(crate) async fn refresh_once(inner: &Inner) -> Result<pb::TopologyResponse> {
     let timeout = inner.options.attempt_timeout;
     let mut tried = Vec::new();
+    let mut last = String::from("no node to ask");
     for _ in 0..inner.router.nodes().len().max(1) {
-        let Ok((addr, mut conn)) = inner.router.current(None) else { return };
+        let (addr, mut conn) = inner.router.current(None)?;
         if tried.contains(&addr) {
             break;
         }
         match tokio::time::timeout(timeout, conn.topology(pb::TopologyRequest {})).await {
             Ok(Ok(t)) => {
-                inner.router.apply_topology(&t.into_inner());
-                return;
+                let t = t.into_inner();
+                inner.router.apply_topology(&t);
+                return Ok(t);
             }
-            _ => {
-                inner.router.moved_on(None, &addr, None);
-                tried.push(addr);
-            }
+            Ok(Err(s)) => last = format!("{addr}: {}", s.message()),
+            Err(_) => last = format!("{addr}: no answer within {timeout:?}"),
         }
+        inner.router.moved_on(None, &addr, None);
+        tried.push(addr);
     }
+    Err(Error::Unreachable(timeout, last))
 }

@@ -171,8 +171,9 @@ pub enum Outcome {
     HandedOff { bundle: Box<crate::moves::SlotBundle> },
     /// The destination of a slot move serves the range now, with this many names.
     TookOver { names: u64 },
-    /// The meta group started a slot move with this id.
-    MoveBegun { move_id: u64 },
+    /// The meta group started a slot move with this id; the map is at `version` until it
+    /// finishes.
+    MoveBegun { move_id: u64, version: u64 },
     /// The meta group's map moved with a finished move (false: it had finished already), now at
     /// this version.
     MoveFinished { finished: bool, version: u64 },

@@ -197,7 +197,7 @@ impl StateMachine {
         t.begin_move(index, start, end, to).map_err(Error::InvalidArgument)?;
         let version = t.version;
         events.push(Event::TopologyChanged { version });
-        Ok(Outcome::MoveBegun { move_id: index })
+        Ok(Outcome::MoveBegun { move_id: index, version })
     }
 
     fn finish_move(&mut self, move_id: u64, events: &mut Vec<Event>) -> Result<Outcome> {

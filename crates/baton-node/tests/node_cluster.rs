@@ -845,7 +845,7 @@ fn a_slot_move_keeps_holders_waiters_and_token_order() {
         c.settle();
         id
     };
-    let mut open = |c: &mut Cluster, client: &str| {
+    let open = |c: &mut Cluster, client: &str| {
         let l = leader_of(c, from);
         let id = submit(
             c,

@@ -14,6 +14,7 @@
 //! - Membership is the fixed `peers` list given at start (no reconfiguration yet).
 //! - Client and peer traffic is plaintext (TLS is a later issue).
 
+mod forward;
 pub mod runtime;
 pub mod service;
 pub mod status;
@@ -230,7 +231,9 @@ impl Server {
             let sender = transport::run_sender(local.clone(), id, addr.clone(), max_bytes, view.clone(), rx);
             tasks.push(tokio::spawn(sender).abort_handle());
         }
-        let (handle, thread, outcome) = runtime::spawn(node, store, boot, outboxes, view, config.tick)?;
+        let peers = runtime::Peers { addrs: config.peers.clone(), max_bytes };
+        let net = runtime::Net { outboxes, peers: Some(peers) };
+        let (handle, thread, outcome) = runtime::spawn(node, store, boot, net, view, config.tick)?;
 
         let client_api = tonic::transport::Server::builder()
             .tcp_nodelay(true)

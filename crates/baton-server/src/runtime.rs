@@ -48,6 +48,8 @@ pub enum Input {
     Request { group: Option<GroupId>, request: Request, tx: oneshot::Sender<Result<Answer, NodeError>> },
     /// The status of every group.
     Status { tx: oneshot::Sender<Vec<GroupStatus>> },
+    /// The answer to a step this node forwarded to another node (a slot move's).
+    Forwarded { id: RequestId, result: Result<baton_core::Outcome, NodeError> },
     /// Stop the loop.
     Stop,
 }
@@ -132,6 +134,8 @@ struct ServerEffects {
     /// Outgoing Raft messages are encoded into slices of this buffer: one allocation per
     /// ~64 KiB of messages (reclaimed once the transport has sent them), not one per message.
     encode_buf: BytesMut,
+    /// Slot moves' steps for other nodes.
+    forwarder: Option<crate::forward::Forwarder>,
 }
 
 impl Effects for ServerEffects {
@@ -160,6 +164,12 @@ impl Effects for ServerEffects {
     fn role(&mut self, group: GroupId, role: Role, leader: Option<NodeId>, term: u64) {
         tracing::info!(group, ?role, ?leader, term, "role changed");
         self.view.lock().expect("view lock").leaders.insert(group, leader);
+    }
+
+    fn forward(&mut self, to: NodeId, id: RequestId, group: GroupId, command: baton_core::Command) {
+        if let Some(f) = &mut self.forwarder {
+            f.forward(to, id, group, command);
+        }
     }
 
     fn flush(&mut self) {
@@ -196,17 +206,35 @@ fn encode(buf: &mut BytesMut, msg: &raft::eraftpb::Message) -> Bytes {
     buf.split().freeze()
 }
 
+/// Where forwarded steps go: the members' peer addresses, and the bound on a peer message.
+pub struct Peers {
+    /// Peer addresses by node.
+    pub addrs: BTreeMap<NodeId, String>,
+    /// Largest message to or from a peer.
+    pub max_bytes: usize,
+}
+
+/// How the node thread reaches the other nodes: the transport's outboxes for Raft messages, and
+/// (in a server) the peers for forwarded steps.
+pub struct Net {
+    /// Per-peer outboxes of the transport.
+    pub outboxes: Outboxes,
+    /// The peers (`None`: forwarded steps are dropped, and the mover retries them).
+    pub peers: Option<Peers>,
+}
+
 /// Starts the node thread. `boot` is the write returned by [`Node::new`], persisted first. The
-/// returned receiver tells how the thread ended (see [`Outcome`]).
+/// returned receiver tells how the thread ended (see [`Outcome`]). Called within a tokio
+/// runtime (forwarded steps run on it).
 pub fn spawn<S: LogStore + Send + 'static>(
     node: Node,
     store: S,
     boot: WriteBatch,
-    outboxes: Outboxes,
+    net: Net,
     view: Arc<Mutex<ClusterView>>,
     tick: Duration,
 ) -> std::io::Result<(NodeHandle, std::thread::JoinHandle<()>, watch::Receiver<Outcome>)> {
-    spawn_with_clock(node, store, boot, outboxes, view, tick, system_clock())
+    spawn_with_clock(node, store, boot, net, view, tick, system_clock())
 }
 
 /// [`spawn`] with the clock given.
@@ -214,7 +242,7 @@ fn spawn_with_clock<S: LogStore + Send + 'static>(
     node: Node,
     mut store: S,
     boot: WriteBatch,
-    outboxes: Outboxes,
+    net: Net,
     view: Arc<Mutex<ClusterView>>,
     tick: Duration,
     clock: Clock,
@@ -224,6 +252,8 @@ fn spawn_with_clock<S: LogStore + Send + 'static>(
     }
     let (tx, rx) = mpsc::channel();
     let id = node.id();
+    let Net { outboxes, peers } = net;
+    let forwarder = peers.map(|p| crate::forward::Forwarder::new(id, p.addrs, p.max_bytes, tx.clone()));
     let events = EventLogs::new(
         node.groups().into_iter().map(|g| (g, node.state_machine(g).map_or(0, |sm| sm.event_seq()) + 1)),
     );
@@ -248,6 +278,7 @@ fn spawn_with_clock<S: LogStore + Send + 'static>(
             answer_to: HashMap::new(),
             per_peer: BTreeMap::new(),
             encode_buf: BytesMut::new(),
+            forwarder,
         },
     };
     let (done_tx, done_rx) = watch::channel(None);
@@ -326,6 +357,7 @@ impl<S: LogStore> Runtime<S> {
             Input::Status { tx } => {
                 let _ = tx.send(self.driver.node().status());
             }
+            Input::Forwarded { id, result } => self.driver.node_mut().forwarded(id, result),
             Input::Stop => return false,
         }
         true
@@ -364,8 +396,8 @@ mod tests {
         };
         let view = Arc::new(Mutex::new(ClusterView::default()));
         let tick = Duration::from_millis(5);
-        let (handle, thread, _) =
-            spawn_with_clock(node, MemStore::default(), boot, Outboxes::new(), view, tick, clock).unwrap();
+        let net = Net { outboxes: Outboxes::new(), peers: None };
+        let (handle, thread, _) = spawn_with_clock(node, MemStore::default(), boot, net, view, tick, clock).unwrap();
         let status = |h: &NodeHandle| {
             let (tx, rx) = oneshot::channel();
             assert!(h.send(Input::Status { tx }));

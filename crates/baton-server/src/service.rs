@@ -470,6 +470,46 @@ impl Baton for BatonService {
         Ok(Response::new(pb::StatusResponse { node_id: self.node.id, groups, nodes, torn_tail_bytes, unclean_start }))
     }
 
+    async fn move_slots(
+        &self,
+        request: Request<pb::MoveSlotsRequest>,
+    ) -> Result<Response<pb::MoveSlotsResponse>, Status> {
+        let req = request.into_inner();
+        let last = baton_core::SLOTS as u32 - 1;
+        if req.start > req.end || req.end > last {
+            return Err(Status::invalid_argument(format!(
+                "slot range {}-{} is not a range of slots 0..={last}",
+                req.start, req.end
+            )));
+        }
+        check_group(req.to_group)?;
+        let command = Command::BeginMove { start: req.start as u16, end: req.end as u16, to: req.to_group };
+        let (move_id, begun_at) = match self.propose(Some(baton_node::META_GROUP), command).await? {
+            Outcome::MoveBegun { move_id, version } => (move_id, version),
+            other => return Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        };
+        // This node leads the meta group, so its map learns of the finish first: the version
+        // past the one the move began at, without the move.
+        let deadline = tokio::time::Instant::now() + MOVE_WAIT;
+        loop {
+            let version = {
+                let view = self.node.view.lock().expect("view lock");
+                let t = &view.topology;
+                (t.version > begun_at && !t.moves.contains_key(&move_id)).then_some(t.version)
+            };
+            if let Some(version) = version {
+                return Ok(Response::new(pb::MoveSlotsResponse { move_id, version }));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Status::deadline_exceeded(format!(
+                    "move {move_id} is still under way after {MOVE_WAIT:?} (a group without a leader?); it goes on by \
+                     itself: see `baton status`"
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     async fn topology(&self, _request: Request<pb::TopologyRequest>) -> Result<Response<pb::TopologyResponse>, Status> {
         let view = self.node.view.lock().expect("view lock");
         let groups = view
@@ -491,6 +531,9 @@ impl Baton for BatonService {
         }))
     }
 }
+
+/// How long MoveSlots waits for its move to finish before answering that it is still under way.
+const MOVE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn to_ranges(ranges: &[(u16, u16)]) -> Vec<pb::SlotRange> {
     ranges.iter().map(|(a, b)| pb::SlotRange { start: *a as u32, end: *b as u32 }).collect()

@@ -322,6 +322,14 @@ pub struct PeerService {
 impl Peer for PeerService {
     type RaftStream = ReceiverStream<Result<PeerReply, Status>>;
 
+    async fn forward(
+        &self,
+        request: Request<baton_proto::peer::ForwardRequest>,
+    ) -> Result<Response<baton_proto::peer::ForwardResponse>, Status> {
+        let members: Vec<NodeId> = self.local.members.keys().copied().collect();
+        crate::forward::serve(&self.node, &members, request.into_inner()).await.map(Response::new)
+    }
+
     async fn raft(&self, request: Request<Streaming<PeerFrame>>) -> Result<Response<Self::RaftStream>, Status> {
         let proof = PeerProof { remote_addr: request.remote_addr() };
         let remote = proof.remote_addr.map_or_else(|| "unknown address".to_string(), |a| a.to_string());

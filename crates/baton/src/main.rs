@@ -29,6 +29,7 @@ use baton_server::{Server, ServerConfig};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod cluster;
 mod sim;
 mod verbs;
 
@@ -259,6 +260,9 @@ enum Cmd {
         /// The name (or prefix).
         name: String,
     },
+    /// The cluster's layout: the slot map, moving slots between groups, balancing.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCmd),
     /// Show the cluster: nodes, groups, leaders, terms, indexes.
     Status {
         /// Comma-separated client addresses of any nodes.
@@ -481,6 +485,7 @@ async fn run(cmd: Cmd) -> ExitCode {
         Cmd::Rwlock { read, hold, .. } => lock(hold, if read { LockKind::Read } else { LockKind::Write }).await,
         Cmd::Sem { permits, capacity, hold } => lock(hold, LockKind::Semaphore { permits, capacity }).await,
         Cmd::Status { endpoints: eps, json } => status(eps, json).await,
+        Cmd::Cluster(cmd) => cluster::run(cmd).await,
         Cmd::Barrier { endpoints: eps, parties, wait, name } => barrier(eps, name, parties, wait).await,
         Cmd::Latch { endpoints: eps, wait, name, op, count } => latch(eps, name, op, count, wait).await,
         Cmd::Elect { endpoints: eps, ttl, observe, name, value } => elect(eps, ttl, observe, name, value).await,

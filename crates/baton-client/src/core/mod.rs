@@ -292,6 +292,8 @@ pub enum Op {
     RegisterSet,
     /// Any read: keepalive, describe, counter or register get, status.
     Read,
+    /// Begin a slot move (a repeat would be refused, or begin another).
+    MoveSlots,
 }
 
 impl Op {
@@ -306,9 +308,13 @@ impl Op {
             // taken it to zero (and it is forgotten then), and the repeat would set it again. A
             // late repeat of a proclaim could publish an older value over a newer one (both
             // found by review).
-            Op::Proclaim | Op::LatchSet | Op::LatchCountDown | Op::CounterAdd | Op::CounterCas | Op::RegisterSet => {
-                Repeat::Once
-            }
+            Op::Proclaim
+            | Op::LatchSet
+            | Op::LatchCountDown
+            | Op::CounterAdd
+            | Op::CounterCas
+            | Op::RegisterSet
+            | Op::MoveSlots => Repeat::Once,
         }
     }
 }

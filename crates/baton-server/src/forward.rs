@@ -1,0 +1,125 @@
+//! Proposals made on another node's behalf: the steps of a slot move (see `baton_node::mover`).
+//!
+//! The node that leads the meta group drives each move; a step whose group is led elsewhere
+//! becomes a `Forward` call on the peer port of that group's leader. The receiving node proposes
+//! it to the group like any request (refusing if it does not lead it) and answers with the
+//! outcome; the asking node's mover gets that answer. Only hand-offs and take-overs are
+//! accepted: nothing else needs another node's hand, and the peer port is not a second client
+//! API. A lost or failed call is simply retried by the mover after a pause.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use baton_core::{Command, Outcome};
+use baton_node::{GroupId, NodeError, NodeId, Request, RequestId};
+use baton_proto::peer::peer_client::PeerClient;
+use baton_proto::peer::{ForwardRequest, ForwardResponse};
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+use tonic::Status;
+
+use crate::runtime::{Input, NodeHandle};
+
+/// How long a forwarded step may take before its caller gives up (the mover retries).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The asking side, used from the node thread: one lazily connected channel per peer.
+pub(crate) struct Forwarder {
+    me: NodeId,
+    runtime: tokio::runtime::Handle,
+    peers: BTreeMap<NodeId, String>,
+    channels: BTreeMap<NodeId, PeerClient<Channel>>,
+    max_bytes: usize,
+    /// Where answers go: back into the node thread's input channel.
+    back: mpsc::Sender<Input>,
+}
+
+impl Forwarder {
+    pub(crate) fn new(
+        me: NodeId,
+        peers: BTreeMap<NodeId, String>,
+        max_bytes: usize,
+        back: mpsc::Sender<Input>,
+    ) -> Forwarder {
+        Forwarder { me, runtime: tokio::runtime::Handle::current(), peers, channels: BTreeMap::new(), max_bytes, back }
+    }
+
+    /// Sends `command` for `group` to node `to`; its answer comes back as [`Input::Forwarded`].
+    pub(crate) fn forward(&mut self, to: NodeId, id: RequestId, group: GroupId, command: Command) {
+        let back = self.back.clone();
+        let Some(client) = self.channel(to) else {
+            let err = NodeError::Unavailable(format!("node {to} has no known peer address"));
+            let _ = back.send(Input::Forwarded { id, result: Err(err) });
+            return;
+        };
+        let request =
+            ForwardRequest { from: self.me, group, command: bincode::serialize(&command).expect("commands serialise") };
+        self.runtime.spawn(async move {
+            let mut client = client;
+            let result = match tokio::time::timeout(FORWARD_TIMEOUT, client.forward(request)).await {
+                Ok(Ok(r)) => decode(r.into_inner()),
+                Ok(Err(s)) => Err(NodeError::Unavailable(format!("forward to node {to}: {}", s.message()))),
+                Err(_) => Err(NodeError::Unavailable(format!("node {to} did not answer a forwarded step"))),
+            };
+            let _ = back.send(Input::Forwarded { id, result });
+        });
+    }
+
+    fn channel(&mut self, to: NodeId) -> Option<PeerClient<Channel>> {
+        if let Some(c) = self.channels.get(&to) {
+            return Some(c.clone());
+        }
+        let addr = self.peers.get(&to)?;
+        let uri = if addr.contains("://") { addr.clone() } else { format!("http://{addr}") };
+        let endpoint = tonic::transport::Endpoint::from_shared(uri).ok()?.connect_timeout(Duration::from_secs(1));
+        // A lazy channel still needs the runtime's reactor at hand (this is the node thread).
+        let _in_runtime = self.runtime.enter();
+        let client = PeerClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(self.max_bytes)
+            .max_encoding_message_size(self.max_bytes);
+        self.channels.insert(to, client.clone());
+        Some(client)
+    }
+}
+
+fn decode(r: ForwardResponse) -> Result<Outcome, NodeError> {
+    if r.not_leader {
+        return Err(NodeError::NotLeader { group: 0, leader: (r.leader != 0).then_some(r.leader) });
+    }
+    if !r.error.is_empty() {
+        return Err(NodeError::Unavailable(r.error));
+    }
+    bincode::deserialize(&r.outcome).map_err(|e| NodeError::Unavailable(format!("undecodable forwarded outcome: {e}")))
+}
+
+/// The answering side: proposes a forwarded step here.
+pub(crate) async fn serve(
+    node: &NodeHandle,
+    members: &[NodeId],
+    req: ForwardRequest,
+) -> Result<ForwardResponse, Status> {
+    if !members.contains(&req.from) || req.from == node.id {
+        return Err(Status::permission_denied(format!("node {} is not another member of this cluster", req.from)));
+    }
+    let command: Command = bincode::deserialize(&req.command)
+        .map_err(|e| Status::invalid_argument(format!("undecodable forwarded command: {e}")))?;
+    if !matches!(command, Command::HandOff { .. } | Command::TakeOver { .. }) {
+        return Err(Status::invalid_argument("only slot hand-offs and take-overs are forwarded"));
+    }
+    let (tx, rx) = oneshot::channel();
+    if !node.send(Input::Request { group: Some(req.group), request: Request::Propose(command), tx }) {
+        return Err(crate::status::stopped());
+    }
+    let answer = rx.await.map_err(|_| crate::status::stopped())?;
+    Ok(match answer {
+        Ok(baton_node::Answer::Applied(outcome)) => {
+            ForwardResponse { outcome: bincode::serialize(&outcome).expect("outcomes serialise"), ..Default::default() }
+        }
+        Ok(other) => ForwardResponse { error: format!("unexpected answer {other:?}"), ..Default::default() },
+        Err(NodeError::NotLeader { leader, .. }) => {
+            ForwardResponse { not_leader: true, leader: leader.unwrap_or(0), ..Default::default() }
+        }
+        Err(e) => ForwardResponse { error: e.to_string(), ..Default::default() },
+    })
+}

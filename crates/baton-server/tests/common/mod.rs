@@ -1,0 +1,122 @@
+//! The test harness shared by the cluster tests: real nodes in one process.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use baton_client::{Client, ClientOptions};
+use baton_server::{Server, ServerConfig};
+use tokio::net::TcpListener;
+
+/// Real nodes in this process, each with its own sockets on 127.0.0.1 and data folder.
+pub struct TestCluster {
+    pub dirs: BTreeMap<u64, tempfile::TempDir>,
+    pub peers: BTreeMap<u64, String>,
+    pub client_addrs: BTreeMap<u64, String>,
+    pub servers: BTreeMap<u64, Server>,
+    pub snapshot_entries: u64,
+    pub lease_reads: bool,
+    /// Data groups of the new cluster.
+    pub groups: u64,
+}
+
+impl TestCluster {
+    pub async fn start(n: u64, snapshot_entries: u64) -> TestCluster {
+        TestCluster::start_with(n, snapshot_entries, false).await
+    }
+
+    pub async fn start_with(n: u64, snapshot_entries: u64, lease_reads: bool) -> TestCluster {
+        TestCluster::start_sharded(n, snapshot_entries, lease_reads, 1).await
+    }
+
+    /// A cluster of `n` nodes whose names are sharded over `groups` data groups.
+    pub async fn start_sharded(n: u64, snapshot_entries: u64, lease_reads: bool, groups: u64) -> TestCluster {
+        let mut peer_listeners = BTreeMap::new();
+        let mut client_listeners = BTreeMap::new();
+        for id in 1..=n {
+            peer_listeners.insert(id, TcpListener::bind("127.0.0.1:0").await.unwrap());
+            client_listeners.insert(id, TcpListener::bind("127.0.0.1:0").await.unwrap());
+        }
+        let peers = peer_listeners.iter().map(|(id, l)| (*id, l.local_addr().unwrap().to_string())).collect();
+        let client_addrs = client_listeners.iter().map(|(id, l)| (*id, l.local_addr().unwrap().to_string())).collect();
+        let mut c = TestCluster {
+            dirs: BTreeMap::new(),
+            peers,
+            client_addrs,
+            servers: BTreeMap::new(),
+            snapshot_entries,
+            lease_reads,
+            groups,
+        };
+        for id in 1..=n {
+            c.dirs.insert(id, tempfile::tempdir().unwrap());
+            let (cl, pl) = (client_listeners.remove(&id).unwrap(), peer_listeners.remove(&id).unwrap());
+            c.launch(id, cl, pl).await;
+        }
+        c
+    }
+
+    pub async fn launch(&mut self, id: u64, client: TcpListener, peer: TcpListener) {
+        let mut config = ServerConfig::new(id, self.dirs[&id].path().to_path_buf(), self.peers.clone());
+        config.tick = Duration::from_millis(50);
+        config.snapshot_entries = self.snapshot_entries;
+        config.lease_reads = self.lease_reads;
+        config.groups = self.groups;
+        let server = Server::start_with_listeners(config, client, peer).await.unwrap();
+        self.servers.insert(id, server);
+    }
+
+    pub async fn stop(&mut self, id: u64) {
+        if let Some(s) = self.servers.remove(&id) {
+            s.shutdown().await;
+        }
+    }
+
+    pub async fn restart(&mut self, id: u64) {
+        let client = bind_again(&self.client_addrs[&id]).await;
+        let peer = bind_again(&self.peers[&id]).await;
+        self.launch(id, client, peer).await;
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.client_addrs.values().cloned().collect()
+    }
+
+    pub async fn client(&self) -> Client {
+        let options =
+            ClientOptions { client_id: "test".into(), request_timeout: Duration::from_secs(20), ..Default::default() };
+        Client::connect_with(self.endpoints(), options).await.unwrap()
+    }
+
+    /// The leader that every running node agrees on.
+    pub async fn leader(&self) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut seen = Vec::new();
+            for id in self.servers.keys() {
+                if let Ok(s) = Client::status_of(&self.client_addrs[id]).await {
+                    seen.push(s.groups[0].leader);
+                }
+            }
+            if !seen.is_empty()
+                && seen[0] != 0
+                && seen.iter().all(|l| *l == seen[0])
+                && self.servers.contains_key(&seen[0])
+            {
+                return seen[0];
+            }
+            assert!(Instant::now() < deadline, "no agreed leader: {seen:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+pub async fn bind_again(addr: &str) -> TcpListener {
+    for _ in 0..100 {
+        if let Ok(l) = TcpListener::bind(addr).await {
+            return l;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("cannot bind {addr} again");
+}

@@ -47,13 +47,20 @@ pub struct Bugs {
     pub proclaim_ignores_token: bool,
     /// A latch lets its waiters pass when its count reaches one, not zero (latch).
     pub latch_opens_early: bool,
+    /// A slot move's destination keeps its own token counter instead of raising it to the
+    /// source's: a moved name can be granted a token below one it had (fencing; needs groups).
+    pub takeover_ignores_token_floor: bool,
+    /// A slot move's source hands the range's state over but goes on serving its slots: a moved
+    /// name is free again at the source while the destination has its holder (mutual
+    /// exclusion; needs groups).
+    pub handoff_keeps_serving: bool,
 }
 
 /// Picks one flag out of a [`Bugs`].
 type Flag = fn(&mut Bugs) -> &mut bool;
 
 /// The command-line names of the bugs, with the flag each sets.
-const TABLE: [(&str, Flag); 15] = [
+const TABLE: [(&str, Flag); 17] = [
     ("grant-ignores-queue", |b| &mut b.grant_ignores_queue),
     ("token-reset-on-restart", |b| &mut b.token_reset_on_restart),
     ("follower-expiry", |b| &mut b.follower_expiry),
@@ -69,6 +76,8 @@ const TABLE: [(&str, Flag); 15] = [
     ("values-ignore-kind", |b| &mut b.values_ignore_kind),
     ("proclaim-ignores-token", |b| &mut b.proclaim_ignores_token),
     ("latch-opens-early", |b| &mut b.latch_opens_early),
+    ("takeover-ignores-token-floor", |b| &mut b.takeover_ignores_token_floor),
+    ("handoff-keeps-serving", |b| &mut b.handoff_keeps_serving),
 ];
 
 impl Bugs {

@@ -186,7 +186,9 @@ impl StateMachine {
             };
             bundle.sessions.push((*id, moved));
         }
-        self.slots.remove_range(start, end);
+        if !self.bugs.handoff_keeps_serving {
+            self.slots.remove_range(start, end);
+        }
         self.handoffs.push_back(bundle.clone());
         if self.handoffs.len() > MOVES_KEPT {
             self.handoffs.pop_front();
@@ -214,7 +216,9 @@ impl StateMachine {
             )));
         }
         let now = self.now_ms;
-        self.last_token = self.last_token.max(bundle.token_floor);
+        if !self.bugs.takeover_ignores_token_floor {
+            self.last_token = self.last_token.max(bundle.token_floor);
+        }
         self.last_version = self.last_version.max(bundle.version_floor);
         for (id, moved) in &bundle.sessions {
             if !self.sessions.contains_key(id) {

@@ -78,13 +78,22 @@ pub struct RegisterOp {
     pub version: Option<u64>,
 }
 
+/// What a node is applying: (group, log index), and the (sequence number, event) pairs so far.
+type Applying = ((u64, u64), Vec<(u64, Event)>);
+
 /// Everything the checkers look at.
 #[derive(Default)]
 pub struct History {
-    /// The (sequence number, event) pairs of each applied log index, as first applied anywhere.
-    log: BTreeMap<u64, Vec<(u64, Event)>>,
-    /// Per node: the index being applied and its events so far.
-    applying: BTreeMap<u64, (u64, Vec<(u64, Event)>)>,
+    /// The (sequence number, event) pairs of each applied log entry of every group, as first
+    /// applied anywhere, keyed by the order in which entries were first applied: within a group
+    /// that is log order, and across groups it follows causality (a slot move's take-over is
+    /// applied after its hand-off), so every name's history reads in order. Each entry keeps its
+    /// group.
+    log: BTreeMap<u64, (u64, Vec<(u64, Event)>)>,
+    /// (group, log index) -> its key in `log`, for agreement.
+    first: BTreeMap<(u64, u64), u64>,
+    /// Per node: the (group, index) being applied and its events so far.
+    applying: BTreeMap<u64, Applying>,
     /// Completed holds.
     pub holds: Vec<Hold>,
     /// Grants clients received: (name, session, token, time).
@@ -105,12 +114,13 @@ pub struct History {
 }
 
 impl History {
-    /// A node applied `event` at log `index`.
-    pub fn applied(&mut self, node: u64, index: u64, seq: u64, event: Event, now: Time) {
-        let entry = self.applying.entry(node).or_insert((index, Vec::new()));
-        if entry.0 != index {
-            let (done_index, events) = std::mem::replace(entry, (index, Vec::new()));
-            self.finish(node, done_index, events, now);
+    /// A node applied `event` at log `index` of `group`.
+    pub fn applied(&mut self, node: u64, group: u64, index: u64, seq: u64, event: Event, now: Time) {
+        let at = (group, index);
+        let entry = self.applying.entry(node).or_insert((at, Vec::new()));
+        if entry.0 != at {
+            let (done, events) = std::mem::replace(entry, (at, Vec::new()));
+            self.finish(node, done, events, now);
         }
         self.applying.get_mut(&node).expect("just inserted").1.push((seq, event));
     }
@@ -122,18 +132,20 @@ impl History {
         }
     }
 
-    fn finish(&mut self, node: u64, index: u64, events: Vec<(u64, Event)>, now: Time) {
-        match self.log.get(&index) {
-            Some(first) if *first != events => self.violations.push(Violation {
+    fn finish(&mut self, node: u64, (group, index): (u64, u64), events: Vec<(u64, Event)>, now: Time) {
+        match self.first.get(&(group, index)).and_then(|k| self.log.get(k)) {
+            Some((_, first)) if *first != events => self.violations.push(Violation {
                 property: "agreement",
                 detail: format!(
-                    "node {node} applied index {index} as {events:?}, but it was first applied as {first:?}"
+                    "node {node} applied index {index} of group {group} as {events:?}, but it was first applied as {first:?}"
                 ),
                 at: now,
             }),
             Some(_) => {}
             None => {
-                self.log.insert(index, events);
+                let key = self.log.len() as u64 + 1;
+                self.first.insert((group, index), key);
+                self.log.insert(key, (group, events));
             }
         }
     }
@@ -202,7 +214,7 @@ impl History {
     fn check_latch(&mut self) {
         let mut queued = BTreeSet::new();
         let mut passed = BTreeMap::new();
-        for (index, events) in &self.log {
+        for (index, (_, events)) in &self.log {
             let opened = events
                 .iter()
                 .any(|(_, e)| matches!(e, Event::CounterChanged { name, value: 0 } if name.starts_with("latch")));
@@ -242,7 +254,7 @@ impl History {
     /// and no acquire call (whatever ids its attempts carried) was granted twice.
     fn check_once(&mut self) {
         let mut grants: BTreeMap<(SessionId, u64), Vec<u64>> = BTreeMap::new();
-        for (index, events) in &self.log {
+        for (index, (_, events)) in &self.log {
             for (_, e) in events {
                 if let Event::Granted { session, request_id, .. } = e {
                     grants.entry((*session, *request_id)).or_default().push(*index);
@@ -275,7 +287,7 @@ impl History {
         // Per name: sessions holding it and (session, request) waiting for it, in log order.
         let mut holders: BTreeMap<&str, BTreeSet<SessionId>> = BTreeMap::new();
         let mut waiters: BTreeMap<&str, BTreeSet<(SessionId, u64)>> = BTreeMap::new();
-        for (index, events) in &self.log {
+        for (index, (_, events)) in &self.log {
             for (_, e) in events {
                 match e {
                     Event::Queued { name, session, request_id } => {
@@ -321,7 +333,7 @@ impl History {
     /// barrier grants exactly `BARRIER_PARTIES` distinct sessions.
     fn check_barrier(&mut self) {
         let mut found = Vec::new();
-        for (index, events) in &self.log {
+        for (index, (_, events)) in &self.log {
             let passed: BTreeSet<SessionId> = events
                 .iter()
                 .filter_map(|(_, e)| match e {
@@ -395,11 +407,14 @@ impl History {
         let mut last: BTreeMap<&str, u64> = BTreeMap::new();
         let mut issued = BTreeSet::new();
         let mut found = Vec::new();
-        for (index, events) in &self.log {
+        for (index, (group, events)) in &self.log {
             for (_, e) in events {
                 if let Event::Granted { name, token, .. } = e {
-                    if !issued.insert(*token) {
-                        found.push(format!("token {token} issued twice (again at index {index} for {name:?})"));
+                    // Tokens come from one counter per group.
+                    if !issued.insert((*group, *token)) {
+                        found.push(format!(
+                            "token {token} issued twice by group {group} (again at entry {index} for {name:?})"
+                        ));
                     }
                     let prev = last.insert(name, *token).unwrap_or(0);
                     if *token <= prev {
@@ -417,7 +432,7 @@ impl History {
         let granted: BTreeSet<(&str, SessionId, u64)> = self
             .log
             .values()
-            .flatten()
+            .flat_map(|(_, events)| events)
             .filter_map(|(_, e)| match e {
                 Event::Granted { name, session, token, .. } => Some((name.as_str(), *session, *token)),
                 _ => None,

@@ -2,20 +2,23 @@
 //! its calls with their retries.
 //!
 //! Every rule of the real client comes from [`baton_client::core`], the same code the async
-//! client runs: the lease deadline ([`Lease`]), when to renew and when an unanswered renewal
-//! gives a node up ([`Renewals`]), which node to ask ([`Route`]), what a failed attempt means
-//! for each operation ([`decide`] over the [`ErrorClass`] a [`NodeError`] maps to), and request
-//! ids ([`RequestIds`]). What this file adds is only the simulated I/O: messages through the
-//! world, timers as wake-ups, time as the client's own clock in ms. What the client does
-//! (the workload) and what it checks of each answer is in `workload.rs`.
+//! client runs: the lease deadline across groups ([`Lease`]), when to renew and when an
+//! unanswered renewal gives a stream up ([`Renewals`], one schedule per node as the real client
+//! keeps one stream per node), which group serves a name and which node leads it ([`Routes`]),
+//! what a failed attempt means for each operation ([`decide`] over the [`ErrorClass`] a
+//! [`NodeError`] maps to, redirects recorded in the slot map), attaching a session to a group
+//! before its first request there, and request ids ([`RequestIds`]). What this file adds is
+//! only the simulated I/O: messages through the world, timers as wake-ups, time as the
+//! client's own clock in ms. What the client does (the workload) and what it checks of each
+//! answer is in `workload.rs`.
 
 use std::collections::{BTreeMap, VecDeque};
 
 use baton_client::core::{
-    attempt_timeout_ms, decide, next_backoff_ms, renew_pause_ms, request_id_seed, Decision, ErrorClass, Lease, Op,
-    Renew, Renewals, RequestIds, Route, FIRST_BACKOFF_MS,
+    attempt_timeout_ms, decide, next_backoff_ms, renew_interval_ms, renew_pause_ms, request_id_seed, Decision,
+    ErrorClass, Lease, Op, Renew, Renewals, RequestIds, Routes, FIRST_BACKOFF_MS, HURRY_INTERVAL_MS,
 };
-use baton_core::SessionId;
+use baton_core::{Command, Outcome, SessionId};
 use baton_node::{Answer, NodeError, Request};
 use rand_chacha::ChaCha8Rng;
 
@@ -46,9 +49,10 @@ impl Clock {
 /// A message from a client to a node.
 #[derive(Clone, Debug)]
 pub enum ClientMsg {
-    /// A request answered through `Requests` (keepalives are reads), with the client's
-    /// operation for it: the network duplicates only what the client's own rule repeats.
-    Request { creq: u64, op: Op, request: Request },
+    /// A request answered through `Requests`, for `group` (`None`: the node routes it), with
+    /// the client's operation for it: the network duplicates only what the client's own rule
+    /// repeats.
+    Request { creq: u64, op: Op, group: Option<u64>, request: Request },
 }
 
 /// A node's answer to a client.
@@ -69,13 +73,12 @@ pub struct Effects {
 const ATTEMPT_MS: u64 = 1_000;
 const MAX_ATTEMPT_MS: u64 = 30_000;
 
-/// The client's session: its lease and renewal schedule, from the shared rules.
+/// The client's session: its lease and one renewal schedule per node, from the shared rules.
 pub(crate) struct Session {
     pub(crate) id: SessionId,
     pub(crate) lease: Lease,
-    renewals: Renewals,
-    /// The renewal in flight: its creq and the node it went to.
-    keepalive: Option<(u64, u64)>,
+    /// Per node: its renewal schedule and the creq of the renewal in flight there.
+    streams: BTreeMap<u64, (Renewals, Option<u64>)>,
 }
 
 /// The call in flight: its request, where its attempt went, and when that is given up.
@@ -84,6 +87,8 @@ pub(crate) struct Call {
     node: u64,
     op: Op,
     pub(crate) request: Request,
+    /// The attempt in flight attaches the session to this group first (its first request there).
+    attaching: Option<(u64, u64)>,
     wait_ms: u64,
     /// When the attempt in flight is given up (no answer).
     timeout_local: u64,
@@ -105,8 +110,9 @@ pub(crate) enum Failure {
 /// statuses into the same classes: `baton_client::retry::class_of_status`).
 pub(crate) fn class_of(e: &NodeError) -> ErrorClass<u64> {
     match e {
-        NodeError::NotLeader { leader, .. } | NodeError::Moved { leader, .. } => {
-            ErrorClass::NotLeader { leader: *leader }
+        NodeError::NotLeader { leader, .. } => ErrorClass::NotLeader { leader: *leader },
+        NodeError::Moved { group, leader, version, .. } => {
+            ErrorClass::Moved { group: group.unwrap_or(0), version: *version, leader: *leader }
         }
         NodeError::Busy(_) => ErrorClass::Busy,
         NodeError::Unavailable(_) => ErrorClass::MayHaveApplied,
@@ -124,7 +130,7 @@ pub struct SimClient {
     pub(crate) names: usize,
     pub(crate) ttl_ms: u64,
     nodes: usize,
-    pub(crate) route: Route<u64>,
+    pub(crate) routes: Routes<u64>,
     pub(crate) ids: RequestIds,
     pub(crate) session: Option<Session>,
     pub(crate) call: Option<Call>,
@@ -149,7 +155,20 @@ pub struct SimClient {
 }
 
 impl SimClient {
-    pub fn new(id: usize, clock: Clock, nodes: usize, names: usize, ttl_ms: u64, bugs: baton_core::Bugs) -> Self {
+    /// A client of a cluster of `nodes`, starting with the map of `topology` (as the real
+    /// client's first refresh gives it).
+    pub fn new(
+        id: usize,
+        clock: Clock,
+        nodes: usize,
+        names: usize,
+        ttl_ms: u64,
+        bugs: baton_core::Bugs,
+        topology: &baton_core::Topology,
+    ) -> Self {
+        let mut routes = Routes::new((1..=nodes as u64).collect(), id);
+        let groups: Vec<(u64, Vec<(u16, u16)>)> = topology.groups.iter().map(|(g, p)| (*g, p.slots.ranges())).collect();
+        routes.map.replace(topology.version, &groups);
         SimClient {
             id,
             clock,
@@ -157,7 +176,7 @@ impl SimClient {
             names,
             ttl_ms,
             nodes,
-            route: Route::new((1..=nodes as u64).collect(), id),
+            routes,
             // The real client seeds its ids from the wall clock at start, which all clients
             // share: virtual time here (all start at 0, so their ids meet, as they may).
             ids: RequestIds::starting_at(request_id_seed(0)),
@@ -293,13 +312,10 @@ impl SimClient {
     /// A session was opened: its lease runs from the open's first send, renewals start a
     /// renewal interval from now.
     pub(crate) fn opened(&mut self, id: SessionId, ttl_ms: u64, first_sent_local: u64, local: u64) {
-        let first = local + baton_client::core::renew_interval_ms(ttl_ms);
-        self.session = Some(Session {
-            id,
-            lease: Lease::new(ttl_ms, (id >> 48) + 1, first_sent_local, local),
-            renewals: Renewals::new(ttl_ms, first),
-            keepalive: None,
-        });
+        let first = local + renew_interval_ms(ttl_ms);
+        let streams = (1..=self.nodes as u64).map(|n| (n, (Renewals::new(ttl_ms, first), None))).collect();
+        self.session =
+            Some(Session { id, lease: Lease::new(ttl_ms, (id >> 48) + 1, first_sent_local, local), streams });
     }
 
     /// Handles an answer (if any), then makes progress. Returns the next virtual time to wake.
@@ -338,23 +354,27 @@ impl SimClient {
         (fx, self.virtual_at(next).max(now + 1))
     }
 
-    /// Sends a renewal when the shared schedule says so; gives a silent node up when it says so.
+    /// Sends a renewal on each node's schedule when it says so; gives a silent node up when it
+    /// says so (and hurries the other streams, as the real client does).
     fn keepalive(&mut self, local: u64, fx: &mut Effects) {
-        for _ in 0..2 {
-            let Some(s) = self.session.as_mut() else { return };
-            match s.renewals.poll(local) {
-                Renew::Wait(_) => return,
-                Renew::Send => {
-                    let (sid, node) = (s.id, *self.route.current());
-                    let creq = self.creq();
-                    let s = self.session.as_mut().expect("checked");
-                    s.keepalive = Some((creq, node));
-                    let request = Request::KeepAlive(vec![sid]);
-                    fx.sends.push((node, ClientMsg::Request { creq, op: Op::Read, request }));
-                    return;
-                }
-                Renew::GiveUp => {
-                    if let Some((_, node)) = s.keepalive.take() {
+        let nodes: Vec<u64> = (1..=self.nodes as u64).collect();
+        for node in nodes {
+            for _ in 0..2 {
+                let Some(s) = self.session.as_mut() else { return };
+                let (renewals, in_flight) = s.streams.get_mut(&node).expect("a stream per node");
+                match renewals.poll(local) {
+                    Renew::Wait(_) => break,
+                    Renew::Send => {
+                        let sid = s.id;
+                        let creq = self.creq();
+                        let s = self.session.as_mut().expect("checked");
+                        s.streams.get_mut(&node).expect("present").1 = Some(creq);
+                        let request = Request::KeepAlive(vec![sid]);
+                        fx.sends.push((node, ClientMsg::Request { creq, op: Op::Read, group: None, request }));
+                        break;
+                    }
+                    Renew::GiveUp => {
+                        *in_flight = None;
                         self.renewal_failed(local, node, ErrorClass::NoAnswer);
                     }
                 }
@@ -362,23 +382,34 @@ impl SimClient {
         }
     }
 
-    /// A renewal failed: move on as the shared rule says for a read, and pause as the async
-    /// client pauses before its next stream.
+    /// A renewal at `node` failed: a node that leads nothing is asked again after a renewal
+    /// interval (a hurry's, during a failover); any other failure pauses that stream briefly
+    /// and hurries the others (the groups the node led get new leaders elsewhere).
     fn renewal_failed(&mut self, local: u64, node: u64, class: ErrorClass<u64>) {
-        let (leader, stay) = match decide(class, Op::Read.repeat()) {
-            Decision::Retry { leader, stay, .. } => (leader, stay),
-            Decision::Refused | Decision::OutcomeUnknown => (None, false),
-        };
-        let redirected = !stay && self.route.moved_on(&node, leader);
-        if let Some(s) = self.session.as_mut() {
-            s.renewals.failed(local + renew_pause_ms(redirected));
+        let Some(s) = self.session.as_mut() else { return };
+        let ttl = s.lease.ttl_ms();
+        if let ErrorClass::NotLeader { .. } = class {
+            let hurrying = s.streams.values().any(|(r, _)| r.hurrying(local));
+            let pause = if hurrying { HURRY_INTERVAL_MS } else { renew_interval_ms(ttl) };
+            s.streams.get_mut(&node).expect("present").0.failed(local + pause);
+            return;
+        }
+        for (n, (r, _)) in s.streams.iter_mut() {
+            if *n == node {
+                r.failed(local + renew_pause_ms(false));
+            } else {
+                r.hurry(local);
+            }
         }
     }
 
     fn next_wake(&self, local: u64) -> u64 {
         let mut next = local + 200;
         if let Some(s) = &self.session {
-            next = next.min(s.renewals.next_ms()).min(s.lease.deadline_ms());
+            next = next.min(s.lease.deadline_ms());
+            for (r, _) in s.streams.values() {
+                next = next.min(r.next_ms());
+            }
         }
         match &self.call {
             Some(c) => next = next.min(c.resend_local.unwrap_or(c.timeout_local)),
@@ -397,8 +428,49 @@ impl SimClient {
     /// session close), to the node the route points to; the answer's creq.
     pub(crate) fn send_once(&mut self, op: Op, request: Request, fx: &mut Effects) -> u64 {
         let creq = self.creq();
-        fx.sends.push((*self.route.current(), ClientMsg::Request { creq, op, request }));
+        let (node, group) = self.target(&request);
+        fx.sends.push((node, ClientMsg::Request { creq, op, group, request }));
         creq
+    }
+
+    /// Sends one attempt of `request` to `group`'s leader (a session's close in one group).
+    pub(crate) fn send_to_group(&mut self, op: Op, group: u64, request: Request, fx: &mut Effects) -> u64 {
+        let creq = self.creq();
+        let node = self.routes.target(Some(group));
+        fx.sends.push((node, ClientMsg::Request { creq, op, group: Some(group), request }));
+        creq
+    }
+
+    /// Where a request goes, as the real client routes it: a named request to the leader of the
+    /// group serving the name (and it says which group), an open to the leader of the client
+    /// id's group (the server routes it), anything else to the current endpoint.
+    fn target(&self, request: &Request) -> (u64, Option<u64>) {
+        match request {
+            Request::Propose(Command::OpenSession { client, .. }) => {
+                (self.routes.target(Some(self.routes.map.group_of(client))), None)
+            }
+            r => match r.routing_key() {
+                Some(name) => {
+                    let g = self.routes.map.group_of(name);
+                    (self.routes.target(Some(g)), Some(g))
+                }
+                None => (self.routes.target(None), None),
+            },
+        }
+    }
+
+    /// The group a call about our session must be attached to first, if any.
+    fn needs_attach(&self, request: &Request) -> Option<u64> {
+        let s = self.session.as_ref()?;
+        let session = match request {
+            Request::Acquire(r) => r.session,
+            Request::Propose(
+                Command::Release { session, .. } | Command::Cancel { session, .. } | Command::Proclaim { session, .. },
+            ) => *session,
+            _ => return None,
+        };
+        let group = self.target(request).1?;
+        (session == s.id && !s.lease.has(group)).then_some(group)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -417,6 +489,7 @@ impl SimClient {
             node: 0,
             op,
             request,
+            attaching: None,
             wait_ms,
             timeout_local: 0,
             resend_local: None,
@@ -429,10 +502,28 @@ impl SimClient {
 
     fn send_attempt(&mut self, call: &mut Call, local: u64, to: Option<u64>, fx: &mut Effects) {
         call.creq = self.creq();
-        call.node = to.unwrap_or(*self.route.current());
-        call.timeout_local = local + attempt_timeout_ms(call.wait_ms, ATTEMPT_MS, MAX_ATTEMPT_MS);
         call.resend_local = None;
-        let msg = ClientMsg::Request { creq: call.creq, op: call.op, request: call.request.clone() };
+        if let Some(group) = self.needs_attach(&call.request) {
+            // The session's first request in this group: attach it there first (the real
+            // client's `attempts_as`), then the call's own attempt.
+            let s = self.session.as_ref().expect("needs a session");
+            let request = Request::Propose(Command::AttachSession {
+                session: s.id,
+                client: format!("c{}", self.id),
+                ttl_ms: s.lease.ttl_ms(),
+            });
+            call.attaching = Some((group, local));
+            call.node = self.routes.target(Some(group));
+            call.timeout_local = local + ATTEMPT_MS;
+            let msg = ClientMsg::Request { creq: call.creq, op: Op::AttachSession, group: Some(group), request };
+            fx.sends.push((call.node, msg));
+            return;
+        }
+        call.attaching = None;
+        let (node, group) = self.target(&call.request);
+        call.node = to.unwrap_or(node);
+        call.timeout_local = local + attempt_timeout_ms(call.wait_ms, ATTEMPT_MS, MAX_ATTEMPT_MS);
+        let msg = ClientMsg::Request { creq: call.creq, op: call.op, group, request: call.request.clone() };
         fx.sends.push((call.node, msg));
     }
 
@@ -470,9 +561,18 @@ impl SimClient {
         hist: &mut History,
     ) {
         let mut call = self.call.take().expect("a call in flight");
-        match decide(class, call.op.repeat()) {
+        let (_, group) = self.target(&call.request);
+        let group = call.attaching.map(|(g, _)| g).or(group);
+        if let ErrorClass::Moved { group: to, version, .. } = &class {
+            if let Some(name) = call.request.routing_key() {
+                self.routes.map.moved(baton_core::slot_of(name), *to, *version);
+            }
+        }
+        // An attach is harmless to repeat, whatever the call it prepares.
+        let op = if call.attaching.is_some() { Op::AttachSession } else { call.op };
+        match decide(class, op.repeat()) {
             Decision::Retry { leader, stay, backoff, .. } => {
-                let redirected = !stay && self.route.moved_on(&call.node, leader);
+                let redirected = !stay && self.routes.moved_on(group, &call.node, leader);
                 self.bug_new_request_id(&mut call, hist);
                 if backoff.pause(redirected) {
                     call.creq = 0; // the abandoned attempt's answer is not waited for
@@ -514,13 +614,21 @@ impl SimClient {
         hist: &mut History,
     ) {
         let NodeReply::Answer { creq, result } = reply;
-        let renewal = self.session.as_ref().and_then(|s| s.keepalive).filter(|(c, _)| *c == creq);
-        if let Some((_, node)) = renewal {
+        let renewal = self
+            .session
+            .as_ref()
+            .and_then(|s| s.streams.iter().find(|(_, (_, in_flight))| *in_flight == Some(creq)).map(|(n, _)| *n));
+        if let Some(node) = renewal {
             let s = self.session.as_mut().expect("checked");
-            s.keepalive = None;
-            let sent = s.renewals.answered();
+            let (renewals, in_flight) = s.streams.get_mut(&node).expect("present");
+            *in_flight = None;
+            let sent = renewals.answered();
             match result {
                 Ok(Answer::KeepAlive(r)) => {
+                    for g in &r.groups {
+                        self.routes.set_leader(*g, node);
+                    }
+                    let s = self.session.as_mut().expect("checked");
                     let lease = r.leases.first().cloned().unwrap_or_default();
                     // No send time: an answer to an abandoned renewal, which proves nothing.
                     let alive =
@@ -540,6 +648,33 @@ impl SimClient {
         }
         if self.call.as_ref().is_none_or(|c| c.creq != creq) {
             return; // an abandoned attempt, or a duplicate
+        }
+        if let Some((group, sent)) = self.call.as_ref().and_then(|c| c.attaching) {
+            match result {
+                Ok(Answer::Applied(Outcome::SessionOpened { .. })) => {
+                    if let Some(s) = self.session.as_mut() {
+                        s.lease.attached(group, sent, local);
+                    }
+                    // Attached: now the call's own attempt.
+                    let mut call = self.call.take().expect("checked");
+                    self.send_attempt(&mut call, local, None, fx);
+                    self.call = Some(call);
+                }
+                Ok(other) => hist.violations.push(crate::workload::unexpected(now, self.id, &other)),
+                // Its home says it is gone: the whole session is.
+                Err(NodeError::Rejected(baton_core::Error::SessionNotFound(_))) => {
+                    self.lose_session(now, "its home group says it is gone", fx, hist);
+                }
+                Err(e) => self.attempt_failed(now, local, class_of(&e), Some(e), rng, fx, hist),
+            }
+            return;
+        }
+        if result.is_ok() {
+            if let (_, Some(g)) = self.target(&self.call.as_ref().expect("checked").request) {
+                // Only a group's leader answers for it.
+                let node = self.call.as_ref().expect("checked").node;
+                self.routes.set_leader(g, node);
+            }
         }
         match result {
             Ok(answer) => {
@@ -566,7 +701,15 @@ mod tests {
     #[test]
     fn deadlines_are_found_across_clock_jumps() {
         let clock = Clock { offset_ms: 1_000, rate_ppm: 0 };
-        let mut c = SimClient::new(0, clock, 3, 5, 2_000, baton_core::Bugs::default());
+        let mut c = SimClient::new(
+            0,
+            clock,
+            3,
+            5,
+            2_000,
+            baton_core::Bugs::default(),
+            &baton_core::Topology::initial(&[1, 2, 3], 1),
+        );
         assert_eq!(c.virtual_at(1_500), 500_000);
         c.jump_clock(300);
         c.take_jump(600_000); // local 1_600 becomes 1_900
@@ -580,7 +723,15 @@ mod tests {
     fn a_paused_client_handles_nothing_until_it_resumes() {
         use rand::SeedableRng;
         let clock = Clock { offset_ms: 0, rate_ppm: 0 };
-        let mut c = SimClient::new(0, clock, 3, 5, 2_000, baton_core::Bugs::default());
+        let mut c = SimClient::new(
+            0,
+            clock,
+            3,
+            5,
+            2_000,
+            baton_core::Bugs::default(),
+            &baton_core::Topology::initial(&[1, 2, 3], 1),
+        );
         let (mut rng, mut hist) = (ChaCha8Rng::seed_from_u64(1), History::default());
         c.pause(5_000_000);
         let reply = NodeReply::Answer { creq: 99, result: Err(NodeError::Busy(1)) };

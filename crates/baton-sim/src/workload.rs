@@ -367,8 +367,11 @@ impl SimClient {
                 if rng.gen_bool(0.1) {
                     // Sometimes close the session and start a new one.
                     if let Some(s) = self.session.take() {
-                        let request = Request::Propose(Command::CloseSession { session: s.id });
-                        self.send_once(Op::CloseSession, request, fx);
+                        // In every group it has a record in, as the real client closes it.
+                        for group in s.lease.groups() {
+                            let request = Request::Propose(Command::CloseSession { session: s.id });
+                            self.send_to_group(Op::CloseSession, group, request, fx);
+                        }
                         self.memory = Default::default();
                     }
                 }

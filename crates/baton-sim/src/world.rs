@@ -18,7 +18,7 @@ mod nemesis;
 mod nodes;
 
 pub use nemesis::Faults;
-use nodes::{Input, SimNode};
+use nodes::{Input, SimNode, ADMIN};
 
 const MS: Time = 1_000;
 
@@ -113,6 +113,8 @@ pub struct Coverage {
     pub crashes: u64,
     /// Writes torn by a crash in the middle of them (found and dropped at the restart).
     pub torn_writes: u64,
+    /// Slot ranges handed off by a group (a move's first step applied).
+    pub slot_moves: u64,
 }
 
 enum Ev {
@@ -120,7 +122,7 @@ enum Ev {
     Deliver {
         from: u64,
         to: u64,
-        msg: RaftMessage,
+        msg: nodes::PeerMsg,
     },
     ToNode {
         node: u64,
@@ -171,6 +173,8 @@ struct World {
     /// This run's snapshot interval.
     snapshot_entries: u64,
     coverage: Coverage,
+    /// Hand-offs applied somewhere: (group, log index).
+    handoffs_seen: BTreeSet<(u64, u64)>,
     loss: f64,
     duplicate: f64,
     spike: f64,
@@ -222,6 +226,7 @@ impl World {
                     paused: false,
                     inbox: VecDeque::new(),
                     answer_to: BTreeMap::new(),
+                    forwarded_for: BTreeMap::new(),
                     disk_ms: (0, 1),
                 },
             );
@@ -229,7 +234,9 @@ impl World {
         let mut clients = Vec::new();
         for i in 0..cfg.clients {
             let clock = Clock { offset_ms: rng.gen_range(0..10_000_000), rate_ppm: drift(&mut rng) };
-            clients.push(SimClient::new(i, clock, cfg.nodes, cfg.names, cfg.ttl_ms, cfg.bugs));
+            let voters: Vec<u64> = (1..=cfg.nodes as u64).collect();
+            let topology = baton_core::Topology::initial(&voters, cfg.groups);
+            clients.push(SimClient::new(i, clock, cfg.nodes, cfg.names, cfg.ttl_ms, cfg.bugs, &topology));
         }
         let (loss, duplicate, spike) = (
             if cfg.faults.loss { 0.02 } else { 0.0 },
@@ -254,6 +261,7 @@ impl World {
             crash_mid_write: BTreeSet::new(),
             snapshot_entries,
             coverage: Coverage::default(),
+            handoffs_seen: BTreeSet::new(),
             loss,
             duplicate,
             spike,
@@ -354,12 +362,12 @@ impl World {
             }
             Ev::Deliver { from, to, msg } => {
                 if !self.blocked.contains(&(from, to)) {
-                    self.input(to, Input::Step(msg));
+                    self.input(to, Input::Peer(from, msg));
                 }
             }
             Ev::ToNode { node, client, msg } => {
-                let ClientMsg::Request { creq, request, .. } = msg;
-                let input = Input::Request { client, creq, request };
+                let ClientMsg::Request { creq, group, request, .. } = msg;
+                let input = Input::Request { client, creq, group, request };
                 self.input(node, input);
             }
             Ev::ToClient { client, reply } => self.client_step(client, Some(reply)),
@@ -447,7 +455,7 @@ impl World {
         t
     }
 
-    fn send(&mut self, from: u64, to: u64, msg: RaftMessage) {
+    fn send(&mut self, from: u64, to: u64, msg: nodes::PeerMsg) {
         if self.blocked.contains(&(from, to)) || (self.loss > 0.0 && self.rng.gen_bool(self.loss)) {
             return;
         }

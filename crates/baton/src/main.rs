@@ -350,6 +350,10 @@ enum Cmd {
         /// Nodes serve reads and keepalives from leader leases (as `baton server --lease-reads`).
         #[arg(long)]
         lease_reads: bool,
+        /// Data groups the names are sharded over; with more than one, slots also move between
+        /// groups during the run (as `baton cluster move-slots`), under every fault.
+        #[arg(long, default_value_t = 1)]
+        groups: u64,
     },
     /// Show a lock's holder, fencing token and waiters.
     Describe {
@@ -373,8 +377,20 @@ fn main() -> ExitCode {
             return if e.use_stderr() { ExitCode::from(EXIT_USAGE) } else { ExitCode::SUCCESS };
         }
     };
-    if let Cmd::Sim { seeds, start_seed, seed, nodes, clients, faults, bug, trace, fault_ms, heal_ms, lease_reads } =
-        cli.command
+    if let Cmd::Sim {
+        seeds,
+        start_seed,
+        seed,
+        nodes,
+        clients,
+        faults,
+        bug,
+        trace,
+        fault_ms,
+        heal_ms,
+        lease_reads,
+        groups,
+    } = cli.command
     {
         // Pure computation: no runtime, no logging, no sockets. Like other filters, stop quietly
         // when the reader of our output goes away (`baton sim ... | head`). Only here: a server
@@ -396,6 +412,7 @@ fn main() -> ExitCode {
             fault_ms,
             heal_ms,
             lease_reads,
+            groups,
         });
     }
     let serving = matches!(cli.command, Cmd::Dev { .. } | Cmd::Server { .. });

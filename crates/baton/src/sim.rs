@@ -20,6 +20,7 @@ pub struct SimArgs {
     pub fault_ms: u64,
     pub heal_ms: u64,
     pub lease_reads: bool,
+    pub groups: u64,
 }
 
 fn config(args: &SimArgs) -> Result<SimConfig, String> {
@@ -28,6 +29,9 @@ fn config(args: &SimArgs) -> Result<SimConfig, String> {
     }
     if args.clients == 0 || args.clients > 100 {
         return Err("--clients must be 1..=100".into());
+    }
+    if args.groups == 0 || args.groups > 64 {
+        return Err("--groups must be 1..=64".into());
     }
     let bugs = args.bug.as_deref().map(Bugs::parse).transpose()?.unwrap_or_default();
     Ok(SimConfig {
@@ -46,6 +50,7 @@ fn config(args: &SimArgs) -> Result<SimConfig, String> {
         } else {
             0
         },
+        groups: args.groups,
         ..SimConfig::default()
     })
 }
@@ -115,12 +120,19 @@ fn replay_flags(cfg: &SimConfig) -> String {
 #[derive(Default)]
 struct CoverageTally {
     /// (runs in which it happened, times in all) per path, in `Coverage` field order.
-    paths: [(u64, u64); 5],
+    paths: [(u64, u64); 6],
 }
 
 impl CoverageTally {
     fn add(&mut self, c: &Coverage) {
-        let counts = [c.snapshots_taken, c.restarts_from_snapshot, c.snapshots_installed, c.crashes, c.torn_writes];
+        let counts = [
+            c.snapshots_taken,
+            c.restarts_from_snapshot,
+            c.snapshots_installed,
+            c.crashes,
+            c.torn_writes,
+            c.slot_moves,
+        ];
         for (tally, n) in self.paths.iter_mut().zip(counts) {
             tally.0 += u64::from(n > 0);
             tally.1 += n;
@@ -128,7 +140,14 @@ impl CoverageTally {
     }
 
     fn summary(&self, runs: u64) -> String {
-        let names = ["snapshot taken", "restart from a snapshot", "snapshot sent to a follower", "crash", "torn write"];
+        let names = [
+            "snapshot taken",
+            "restart from a snapshot",
+            "snapshot sent to a follower",
+            "crash",
+            "torn write",
+            "slot move",
+        ];
         let parts: Vec<String> = names
             .iter()
             .zip(self.paths)

@@ -71,6 +71,31 @@ impl Faults {
 }
 
 impl World {
+    /// An operator moves a random part of a random group's slots to another group: asked of
+    /// the node that leads the meta group (if any is up and leads it), which then drives it.
+    fn begin_move(&mut self) {
+        let meta_leader = self.up_nodes().into_iter().find(|id| {
+            let node = self.nodes[id].driver.as_ref().expect("up").node();
+            node.status().iter().any(|g| g.id == baton_node::META_GROUP && g.role == baton_node::Role::Leader)
+        });
+        let Some(at) = meta_leader else { return };
+        let t = self.nodes[&at].driver.as_ref().expect("up").node().topology().expect("a meta group").clone();
+        let with_slots: Vec<(u64, (u16, u16))> =
+            t.groups.iter().filter_map(|(g, p)| p.slots.ranges().first().map(|r| (*g, *r))).collect();
+        if with_slots.is_empty() {
+            return;
+        }
+        let (from, (a, b)) = with_slots[self.rng.gen_range(0..with_slots.len())];
+        let len = self.rng.gen_range(1..=(b - a + 1).div_ceil(2));
+        let start = self.rng.gen_range(a..=b + 1 - len);
+        let groups: Vec<u64> = t.groups.keys().copied().filter(|g| *g != from).collect();
+        let to = groups[self.rng.gen_range(0..groups.len())];
+        let end = start + len - 1;
+        self.trace(format!("nemesis: move slots {start}-{end} from group {from} to group {to} (asked of node {at})"));
+        let request = baton_node::Request::Propose(baton_core::Command::BeginMove { start, end, to });
+        self.input(at, Input::Request { client: ADMIN, creq: 0, group: Some(baton_node::META_GROUP), request });
+    }
+
     pub(super) fn up_nodes(&self) -> Vec<u64> {
         self.nodes.iter().filter(|(_, n)| n.driver.is_some()).map(|(id, _)| *id).collect()
     }
@@ -100,6 +125,10 @@ impl World {
         }
         if f.clock && self.cfg.max_jump_ms > 0 {
             choices.extend(["clock-jump", "client-clock-jump"]);
+        }
+        if self.cfg.groups > 1 {
+            // Not a fault but an operation, under every fault: a slot move (and its retries).
+            choices.extend(["move-slots", "move-slots"]);
         }
         if choices.is_empty() {
             return;
@@ -166,15 +195,18 @@ impl World {
                 let up = self.up_nodes();
                 if let Some(l) = self.leader.filter(|l| up.contains(l)) {
                     let others: Vec<u64> = up.iter().copied().filter(|&i| i != l).collect();
-                    if !others.is_empty() {
+                    let led = self.nodes[&l].driver.as_ref().expect("up").node().leading();
+                    if !others.is_empty() && !led.is_empty() {
                         let to = others[self.rng.gen_range(0..others.len())];
-                        self.trace(format!("nemesis: leader {l} transfers leadership to {to}"));
+                        let group = led[self.rng.gen_range(0..led.len())];
+                        self.trace(format!("nemesis: leader {l} of group {group} transfers leadership to {to}"));
                         let n = self.nodes.get_mut(&l).expect("node");
-                        n.driver.as_mut().expect("up").node_mut().transfer_leader(DATA_GROUP, to);
+                        n.driver.as_mut().expect("up").node_mut().transfer_leader(group, to);
                         self.rounds(l);
                     }
                 }
             }
+            "move-slots" => self.begin_move(),
             "heal-network" => {
                 self.blocked.clear();
                 self.cut_clients.clear();

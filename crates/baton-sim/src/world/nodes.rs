@@ -3,9 +3,22 @@
 //! server's channel during an fsync.
 
 use super::*;
+
+/// The "client" that operator requests (slot moves) come from: answers are only traced.
+pub(super) const ADMIN: usize = usize::MAX;
+
+/// What travels between nodes: Raft messages of every group, and slot moves' forwarded steps
+/// with their answers (the server's peer `Forward` call).
+#[derive(Clone, Debug)]
+pub(super) enum PeerMsg {
+    Raft(GroupId, RaftMessage),
+    Forward { id: RequestId, group: GroupId, command: baton_core::Command },
+    Forwarded { id: RequestId, result: Result<baton_core::Outcome, NodeError> },
+}
+
 pub(super) enum Input {
-    Step(RaftMessage),
-    Request { client: usize, creq: u64, request: Request },
+    Peer(u64, PeerMsg),
+    Request { client: usize, creq: u64, group: Option<GroupId>, request: Request },
     Tick,
 }
 
@@ -20,15 +33,17 @@ pub(super) struct SimNode {
     pub(super) paused: bool,
     pub(super) inbox: VecDeque<Input>,
     pub(super) answer_to: BTreeMap<RequestId, (usize, u64)>,
+    /// Forwarded steps this node proposes for another: its request id -> (asking node, its id).
+    pub(super) forwarded_for: BTreeMap<RequestId, (u64, RequestId)>,
     pub(super) disk_ms: (u64, u64),
 }
 
 /// What a node's rounds produced, for the world to carry out.
 #[derive(Default)]
 pub(super) struct Dispatched {
-    sends: Vec<(u64, RaftMessage)>,
+    sends: Vec<(u64, PeerMsg)>,
     replies: Vec<(usize, NodeReply)>,
-    events: Vec<(u64, u64, Event)>,
+    events: Vec<(GroupId, u64, u64, Event)>,
     notes: Vec<String>,
     resets: usize,
     leader: bool,
@@ -37,12 +52,16 @@ pub(super) struct Dispatched {
 /// The simulator's [`Effects`]: collects the outputs (answers go to the client that asked).
 pub(super) struct Collected<'a> {
     answer_to: &'a mut BTreeMap<RequestId, (usize, u64)>,
+    forwarded_for: &'a mut BTreeMap<RequestId, (u64, RequestId)>,
     out: Dispatched,
 }
 
 impl<'a> Collected<'a> {
-    pub(super) fn new(answer_to: &'a mut BTreeMap<RequestId, (usize, u64)>) -> Self {
-        Collected { answer_to, out: Dispatched::default() }
+    pub(super) fn new(
+        answer_to: &'a mut BTreeMap<RequestId, (usize, u64)>,
+        forwarded_for: &'a mut BTreeMap<RequestId, (u64, RequestId)>,
+    ) -> Self {
+        Collected { answer_to, forwarded_for, out: Dispatched::default() }
     }
 
     pub(super) fn done(self) -> Dispatched {
@@ -51,18 +70,30 @@ impl<'a> Collected<'a> {
 }
 
 impl Effects for Collected<'_> {
-    fn send(&mut self, to: u64, _group: GroupId, msg: RaftMessage) {
-        self.out.sends.push((to, msg));
+    fn send(&mut self, to: u64, group: GroupId, msg: RaftMessage) {
+        self.out.sends.push((to, PeerMsg::Raft(group, msg)));
+    }
+
+    fn forward(&mut self, to: u64, id: RequestId, group: GroupId, command: baton_core::Command) {
+        self.out.sends.push((to, PeerMsg::Forward { id, group, command }));
     }
 
     fn answer(&mut self, id: RequestId, result: Result<Answer, NodeError>) -> bool {
+        if let Some((origin, origin_id)) = self.forwarded_for.remove(&id) {
+            let result = result.and_then(|a| match a {
+                Answer::Applied(outcome) => Ok(outcome),
+                other => Err(NodeError::Unavailable(format!("unexpected answer {other:?}"))),
+            });
+            self.out.sends.push((origin, PeerMsg::Forwarded { id: origin_id, result }));
+            return true;
+        }
         let Some((client, creq)) = self.answer_to.remove(&id) else { return false };
         self.out.replies.push((client, NodeReply::Answer { creq, result }));
         true
     }
 
-    fn event(&mut self, _group: GroupId, index: u64, seq: u64, _hlc: baton_core::Hlc, event: Event) {
-        self.out.events.push((index, seq, event));
+    fn event(&mut self, group: GroupId, index: u64, seq: u64, _hlc: baton_core::Hlc, event: Event) {
+        self.out.events.push((group, index, seq, event));
     }
 
     fn reset(&mut self, _group: GroupId, _event_seq: u64) {
@@ -113,6 +144,7 @@ impl World {
         let torn = n.writing.take().is_some();
         n.inbox.clear();
         n.answer_to.clear();
+        n.forwarded_for.clear();
         n.epoch += 1;
         n.paused = false;
         self.coverage.crashes += 1;
@@ -146,10 +178,18 @@ impl World {
         let local = n.clock.local_ms(self.now);
         let driver = n.driver.as_mut().expect("running");
         match input {
-            Input::Step(msg) => driver.step(DATA_GROUP, msg),
+            Input::Peer(_, PeerMsg::Raft(group, msg)) => driver.step(group, msg),
+            Input::Peer(from, PeerMsg::Forward { id, group, command }) => {
+                // As the server's peer Forward call: only a move's steps.
+                if matches!(command, baton_core::Command::HandOff { .. } | baton_core::Command::TakeOver { .. }) {
+                    let rid = driver.submit(Some(group), Request::Propose(command), local, local);
+                    n.forwarded_for.insert(rid, (from, id));
+                }
+            }
+            Input::Peer(_, PeerMsg::Forwarded { id, result }) => driver.node_mut().forwarded(id, result),
             Input::Tick => driver.tick(local, local),
-            Input::Request { client, creq, request } => {
-                let rid = driver.submit(None, request, local, local);
+            Input::Request { client, creq, group, request } => {
+                let rid = driver.submit(group, request, local, local);
                 n.answer_to.insert(rid, (client, creq));
             }
         }
@@ -170,7 +210,7 @@ impl World {
     pub(super) fn next_round(&mut self, id: u64) {
         let n = self.nodes.get_mut(&id).expect("node");
         let Some(driver) = n.driver.as_mut() else { return };
-        let mut fx = Collected::new(&mut n.answer_to);
+        let mut fx = Collected::new(&mut n.answer_to, &mut n.forwarded_for);
         let batch = driver.next_round(&mut fx).expect("node round");
         let fx = fx.done();
         self.carry_out(id, fx);
@@ -211,7 +251,7 @@ impl World {
         }
         let n = self.nodes.get_mut(&id).expect("node");
         let driver = n.driver.as_mut().expect("running");
-        let mut fx = Collected::new(&mut n.answer_to);
+        let mut fx = Collected::new(&mut n.answer_to, &mut n.forwarded_for);
         driver.written(&mut fx).expect("node round");
         let fx = fx.done();
         self.carry_out(id, fx);
@@ -235,8 +275,14 @@ impl World {
 
     /// Carries out what a node's round produced: history, trace, messages, replies.
     pub(super) fn carry_out(&mut self, id: u64, fx: Dispatched) {
-        for (index, seq, event) in fx.events {
-            self.hist.applied(id, index, seq, event, self.now);
+        for (group, index, seq, event) in fx.events {
+            if let Event::SlotsMoved { from, .. } = &event {
+                // Once per hand-off, not once per replica that applies it.
+                if *from == group && self.handoffs_seen.insert((group, index)) {
+                    self.coverage.slot_moves += 1;
+                }
+            }
+            self.hist.applied(id, group, index, seq, event, self.now);
         }
         for _ in 0..fx.resets {
             self.hist.flush(id, self.now);
@@ -252,6 +298,10 @@ impl World {
             self.send(id, to, msg);
         }
         for (client, reply) in fx.replies {
+            if client == ADMIN {
+                self.trace(format!("node {id} answers the operator: {reply:?}"));
+                continue;
+            }
             self.send_to_client(id, client, reply);
         }
     }

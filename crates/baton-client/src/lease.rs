@@ -76,9 +76,9 @@ impl SessionLease {
         self.lease.lock().expect("lease lock").attached(group, sent_ms, acked_ms);
     }
 
-    /// True if the session has a record in `group`.
-    pub(crate) fn has(&self, group: u64) -> bool {
-        self.lease.lock().expect("lease lock").has(group)
+    /// True if the session's record in `group` is proven (see [`Lease::attached_in`]).
+    pub(crate) fn attached_in(&self, group: u64) -> bool {
+        self.lease.lock().expect("lease lock").attached_in(group)
     }
 
     /// The groups the session has records in.
@@ -92,7 +92,15 @@ impl SessionLease {
 
     /// True while the lease is valid: not declared lost, and its deadline not passed.
     pub(crate) fn is_valid(&self) -> bool {
-        !*self.lost.borrow() && Instant::now() < self.deadline()
+        if *self.lost.borrow() {
+            return false;
+        }
+        if Instant::now() >= self.deadline() {
+            // Latched: a renewal answered later must not make it valid again.
+            self.mark_lost();
+            return false;
+        }
+        true
     }
 
     /// The leader says the session is gone.

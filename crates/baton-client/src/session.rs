@@ -216,7 +216,7 @@ impl Session {
 
     /// Gives the session a record in `group` if it has none yet (its first request there).
     pub(crate) async fn attach(&self, group: u64) -> Result<()> {
-        if self.shared.has(group) {
+        if self.shared.attached_in(group) {
             return Ok(());
         }
         if !self.is_alive() {

@@ -39,8 +39,10 @@ pub enum Command {
     FinishMove { move_id: u64 },
     /// Close a session on its owner's request: its locks are released, its waits end.
     CloseSession { session: SessionId },
-    /// The leader saw these sessions go a full TTL without a keepalive.
-    ExpireSessions { sessions: Vec<SessionId> },
+    /// The leader saw these sessions go a full TTL without a keepalive, judging by the state
+    /// as of log index `as_of`: a session given a record or refreshed here by a later entry (a
+    /// slot move's take-over, an attach) is not expired by this command.
+    ExpireSessions { sessions: Vec<SessionId>, as_of: u64 },
     /// Take an exclusive lock, or queue for it.
     Acquire(AcquireRequest),
     /// Give a held lock back; the next live waiter is granted in the same command.
@@ -212,6 +214,9 @@ pub enum Event {
     SessionOpened { session: SessionId, ttl_ms: u64 },
     /// A session ended.
     SessionEnded { session: SessionId, how: SessionEnd },
+    /// A session that had a record here got it again (an attach, or names moved in with a
+    /// slot move): its lease runs a full TTL from now, as at an open.
+    SessionRefreshed { session: SessionId, ttl_ms: u64 },
     /// A lock was granted (at once or from the queue).
     Granted { name: String, session: SessionId, request_id: u64, token: Token },
     /// A waiter joined a lock's queue.

@@ -37,8 +37,10 @@ use crate::slots::{slot_of, Slot};
 use crate::state::{Recent, Session, StateMachine, Timer};
 use crate::value::Register;
 
-/// How many hand-offs (take-overs) a group remembers, to answer a repeated one as the first.
-const MOVES_KEPT: usize = 16;
+/// How many hand-offs a group keeps the bundle of, to answer a repeated one as the first. Moves
+/// run one at a time in move-id order, so only the latest can still be pending; older repeats
+/// are told apart by the highest move id handed off (or taken over) so far.
+const MOVES_KEPT: usize = 2;
 
 /// A session's part of a moved range.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,6 +127,14 @@ impl StateMachine {
         if let Some(b) = self.handoffs.iter().find(|b| b.move_id == move_id) {
             return Ok(Outcome::HandedOff { bundle: Box::new(b.clone()) });
         }
+        if move_id <= self.last_handoff {
+            // A late repeat from a deposed driver, of a move that finished long ago: applying
+            // it would hand the range off again with nobody to take it over.
+            return Err(Error::InvalidArgument(format!(
+                "move {move_id} is older than group {}'s last hand-off (move {}): it finished already",
+                self.group, self.last_handoff
+            )));
+        }
         if to == self.group || to == crate::topology::META_GROUP {
             return Err(Error::InvalidArgument(format!("group {} cannot hand slots to group {to}", self.group)));
         }
@@ -174,9 +184,8 @@ impl StateMachine {
             for n in &owned {
                 s.owned.remove(n);
             }
-            if !owned.is_empty() {
-                s.moved_to.insert(to);
-            }
+            // The destination gets a record: the client must learn of it (and renew it there).
+            s.moved_to.insert(to);
             let moved = MovedSession {
                 client: s.client.clone(),
                 ttl_ms: s.ttl_ms,
@@ -189,6 +198,7 @@ impl StateMachine {
         if !self.bugs.handoff_keeps_serving {
             self.slots.remove_range(start, end);
         }
+        self.last_handoff = move_id;
         self.handoffs.push_back(bundle.clone());
         if self.handoffs.len() > MOVES_KEPT {
             self.handoffs.pop_front();
@@ -198,9 +208,10 @@ impl StateMachine {
     }
 
     /// The destination's step: serve the bundle's range with its state.
-    pub(crate) fn take_over(&mut self, bundle: &SlotBundle, events: &mut Vec<Event>) -> Result<Outcome> {
-        if self.taken_over.contains(&bundle.move_id) {
-            // A repeated take-over (its driver did not see the first answer).
+    pub(crate) fn take_over(&mut self, index: u64, bundle: &SlotBundle, events: &mut Vec<Event>) -> Result<Outcome> {
+        if bundle.move_id <= self.last_takeover {
+            // A repeated take-over (its driver did not see the first answer), or a late repeat
+            // of an older move (moves run in move-id order): done already.
             return Ok(Outcome::TookOver { names: bundle.names() as u64 });
         }
         if bundle.to != self.group {
@@ -220,8 +231,18 @@ impl StateMachine {
             self.last_token = self.last_token.max(bundle.token_floor);
         }
         self.last_version = self.last_version.max(bundle.version_floor);
+        // Sessions whose home is this group and that are gone here: expired or closed. They
+        // must not come back with the moved names; what they held is released below.
+        let mut gone = Vec::new();
         for (id, moved) in &bundle.sessions {
-            if !self.sessions.contains_key(id) {
+            if let Some(s) = self.sessions.get_mut(id) {
+                // The leader gives the record a full TTL from here, as the client counts it.
+                s.refreshed_at = index;
+                events.push(Event::SessionRefreshed { session: *id, ttl_ms: s.ttl_ms });
+            } else if self.is_home_of(*id) {
+                gone.push(*id);
+                continue;
+            } else {
                 // A record like an attach's: the client renews it at every node it talks to.
                 self.sessions.insert(
                     *id,
@@ -233,15 +254,17 @@ impl StateMachine {
                         forgotten_up_to: None,
                         open_request: 0,
                         moved_to: BTreeSet::new(),
+                        refreshed_at: index,
                     },
                 );
                 *self.sessions_per_client.entry(moved.client.clone()).or_insert(0) += 1;
                 events.push(Event::SessionOpened { session: *id, ttl_ms: moved.ttl_ms });
             }
-            let s = self.sessions.get_mut(id).expect("inserted");
+            let s = self.sessions.get_mut(id).expect("present");
             s.owned.extend(moved.owned.iter().cloned());
             s.recent.extend(moved.recent.iter().cloned());
             s.forgotten_up_to = s.forgotten_up_to.max(moved.forgotten_up_to);
+            crate::state::trim_recent(s);
         }
         for (name, lock) in &bundle.locks {
             let mut lock = lock.clone();
@@ -257,10 +280,13 @@ impl StateMachine {
         self.latches.extend(bundle.latches.iter().cloned());
         self.registers.extend(bundle.registers.iter().cloned());
         self.slots.insert_range(bundle.start, bundle.end);
-        self.taken_over.push_back(bundle.move_id);
-        if self.taken_over.len() > MOVES_KEPT {
-            self.taken_over.pop_front();
+        for id in gone {
+            let moved = &bundle.sessions.iter().find(|(s, _)| *s == id).expect("listed").1;
+            for name in &moved.owned {
+                self.drop_ownership(name, id, crate::command::SessionEnd::Expired, events);
+            }
         }
+        self.last_takeover = bundle.move_id;
         events.push(Event::SlotsMoved { start: bundle.start, end: bundle.end, from: bundle.from, to: bundle.to });
         Ok(Outcome::TookOver { names: bundle.names() as u64 })
     }

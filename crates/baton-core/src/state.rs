@@ -41,6 +41,9 @@ pub struct Session {
     /// Groups that names of this session were moved to (see [`crate::moves`]): keepalive
     /// answers tell the client, which must renew the session there too.
     pub moved_to: BTreeSet<u64>,
+    /// The log index of the last entry that gave this record a full TTL after its open (an
+    /// attach, a slot move's take-over): an expiry judged before it does not apply.
+    pub(crate) refreshed_at: u64,
 }
 
 /// A finished acquire request remembered by its session.
@@ -95,8 +98,10 @@ pub struct StateMachine {
     pub(crate) topology: Option<Topology>,
     /// The last hand-offs made, to answer a repeated one with the same bundle.
     pub(crate) handoffs: VecDeque<crate::moves::SlotBundle>,
-    /// The last take-overs applied (move ids), to answer a repeated one as done.
-    pub(crate) taken_over: VecDeque<u64>,
+    /// The highest move id this group handed off, and took over: moves run one at a time in
+    /// move-id order, so a repeat of an older step is a late duplicate (see [`crate::moves`]).
+    pub(crate) last_handoff: u64,
+    pub(crate) last_takeover: u64,
     /// The maximum leader time seen in any applied entry.
     pub(crate) now_ms: u64,
     /// The log index of the last applied entry.
@@ -144,7 +149,8 @@ impl StateMachine {
             slots,
             topology: None,
             handoffs: VecDeque::new(),
-            taken_over: VecDeque::new(),
+            last_handoff: 0,
+            last_takeover: 0,
             now_ms: 0,
             applied_index: 0,
             last_token: 0,
@@ -258,14 +264,14 @@ impl StateMachine {
                 self.open_session(index, client, *ttl_ms, *request_id, events)
             }
             Command::AttachSession { session, client, ttl_ms } => {
-                self.attach_session(*session, client, *ttl_ms, events)
+                self.attach_session(index, *session, client, *ttl_ms, events)
             }
             Command::CloseSession { session } => self.close_session(*session, events),
             Command::HandOff { move_id, start, end, to } => self.hand_off(*move_id, *start, *end, *to, events),
-            Command::TakeOver { bundle } => self.take_over(bundle, events),
+            Command::TakeOver { bundle } => self.take_over(index, bundle, events),
             Command::BeginMove { start, end, to } => self.begin_move(index, *start, *end, *to, events),
             Command::FinishMove { move_id } => self.finish_move(*move_id, events),
-            Command::ExpireSessions { sessions } => Ok(self.expire_sessions(sessions, events)),
+            Command::ExpireSessions { sessions, as_of } => Ok(self.expire_sessions(sessions, *as_of, events)),
             Command::Acquire(req) => self.acquire(req, events),
             Command::Release { name, session, token } => self.release(name, *session, *token, events),
             Command::Cancel { name, session, request_id } => self.cancel(name, *session, *request_id, events),
@@ -398,6 +404,7 @@ impl StateMachine {
     /// names of this group. Attaching a session that is here already answers as opening it.
     fn attach_session(
         &mut self,
+        index: u64,
         session: SessionId,
         client: &str,
         ttl_ms: u64,
@@ -405,17 +412,29 @@ impl StateMachine {
     ) -> Result<Outcome> {
         self.limits.check_client(client)?;
         self.limits.check_ttl(ttl_ms)?;
-        if let Some(s) = self.sessions.get(&session) {
-            return Ok(Outcome::SessionOpened { session, ttl_ms: s.ttl_ms });
+        if let Some(s) = self.sessions.get_mut(&session) {
+            // The client counts this record's lease from this attach: the leader must too.
+            s.refreshed_at = index;
+            let ttl_ms = s.ttl_ms;
+            events.push(Event::SessionRefreshed { session, ttl_ms });
+            return Ok(Outcome::SessionOpened { session, ttl_ms });
         }
-        if session >> SESSION_INDEX_BITS == self.group.wrapping_sub(1) {
+        if self.is_home_of(session) {
             // Its home is this group and it is gone: it expired or was closed, and must not
             // come back to life under the same id.
             return Err(Error::SessionNotFound(session));
         }
         self.check_session_room(client)?;
         self.insert_session(session, client, ttl_ms, 0, events);
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.refreshed_at = index;
+        }
         Ok(Outcome::SessionOpened { session, ttl_ms })
+    }
+
+    /// True if `session`'s home is this group.
+    pub(crate) fn is_home_of(&self, session: SessionId) -> bool {
+        session >> SESSION_INDEX_BITS == self.group.wrapping_sub(1)
     }
 
     fn check_session_room(&self, client: &str) -> Result<()> {
@@ -445,6 +464,7 @@ impl StateMachine {
             forgotten_up_to: None,
             open_request: request_id,
             moved_to: BTreeSet::new(),
+            refreshed_at: 0,
         };
         self.sessions.insert(id, session);
         if request_id != 0 {
@@ -462,10 +482,10 @@ impl StateMachine {
         Ok(Outcome::SessionClosed { released })
     }
 
-    fn expire_sessions(&mut self, sessions: &[SessionId], events: &mut Vec<Event>) -> Outcome {
+    fn expire_sessions(&mut self, sessions: &[SessionId], as_of: u64, events: &mut Vec<Event>) -> Outcome {
         let mut expired = Vec::new();
         for &session in sessions {
-            if self.sessions.contains_key(&session) {
+            if self.sessions.get(&session).is_some_and(|s| s.refreshed_at <= as_of) {
                 self.end_session(session, SessionEnd::Expired, events);
                 expired.push(session);
             }
@@ -521,12 +541,18 @@ impl StateMachine {
     /// Remembers how a request finished, for idempotent retries.
     pub(crate) fn remember(&mut self, session: SessionId, request_id: u64, name: &str, result: RecentResult) {
         if let Some(s) = self.sessions.get_mut(&session) {
-            if s.recent.len() == RECENT_PER_SESSION {
-                if let Some(old) = s.recent.pop_front() {
-                    s.forgotten_up_to = s.forgotten_up_to.max(Some(old.request_id));
-                }
-            }
             s.recent.push_back(Recent { request_id, name: name.to_string(), result });
+            trim_recent(s);
+        }
+    }
+}
+
+/// Keeps a session's remembered outcomes to the window: the oldest beyond it are forgotten, and
+/// the highest forgotten id is kept so that their retries are refused.
+pub(crate) fn trim_recent(s: &mut Session) {
+    while s.recent.len() > RECENT_PER_SESSION {
+        if let Some(old) = s.recent.pop_front() {
+            s.forgotten_up_to = s.forgotten_up_to.max(Some(old.request_id));
         }
     }
 }

@@ -71,7 +71,7 @@ fn a_group_refuses_names_it_does_not_serve_and_ids_name_their_home() {
     assert!(matches!(b.acquire(&theirs, s, 2, None), Outcome::Granted { .. }));
 
     // A session whose home is this group does not come back once gone.
-    a.ok(Command::ExpireSessions { sessions: vec![s] });
+    a.ok(Command::ExpireSessions { sessions: vec![s], as_of: u64::MAX });
     let (r, _) = a.apply(Command::AttachSession { session: s, client: "c1".into(), ttl_ms: 10_000 });
     assert_eq!(r, Err(Error::SessionNotFound(s)));
     // The meta group serves no name and opens no session.
@@ -161,4 +161,115 @@ fn moves_are_refused_when_they_do_not_fit() {
     (overlapping.start, overlapping.end) = (8192, 8200);
     assert!(b.apply(Command::TakeOver { bundle: Box::new(overlapping) }).0.is_err());
     assert!(!b.sm.slots().contains(0));
+}
+
+fn bundle_of(o: Outcome) -> Box<SlotBundle> {
+    match o {
+        Outcome::HandedOff { bundle } => bundle,
+        o => panic!("{o:?}"),
+    }
+}
+
+/// Review finding: a take-over into a session's existing record (and an attach to one) gave the
+/// destination's leader no new lease for it, while the client counts the moved names' lease from
+/// the move; and a session that moved only remembered outcomes was not told of the destination.
+#[test]
+fn a_take_over_into_an_existing_record_refreshes_it() {
+    let mut a = Group::new(1, SlotSet::range(0, 8191), 0);
+    let mut b = Group::new(2, SlotSet::range(8192, 16383), 0);
+    let s = a.open("c1");
+    let (x, y) = (name_in(0, 100, "x"), name_in(200, 300, "y"));
+    let o = a.open("c2");
+    a.acquire(&x, o, 1, None);
+    assert!(matches!(a.acquire(&x, s, 5, None), Outcome::NotAvailable { .. }), "s only remembers an outcome");
+    let b1 = bundle_of(a.ok(Command::HandOff { move_id: 1, start: 0, end: 100, to: 2 }));
+    assert!(a.sm.session(s).unwrap().moved_to.contains(&2), "the client must learn of the record at 2");
+    let (_, events) = b.apply(Command::TakeOver { bundle: b1 });
+    assert!(events.iter().any(|e| matches!(e, Event::SessionOpened { session, .. } if *session == s)));
+    a.acquire(&y, s, 6, None);
+    let b2 = bundle_of(a.ok(Command::HandOff { move_id: 2, start: 200, end: 300, to: 2 }));
+    let (_, events) = b.apply(Command::TakeOver { bundle: b2 });
+    assert!(events.iter().any(|e| matches!(e, Event::SessionRefreshed { session, .. } if *session == s)));
+    // An expiry the leader judged before the take-over does not apply after it.
+    let before = b.index - 1;
+    let (r, _) = b.apply(Command::ExpireSessions { sessions: vec![s], as_of: before });
+    assert_eq!(r, Ok(Outcome::SessionsExpired { expired: vec![] }));
+    assert!(b.sm.session(s).unwrap().owned.contains(&y));
+    let (_, events) = b.apply(Command::AttachSession { session: s, client: "c1".into(), ttl_ms: 10_000 });
+    assert!(events.iter().any(|e| matches!(e, Event::SessionRefreshed { .. })), "an attach refreshes too");
+}
+
+/// Review finding: a take-over re-created a session gone from its home group (it expired there),
+/// with the moved names' holds: the session came back to life.
+#[test]
+fn a_take_over_does_not_revive_a_session_gone_from_its_home() {
+    let mut a = Group::new(1, SlotSet::range(0, 8191), 0);
+    let mut b = Group::new(2, SlotSet::range(8192, 16383), 0);
+    let s = b.open("c1"); // home: group 2
+    a.ok(Command::AttachSession { session: s, client: "c1".into(), ttl_ms: 10_000 });
+    let x = name_in(0, 100, "x");
+    let Outcome::Granted { token } = a.acquire(&x, s, 1, None) else { panic!() };
+    b.ok(Command::ExpireSessions { sessions: vec![s], as_of: u64::MAX });
+    let moved = bundle_of(a.ok(Command::HandOff { move_id: 1, start: 0, end: 100, to: 2 }));
+    let (_, events) = b.apply(Command::TakeOver { bundle: moved });
+    assert!(b.sm.session(s).is_none(), "revived");
+    assert!(events.contains(&Event::Released { name: x.clone(), session: s, token, expired: true }));
+    assert!(b.sm.lock(&x).is_none_or(|l| l.holders.is_empty()), "its hold went with it");
+}
+
+/// Review finding: only the last 16 moves were remembered, so a late repeat of an older step (a
+/// deposed meta leader's) could make two groups serve a slot, or hand a slot off to nobody.
+#[test]
+fn late_repeats_of_old_move_steps_change_nothing() {
+    let mut a = Group::new(1, SlotSet::range(0, 8191), 0);
+    let mut b = Group::new(2, SlotSet::range(8192, 16383), 0);
+    let mut c = Group::new(3, SlotSet::empty(), 0);
+    let m1 = bundle_of(a.ok(Command::HandOff { move_id: 1, start: 0, end: 0, to: 2 }));
+    b.ok(Command::TakeOver { bundle: m1.clone() });
+    for i in 1..=20u16 {
+        let m = bundle_of(a.ok(Command::HandOff { move_id: 1 + i as u64, start: i, end: i, to: 2 }));
+        b.ok(Command::TakeOver { bundle: m });
+    }
+    let m100 = bundle_of(b.ok(Command::HandOff { move_id: 100, start: 0, end: 0, to: 3 }));
+    c.ok(Command::TakeOver { bundle: m100 });
+    assert_eq!(b.ok(Command::TakeOver { bundle: m1 }), Outcome::TookOver { names: 0 });
+    assert!(!b.sm.slots().contains(0) && c.sm.slots().contains(0), "one group serves slot 0");
+    // Back to group 1 (move 101), then a late repeat of move 1's hand-off there.
+    let back = bundle_of(c.ok(Command::HandOff { move_id: 101, start: 0, end: 0, to: 1 }));
+    a.ok(Command::TakeOver { bundle: back });
+    let (r, _) = a.apply(Command::HandOff { move_id: 1, start: 0, end: 0, to: 2 });
+    assert!(matches!(&r, Err(Error::InvalidArgument(m)) if m.contains("finished already")), "{r:?}");
+    assert!(a.sm.slots().contains(0), "slot 0 handed off to nobody");
+}
+
+/// Review finding: merging a moved session's remembered outcomes took its window past 16 and it
+/// was never trimmed again: the memory grew, and old retries were answered instead of refused.
+#[test]
+fn remembered_outcomes_stay_within_the_window_after_a_merge() {
+    let mut a = Group::new(1, SlotSet::range(0, 8191), 0);
+    let mut b = Group::new(2, SlotSet::range(8192, 16383), 0);
+    let s = a.open("c1");
+    b.ok(Command::AttachSession { session: s, client: "c1".into(), ttl_ms: 10_000 });
+    let (held_a, held_b) = (name_in(0, 100, "ha"), name_in(8192, 16383, "hb"));
+    let (other_a, other_b) = (a.open("c3"), b.open("c2"));
+    a.acquire(&held_a, other_a, 1, None);
+    b.acquire(&held_b, other_b, 1, None);
+    let mut rid = 100;
+    for _ in 0..16 {
+        rid += 1;
+        b.acquire(&held_b, s, rid, None);
+    }
+    for _ in 0..16 {
+        rid += 1;
+        a.acquire(&held_a, s, rid, None);
+    }
+    let moved = bundle_of(a.ok(Command::HandOff { move_id: 1, start: 0, end: 100, to: 2 }));
+    b.ok(Command::TakeOver { bundle: moved });
+    let first = rid + 1;
+    for _ in 0..40 {
+        rid += 1;
+        b.acquire(&held_b, s, rid, None);
+    }
+    let (r, _) = b.apply(Command::Acquire(AcquireRequest::exclusive(&held_b, s, first, None)));
+    assert!(matches!(r, Err(Error::RetryTooLate { .. })), "{r:?}");
 }

@@ -229,7 +229,7 @@ impl Harness {
                 Command::OpenSession { client: "p".into(), ttl_ms: ttl_s * 1000, request_id }
             }
             Op::Close { pick } => Command::CloseSession { session: session(pick) },
-            Op::Expire { pick } => Command::ExpireSessions { sessions: vec![session(pick)] },
+            Op::Expire { pick } => Command::ExpireSessions { sessions: vec![session(pick)], as_of: u64::MAX },
             Op::Acquire { pick, name, request_id, wait_ms, delay_ms, kind, variant } => {
                 let (kind, mode) = kind_and_mode(kind, variant);
                 let value = if kind == Kind::Election { vec![1] } else { Vec::new() };
@@ -285,7 +285,7 @@ proptest! {
         }
         // Liveness: once every session ends and time passes, no wait is left open.
         let all: Vec<u64> = h.opened.clone();
-        h.apply(Command::ExpireSessions { sessions: all }).unwrap();
+        h.apply(Command::ExpireSessions { sessions: all, as_of: u64::MAX }).unwrap();
         h.now += 10_000_000;
         h.apply(Command::Tick).unwrap();
         prop_assert!(h.open_waits.is_empty(), "waits never resolved: {:?}", h.open_waits);

@@ -54,7 +54,9 @@ fn run_script(script: &str) -> String {
                 request_id: named.get("r").copied().unwrap_or(0),
             },
             "close" => Command::CloseSession { session: pos[0].parse().unwrap() },
-            "expire" => Command::ExpireSessions { sessions: pos.iter().map(|s| s.parse().unwrap()).collect() },
+            "expire" => {
+                Command::ExpireSessions { sessions: pos.iter().map(|s| s.parse().unwrap()).collect(), as_of: u64::MAX }
+            }
             "acquire" => {
                 // `read` / `write`: a read/write lock; `permits=N capacity=C`: a semaphore.
                 let elect = pos.iter().find_map(|p| p.strip_prefix("elect:")).map(|v| v.as_bytes().to_vec());

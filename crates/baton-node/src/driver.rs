@@ -199,9 +199,9 @@ impl Driver {
         // Drained, not taken: the buffer's allocation is kept for the next round.
         let mut answers = std::mem::take(&mut self.answers);
         for (id, mut answer) in answers.drain(..) {
-            if let Err(NodeError::Rejected(baton_core::Error::NotOwned { slot, .. })) = &answer {
+            if let Err(NodeError::Rejected(baton_core::Error::NotOwned { slot, group, .. })) = &answer {
                 // Say where the name is served now, so that the client goes straight there.
-                answer = Err(self.node.moved(*slot));
+                answer = Err(self.node.moved(*slot, *group));
             }
             if !fx.answer(id, answer) {
                 self.requests.forget(id);

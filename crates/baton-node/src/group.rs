@@ -213,6 +213,9 @@ impl Group {
     }
 
     pub(crate) fn transfer_leader(&mut self, to: NodeId) {
+        // A transfer's election is exempt from the followers' vote-refusal window (raft-rs:
+        // a forced campaign), so the read lease's argument no longer holds: drop it.
+        self.lease_until_ms = 0;
         self.raw.transfer_leader(to);
     }
 
@@ -233,7 +236,7 @@ impl Group {
             .is_some_and(|p| p.matched == last && p.state == ProgressState::Replicate && p.recent_active);
         if ready {
             self.placement_after_ms = now + PLACEMENT_PAUSE_MS;
-            self.raw.transfer_leader(preferred);
+            self.transfer_leader(preferred);
         }
     }
 
@@ -276,7 +279,9 @@ impl Group {
         // after a while, as a first version did, let a renewal be confirmed with the old expiry
         // still in the log: the review caught it.)
         let due = self.leases.due(now, EXPIRE_BATCH, &self.expiring);
-        if !due.is_empty() && self.propose_internal(Command::ExpireSessions { sessions: due.clone() }, now, wall) {
+        let as_of = self.sm.applied_index();
+        if !due.is_empty() && self.propose_internal(Command::ExpireSessions { sessions: due.clone(), as_of }, now, wall)
+        {
             self.expiring.extend(due.iter().copied());
         }
         let timer_due = self.sm.next_timer_ms().is_some_and(|at| at <= self.leader_time(now));
@@ -550,10 +555,20 @@ impl Group {
         if self.role != Role::Leader {
             return;
         }
+        if let Command::ExpireSessions { sessions, .. } = &p.entry.command {
+            // Applied: the ones it expired end below; the ones it spared (refreshed since it was
+            // proposed) are no longer being expired.
+            for s in sessions {
+                self.expiring.remove(s);
+            }
+        }
         for e in events {
             match e {
                 Event::SessionOpened { session, ttl_ms } => {
                     self.leases.set(*session, now + ttl_ms);
+                }
+                Event::SessionRefreshed { session, ttl_ms } => {
+                    self.leases.extend(*session, now + ttl_ms);
                 }
                 Event::SessionEnded { session, .. } => {
                     self.leases.remove(*session);

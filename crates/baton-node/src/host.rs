@@ -254,7 +254,7 @@ impl Requests {
     pub fn handle(&mut self, out: &Output, answers: &mut Vec<(RequestId, Result<Answer, NodeError>)>) {
         match out {
             Output::Reply { id, result } => self.on_reply(*id, result, answers),
-            Output::Event { group, event: Event::SlotsMoved { start, end, from, .. }, .. } if group == from => {
+            Output::Event { group, event: Event::SlotsMoved { start, end, from, to }, .. } if group == from => {
                 // The source stopped serving these names: their waits go on in the new group.
                 let range = *start..=*end;
                 let keys: Vec<WaitKey> = self
@@ -264,10 +264,15 @@ impl Requests {
                     .cloned()
                     .collect();
                 for key in keys {
-                    let slot = baton_core::slot_of(&key.1);
                     for id in self.waits.remove(&key).unwrap_or_default() {
-                        let e = baton_core::Error::NotOwned { name: key.1.clone(), slot, group: *group };
-                        answers.push((id, Err(NodeError::Rejected(e))));
+                        // The acquire was applied (it waits in the queue, which moved with the
+                        // slot): not a plain redirect. Asking again with the same request id
+                        // finds it at the destination.
+                        let msg = format!(
+                            "{:?} moved to group {} while the request waited in its queue; ask again with the same request id",
+                            key.1, to
+                        );
+                        answers.push((id, Err(NodeError::Unavailable(msg))));
                     }
                 }
             }

@@ -21,6 +21,13 @@ impl LeaseTable {
         self.by_deadline.insert((deadline, session));
     }
 
+    /// Moves a session's deadline to `deadline` if that is later (or sets it).
+    pub fn extend(&mut self, session: SessionId, deadline: u64) {
+        if self.by_session.get(&session).is_none_or(|d| *d < deadline) {
+            self.set(session, deadline);
+        }
+    }
+
     /// Sets a deadline only for a session that has none.
     pub fn set_if_absent(&mut self, session: SessionId, deadline: u64) {
         if !self.by_session.contains_key(&session) {

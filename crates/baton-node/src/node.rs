@@ -368,10 +368,15 @@ impl Node {
     }
 
     /// A refusal for a name outside the group's slots, with where the name is served instead.
-    pub fn moved(&self, slot: u16) -> NodeError {
-        // A slot being moved is the destination's as soon as the source refuses it (it may not
-        // serve it yet either; the client then asks again after a pause).
-        let group = self.topology().and_then(|t| t.moving(slot).map(|(_, m)| m.to).or_else(|| t.group_of(slot)));
+    pub fn moved(&self, slot: u16, refused_by: GroupId) -> NodeError {
+        // A slot being moved is the destination's once the source refuses it (the destination
+        // may not serve it yet either; the client then asks again after a pause), and still the
+        // source's for anyone else.
+        let group = self.topology().and_then(|t| match t.moving(slot) {
+            Some((_, m)) if m.from == refused_by => Some(m.to),
+            Some((_, m)) => Some(m.from),
+            None => t.group_of(slot),
+        });
         let version = self.topology().map_or(0, |t| t.version);
         NodeError::Moved { slot, group, leader: group.and_then(|g| self.leader(g)), version }
     }

@@ -42,6 +42,7 @@ impl Watched {
             | Event::RegisterChanged { name, .. }
             | Event::LeaderChanged { name, .. } => Some(name),
             Event::SessionOpened { .. }
+            | Event::SessionRefreshed { .. }
             | Event::SessionEnded { .. }
             | Event::SlotsMoved { .. }
             | Event::TopologyChanged { .. } => None,
@@ -215,6 +216,7 @@ pub fn to_proto(w: &Watched) -> baton_proto::v1::WatchEvent {
         Event::RegisterChanged { version, .. } => (e.r#type, e.version) = ("register_changed".into(), *version),
         Event::SessionOpened { session, .. } => (e.r#type, e.session_id) = ("session_opened".into(), *session),
         Event::SessionEnded { session, .. } => (e.r#type, e.session_id) = ("session_ended".into(), *session),
+        Event::SessionRefreshed { session, .. } => (e.r#type, e.session_id) = ("session_refreshed".into(), *session),
         Event::TopologyChanged { version } => (e.r#type, e.version) = ("topology_changed".into(), *version),
         Event::SlotsMoved { start, end, from, to } => {
             (e.r#type, e.slot_start, e.slot_end, e.from_group, e.to_group) =

@@ -470,7 +470,7 @@ impl SimClient {
             _ => return None,
         };
         let group = self.target(request).1?;
-        (session == s.id && !s.lease.has(group)).then_some(group)
+        (session == s.id && !s.lease.attached_in(group)).then_some(group)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -63,6 +63,12 @@ impl Lease {
         self.groups.contains_key(&group)
     }
 
+    /// True if an answer proved the session's record in `group` (an open or attach; a group
+    /// learned from a move is not, until attached: its take-over may not have applied yet).
+    pub fn attached_in(&self, group: u64) -> bool {
+        self.groups.get(&group).is_some_and(|g| g.known_since_ms.is_some())
+    }
+
     /// The groups the session has records in.
     pub fn groups(&self) -> Vec<u64> {
         self.groups.keys().copied().collect()
@@ -73,6 +79,11 @@ impl Lease {
     /// its names were moved to. Returns false if the answer shows the session is gone.
     pub fn renewal(&mut self, sent_ms: u64, led: &[u64], present: &[u64], moved_to: &[u64]) -> bool {
         let before = self.deadline_ms();
+        if sent_ms >= before {
+            // Sent after the lease ran out: the session may have expired since in some group (and
+            // come back to life in another); a lost lease stays lost.
+            return false;
+        }
         for g in moved_to {
             self.groups.entry(*g).or_insert(GroupLease { valid_until_ms: before, known_since_ms: None });
         }
@@ -136,10 +147,22 @@ mod tests {
         assert_eq!(lease.deadline_ms(), 10_000, "group 2 was last renewed by its attach");
         assert!(lease.renewal(4_000, &[2], &[2], &[]));
         assert_eq!(lease.deadline_ms(), 12_000);
+        assert!(lease.attached_in(2));
         // An attach answered after the renewal was sent: its absence there proves nothing.
         lease.attached(3, 4_500, 5_500);
         assert!(lease.renewal(5_000, &[3], &[], &[]));
         assert!(!lease.renewal(6_000, &[3], &[], &[]), "attached before the renewal left, gone now");
+    }
+
+    /// Review finding: a renewal answered after the lease ran out revived it (the session could
+    /// have expired in one group meanwhile, and come back in another with a slot move).
+    #[test]
+    fn a_lost_lease_stays_lost() {
+        let mut lease = Lease::new(10_000, 1, 0, 10);
+        assert_eq!(lease.deadline_ms(), 9_000);
+        assert!(!lease.renewal(9_000, &[1], &[1], &[]), "sent at the deadline");
+        assert_eq!(lease.deadline_ms(), 9_000);
+        assert!(lease.renewal(8_999, &[1], &[1], &[]), "sent before it");
     }
 
     #[test]
@@ -149,7 +172,7 @@ mod tests {
         assert_eq!(lease.deadline_ms(), 11_000);
         // The answer to a renewal sent at 5 s says the names moved to group 4.
         assert!(lease.renewal(5_000, &[1], &[1], &[4]));
-        assert!(lease.has(4));
+        assert!(lease.has(4) && !lease.attached_in(4), "known, but not proven: attach before use");
         assert_eq!(lease.deadline_ms(), 11_000, "group 4 counts from before this answer");
         // Group 4's leader has not applied the take-over yet: not a loss.
         assert!(lease.renewal(6_000, &[4], &[], &[]));

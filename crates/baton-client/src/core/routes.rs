@@ -47,7 +47,9 @@ impl SlotMap {
     /// Takes a whole map of `version` (each group with its inclusive slot ranges), unless the
     /// one held is newer. Returns true if taken.
     pub fn replace(&mut self, version: u64, groups: &[(u64, Vec<(Slot, Slot)>)]) -> bool {
-        if version < self.version {
+        // Only a newer map: one of the same version may predate a redirect recorded since (a
+        // move's hand-off changes where a slot is served before the map's next version).
+        if version <= self.version && self.version != 0 {
             return false;
         }
         let mut owner = vec![0; SLOTS as usize];
@@ -165,6 +167,7 @@ mod tests {
         assert!(map.replace(3, &[(1, vec![(0, 8191)]), (2, vec![(8192, 16383)])]));
         assert_eq!(map.group_of("foo"), 2, "slot {foo}");
         assert!(!map.replace(2, &[(1, vec![(0, 16383)])]), "an older map is ignored");
+        assert!(!map.replace(3, &[(1, vec![(0, 16383)])]), "as is one of the same version");
         map.moved(foo, 5, 3);
         assert_eq!(map.group_of("foo"), 5);
         map.moved(foo, 6, 2);

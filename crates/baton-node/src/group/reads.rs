@@ -22,7 +22,10 @@ impl Group {
             return Err(NodeError::Busy(waiting));
         }
         let read = PendingRead { id, query, since_ms: now };
-        if now < self.lease_until_ms && self.raw.raft.commit_to_current_term() {
+        // Not during a leadership transfer: the new leader's election ignores the followers'
+        // vote-refusal window the lease rests on (the review found it with placement on).
+        let transferring = self.raw.raft.lead_transferee.is_some();
+        if now < self.lease_until_ms && !transferring && self.raw.raft.commit_to_current_term() {
             // Lease read (NodeConfig::lease_read_ms): no other leader can exist yet, so what is
             // committed now is the latest; serve once it has applied.
             self.reads_ready.push((self.raw.raft.raft_log.committed, read));

@@ -114,6 +114,7 @@ impl Driver {
     pub fn tick(&mut self, mono_ms: u64, wall_ms: u64) {
         self.node.set_time(mono_ms, wall_ms);
         self.node.tick();
+        self.requests.expire(mono_ms, &mut self.answers);
     }
 
     /// A client request for `group` (`None`: the group serving its name, by this node's map),
@@ -123,7 +124,7 @@ impl Driver {
         self.node.set_time(mono_ms, wall_ms);
         self.next_request += 1;
         let id = self.next_request;
-        self.requests.submit(&mut self.node, group, id, request, &mut self.answers);
+        self.requests.submit(&mut self.node, group, id, request, mono_ms, &mut self.answers);
         id
     }
 

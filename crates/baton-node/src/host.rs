@@ -114,7 +114,15 @@ struct Join {
     waiting: usize,
     renewal: Renewal,
     first_error: Option<NodeError>,
+    /// Answered with the parts that are in by then (see [`Requests::expire`]).
+    deadline_ms: u64,
 }
+
+/// How long a keepalive waits for its slowest group before it is answered with the others: a
+/// group whose leader is slow (just elected, say) must not hold up the renewals of every group
+/// the node leads, and the client gives a renewal up after half a renewal interval (at least
+/// 200 ms).
+pub const KEEPALIVE_PARTS_MS: u64 = 300;
 
 /// Ids of the per-group parts of a keepalive: above every id a runtime gives out.
 const PART: RequestId = 1 << 62;
@@ -151,6 +159,7 @@ impl Requests {
         group: Option<GroupId>,
         id: RequestId,
         request: Request,
+        now_ms: u64,
         answers: &mut Vec<(RequestId, Result<Answer, NodeError>)>,
     ) {
         let group = match (group, request.routing_key()) {
@@ -159,7 +168,7 @@ impl Requests {
             (None, None) => crate::DATA_GROUP,
         };
         match request {
-            Request::KeepAlive(sessions) => self.renew(node, id, sessions, answers),
+            Request::KeepAlive(sessions) => self.renew(node, id, sessions, now_ms, answers),
             Request::Propose(command) => {
                 self.pending.insert(id, Kind::Propose);
                 node.propose(group, id, command);
@@ -182,6 +191,7 @@ impl Requests {
         node: &mut Node,
         id: RequestId,
         sessions: Vec<SessionId>,
+        now_ms: u64,
         answers: &mut Vec<(RequestId, Result<Answer, NodeError>)>,
     ) {
         let leading = node.leading();
@@ -194,7 +204,10 @@ impl Requests {
         }
         let leases = sessions.iter().map(|&session| SessionRenewal { session, ..Default::default() }).collect();
         let renewal = Renewal { groups: Vec::new(), leases };
-        self.joins.insert(id, Join { waiting: leading.len(), renewal, first_error: None });
+        let deadline_ms = now_ms + KEEPALIVE_PARTS_MS;
+        self.joins.insert(id, Join { waiting: leading.len(), renewal, first_error: None, deadline_ms });
+        // One list, shared by every group's part (a message may list 100,000 sessions).
+        let sessions: std::sync::Arc<[SessionId]> = sessions.into();
         for group in leading {
             self.next_part += 1;
             let part = PART | self.next_part;
@@ -239,7 +252,27 @@ impl Requests {
         if join.waiting > 0 {
             return;
         }
-        let join = self.joins.remove(&id).expect("present");
+        self.answer_join(id, answers);
+    }
+
+    /// Answers the keepalives whose slowest parts are late with the parts that are in (the
+    /// late parts' answers are dropped when they come).
+    pub fn expire(&mut self, now_ms: u64, answers: &mut Vec<(RequestId, Result<Answer, NodeError>)>) {
+        // Only with at least one part in: with none, the node is not serving any (no quorum,
+        // say), and the client's own timeout decides.
+        let late: Vec<RequestId> = self
+            .joins
+            .iter()
+            .filter(|(_, j)| j.deadline_ms <= now_ms && !j.renewal.groups.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            self.answer_join(id, answers);
+        }
+    }
+
+    fn answer_join(&mut self, id: RequestId, answers: &mut Vec<(RequestId, Result<Answer, NodeError>)>) {
+        let Some(join) = self.joins.remove(&id) else { return };
         let answer = if join.renewal.groups.is_empty() {
             Err(join.first_error.unwrap_or(NodeError::NotLeader { group: crate::DATA_GROUP, leader: None }))
         } else {

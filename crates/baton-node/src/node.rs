@@ -170,7 +170,7 @@ pub enum Query {
     /// Renew these sessions' leases. Served like a read, after a ReadIndex round: a leader
     /// acknowledges a keepalive only once a majority has confirmed it still leads, so a deposed
     /// leader that has not noticed yet cannot extend a lease its successor does not know about.
-    KeepAlive(Vec<SessionId>),
+    KeepAlive(std::sync::Arc<[SessionId]>),
     /// A counter's value.
     Counter(String),
     /// A register's value and version.

@@ -87,7 +87,7 @@ impl Group {
                 Query::Register(name) => Reply::Register(self.sm.register(name).map(|r| (r.value.clone(), r.version))),
                 Query::KeepAlive(sessions) => {
                     let mut leases = Vec::with_capacity(sessions.len());
-                    for &id in sessions {
+                    for &id in sessions.iter() {
                         match self.sm.session(id) {
                             Some(s) if !self.expiring.contains(&id) => {
                                 // Confirmed leader: the lease runs a full TTL from now.

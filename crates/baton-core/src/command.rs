@@ -37,6 +37,10 @@ pub enum Command {
     BeginMove { start: crate::slots::Slot, end: crate::slots::Slot, to: u64 },
     /// Meta group: the move's destination serves its slots; the map says so from now on.
     FinishMove { move_id: u64 },
+    /// Meta group: a new member, with its addresses; every group gets a replica on it.
+    AddNode { id: u64, peer_addr: String, client_addr: String },
+    /// Meta group: a member leaves; every group's replica on it is removed.
+    RemoveNode { id: u64 },
     /// Close a session on its owner's request: its locks are released, its waits end.
     CloseSession { session: SessionId },
     /// The leader saw these sessions go a full TTL without a keepalive, judging by the state
@@ -87,6 +91,8 @@ impl Command {
             | Command::TakeOver { .. }
             | Command::BeginMove { .. }
             | Command::FinishMove { .. }
+            | Command::AddNode { .. }
+            | Command::RemoveNode { .. }
             | Command::Tick => None,
         }
     }
@@ -179,6 +185,8 @@ pub enum Outcome {
     /// The meta group's map moved with a finished move (false: it had finished already), now at
     /// this version.
     MoveFinished { finished: bool, version: u64 },
+    /// The membership changed (false: it was so already); the layout is at this version.
+    MembersChanged { changed: bool, version: u64 },
     /// A latch's count after the command; `set` is false if `LatchSet` found it already set.
     Latch { count: u64, set: bool },
     /// A counter's value after the command; `swapped` is false if a compare-and-set failed.

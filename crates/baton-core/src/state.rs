@@ -206,6 +206,20 @@ impl StateMachine {
         Ok(Outcome::MoveBegun { move_id: index, version })
     }
 
+    fn change_members(
+        &mut self,
+        events: &mut Vec<Event>,
+        change: impl FnOnce(&mut Topology) -> std::result::Result<bool, String>,
+    ) -> Result<Outcome> {
+        let t = self.topology_mut()?;
+        let changed = change(t).map_err(Error::InvalidArgument)?;
+        let version = t.version;
+        if changed {
+            events.push(Event::TopologyChanged { version });
+        }
+        Ok(Outcome::MembersChanged { changed, version })
+    }
+
     fn finish_move(&mut self, move_id: u64, events: &mut Vec<Event>) -> Result<Outcome> {
         let t = self.topology_mut()?;
         let finished = t.finish_move(move_id);
@@ -271,6 +285,12 @@ impl StateMachine {
             Command::TakeOver { bundle } => self.take_over(index, bundle, events),
             Command::BeginMove { start, end, to } => self.begin_move(index, *start, *end, *to, events),
             Command::FinishMove { move_id } => self.finish_move(*move_id, events),
+            Command::AddNode { id, peer_addr, client_addr } => {
+                let addrs =
+                    crate::topology::NodeAddrs { peer_addr: peer_addr.clone(), client_addr: client_addr.clone() };
+                self.change_members(events, |t| t.add_node(*id, addrs))
+            }
+            Command::RemoveNode { id } => self.change_members(events, |t| t.remove_node(*id)),
             Command::ExpireSessions { sessions, as_of } => Ok(self.expire_sessions(sessions, *as_of, events)),
             Command::Acquire(req) => self.acquire(req, events),
             Command::Release { name, session, token } => self.release(name, *session, *token, events),

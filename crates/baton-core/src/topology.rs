@@ -52,11 +52,24 @@ pub struct PendingMove {
     pub to: u64,
 }
 
+/// A member's addresses (empty for the members a cluster was created with: their addresses are
+/// in every node's configuration).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAddrs {
+    /// Address for other nodes.
+    pub peer_addr: String,
+    /// Address for clients.
+    pub client_addr: String,
+}
+
 /// The layout of the cluster.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Topology {
     /// Incremented by every change; clients compare it with the one they route by.
     pub version: u64,
+    /// The members: every one holds a replica of the meta group (and, today, of every data
+    /// group: the replication factor is the cluster's size).
+    pub nodes: BTreeMap<u64, NodeAddrs>,
     /// Data groups by id (1, 2, ...).
     pub groups: BTreeMap<u64, GroupPlacement>,
     /// Slot moves under way, by move id (the meta log index that started them).
@@ -70,6 +83,8 @@ pub const MAX_PENDING_MOVES: usize = 64;
 pub const META_GROUP: u64 = 0;
 /// Most data groups a cluster may have.
 pub const MAX_GROUPS: u64 = 1_024;
+/// Most members a cluster may have.
+pub const MAX_NODES: usize = 64;
 
 impl Topology {
     /// The layout a new cluster starts with: `data_groups` groups (1..=`MAX_GROUPS`), each on
@@ -85,7 +100,51 @@ impl Topology {
                 (i as u64 + 1, GroupPlacement { replicas: replicas.clone(), slots: SlotSet::range(start, end) })
             })
             .collect();
-        Topology { version: 1, groups, moves: BTreeMap::new() }
+        let nodes = replicas.iter().map(|id| (*id, NodeAddrs::default())).collect();
+        Topology { version: 1, nodes, groups, moves: BTreeMap::new() }
+    }
+
+    /// Adds a member: it gets a replica of every group (each group's leader adds it, first as a
+    /// learner). Adding a member again with the same addresses changes nothing.
+    pub(crate) fn add_node(&mut self, id: u64, addrs: NodeAddrs) -> Result<bool, String> {
+        if id == 0 {
+            return Err("node id 0 is not a valid id".into());
+        }
+        if let Some(known) = self.nodes.get(&id) {
+            if *known == addrs || known.peer_addr.is_empty() {
+                return Ok(false);
+            }
+            return Err(format!("node {id} is a member already, at {}", known.peer_addr));
+        }
+        if self.nodes.len() >= MAX_NODES {
+            return Err(format!("the cluster has {MAX_NODES} members already"));
+        }
+        self.nodes.insert(id, addrs);
+        for g in self.groups.values_mut() {
+            if !g.replicas.contains(&id) {
+                g.replicas.push(id);
+                g.replicas.sort_unstable();
+            }
+        }
+        self.version += 1;
+        Ok(true)
+    }
+
+    /// Removes a member from every group (each group's leader removes it, handing its
+    /// leadership on first if it leads) and from the membership.
+    pub(crate) fn remove_node(&mut self, id: u64) -> Result<bool, String> {
+        if !self.nodes.contains_key(&id) {
+            return Ok(false);
+        }
+        if self.nodes.len() <= 1 {
+            return Err(format!("node {id} is the last member: a cluster cannot remove its last node"));
+        }
+        self.nodes.remove(&id);
+        for g in self.groups.values_mut() {
+            g.replicas.retain(|r| *r != id);
+        }
+        self.version += 1;
+        Ok(true)
     }
 
     /// The move under way that covers `slot`, if any.

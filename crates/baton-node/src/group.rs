@@ -131,6 +131,7 @@ impl Group {
                 }
                 (GroupStorage::recover(r.hard_state, r.snapshot, r.entries), sm, None)
             }
+            Start::Joining => (GroupStorage::joining(), StateMachine::new(config.limits.clone()), None),
             Start::New { voters, state } => {
                 let storage = GroupStorage::bootstrap(&voters, state.to_snapshot());
                 let write = GroupWrite {
@@ -237,6 +238,52 @@ impl Group {
         if ready {
             self.placement_after_ms = now + PLACEMENT_PAUSE_MS;
             self.transfer_leader(preferred);
+        }
+    }
+
+    /// The leader moves the group's membership one step toward `target` (one change in flight
+    /// at a time): a missing node is added as a learner, a learner that has caught up is made a
+    /// voter, a voter not in `target` is removed — and if that is this leader, it first hands
+    /// the leadership to a caught-up voter of `target`. Before the first learner joins, the
+    /// group takes a snapshot if it has none past its bootstrap: a new replica must start from
+    /// the leader's snapshot, never from the log (the group's initial state is not in the log).
+    pub(crate) fn drive_replicas(&mut self, target: &[NodeId]) {
+        use raft::eraftpb::ConfChangeType as T;
+        let raft = &self.raw.raft;
+        if self.role != Role::Leader || raft.lead_transferee.is_some() || target.is_empty() {
+            return;
+        }
+        if raft.pending_conf_index > raft.raft_log.applied {
+            return;
+        }
+        let conf = raft.prs().conf();
+        let voters: Vec<NodeId> = conf.voters().ids().iter().collect();
+        let learners: Vec<NodeId> = conf.learners().iter().copied().collect();
+        let last = raft.raft_log.last_index();
+        let caught_up = |id: NodeId| raft.prs().get(id).is_some_and(|p| p.matched + 100 >= last && p.recent_active);
+        let change = if let Some(&n) = target.iter().find(|n| !voters.contains(n) && !learners.contains(n)) {
+            if self.raw.store().snapshot_ref().get_metadata().index == 0 {
+                self.force_snapshot();
+                return;
+            }
+            Some((T::AddLearnerNode, n))
+        } else if let Some(&n) = learners.iter().find(|n| target.contains(n) && caught_up(**n)) {
+            Some((T::AddNode, n))
+        } else if let Some(&n) = voters.iter().find(|n| !target.contains(n)) {
+            if n == raft.id {
+                if let Some(&to) = voters.iter().find(|v| **v != n && target.contains(v) && caught_up(**v)) {
+                    self.transfer_leader(to);
+                }
+                None
+            } else {
+                Some((T::RemoveNode, n))
+            }
+        } else {
+            learners.iter().find(|n| !target.contains(n)).map(|n| (T::RemoveNode, *n))
+        };
+        if let Some((change_type, node_id)) = change {
+            let cc = raft::eraftpb::ConfChange { change_type, node_id, ..Default::default() };
+            let _ = self.raw.propose_conf_change(Vec::new(), cc);
         }
     }
 
@@ -534,15 +581,16 @@ impl Group {
         Ok(())
     }
 
-    /// Membership changes are not proposed by Baton yet; one found in the log is applied to
-    /// raft-rs as the protocol requires.
+    /// Applies a membership change (proposed by `drive_replicas`) to raft-rs and the storage.
     fn apply_conf_change<C: protobuf::Message + raft_proto::ConfChangeI>(
         &mut self,
         e: &raft::eraftpb::Entry,
     ) -> Result<(), String> {
         let mut cc = C::new();
         cc.merge_from_bytes(&e.data).map_err(|err| format!("conf change at {}: {err}", e.index))?;
-        self.raw.apply_conf_change(&cc).map_err(|err| format!("conf change at {}: {err}", e.index))?;
+        let cs = self.raw.apply_conf_change(&cc).map_err(|err| format!("conf change at {}: {err}", e.index))?;
+        // Later snapshots carry the new membership (a replica started from one must know it).
+        self.raw.mut_store().set_conf_state(cs);
         self.sm.observe_time(e.index, 0);
         Ok(())
     }

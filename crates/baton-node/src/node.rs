@@ -114,6 +114,9 @@ pub enum Start {
     /// A new group: its voters and the state its state machine starts with (equal on every
     /// member).
     New { voters: Vec<NodeId>, state: Box<baton_core::StateMachine> },
+    /// A replica on a node that joins an existing cluster: empty until the group's leader sends
+    /// it a snapshot (created when the first message of the group arrives).
+    Joining,
 }
 
 /// The groups a new cluster starts with that `node` holds a replica of: the meta group (on every
@@ -144,6 +147,11 @@ pub fn start_groups<S: crate::LogStore>(
     limits: &Limits,
 ) -> Result<Vec<(GroupId, Start)>, String> {
     let ids = store.groups().map_err(|e| e.to_string())?;
+    if ids.is_empty() && !voters.contains(&node) {
+        // Joining an existing cluster: the groups come from their leaders once the meta group
+        // adds this node (see `Node::step`).
+        return Ok(Vec::new());
+    }
     if ids.is_empty() {
         return Ok(initial_groups(node, voters, data_groups, limits));
     }
@@ -340,6 +348,7 @@ impl Node {
             group.tick(self.mono_ms, self.wall_ms, &mut self.outputs);
         }
         self.place_leaders();
+        self.drive_replicas();
         self.drive_moves();
         self.take_mover_replies();
     }
@@ -386,6 +395,24 @@ impl Node {
         self.groups.iter().filter(|(id, g)| **id != META_GROUP && g.role() == Role::Leader).map(|(id, _)| *id).collect()
     }
 
+    /// Each group this node leads moves its membership one step toward the topology's: the
+    /// meta group's voters are the members, a data group's its replicas (see
+    /// `Group::drive_replicas`).
+    fn drive_replicas(&mut self) {
+        let Some(topology) = self.topology() else { return };
+        if topology.nodes.is_empty() {
+            return;
+        }
+        let mut targets: Vec<(GroupId, Vec<NodeId>)> =
+            topology.groups.iter().map(|(id, g)| (*id, g.replicas.clone())).collect();
+        targets.push((META_GROUP, topology.nodes.keys().copied().collect()));
+        for (id, target) in targets {
+            if let Some(g) = self.groups.get_mut(&id) {
+                g.drive_replicas(&target);
+            }
+        }
+    }
+
     /// The ids of the groups this node holds a replica of.
     pub fn groups(&self) -> Vec<GroupId> {
         self.groups.keys().copied().collect()
@@ -396,8 +423,21 @@ impl Node {
         self.groups.get(&META_GROUP).and_then(|g| g.sm.topology())
     }
 
-    /// A message from a peer.
+    /// A message from a peer. A leader's message for a group this node has no replica of yet
+    /// creates an empty one (the node was just added to the group: a snapshot follows).
     pub fn step(&mut self, group: GroupId, msg: Message) {
+        use raft::eraftpb::MessageType as M;
+        if !self.groups.contains_key(&group)
+            && matches!(msg.get_msg_type(), M::MsgAppend | M::MsgHeartbeat | M::MsgSnapshot)
+            && group <= baton_core::topology::MAX_GROUPS
+        {
+            match Group::open(&self.config, group, Start::Joining) {
+                Ok((g, _)) => {
+                    self.groups.insert(group, g);
+                }
+                Err(e) => tracing::warn!(group, "cannot create a replica: {e}"),
+            }
+        }
         if let Some(g) = self.groups.get_mut(&group) {
             g.step(msg);
         }

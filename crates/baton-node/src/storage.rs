@@ -19,6 +19,8 @@ pub struct GroupStorage {
     entries: Vec<Entry>,
     /// The latest snapshot (metadata says which index it covers).
     snapshot: Snapshot,
+    /// raft-rs asked for a snapshot for a new member that the latest one does not list.
+    snapshot_wanted: std::cell::Cell<bool>,
 }
 
 impl GroupStorage {
@@ -47,7 +49,7 @@ impl GroupStorage {
         let first = snapshot.get_metadata().index + 1;
         let entries: Vec<Entry> = entries.into_iter().filter(|e| e.index >= first).collect();
         debug_assert!(entries.windows(2).all(|w| w[1].index == w[0].index + 1));
-        GroupStorage { hard_state, conf_state, entries, snapshot }
+        GroupStorage { hard_state, conf_state, entries, snapshot, ..Default::default() }
     }
 
     /// The current hard state.
@@ -73,6 +75,22 @@ impl GroupStorage {
     /// The voters of the group.
     pub fn conf_state(&self) -> &ConfState {
         &self.conf_state
+    }
+
+    /// A membership change applied: later snapshots carry it.
+    pub fn set_conf_state(&mut self, cs: ConfState) {
+        self.conf_state = cs;
+    }
+
+    /// True (once) if a newer snapshot was asked for (see `snapshot`).
+    pub fn take_snapshot_wanted(&self) -> bool {
+        self.snapshot_wanted.replace(false)
+    }
+
+    /// A replica created on a node that joins: no voters, no state, until the leader's
+    /// snapshot arrives.
+    pub fn joining() -> Self {
+        GroupStorage::default()
     }
 
     fn snapshot_index(&self) -> u64 {
@@ -183,7 +201,15 @@ impl raft::Storage for GroupStorage {
         Ok(self.last())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, _request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        // A snapshot taken before `to` joined does not list it, and raft-rs on `to` refuses a
+        // snapshot that does not: ask for a newer one (the group takes it at its next round)
+        // and let raft-rs try again.
+        let cs = self.snapshot.get_metadata().get_conf_state();
+        if !cs.voters.contains(&to) && !cs.learners.contains(&to) {
+            self.snapshot_wanted.set(true);
+            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+        }
         Ok(self.snapshot.clone())
     }
 }

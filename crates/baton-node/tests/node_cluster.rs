@@ -986,3 +986,75 @@ fn a_slow_group_does_not_hold_up_the_renewals_of_the_others() {
         other => panic!("expected the fast group's renewal within 500 ms, got {other:?}"),
     }
 }
+
+/// Membership online: a node that starts with an empty store and no bootstrap joins when the
+/// meta group adds it — every group's leader adds it as a learner (from a snapshot), then makes
+/// it a voter — and leaves when the meta group removes it. The state it got is the groups' own.
+#[test]
+fn a_node_joins_every_group_and_leaves_again() {
+    let mut c = Cluster::with_groups(3, 1_000, 2);
+    c.advance(5_000);
+    let session = c.open("early");
+    assert!(matches!(c.outcome(acquire("before-join", session, 1, None)), Outcome::Granted { .. }));
+    let meta = |c: &Cluster| c.nodes[&1].node().leader(baton_node::META_GROUP).unwrap();
+    let propose_meta = |c: &mut Cluster, command: Command| {
+        let l = meta(c);
+        let (mono, wall) = c.clock(l);
+        let id =
+            c.nodes.get_mut(&l).unwrap().submit(Some(baton_node::META_GROUP), Request::Propose(command), mono, wall);
+        c.settle();
+        c.answers.remove(&id).expect("answered")
+    };
+    // Node 4 starts empty: it holds no group until the cluster adds it.
+    c.stores.insert(4, MemStore::default());
+    c.start(4);
+    assert!(c.nodes[&4].node().groups().is_empty());
+    let add = Command::AddNode { id: 4, peer_addr: "127.0.0.1:9004".into(), client_addr: "127.0.0.1:9104".into() };
+    assert!(matches!(propose_meta(&mut c, add), Ok(Answer::Applied(Outcome::MembersChanged { changed: true, .. }))));
+    let voters_everywhere = |c: &Cluster, node: u64, present: bool| {
+        c.nodes
+            .values()
+            .filter(|d| d.node().id() != node || present)
+            .all(|d| d.node().status().iter().all(|g| g.replicas.contains(&node) == present))
+    };
+    for _ in 0..100 {
+        if c.nodes[&4].node().groups().len() == 3 && voters_everywhere(&c, 4, true) {
+            break;
+        }
+        c.advance(TICK_MS);
+    }
+    assert_eq!(c.nodes[&4].node().groups(), vec![0, 1, 2]);
+    let all: Vec<String> = c
+        .nodes
+        .iter()
+        .map(|(id, d)| {
+            format!("node {id}: {:?}", d.node().status().iter().map(|g| (g.id, &g.replicas)).collect::<Vec<_>>())
+        })
+        .collect();
+    assert!(voters_everywhere(&c, 4, true), "node 4 is not a voter of every group: {all:?}");
+    let group = c.nodes[&1].node().group_of("before-join");
+    let lock = c.nodes[&4].node().state_machine(group).unwrap().lock("before-join").cloned();
+    assert_eq!(lock.and_then(|l| l.held_by()).map(|(s, _)| s), Some(session), "node 4 has the groups' state");
+    assert_eq!(c.nodes[&4].node().topology().unwrap().nodes.len(), 4);
+
+    // And out again: every group's leader removes it (handing its leaderships on first).
+    assert!(matches!(propose_meta(&mut c, Command::RemoveNode { id: 4 }), Ok(Answer::Applied(_))));
+    for _ in 0..200 {
+        let gone = c
+            .nodes
+            .iter()
+            .filter(|(id, _)| **id != 4)
+            .all(|(_, d)| d.node().status().iter().all(|g| !g.replicas.contains(&4)));
+        if gone {
+            break;
+        }
+        c.advance(TICK_MS);
+    }
+    for id in 1..=3 {
+        let st = c.nodes[&id].node().status();
+        assert!(st.iter().all(|g| !g.replicas.contains(&4)), "node {id}: {st:?}");
+    }
+    // The three go on serving (a name of the harness's group).
+    let name = (0..).map(|i| format!("after-leave-{i}")).find(|n| c.nodes[&1].node().group_of(n) == G).unwrap();
+    assert!(matches!(c.outcome(acquire(&name, session, 2, None)), Outcome::Granted { .. }));
+}

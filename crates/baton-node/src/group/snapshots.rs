@@ -31,7 +31,23 @@ impl Group {
         }
     }
 
+    /// Takes a snapshot of the applied state now (a new replica is about to be added).
+    pub(super) fn force_snapshot(&mut self) {
+        let applied = self.sm.applied_index();
+        if applied == 0 || self.snapshot_to_write.is_some() {
+            return;
+        }
+        let data = self.sm.to_snapshot();
+        let snap = self.raw.mut_store().set_snapshot(data, applied);
+        self.snapshot_to_write = Some(snap);
+    }
+
     pub(super) fn maybe_snapshot(&mut self, config: &NodeConfig) {
+        if self.raw.store().take_snapshot_wanted() {
+            // A new member needs one that lists it (see `GroupStorage::snapshot`).
+            self.force_snapshot();
+            return;
+        }
         let applied = self.sm.applied_index();
         let snap_index = self.raw.store().snapshot_ref().get_metadata().index;
         // A snapshot costs time in proportion to the state, so it waits for new entries in

@@ -278,6 +278,25 @@ impl Client {
         .await
     }
 
+    /// Adds a member to the cluster (see `AddNode` in the API); answers once the meta group has
+    /// it. The new node's replicas follow (`status` shows them).
+    pub async fn add_node(&self, id: u64, peer_addr: &str, client_addr: &str) -> Result<pb::MembersResponse> {
+        let req = pb::AddNodeRequest { id, peer_addr: peer_addr.into(), client_addr: client_addr.into() };
+        self.attempts(self.plan(Op::ChangeMembers), Target::Group(0), |mut c, _| {
+            let req = req.clone();
+            async move { c.add_node(req).await.map_err(AttemptError::from) }
+        })
+        .await
+    }
+
+    /// Removes a member from the cluster (see `RemoveNode` in the API).
+    pub async fn remove_node(&self, id: u64) -> Result<pb::MembersResponse> {
+        self.attempts(self.plan(Op::ChangeMembers), Target::Group(0), |mut c, _| async move {
+            c.remove_node(pb::RemoveNodeRequest { id }).await.map_err(AttemptError::from)
+        })
+        .await
+    }
+
     /// Where this client sends requests about `name` now: the group serving it by the client's
     /// slot map, and that group's leader as far as the client knows (diagnostics).
     pub fn route_of(&self, name: &str) -> (u64, String) {

@@ -70,6 +70,10 @@ pub struct Topology {
     /// The members: every one holds a replica of the meta group (and, today, of every data
     /// group: the replication factor is the cluster's size).
     pub nodes: BTreeMap<u64, NodeAddrs>,
+    /// The members the cluster was created with, in id order: with the number of data groups
+    /// they determine every group's initial state, which a joining node starts its replicas
+    /// from (as the founders did) before the leaders bring them up to date.
+    pub founders: Vec<u64>,
     /// Data groups by id (1, 2, ...).
     pub groups: BTreeMap<u64, GroupPlacement>,
     /// Slot moves under way, by move id (the meta log index that started them).
@@ -101,7 +105,7 @@ impl Topology {
             })
             .collect();
         let nodes = replicas.iter().map(|id| (*id, NodeAddrs::default())).collect();
-        Topology { version: 1, nodes, groups, moves: BTreeMap::new() }
+        Topology { version: 1, nodes, founders: replicas, groups, moves: BTreeMap::new() }
     }
 
     /// Adds a member: it gets a replica of every group (each group's leader adds it, first as a

@@ -131,7 +131,6 @@ impl Group {
                 }
                 (GroupStorage::recover(r.hard_state, r.snapshot, r.entries), sm, None)
             }
-            Start::Joining => (GroupStorage::joining(), StateMachine::new(config.limits.clone()), None),
             Start::New { voters, state } => {
                 let storage = GroupStorage::bootstrap(&voters, state.to_snapshot());
                 let write = GroupWrite {
@@ -244,9 +243,8 @@ impl Group {
     /// The leader moves the group's membership one step toward `target` (one change in flight
     /// at a time): a missing node is added as a learner, a learner that has caught up is made a
     /// voter, a voter not in `target` is removed — and if that is this leader, it first hands
-    /// the leadership to a caught-up voter of `target`. Before the first learner joins, the
-    /// group takes a snapshot if it has none past its bootstrap: a new replica must start from
-    /// the leader's snapshot, never from the log (the group's initial state is not in the log).
+    /// the leadership to a caught-up voter of `target`. (A new replica starts from the group's
+    /// initial state, as the founders did: see `joining_groups`.)
     pub(crate) fn drive_replicas(&mut self, target: &[NodeId]) {
         use raft::eraftpb::ConfChangeType as T;
         let raft = &self.raw.raft;
@@ -262,10 +260,6 @@ impl Group {
         let last = raft.raft_log.last_index();
         let caught_up = |id: NodeId| raft.prs().get(id).is_some_and(|p| p.matched + 100 >= last && p.recent_active);
         let change = if let Some(&n) = target.iter().find(|n| !voters.contains(n) && !learners.contains(n)) {
-            if self.raw.store().snapshot_ref().get_metadata().index == 0 {
-                self.force_snapshot();
-                return;
-            }
             Some((T::AddLearnerNode, n))
         } else if let Some(&n) = learners.iter().find(|n| target.contains(n) && caught_up(**n)) {
             Some((T::AddNode, n))

@@ -114,9 +114,6 @@ pub enum Start {
     /// A new group: its voters and the state its state machine starts with (equal on every
     /// member).
     New { voters: Vec<NodeId>, state: Box<baton_core::StateMachine> },
-    /// A replica on a node that joins an existing cluster: empty until the group's leader sends
-    /// it a snapshot (created when the first message of the group arrives).
-    Joining,
 }
 
 /// The groups a new cluster starts with that `node` holds a replica of: the meta group (on every
@@ -137,6 +134,24 @@ pub fn initial_groups(node: NodeId, voters: &[NodeId], data_groups: u64, limits:
     out
 }
 
+/// Every group of a cluster founded by `founders` with `data_groups` data groups, as its
+/// founders started them (a joining node starts from these).
+pub fn joining_groups(founders: &[NodeId], data_groups: u64, limits: &Limits) -> Vec<(GroupId, Start)> {
+    let topology = baton_core::Topology::initial(founders, data_groups);
+    let mut out: Vec<(GroupId, Start)> = topology
+        .groups
+        .iter()
+        .map(|(&id, g)| {
+            let state = baton_core::StateMachine::for_group(limits.clone(), id, g.slots.clone());
+            (id, Start::New { voters: g.replicas.clone(), state: Box::new(state) })
+        })
+        .collect();
+    let voters = topology.founders.clone();
+    let meta = baton_core::StateMachine::meta(limits.clone(), topology);
+    out.insert(0, (META_GROUP, Start::New { voters, state: Box::new(meta) }));
+    out
+}
+
 /// The groups to start `node` with: every group `store` holds, or, for a store that holds none
 /// (a new node of a new cluster), [`initial_groups`] with `data_groups` data groups.
 pub fn start_groups<S: crate::LogStore>(
@@ -148,9 +163,10 @@ pub fn start_groups<S: crate::LogStore>(
 ) -> Result<Vec<(GroupId, Start)>, String> {
     let ids = store.groups().map_err(|e| e.to_string())?;
     if ids.is_empty() && !voters.contains(&node) {
-        // Joining an existing cluster: the groups come from their leaders once the meta group
-        // adds this node (see `Node::step`).
-        return Ok(Vec::new());
+        // Joining a cluster whose founders are `voters`: every group starts as it did on them,
+        // with them as its voters; the leaders bring each up to date once the meta group adds
+        // this node (from the log, which replays the membership changes, or from a snapshot).
+        return Ok(joining_groups(voters, data_groups, limits));
     }
     if ids.is_empty() {
         return Ok(initial_groups(node, voters, data_groups, limits));
@@ -423,21 +439,8 @@ impl Node {
         self.groups.get(&META_GROUP).and_then(|g| g.sm.topology())
     }
 
-    /// A message from a peer. A leader's message for a group this node has no replica of yet
-    /// creates an empty one (the node was just added to the group: a snapshot follows).
+    /// A message from a peer.
     pub fn step(&mut self, group: GroupId, msg: Message) {
-        use raft::eraftpb::MessageType as M;
-        if !self.groups.contains_key(&group)
-            && matches!(msg.get_msg_type(), M::MsgAppend | M::MsgHeartbeat | M::MsgSnapshot)
-            && group <= baton_core::topology::MAX_GROUPS
-        {
-            match Group::open(&self.config, group, Start::Joining) {
-                Ok((g, _)) => {
-                    self.groups.insert(group, g);
-                }
-                Err(e) => tracing::warn!(group, "cannot create a replica: {e}"),
-            }
-        }
         if let Some(g) = self.groups.get_mut(&group) {
             g.step(msg);
         }

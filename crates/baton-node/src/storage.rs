@@ -87,12 +87,6 @@ impl GroupStorage {
         self.snapshot_wanted.replace(false)
     }
 
-    /// A replica created on a node that joins: no voters, no state, until the leader's
-    /// snapshot arrives.
-    pub fn joining() -> Self {
-        GroupStorage::default()
-    }
-
     fn snapshot_index(&self) -> u64 {
         self.snapshot.get_metadata().index
     }

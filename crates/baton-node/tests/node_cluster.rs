@@ -987,9 +987,10 @@ fn a_slow_group_does_not_hold_up_the_renewals_of_the_others() {
     }
 }
 
-/// Membership online: a node that starts with an empty store and no bootstrap joins when the
-/// meta group adds it — every group's leader adds it as a learner (from a snapshot), then makes
-/// it a voter — and leaves when the meta group removes it. The state it got is the groups' own.
+/// Membership online: a node that starts with an empty store (its groups as the founders
+/// started them) joins when the meta group adds it — every group's leader adds it as a learner,
+/// brings it up to date, then makes it a voter — and leaves when the meta group removes it. The
+/// state it got is the groups' own.
 #[test]
 fn a_node_joins_every_group_and_leaves_again() {
     let mut c = Cluster::with_groups(3, 1_000, 2);
@@ -1005,10 +1006,12 @@ fn a_node_joins_every_group_and_leaves_again() {
         c.settle();
         c.answers.remove(&id).expect("answered")
     };
-    // Node 4 starts empty: it holds no group until the cluster adds it.
+    // Node 4 starts with every group as the founders did (they are its voters), a member of
+    // none until the cluster adds it.
     c.stores.insert(4, MemStore::default());
     c.start(4);
-    assert!(c.nodes[&4].node().groups().is_empty());
+    assert_eq!(c.nodes[&4].node().groups(), vec![0, 1, 2]);
+    assert!(c.nodes[&4].node().status().iter().all(|g| !g.replicas.contains(&4)));
     let add = Command::AddNode { id: 4, peer_addr: "127.0.0.1:9004".into(), client_addr: "127.0.0.1:9104".into() };
     assert!(matches!(propose_meta(&mut c, add), Ok(Answer::Applied(Outcome::MembersChanged { changed: true, .. }))));
     let voters_everywhere = |c: &Cluster, node: u64, present: bool| {
@@ -1057,4 +1060,32 @@ fn a_node_joins_every_group_and_leaves_again() {
     // The three go on serving (a name of the harness's group).
     let name = (0..).map(|i| format!("after-leave-{i}")).find(|n| c.nodes[&1].node().group_of(n) == G).unwrap();
     assert!(matches!(c.outcome(acquire(&name, session, 2, None)), Outcome::Granted { .. }));
+}
+
+/// A joining node whose groups' logs were compacted long ago catches up from a snapshot, which
+/// must list it (one taken before it was added does not: the group takes a fresh one).
+#[test]
+fn a_node_joins_from_a_snapshot() {
+    let mut c = Cluster::with_groups(3, 50, 1);
+    c.advance(5_000);
+    let name = "joined-counter";
+    for _ in 0..300 {
+        c.outcome(Command::CounterAdd { name: name.into(), delta: 1 });
+    }
+    let leader = c.wait_leader();
+    assert!(c.stores[&leader].snapshot_index(G) > 100, "the log was compacted");
+    c.stores.insert(4, MemStore::default());
+    c.start(4);
+    let meta = c.nodes[&1].node().leader(baton_node::META_GROUP).unwrap();
+    let (mono, wall) = c.clock(meta);
+    let add = Command::AddNode { id: 4, peer_addr: "127.0.0.1:9004".into(), client_addr: "127.0.0.1:9104".into() };
+    c.nodes.get_mut(&meta).unwrap().submit(Some(baton_node::META_GROUP), Request::Propose(add), mono, wall);
+    for _ in 0..100 {
+        if c.nodes[&4].node().state_machine(G).unwrap().counter(name) == 300 {
+            break;
+        }
+        c.advance(TICK_MS);
+    }
+    assert_eq!(c.nodes[&4].node().state_machine(G).unwrap().counter(name), 300);
+    assert!(c.stores[&4].snapshot_index(G) > 100, "node 4 started from the leader's snapshot");
 }

@@ -28,7 +28,8 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct Forwarder {
     me: NodeId,
     runtime: tokio::runtime::Handle,
-    peers: BTreeMap<NodeId, String>,
+    /// Peer addresses come from here (members added later included).
+    view: std::sync::Arc<std::sync::Mutex<crate::runtime::ClusterView>>,
     channels: BTreeMap<NodeId, PeerClient<Channel>>,
     max_bytes: usize,
     /// Where answers go: back into the node thread's input channel.
@@ -38,11 +39,11 @@ pub(crate) struct Forwarder {
 impl Forwarder {
     pub(crate) fn new(
         me: NodeId,
-        peers: BTreeMap<NodeId, String>,
+        view: std::sync::Arc<std::sync::Mutex<crate::runtime::ClusterView>>,
         max_bytes: usize,
         back: mpsc::Sender<Input>,
     ) -> Forwarder {
-        Forwarder { me, runtime: tokio::runtime::Handle::current(), peers, channels: BTreeMap::new(), max_bytes, back }
+        Forwarder { me, runtime: tokio::runtime::Handle::current(), view, channels: BTreeMap::new(), max_bytes, back }
     }
 
     /// Sends `command` for `group` to node `to`; its answer comes back as [`Input::Forwarded`].
@@ -70,7 +71,7 @@ impl Forwarder {
         if let Some(c) = self.channels.get(&to) {
             return Some(c.clone());
         }
-        let addr = self.peers.get(&to)?;
+        let addr = self.view.lock().expect("view lock").peer_addrs.get(&to).cloned()?;
         let uri = if addr.contains("://") { addr.clone() } else { format!("http://{addr}") };
         let endpoint = tonic::transport::Endpoint::from_shared(uri).ok()?.connect_timeout(Duration::from_secs(1));
         // A lazy channel still needs the runtime's reactor at hand (this is the node thread).

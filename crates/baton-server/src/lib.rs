@@ -82,6 +82,11 @@ pub struct ServerConfig {
     /// Data groups of a new cluster (ignored once the data folder holds one: the layout is then
     /// the meta group's).
     pub groups: u64,
+    /// Join an existing cluster through these client addresses (`baton server --join`): the
+    /// members and their peer addresses come from its topology (and `peers` only needs this
+    /// node's own entry); the node holds no group until the cluster adds it (`baton cluster
+    /// add-node`). Empty: a member the cluster was created with.
+    pub join: Vec<String>,
 }
 
 impl ServerConfig {
@@ -97,6 +102,7 @@ impl ServerConfig {
             lease_reads: false,
             max_peer_message_bytes: transport::DEFAULT_MAX_PEER_MESSAGE_BYTES,
             groups: 1,
+            join: Vec::new(),
         }
     }
 }
@@ -156,6 +162,17 @@ impl Server {
     ) -> std::io::Result<Server> {
         let client_addr = client.local_addr()?;
         let peer_addr = peer.local_addr()?;
+        let mut config = config;
+        let mut voters: Vec<NodeId> = config.peers.keys().copied().collect();
+        if !config.join.is_empty() {
+            let me = config.peers.get(&config.id).cloned().unwrap_or_else(|| peer_addr.to_string());
+            let (members, groups, founders) = learn_members(&config.join).await?;
+            config.groups = groups;
+            // Its replicas start as the founders' did (see `baton_node::joining_groups`).
+            voters = founders;
+            config.peers = members;
+            config.peers.insert(config.id, me);
+        }
         if !config.peers.contains_key(&config.id) {
             return Err(std::io::Error::other(format!("node id {} is not in the peer list", config.id)));
         }
@@ -174,7 +191,6 @@ impl Server {
         } else if recovery.unclean_end {
             tracing::info!("the previous run stopped without closing the log (a crash or kill -9); no write was torn");
         }
-        let voters: Vec<NodeId> = config.peers.keys().copied().collect();
         let groups = baton_node::start_groups(&store, config.id, &voters, config.groups, &Default::default())
             .map_err(std::io::Error::other)?;
         let mut node_config = NodeConfig::new(config.id, config.peers.keys().copied().collect());
@@ -211,7 +227,11 @@ impl Server {
             v.torn_tail_bytes = torn_tail_bytes;
             v.unclean_start = recovery.unclean_end;
         }
-        let data_groups = node.topology().map_or(0, |t| t.groups.len() as u64);
+        let data_groups = match node.topology() {
+            Some(t) => t.groups.len() as u64,
+            // Joining: the cluster's layout, as its topology told (checked by every peer).
+            None => config.groups,
+        };
         if config.groups != data_groups && node.groups().len() > 1 {
             tracing::info!(
                 data_groups,
@@ -220,19 +240,12 @@ impl Server {
         }
         let local = transport::local_handshake(&config, client_addr.to_string(), data_groups);
         let max_bytes = config.max_peer_message_bytes;
-        let mut outboxes = Outboxes::new();
+        let outboxes = Outboxes::default();
         let mut tasks = Vec::new();
-        for (&id, addr) in &config.peers {
-            if id == config.id {
-                continue;
-            }
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            outboxes.insert(id, tx);
-            let sender = transport::run_sender(local.clone(), id, addr.clone(), max_bytes, view.clone(), rx);
-            tasks.push(tokio::spawn(sender).abort_handle());
-        }
-        let peers = runtime::Peers { addrs: config.peers.clone(), max_bytes };
-        let net = runtime::Net { outboxes, peers: Some(peers) };
+        // One sender per peer: the configured ones now, those the meta group adds later.
+        let peering = manage_peers(local.clone(), config.id, max_bytes, view.clone(), outboxes.clone());
+        tasks.push(tokio::spawn(peering).abort_handle());
+        let net = runtime::Net { outboxes, peers: Some(runtime::Peers { max_bytes }) };
         let (handle, thread, outcome) = runtime::spawn(node, store, boot, net, view, config.tick)?;
 
         let client_api = tonic::transport::Server::builder()
@@ -288,6 +301,72 @@ impl Server {
             t.abort();
         }
     }
+}
+
+/// Keeps one sender task per peer: the configured members, and every member the meta group
+/// adds (with its addresses) as soon as this node's map has it. Aborting this task ends them.
+async fn manage_peers(
+    local: baton_proto::peer::Handshake,
+    me: NodeId,
+    max_bytes: usize,
+    view: Arc<Mutex<ClusterView>>,
+    outboxes: Outboxes,
+) {
+    let mut senders = tokio::task::JoinSet::new();
+    let mut started: std::collections::BTreeSet<NodeId> = std::collections::BTreeSet::new();
+    loop {
+        let peers: Vec<(NodeId, String)> = {
+            let mut v = view.lock().expect("view lock");
+            let topology = v.topology.clone();
+            for (id, a) in &topology.nodes {
+                if !a.peer_addr.is_empty() {
+                    v.peer_addrs.entry(*id).or_insert_with(|| a.peer_addr.clone());
+                }
+                if !a.client_addr.is_empty() {
+                    v.client_addrs.entry(*id).or_insert_with(|| a.client_addr.clone());
+                }
+            }
+            v.peer_addrs.iter().map(|(id, a)| (*id, a.clone())).collect()
+        };
+        for (id, addr) in peers {
+            if id == me || !started.insert(id) {
+                continue;
+            }
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            outboxes.lock().expect("outboxes lock").insert(id, tx);
+            senders.spawn(transport::run_sender(local.clone(), id, addr, max_bytes, view.clone(), rx));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The members of the cluster reachable at `endpoints` and their peer addresses, from the
+/// first node that answers its topology.
+async fn learn_members(endpoints: &[String]) -> std::io::Result<(BTreeMap<NodeId, String>, u64, Vec<NodeId>)> {
+    let mut last = String::from("no endpoint given");
+    for ep in endpoints {
+        let uri = if ep.contains("://") { ep.clone() } else { format!("http://{ep}") };
+        let attempt = async {
+            let mut c = baton_proto::v1::baton_client::BatonClient::connect(uri).await.map_err(|e| e.to_string())?;
+            c.topology(baton_proto::v1::TopologyRequest {}).await.map_err(|e| e.message().to_string())
+        };
+        match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+            Ok(Ok(t)) => {
+                let t = t.into_inner();
+                let groups = t.groups.len() as u64;
+                let founders = t.founders.clone();
+                let members: BTreeMap<NodeId, String> =
+                    t.nodes.into_iter().filter(|n| !n.peer_addr.is_empty()).map(|n| (n.id, n.peer_addr)).collect();
+                if !members.is_empty() && !founders.is_empty() {
+                    return Ok((members, groups, founders));
+                }
+                last = format!("{ep}: no members in its topology");
+            }
+            Ok(Err(e)) => last = format!("{ep}: {e}"),
+            Err(_) => last = format!("{ep}: no answer within 5 s"),
+        }
+    }
+    Err(std::io::Error::other(format!("cannot join: no node of the cluster answered ({last})")))
 }
 
 #[cfg(test)]

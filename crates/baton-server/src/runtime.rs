@@ -108,8 +108,8 @@ impl NodeHandle {
 /// `Some(Err(_))` after a fatal error.
 pub type Outcome = Option<Result<(), ServerError>>;
 
-/// Per-peer outboxes of the transport.
-pub type Outboxes = BTreeMap<NodeId, tokio::sync::mpsc::UnboundedSender<Vec<GroupMessage>>>;
+/// Per-peer outboxes of the transport (shared: a peer added to the cluster gets one later).
+pub type Outboxes = Arc<Mutex<BTreeMap<NodeId, tokio::sync::mpsc::UnboundedSender<Vec<GroupMessage>>>>>;
 
 struct Runtime<S: LogStore> {
     /// The node and its requests, driven by the round loop shared with the simulator.
@@ -173,8 +173,12 @@ impl Effects for ServerEffects {
     }
 
     fn flush(&mut self) {
+        if self.per_peer.is_empty() {
+            return;
+        }
+        let outboxes = self.outboxes.lock().expect("outboxes lock");
         for (to, msgs) in std::mem::take(&mut self.per_peer) {
-            if let Some(outbox) = self.outboxes.get(&to) {
+            if let Some(outbox) = outboxes.get(&to) {
                 // A closed outbox means the transport is shutting down; Raft tolerates the loss.
                 let _ = outbox.send(msgs);
             }
@@ -206,10 +210,8 @@ fn encode(buf: &mut BytesMut, msg: &raft::eraftpb::Message) -> Bytes {
     buf.split().freeze()
 }
 
-/// Where forwarded steps go: the members' peer addresses, and the bound on a peer message.
+/// How forwarded steps are sent (to the peer addresses in the view): the bound on a message.
 pub struct Peers {
-    /// Peer addresses by node.
-    pub addrs: BTreeMap<NodeId, String>,
     /// Largest message to or from a peer.
     pub max_bytes: usize,
 }
@@ -253,7 +255,7 @@ fn spawn_with_clock<S: LogStore + Send + 'static>(
     let (tx, rx) = mpsc::channel();
     let id = node.id();
     let Net { outboxes, peers } = net;
-    let forwarder = peers.map(|p| crate::forward::Forwarder::new(id, p.addrs, p.max_bytes, tx.clone()));
+    let forwarder = peers.map(|p| crate::forward::Forwarder::new(id, view.clone(), p.max_bytes, tx.clone()));
     let events = EventLogs::new(
         node.groups().into_iter().map(|g| (g, node.state_machine(g).map_or(0, |sm| sm.event_seq()) + 1)),
     );
@@ -396,7 +398,7 @@ mod tests {
         };
         let view = Arc::new(Mutex::new(ClusterView::default()));
         let tick = Duration::from_millis(5);
-        let net = Net { outboxes: Outboxes::new(), peers: None };
+        let net = Net { outboxes: Outboxes::default(), peers: None };
         let (handle, thread, _) = spawn_with_clock(node, MemStore::default(), boot, net, view, tick, clock).unwrap();
         let status = |h: &NodeHandle| {
             let (tx, rx) = oneshot::channel();

@@ -70,6 +70,15 @@ impl BatonService {
     }
 }
 
+impl BatonService {
+    async fn members(&self, command: Command) -> Result<Response<pb::MembersResponse>, Status> {
+        match self.propose(Some(baton_node::META_GROUP), command).await? {
+            Outcome::MembersChanged { changed, version } => Ok(Response::new(pb::MembersResponse { changed, version })),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+}
+
 /// A session's home group: the top 16 bits of its id, plus one.
 pub fn home_group(session: u64) -> GroupId {
     (session >> 48) + 1
@@ -510,6 +519,24 @@ impl Baton for BatonService {
         }
     }
 
+    async fn add_node(&self, request: Request<pb::AddNodeRequest>) -> Result<Response<pb::MembersResponse>, Status> {
+        let req = request.into_inner();
+        for (what, addr) in [("peer", &req.peer_addr), ("client", &req.client_addr)] {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return Err(Status::invalid_argument(format!("{what} address {addr:?} is not HOST:PORT")));
+            }
+        }
+        let command = Command::AddNode { id: req.id, peer_addr: req.peer_addr, client_addr: req.client_addr };
+        self.members(command).await
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::MembersResponse>, Status> {
+        self.members(Command::RemoveNode { id: request.into_inner().id }).await
+    }
+
     async fn topology(&self, _request: Request<pb::TopologyRequest>) -> Result<Response<pb::TopologyResponse>, Status> {
         let view = self.node.view.lock().expect("view lock");
         let groups = view
@@ -528,6 +555,7 @@ impl Baton for BatonService {
             groups,
             nodes: node_list(&view),
             node_id: self.node.id,
+            founders: view.topology.founders.clone(),
         }))
     }
 }

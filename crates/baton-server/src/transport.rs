@@ -72,8 +72,17 @@ pub fn local_handshake(config: &crate::ServerConfig, client_addr: String, data_g
     }
 }
 
-/// Whether `remote` may talk to `local`: a member other than us, with the same members and the
-/// same timing. The error says what differs, for the logs of both sides.
+/// Our handshake as of now: its members are every node we know of (the configured ones, and
+/// those the meta group added since).
+pub fn handshake_now(local: &Handshake, view: &Mutex<ClusterView>) -> Handshake {
+    let mut h = local.clone();
+    let v = view.lock().expect("view lock");
+    h.members = v.peer_addrs.iter().map(|(id, a)| (*id, a.clone())).collect();
+    h
+}
+
+/// Whether `remote` may talk to `local`: a member other than us, that knows us as a member,
+/// with the same timing and layout. The error says what differs, for the logs of both sides.
 pub fn check_handshake(local: &Handshake, remote: &Handshake) -> Result<(), String> {
     let who = format!("node {}", remote.node_id);
     if remote.node_id == local.node_id {
@@ -83,10 +92,12 @@ pub fn check_handshake(local: &Handshake, remote: &Handshake) -> Result<(), Stri
         let ours: BTreeSet<_> = local.members.keys().collect();
         return Err(format!("{who} is not a member of this cluster (members: {ours:?})"));
     }
-    let ours: BTreeSet<_> = local.members.keys().collect();
-    let theirs: BTreeSet<_> = remote.members.keys().collect();
-    if ours != theirs {
-        return Err(format!("{who} is configured with members {theirs:?}, node {} with {ours:?}", local.node_id));
+    if !remote.members.contains_key(&local.node_id) {
+        let theirs: BTreeSet<_> = remote.members.keys().collect();
+        return Err(format!(
+            "{who} does not list node {} among its members ({theirs:?}): a different cluster?",
+            local.node_id
+        ));
     }
     let differ = |theirs: String, ours: String| {
         format!("{who} runs with {theirs}, node {} with {ours}: every member needs the same", local.node_id)
@@ -207,6 +218,7 @@ async fn send_stream(
 ) -> Ended {
     let (tx, rx) = mpsc::channel::<PeerFrame>(16);
     // The handshake is queued first, so the receiver can answer before the call returns.
+    let local = &handshake_now(local, view);
     let _ = tx.try_send(PeerFrame { frame: Some(Frame::Handshake(local.clone())) });
     let opened = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
         let mut replies = client.raft(ReceiverStream::new(rx)).await?.into_inner();
@@ -326,7 +338,7 @@ impl Peer for PeerService {
         &self,
         request: Request<baton_proto::peer::ForwardRequest>,
     ) -> Result<Response<baton_proto::peer::ForwardResponse>, Status> {
-        let members: Vec<NodeId> = self.local.members.keys().copied().collect();
+        let members: Vec<NodeId> = self.node.view.lock().expect("view lock").peer_addrs.keys().copied().collect();
         crate::forward::serve(&self.node, &members, request.into_inner()).await.map(Response::new)
     }
 
@@ -345,7 +357,8 @@ impl Peer for PeerService {
             }
             Err(status) => return Err(status),
         };
-        if let Err(e) = check_handshake(&self.local, &theirs).and_then(|()| check_identity(&proof, theirs.node_id)) {
+        let local = handshake_now(&self.local, &self.node.view);
+        if let Err(e) = check_handshake(&local, &theirs).and_then(|()| check_identity(&proof, theirs.node_id)) {
             tracing::error!(%remote, "refusing peer: {e}");
             return Err(Status::failed_precondition(format!("node {} refuses: {e}", self.local.node_id)));
         }
@@ -354,7 +367,7 @@ impl Peer for PeerService {
             self.node.view.lock().expect("view lock").client_addrs.insert(from, theirs.client_addr);
         }
         let (tx, rx) = mpsc::channel(1);
-        let _ = tx.try_send(Ok(PeerReply { handshake: Some(self.local.clone()) }));
+        let _ = tx.try_send(Ok(PeerReply { handshake: Some(local) }));
         let node = self.node.clone();
         tokio::spawn(async move {
             // The reply stream stays open (tx held) until the inbound stream ends, so that an
@@ -445,8 +458,12 @@ mod tests {
         assert!(refused(handshake(1)).contains("two nodes share an id"));
         assert!(refused(handshake(9)).contains("not a member"));
         let mut other = handshake(2);
+        other.members.remove(&1);
+        assert!(refused(other).contains("does not list node 1"));
+        // A node added since (more members on one side) is fine.
+        let mut other = handshake(2);
         other.members.insert(4, "127.0.0.1:7804".into());
-        assert!(refused(other).contains("configured with members"));
+        assert_eq!(check_handshake(&local, &other), Ok(()));
         let mut other = handshake(2);
         other.tick_ms = 50;
         assert!(refused(other).contains("--tick-ms 50, node 1 with --tick-ms 100"));

@@ -252,3 +252,92 @@ async fn slot_moves_under_load_keep_exclusion_and_token_order() {
         cluster.stop(id).await;
     }
 }
+
+/// Membership online, under load: a fourth node joins (`--join`, then `AddNode`): every group
+/// gets a replica on it, and the placement gives it leaderships; then a founding node leaves
+/// (`RemoveNode`): its replicas go, its leaderships move first. Workers take and release locks
+/// all along with the exclusion and token checks running, and see no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_join_and_leave_under_load() {
+    let mut cluster = TestCluster::start_sharded(3, 20_000, false, 4).await;
+    let admin = cluster.client().await;
+    let t = settled(&admin, 3).await;
+    let names: Vec<String> = t.groups.iter().map(|g| name_in(&t, g.id, "member")).collect();
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let stop = Instant::now() + Duration::from_secs(20);
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let endpoints = cluster.endpoints();
+        let (names, ledger) = (names.clone(), ledger.clone());
+        workers.push(tokio::spawn(async move {
+            let options = ClientOptions { client_id: format!("member-worker{w}"), ..Default::default() };
+            let client = Client::connect_with(endpoints, options).await.unwrap();
+            let session = client.session(Duration::from_secs(5)).await.unwrap();
+            let (mut cycles, mut i) = (0u32, w);
+            while Instant::now() < stop {
+                let name = &names[i % names.len()];
+                i += 1;
+                let Some(g) =
+                    session.lock(name, Some(Duration::from_secs(5))).await.map_err(|e| format!("lock {name}: {e}"))?
+                else {
+                    continue;
+                };
+                ledger.lock().unwrap().granted(name, g.token());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                if !g.is_lease_valid() {
+                    return Err(format!("worker {w} lost its lease"));
+                }
+                ledger.lock().unwrap().releasing(name);
+                g.release().await.map_err(|e| format!("release {name}: {e}"))?;
+                cycles += 1;
+            }
+            Ok::<u32, String>(cycles)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (client_addr, peer_addr) = cluster.join(4).await;
+    assert!(admin.add_node(4, &peer_addr, &client_addr).await.unwrap().changed);
+    let member_everywhere = |s: &pb::StatusResponse, id: u64| s.groups.iter().all(|g| g.replicas.contains(&id));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s4 = Client::status_of(&client_addr).await;
+        let s1 = Client::status_of(&cluster.client_addrs[&1]).await;
+        if let (Ok(s4), Ok(s1)) = (&s4, &s1) {
+            if s4.groups.len() == 5 && member_everywhere(s4, 4) && member_everywhere(s1, 4) {
+                break;
+            }
+        }
+        if Instant::now() >= deadline {
+            let stopped = tokio::time::timeout(Duration::from_millis(100), cluster.servers[&4].stopped()).await;
+            panic!("node 4 never joined every group ({stopped:?}): {s4:?} {s1:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let leads = admin.topology().await.unwrap().groups.iter().filter(|g| g.leader == 4).count();
+    assert!(leads >= 1, "placement gave node 4 no leadership");
+    // Node 1 leaves.
+    assert!(admin.remove_node(1).await.unwrap().changed);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = Client::status_of(&cluster.client_addrs[&2]).await.unwrap();
+        if s.groups.iter().all(|g| !g.replicas.contains(&1) && g.leader != 1 && g.leader != 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 1 never left: {s:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cluster.stop(1).await;
+    let mut total = 0;
+    for w in workers {
+        total += w.await.unwrap().unwrap();
+    }
+    {
+        let ledger = ledger.lock().unwrap();
+        assert!(ledger.violations.is_empty(), "{:?}", ledger.violations);
+        assert!(total > 50, "only {total} cycles");
+    }
+    for id in [2, 3, 4] {
+        cluster.stop(id).await;
+    }
+}

@@ -33,6 +33,31 @@ pub(crate) enum ClusterCmd {
         #[arg(long, default_value = "127.0.0.1:7700")]
         endpoints: String,
     },
+    /// Add a member (started with `baton server --join`): every group gets a replica on it;
+    /// waits until it is a voter of every group.
+    AddNode {
+        /// Comma-separated client addresses of any nodes.
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        endpoints: String,
+        /// The new node's id.
+        #[arg(long)]
+        id: u64,
+        /// Its address for other nodes.
+        #[arg(long)]
+        peer_addr: String,
+        /// Its address for clients.
+        #[arg(long)]
+        client_addr: String,
+    },
+    /// Remove a member: every group's replica on it goes (its leaderships move first); waits
+    /// until no group lists it.
+    RemoveNode {
+        /// Comma-separated client addresses of any nodes.
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        endpoints: String,
+        /// The node's id.
+        id: u64,
+    },
 }
 
 pub(crate) async fn run(cmd: ClusterCmd) -> ExitCode {
@@ -60,6 +85,45 @@ pub(crate) async fn run(cmd: ClusterCmd) -> ExitCode {
             }
         }
         ClusterCmd::Balance { endpoints } => balance(endpoints).await,
+        ClusterCmd::AddNode { endpoints, id, peer_addr, client_addr } => {
+            let client = match connect(&endpoints).await {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            if let Err(e) = client.add_node(id, &peer_addr, &client_addr).await {
+                return client_error(e);
+            }
+            out!("node {id} added; waiting until it is a voter of every group");
+            wait_members(&client, id, true).await
+        }
+        ClusterCmd::RemoveNode { endpoints, id } => {
+            let client = match connect(&endpoints).await {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            if let Err(e) = client.remove_node(id).await {
+                return client_error(e);
+            }
+            out!("node {id} removed from the membership; waiting until no group lists it");
+            wait_members(&client, id, false).await
+        }
+    }
+}
+
+/// Waits (at most a minute) until every group's replicas include `id` (`present`) or none does.
+async fn wait_members(client: &Client, id: u64, present: bool) -> ExitCode {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(s) = client.status().await {
+            if s.groups.iter().all(|g| g.replicas.contains(&id) == present) {
+                out!("done: {} every group", if present { "a voter of" } else { "gone from" });
+                return ExitCode::SUCCESS;
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            return fail(EXIT_UNAVAILABLE, "not done within a minute; it goes on by itself: see `baton status`".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -120,9 +120,13 @@ enum Cmd {
         /// Address for other nodes.
         #[arg(long)]
         peer_addr: String,
-        /// Peer addresses of all initial members: 1=HOST:PORT,2=HOST:PORT,...
+        /// Peer addresses of all initial members: 1=HOST:PORT,2=HOST:PORT,... (not with --join).
+        #[arg(long, required_unless_present = "join", conflicts_with = "join")]
+        peers: Option<String>,
+        /// Join a running cluster through any of its nodes' client addresses (comma-separated):
+        /// the node holds nothing until `baton cluster add-node` adds it.
         #[arg(long)]
-        peers: String,
+        join: Option<String>,
         /// Raft tick in milliseconds (election timeout is 10 ticks, randomised up to 20).
         #[arg(long, default_value_t = 100)]
         tick_ms: u64,
@@ -474,14 +478,29 @@ async fn run(cmd: Cmd) -> ExitCode {
                 Err(e) => fail(1, format!("cannot start: {e}")),
             }
         }
-        Cmd::Server { id, data, client_addr, peer_addr, peers, tick_ms, lease_reads, max_peer_message_mib, groups } => {
-            let peers = match parse_peers(&peers) {
-                Ok(p) => p,
-                Err(e) => return fail(EXIT_USAGE, e),
+        Cmd::Server {
+            id,
+            data,
+            client_addr,
+            peer_addr,
+            peers,
+            join,
+            tick_ms,
+            lease_reads,
+            max_peer_message_mib,
+            groups,
+        } => {
+            let peers = match &peers {
+                Some(p) => match parse_peers(p) {
+                    Ok(p) => p,
+                    Err(e) => return fail(EXIT_USAGE, e),
+                },
+                None => BTreeMap::from([(id, peer_addr.clone())]),
             };
             let nodes = peers.len() as u64;
             let mut config = ServerConfig::new(id, data.clone(), peers);
             config.groups = groups.unwrap_or(DEFAULT_GROUPS_PER_NODE * nodes).min(1024);
+            config.join = join.as_deref().map(endpoints).unwrap_or_default();
             config.tick = Duration::from_millis(tick_ms.max(1));
             config.lease_reads = lease_reads;
             config.max_peer_message_bytes = max_peer_message_mib.max(1).saturating_mul(1 << 20);

@@ -294,6 +294,8 @@ pub enum Op {
     Read,
     /// Begin a slot move (a repeat would be refused, or begin another).
     MoveSlots,
+    /// Add or remove a member (a repeat finds it done).
+    ChangeMembers,
 }
 
 impl Op {
@@ -301,9 +303,13 @@ impl Op {
     pub fn repeat(self) -> Repeat {
         match self {
             Op::Read => Repeat::Read,
-            Op::OpenSession | Op::CloseSession | Op::AttachSession | Op::Acquire | Op::Release | Op::Cancel => {
-                Repeat::Idempotent
-            }
+            Op::OpenSession
+            | Op::CloseSession
+            | Op::AttachSession
+            | Op::Acquire
+            | Op::Release
+            | Op::Cancel
+            | Op::ChangeMembers => Repeat::Idempotent,
             // Setting a latch is not harmless to repeat: between the two, count-downs may have
             // taken it to zero (and it is forgotten then), and the repeat would set it again. A
             // late repeat of a proclaim could publish an older value over a newer one (both

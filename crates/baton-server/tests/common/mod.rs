@@ -66,6 +66,27 @@ impl TestCluster {
         self.servers.insert(id, server);
     }
 
+    /// Starts node `id` that joins the running cluster (`baton server --join`): it holds
+    /// nothing until the cluster adds it. Returns its (client, peer) addresses.
+    pub async fn join(&mut self, id: u64) -> (String, String) {
+        let client = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (client_addr, peer_addr) =
+            (client.local_addr().unwrap().to_string(), peer.local_addr().unwrap().to_string());
+        self.dirs.insert(id, tempfile::tempdir().unwrap());
+        let peers = BTreeMap::from([(id, peer_addr.clone())]);
+        let mut config = ServerConfig::new(id, self.dirs[&id].path().to_path_buf(), peers);
+        config.tick = Duration::from_millis(50);
+        config.snapshot_entries = self.snapshot_entries;
+        config.lease_reads = self.lease_reads;
+        config.join = self.endpoints();
+        let server = Server::start_with_listeners(config, client, peer).await.unwrap();
+        self.servers.insert(id, server);
+        self.client_addrs.insert(id, client_addr.clone());
+        self.peers.insert(id, peer_addr.clone());
+        (client_addr, peer_addr)
+    }
+
     pub async fn stop(&mut self, id: u64) {
         if let Some(s) = self.servers.remove(&id) {
             s.shutdown().await;

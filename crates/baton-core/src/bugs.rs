@@ -54,13 +54,17 @@ pub struct Bugs {
     /// name is free again at the source while the destination has its holder (mutual
     /// exclusion; needs groups).
     pub handoff_keeps_serving: bool,
+    /// A joining node starts its data groups from an empty state instead of the founders'
+    /// initial one, and replays the log on top: its replicas disagree with the others
+    /// (agreement; needs groups and a spare node).
+    pub joiner_starts_empty: bool,
 }
 
 /// Picks one flag out of a [`Bugs`].
 type Flag = fn(&mut Bugs) -> &mut bool;
 
 /// The command-line names of the bugs, with the flag each sets.
-const TABLE: [(&str, Flag); 17] = [
+const TABLE: [(&str, Flag); 18] = [
     ("grant-ignores-queue", |b| &mut b.grant_ignores_queue),
     ("token-reset-on-restart", |b| &mut b.token_reset_on_restart),
     ("follower-expiry", |b| &mut b.follower_expiry),
@@ -78,6 +82,7 @@ const TABLE: [(&str, Flag); 17] = [
     ("latch-opens-early", |b| &mut b.latch_opens_early),
     ("takeover-ignores-token-floor", |b| &mut b.takeover_ignores_token_floor),
     ("handoff-keeps-serving", |b| &mut b.handoff_keeps_serving),
+    ("joiner-starts-empty", |b| &mut b.joiner_starts_empty),
 ];
 
 impl Bugs {

@@ -57,6 +57,9 @@ pub struct SimConfig {
     pub lease_read_ms: u64,
     /// Data groups the cluster starts with.
     pub groups: u64,
+    /// Nodes beyond the founders, started as joiners (`baton server --join`): the nemesis adds
+    /// them to the cluster and removes members, under every fault.
+    pub spares: usize,
 }
 
 impl Default for SimConfig {
@@ -77,6 +80,7 @@ impl Default for SimConfig {
             keep_trace: false,
             lease_read_ms: 0,
             groups: 1,
+            spares: 0,
         }
     }
 }
@@ -115,6 +119,8 @@ pub struct Coverage {
     pub torn_writes: u64,
     /// Slot ranges handed off by a group (a move's first step applied).
     pub slot_moves: u64,
+    /// Members added or removed (the meta group applied the change).
+    pub members_changed: u64,
 }
 
 enum Ev {
@@ -213,7 +219,7 @@ impl World {
                 0
             }
         };
-        for id in 1..=cfg.nodes as u64 {
+        for id in 1..=(cfg.nodes + cfg.spares) as u64 {
             let clock = Clock { offset_ms: rng.gen_range(0..10_000_000), rate_ppm: drift(&mut rng) };
             nodes.insert(
                 id,
@@ -236,7 +242,9 @@ impl World {
             let clock = Clock { offset_ms: rng.gen_range(0..10_000_000), rate_ppm: drift(&mut rng) };
             let voters: Vec<u64> = (1..=cfg.nodes as u64).collect();
             let topology = baton_core::Topology::initial(&voters, cfg.groups);
-            clients.push(SimClient::new(i, clock, cfg.nodes, cfg.names, cfg.ttl_ms, cfg.bugs, &topology));
+            // The client knows every node (as the real one learns them from the topology).
+            let all = cfg.nodes + cfg.spares;
+            clients.push(SimClient::new(i, clock, all, cfg.names, cfg.ttl_ms, cfg.bugs, &topology));
         }
         let (loss, duplicate, spike) = (
             if cfg.faults.loss { 0.02 } else { 0.0 },
@@ -293,7 +301,7 @@ impl World {
     }
 
     fn run(&mut self) {
-        for id in 1..=self.cfg.nodes as u64 {
+        for id in 1..=(self.cfg.nodes + self.cfg.spares) as u64 {
             self.start_node(id);
         }
         for c in 0..self.clients.len() {

@@ -53,6 +53,23 @@ fn slot_move_bugs_are_caught() {
     assert!(matches!(found, Some((_, "mutual-exclusion" | "linearizability"))), "{found:?}");
 }
 
+/// Membership changes: a spare node joins (as `--join`), members are added and removed, under
+/// every fault and with slot moves; and a joiner that starts from the wrong state is caught by
+/// the agreement checker.
+#[test]
+fn membership_changes_all_faults() {
+    let cfg = SimConfig { groups: 4, spares: 1, ..SimConfig::default() };
+    let mut changed = 0;
+    for seed in 0..8 {
+        assert_clean(&cfg, seed..seed + 1);
+        changed += run(&cfg, seed).coverage.members_changed;
+    }
+    assert!(changed > 0, "no membership change in eight runs");
+    let broken = SimConfig { bugs: Bugs::parse("joiner-starts-empty").unwrap(), ..cfg };
+    let found = (0..40).find_map(|seed| run(&broken, seed).violations.first().map(|v| (seed, v.property)));
+    assert_eq!(found.map(|(_, p)| p), Some("agreement"), "{found:?}");
+}
+
 /// Seeds that found real bugs, kept as regressions: 841 and 868 (a node answered its own
 /// request with the outcome of another node's entry carrying the same request id), 1199 and
 /// 1509 (a deposed leader that had not noticed acknowledged keepalives).

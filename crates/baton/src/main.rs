@@ -358,6 +358,10 @@ enum Cmd {
         /// groups during the run (as `baton cluster move-slots`), under every fault.
         #[arg(long, default_value_t = 1)]
         groups: u64,
+        /// Add a spare node that joins (`--join`) and membership changes during the run (as
+        /// `baton cluster add-node` / `remove-node`), under every fault.
+        #[arg(long)]
+        membership: bool,
     },
     /// Show a lock's holder, fencing token and waiters.
     Describe {
@@ -394,6 +398,7 @@ fn main() -> ExitCode {
         heal_ms,
         lease_reads,
         groups,
+        membership,
     } = cli.command
     {
         // Pure computation: no runtime, no logging, no sockets. Like other filters, stop quietly
@@ -417,6 +422,7 @@ fn main() -> ExitCode {
             heal_ms,
             lease_reads,
             groups,
+            membership,
         });
     }
     let serving = matches!(cli.command, Cmd::Dev { .. } | Cmd::Server { .. });

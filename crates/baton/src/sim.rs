@@ -21,6 +21,7 @@ pub struct SimArgs {
     pub heal_ms: u64,
     pub lease_reads: bool,
     pub groups: u64,
+    pub membership: bool,
 }
 
 fn config(args: &SimArgs) -> Result<SimConfig, String> {
@@ -51,6 +52,7 @@ fn config(args: &SimArgs) -> Result<SimConfig, String> {
             0
         },
         groups: args.groups,
+        spares: usize::from(args.membership),
         ..SimConfig::default()
     })
 }
@@ -120,7 +122,7 @@ fn replay_flags(cfg: &SimConfig) -> String {
 #[derive(Default)]
 struct CoverageTally {
     /// (runs in which it happened, times in all) per path, in `Coverage` field order.
-    paths: [(u64, u64); 6],
+    paths: [(u64, u64); 7],
 }
 
 impl CoverageTally {
@@ -132,6 +134,7 @@ impl CoverageTally {
             c.crashes,
             c.torn_writes,
             c.slot_moves,
+            c.members_changed,
         ];
         for (tally, n) in self.paths.iter_mut().zip(counts) {
             tally.0 += u64::from(n > 0);
@@ -147,6 +150,7 @@ impl CoverageTally {
             "crash",
             "torn write",
             "slot move",
+            "membership change",
         ];
         let parts: Vec<String> = names
             .iter()

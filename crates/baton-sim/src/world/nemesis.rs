@@ -74,11 +74,7 @@ impl World {
     /// An operator moves a random part of a random group's slots to another group: asked of
     /// the node that leads the meta group (if any is up and leads it), which then drives it.
     fn begin_move(&mut self) {
-        let meta_leader = self.up_nodes().into_iter().find(|id| {
-            let node = self.nodes[id].driver.as_ref().expect("up").node();
-            node.status().iter().any(|g| g.id == baton_node::META_GROUP && g.role == baton_node::Role::Leader)
-        });
-        let Some(at) = meta_leader else { return };
+        let Some(at) = self.meta_leader() else { return };
         let t = self.nodes[&at].driver.as_ref().expect("up").node().topology().expect("a meta group").clone();
         let with_slots: Vec<(u64, (u16, u16))> =
             t.groups.iter().filter_map(|(g, p)| p.slots.ranges().first().map(|r| (*g, *r))).collect();
@@ -94,6 +90,42 @@ impl World {
         self.trace(format!("nemesis: move slots {start}-{end} from group {from} to group {to} (asked of node {at})"));
         let request = baton_node::Request::Propose(baton_core::Command::BeginMove { start, end, to });
         self.input(at, Input::Request { client: ADMIN, creq: 0, group: Some(baton_node::META_GROUP), request });
+    }
+
+    /// An operator adds a node that is not a member (a spare, or one removed before), or
+    /// removes a member while more than the founders' number are members: asked of the meta
+    /// group's leader.
+    fn change_members(&mut self, add: bool) {
+        let Some(at) = self.meta_leader() else { return };
+        let t = self.nodes[&at].driver.as_ref().expect("up").node().topology().expect("a meta group").clone();
+        let command = if add {
+            let outside: Vec<u64> = self.nodes.keys().copied().filter(|id| !t.nodes.contains_key(id)).collect();
+            if outside.is_empty() {
+                return;
+            }
+            let id = outside[self.rng.gen_range(0..outside.len())];
+            self.trace(format!("nemesis: add node {id} (asked of node {at})"));
+            let addr = format!("127.0.0.{id}:7000");
+            baton_core::Command::AddNode { id, peer_addr: addr.clone(), client_addr: addr }
+        } else {
+            if t.nodes.len() <= self.cfg.nodes {
+                return;
+            }
+            let members: Vec<u64> = t.nodes.keys().copied().collect();
+            let id = members[self.rng.gen_range(0..members.len())];
+            self.trace(format!("nemesis: remove node {id} (asked of node {at})"));
+            baton_core::Command::RemoveNode { id }
+        };
+        let request = baton_node::Request::Propose(command);
+        self.input(at, Input::Request { client: ADMIN, creq: 0, group: Some(baton_node::META_GROUP), request });
+    }
+
+    /// The up node that leads the meta group, if any.
+    fn meta_leader(&self) -> Option<u64> {
+        self.up_nodes().into_iter().find(|id| {
+            let node = self.nodes[id].driver.as_ref().expect("up").node();
+            node.status().iter().any(|g| g.id == baton_node::META_GROUP && g.role == baton_node::Role::Leader)
+        })
     }
 
     pub(super) fn up_nodes(&self) -> Vec<u64> {
@@ -130,11 +162,15 @@ impl World {
             // Not a fault but an operation, under every fault: a slot move (and its retries).
             choices.extend(["move-slots", "move-slots"]);
         }
+        if self.cfg.spares > 0 {
+            // Operations too: a member joins, a member leaves.
+            choices.extend(["add-node", "remove-node"]);
+        }
         if choices.is_empty() {
             return;
         }
         let choice = choices[self.rng.gen_range(0..choices.len())];
-        let ids: Vec<u64> = (1..=self.cfg.nodes as u64).collect();
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
         match choice {
             "split" => {
                 self.blocked.clear();
@@ -207,6 +243,7 @@ impl World {
                 }
             }
             "move-slots" => self.begin_move(),
+            "add-node" | "remove-node" => self.change_members(choice == "add-node"),
             "heal-network" => {
                 self.blocked.clear();
                 self.cut_clients.clear();

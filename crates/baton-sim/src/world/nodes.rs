@@ -120,8 +120,19 @@ impl World {
             self.coverage.restarts_from_snapshot += 1;
         }
         let voters: Vec<u64> = (1..=self.cfg.nodes as u64).collect();
-        let groups = baton_node::start_groups(&n.store, id, &voters, self.cfg.groups, &config.limits)
+        let fresh = n.store.groups().expect("memory store reads").is_empty();
+        let mut groups = baton_node::start_groups(&n.store, id, &voters, self.cfg.groups, &config.limits)
             .expect("memory store reads");
+        if self.cfg.bugs.joiner_starts_empty && fresh && !voters.contains(&id) {
+            // Deliberate bug: the joiner's data groups start empty (group 1, every slot).
+            for (g, start) in groups.iter_mut() {
+                if let baton_node::Start::New { state, .. } = start {
+                    if *g != baton_node::META_GROUP {
+                        **state = baton_core::StateMachine::new(config.limits.clone());
+                    }
+                }
+            }
+        }
         let (mut node, boot) = Node::new(config, groups).expect("node starts");
         n.store.write(&boot).expect("memory store writes");
         node.set_time(n.clock.local_ms(self.now), n.clock.local_ms(self.now));
@@ -299,6 +310,10 @@ impl World {
         }
         for (client, reply) in fx.replies {
             if client == ADMIN {
+                let NodeReply::Answer { result, .. } = &reply;
+                if matches!(result, Ok(Answer::Applied(baton_core::Outcome::MembersChanged { changed: true, .. }))) {
+                    self.coverage.members_changed += 1;
+                }
                 self.trace(format!("node {id} answers the operator: {reply:?}"));
                 continue;
             }

@@ -54,9 +54,9 @@ pub struct Bugs {
     /// name is free again at the source while the destination has its holder (mutual
     /// exclusion; needs groups).
     pub handoff_keeps_serving: bool,
-    /// A joining node starts its data groups from an empty state instead of the founders'
-    /// initial one, and replays the log on top: its replicas disagree with the others
-    /// (agreement; needs groups and a spare node).
+    /// A node given a new replica starts it from an empty state instead of the group's initial
+    /// one, and replays the log on top: the replica disagrees with the others (agreement; needs
+    /// membership changes).
     pub joiner_starts_empty: bool,
 }
 

@@ -98,6 +98,9 @@ pub struct StateMachine {
     pub(crate) topology: Option<Topology>,
     /// The last hand-offs made, to answer a repeated one with the same bundle.
     pub(crate) handoffs: VecDeque<crate::moves::SlotBundle>,
+    /// The topology version of the group's last membership change (for its leader: a target
+    /// from an older topology is not acted on).
+    pub(crate) membership_version: u64,
     /// The highest move id this group handed off, and took over: moves run one at a time in
     /// move-id order, so a repeat of an older step is a late duplicate (see [`crate::moves`]).
     pub(crate) last_handoff: u64,
@@ -151,6 +154,7 @@ impl StateMachine {
             handoffs: VecDeque::new(),
             last_handoff: 0,
             last_takeover: 0,
+            membership_version: 0,
             now_ms: 0,
             applied_index: 0,
             last_token: 0,
@@ -167,6 +171,17 @@ impl StateMachine {
             hlc: Hlc::default(),
             bugs: Bugs::default(),
         }
+    }
+
+    /// The topology version of the group's last applied membership change.
+    pub fn membership_version(&self) -> u64 {
+        self.membership_version
+    }
+
+    /// A membership change made for topology `version` was applied (Raft conf changes are
+    /// applied outside `apply`; the version travels in their context).
+    pub fn observe_membership_version(&mut self, version: u64) {
+        self.membership_version = self.membership_version.max(version);
     }
 
     /// The meta group's state machine: no slots, the cluster's layout.

@@ -29,16 +29,6 @@ pub struct GroupPlacement {
     pub slots: SlotSet,
 }
 
-impl GroupPlacement {
-    /// The replica that should lead the group when it is up: spreads leaderships evenly.
-    pub fn preferred_leader(&self, group: u64) -> Option<u64> {
-        if self.replicas.is_empty() {
-            return None;
-        }
-        Some(self.replicas[(group.saturating_sub(1) % self.replicas.len() as u64) as usize])
-    }
-}
-
 /// A slot move the meta group has started and not finished (see [`crate::moves`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingMove {
@@ -71,9 +61,15 @@ pub struct Topology {
     /// group: the replication factor is the cluster's size).
     pub nodes: BTreeMap<u64, NodeAddrs>,
     /// The members the cluster was created with, in id order: with the number of data groups
-    /// they determine every group's initial state, which a joining node starts its replicas
-    /// from (as the founders did) before the leaders bring them up to date.
+    /// and the replication factor they determine every group's initial state, which a node
+    /// that gets a new replica starts it from (as the founders did) before the leader brings it
+    /// up to date.
     pub founders: Vec<u64>,
+    /// Replicas per data group (fewer while the cluster has fewer members).
+    pub replication: usize,
+    /// Members that were removed: an id is never added again (a node that left, or lost its
+    /// data, joins under a new id; raft must not meet an old voter with an empty log).
+    pub retired: std::collections::BTreeSet<u64>,
     /// Data groups by id (1, 2, ...).
     pub groups: BTreeMap<u64, GroupPlacement>,
     /// Slot moves under way, by move id (the meta log index that started them).
@@ -89,27 +85,149 @@ pub const META_GROUP: u64 = 0;
 pub const MAX_GROUPS: u64 = 1_024;
 /// Most members a cluster may have.
 pub const MAX_NODES: usize = 64;
+/// Replicas per data group unless said otherwise.
+pub const DEFAULT_REPLICATION: usize = 3;
 
 impl Topology {
     /// The layout a new cluster starts with: `data_groups` groups (1..=`MAX_GROUPS`), each on
     /// every node of `voters`, the slots cut into equal contiguous ranges in group order.
     pub fn initial(voters: &[u64], data_groups: u64) -> Topology {
-        let mut replicas = voters.to_vec();
-        replicas.sort_unstable();
-        replicas.dedup();
+        Topology::initial_with(voters, data_groups, DEFAULT_REPLICATION)
+    }
+
+    /// [`Topology::initial`] with `replication` replicas per data group: group `g`'s replicas
+    /// are the `replication` members from the `(g-1) mod n`-th on, in id order around the ring.
+    pub fn initial_with(voters: &[u64], data_groups: u64, replication: usize) -> Topology {
+        let mut members = voters.to_vec();
+        members.sort_unstable();
+        members.dedup();
+        let n = members.len().max(1);
+        let r = replication.clamp(1, n);
         let groups = even_split(data_groups.clamp(1, MAX_GROUPS))
             .into_iter()
             .enumerate()
             .map(|(i, (start, end))| {
-                (i as u64 + 1, GroupPlacement { replicas: replicas.clone(), slots: SlotSet::range(start, end) })
+                let mut replicas: Vec<u64> = (0..r).map(|k| members[(i + k) % n]).collect();
+                replicas.sort_unstable();
+                (i as u64 + 1, GroupPlacement { replicas, slots: SlotSet::range(start, end) })
             })
             .collect();
-        let nodes = replicas.iter().map(|id| (*id, NodeAddrs::default())).collect();
-        Topology { version: 1, nodes, founders: replicas, groups, moves: BTreeMap::new() }
+        let nodes = members.iter().map(|id| (*id, NodeAddrs::default())).collect();
+        Topology {
+            version: 1,
+            nodes,
+            founders: members,
+            replication: r.max(replication.max(1)),
+            retired: Default::default(),
+            groups,
+            moves: BTreeMap::new(),
+        }
     }
 
-    /// Adds a member: it gets a replica of every group (each group's leader adds it, first as a
-    /// learner). Adding a member again with the same addresses changes nothing.
+    /// The replica that should lead `group` when it is up (see [`Topology::preferred_leaders`]).
+    pub fn preferred_leader(&self, group: u64) -> Option<u64> {
+        self.preferred_leaders().get(&group).copied()
+    }
+
+    /// The preferred leader of every data group: in group order, each group's replica that
+    /// leads the fewest groups so far (ties: the member at the `(g-1) mod n`-th place, then the
+    /// lowest id). Spreads leaderships evenly over the members, whatever the replica sets.
+    pub fn preferred_leaders(&self) -> BTreeMap<u64, u64> {
+        let members: Vec<u64> = self.nodes.keys().copied().collect();
+        let mut count: BTreeMap<u64, usize> = BTreeMap::new();
+        let mut out = BTreeMap::new();
+        for (id, g) in &self.groups {
+            let i = id.saturating_sub(1) as usize;
+            let ring = (!members.is_empty()).then(|| members[i % members.len()]);
+            let pick =
+                g.replicas.iter().copied().min_by_key(|r| (count.get(r).copied().unwrap_or(0), Some(*r) != ring, *r));
+            if let Some(p) = pick {
+                *count.entry(p).or_insert(0) += 1;
+                out.insert(*id, p);
+            }
+        }
+        // Then even it out: a group moves from a member leading the most to one of its replicas
+        // leading the fewest, while that narrows the gap.
+        for _ in 0..self.groups.len() * members.len().max(1) {
+            let load = |m: u64| count.get(&m).copied().unwrap_or(0);
+            let best = out
+                .iter()
+                .filter_map(|(g, leader)| {
+                    let to = self.groups[g].replicas.iter().copied().min_by_key(|r| (load(*r), *r))?;
+                    (load(*leader) > load(to) + 1).then_some((load(*leader) - load(to), *g, *leader, to))
+                })
+                .max_by_key(|(gap, g, _, _)| (*gap, std::cmp::Reverse(*g)));
+            let Some((_, g, from, to)) = best else { break };
+            *count.get_mut(&from).expect("leads") -= 1;
+            *count.entry(to).or_insert(0) += 1;
+            out.insert(g, to);
+        }
+        out
+    }
+
+    /// The initial state of a data group as the founders created it (see `founders`).
+    pub fn initial_placement(&self, group: u64) -> Option<GroupPlacement> {
+        let first = Topology::initial_with(&self.founders, self.groups.len() as u64, self.replication);
+        first.groups.get(&group).cloned()
+    }
+
+    /// Places the replicas after a membership change: departed members leave every group,
+    /// groups short of `replication` replicas (or of every member, in a smaller cluster) get
+    /// the members holding the fewest, and replicas move from the fullest members to the
+    /// emptiest until they differ by at most one. Deterministic (every replica of the meta
+    /// group computes the same).
+    fn rebalance(&mut self) {
+        let members: Vec<u64> = self.nodes.keys().copied().collect();
+        if members.is_empty() {
+            return;
+        }
+        let r = self.replication.clamp(1, members.len());
+        let load = |groups: &BTreeMap<u64, GroupPlacement>, m: u64| {
+            groups.values().filter(|g| g.replicas.contains(&m)).count()
+        };
+        for g in self.groups.values_mut() {
+            g.replicas.retain(|m| members.contains(m));
+        }
+        let ids: Vec<u64> = self.groups.keys().copied().collect();
+        for id in &ids {
+            while self.groups[id].replicas.len() < r {
+                let add = members
+                    .iter()
+                    .copied()
+                    .filter(|m| !self.groups[id].replicas.contains(m))
+                    .min_by_key(|m| (load(&self.groups, *m), *m))
+                    .expect("fewer replicas than members");
+                let g = self.groups.get_mut(id).expect("listed");
+                g.replicas.push(add);
+                g.replicas.sort_unstable();
+            }
+        }
+        for _ in 0..ids.len() * members.len() {
+            let (full, empty) = {
+                let by_load: Vec<(usize, u64)> = members.iter().map(|m| (load(&self.groups, *m), *m)).collect();
+                let max = *by_load.iter().max().expect("members");
+                let min = *by_load.iter().min().expect("members");
+                (max, min)
+            };
+            if full.0 <= empty.0 + 1 {
+                break;
+            }
+            let Some(id) = ids.iter().copied().find(|id| {
+                let reps = &self.groups[id].replicas;
+                reps.contains(&full.1) && !reps.contains(&empty.1)
+            }) else {
+                break;
+            };
+            let g = self.groups.get_mut(&id).expect("listed");
+            g.replicas.retain(|m| *m != full.1);
+            g.replicas.push(empty.1);
+            g.replicas.sort_unstable();
+        }
+    }
+
+    /// Adds a member: replicas are placed again (see `rebalance`: the new member takes its share;
+    /// each group's leader adds it, first as a learner, then removes the replica it replaces).
+    /// Adding a member again with the same addresses changes nothing.
     pub(crate) fn add_node(&mut self, id: u64, addrs: NodeAddrs) -> Result<bool, String> {
         if id == 0 {
             return Err("node id 0 is not a valid id".into());
@@ -120,22 +238,20 @@ impl Topology {
             }
             return Err(format!("node {id} is a member already, at {}", known.peer_addr));
         }
+        if self.retired.contains(&id) {
+            return Err(format!("node {id} was removed from this cluster: a node joins again under a new id"));
+        }
         if self.nodes.len() >= MAX_NODES {
             return Err(format!("the cluster has {MAX_NODES} members already"));
         }
         self.nodes.insert(id, addrs);
-        for g in self.groups.values_mut() {
-            if !g.replicas.contains(&id) {
-                g.replicas.push(id);
-                g.replicas.sort_unstable();
-            }
-        }
+        self.rebalance();
         self.version += 1;
         Ok(true)
     }
 
-    /// Removes a member from every group (each group's leader removes it, handing its
-    /// leadership on first if it leads) and from the membership.
+    /// Removes a member: its replicas are placed on other members (each group's leader adds the
+    /// new replica, then removes it, handing its leadership on first if it leads).
     pub(crate) fn remove_node(&mut self, id: u64) -> Result<bool, String> {
         if !self.nodes.contains_key(&id) {
             return Ok(false);
@@ -144,9 +260,8 @@ impl Topology {
             return Err(format!("node {id} is the last member: a cluster cannot remove its last node"));
         }
         self.nodes.remove(&id);
-        for g in self.groups.values_mut() {
-            g.replicas.retain(|r| *r != id);
-        }
+        self.retired.insert(id);
+        self.rebalance();
         self.version += 1;
         Ok(true)
     }
@@ -230,10 +345,54 @@ mod tests {
         let mut leads = BTreeMap::new();
         for (id, g) in &t.groups {
             assert_eq!(g.replicas, vec![1, 2, 3]);
-            *leads.entry(g.preferred_leader(*id).unwrap()).or_insert(0) += 1;
+            *leads.entry(t.preferred_leader(*id).unwrap()).or_insert(0) += 1;
         }
         assert_eq!(leads, BTreeMap::from([(1, 4), (2, 4), (3, 4)]));
         assert_eq!(t.groups_of(2).len(), 12);
         assert_eq!(Topology::initial(&[1], 0).groups.len(), 1, "at least one group");
+    }
+
+    fn loads(t: &Topology) -> BTreeMap<u64, usize> {
+        let mut l = BTreeMap::new();
+        for g in t.groups.values() {
+            for r in &g.replicas {
+                *l.entry(*r).or_insert(0) += 1;
+            }
+        }
+        l
+    }
+
+    #[test]
+    fn three_replicas_per_group_spread_and_move_with_the_members() {
+        let mut t = Topology::initial_with(&[1, 2, 3, 4, 5], 10, 3);
+        assert!(t.groups.values().all(|g| g.replicas.len() == 3));
+        assert!(loads(&t).values().all(|l| *l == 6), "{:?}", loads(&t));
+        let mut leads = BTreeMap::new();
+        for id in t.groups.keys() {
+            let p = t.preferred_leader(*id).unwrap();
+            assert!(t.groups[id].replicas.contains(&p));
+            *leads.entry(p).or_insert(0) += 1;
+        }
+        assert!(leads.values().all(|l| *l == 2), "{leads:?}");
+        // A sixth member takes its share; a removed one's replicas go elsewhere.
+        t.add_node(6, NodeAddrs { peer_addr: "p".into(), client_addr: "c".into() }).unwrap();
+        let mut leads: BTreeMap<u64, usize> = BTreeMap::new();
+        for p in t.preferred_leaders().values() {
+            *leads.entry(*p).or_insert(0) += 1;
+        }
+        let (most, fewest) = (leads.values().max().unwrap(), leads.values().min().unwrap());
+        assert!(leads.len() == 6 && most - fewest <= 1, "leaderships over 6 members: {leads:?}");
+        let l = loads(&t);
+        assert!(l.values().max().unwrap() - l.values().min().unwrap() <= 1, "{l:?}");
+        assert!(t.groups.values().all(|g| g.replicas.len() == 3));
+        t.remove_node(1).unwrap();
+        assert!(t.groups.values().all(|g| g.replicas.len() == 3 && !g.replicas.contains(&1)));
+        let l = loads(&t);
+        assert!(l.values().max().unwrap() - l.values().min().unwrap() <= 1, "{l:?}");
+        // The founders' layout is kept for new replicas' initial state.
+        assert_eq!(t.initial_placement(3), Topology::initial_with(&[1, 2, 3, 4, 5], 10, 3).groups.get(&3).cloned());
+        // Fewer members than the factor: every member holds every group.
+        let small = Topology::initial_with(&[1, 2], 4, 3);
+        assert!(small.groups.values().all(|g| g.replicas == vec![1, 2]));
     }
 }

@@ -245,26 +245,48 @@ impl Group {
     /// voter, a voter not in `target` is removed — and if that is this leader, it first hands
     /// the leadership to a caught-up voter of `target`. (A new replica starts from the group's
     /// initial state, as the founders did: see `joining_groups`.)
-    pub(crate) fn drive_replicas(&mut self, target: &[NodeId]) {
+    ///
+    /// `version` is the topology version the target comes from: a leader whose replica of the
+    /// meta group is behind the version of the group's last membership change does nothing (it
+    /// would undo newer changes; the review found it).
+    pub(crate) fn drive_replicas(&mut self, target: &[NodeId], version: u64) {
         use raft::eraftpb::ConfChangeType as T;
         let raft = &self.raw.raft;
         if self.role != Role::Leader || raft.lead_transferee.is_some() || target.is_empty() {
             return;
         }
-        if raft.pending_conf_index > raft.raft_log.applied {
+        if raft.pending_conf_index > raft.raft_log.applied || version < self.sm.membership_version() {
             return;
         }
         let conf = raft.prs().conf();
         let voters: Vec<NodeId> = conf.voters().ids().iter().collect();
         let learners: Vec<NodeId> = conf.learners().iter().copied().collect();
-        let last = raft.raft_log.last_index();
-        let caught_up = |id: NodeId| raft.prs().get(id).is_some_and(|p| p.matched + 100 >= last && p.recent_active);
+        let committed = raft.raft_log.committed;
+        // Caught up: it answered, replicates normally, and has every committed entry (a new
+        // learner's progress starts "active" with nothing matched: the review found learners
+        // promoted before they had received anything).
+        let caught_up = |id: NodeId| {
+            raft.prs()
+                .get(id)
+                .is_some_and(|p| p.state == ProgressState::Replicate && p.matched >= committed && p.recent_active)
+        };
+        let pending_learner = learners.iter().any(|n| target.contains(n));
+        let me = raft.id;
         let change = if let Some(&n) = target.iter().find(|n| !voters.contains(n) && !learners.contains(n)) {
             Some((T::AddLearnerNode, n))
         } else if let Some(&n) = learners.iter().find(|n| target.contains(n) && caught_up(**n)) {
             Some((T::AddNode, n))
+        } else if !voters.contains(&me) {
+            // Leading a group it was removed from: hand it to a voter that is caught up.
+            if let Some(&to) = voters.iter().find(|v| target.contains(v) && caught_up(**v)) {
+                self.transfer_leader(to);
+            }
+            None
+        } else if pending_learner && voters.len() <= target.len() {
+            // Never fewer voters than the target while a replacement is still a learner.
+            None
         } else if let Some(&n) = voters.iter().find(|n| !target.contains(n)) {
-            if n == raft.id {
+            if n == me {
                 if let Some(&to) = voters.iter().find(|v| **v != n && target.contains(v) && caught_up(**v)) {
                     self.transfer_leader(to);
                 }
@@ -276,7 +298,12 @@ impl Group {
             learners.iter().find(|n| !target.contains(n)).map(|n| (T::RemoveNode, *n))
         };
         if let Some((change_type, node_id)) = change {
-            let cc = raft::eraftpb::ConfChange { change_type, node_id, ..Default::default() };
+            let cc = raft::eraftpb::ConfChange {
+                change_type,
+                node_id,
+                context: version.to_be_bytes().to_vec().into(),
+                ..Default::default()
+            };
             let _ = self.raw.propose_conf_change(Vec::new(), cc);
         }
     }
@@ -585,6 +612,9 @@ impl Group {
         let cs = self.raw.apply_conf_change(&cc).map_err(|err| format!("conf change at {}: {err}", e.index))?;
         // Later snapshots carry the new membership (a replica started from one must know it).
         self.raw.mut_store().set_conf_state(cs);
+        if let Some(v) = cc.as_v1().and_then(|c| <[u8; 8]>::try_from(c.get_context()).ok()) {
+            self.sm.observe_membership_version(u64::from_be_bytes(v));
+        }
         self.sm.observe_time(e.index, 0);
         Ok(())
     }

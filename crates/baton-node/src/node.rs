@@ -117,9 +117,16 @@ pub enum Start {
 }
 
 /// The groups a new cluster starts with that `node` holds a replica of: the meta group (on every
-/// voter) with the initial [`baton_core::Topology`], and the data groups it places on `node`.
-pub fn initial_groups(node: NodeId, voters: &[NodeId], data_groups: u64, limits: &Limits) -> Vec<(GroupId, Start)> {
-    let topology = baton_core::Topology::initial(voters, data_groups);
+/// voter) with the initial [`baton_core::Topology`] (`data_groups` groups of `replication`
+/// replicas), and the data groups it places on `node`.
+pub fn initial_groups(
+    node: NodeId,
+    voters: &[NodeId],
+    data_groups: u64,
+    replication: usize,
+    limits: &Limits,
+) -> Vec<(GroupId, Start)> {
+    let topology = baton_core::Topology::initial_with(voters, data_groups, replication);
     let mut meta_voters = voters.to_vec();
     meta_voters.sort_unstable();
     let mut out = Vec::new();
@@ -134,22 +141,19 @@ pub fn initial_groups(node: NodeId, voters: &[NodeId], data_groups: u64, limits:
     out
 }
 
-/// Every group of a cluster founded by `founders` with `data_groups` data groups, as its
-/// founders started them (a joining node starts from these).
-pub fn joining_groups(founders: &[NodeId], data_groups: u64, limits: &Limits) -> Vec<(GroupId, Start)> {
-    let topology = baton_core::Topology::initial(founders, data_groups);
-    let mut out: Vec<(GroupId, Start)> = topology
-        .groups
-        .iter()
-        .map(|(&id, g)| {
-            let state = baton_core::StateMachine::for_group(limits.clone(), id, g.slots.clone());
-            (id, Start::New { voters: g.replicas.clone(), state: Box::new(state) })
-        })
-        .collect();
+/// The meta group of a cluster founded by `founders` as they started it: a joining node starts
+/// from it, and creates each data group's replica when that group's leader first contacts it
+/// (see [`Node::step`]).
+pub fn joining_groups(
+    founders: &[NodeId],
+    data_groups: u64,
+    replication: usize,
+    limits: &Limits,
+) -> Vec<(GroupId, Start)> {
+    let topology = baton_core::Topology::initial_with(founders, data_groups, replication);
     let voters = topology.founders.clone();
     let meta = baton_core::StateMachine::meta(limits.clone(), topology);
-    out.insert(0, (META_GROUP, Start::New { voters, state: Box::new(meta) }));
-    out
+    vec![(META_GROUP, Start::New { voters, state: Box::new(meta) })]
 }
 
 /// The groups to start `node` with: every group `store` holds, or, for a store that holds none
@@ -159,6 +163,7 @@ pub fn start_groups<S: crate::LogStore>(
     node: NodeId,
     voters: &[NodeId],
     data_groups: u64,
+    replication: usize,
     limits: &Limits,
 ) -> Result<Vec<(GroupId, Start)>, String> {
     let ids = store.groups().map_err(|e| e.to_string())?;
@@ -166,10 +171,10 @@ pub fn start_groups<S: crate::LogStore>(
         // Joining a cluster whose founders are `voters`: every group starts as it did on them,
         // with them as its voters; the leaders bring each up to date once the meta group adds
         // this node (from the log, which replays the membership changes, or from a snapshot).
-        return Ok(joining_groups(voters, data_groups, limits));
+        return Ok(joining_groups(voters, data_groups, replication, limits));
     }
     if ids.is_empty() {
-        return Ok(initial_groups(node, voters, data_groups, limits));
+        return Ok(initial_groups(node, voters, data_groups, replication, limits));
     }
     if !ids.contains(&META_GROUP) {
         return Err("the data folder has no meta group: it was written by a Baton before sharding, whose \
@@ -317,6 +322,8 @@ pub struct Node {
     pub(crate) wall_ms: u64,
     /// The meta leader's slot moves in progress.
     pub(crate) mover: crate::mover::Mover,
+    /// Replicas created since the last round: their initial state, written with the next batch.
+    boot_writes: Vec<crate::disk::GroupWrite>,
 }
 
 impl Node {
@@ -339,7 +346,15 @@ impl Node {
                 g.campaign();
             }
         }
-        let node = Node { config, groups: map, outputs: Vec::new(), mono_ms: 0, wall_ms: 0, mover: Default::default() };
+        let node = Node {
+            config,
+            groups: map,
+            outputs: Vec::new(),
+            mono_ms: 0,
+            wall_ms: 0,
+            mover: Default::default(),
+            boot_writes: Vec::new(),
+        };
         Ok((node, batch))
     }
 
@@ -377,8 +392,7 @@ impl Node {
         if topology.groups.len() < 2 {
             return;
         }
-        let preferred: Vec<(GroupId, NodeId)> =
-            topology.groups.iter().filter_map(|(id, g)| Some((*id, g.preferred_leader(*id)?))).collect();
+        let preferred: Vec<(GroupId, NodeId)> = topology.preferred_leaders().into_iter().collect();
         for (id, to) in preferred {
             if let Some(g) = self.groups.get_mut(&id) {
                 g.hand_to_preferred(to, self.mono_ms);
@@ -419,12 +433,13 @@ impl Node {
         if topology.nodes.is_empty() {
             return;
         }
+        let version = topology.version;
         let mut targets: Vec<(GroupId, Vec<NodeId>)> =
             topology.groups.iter().map(|(id, g)| (*id, g.replicas.clone())).collect();
         targets.push((META_GROUP, topology.nodes.keys().copied().collect()));
         for (id, target) in targets {
             if let Some(g) = self.groups.get_mut(&id) {
-                g.drive_replicas(&target);
+                g.drive_replicas(&target, version);
             }
         }
     }
@@ -439,10 +454,37 @@ impl Node {
         self.groups.get(&META_GROUP).and_then(|g| g.sm.topology())
     }
 
-    /// A message from a peer.
+    /// A message from a peer. A leader's message for a data group this node holds no replica of
+    /// yet creates one, from the group's initial state as the founders created it (the node
+    /// was just given a replica: the leader brings it up to date, from the log or a snapshot).
     pub fn step(&mut self, group: GroupId, msg: Message) {
+        use raft::eraftpb::MessageType as M;
+        if !self.groups.contains_key(&group)
+            && matches!(msg.get_msg_type(), M::MsgAppend | M::MsgHeartbeat | M::MsgSnapshot)
+        {
+            self.create_replica(group);
+        }
         if let Some(g) = self.groups.get_mut(&group) {
             g.step(msg);
+        }
+    }
+
+    fn create_replica(&mut self, group: GroupId) {
+        let Some(topology) = self.topology() else { return };
+        let Some(placement) = topology.initial_placement(group) else { return };
+        let state = if self.config.bugs.joiner_starts_empty {
+            // Deliberate bug: the new replica starts empty (group 1, every slot).
+            baton_core::StateMachine::new(self.config.limits.clone())
+        } else {
+            baton_core::StateMachine::for_group(self.config.limits.clone(), group, placement.slots.clone())
+        };
+        let start = Start::New { voters: placement.replicas.clone(), state: Box::new(state) };
+        match Group::open(&self.config, group, start) {
+            Ok((g, write)) => {
+                self.groups.insert(group, g);
+                self.boot_writes.extend(write);
+            }
+            Err(e) => tracing::warn!(group, "cannot create a replica: {e}"),
         }
     }
 
@@ -469,7 +511,8 @@ impl Node {
     /// Collects every group's pending Raft work: queues messages, replies and events, applies
     /// committed entries, and returns what must be made durable before [`Node::persisted`].
     pub fn ready(&mut self) -> Result<WriteBatch, String> {
-        let mut batch = WriteBatch::default();
+        // New replicas' initial state goes first, before anything their groups write.
+        let mut batch = WriteBatch { groups: std::mem::take(&mut self.boot_writes) };
         for group in self.groups.values_mut() {
             if let Some(w) = group.ready(self.mono_ms, &self.config, &mut self.outputs)? {
                 batch.groups.push(w);
@@ -490,7 +533,7 @@ impl Node {
 
     /// True if [`Node::ready`] has work to do.
     pub fn has_ready(&self) -> bool {
-        self.groups.values().any(|g| g.has_ready())
+        !self.boot_writes.is_empty() || self.groups.values().any(|g| g.has_ready())
     }
 
     /// Hands over the outputs queued so far.

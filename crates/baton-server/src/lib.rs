@@ -87,6 +87,9 @@ pub struct ServerConfig {
     /// node's own entry); the node holds no group until the cluster adds it (`baton cluster
     /// add-node`). Empty: a member the cluster was created with.
     pub join: Vec<String>,
+    /// Replicas per data group of a new cluster (`--replicas`; every node holds every group
+    /// while the cluster has no more nodes than this).
+    pub replication: usize,
 }
 
 impl ServerConfig {
@@ -103,6 +106,7 @@ impl ServerConfig {
             max_peer_message_bytes: transport::DEFAULT_MAX_PEER_MESSAGE_BYTES,
             groups: 1,
             join: Vec::new(),
+            replication: baton_core::topology::DEFAULT_REPLICATION,
         }
     }
 }
@@ -164,10 +168,13 @@ impl Server {
         let peer_addr = peer.local_addr()?;
         let mut config = config;
         let mut voters: Vec<NodeId> = config.peers.keys().copied().collect();
+        let mut listed = false;
         if !config.join.is_empty() {
             let me = config.peers.get(&config.id).cloned().unwrap_or_else(|| peer_addr.to_string());
-            let (members, groups, founders) = learn_members(&config.join).await?;
+            let (members, groups, founders, replication) = learn_members(&config.join).await?;
+            listed = members.contains_key(&config.id) || founders.contains(&config.id);
             config.groups = groups;
+            config.replication = replication;
             // Its replicas start as the founders' did (see `baton_node::joining_groups`).
             voters = founders;
             config.peers = members;
@@ -191,8 +198,24 @@ impl Server {
         } else if recovery.unclean_end {
             tracing::info!("the previous run stopped without closing the log (a crash or kill -9); no write was torn");
         }
-        let groups = baton_node::start_groups(&store, config.id, &voters, config.groups, &Default::default())
-            .map_err(std::io::Error::other)?;
+        if listed && store.groups().map_err(std::io::Error::other)?.is_empty() {
+            // A member with an empty store: its log is gone, and a voter with an empty log could
+            // help elect a leader that lacks committed entries (the review found it).
+            return Err(std::io::Error::other(format!(
+                "node {} is a member of this cluster already but its data folder is empty: a member whose data \
+                 is lost must be removed (baton cluster remove-node {}) and join again under a new id",
+                config.id, config.id
+            )));
+        }
+        let groups = baton_node::start_groups(
+            &store,
+            config.id,
+            &voters,
+            config.groups,
+            config.replication,
+            &Default::default(),
+        )
+        .map_err(std::io::Error::other)?;
         let mut node_config = NodeConfig::new(config.id, config.peers.keys().copied().collect());
         node_config.election_ticks = config.election_ticks;
         node_config.snapshot_entries = config.snapshot_entries;
@@ -342,7 +365,8 @@ async fn manage_peers(
 
 /// The members of the cluster reachable at `endpoints` and their peer addresses, from the
 /// first node that answers its topology.
-async fn learn_members(endpoints: &[String]) -> std::io::Result<(BTreeMap<NodeId, String>, u64, Vec<NodeId>)> {
+#[allow(clippy::type_complexity)]
+async fn learn_members(endpoints: &[String]) -> std::io::Result<(BTreeMap<NodeId, String>, u64, Vec<NodeId>, usize)> {
     let mut last = String::from("no endpoint given");
     for ep in endpoints {
         let uri = if ep.contains("://") { ep.clone() } else { format!("http://{ep}") };
@@ -355,10 +379,11 @@ async fn learn_members(endpoints: &[String]) -> std::io::Result<(BTreeMap<NodeId
                 let t = t.into_inner();
                 let groups = t.groups.len() as u64;
                 let founders = t.founders.clone();
+                let replication = t.replication as usize;
                 let members: BTreeMap<NodeId, String> =
                     t.nodes.into_iter().filter(|n| !n.peer_addr.is_empty()).map(|n| (n.id, n.peer_addr)).collect();
                 if !members.is_empty() && !founders.is_empty() {
-                    return Ok((members, groups, founders));
+                    return Ok((members, groups, founders, replication));
                 }
                 last = format!("{ep}: no members in its topology");
             }

@@ -382,7 +382,7 @@ mod tests {
     /// entries must carry different times.
     #[test]
     fn every_request_is_handled_with_its_own_clock_reading() {
-        let groups = baton_node::initial_groups(1, &[1], 1, &Default::default());
+        let groups = baton_node::initial_groups(1, &[1], 1, 3, &Default::default());
         let (mut node, boot) = Node::new(NodeConfig::new(1, vec![1]), groups).unwrap();
         node.campaign(DATA_GROUP);
         let readings = Arc::new(AtomicU64::new(0));

@@ -556,6 +556,7 @@ impl Baton for BatonService {
             nodes: node_list(&view),
             node_id: self.node.id,
             founders: view.topology.founders.clone(),
+            replication: view.topology.replication as u64,
         }))
     }
 }

@@ -60,6 +60,8 @@ pub struct SimConfig {
     /// Nodes beyond the founders, started as joiners (`baton server --join`): the nemesis adds
     /// them to the cluster and removes members, under every fault.
     pub spares: usize,
+    /// Replicas per data group (with more nodes than this, each group lives on a subset).
+    pub replication: usize,
 }
 
 impl Default for SimConfig {
@@ -81,6 +83,7 @@ impl Default for SimConfig {
             lease_read_ms: 0,
             groups: 1,
             spares: 0,
+            replication: baton_core::topology::DEFAULT_REPLICATION,
         }
     }
 }
@@ -241,7 +244,7 @@ impl World {
         for i in 0..cfg.clients {
             let clock = Clock { offset_ms: rng.gen_range(0..10_000_000), rate_ppm: drift(&mut rng) };
             let voters: Vec<u64> = (1..=cfg.nodes as u64).collect();
-            let topology = baton_core::Topology::initial(&voters, cfg.groups);
+            let topology = baton_core::Topology::initial_with(&voters, cfg.groups, cfg.replication);
             // The client knows every node (as the real one learns them from the topology).
             let all = cfg.nodes + cfg.spares;
             clients.push(SimClient::new(i, clock, all, cfg.names, cfg.ttl_ms, cfg.bugs, &topology));

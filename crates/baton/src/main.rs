@@ -144,6 +144,10 @@ enum Cmd {
         /// Ignored once the data folder exists (its layout decides).
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
         groups: Option<u64>,
+        /// Replicas per data group of a new cluster: with more nodes than this, each group lives
+        /// on this many of them (placed evenly, and placed again as nodes join and leave).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=64))]
+        replicas: u64,
     },
     /// Hold a lock while running a command: `baton lock NAME -- CMD [ARGS...]`.
     Lock {
@@ -495,6 +499,7 @@ async fn run(cmd: Cmd) -> ExitCode {
             lease_reads,
             max_peer_message_mib,
             groups,
+            replicas,
         } => {
             let peers = match &peers {
                 Some(p) => match parse_peers(p) {
@@ -507,6 +512,7 @@ async fn run(cmd: Cmd) -> ExitCode {
             let mut config = ServerConfig::new(id, data.clone(), peers);
             config.groups = groups.unwrap_or(DEFAULT_GROUPS_PER_NODE * nodes).min(1024);
             config.join = join.as_deref().map(endpoints).unwrap_or_default();
+            config.replication = replicas as usize;
             config.tick = Duration::from_millis(tick_ms.max(1));
             config.lease_reads = lease_reads;
             config.max_peer_message_bytes = max_peer_message_mib.max(1).saturating_mul(1 << 20);

@@ -120,19 +120,9 @@ impl World {
             self.coverage.restarts_from_snapshot += 1;
         }
         let voters: Vec<u64> = (1..=self.cfg.nodes as u64).collect();
-        let fresh = n.store.groups().expect("memory store reads").is_empty();
-        let mut groups = baton_node::start_groups(&n.store, id, &voters, self.cfg.groups, &config.limits)
-            .expect("memory store reads");
-        if self.cfg.bugs.joiner_starts_empty && fresh && !voters.contains(&id) {
-            // Deliberate bug: the joiner's data groups start empty (group 1, every slot).
-            for (g, start) in groups.iter_mut() {
-                if let baton_node::Start::New { state, .. } = start {
-                    if *g != baton_node::META_GROUP {
-                        **state = baton_core::StateMachine::new(config.limits.clone());
-                    }
-                }
-            }
-        }
+        let groups =
+            baton_node::start_groups(&n.store, id, &voters, self.cfg.groups, self.cfg.replication, &config.limits)
+                .expect("memory store reads");
         let (mut node, boot) = Node::new(config, groups).expect("node starts");
         n.store.write(&boot).expect("memory store writes");
         node.set_time(n.clock.local_ms(self.now), n.clock.local_ms(self.now));

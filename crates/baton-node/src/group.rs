@@ -663,7 +663,11 @@ impl Group {
             locks: self.sm.lock_count(),
             last_token: self.sm.last_token(),
             slots: self.sm.slots().ranges(),
-            replicas: self.raw.raft.prs().conf().voters().ids().iter().collect(),
+            replicas: {
+                let mut v: Vec<NodeId> = self.raw.raft.prs().conf().voters().ids().iter().collect();
+                v.sort_unstable();
+                v
+            },
         }
     }
 }

@@ -335,29 +335,49 @@ async fn manage_peers(
     view: Arc<Mutex<ClusterView>>,
     outboxes: Outboxes,
 ) {
-    let mut senders = tokio::task::JoinSet::new();
-    let mut started: std::collections::BTreeSet<NodeId> = std::collections::BTreeSet::new();
+    // The members as configured (their addresses are not in the topology).
+    let configured: BTreeMap<NodeId, String> = view.lock().expect("view lock").peer_addrs.clone();
+    let mut senders: BTreeMap<NodeId, (String, tokio::task::AbortHandle)> = BTreeMap::new();
+    let mut tasks = tokio::task::JoinSet::new();
     loop {
-        let peers: Vec<(NodeId, String)> = {
+        let peers: BTreeMap<NodeId, String> = {
             let mut v = view.lock().expect("view lock");
             let topology = v.topology.clone();
-            for (id, a) in &topology.nodes {
-                if !a.peer_addr.is_empty() {
-                    v.peer_addrs.entry(*id).or_insert_with(|| a.peer_addr.clone());
+            if !topology.nodes.is_empty() {
+                // Members now: the topology's (with the addresses it has, else the configured
+                // ones). A member that left is no peer any more: no sender, no handshake.
+                let mut peers = BTreeMap::new();
+                for (id, a) in &topology.nodes {
+                    let addr =
+                        if a.peer_addr.is_empty() { configured.get(id).cloned() } else { Some(a.peer_addr.clone()) };
+                    if let Some(addr) = addr {
+                        peers.insert(*id, addr);
+                    }
+                    if !a.client_addr.is_empty() {
+                        v.client_addrs.insert(*id, a.client_addr.clone());
+                    }
                 }
-                if !a.client_addr.is_empty() {
-                    v.client_addrs.entry(*id).or_insert_with(|| a.client_addr.clone());
-                }
+                peers.entry(me).or_insert_with(|| configured.get(&me).cloned().unwrap_or_default());
+                v.peer_addrs = peers;
             }
-            v.peer_addrs.iter().map(|(id, a)| (*id, a.clone())).collect()
+            v.peer_addrs.clone()
         };
+        senders.retain(|id, (addr, task)| {
+            let keep = peers.get(id) == Some(addr);
+            if !keep {
+                task.abort();
+                outboxes.lock().expect("outboxes lock").remove(id);
+            }
+            keep
+        });
         for (id, addr) in peers {
-            if id == me || !started.insert(id) {
+            if id == me || senders.contains_key(&id) {
                 continue;
             }
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             outboxes.lock().expect("outboxes lock").insert(id, tx);
-            senders.spawn(transport::run_sender(local.clone(), id, addr, max_bytes, view.clone(), rx));
+            let task = tasks.spawn(transport::run_sender(local.clone(), id, addr.clone(), max_bytes, view.clone(), rx));
+            senders.insert(id, (addr, task));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

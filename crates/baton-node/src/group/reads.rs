@@ -43,7 +43,9 @@ impl Group {
         }
         let round = self.next_read_round;
         self.next_read_round += 1;
-        if config.lease_read_ms > 0 {
+        // A round started during a leadership transfer does not extend the lease: the
+        // transferee's election ignores the vote-refusal window (review finding).
+        if config.lease_read_ms > 0 && self.raw.raft.lead_transferee.is_none() {
             self.round_started_ms.insert(round, now);
         }
         self.reads_in_flight.insert(round, std::mem::take(&mut self.reads_queued));

@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 duration=${1:-10}
 if ! command -v etcd >/dev/null; then
   echo "installing etcd (Debian package etcd-server)" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q etcd-server etcd-client >/dev/null
 fi
 source bench/lib.sh

@@ -200,8 +200,19 @@ impl Group {
         self.raw.raft.set_randomized_election_timeout(base + (z % base as u64) as usize);
     }
 
+    /// The leader this replica knows of; none if it is not a member (its knowledge is stale).
     pub(crate) fn leader(&self) -> Option<NodeId> {
-        self.leader
+        self.leader.filter(|_| self.is_member())
+    }
+
+    /// This replica is in its group's configuration, as a voter or a learner. One the group
+    /// removed (a placement change), or created for a placement that changed before the leader
+    /// added it, hears no more from the group: what it knows of leaders and terms is stale, and
+    /// the node answers for the group as one that does not hold it.
+    pub(crate) fn is_member(&self) -> bool {
+        let raft = &self.raw.raft;
+        let conf = raft.prs().conf();
+        conf.voters().contains(raft.id) || conf.learners().contains(&raft.id)
     }
 
     pub(crate) fn role(&self) -> Role {
@@ -209,7 +220,7 @@ impl Group {
     }
 
     fn not_leader(&self) -> NodeError {
-        NodeError::NotLeader { group: self.id, leader: self.leader }
+        NodeError::NotLeader { group: self.id, leader: self.leader() }
     }
 
     pub(crate) fn transfer_leader(&mut self, to: NodeId) {
@@ -654,7 +665,7 @@ impl Group {
     pub(crate) fn status(&self) -> GroupStatus {
         GroupStatus {
             id: self.id,
-            leader: self.leader,
+            leader: self.leader(),
             term: self.raw.raft.term,
             commit: self.raw.raft.raft_log.committed,
             applied: self.sm.applied_index(),

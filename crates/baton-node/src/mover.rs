@@ -24,7 +24,7 @@ use baton_core::moves::SlotBundle;
 use baton_core::{Command, Outcome, META_GROUP};
 
 use crate::node::{Node, NodeError, Output, Reply, Role};
-use crate::{GroupId, RequestId};
+use crate::{GroupId, NodeId, RequestId};
 
 /// A step not answered within this long is sent again.
 pub const STEP_TIMEOUT_MS: u64 = 5_000;
@@ -46,6 +46,7 @@ enum Progress {
 struct Step {
     id: RequestId,
     move_id: u64,
+    group: GroupId,
     deadline_ms: u64,
 }
 
@@ -57,6 +58,9 @@ pub(crate) struct Mover {
     next_id: u64,
     /// No step before this time (after a failure).
     quiet_until_ms: u64,
+    /// Leaders named by the refusals of earlier steps, tried before this node's own view (which
+    /// may be stale, or missing: a group's replicas live on some of the members only).
+    hints: BTreeMap<GroupId, NodeId>,
 }
 
 impl Mover {
@@ -85,6 +89,9 @@ impl Node {
             if now < step.deadline_ms {
                 return;
             }
+            // Unanswered: whoever a hint named may be gone.
+            let group = step.group;
+            self.mover.hints.remove(&group);
             self.mover.in_flight = None;
         }
         if now < self.mover.quiet_until_ms {
@@ -103,11 +110,20 @@ impl Node {
         };
         self.mover.next_id += 1;
         let id = MOVER | self.mover.next_id;
-        self.mover.in_flight = Some(Step { id, move_id, deadline_ms: now + STEP_TIMEOUT_MS });
-        let local = self.groups.get(&group).is_some_and(|g| g.role() == Role::Leader);
+        self.mover.in_flight = Some(Step { id, move_id, group, deadline_ms: now + STEP_TIMEOUT_MS });
+        let local = self.groups.get(&group).is_some_and(|g| g.role() == Role::Leader && g.is_member());
+        let me = self.config.id;
+        let remote = self
+            .mover
+            .hints
+            .get(&group)
+            .copied()
+            .filter(|n| *n != me)
+            .or_else(|| self.leader(group))
+            .or_else(|| self.topology().and_then(|t| t.preferred_leader(group)).filter(|n| *n != me));
         if local {
             self.propose(group, id, command);
-        } else if let Some(to) = self.leader(group) {
+        } else if let Some(to) = remote {
             self.outputs.push(Output::Forward { to, id, group, command });
         } else {
             // No leader known for the group yet: try again shortly.
@@ -155,6 +171,11 @@ impl Node {
             }
             Err(e) => {
                 tracing::debug!(move_id = step.move_id, "move step failed, trying again: {e}");
+                match e {
+                    NodeError::NotLeader { group, leader: Some(l) } => self.mover.hints.insert(group, l),
+                    NodeError::NotLeader { group, leader: None } => self.mover.hints.remove(&group),
+                    _ => None,
+                };
                 self.mover.quiet_until_ms = self.mono_ms + RETRY_MS;
                 return;
             }

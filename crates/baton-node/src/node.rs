@@ -243,8 +243,8 @@ pub enum NodeError {
     /// Too many requests are waiting; retry later.
     #[error("node is overloaded: {0} requests waiting")]
     Busy(usize),
-    /// The group does not exist on this node.
-    #[error("group {0} does not exist")]
+    /// The cluster has no such group.
+    #[error("group {0} does not exist in this cluster")]
     NoGroup(GroupId),
     /// The request's name is in `slot`, which the group it reached does not serve (the map it
     /// was routed by is stale, or the slot is being moved). Nothing was done. `group` serves it
@@ -420,6 +420,22 @@ impl Node {
         NodeError::Moved { slot, group, leader: group.and_then(|g| self.leader(g)), version }
     }
 
+    /// A request for a group this node holds no replica of (or a stale one, see
+    /// [`Group::is_member`](crate::group::Group)). Replicas live on some of the members only,
+    /// and a joiner has no topology yet: unless the topology says there is no such group, it is
+    /// a redirect (to the group's preferred leader as a hint), never an answer a client could
+    /// take for a refusal by the group (a release answered "not found" here was taken for done,
+    /// and the lock stayed held: `sharding::nodes_join_and_leave_under_load` caught it).
+    fn not_here(&self, group: GroupId) -> NodeError {
+        match self.topology() {
+            Some(t) if group != META_GROUP && !t.groups.contains_key(&group) => NodeError::NoGroup(group),
+            t => NodeError::NotLeader {
+                group,
+                leader: t.and_then(|t| t.preferred_leader(group)).filter(|l| *l != self.config.id),
+            },
+        }
+    }
+
     /// The data groups this node leads.
     pub fn leading(&self) -> Vec<GroupId> {
         self.groups.iter().filter(|(id, g)| **id != META_GROUP && g.role() == Role::Leader).map(|(id, _)| *id).collect()
@@ -490,8 +506,9 @@ impl Node {
 
     /// Proposes a command; the reply comes as an [`Output::Reply`] once it is applied.
     pub fn propose(&mut self, group: GroupId, id: RequestId, command: Command) {
-        let Some(g) = self.groups.get_mut(&group) else {
-            return self.outputs.push(Output::Reply { id, result: Err(NodeError::NoGroup(group)) });
+        let Some(g) = self.groups.get_mut(&group).filter(|g| g.is_member()) else {
+            let err = self.not_here(group);
+            return self.outputs.push(Output::Reply { id, result: Err(err) });
         };
         if let Err(e) = g.propose(self.config.id, id, command, self.mono_ms, self.wall_ms, &self.config) {
             self.outputs.push(Output::Reply { id, result: Err(e) });
@@ -500,8 +517,9 @@ impl Node {
 
     /// Queues a linearizable read; the reply comes as an [`Output::Reply`].
     pub fn read(&mut self, group: GroupId, id: RequestId, query: Query) {
-        let Some(g) = self.groups.get_mut(&group) else {
-            return self.outputs.push(Output::Reply { id, result: Err(NodeError::NoGroup(group)) });
+        let Some(g) = self.groups.get_mut(&group).filter(|g| g.is_member()) else {
+            let err = self.not_here(group);
+            return self.outputs.push(Output::Reply { id, result: Err(err) });
         };
         if let Err(e) = g.read(id, query, self.mono_ms, &self.config) {
             self.outputs.push(Output::Reply { id, result: Err(e) });

@@ -303,6 +303,23 @@ impl Cluster {
         }
     }
 
+    /// Starts node `id` with an empty store (as `--join`) and has the meta leader add it; the
+    /// meta leader's id.
+    fn start_and_add(&mut self, id: u64) -> u64 {
+        self.stores.insert(id, MemStore::default());
+        self.start(id);
+        let meta = self.nodes[&1].node().leader(baton_node::META_GROUP).unwrap();
+        let (mono, wall) = self.clock(meta);
+        let add = Command::AddNode {
+            id,
+            peer_addr: format!("127.0.0.1:{}", 9000 + id),
+            client_addr: format!("127.0.0.1:{}", 9100 + id),
+        };
+        self.nodes.get_mut(&meta).unwrap().submit(Some(baton_node::META_GROUP), Request::Propose(add), mono, wall);
+        self.settle();
+        meta
+    }
+
     fn open(&mut self, client: &str) -> u64 {
         match self.outcome(Command::OpenSession { client: client.into(), ttl_ms: 3_000, request_id: 0 }) {
             Outcome::SessionOpened { session, .. } => session,
@@ -1087,13 +1104,7 @@ fn a_node_joins_from_a_snapshot() {
         let l = c.nodes[&1].node().leader(*g).unwrap();
         assert!(c.stores[&l].snapshot_index(*g) > 50, "group {g}'s log was compacted");
     }
-    c.stores.insert(4, MemStore::default());
-    c.start(4);
-    let meta = c.nodes[&1].node().leader(baton_node::META_GROUP).unwrap();
-    let (mono, wall) = c.clock(meta);
-    let add = Command::AddNode { id: 4, peer_addr: "127.0.0.1:9004".into(), client_addr: "127.0.0.1:9104".into() };
-    c.nodes.get_mut(&meta).unwrap().submit(Some(baton_node::META_GROUP), Request::Propose(add), mono, wall);
-    c.settle();
+    let meta = c.start_and_add(4);
     let t = c.nodes[&meta].node().topology().unwrap().clone();
     let (g, name) = names.iter().find(|(g, _)| t.groups[g].replicas.contains(&4)).expect("node 4 got a replica");
     for _ in 0..100 {
@@ -1141,4 +1152,101 @@ fn an_unreachable_new_node_is_never_made_a_voter() {
         Err(NodeError::Rejected(baton_core::Error::InvalidArgument(m))) => assert!(m.contains("new id"), "{m}"),
         other => panic!("a removed id was added again: {other:?}"),
     }
+}
+
+/// Found by the simulator (`baton sim --groups 4 --membership`, seed 2000274): after a node
+/// joined, placement took a group's replica away from node X, whose replica applied its own
+/// removal and kept naming the leader it had last heard of. The meta leader, on X, sent every
+/// step of a slot move into that group to the stale leader and ignored the redirect that came
+/// back: the move, and every client waiting on its range, stalled for good. A replica the group
+/// removed names no leader and its node redirects like one without the group, and the mover
+/// follows the redirects it gets.
+#[test]
+fn a_replica_removed_from_its_group_names_no_stale_leader_and_moves_finish() {
+    let mut c = Cluster::with_groups(3, 1_000, 4);
+    c.advance(5_000);
+    c.start_and_add(4);
+    // Until some founder has a replica its group removed, and knows it.
+    let stale = |c: &Cluster| {
+        let t = c.nodes[&1].node().topology().unwrap().clone();
+        (1..=3u64).find_map(|x| {
+            let n = c.nodes[&x].node();
+            let g = *t.groups.iter().find(|(g, p)| !p.replicas.contains(&x) && n.groups().contains(g))?.0;
+            let s = n.status().into_iter().find(|s| s.id == g)?;
+            (!s.replicas.contains(&x)).then_some((x, g))
+        })
+    };
+    let mut found = None;
+    for _ in 0..300 {
+        found = stale(&c);
+        if found.is_some() {
+            break;
+        }
+        c.advance(TICK_MS);
+    }
+    let (x, to) = found.expect("placement took a replica away from a founder");
+    c.advance(2_000);
+    let t = c.nodes[&x].node().topology().unwrap().clone();
+    assert_eq!(c.nodes[&x].node().leader(to), None, "node {x} names a leader for group {to}, which it left");
+    // A request to X for the group is redirected to one of the group's replicas.
+    let (mono, wall) = c.clock(x);
+    let probe = Request::Propose(Command::CounterAdd { name: "probe".into(), delta: 1 });
+    let id = c.nodes.get_mut(&x).unwrap().submit(Some(to), probe, mono, wall);
+    c.settle();
+    match c.answers.remove(&id) {
+        Some(Err(NodeError::NotLeader { group, leader: Some(l) })) => {
+            assert_eq!(group, to);
+            assert!(t.groups[&to].replicas.contains(&l), "redirected to {l}, not a replica of group {to}");
+        }
+        other => panic!("node {x} answered for group {to}, which it left: {other:?}"),
+    }
+    // A node with no replica of a group at all redirects too. (It answered "no such group",
+    // which the client's release took for "not held": the lock stayed held while its owner
+    // thought it free. `sharding::nodes_join_and_leave_under_load` caught it.)
+    let (g, _) = t.groups.iter().find(|(g, _)| !c.nodes[&4].node().groups().contains(g)).expect("node 4 lacks a group");
+    let (mono, wall) = c.clock(4);
+    let release = Request::Propose(Command::Release { name: "probe".into(), session: 1, token: 1 });
+    let id = c.nodes.get_mut(&4).unwrap().submit(Some(*g), release, mono, wall);
+    c.settle();
+    match c.answers.remove(&id) {
+        Some(Err(NodeError::NotLeader { group, leader: Some(l) })) => {
+            assert_eq!(group, *g);
+            assert!(t.groups[g].replicas.contains(&l), "redirected to {l}, not a replica of group {g}");
+        }
+        other => panic!("node 4 answered for group {g}, which it does not hold: {other:?}"),
+    }
+    let (mono, wall) = c.clock(4);
+    let nowhere = Request::Propose(Command::CounterAdd { name: "probe".into(), delta: 1 });
+    let id = c.nodes.get_mut(&4).unwrap().submit(Some(99), nowhere, mono, wall);
+    c.settle();
+    assert!(matches!(c.answers.remove(&id), Some(Err(NodeError::NoGroup(99)))));
+
+    // X leads the meta group and moves a range into the group it left: the move finishes.
+    let meta = c.nodes[&1].node().leader(baton_node::META_GROUP).unwrap();
+    if meta != x {
+        c.nodes.get_mut(&meta).unwrap().node_mut().transfer_leader(baton_node::META_GROUP, x);
+        for _ in 0..100 {
+            if c.nodes[&x].node().leader(baton_node::META_GROUP) == Some(x) {
+                break;
+            }
+            c.advance(TICK_MS);
+        }
+    }
+    assert_eq!(c.nodes[&x].node().leader(baton_node::META_GROUP), Some(x));
+    let from = if to == 1 { 2 } else { 1 };
+    let (start, _) = t.groups[&from].slots.ranges()[0];
+    let (mono, wall) = c.clock(x);
+    let begin = Request::Propose(Command::BeginMove { start, end: start + 9, to });
+    let id = c.nodes.get_mut(&x).unwrap().submit(Some(baton_node::META_GROUP), begin, mono, wall);
+    c.settle();
+    assert!(matches!(c.answers.remove(&id), Some(Ok(Answer::Applied(Outcome::MoveBegun { .. })))));
+    for _ in 0..200 {
+        if c.nodes[&x].node().topology().unwrap().moves.is_empty() {
+            break;
+        }
+        c.advance(TICK_MS);
+    }
+    let after = c.nodes[&x].node().topology().unwrap().clone();
+    assert!(after.moves.is_empty(), "the move into group {to} did not finish: {:?}", after.moves);
+    assert_eq!(after.group_of(start), Some(to));
 }

@@ -64,7 +64,7 @@ pub fn to_status(err: NodeError, node: &NodeHandle) -> Status {
         }
         NodeError::Unavailable(msg) => with_info(Status::unavailable(msg), Reason::MayHaveApplied, 0, String::new()),
         NodeError::Busy(_) => with_info(Status::resource_exhausted(err.to_string()), Reason::Busy, 0, String::new()),
-        NodeError::NoGroup(_) => Status::not_found(err.to_string()),
+        NodeError::NoGroup(_) => Status::invalid_argument(err.to_string()),
     }
 }
 

@@ -253,6 +253,27 @@ impl SimClient {
     }
 
     /// The client dies: it stops renewing and sending. Its hold lasts until its lease runs out.
+    /// What the client is doing, for a failed run's trace.
+    pub(crate) fn describe(&self) -> String {
+        let call = match &self.call {
+            Some(c) => format!(
+                "call {} to node {} ({:?}, resend at {:?}, backoff {} ms, attaching {:?})",
+                c.creq, c.node, c.request, c.resend_local, c.backoff_ms, c.attaching
+            ),
+            None => "no call".to_string(),
+        };
+        let group = self.call.as_ref().and_then(|c| self.target(&c.request).1);
+        format!(
+            "client {}: alive {}, map version {}, group {:?} routed to node {}, session {:?}: {call}",
+            self.id,
+            self.alive,
+            self.routes.map.version(),
+            group,
+            self.routes.target(group),
+            self.session.as_ref().map(|s| s.id),
+        )
+    }
+
     pub fn crash(&mut self, now: Time, hist: &mut History) {
         self.take_jump(now);
         self.end_hold_at_lease(now, hist);

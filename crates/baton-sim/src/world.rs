@@ -349,6 +349,9 @@ impl World {
         for v in &violations {
             self.trace(format!("VIOLATION {}: {}", v.property, v.detail));
         }
+        if !violations.is_empty() && self.cfg.keep_trace {
+            self.dump_state();
+        }
         SimReport {
             seed,
             violations,
@@ -357,6 +360,41 @@ impl World {
             grants: self.hist.received.len(),
             steps: self.steps,
             coverage: self.coverage,
+        }
+    }
+
+    /// Every node's groups and every client's call at the end of a failed run, for its trace.
+    fn dump_state(&mut self) {
+        let mut lines = Vec::new();
+        for (id, n) in &self.nodes {
+            let Some(d) = n.driver.as_ref() else {
+                lines.push(format!("state: node {id} is down"));
+                continue;
+            };
+            let node = d.node();
+            if let Some(t) = node.topology() {
+                lines.push(format!(
+                    "state: node {id}: topology v{}, members {:?}, moves {:?}",
+                    t.version,
+                    t.nodes.keys().collect::<Vec<_>>(),
+                    t.moves
+                ));
+                for (g, p) in &t.groups {
+                    lines.push(format!("state: node {id}:   placement of group {g}: replicas {:?}", p.replicas));
+                }
+            }
+            for s in node.status() {
+                lines.push(format!(
+                    "state: node {id}: group {} {:?} term {} leader {:?} commit {} applied {} slots {:?}",
+                    s.id, s.role, s.term, s.leader, s.commit, s.applied, s.slots
+                ));
+            }
+        }
+        for c in &self.clients {
+            lines.push(format!("state: {}", c.describe()));
+        }
+        for l in lines {
+            self.trace(l);
         }
     }
 

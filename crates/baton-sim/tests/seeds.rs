@@ -59,12 +59,17 @@ fn slot_move_bugs_are_caught() {
 #[test]
 fn membership_changes_all_faults() {
     let cfg = SimConfig { groups: 4, spares: 1, ..SimConfig::default() };
+    // Eight seeds at least, and on until one has changed the membership (about a third of runs
+    // do: the nemesis asks a node at random, which is not always the meta leader).
     let mut changed = 0;
-    for seed in 0..8 {
+    for seed in 0..24 {
         assert_clean(&cfg, seed..seed + 1);
         changed += run(&cfg, seed).coverage.members_changed;
+        if seed >= 7 && changed > 0 {
+            break;
+        }
     }
-    assert!(changed > 0, "no membership change in eight runs");
+    assert!(changed > 0, "no membership change in 24 runs");
     let broken = SimConfig { bugs: Bugs::parse("joiner-starts-empty").unwrap(), ..cfg };
     let found = (0..40).find_map(|seed| run(&broken, seed).violations.first().map(|v| (seed, v.property)));
     assert_eq!(found.map(|(_, p)| p), Some("agreement"), "{found:?}");

@@ -2,7 +2,10 @@
 //! opens and K lock grants (K/S locks per session, names like the bench's `hold` workload) to
 //! a bare state machine under a counting allocator, and prints the live heap per session and
 //! per lock, and the snapshot size. `cargo run --release -p baton-core --example footprint
-//! [SESSIONS] [LOCKS]` (defaults: 100000 1000000).
+//! [SESSIONS] [LOCKS] [attached]` (defaults: 100000 1000000). With `attached`, the sessions are
+//! records of sessions homed in other groups (`AttachSession`), as a sharded cluster's groups
+//! hold them: `1000000 1000000 attached` is the records of 100,000 sessions holding ten locks
+//! each over about ten groups, all groups' state together.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,6 +37,7 @@ fn main() {
     let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>().expect("a number"));
     let sessions = args.next().unwrap_or(100_000).max(1);
     let locks = args.next().unwrap_or(1_000_000);
+    let attached = std::env::args().nth(3).is_some_and(|a| a == "attached");
     let mut sm = StateMachine::new(Limits::default());
     let mut events = Vec::new();
     let mut index = 0;
@@ -46,7 +50,14 @@ fn main() {
     let mut ids = Vec::with_capacity(sessions);
     for i in 0..sessions {
         let client = format!("bench-{}-{}", 4242, i % 64);
-        match apply(&mut sm, Command::OpenSession { client, ttl_ms: 30_000, request_id: 0 }) {
+        // Homed in groups 2..=13, numbered as their homes number them.
+        let session = ((i as u64 % 12 + 1) << 48) | (i as u64 / 12 + 1);
+        let command = if attached {
+            Command::AttachSession { session, client, ttl_ms: 30_000 }
+        } else {
+            Command::OpenSession { client, ttl_ms: 30_000, request_id: 0 }
+        };
+        match apply(&mut sm, command) {
             Outcome::SessionOpened { session, .. } => ids.push(session),
             other => panic!("unexpected {other:?}"),
         }

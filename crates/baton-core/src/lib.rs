@@ -35,6 +35,7 @@ pub mod limits;
 mod lock;
 pub mod moves;
 pub mod names;
+pub mod nameset;
 pub mod queue;
 pub mod slots;
 mod state;
@@ -46,6 +47,7 @@ pub use command::{AcquireRequest, Command, Entry, Event, Outcome, SessionEnd, Se
 pub use error::{Error, Result};
 pub use hlc::Hlc;
 pub use limits::Limits;
+pub use nameset::NameSet;
 pub use queue::{Holder, Kind, LockState, Mode, Waiter};
 pub use slots::{slot_of, Slot, SlotSet, SLOTS};
 pub use state::{Session, StateMachine};

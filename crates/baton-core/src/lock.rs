@@ -366,7 +366,7 @@ impl StateMachine {
 
     fn own(&mut self, session: SessionId, name: &str) {
         if let Some(s) = self.sessions.get_mut(&session) {
-            s.owned.insert(name.to_string());
+            s.owned.insert(name);
         }
     }
 

@@ -176,7 +176,7 @@ impl StateMachine {
         bundle.latches = take_matching(&mut self.latches, moving);
         bundle.registers = take_matching(&mut self.registers, moving);
         for (id, s) in self.sessions.iter_mut() {
-            let owned: Vec<String> = s.owned.iter().filter(|n| moving(n)).cloned().collect();
+            let owned: Vec<String> = s.owned.iter().filter(|n| moving(n)).map(String::from).collect();
             let recent: Vec<Recent> = s.recent.iter().filter(|r| moving(&r.name)).cloned().collect();
             if owned.is_empty() && recent.is_empty() {
                 continue;
@@ -246,22 +246,22 @@ impl StateMachine {
                 // A record like an attach's: the client renews it at every node it talks to.
                 self.sessions.insert(
                     *id,
-                    Session {
+                    Box::new(Session {
                         client: moved.client.clone(),
                         ttl_ms: moved.ttl_ms,
-                        owned: BTreeSet::new(),
+                        owned: crate::NameSet::new(),
                         recent: VecDeque::new(),
                         forgotten_up_to: None,
                         open_request: 0,
                         moved_to: BTreeSet::new(),
                         refreshed_at: index,
-                    },
+                    }),
                 );
                 *self.sessions_per_client.entry(moved.client.clone()).or_insert(0) += 1;
                 events.push(Event::SessionOpened { session: *id, ttl_ms: moved.ttl_ms });
             }
             let s = self.sessions.get_mut(id).expect("present");
-            s.owned.extend(moved.owned.iter().cloned());
+            s.owned.extend(moved.owned.iter().map(String::as_str));
             s.recent.extend(moved.recent.iter().cloned());
             s.forgotten_up_to = s.forgotten_up_to.max(moved.forgotten_up_to);
             crate::state::trim_recent(s);

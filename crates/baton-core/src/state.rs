@@ -29,7 +29,7 @@ pub struct Session {
     /// Time to live after the last keepalive, in milliseconds.
     pub ttl_ms: u64,
     /// Names of the locks this session holds or waits for.
-    pub owned: BTreeSet<String>,
+    pub owned: crate::NameSet,
     /// Requests that finished without holding the lock now, for idempotent retries.
     pub(crate) recent: VecDeque<Recent>,
     /// The highest request id pushed out of `recent`: a request at or below it that is neither
@@ -111,7 +111,10 @@ pub struct StateMachine {
     pub(crate) applied_index: u64,
     /// The last fencing token issued (tokens are group-wide, hence strictly increasing per name).
     pub(crate) last_token: Token,
-    pub(crate) sessions: BTreeMap<SessionId, Session>,
+    /// Boxed: a B-tree node holds eleven entries and is often half full, so a record inline
+    /// would cost its size twice over (sessions are the most numerous objects of a sharded
+    /// cluster: one record per group a session uses). Serialised as the records themselves.
+    pub(crate) sessions: BTreeMap<SessionId, Box<Session>>,
     pub(crate) sessions_per_client: BTreeMap<String, u32>,
     /// Live sessions by the (client, request id) that opened them, for idempotent opens.
     pub(crate) opens: BTreeMap<(String, u64), SessionId>,
@@ -379,12 +382,12 @@ impl StateMachine {
 
     /// A session, if it exists.
     pub fn session(&self, id: SessionId) -> Option<&Session> {
-        self.sessions.get(&id)
+        self.sessions.get(&id).map(|s| &**s)
     }
 
     /// All sessions with their TTLs, in id order.
     pub fn sessions(&self) -> impl Iterator<Item = (SessionId, &Session)> {
-        self.sessions.iter().map(|(id, s)| (*id, s))
+        self.sessions.iter().map(|(id, s)| (*id, &**s))
     }
 
     /// Number of open sessions.
@@ -494,14 +497,14 @@ impl StateMachine {
         let session = Session {
             client: client.to_string(),
             ttl_ms,
-            owned: BTreeSet::new(),
+            owned: crate::NameSet::new(),
             recent: VecDeque::new(),
             forgotten_up_to: None,
             open_request: request_id,
             moved_to: BTreeSet::new(),
             refreshed_at: 0,
         };
-        self.sessions.insert(id, session);
+        self.sessions.insert(id, Box::new(session));
         if request_id != 0 {
             self.opens.insert((client.to_string(), request_id), id);
         }
@@ -542,7 +545,7 @@ impl StateMachine {
             }
         }
         let mut released = 0;
-        for name in &state.owned {
+        for name in state.owned.iter() {
             if self.drop_ownership(name, session, how, events) {
                 released += 1;
             }

@@ -175,7 +175,7 @@ impl Harness {
         }
         // Every name a session owns is held or awaited by it, and nothing else.
         for (id, s) in self.sm.sessions() {
-            for name in &s.owned {
+            for name in s.owned.iter() {
                 let lock = self.sm.lock(name);
                 let holds = lock.is_some_and(|l| l.holder(id).is_some());
                 let waits = lock.is_some_and(|l| l.position_of_session(id).is_some());

@@ -3,7 +3,8 @@
 //!
 //! Events carry their group's sequence number, which is the same on every replica, so a watcher
 //! that reconnects — to this node or another — resumes with `start_seq = last seen + 1` (per
-//! group) and misses and repeats nothing. A node keeps the last [`HISTORY`] events of each group;
+//! group) and misses and repeats nothing. A node keeps [`HISTORY`] events in all, shared evenly by
+//! its groups (at least [`MIN_HISTORY`] each: the history must not grow with the group count);
 //! asking for older ones (or for events from before this node restarted or installed a snapshot)
 //! is `OUT_OF_RANGE`: the watcher must read the current state and watch from the sequence number
 //! the error names.
@@ -14,8 +15,10 @@ use std::sync::{Arc, Mutex};
 use baton_core::{Event, Hlc};
 use tokio::sync::broadcast;
 
-/// Events kept for resuming watchers.
+/// Events a node keeps for resuming watchers, over all its groups.
 pub const HISTORY: usize = 100_000;
+/// Events kept per group, however many groups share [`HISTORY`].
+pub const MIN_HISTORY: usize = 10_000;
 
 /// One applied event.
 #[derive(Clone, Debug)]
@@ -65,6 +68,8 @@ impl Watched {
 /// The history and the live feed.
 pub struct EventLog {
     ring: VecDeque<Arc<Watched>>,
+    /// Most events kept (the group's share of [`HISTORY`]).
+    cap: usize,
     /// The first sequence number this node can still serve.
     available_from: u64,
     /// `None` once the node stopped: live watchers see the feed close.
@@ -85,19 +90,30 @@ impl EventLogs {
     /// Logs for groups whose next events will be these: (group, next seq).
     pub fn new(groups: impl IntoIterator<Item = (u64, u64)>) -> SharedLog {
         let logs = groups.into_iter().map(|(g, next)| (g, EventLog::new(next))).collect();
-        Arc::new(Mutex::new(EventLogs { logs, closed: false }))
+        let mut logs = EventLogs { logs, closed: false };
+        logs.share_history();
+        Arc::new(Mutex::new(logs))
     }
 
     /// The log of `group` (created empty, starting at seq 1, if the node did not have it).
     pub fn group(&mut self, group: u64) -> &mut EventLog {
-        let closed = self.closed;
-        self.logs.entry(group).or_insert_with(|| {
+        if !self.logs.contains_key(&group) {
             let mut log = EventLog::new(1);
-            if closed {
+            if self.closed {
                 log.close();
             }
-            log
-        })
+            self.logs.insert(group, log);
+            self.share_history();
+        }
+        self.logs.get_mut(&group).expect("inserted")
+    }
+
+    /// Gives every group its share of [`HISTORY`].
+    fn share_history(&mut self) {
+        let cap = (HISTORY / self.logs.len().max(1)).max(MIN_HISTORY);
+        for log in self.logs.values_mut() {
+            log.cap = cap;
+        }
     }
 
     /// The groups with a log, in id order.
@@ -118,7 +134,7 @@ impl EventLog {
     /// An empty log whose next event will be `next_seq`.
     pub fn new(next_seq: u64) -> EventLog {
         let (tx, _) = broadcast::channel(16_384);
-        EventLog { ring: VecDeque::new(), available_from: next_seq, tx: Some(tx) }
+        EventLog { ring: VecDeque::new(), cap: HISTORY, available_from: next_seq, tx: Some(tx) }
     }
 
     /// Records an applied event and hands it to live watchers.
@@ -129,7 +145,7 @@ impl EventLog {
             }
         }
         let w = Arc::new(w);
-        if self.ring.len() == HISTORY {
+        while self.ring.len() >= self.cap {
             self.ring.pop_front();
             self.available_from = self.ring.front().map_or(w.seq, |f| f.seq);
         }
@@ -224,4 +240,47 @@ pub fn to_proto(w: &Watched) -> baton_proto::v1::WatchEvent {
         }
     }
     e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(group: u64, seq: u64) -> Watched {
+        Watched {
+            group,
+            seq,
+            hlc: Hlc::default(),
+            event: Event::CounterChanged { name: "c".into(), value: seq as i64 },
+        }
+    }
+
+    /// Regression (issue 10's memory run): every group kept `HISTORY` events, so twelve groups
+    /// kept twelve times the history. The groups share it now, down to `MIN_HISTORY` each.
+    #[test]
+    fn the_groups_share_the_history() {
+        let logs = EventLogs::new((1..=12).map(|g| (g, 1)));
+        let mut logs = logs.lock().unwrap();
+        for g in 1..=12 {
+            for seq in 1..=(MIN_HISTORY as u64 + 500) {
+                logs.group(g).push(event(g, seq));
+            }
+        }
+        for g in 1..=12 {
+            let log = logs.group(g);
+            assert_eq!(log.ring.len(), MIN_HISTORY);
+            assert_eq!(log.subscribe(1).err(), Some(501), "the oldest kept is named");
+            assert_eq!(log.subscribe(501).map(|(kept, _)| kept.len()).ok(), Some(MIN_HISTORY));
+        }
+        // One group alone keeps all of it; a group added later shrinks the others' share.
+        let logs = EventLogs::new([(1, 1)]);
+        let mut logs = logs.lock().unwrap();
+        for seq in 1..=(HISTORY as u64) {
+            logs.group(1).push(event(1, seq));
+        }
+        assert_eq!(logs.group(1).ring.len(), HISTORY);
+        logs.group(2).push(event(2, 1));
+        logs.group(1).push(event(1, HISTORY as u64 + 1));
+        assert_eq!(logs.group(1).ring.len(), HISTORY / 2);
+    }
 }

@@ -83,7 +83,7 @@ impl Group {
                     },
                 },
                 Query::Session(id) => {
-                    Reply::Session(self.sm.session(*id).map(|s| (s.ttl_ms, s.owned.iter().cloned().collect())))
+                    Reply::Session(self.sm.session(*id).map(|s| (s.ttl_ms, s.owned.iter().map(String::from).collect())))
                 }
                 Query::Counter(name) => Reply::Counter(self.sm.counter(name)),
                 Query::Register(name) => Reply::Register(self.sm.register(name).map(|r| (r.value.clone(), r.version))),

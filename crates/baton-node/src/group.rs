@@ -341,6 +341,7 @@ impl Group {
         self.raw.tick();
         self.rerandomize();
         self.time_out_requests(now, out);
+        self.release_snapshot_data();
         if self.role != Role::Leader && self.bugs.follower_expiry {
             // Deliberate bug: a follower that never sees keepalives expires sessions itself.
             for (id, s) in self.sm.sessions() {
@@ -679,6 +680,7 @@ impl Group {
                 v.sort_unstable();
                 v
             },
+            snapshot_bytes_in_memory: self.raw.store().snapshot_ref().data.len(),
         }
     }
 }

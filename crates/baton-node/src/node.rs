@@ -309,6 +309,8 @@ pub struct GroupStatus {
     pub slots: Vec<(u16, u16)>,
     /// The group's voters.
     pub replicas: Vec<NodeId>,
+    /// Bytes of snapshot data held in memory for followers (0 once none needs it).
+    pub snapshot_bytes_in_memory: usize,
 }
 
 /// All the groups of one process, driven by explicit inputs. See the crate docs.

@@ -31,6 +31,27 @@ impl Group {
         }
     }
 
+    /// Frees the latest snapshot's data once no follower can need it: this replica does not
+    /// lead, or every follower has everything up to the snapshot (the log before it is gone,
+    /// so one that has not needs the snapshot) and none is being sent one. The file stays on
+    /// disk for restarts; a follower that needs a snapshot later gets a fresh one (see
+    /// `GroupStorage::snapshot`).
+    pub(super) fn release_snapshot_data(&mut self) {
+        if self.snapshot_to_write.is_some() || !self.raw.store().has_snapshot_data() {
+            return;
+        }
+        let raft = &self.raw.raft;
+        let index = self.raw.store().snapshot_ref().get_metadata().index;
+        let needed = self.role == Role::Leader
+            && raft
+                .prs()
+                .iter()
+                .any(|(id, p)| *id != raft.id && (p.state == ProgressState::Snapshot || p.matched < index));
+        if !needed {
+            self.raw.mut_store().drop_snapshot_data();
+        }
+    }
+
     /// Takes a snapshot of the applied state now (a new replica is about to be added).
     pub(super) fn force_snapshot(&mut self) {
         let applied = self.sm.applied_index();
@@ -44,7 +65,8 @@ impl Group {
 
     pub(super) fn maybe_snapshot(&mut self, config: &NodeConfig) {
         if self.raw.store().take_snapshot_wanted() {
-            // A new member needs one that lists it (see `GroupStorage::snapshot`).
+            // A new member needs one that lists it, or a follower needs one whose data was
+            // dropped (see `GroupStorage::snapshot`).
             self.force_snapshot();
             return;
         }

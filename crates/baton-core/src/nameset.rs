@@ -3,7 +3,7 @@
 //! In a sharded cluster a session has a record in every group it uses, and most records own one
 //! or two names: a `BTreeSet<String>` spends a 280-byte tree node on each such record (issue 10
 //! measured 1.3 GiB for 1M locks over 100k sessions in 12 groups). A few names are kept in a
-//! sorted boxed slice sized exactly; past [`FEW`] they move to a tree, so a session holding
+//! sorted boxed slice sized exactly; past `FEW` (eight) they move to a tree, so a session holding
 //! thousands of names keeps logarithmic inserts. Both forms iterate in name order, compare by
 //! content and serialise as the same sequence of strings (snapshots are unchanged).
 
@@ -19,7 +19,7 @@ const FEW: usize = 8;
 pub enum NameSet {
     /// Sorted, no duplicates, capacity equal to length.
     Few(Box<[Box<str>]>),
-    /// More than [`FEW`] names.
+    /// More than `FEW` (eight) names.
     Many(BTreeSet<Box<str>>),
 }
 

@@ -58,13 +58,16 @@ pub struct Bugs {
     /// one, and replays the log on top: the replica disagrees with the others (agreement; needs
     /// membership changes).
     pub joiner_starts_empty: bool,
+    /// A follower that got one notice that its leader's group sleeps stops ticking that group
+    /// for good: when the leader's node fails, nobody campaigns (liveness; needs idle groups).
+    pub sleeper_never_wakes: bool,
 }
 
 /// Picks one flag out of a [`Bugs`].
 type Flag = fn(&mut Bugs) -> &mut bool;
 
 /// The command-line names of the bugs, with the flag each sets.
-const TABLE: [(&str, Flag); 18] = [
+const TABLE: [(&str, Flag); 19] = [
     ("grant-ignores-queue", |b| &mut b.grant_ignores_queue),
     ("token-reset-on-restart", |b| &mut b.token_reset_on_restart),
     ("follower-expiry", |b| &mut b.follower_expiry),
@@ -83,6 +86,7 @@ const TABLE: [(&str, Flag); 18] = [
     ("takeover-ignores-token-floor", |b| &mut b.takeover_ignores_token_floor),
     ("handoff-keeps-serving", |b| &mut b.handoff_keeps_serving),
     ("joiner-starts-empty", |b| &mut b.joiner_starts_empty),
+    ("sleeper-never-wakes", |b| &mut b.sleeper_never_wakes),
 ];
 
 impl Bugs {

@@ -15,6 +15,7 @@ use crate::storage::GroupStorage;
 use crate::{GroupId, NodeId, RequestId};
 
 mod reads;
+mod sleep;
 mod snapshots;
 
 /// Request ids with this bit set are the leader's own proposals (expiry, ticks): no reply.
@@ -100,6 +101,12 @@ pub(crate) struct Group {
     /// The commit index moved without a hard state to write (raft-rs reports such moves in
     /// its light ready, e.g. every commit of a single-voter group): the next batch carries it.
     commit_unsaved: bool,
+    /// Hibernation (see `sleep.rs`): this leader stopped ticking; ticks it has been idle; the
+    /// last index it saw; ticks a follower still stands still on its leader's notice.
+    asleep: bool,
+    idle_ticks: u64,
+    idle_since_index: u64,
+    notice_ticks: u32,
 }
 
 fn raft_config(config: &NodeConfig, applied: u64) -> raft::Config {
@@ -175,6 +182,10 @@ impl Group {
             commit_unsaved: false,
             placement_after_ms: 0,
             snapshots_sent: BTreeMap::new(),
+            asleep: false,
+            idle_ticks: 0,
+            idle_since_index: 0,
+            notice_ticks: 0,
         };
         let mut group = group;
         group.rerandomize();
@@ -205,11 +216,17 @@ impl Group {
         self.leader.filter(|_| self.is_member())
     }
 
-    /// This replica is in its group's configuration, as a voter or a learner. One the group
-    /// removed (a placement change), or created for a placement that changed before the leader
-    /// added it, hears no more from the group: what it knows of leaders and terms is stale, and
-    /// the node answers for the group as one that does not hold it.
+    /// This replica is in its group's configuration, as a voter or a learner, or leads it. One
+    /// the group removed (a placement change), or created for a placement that changed before
+    /// the leader added it, hears no more from the group: what it knows of leaders and terms is
+    /// stale, and the node answers for the group as one that does not hold it. A leader that
+    /// applied its own removal (raft-rs keeps it leading) still serves until it hands the
+    /// leadership on: refusing would turn keepalives away while it goes on expiring sessions
+    /// (the review found it).
     pub(crate) fn is_member(&self) -> bool {
+        if self.role == Role::Leader {
+            return true;
+        }
         let raft = &self.raw.raft;
         let conf = raft.prs().conf();
         conf.voters().contains(raft.id) || conf.learners().contains(&raft.id)
@@ -325,6 +342,7 @@ impl Group {
     }
 
     pub(crate) fn step(&mut self, msg: Message) {
+        self.wake_for(&msg);
         // Errors here are messages from stale terms or unknown peers: dropping them is correct.
         let _ = self.raw.step(msg);
         self.rerandomize();
@@ -337,8 +355,10 @@ impl Group {
             || self.reads_ready.iter().any(|(index, _)| *index <= self.sm.applied_index())
     }
 
-    pub(crate) fn tick(&mut self, now: u64, wall: u64, out: &mut Vec<Output>) {
-        self.raw.tick();
+    pub(crate) fn tick(&mut self, now: u64, wall: u64, config: &NodeConfig, out: &mut Vec<Output>) {
+        if self.raft_ticks(config) {
+            self.raw.tick();
+        }
         self.rerandomize();
         self.time_out_requests(now, out);
         self.release_snapshot_data();
@@ -610,6 +630,14 @@ impl Group {
                 EntryType::EntryConfChange => self.apply_conf_change::<ConfChange>(&e)?,
                 EntryType::EntryConfChangeV2 => self.apply_conf_change::<ConfChangeV2>(&e)?,
             }
+            let conf_change = matches!(e.get_entry_type(), EntryType::EntryConfChange | EntryType::EntryConfChangeV2);
+            if conf_change && !self.is_member() && self.leader.is_some() {
+                // Removed from the group: what it knows of the leader is stale from now on.
+                // The runtime's view (the Topology RPC's leaders) must not go on naming it (the
+                // review found it).
+                let term = self.raw.raft.term;
+                out.push(Output::RoleChanged { group: self.id, role: self.role, leader: None, term });
+            }
         }
         Ok(())
     }
@@ -681,6 +709,7 @@ impl Group {
                 v
             },
             snapshot_bytes_in_memory: self.raw.store().snapshot_ref().data.len(),
+            asleep: self.asleep(),
         }
     }
 }

@@ -64,6 +64,11 @@ pub type RequestId = u64;
 
 /// The first data group (the only one of a cluster started with one group).
 pub const DATA_GROUP: GroupId = 1;
+/// The group id of messages between nodes rather than groups: once per tick, a node tells each
+/// peer which of the groups it leads sleep (hibernation: see `group/sleep.rs`), one message for
+/// all of them. Its raft `Message` is a carrier only (type `MsgHeartbeat`, from, to, and
+/// (group, term) pairs in `context`); it never reaches raft-rs.
+pub const NODE_CHANNEL: GroupId = u64::MAX;
 pub use baton_core::META_GROUP;
 
 /// The raft-rs message type, re-exported for the transport.

@@ -7,7 +7,7 @@ use raft::eraftpb::Message;
 
 use crate::disk::{Recovered, WriteBatch};
 use crate::group::Group;
-use crate::{GroupId, NodeId, RequestId};
+use crate::{GroupId, NodeId, RequestId, NODE_CHANNEL};
 use baton_core::META_GROUP;
 
 /// Static configuration of a node.
@@ -311,6 +311,9 @@ pub struct GroupStatus {
     pub replicas: Vec<NodeId>,
     /// Bytes of snapshot data held in memory for followers (0 once none needs it).
     pub snapshot_bytes_in_memory: usize,
+    /// The group sleeps here: an idle leader that stopped ticking, or a follower standing
+    /// still on its leader's notice (see [`crate::NODE_CHANNEL`]).
+    pub asleep: bool,
 }
 
 /// All the groups of one process, driven by explicit inputs. See the crate docs.
@@ -378,8 +381,9 @@ impl Node {
     /// passed, propose a `Tick` when a state machine timer is due, time out stale requests.
     pub fn tick(&mut self) {
         for group in self.groups.values_mut() {
-            group.tick(self.mono_ms, self.wall_ms, &mut self.outputs);
+            group.tick(self.mono_ms, self.wall_ms, &self.config, &mut self.outputs);
         }
+        self.send_sleep_notices();
         self.place_leaders();
         self.drive_replicas();
         self.drive_moves();
@@ -477,6 +481,9 @@ impl Node {
     /// was just given a replica: the leader brings it up to date, from the log or a snapshot).
     pub fn step(&mut self, group: GroupId, msg: Message) {
         use raft::eraftpb::MessageType as M;
+        if group == NODE_CHANNEL {
+            return self.sleep_notice(msg);
+        }
         if !self.groups.contains_key(&group)
             && matches!(msg.get_msg_type(), M::MsgAppend | M::MsgHeartbeat | M::MsgSnapshot)
         {
@@ -484,6 +491,47 @@ impl Node {
         }
         if let Some(g) = self.groups.get_mut(&group) {
             g.step(msg);
+        }
+    }
+
+    /// Once per tick: tells each peer, in one message, which of the groups this node leads
+    /// sleep (see [`NODE_CHANNEL`]).
+    fn send_sleep_notices(&mut self) {
+        let mut per_peer: BTreeMap<NodeId, Vec<u8>> = BTreeMap::new();
+        for (id, g) in &self.groups {
+            let Some(term) = g.sleeping_term() else { continue };
+            for peer in g.peers() {
+                let notice = per_peer.entry(peer).or_default();
+                notice.extend_from_slice(&id.to_be_bytes());
+                notice.extend_from_slice(&term.to_be_bytes());
+            }
+        }
+        for (to, context) in per_peer {
+            let msg = Message {
+                msg_type: raft::eraftpb::MessageType::MsgHeartbeat,
+                from: self.config.id,
+                to,
+                context: context.into(),
+                ..Default::default()
+            };
+            self.outputs.push(Output::Send { to, group: NODE_CHANNEL, msg });
+        }
+    }
+
+    /// A peer's notice of the groups it leads that sleep: (group, term) pairs, 16 bytes each.
+    /// A malformed one is ignored (it can only come from a member, over an authenticated peer
+    /// stream, and ignoring it only keeps followers ticking).
+    fn sleep_notice(&mut self, msg: Message) {
+        let context = msg.get_context();
+        if !context.len().is_multiple_of(16) || context.len() / 16 > self.groups.len() {
+            return;
+        }
+        for pair in context.chunks_exact(16) {
+            let group = u64::from_be_bytes(pair[..8].try_into().expect("8 bytes"));
+            let term = u64::from_be_bytes(pair[8..].try_into().expect("8 bytes"));
+            if let Some(g) = self.groups.get_mut(&group) {
+                g.leader_sleeps(msg.from, term);
+            }
         }
     }
 

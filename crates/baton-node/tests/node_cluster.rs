@@ -21,6 +21,8 @@ struct Collect<'a> {
     busy: bool,
     /// Forwarded proposals (slot moves' steps), for a cluster that carries them.
     forwarding: Option<&'a mut Forwarding>,
+    /// The leader each node last reported per group (`Effects::role`), as a runtime's view has it.
+    reported: &'a mut BTreeMap<(u64, GroupId), Option<u64>>,
 }
 
 /// Proposals forwarded between nodes: asked, in flight at their target, answered.
@@ -69,8 +71,9 @@ impl Effects for Collect<'_> {
         self.busy = true;
     }
 
-    fn role(&mut self, _group: GroupId, _role: Role, _leader: Option<u64>, _term: u64) {
+    fn role(&mut self, group: GroupId, _role: Role, leader: Option<u64>, _term: u64) {
         self.busy = true;
+        self.reported.insert((self.from, group), leader);
     }
 }
 
@@ -100,6 +103,10 @@ struct Cluster {
     lease_read_ms: u64,
     /// Groups whose messages are lost on the wire.
     silent_groups: BTreeSet<GroupId>,
+    /// Messages delivered, by group.
+    delivered: BTreeMap<GroupId, usize>,
+    /// The leader each node last reported per group.
+    reported: BTreeMap<(u64, GroupId), Option<u64>>,
 }
 
 impl Cluster {
@@ -126,6 +133,8 @@ impl Cluster {
             forwarding: Forwarding::default(),
             lease_read_ms: 0,
             silent_groups: BTreeSet::new(),
+            delivered: BTreeMap::new(),
+            reported: BTreeMap::new(),
         };
         for id in ids {
             c.stores.insert(id, MemStore::default());
@@ -185,6 +194,7 @@ impl Cluster {
                     events: &mut self.events,
                     busy: false,
                     forwarding: Some(&mut self.forwarding),
+                    reported: &mut self.reported,
                 };
                 driver.run_rounds(self.stores.get_mut(&id).unwrap(), &mut fx).unwrap();
                 busy |= fx.busy;
@@ -222,6 +232,7 @@ impl Cluster {
                     continue;
                 }
                 if let Some(node) = self.nodes.get_mut(&to) {
+                    *self.delivered.entry(group).or_insert(0) += 1;
                     node.step(group, msg);
                 }
             }
@@ -639,8 +650,15 @@ fn recovery_tolerates_a_commit_behind_the_snapshot() {
         Node::new(NodeConfig::new(1, vec![1]), vec![(G, Start::Recovered(recovered))]).expect("node starts");
     let mut driver = Driver::new(node, Requests::default());
     let (mut wire, mut answers, mut events) = (VecDeque::new(), BTreeMap::new(), Vec::new());
-    let mut fx =
-        Collect { from: 1, wire: &mut wire, answers: &mut answers, events: &mut events, busy: false, forwarding: None };
+    let mut fx = Collect {
+        from: 1,
+        wire: &mut wire,
+        answers: &mut answers,
+        events: &mut events,
+        busy: false,
+        forwarding: None,
+        reported: &mut BTreeMap::new(),
+    };
     driver.run_rounds(c.stores.get_mut(&1).unwrap(), &mut fx).unwrap();
     assert_eq!(driver.node().state_machine(G).unwrap().lock_count(), 30);
 }
@@ -727,7 +745,16 @@ fn keepalives_are_served_when_the_leader_is_full() {
     let mut driver = Driver::new(node, Requests::default());
     let (mut wire, mut answers, mut events) = (VecDeque::new(), BTreeMap::new(), Vec::new());
     let mut rounds = |driver: &mut Driver, answers: &mut BTreeMap<u64, _>| {
-        let mut fx = Collect { from: 1, wire: &mut wire, answers, events: &mut events, busy: false, forwarding: None };
+        let mut reported = BTreeMap::new();
+        let mut fx = Collect {
+            from: 1,
+            wire: &mut wire,
+            answers,
+            events: &mut events,
+            busy: false,
+            forwarding: None,
+            reported: &mut reported,
+        };
         driver.run_rounds(&mut store, &mut fx).unwrap();
     };
     rounds(&mut driver, &mut answers);
@@ -967,6 +994,7 @@ fn no_lease_reads_during_a_leadership_transfer() {
             events: &mut c.events,
             busy: false,
             forwarding: None,
+            reported: &mut c.reported,
         };
         driver.run_rounds(c.stores.get_mut(&leader).unwrap(), &mut fx).unwrap();
         c.answers.remove(&id)
@@ -1188,6 +1216,8 @@ fn a_replica_removed_from_its_group_names_no_stale_leader_and_moves_finish() {
     c.advance(2_000);
     let t = c.nodes[&x].node().topology().unwrap().clone();
     assert_eq!(c.nodes[&x].node().leader(to), None, "node {x} names a leader for group {to}, which it left");
+    // Nor does it report one to its runtime (whose view answers the Topology RPC: review finding).
+    assert_eq!(c.reported.get(&(x, to)), Some(&None), "node {x} last reported a leader for group {to}");
     // A request to X for the group is redirected to one of the group's replicas.
     let (mono, wall) = c.clock(x);
     let probe = Request::Propose(Command::CounterAdd { name: "probe".into(), delta: 1 });
@@ -1301,4 +1331,58 @@ fn snapshot_data_is_freed_and_a_lagging_follower_gets_a_fresh_one() {
     c.run_with_keepalives(5, 1_000, &[a]);
     assert_eq!(c.nodes[&leader].node().state_machine(G).unwrap().last_token(), expected);
     assert_eq!(in_memory(&c, other), 0, "the snapshot's data is freed once every follower has it");
+}
+
+/// Issue 10: idle groups must not cost a message per group per tick. Twelve idle groups (and the
+/// meta group) fall asleep; the nodes then exchange one notice per peer per tick and nothing
+/// else. A request wakes its group; a failed node's groups get new leaders.
+#[test]
+fn idle_groups_sleep_and_wake_on_work_and_failures() {
+    let mut c = Cluster::with_groups(3, 1_000, 12);
+    let asleep = |c: &Cluster| {
+        c.nodes.values().flat_map(|d| d.node().status()).filter(|s| s.asleep && s.role == Role::Leader).count()
+    };
+    // Leader placement moves leaderships in the first seconds; then nothing happens.
+    c.advance(8_000);
+    assert_eq!(asleep(&c), 13, "every group's leader sleeps");
+    c.delivered.clear();
+    c.advance(2_000);
+    let raft: usize = c.delivered.iter().filter(|(g, _)| **g != baton_node::NODE_CHANNEL).map(|(_, n)| n).sum();
+    let notices = c.delivered.get(&baton_node::NODE_CHANNEL).copied().unwrap_or(0);
+    assert_eq!(raft, 0, "sleeping groups sent raft messages: {:?}", c.delivered);
+    assert!(notices <= 3 * 2 * 20, "{notices} notices in 20 ticks: more than one per peer per tick");
+    assert!(notices >= 3 * 2 * 18, "{notices} notices in 20 ticks");
+
+    // Work wakes a group (and only it), then it sleeps again.
+    let session = c.open("sleeper");
+    let name = (0..).map(|i| format!("wake-{i}")).find(|n| c.nodes[&1].node().group_of(n) == G).unwrap();
+    assert!(matches!(c.outcome(acquire(&name, session, 1, None)), Outcome::Granted { .. }));
+    c.advance(3 * TICK_MS);
+    assert!(asleep(&c) < 13, "the groups worked in woke up");
+    let status = |c: &Cluster, g: GroupId| {
+        c.nodes.values().flat_map(|d| d.node().status()).find(|s| s.id == g && s.role == Role::Leader)
+    };
+    assert!(!status(&c, G).unwrap().asleep);
+
+    // A node that leads sleeping groups fails: the others elect leaders for them.
+    c.advance(5_000);
+    let victim = status(&c, 7).unwrap().leader.unwrap();
+    let led: Vec<GroupId> = (1..=12).filter(|g| status(&c, *g).and_then(|s| s.leader) == Some(victim)).collect();
+    assert!(led.iter().all(|g| status(&c, *g).unwrap().asleep), "the victim's groups sleep");
+    c.crash(victim);
+    let mut took = None;
+    for t in 0..100 {
+        let led_elsewhere = led
+            .iter()
+            .all(|g| c.nodes.values().any(|d| d.node().status().iter().any(|s| s.id == *g && s.role == Role::Leader)));
+        if led_elsewhere {
+            took = Some(t);
+            break;
+        }
+        c.advance(TICK_MS);
+    }
+    let ticks = took.expect("the failed node's groups got no new leader in 100 ticks");
+    // Notices run out, then an election timeout (randomised up to twice the base) and a vote.
+    let bound = 3 + 2 * baton_node::DEFAULT_ELECTION_TICKS + 2;
+    assert!(ticks <= bound, "failover took {ticks} ticks (bound {bound})");
 }

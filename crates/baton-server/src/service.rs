@@ -471,6 +471,7 @@ impl Baton for BatonService {
                 last_token: g.last_token,
                 slots: to_ranges(&g.slots),
                 replicas: g.replicas,
+                asleep: g.asleep,
             })
             .collect();
         let view = self.node.view.lock().expect("view lock");

@@ -359,3 +359,70 @@ async fn nodes_join_and_leave_under_load() {
         cluster.stop(id).await;
     }
 }
+
+/// Hibernation over the real transport: idle groups fall asleep at every node (their leaders'
+/// notices travel on the node channel of the peer streams); a lock wakes its group and is
+/// granted; when a node that leads sleeping groups stops, the others elect new leaders for them
+/// and serve every group again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_groups_sleep_and_a_stopped_sleeping_leader_is_replaced() {
+    let mut cluster = TestCluster::start_sharded(3, 20_000, false, 6).await;
+    let client = cluster.client().await;
+    let t = settled(&client, 3).await;
+    let all_asleep = |s: &pb::StatusResponse| s.groups.iter().all(|g| g.asleep && g.leader != 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for id in [1, 2, 3] {
+        loop {
+            let s = Client::status_of(&cluster.client_addrs[&id]).await.unwrap();
+            if all_asleep(&s) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {id}'s groups never all slept: {:?}", s.groups);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Work wakes a group: a lock in group 1 is granted (and the group is awake at its leader
+    // while the session renews there).
+    let session = client.session(Duration::from_secs(5)).await.unwrap();
+    let name = name_in(&t, 1, "wake");
+    let guard = session.lock(&name, None).await.unwrap().expect("granted");
+    guard.release().await.unwrap();
+    session.close().await.unwrap();
+    // Stop a node that leads some group while those groups sleep again.
+    let victim = t.groups.iter().find(|g| g.id != 1).map(|g| g.leader).expect("a leader");
+    let led: Vec<u64> = t.groups.iter().filter(|g| g.leader == victim).map(|g| g.id).collect();
+    let survivor = [1, 2, 3].into_iter().find(|id| *id != victim).unwrap();
+    loop {
+        let s = Client::status_of(&cluster.client_addrs[&victim]).await.unwrap();
+        if s.groups.iter().filter(|g| led.contains(&g.id)).all(|g| g.asleep) {
+            break;
+        }
+        assert!(Instant::now() < deadline + Duration::from_secs(30), "{led:?} never slept again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.stop(victim).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = Client::status_of(&cluster.client_addrs[&survivor]).await.unwrap();
+        let leaders: Vec<(u64, u64)> =
+            s.groups.iter().filter(|g| led.contains(&g.id)).map(|g| (g.id, g.leader)).collect();
+        if leaders.iter().all(|(_, l)| *l != 0 && *l != victim) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no new leader for the stopped node's groups: {leaders:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Every group serves again (the client follows the new leaders).
+    let session = client.session(Duration::from_secs(5)).await.unwrap();
+    for g in &t.groups {
+        let name = name_in(&t, g.id, "after");
+        let guard = session.lock(&name, None).await.unwrap().expect("granted");
+        guard.release().await.unwrap();
+    }
+    session.close().await.unwrap();
+    for id in [1, 2, 3] {
+        if id != victim {
+            cluster.stop(id).await;
+        }
+    }
+}

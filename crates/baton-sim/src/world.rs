@@ -124,6 +124,8 @@ pub struct Coverage {
     pub slot_moves: u64,
     /// Members added or removed (the meta group applied the change).
     pub members_changed: u64,
+    /// Notices that a leader's groups sleep (hibernation), sent from node to node.
+    pub sleep_notices: u64,
 }
 
 enum Ev {

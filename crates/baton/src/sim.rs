@@ -122,7 +122,7 @@ fn replay_flags(cfg: &SimConfig) -> String {
 #[derive(Default)]
 struct CoverageTally {
     /// (runs in which it happened, times in all) per path, in `Coverage` field order.
-    paths: [(u64, u64); 7],
+    paths: [(u64, u64); 8],
 }
 
 impl CoverageTally {
@@ -135,6 +135,7 @@ impl CoverageTally {
             c.torn_writes,
             c.slot_moves,
             c.members_changed,
+            c.sleep_notices,
         ];
         for (tally, n) in self.paths.iter_mut().zip(counts) {
             tally.0 += u64::from(n > 0);
@@ -151,6 +152,7 @@ impl CoverageTally {
             "torn write",
             "slot move",
             "membership change",
+            "sleep notice",
         ];
         let parts: Vec<String> = names
             .iter()

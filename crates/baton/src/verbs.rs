@@ -38,6 +38,7 @@ fn status_json(s: &baton_proto::v1::StatusResponse) -> serde_json::Value {
             "last_token": g.last_token,
             "slots": g.slots.iter().map(|r| serde_json::json!([r.start, r.end])).collect::<Vec<_>>(),
             "replicas": g.replicas,
+            "asleep": g.asleep,
         })).collect::<Vec<_>>(),
         "nodes": s.nodes.iter().map(|n| serde_json::json!({
             "id": n.id,
@@ -64,7 +65,7 @@ fn print_status(s: &baton_proto::v1::StatusResponse) {
     }
     out!();
     out!(
-        "{:<6} {:<7} {:<6} {:<9} {:<9} {:<9} {:<9} {:<7} {:<10} {:<9} {}",
+        "{:<6} {:<7} {:<6} {:<9} {:<9} {:<15} {:<9} {:<7} {:<10} {:<9} {}",
         "GROUP",
         "LEADER",
         "TERM",
@@ -82,14 +83,15 @@ fn print_status(s: &baton_proto::v1::StatusResponse) {
         let replicas: Vec<String> = g.replicas.iter().map(u64::to_string).collect();
         let ranges: Vec<(u16, u16)> = g.slots.iter().map(|r| (r.start as u16, r.end as u16)).collect();
         let slots = if g.id == 0 { "(meta)".to_string() } else { baton_core::slots::format_ranges(&ranges) };
+        let role = if g.asleep { format!("{} asleep", g.role) } else { g.role.clone() };
         out!(
-            "{:<6} {:<7} {:<6} {:<9} {:<9} {:<9} {:<9} {:<7} {:<10} {:<9} {}",
+            "{:<6} {:<7} {:<6} {:<9} {:<9} {:<15} {:<9} {:<7} {:<10} {:<9} {}",
             g.id,
             leader,
             g.term,
             g.commit_index,
             g.applied_index,
-            g.role,
+            role,
             g.sessions,
             g.locks,
             g.last_token,

@@ -83,6 +83,7 @@ fn dev_serialises_two_lock_commands() {
     let st = status_json(&addr).unwrap();
     assert_eq!(st["groups"][0]["leader"], 1);
     assert_eq!(st["nodes"][0]["client_addr"], addr.as_str());
+    assert!(st["groups"][0]["asleep"].is_boolean(), "{st}");
 
     // Counter and register from the CLI.
     let run = |args: &[&str]| {

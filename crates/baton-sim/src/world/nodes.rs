@@ -296,6 +296,9 @@ impl World {
             self.trace(format!("node {id}: {note}"));
         }
         for (to, msg) in fx.sends {
+            if matches!(msg, PeerMsg::Raft(baton_node::NODE_CHANNEL, _)) {
+                self.coverage.sleep_notices += 1;
+            }
             self.send(id, to, msg);
         }
         for (client, reply) in fx.replies {

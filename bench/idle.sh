@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The cost of idle groups: for each group count, starts a 3-node cluster (real processes on
+# 127.0.0.1, --groups N), lets it settle (elections, leader placement, hibernation), then reads
+# the three processes' CPU time from /proc over a window with no client at all, and prints the
+# CPU the whole cluster spends per second. Usage: bench/idle.sh [WINDOW_SECS] [GROUP COUNTS...]
+# BASELINE_BIN=path measures another build of baton too, alternating with this one in the same
+# run (e.g. a build from before a change), so that the two figures share the machine's noise.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+window=${1:-10}
+shift || true
+counts=("$@")
+[ ${#counts[@]} -eq 0 ] && counts=(1 12 96)
+source bench/lib.sh
+prepare
+ticks=$(getconf CLK_TCK)
+cpu_ticks() {
+  local sum=0
+  for p in "${baton_pids[@]}"; do
+    # utime and stime: fields 14 and 15 of /proc/PID/stat (the name, field 2, has no spaces here).
+    read -r -a f <"/proc/$p/stat"
+    sum=$((sum + f[13] + f[14]))
+  done
+  echo "$sum"
+}
+echo "# $(nproc) cores, 3 nodes on 127.0.0.1, no clients, ${window}s window after 15s to settle"
+builds=("$bin")
+[ -n "${BASELINE_BIN:-}" ] && builds+=("$BASELINE_BIN")
+for n in "${counts[@]}"; do
+  for b in "${builds[@]}"; do
+    bin=$b BATON_SERVER_FLAGS="--groups $n" start_baton
+    sleep 15
+    before=$(cpu_ticks)
+    sleep "$window"
+    after=$(cpu_ticks)
+    ms=$(( (after - before) * 1000 / ticks / window ))
+    echo "build=$b groups=$n idle_cpu_ms_per_s=$ms"
+    for p in "${baton_pids[@]}"; do kill "$p"; wait "$p" 2>/dev/null || true; done
+    baton_pids=()
+    rm -rf "$dir"/baton*
+  done
+done

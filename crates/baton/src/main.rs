@@ -187,11 +187,11 @@ enum Cmd {
         endpoints: String,
         /// The counter's name.
         name: String,
-        /// add, get or cas.
-        op: String,
+        /// The operation.
+        op: verbs::CounterOp,
         /// add: the amount; cas: the expected and the new value.
-        #[arg(allow_hyphen_values = true)]
-        args: Vec<String>,
+        #[arg(allow_negative_numbers = true)]
+        args: Vec<i64>,
     },
     /// A versioned register: `baton register NAME get | set VALUE | delete [--if-version V]`.
     Register {
@@ -203,8 +203,8 @@ enum Cmd {
         if_version: Option<u64>,
         /// The register's name.
         name: String,
-        /// get, set or delete.
-        op: String,
+        /// The operation.
+        op: verbs::RegisterOp,
         /// set: the value.
         value: Option<String>,
     },
@@ -250,8 +250,8 @@ enum Cmd {
         wait: f64,
         /// The latch's name.
         name: String,
-        /// set, down or wait.
-        op: String,
+        /// The operation.
+        op: verbs::LatchOp,
         /// For set: the count.
         count: Option<u64>,
     },

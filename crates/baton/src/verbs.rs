@@ -169,26 +169,59 @@ pub(crate) async fn describe(eps: String, json: bool, name: String) -> ExitCode 
     ExitCode::SUCCESS
 }
 
-pub(crate) async fn counter(eps: String, name: String, op: String, args: Vec<String>) -> ExitCode {
-    let num = |i: usize| -> Result<i64, ExitCode> {
-        let a = args.get(i).ok_or_else(|| fail(EXIT_USAGE, format!("counter {op}: missing argument {}", i + 1)))?;
-        a.parse().map_err(|_| fail(EXIT_USAGE, format!("counter {op}: {a:?} is not a 64-bit integer")))
+/// `baton counter NAME OP`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub(crate) enum CounterOp {
+    /// Add the amount (may be negative); prints the new value.
+    Add,
+    /// Print the value.
+    Get,
+    /// Compare and swap: set the new value if the counter holds the expected one.
+    Cas,
+}
+
+/// `baton register NAME OP`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub(crate) enum RegisterOp {
+    /// Print the version and value.
+    Get,
+    /// Write VALUE (with --if-version: only over that version).
+    Set,
+    /// Delete (with --if-version: only that version).
+    Delete,
+}
+
+/// `baton latch NAME OP`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub(crate) enum LatchOp {
+    /// Set the count (once; a second set reports the current count).
+    Set,
+    /// Count down by one.
+    Down,
+    /// Wait until the count reaches zero.
+    Wait,
+}
+
+pub(crate) async fn counter(eps: String, name: String, op: CounterOp, args: Vec<i64>) -> ExitCode {
+    let wanted = match op {
+        CounterOp::Get => 0,
+        CounterOp::Add => 1,
+        CounterOp::Cas => 2,
     };
+    if args.len() != wanted {
+        let usage = ["get takes no argument", "add takes the amount", "cas takes the expected and the new value"];
+        return fail(EXIT_USAGE, format!("counter: {} (got {} arguments)", usage[wanted], args.len()));
+    }
     let client = match connect(&eps).await {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let result = match op.as_str() {
-        "get" => client.counter_get(&name).await.map(|v| v.to_string()),
-        "add" => match num(0) {
-            Ok(n) => client.counter_add(&name, n).await.map(|v| v.to_string()),
-            Err(code) => return code,
-        },
-        "cas" => match (num(0), num(1)) {
-            (Ok(e), Ok(n)) => client.counter_cas(&name, e, n).await.map(|(ok, v)| format!("swapped={ok} value={v}")),
-            (Err(code), _) | (_, Err(code)) => return code,
-        },
-        other => return fail(EXIT_USAGE, format!("unknown counter operation {other:?} (add, get, cas)")),
+    let result = match op {
+        CounterOp::Get => client.counter_get(&name).await.map(|v| v.to_string()),
+        CounterOp::Add => client.counter_add(&name, args[0]).await.map(|v| v.to_string()),
+        CounterOp::Cas => {
+            client.counter_cas(&name, args[0], args[1]).await.map(|(ok, v)| format!("swapped={ok} value={v}"))
+        }
     };
     match result {
         Ok(line) => {
@@ -202,7 +235,7 @@ pub(crate) async fn counter(eps: String, name: String, op: String, args: Vec<Str
 pub(crate) async fn register(
     eps: String,
     name: String,
-    op: String,
+    op: RegisterOp,
     value: Option<String>,
     if_version: Option<u64>,
 ) -> ExitCode {
@@ -210,21 +243,20 @@ pub(crate) async fn register(
         Ok(c) => c,
         Err(code) => return code,
     };
-    let result = match (op.as_str(), value) {
-        ("get", _) => client
+    let result = match (op, value) {
+        (RegisterOp::Get, _) => client
             .register_get(&name)
             .await
             .map(|(v, version)| format!("version={version} value={}", String::from_utf8_lossy(&v))),
-        ("set", Some(v)) => client
+        (RegisterOp::Set, Some(v)) => client
             .register_set(&name, Some(v.into_bytes()), if_version)
             .await
             .map(|(ok, version)| format!("swapped={ok} version={version}")),
-        ("set", None) => return fail(EXIT_USAGE, "register set: missing VALUE".into()),
-        ("delete", _) => client
+        (RegisterOp::Set, None) => return fail(EXIT_USAGE, "register set: missing VALUE".into()),
+        (RegisterOp::Delete, _) => client
             .register_set(&name, None, if_version)
             .await
             .map(|(ok, version)| format!("swapped={ok} version={version}")),
-        (other, _) => return fail(EXIT_USAGE, format!("unknown register operation {other:?} (get, set, delete)")),
     };
     match result {
         Ok(line) => {
@@ -359,23 +391,22 @@ pub(crate) async fn barrier(eps: String, name: String, parties: u32, wait: f64) 
     }
 }
 
-pub(crate) async fn latch(eps: String, name: String, op: String, count: Option<u64>, wait: f64) -> ExitCode {
+pub(crate) async fn latch(eps: String, name: String, op: LatchOp, count: Option<u64>, wait: f64) -> ExitCode {
     let (client, session) = match with_session(&eps).await {
         Ok(x) => x,
         Err(code) => return code,
     };
-    let r = match (op.as_str(), count) {
-        ("set", Some(n)) => client.latch_set(&name, n).await.map(|(set, c)| {
+    let r = match (op, count) {
+        (LatchOp::Set, Some(n)) => client.latch_set(&name, n).await.map(|(set, c)| {
             out!("{}", if set { format!("count={c}") } else { format!("already set: count={c}") });
             true
         }),
-        ("set", None) => return fail(EXIT_USAGE, "latch set: missing COUNT".into()),
-        ("down", _) => client.latch_count_down(&name).await.map(|c| {
+        (LatchOp::Set, None) => return fail(EXIT_USAGE, "latch set: missing COUNT".into()),
+        (LatchOp::Down, _) => client.latch_count_down(&name).await.map(|c| {
             out!("count={c}");
             true
         }),
-        ("wait", _) => session.latch_wait(&name, Some(Duration::from_secs_f64(wait.clamp(0.0, 3600.0)))).await,
-        (other, _) => return fail(EXIT_USAGE, format!("unknown latch operation {other:?} (set, down, wait)")),
+        (LatchOp::Wait, _) => session.latch_wait(&name, Some(Duration::from_secs_f64(wait.clamp(0.0, 3600.0)))).await,
     };
     let _ = session.close().await;
     match r {

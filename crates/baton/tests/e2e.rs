@@ -95,6 +95,22 @@ fn dev_serialises_two_lock_commands() {
     assert_eq!(run(&["counter", "--endpoints", &addr, "c", "add", "-2"]), "3");
     assert_eq!(run(&["counter", "--endpoints", &addr, "c", "cas", "3", "7"]), "swapped=true value=7");
     assert_eq!(run(&["counter", "--endpoints", &addr, "c", "get"]), "7");
+    // Operations and their arguments are checked before anything is sent.
+    for (args, says) in [
+        (&["counter", "c", "mul", "2"][..], "invalid value 'mul'"),
+        (&["counter", "c", "add"][..], "add takes the amount"),
+        (&["counter", "c", "add", "x"][..], "invalid value 'x'"),
+        (&["latch", "l", "up"][..], "invalid value 'up'"),
+    ] {
+        let out = Command::new(BATON).args(args).args(["--endpoints", &addr]).output().unwrap();
+        assert_eq!(out.status.code(), Some(64), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(says),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(run(&["counter", "--endpoints", &addr, "c", "get"]), "7");
     assert!(
         run(&["register", "--endpoints", &addr, "--if-version", "0", "r", "set", "hello"]).starts_with("swapped=true")
     );

@@ -40,6 +40,17 @@ start_baton() {
   return 1
 }
 
+# Waits until every group has a leader, then past the placement pause (leaders move to their
+# preferred nodes after 3 s).
+wait_for_placement() {
+  for _ in $(seq 1 100); do
+    "$bin" status --endpoints "$baton_eps" --json |
+      python3 -c 'import json,sys; sys.exit(0 if all(g["leader"] for g in json.load(sys.stdin)["groups"]) else 1)' && break
+    sleep 0.2
+  done
+  sleep 4
+}
+
 start_etcd() {
   local cluster="e1=http://127.0.0.1:23801,e2=http://127.0.0.1:23802,e3=http://127.0.0.1:23803"
   for i in 1 2 3; do

@@ -14,13 +14,7 @@ fi
 source bench/lib.sh
 prepare
 start_baton
-# Every group led, and past the placement pause (leaders move to their preferred nodes after 3 s).
-for _ in $(seq 1 100); do
-  "$bin" status --endpoints "$baton_eps" --json |
-    python3 -c 'import json,sys; sys.exit(0 if all(g["leader"] for g in json.load(sys.stdin)["groups"]) else 1)' && break
-  sleep 0.2
-done
-sleep 4
+wait_for_placement
 leader=$("$bin" status --endpoints "$baton_eps" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["groups"][0]["leader"])')
 leader_pid=${baton_pids[$((leader - 1))]}
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }

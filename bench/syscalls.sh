@@ -14,12 +14,7 @@ fi
 source bench/lib.sh
 prepare
 BATON_SERVER_FLAGS="--groups $groups" start_baton
-for _ in $(seq 1 100); do
-  "$bin" status --endpoints "$baton_eps" --json |
-    python3 -c 'import json,sys; sys.exit(0 if all(g["leader"] for g in json.load(sys.stdin)["groups"]) else 1)' && break
-  sleep 0.2
-done
-sleep 4
+wait_for_placement
 events=syscalls:sys_enter_fdatasync,syscalls:sys_enter_futex,syscalls:sys_enter_writev,syscalls:sys_enter_epoll_wait,context-switches
 pid_list=$(IFS=,; echo "${baton_pids[*]}")
 perf stat -x, -e "$events" -p "$pid_list" -o "$dir/stat.csv" -- sleep "$secs" &

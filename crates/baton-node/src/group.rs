@@ -558,6 +558,8 @@ impl Group {
         let leader = (leader != raft::INVALID_ID).then_some(leader);
         let was_leader = self.role == Role::Leader;
         self.role = role;
+        // A notice from the previous leader must not keep this replica still under the next.
+        self.notice_ticks = 0;
         self.lease_until_ms = 0;
         self.round_started_ms.clear();
         self.leader = leader;

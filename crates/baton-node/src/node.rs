@@ -518,20 +518,40 @@ impl Node {
         }
     }
 
-    /// A peer's notice of the groups it leads that sleep: (group, term) pairs, 16 bytes each.
-    /// A malformed one is ignored (it can only come from a member, over an authenticated peer
-    /// stream, and ignoring it only keeps followers ticking).
+    /// A peer's message on the node channel: a notice of the groups it leads that sleep
+    /// (`MsgHeartbeat`), answered at once with the (group, term) pairs this node accepted
+    /// (`MsgHeartbeatResponse`), which tell the sleeping leader that its followers still hear
+    /// it. Both carry (group, term) pairs, 16 bytes each. A malformed message is ignored (it
+    /// can only come from a member, over an authenticated peer stream, and ignoring it only
+    /// keeps followers ticking or wakes a leader).
     fn sleep_notice(&mut self, msg: Message) {
+        use raft::eraftpb::MessageType as M;
         let context = msg.get_context();
         if !context.len().is_multiple_of(16) || context.len() / 16 > self.groups.len() {
             return;
         }
+        let notice = msg.get_msg_type() == M::MsgHeartbeat;
+        let mut accepted = Vec::new();
         for pair in context.chunks_exact(16) {
             let group = u64::from_be_bytes(pair[..8].try_into().expect("8 bytes"));
             let term = u64::from_be_bytes(pair[8..].try_into().expect("8 bytes"));
-            if let Some(g) = self.groups.get_mut(&group) {
-                g.leader_sleeps(msg.from, term);
+            let Some(g) = self.groups.get_mut(&group) else { continue };
+            if !notice {
+                g.follower_hears(msg.from, term);
+            } else if g.leader_sleeps(msg.from, term) {
+                accepted.extend_from_slice(pair);
             }
+        }
+        if notice && !accepted.is_empty() {
+            let to = msg.from;
+            let msg = Message {
+                msg_type: M::MsgHeartbeatResponse,
+                from: self.config.id,
+                to,
+                context: accepted.into(),
+                ..Default::default()
+            };
+            self.outputs.push(Output::Send { to, group: NODE_CHANNEL, msg });
         }
     }
 

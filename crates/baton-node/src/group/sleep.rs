@@ -44,11 +44,28 @@ impl Group {
         let quiet = self.idle() && last == self.idle_since_index;
         self.idle_since_index = last;
         self.idle_ticks = if quiet { self.idle_ticks.saturating_add(1) } else { 0 };
-        let asleep = self.idle_ticks > config.election_ticks as u64;
+        let election_ticks = config.election_ticks as u64;
+        if self.asleep && self.idle_ticks.is_multiple_of(election_ticks) {
+            // The quorum check raft-rs would run, on the followers' answers to the notices: a
+            // leader that no longer hears a quorum wakes, so that raft-rs's own check (after
+            // an election timeout of heartbeats) steps it down, and its followers, no longer
+            // kept still by notices, elect another.
+            let id = self.raw.raft.id;
+            if !self.raw.raft.mut_prs().quorum_recently_active(id) {
+                self.idle_ticks = 0;
+            }
+        }
+        let asleep = self.idle_ticks > election_ticks;
         if self.asleep && !asleep {
-            // A full election timeout of heartbeats before the next quorum check: the
-            // followers' activity flags are as old as the sleep.
+            // A full election timeout of heartbeats before the next quorum check, counting
+            // only what the followers answer from now on.
             self.raw.raft.election_elapsed = 0;
+            let id = self.raw.raft.id;
+            for (peer, p) in self.raw.raft.mut_prs().iter_mut() {
+                if *peer != id {
+                    p.recent_active = false;
+                }
+            }
         }
         self.asleep = asleep;
         !asleep
@@ -70,10 +87,13 @@ impl Group {
             && raft.pending_conf_index <= raft.raft_log.applied
             && raft.raft_log.committed == last
             && raft.raft_log.applied == last
-            && raft
-                .prs()
-                .iter()
-                .all(|(id, p)| *id == raft.id || (p.matched == last && p.state == ProgressState::Replicate))
+            && raft.prs().iter().all(|(id, p)| {
+                // A follower must know the commit too: notices carry none.
+                *id == raft.id
+                    || (p.matched == last
+                        && p.committed_index >= raft.raft_log.committed
+                        && p.state == ProgressState::Replicate)
+            })
     }
 
     /// The term of this leader's group if it sleeps (its followers get a notice).
@@ -87,11 +107,26 @@ impl Group {
         raft.prs().iter().map(|(id, _)| *id).filter(|id| *id != raft.id).collect()
     }
 
-    /// A notice from node `from`: it leads this group at `term` and sleeps.
-    pub(crate) fn leader_sleeps(&mut self, from: NodeId, term: u64) {
+    /// A notice from node `from`: it leads this group at `term` and sleeps. Returns whether
+    /// this replica accepted it (the leader hears so: [`Group::follower_hears`]).
+    pub(crate) fn leader_sleeps(&mut self, from: NodeId, term: u64) -> bool {
         let raft = &self.raw.raft;
-        if raft.state == StateRole::Follower && self.leader == Some(from) && raft.term == term && self.is_member() {
+        let accepted =
+            raft.state == StateRole::Follower && self.leader == Some(from) && raft.term == term && self.is_member();
+        if accepted {
             self.notice_ticks = NOTICE_TICKS;
+        }
+        accepted
+    }
+
+    /// Follower `from` accepted this sleeping leader's notice at `term`: it counts as active
+    /// for the quorum check that a sleeping leader runs itself.
+    pub(crate) fn follower_hears(&mut self, from: NodeId, term: u64) {
+        let raft = &mut self.raw.raft;
+        if raft.state == StateRole::Leader && raft.term == term && self.asleep {
+            if let Some(p) = raft.mut_prs().get_mut(from) {
+                p.recent_active = true;
+            }
         }
     }
 

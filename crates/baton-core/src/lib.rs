@@ -30,6 +30,7 @@ pub mod barrier;
 pub mod bugs;
 pub mod command;
 pub mod error;
+pub mod etcd;
 pub mod hlc;
 pub mod limits;
 mod lock;

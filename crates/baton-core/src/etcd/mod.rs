@@ -18,11 +18,13 @@
 //! # Caveats
 //! - See [`mvcc`] for compaction's cost.
 
+pub mod lease;
 pub mod mvcc;
 mod txn;
 
 use serde::{Deserialize, Serialize};
 
+pub use lease::{LeaseRecord, Leases, MAX_LEASE_TTL_S, MIN_LEASE_TTL_S};
 pub use mvcc::{KeyEvent, KeyRange, Mvcc};
 pub use txn::{Compare, CompareResult, CompareTarget, Op, OpResponse, TxnRequest, TxnResponse};
 
@@ -79,6 +81,8 @@ pub enum EtcdError {
     RequestTooLarge,
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
 }
 
 /// gRPC status codes, as etcd uses them (the server maps these to tonic's).
@@ -95,7 +99,7 @@ impl EtcdError {
     /// The gRPC code etcd sends this refusal with.
     pub fn code(&self) -> Code {
         match self {
-            EtcdError::Compacted | EtcdError::FutureRevision => Code::OutOfRange,
+            EtcdError::Compacted | EtcdError::FutureRevision | EtcdError::LeaseTtlTooLarge => Code::OutOfRange,
             EtcdError::LeaseNotFound | EtcdError::KeyNotFound => Code::NotFound,
             EtcdError::LeaseExists => Code::FailedPrecondition,
             EtcdError::NoSpace => Code::ResourceExhausted,
@@ -192,11 +196,12 @@ pub struct DeleteResponse {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EtcdStore {
     mvcc: Mvcc,
+    leases: Leases,
 }
 
 impl Default for EtcdStore {
     fn default() -> Self {
-        EtcdStore { mvcc: Mvcc::new() }
+        EtcdStore { mvcc: Mvcc::new(), leases: Leases::default() }
     }
 }
 
@@ -241,7 +246,8 @@ impl EtcdStore {
         txn::check(req)?;
         let succeeded = txn::compares_hold(&self.mvcc, req);
         let ops = if succeeded { &req.success } else { &req.failure };
-        txn::check_ops(&self.mvcc, &self.leases_view(), ops)?;
+        let leases = &self.leases;
+        txn::check_ops(&self.mvcc, &|id| leases.get(id).is_some(), ops)?;
         let main = self.mvcc.revision() + 1;
         let mut sub = 0;
         let responses = match txn::apply(&mut self.mvcc, ops, main, &mut sub) {
@@ -253,6 +259,13 @@ impl EtcdStore {
             }
         };
         if sub > 0 {
+            // Keys follow their leases: each change moves its key from the lease it had to the
+            // one it has (none for a deletion), in the order the changes were made.
+            for (_, change) in self.mvcc.changes_since(main, usize::MAX) {
+                let from = change.prev.as_ref().map_or(0, |kv| kv.lease);
+                let to = if change.deleted { 0 } else { change.kv.lease };
+                self.leases.reattach(&change.kv.key, from, to);
+            }
             self.mvcc.commit(main);
         }
         Ok(TxnResponse { succeeded, responses })
@@ -261,11 +274,6 @@ impl EtcdStore {
     /// Compacts the history up to `rev` (etcd's `Compact`).
     pub fn compact(&mut self, rev: Revision) -> Result<(), EtcdError> {
         self.mvcc.compact(rev)
-    }
-
-    /// The leases keys may be attached to (none yet: leases come with the lease service).
-    fn leases_view(&self) -> impl Fn(i64) -> bool + '_ {
-        |lease| lease == 0
     }
 }
 

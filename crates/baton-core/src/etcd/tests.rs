@@ -394,3 +394,42 @@ fn nested_transactions_follow_etcd_rules() {
         TxnRequest { compare: vec![cmp("", CompareResult::Equal, CompareTarget::Version(0))], ..Default::default() };
     assert_eq!(s.txn(&keyless), Err(EtcdError::EmptyKey));
 }
+
+#[test]
+fn leases_carry_keys_and_take_them_when_revoked() {
+    let mut s = EtcdStore::default();
+    s.lease_grant(7, 1, 100).unwrap();
+    assert_eq!(s.leases().get(7).unwrap().ttl_s, MIN_LEASE_TTL_S, "a short TTL is raised");
+    assert_eq!(s.lease_grant(7, 10, 101), Err(EtcdError::LeaseExists));
+    assert_eq!(s.lease_grant(8, MAX_LEASE_TTL_S + 1, 101), Err(EtcdError::LeaseTtlTooLarge));
+    s.lease_grant(8, 60, 101).unwrap();
+    assert_eq!(s.leases().of_session(101), Some(8));
+    let with = |k: &str, lease| PutRequest { key: k.into(), value: "v".into(), lease, ..Default::default() };
+    s.put(&with("a", 7)).unwrap();
+    s.put(&with("b", 7)).unwrap();
+    s.put(&with("c", 7)).unwrap();
+    // Moved to another lease, detached by a plain put, detached by a delete.
+    s.put(&with("b", 8)).unwrap();
+    s.put(&with("c", 0)).unwrap();
+    s.put(&with("d", 7)).unwrap();
+    s.delete(&DeleteRequest { key: "d".into(), ..Default::default() }).unwrap();
+    let keys_of = |s: &EtcdStore, id| s.leases().get(id).unwrap().keys.iter().cloned().collect::<Vec<_>>();
+    assert_eq!(keys_of(&s, 7), vec![b"a".to_vec()]);
+    assert_eq!(keys_of(&s, 8), vec![b"b".to_vec()]);
+    // ignore_lease keeps the key's lease.
+    s.put(&PutRequest { key: "b".into(), value: "w".into(), ignore_lease: true, ..Default::default() }).unwrap();
+    assert_eq!(s.mvcc().get(b"b").unwrap().lease, 8);
+    s.put(&with("e", 8)).unwrap();
+    let before = s.revision();
+    let gone = s.lease_revoke(8).unwrap();
+    assert_eq!(gone.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>(), vec![b"b".to_vec(), b"e".to_vec()]);
+    assert_eq!(s.revision(), before + 1, "a revoke deletes its keys in one revision");
+    assert!(s.mvcc().get(b"b").is_none() && s.mvcc().get(b"a").is_some());
+    assert_eq!(s.lease_revoke(8), Err(EtcdError::LeaseNotFound));
+    assert_eq!(s.leases().of_session(101), None);
+    // A lease without keys goes without a revision.
+    s.put(&with("a", 0)).unwrap();
+    let before = s.revision();
+    assert!(s.lease_revoke(7).unwrap().is_empty());
+    assert_eq!(s.revision(), before);
+}

@@ -68,6 +68,9 @@ pub enum Command {
     /// Write (`Some`) or delete (`None`) a register, if its version is `expected_version` (when
     /// given; 0 means "not written").
     RegisterSet { name: String, value: Option<Vec<u8>>, expected_version: Option<u64> },
+    /// A write to the etcd keyspace (its group only: see [`crate::etcd`]). New variants go
+    /// last: logs and snapshots encode a variant by its position.
+    Etcd(crate::etcd::EtcdCommand),
 }
 
 impl Command {
@@ -93,6 +96,7 @@ impl Command {
             | Command::FinishMove { .. }
             | Command::AddNode { .. }
             | Command::RemoveNode { .. }
+            | Command::Etcd(_)
             | Command::Tick => None,
         }
     }
@@ -193,6 +197,8 @@ pub enum Outcome {
     Counter { value: i64, swapped: bool },
     /// A register's version after the command; `swapped` is false if the version did not match.
     Register { version: u64, swapped: bool },
+    /// A write to the etcd keyspace was applied (new variants go last, as in [`Command`]).
+    Etcd(crate::etcd::EtcdOutcome),
 }
 
 /// Why a wait ended without a grant.

@@ -42,6 +42,9 @@ pub enum Error {
     /// A retried request whose grant has since been released.
     #[error("request {request_id} on lock {name:?} already completed: it was granted token {token} and released")]
     RequestCompleted { name: String, request_id: u64, token: Token },
+    /// A refusal of the etcd keyspace, with etcd's own message (its clients match on it).
+    #[error(transparent)]
+    Etcd(#[from] crate::etcd::EtcdError),
 }
 
 /// The state machine's result type.

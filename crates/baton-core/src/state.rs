@@ -129,6 +129,10 @@ pub struct StateMachine {
     pub(crate) event_seq: u64,
     /// Timestamp of the last event emitted.
     pub(crate) hlc: Hlc,
+    /// The etcd keyspace: present in its own group only (see [`crate::etcd`]). Last, so that
+    /// a snapshot written before it existed reads as one without it (see
+    /// [`StateMachine::from_snapshot`]).
+    pub(crate) etcd: Option<Box<crate::etcd::EtcdStore>>,
     /// Deliberate bugs (simulator only; never replicated, never in a snapshot).
     #[serde(skip)]
     pub(crate) bugs: Bugs,
@@ -172,6 +176,7 @@ impl StateMachine {
             last_version: 0,
             event_seq: 0,
             hlc: Hlc::default(),
+            etcd: None,
             bugs: Bugs::default(),
         }
     }
@@ -259,7 +264,7 @@ impl StateMachine {
     }
 
     /// The id of a session opened by the entry at `index` of this group.
-    fn session_id(&self, index: u64) -> Result<SessionId> {
+    pub(crate) fn session_id(&self, index: u64) -> Result<SessionId> {
         if index >> SESSION_INDEX_BITS != 0 || self.group == 0 || self.group > 1 << 16 {
             return Err(Error::LimitExceeded(format!(
                 "group {} cannot open sessions (log index {index}): open it in another group",
@@ -322,6 +327,7 @@ impl StateMachine {
             Command::RegisterSet { name, value, expected_version } => {
                 self.register_set(name, value.as_deref(), *expected_version, events)
             }
+            Command::Etcd(command) => self.apply_etcd(index, command, events),
         }
     }
 
@@ -410,9 +416,28 @@ impl StateMachine {
         bincode::serialize(self).expect("state machine serialises")
     }
 
-    /// Restores a state from [`StateMachine::to_snapshot`] bytes.
+    /// Restores a state from [`StateMachine::to_snapshot`] bytes. A snapshot written before
+    /// the etcd keyspace existed lacks the last field: it is read as if it ended with that
+    /// field's `None` (one zero byte in bincode), which is exactly what it meant.
     pub fn from_snapshot(bytes: &[u8]) -> std::result::Result<Self, bincode::Error> {
-        bincode::deserialize(bytes)
+        bincode::deserialize(bytes).or_else(|e| {
+            let mut older = Vec::with_capacity(bytes.len() + 1);
+            older.extend_from_slice(bytes);
+            older.push(0);
+            bincode::deserialize(&older).map_err(|_| e)
+        })
+    }
+
+    /// An empty state machine of the etcd keyspace's group (it serves no slot).
+    pub fn for_etcd(limits: Limits, group: u64) -> Self {
+        let mut sm = StateMachine::for_group(limits, group, SlotSet::empty());
+        sm.etcd = Some(Box::default());
+        sm
+    }
+
+    /// The etcd keyspace, in its group.
+    pub fn etcd(&self) -> Option<&crate::etcd::EtcdStore> {
+        self.etcd.as_deref()
     }
 
     fn open_session(
@@ -475,7 +500,7 @@ impl StateMachine {
         session >> SESSION_INDEX_BITS == self.group.wrapping_sub(1)
     }
 
-    fn check_session_room(&self, client: &str) -> Result<()> {
+    pub(crate) fn check_session_room(&self, client: &str) -> Result<()> {
         let count = self.sessions_per_client.get(client).copied().unwrap_or(0);
         if count >= self.limits.max_sessions_per_client {
             return Err(Error::LimitExceeded(format!(
@@ -493,7 +518,14 @@ impl StateMachine {
         Ok(())
     }
 
-    fn insert_session(&mut self, id: SessionId, client: &str, ttl_ms: u64, request_id: u64, events: &mut Vec<Event>) {
+    pub(crate) fn insert_session(
+        &mut self,
+        id: SessionId,
+        client: &str,
+        ttl_ms: u64,
+        request_id: u64,
+        events: &mut Vec<Event>,
+    ) {
         let session = Session {
             client: client.to_string(),
             ttl_ms,
@@ -533,7 +565,7 @@ impl StateMachine {
 
     /// Removes a session: its waits end, its locks are released (with lock-delay if it
     /// expired) and handed to the next waiters. Returns how many locks it held.
-    fn end_session(&mut self, session: SessionId, how: SessionEnd, events: &mut Vec<Event>) -> u32 {
+    pub(crate) fn end_session(&mut self, session: SessionId, how: SessionEnd, events: &mut Vec<Event>) -> u32 {
         let Some(state) = self.sessions.remove(&session) else { return 0 };
         if state.open_request != 0 {
             self.opens.remove(&(state.client.clone(), state.open_request));
@@ -548,6 +580,12 @@ impl StateMachine {
         for name in state.owned.iter() {
             if self.drop_ownership(name, session, how, events) {
                 released += 1;
+            }
+        }
+        // An etcd lease ends with the session that carries it, and takes its keys.
+        if let Some(etcd) = self.etcd.as_deref_mut() {
+            if let Some(lease) = etcd.leases().of_session(session) {
+                let _ = etcd.lease_revoke(lease);
             }
         }
         events.push(Event::SessionEnded { session, how });

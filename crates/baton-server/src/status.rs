@@ -54,6 +54,14 @@ pub fn to_status(err: NodeError, node: &NodeHandle) -> Status {
                 | E::RequestCompleted { .. }
                 | E::WrongKind { .. }
                 | E::RetryTooLate { .. } => Code::FailedPrecondition,
+                // etcd's own code for each of its refusals (its clients look at both).
+                E::Etcd(e) => match e.code() {
+                    baton_core::etcd::Code::InvalidArgument => Code::InvalidArgument,
+                    baton_core::etcd::Code::NotFound => Code::NotFound,
+                    baton_core::etcd::Code::FailedPrecondition => Code::FailedPrecondition,
+                    baton_core::etcd::Code::OutOfRange => Code::OutOfRange,
+                    baton_core::etcd::Code::ResourceExhausted => Code::ResourceExhausted,
+                },
             };
             let status = Status::new(code, e.to_string());
             if matches!(e, E::RetryTooLate { .. }) {

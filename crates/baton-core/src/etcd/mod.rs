@@ -18,12 +18,14 @@
 //! # Caveats
 //! - See [`mvcc`] for compaction's cost.
 
+mod apply;
 pub mod lease;
 pub mod mvcc;
 mod txn;
 
 use serde::{Deserialize, Serialize};
 
+pub use apply::LEASE_CLIENT;
 pub use lease::{LeaseRecord, Leases, MAX_LEASE_TTL_S, MIN_LEASE_TTL_S};
 pub use mvcc::{KeyEvent, KeyRange, Mvcc};
 pub use txn::{Compare, CompareResult, CompareTarget, Op, OpResponse, TxnRequest, TxnResponse};
@@ -190,6 +192,35 @@ pub struct DeleteRequest {
 pub struct DeleteResponse {
     pub deleted: i64,
     pub prev_kvs: Vec<KeyValue>,
+}
+
+/// A write to the etcd keyspace: one log entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EtcdCommand {
+    Put(PutRequest),
+    Delete(DeleteRequest),
+    Txn(TxnRequest),
+    /// Forget the history before this revision.
+    Compact(Revision),
+    /// Create a lease (`id` 0: the state machine picks one) of `ttl_s` seconds.
+    LeaseGrant {
+        id: i64,
+        ttl_s: i64,
+    },
+    /// End a lease and delete its keys.
+    LeaseRevoke(i64),
+}
+
+/// What an [`EtcdCommand`] did; `revision` is the keyspace's revision after it (what etcd's
+/// response header carries).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EtcdOutcome {
+    Put { revision: Revision, response: PutResponse },
+    Delete { revision: Revision, response: DeleteResponse },
+    Txn { revision: Revision, response: TxnResponse },
+    Compacted { revision: Revision },
+    LeaseGranted { revision: Revision, id: i64, ttl_s: i64 },
+    LeaseRevoked { revision: Revision },
 }
 
 /// The etcd keyspace: the multi-version store and the leases that keys are attached to.

@@ -1,0 +1,109 @@
+//! The etcd keyspace inside the state machine of its group: leases are sessions (their expiry
+//! takes the keys), commands are refused elsewhere, snapshots carry the keyspace, and a
+//! snapshot from before the keyspace existed still loads.
+
+use baton_core::etcd::{EtcdCommand, EtcdError, EtcdOutcome, PutRequest, RangeRequest, LEASE_CLIENT};
+use baton_core::{Command, Entry, Error, Limits, Outcome, StateMachine};
+
+struct Log {
+    sm: StateMachine,
+    index: u64,
+    now: u64,
+}
+
+impl Log {
+    fn new(sm: StateMachine) -> Self {
+        Log { sm, index: 0, now: 1_000 }
+    }
+
+    fn apply(&mut self, command: Command) -> Result<Outcome, Error> {
+        self.index += 1;
+        let entry = Entry { leader_time_ms: self.now, wall_ms: self.now, command };
+        let mut events = Vec::new();
+        let r = self.sm.apply(self.index, &entry, &mut events);
+        self.sm.stamp(self.now, events.len());
+        r
+    }
+
+    fn etcd(&mut self, command: EtcdCommand) -> Result<EtcdOutcome, Error> {
+        self.apply(Command::Etcd(command)).map(|o| match o {
+            Outcome::Etcd(e) => e,
+            other => panic!("not an etcd outcome: {other:?}"),
+        })
+    }
+}
+
+fn put(key: &str, lease: i64) -> EtcdCommand {
+    EtcdCommand::Put(PutRequest { key: key.into(), value: b"v".to_vec(), lease, ..Default::default() })
+}
+
+fn keys(sm: &StateMachine) -> Vec<String> {
+    let all = RangeRequest { key: vec![0], range_end: vec![0], ..Default::default() };
+    let r = sm.etcd().unwrap().range(&all).unwrap();
+    r.kvs.iter().map(|kv| String::from_utf8(kv.key.clone()).unwrap()).collect()
+}
+
+#[test]
+fn a_lease_is_a_session_and_its_expiry_takes_the_keys() {
+    let mut log = Log::new(StateMachine::for_etcd(Limits::default(), 7));
+    // Without an id the lease takes its session's: positive and unique.
+    let EtcdOutcome::LeaseGranted { id, ttl_s, .. } = log.etcd(EtcdCommand::LeaseGrant { id: 0, ttl_s: 5 }).unwrap()
+    else {
+        panic!()
+    };
+    assert!(id > 0);
+    assert_eq!(ttl_s, 5);
+    let session = log.sm.etcd().unwrap().leases().get(id).unwrap().session;
+    assert_eq!(session as i64, id);
+    let s = log.sm.sessions().find(|(sid, _)| *sid == session).map(|(_, s)| (s.client.clone(), s.ttl_ms)).unwrap();
+    assert_eq!(s, (LEASE_CLIENT.to_string(), 5_000), "the session carries the lease's TTL");
+    log.etcd(put("held", id)).unwrap();
+    log.etcd(put("free", 0)).unwrap();
+    // An explicit id that is taken is refused, with etcd's message.
+    let taken = log.etcd(EtcdCommand::LeaseGrant { id, ttl_s: 5 });
+    assert_eq!(taken, Err(Error::Etcd(EtcdError::LeaseExists)));
+    assert_eq!(taken.unwrap_err().to_string(), "etcdserver: lease already exists");
+    // The leader expires the session: the lease ends and its key goes.
+    let as_of = log.index;
+    log.apply(Command::ExpireSessions { sessions: vec![session], as_of }).unwrap();
+    assert!(log.sm.etcd().unwrap().leases().get(id).is_none());
+    assert_eq!(keys(&log.sm), ["free"]);
+    // A revoke ends the session too.
+    let EtcdOutcome::LeaseGranted { id: other, .. } = log.etcd(EtcdCommand::LeaseGrant { id: 42, ttl_s: 60 }).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(other, 42);
+    log.etcd(put("k", 42)).unwrap();
+    let sessions = log.sm.sessions().count();
+    log.etcd(EtcdCommand::LeaseRevoke(42)).unwrap();
+    assert_eq!(log.sm.sessions().count(), sessions - 1);
+    assert_eq!(keys(&log.sm), ["free"]);
+    assert_eq!(log.etcd(EtcdCommand::LeaseRevoke(42)), Err(Error::Etcd(EtcdError::LeaseNotFound)));
+}
+
+#[test]
+fn etcd_commands_are_refused_outside_the_keyspace_group() {
+    let mut log = Log::new(StateMachine::new(Limits::default()));
+    let r = log.etcd(put("k", 0));
+    assert!(matches!(r, Err(Error::InvalidArgument(ref m)) if m.contains("does not hold the etcd keyspace")), "{r:?}");
+}
+
+#[test]
+fn snapshots_carry_the_keyspace_and_old_ones_still_load() {
+    let mut log = Log::new(StateMachine::for_etcd(Limits::default(), 3));
+    log.etcd(EtcdCommand::LeaseGrant { id: 9, ttl_s: 30 }).unwrap();
+    log.etcd(put("a", 9)).unwrap();
+    let back = StateMachine::from_snapshot(&log.sm.to_snapshot()).unwrap();
+    assert_eq!(keys(&back), ["a"]);
+    assert_eq!(back.etcd().unwrap().leases().get(9).unwrap().keys.len(), 1);
+    // A data group's snapshot written before the keyspace existed is this one without its last
+    // byte (the absent keyspace's `None`).
+    let mut plain = Log::new(StateMachine::new(Limits::default()));
+    plain.apply(Command::OpenSession { client: "c".into(), ttl_ms: 5_000, request_id: 1 }).unwrap();
+    let now = plain.sm.to_snapshot();
+    assert_eq!(now.last(), Some(&0));
+    let older = StateMachine::from_snapshot(&now[..now.len() - 1]).unwrap();
+    assert_eq!(older.to_snapshot(), now);
+    assert!(older.etcd().is_none());
+}

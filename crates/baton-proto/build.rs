@@ -10,9 +10,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .bytes(".baton.peer.v1.GroupMessage.message")
         .compile_protos(&baton, std::slice::from_ref(&root))?;
-    // etcd v3's API, client side only: `baton bench --target etcd` drives a real etcd with it.
+    // etcd v3's API: Baton serves it (`--etcd-addr`), and `baton bench --target etcd` drives a
+    // real etcd (or Baton's etcd port) with it.
     let etcd = ["mvcc", "etcdserver", "lock", "election"].map(|f| root.join(format!("etcd/{f}.proto")));
-    tonic_prost_build::configure().build_server(false).compile_protos(&etcd, std::slice::from_ref(&root))?;
+    tonic_prost_build::configure().compile_protos(&etcd, std::slice::from_ref(&root))?;
     for f in baton.iter().chain(&etcd) {
         println!("cargo:rerun-if-changed={}", f.display());
     }

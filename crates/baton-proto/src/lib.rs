@@ -1,7 +1,7 @@
 //! Baton's gRPC API, generated from the `.proto` files in `proto/` at the repository root.
 //!
 //! [`v1`] is the client API (sessions, locks, status); [`peer`] is the node-to-node transport;
-//! [`etcd`] is the part of etcd v3's API that `baton bench --target etcd` uses.
+//! [`etcd`] is the part of etcd v3's API that Baton serves and `baton bench --target etcd` uses.
 
 #![allow(missing_docs, clippy::all)]
 
@@ -15,7 +15,7 @@ pub mod peer {
     tonic::include_proto!("baton.peer.v1");
 }
 
-/// A client-side subset of etcd v3's API (`proto/etcd/`), for side-by-side benchmarks.
+/// The part of etcd v3's API that Baton serves (`proto/etcd/`), client and server sides.
 pub mod etcd {
     pub mod mvccpb {
         tonic::include_proto!("mvccpb");

@@ -14,6 +14,7 @@
 //! - Membership is the fixed `peers` list given at start (no reconfiguration yet).
 //! - Client and peer traffic is plaintext (TLS is a later issue).
 
+pub mod etcd_convert;
 mod forward;
 pub mod runtime;
 pub mod service;

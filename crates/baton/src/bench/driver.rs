@@ -328,12 +328,13 @@ impl Etcd {
                     target: compare::CompareTarget::Version as i32,
                     key: key.clone(),
                     target_union: Some(compare::TargetUnion::Version(version)),
+                    ..Default::default()
                 }],
                 success: vec![RequestOp {
                     request: Some(request_op::Request::RequestPut(PutRequest {
                         key: key.clone(),
                         value: next.to_string().into_bytes(),
-                        lease: 0,
+                        ..Default::default()
                     })),
                 }],
                 failure: vec![RequestOp {

@@ -428,6 +428,16 @@ impl StateMachine {
         })
     }
 
+    /// The initial state of group `group` placed as `placement` says: the etcd keyspace's
+    /// group ([`crate::topology::ETCD_GROUP`]) or a data group serving the placement's slots.
+    pub fn initial_of(limits: Limits, group: u64, placement: &crate::GroupPlacement) -> Self {
+        if group == crate::topology::ETCD_GROUP {
+            StateMachine::for_etcd(limits, group)
+        } else {
+            StateMachine::for_group(limits, group, placement.slots.clone())
+        }
+    }
+
     /// An empty state machine of the etcd keyspace's group (it serves no slot).
     pub fn for_etcd(limits: Limits, group: u64) -> Self {
         let mut sm = StateMachine::for_group(limits, group, SlotSet::empty());

@@ -81,6 +81,9 @@ pub const MAX_PENDING_MOVES: usize = 64;
 
 /// The meta group's id.
 pub const META_GROUP: u64 = 0;
+/// The id of the etcd keyspace's group (see [`crate::etcd`]): placed like a data group, never
+/// given slots. The highest id a group may have (session ids carry the group in 16 bits).
+pub const ETCD_GROUP: u64 = 1 << 16;
 /// Most data groups a cluster may have.
 pub const MAX_GROUPS: u64 = 1_024;
 /// Most members a cluster may have.
@@ -92,26 +95,37 @@ impl Topology {
     /// The layout a new cluster starts with: `data_groups` groups (1..=`MAX_GROUPS`), each on
     /// every node of `voters`, the slots cut into equal contiguous ranges in group order.
     pub fn initial(voters: &[u64], data_groups: u64) -> Topology {
-        Topology::initial_with(voters, data_groups, DEFAULT_REPLICATION)
+        Topology::initial_with(voters, data_groups, DEFAULT_REPLICATION, true)
     }
 
     /// [`Topology::initial`] with `replication` replicas per data group: group `g`'s replicas
     /// are the `replication` members from the `(g-1) mod n`-th on, in id order around the ring.
-    pub fn initial_with(voters: &[u64], data_groups: u64, replication: usize) -> Topology {
+    /// With `etcd`, the etcd keyspace's group ([`ETCD_GROUP`], no slots) is placed as the next
+    /// data group would be (every new cluster has it; a cluster created before it existed
+    /// does not, and nodes that join it must start without it).
+    pub fn initial_with(voters: &[u64], data_groups: u64, replication: usize, etcd: bool) -> Topology {
         let mut members = voters.to_vec();
         members.sort_unstable();
         members.dedup();
         let n = members.len().max(1);
         let r = replication.clamp(1, n);
-        let groups = even_split(data_groups.clamp(1, MAX_GROUPS))
+        let replicas_at = |i: usize| {
+            let mut replicas: Vec<u64> = (0..r).map(|k| members[(i + k) % n]).collect();
+            replicas.sort_unstable();
+            replicas
+        };
+        let ranges = even_split(data_groups.clamp(1, MAX_GROUPS));
+        let next = ranges.len();
+        let mut groups: BTreeMap<u64, GroupPlacement> = ranges
             .into_iter()
             .enumerate()
             .map(|(i, (start, end))| {
-                let mut replicas: Vec<u64> = (0..r).map(|k| members[(i + k) % n]).collect();
-                replicas.sort_unstable();
-                (i as u64 + 1, GroupPlacement { replicas, slots: SlotSet::range(start, end) })
+                (i as u64 + 1, GroupPlacement { replicas: replicas_at(i), slots: SlotSet::range(start, end) })
             })
             .collect();
+        if etcd {
+            groups.insert(ETCD_GROUP, GroupPlacement { replicas: replicas_at(next), slots: SlotSet::empty() });
+        }
         let nodes = members.iter().map(|id| (*id, NodeAddrs::default())).collect();
         Topology {
             version: 1,
@@ -167,8 +181,23 @@ impl Topology {
 
     /// The initial state of a data group as the founders created it (see `founders`).
     pub fn initial_placement(&self, group: u64) -> Option<GroupPlacement> {
-        let first = Topology::initial_with(&self.founders, self.groups.len() as u64, self.replication);
+        let first = Topology::initial_with(
+            &self.founders,
+            self.data_groups().count() as u64,
+            self.replication,
+            self.has_etcd(),
+        );
         first.groups.get(&group).cloned()
+    }
+
+    /// The data groups (the ones that serve slots), by id.
+    pub fn data_groups(&self) -> impl Iterator<Item = (u64, &GroupPlacement)> {
+        self.groups.iter().filter(|(id, _)| **id != ETCD_GROUP).map(|(id, g)| (*id, g))
+    }
+
+    /// Whether the cluster has the etcd keyspace's group.
+    pub fn has_etcd(&self) -> bool {
+        self.groups.contains_key(&ETCD_GROUP)
     }
 
     /// Places the replicas after a membership change: departed members leave every group,
@@ -276,10 +305,10 @@ impl Topology {
         if start > end || end >= crate::slots::SLOTS {
             return Err(format!("slot range {start}-{end} is not a range of slots 0..={}", crate::slots::SLOTS - 1));
         }
-        if !self.groups.contains_key(&to) {
+        if to == ETCD_GROUP || !self.groups.contains_key(&to) {
             return Err(format!(
-                "group {to} does not exist (data groups: {:?})",
-                self.groups.keys().collect::<Vec<_>>()
+                "group {to} is not a data group (data groups: {:?})",
+                self.data_groups().map(|(id, _)| id).collect::<Vec<_>>()
             ));
         }
         let from = self.group_of(start).ok_or_else(|| format!("slot {start} is being moved already"))?;
@@ -335,7 +364,7 @@ mod tests {
 
     #[test]
     fn initial_layout_spreads_slots_and_leaders() {
-        let t = Topology::initial(&[3, 1, 2], 12);
+        let t = Topology::initial_with(&[3, 1, 2], 12, DEFAULT_REPLICATION, false);
         assert_eq!(t.groups.len(), 12);
         let total: usize = t.groups.values().map(|g| g.slots.len()).sum();
         assert_eq!(total, SLOTS as usize);
@@ -349,7 +378,22 @@ mod tests {
         }
         assert_eq!(leads, BTreeMap::from([(1, 4), (2, 4), (3, 4)]));
         assert_eq!(t.groups_of(2).len(), 12);
-        assert_eq!(Topology::initial(&[1], 0).groups.len(), 1, "at least one group");
+        assert_eq!(Topology::initial(&[1], 0).data_groups().count(), 1, "at least one group");
+    }
+
+    #[test]
+    fn new_clusters_have_the_etcd_group_without_slots_and_it_takes_no_moves() {
+        let mut t = Topology::initial(&[1, 2, 3, 4], 3);
+        assert!(t.has_etcd());
+        assert_eq!(t.data_groups().count(), 3);
+        let etcd = &t.groups[&ETCD_GROUP];
+        assert!(etcd.slots.is_empty());
+        assert_eq!(etcd.replicas, vec![1, 2, 4], "placed where a fourth data group would be");
+        assert!(t.preferred_leader(ETCD_GROUP).is_some());
+        assert_eq!(t.initial_placement(ETCD_GROUP).as_ref(), Some(etcd));
+        let refused = t.begin_move(100, 0, 10, ETCD_GROUP).unwrap_err();
+        assert!(refused.contains("not a data group"), "{refused}");
+        assert!(!Topology::initial_with(&[1, 2, 3], 3, 3, false).has_etcd());
     }
 
     fn loads(t: &Topology) -> BTreeMap<u64, usize> {
@@ -364,7 +408,7 @@ mod tests {
 
     #[test]
     fn three_replicas_per_group_spread_and_move_with_the_members() {
-        let mut t = Topology::initial_with(&[1, 2, 3, 4, 5], 10, 3);
+        let mut t = Topology::initial_with(&[1, 2, 3, 4, 5], 10, 3, false);
         assert!(t.groups.values().all(|g| g.replicas.len() == 3));
         assert!(loads(&t).values().all(|l| *l == 6), "{:?}", loads(&t));
         let mut leads = BTreeMap::new();
@@ -390,9 +434,12 @@ mod tests {
         let l = loads(&t);
         assert!(l.values().max().unwrap() - l.values().min().unwrap() <= 1, "{l:?}");
         // The founders' layout is kept for new replicas' initial state.
-        assert_eq!(t.initial_placement(3), Topology::initial_with(&[1, 2, 3, 4, 5], 10, 3).groups.get(&3).cloned());
+        assert_eq!(
+            t.initial_placement(3),
+            Topology::initial_with(&[1, 2, 3, 4, 5], 10, 3, false).groups.get(&3).cloned()
+        );
         // Fewer members than the factor: every member holds every group.
-        let small = Topology::initial_with(&[1, 2], 4, 3);
+        let small = Topology::initial_with(&[1, 2], 4, 3, true);
         assert!(small.groups.values().all(|g| g.replicas == vec![1, 2]));
     }
 }

@@ -185,7 +185,9 @@ impl Requests {
         }
     }
 
-    /// Asks every data group this node leads to renew `sessions`.
+    /// Asks every data group this node leads to renew `sessions` (not the etcd keyspace's
+    /// group: Baton's clients have no sessions there, and asking would wake it from
+    /// hibernation at every renewal).
     fn renew(
         &mut self,
         node: &mut Node,
@@ -194,7 +196,8 @@ impl Requests {
         now_ms: u64,
         answers: &mut Vec<(RequestId, Result<Answer, NodeError>)>,
     ) {
-        let leading = node.leading();
+        let leading: Vec<GroupId> =
+            node.leading().into_iter().filter(|g| *g != baton_core::topology::ETCD_GROUP).collect();
         if leading.is_empty() {
             // Leading nothing: the client's other streams renew the sessions. Name the leader
             // of the first group, for a client that talks to one node at a time.

@@ -126,13 +126,14 @@ pub fn initial_groups(
     replication: usize,
     limits: &Limits,
 ) -> Vec<(GroupId, Start)> {
-    let topology = baton_core::Topology::initial_with(voters, data_groups, replication);
+    // A new cluster has the etcd keyspace's group.
+    let topology = baton_core::Topology::initial_with(voters, data_groups, replication, true);
     let mut meta_voters = voters.to_vec();
     meta_voters.sort_unstable();
     let mut out = Vec::new();
     for (&id, g) in &topology.groups {
         if g.replicas.contains(&node) {
-            let state = baton_core::StateMachine::for_group(limits.clone(), id, g.slots.clone());
+            let state = baton_core::StateMachine::initial_of(limits.clone(), id, g);
             out.push((id, Start::New { voters: g.replicas.clone(), state: Box::new(state) }));
         }
     }
@@ -141,29 +142,34 @@ pub fn initial_groups(
     out
 }
 
-/// The meta group of a cluster founded by `founders` as they started it: a joining node starts
-/// from it, and creates each data group's replica when that group's leader first contacts it
-/// (see [`Node::step`]).
+/// The meta group of a cluster founded by `founders` as they started it (with the etcd
+/// keyspace's group if `etcd`: the cluster's topology says): a joining node starts from it, and
+/// creates each data group's replica when that group's leader first contacts it (see
+/// [`Node::step`]).
 pub fn joining_groups(
     founders: &[NodeId],
     data_groups: u64,
     replication: usize,
+    etcd: bool,
     limits: &Limits,
 ) -> Vec<(GroupId, Start)> {
-    let topology = baton_core::Topology::initial_with(founders, data_groups, replication);
+    let topology = baton_core::Topology::initial_with(founders, data_groups, replication, etcd);
     let voters = topology.founders.clone();
     let meta = baton_core::StateMachine::meta(limits.clone(), topology);
     vec![(META_GROUP, Start::New { voters, state: Box::new(meta) })]
 }
 
 /// The groups to start `node` with: every group `store` holds, or, for a store that holds none
-/// (a new node of a new cluster), [`initial_groups`] with `data_groups` data groups.
+/// (a new node of a new cluster), [`initial_groups`] with `data_groups` data groups, or (a node
+/// joining a cluster: not among `voters`) [`joining_groups`], with the etcd keyspace's group if
+/// `etcd` (the cluster's topology says).
 pub fn start_groups<S: crate::LogStore>(
     store: &S,
     node: NodeId,
     voters: &[NodeId],
     data_groups: u64,
     replication: usize,
+    etcd: bool,
     limits: &Limits,
 ) -> Result<Vec<(GroupId, Start)>, String> {
     let ids = store.groups().map_err(|e| e.to_string())?;
@@ -171,7 +177,7 @@ pub fn start_groups<S: crate::LogStore>(
         // Joining a cluster whose founders are `voters`: every group starts as it did on them,
         // with them as its voters; the leaders bring each up to date once the meta group adds
         // this node (from the log, which replays the membership changes, or from a snapshot).
-        return Ok(joining_groups(voters, data_groups, replication, limits));
+        return Ok(joining_groups(voters, data_groups, replication, etcd, limits));
     }
     if ids.is_empty() {
         return Ok(initial_groups(node, voters, data_groups, replication, limits));
@@ -395,7 +401,7 @@ impl Node {
     /// one data group: with one, moving the leadership would buy nothing and cost a pause.
     fn place_leaders(&mut self) {
         let Some(topology) = self.groups.get(&META_GROUP).and_then(|g| g.sm.topology()) else { return };
-        if topology.groups.len() < 2 {
+        if topology.data_groups().count() < 2 {
             return;
         }
         let preferred: Vec<(GroupId, NodeId)> = topology.preferred_leaders().into_iter().collect();
@@ -442,7 +448,7 @@ impl Node {
         }
     }
 
-    /// The data groups this node leads.
+    /// The groups this node leads other than the meta group: data groups and the etcd keyspace's.
     pub fn leading(&self) -> Vec<GroupId> {
         self.groups.iter().filter(|(id, g)| **id != META_GROUP && g.role() == Role::Leader).map(|(id, _)| *id).collect()
     }
@@ -562,7 +568,7 @@ impl Node {
             // Deliberate bug: the new replica starts empty (group 1, every slot).
             baton_core::StateMachine::new(self.config.limits.clone())
         } else {
-            baton_core::StateMachine::for_group(self.config.limits.clone(), group, placement.slots.clone())
+            baton_core::StateMachine::initial_of(self.config.limits.clone(), group, &placement)
         };
         let start = Start::New { voters: placement.replicas.clone(), state: Box::new(state) };
         match Group::open(&self.config, group, start) {

@@ -170,15 +170,18 @@ impl Server {
         let mut config = config;
         let mut voters: Vec<NodeId> = config.peers.keys().copied().collect();
         let mut listed = false;
+        // A new cluster has the etcd keyspace's group; a joiner's has it if its topology does.
+        let mut etcd = true;
         if !config.join.is_empty() {
             let me = config.peers.get(&config.id).cloned().unwrap_or_else(|| peer_addr.to_string());
-            let (members, groups, founders, replication) = learn_members(&config.join).await?;
-            listed = members.contains_key(&config.id) || founders.contains(&config.id);
-            config.groups = groups;
-            config.replication = replication;
+            let learned = learn_members(&config.join).await?;
+            listed = learned.members.contains_key(&config.id) || learned.founders.contains(&config.id);
+            config.groups = learned.data_groups;
+            config.replication = learned.replication;
+            etcd = learned.etcd;
             // Its replicas start as the founders' did (see `baton_node::joining_groups`).
-            voters = founders;
-            config.peers = members;
+            voters = learned.founders;
+            config.peers = learned.members;
             config.peers.insert(config.id, me);
         }
         if !config.peers.contains_key(&config.id) {
@@ -214,6 +217,7 @@ impl Server {
             &voters,
             config.groups,
             config.replication,
+            etcd,
             &Default::default(),
         )
         .map_err(std::io::Error::other)?;
@@ -252,7 +256,7 @@ impl Server {
             v.unclean_start = recovery.unclean_end;
         }
         let data_groups = match node.topology() {
-            Some(t) => t.groups.len() as u64,
+            Some(t) => t.data_groups().count() as u64,
             // Joining: the cluster's layout, as its topology told (checked by every peer).
             None => config.groups,
         };
@@ -387,7 +391,17 @@ async fn manage_peers(
 /// The members of the cluster reachable at `endpoints` and their peer addresses, from the
 /// first node that answers its topology.
 #[allow(clippy::type_complexity)]
-async fn learn_members(endpoints: &[String]) -> std::io::Result<(BTreeMap<NodeId, String>, u64, Vec<NodeId>, usize)> {
+/// What a joining node learns from the cluster: its members' peer addresses, its layout (data
+/// groups, founders, replication) and whether it has the etcd keyspace's group.
+struct Learned {
+    members: BTreeMap<NodeId, String>,
+    data_groups: u64,
+    founders: Vec<NodeId>,
+    replication: usize,
+    etcd: bool,
+}
+
+async fn learn_members(endpoints: &[String]) -> std::io::Result<Learned> {
     let mut last = String::from("no endpoint given");
     for ep in endpoints {
         let uri = if ep.contains("://") { ep.clone() } else { format!("http://{ep}") };
@@ -398,13 +412,14 @@ async fn learn_members(endpoints: &[String]) -> std::io::Result<(BTreeMap<NodeId
         match tokio::time::timeout(Duration::from_secs(5), attempt).await {
             Ok(Ok(t)) => {
                 let t = t.into_inner();
-                let groups = t.groups.len() as u64;
+                let etcd = t.groups.iter().any(|g| g.id == baton_core::topology::ETCD_GROUP);
+                let data_groups = t.groups.len() as u64 - u64::from(etcd);
                 let founders = t.founders.clone();
                 let replication = t.replication as usize;
                 let members: BTreeMap<NodeId, String> =
                     t.nodes.into_iter().filter(|n| !n.peer_addr.is_empty()).map(|n| (n.id, n.peer_addr)).collect();
                 if !members.is_empty() && !founders.is_empty() {
-                    return Ok((members, groups, founders, replication));
+                    return Ok(Learned { members, data_groups, founders, replication, etcd });
                 }
                 last = format!("{ep}: no members in its topology");
             }

@@ -374,7 +374,8 @@ impl Baton for BatonService {
         let groups: Vec<(GroupId, u64)> = if req.prefix {
             let logs = self.node.events.lock().expect("event log").groups();
             logs.into_iter()
-                .filter(|g| *g != baton_node::META_GROUP)
+                // Baton's names live in the data groups (the etcd keyspace's sessions do not).
+                .filter(|g| *g != baton_node::META_GROUP && *g != baton_core::topology::ETCD_GROUP)
                 .map(|g| (g, req.start_seqs.get(&g).copied().unwrap_or(0)))
                 .collect()
         } else {

@@ -16,7 +16,8 @@ use common::TestCluster;
 /// A name (with `prefix`) that the map of `t` puts in `group`.
 fn name_in(t: &pb::TopologyResponse, group: u64, prefix: &str) -> String {
     let g = t.groups.iter().find(|g| g.id == group).expect("group exists");
-    (0..)
+    // Bounded: a group without slots (the etcd keyspace's) has no name.
+    (0..1_000_000)
         .map(|i| format!("{prefix}-{i}"))
         .find(|n| {
             let s = baton_core::slot_of(n) as u32;
@@ -48,10 +49,13 @@ async fn every_group_is_served_by_its_leader_and_a_session_spans_groups() {
     let mut cluster = TestCluster::start_sharded(3, 20_000, false, 12).await;
     let client = cluster.client().await;
     let t = settled(&client, 3).await;
-    assert_eq!(t.groups.len(), 12);
+    // Twelve data groups and the etcd keyspace's group (no slots).
+    assert_eq!(t.groups.len(), 13);
+    let etcd = t.groups.iter().find(|g| g.id == baton_core::topology::ETCD_GROUP).expect("the etcd group");
+    assert!(etcd.slots.is_empty());
     let session = client.session(Duration::from_secs(5)).await.unwrap();
     let mut guards = Vec::new();
-    for g in &t.groups {
+    for g in t.groups.iter().filter(|g| !g.slots.is_empty()) {
         let name = name_in(&t, g.id, "lock");
         let guard = session.lock(&name, None).await.unwrap().expect("free lock is granted");
         // Routed to the group's leader: the address that answered for it.
@@ -71,7 +75,8 @@ async fn every_group_is_served_by_its_leader_and_a_session_spans_groups() {
     assert!(session.is_alive());
     // `baton status`'s groups list slots and replicas.
     let s = Client::status_of(&cluster.client_addrs[&1]).await.unwrap();
-    let data: Vec<&pb::GroupStatus> = s.groups.iter().filter(|g| g.id != 0).collect();
+    let data: Vec<&pb::GroupStatus> =
+        s.groups.iter().filter(|g| g.id != 0 && g.id != baton_core::topology::ETCD_GROUP).collect();
     assert_eq!(data.len(), 12);
     assert!(data.iter().all(|g| !g.slots.is_empty() && g.replicas == vec![1, 2, 3]));
     for g in guards {
@@ -89,7 +94,8 @@ async fn a_lost_session_releases_its_locks_in_every_group() {
     let mut cluster = TestCluster::start_sharded(3, 20_000, false, 6).await;
     let watcher = cluster.client().await;
     let t = settled(&watcher, 3).await;
-    let names: Vec<String> = t.groups.iter().map(|g| name_in(&t, g.id, "held")).collect();
+    let names: Vec<String> =
+        t.groups.iter().filter(|g| !g.slots.is_empty()).map(|g| name_in(&t, g.id, "held")).collect();
     let doomed =
         Client::connect_with(cluster.endpoints(), ClientOptions { client_id: "doomed".into(), ..Default::default() })
             .await
@@ -262,7 +268,8 @@ async fn nodes_join_and_leave_under_load() {
     let mut cluster = TestCluster::start_sharded(3, 20_000, false, 4).await;
     let admin = cluster.client().await;
     let t = settled(&admin, 3).await;
-    let names: Vec<String> = t.groups.iter().map(|g| name_in(&t, g.id, "member")).collect();
+    let names: Vec<String> =
+        t.groups.iter().filter(|g| !g.slots.is_empty()).map(|g| name_in(&t, g.id, "member")).collect();
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let stop = Instant::now() + Duration::from_secs(20);
     let mut workers = Vec::new();
@@ -414,7 +421,7 @@ async fn idle_groups_sleep_and_a_stopped_sleeping_leader_is_replaced() {
     }
     // Every group serves again (the client follows the new leaders).
     let session = client.session(Duration::from_secs(5)).await.unwrap();
-    for g in &t.groups {
+    for g in t.groups.iter().filter(|g| !g.slots.is_empty()) {
         let name = name_in(&t, g.id, "after");
         let guard = session.lock(&name, None).await.unwrap().expect("granted");
         guard.release().await.unwrap();

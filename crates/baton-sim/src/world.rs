@@ -246,7 +246,7 @@ impl World {
         for i in 0..cfg.clients {
             let clock = Clock { offset_ms: rng.gen_range(0..10_000_000), rate_ppm: drift(&mut rng) };
             let voters: Vec<u64> = (1..=cfg.nodes as u64).collect();
-            let topology = baton_core::Topology::initial_with(&voters, cfg.groups, cfg.replication);
+            let topology = baton_core::Topology::initial_with(&voters, cfg.groups, cfg.replication, true);
             // The client knows every node (as the real one learns them from the topology).
             let all = cfg.nodes + cfg.spares;
             clients.push(SimClient::new(i, clock, all, cfg.names, cfg.ttl_ms, cfg.bugs, &topology));

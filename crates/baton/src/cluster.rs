@@ -207,15 +207,17 @@ async fn balance(endpoints: String) -> ExitCode {
         Ok(t) => t,
         Err(e) => return client_error(e),
     };
-    let groups =
-        t.groups.iter().map(|g| (g.id, g.slots.iter().map(|r| (r.start as u16, r.end as u16)).collect())).collect();
+    // The data groups: the etcd keyspace's group serves no slots and takes none.
+    let groups: Vec<(u64, Vec<(u16, u16)>)> = t
+        .groups
+        .iter()
+        .filter(|g| g.id != baton_core::topology::ETCD_GROUP)
+        .map(|g| (g.id, g.slots.iter().map(|r| (r.start as u16, r.end as u16)).collect()))
+        .collect();
+    let n = groups.len().max(1);
     let moves = balance_moves(groups);
     if moves.is_empty() {
-        out!(
-            "balanced already: every group serves {} or {} slots",
-            SLOTS as usize / t.groups.len().max(1),
-            SLOTS as usize / t.groups.len().max(1) + 1
-        );
+        out!("balanced already: every group serves {} or {} slots", SLOTS as usize / n, SLOTS as usize / n + 1);
         return ExitCode::SUCCESS;
     }
     for (start, end, to) in moves {

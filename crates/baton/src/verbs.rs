@@ -82,7 +82,11 @@ fn print_status(s: &baton_proto::v1::StatusResponse) {
         let leader = if g.leader == 0 { "-".to_string() } else { g.leader.to_string() };
         let replicas: Vec<String> = g.replicas.iter().map(u64::to_string).collect();
         let ranges: Vec<(u16, u16)> = g.slots.iter().map(|r| (r.start as u16, r.end as u16)).collect();
-        let slots = if g.id == 0 { "(meta)".to_string() } else { baton_core::slots::format_ranges(&ranges) };
+        let slots = match g.id {
+            baton_core::META_GROUP => "(meta)".to_string(),
+            baton_core::topology::ETCD_GROUP => "(etcd keyspace)".to_string(),
+            _ => baton_core::slots::format_ranges(&ranges),
+        };
         let role = if g.asleep { format!("{} asleep", g.role) } else { g.role.clone() };
         out!(
             "{:<6} {:<7} {:<6} {:<9} {:<9} {:<15} {:<9} {:<7} {:<10} {:<9} {}",

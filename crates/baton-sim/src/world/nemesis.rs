@@ -84,7 +84,7 @@ impl World {
         let (from, (a, b)) = with_slots[self.rng.gen_range(0..with_slots.len())];
         let len = self.rng.gen_range(1..=(b - a + 1).div_ceil(2));
         let start = self.rng.gen_range(a..=b + 1 - len);
-        let groups: Vec<u64> = t.groups.keys().copied().filter(|g| *g != from).collect();
+        let groups: Vec<u64> = t.data_groups().map(|(g, _)| g).filter(|g| *g != from).collect();
         let to = groups[self.rng.gen_range(0..groups.len())];
         let end = start + len - 1;
         self.trace(format!("nemesis: move slots {start}-{end} from group {from} to group {to} (asked of node {at})"));

@@ -120,9 +120,16 @@ impl World {
             self.coverage.restarts_from_snapshot += 1;
         }
         let voters: Vec<u64> = (1..=self.cfg.nodes as u64).collect();
-        let groups =
-            baton_node::start_groups(&n.store, id, &voters, self.cfg.groups, self.cfg.replication, &config.limits)
-                .expect("memory store reads");
+        let groups = baton_node::start_groups(
+            &n.store,
+            id,
+            &voters,
+            self.cfg.groups,
+            self.cfg.replication,
+            true,
+            &config.limits,
+        )
+        .expect("memory store reads");
         let (mut node, boot) = Node::new(config, groups).expect("node starts");
         n.store.write(&boot).expect("memory store writes");
         node.set_time(n.clock.local_ms(self.now), n.clock.local_ms(self.now));

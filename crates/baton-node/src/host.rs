@@ -47,7 +47,10 @@ impl Request {
             Request::Propose(c) => c.name(),
             Request::Acquire(r) => Some(&r.name),
             Request::Read(Query::Lock(n) | Query::Counter(n) | Query::Register(n)) => Some(n),
-            Request::Read(Query::Session(_) | Query::KeepAlive(_)) | Request::KeepAlive(_) => None,
+            // Sent with their group always (etcd requests: the keyspace's).
+            Request::Read(Query::Session(_) | Query::KeepAlive(_) | Query::EtcdRange(_)) | Request::KeepAlive(_) => {
+                None
+            }
         }
     }
 }

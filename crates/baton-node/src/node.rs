@@ -210,6 +210,8 @@ pub enum Query {
     Counter(String),
     /// A register's value and version.
     Register(String),
+    /// A range of the etcd keyspace (its group only), after a ReadIndex round: linearizable.
+    EtcdRange(Box<baton_core::etcd::RangeRequest>),
 }
 
 /// A successful reply to a request.
@@ -228,6 +230,8 @@ pub enum Reply {
     Counter(i64),
     /// A register's value and version (`None`: not written).
     Register(Option<(Vec<u8>, u64)>),
+    /// An etcd range and the keyspace's revision when it was read (what etcd's header says).
+    EtcdRange { revision: i64, response: baton_core::etcd::RangeResponse },
 }
 
 /// A session renewed by one group: its TTL, and the groups its names were moved to from it.

@@ -1484,3 +1484,53 @@ fn a_group_sleeps_only_once_every_follower_knows_the_commit() {
         }
     }
 }
+
+/// The etcd keyspace through Raft: its group is created with the cluster, a put at its leader
+/// is read back linearizably, a lease nobody renews expires and takes its key on every replica,
+/// and after the leader fails the new one serves the same keyspace at the same revision.
+#[test]
+fn the_etcd_keyspace_replicates_and_its_leases_expire() {
+    use baton_core::etcd::{EtcdCommand, EtcdOutcome, PutRequest, RangeRequest};
+    use baton_core::topology::ETCD_GROUP;
+    let mut c = Cluster::new(3, 1_000);
+    c.advance(8_000);
+    let ask = |c: &mut Cluster, request: Request| {
+        let leader = leader_except(c, ETCD_GROUP, None).expect("the keyspace's group has a leader");
+        let id = c.nodes.get_mut(&leader).unwrap().submit(Some(ETCD_GROUP), request, c.now, c.now);
+        for _ in 0..20 {
+            c.settle();
+            if c.answers.contains_key(&id) {
+                break;
+            }
+            c.advance(TICK_MS);
+        }
+        c.answers.remove(&id).expect("answered")
+    };
+    let etcd = |command| Request::Propose(Command::Etcd(command));
+    let Ok(Answer::Applied(Outcome::Etcd(EtcdOutcome::LeaseGranted { id: lease, .. }))) =
+        ask(&mut c, etcd(EtcdCommand::LeaseGrant { id: 0, ttl_s: 3 }))
+    else {
+        panic!("no lease")
+    };
+    let put = |key: &str, lease| PutRequest { key: key.into(), value: b"v".to_vec(), lease, ..Default::default() };
+    ask(&mut c, etcd(EtcdCommand::Put(put("leased", lease)))).unwrap();
+    ask(&mut c, etcd(EtcdCommand::Put(put("kept", 0)))).unwrap();
+    let all = RangeRequest { key: vec![0], range_end: vec![0], ..Default::default() };
+    let read = |c: &mut Cluster| match ask(c, Request::Read(Query::EtcdRange(Box::new(all.clone())))) {
+        Ok(Answer::Read(Reply::EtcdRange { revision, response })) => (revision, response.count),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(read(&mut c), (3, 2));
+    // Nobody renews the lease: its session expires after its TTL, and the key goes everywhere.
+    c.advance(6_000);
+    assert_eq!(read(&mut c), (4, 1));
+    for d in c.nodes.values() {
+        let store = d.node().state_machine(ETCD_GROUP).unwrap().etcd().unwrap();
+        assert_eq!((store.revision(), store.leases().len()), (4, 0));
+    }
+    // The leader fails: the next one has the same keyspace.
+    let old = leader_except(&c, ETCD_GROUP, None).unwrap();
+    c.crash(old);
+    c.advance(5_000);
+    assert_eq!(read(&mut c), (4, 1));
+}

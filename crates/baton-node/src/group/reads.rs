@@ -58,7 +58,7 @@ impl Group {
         for (_, r) in ready {
             let name = match &r.query {
                 Query::Lock(n) | Query::Counter(n) | Query::Register(n) => Some(n),
-                Query::Session(_) | Query::KeepAlive(_) => None,
+                Query::Session(_) | Query::KeepAlive(_) | Query::EtcdRange(_) => None,
             };
             if let Some(Err(e)) = name.map(|n| self.sm.check_owned(n)) {
                 // The name's slot moved away before the read was served: refused, like a write.
@@ -66,6 +66,20 @@ impl Group {
                 continue;
             }
             let reply = match &r.query {
+                Query::EtcdRange(req) => {
+                    let result = match self.sm.etcd() {
+                        Some(etcd) => etcd
+                            .range(req)
+                            .map(|response| Reply::EtcdRange { revision: etcd.revision(), response })
+                            .map_err(|e| NodeError::Rejected(e.into())),
+                        None => Err(NodeError::Rejected(baton_core::Error::InvalidArgument(format!(
+                            "group {} does not hold the etcd keyspace",
+                            self.id
+                        )))),
+                    };
+                    out.push(Output::Reply { id: r.id, result });
+                    continue;
+                }
                 Query::Lock(name) => match self.sm.lock(name) {
                     Some(l) => Reply::Lock {
                         kind: l.kind,

@@ -3,17 +3,13 @@
 //! anything else), responses out (the caller fills the header).
 //!
 //! An enum value etcd does not define (a newer client's) reads as the default, as etcd 3.5
-//! does for sort options; a `RequestOp` with no request in it is refused with etcd's
-//! "key not found".
+//! does for sort options; a `RequestOp` with no request in it becomes [`core::Op::Empty`],
+//! which the keyspace refuses with etcd's "key not found" at its place in etcd's order of
+//! checks.
 
 use baton_core::etcd as core;
 use baton_proto::etcd::etcdserverpb as pb;
 use baton_proto::etcd::mvccpb;
-
-/// A request op without a request: etcd's answer to it.
-fn empty_op() -> core::EtcdError {
-    core::EtcdError::KeyNotFound
-}
 
 /// etcd's `RangeRequest` as the keyspace's.
 pub fn range_in(r: pb::RangeRequest) -> core::RangeRequest {
@@ -63,25 +59,26 @@ pub fn delete_in(r: pb::DeleteRangeRequest) -> core::DeleteRequest {
 }
 
 /// etcd's `TxnRequest` as the keyspace's.
-pub fn txn_in(r: pb::TxnRequest) -> Result<core::TxnRequest, core::EtcdError> {
-    let ops = |ops: Vec<pb::RequestOp>| -> Result<Vec<core::Op>, core::EtcdError> {
+pub fn txn_in(r: pb::TxnRequest) -> core::TxnRequest {
+    let ops = |ops: Vec<pb::RequestOp>| -> Vec<core::Op> {
         ops.into_iter()
             .map(|op| {
                 use pb::request_op::Request;
-                Ok(match op.request.ok_or_else(empty_op)? {
-                    Request::RequestRange(r) => core::Op::Range(range_in(r)),
-                    Request::RequestPut(r) => core::Op::Put(put_in(r)),
-                    Request::RequestDeleteRange(r) => core::Op::Delete(delete_in(r)),
-                    Request::RequestTxn(t) => core::Op::Txn(txn_in(t)?),
-                })
+                match op.request {
+                    Some(Request::RequestRange(r)) => core::Op::Range(range_in(r)),
+                    Some(Request::RequestPut(r)) => core::Op::Put(put_in(r)),
+                    Some(Request::RequestDeleteRange(r)) => core::Op::Delete(delete_in(r)),
+                    Some(Request::RequestTxn(t)) => core::Op::Txn(txn_in(t)),
+                    None => core::Op::Empty,
+                }
             })
             .collect()
     };
-    Ok(core::TxnRequest {
+    core::TxnRequest {
         compare: r.compare.into_iter().map(compare_in).collect(),
-        success: ops(r.success)?,
-        failure: ops(r.failure)?,
-    })
+        success: ops(r.success),
+        failure: ops(r.failure),
+    }
 }
 
 /// etcd reads a compare's operand from the union field that matches its target; any other
@@ -152,29 +149,25 @@ pub fn delete_out(r: core::DeleteResponse, revision: i64) -> pb::DeleteRangeResp
     }
 }
 
-/// A transaction's answer. Its operations' headers carry `revision` (the transaction's, as
-/// the keyspace applied it); a nested transaction's header is left at zero, as etcd leaves it.
+/// A transaction's answer, `revision` in its header. Each operation's header carries the
+/// revision the keyspace reported for it (etcd's rule: see [`core::TxnResponse::revisions`]);
+/// a nested transaction's is zero, as etcd leaves it.
 pub fn txn_out(r: core::TxnResponse, revision: i64) -> pb::TxnResponse {
-    txn_out_at(r, revision, revision_header(revision))
-}
-
-fn txn_out_at(r: core::TxnResponse, revision: i64, header: Option<pb::ResponseHeader>) -> pb::TxnResponse {
     use pb::response_op::Response;
     let responses = r
         .responses
         .into_iter()
-        .map(|op| pb::ResponseOp {
+        .zip(r.revisions)
+        .map(|(op, rev)| pb::ResponseOp {
             response: Some(match op {
-                core::OpResponse::Range(r) => Response::ResponseRange(range_out(r, revision)),
-                core::OpResponse::Put(r) => Response::ResponsePut(put_out(r, revision)),
-                core::OpResponse::Delete(r) => Response::ResponseDeleteRange(delete_out(r, revision)),
-                core::OpResponse::Txn(t) => {
-                    Response::ResponseTxn(txn_out_at(t, revision, Some(pb::ResponseHeader::default())))
-                }
+                core::OpResponse::Range(r) => Response::ResponseRange(range_out(r, rev)),
+                core::OpResponse::Put(r) => Response::ResponsePut(put_out(r, rev)),
+                core::OpResponse::Delete(r) => Response::ResponseDeleteRange(delete_out(r, rev)),
+                core::OpResponse::Txn(t) => Response::ResponseTxn(txn_out(t, rev)),
             }),
         })
         .collect();
-    pb::TxnResponse { header, succeeded: r.succeeded, responses }
+    pb::TxnResponse { header: revision_header(revision), succeeded: r.succeeded, responses }
 }
 
 #[cfg(test)]
@@ -219,7 +212,7 @@ mod tests {
                 })),
             }],
         };
-        let t = txn_in(req).unwrap();
+        let t = txn_in(req);
         assert_eq!(t.compare[0].target, core::CompareTarget::Mod(7));
         assert_eq!(t.compare[0].result, core::CompareResult::Less);
         assert_eq!(t.compare[1].target, core::CompareTarget::Create(0));
@@ -244,9 +237,54 @@ mod tests {
     }
 
     #[test]
-    fn an_operation_without_a_request_is_refused_as_etcd_does() {
-        let req = pb::TxnRequest { success: vec![pb::RequestOp { request: None }], ..Default::default() };
-        let e = txn_in(req).unwrap_err();
-        assert_eq!(e.to_string(), "etcdserver: key not found");
+    fn an_operation_without_a_request_is_refused_in_etcds_order() {
+        let mut store = core::EtcdStore::default();
+        let empty = || pb::RequestOp { request: None };
+        let req = pb::TxnRequest { success: vec![empty()], ..Default::default() };
+        assert_eq!(store.txn(&txn_in(req)).unwrap_err().to_string(), "etcdserver: key not found");
+        // Too many operations is reported first, as etcd checks the count before the operations.
+        let put = || pb::RequestOp {
+            request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                key: b"k".to_vec(),
+                ..Default::default()
+            })),
+        };
+        let req =
+            pb::TxnRequest { success: (0..129).map(|_| put()).collect(), failure: vec![empty()], ..Default::default() };
+        assert_eq!(store.txn(&txn_in(req)), Err(core::EtcdError::TooManyOps));
+        assert_eq!(store.revision(), 1, "nothing applied");
+    }
+
+    #[test]
+    fn sub_responses_carry_etcds_revisions() {
+        // put a (2), then [range a, delete zz (nothing), put b]: range and delete report the
+        // start revision 2, the put 3.
+        let mut store = core::EtcdStore::default();
+        store.put(&core::PutRequest { key: b"a".to_vec(), ..Default::default() }).unwrap();
+        use pb::request_op::Request;
+        let op = |r| pb::RequestOp { request: Some(r) };
+        let req = pb::TxnRequest {
+            success: vec![
+                op(Request::RequestRange(pb::RangeRequest { key: b"a".to_vec(), ..Default::default() })),
+                op(Request::RequestDeleteRange(pb::DeleteRangeRequest { key: b"zz".to_vec(), ..Default::default() })),
+                op(Request::RequestPut(pb::PutRequest { key: b"b".to_vec(), ..Default::default() })),
+                op(Request::RequestTxn(pb::TxnRequest::default())),
+            ],
+            ..Default::default()
+        };
+        let r = store.txn(&txn_in(req)).unwrap();
+        let out = txn_out(r, store.revision());
+        let revisions: Vec<i64> = out
+            .responses
+            .iter()
+            .map(|op| match op.response.as_ref().unwrap() {
+                pb::response_op::Response::ResponseRange(r) => r.header.as_ref().unwrap().revision,
+                pb::response_op::Response::ResponseDeleteRange(r) => r.header.as_ref().unwrap().revision,
+                pb::response_op::Response::ResponsePut(r) => r.header.as_ref().unwrap().revision,
+                pb::response_op::Response::ResponseTxn(r) => r.header.as_ref().unwrap().revision,
+            })
+            .collect();
+        assert_eq!(revisions, vec![2, 2, 3, 0]);
+        assert_eq!(out.header.unwrap().revision, 3);
     }
 }

@@ -102,10 +102,11 @@ impl EtcdError {
     pub fn code(&self) -> Code {
         match self {
             EtcdError::Compacted | EtcdError::FutureRevision | EtcdError::LeaseTtlTooLarge => Code::OutOfRange,
-            EtcdError::LeaseNotFound | EtcdError::KeyNotFound => Code::NotFound,
+            EtcdError::LeaseNotFound => Code::NotFound,
             EtcdError::LeaseExists => Code::FailedPrecondition,
             EtcdError::NoSpace => Code::ResourceExhausted,
             EtcdError::DuplicateKey
+            | EtcdError::KeyNotFound
             | EtcdError::TooManyOps
             | EtcdError::EmptyKey
             | EtcdError::ValueProvided
@@ -247,13 +248,23 @@ impl EtcdStore {
         &self.mvcc
     }
 
-    /// Answers a range at the store's current state.
+    /// Answers a range at the store's current state (a range request of its own: its key must
+    /// be given).
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, EtcdError> {
+        if req.key.is_empty() {
+            return Err(EtcdError::EmptyKey);
+        }
         range(&self.mvcc, req, None)
     }
 
-    /// A put, alone: one revision.
+    /// A put, alone: one revision. (Its checks run in etcd's order for a put of its own: an
+    /// unknown lease is reported before `ignore_*` on a missing key, the other way round in a
+    /// transaction.)
     pub fn put(&mut self, req: &PutRequest) -> Result<PutResponse, EtcdError> {
+        txn::check_put_shape(req)?;
+        if req.lease != 0 && self.leases.get(req.lease).is_none() {
+            return Err(EtcdError::LeaseNotFound);
+        }
         self.txn(&TxnRequest { compare: Vec::new(), success: vec![Op::Put(req.clone())], failure: Vec::new() }).map(
             |r| match r.responses.into_iter().next() {
                 Some(OpResponse::Put(p)) => p,
@@ -281,7 +292,7 @@ impl EtcdStore {
         txn::check_ops(&self.mvcc, &|id| leases.get(id).is_some(), ops)?;
         let main = self.mvcc.revision() + 1;
         let mut sub = 0;
-        let responses = match txn::apply(&mut self.mvcc, ops, main, &mut sub) {
+        let (responses, revisions) = match txn::apply(&mut self.mvcc, ops, main, &mut sub) {
             Ok(r) => r,
             Err(e) => {
                 // Unreachable after the checks above; if it ever happens, nothing stays.
@@ -299,7 +310,7 @@ impl EtcdStore {
             }
             self.mvcc.commit(main);
         }
-        Ok(TxnResponse { succeeded, responses })
+        Ok(TxnResponse { succeeded, responses, revisions })
     }
 
     /// Compacts the history up to `rev` (etcd's `Compact`).
@@ -317,10 +328,11 @@ pub(crate) fn range(mvcc: &Mvcc, req: &RangeRequest, pending: Option<Revision>) 
         _ => mvcc.check_read(req.revision)?,
     };
     let range = KeyRange::new(&req.key, &req.range_end);
-    let filtered = req.min_mod_revision > 0
-        || req.max_mod_revision > 0
-        || req.min_create_revision > 0
-        || req.max_create_revision > 0;
+    // Any value but 0 sets a filter, negative ones included (as in etcd).
+    let filtered = req.min_mod_revision != 0
+        || req.max_mod_revision != 0
+        || req.min_create_revision != 0
+        || req.max_create_revision != 0;
     let mut order = req.sort_order;
     if order == SortOrder::None && req.sort_target != SortTarget::Key {
         order = SortOrder::Ascend;
@@ -338,10 +350,10 @@ pub(crate) fn range(mvcc: &Mvcc, req: &RangeRequest, pending: Option<Revision>) 
     let mut kvs = mvcc.range(&range, rev, fetch);
     if filtered {
         kvs.retain(|kv| {
-            (req.min_mod_revision <= 0 || kv.mod_revision >= req.min_mod_revision)
-                && (req.max_mod_revision <= 0 || kv.mod_revision <= req.max_mod_revision)
-                && (req.min_create_revision <= 0 || kv.create_revision >= req.min_create_revision)
-                && (req.max_create_revision <= 0 || kv.create_revision <= req.max_create_revision)
+            (req.min_mod_revision == 0 || kv.mod_revision >= req.min_mod_revision)
+                && (req.max_mod_revision == 0 || kv.mod_revision <= req.max_mod_revision)
+                && (req.min_create_revision == 0 || kv.create_revision >= req.min_create_revision)
+                && (req.max_create_revision == 0 || kv.create_revision <= req.max_create_revision)
         });
     }
     if sorted {

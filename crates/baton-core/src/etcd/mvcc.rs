@@ -11,7 +11,8 @@
 //! watch replays.
 //!
 //! Compacting at R forgets, per key, every change older than the one in effect at R, and that
-//! one too if it is a tombstone: reads at R and later are unchanged, reads before R are refused.
+//! one too if it is a tombstone older than R: reads at R and later are unchanged, reads before
+//! R are refused, and a watch from R still sees a deletion made at R.
 //!
 //! # Caveats
 //! - Compaction runs inside the command that asks for it, proportional to the keys changed
@@ -107,7 +108,8 @@ pub struct Mvcc {
     by_revision: BTreeMap<(Revision, i64), Vec<u8>>,
     /// The revision of the last write (1 for an empty store, as in etcd).
     revision: Revision,
-    /// The revision of the last compaction (0: none).
+    /// The revision of the last compaction (-1: none, as in etcd, so that `Compact(0)` is
+    /// accepted on a new store).
     compacted: Revision,
     /// Bytes of keys and values in every kept change (what the quota bounds).
     bytes: u64,
@@ -121,7 +123,7 @@ impl Mvcc {
 
     /// An empty store at revision 1.
     pub fn new() -> Self {
-        Mvcc { revision: 1, ..Default::default() }
+        Mvcc { revision: 1, compacted: -1, ..Default::default() }
     }
 
     /// The revision of the last write.
@@ -129,7 +131,7 @@ impl Mvcc {
         self.revision
     }
 
-    /// The revision of the last compaction (0: none).
+    /// The revision of the last compaction (-1: none).
     pub fn compacted(&self) -> Revision {
         self.compacted
     }
@@ -261,10 +263,12 @@ impl Mvcc {
                 continue;
             }
             let Some(changes) = self.keys.get_mut(&key) else { continue };
-            // The change in effect at `rev`: kept if it is a value, dropped if a tombstone.
+            // The change in effect at `rev` is kept if it is a value, or a tombstone made at
+            // `rev` itself (a watch from `rev` replays that deletion, as etcd's does); an older
+            // tombstone goes with everything before it.
             let in_effect = changes.partition_point(|c| c.main <= rev);
             let mut drop = in_effect.saturating_sub(1);
-            if in_effect > 0 && changes[in_effect - 1].after.is_none() {
+            if in_effect > 0 && changes[in_effect - 1].after.is_none() && changes[in_effect - 1].main < rev {
                 drop = in_effect;
             }
             for c in changes.drain(..drop) {

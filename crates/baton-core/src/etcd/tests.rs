@@ -212,9 +212,49 @@ fn compaction_keeps_what_reads_at_and_after_it_need() {
     assert_eq!(keys(&at(5).unwrap()), ["a"]);
     assert_eq!(at(5).unwrap().kvs[0].value, b"2");
     assert_eq!(at(6).unwrap().kvs[0].value, b"3");
-    // b's history is gone, a keeps its value at 5 and what came after.
+    // a keeps its value at 5 and what came after; b keeps only its deletion at 5 (a watch from
+    // 5 replays it, as etcd's does), which the next compaction drops.
+    assert_eq!(s.mvcc().keys_kept(), 2);
+    let replay: Vec<(i64, bool)> = s.mvcc().changes_since(5, 10).iter().map(|(r, e)| (*r, e.deleted)).collect();
+    assert_eq!(replay, vec![(5, true), (6, false)]);
+    s.compact(6).unwrap();
     assert_eq!(s.mvcc().keys_kept(), 1);
-    assert_eq!(s.mvcc().changes_since(5, 10).len(), 1);
+    // A new store accepts Compact(0) (nothing compacted yet, as in etcd).
+    assert_eq!(EtcdStore::default().compact(0), Ok(()));
+}
+
+#[test]
+fn review_findings_match_etcd() {
+    let mut s = EtcdStore::default();
+    // A compare over a range with no key in it compares against zero (a value compare is false).
+    let over_empty = |target| TxnRequest {
+        compare: vec![Compare { result: CompareResult::Greater, target, key: "a".into(), range_end: "b".into() }],
+        ..Default::default()
+    };
+    assert!(!s.txn(&over_empty(CompareTarget::Create(0))).unwrap().succeeded);
+    let mut equal_zero = over_empty(CompareTarget::Version(0));
+    equal_zero.compare[0].result = CompareResult::Equal;
+    assert!(s.txn(&equal_zero).unwrap().succeeded);
+    // Inside a transaction, ignore_value on a missing key is reported before an unknown lease;
+    // a put of its own reports the lease first.
+    let both = PutRequest { key: "k".into(), ignore_value: true, lease: 999, ..Default::default() };
+    let txn = TxnRequest { success: vec![Op::Put(both.clone())], ..Default::default() };
+    assert_eq!(s.txn(&txn), Err(EtcdError::KeyNotFound));
+    assert_eq!(s.put(&both), Err(EtcdError::LeaseNotFound));
+    assert_eq!(EtcdError::KeyNotFound.code(), Code::InvalidArgument);
+    // A negative revision in a transaction's range is below a compaction: refused.
+    put(&mut s, "a", "1");
+    s.compact(2).unwrap();
+    let negative = TxnRequest {
+        success: vec![Op::Range(RangeRequest { key: "a".into(), revision: -1, ..Default::default() })],
+        ..Default::default()
+    };
+    assert_eq!(s.txn(&negative), Err(EtcdError::Compacted));
+    // A range of its own needs a key.
+    assert_eq!(s.range(&RangeRequest::default()), Err(EtcdError::EmptyKey));
+    // A negative revision filter is a filter (it keeps nothing here).
+    let filtered = s.range(&RangeRequest { key: "a".into(), max_mod_revision: -1, ..Default::default() }).unwrap();
+    assert_eq!((filtered.kvs.len(), filtered.count), (0, 1));
 }
 
 /// A model with the whole keyspace copied at every revision.

@@ -50,6 +50,9 @@ pub enum Op {
     Put(PutRequest),
     Delete(DeleteRequest),
     Txn(TxnRequest),
+    /// An operation with no request in it: refused (etcd: "key not found"), at its place in
+    /// the order of checks.
+    Empty,
 }
 
 /// The answer to one operation (etcd's `ResponseOp`).
@@ -74,6 +77,10 @@ pub struct TxnRequest {
 pub struct TxnResponse {
     pub succeeded: bool,
     pub responses: Vec<OpResponse>,
+    /// The revision each response's header carries, as etcd reports it: the revision the
+    /// transaction started from for a range or delete before its first write, the one it ends
+    /// at after (and for every put), 0 for a nested transaction.
+    pub revisions: Vec<Revision>,
 }
 
 /// The request's shape, as etcd's gRPC layer checks it: operation counts, keys given,
@@ -104,6 +111,7 @@ fn check_shape(req: &TxnRequest, budget: usize) -> Result<(), EtcdError> {
             Op::Delete(d) if d.key.is_empty() => return Err(EtcdError::EmptyKey),
             Op::Delete(_) => {}
             Op::Txn(t) => check_shape(t, budget - longest)?,
+            Op::Empty => return Err(EtcdError::KeyNotFound),
         }
     }
     Ok(())
@@ -166,16 +174,13 @@ fn intervals(ops: &[Op]) -> Result<(BTreeSet<Vec<u8>>, Vec<KeyRange>), EtcdError
     Ok((puts, deletes))
 }
 
-/// Whether a compare holds at `rev` (etcd: every key of a range must satisfy it; a missing
-/// single key compares as zero version, revisions and lease, and never satisfies a value
-/// compare).
+/// Whether a compare holds at `rev` (etcd: every key of the range must satisfy it; with no
+/// key in it — one missing key, or an empty range — it compares as zero version, revisions
+/// and lease, and never satisfies a value compare).
 pub(super) fn compare(mvcc: &Mvcc, c: &Compare, rev: Revision) -> bool {
     let range = KeyRange::new(&c.key, &c.range_end);
     let kvs = mvcc.range(&range, rev, 0);
     if kvs.is_empty() {
-        if range.end.is_some() {
-            return true;
-        }
         if matches!(c.target, CompareTarget::Value(_)) {
             return false;
         }
@@ -204,22 +209,27 @@ fn holds(c: &Compare, kv: &super::KeyValue) -> bool {
 /// Checks each operation of the branch that will run against the state before the
 /// transaction (nested transactions: the branch their compares choose, also evaluated before
 /// the transaction). Puts first, then ranges, as etcd 3.5 does: it decides which error is
-/// reported when there are both.
+/// reported when there are both; within a put, `ignore_*` on a missing key before an unknown
+/// lease (a put of its own checks the lease first: [`super::EtcdStore::put`]). A range's
+/// revision below the last compaction is refused even when negative (etcd's check here).
 pub(super) fn check_ops(mvcc: &Mvcc, lease_exists: &impl Fn(i64) -> bool, ops: &[Op]) -> Result<(), EtcdError> {
     let mut path = Vec::new();
     chosen_path(mvcc, ops, &mut path);
     for op in &path {
         if let Op::Put(p) = op {
-            if p.lease != 0 && !lease_exists(p.lease) {
-                return Err(EtcdError::LeaseNotFound);
-            }
             if (p.ignore_value || p.ignore_lease) && mvcc.get(&p.key).is_none() {
                 return Err(EtcdError::KeyNotFound);
+            }
+            if p.lease != 0 && !lease_exists(p.lease) {
+                return Err(EtcdError::LeaseNotFound);
             }
         }
     }
     for op in &path {
         if let Op::Range(r) = op {
+            if r.revision < mvcc.compacted() {
+                return Err(EtcdError::Compacted);
+            }
             mvcc.check_read(r.revision)?;
         }
     }
@@ -245,12 +255,18 @@ pub(super) fn compares_hold(mvcc: &Mvcc, t: &TxnRequest) -> bool {
     t.compare.iter().all(|c| compare(mvcc, c, mvcc.revision()))
 }
 
+/// What [`apply`] returns: each operation's response and its header's revision.
+pub(super) type Applied = (Vec<OpResponse>, Vec<Revision>);
+
 /// Applies a checked branch: writes at `(main, sub..)`, reads see earlier writes.
-pub(super) fn apply(mvcc: &mut Mvcc, ops: &[Op], main: Revision, sub: &mut i64) -> Result<Vec<OpResponse>, EtcdError> {
+pub(super) fn apply(mvcc: &mut Mvcc, ops: &[Op], main: Revision, sub: &mut i64) -> Result<Applied, EtcdError> {
     let mut out = Vec::with_capacity(ops.len());
+    let mut revisions = Vec::with_capacity(ops.len());
     for op in ops {
         let reading_at = if *sub > 0 { Some(main) } else { None };
         out.push(match op {
+            // Refused by `check` before anything was applied.
+            Op::Empty => return Err(EtcdError::KeyNotFound),
             Op::Range(r) => OpResponse::Range(super::range(mvcc, r, reading_at)?),
             Op::Put(p) => {
                 let prev = mvcc.get_at(&p.key, main);
@@ -284,10 +300,18 @@ pub(super) fn apply(mvcc: &mut Mvcc, ops: &[Op], main: Revision, sub: &mut i64) 
                 // revision does not move until the whole transaction is applied.
                 let succeeded = compares_hold(mvcc, t);
                 let branch = if succeeded { &t.success } else { &t.failure };
-                let responses = apply(mvcc, branch, main, sub)?;
-                OpResponse::Txn(TxnResponse { succeeded, responses })
+                let (responses, inner) = apply(mvcc, branch, main, sub)?;
+                OpResponse::Txn(TxnResponse { succeeded, responses, revisions: inner })
             }
         });
+        // etcd's header revision for the operation: the end revision once anything was
+        // written (a put always writes), the start revision before; a nested transaction's
+        // header is left at zero.
+        revisions.push(match op {
+            Op::Txn(_) => 0,
+            _ if *sub > 0 => main,
+            _ => main - 1,
+        });
     }
-    Ok(out)
+    Ok((out, revisions))
 }

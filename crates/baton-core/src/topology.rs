@@ -1,5 +1,6 @@
-//! The cluster's layout, as the meta group (group 0) replicates it: which data groups exist,
-//! which nodes hold their replicas, which slots each serves.
+//! The cluster's layout, as the meta group (group 0) replicates it: which data groups exist
+//! (and whether the etcd keyspace's group does), which nodes hold their replicas, which slots
+//! each serves.
 //!
 //! The meta group is a Raft group like the others, running the same state machine type with
 //! no slots of its own; its state holds a [`Topology`] and only topology changes write to it.
@@ -10,7 +11,8 @@
 //! # Placement
 //! Replicas and leaderships are spread evenly: group `g`'s preferred leader is the
 //! `(g - 1) mod n`-th of its replicas in id order, so `n` nodes with `k * n` groups prefer each
-//! node `k` times. A leader that is not its group's preferred one hands the leadership over once
+//! node `k` times (the etcd keyspace's group, with its large id, takes whichever member leads
+//! the fewest). A leader that is not its group's preferred one hands the leadership over once
 //! the preferred node is caught up (see the node crate): after a node comes back, its
 //! leaderships come back to it.
 
@@ -20,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::slots::{even_split, Slot, SlotSet};
 
-/// A data group's place in the cluster.
+/// A group's place in the cluster (a data group's, or the etcd keyspace's: no slots).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupPlacement {
     /// The nodes that hold a replica (Raft voters), in id order.
@@ -70,7 +72,8 @@ pub struct Topology {
     /// Members that were removed: an id is never added again (a node that left, or lost its
     /// data, joins under a new id; raft must not meet an old voter with an empty log).
     pub retired: std::collections::BTreeSet<u64>,
-    /// Data groups by id (1, 2, ...).
+    /// Data groups by id (1, 2, ...), and the etcd keyspace's ([`ETCD_GROUP`]) if the cluster
+    /// has it.
     pub groups: BTreeMap<u64, GroupPlacement>,
     /// Slot moves under way, by move id (the meta log index that started them).
     pub moves: BTreeMap<u64, PendingMove>,

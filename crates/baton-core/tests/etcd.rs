@@ -45,8 +45,9 @@ fn keys(sm: &StateMachine) -> Vec<String> {
 
 #[test]
 fn a_lease_is_a_session_and_its_expiry_takes_the_keys() {
-    let mut log = Log::new(StateMachine::for_etcd(Limits::default(), 7));
-    // Without an id the lease takes its session's: positive and unique.
+    let mut log = Log::new(StateMachine::for_etcd(Limits::default(), baton_core::topology::ETCD_GROUP));
+    // Without an id the lease takes the grant's log index: positive and unique (the session
+    // id has the group in its top bits: negative as an i64 in this group).
     let EtcdOutcome::LeaseGranted { id, ttl_s, .. } = log.etcd(EtcdCommand::LeaseGrant { id: 0, ttl_s: 5 }).unwrap()
     else {
         panic!()
@@ -54,7 +55,8 @@ fn a_lease_is_a_session_and_its_expiry_takes_the_keys() {
     assert!(id > 0);
     assert_eq!(ttl_s, 5);
     let session = log.sm.etcd().unwrap().leases().get(id).unwrap().session;
-    assert_eq!(session as i64, id);
+    assert_eq!(id, 1, "the first entry's index");
+    assert_eq!(session & ((1 << 48) - 1), 1);
     let s = log.sm.sessions().find(|(sid, _)| *sid == session).map(|(_, s)| (s.client.clone(), s.ttl_ms)).unwrap();
     assert_eq!(s, (LEASE_CLIENT.to_string(), 5_000), "the session carries the lease's TTL");
     log.etcd(put("held", id)).unwrap();

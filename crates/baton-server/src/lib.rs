@@ -255,10 +255,10 @@ impl Server {
             v.torn_tail_bytes = torn_tail_bytes;
             v.unclean_start = recovery.unclean_end;
         }
-        let data_groups = match node.topology() {
-            Some(t) => t.data_groups().count() as u64,
+        let (data_groups, etcd_group) = match node.topology() {
+            Some(t) => (t.data_groups().count() as u64, t.has_etcd()),
             // Joining: the cluster's layout, as its topology told (checked by every peer).
-            None => config.groups,
+            None => (config.groups, etcd),
         };
         if config.groups != data_groups && node.groups().len() > 1 {
             tracing::info!(
@@ -266,7 +266,7 @@ impl Server {
                 "the data folder's layout decides the data groups; --groups applies to new clusters only"
             );
         }
-        let local = transport::local_handshake(&config, client_addr.to_string(), data_groups);
+        let local = transport::local_handshake(&config, client_addr.to_string(), data_groups, etcd_group);
         let max_bytes = config.max_peer_message_bytes;
         let outboxes = Outboxes::default();
         let mut tasks = Vec::new();

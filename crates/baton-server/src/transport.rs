@@ -60,9 +60,15 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const REFUSED_BACKOFF: Duration = Duration::from_secs(5);
 
 /// The handshake this node sends and answers with.
-pub fn local_handshake(config: &crate::ServerConfig, client_addr: String, data_groups: u64) -> Handshake {
+pub fn local_handshake(
+    config: &crate::ServerConfig,
+    client_addr: String,
+    data_groups: u64,
+    etcd_group: bool,
+) -> Handshake {
     Handshake {
         data_groups,
+        etcd_group,
         node_id: config.id,
         client_addr,
         members: config.peers.iter().map(|(id, addr)| (*id, addr.clone())).collect(),
@@ -116,6 +122,12 @@ pub fn check_handshake(local: &Handshake, remote: &Handshake) -> Result<(), Stri
     if remote.data_groups != local.data_groups {
         let groups = |n: u64| format!("a layout of {n} data groups (--groups when its data folder was created)");
         return Err(differ(groups(remote.data_groups), groups(local.data_groups)));
+    }
+    if remote.etcd_group != local.etcd_group {
+        // A founder started for the first time after an upgrade would bootstrap a meta group
+        // with the keyspace's group while the others have none: refused, not diverged.
+        let layout = |on: bool| format!("a layout {} the etcd keyspace's group", if on { "with" } else { "without" });
+        return Err(differ(layout(remote.etcd_group), layout(local.etcd_group)));
     }
     Ok(())
 }
@@ -447,6 +459,7 @@ mod tests {
             election_ticks: 10,
             lease_reads: true,
             data_groups: 4,
+            etcd_group: true,
         }
     }
 
@@ -476,5 +489,9 @@ mod tests {
         let mut other = handshake(2);
         other.data_groups = 12;
         assert!(refused(other).contains("a layout of 12 data groups"));
+        // A founder that bootstrapped with the etcd keyspace's group among nodes without it.
+        let mut other = handshake(2);
+        other.etcd_group = false;
+        assert!(refused(other).contains("a layout without the etcd keyspace's group"));
     }
 }

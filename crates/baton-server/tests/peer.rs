@@ -107,6 +107,7 @@ impl Lonely {
             election_ticks: baton_node::DEFAULT_ELECTION_TICKS as u64,
             lease_reads: false,
             data_groups: 1,
+            etcd_group: true,
         }
     }
 

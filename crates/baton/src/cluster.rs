@@ -159,7 +159,12 @@ async fn slots(endpoints: String, json: bool) -> ExitCode {
         let count: u32 = g.slots.iter().map(|r| r.end - r.start + 1).sum();
         let leader = if g.leader == 0 { "-".to_string() } else { g.leader.to_string() };
         let replicas: Vec<String> = g.replicas.iter().map(u64::to_string).collect();
-        out!("{:<6} {:<7} {:<9} {:<6} {}", g.id, leader, replicas.join(","), count, format_ranges(&ranges));
+        let slots = if g.id == baton_core::topology::ETCD_GROUP {
+            "(etcd keyspace: no slots)".to_string()
+        } else {
+            format_ranges(&ranges)
+        };
+        out!("{:<6} {:<7} {:<9} {:<6} {}", g.id, leader, replicas.join(","), count, slots);
     }
     ExitCode::SUCCESS
 }

@@ -50,12 +50,15 @@ impl StateMachine {
         Ok(Outcome::Etcd(outcome))
     }
 
-    /// A lease of `ttl_s` seconds under `id`, or under its session's id if `id` is 0 (unique
-    /// and positive, as etcd's chosen ids are), carried by a new session of this group.
+    /// A lease of `ttl_s` seconds under `id`, or, if `id` is 0, under the log index of this
+    /// grant (unique in the group, positive as etcd's chosen ids are; the session id itself
+    /// carries the group in its top bits, which makes it negative as an i64 in the keyspace's
+    /// group), carried by a new session of this group.
     fn lease_grant(&mut self, index: u64, id: i64, ttl_s: i64, events: &mut Vec<Event>) -> Result<EtcdOutcome> {
         let ttl_s = lease::granted_ttl(ttl_s)?;
         let session = self.session_id(index)?;
-        let id = if id == 0 { session as i64 } else { id };
+        // `session_id` refused an index beyond its 48 bits: this fits, and is above 0.
+        let id = if id == 0 { index as i64 } else { id };
         if self.etcd_mut().leases().get(id).is_some() {
             return Err(EtcdError::LeaseExists.into());
         }

@@ -6,6 +6,7 @@
 # and the servers' CPU per operation (µs, from /proc, all three nodes summed).
 #   bench/groups.sh [BINARY] [SECS] [ROUNDS] [GROUPS...]
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 bin=${1:-target/release/baton} secs=${2:-5} rounds=${3:-2}
 shift $(($# < 3 ? $# : 3))
 layouts=("${@:-1 12}")
@@ -33,15 +34,8 @@ run() { # GROUPS
       --peer-addr "127.0.0.1:$((port + 10 + id))" --peers "$peers" --groups "$groups" >"$dir/g$groups-$id.log" 2>&1 &
     pids+=($!)
   done
-  # Ready when every group has a leader (and placement has settled: leaders move after 3 s).
-  for _ in $(seq 1 100); do
-    if "$bin" status --endpoints "$eps" --json 2>/dev/null |
-      python3 -c 'import json,sys; s=json.load(sys.stdin); sys.exit(0 if all(g["leader"] for g in s["groups"]) else 1)'; then
-      break
-    fi
-    sleep 0.2
-  done
-  sleep 4
+  # Ready when every group is led and placement has spread the leaderships (bench/lib.sh).
+  wait_for_placement "$eps"
   for w in "uncontended 64" "uncontended 256" "hot-set 64" "hot-set 256"; do
     read -r workload clients <<<"$w"
     local before after ops

@@ -40,15 +40,28 @@ start_baton() {
   return 1
 }
 
-# Waits until every group has a leader, then past the placement pause (leaders move to their
-# preferred nodes after 3 s).
+# Waits (at most 30 s) until the cluster at ENDPOINTS (default: $baton_eps) has settled: every
+# group led, and, with two or more data groups, leaderships spread over the nodes as placement
+# spreads them (counts differing by at most one). Polls `baton status` rather than guessing.
 wait_for_placement() {
-  for _ in $(seq 1 100); do
-    "$bin" status --endpoints "$baton_eps" --json |
-      python3 -c 'import json,sys; sys.exit(0 if all(g["leader"] for g in json.load(sys.stdin)["groups"]) else 1)' && break
+  local eps=${1:-$baton_eps}
+  for _ in $(seq 1 150); do
+    "$bin" status --endpoints "$eps" --json 2>/dev/null | python3 -c '
+import json, sys
+groups = [g for g in json.load(sys.stdin)["groups"] if g["id"] != 0]
+if not all(g["leader"] for g in groups):
+    sys.exit(1)
+data = [g for g in groups if g["slots"]]
+if len(data) >= 2:
+    counts = {}
+    for g in groups:
+        counts[g["leader"]] = counts.get(g["leader"], 0) + 1
+    if len(counts) < min(3, len(groups)) or max(counts.values()) - min(counts.values()) > 1:
+        sys.exit(1)
+' && return 0
     sleep 0.2
   done
-  sleep 4
+  echo "warning: leaderships did not settle within 30 s" >&2
 }
 
 start_etcd() {

@@ -188,9 +188,9 @@ impl Requests {
         }
     }
 
-    /// Asks every data group this node leads to renew `sessions` (not the etcd keyspace's
-    /// group: Baton's clients have no sessions there, and asking would wake it from
-    /// hibernation at every renewal).
+    /// Asks every data group this node leads to renew `sessions` ([`Node::leading`]: not the
+    /// etcd keyspace's group, where Baton's clients have no sessions and a renewal would only
+    /// wake it from hibernation).
     fn renew(
         &mut self,
         node: &mut Node,
@@ -199,8 +199,7 @@ impl Requests {
         now_ms: u64,
         answers: &mut Vec<(RequestId, Result<Answer, NodeError>)>,
     ) {
-        let leading: Vec<GroupId> =
-            node.leading().into_iter().filter(|g| *g != baton_core::topology::ETCD_GROUP).collect();
+        let leading = node.leading();
         if leading.is_empty() {
             // Leading nothing: the client's other streams renew the sessions. Name the leader
             // of the first group, for a client that talks to one node at a time.

@@ -452,9 +452,16 @@ impl Node {
         }
     }
 
-    /// The groups this node leads other than the meta group: data groups and the etcd keyspace's.
+    /// The data groups this node leads (not the meta group, nor the etcd keyspace's: Baton's
+    /// sessions and names live in data groups only).
     pub fn leading(&self) -> Vec<GroupId> {
-        self.groups.iter().filter(|(id, g)| **id != META_GROUP && g.role() == Role::Leader).map(|(id, _)| *id).collect()
+        self.groups
+            .iter()
+            .filter(|(id, g)| {
+                **id != META_GROUP && **id != baton_core::topology::ETCD_GROUP && g.role() == Role::Leader
+            })
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// Each group this node leads moves its membership one step toward the topology's: the

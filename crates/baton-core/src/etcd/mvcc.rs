@@ -111,8 +111,6 @@ pub struct Mvcc {
     /// The revision of the last compaction (-1: none, as in etcd, so that `Compact(0)` is
     /// accepted on a new store).
     compacted: Revision,
-    /// Bytes of keys and values in every kept change (what the quota bounds).
-    bytes: u64,
 }
 
 impl Mvcc {
@@ -134,11 +132,6 @@ impl Mvcc {
     /// The revision of the last compaction (-1: none).
     pub fn compacted(&self) -> Revision {
         self.compacted
-    }
-
-    /// Bytes of keys and values kept, history included.
-    pub fn bytes(&self) -> u64 {
-        self.bytes
     }
 
     /// Keys with a history (live or not yet compacted away).
@@ -194,7 +187,6 @@ impl Mvcc {
             Some(p) => (p.create_revision, p.version + 1),
             None => (main, 1),
         };
-        self.bytes += (key.len() + value.len()) as u64;
         let change = Change { main, sub, after: Some(Live { create_revision, version, value, lease }) };
         self.keys.entry(key.to_vec()).or_default().push(change);
         self.by_revision.insert((main, sub), key.to_vec());
@@ -204,7 +196,6 @@ impl Mvcc {
     /// Deletes `key` at `(main, sub)` if it lives; returns it as it was.
     pub fn delete(&mut self, key: &[u8], main: Revision, sub: i64) -> Option<KeyValue> {
         let prev = self.get_at(key, main)?;
-        self.bytes += key.len() as u64;
         self.keys.entry(key.to_vec()).or_default().push(Change { main, sub, after: None });
         self.by_revision.insert((main, sub), key.to_vec());
         Some(prev)
@@ -235,9 +226,7 @@ impl Mvcc {
         for (rev, key) in stamped.into_iter().rev() {
             self.by_revision.remove(&rev);
             if let Some(changes) = self.keys.get_mut(&key) {
-                if let Some(c) = changes.pop_if(|c| (c.main, c.sub) == rev) {
-                    self.bytes -= (key.len() + c.after.map_or(0, |l| l.value.len())) as u64;
-                }
+                changes.pop_if(|c| (c.main, c.sub) == rev);
                 if changes.is_empty() {
                     self.keys.remove(&key);
                 }
@@ -273,7 +262,6 @@ impl Mvcc {
             }
             for c in changes.drain(..drop) {
                 self.by_revision.remove(&(c.main, c.sub));
-                self.bytes -= (key.len() + c.after.map_or(0, |l| l.value.len())) as u64;
             }
             if changes.is_empty() {
                 self.keys.remove(&key);

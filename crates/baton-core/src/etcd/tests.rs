@@ -473,3 +473,102 @@ fn leases_carry_keys_and_take_them_when_revoked() {
     assert!(s.lease_revoke(7).unwrap().is_empty());
     assert_eq!(s.revision(), before);
 }
+
+#[test]
+fn a_rollback_leaves_the_store_as_it_was() {
+    let mut m = Mvcc::new();
+    m.put(b"a", b"1".to_vec(), 0, 2, 0);
+    m.commit(2);
+    let before = m.clone();
+    m.put(b"a", b"2".to_vec(), 0, 3, 0);
+    m.put(b"b", b"1".to_vec(), 0, 3, 1);
+    m.delete(b"a", 3, 2);
+    m.rollback(3);
+    assert_eq!(m, before);
+}
+
+#[derive(Clone, Debug)]
+enum Write {
+    Put { key: u8, lease: u8, ignore_value: bool },
+    Delete(u8, u8),
+    Txn { guard: u8, version: i64, put: u8, delete: u8 },
+    Duplicate(u8),
+    Grant(u8),
+    Revoke(u8),
+    Compact(u8),
+}
+
+fn write() -> impl Strategy<Value = Write> {
+    prop_oneof![
+        4 => (0u8..8, 0u8..4, any::<bool>()).prop_map(|(key, lease, ignore_value)| Write::Put { key, lease, ignore_value }),
+        1 => (0u8..8, 0u8..10).prop_map(|(a, b)| Write::Delete(a, b)),
+        2 => (0u8..8, 0i64..3, 0u8..8, 0u8..8).prop_map(|(guard, version, put, delete)| Write::Txn { guard, version, put, delete }),
+        1 => (0u8..8).prop_map(Write::Duplicate),
+        2 => (1u8..4).prop_map(Write::Grant),
+        1 => (1u8..4).prop_map(Write::Revoke),
+        1 => any::<u8>().prop_map(Write::Compact),
+    ]
+}
+
+proptest! {
+    /// Through every kind of write, refused or not: a refusal changes nothing; a write moves
+    /// the revision by one exactly when it recorded a change; every lease lists exactly the
+    /// live keys attached to it, and no live key names a lease that does not exist.
+    #[test]
+    fn writes_are_whole_and_leases_match_their_keys(writes in prop::collection::vec(write(), 1..60)) {
+        let mut s = EtcdStore::default();
+        let mut session = 100;
+        for w in writes {
+            let before = s.clone();
+            let result = match w {
+                Write::Put { key: k, lease, ignore_value } => s
+                    .put(&PutRequest {
+                        key: key(k),
+                        value: if ignore_value { Vec::new() } else { vec![k] },
+                        lease: lease as i64,
+                        ignore_value,
+                        ..Default::default()
+                    })
+                    .map(drop),
+                Write::Delete(a, b) => s.delete(&DeleteRequest { key: key(a), range_end: key(b), prev_kv: true }).map(drop),
+                Write::Txn { guard, version, put, delete } => s
+                    .txn(&TxnRequest {
+                        compare: vec![Compare {
+                            result: CompareResult::Equal,
+                            target: CompareTarget::Version(version),
+                            key: key(guard),
+                            range_end: vec![],
+                        }],
+                        success: vec![Op::Put(PutRequest { key: key(put), value: vec![put], ..Default::default() })],
+                        failure: vec![Op::Delete(DeleteRequest { key: key(delete), ..Default::default() })],
+                    })
+                    .map(drop),
+                Write::Duplicate(k) => s
+                    .txn(&TxnRequest { success: vec![put_op("x", "1"), Op::Put(PutRequest { key: key(k), ..Default::default() }), put_op("x", "2")], ..Default::default() })
+                    .map(drop),
+                Write::Grant(id) => {
+                    session += 1;
+                    s.lease_grant(id as i64, 10, session)
+                }
+                Write::Revoke(id) => s.lease_revoke(id as i64).map(drop),
+                Write::Compact(r) => s.compact((r as i64) % (s.revision() + 1)),
+            };
+            match result {
+                Err(_) => prop_assert_eq!(&s, &before, "a refused write changed the store"),
+                Ok(()) => {
+                    let moved = s.revision() - before.revision();
+                    prop_assert!(moved == 0 || moved == 1);
+                    let changed = !s.mvcc().changes_since(before.revision() + 1, 1).is_empty();
+                    prop_assert_eq!(moved == 1, changed);
+                }
+            }
+            let all = RangeRequest { key: vec![0], range_end: vec![0], ..Default::default() };
+            let live = s.range(&all).unwrap().kvs;
+            for (id, lease) in s.leases().iter() {
+                let attached: Vec<Vec<u8>> = live.iter().filter(|kv| kv.lease == id).map(|kv| kv.key.clone()).collect();
+                prop_assert_eq!(lease.keys.iter().cloned().collect::<Vec<_>>(), attached);
+            }
+            prop_assert!(live.iter().all(|kv| kv.lease == 0 || s.leases().get(kv.lease).is_some()));
+        }
+    }
+}

@@ -712,6 +712,8 @@ impl Group {
             },
             snapshot_bytes_in_memory: self.raw.store().snapshot_ref().data.len(),
             asleep: self.asleep(),
+            etcd_bytes: self.sm.etcd().map_or(0, |e| e.mvcc().bytes()),
+            etcd_revision: self.sm.etcd().map_or(0, |e| e.revision()),
         }
     }
 }

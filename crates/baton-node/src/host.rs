@@ -48,9 +48,14 @@ impl Request {
             Request::Acquire(r) => Some(&r.name),
             Request::Read(Query::Lock(n) | Query::Counter(n) | Query::Register(n)) => Some(n),
             // Sent with their group always (etcd requests: the keyspace's).
-            Request::Read(Query::Session(_) | Query::KeepAlive(_) | Query::EtcdRange(_)) | Request::KeepAlive(_) => {
-                None
-            }
+            Request::Read(
+                Query::Session(_)
+                | Query::KeepAlive(_)
+                | Query::EtcdRange(_)
+                | Query::EtcdLease { .. }
+                | Query::EtcdLeases,
+            )
+            | Request::KeepAlive(_) => None,
         }
     }
 }

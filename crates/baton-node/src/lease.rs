@@ -35,6 +35,11 @@ impl LeaseTable {
         }
     }
 
+    /// A session's deadline, if it has one.
+    pub fn deadline(&self, session: SessionId) -> Option<u64> {
+        self.by_session.get(&session).copied()
+    }
+
     /// Forgets a session.
     pub fn remove(&mut self, session: SessionId) {
         if let Some(old) = self.by_session.remove(&session) {

@@ -51,8 +51,8 @@ pub use driver::{Driver, Effects, RoundError, ROUNDS_PER_BATCH};
 pub use host::{AcquireResult, Answer, Request, Requests};
 pub use mem::MemStore;
 pub use node::{
-    initial_groups, joining_groups, lease_read_ms, start_groups, GroupStatus, Node, NodeConfig, NodeError, Output,
-    Query, Reply, Role, Start, DEFAULT_ELECTION_TICKS,
+    initial_groups, joining_groups, lease_read_ms, start_groups, EtcdLeaseInfo, GroupStatus, Node, NodeConfig,
+    NodeError, Output, Query, Reply, Role, Start, DEFAULT_ELECTION_TICKS,
 };
 
 /// Identifies a Raft group (a shard of the namespace).

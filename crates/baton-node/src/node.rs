@@ -212,6 +212,11 @@ pub enum Query {
     Register(String),
     /// A range of the etcd keyspace (its group only), after a ReadIndex round: linearizable.
     EtcdRange(Box<baton_core::etcd::RangeRequest>),
+    /// An etcd lease (its group only): `renew` it first (a keepalive: its session's lease runs
+    /// a full TTL from now), and list its `keys`.
+    EtcdLease { id: i64, renew: bool, keys: bool },
+    /// The ids of every etcd lease.
+    EtcdLeases,
 }
 
 /// A successful reply to a request.
@@ -232,6 +237,22 @@ pub enum Reply {
     Register(Option<(Vec<u8>, u64)>),
     /// An etcd range and the keyspace's revision when it was read (what etcd's header says).
     EtcdRange { revision: i64, response: baton_core::etcd::RangeResponse },
+    /// An etcd lease (`None`: it does not exist, or its expiry is under way) and the keyspace's
+    /// revision.
+    EtcdLease { revision: i64, lease: Option<EtcdLeaseInfo> },
+    /// Every etcd lease's id and the keyspace's revision.
+    EtcdLeases { revision: i64, ids: Vec<i64> },
+}
+
+/// What etcd's lease calls show of a lease.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EtcdLeaseInfo {
+    /// The TTL granted, in seconds.
+    pub granted_s: i64,
+    /// Whole seconds left before the leader expires it.
+    pub remaining_s: i64,
+    /// Its keys, if asked for.
+    pub keys: Vec<Vec<u8>>,
 }
 
 /// A session renewed by one group: its TTL, and the groups its names were moved to from it.
@@ -324,6 +345,10 @@ pub struct GroupStatus {
     /// The group sleeps here: an idle leader that stopped ticking, or a follower standing
     /// still on its leader's notice (see [`crate::NODE_CHANNEL`]).
     pub asleep: bool,
+    /// What the etcd keyspace's kept history weighs, in bytes (0 for a group without it).
+    pub etcd_bytes: u64,
+    /// The etcd keyspace's revision (0 for a group without it).
+    pub etcd_revision: i64,
 }
 
 /// All the groups of one process, driven by explicit inputs. See the crate docs.

@@ -1,14 +1,17 @@
-//! Proposals made on another node's behalf: the steps of a slot move (see `baton_node::mover`).
+//! Proposals made on another node's behalf: the steps of a slot move (see `baton_node::mover`),
+//! and etcd API calls a node without the keyspace's leadership hands to its leader
+//! ([`crate::etcd`]).
 //!
 //! The node that leads the meta group drives each move; a step whose group is led elsewhere
 //! becomes a `Forward` call on the peer port of that group's leader. The receiving node proposes
 //! it to the group like any request (refusing if it does not lead it) and answers with the
-//! outcome; the asking node's mover gets that answer. Only hand-offs and take-overs are
-//! accepted: nothing else needs another node's hand, and the peer port is not a second client
-//! API. A lost or failed call is simply retried by the mover after a pause.
+//! outcome; the asking node's mover gets that answer. Of Baton's commands only hand-offs and
+//! take-overs are accepted: nothing else needs another node's hand, and the peer port is not a
+//! second client API. A lost or failed call is simply retried by the mover after a pause. etcd
+//! calls are accepted for the keyspace's group only ([`crate::etcd::EtcdCall`]).
 
 use std::collections::BTreeMap;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use baton_core::{Command, Outcome};
@@ -24,38 +27,81 @@ use crate::runtime::{Input, NodeHandle};
 /// How long a forwarded step may take before its caller gives up (the mover retries).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The asking side, used from the node thread: one lazily connected channel per peer.
+/// Lazily connected peer clients, one per node, for calls made on another node's behalf (slot
+/// moves' steps from the node thread, etcd calls from the etcd services).
+#[derive(Clone)]
+pub struct PeerChannels {
+    /// Peer addresses come from here (members added later included); `None`: no peers (a node
+    /// answering a forwarded call never forwards it again).
+    view: Option<Arc<Mutex<crate::runtime::ClusterView>>>,
+    runtime: Option<tokio::runtime::Handle>,
+    channels: Arc<Mutex<BTreeMap<NodeId, PeerClient<Channel>>>>,
+    max_bytes: usize,
+}
+
+impl PeerChannels {
+    /// Channels to the peers `view` knows, carrying frames of up to `max_bytes`; must be made
+    /// inside the tokio runtime.
+    pub fn new(view: Arc<Mutex<crate::runtime::ClusterView>>, max_bytes: usize) -> PeerChannels {
+        PeerChannels {
+            view: Some(view),
+            runtime: Some(tokio::runtime::Handle::current()),
+            channels: Arc::default(),
+            max_bytes,
+        }
+    }
+
+    /// No peers at all.
+    pub fn none() -> PeerChannels {
+        PeerChannels { view: None, runtime: None, channels: Arc::default(), max_bytes: 0 }
+    }
+
+    /// The client for node `to`, if its peer address is known.
+    pub fn get(&self, to: NodeId) -> Option<PeerClient<Channel>> {
+        if let Some(c) = self.channels.lock().expect("channels lock").get(&to) {
+            return Some(c.clone());
+        }
+        let addr = self.view.as_ref()?.lock().expect("view lock").peer_addrs.get(&to).cloned()?;
+        let uri = if addr.contains("://") { addr.clone() } else { format!("http://{addr}") };
+        let endpoint = tonic::transport::Endpoint::from_shared(uri).ok()?.connect_timeout(Duration::from_secs(1));
+        // A lazy channel still needs the runtime's reactor at hand (the node thread has none).
+        let _in_runtime = self.runtime.as_ref()?.enter();
+        let client = PeerClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(self.max_bytes)
+            .max_encoding_message_size(self.max_bytes);
+        self.channels.lock().expect("channels lock").insert(to, client.clone());
+        Some(client)
+    }
+}
+
+/// The asking side, used from the node thread.
 pub(crate) struct Forwarder {
     me: NodeId,
     runtime: tokio::runtime::Handle,
-    /// Peer addresses come from here (members added later included).
-    view: std::sync::Arc<std::sync::Mutex<crate::runtime::ClusterView>>,
-    channels: BTreeMap<NodeId, PeerClient<Channel>>,
-    max_bytes: usize,
+    channels: PeerChannels,
     /// Where answers go: back into the node thread's input channel.
     back: mpsc::Sender<Input>,
 }
 
 impl Forwarder {
-    pub(crate) fn new(
-        me: NodeId,
-        view: std::sync::Arc<std::sync::Mutex<crate::runtime::ClusterView>>,
-        max_bytes: usize,
-        back: mpsc::Sender<Input>,
-    ) -> Forwarder {
-        Forwarder { me, runtime: tokio::runtime::Handle::current(), view, channels: BTreeMap::new(), max_bytes, back }
+    pub(crate) fn new(me: NodeId, channels: PeerChannels, back: mpsc::Sender<Input>) -> Forwarder {
+        Forwarder { me, runtime: tokio::runtime::Handle::current(), channels, back }
     }
 
     /// Sends `command` for `group` to node `to`; its answer comes back as [`Input::Forwarded`].
     pub(crate) fn forward(&mut self, to: NodeId, id: RequestId, group: GroupId, command: Command) {
         let back = self.back.clone();
-        let Some(client) = self.channel(to) else {
+        let Some(client) = self.channels.get(to) else {
             let err = NodeError::Unavailable(format!("node {to} has no known peer address"));
             let _ = back.send(Input::Forwarded { id, result: Err(err) });
             return;
         };
-        let request =
-            ForwardRequest { from: self.me, group, command: bincode::serialize(&command).expect("commands serialise") };
+        let request = ForwardRequest {
+            from: self.me,
+            group,
+            command: bincode::serialize(&command).expect("commands serialise"),
+            ..Default::default()
+        };
         self.runtime.spawn(async move {
             let mut client = client;
             let result = match tokio::time::timeout(FORWARD_TIMEOUT, client.forward(request)).await {
@@ -65,22 +111,6 @@ impl Forwarder {
             };
             let _ = back.send(Input::Forwarded { id, result });
         });
-    }
-
-    fn channel(&mut self, to: NodeId) -> Option<PeerClient<Channel>> {
-        if let Some(c) = self.channels.get(&to) {
-            return Some(c.clone());
-        }
-        let addr = self.view.lock().expect("view lock").peer_addrs.get(&to).cloned()?;
-        let uri = if addr.contains("://") { addr.clone() } else { format!("http://{addr}") };
-        let endpoint = tonic::transport::Endpoint::from_shared(uri).ok()?.connect_timeout(Duration::from_secs(1));
-        // A lazy channel still needs the runtime's reactor at hand (this is the node thread).
-        let _in_runtime = self.runtime.enter();
-        let client = PeerClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(self.max_bytes)
-            .max_encoding_message_size(self.max_bytes);
-        self.channels.insert(to, client.clone());
-        Some(client)
     }
 }
 
@@ -102,6 +132,12 @@ pub(crate) async fn serve(
 ) -> Result<ForwardResponse, Status> {
     if !members.contains(&req.from) || req.from == node.id {
         return Err(Status::permission_denied(format!("node {} is not another member of this cluster", req.from)));
+    }
+    if !req.etcd.is_empty() {
+        if req.group != baton_core::topology::ETCD_GROUP {
+            return Err(Status::invalid_argument("etcd calls are for the etcd keyspace's group only"));
+        }
+        return crate::etcd::serve_forwarded(node, &req.etcd).await;
     }
     let command: Command = bincode::deserialize(&req.command)
         .map_err(|e| Status::invalid_argument(format!("undecodable forwarded command: {e}")))?;

@@ -14,8 +14,8 @@
 //! - Membership is the fixed `peers` list given at start (no reconfiguration yet).
 //! - Client and peer traffic is plaintext (TLS is a later issue).
 
-pub mod etcd_convert;
-mod forward;
+pub mod etcd;
+pub mod forward;
 pub mod runtime;
 pub mod service;
 pub mod status;
@@ -91,6 +91,11 @@ pub struct ServerConfig {
     /// Replicas per data group of a new cluster (`--replicas`; every node holds every group
     /// while the cluster has no more nodes than this).
     pub replication: usize,
+    /// Serve etcd's v3 API on this address (`--etcd-addr`; `None`: off).
+    pub etcd_addr: Option<String>,
+    /// How often a quiet etcd watch that asked for them gets a progress notification (etcd's
+    /// default: 10 minutes).
+    pub etcd_progress_every: Duration,
 }
 
 impl ServerConfig {
@@ -108,6 +113,8 @@ impl ServerConfig {
             groups: 1,
             join: Vec::new(),
             replication: baton_core::topology::DEFAULT_REPLICATION,
+            etcd_addr: None,
+            etcd_progress_every: etcd::watch::DEFAULT_PROGRESS_EVERY,
         }
     }
 }
@@ -118,6 +125,8 @@ pub struct Server {
     pub client_addr: SocketAddr,
     /// The bound peer API address.
     pub peer_addr: SocketAddr,
+    /// The bound etcd API address, if it serves one.
+    pub etcd_addr: Option<SocketAddr>,
     node: NodeHandle,
     /// How the node thread ended (`None` while it runs).
     outcome: signal::Receiver<Outcome>,
@@ -167,6 +176,14 @@ impl Server {
     ) -> std::io::Result<Server> {
         let client_addr = client.local_addr()?;
         let peer_addr = peer.local_addr()?;
+        let etcd_listener =
+            match &config.etcd_addr {
+                Some(a) => Some(TcpListener::bind(a).await.map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("cannot listen for the etcd API on {a}: {e}"))
+                })?),
+                None => None,
+            };
+        let etcd_addr = etcd_listener.as_ref().map(|l| l.local_addr()).transpose()?;
         let mut config = config;
         let mut voters: Vec<NodeId> = config.peers.keys().copied().collect();
         let mut listed = false;
@@ -266,14 +283,20 @@ impl Server {
                 "the data folder's layout decides the data groups; --groups applies to new clusters only"
             );
         }
-        let local = transport::local_handshake(&config, client_addr.to_string(), data_groups, etcd_group);
+        let etcd_addr_text = etcd_addr.map(|a| a.to_string()).unwrap_or_default();
+        let local =
+            transport::local_handshake(&config, client_addr.to_string(), data_groups, etcd_group, etcd_addr_text);
         let max_bytes = config.max_peer_message_bytes;
         let outboxes = Outboxes::default();
         let mut tasks = Vec::new();
         // One sender per peer: the configured ones now, those the meta group adds later.
         let peering = manage_peers(local.clone(), config.id, max_bytes, view.clone(), outboxes.clone());
         tasks.push(tokio::spawn(peering).abort_handle());
-        let net = runtime::Net { outboxes, peers: Some(runtime::Peers { max_bytes }) };
+        if let Some(a) = etcd_addr {
+            view.lock().expect("view lock").etcd_addrs.insert(config.id, a.to_string());
+        }
+        let channels = forward::PeerChannels::new(view.clone(), max_bytes);
+        let net = runtime::Net { outboxes, peers: Some(runtime::Peers { channels: channels.clone() }) };
         let (handle, thread, outcome) = runtime::spawn(node, store, boot, net, view, config.tick)?;
 
         let client_api = tonic::transport::Server::builder()
@@ -285,6 +308,11 @@ impl Server {
             .max_encoding_message_size(max_bytes);
         let peer_api = tonic::transport::Server::builder().tcp_nodelay(true).add_service(peer_svc);
         serving.push(serve(peer_api, peer, "peer API", &outcome));
+        if let Some(listener) = etcd_listener {
+            let backend = etcd::Backend::new(handle.clone(), channels);
+            let router = etcd::router(backend, config.etcd_progress_every);
+            serving.push(serve(router, listener, "etcd API", &outcome));
+        }
         tasks.extend(serving.iter().map(|t| t.abort_handle()));
         // If the node stops on its own, the servers stop taking calls at once (see `serve`);
         // calls still open get a grace period to fail cleanly, then they are cut.
@@ -297,7 +325,7 @@ impl Server {
             }
         });
         tracing::info!(id = config.id, %client_addr, %peer_addr, "baton node started");
-        Ok(Server { client_addr, peer_addr, node: handle, outcome, tasks, thread: Some(thread) })
+        Ok(Server { client_addr, peer_addr, etcd_addr, node: handle, outcome, tasks, thread: Some(thread) })
     }
 
     /// The node thread's handle.

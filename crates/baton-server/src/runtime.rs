@@ -35,6 +35,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::watch::{EventLogs, SharedLog, Watched};
 use crate::ServerError;
+use baton_core::topology::ETCD_GROUP;
 
 /// Most inputs taken in one round before the node's work is flushed.
 const MAX_INPUTS_PER_ROUND: usize = 8192;
@@ -50,6 +51,9 @@ pub enum Input {
     Status { tx: oneshot::Sender<Vec<GroupStatus>> },
     /// The answer to a step this node forwarded to another node (a slot move's).
     Forwarded { id: RequestId, result: Result<baton_core::Outcome, NodeError> },
+    /// The etcd keyspace's changes from revision `from` on, from this node's replica (at most
+    /// about `max`), for a watcher the feed's ring cannot serve.
+    EtcdHistory { from: i64, max: usize, tx: oneshot::Sender<crate::etcd::feed::History> },
     /// Stop the loop.
     Stop,
 }
@@ -70,9 +74,25 @@ pub struct ClusterView {
     pub topology: Arc<baton_core::Topology>,
     /// The leader of each group this node holds, as it knows it.
     pub leaders: BTreeMap<GroupId, Option<NodeId>>,
+    /// This node's term in each group it holds.
+    pub terms: BTreeMap<GroupId, u64>,
+    /// etcd API addresses of the nodes that serve one (ours, and what peers told us).
+    pub etcd_addrs: BTreeMap<NodeId, String>,
 }
 
 impl ClusterView {
+    /// Records what a peer's handshake says about it (its client and etcd addresses).
+    pub fn learn(&mut self, node: NodeId, h: &baton_proto::peer::Handshake) {
+        if !h.client_addr.is_empty() {
+            self.client_addrs.insert(node, h.client_addr.clone());
+        }
+        if h.etcd_addr.is_empty() {
+            self.etcd_addrs.remove(&node);
+        } else {
+            self.etcd_addrs.insert(node, h.etcd_addr.clone());
+        }
+    }
+
     /// The data group serving `name` by this node's map (group 1 if the map has no owner for its
     /// slot: the group then refuses it as not served, which the client takes as a redirect).
     pub fn group_of(&self, name: &str) -> GroupId {
@@ -90,6 +110,8 @@ pub struct NodeHandle {
     pub view: Arc<Mutex<ClusterView>>,
     /// Applied events, for watchers.
     pub events: SharedLog,
+    /// The etcd keyspace's changes as this node's replica applied them, for etcd watchers.
+    pub etcd_feed: Arc<crate::etcd::feed::EtcdFeed>,
 }
 
 impl NodeHandle {
@@ -136,6 +158,7 @@ struct ServerEffects {
     encode_buf: BytesMut,
     /// Slot moves' steps for other nodes.
     forwarder: Option<crate::forward::Forwarder>,
+    etcd_feed: Arc<crate::etcd::feed::EtcdFeed>,
 }
 
 impl Effects for ServerEffects {
@@ -163,7 +186,9 @@ impl Effects for ServerEffects {
 
     fn role(&mut self, group: GroupId, role: Role, leader: Option<NodeId>, term: u64) {
         tracing::info!(group, ?role, ?leader, term, "role changed");
-        self.view.lock().expect("view lock").leaders.insert(group, leader);
+        let mut view = self.view.lock().expect("view lock");
+        view.leaders.insert(group, leader);
+        view.terms.insert(group, term);
     }
 
     fn forward(&mut self, to: NodeId, id: RequestId, group: GroupId, command: baton_core::Command) {
@@ -212,8 +237,8 @@ fn encode(buf: &mut BytesMut, msg: &raft::eraftpb::Message) -> Bytes {
 
 /// How forwarded steps are sent (to the peer addresses in the view): the bound on a message.
 pub struct Peers {
-    /// Largest message to or from a peer.
-    pub max_bytes: usize,
+    /// Clients of the peers' ports, for steps forwarded to them.
+    pub channels: crate::forward::PeerChannels,
 }
 
 /// How the node thread reaches the other nodes: the transport's outboxes for Raft messages, and
@@ -255,7 +280,7 @@ fn spawn_with_clock<S: LogStore + Send + 'static>(
     let (tx, rx) = mpsc::channel();
     let id = node.id();
     let Net { outboxes, peers } = net;
-    let forwarder = peers.map(|p| crate::forward::Forwarder::new(id, view.clone(), p.max_bytes, tx.clone()));
+    let forwarder = peers.map(|p| crate::forward::Forwarder::new(id, p.channels, tx.clone()));
     let events = EventLogs::new(
         node.groups().into_iter().map(|g| (g, node.state_machine(g).map_or(0, |sm| sm.event_seq()) + 1)),
     );
@@ -266,6 +291,7 @@ fn spawn_with_clock<S: LogStore + Send + 'static>(
         }
         v.leaders = node.groups().into_iter().map(|g| (g, None)).collect();
     }
+    let etcd_feed = Arc::new(crate::etcd::feed::EtcdFeed::default());
     let mut rt = Runtime {
         driver: Driver::new(node, Requests::default()),
         store,
@@ -281,6 +307,7 @@ fn spawn_with_clock<S: LogStore + Send + 'static>(
             per_peer: BTreeMap::new(),
             encode_buf: BytesMut::new(),
             forwarder,
+            etcd_feed: etcd_feed.clone(),
         },
     };
     let (done_tx, done_rx) = watch::channel(None);
@@ -294,7 +321,7 @@ fn spawn_with_clock<S: LogStore + Send + 'static>(
         rt.fx.answer_to.clear();
         let _ = done_tx.send(Some(result));
     })?;
-    Ok((NodeHandle { tx, id, view, events }, join, done_rx))
+    Ok((NodeHandle { tx, id, view, events, etcd_feed }, join, done_rx))
 }
 
 impl<S: LogStore> Runtime<S> {
@@ -335,6 +362,10 @@ impl<S: LogStore> Runtime<S> {
                 RoundError::Node(e) => ServerError::Node(e),
                 RoundError::Disk(e) => ServerError::Disk(e.to_string()),
             })?;
+            match self.driver.node().state_machine(ETCD_GROUP).and_then(|sm| sm.etcd()) {
+                Some(etcd) => self.fx.etcd_feed.publish(etcd),
+                None => self.fx.etcd_feed.withdraw(),
+            }
             if std::mem::take(&mut self.fx.topology_changed) {
                 if let Some(t) = self.driver.node().topology() {
                     self.fx.view.lock().expect("view lock").topology = Arc::new(t.clone());
@@ -360,6 +391,10 @@ impl<S: LogStore> Runtime<S> {
                 let _ = tx.send(self.driver.node().status());
             }
             Input::Forwarded { id, result } => self.driver.node_mut().forwarded(id, result),
+            Input::EtcdHistory { from, max, tx } => {
+                let store = self.driver.node().state_machine(ETCD_GROUP).and_then(|sm| sm.etcd());
+                let _ = tx.send(crate::etcd::feed::History::of(store, from, max));
+            }
             Input::Stop => return false,
         }
         true

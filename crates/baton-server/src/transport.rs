@@ -65,6 +65,7 @@ pub fn local_handshake(
     client_addr: String,
     data_groups: u64,
     etcd_group: bool,
+    etcd_addr: String,
 ) -> Handshake {
     Handshake {
         data_groups,
@@ -75,6 +76,7 @@ pub fn local_handshake(
         tick_ms: config.tick.as_millis() as u64,
         election_ticks: config.election_ticks as u64,
         lease_reads: config.lease_reads,
+        etcd_addr,
     }
 }
 
@@ -259,9 +261,7 @@ async fn send_stream(
         tracing::error!(peer = to, %peer_addr, "refusing peer: {e}");
         return Ended::Refused;
     }
-    if !theirs.client_addr.is_empty() {
-        view.lock().expect("view lock").client_addrs.insert(to, theirs.client_addr);
-    }
+    view.lock().expect("view lock").learn(to, &theirs);
     let budget = max_message_bytes.saturating_sub(FRAME_OVERHEAD);
     loop {
         let messages = tokio::select! {
@@ -375,9 +375,7 @@ impl Peer for PeerService {
             return Err(Status::failed_precondition(format!("node {} refuses: {e}", self.local.node_id)));
         }
         let from = theirs.node_id;
-        if !theirs.client_addr.is_empty() {
-            self.node.view.lock().expect("view lock").client_addrs.insert(from, theirs.client_addr);
-        }
+        self.node.view.lock().expect("view lock").learn(from, &theirs);
         let (tx, rx) = mpsc::channel(1);
         let _ = tx.try_send(Ok(PeerReply { handshake: Some(local) }));
         let node = self.node.clone();
@@ -460,6 +458,7 @@ mod tests {
             lease_reads: true,
             data_groups: 4,
             etcd_group: true,
+            etcd_addr: String::new(),
         }
     }
 

@@ -108,6 +108,7 @@ impl Lonely {
             lease_reads: false,
             data_groups: 1,
             etcd_group: true,
+            etcd_addr: String::new(),
         }
     }
 

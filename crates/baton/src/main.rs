@@ -89,6 +89,9 @@ struct HoldArgs {
     command: Vec<String>,
 }
 
+/// Where `baton dev` serves etcd's API by default (etcd's own default client address).
+const DEV_ETCD_ADDR: &str = "127.0.0.1:2379";
+
 /// Data groups per node of a new cluster when `--groups` is not given.
 const DEFAULT_GROUPS_PER_NODE: u64 = 4;
 
@@ -109,6 +112,13 @@ enum Cmd {
         /// Data groups (Raft groups the names are sharded over) of a new data folder, 1..=1024.
         #[arg(long, default_value_t = DEFAULT_GROUPS_PER_NODE, value_parser = clap::value_parser!(u64).range(1..=1024))]
         groups: u64,
+        /// Serve etcd's v3 API here (docs/ETCD.md). Default: 127.0.0.1:2379 if that port is
+        /// free, else none (a note says so).
+        #[arg(long, conflicts_with = "no_etcd")]
+        etcd_addr: Option<String>,
+        /// Serve no etcd API.
+        #[arg(long)]
+        no_etcd: bool,
     },
     /// Run one node of a cluster.
     Server {
@@ -152,6 +162,10 @@ enum Cmd {
         /// on this many of them (placed evenly, and placed again as nodes join and leave).
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=64))]
         replicas: u64,
+        /// Serve etcd's v3 API on this address (docs/ETCD.md; off unless given). Give it to every
+        /// node: etcd's clients learn the others' addresses from MemberList.
+        #[arg(long)]
+        etcd_addr: Option<String>,
     },
     /// Hold a lock while running a command: `baton lock NAME -- CMD [ARGS...]`.
     Lock {
@@ -471,7 +485,7 @@ fn endpoints(list: &str) -> Vec<String> {
 
 async fn run(cmd: Cmd) -> ExitCode {
     match cmd {
-        Cmd::Dev { data, client_addr, lease_reads, groups } => {
+        Cmd::Dev { data, client_addr, lease_reads, groups, etcd_addr, no_etcd } => {
             let peer = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
                 Ok(l) => l,
                 Err(e) => return fail(1, format!("cannot bind a peer port: {e}")),
@@ -480,6 +494,21 @@ async fn run(cmd: Cmd) -> ExitCode {
             let mut config = ServerConfig::new(1, data.clone(), BTreeMap::from([(1, peer_addr)]));
             config.lease_reads = lease_reads;
             config.groups = groups;
+            config.etcd_addr = match etcd_addr {
+                Some(a) => Some(a),
+                None if no_etcd => None,
+                // The default only if it is free: another etcd may be running on this machine.
+                None => match std::net::TcpListener::bind(DEV_ETCD_ADDR) {
+                    Ok(probe) => {
+                        drop(probe);
+                        Some(DEV_ETCD_ADDR.to_string())
+                    }
+                    Err(e) => {
+                        out!("baton dev: not serving the etcd API: {DEV_ETCD_ADDR} is taken ({e}); give --etcd-addr");
+                        None
+                    }
+                },
+            };
             let client = match tokio::net::TcpListener::bind(&client_addr).await {
                 Ok(l) => l,
                 Err(e) => return fail(1, format!("cannot listen for clients on {client_addr}: {e}")),
@@ -487,6 +516,9 @@ async fn run(cmd: Cmd) -> ExitCode {
             match Server::start_with_listeners(config, client, peer).await {
                 Ok(server) => {
                     out!("baton dev: serving clients on {} (data in {})", server.client_addr, data.display());
+                    if let Some(a) = server.etcd_addr {
+                        out!("baton dev: serving etcd's v3 API on {a} (etcdctl --endpoints {a} ...)");
+                    }
                     serve_until_signal(server).await
                 }
                 Err(e) => fail(1, format!("cannot start: {e}")),
@@ -504,6 +536,7 @@ async fn run(cmd: Cmd) -> ExitCode {
             max_peer_message_mib,
             groups,
             replicas,
+            etcd_addr,
         } => {
             let peers = match &peers {
                 Some(p) => match parse_peers(p) {
@@ -520,6 +553,7 @@ async fn run(cmd: Cmd) -> ExitCode {
             config.tick = Duration::from_millis(tick_ms.max(1));
             config.lease_reads = lease_reads;
             config.max_peer_message_bytes = max_peer_message_mib.max(1).saturating_mul(1 << 20);
+            config.etcd_addr = etcd_addr;
             match Server::start(config, &client_addr, &peer_addr).await {
                 Ok(server) => {
                     out!(
@@ -528,6 +562,9 @@ async fn run(cmd: Cmd) -> ExitCode {
                         server.peer_addr,
                         data.display()
                     );
+                    if let Some(a) = server.etcd_addr {
+                        out!("baton server {id}: serving etcd's v3 API on {a}");
+                    }
                     serve_until_signal(server).await
                 }
                 Err(e) => fail(1, format!("cannot start: {e}")),

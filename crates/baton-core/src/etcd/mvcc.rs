@@ -111,6 +111,16 @@ pub struct Mvcc {
     /// The revision of the last compaction (-1: none, as in etcd, so that `Compact(0)` is
     /// accepted on a new store).
     compacted: Revision,
+    /// What the kept history weighs ([`change_bytes`] summed over every change): what etcd
+    /// reports as its database size and what the quota bounds.
+    bytes: u64,
+}
+
+/// What one kept change of `key` weighs: its key and value, and a fixed allowance for its
+/// revision, version, lease and the two index entries that point at it.
+fn change_bytes(key: &[u8], change: &Change) -> u64 {
+    const PER_CHANGE: u64 = 64;
+    PER_CHANGE + key.len() as u64 + change.after.as_ref().map_or(0, |l| l.value.len() as u64)
 }
 
 impl Mvcc {
@@ -127,6 +137,17 @@ impl Mvcc {
     /// The revision of the last write.
     pub fn revision(&self) -> Revision {
         self.revision
+    }
+
+    /// What the kept history weighs, in bytes (see [`change_bytes`]).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// [`Mvcc::bytes`] counted again from scratch (tests compare the two).
+    #[cfg(test)]
+    pub(crate) fn bytes_recounted(&self) -> u64 {
+        self.keys.iter().flat_map(|(k, changes)| changes.iter().map(move |c| change_bytes(k, c))).sum()
     }
 
     /// The revision of the last compaction (-1: none).
@@ -188,6 +209,7 @@ impl Mvcc {
             None => (main, 1),
         };
         let change = Change { main, sub, after: Some(Live { create_revision, version, value, lease }) };
+        self.bytes += change_bytes(key, &change);
         self.keys.entry(key.to_vec()).or_default().push(change);
         self.by_revision.insert((main, sub), key.to_vec());
         prev
@@ -196,7 +218,9 @@ impl Mvcc {
     /// Deletes `key` at `(main, sub)` if it lives; returns it as it was.
     pub fn delete(&mut self, key: &[u8], main: Revision, sub: i64) -> Option<KeyValue> {
         let prev = self.get_at(key, main)?;
-        self.keys.entry(key.to_vec()).or_default().push(Change { main, sub, after: None });
+        let change = Change { main, sub, after: None };
+        self.bytes += change_bytes(key, &change);
+        self.keys.entry(key.to_vec()).or_default().push(change);
         self.by_revision.insert((main, sub), key.to_vec());
         Some(prev)
     }
@@ -226,7 +250,9 @@ impl Mvcc {
         for (rev, key) in stamped.into_iter().rev() {
             self.by_revision.remove(&rev);
             if let Some(changes) = self.keys.get_mut(&key) {
-                changes.pop_if(|c| (c.main, c.sub) == rev);
+                if let Some(c) = changes.pop_if(|c| (c.main, c.sub) == rev) {
+                    self.bytes -= change_bytes(&key, &c);
+                }
                 if changes.is_empty() {
                     self.keys.remove(&key);
                 }
@@ -262,6 +288,7 @@ impl Mvcc {
             }
             for c in changes.drain(..drop) {
                 self.by_revision.remove(&(c.main, c.sub));
+                self.bytes -= change_bytes(&key, &c);
             }
             if changes.is_empty() {
                 self.keys.remove(&key);

@@ -569,6 +569,7 @@ proptest! {
                 prop_assert_eq!(lease.keys.iter().cloned().collect::<Vec<_>>(), attached);
             }
             prop_assert!(live.iter().all(|kv| kv.lease == 0 || s.leases().get(kv.lease).is_some()));
+            prop_assert_eq!(s.mvcc().bytes(), s.mvcc().bytes_recounted(), "the kept history's weight drifted");
         }
     }
 }

@@ -16,7 +16,7 @@ impl Group {
         // Renewals are not refused for overload: refusing them turns overload into mass session
         // expiry, which frees nothing and hands every lock on (issue 9, defect 8). They have
         // four times the room (one per client stream is in flight), so a flood is still bounded.
-        let renewal = matches!(query, Query::KeepAlive(_));
+        let renewal = matches!(query, Query::KeepAlive(_) | Query::EtcdLease { renew: true, .. });
         let room = if renewal { config.max_pending.saturating_mul(4) } else { config.max_pending };
         if waiting >= room {
             return Err(NodeError::Busy(waiting));
@@ -58,7 +58,12 @@ impl Group {
         for (_, r) in ready {
             let name = match &r.query {
                 Query::Lock(n) | Query::Counter(n) | Query::Register(n) => Some(n),
-                Query::Session(_) | Query::KeepAlive(_) | Query::EtcdRange(_) => None,
+                Query::Session(_) | Query::KeepAlive(_) => None,
+                Query::EtcdRange(_) | Query::EtcdLease { .. } | Query::EtcdLeases => {
+                    let result = self.serve_etcd(&r.query, now);
+                    out.push(Output::Reply { id: r.id, result });
+                    continue;
+                }
             };
             if let Some(Err(e)) = name.map(|n| self.sm.check_owned(n)) {
                 // The name's slot moved away before the read was served: refused, like a write.
@@ -66,20 +71,7 @@ impl Group {
                 continue;
             }
             let reply = match &r.query {
-                Query::EtcdRange(req) => {
-                    let result = match self.sm.etcd() {
-                        Some(etcd) => etcd
-                            .range(req)
-                            .map(|response| Reply::EtcdRange { revision: etcd.revision(), response })
-                            .map_err(|e| NodeError::Rejected(e.into())),
-                        None => Err(NodeError::Rejected(baton_core::Error::InvalidArgument(format!(
-                            "group {} does not hold the etcd keyspace",
-                            self.id
-                        )))),
-                    };
-                    out.push(Output::Reply { id: r.id, result });
-                    continue;
-                }
+                Query::EtcdRange(_) | Query::EtcdLease { .. } | Query::EtcdLeases => unreachable!("served above"),
                 Query::Lock(name) => match self.sm.lock(name) {
                     Some(l) => Reply::Lock {
                         kind: l.kind,
@@ -117,6 +109,44 @@ impl Group {
                 }
             };
             out.push(Output::Reply { id: r.id, result: Ok(reply) });
+        }
+    }
+
+    /// An etcd read or lease call, served from the keyspace this group holds.
+    fn serve_etcd(&mut self, query: &Query, now: u64) -> Result<Reply, NodeError> {
+        let Some(etcd) = self.sm.etcd() else {
+            return Err(NodeError::Rejected(baton_core::Error::InvalidArgument(format!(
+                "group {} does not hold the etcd keyspace",
+                self.id
+            ))));
+        };
+        let revision = etcd.revision();
+        match query {
+            Query::EtcdRange(req) => etcd
+                .range(req)
+                .map(|response| Reply::EtcdRange { revision, response })
+                .map_err(|e| NodeError::Rejected(e.into())),
+            Query::EtcdLeases => {
+                Ok(Reply::EtcdLeases { revision, ids: etcd.leases().iter().map(|(id, _)| id).collect() })
+            }
+            Query::EtcdLease { id, renew, keys } => {
+                let lease = etcd.leases().get(*id).filter(|l| !self.expiring.contains(&l.session)).map(|l| {
+                    let ttl_ms = self.sm.session(l.session).map_or(l.ttl_s as u64 * 1000, |s| s.ttl_ms);
+                    if *renew {
+                        // Confirmed leader (served after a ReadIndex round or within the lease):
+                        // the lease runs a full TTL from now, as a session keepalive does.
+                        self.leases.set(l.session, now + ttl_ms);
+                    }
+                    let deadline = self.leases.deadline(l.session).unwrap_or(now + ttl_ms);
+                    crate::EtcdLeaseInfo {
+                        granted_s: l.ttl_s,
+                        remaining_s: (deadline.saturating_sub(now) / 1000) as i64,
+                        keys: if *keys { l.keys.iter().cloned().collect() } else { Vec::new() },
+                    }
+                });
+                Ok(Reply::EtcdLease { revision, lease })
+            }
+            _ => unreachable!("not an etcd query"),
         }
     }
 }

@@ -1,0 +1,196 @@
+//! The etcd keyspace's changes as this node's replica applied them, for watchers.
+//!
+//! After every round the node thread publishes what its replica of the keyspace's group applied
+//! since the last round ([`EtcdFeed::publish`]): whole revisions, in revision order, into a
+//! bounded ring, and wakes the watchers. A watcher reads the ring from the revision it needs
+//! next; one that needs a revision the ring no longer holds (it fell behind, or it asked for an
+//! old start revision) reads it from the replica's own history through the node thread
+//! ([`Input::EtcdHistory`](crate::runtime::Input)), which answers "compacted" if it is gone.
+//! Either way a watcher sees each revision's changes once, in order, with no gap: revisions are
+//! the replica's log order, the same on every replica, so a watcher that reconnects to another
+//! node resumes where it stopped.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use baton_core::etcd::{EtcdStore, KeyEvent, Revision};
+use tokio::sync::watch;
+
+/// Most changes the ring keeps.
+pub const RING_EVENTS: usize = 100_000;
+/// Most bytes of keys and values the ring keeps.
+pub const RING_BYTES: usize = 64 << 20;
+/// Most changes published in one round (the rest follow in the next rounds): a snapshot that
+/// brings a replica far forward must not stall the node thread.
+const PUBLISH_PER_ROUND: usize = 10_000;
+
+/// One change of the keyspace at its revision.
+pub type Change = (Revision, Arc<KeyEvent>);
+
+/// What a watcher reads from the feed.
+pub enum Read {
+    /// Every change from the revision asked for up to `through` (whole revisions; possibly none).
+    Changes { changes: Vec<Change>, through: Revision },
+    /// The ring no longer holds (or never held) that revision: read it from the replica.
+    Behind,
+}
+
+#[derive(Default)]
+struct Ring {
+    /// This node holds a replica of the keyspace's group and has published it.
+    present: bool,
+    /// Changes of revisions `first..=published`, in revision order.
+    changes: VecDeque<Change>,
+    bytes: usize,
+    /// The oldest revision whose changes are all in the ring.
+    first: Revision,
+    /// The replica's revision as last published.
+    published: Revision,
+}
+
+/// The feed: a ring of recent changes and a signal carrying the last published revision.
+pub struct EtcdFeed {
+    ring: Mutex<Ring>,
+    revision: watch::Sender<Revision>,
+}
+
+impl Default for EtcdFeed {
+    fn default() -> Self {
+        EtcdFeed { ring: Mutex::default(), revision: watch::Sender::new(0) }
+    }
+}
+
+fn weight(e: &KeyEvent) -> usize {
+    e.kv.key.len() + e.kv.value.len() + e.prev.as_ref().map_or(0, |p| p.value.len()) + 64
+}
+
+impl EtcdFeed {
+    /// Publishes what `store` (this node's replica) applied since the last call.
+    pub fn publish(&self, store: &EtcdStore) {
+        let rev = store.revision();
+        let mut ring = self.ring.lock().expect("feed lock");
+        if ring.present && rev == ring.published {
+            return;
+        }
+        let from = ring.published + 1;
+        if !ring.present || rev < ring.published || store.mvcc().compacted() > from {
+            // First publication (history before it is read from the replica), or the replica
+            // was replaced by a snapshot whose history does not reach back to what was
+            // published: start over from here.
+            *ring = Ring { present: true, first: rev + 1, published: rev, ..Ring::default() };
+            drop(ring);
+            self.revision.send_replace(rev);
+            return;
+        }
+        let (changes, through) = whole_revisions(store, from, PUBLISH_PER_ROUND);
+        for (r, e) in changes {
+            ring.bytes += weight(&e);
+            ring.changes.push_back((r, Arc::new(e)));
+        }
+        ring.published = through;
+        // Trim whole revisions from the front to the bounds.
+        while ring.changes.len() > RING_EVENTS || ring.bytes > RING_BYTES {
+            let Some(oldest) = ring.changes.front().map(|(r, _)| *r) else { break };
+            while ring.changes.front().is_some_and(|(r, _)| *r == oldest) {
+                let (_, e) = ring.changes.pop_front().expect("front exists");
+                ring.bytes -= weight(&e);
+            }
+            ring.first = oldest + 1;
+        }
+        drop(ring);
+        self.revision.send_replace(through);
+    }
+
+    /// This node no longer holds a replica of the keyspace's group (placement moved it away):
+    /// watchers are woken to end their watches.
+    pub fn withdraw(&self) {
+        let mut ring = self.ring.lock().expect("feed lock");
+        if !ring.present {
+            return;
+        }
+        *ring = Ring::default();
+        drop(ring);
+        self.revision.send_modify(|_| {});
+    }
+
+    /// The changes from revision `from` on that the ring holds, at most about `max` (whole
+    /// revisions).
+    pub fn read(&self, from: Revision, max: usize) -> Read {
+        let ring = self.ring.lock().expect("feed lock");
+        if !ring.present || from < ring.first {
+            return Read::Behind;
+        }
+        let start = ring.changes.partition_point(|(r, _)| *r < from);
+        let mut out: Vec<Change> = Vec::new();
+        let mut through = ring.published;
+        for (r, e) in ring.changes.range(start..) {
+            if out.len() >= max && out.last().is_some_and(|(last, _)| last != r) {
+                through = out.last().map_or(through, |(last, _)| *last);
+                break;
+            }
+            out.push((*r, e.clone()));
+        }
+        Read::Changes { changes: out, through: through.max(from - 1) }
+    }
+
+    /// The replica's revision as last published (0 before the first publication).
+    pub fn revision(&self) -> Revision {
+        *self.revision.borrow()
+    }
+
+    /// Whether this node holds a replica of the keyspace's group (known after the first round).
+    pub fn present(&self) -> bool {
+        self.ring.lock().expect("feed lock").present
+    }
+
+    /// A receiver woken at every publication.
+    pub fn subscribe(&self) -> watch::Receiver<Revision> {
+        self.revision.subscribe()
+    }
+}
+
+/// The changes of `store` from revision `from` on, at most about `max` but whole revisions (a
+/// single revision with more changes comes whole), and the revision they reach through.
+pub fn whole_revisions(store: &EtcdStore, from: Revision, max: usize) -> (Vec<(Revision, KeyEvent)>, Revision) {
+    let mvcc = store.mvcc();
+    let mut changes = mvcc.changes_since(from, max + 1);
+    if changes.len() <= max {
+        return (changes, store.revision());
+    }
+    let cut = changes[max].0;
+    changes.retain(|(r, _)| *r < cut);
+    if changes.is_empty() {
+        // One revision (a large delete) with more than `max` changes: it comes whole.
+        let mut all = mvcc.changes_since(from, usize::MAX);
+        let only = all.first().map_or(from, |(r, _)| *r);
+        all.retain(|(r, _)| *r == only);
+        return (all, only);
+    }
+    let through = cut - 1;
+    (changes, through)
+}
+
+/// The replica's history from a revision (see [`Input::EtcdHistory`](crate::runtime::Input)).
+#[derive(Debug)]
+pub enum History {
+    /// Changes from the revision asked for through `through` (whole revisions).
+    Changes { changes: Vec<(Revision, KeyEvent)>, through: Revision },
+    /// The revision asked for was compacted away; the replica's compaction revision.
+    Compacted(Revision),
+    /// This node holds no replica of the keyspace's group.
+    NoReplica,
+}
+
+impl History {
+    /// What `store` (this node's replica, if it holds one) has from revision `from` on.
+    pub fn of(store: Option<&EtcdStore>, from: Revision, max: usize) -> History {
+        match store {
+            None => History::NoReplica,
+            Some(s) if from < s.mvcc().compacted() => History::Compacted(s.mvcc().compacted()),
+            Some(s) => {
+                let (changes, through) = whole_revisions(s, from, max);
+                History::Changes { changes, through }
+            }
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! etcd's Cluster and Maintenance services: the members as Baton's topology has them, and each
+//! node's own status of the keyspace's group. Membership changes go through `baton cluster`
+//! (they move Raft groups, not one log), so MemberAdd and MemberRemove say so.
+
+use baton_core::topology::ETCD_GROUP;
+use baton_node::GroupStatus;
+use baton_proto::etcd::etcdserverpb as pb;
+use baton_proto::etcd::etcdserverpb::cluster_server::Cluster;
+use baton_proto::etcd::etcdserverpb::maintenance_server::Maintenance;
+use tokio::sync::oneshot;
+use tonic::{Request, Response, Status};
+
+use super::{cluster_id, Backend, ETCD_API_VERSION};
+use crate::runtime::Input;
+
+/// The `etcdserverpb.Cluster` service.
+#[derive(Clone)]
+pub struct ClusterService {
+    pub(crate) backend: Backend,
+}
+
+/// The `etcdserverpb.Maintenance` service.
+#[derive(Clone)]
+pub struct MaintenanceService {
+    pub(crate) backend: Backend,
+}
+
+fn url(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+impl Backend {
+    /// The members as etcd lists them: every node of the topology, its peer URL, and its etcd
+    /// API URL if it serves one.
+    fn members(&self) -> Vec<pb::Member> {
+        let view = self.node.view.lock().expect("view lock");
+        let ids: Vec<u64> = if view.topology.nodes.is_empty() {
+            view.peer_addrs.keys().copied().collect()
+        } else {
+            view.topology.nodes.keys().copied().collect()
+        };
+        ids.into_iter()
+            .map(|id| pb::Member {
+                id,
+                name: format!("baton-{id}"),
+                peer_ur_ls: view.peer_addrs.get(&id).map(|a| url(a)).into_iter().collect(),
+                client_ur_ls: view.etcd_addrs.get(&id).map(|a| url(a)).into_iter().collect(),
+                is_learner: false,
+            })
+            .collect()
+    }
+
+    /// This node's status of the keyspace's group (`None`: it holds no replica of it).
+    async fn etcd_group_status(&self) -> Result<Option<GroupStatus>, Status> {
+        let (tx, rx) = oneshot::channel();
+        if !self.node.send(Input::Status { tx }) {
+            return Err(crate::status::stopped());
+        }
+        let groups = rx.await.map_err(|_| crate::status::stopped())?;
+        Ok(groups.into_iter().find(|g| g.id == ETCD_GROUP))
+    }
+}
+
+fn membership_elsewhere(what: &str) -> Status {
+    Status::unimplemented(format!(
+        "{what} is not served on Baton's etcd API: members are added and removed with `baton cluster \
+         add-node` / `remove-node` (they carry many Raft groups, not one)"
+    ))
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn member_add(&self, _: Request<pb::MemberAddRequest>) -> Result<Response<pb::MemberAddResponse>, Status> {
+        Err(membership_elsewhere("MemberAdd"))
+    }
+
+    async fn member_remove(
+        &self,
+        _: Request<pb::MemberRemoveRequest>,
+    ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        Err(membership_elsewhere("MemberRemove"))
+    }
+
+    async fn member_list(
+        &self,
+        _request: Request<pb::MemberListRequest>,
+    ) -> Result<Response<pb::MemberListResponse>, Status> {
+        // etcd's member list header carries no revision.
+        let header = self.backend.header(0);
+        Ok(Response::new(pb::MemberListResponse { header, members: self.backend.members() }))
+    }
+}
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn alarm(&self, request: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
+        let req = request.into_inner();
+        match pb::alarm_request::AlarmAction::try_from(req.action) {
+            // No alarm is ever raised yet (the keyspace's quota comes with its NOSPACE alarm).
+            Ok(pb::alarm_request::AlarmAction::Get) => {
+                Ok(Response::new(pb::AlarmResponse { header: self.backend.header(0), alarms: Vec::new() }))
+            }
+            Ok(pb::alarm_request::AlarmAction::Deactivate) => {
+                Ok(Response::new(pb::AlarmResponse { header: self.backend.header(0), alarms: Vec::new() }))
+            }
+            Ok(pb::alarm_request::AlarmAction::Activate) => {
+                Err(Status::unimplemented("raising an alarm by hand is not served on Baton's etcd API"))
+            }
+            Err(_) => Err(Status::invalid_argument(format!("unknown alarm action {}", req.action))),
+        }
+    }
+
+    async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        let status = self.backend.etcd_group_status().await?;
+        let mut errors = Vec::new();
+        let s = status.unwrap_or_else(|| {
+            errors.push("this node holds no replica of the etcd keyspace's group".to_string());
+            GroupStatus {
+                id: ETCD_GROUP,
+                leader: None,
+                term: 0,
+                commit: 0,
+                applied: 0,
+                role: baton_node::Role::Follower,
+                sessions: 0,
+                locks: 0,
+                last_token: 0,
+                slots: Vec::new(),
+                replicas: Vec::new(),
+                snapshot_bytes_in_memory: 0,
+                asleep: false,
+                etcd_bytes: 0,
+                etcd_revision: 0,
+            }
+        });
+        if s.leader.is_none() && errors.is_empty() {
+            errors.push("etcdserver: no leader".to_string());
+        }
+        let view = self.backend.node.view.lock().expect("view lock");
+        Ok(Response::new(pb::StatusResponse {
+            header: Some(pb::ResponseHeader {
+                cluster_id: cluster_id(&view.topology.founders),
+                member_id: self.backend.node.id,
+                revision: s.etcd_revision,
+                raft_term: s.term,
+            }),
+            version: ETCD_API_VERSION.to_string(),
+            db_size: s.etcd_bytes as i64,
+            leader: s.leader.unwrap_or(0),
+            raft_index: s.commit,
+            raft_term: s.term,
+            raft_applied_index: s.applied,
+            errors,
+            db_size_in_use: s.etcd_bytes as i64,
+            is_learner: false,
+        }))
+    }
+
+    async fn defragment(&self, _: Request<pb::DefragmentRequest>) -> Result<Response<pb::DefragmentResponse>, Status> {
+        Err(Status::unimplemented(
+            "Defragment is not served on Baton's etcd API: the keyspace lives in memory and in the Raft log, \
+             which compaction and snapshots already shrink (there is no bolt database to defragment)",
+        ))
+    }
+}

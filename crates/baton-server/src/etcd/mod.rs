@@ -1,0 +1,303 @@
+//! etcd's v3 API on its own port (`--etcd-addr`): KV, Watch, Lease, Cluster and Maintenance
+//! over the etcd keyspace's Raft group ([`baton_core::topology::ETCD_GROUP`]).
+//!
+//! # Design
+//! Any node answers: like an etcd member, a node that does not lead the keyspace's group hands
+//! the call to the node that does, over the peer port ([`crate::forward`]), and relays its
+//! answer; the client never sees a redirect (etcd's clients do not follow one). Writes are
+//! proposals, reads are linearizable (a ReadIndex round on the leader), lease keepalives renew
+//! the lease's session on the leader without a log entry. Watches are served from this node's
+//! own replica, as an etcd member serves them from its own store ([`watch`]).
+//!
+//! Every call has one shape: [`EtcdCall`] in, [`EtcdAnswer`] out, the same whether it runs
+//! here or is forwarded, so forwarding cannot drift from local serving.
+
+pub mod convert;
+pub mod feed;
+mod kv;
+mod lease;
+mod maintenance;
+pub mod watch;
+
+use std::time::Duration;
+
+use baton_core::etcd::{EtcdCommand, EtcdError, EtcdOutcome, RangeRequest, RangeResponse};
+use baton_core::topology::ETCD_GROUP;
+use baton_node::{Answer, EtcdLeaseInfo, NodeError, NodeId, Query, Reply, Request};
+use baton_proto::etcd::etcdserverpb as pb;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+use tonic::{Code, Status};
+
+use crate::forward::PeerChannels;
+use crate::runtime::{Input, NodeHandle};
+
+pub use kv::KvService;
+pub use lease::LeaseService;
+pub use maintenance::{ClusterService, MaintenanceService};
+pub use watch::WatchService;
+
+/// Largest request etcd accepts (its `--max-request-bytes` default): a larger one is refused
+/// with "etcdserver: request is too large".
+pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
+/// What gRPC itself accepts on the etcd port (etcd adds 512 KiB of overhead to the above).
+pub const MAX_GRPC_MESSAGE_BYTES: usize = MAX_REQUEST_BYTES + 512 * 1024;
+/// The etcd API version Baton's answers follow (what `Status` reports).
+pub const ETCD_API_VERSION: &str = "3.5.0";
+/// Forwarding hops an etcd call may take while the leader it is sent to moves on.
+const MAX_HOPS: usize = 3;
+/// How long a forwarded call may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An etcd call for the keyspace's group, as it is run here or sent to its leader.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum EtcdCall {
+    /// A write: proposed, answered once applied.
+    Write(EtcdCommand),
+    /// A linearizable range.
+    Range(RangeRequest),
+    /// A lease: renewed first if `renew`, with its keys if `keys`.
+    Lease { id: i64, renew: bool, keys: bool },
+    /// Every lease's id.
+    Leases,
+}
+
+/// What an [`EtcdCall`] returned.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum EtcdAnswer {
+    Written(EtcdOutcome),
+    Range { revision: i64, response: RangeResponse },
+    Lease { revision: i64, lease: Option<EtcdLeaseInfo> },
+    Leases { revision: i64, ids: Vec<i64> },
+}
+
+/// A failed call as it travels back from the node that ran it: a gRPC code and message.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EtcdFailure {
+    pub code: i32,
+    pub message: String,
+}
+
+impl From<EtcdFailure> for Status {
+    fn from(f: EtcdFailure) -> Status {
+        Status::new(Code::from_i32(f.code), f.message)
+    }
+}
+
+impl From<Status> for EtcdFailure {
+    fn from(s: Status) -> EtcdFailure {
+        EtcdFailure { code: s.code() as i32, message: s.message().to_string() }
+    }
+}
+
+/// The status etcd's clients expect for a node error. etcd's own refusals keep etcd's code and
+/// message; a leader that is not known yet is etcd's "no leader"; everything else says what
+/// happened and may be retried.
+pub fn etcd_status(err: NodeError) -> Status {
+    match err {
+        NodeError::Rejected(baton_core::Error::Etcd(e)) => etcd_error_status(&e),
+        NodeError::Rejected(e @ baton_core::Error::LimitExceeded(_)) => Status::resource_exhausted(e.to_string()),
+        NodeError::Rejected(e) => Status::invalid_argument(e.to_string()),
+        NodeError::NotLeader { leader: None, .. } => Status::unavailable("etcdserver: no leader"),
+        NodeError::NotLeader { leader: Some(l), .. } => {
+            Status::unavailable(format!("etcdserver: leader changed (now node {l}); retry"))
+        }
+        NodeError::Busy(n) => Status::resource_exhausted(format!("etcdserver: too many requests ({n} waiting)")),
+        NodeError::NoGroup(g) => Status::unavailable(format!("this node holds no replica of group {g}")),
+        other => Status::unavailable(other.to_string()),
+    }
+}
+
+/// The status etcd sends one of its refusals with.
+pub fn etcd_error_status(e: &EtcdError) -> Status {
+    use baton_core::etcd::Code as C;
+    let code = match e.code() {
+        C::InvalidArgument => Code::InvalidArgument,
+        C::NotFound => Code::NotFound,
+        C::FailedPrecondition => Code::FailedPrecondition,
+        C::OutOfRange => Code::OutOfRange,
+        C::ResourceExhausted => Code::ResourceExhausted,
+    };
+    Status::new(code, e.to_string())
+}
+
+/// The etcd services' way to the keyspace's group: here if this node leads it, else through
+/// its leader.
+#[derive(Clone)]
+pub struct Backend {
+    pub(crate) node: NodeHandle,
+    pub(crate) peers: PeerChannels,
+}
+
+impl Backend {
+    /// A backend over `node`, forwarding through `peers`.
+    pub fn new(node: NodeHandle, peers: PeerChannels) -> Backend {
+        Backend { node, peers }
+    }
+
+    /// Runs `call` on the keyspace group's leader and returns its answer.
+    pub async fn call(&self, call: EtcdCall) -> Result<EtcdAnswer, Status> {
+        let mut target = self.leader_hint();
+        for _ in 0..MAX_HOPS {
+            let result = match target {
+                Some(to) if to != self.node.id => self.forward(to, &call).await?,
+                _ => self.local(call.clone()).await,
+            };
+            match result {
+                Ok(answer) => return Ok(answer),
+                Err(NodeError::NotLeader { leader: Some(l), .. }) if Some(l) != target => target = Some(l),
+                Err(NodeError::NoGroup(_)) => {
+                    return Err(Status::unavailable(
+                        "this cluster has no etcd keyspace: it was created by a Baton without one",
+                    ))
+                }
+                Err(e) => return Err(etcd_status(e)),
+            }
+        }
+        Err(Status::unavailable("etcdserver: leader changed; retry"))
+    }
+
+    /// The keyspace group's leader as this node knows it.
+    fn leader_hint(&self) -> Option<NodeId> {
+        self.node.view.lock().expect("view lock").leaders.get(&ETCD_GROUP).copied().flatten()
+    }
+
+    /// Runs `call` on this node's replica (refused with NotLeader unless it leads).
+    pub async fn local(&self, call: EtcdCall) -> Result<EtcdAnswer, NodeError> {
+        let request = match call {
+            EtcdCall::Write(c) => Request::Propose(baton_core::Command::Etcd(c)),
+            EtcdCall::Range(r) => Request::Read(Query::EtcdRange(Box::new(r))),
+            EtcdCall::Lease { id, renew, keys } => Request::Read(Query::EtcdLease { id, renew, keys }),
+            EtcdCall::Leases => Request::Read(Query::EtcdLeases),
+        };
+        let (tx, rx) = oneshot::channel();
+        if !self.node.send(Input::Request { group: Some(ETCD_GROUP), request, tx }) {
+            return Err(NodeError::Unavailable("node is shutting down".into()));
+        }
+        let answer = rx.await.map_err(|_| NodeError::Unavailable("node is shutting down".into()))??;
+        match answer {
+            Answer::Applied(baton_core::Outcome::Etcd(o)) => Ok(EtcdAnswer::Written(o)),
+            Answer::Read(Reply::EtcdRange { revision, response }) => Ok(EtcdAnswer::Range { revision, response }),
+            Answer::Read(Reply::EtcdLease { revision, lease }) => Ok(EtcdAnswer::Lease { revision, lease }),
+            Answer::Read(Reply::EtcdLeases { revision, ids }) => Ok(EtcdAnswer::Leases { revision, ids }),
+            other => Err(NodeError::Unavailable(format!("unexpected answer to an etcd call: {other:?}"))),
+        }
+    }
+
+    /// Sends `call` to node `to` over the peer port. The outer error is final; the inner one
+    /// is what the other node's replica said (a redirect is followed by [`Backend::call`]).
+    async fn forward(&self, to: NodeId, call: &EtcdCall) -> Result<Result<EtcdAnswer, NodeError>, Status> {
+        let Some(mut client) = self.peers.get(to) else {
+            return Err(Status::unavailable(format!(
+                "node {to} leads the etcd keyspace; its peer address is not known"
+            )));
+        };
+        let request = baton_proto::peer::ForwardRequest {
+            from: self.node.id,
+            group: ETCD_GROUP,
+            etcd: bincode::serialize(call).expect("etcd calls serialise"),
+            ..Default::default()
+        };
+        let response = match tokio::time::timeout(FORWARD_TIMEOUT, client.forward(request)).await {
+            Ok(Ok(r)) => r.into_inner(),
+            // Whether a write that timed out or failed in flight was applied is not known.
+            Ok(Err(s)) => {
+                return Err(Status::unavailable(format!("node {to} (the keyspace's leader): {}", s.message())))
+            }
+            Err(_) => {
+                return Err(Status::unavailable(format!("node {to} (the keyspace's leader) did not answer in time")))
+            }
+        };
+        if response.not_leader {
+            let leader = (response.leader != 0).then_some(response.leader);
+            return Ok(Err(NodeError::NotLeader { group: ETCD_GROUP, leader }));
+        }
+        if !response.error.is_empty() {
+            return Err(Status::unavailable(response.error));
+        }
+        let answer: Result<EtcdAnswer, EtcdFailure> = bincode::deserialize(&response.etcd)
+            .map_err(|e| Status::internal(format!("undecodable answer from node {to}: {e}")))?;
+        answer.map(Ok).map_err(Status::from)
+    }
+
+    /// The header of an answer about the keyspace at `revision`.
+    pub fn header(&self, revision: i64) -> Option<pb::ResponseHeader> {
+        let view = self.node.view.lock().expect("view lock");
+        Some(pb::ResponseHeader {
+            cluster_id: cluster_id(&view.topology.founders),
+            member_id: self.node.id,
+            revision,
+            raft_term: view.terms.get(&ETCD_GROUP).copied().unwrap_or(0),
+        })
+    }
+}
+
+/// The cluster's id as etcd shows it: a hash of the founding members, the same on every node.
+pub fn cluster_id(founders: &[NodeId]) -> u64 {
+    // FNV-1a: stable across builds and platforms (std's hasher is not).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for f in founders {
+        for b in f.to_le_bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// The serving side of a forwarded etcd call: runs it on this node's replica.
+pub(crate) async fn serve_forwarded(
+    node: &NodeHandle,
+    bytes: &[u8],
+) -> Result<baton_proto::peer::ForwardResponse, Status> {
+    let call: EtcdCall =
+        bincode::deserialize(bytes).map_err(|e| Status::invalid_argument(format!("undecodable etcd call: {e}")))?;
+    let backend = Backend { node: node.clone(), peers: PeerChannels::none() };
+    let mut response = baton_proto::peer::ForwardResponse::default();
+    let result: Result<EtcdAnswer, EtcdFailure> = match backend.local(call).await {
+        Err(NodeError::NotLeader { leader, .. }) => {
+            response.not_leader = true;
+            response.leader = leader.unwrap_or(0);
+            return Ok(response);
+        }
+        Ok(a) => Ok(a),
+        Err(e) => Err(etcd_status(e).into()),
+    };
+    response.etcd = bincode::serialize(&result).expect("etcd answers serialise");
+    Ok(response)
+}
+
+/// The etcd API's gRPC services over `backend`, ready to serve.
+pub fn router(backend: Backend, progress_every: Duration) -> tonic::transport::server::Router {
+    use baton_proto::etcd::etcdserverpb::{
+        cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+        maintenance_server::MaintenanceServer, watch_server::WatchServer,
+    };
+    let limit = MAX_GRPC_MESSAGE_BYTES;
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(KvServer::new(KvService { backend: backend.clone() }).max_decoding_message_size(limit))
+        .add_service(
+            WatchServer::new(WatchService { backend: backend.clone(), progress_every })
+                .max_decoding_message_size(limit),
+        )
+        .add_service(LeaseServer::new(LeaseService { backend: backend.clone() }).max_decoding_message_size(limit))
+        .add_service(ClusterServer::new(ClusterService { backend: backend.clone() }))
+        .add_service(MaintenanceServer::new(MaintenanceService { backend }))
+}
+
+/// Refuses a request larger than etcd accepts.
+fn check_size(len: usize) -> Result<(), Status> {
+    if len > MAX_REQUEST_BYTES {
+        return Err(etcd_error_status(&EtcdError::RequestTooLarge));
+    }
+    Ok(())
+}
+
+/// The answer of a write, or an internal error if the keyspace answered something else.
+fn written(answer: EtcdAnswer) -> Result<EtcdOutcome, Status> {
+    match answer {
+        EtcdAnswer::Written(o) => Ok(o),
+        other => Err(Status::internal(format!("unexpected answer to an etcd write: {other:?}"))),
+    }
+}

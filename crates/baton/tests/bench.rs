@@ -5,11 +5,10 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{free_ports, wait_for_line, Proc, BATON};
+use common::{free_ports, start_etcd, wait_for_line, Proc, BATON};
 
 fn start_dev(dir: &Path) -> (Proc, String) {
     let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
@@ -91,41 +90,6 @@ fn every_workload_runs_against_baton_and_the_report_renders() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(table.contains("| hot-set | 3 |") && table.contains("| hold | 3 |"), "{table}");
-}
-
-/// A single-member etcd on free ports, data in `dir`.
-fn start_etcd(dir: &Path) -> Option<(Proc, String)> {
-    let which = Command::new("sh").args(["-c", "command -v etcd"]).output().ok()?;
-    if !which.status.success() {
-        assert!(std::env::var_os("BATON_REQUIRE_ETCD").is_none(), "BATON_REQUIRE_ETCD is set but etcd is missing");
-        eprintln!("etcd is not installed: skipping the etcd side (bench/compare.sh and .ci/run install it)");
-        return None;
-    }
-    let ports = free_ports(2);
-    let (client, peer) = (format!("http://127.0.0.1:{}", ports[0]), format!("http://127.0.0.1:{}", ports[1]));
-    let child = Command::new("etcd")
-        .args(["--name", "bench", "--data-dir", dir.join("etcd").to_str().unwrap()])
-        .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-        .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-        .args(["--initial-cluster", &format!("bench={peer}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let proc = Proc(child);
-    let addr = format!("127.0.0.1:{}", ports[0]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        let out = Command::new(BATON)
-            .args(["bench", "--target", "etcd", "--endpoints", &addr, "--clients", "1", "--duration", "0.2"])
-            .output()
-            .unwrap();
-        if out.status.success() {
-            return Some((proc, addr));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("etcd did not start serving");
 }
 
 #[test]

@@ -46,6 +46,9 @@ struct Ring {
     first: Revision,
     /// The replica's revision as last published.
     published: Revision,
+    /// The replica's compaction revision as last published: a watcher that needs an older
+    /// revision is told it was compacted, even while the ring still holds it.
+    compacted: Revision,
 }
 
 /// The feed: a ring of recent changes and a signal carrying the last published revision.
@@ -69,6 +72,7 @@ impl EtcdFeed {
     pub fn publish(&self, store: &EtcdStore) {
         let rev = store.revision();
         let mut ring = self.ring.lock().expect("feed lock");
+        ring.compacted = store.mvcc().compacted();
         if ring.present && rev == ring.published {
             return;
         }
@@ -77,7 +81,8 @@ impl EtcdFeed {
             // First publication (history before it is read from the replica), or the replica
             // was replaced by a snapshot whose history does not reach back to what was
             // published: start over from here.
-            *ring = Ring { present: true, first: rev + 1, published: rev, ..Ring::default() };
+            let compacted = store.mvcc().compacted();
+            *ring = Ring { present: true, first: rev + 1, published: rev, compacted, ..Ring::default() };
             drop(ring);
             self.revision.send_replace(rev);
             return;
@@ -117,7 +122,7 @@ impl EtcdFeed {
     /// revisions).
     pub fn read(&self, from: Revision, max: usize) -> Read {
         let ring = self.ring.lock().expect("feed lock");
-        if !ring.present || from < ring.first {
+        if !ring.present || from < ring.first || from < ring.compacted {
             return Read::Behind;
         }
         let start = ring.changes.partition_point(|(r, _)| *r < from);
@@ -192,5 +197,84 @@ impl History {
                 History::Changes { changes, through }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use baton_core::etcd::{PutRequest, Revision};
+
+    use super::*;
+
+    fn put(s: &mut EtcdStore, key: &str) {
+        s.put(&PutRequest { key: key.into(), value: b"v".to_vec(), ..Default::default() }).unwrap();
+    }
+
+    fn revisions(read: Read) -> Option<(Vec<Revision>, Revision)> {
+        match read {
+            Read::Changes { changes, through } => Some((changes.iter().map(|(r, _)| *r).collect(), through)),
+            Read::Behind => None,
+        }
+    }
+
+    #[test]
+    fn the_ring_serves_what_was_published_after_it_started_and_sends_older_reads_to_history() {
+        let mut store = EtcdStore::default();
+        put(&mut store, "before"); // revision 2, applied before the feed first published
+        let feed = EtcdFeed::default();
+        assert!(!feed.present());
+        feed.publish(&store);
+        assert!(feed.present());
+        assert_eq!(feed.revision(), 2);
+        for k in ["a", "b", "c"] {
+            put(&mut store, k); // revisions 3, 4, 5
+        }
+        feed.publish(&store);
+        assert_eq!(feed.revision(), 5);
+        assert!(revisions(feed.read(2, 10)).is_none(), "revision 2 was never in the ring");
+        assert_eq!(revisions(feed.read(3, 10)), Some((vec![3, 4, 5], 5)));
+        assert_eq!(revisions(feed.read(4, 1)), Some((vec![4], 4)), "whole revisions, about `max` changes");
+        assert_eq!(revisions(feed.read(6, 10)), Some((vec![], 5)), "nothing newer yet");
+    }
+
+    /// Regression (found by the etcdctl comparison): the ring still held revisions that a
+    /// compaction had removed, so a watch from before the compaction replayed them instead of
+    /// being cancelled with the compaction revision, as etcd does.
+    #[test]
+    fn a_read_below_the_compaction_goes_to_history_even_while_the_ring_holds_it() {
+        let mut store = EtcdStore::default();
+        let feed = EtcdFeed::default();
+        feed.publish(&store);
+        for k in ["a", "b", "c"] {
+            put(&mut store, k); // revisions 2, 3, 4
+        }
+        feed.publish(&store);
+        assert!(revisions(feed.read(2, 10)).is_some());
+        store.compact(3).unwrap();
+        feed.publish(&store);
+        assert!(revisions(feed.read(2, 10)).is_none());
+        assert_eq!(revisions(feed.read(3, 10)), Some((vec![3, 4], 4)));
+        assert!(matches!(History::of(Some(&store), 2, 10), History::Compacted(3)));
+    }
+
+    #[test]
+    fn a_replica_replaced_by_a_later_snapshot_starts_the_ring_over_and_a_lost_replica_withdraws() {
+        let mut store = EtcdStore::default();
+        let feed = EtcdFeed::default();
+        feed.publish(&store);
+        let mut later = store.clone();
+        for k in ["a", "b", "c", "d"] {
+            put(&mut later, k);
+        }
+        later.compact(4).unwrap();
+        // The replica jumps from revision 1 to 5 with history only from 4: no gap may be served.
+        store = later;
+        feed.publish(&store);
+        assert_eq!(feed.revision(), 5);
+        assert!(revisions(feed.read(2, 10)).is_none());
+        assert!(matches!(History::of(Some(&store), 2, 10), History::Compacted(4)));
+        feed.withdraw();
+        assert!(!feed.present());
+        assert!(matches!(History::of(None, 2, 10), History::NoReplica));
     }
 }

@@ -81,6 +81,10 @@ struct OneWatch {
     progress_notify: bool,
     /// Something was sent to it since the last progress tick.
     spoke: bool,
+    /// It has caught up with the replica: from then on each revision is sent as its own
+    /// response (etcd's synced watcher); before, what it replays goes out in batches headed by
+    /// the revision they reach (etcd's unsynced watcher).
+    synced: bool,
 }
 
 /// The client went away: the stream's task ends.
@@ -188,15 +192,17 @@ impl StreamTask {
         // An empty key is the smallest one, "\0" (with a range end of "\0": every key).
         let key = if c.key.is_empty() { vec![0] } else { c.key };
         let filters = |f: pb::watch_create_request::FilterType| c.filters.contains(&(f as i32));
+        let next = if c.start_revision == 0 { current + 1 } else { c.start_revision };
         let watch = OneWatch {
             range: KeyRange::new(&key, &c.range_end),
-            next: if c.start_revision == 0 { current + 1 } else { c.start_revision },
+            next,
             no_put: filters(pb::watch_create_request::FilterType::Noput),
             no_delete: filters(pb::watch_create_request::FilterType::Nodelete),
             prev_kv: c.prev_kv,
             fragment: c.fragment,
             progress_notify: c.progress_notify,
             spoke: false,
+            synced: next > current,
         };
         self.watches.insert(id, watch);
         let header = self.header(current);
@@ -254,9 +260,11 @@ impl StreamTask {
                 if through < next {
                     break;
                 }
-                self.send_changes(id, &changes).await?;
+                self.send_changes(id, &changes, through).await?;
+                let caught_up = through >= self.feed.revision();
                 if let Some(w) = self.watches.get_mut(&id) {
                     w.next = through + 1;
+                    w.synced |= caught_up;
                 }
             }
         }
@@ -271,9 +279,10 @@ impl StreamTask {
         rx.await.map_err(|_| Gone)
     }
 
-    /// Sends watch `id` the changes it selects, one response per revision (as etcd sends a
-    /// synced watch's), fragmented if the watch asked for it and a response is too large.
-    async fn send_changes(&mut self, id: i64, changes: &[Change]) -> Result<(), Gone> {
+    /// Sends watch `id` the changes it selects (which reach through revision `through`): one
+    /// response per revision once it is synced, else one for them all; fragmented if the
+    /// watch asked for it and a response is too large.
+    async fn send_changes(&mut self, id: i64, changes: &[Change], through: Revision) -> Result<(), Gone> {
         let Some(w) = self.watches.get(&id) else { return Ok(()) };
         let mut by_revision: Vec<(Revision, Vec<mvccpb::Event>)> = Vec::new();
         for (rev, e) in changes {
@@ -289,6 +298,10 @@ impl StreamTask {
         let fragment = w.fragment;
         if by_revision.is_empty() {
             return Ok(());
+        }
+        if !w.synced {
+            let events = by_revision.drain(..).flat_map(|(_, e)| e).collect();
+            by_revision.push((through, events));
         }
         if let Some(w) = self.watches.get_mut(&id) {
             w.spoke = true;

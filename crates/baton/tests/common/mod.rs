@@ -113,3 +113,38 @@ pub fn wait_gone(pid: u32) -> bool {
     }
     true
 }
+
+/// A single-member etcd on free ports, data in `dir`.
+pub fn start_etcd(dir: &Path) -> Option<(Proc, String)> {
+    let which = Command::new("sh").args(["-c", "command -v etcd"]).output().ok()?;
+    if !which.status.success() {
+        assert!(std::env::var_os("BATON_REQUIRE_ETCD").is_none(), "BATON_REQUIRE_ETCD is set but etcd is missing");
+        eprintln!("etcd is not installed: skipping the etcd side (bench/compare.sh and .ci/run install it)");
+        return None;
+    }
+    let ports = free_ports(2);
+    let (client, peer) = (format!("http://127.0.0.1:{}", ports[0]), format!("http://127.0.0.1:{}", ports[1]));
+    let child = Command::new("etcd")
+        .args(["--name", "bench", "--data-dir", dir.join("etcd").to_str().unwrap()])
+        .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+        .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+        .args(["--initial-cluster", &format!("bench={peer}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let proc = Proc(child);
+    let addr = format!("127.0.0.1:{}", ports[0]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let out = Command::new(BATON)
+            .args(["bench", "--target", "etcd", "--endpoints", &addr, "--clients", "1", "--duration", "0.2"])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            return Some((proc, addr));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("etcd did not start serving");
+}

@@ -362,3 +362,87 @@ fn baton_answers_etcd_status_and_member_list_for_its_three_nodes() {
     assert_ne!(code, 0);
     assert!(err.contains("baton cluster"), "{err}");
 }
+
+/// Runs `etcdctl lock` three times at once on `endpoints`, each holding the lock while a shell
+/// appends "start"/"end" to `log`; returns the log's lines.
+fn three_lockers(endpoints: &str, log: &Path) -> Vec<String> {
+    let script = format!("echo start >> {0}; sleep 0.3; echo end >> {0}", log.display());
+    let lockers: Vec<Proc> = (0..3)
+        .map(|_| {
+            Proc(
+                Command::new("timeout")
+                    .args(["30", "etcdctl", "--endpoints", endpoints, "lock", "job", "--", "sh", "-c", &script])
+                    .env("ETCDCTL_API", "3")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    for mut l in lockers {
+        let status = l.0.wait().unwrap();
+        assert!(status.success(), "etcdctl lock failed on {endpoints}: {status}");
+    }
+    std::fs::read_to_string(log).unwrap().lines().map(String::from).collect()
+}
+
+/// The current leader's value of election `name` (the oldest candidate key, which is what
+/// `etcdctl elect -l` observes), polled until it is `want`.
+fn wait_leader(endpoints: &str, name: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let prefix = format!("{name}/");
+    loop {
+        let args =
+            ["get", &prefix, "--prefix", "--sort-by=CREATE", "--order=ASCEND", "--limit=1", "--print-value-only"];
+        let (code, out, _) = etcdctl_raw(endpoints, &args, None);
+        let value = out.lines().next().unwrap_or("").to_string();
+        if code == 0 && value == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{endpoints}: leader of {name} is {value:?}, never {want:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn etcdctl_lock_and_elect_behave_on_baton_as_on_etcd() {
+    if !installed("etcdctl") || !installed("etcd") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some((_etcd, etcd_ep)) = start_etcd(dir.path()) else { return };
+    let (_baton, baton_eps) = start_baton(dir.path());
+    for (name, eps) in [("etcd", &etcd_ep), ("baton", &baton_eps)] {
+        // Mutual exclusion: each holder's start is followed by its own end.
+        let log = dir.path().join(format!("{name}-lock.log"));
+        let lines = three_lockers(eps, &log);
+        assert_eq!(lines.len(), 6, "{name}: {lines:?}");
+        for pair in lines.chunks(2) {
+            assert_eq!(pair, ["start", "end"], "{name}: two holders at once: {lines:?}");
+        }
+        // An election: the first candidate leads; the second takes over when the first stops.
+        let candidate = |value: &str| {
+            Proc(
+                Command::new("etcdctl")
+                    .args(["--endpoints", eps, "elect", "office", value])
+                    .env("ETCDCTL_API", "3")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            )
+        };
+        let first = candidate("alice");
+        wait_leader(eps, "office", "alice");
+        let _second = candidate("bob");
+        // bob queues behind alice: she still leads.
+        std::thread::sleep(Duration::from_millis(300));
+        wait_leader(eps, "office", "alice");
+        // Stopped: etcdctl resigns on SIGTERM (killed, her 60 s lease would have to expire).
+        let mut first = first;
+        common::signal(first.0.id(), libc::SIGTERM);
+        common::wait_exit(&mut first.0, Duration::from_secs(10));
+        wait_leader(eps, "office", "bob");
+    }
+}

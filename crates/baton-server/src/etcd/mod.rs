@@ -1,5 +1,5 @@
-//! etcd's v3 API on its own port (`--etcd-addr`): KV, Watch, Lease, Cluster and Maintenance
-//! over the etcd keyspace's Raft group ([`baton_core::topology::ETCD_GROUP`]).
+//! etcd's v3 API on its own port (`--etcd-addr`): KV, Watch, Lease, Lock, Election, Cluster and
+//! Maintenance over the etcd keyspace's Raft group ([`baton_core::topology::ETCD_GROUP`]).
 //!
 //! # Design
 //! Any node answers: like an etcd member, a node that does not lead the keyspace's group hands
@@ -17,6 +17,7 @@ pub mod feed;
 mod kv;
 mod lease;
 mod maintenance;
+pub mod recipes;
 pub mod watch;
 
 use std::time::Duration;
@@ -35,6 +36,7 @@ use crate::runtime::{Input, NodeHandle};
 pub use kv::KvService;
 pub use lease::LeaseService;
 pub use maintenance::{ClusterService, MaintenanceService};
+pub use recipes::{ElectionService, LockService};
 pub use watch::WatchService;
 
 /// Largest request etcd accepts (its `--max-request-bytes` default): a larger one is refused
@@ -273,6 +275,8 @@ pub fn router(backend: Backend, progress_every: Duration) -> tonic::transport::s
         cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
         maintenance_server::MaintenanceServer, watch_server::WatchServer,
     };
+    use baton_proto::etcd::v3electionpb::election_server::ElectionServer;
+    use baton_proto::etcd::v3lockpb::lock_server::LockServer;
     let limit = MAX_GRPC_MESSAGE_BYTES;
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -283,6 +287,8 @@ pub fn router(backend: Backend, progress_every: Duration) -> tonic::transport::s
         )
         .add_service(LeaseServer::new(LeaseService { backend: backend.clone() }).max_decoding_message_size(limit))
         .add_service(ClusterServer::new(ClusterService { backend: backend.clone() }))
+        .add_service(LockServer::new(LockService { backend: backend.clone() }))
+        .add_service(ElectionServer::new(ElectionService { backend: backend.clone() }).max_decoding_message_size(limit))
         .add_service(MaintenanceServer::new(MaintenanceService { backend }))
 }
 

@@ -1,0 +1,454 @@
+//! etcd's Lock (v3lockpb) and Election (v3electionpb) services: etcd's server-side recipes over
+//! keys, leases and revisions, kept key for key so that clients mixing them with KV see what
+//! etcd shows.
+//!
+//! A contender of `name` owns the key `name/<lease in hex>`, attached to its lease, created in
+//! one transaction that also reads who is first; the owner is the key with the smallest create
+//! revision (first come, first served). A contender that is not first waits for the deletion of
+//! the key created just before its own (never for the owner: no herd when it goes), and checks
+//! again. While a Lock or Campaign call waits, the server keeps its lease alive, as etcd's does;
+//! a caller that gives up has its key deleted. A key that disappears while waiting (its lease
+//! expired or was revoked) fails the call with etcd's "session expired".
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use baton_core::etcd::{
+    Compare, CompareResult, CompareTarget, DeleteRequest, EtcdCommand, EtcdOutcome, KeyValue, Op, OpResponse,
+    PutRequest, RangeRequest, Revision, SortOrder, SortTarget, TxnRequest, TxnResponse,
+};
+use baton_proto::etcd::v3electionpb::election_server::Election;
+use baton_proto::etcd::v3electionpb::{self as epb};
+use baton_proto::etcd::v3lockpb::lock_server::Lock;
+use baton_proto::etcd::v3lockpb::{self as lpb};
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::feed::Read;
+use super::{convert, written, Backend, EtcdAnswer, EtcdCall};
+
+/// How long a waiter sleeps between checks when this node's feed cannot tell it of a change
+/// (it holds no replica of the keyspace, or the change fell out of its ring).
+const RECHECK: Duration = Duration::from_millis(200);
+
+/// The `v3lockpb.Lock` service.
+#[derive(Clone)]
+pub struct LockService {
+    pub(crate) backend: Backend,
+}
+
+/// The `v3electionpb.Election` service.
+#[derive(Clone)]
+pub struct ElectionService {
+    pub(crate) backend: Backend,
+}
+
+/// The end of the range of every key starting with `prefix` (etcd's rule: the prefix with its
+/// last byte below 0xff incremented and what follows dropped; `"\0"` if there is none).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// A contender's key under `name`.
+fn contender_key(name: &[u8], lease: i64) -> Vec<u8> {
+    let mut key = name.to_vec();
+    key.extend_from_slice(format!("/{lease:x}").as_bytes());
+    key
+}
+
+fn prefix_of(name: &[u8]) -> Vec<u8> {
+    let mut p = name.to_vec();
+    p.push(b'/');
+    p
+}
+
+impl Backend {
+    async fn txn(&self, req: TxnRequest) -> Result<(Revision, TxnResponse), Status> {
+        match written(self.call(EtcdCall::Write(EtcdCommand::Txn(req))).await?)? {
+            EtcdOutcome::Txn { revision, response } => Ok((revision, response)),
+            other => Err(Status::internal(format!("unexpected outcome of a transaction: {other:?}"))),
+        }
+    }
+
+    async fn range(&self, req: RangeRequest) -> Result<(Revision, Vec<KeyValue>), Status> {
+        match self.call(EtcdCall::Range(req)).await? {
+            EtcdAnswer::Range { revision, response } => Ok((revision, response.kvs)),
+            other => Err(Status::internal(format!("unexpected answer to a range: {other:?}"))),
+        }
+    }
+
+    async fn delete(&self, key: Vec<u8>) -> Result<Revision, Status> {
+        let command = EtcdCommand::Delete(DeleteRequest { key, ..Default::default() });
+        match written(self.call(EtcdCall::Write(command)).await?)? {
+            EtcdOutcome::Delete { revision, .. } => Ok(revision),
+            other => Err(Status::internal(format!("unexpected outcome of a delete: {other:?}"))),
+        }
+    }
+
+    /// The first key of `prefix` by create revision (the owner), if any.
+    async fn owner(&self, prefix: &[u8]) -> Result<(Revision, Option<KeyValue>), Status> {
+        let req = RangeRequest {
+            key: prefix.to_vec(),
+            range_end: prefix_end(prefix),
+            limit: 1,
+            sort_order: SortOrder::Ascend,
+            sort_target: SortTarget::Create,
+            ..Default::default()
+        };
+        let (revision, mut kvs) = self.range(req).await?;
+        Ok((revision, kvs.pop()))
+    }
+
+    /// Joins the queue of `name` with `lease`: creates the contender key with `value` unless it
+    /// exists. Returns the key, its create revision, and whether it was there already with
+    /// another value.
+    async fn join(
+        &self,
+        name: &[u8],
+        lease: i64,
+        value: Vec<u8>,
+    ) -> Result<(Vec<u8>, Revision, Option<Vec<u8>>), Status> {
+        let key = contender_key(name, lease);
+        let req = TxnRequest {
+            compare: vec![Compare {
+                result: CompareResult::Equal,
+                target: CompareTarget::Create(0),
+                key: key.clone(),
+                range_end: Vec::new(),
+            }],
+            success: vec![Op::Put(PutRequest { key: key.clone(), value, lease, ..Default::default() })],
+            failure: vec![Op::Range(RangeRequest { key: key.clone(), ..Default::default() })],
+        };
+        let (revision, response) = self.txn(req).await?;
+        if response.succeeded {
+            return Ok((key, revision, None));
+        }
+        match response.responses.into_iter().next() {
+            Some(OpResponse::Range(r)) => match r.kvs.into_iter().next() {
+                Some(kv) => Ok((key, kv.create_revision, Some(kv.value))),
+                // Deleted between the compare and the read: cannot happen inside one transaction.
+                None => Err(Status::internal("a contender key vanished inside a transaction")),
+            },
+            _ => Err(Status::internal("unexpected answer to a queue join")),
+        }
+    }
+
+    /// Waits until no key of `prefix` was created before `my_rev` (each time for the one
+    /// created just before it); then checks that `my_key` still exists. Returns the revision
+    /// of the last read.
+    async fn wait_turn(&self, prefix: &[u8], my_key: &[u8], my_rev: Revision) -> Result<Revision, Status> {
+        loop {
+            let req = RangeRequest {
+                key: prefix.to_vec(),
+                range_end: prefix_end(prefix),
+                limit: 1,
+                sort_order: SortOrder::Descend,
+                sort_target: SortTarget::Create,
+                max_create_revision: my_rev - 1,
+                ..Default::default()
+            };
+            let (revision, mut kvs) = self.range(req).await?;
+            let Some(before) = kvs.pop() else {
+                let (revision, mine) = self.range(RangeRequest { key: my_key.to_vec(), ..Default::default() }).await?;
+                if mine.is_empty() {
+                    return Err(Status::unknown("session expired"));
+                }
+                return Ok(revision);
+            };
+            self.wait_deleted(&before.key, revision + 1).await;
+        }
+    }
+
+    /// Returns once `key` may have been deleted at or after revision `from`: as soon as this
+    /// node's replica shows the deletion, or after [`RECHECK`] if the feed cannot tell.
+    async fn wait_deleted(&self, key: &[u8], from: Revision) {
+        let feed = self.node.etcd_feed.clone();
+        let mut published = feed.subscribe();
+        let mut next = from;
+        loop {
+            match feed.read(next, 1_000) {
+                Read::Changes { changes, through } => {
+                    if changes.iter().any(|(_, e)| e.deleted && e.kv.key == key) {
+                        return;
+                    }
+                    next = through.max(next - 1) + 1;
+                }
+                Read::Behind => {
+                    tokio::time::sleep(RECHECK).await;
+                    return;
+                }
+            }
+            if !feed.present() {
+                tokio::time::sleep(RECHECK).await;
+                return;
+            }
+            match tokio::time::timeout(RECHECK * 5, published.changed()).await {
+                Ok(Ok(())) => {}
+                // Quiet for a while, or the server is stopping: check again from the top.
+                _ => return,
+            }
+        }
+    }
+
+    /// Renews `lease` every third of its TTL until dropped (etcd keeps a waiting contender's
+    /// lease alive the same way).
+    fn keep_lease_alive(&self, lease: i64) -> tokio::task::AbortHandle {
+        let backend = self.clone();
+        tokio::spawn(async move {
+            let mut every = Duration::from_secs(1);
+            loop {
+                match backend.call(EtcdCall::Lease { id: lease, renew: true, keys: false }).await {
+                    Ok(EtcdAnswer::Lease { lease: Some(l), .. }) => {
+                        every = Duration::from_millis((l.granted_s.max(1) as u64 * 1000) / 3);
+                    }
+                    Ok(_) => return, // the lease is gone: the wait fails on its own
+                    Err(_) => {}     // no leader for a moment: try again soon
+                }
+                tokio::time::sleep(every).await;
+            }
+        })
+        .abort_handle()
+    }
+}
+
+/// Deletes a contender's key if the call that created it ends before handing it over (the
+/// client went away, or the wait failed).
+struct Abandon {
+    backend: Backend,
+    key: Option<Vec<u8>>,
+    keepalive: tokio::task::AbortHandle,
+}
+
+impl Abandon {
+    fn keep(mut self) {
+        self.key = None;
+    }
+}
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        self.keepalive.abort();
+        if let Some(key) = self.key.take() {
+            let backend = self.backend.clone();
+            tokio::spawn(async move {
+                let _ = backend.delete(key).await;
+            });
+        }
+    }
+}
+
+/// Joins `name`'s queue with `lease` and waits for its turn; the key, its create revision and
+/// the revision of the last read.
+async fn acquire(
+    backend: &Backend,
+    name: &[u8],
+    lease: i64,
+    value: Vec<u8>,
+) -> Result<(Vec<u8>, Revision, Revision, Option<Vec<u8>>), Status> {
+    let (key, my_rev, existing) = backend.join(name, lease, value).await?;
+    let guard =
+        Abandon { backend: backend.clone(), key: Some(key.clone()), keepalive: backend.keep_lease_alive(lease) };
+    let revision = backend.wait_turn(&prefix_of(name), &key, my_rev).await?;
+    guard.keep();
+    Ok((key, my_rev, revision, existing))
+}
+
+#[tonic::async_trait]
+impl Lock for LockService {
+    async fn lock(&self, request: Request<lpb::LockRequest>) -> Result<Response<lpb::LockResponse>, Status> {
+        let req = request.into_inner();
+        let (key, _, revision, _) = acquire(&self.backend, &req.name, req.lease, Vec::new()).await?;
+        Ok(Response::new(lpb::LockResponse { header: self.backend.header(revision), key }))
+    }
+
+    async fn unlock(&self, request: Request<lpb::UnlockRequest>) -> Result<Response<lpb::UnlockResponse>, Status> {
+        let req = request.into_inner();
+        let revision = self.backend.delete(req.key).await?;
+        Ok(Response::new(lpb::UnlockResponse { header: self.backend.header(revision) }))
+    }
+}
+
+/// The leader key as the caller gave it, or etcd's refusal.
+fn leader_key(leader: Option<epb::LeaderKey>) -> Result<epb::LeaderKey, Status> {
+    leader.ok_or_else(|| Status::invalid_argument("\"leader\" field must be provided"))
+}
+
+/// A transaction that runs `then` if `leader` still leads (its key has its create revision).
+fn if_leading(leader: &epb::LeaderKey, then: Op) -> TxnRequest {
+    TxnRequest {
+        compare: vec![Compare {
+            result: CompareResult::Equal,
+            target: CompareTarget::Create(leader.rev),
+            key: leader.key.clone(),
+            range_end: Vec::new(),
+        }],
+        success: vec![then],
+        failure: Vec::new(),
+    }
+}
+
+fn no_leader() -> Status {
+    Status::unknown("election: no leader")
+}
+
+type ObserveStream = Pin<Box<dyn Stream<Item = Result<epb::LeaderResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Election for ElectionService {
+    async fn campaign(
+        &self,
+        request: Request<epb::CampaignRequest>,
+    ) -> Result<Response<epb::CampaignResponse>, Status> {
+        let req = request.into_inner();
+        let (key, rev, mut revision, existing) =
+            acquire(&self.backend, &req.name, req.lease, req.value.clone()).await?;
+        if existing.is_some_and(|v| v != req.value) {
+            // Campaigning again with another value proclaims it (etcd's recipe does the same).
+            let leader = epb::LeaderKey { name: req.name.clone(), key: key.clone(), rev, lease: req.lease };
+            let put =
+                Op::Put(PutRequest { key: key.clone(), value: req.value, lease: req.lease, ..Default::default() });
+            let (r, response) = self.backend.txn(if_leading(&leader, put)).await?;
+            if !response.succeeded {
+                return Err(Status::unknown("session expired"));
+            }
+            revision = r;
+        }
+        Ok(Response::new(epb::CampaignResponse {
+            header: self.backend.header(revision),
+            leader: Some(epb::LeaderKey { name: req.name, key, rev, lease: req.lease }),
+        }))
+    }
+
+    async fn proclaim(
+        &self,
+        request: Request<epb::ProclaimRequest>,
+    ) -> Result<Response<epb::ProclaimResponse>, Status> {
+        let req = request.into_inner();
+        let leader = leader_key(req.leader)?;
+        let put = Op::Put(PutRequest {
+            key: leader.key.clone(),
+            value: req.value,
+            lease: leader.lease,
+            ..Default::default()
+        });
+        let (revision, response) = self.backend.txn(if_leading(&leader, put)).await?;
+        if !response.succeeded {
+            return Err(Status::unknown("election: not leader"));
+        }
+        Ok(Response::new(epb::ProclaimResponse { header: self.backend.header(revision) }))
+    }
+
+    async fn leader(&self, request: Request<epb::LeaderRequest>) -> Result<Response<epb::LeaderResponse>, Status> {
+        let req = request.into_inner();
+        let (revision, owner) = self.backend.owner(&prefix_of(&req.name)).await?;
+        let kv = owner.ok_or_else(no_leader)?;
+        Ok(Response::new(epb::LeaderResponse { header: self.backend.header(revision), kv: Some(convert::kv_out(kv)) }))
+    }
+
+    type ObserveStream = ObserveStream;
+
+    /// Sends the leader now (once there is one), then every change of leader or of its value.
+    async fn observe(&self, request: Request<epb::LeaderRequest>) -> Result<Response<ObserveStream>, Status> {
+        let req = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let backend = self.backend.clone();
+        tokio::spawn(async move {
+            let prefix = prefix_of(&req.name);
+            let mut last: Option<(Vec<u8>, Revision)> = None;
+            let mut from = 0;
+            loop {
+                let (revision, owner) = match backend.owner(&prefix).await {
+                    Ok(o) => o,
+                    Err(s) => {
+                        let _ = tx.send(Err(s)).await;
+                        return;
+                    }
+                };
+                if let Some(kv) = owner {
+                    let seen = (kv.key.clone(), kv.mod_revision);
+                    if last.as_ref() != Some(&seen) {
+                        last = Some(seen);
+                        let response =
+                            epb::LeaderResponse { header: backend.header(revision), kv: Some(convert::kv_out(kv)) };
+                        if tx.send(Ok(response)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                from = from.max(revision + 1);
+                if backend.wait_change(&prefix, from, &tx).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn resign(&self, request: Request<epb::ResignRequest>) -> Result<Response<epb::ResignResponse>, Status> {
+        let req = request.into_inner();
+        let leader = leader_key(req.leader)?;
+        let delete = Op::Delete(DeleteRequest { key: leader.key.clone(), ..Default::default() });
+        // Resigning when no longer leading changes nothing and is not an error (etcd's).
+        let (revision, _) = self.backend.txn(if_leading(&leader, delete)).await?;
+        Ok(Response::new(epb::ResignResponse { header: self.backend.header(revision) }))
+    }
+}
+
+impl Backend {
+    /// Returns once a key of `prefix` may have changed at or after revision `from` (or after
+    /// a while, to check again); `Err` once the observer is gone.
+    async fn wait_change<T>(&self, prefix: &[u8], from: Revision, observer: &mpsc::Sender<T>) -> Result<(), ()> {
+        let feed = self.node.etcd_feed.clone();
+        let mut published = feed.subscribe();
+        let end = prefix_end(prefix);
+        let mut next = from;
+        loop {
+            if observer.is_closed() {
+                return Err(());
+            }
+            match feed.read(next, 1_000) {
+                Read::Changes { changes, through } => {
+                    if changes.iter().any(|(_, e)| e.kv.key.as_slice() >= prefix && e.kv.key < end) {
+                        return Ok(());
+                    }
+                    next = through.max(next - 1) + 1;
+                }
+                Read::Behind => {
+                    tokio::time::sleep(RECHECK).await;
+                    return Ok(());
+                }
+            }
+            if !feed.present() {
+                tokio::time::sleep(RECHECK).await;
+                return Ok(());
+            }
+            tokio::select! {
+                _ = published.changed() => {}
+                _ = observer.closed() => return Err(()),
+                _ = tokio::time::sleep(RECHECK * 5) => return Ok(()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_ends_follow_etcd() {
+        assert_eq!(prefix_end(b"abc"), b"abd".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+        assert_eq!(contender_key(b"job", 0x1a2b), b"job/1a2b".to_vec());
+    }
+}

@@ -168,33 +168,43 @@ impl Backend {
         }
     }
 
-    /// Returns once `key` may have been deleted at or after revision `from`: as soon as this
-    /// node's replica shows the deletion, or after [`RECHECK`] if the feed cannot tell.
+    /// Returns once `key` may have been deleted at or after revision `from`.
     async fn wait_deleted(&self, key: &[u8], from: Revision) {
+        // Never "gone": a caller that leaves drops this future (and its key goes, see `Abandon`).
+        let _ = self.wait_for(from, |e| e.deleted && e.kv.key == key, std::future::pending()).await;
+    }
+
+    /// Returns once this node's replica shows a change at or after revision `from` that
+    /// `matters`, or after a while if its feed cannot tell (it holds no replica of the
+    /// keyspace, the change fell out of its ring, or nothing happened for [`RECHECK`] × 5): the
+    /// caller then checks again. `Err` if `gone` resolves first (the caller's client left).
+    async fn wait_for(
+        &self,
+        from: Revision,
+        matters: impl Fn(&baton_core::etcd::KeyEvent) -> bool,
+        gone: impl std::future::Future<Output = ()>,
+    ) -> Result<(), ()> {
         let feed = self.node.etcd_feed.clone();
         let mut published = feed.subscribe();
         let mut next = from;
+        tokio::pin!(gone);
         loop {
             match feed.read(next, 1_000) {
-                Read::Changes { changes, through } => {
-                    if changes.iter().any(|(_, e)| e.deleted && e.kv.key == key) {
-                        return;
+                Read::Changes { changes, through } if feed.present() => {
+                    if changes.iter().any(|(_, e)| matters(e)) {
+                        return Ok(());
                     }
                     next = through.max(next - 1) + 1;
                 }
-                Read::Behind => {
+                _ => {
                     tokio::time::sleep(RECHECK).await;
-                    return;
+                    return Ok(());
                 }
             }
-            if !feed.present() {
-                tokio::time::sleep(RECHECK).await;
-                return;
-            }
-            match tokio::time::timeout(RECHECK * 5, published.changed()).await {
-                Ok(Ok(())) => {}
-                // Quiet for a while, or the server is stopping: check again from the top.
-                _ => return,
+            tokio::select! {
+                _ = published.changed() => {}
+                _ = &mut gone => return Err(()),
+                _ = tokio::time::sleep(RECHECK * 5) => return Ok(()),
             }
         }
     }
@@ -385,7 +395,9 @@ impl Election for ElectionService {
                     }
                 }
                 from = from.max(revision + 1);
-                if backend.wait_change(&prefix, from, &tx).await.is_err() {
+                let end = prefix_end(&prefix);
+                let in_prefix = |e: &baton_core::etcd::KeyEvent| e.kv.key >= prefix && e.kv.key < end;
+                if backend.wait_for(from, in_prefix, tx.closed()).await.is_err() {
                     return;
                 }
             }
@@ -400,43 +412,6 @@ impl Election for ElectionService {
         // Resigning when no longer leading changes nothing and is not an error (etcd's).
         let (revision, _) = self.backend.txn(if_leading(&leader, delete)).await?;
         Ok(Response::new(epb::ResignResponse { header: self.backend.header(revision) }))
-    }
-}
-
-impl Backend {
-    /// Returns once a key of `prefix` may have changed at or after revision `from` (or after
-    /// a while, to check again); `Err` once the observer is gone.
-    async fn wait_change<T>(&self, prefix: &[u8], from: Revision, observer: &mpsc::Sender<T>) -> Result<(), ()> {
-        let feed = self.node.etcd_feed.clone();
-        let mut published = feed.subscribe();
-        let end = prefix_end(prefix);
-        let mut next = from;
-        loop {
-            if observer.is_closed() {
-                return Err(());
-            }
-            match feed.read(next, 1_000) {
-                Read::Changes { changes, through } => {
-                    if changes.iter().any(|(_, e)| e.kv.key.as_slice() >= prefix && e.kv.key < end) {
-                        return Ok(());
-                    }
-                    next = through.max(next - 1) + 1;
-                }
-                Read::Behind => {
-                    tokio::time::sleep(RECHECK).await;
-                    return Ok(());
-                }
-            }
-            if !feed.present() {
-                tokio::time::sleep(RECHECK).await;
-                return Ok(());
-            }
-            tokio::select! {
-                _ = published.changed() => {}
-                _ = observer.closed() => return Err(()),
-                _ = tokio::time::sleep(RECHECK * 5) => return Ok(()),
-            }
-        }
     }
 }
 

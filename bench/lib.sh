@@ -2,7 +2,8 @@
 # folder ($dir, under BENCH_TMPDIR or TMPDIR); start_baton / start_etcd start a 3-node Baton
 # and a 3-member etcd on 127.0.0.1 with data under $dir, remembering every PID in $pids so that
 # cleanup (run on exit) stops exactly what was started and removes $dir.
-# BATON_SERVER_FLAGS adds flags to every `baton server` (e.g. --lease-reads); KEEP_LOGS=FILE
+# BATON_SERVER_FLAGS adds flags to every `baton server` (e.g. --lease-reads; {ID} in them becomes
+# the node's id, e.g. --etcd-addr 127.0.0.1:1737{ID}); KEEP_LOGS=FILE
 # keeps the servers' logs (concatenated) when the temp folder is removed.
 
 baton_peers="1=127.0.0.1:17801,2=127.0.0.1:17802,3=127.0.0.1:17803"
@@ -26,9 +27,10 @@ cleanup() {
 }
 
 start_baton() {
+  local flags=${BATON_SERVER_FLAGS:-}
   for i in 1 2 3; do
     "$bin" server --id "$i" --data "$dir/baton$i" --client-addr "127.0.0.1:1771$i" \
-      --peer-addr "127.0.0.1:1780$i" --peers "$baton_peers" ${BATON_SERVER_FLAGS:-} >"$dir/baton$i.log" 2>&1 &
+      --peer-addr "127.0.0.1:1780$i" --peers "$baton_peers" ${flags//\{ID\}/$i} >"$dir/baton$i.log" 2>&1 &
     pids+=($!)
     baton_pids+=($!)
   done

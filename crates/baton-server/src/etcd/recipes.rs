@@ -108,16 +108,22 @@ impl Backend {
         Ok((revision, kvs.pop()))
     }
 
-    /// Joins the queue of `name` with `lease`: creates the contender key with `value` unless it
-    /// exists. Returns the key, its create revision, and whether it was there already with
-    /// another value.
-    async fn join(
-        &self,
-        name: &[u8],
-        lease: i64,
-        value: Vec<u8>,
-    ) -> Result<(Vec<u8>, Revision, Option<Vec<u8>>), Status> {
+    /// Joins the queue of `name` with `lease` in one transaction: creates the contender key
+    /// with `value` unless it exists, and reads whether a key older than it exists.
+    async fn join(&self, name: &[u8], lease: i64, value: Vec<u8>) -> Result<Joined, Status> {
         let key = contender_key(name, lease);
+        let prefix = prefix_of(name);
+        let by_create = |order, limit| {
+            Op::Range(RangeRequest {
+                key: prefix.clone(),
+                range_end: prefix_end(&prefix),
+                limit,
+                sort_order: order,
+                sort_target: SortTarget::Create,
+                keys_only: true,
+                ..Default::default()
+            })
+        };
         let req = TxnRequest {
             compare: vec![Compare {
                 result: CompareResult::Equal,
@@ -125,46 +131,65 @@ impl Backend {
                 key: key.clone(),
                 range_end: Vec::new(),
             }],
-            success: vec![Op::Put(PutRequest { key: key.clone(), value, lease, ..Default::default() })],
-            failure: vec![Op::Range(RangeRequest { key: key.clone(), ..Default::default() })],
+            // A new key is the newest: the one before it (if any) is second from the end.
+            success: vec![
+                Op::Put(PutRequest { key: key.clone(), value, lease, ..Default::default() }),
+                by_create(SortOrder::Descend, 2),
+            ],
+            // Joining again (the same lease): the key as it is, and who is first.
+            failure: vec![
+                Op::Range(RangeRequest { key: key.clone(), ..Default::default() }),
+                by_create(SortOrder::Ascend, 1),
+            ],
         };
         let (revision, response) = self.txn(req).await?;
+        let mut ranges = response.responses.into_iter().filter_map(|r| match r {
+            OpResponse::Range(r) => Some(r.kvs),
+            _ => None,
+        });
+        let unexpected = || Status::internal("unexpected answer to a queue join");
         if response.succeeded {
-            return Ok((key, revision, None));
+            let newest = ranges.next().ok_or_else(unexpected)?;
+            let before = newest.into_iter().nth(1).map(|kv| kv.key);
+            return Ok(Joined { key, rev: revision, revision, existing: None, first: before.is_none(), before });
         }
-        match response.responses.into_iter().next() {
-            Some(OpResponse::Range(r)) => match r.kvs.into_iter().next() {
-                Some(kv) => Ok((key, kv.create_revision, Some(kv.value))),
-                // Deleted between the compare and the read: cannot happen inside one transaction.
-                None => Err(Status::internal("a contender key vanished inside a transaction")),
-            },
-            _ => Err(Status::internal("unexpected answer to a queue join")),
-        }
+        let mine = ranges.next().and_then(|kvs| kvs.into_iter().next()).ok_or_else(unexpected)?;
+        let owner = ranges.next().and_then(|kvs| kvs.into_iter().next()).ok_or_else(unexpected)?;
+        Ok(Joined {
+            key,
+            rev: mine.create_revision,
+            revision,
+            existing: Some(mine.value),
+            first: owner.create_revision == mine.create_revision,
+            before: None,
+        })
     }
 
     /// Waits until no key of `prefix` was created before `my_rev` (each time for the one
-    /// created just before it); then checks that `my_key` still exists. Returns the revision
-    /// of the last read.
+    /// created just before it), and `my_key` still exists. Returns the revision of the last
+    /// read. One read per wake-up: the newest two keys up to `my_rev` are `my_key` and the one
+    /// it waits for.
     async fn wait_turn(&self, prefix: &[u8], my_key: &[u8], my_rev: Revision) -> Result<Revision, Status> {
         loop {
             let req = RangeRequest {
                 key: prefix.to_vec(),
                 range_end: prefix_end(prefix),
-                limit: 1,
+                limit: 2,
                 sort_order: SortOrder::Descend,
                 sort_target: SortTarget::Create,
-                max_create_revision: my_rev - 1,
+                max_create_revision: my_rev,
+                keys_only: true,
                 ..Default::default()
             };
-            let (revision, mut kvs) = self.range(req).await?;
-            let Some(before) = kvs.pop() else {
-                let (revision, mine) = self.range(RangeRequest { key: my_key.to_vec(), ..Default::default() }).await?;
-                if mine.is_empty() {
-                    return Err(Status::unknown("session expired"));
-                }
-                return Ok(revision);
-            };
-            self.wait_deleted(&before.key, revision + 1).await;
+            let (revision, kvs) = self.range(req).await?;
+            match kvs.as_slice() {
+                [mine, rest @ ..] if mine.key == my_key && mine.create_revision == my_rev => match rest.first() {
+                    None => return Ok(revision),
+                    Some(before) => self.wait_deleted(&before.key, revision + 1).await,
+                },
+                // Its key is gone (lease expired or revoked) or was made again by someone else.
+                _ => return Err(Status::unknown("session expired")),
+            }
         }
     }
 
@@ -256,20 +281,42 @@ impl Drop for Abandon {
     }
 }
 
-/// Joins `name`'s queue with `lease` and waits for its turn; the key, its create revision and
-/// the revision of the last read.
+/// A contender that joined a queue.
+struct Joined {
+    key: Vec<u8>,
+    /// Its key's create revision.
+    rev: Revision,
+    /// The revision the join read at.
+    revision: Revision,
+    /// The key's value if it existed already.
+    existing: Option<Vec<u8>>,
+    /// No key is older than it: it owns the lock (leads) now.
+    first: bool,
+    /// The key created just before it, if the join saw it.
+    before: Option<Vec<u8>>,
+}
+
+/// Joins `name`'s queue with `lease` and waits for its turn; the key, its create revision,
+/// the revision of the last read and the key's earlier value if it existed. The uncontended
+/// case is one transaction.
 async fn acquire(
     backend: &Backend,
     name: &[u8],
     lease: i64,
     value: Vec<u8>,
 ) -> Result<(Vec<u8>, Revision, Revision, Option<Vec<u8>>), Status> {
-    let (key, my_rev, existing) = backend.join(name, lease, value).await?;
+    let joined = backend.join(name, lease, value).await?;
+    if joined.first {
+        return Ok((joined.key, joined.rev, joined.revision, joined.existing));
+    }
     let guard =
-        Abandon { backend: backend.clone(), key: Some(key.clone()), keepalive: backend.keep_lease_alive(lease) };
-    let revision = backend.wait_turn(&prefix_of(name), &key, my_rev).await?;
+        Abandon { backend: backend.clone(), key: Some(joined.key.clone()), keepalive: backend.keep_lease_alive(lease) };
+    if let Some(before) = &joined.before {
+        backend.wait_deleted(before, joined.revision + 1).await;
+    }
+    let revision = backend.wait_turn(&prefix_of(name), &joined.key, joined.rev).await?;
     guard.keep();
-    Ok((key, my_rev, revision, existing))
+    Ok((joined.key, joined.rev, revision, joined.existing))
 }
 
 #[tonic::async_trait]

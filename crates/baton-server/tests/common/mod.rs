@@ -18,6 +18,10 @@ pub struct TestCluster {
     pub lease_reads: bool,
     /// Data groups of the new cluster.
     pub groups: u64,
+    /// Serve etcd's API on every node (set before the nodes start: see [`TestCluster::with_etcd`]).
+    pub etcd: bool,
+    /// Each node's etcd API address (kept across restarts).
+    pub etcd_addrs: BTreeMap<u64, String>,
 }
 
 impl TestCluster {
@@ -31,6 +35,15 @@ impl TestCluster {
 
     /// A cluster of `n` nodes whose names are sharded over `groups` data groups.
     pub async fn start_sharded(n: u64, snapshot_entries: u64, lease_reads: bool, groups: u64) -> TestCluster {
+        TestCluster::start_full(n, snapshot_entries, lease_reads, groups, false).await
+    }
+
+    /// A cluster of `n` nodes serving etcd's API too (on ports of their own).
+    pub async fn with_etcd(n: u64, groups: u64) -> TestCluster {
+        TestCluster::start_full(n, 20_000, false, groups, true).await
+    }
+
+    async fn start_full(n: u64, snapshot_entries: u64, lease_reads: bool, groups: u64, etcd: bool) -> TestCluster {
         let mut peer_listeners = BTreeMap::new();
         let mut client_listeners = BTreeMap::new();
         for id in 1..=n {
@@ -47,13 +60,25 @@ impl TestCluster {
             snapshot_entries,
             lease_reads,
             groups,
+            etcd,
+            etcd_addrs: BTreeMap::new(),
         };
-        for id in 1..=n {
+        c.start_nodes(client_listeners, peer_listeners).await;
+        c
+    }
+
+    async fn start_nodes(
+        &mut self,
+        mut client_listeners: BTreeMap<u64, TcpListener>,
+        mut peer_listeners: BTreeMap<u64, TcpListener>,
+    ) {
+        let c = self;
+        let ids: Vec<u64> = client_listeners.keys().copied().collect();
+        for id in ids {
             c.dirs.insert(id, tempfile::tempdir().unwrap());
             let (cl, pl) = (client_listeners.remove(&id).unwrap(), peer_listeners.remove(&id).unwrap());
             c.launch(id, cl, pl).await;
         }
-        c
     }
 
     pub async fn launch(&mut self, id: u64, client: TcpListener, peer: TcpListener) {
@@ -62,8 +87,19 @@ impl TestCluster {
         config.snapshot_entries = self.snapshot_entries;
         config.lease_reads = self.lease_reads;
         config.groups = self.groups;
+        if self.etcd {
+            config.etcd_addr = Some(self.etcd_addrs.get(&id).cloned().unwrap_or_else(|| "127.0.0.1:0".into()));
+        }
         let server = Server::start_with_listeners(config, client, peer).await.unwrap();
+        if let Some(a) = server.etcd_addr {
+            self.etcd_addrs.insert(id, a.to_string());
+        }
         self.servers.insert(id, server);
+    }
+
+    /// The etcd API addresses of the running nodes.
+    pub fn etcd_endpoints(&self) -> Vec<String> {
+        self.etcd_addrs.iter().filter(|(id, _)| self.servers.contains_key(id)).map(|(_, a)| a.clone()).collect()
     }
 
     /// Starts node `id` that joins the running cluster (`baton server --join`): it holds

@@ -22,7 +22,7 @@ async fn connect(endpoints: &[String]) -> Client {
 async fn ready(c: &TestCluster) {
     for ep in c.etcd_endpoints() {
         let deadline = Instant::now() + Duration::from_secs(20);
-        let mut client = connect(&[ep.clone()]).await;
+        let mut client = connect(std::slice::from_ref(&ep)).await;
         while client.get("ready?", None).await.is_err() {
             assert!(Instant::now() < deadline, "{ep} never served a read");
             tokio::time::sleep(Duration::from_millis(50)).await;

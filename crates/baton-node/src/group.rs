@@ -457,9 +457,10 @@ impl Group {
         let entry = Entry { leader_time_ms: self.leader_time(now), wall_ms: wall, command };
         let p = Proposal { origin, incarnation: self.incarnation, request: id, entry };
         let data = bincode::serialize(&p).expect("proposal serialises");
-        self.raw
-            .propose(Vec::new(), data)
-            .map_err(|e| NodeError::Unavailable(format!("group {}: proposal dropped: {e}", self.id)))?;
+        // raft-rs drops a proposal while leadership is being transferred: it was not appended,
+        // so the caller may retry it anywhere; the group has no leader to name until the
+        // transfer ends.
+        self.raw.propose(Vec::new(), data).map_err(|_| NodeError::NotLeader { group: self.id, leader: None })?;
         self.proposals.insert(id, now + config.proposal_timeout_ms);
         Ok(())
     }

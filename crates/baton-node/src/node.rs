@@ -212,9 +212,9 @@ pub enum Query {
     Register(String),
     /// A range of the etcd keyspace (its group only), after a ReadIndex round: linearizable.
     EtcdRange(Box<baton_core::etcd::RangeRequest>),
-    /// An etcd lease (its group only): `renew` it first (a keepalive: its session's lease runs
-    /// a full TTL from now), and list its `keys`.
-    EtcdLease { id: i64, renew: bool, keys: bool },
+    /// etcd leases (its group only): `renew` them first (keepalives: each one's session lease
+    /// runs a full TTL from now), and list their `keys`. Many renewals share one read round.
+    EtcdLease { ids: Vec<i64>, renew: bool, keys: bool },
     /// The ids of every etcd lease.
     EtcdLeases,
 }
@@ -237,9 +237,9 @@ pub enum Reply {
     Register(Option<(Vec<u8>, u64)>),
     /// An etcd range and the keyspace's revision when it was read (what etcd's header says).
     EtcdRange { revision: i64, response: baton_core::etcd::RangeResponse },
-    /// An etcd lease (`None`: it does not exist, or its expiry is under way) and the keyspace's
-    /// revision.
-    EtcdLease { revision: i64, lease: Option<EtcdLeaseInfo> },
+    /// The etcd leases asked for, in order (`None`: it does not exist, or its expiry is under
+    /// way), and the keyspace's revision.
+    EtcdLease { revision: i64, leases: Vec<Option<EtcdLeaseInfo>> },
     /// Every etcd lease's id and the keyspace's revision.
     EtcdLeases { revision: i64, ids: Vec<i64> },
 }

@@ -129,8 +129,9 @@ impl Group {
             Query::EtcdLeases => {
                 Ok(Reply::EtcdLeases { revision, ids: etcd.leases().iter().map(|(id, _)| id).collect() })
             }
-            Query::EtcdLease { id, renew, keys } => {
-                let lease = etcd.leases().get(*id).filter(|l| !self.expiring.contains(&l.session)).map(|l| {
+            Query::EtcdLease { ids, renew, keys } => {
+                let lease = |id: &i64| etcd.leases().get(*id).filter(|l| !self.expiring.contains(&l.session));
+                let leases = ids.iter().map(|id| lease(id).map(|l| {
                     let ttl_ms = self.sm.session(l.session).map_or(l.ttl_s as u64 * 1000, |s| s.ttl_ms);
                     if *renew {
                         // Confirmed leader (served after a ReadIndex round or within the lease):
@@ -143,8 +144,8 @@ impl Group {
                         remaining_s: (deadline.saturating_sub(now) / 1000) as i64,
                         keys: if *keys { l.keys.iter().cloned().collect() } else { Vec::new() },
                     }
-                });
-                Ok(Reply::EtcdLease { revision, lease })
+                }));
+                Ok(Reply::EtcdLease { revision, leases: leases.collect() })
             }
             _ => unreachable!("not an etcd query"),
         }

@@ -17,6 +17,8 @@ use super::{written, Backend, EtcdAnswer, EtcdCall};
 
 /// Keepalive answers buffered per stream before the server stops reading its requests.
 const KEEPALIVE_BUFFER: usize = 64;
+/// Renewals of one stream under way at once; the stream is read no further meanwhile.
+const MAX_RENEWALS_IN_FLIGHT: usize = 10_000;
 
 /// The `etcdserverpb.Lease` service.
 #[derive(Clone)]
@@ -27,24 +29,21 @@ pub struct LeaseService {
 type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<pb::LeaseKeepAliveResponse, Status>> + Send>>;
 
 impl LeaseService {
-    async fn lease(
-        &self,
-        id: i64,
-        renew: bool,
-        keys: bool,
-    ) -> Result<(i64, Option<baton_node::EtcdLeaseInfo>), Status> {
-        match self.backend.call(EtcdCall::Lease { id, renew, keys }).await? {
-            EtcdAnswer::Lease { revision, lease } => Ok((revision, lease)),
+    /// Lease `id` as the keyspace's leader has it (with its keys if `keys`).
+    async fn lease(&self, id: i64, keys: bool) -> Result<(i64, Option<baton_node::EtcdLeaseInfo>), Status> {
+        match self.backend.call(EtcdCall::Lease { ids: vec![id], renew: false, keys }).await? {
+            EtcdAnswer::Lease { revision, leases } if leases.len() == 1 => {
+                Ok((revision, leases.into_iter().next().flatten()))
+            }
             other => Err(Status::internal(format!("unexpected answer to a lease call: {other:?}"))),
         }
     }
 }
 
 /// Renews `id` and says what etcd says: the granted TTL, or 0 for a lease that does not exist.
-async fn keep_alive_once(backend: &Backend, id: i64) -> Result<pb::LeaseKeepAliveResponse, Status> {
-    let service = LeaseService { backend: backend.clone() };
-    let (revision, lease) = service.lease(id, true, false).await?;
-    Ok(pb::LeaseKeepAliveResponse { header: backend.header(revision), id, ttl: lease.map_or(0, |l| l.granted_s) })
+async fn keep_alive_once(backend: Backend, id: i64) -> Result<pb::LeaseKeepAliveResponse, Status> {
+    let (revision, ttl) = backend.renew(id).await?;
+    Ok(pb::LeaseKeepAliveResponse { header: backend.header(revision), id, ttl })
 }
 
 #[tonic::async_trait]
@@ -82,8 +81,10 @@ impl Lease for LeaseService {
 
     type LeaseKeepAliveStream = KeepAliveStream;
 
-    /// Each request renews one lease and is answered in order. A failure to renew (no leader
-    /// for a moment) ends the stream with its status, as etcd does; clients open a new one.
+    /// Each request renews one lease; renewals run concurrently (answered as they complete,
+    /// which etcd's clients match by lease id) and are gathered with the node's others (see
+    /// `renew`). A failure to renew (no leader within the wait) ends the stream with its status,
+    /// as etcd does; clients open a new one.
     async fn lease_keep_alive(
         &self,
         request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
@@ -92,14 +93,23 @@ impl Lease for LeaseService {
         let (tx, rx) = mpsc::channel(KEEPALIVE_BUFFER);
         let backend = self.backend.clone();
         tokio::spawn(async move {
-            while let Some(next) = requests.next().await {
-                let answer = match next {
-                    Ok(req) => keep_alive_once(&backend, req.id).await,
-                    Err(_) => return, // the client went away
-                };
-                let failed = answer.is_err();
-                if tx.send(answer).await.is_err() || failed {
-                    return;
+            let mut in_flight = futures::stream::FuturesUnordered::new();
+            let mut open = true;
+            loop {
+                tokio::select! {
+                    next = requests.next(), if open && in_flight.len() < MAX_RENEWALS_IN_FLIGHT => match next {
+                        Some(Ok(req)) => in_flight.push(keep_alive_once(backend.clone(), req.id)),
+                        // The client closed its side (answer what is in flight) or broke the stream.
+                        Some(Err(_)) => return,
+                        None => open = false,
+                    },
+                    Some(answer) = in_flight.next() => {
+                        let failed = answer.is_err();
+                        if tx.send(answer).await.is_err() || failed {
+                            return;
+                        }
+                    }
+                    else => return,
                 }
             }
         });
@@ -111,7 +121,7 @@ impl Lease for LeaseService {
         request: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
         let req = request.into_inner();
-        let (revision, lease) = self.lease(req.id, false, req.keys).await?;
+        let (revision, lease) = self.lease(req.id, req.keys).await?;
         Ok(Response::new(match lease {
             Some(l) => pb::LeaseTimeToLiveResponse {
                 header: self.backend.header(revision),

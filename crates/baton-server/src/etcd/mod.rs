@@ -18,6 +18,7 @@ mod kv;
 mod lease;
 mod maintenance;
 pub mod recipes;
+mod renew;
 pub mod watch;
 
 use std::time::Duration;
@@ -46,8 +47,10 @@ pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
 pub const MAX_GRPC_MESSAGE_BYTES: usize = MAX_REQUEST_BYTES + 512 * 1024;
 /// The etcd API version Baton's answers follow (what `Status` reports).
 pub const ETCD_API_VERSION: &str = "3.5.0";
-/// Forwarding hops an etcd call may take while the leader it is sent to moves on.
+/// Redirects a call follows at once before it pauses.
 const MAX_HOPS: usize = 3;
+/// How long a call waits for the keyspace's group to have a leader (etcd's request timeout).
+const LEADER_WAIT: Duration = Duration::from_secs(5);
 /// How long a forwarded call may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -58,8 +61,8 @@ pub enum EtcdCall {
     Write(EtcdCommand),
     /// A linearizable range.
     Range(RangeRequest),
-    /// A lease: renewed first if `renew`, with its keys if `keys`.
-    Lease { id: i64, renew: bool, keys: bool },
+    /// Leases: renewed first if `renew`, with their keys if `keys`.
+    Lease { ids: Vec<i64>, renew: bool, keys: bool },
     /// Every lease's id.
     Leases,
 }
@@ -69,7 +72,7 @@ pub enum EtcdCall {
 pub enum EtcdAnswer {
     Written(EtcdOutcome),
     Range { revision: i64, response: RangeResponse },
-    Lease { revision: i64, lease: Option<EtcdLeaseInfo> },
+    Lease { revision: i64, leases: Vec<Option<EtcdLeaseInfo>> },
     Leases { revision: i64, ids: Vec<i64> },
 }
 
@@ -129,34 +132,57 @@ pub fn etcd_error_status(e: &EtcdError) -> Status {
 pub struct Backend {
     pub(crate) node: NodeHandle,
     pub(crate) peers: PeerChannels,
+    /// Lease renewals waiting to be sent together.
+    renewals: std::sync::Arc<renew::Renewals>,
 }
 
 impl Backend {
     /// A backend over `node`, forwarding through `peers`.
     pub fn new(node: NodeHandle, peers: PeerChannels) -> Backend {
-        Backend { node, peers }
+        Backend { node, peers, renewals: Default::default() }
     }
 
-    /// Runs `call` on the keyspace group's leader and returns its answer.
+    /// Runs `call` on the keyspace group's leader and returns its answer. While the group has
+    /// no leader (an election or a leadership transfer), the call waits for one, up to
+    /// [`LEADER_WAIT`], as etcd's members hold requests until a leader is known: only calls
+    /// that were certainly not applied are tried again.
     pub async fn call(&self, call: EtcdCall) -> Result<EtcdAnswer, Status> {
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
         let mut target = self.leader_hint();
-        for _ in 0..MAX_HOPS {
+        let mut pause = Duration::from_millis(5);
+        // Redirects followed without a pause (views of who leads can disagree for a moment).
+        let mut hops = 0;
+        loop {
             let result = match target {
                 Some(to) if to != self.node.id => self.forward(to, &call).await?,
                 _ => self.local(call.clone()).await,
             };
-            match result {
+            let retry_at = match result {
                 Ok(answer) => return Ok(answer),
-                Err(NodeError::NotLeader { leader: Some(l), .. }) if Some(l) != target => target = Some(l),
+                // Another node leads: go there at once (a new hint), else after a pause.
+                Err(NodeError::NotLeader { leader: Some(l), .. }) if Some(l) != target && hops < MAX_HOPS => {
+                    hops += 1;
+                    target = Some(l);
+                    continue;
+                }
+                Err(NodeError::NotLeader { leader, .. }) => {
+                    target = leader.or_else(|| self.leader_hint());
+                    tokio::time::Instant::now() + pause
+                }
                 Err(NodeError::NoGroup(_)) => {
                     return Err(Status::unavailable(
                         "this cluster has no etcd keyspace: it was created by a Baton without one",
                     ))
                 }
                 Err(e) => return Err(etcd_status(e)),
+            };
+            if retry_at >= deadline {
+                return Err(etcd_status(NodeError::NotLeader { group: ETCD_GROUP, leader: None }));
             }
+            tokio::time::sleep_until(retry_at).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+            hops = 0;
         }
-        Err(Status::unavailable("etcdserver: leader changed; retry"))
     }
 
     /// The keyspace group's leader as this node knows it.
@@ -169,7 +195,7 @@ impl Backend {
         let request = match call {
             EtcdCall::Write(c) => Request::Propose(baton_core::Command::Etcd(c)),
             EtcdCall::Range(r) => Request::Read(Query::EtcdRange(Box::new(r))),
-            EtcdCall::Lease { id, renew, keys } => Request::Read(Query::EtcdLease { id, renew, keys }),
+            EtcdCall::Lease { ids, renew, keys } => Request::Read(Query::EtcdLease { ids, renew, keys }),
             EtcdCall::Leases => Request::Read(Query::EtcdLeases),
         };
         let (tx, rx) = oneshot::channel();
@@ -180,7 +206,7 @@ impl Backend {
         match answer {
             Answer::Applied(baton_core::Outcome::Etcd(o)) => Ok(EtcdAnswer::Written(o)),
             Answer::Read(Reply::EtcdRange { revision, response }) => Ok(EtcdAnswer::Range { revision, response }),
-            Answer::Read(Reply::EtcdLease { revision, lease }) => Ok(EtcdAnswer::Lease { revision, lease }),
+            Answer::Read(Reply::EtcdLease { revision, leases }) => Ok(EtcdAnswer::Lease { revision, leases }),
             Answer::Read(Reply::EtcdLeases { revision, ids }) => Ok(EtcdAnswer::Leases { revision, ids }),
             other => Err(NodeError::Unavailable(format!("unexpected answer to an etcd call: {other:?}"))),
         }
@@ -254,7 +280,7 @@ pub(crate) async fn serve_forwarded(
 ) -> Result<baton_proto::peer::ForwardResponse, Status> {
     let call: EtcdCall =
         bincode::deserialize(bytes).map_err(|e| Status::invalid_argument(format!("undecodable etcd call: {e}")))?;
-    let backend = Backend { node: node.clone(), peers: PeerChannels::none() };
+    let backend = Backend::new(node.clone(), PeerChannels::none());
     let mut response = baton_proto::peer::ForwardResponse::default();
     let result: Result<EtcdAnswer, EtcdFailure> = match backend.local(call).await {
         Err(NodeError::NotLeader { leader, .. }) => {

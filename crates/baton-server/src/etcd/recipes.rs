@@ -241,10 +241,8 @@ impl Backend {
         tokio::spawn(async move {
             let mut every = Duration::from_secs(1);
             loop {
-                match backend.call(EtcdCall::Lease { id: lease, renew: true, keys: false }).await {
-                    Ok(EtcdAnswer::Lease { lease: Some(l), .. }) => {
-                        every = Duration::from_millis((l.granted_s.max(1) as u64 * 1000) / 3);
-                    }
+                match backend.renew(lease).await {
+                    Ok((_, ttl)) if ttl > 0 => every = Duration::from_millis(ttl as u64 * 1000 / 3),
                     Ok(_) => return, // the lease is gone: the wait fails on its own
                     Err(_) => {}     // no leader for a moment: try again soon
                 }

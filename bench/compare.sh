@@ -44,7 +44,7 @@ for line in "${matrix[@]}"; do
       --duration "$duration" --pids "$tp" --json "$@" | tee -a "$results"
   done
 done
-etcd_version=$(etcd --version | head -1)
+etcd_version=$(etcd --version 2>/dev/null | sed -n 1p)  # sed reads it all: no SIGPIPE under pipefail
 table=$("$bin" bench-report "$results" --svg docs/bench-compare.svg)
 echo "$table"
 [ "${BENCH_NO_DOCS:-}" = 1 ] && exit 0

@@ -52,7 +52,7 @@ for line in "${matrix[@]}"; do
       tee -a "$results"
   done
 done
-etcd_version=$(etcd --version | head -1)
+etcd_version=$(etcd --version 2>/dev/null | sed -n 1p)  # sed reads it all: no SIGPIPE under pipefail
 table=$("$bin" bench-report "$results")
 echo "$table"
 [ "${BENCH_NO_DOCS:-}" = 1 ] && exit 0

@@ -53,7 +53,8 @@ impl Request {
                 | Query::KeepAlive(_)
                 | Query::EtcdRange(_)
                 | Query::EtcdLease { .. }
-                | Query::EtcdLeases,
+                | Query::EtcdLeases
+                | Query::EtcdAlarms,
             )
             | Request::KeepAlive(_) => None,
         }

@@ -217,6 +217,8 @@ pub enum Query {
     EtcdLease { ids: Vec<i64>, renew: bool, keys: bool },
     /// The ids of every etcd lease.
     EtcdLeases,
+    /// The alarms raised on the etcd keyspace.
+    EtcdAlarms,
 }
 
 /// A successful reply to a request.
@@ -242,6 +244,8 @@ pub enum Reply {
     EtcdLease { revision: i64, leases: Vec<Option<EtcdLeaseInfo>> },
     /// Every etcd lease's id and the keyspace's revision.
     EtcdLeases { revision: i64, ids: Vec<i64> },
+    /// The alarms raised on the etcd keyspace, by member, and its revision.
+    EtcdAlarms { revision: i64, alarms: Vec<(u64, baton_core::etcd::Alarm)> },
 }
 
 /// What etcd's lease calls show of a lease.

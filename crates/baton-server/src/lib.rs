@@ -96,6 +96,9 @@ pub struct ServerConfig {
     /// How often a quiet etcd watch that asked for them gets a progress notification (etcd's
     /// default: 10 minutes).
     pub etcd_progress_every: Duration,
+    /// The etcd keyspace's quota (`--etcd-quota-bytes`, etcd's default 2 GiB; 0: none),
+    /// enforced by whichever node leads the keyspace: give every node the same.
+    pub etcd_quota_bytes: u64,
 }
 
 impl ServerConfig {
@@ -115,6 +118,7 @@ impl ServerConfig {
             replication: baton_core::topology::DEFAULT_REPLICATION,
             etcd_addr: None,
             etcd_progress_every: etcd::watch::DEFAULT_PROGRESS_EVERY,
+            etcd_quota_bytes: etcd::DEFAULT_QUOTA_BYTES,
         }
     }
 }
@@ -270,6 +274,7 @@ impl Server {
             v.peer_addrs = config.peers.clone();
             v.client_addrs.insert(config.id, client_addr.to_string());
             v.torn_tail_bytes = torn_tail_bytes;
+            v.etcd_quota_bytes = config.etcd_quota_bytes;
             v.unclean_start = recovery.unclean_end;
         }
         let (data_groups, etcd_group) = match node.topology() {

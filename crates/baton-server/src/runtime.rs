@@ -78,6 +78,8 @@ pub struct ClusterView {
     pub terms: BTreeMap<GroupId, u64>,
     /// etcd API addresses of the nodes that serve one (ours, and what peers told us).
     pub etcd_addrs: BTreeMap<NodeId, String>,
+    /// The etcd keyspace's quota this node enforces while it leads the keyspace (0: none).
+    pub etcd_quota_bytes: u64,
 }
 
 impl ClusterView {

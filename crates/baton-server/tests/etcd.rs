@@ -239,3 +239,51 @@ async fn lock_and_election_follow_etcds_recipes() {
     let err = a.leader("nobody").await.unwrap_err();
     assert!(err.to_string().contains("election: no leader"), "{err}");
 }
+
+/// The quota: once the kept history would outgrow it, NOSPACE is raised and writes that add
+/// data are refused with etcd's error everywhere, while reads, deletes and compaction go on;
+/// after a compaction frees space and the alarm is disarmed, writes go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_quota_raises_nospace_until_space_is_freed_and_the_alarm_disarmed() {
+    use etcd_client::{AlarmAction, AlarmOptions, AlarmType};
+    let c = TestCluster::with_etcd_quota(3, 1, 16 * 1024).await;
+    ready(&c).await;
+    let mut client = connect(&c.etcd_endpoints()).await;
+    let value = "v".repeat(1000);
+    let mut refused = None;
+    for i in 0..100 {
+        match client.put(format!("q/{}", i % 4), value.clone(), None).await {
+            Ok(_) => continue,
+            Err(e) => {
+                refused = Some((i, e.to_string()));
+                break;
+            }
+        }
+    }
+    let (n, err) = refused.expect("100 KB of writes never hit a 16 KiB quota");
+    assert!(n >= 10, "refused after only {n} writes");
+    assert!(err.contains("etcdserver: mvcc: database space exceeded"), "{err}");
+    let alarms = client.alarm(AlarmAction::Get, AlarmType::None, None).await.unwrap();
+    assert_eq!(alarms.alarms().len(), 1);
+    assert_eq!(alarms.alarms()[0].alarm(), AlarmType::Nospace);
+    let status = client.status().await.unwrap();
+    assert!(status.errors().iter().any(|e| e.contains("NOSPACE")), "{:?}", status.errors());
+    // Everything that adds data is refused on every node; reads and deletes are not.
+    for ep in c.etcd_endpoints() {
+        let mut one = connect(&[ep]).await;
+        let e = one.put("q/x", "tiny", None).await.unwrap_err();
+        assert!(e.to_string().contains("database space exceeded"), "{e}");
+    }
+    let txn = Txn::new().and_then([TxnOp::put("q/y", "tiny", None)]);
+    assert!(client.txn(txn).await.unwrap_err().to_string().contains("database space exceeded"));
+    assert!(client.lease_grant(10, None).await.unwrap_err().to_string().contains("database space exceeded"));
+    assert_eq!(client.get("q/", Some(GetOptions::new().with_prefix())).await.unwrap().count(), 4);
+    let deleted = client.delete("q/3", None).await.unwrap();
+    // Compacting the history frees space; disarming lets writes in again.
+    client.compact(deleted.header().unwrap().revision(), None).await.unwrap();
+    let mut disarm = AlarmOptions::new();
+    disarm.with_member(alarms.alarms()[0].member_id());
+    client.alarm(AlarmAction::Deactivate, AlarmType::Nospace, Some(disarm)).await.unwrap();
+    assert!(client.alarm(AlarmAction::Get, AlarmType::None, None).await.unwrap().alarms().is_empty());
+    client.put("q/after", "ok", None).await.unwrap();
+}

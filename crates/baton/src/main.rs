@@ -119,6 +119,10 @@ enum Cmd {
         /// Serve no etcd API.
         #[arg(long)]
         no_etcd: bool,
+        /// The etcd keyspace's quota in bytes (etcd's default; 0: none): beyond it the NOSPACE
+        /// alarm refuses writes that add data until `etcdctl alarm disarm`.
+        #[arg(long, default_value_t = baton_server::etcd::DEFAULT_QUOTA_BYTES)]
+        etcd_quota_bytes: u64,
     },
     /// Run one node of a cluster.
     Server {
@@ -166,6 +170,10 @@ enum Cmd {
         /// node: etcd's clients learn the others' addresses from MemberList.
         #[arg(long)]
         etcd_addr: Option<String>,
+        /// The etcd keyspace's quota in bytes (etcd's default; 0: none), enforced by the node
+        /// leading the keyspace: give every node the same.
+        #[arg(long, default_value_t = baton_server::etcd::DEFAULT_QUOTA_BYTES)]
+        etcd_quota_bytes: u64,
     },
     /// Hold a lock while running a command: `baton lock NAME -- CMD [ARGS...]`.
     Lock {
@@ -485,7 +493,7 @@ fn endpoints(list: &str) -> Vec<String> {
 
 async fn run(cmd: Cmd) -> ExitCode {
     match cmd {
-        Cmd::Dev { data, client_addr, lease_reads, groups, etcd_addr, no_etcd } => {
+        Cmd::Dev { data, client_addr, lease_reads, groups, etcd_addr, no_etcd, etcd_quota_bytes } => {
             let peer = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
                 Ok(l) => l,
                 Err(e) => return fail(1, format!("cannot bind a peer port: {e}")),
@@ -494,6 +502,7 @@ async fn run(cmd: Cmd) -> ExitCode {
             let mut config = ServerConfig::new(1, data.clone(), BTreeMap::from([(1, peer_addr)]));
             config.lease_reads = lease_reads;
             config.groups = groups;
+            config.etcd_quota_bytes = etcd_quota_bytes;
             config.etcd_addr = match etcd_addr {
                 Some(a) => Some(a),
                 None if no_etcd => None,
@@ -537,6 +546,7 @@ async fn run(cmd: Cmd) -> ExitCode {
             groups,
             replicas,
             etcd_addr,
+            etcd_quota_bytes,
         } => {
             let peers = match &peers {
                 Some(p) => match parse_peers(p) {
@@ -554,6 +564,7 @@ async fn run(cmd: Cmd) -> ExitCode {
             config.lease_reads = lease_reads;
             config.max_peer_message_bytes = max_peer_message_mib.max(1).saturating_mul(1 << 20);
             config.etcd_addr = etcd_addr;
+            config.etcd_quota_bytes = etcd_quota_bytes;
             match Server::start(config, &client_addr, &peer_addr).await {
                 Ok(server) => {
                     out!(

@@ -18,6 +18,7 @@ impl StateMachine {
         if self.etcd.is_none() {
             return Err(Error::InvalidArgument(format!("group {} does not hold the etcd keyspace", self.group)));
         }
+        self.etcd_mut().check_space(command)?;
         let outcome = match command {
             EtcdCommand::LeaseGrant { id, ttl_s } => self.lease_grant(index, *id, *ttl_s, events)?,
             EtcdCommand::LeaseRevoke(id) => {
@@ -40,6 +41,11 @@ impl StateMachine {
                 let etcd = self.etcd_mut();
                 let response = etcd.txn(req)?;
                 EtcdOutcome::Txn { revision: etcd.revision(), response }
+            }
+            EtcdCommand::Alarm { activate, member, alarm } => {
+                let etcd = self.etcd_mut();
+                etcd.set_alarm(*activate, *member, *alarm);
+                EtcdOutcome::Alarms { revision: etcd.revision(), alarms: etcd.alarms() }
             }
             EtcdCommand::Compact(rev) => {
                 let etcd = self.etcd_mut();

@@ -203,6 +203,13 @@ pub enum EtcdCommand {
     Txn(TxnRequest),
     /// Forget the history before this revision.
     Compact(Revision),
+    /// Raise (`activate`) or clear an alarm of `member` (clearing: `member` 0 clears it for
+    /// every member).
+    Alarm {
+        activate: bool,
+        member: u64,
+        alarm: Alarm,
+    },
     /// Create a lease (`id` 0: the state machine picks one) of `ttl_s` seconds.
     LeaseGrant {
         id: i64,
@@ -216,28 +223,98 @@ pub enum EtcdCommand {
 /// response header carries).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EtcdOutcome {
-    Put { revision: Revision, response: PutResponse },
-    Delete { revision: Revision, response: DeleteResponse },
-    Txn { revision: Revision, response: TxnResponse },
-    Compacted { revision: Revision },
-    LeaseGranted { revision: Revision, id: i64, ttl_s: i64 },
-    LeaseRevoked { revision: Revision },
+    Put {
+        revision: Revision,
+        response: PutResponse,
+    },
+    Delete {
+        revision: Revision,
+        response: DeleteResponse,
+    },
+    Txn {
+        revision: Revision,
+        response: TxnResponse,
+    },
+    Compacted {
+        revision: Revision,
+    },
+    LeaseGranted {
+        revision: Revision,
+        id: i64,
+        ttl_s: i64,
+    },
+    LeaseRevoked {
+        revision: Revision,
+    },
+    /// The alarms after an alarm command.
+    Alarms {
+        revision: Revision,
+        alarms: Vec<(u64, Alarm)>,
+    },
 }
 
-/// The etcd keyspace: the multi-version store and the leases that keys are attached to.
+/// The etcd keyspace: the multi-version store, the leases that keys are attached to, and the
+/// alarms raised on it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EtcdStore {
     mvcc: Mvcc,
     leases: Leases,
+    /// Raised alarms: (member that raised it, alarm).
+    alarms: std::collections::BTreeSet<(u64, Alarm)>,
 }
 
 impl Default for EtcdStore {
     fn default() -> Self {
-        EtcdStore { mvcc: Mvcc::new(), leases: Leases::default() }
+        EtcdStore { mvcc: Mvcc::new(), leases: Leases::default(), alarms: Default::default() }
     }
 }
 
+/// An alarm on the keyspace (etcd's `AlarmType`, without NONE).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Alarm {
+    /// The keyspace outgrew a member's quota: writes that add data are refused until an
+    /// operator frees space (compaction) and disarms it.
+    NoSpace,
+    /// A member found its data corrupt (never raised by Baton itself; accepted from clients).
+    Corrupt,
+}
+
 impl EtcdStore {
+    /// The raised alarms, by member.
+    pub fn alarms(&self) -> Vec<(u64, Alarm)> {
+        self.alarms.iter().copied().collect()
+    }
+
+    /// Raises or clears an alarm (clearing with `member` 0 clears it for every member).
+    pub fn set_alarm(&mut self, activate: bool, member: u64, alarm: Alarm) {
+        if activate {
+            self.alarms.insert((member, alarm));
+        } else {
+            self.alarms.retain(|(m, a)| *a != alarm || (member != 0 && *m != member));
+        }
+    }
+
+    /// With NOSPACE raised, a write that could add data is refused, as etcd's capped applier
+    /// does: a put, a transaction with a put in either branch (nested ones included), a lease
+    /// grant. Deletes, compaction and revocations free space and go on.
+    pub fn check_space(&self, command: &EtcdCommand) -> Result<(), EtcdError> {
+        if !self.alarms.iter().any(|(_, a)| *a == Alarm::NoSpace) {
+            return Ok(());
+        }
+        fn puts(ops: &[Op]) -> bool {
+            ops.iter().any(|op| match op {
+                Op::Put(_) => true,
+                Op::Txn(t) => puts(&t.success) || puts(&t.failure),
+                _ => false,
+            })
+        }
+        match command {
+            EtcdCommand::Put(_) | EtcdCommand::LeaseGrant { .. } => Err(EtcdError::NoSpace),
+            EtcdCommand::Txn(t) if puts(&t.success) || puts(&t.failure) => Err(EtcdError::NoSpace),
+            _ => Ok(()),
+        }
+    }
+
     /// The current revision.
     pub fn revision(&self) -> Revision {
         self.mvcc.revision()

@@ -573,3 +573,34 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn nospace_refuses_what_adds_data_and_clearing_for_member_zero_clears_every_member() {
+    let mut s = EtcdStore::default();
+    s.put(&PutRequest { key: b"k".to_vec(), value: b"v".to_vec(), ..Default::default() }).unwrap();
+    s.set_alarm(true, 2, Alarm::NoSpace);
+    s.set_alarm(true, 3, Alarm::NoSpace);
+    let put = EtcdCommand::Put(PutRequest { key: b"k".to_vec(), ..Default::default() });
+    assert_eq!(s.check_space(&put), Err(EtcdError::NoSpace));
+    assert_eq!(s.check_space(&EtcdCommand::LeaseGrant { id: 0, ttl_s: 10 }), Err(EtcdError::NoSpace));
+    let nested = TxnRequest {
+        failure: vec![Op::Txn(TxnRequest { success: vec![put_op("a", "b")], ..Default::default() })],
+        ..Default::default()
+    };
+    assert_eq!(s.check_space(&EtcdCommand::Txn(nested)), Err(EtcdError::NoSpace));
+    let reads_and_deletes = TxnRequest {
+        success: vec![Op::Delete(DeleteRequest { key: b"k".to_vec(), ..Default::default() })],
+        failure: vec![Op::Range(RangeRequest { key: b"k".to_vec(), ..Default::default() })],
+        ..Default::default()
+    };
+    assert_eq!(s.check_space(&EtcdCommand::Txn(reads_and_deletes)), Ok(()));
+    assert_eq!(s.check_space(&EtcdCommand::Delete(DeleteRequest { key: b"k".to_vec(), ..Default::default() })), Ok(()));
+    assert_eq!(s.check_space(&EtcdCommand::Compact(1)), Ok(()));
+    assert_eq!(s.check_space(&EtcdCommand::LeaseRevoke(5)), Ok(()));
+    s.set_alarm(false, 2, Alarm::NoSpace);
+    assert_eq!(s.alarms(), vec![(3, Alarm::NoSpace)]);
+    s.set_alarm(true, 3, Alarm::Corrupt);
+    s.set_alarm(false, 0, Alarm::NoSpace);
+    assert_eq!(s.alarms(), vec![(3, Alarm::Corrupt)]);
+    assert_eq!(s.check_space(&put), Ok(()));
+}

@@ -59,7 +59,7 @@ impl Group {
             let name = match &r.query {
                 Query::Lock(n) | Query::Counter(n) | Query::Register(n) => Some(n),
                 Query::Session(_) | Query::KeepAlive(_) => None,
-                Query::EtcdRange(_) | Query::EtcdLease { .. } | Query::EtcdLeases => {
+                Query::EtcdRange(_) | Query::EtcdLease { .. } | Query::EtcdLeases | Query::EtcdAlarms => {
                     let result = self.serve_etcd(&r.query, now);
                     out.push(Output::Reply { id: r.id, result });
                     continue;
@@ -71,7 +71,9 @@ impl Group {
                 continue;
             }
             let reply = match &r.query {
-                Query::EtcdRange(_) | Query::EtcdLease { .. } | Query::EtcdLeases => unreachable!("served above"),
+                Query::EtcdRange(_) | Query::EtcdLease { .. } | Query::EtcdLeases | Query::EtcdAlarms => {
+                    unreachable!("served above")
+                }
                 Query::Lock(name) => match self.sm.lock(name) {
                     Some(l) => Reply::Lock {
                         kind: l.kind,
@@ -126,25 +128,28 @@ impl Group {
                 .range(req)
                 .map(|response| Reply::EtcdRange { revision, response })
                 .map_err(|e| NodeError::Rejected(e.into())),
+            Query::EtcdAlarms => Ok(Reply::EtcdAlarms { revision, alarms: etcd.alarms() }),
             Query::EtcdLeases => {
                 Ok(Reply::EtcdLeases { revision, ids: etcd.leases().iter().map(|(id, _)| id).collect() })
             }
             Query::EtcdLease { ids, renew, keys } => {
                 let lease = |id: &i64| etcd.leases().get(*id).filter(|l| !self.expiring.contains(&l.session));
-                let leases = ids.iter().map(|id| lease(id).map(|l| {
-                    let ttl_ms = self.sm.session(l.session).map_or(l.ttl_s as u64 * 1000, |s| s.ttl_ms);
-                    if *renew {
-                        // Confirmed leader (served after a ReadIndex round or within the lease):
-                        // the lease runs a full TTL from now, as a session keepalive does.
-                        self.leases.set(l.session, now + ttl_ms);
-                    }
-                    let deadline = self.leases.deadline(l.session).unwrap_or(now + ttl_ms);
-                    crate::EtcdLeaseInfo {
-                        granted_s: l.ttl_s,
-                        remaining_s: (deadline.saturating_sub(now) / 1000) as i64,
-                        keys: if *keys { l.keys.iter().cloned().collect() } else { Vec::new() },
-                    }
-                }));
+                let leases = ids.iter().map(|id| {
+                    lease(id).map(|l| {
+                        let ttl_ms = self.sm.session(l.session).map_or(l.ttl_s as u64 * 1000, |s| s.ttl_ms);
+                        if *renew {
+                            // Confirmed leader (served after a ReadIndex round or within the lease):
+                            // the lease runs a full TTL from now, as a session keepalive does.
+                            self.leases.set(l.session, now + ttl_ms);
+                        }
+                        let deadline = self.leases.deadline(l.session).unwrap_or(now + ttl_ms);
+                        crate::EtcdLeaseInfo {
+                            granted_s: l.ttl_s,
+                            remaining_s: (deadline.saturating_sub(now) / 1000) as i64,
+                            keys: if *keys { l.keys.iter().cloned().collect() } else { Vec::new() },
+                        }
+                    })
+                });
                 Ok(Reply::EtcdLease { revision, leases: leases.collect() })
             }
             _ => unreachable!("not an etcd query"),

@@ -49,6 +49,8 @@ struct Ring {
     /// The replica's compaction revision as last published: a watcher that needs an older
     /// revision is told it was compacted, even while the ring still holds it.
     compacted: Revision,
+    /// What the replica's kept history weighs, as last published (the quota compares it).
+    store_bytes: u64,
 }
 
 /// The feed: a ring of recent changes and a signal carrying the last published revision.
@@ -73,6 +75,7 @@ impl EtcdFeed {
         let rev = store.revision();
         let mut ring = self.ring.lock().expect("feed lock");
         ring.compacted = store.mvcc().compacted();
+        ring.store_bytes = store.mvcc().bytes();
         if ring.present && rev == ring.published {
             return;
         }
@@ -81,8 +84,8 @@ impl EtcdFeed {
             // First publication (history before it is read from the replica), or the replica
             // was replaced by a snapshot whose history does not reach back to what was
             // published: start over from here.
-            let compacted = store.mvcc().compacted();
-            *ring = Ring { present: true, first: rev + 1, published: rev, compacted, ..Ring::default() };
+            let (compacted, store_bytes) = (store.mvcc().compacted(), store.mvcc().bytes());
+            *ring = Ring { present: true, first: rev + 1, published: rev, compacted, store_bytes, ..Ring::default() };
             drop(ring);
             self.revision.send_replace(rev);
             return;
@@ -141,6 +144,11 @@ impl EtcdFeed {
     /// The replica's revision as last published (0 before the first publication).
     pub fn revision(&self) -> Revision {
         *self.revision.borrow()
+    }
+
+    /// What the replica's kept history weighs, in bytes, as last published.
+    pub fn store_bytes(&self) -> u64 {
+        self.ring.lock().expect("feed lock").store_bytes
     }
 
     /// Whether this node holds a replica of the keyspace's group (known after the first round).

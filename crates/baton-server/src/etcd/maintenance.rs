@@ -10,7 +10,9 @@ use baton_proto::etcd::etcdserverpb::maintenance_server::Maintenance;
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
 
-use super::{cluster_id, Backend, ETCD_API_VERSION};
+use baton_core::etcd::{Alarm, EtcdCommand, EtcdOutcome};
+
+use super::{cluster_id, written, Backend, EtcdAnswer, EtcdCall, ETCD_API_VERSION};
 use crate::runtime::Input;
 
 /// The `etcdserverpb.Cluster` service.
@@ -65,6 +67,13 @@ impl Backend {
     }
 }
 
+fn alarm_type(a: Alarm) -> pb::AlarmType {
+    match a {
+        Alarm::NoSpace => pb::AlarmType::Nospace,
+        Alarm::Corrupt => pb::AlarmType::Corrupt,
+    }
+}
+
 fn membership_elsewhere(what: &str) -> Status {
     Status::unimplemented(format!(
         "{what} is not served on Baton's etcd API: members are added and removed with `baton cluster \
@@ -97,21 +106,39 @@ impl Cluster for ClusterService {
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
+    /// GET lists the raised alarms; ACTIVATE raises one for a member; DEACTIVATE (etcdctl's
+    /// `alarm disarm`) clears one, for every member if the member id is 0. Raising and clearing
+    /// go through the log: every replica agrees on which writes NOSPACE refuses.
     async fn alarm(&self, request: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
+        use pb::alarm_request::AlarmAction;
         let req = request.into_inner();
-        match pb::alarm_request::AlarmAction::try_from(req.action) {
-            // No alarm is ever raised yet (the keyspace's quota comes with its NOSPACE alarm).
-            Ok(pb::alarm_request::AlarmAction::Get) => {
-                Ok(Response::new(pb::AlarmResponse { header: self.backend.header(0), alarms: Vec::new() }))
+        let action = AlarmAction::try_from(req.action)
+            .map_err(|_| Status::invalid_argument(format!("unknown alarm action {}", req.action)))?;
+        let alarm = match pb::AlarmType::try_from(req.alarm) {
+            Ok(pb::AlarmType::Nospace) => Some(Alarm::NoSpace),
+            Ok(pb::AlarmType::Corrupt) => Some(Alarm::Corrupt),
+            Ok(pb::AlarmType::None) => None,
+            Err(_) => return Err(Status::invalid_argument(format!("unknown alarm type {}", req.alarm))),
+        };
+        let (revision, alarms) = match (action, alarm) {
+            (AlarmAction::Get, _) | (_, None) => match self.backend.call(EtcdCall::Alarms).await? {
+                EtcdAnswer::Alarms { revision, alarms } => (revision, alarms),
+                other => return Err(Status::internal(format!("unexpected answer to an alarm list: {other:?}"))),
+            },
+            (action, Some(alarm)) => {
+                let activate = action == AlarmAction::Activate;
+                let command = EtcdCommand::Alarm { activate, member: req.member_id, alarm };
+                match written(self.backend.call(EtcdCall::Write(command)).await?)? {
+                    EtcdOutcome::Alarms { revision, alarms } => (revision, alarms),
+                    other => return Err(Status::internal(format!("unexpected outcome of an alarm: {other:?}"))),
+                }
             }
-            Ok(pb::alarm_request::AlarmAction::Deactivate) => {
-                Ok(Response::new(pb::AlarmResponse { header: self.backend.header(0), alarms: Vec::new() }))
-            }
-            Ok(pb::alarm_request::AlarmAction::Activate) => {
-                Err(Status::unimplemented("raising an alarm by hand is not served on Baton's etcd API"))
-            }
-            Err(_) => Err(Status::invalid_argument(format!("unknown alarm action {}", req.action))),
-        }
+        };
+        let alarms = alarms
+            .into_iter()
+            .map(|(member_id, a)| pb::AlarmMember { member_id, alarm: alarm_type(a) as i32 })
+            .collect();
+        Ok(Response::new(pb::AlarmResponse { header: self.backend.header(revision), alarms }))
     }
 
     async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
@@ -139,6 +166,12 @@ impl Maintenance for MaintenanceService {
         });
         if s.leader.is_none() && errors.is_empty() {
             errors.push("etcdserver: no leader".to_string());
+        }
+        // Raised alarms show as errors, as etcd's status lists them.
+        if let Ok(EtcdAnswer::Alarms { alarms, .. }) = self.backend.call(EtcdCall::Alarms).await {
+            for (member, a) in alarms {
+                errors.push(format!("memberID:{member} alarm:{} ", alarm_type(a).as_str_name()));
+            }
         }
         let view = self.backend.node.view.lock().expect("view lock");
         Ok(Response::new(pb::StatusResponse {

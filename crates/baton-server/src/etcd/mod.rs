@@ -23,7 +23,7 @@ pub mod watch;
 
 use std::time::Duration;
 
-use baton_core::etcd::{EtcdCommand, EtcdError, EtcdOutcome, RangeRequest, RangeResponse};
+use baton_core::etcd::{Alarm, EtcdCommand, EtcdError, EtcdOutcome, RangeRequest, RangeResponse};
 use baton_core::topology::ETCD_GROUP;
 use baton_node::{Answer, EtcdLeaseInfo, NodeError, NodeId, Query, Reply, Request};
 use baton_proto::etcd::etcdserverpb as pb;
@@ -45,6 +45,8 @@ pub use watch::WatchService;
 pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
 /// What gRPC itself accepts on the etcd port (etcd adds 512 KiB of overhead to the above).
 pub const MAX_GRPC_MESSAGE_BYTES: usize = MAX_REQUEST_BYTES + 512 * 1024;
+/// The keyspace's quota unless `--etcd-quota-bytes` says otherwise (etcd's default).
+pub const DEFAULT_QUOTA_BYTES: u64 = 2 << 30;
 /// The etcd API version Baton's answers follow (what `Status` reports).
 pub const ETCD_API_VERSION: &str = "3.5.0";
 /// Redirects a call follows at once before it pauses.
@@ -65,6 +67,8 @@ pub enum EtcdCall {
     Lease { ids: Vec<i64>, renew: bool, keys: bool },
     /// Every lease's id.
     Leases,
+    /// The alarms raised.
+    Alarms,
 }
 
 /// What an [`EtcdCall`] returned.
@@ -74,6 +78,7 @@ pub enum EtcdAnswer {
     Range { revision: i64, response: RangeResponse },
     Lease { revision: i64, leases: Vec<Option<EtcdLeaseInfo>> },
     Leases { revision: i64, ids: Vec<i64> },
+    Alarms { revision: i64, alarms: Vec<(u64, baton_core::etcd::Alarm)> },
 }
 
 /// A failed call as it travels back from the node that ran it: a gRPC code and message.
@@ -192,24 +197,55 @@ impl Backend {
 
     /// Runs `call` on this node's replica (refused with NotLeader unless it leads).
     pub async fn local(&self, call: EtcdCall) -> Result<EtcdAnswer, NodeError> {
+        if let EtcdCall::Write(c) = &call {
+            self.check_quota(c).await?;
+        }
         let request = match call {
             EtcdCall::Write(c) => Request::Propose(baton_core::Command::Etcd(c)),
             EtcdCall::Range(r) => Request::Read(Query::EtcdRange(Box::new(r))),
             EtcdCall::Lease { ids, renew, keys } => Request::Read(Query::EtcdLease { ids, renew, keys }),
             EtcdCall::Leases => Request::Read(Query::EtcdLeases),
+            EtcdCall::Alarms => Request::Read(Query::EtcdAlarms),
         };
-        let (tx, rx) = oneshot::channel();
-        if !self.node.send(Input::Request { group: Some(ETCD_GROUP), request, tx }) {
-            return Err(NodeError::Unavailable("node is shutting down".into()));
-        }
-        let answer = rx.await.map_err(|_| NodeError::Unavailable("node is shutting down".into()))??;
-        match answer {
+        match self.request(request).await? {
             Answer::Applied(baton_core::Outcome::Etcd(o)) => Ok(EtcdAnswer::Written(o)),
             Answer::Read(Reply::EtcdRange { revision, response }) => Ok(EtcdAnswer::Range { revision, response }),
             Answer::Read(Reply::EtcdLease { revision, leases }) => Ok(EtcdAnswer::Lease { revision, leases }),
             Answer::Read(Reply::EtcdLeases { revision, ids }) => Ok(EtcdAnswer::Leases { revision, ids }),
+            Answer::Read(Reply::EtcdAlarms { revision, alarms }) => Ok(EtcdAnswer::Alarms { revision, alarms }),
             other => Err(NodeError::Unavailable(format!("unexpected answer to an etcd call: {other:?}"))),
         }
+    }
+
+    async fn request(&self, request: Request) -> Result<Answer, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        if !self.node.send(Input::Request { group: Some(ETCD_GROUP), request, tx }) {
+            return Err(NodeError::Unavailable("node is shutting down".into()));
+        }
+        rx.await.map_err(|_| NodeError::Unavailable("node is shutting down".into()))?
+    }
+
+    /// The quota, checked by the keyspace's leader before it proposes a write that adds data
+    /// (etcd checks it on the member that takes the request, before proposing too): if the
+    /// kept history plus the write would outgrow `--etcd-quota-bytes`, the NOSPACE alarm is
+    /// raised (through the log: every replica then refuses such writes until an operator
+    /// disarms it) and the write refused.
+    async fn check_quota(&self, command: &EtcdCommand) -> Result<(), NodeError> {
+        let cost = quota_cost(command);
+        let (quota, leading) = {
+            let view = self.node.view.lock().expect("view lock");
+            (view.etcd_quota_bytes, view.leaders.get(&ETCD_GROUP).copied().flatten() == Some(self.node.id))
+        };
+        if cost == 0 || quota == 0 || !leading || self.node.etcd_feed.store_bytes() + cost <= quota {
+            return Ok(());
+        }
+        let raise = EtcdCommand::Alarm { activate: true, member: self.node.id, alarm: Alarm::NoSpace };
+        if let Err(e) = self.request(Request::Propose(baton_core::Command::Etcd(raise))).await {
+            tracing::warn!(
+                "the etcd keyspace is over its quota ({quota} bytes) but the NOSPACE alarm was not raised: {e}"
+            );
+        }
+        Err(NodeError::Rejected(baton_core::Error::Etcd(EtcdError::NoSpace)))
     }
 
     /// Sends `call` to node `to` over the peer port. The outer error is final; the inner one
@@ -316,6 +352,29 @@ pub fn router(backend: Backend, progress_every: Duration) -> tonic::transport::s
         .add_service(LockServer::new(LockService { backend: backend.clone() }))
         .add_service(ElectionServer::new(ElectionService { backend: backend.clone() }).max_decoding_message_size(limit))
         .add_service(MaintenanceServer::new(MaintenanceService { backend }))
+}
+
+/// What a write adds to the keyspace as the quota counts it (etcd's rule: a put its key and
+/// value and some overhead, a transaction its larger branch, a lease grant a fixed overhead;
+/// anything else frees space or adds none).
+pub fn quota_cost(command: &EtcdCommand) -> u64 {
+    use baton_core::etcd::Op;
+    const OVERHEAD: u64 = 64;
+    fn ops(list: &[Op]) -> u64 {
+        list.iter()
+            .map(|op| match op {
+                Op::Put(p) => OVERHEAD + p.key.len() as u64 + p.value.len() as u64,
+                Op::Txn(t) => ops(&t.success).max(ops(&t.failure)),
+                _ => 0,
+            })
+            .sum()
+    }
+    match command {
+        EtcdCommand::Put(p) => OVERHEAD + p.key.len() as u64 + p.value.len() as u64,
+        EtcdCommand::Txn(t) => ops(&t.success).max(ops(&t.failure)),
+        EtcdCommand::LeaseGrant { .. } => OVERHEAD,
+        _ => 0,
+    }
 }
 
 /// Refuses a request larger than etcd accepts.

@@ -22,6 +22,8 @@ pub struct TestCluster {
     pub etcd: bool,
     /// Each node's etcd API address (kept across restarts).
     pub etcd_addrs: BTreeMap<u64, String>,
+    /// The etcd keyspace's quota every node enforces.
+    pub etcd_quota_bytes: u64,
 }
 
 impl TestCluster {
@@ -35,15 +37,27 @@ impl TestCluster {
 
     /// A cluster of `n` nodes whose names are sharded over `groups` data groups.
     pub async fn start_sharded(n: u64, snapshot_entries: u64, lease_reads: bool, groups: u64) -> TestCluster {
-        TestCluster::start_full(n, snapshot_entries, lease_reads, groups, false).await
+        TestCluster::start_full(n, snapshot_entries, lease_reads, groups, None).await
     }
 
     /// A cluster of `n` nodes serving etcd's API too (on ports of their own).
     pub async fn with_etcd(n: u64, groups: u64) -> TestCluster {
-        TestCluster::start_full(n, 20_000, false, groups, true).await
+        TestCluster::with_etcd_quota(n, groups, baton_server::etcd::DEFAULT_QUOTA_BYTES).await
     }
 
-    async fn start_full(n: u64, snapshot_entries: u64, lease_reads: bool, groups: u64, etcd: bool) -> TestCluster {
+    /// [`TestCluster::with_etcd`] with the keyspace's quota given.
+    pub async fn with_etcd_quota(n: u64, groups: u64, quota: u64) -> TestCluster {
+        TestCluster::start_full(n, 20_000, false, groups, Some(quota)).await
+    }
+
+    /// `etcd`: serve etcd's API with this quota.
+    async fn start_full(
+        n: u64,
+        snapshot_entries: u64,
+        lease_reads: bool,
+        groups: u64,
+        etcd: Option<u64>,
+    ) -> TestCluster {
         let mut peer_listeners = BTreeMap::new();
         let mut client_listeners = BTreeMap::new();
         for id in 1..=n {
@@ -60,8 +74,9 @@ impl TestCluster {
             snapshot_entries,
             lease_reads,
             groups,
-            etcd,
+            etcd: etcd.is_some(),
             etcd_addrs: BTreeMap::new(),
+            etcd_quota_bytes: etcd.unwrap_or(0),
         };
         c.start_nodes(client_listeners, peer_listeners).await;
         c
@@ -88,6 +103,7 @@ impl TestCluster {
         config.lease_reads = self.lease_reads;
         config.groups = self.groups;
         if self.etcd {
+            config.etcd_quota_bytes = self.etcd_quota_bytes;
             config.etcd_addr = Some(self.etcd_addrs.get(&id).cloned().unwrap_or_else(|| "127.0.0.1:0".into()));
         }
         let server = Server::start_with_listeners(config, client, peer).await.unwrap();

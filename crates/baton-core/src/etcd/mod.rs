@@ -279,7 +279,43 @@ pub enum Alarm {
     Corrupt,
 }
 
+/// What a replica's history holds from a revision on (see [`EtcdStore::changes_from`]): what a
+/// watch replays.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChangesFrom {
+    /// Every change from the revision asked for through `through` (whole revisions; possibly
+    /// none, with `through` the store's revision, if nothing is newer).
+    Changes { changes: Vec<(Revision, KeyEvent)>, through: Revision },
+    /// The revision asked for was compacted away; the store's compaction revision.
+    Compacted(Revision),
+}
+
 impl EtcdStore {
+    /// The changes from revision `from` on, at most about `max` of them but whole revisions (a
+    /// single revision with more changes comes whole), or `Compacted` if `from` is before the
+    /// last compaction. A watch is served by this, from its node's own replica, in the server
+    /// and in the simulator alike.
+    pub fn changes_from(&self, from: Revision, max: usize) -> ChangesFrom {
+        let compacted = self.mvcc.compacted();
+        if from < compacted {
+            return ChangesFrom::Compacted(compacted);
+        }
+        let mut changes = self.mvcc.changes_since(from, max + 1);
+        if changes.len() <= max {
+            return ChangesFrom::Changes { changes, through: self.revision() };
+        }
+        let cut = changes[max].0;
+        changes.retain(|(r, _)| *r < cut);
+        if changes.is_empty() {
+            // One revision (a large delete) with more than `max` changes: it comes whole.
+            let mut all = self.mvcc.changes_since(from, usize::MAX);
+            let only = all.first().map_or(from, |(r, _)| *r);
+            all.retain(|(r, _)| *r == only);
+            return ChangesFrom::Changes { changes: all, through: only };
+        }
+        ChangesFrom::Changes { changes, through: cut - 1 }
+    }
+
     /// The raised alarms, by member.
     pub fn alarms(&self) -> Vec<(u64, Alarm)> {
         self.alarms.iter().copied().collect()

@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use baton_core::etcd::{EtcdStore, KeyEvent, Revision};
+use baton_core::etcd::{ChangesFrom, EtcdStore, KeyEvent, Revision};
 use tokio::sync::watch;
 
 /// Most changes the ring keeps.
@@ -80,7 +80,8 @@ impl EtcdFeed {
             return;
         }
         let from = ring.published + 1;
-        if !ring.present || rev < ring.published || store.mvcc().compacted() > from {
+        let next = (ring.present && rev > ring.published).then(|| store.changes_from(from, PUBLISH_PER_ROUND));
+        let Some(ChangesFrom::Changes { changes, through }) = next else {
             // First publication (history before it is read from the replica), or the replica
             // was replaced by a snapshot whose history does not reach back to what was
             // published: start over from here.
@@ -89,8 +90,7 @@ impl EtcdFeed {
             drop(ring);
             self.revision.send_replace(rev);
             return;
-        }
-        let (changes, through) = whole_revisions(store, from, PUBLISH_PER_ROUND);
+        };
         for (r, e) in changes {
             ring.bytes += weight(&e);
             ring.changes.push_back((r, Arc::new(e)));
@@ -162,27 +162,6 @@ impl EtcdFeed {
     }
 }
 
-/// The changes of `store` from revision `from` on, at most about `max` but whole revisions (a
-/// single revision with more changes comes whole), and the revision they reach through.
-pub fn whole_revisions(store: &EtcdStore, from: Revision, max: usize) -> (Vec<(Revision, KeyEvent)>, Revision) {
-    let mvcc = store.mvcc();
-    let mut changes = mvcc.changes_since(from, max + 1);
-    if changes.len() <= max {
-        return (changes, store.revision());
-    }
-    let cut = changes[max].0;
-    changes.retain(|(r, _)| *r < cut);
-    if changes.is_empty() {
-        // One revision (a large delete) with more than `max` changes: it comes whole.
-        let mut all = mvcc.changes_since(from, usize::MAX);
-        let only = all.first().map_or(from, |(r, _)| *r);
-        all.retain(|(r, _)| *r == only);
-        return (all, only);
-    }
-    let through = cut - 1;
-    (changes, through)
-}
-
 /// The replica's history from a revision (see [`Input::EtcdHistory`](crate::runtime::Input)).
 #[derive(Debug)]
 pub enum History {
@@ -197,13 +176,10 @@ pub enum History {
 impl History {
     /// What `store` (this node's replica, if it holds one) has from revision `from` on.
     pub fn of(store: Option<&EtcdStore>, from: Revision, max: usize) -> History {
-        match store {
+        match store.map(|s| s.changes_from(from, max)) {
             None => History::NoReplica,
-            Some(s) if from < s.mvcc().compacted() => History::Compacted(s.mvcc().compacted()),
-            Some(s) => {
-                let (changes, through) = whole_revisions(s, from, max);
-                History::Changes { changes, through }
-            }
+            Some(ChangesFrom::Compacted(rev)) => History::Compacted(rev),
+            Some(ChangesFrom::Changes { changes, through }) => History::Changes { changes, through },
         }
     }
 }

@@ -61,13 +61,15 @@ pub struct Bugs {
     /// A follower that got one notice that its leader's group sleeps stops ticking that group
     /// for good: when the leader's node fails, nobody campaigns (liveness; needs idle groups).
     pub sleeper_never_wakes: bool,
+    /// A watch replaying the etcd keyspace's history skips deletions (watch exactly-once).
+    pub etcd_watch_skips_deletes: bool,
 }
 
 /// Picks one flag out of a [`Bugs`].
 type Flag = fn(&mut Bugs) -> &mut bool;
 
 /// The command-line names of the bugs, with the flag each sets.
-const TABLE: [(&str, Flag); 19] = [
+const TABLE: [(&str, Flag); 20] = [
     ("grant-ignores-queue", |b| &mut b.grant_ignores_queue),
     ("token-reset-on-restart", |b| &mut b.token_reset_on_restart),
     ("follower-expiry", |b| &mut b.follower_expiry),
@@ -87,6 +89,7 @@ const TABLE: [(&str, Flag); 19] = [
     ("handoff-keeps-serving", |b| &mut b.handoff_keeps_serving),
     ("joiner-starts-empty", |b| &mut b.joiner_starts_empty),
     ("sleeper-never-wakes", |b| &mut b.sleeper_never_wakes),
+    ("etcd-watch-skips-deletes", |b| &mut b.etcd_watch_skips_deletes),
 ];
 
 impl Bugs {

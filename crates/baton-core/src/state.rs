@@ -450,6 +450,20 @@ impl StateMachine {
         self.etcd.as_deref()
     }
 
+    /// What a watch of the etcd keyspace replays from revision `from` (see
+    /// [`crate::etcd::EtcdStore::changes_from`]); `None` if this group does not hold it. The
+    /// server's watches and the simulator's watchers read through here.
+    pub fn etcd_changes_from(&self, from: i64, max: usize) -> Option<crate::etcd::ChangesFrom> {
+        let mut changes = self.etcd.as_deref()?.changes_from(from, max);
+        if self.bugs.etcd_watch_skips_deletes {
+            // Deliberate bug: deletions are left out of what a watch replays.
+            if let crate::etcd::ChangesFrom::Changes { changes, .. } = &mut changes {
+                changes.retain(|(_, e)| !e.deleted);
+            }
+        }
+        Some(changes)
+    }
+
     fn open_session(
         &mut self,
         index: u64,

@@ -394,8 +394,8 @@ impl<S: LogStore> Runtime<S> {
             }
             Input::Forwarded { id, result } => self.driver.node_mut().forwarded(id, result),
             Input::EtcdHistory { from, max, tx } => {
-                let store = self.driver.node().state_machine(ETCD_GROUP).and_then(|sm| sm.etcd());
-                let _ = tx.send(crate::etcd::feed::History::of(store, from, max));
+                let sm = self.driver.node().state_machine(ETCD_GROUP);
+                let _ = tx.send(crate::etcd::feed::History::of(sm.and_then(|sm| sm.etcd_changes_from(from, max))));
             }
             Input::Stop => return false,
         }

@@ -78,6 +78,32 @@ pub struct RegisterOp {
     pub version: Option<u64>,
 }
 
+/// One operation on the etcd keyspace.
+#[derive(Clone, Debug)]
+pub struct EtcdOp {
+    pub key: Vec<u8>,
+    /// `Some(Some(v))`: a put of `v`; `Some(None)`: a delete; `None`: a read.
+    pub write: Option<Option<Vec<u8>>>,
+    pub invoked: Time,
+    /// `None`: no answer (a write may or may not have applied).
+    pub completed: Option<Time>,
+    /// The keyspace's revision in the answer's header.
+    pub revision: Option<i64>,
+    /// A read's answer: the key's value, `None` if absent.
+    pub read: Option<Option<Vec<u8>>>,
+    /// A write changed the keyspace (a delete of an absent key does not).
+    pub changed: bool,
+}
+
+/// A watcher of the etcd keyspace: the revision it started from, how far it has read, and the
+/// changes it was sent, in order.
+#[derive(Clone, Debug, Default)]
+pub struct EtcdWatcher {
+    pub start: i64,
+    pub through: i64,
+    pub seen: Vec<(i64, baton_core::etcd::KeyEvent)>,
+}
+
 /// What a node is applying: (group, log index), and the (sequence number, event) pairs so far.
 type Applying = ((u64, u64), Vec<(u64, Event)>);
 
@@ -105,6 +131,13 @@ pub struct History {
     pub register_ops: Vec<RegisterOp>,
     /// Latch waits clients were told they passed: (session, request id, time).
     pub latch_passes: Vec<(SessionId, u64, Time)>,
+    /// Operations on the etcd keyspace, in invocation order.
+    pub etcd_ops: Vec<EtcdOp>,
+    /// Watchers of the etcd keyspace, fed from the replicas of whichever nodes were up.
+    pub etcd_watchers: Vec<EtcdWatcher>,
+    /// The etcd keyspace's history as the most advanced replica has it at the end (`None`: no
+    /// node holds the keyspace); every other replica's must be a prefix of it.
+    pub etcd_truth: Option<Vec<(i64, baton_core::etcd::KeyEvent)>>,
     /// Violations the clients saw in answers (a describe without the holder, a refused proclaim
     /// of a leader, ...), reported after the whole-history checkers, which are more specific.
     pub answer_violations: Vec<Violation>,
@@ -165,8 +198,116 @@ impl History {
         self.check_latch();
         self.check_once();
         self.check_one_kind();
+        self.check_etcd(now);
         let seen = std::mem::take(&mut self.answer_violations);
         self.violations.extend(seen);
+    }
+
+    /// The etcd keyspace, against the history every replica agrees on (the most advanced
+    /// replica's, checked by the world to extend every other's):
+    /// - every acknowledged put is in it, at the revision its answer gave, with its value; every
+    ///   acknowledged delete that deleted is a deletion there, one that did not finds the key
+    ///   absent at its revision;
+    /// - every read returns the key as the history has it at the read's revision;
+    /// - real time: an operation invoked after another completed answers at a revision no
+    ///   older (newer, if it changed the keyspace);
+    /// - watchers: each saw exactly the history's changes from its start through where it
+    ///   read, once each, in revision order.
+    fn check_etcd(&mut self, at: Time) {
+        use std::collections::BTreeMap;
+        let Some(truth) = self.etcd_truth.clone() else { return };
+        // Per key: (revision, value after it; `None`: deleted).
+        type KeyHistory = Vec<(i64, Option<Vec<u8>>)>;
+        let mut per_key: BTreeMap<Vec<u8>, KeyHistory> = BTreeMap::new();
+        for (rev, e) in &truth {
+            per_key.entry(e.kv.key.clone()).or_default().push((*rev, (!e.deleted).then(|| e.kv.value.clone())));
+        }
+        let value_at = |key: &[u8], rev: i64| -> Option<Vec<u8>> {
+            per_key.get(key).and_then(|h| h.iter().take_while(|(r, _)| *r <= rev).last()).and_then(|(_, v)| v.clone())
+        };
+        let mut found = Vec::new();
+        for o in &self.etcd_ops {
+            let (Some(done), Some(rev)) = (o.completed, o.revision) else { continue };
+            let key = String::from_utf8_lossy(&o.key);
+            match &o.write {
+                Some(written) if o.changed => {
+                    let there = truth.iter().any(|(r, e)| {
+                        *r == rev && e.kv.key == o.key && (!e.deleted).then(|| e.kv.value.clone()) == *written
+                    });
+                    if !there {
+                        found.push(format!(
+                            "an acknowledged {} of {key:?} at revision {rev} (completed at {done} µs) is not in the history",
+                            if written.is_some() { "put" } else { "delete" }
+                        ));
+                    }
+                }
+                Some(_) => {
+                    if value_at(&o.key, rev).is_some() {
+                        found.push(format!(
+                            "a delete of {key:?} at revision {rev} found nothing, yet the key lives there"
+                        ));
+                    }
+                }
+                None => {
+                    let want = value_at(&o.key, rev);
+                    if o.read.as_ref() != Some(&want) {
+                        found.push(format!(
+                            "a read of {key:?} at revision {rev} (completed at {done} µs) gave {:?}; the history has {:?}",
+                            o.read.as_ref().map(|v| v.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())),
+                            want.map(|b| String::from_utf8_lossy(&b).into_owned())
+                        ));
+                    }
+                }
+            }
+        }
+        // Real time: the newest revision of anything completed before each invocation.
+        let mut done: Vec<(Time, i64)> =
+            self.etcd_ops.iter().filter_map(|o| Some((o.completed?, o.revision?))).collect();
+        done.sort();
+        let mut newest = Vec::with_capacity(done.len());
+        let mut max = i64::MIN;
+        for (_, r) in &done {
+            max = max.max(*r);
+            newest.push(max);
+        }
+        for o in &self.etcd_ops {
+            let Some(rev) = o.revision else { continue };
+            let before = done.partition_point(|(t, _)| *t < o.invoked);
+            if before == 0 {
+                continue;
+            }
+            let floor = newest[before - 1];
+            let changed = o.write.is_some() && o.changed;
+            if rev < floor || (changed && rev == floor) {
+                found.push(format!(
+                    "an operation on {:?} invoked at {} µs answered at revision {rev}, but revision {floor} was \
+                     answered before it began",
+                    String::from_utf8_lossy(&o.key),
+                    o.invoked
+                ));
+            }
+        }
+        for (i, w) in self.etcd_watchers.iter().enumerate() {
+            let want: Vec<&(i64, baton_core::etcd::KeyEvent)> =
+                truth.iter().filter(|(r, _)| *r >= w.start && *r <= w.through).collect();
+            let seen: Vec<&(i64, baton_core::etcd::KeyEvent)> = w.seen.iter().collect();
+            if seen != want {
+                let first = seen.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(seen.len().min(want.len()));
+                found.push(format!(
+                    "watcher {i} (from revision {}, through {}) saw {} changes, the history has {}; first difference at \
+                     position {first}: saw {:?}, history {:?}",
+                    w.start,
+                    w.through,
+                    seen.len(),
+                    want.len(),
+                    seen.get(first).map(|(r, e)| (r, &e.kv.key, e.deleted)),
+                    want.get(first).map(|(r, e)| (r, &e.kv.key, e.deleted))
+                ));
+            }
+        }
+        for detail in found {
+            self.violations.push(Violation { property: "etcd", detail, at });
+        }
     }
 
     /// The register `reg-0`, against real time: acknowledged writes get strictly increasing

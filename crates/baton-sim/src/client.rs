@@ -19,7 +19,7 @@ use baton_client::core::{
     ErrorClass, Lease, Op, Renew, Renewals, RequestIds, Routes, FIRST_BACKOFF_MS, HURRY_INTERVAL_MS,
 };
 use baton_core::{Command, Outcome, SessionId};
-use baton_node::{Answer, NodeError, Request};
+use baton_node::{Answer, NodeError, Query, Request};
 use rand_chacha::ChaCha8Rng;
 
 use crate::check::{History, Time};
@@ -466,7 +466,12 @@ impl SimClient {
     /// group serving the name (and it says which group), an open to the leader of the client
     /// id's group (the server routes it), anything else to the current endpoint.
     fn target(&self, request: &Request) -> (u64, Option<u64>) {
+        use baton_core::topology::ETCD_GROUP;
         match request {
+            // The etcd keyspace's requests go to its group's leader.
+            Request::Propose(Command::Etcd(_)) | Request::Read(Query::EtcdRange(_)) => {
+                (self.routes.target(Some(ETCD_GROUP)), Some(ETCD_GROUP))
+            }
             Request::Propose(Command::OpenSession { client, .. }) => {
                 (self.routes.target(Some(self.routes.map.group_of(client))), None)
             }

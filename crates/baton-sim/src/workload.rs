@@ -26,7 +26,7 @@ use baton_node::{AcquireResult, Answer, NodeError, Query, Reply, Request};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::check::{CounterOp, History, Hold, RegisterOp, Time, Violation, BARRIER_PARTIES};
+use crate::check::{CounterOp, EtcdOp, History, Hold, RegisterOp, Time, Violation, BARRIER_PARTIES};
 use crate::client::{Effects, Failure, SimClient};
 
 /// The session's retry window (`baton_core`'s `RECENT_PER_SESSION`): an acquire is re-sent
@@ -75,6 +75,10 @@ pub(crate) enum Work {
     /// A command of another kind on a held name.
     CrossKind {
         name: String,
+    },
+    /// `op` indexes `History::etcd_ops`.
+    Etcd {
+        op: usize,
     },
 }
 
@@ -149,6 +153,7 @@ impl SimClient {
             0..15 => self.counter(now, local, rng, fx, hist),
             15..30 => self.register(now, local, rng, fx, hist),
             30..40 => self.latch(now, local, session, rng, fx, hist),
+            50..60 => self.etcd(now, local, rng, fx, hist),
             40..45 if self.memory.finished.len() > RETRY_WINDOW + 1 => self.old_retry(fx),
             45..50 if self.memory.resigned.is_some() => self.stale_proclaim(session, fx),
             _ => self.acquire(now, local, session, rng, fx, hist),
@@ -245,6 +250,40 @@ impl SimClient {
         };
         let command = Command::RegisterSet { name: REGISTER.into(), value, expected_version };
         self.propose(local, Op::RegisterSet, command, Work::Register { op }, fx);
+    }
+
+    /// A read, put or delete of one of a few keys of the etcd keyspace (its own group).
+    fn etcd(&mut self, now: Time, local: u64, rng: &mut ChaCha8Rng, fx: &mut Effects, hist: &mut History) {
+        use baton_core::etcd::{DeleteRequest, EtcdCommand, PutRequest, RangeRequest};
+        let key = format!("e/{}", rng.gen_range(0..3)).into_bytes();
+        let op = hist.etcd_ops.len();
+        let roll = rng.gen_range(0..10);
+        let (kind, request, write) = match roll {
+            0..4 => {
+                let range = RangeRequest { key: key.clone(), ..Default::default() };
+                (Op::Read, Request::Read(Query::EtcdRange(Box::new(range))), None)
+            }
+            4..9 => {
+                // Every value is unique: the checker finds each acknowledged put by it.
+                let value = format!("c{}-{op}", self.id).into_bytes();
+                let put = PutRequest { key: key.clone(), value: value.clone(), ..Default::default() };
+                (Op::RegisterSet, Request::Propose(Command::Etcd(EtcdCommand::Put(put))), Some(Some(value)))
+            }
+            _ => {
+                let delete = DeleteRequest { key: key.clone(), ..Default::default() };
+                (Op::RegisterSet, Request::Propose(Command::Etcd(EtcdCommand::Delete(delete))), Some(None))
+            }
+        };
+        hist.etcd_ops.push(EtcdOp {
+            key,
+            write,
+            invoked: now,
+            completed: None,
+            revision: None,
+            read: None,
+            changed: false,
+        });
+        self.start_call(local, kind, request, 0, None, Work::Etcd { op }, fx);
     }
 
     fn latch(
@@ -383,6 +422,35 @@ impl SimClient {
             ) => {
                 hist.counter_ops[op].completed = Some(now);
                 hist.counter_ops[op].value = Some(value);
+                self.idle_until = rest;
+            }
+            (Work::Etcd { op }, result) => {
+                use baton_core::etcd::EtcdOutcome;
+                let o = &mut hist.etcd_ops[op];
+                let revision = match result {
+                    Ok(Answer::Read(Reply::EtcdRange { revision, response })) => {
+                        o.read = Some(response.kvs.into_iter().next().map(|kv| kv.value));
+                        Some(revision)
+                    }
+                    Ok(Answer::Applied(Outcome::Etcd(EtcdOutcome::Put { revision, .. }))) => {
+                        o.changed = true;
+                        Some(revision)
+                    }
+                    Ok(Answer::Applied(Outcome::Etcd(EtcdOutcome::Delete { revision, response }))) => {
+                        o.changed = response.deleted > 0;
+                        Some(revision)
+                    }
+                    Ok(other) => {
+                        hist.violations.push(unexpected(now, self.id, &other));
+                        None
+                    }
+                    Err(_) => None,
+                };
+                if revision.is_some() {
+                    let o = &mut hist.etcd_ops[op];
+                    o.completed = Some(now);
+                    o.revision = revision;
+                }
                 self.idle_until = rest;
             }
             (Work::Register { op }, result) => {

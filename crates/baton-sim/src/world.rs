@@ -3,6 +3,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 
+use baton_core::topology::ETCD_GROUP;
 use baton_core::{Bugs, Event};
 use baton_node::{
     Answer, Driver, Effects, GroupId, LogStore, MemStore, Node, NodeConfig, NodeError, RaftMessage, Request, RequestId,
@@ -126,6 +127,10 @@ pub struct Coverage {
     pub members_changed: u64,
     /// Notices that a leader's groups sleep (hibernation), sent from node to node.
     pub sleep_notices: u64,
+    /// Writes to the etcd keyspace that changed it and were acknowledged.
+    pub etcd_writes: u64,
+    /// Changes of the etcd keyspace the watchers were sent.
+    pub etcd_watched: u64,
 }
 
 enum Ev {
@@ -161,7 +166,12 @@ enum Ev {
         tries: u32,
     },
     Heal,
+    /// Watcher `w` of the etcd keyspace reads what is new on some node's replica.
+    EtcdWatch(usize),
 }
+
+/// Watchers of the etcd keyspace per run.
+const ETCD_WATCHERS: usize = 2;
 
 struct World {
     cfg: SimConfig,
@@ -324,6 +334,12 @@ impl World {
             let at = self.cfg.fault_ms * MS + self.rng.gen_range(500..1_500) * MS;
             self.at(at, Ev::LagFollower);
         }
+        for w in 0..ETCD_WATCHERS {
+            // Each starts from the keyspace's first revision (1: nothing before it).
+            self.hist.etcd_watchers.push(crate::check::EtcdWatcher { start: 1, through: 0, seen: Vec::new() });
+            let t = self.rng.gen_range(0..500) * MS;
+            self.at(t, Ev::EtcdWatch(w));
+        }
         let end_faults = self.cfg.fault_ms * MS;
         let end = end_faults + self.cfg.heal_ms * MS;
         self.at(end_faults, Ev::Heal);
@@ -343,10 +359,15 @@ impl World {
             c.finish(end, &mut self.hist);
         }
         self.clients = clients;
+        self.etcd_truth(end);
         self.hist.check_end(end);
     }
 
     fn report(mut self, seed: u64) -> SimReport {
+        self.coverage.etcd_writes =
+            self.hist.etcd_ops.iter().filter(|o| o.write.is_some() && o.changed && o.completed.is_some()).count()
+                as u64;
+        self.coverage.etcd_watched = self.hist.etcd_watchers.iter().map(|w| w.seen.len() as u64).sum();
         let violations = std::mem::take(&mut self.hist.violations);
         for v in &violations {
             self.trace(format!("VIOLATION {}: {}", v.property, v.detail));
@@ -464,6 +485,11 @@ impl World {
                 }
             }
             Ev::Heal => self.heal(),
+            Ev::EtcdWatch(w) => {
+                self.etcd_watch(w);
+                let next = self.rng.gen_range(50..300) * MS;
+                self.at(self.now + next, Ev::EtcdWatch(w));
+            }
             Ev::RestartLagging { id, tries } => {
                 let behind = self.nodes[&id].store.last_index(DATA_GROUP);
                 let compacted = self.nodes.values().map(|n| n.store.snapshot_index(DATA_GROUP)).max().unwrap_or(0);
@@ -490,6 +516,76 @@ impl World {
                 }
             }
         }
+    }
+
+    /// The state machine of the etcd keyspace's group on node `id`, if it is up and holds one.
+    fn etcd_replica(&self, id: u64) -> Option<&baton_core::StateMachine> {
+        let sm = self.nodes[&id].driver.as_ref()?.node().state_machine(ETCD_GROUP)?;
+        sm.etcd().map(|_| sm)
+    }
+
+    /// Watcher `w` reads what is new from the replica of a node that is up, as the server's
+    /// watch serves a watcher from its own node's replica (`EtcdStore::changes_from`); from one
+    /// read to the next it may be another node (a client reconnecting elsewhere from the
+    /// revision after its last event).
+    fn etcd_watch(&mut self, w: usize) {
+        use baton_core::etcd::ChangesFrom;
+        let up: Vec<u64> = self.nodes.keys().copied().filter(|id| self.etcd_replica(*id).is_some()).collect();
+        if up.is_empty() {
+            return;
+        }
+        let id = up[self.rng.gen_range(0..up.len())];
+        let from = self.hist.etcd_watchers[w].through + 1;
+        let sm = self.etcd_replica(id).expect("chosen among those up");
+        let read = sm.etcd_changes_from(from, 50).expect("holds the keyspace");
+        match read {
+            ChangesFrom::Changes { changes, through } => {
+                let watcher = &mut self.hist.etcd_watchers[w];
+                watcher.seen.extend(changes);
+                watcher.through = watcher.through.max(through);
+            }
+            ChangesFrom::Compacted(rev) => self.hist.violations.push(crate::check::Violation {
+                property: "etcd",
+                detail: format!(
+                    "watcher {w} was told revision {from} is compacted (at {rev}) on node {id}: nothing compacts"
+                ),
+                at: self.now,
+            }),
+        }
+    }
+
+    /// The etcd keyspace's history as the most advanced replica has it; every other replica's
+    /// must be a prefix of it (agreement of the keyspace's histories).
+    fn etcd_truth(&mut self, now: Time) {
+        use baton_core::etcd::ChangesFrom;
+        // Per node: its id, its replica's revision and its history.
+        type Replica = (u64, i64, Vec<(i64, baton_core::etcd::KeyEvent)>);
+        let mut histories: Vec<Replica> = Vec::new();
+        for id in self.nodes.keys().copied().collect::<Vec<_>>() {
+            // The history itself (not through the watch path, which a planted bug may break).
+            if let Some(store) = self.etcd_replica(id).and_then(|sm| sm.etcd()) {
+                if let ChangesFrom::Changes { changes, .. } = store.changes_from(1, usize::MAX) {
+                    histories.push((id, store.revision(), changes));
+                }
+            }
+        }
+        let Some((most, _, truth)) =
+            histories.iter().max_by_key(|(id, rev, _)| (*rev, std::cmp::Reverse(*id))).cloned()
+        else {
+            return;
+        };
+        for (id, rev, h) in &histories {
+            if !truth.starts_with(h) {
+                self.hist.violations.push(crate::check::Violation {
+                    property: "agreement",
+                    detail: format!(
+                        "node {id}'s etcd keyspace history (through revision {rev}) is not a prefix of node {most}'s"
+                    ),
+                    at: now,
+                });
+            }
+        }
+        self.hist.etcd_truth = Some(truth);
     }
 
     /// Virtual time for `ms` of node-local time.

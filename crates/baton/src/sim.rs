@@ -122,7 +122,7 @@ fn replay_flags(cfg: &SimConfig) -> String {
 #[derive(Default)]
 struct CoverageTally {
     /// (runs in which it happened, times in all) per path, in `Coverage` field order.
-    paths: [(u64, u64); 8],
+    paths: [(u64, u64); 10],
 }
 
 impl CoverageTally {
@@ -136,6 +136,8 @@ impl CoverageTally {
             c.slot_moves,
             c.members_changed,
             c.sleep_notices,
+            c.etcd_writes,
+            c.etcd_watched,
         ];
         for (tally, n) in self.paths.iter_mut().zip(counts) {
             tally.0 += u64::from(n > 0);
@@ -153,6 +155,8 @@ impl CoverageTally {
             "slot move",
             "membership change",
             "sleep notice",
+            "etcd write acknowledged",
+            "etcd change watched",
         ];
         let parts: Vec<String> = names
             .iter()

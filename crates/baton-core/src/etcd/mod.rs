@@ -300,7 +300,7 @@ impl EtcdStore {
         if from < compacted {
             return ChangesFrom::Compacted(compacted);
         }
-        let mut changes = self.mvcc.changes_since(from, max + 1);
+        let mut changes = self.mvcc.changes_since(from, max.saturating_add(1));
         if changes.len() <= max {
             return ChangesFrom::Changes { changes, through: self.revision() };
         }

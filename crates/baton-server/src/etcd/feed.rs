@@ -174,9 +174,10 @@ pub enum History {
 }
 
 impl History {
-    /// What `store` (this node's replica, if it holds one) has from revision `from` on.
-    pub fn of(store: Option<&EtcdStore>, from: Revision, max: usize) -> History {
-        match store.map(|s| s.changes_from(from, max)) {
+    /// What this node's replica (if it holds one) answered for a replay
+    /// ([`baton_core::StateMachine::etcd_changes_from`]).
+    pub fn of(changes: Option<ChangesFrom>) -> History {
+        match changes {
             None => History::NoReplica,
             Some(ChangesFrom::Compacted(rev)) => History::Compacted(rev),
             Some(ChangesFrom::Changes { changes, through }) => History::Changes { changes, through },
@@ -238,7 +239,7 @@ mod tests {
         feed.publish(&store);
         assert!(revisions(feed.read(2, 10)).is_none());
         assert_eq!(revisions(feed.read(3, 10)), Some((vec![3, 4], 4)));
-        assert!(matches!(History::of(Some(&store), 2, 10), History::Compacted(3)));
+        assert!(matches!(History::of(Some(store.changes_from(2, 10))), History::Compacted(3)));
     }
 
     #[test]
@@ -256,9 +257,9 @@ mod tests {
         feed.publish(&store);
         assert_eq!(feed.revision(), 5);
         assert!(revisions(feed.read(2, 10)).is_none());
-        assert!(matches!(History::of(Some(&store), 2, 10), History::Compacted(4)));
+        assert!(matches!(History::of(Some(store.changes_from(2, 10))), History::Compacted(4)));
         feed.withdraw();
         assert!(!feed.present());
-        assert!(matches!(History::of(None, 2, 10), History::NoReplica));
+        assert!(matches!(History::of(None), History::NoReplica));
     }
 }

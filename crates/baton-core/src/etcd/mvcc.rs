@@ -139,7 +139,7 @@ impl Mvcc {
         self.revision
     }
 
-    /// What the kept history weighs, in bytes (see [`change_bytes`]).
+    /// What the kept history weighs, in bytes: every kept change's key and value plus 64 bytes.
     pub fn bytes(&self) -> u64 {
         self.bytes
     }

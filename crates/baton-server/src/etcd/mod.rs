@@ -149,7 +149,7 @@ impl Backend {
 
     /// Runs `call` on the keyspace group's leader and returns its answer. While the group has
     /// no leader (an election or a leadership transfer), the call waits for one, up to
-    /// [`LEADER_WAIT`], as etcd's members hold requests until a leader is known: only calls
+    /// 5 s, as etcd's members hold requests until a leader is known: only calls
     /// that were certainly not applied are tried again.
     pub async fn call(&self, call: EtcdCall) -> Result<EtcdAnswer, Status> {
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;

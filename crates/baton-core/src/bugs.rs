@@ -63,13 +63,16 @@ pub struct Bugs {
     pub sleeper_never_wakes: bool,
     /// A watch replaying the etcd keyspace's history skips deletions (watch exactly-once).
     pub etcd_watch_skips_deletes: bool,
+    /// An etcd put is applied twice (two revisions): what a retried write that was in fact
+    /// applied looks like (etcd checker: each value once).
+    pub etcd_put_twice: bool,
 }
 
 /// Picks one flag out of a [`Bugs`].
 type Flag = fn(&mut Bugs) -> &mut bool;
 
 /// The command-line names of the bugs, with the flag each sets.
-const TABLE: [(&str, Flag); 20] = [
+const TABLE: [(&str, Flag); 21] = [
     ("grant-ignores-queue", |b| &mut b.grant_ignores_queue),
     ("token-reset-on-restart", |b| &mut b.token_reset_on_restart),
     ("follower-expiry", |b| &mut b.follower_expiry),
@@ -90,6 +93,7 @@ const TABLE: [(&str, Flag); 20] = [
     ("joiner-starts-empty", |b| &mut b.joiner_starts_empty),
     ("sleeper-never-wakes", |b| &mut b.sleeper_never_wakes),
     ("etcd-watch-skips-deletes", |b| &mut b.etcd_watch_skips_deletes),
+    ("etcd-put-twice", |b| &mut b.etcd_put_twice),
 ];
 
 impl Bugs {

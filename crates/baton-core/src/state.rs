@@ -416,16 +416,26 @@ impl StateMachine {
         bincode::serialize(self).expect("state machine serialises")
     }
 
-    /// Restores a state from [`StateMachine::to_snapshot`] bytes. A snapshot written before
-    /// the etcd keyspace existed lacks the last field: it is read as if it ended with that
-    /// field's `None` (one zero byte in bincode), which is exactly what it meant.
+    /// Restores a state from [`StateMachine::to_snapshot`] bytes. Older layouts lack a last
+    /// field, and are read as if they ended with its empty value in bincode: a snapshot written
+    /// before the etcd keyspace existed with the keyspace's `None` (one zero byte), one written
+    /// before the keyspace had alarms with no alarm (an empty set: a zero length, eight bytes).
     pub fn from_snapshot(bytes: &[u8]) -> std::result::Result<Self, bincode::Error> {
-        bincode::deserialize(bytes).or_else(|e| {
-            let mut older = Vec::with_capacity(bytes.len() + 1);
-            older.extend_from_slice(bytes);
-            older.push(0);
-            bincode::deserialize(&older).map_err(|_| e)
-        })
+        let mut sm: StateMachine = bincode::deserialize(bytes).or_else(|e| {
+            [1usize, 8]
+                .iter()
+                .find_map(|zeros| {
+                    let mut older = Vec::with_capacity(bytes.len() + zeros);
+                    older.extend_from_slice(bytes);
+                    older.resize(bytes.len() + zeros, 0);
+                    bincode::deserialize(&older).ok()
+                })
+                .ok_or(e)
+        })?;
+        if let Some(etcd) = sm.etcd.as_deref_mut() {
+            etcd.after_snapshot();
+        }
+        Ok(sm)
     }
 
     /// The initial state of group `group` placed as `placement` says: the etcd keyspace's

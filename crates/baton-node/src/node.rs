@@ -690,9 +690,17 @@ impl Node {
         self.groups.get(&group).and_then(|g| g.leader())
     }
 
-    /// The state machine of a group, for tests and local (non-linearizable) inspection.
+    /// The state machine of a group, for tests and local (non-linearizable) inspection. (A
+    /// replica this node was removed from stays here, frozen: see [`Node::replica`].)
     pub fn state_machine(&self, group: GroupId) -> Option<&baton_core::StateMachine> {
         self.groups.get(&group).map(|g| &g.sm)
+    }
+
+    /// The state machine of a group this node holds a live replica of: `None` for a group it
+    /// never held or was removed from (placement moved the replica away; the stale copy stops
+    /// at the removal).
+    pub fn replica(&self, group: GroupId) -> Option<&baton_core::StateMachine> {
+        self.groups.get(&group).filter(|g| g.is_member()).map(|g| &g.sm)
     }
 
     /// Asks this node, if it leads `group`, to hand the leadership to `to` (placement, and

@@ -364,7 +364,9 @@ impl<S: LogStore> Runtime<S> {
                 RoundError::Node(e) => ServerError::Node(e),
                 RoundError::Disk(e) => ServerError::Disk(e.to_string()),
             })?;
-            match self.driver.node().state_machine(ETCD_GROUP).and_then(|sm| sm.etcd()) {
+            // Only a live replica feeds watchers: one placement removed this node from stops, and
+            // its watchers must move to a node that has one.
+            match self.driver.node().replica(ETCD_GROUP).and_then(|sm| sm.etcd()) {
                 Some(etcd) => self.fx.etcd_feed.publish(etcd),
                 None => self.fx.etcd_feed.withdraw(),
             }
@@ -394,7 +396,7 @@ impl<S: LogStore> Runtime<S> {
             }
             Input::Forwarded { id, result } => self.driver.node_mut().forwarded(id, result),
             Input::EtcdHistory { from, max, tx } => {
-                let sm = self.driver.node().state_machine(ETCD_GROUP);
+                let sm = self.driver.node().replica(ETCD_GROUP);
                 let _ = tx.send(crate::etcd::feed::History::of(sm.and_then(|sm| sm.etcd_changes_from(from, max))));
             }
             Input::Stop => return false,

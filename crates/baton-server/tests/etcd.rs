@@ -287,3 +287,90 @@ async fn the_quota_raises_nospace_until_space_is_freed_and_the_alarm_disarmed() 
     assert!(client.alarm(AlarmAction::Get, AlarmType::None, None).await.unwrap().alarms().is_empty());
     client.put("q/after", "ok", None).await.unwrap();
 }
+
+/// Review finding: a progress answer named the store's revision while events at or below it
+/// were still unsent. Every progress answer must come after every event up to its revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_progress_answer_never_runs_ahead_of_the_events_sent() {
+    let c = TestCluster::with_etcd(3, 1).await;
+    ready(&c).await;
+    let eps = c.etcd_endpoints();
+    let mut watcher = connect(&eps[..1]).await;
+    let start = watcher.get("p/", None).await.unwrap().header().unwrap().revision() + 1;
+    let (mut requests, mut responses) =
+        watcher.watch("p/", Some(WatchOptions::new().with_prefix().with_start_revision(start))).await.unwrap().split();
+    let writer = {
+        let mut w = connect(&eps[1..]).await;
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..200 {
+                acked.push(
+                    w.put(format!("p/{}", i % 7), i.to_string(), None).await.unwrap().header().unwrap().revision(),
+                );
+            }
+            acked
+        })
+    };
+    let mut seen: Vec<i64> = Vec::new();
+    // Each progress answer's revision, and how many events had arrived before it.
+    let mut promises: Vec<(i64, usize)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < 200 {
+        assert!(Instant::now() < deadline, "saw {} of 200 events", seen.len());
+        requests.request_progress().await.unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), responses.message()).await.unwrap().unwrap().unwrap();
+        if resp.events().is_empty() && resp.watch_id() == -1 {
+            promises.push((resp.header().unwrap().revision(), seen.len()));
+        }
+        seen.extend(resp.events().iter().map(|e| e.kv().unwrap().mod_revision()));
+    }
+    let acked = writer.await.unwrap();
+    assert_eq!(seen, acked);
+    assert!(promises.len() > 10, "only {} progress answers", promises.len());
+    for (promised, arrived) in promises {
+        let due = acked.iter().filter(|r| **r <= promised).count();
+        assert!(
+            due <= arrived,
+            "a progress answer promised revision {promised} when only {arrived} of the {due} events up to it had arrived"
+        );
+    }
+}
+
+/// Review finding: a waiter whose key was deleted and made again by another call with the same
+/// lease woke up, failed with "session expired" as it should, and then deleted the key, which
+/// was the other call's by then: a third contender could have been granted next to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_waiter_whose_key_was_made_again_fails_without_deleting_it() {
+    let c = TestCluster::with_etcd(3, 1).await;
+    ready(&c).await;
+    let eps = c.etcd_endpoints();
+    let mut holder = connect(&eps).await;
+    let lh = holder.lease_grant(30, None).await.unwrap().id();
+    let shared = holder.lease_grant(30, None).await.unwrap().id();
+    let held = holder.lock("job", Some(LockOptions::new().with_lease(lh))).await.unwrap();
+    let key = format!("job/{shared:x}");
+    let mut a = connect(&eps).await;
+    let first = tokio::spawn(async move { a.lock("job", Some(LockOptions::new().with_lease(shared))).await });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while holder.get(key.as_str(), None).await.unwrap().count() == 0 {
+        assert!(Instant::now() < deadline, "the first waiter's key never appeared");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The key goes and a second call with the same lease makes it again.
+    holder.delete(key.as_str(), None).await.unwrap();
+    let mut b = connect(&eps).await;
+    let second = tokio::spawn(async move { b.lock("job", Some(LockOptions::new().with_lease(shared))).await });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while holder.get(key.as_str(), None).await.unwrap().count() == 0 {
+        assert!(Instant::now() < deadline, "the second waiter's key never appeared");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    holder.unlock(held.key()).await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(10), first).await.unwrap().unwrap().unwrap_err();
+    assert!(err.to_string().contains("session expired"), "{err}");
+    let granted = tokio::time::timeout(Duration::from_secs(10), second).await.unwrap().unwrap().unwrap();
+    assert_eq!(granted.key(), key.as_bytes());
+    // The key is still there, the second call's.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(holder.get(key.as_str(), None).await.unwrap().count(), 1);
+}

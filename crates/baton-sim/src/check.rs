@@ -93,6 +93,8 @@ pub struct EtcdOp {
     pub read: Option<Option<Vec<u8>>>,
     /// A write changed the keyspace (a delete of an absent key does not).
     pub changed: bool,
+    /// The answer was a refusal: the write certainly did not apply.
+    pub refused: bool,
 }
 
 /// A watcher of the etcd keyspace: the revision it started from, how far it has read, and the
@@ -226,6 +228,30 @@ impl History {
             per_key.get(key).and_then(|h| h.iter().take_while(|(r, _)| *r <= rev).last()).and_then(|(_, v)| v.clone())
         };
         let mut found = Vec::new();
+        // Each put's value is unique: in the history it appears once, only if put, and never
+        // if its put was refused.
+        let mut put_values: BTreeMap<&[u8], usize> = BTreeMap::new();
+        for (rev, e) in &truth {
+            if e.deleted {
+                continue;
+            }
+            *put_values.entry(e.kv.value.as_slice()).or_default() += 1;
+            let origin =
+                self.etcd_ops.iter().find(|o| o.write.as_ref().and_then(|w| w.as_deref()) == Some(&e.kv.value));
+            match origin {
+                None => found.push(format!("revision {rev} put a value no client wrote: {:?}", e.kv.value)),
+                Some(o) if o.refused => found.push(format!(
+                    "revision {rev} holds the value of a put the client was told was refused: {:?}",
+                    String::from_utf8_lossy(&e.kv.value)
+                )),
+                Some(_) => {}
+            }
+        }
+        for (value, n) in put_values {
+            if n > 1 {
+                found.push(format!("the put of {:?} was applied {n} times", String::from_utf8_lossy(value)));
+            }
+        }
         for o in &self.etcd_ops {
             let (Some(done), Some(rev)) = (o.completed, o.revision) else { continue };
             let key = String::from_utf8_lossy(&o.key);

@@ -282,6 +282,7 @@ impl SimClient {
             revision: None,
             read: None,
             changed: false,
+            refused: false,
         });
         self.start_call(local, kind, request, 0, None, Work::Etcd { op }, fx);
     }
@@ -444,7 +445,11 @@ impl SimClient {
                         hist.violations.push(unexpected(now, self.id, &other));
                         None
                     }
-                    Err(_) => None,
+                    Err(Failure::Refused(_)) => {
+                        o.refused = true;
+                        None
+                    }
+                    Err(Failure::Unknown) => None,
                 };
                 if revision.is_some() {
                     let o = &mut hist.etcd_ops[op];

@@ -520,7 +520,7 @@ impl World {
 
     /// The state machine of the etcd keyspace's group on node `id`, if it is up and holds one.
     fn etcd_replica(&self, id: u64) -> Option<&baton_core::StateMachine> {
-        let sm = self.nodes[&id].driver.as_ref()?.node().state_machine(ETCD_GROUP)?;
+        let sm = self.nodes[&id].driver.as_ref()?.node().replica(ETCD_GROUP)?;
         sm.etcd().map(|_| sm)
     }
 

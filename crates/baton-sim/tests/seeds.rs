@@ -148,6 +148,7 @@ fn every_checker_catches_its_planted_bug() {
         ("proclaim-ignores-token", "election"),
         ("latch-opens-early", "latch"),
         ("etcd-watch-skips-deletes", "etcd"),
+        ("etcd-put-twice", "etcd"),
     ] {
         let seed = first_caught_by(bug, property, 300);
         assert!(seed.is_some(), "--bug {bug}: {property} never caught it first in 100 seeds");

@@ -28,7 +28,12 @@ impl StateMachine {
                 EtcdOutcome::LeaseRevoked { revision: self.etcd_mut().revision() }
             }
             EtcdCommand::Put(req) => {
+                let twice = self.bugs.etcd_put_twice;
                 let etcd = self.etcd_mut();
+                if twice {
+                    // Deliberate bug: the put is applied twice.
+                    etcd.put(req)?;
+                }
                 let response = etcd.put(req)?;
                 EtcdOutcome::Put { revision: etcd.revision(), response }
             }

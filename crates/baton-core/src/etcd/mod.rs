@@ -203,13 +203,6 @@ pub enum EtcdCommand {
     Txn(TxnRequest),
     /// Forget the history before this revision.
     Compact(Revision),
-    /// Raise (`activate`) or clear an alarm of `member` (clearing: `member` 0 clears it for
-    /// every member).
-    Alarm {
-        activate: bool,
-        member: u64,
-        alarm: Alarm,
-    },
     /// Create a lease (`id` 0: the state machine picks one) of `ttl_s` seconds.
     LeaseGrant {
         id: i64,
@@ -217,6 +210,13 @@ pub enum EtcdCommand {
     },
     /// End a lease and delete its keys.
     LeaseRevoke(i64),
+    /// Raise (`activate`) or clear an alarm of `member` (clearing: `member` 0 clears it for
+    /// every member). Last: variants are appended only, log entries are bincode (positional).
+    Alarm {
+        activate: bool,
+        member: u64,
+        alarm: Alarm,
+    },
 }
 
 /// What an [`EtcdCommand`] did; `revision` is the keyspace's revision after it (what etcd's
@@ -259,7 +259,9 @@ pub enum EtcdOutcome {
 pub struct EtcdStore {
     mvcc: Mvcc,
     leases: Leases,
-    /// Raised alarms: (member that raised it, alarm).
+    /// Raised alarms: (member that raised it, alarm). The last field of the last field of a
+    /// snapshot: a snapshot written before alarms existed reads as having none (see
+    /// `StateMachine::from_snapshot`).
     alarms: std::collections::BTreeSet<(u64, Alarm)>,
 }
 
@@ -307,13 +309,17 @@ impl EtcdStore {
         let cut = changes[max].0;
         changes.retain(|(r, _)| *r < cut);
         if changes.is_empty() {
-            // One revision (a large delete) with more than `max` changes: it comes whole.
-            let mut all = self.mvcc.changes_since(from, usize::MAX);
-            let only = all.first().map_or(from, |(r, _)| *r);
-            all.retain(|(r, _)| *r == only);
-            return ChangesFrom::Changes { changes: all, through: only };
+            // One revision (a large delete) with more than `max` changes: it comes whole (and
+            // only it is read: the review found the whole later history cloned here).
+            let only = self.mvcc.changes_since(from, 1).first().map_or(from, |(r, _)| *r);
+            return ChangesFrom::Changes { changes: self.mvcc.changes_at(only), through: only };
         }
         ChangesFrom::Changes { changes, through: cut - 1 }
+    }
+
+    /// Restores what a snapshot does not carry (the kept history's weight).
+    pub(crate) fn after_snapshot(&mut self) {
+        self.mvcc.recount_bytes();
     }
 
     /// The raised alarms, by member.

@@ -112,7 +112,9 @@ pub struct Mvcc {
     /// accepted on a new store).
     compacted: Revision,
     /// What the kept history weighs ([`change_bytes`] summed over every change): what etcd
-    /// reports as its database size and what the quota bounds.
+    /// reports as its database size and what the quota bounds. Not in snapshots (whose layout
+    /// predates it): counted again when one is read ([`Mvcc::recount_bytes`]).
+    #[serde(skip)]
     bytes: u64,
 }
 
@@ -145,9 +147,13 @@ impl Mvcc {
     }
 
     /// [`Mvcc::bytes`] counted again from scratch (tests compare the two).
-    #[cfg(test)]
     pub(crate) fn bytes_recounted(&self) -> u64 {
         self.keys.iter().flat_map(|(k, changes)| changes.iter().map(move |c| change_bytes(k, c))).sum()
+    }
+
+    /// Counts [`Mvcc::bytes`] again (after reading a snapshot, which does not carry it).
+    pub(crate) fn recount_bytes(&mut self) {
+        self.bytes = self.bytes_recounted();
     }
 
     /// The revision of the last compaction (-1: none).
@@ -301,8 +307,17 @@ impl Mvcc {
     /// Every change from revision `from` on (not compacted: the caller checks), in revision
     /// order, at most `max` of them, with the key before each change.
     pub fn changes_since(&self, from: Revision, max: usize) -> Vec<(Revision, KeyEvent)> {
+        self.changes_between(from, Revision::MAX, max)
+    }
+
+    /// Every change of revision `main` (not compacted: the caller checks).
+    pub fn changes_at(&self, main: Revision) -> Vec<(Revision, KeyEvent)> {
+        self.changes_between(main, main, usize::MAX)
+    }
+
+    fn changes_between(&self, from: Revision, to: Revision, max: usize) -> Vec<(Revision, KeyEvent)> {
         let mut out = Vec::new();
-        for (&(main, sub), key) in self.by_revision.range((from, i64::MIN)..) {
+        for (&(main, sub), key) in self.by_revision.range((from, i64::MIN)..=(to, i64::MAX)) {
             if out.len() == max {
                 break;
             }

@@ -604,3 +604,25 @@ fn nospace_refuses_what_adds_data_and_clearing_for_member_zero_clears_every_memb
     assert_eq!(s.alarms(), vec![(3, Alarm::Corrupt)]);
     assert_eq!(s.check_space(&put), Ok(()));
 }
+
+#[test]
+fn a_replay_comes_in_whole_revisions_and_a_large_one_whole_and_alone() {
+    let mut s = EtcdStore::default();
+    for k in ["a", "b", "c"] {
+        s.put(&PutRequest { key: k.into(), value: b"v".to_vec(), ..Default::default() }).unwrap();
+        // 2, 3, 4
+    }
+    s.delete(&DeleteRequest { key: b"a".to_vec(), range_end: b"z".to_vec(), prev_kv: false }).unwrap(); // 5: three deletions
+    s.put(&PutRequest { key: b"d".into(), value: b"v".to_vec(), ..Default::default() }).unwrap(); // 6
+    let revs = |c: ChangesFrom| match c {
+        ChangesFrom::Changes { changes, through } => (changes.iter().map(|(r, _)| *r).collect::<Vec<_>>(), through),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(revs(s.changes_from(2, 10)), (vec![2, 3, 4, 5, 5, 5, 6], 6));
+    assert_eq!(revs(s.changes_from(2, 4)), (vec![2, 3, 4], 4), "revision 5 does not fit whole: cut before it");
+    assert_eq!(revs(s.changes_from(5, 1)), (vec![5, 5, 5], 5), "a revision larger than max comes whole, alone");
+    assert_eq!(revs(s.changes_from(7, 10)), (vec![], 6));
+    s.compact(4).unwrap();
+    assert_eq!(s.changes_from(3, 10), ChangesFrom::Compacted(4));
+    assert_eq!(revs(s.changes_from(4, 10)).0.first(), Some(&4));
+}

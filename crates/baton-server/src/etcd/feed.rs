@@ -122,10 +122,14 @@ impl EtcdFeed {
     }
 
     /// The changes from revision `from` on that the ring holds, at most about `max` (whole
-    /// revisions).
-    pub fn read(&self, from: Revision, max: usize) -> Read {
+    /// revisions). A reader that was `synced` (it had caught up: the changes were published
+    /// for it before any compaction of them) reads them from the ring even if a compaction
+    /// has since removed them from the history, as etcd still sends a synced watcher what it
+    /// notified it of; one that was not is sent to the history, and to a compaction error,
+    /// below the last compaction.
+    pub fn read(&self, from: Revision, max: usize, synced: bool) -> Read {
         let ring = self.ring.lock().expect("feed lock");
-        if !ring.present || from < ring.first || from < ring.compacted {
+        if !ring.present || from < ring.first || (!synced && from < ring.compacted) {
             return Read::Behind;
         }
         let start = ring.changes.partition_point(|(r, _)| *r < from);
@@ -216,10 +220,10 @@ mod tests {
         }
         feed.publish(&store);
         assert_eq!(feed.revision(), 5);
-        assert!(revisions(feed.read(2, 10)).is_none(), "revision 2 was never in the ring");
-        assert_eq!(revisions(feed.read(3, 10)), Some((vec![3, 4, 5], 5)));
-        assert_eq!(revisions(feed.read(4, 1)), Some((vec![4], 4)), "whole revisions, about `max` changes");
-        assert_eq!(revisions(feed.read(6, 10)), Some((vec![], 5)), "nothing newer yet");
+        assert!(revisions(feed.read(2, 10, false)).is_none(), "revision 2 was never in the ring");
+        assert_eq!(revisions(feed.read(3, 10, false)), Some((vec![3, 4, 5], 5)));
+        assert_eq!(revisions(feed.read(4, 1, false)), Some((vec![4], 4)), "whole revisions, about `max` changes");
+        assert_eq!(revisions(feed.read(6, 10, false)), Some((vec![], 5)), "nothing newer yet");
     }
 
     /// Regression (found by the etcdctl comparison): the ring still held revisions that a
@@ -234,11 +238,14 @@ mod tests {
             put(&mut store, k); // revisions 2, 3, 4
         }
         feed.publish(&store);
-        assert!(revisions(feed.read(2, 10)).is_some());
+        assert!(revisions(feed.read(2, 10, false)).is_some());
         store.compact(3).unwrap();
         feed.publish(&store);
-        assert!(revisions(feed.read(2, 10)).is_none());
-        assert_eq!(revisions(feed.read(3, 10)), Some((vec![3, 4], 4)));
+        assert!(revisions(feed.read(2, 10, false)).is_none());
+        assert_eq!(revisions(feed.read(3, 10, false)), Some((vec![3, 4], 4)));
+        // A reader that had caught up before the compaction still gets what was published for
+        // it (review finding: a synced watch was cancelled by a compaction at its revision).
+        assert_eq!(revisions(feed.read(2, 10, true)), Some((vec![2, 3, 4], 4)));
         assert!(matches!(History::of(Some(store.changes_from(2, 10))), History::Compacted(3)));
     }
 
@@ -256,7 +263,7 @@ mod tests {
         store = later;
         feed.publish(&store);
         assert_eq!(feed.revision(), 5);
-        assert!(revisions(feed.read(2, 10)).is_none());
+        assert!(revisions(feed.read(2, 10, false)).is_none());
         assert!(matches!(History::of(Some(store.changes_from(2, 10))), History::Compacted(4)));
         feed.withdraw();
         assert!(!feed.present());

@@ -159,7 +159,16 @@ impl Backend {
         let mut hops = 0;
         loop {
             let result = match target {
-                Some(to) if to != self.node.id => self.forward(to, &call).await?,
+                Some(to) if to != self.node.id => match self.forward(to, &call).await {
+                    Ok(r) => r,
+                    // The node it went to did not answer (down, or gone): a read or a renewal
+                    // is tried again once a leader is known; a write may have been applied
+                    // there, so its caller is told it is unknown.
+                    Err(_) if !matches!(call, EtcdCall::Write(_)) => {
+                        Err(NodeError::NotLeader { group: ETCD_GROUP, leader: None })
+                    }
+                    Err(s) => return Err(s),
+                },
                 _ => self.local(call.clone()).await,
             };
             let retry_at = match result {
@@ -171,7 +180,8 @@ impl Backend {
                     continue;
                 }
                 Err(NodeError::NotLeader { leader, .. }) => {
-                    target = leader.or_else(|| self.leader_hint());
+                    // A hint that just failed is not taken again at once.
+                    target = leader.or_else(|| self.leader_hint()).filter(|l| Some(*l) != target || leader.is_some());
                     tokio::time::Instant::now() + pause
                 }
                 Err(NodeError::NoGroup(_)) => {

@@ -166,10 +166,10 @@ impl Backend {
     }
 
     /// Waits until no key of `prefix` was created before `my_rev` (each time for the one
-    /// created just before it), and `my_key` still exists. Returns the revision of the last
-    /// read. One read per wake-up: the newest two keys up to `my_rev` are `my_key` and the one
-    /// it waits for.
-    async fn wait_turn(&self, prefix: &[u8], my_key: &[u8], my_rev: Revision) -> Result<Revision, Status> {
+    /// created just before it), and `my_key` still exists: the revision of the last read, or
+    /// `None` if `my_key` is gone or was made again (etcd's "session expired"). One read per
+    /// wake-up: the newest two keys up to `my_rev` are `my_key` and the one it waits for.
+    async fn wait_turn(&self, prefix: &[u8], my_key: &[u8], my_rev: Revision) -> Result<Option<Revision>, Status> {
         loop {
             let req = RangeRequest {
                 key: prefix.to_vec(),
@@ -184,11 +184,11 @@ impl Backend {
             let (revision, kvs) = self.range(req).await?;
             match kvs.as_slice() {
                 [mine, rest @ ..] if mine.key == my_key && mine.create_revision == my_rev => match rest.first() {
-                    None => return Ok(revision),
+                    None => return Ok(Some(revision)),
                     Some(before) => self.wait_deleted(&before.key, revision + 1).await,
                 },
                 // Its key is gone (lease expired or revoked) or was made again by someone else.
-                _ => return Err(Status::unknown("session expired")),
+                _ => return Ok(None),
             }
         }
     }
@@ -214,7 +214,7 @@ impl Backend {
         let mut next = from;
         tokio::pin!(gone);
         loop {
-            match feed.read(next, 1_000) {
+            match feed.read(next, 1_000, true) {
                 Read::Changes { changes, through } if feed.present() => {
                     if changes.iter().any(|(_, e)| matters(e)) {
                         return Ok(());
@@ -233,32 +233,14 @@ impl Backend {
             }
         }
     }
-
-    /// Renews `lease` every third of its TTL until dropped (etcd keeps a waiting contender's
-    /// lease alive the same way).
-    fn keep_lease_alive(&self, lease: i64) -> tokio::task::AbortHandle {
-        let backend = self.clone();
-        tokio::spawn(async move {
-            let mut every = Duration::from_secs(1);
-            loop {
-                match backend.renew(lease).await {
-                    Ok((_, ttl)) if ttl > 0 => every = Duration::from_millis(ttl as u64 * 1000 / 3),
-                    Ok(_) => return, // the lease is gone: the wait fails on its own
-                    Err(_) => {}     // no leader for a moment: try again soon
-                }
-                tokio::time::sleep(every).await;
-            }
-        })
-        .abort_handle()
-    }
 }
 
 /// Deletes a contender's key if the call that created it ends before handing it over (the
-/// client went away, or the wait failed).
+/// client went away, or the wait failed), as etcd's recipe does: only the key this call
+/// created (its create revision), never one made again since under the same name.
 struct Abandon {
     backend: Backend,
-    key: Option<Vec<u8>>,
-    keepalive: tokio::task::AbortHandle,
+    key: Option<(Vec<u8>, Revision)>,
 }
 
 impl Abandon {
@@ -269,11 +251,12 @@ impl Abandon {
 
 impl Drop for Abandon {
     fn drop(&mut self) {
-        self.keepalive.abort();
-        if let Some(key) = self.key.take() {
+        if let Some((key, rev)) = self.key.take() {
             let backend = self.backend.clone();
+            let leader = epb::LeaderKey { key: key.clone(), rev, ..Default::default() };
+            let delete = if_leading(&leader, Op::Delete(DeleteRequest { key, ..Default::default() }));
             tokio::spawn(async move {
-                let _ = backend.delete(key).await;
+                let _ = backend.txn(delete).await;
             });
         }
     }
@@ -307,14 +290,18 @@ async fn acquire(
     if joined.first {
         return Ok((joined.key, joined.rev, joined.revision, joined.existing));
     }
-    let guard =
-        Abandon { backend: backend.clone(), key: Some(joined.key.clone()), keepalive: backend.keep_lease_alive(lease) };
+    // (etcd's server does not keep the caller's lease alive while it waits: the caller does.)
+    let guard = Abandon { backend: backend.clone(), key: Some((joined.key.clone(), joined.rev)) };
     if let Some(before) = &joined.before {
         backend.wait_deleted(before, joined.revision + 1).await;
     }
-    let revision = backend.wait_turn(&prefix_of(name), &joined.key, joined.rev).await?;
+    let turn = backend.wait_turn(&prefix_of(name), &joined.key, joined.rev).await?;
     guard.keep();
-    Ok((joined.key, joined.rev, revision, joined.existing))
+    match turn {
+        Some(revision) => Ok((joined.key, joined.rev, revision, joined.existing)),
+        // The key is gone or is someone else's now: nothing of this call's to delete.
+        None => Err(Status::unknown("session expired")),
+    }
 }
 
 #[tonic::async_trait]

@@ -147,7 +147,13 @@ impl StreamTask {
                 Ok(())
             }
             Some(U::ProgressRequest(_)) => {
-                let header = self.header(self.feed.revision());
+                // A progress answer promises every event up to its revision was sent: bring the
+                // watches up to date first, and name only a revision all of them reached (etcd
+                // fixed answering with the store's revision regardless in its #15220).
+                let current = self.feed.revision();
+                self.deliver().await?;
+                let reached = self.watches.values().map(|w| w.next - 1).min().map_or(current, |r| r.min(current));
+                let header = self.header(reached);
                 self.send(pb::WatchResponse { header, watch_id: NO_WATCH, ..Default::default() }).await
             }
             None => Ok(()),
@@ -234,7 +240,8 @@ impl StreamTask {
                 if next > self.feed.revision() {
                     break;
                 }
-                let (changes, through) = match self.feed.read(next, CHANGES_PER_READ) {
+                let synced = self.watches.get(&id).is_some_and(|w| w.synced);
+                let (changes, through) = match self.feed.read(next, CHANGES_PER_READ, synced) {
                     Read::Changes { changes, through } => (changes, through),
                     Read::Behind => match self.history(next).await? {
                         History::Changes { changes, through } => {

@@ -97,8 +97,32 @@ pub struct EtcdOp {
     pub refused: bool,
 }
 
-/// A watcher of the etcd keyspace: the revision it started from, how far it has read, and the
-/// changes it was sent, in order.
+/// The etcd keyspace at the end, as the most advanced replica has it: its last compaction, the
+/// keys as they were then, and every change since.
+#[derive(Clone, Debug, Default)]
+pub struct EtcdTruth {
+    pub compacted: i64,
+    pub base: Vec<baton_core::etcd::KeyValue>,
+    pub changes: Vec<(i64, baton_core::etcd::KeyEvent)>,
+}
+
+/// Whether two records of a change agree, `b` read from a history compacted at `compacted`: a
+/// change at the compaction revision itself may have lost its previous value there (older than
+/// the compaction) while `a` was read before it.
+pub(crate) fn same_change(
+    a: &(i64, baton_core::etcd::KeyEvent),
+    b: &(i64, baton_core::etcd::KeyEvent),
+    compacted: i64,
+) -> bool {
+    a.0 == b.0
+        && a.1.kv == b.1.kv
+        && a.1.deleted == b.1.deleted
+        && (a.1.prev == b.1.prev || (b.0 == compacted && (a.1.prev.is_none() || b.1.prev.is_none())))
+}
+
+/// A watcher of the etcd keyspace (one segment of it: told its next revision was compacted, a
+/// watcher starts over in a new one): the revision it started from, how far it has read, and
+/// the changes it was sent, in order.
 #[derive(Clone, Debug, Default)]
 pub struct EtcdWatcher {
     pub start: i64,
@@ -137,9 +161,9 @@ pub struct History {
     pub etcd_ops: Vec<EtcdOp>,
     /// Watchers of the etcd keyspace, fed from the replicas of whichever nodes were up.
     pub etcd_watchers: Vec<EtcdWatcher>,
-    /// The etcd keyspace's history as the most advanced replica has it at the end (`None`: no
-    /// node holds the keyspace); every other replica's must be a prefix of it.
-    pub etcd_truth: Option<Vec<(i64, baton_core::etcd::KeyEvent)>>,
+    /// The etcd keyspace as the most advanced replica has it at the end (`None`: no node holds
+    /// the keyspace); every other replica's history must agree with it.
+    pub etcd_truth: Option<EtcdTruth>,
     /// Violations the clients saw in answers (a describe without the holder, a refused proclaim
     /// of a leader, ...), reported after the whole-history checkers, which are more specific.
     pub answer_violations: Vec<Violation>,
@@ -217,16 +241,22 @@ impl History {
     ///   read, once each, in revision order.
     fn check_etcd(&mut self, at: Time) {
         use std::collections::BTreeMap;
-        let Some(truth) = self.etcd_truth.clone() else { return };
-        // Per key: (revision, value after it; `None`: deleted).
+        let Some(EtcdTruth { compacted, base, changes: truth }) = self.etcd_truth.clone() else { return };
+        // Per key: (revision, value after it; `None`: deleted), from the keys at the compaction.
         type KeyHistory = Vec<(i64, Option<Vec<u8>>)>;
         let mut per_key: BTreeMap<Vec<u8>, KeyHistory> = BTreeMap::new();
+        for kv in &base {
+            per_key.entry(kv.key.clone()).or_default().push((compacted, Some(kv.value.clone())));
+        }
         for (rev, e) in &truth {
             per_key.entry(e.kv.key.clone()).or_default().push((*rev, (!e.deleted).then(|| e.kv.value.clone())));
         }
         let value_at = |key: &[u8], rev: i64| -> Option<Vec<u8>> {
             per_key.get(key).and_then(|h| h.iter().take_while(|(r, _)| *r <= rev).last()).and_then(|(_, v)| v.clone())
         };
+        // What happened before the compaction is gone from every replica: only later revisions
+        // are checked against the history.
+        let checkable = |rev: i64| rev >= compacted;
         let mut found = Vec::new();
         // Each put's value is unique: in the history it appears once, only if put, and never
         // if its put was refused.
@@ -254,6 +284,9 @@ impl History {
         }
         for o in &self.etcd_ops {
             let (Some(done), Some(rev)) = (o.completed, o.revision) else { continue };
+            if !checkable(rev) {
+                continue;
+            }
             let key = String::from_utf8_lossy(&o.key);
             match &o.write {
                 Some(written) if o.changed => {
@@ -315,10 +348,13 @@ impl History {
         }
         for (i, w) in self.etcd_watchers.iter().enumerate() {
             let want: Vec<&(i64, baton_core::etcd::KeyEvent)> =
-                truth.iter().filter(|(r, _)| *r >= w.start && *r <= w.through).collect();
-            let seen: Vec<&(i64, baton_core::etcd::KeyEvent)> = w.seen.iter().collect();
-            if seen != want {
-                let first = seen.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(seen.len().min(want.len()));
+                truth.iter().filter(|(r, _)| *r >= w.start && *r <= w.through && checkable(*r)).collect();
+            let seen: Vec<&(i64, baton_core::etcd::KeyEvent)> = w.seen.iter().filter(|(r, _)| checkable(*r)).collect();
+            let same = |a: &&(i64, baton_core::etcd::KeyEvent), b: &&(i64, baton_core::etcd::KeyEvent)| {
+                same_change(a, b, compacted)
+            };
+            if seen.len() != want.len() || !seen.iter().zip(&want).all(|(a, b)| same(a, b)) {
+                let first = seen.iter().zip(&want).position(|(a, b)| !same(a, b)).unwrap_or(seen.len().min(want.len()));
                 found.push(format!(
                     "watcher {i} (from revision {}, through {}) saw {} changes, the history has {}; first difference at \
                      position {first}: saw {:?}, history {:?}",

@@ -80,6 +80,8 @@ pub(crate) enum Work {
     Etcd {
         op: usize,
     },
+    /// A compaction of the etcd keyspace.
+    EtcdCompact,
 }
 
 /// A request sent once, whose answer is only checked.
@@ -107,6 +109,8 @@ pub(crate) struct Memory {
     register_seen: Option<u64>,
     /// An election this session held and released (name, token).
     resigned: Option<(String, Token)>,
+    /// The newest etcd keyspace revision this client was answered with.
+    etcd_seen: i64,
 }
 
 pub(crate) fn unexpected(now: Time, client: usize, answer: &Answer) -> Violation {
@@ -255,6 +259,12 @@ impl SimClient {
     /// A read, put or delete of one of a few keys of the etcd keyspace (its own group).
     fn etcd(&mut self, now: Time, local: u64, rng: &mut ChaCha8Rng, fx: &mut Effects, hist: &mut History) {
         use baton_core::etcd::{DeleteRequest, EtcdCommand, PutRequest, RangeRequest};
+        if rng.gen_bool(0.05) && self.memory.etcd_seen > 4 {
+            // Forget all but the last few revisions (watchers behind are told, and start over).
+            let command = Command::Etcd(baton_core::etcd::EtcdCommand::Compact(self.memory.etcd_seen - 3));
+            self.start_call(local, Op::RegisterSet, Request::Propose(command), 0, None, Work::EtcdCompact, fx);
+            return;
+        }
         let key = format!("e/{}", rng.gen_range(0..3)).into_bytes();
         let op = hist.etcd_ops.len();
         let roll = rng.gen_range(0..10);
@@ -451,11 +461,21 @@ impl SimClient {
                     }
                     Err(Failure::Unknown) => None,
                 };
-                if revision.is_some() {
+                if let Some(r) = revision {
                     let o = &mut hist.etcd_ops[op];
                     o.completed = Some(now);
                     o.revision = revision;
+                    self.memory.etcd_seen = self.memory.etcd_seen.max(r);
                 }
+                self.idle_until = rest;
+            }
+            (Work::EtcdCompact, result) => {
+                let how = match result {
+                    Ok(a) => format!("{a:?}"),
+                    Err(Failure::Refused(e)) => format!("refused: {e}"),
+                    Err(Failure::Unknown) => "outcome unknown".into(),
+                };
+                fx.trace.push(format!("client {} compaction: {how}", self.id));
                 self.idle_until = rest;
             }
             (Work::Register { op }, result) => {

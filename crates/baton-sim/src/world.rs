@@ -131,6 +131,9 @@ pub struct Coverage {
     pub etcd_writes: u64,
     /// Changes of the etcd keyspace the watchers were sent.
     pub etcd_watched: u64,
+    /// Runs whose keyspace was compacted (1 or 0), and watchers told to start over by one.
+    pub etcd_compacted: u64,
+    pub etcd_watch_restarts: u64,
 }
 
 enum Ev {
@@ -204,6 +207,9 @@ struct World {
     trace_hash: u64,
     trace: VecDeque<String>,
     steps: u64,
+    /// Each etcd watcher's current segment in `hist.etcd_watchers` (a watcher told its next
+    /// revision was compacted starts a new one).
+    etcd_segments: Vec<usize>,
 }
 
 /// True for the requests a client may send twice (it resends them after a timeout, and the two
@@ -293,6 +299,7 @@ impl World {
             trace_hash: 0xcbf2_9ce4_8422_2325,
             trace: VecDeque::new(),
             steps: 0,
+            etcd_segments: Vec::new(),
         }
     }
 
@@ -336,6 +343,7 @@ impl World {
         }
         for w in 0..ETCD_WATCHERS {
             // Each starts from the keyspace's first revision (1: nothing before it).
+            self.etcd_segments.push(self.hist.etcd_watchers.len());
             self.hist.etcd_watchers.push(crate::check::EtcdWatcher { start: 1, through: 0, seen: Vec::new() });
             let t = self.rng.gen_range(0..500) * MS;
             self.at(t, Ev::EtcdWatch(w));
@@ -368,6 +376,8 @@ impl World {
             self.hist.etcd_ops.iter().filter(|o| o.write.is_some() && o.changed && o.completed.is_some()).count()
                 as u64;
         self.coverage.etcd_watched = self.hist.etcd_watchers.iter().map(|w| w.seen.len() as u64).sum();
+        self.coverage.etcd_compacted = u64::from(self.hist.etcd_truth.as_ref().is_some_and(|t| t.compacted > 1));
+        self.coverage.etcd_watch_restarts = (self.hist.etcd_watchers.len() - self.etcd_segments.len()) as u64;
         let violations = std::mem::take(&mut self.hist.violations);
         for v in &violations {
             self.trace(format!("VIOLATION {}: {}", v.property, v.detail));
@@ -487,7 +497,11 @@ impl World {
             Ev::Heal => self.heal(),
             Ev::EtcdWatch(w) => {
                 self.etcd_watch(w);
-                let next = self.rng.gen_range(50..300) * MS;
+                // Now and then a watcher is slow for seconds, long enough for a compaction to
+                // pass it.
+                let next =
+                    if self.rng.gen_bool(0.1) { self.rng.gen_range(2_000..5_000) } else { self.rng.gen_range(50..300) };
+                let next = next * MS;
                 self.at(self.now + next, Ev::EtcdWatch(w));
             }
             Ev::RestartLagging { id, tries } => {
@@ -525,9 +539,11 @@ impl World {
     }
 
     /// Watcher `w` reads what is new from the replica of a node that is up, as the server's
-    /// watch serves a watcher from its own node's replica (`EtcdStore::changes_from`); from one
-    /// read to the next it may be another node (a client reconnecting elsewhere from the
-    /// revision after its last event).
+    /// watch serves a watcher from its own node's replica (`StateMachine::etcd_changes_from`);
+    /// from one read to the next it may be another node (a client reconnecting elsewhere from
+    /// the revision after its last event). Told its next revision was compacted, it starts
+    /// over from that replica's current revision (a client re-reading the keys and watching
+    /// on), in a new segment.
     fn etcd_watch(&mut self, w: usize) {
         use baton_core::etcd::ChangesFrom;
         let up: Vec<u64> = self.nodes.keys().copied().filter(|id| self.etcd_replica(*id).is_some()).collect();
@@ -535,57 +551,91 @@ impl World {
             return;
         }
         let id = up[self.rng.gen_range(0..up.len())];
-        let from = self.hist.etcd_watchers[w].through + 1;
+        let segment = self.etcd_segments[w];
+        let from = self.hist.etcd_watchers[segment].through + 1;
         let sm = self.etcd_replica(id).expect("chosen among those up");
         let read = sm.etcd_changes_from(from, 50).expect("holds the keyspace");
         match read {
             ChangesFrom::Changes { changes, through } => {
-                let watcher = &mut self.hist.etcd_watchers[w];
+                let watcher = &mut self.hist.etcd_watchers[segment];
                 watcher.seen.extend(changes);
                 watcher.through = watcher.through.max(through);
             }
-            ChangesFrom::Compacted(rev) => self.hist.violations.push(crate::check::Violation {
-                property: "etcd",
-                detail: format!(
-                    "watcher {w} was told revision {from} is compacted (at {rev}) on node {id}: nothing compacts"
-                ),
-                at: self.now,
-            }),
+            ChangesFrom::Compacted(rev) => {
+                let current = sm.etcd().map_or(rev, |e| e.revision());
+                self.trace(format!(
+                    "etcd watcher {w}: revision {from} compacted (at {rev}) on node {id}; from {}",
+                    current + 1
+                ));
+                self.etcd_segments[w] = self.hist.etcd_watchers.len();
+                self.hist.etcd_watchers.push(crate::check::EtcdWatcher {
+                    start: current + 1,
+                    through: current,
+                    seen: Vec::new(),
+                });
+            }
         }
     }
 
-    /// The etcd keyspace's history as the most advanced replica has it; every other replica's
-    /// must be a prefix of it (agreement of the keyspace's histories).
+    /// The etcd keyspace as the most advanced replica has it; every other replica's history
+    /// must agree with it where both still have it (agreement of the keyspace's histories).
     fn etcd_truth(&mut self, now: Time) {
-        use baton_core::etcd::ChangesFrom;
-        // Per node: its id, its replica's revision and its history.
-        type Replica = (u64, i64, Vec<(i64, baton_core::etcd::KeyEvent)>);
+        use baton_core::etcd::{ChangesFrom, RangeRequest};
+        // Per node: its id, its replica's revision, compaction and history since it.
+        type Replica = (u64, i64, i64, Vec<(i64, baton_core::etcd::KeyEvent)>);
         let mut histories: Vec<Replica> = Vec::new();
+        let mut base = Vec::new();
+        let mut most_rev = i64::MIN;
         for id in self.nodes.keys().copied().collect::<Vec<_>>() {
             // The history itself (not through the watch path, which a planted bug may break).
             if let Some(store) = self.etcd_replica(id).and_then(|sm| sm.etcd()) {
-                if let ChangesFrom::Changes { changes, .. } = store.changes_from(1, usize::MAX) {
-                    histories.push((id, store.revision(), changes));
+                let compacted = store.mvcc().compacted().max(1);
+                if let ChangesFrom::Changes { changes, .. } = store.changes_from(compacted, usize::MAX) {
+                    if store.revision() > most_rev {
+                        most_rev = store.revision();
+                        // The keys as they were at the compaction: what the kept history starts from.
+                        let all = RangeRequest {
+                            key: vec![0],
+                            range_end: vec![0],
+                            revision: compacted,
+                            ..Default::default()
+                        };
+                        base = store.range(&all).map(|r| r.kvs).unwrap_or_default();
+                    }
+                    histories.push((id, store.revision(), compacted, changes));
                 }
             }
         }
-        let Some((most, _, truth)) =
-            histories.iter().max_by_key(|(id, rev, _)| (*rev, std::cmp::Reverse(*id))).cloned()
+        let Some((most, _, compacted, truth)) =
+            histories.iter().max_by_key(|(id, rev, _, _)| (*rev, std::cmp::Reverse(*id))).cloned()
         else {
             return;
         };
-        for (id, rev, h) in &histories {
-            if !truth.starts_with(h) {
+        for (id, rev, their_compacted, h) in &histories {
+            let from = compacted.max(*their_compacted);
+            let window = |v: &Vec<(i64, baton_core::etcd::KeyEvent)>| -> Vec<(i64, baton_core::etcd::KeyEvent)> {
+                v.iter().filter(|(r, _)| *r >= from && *r <= *rev).cloned().collect()
+            };
+            let (theirs, ours) = (window(h), window(&truth));
+            let same = |a: &(i64, baton_core::etcd::KeyEvent), b: &(i64, baton_core::etcd::KeyEvent)| {
+                crate::check::same_change(a, b, from)
+            };
+            if theirs.len() != ours.len() || !theirs.iter().zip(&ours).all(|(a, b)| same(a, b)) {
+                let at =
+                    theirs.iter().zip(&ours).position(|(a, b)| !same(a, b)).unwrap_or(theirs.len().min(ours.len()));
                 self.hist.violations.push(crate::check::Violation {
                     property: "agreement",
                     detail: format!(
-                        "node {id}'s etcd keyspace history (through revision {rev}) is not a prefix of node {most}'s"
+                        "node {id}'s etcd keyspace history (revisions {from}..={rev}, compacted at {their_compacted}) \
+                         differs from node {most}'s (compacted at {compacted}) at change {at}: {:?} vs {:?}",
+                        theirs.get(at),
+                        ours.get(at)
                     ),
                     at: now,
                 });
             }
         }
-        self.hist.etcd_truth = Some(truth);
+        self.hist.etcd_truth = Some(crate::check::EtcdTruth { compacted, base, changes: truth });
     }
 
     /// Virtual time for `ms` of node-local time.

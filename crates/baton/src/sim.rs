@@ -122,7 +122,7 @@ fn replay_flags(cfg: &SimConfig) -> String {
 #[derive(Default)]
 struct CoverageTally {
     /// (runs in which it happened, times in all) per path, in `Coverage` field order.
-    paths: [(u64, u64); 10],
+    paths: [(u64, u64); 12],
 }
 
 impl CoverageTally {
@@ -138,6 +138,8 @@ impl CoverageTally {
             c.sleep_notices,
             c.etcd_writes,
             c.etcd_watched,
+            c.etcd_compacted,
+            c.etcd_watch_restarts,
         ];
         for (tally, n) in self.paths.iter_mut().zip(counts) {
             tally.0 += u64::from(n > 0);
@@ -157,6 +159,8 @@ impl CoverageTally {
             "sleep notice",
             "etcd write acknowledged",
             "etcd change watched",
+            "etcd compaction",
+            "etcd watch restarted by a compaction",
         ];
         let parts: Vec<String> = names
             .iter()

@@ -626,3 +626,30 @@ fn a_replay_comes_in_whole_revisions_and_a_large_one_whole_and_alone() {
     assert_eq!(s.changes_from(3, 10), ChangesFrom::Compacted(4));
     assert_eq!(revs(s.changes_from(4, 10)).0.first(), Some(&4));
 }
+
+/// Regression (found by comparing the etcd-client crate's answers with a real etcd): after any
+/// compaction, a transaction with a range at revision 0 ("now") was refused as compacted, which
+/// broke every lock and campaign (their join is such a transaction).
+#[test]
+fn a_transaction_reading_now_is_not_refused_after_a_compaction() {
+    let mut s = EtcdStore::default();
+    for v in ["1", "2", "3"] {
+        s.put(&PutRequest { key: b"k".to_vec(), value: v.into(), ..Default::default() }).unwrap();
+    }
+    s.compact(3).unwrap();
+    let now = TxnRequest {
+        success: vec![Op::Range(RangeRequest { key: b"k".to_vec(), ..Default::default() }), put_op("j", "x")],
+        ..Default::default()
+    };
+    assert!(s.txn(&now).unwrap().succeeded);
+    let old = TxnRequest {
+        success: vec![Op::Range(RangeRequest { key: b"k".to_vec(), revision: 2, ..Default::default() })],
+        ..Default::default()
+    };
+    assert_eq!(s.txn(&old), Err(EtcdError::Compacted));
+    let negative = TxnRequest {
+        success: vec![Op::Range(RangeRequest { key: b"k".to_vec(), revision: -1, ..Default::default() })],
+        ..Default::default()
+    };
+    assert_eq!(s.txn(&negative), Err(EtcdError::Compacted));
+}

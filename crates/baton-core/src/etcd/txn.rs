@@ -227,7 +227,9 @@ pub(super) fn check_ops(mvcc: &Mvcc, lease_exists: &impl Fn(i64) -> bool, ops: &
     }
     for op in &path {
         if let Op::Range(r) = op {
-            if r.revision < mvcc.compacted() {
+            // Revision 0 is "now": never compacted (the etcd-client comparison found every
+            // transaction with a range refused after any compaction).
+            if r.revision != 0 && r.revision < mvcc.compacted() {
                 return Err(EtcdError::Compacted);
             }
             mvcc.check_read(r.revision)?;

@@ -81,6 +81,15 @@ pub enum EtcdAnswer {
     Alarms { revision: i64, alarms: Vec<(u64, baton_core::etcd::Alarm)> },
 }
 
+/// What the node a call was forwarded to answered.
+enum Remote {
+    Answer(EtcdAnswer),
+    /// It does not lead the keyspace (the leader it knows of).
+    Redirect(Option<NodeId>),
+    /// It refused the call (etcd's errors keep their code and message).
+    Refused(Status),
+}
+
 /// A failed call as it travels back from the node that ran it: a gRPC code and message.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EtcdFailure {
@@ -160,7 +169,10 @@ impl Backend {
         loop {
             let result = match target {
                 Some(to) if to != self.node.id => match self.forward(to, &call).await {
-                    Ok(r) => r,
+                    Ok(Remote::Answer(a)) => Ok(a),
+                    Ok(Remote::Redirect(leader)) => Err(NodeError::NotLeader { group: ETCD_GROUP, leader }),
+                    // The leader's refusal (etcd's errors): final, as if it were served here.
+                    Ok(Remote::Refused(status)) => return Err(status),
                     // The node it went to did not answer (down, or gone): a read or a renewal
                     // is tried again once a leader is known; a write may have been applied
                     // there, so its caller is told it is unknown.
@@ -258,9 +270,9 @@ impl Backend {
         Err(NodeError::Rejected(baton_core::Error::Etcd(EtcdError::NoSpace)))
     }
 
-    /// Sends `call` to node `to` over the peer port. The outer error is final; the inner one
-    /// is what the other node's replica said (a redirect is followed by [`Backend::call`]).
-    async fn forward(&self, to: NodeId, call: &EtcdCall) -> Result<Result<EtcdAnswer, NodeError>, Status> {
+    /// Sends `call` to node `to` over the peer port: what that node answered, or (the error)
+    /// that the call did not come back from it.
+    async fn forward(&self, to: NodeId, call: &EtcdCall) -> Result<Remote, Status> {
         let Some(mut client) = self.peers.get(to) else {
             return Err(Status::unavailable(format!(
                 "node {to} leads the etcd keyspace; its peer address is not known"
@@ -283,15 +295,16 @@ impl Backend {
             }
         };
         if response.not_leader {
-            let leader = (response.leader != 0).then_some(response.leader);
-            return Ok(Err(NodeError::NotLeader { group: ETCD_GROUP, leader }));
+            return Ok(Remote::Redirect((response.leader != 0).then_some(response.leader)));
         }
         if !response.error.is_empty() {
-            return Err(Status::unavailable(response.error));
+            return Ok(Remote::Refused(Status::unavailable(response.error)));
         }
-        let answer: Result<EtcdAnswer, EtcdFailure> = bincode::deserialize(&response.etcd)
-            .map_err(|e| Status::internal(format!("undecodable answer from node {to}: {e}")))?;
-        answer.map(Ok).map_err(Status::from)
+        Ok(match bincode::deserialize::<Result<EtcdAnswer, EtcdFailure>>(&response.etcd) {
+            Ok(Ok(answer)) => Remote::Answer(answer),
+            Ok(Err(failure)) => Remote::Refused(failure.into()),
+            Err(e) => Remote::Refused(Status::internal(format!("undecodable answer from node {to}: {e}"))),
+        })
     }
 
     /// The header of an answer about the keyspace at `revision`.

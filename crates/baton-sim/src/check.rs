@@ -97,27 +97,27 @@ pub struct EtcdOp {
     pub refused: bool,
 }
 
-/// The etcd keyspace at the end, as the most advanced replica has it: its last compaction, the
-/// keys as they were then, and every change since.
+/// The etcd keyspace's history over the run, recorded from the most advanced replica as it
+/// went (before compactions took it away) and checked against every replica at the end: every
+/// change, and the revisions the record missed (compacted before it was read; rare).
 #[derive(Clone, Debug, Default)]
 pub struct EtcdTruth {
-    pub compacted: i64,
-    pub base: Vec<baton_core::etcd::KeyValue>,
     pub changes: Vec<(i64, baton_core::etcd::KeyEvent)>,
+    pub gaps: Vec<(i64, i64)>,
 }
 
-/// Whether two records of a change agree, `b` read from a history compacted at `compacted`: a
-/// change at the compaction revision itself may have lost its previous value there (older than
-/// the compaction) while `a` was read before it.
+/// Whether two records of a change agree: a change at a compaction revision (`compaction`
+/// says which revisions were ones) may have lost its previous value in a history compacted
+/// there (older than the compaction) while the other record was read before.
 pub(crate) fn same_change(
     a: &(i64, baton_core::etcd::KeyEvent),
     b: &(i64, baton_core::etcd::KeyEvent),
-    compacted: i64,
+    compaction: impl Fn(i64) -> bool,
 ) -> bool {
     a.0 == b.0
         && a.1.kv == b.1.kv
         && a.1.deleted == b.1.deleted
-        && (a.1.prev == b.1.prev || (b.0 == compacted && (a.1.prev.is_none() || b.1.prev.is_none())))
+        && (a.1.prev == b.1.prev || (compaction(b.0) && (a.1.prev.is_none() || b.1.prev.is_none())))
 }
 
 /// A watcher of the etcd keyspace (one segment of it: told its next revision was compacted, a
@@ -161,9 +161,10 @@ pub struct History {
     pub etcd_ops: Vec<EtcdOp>,
     /// Watchers of the etcd keyspace, fed from the replicas of whichever nodes were up.
     pub etcd_watchers: Vec<EtcdWatcher>,
-    /// The etcd keyspace as the most advanced replica has it at the end (`None`: no node holds
-    /// the keyspace); every other replica's history must agree with it.
+    /// The etcd keyspace's history over the run (`None`: no node holds the keyspace).
     pub etcd_truth: Option<EtcdTruth>,
+    /// Every compaction revision a client asked for.
+    pub etcd_compactions_asked: std::collections::BTreeSet<i64>,
     /// Violations the clients saw in answers (a describe without the holder, a refused proclaim
     /// of a leader, ...), reported after the whole-history checkers, which are more specific.
     pub answer_violations: Vec<Violation>,
@@ -241,22 +242,21 @@ impl History {
     ///   read, once each, in revision order.
     fn check_etcd(&mut self, at: Time) {
         use std::collections::BTreeMap;
-        let Some(EtcdTruth { compacted, base, changes: truth }) = self.etcd_truth.clone() else { return };
-        // Per key: (revision, value after it; `None`: deleted), from the keys at the compaction.
+        let Some(EtcdTruth { changes: truth, gaps }) = self.etcd_truth.clone() else { return };
+        // Per key: (revision, value after it; `None`: deleted).
         type KeyHistory = Vec<(i64, Option<Vec<u8>>)>;
         let mut per_key: BTreeMap<Vec<u8>, KeyHistory> = BTreeMap::new();
-        for kv in &base {
-            per_key.entry(kv.key.clone()).or_default().push((compacted, Some(kv.value.clone())));
-        }
         for (rev, e) in &truth {
             per_key.entry(e.kv.key.clone()).or_default().push((*rev, (!e.deleted).then(|| e.kv.value.clone())));
         }
         let value_at = |key: &[u8], rev: i64| -> Option<Vec<u8>> {
             per_key.get(key).and_then(|h| h.iter().take_while(|(r, _)| *r <= rev).last()).and_then(|(_, v)| v.clone())
         };
-        // What happened before the compaction is gone from every replica: only later revisions
-        // are checked against the history.
-        let checkable = |rev: i64| rev >= compacted;
+        // A revision the record missed is not checked; nor is a read after one (the keys'
+        // state there is not known). The record starts at the empty keyspace, so there is
+        // no compaction boundary to trust.
+        let checkable = |rev: i64| !gaps.iter().any(|(a, b)| (*a..=*b).contains(&rev));
+        let state_known = |rev: i64| gaps.first().is_none_or(|(a, _)| rev < *a);
         let mut found = Vec::new();
         // Each put's value is unique: in the history it appears once, only if put, and never
         // if its put was refused.
@@ -300,6 +300,7 @@ impl History {
                         ));
                     }
                 }
+                Some(_) if !state_known(rev) => {}
                 Some(_) => {
                     if value_at(&o.key, rev).is_some() {
                         found.push(format!(
@@ -307,6 +308,7 @@ impl History {
                         ));
                     }
                 }
+                None if !state_known(rev) => {}
                 None => {
                     let want = value_at(&o.key, rev);
                     if o.read.as_ref() != Some(&want) {
@@ -351,7 +353,7 @@ impl History {
                 truth.iter().filter(|(r, _)| *r >= w.start && *r <= w.through && checkable(*r)).collect();
             let seen: Vec<&(i64, baton_core::etcd::KeyEvent)> = w.seen.iter().filter(|(r, _)| checkable(*r)).collect();
             let same = |a: &&(i64, baton_core::etcd::KeyEvent), b: &&(i64, baton_core::etcd::KeyEvent)| {
-                same_change(a, b, compacted)
+                same_change(a, b, |r| self.etcd_compactions_asked.contains(&r))
             };
             if seen.len() != want.len() || !seen.iter().zip(&want).all(|(a, b)| same(a, b)) {
                 let first = seen.iter().zip(&want).position(|(a, b)| !same(a, b)).unwrap_or(seen.len().min(want.len()));

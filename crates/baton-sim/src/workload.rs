@@ -261,7 +261,9 @@ impl SimClient {
         use baton_core::etcd::{DeleteRequest, EtcdCommand, PutRequest, RangeRequest};
         if rng.gen_bool(0.05) && self.memory.etcd_seen > 4 {
             // Forget all but the last few revisions (watchers behind are told, and start over).
-            let command = Command::Etcd(baton_core::etcd::EtcdCommand::Compact(self.memory.etcd_seen - 3));
+            let at = self.memory.etcd_seen - 3;
+            hist.etcd_compactions_asked.insert(at);
+            let command = Command::Etcd(baton_core::etcd::EtcdCommand::Compact(at));
             self.start_call(local, Op::RegisterSet, Request::Propose(command), 0, None, Work::EtcdCompact, fx);
             return;
         }

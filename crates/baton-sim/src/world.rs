@@ -134,6 +134,8 @@ pub struct Coverage {
     /// Runs whose keyspace was compacted (1 or 0), and watchers told to start over by one.
     pub etcd_compacted: u64,
     pub etcd_watch_restarts: u64,
+    /// Revision ranges the run's record of the keyspace missed (compacted first; not checked).
+    pub etcd_record_gaps: u64,
 }
 
 enum Ev {
@@ -210,6 +212,12 @@ struct World {
     /// Each etcd watcher's current segment in `hist.etcd_watchers` (a watcher told its next
     /// revision was compacted starts a new one).
     etcd_segments: Vec<usize>,
+    /// The keyspace's history as recorded during the run from the most advanced replica up
+    /// (before compactions take it away), the revision it reaches, and the revisions it
+    /// missed (compacted before it was recorded).
+    etcd_record: Vec<(i64, baton_core::etcd::KeyEvent)>,
+    etcd_recorded_through: i64,
+    etcd_record_gaps: Vec<(i64, i64)>,
 }
 
 /// True for the requests a client may send twice (it resends them after a timeout, and the two
@@ -300,6 +308,9 @@ impl World {
             trace: VecDeque::new(),
             steps: 0,
             etcd_segments: Vec::new(),
+            etcd_record: Vec::new(),
+            etcd_recorded_through: 1,
+            etcd_record_gaps: Vec::new(),
         }
     }
 
@@ -376,7 +387,8 @@ impl World {
             self.hist.etcd_ops.iter().filter(|o| o.write.is_some() && o.changed && o.completed.is_some()).count()
                 as u64;
         self.coverage.etcd_watched = self.hist.etcd_watchers.iter().map(|w| w.seen.len() as u64).sum();
-        self.coverage.etcd_compacted = u64::from(self.hist.etcd_truth.as_ref().is_some_and(|t| t.compacted > 1));
+        self.coverage.etcd_compacted = u64::from(!self.hist.etcd_compactions_asked.is_empty());
+        self.coverage.etcd_record_gaps = self.hist.etcd_truth.as_ref().map_or(0, |t| t.gaps.len() as u64);
         self.coverage.etcd_watch_restarts = (self.hist.etcd_watchers.len() - self.etcd_segments.len()) as u64;
         let violations = std::mem::take(&mut self.hist.violations);
         for v in &violations {
@@ -496,6 +508,7 @@ impl World {
             }
             Ev::Heal => self.heal(),
             Ev::EtcdWatch(w) => {
+                self.etcd_record();
                 self.etcd_watch(w);
                 // Now and then a watcher is slow for seconds, long enough for a compaction to
                 // pass it.
@@ -563,6 +576,7 @@ impl World {
             }
             ChangesFrom::Compacted(rev) => {
                 let current = sm.etcd().map_or(rev, |e| e.revision());
+                self.check_compaction_asked(rev, id);
                 self.trace(format!(
                     "etcd watcher {w}: revision {from} compacted (at {rev}) on node {id}; from {}",
                     current + 1
@@ -575,6 +589,47 @@ impl World {
                 });
             }
         }
+    }
+
+    /// A replica may only be compacted as far as some client asked.
+    fn check_compaction_asked(&mut self, compacted: i64, id: u64) {
+        if compacted > 1 && !self.hist.etcd_compactions_asked.contains(&compacted) {
+            self.hist.violations.push(crate::check::Violation {
+                property: "etcd",
+                detail: format!("node {id}'s keyspace is compacted at {compacted}, which no client asked for"),
+                at: self.now,
+            });
+        }
+    }
+
+    /// Records what the most advanced live replica of the keyspace has beyond what is recorded
+    /// (its raw history, not the watch path under test), before a compaction can take it.
+    fn etcd_record(&mut self) {
+        use baton_core::etcd::ChangesFrom;
+        let most = self
+            .nodes
+            .keys()
+            .copied()
+            .filter_map(|id| Some((self.etcd_replica(id)?.etcd()?.revision(), id)))
+            .max_by_key(|(rev, id)| (*rev, std::cmp::Reverse(*id)));
+        let Some((_, id)) = most else { return };
+        let store = self.etcd_replica(id).and_then(|sm| sm.etcd()).expect("chosen above");
+        let from = self.etcd_recorded_through + 1;
+        let (changes, through, gap) = match store.changes_from(from, usize::MAX) {
+            ChangesFrom::Changes { changes, through } => (changes, through, None),
+            ChangesFrom::Compacted(c) => match store.changes_from(c, usize::MAX) {
+                ChangesFrom::Changes { changes, through } => (changes, through, Some((from, c - 1, c))),
+                ChangesFrom::Compacted(_) => return,
+            },
+        };
+        if let Some((start, end, c)) = gap {
+            self.check_compaction_asked(c, id);
+            self.etcd_record_gaps.push((start, end));
+            // The changes at `c` itself may be recorded already (if `c` was reached before).
+        }
+        let recorded = self.etcd_recorded_through;
+        self.etcd_record.extend(changes.into_iter().filter(|(r, _)| *r > recorded));
+        self.etcd_recorded_through = recorded.max(through);
     }
 
     /// The etcd keyspace as the most advanced replica has it; every other replica's history
@@ -618,7 +673,7 @@ impl World {
             };
             let (theirs, ours) = (window(h), window(&truth));
             let same = |a: &(i64, baton_core::etcd::KeyEvent), b: &(i64, baton_core::etcd::KeyEvent)| {
-                crate::check::same_change(a, b, from)
+                crate::check::same_change(a, b, |r| r == from)
             };
             if theirs.len() != ours.len() || !theirs.iter().zip(&ours).all(|(a, b)| same(a, b)) {
                 let at =
@@ -635,7 +690,32 @@ impl World {
                 });
             }
         }
-        self.hist.etcd_truth = Some(crate::check::EtcdTruth { compacted, base, changes: truth });
+        self.check_compaction_asked(compacted, most);
+        // The record must agree with the final history where both have it, and what the record
+        // lacks at the end comes from the final history.
+        self.etcd_record();
+        let record = std::mem::take(&mut self.etcd_record);
+        let recorded_window: Vec<&(i64, baton_core::etcd::KeyEvent)> =
+            record.iter().filter(|(r, _)| *r >= compacted).collect();
+        let final_window: Vec<&(i64, baton_core::etcd::KeyEvent)> =
+            truth.iter().filter(|(r, _)| *r <= self.etcd_recorded_through).collect();
+        let agree = recorded_window.len() == final_window.len()
+            && recorded_window
+                .iter()
+                .zip(&final_window)
+                .all(|(a, b)| crate::check::same_change(a, b, |r| r == compacted));
+        if !agree {
+            self.hist.violations.push(crate::check::Violation {
+                property: "agreement",
+                detail: format!(
+                    "the keyspace history recorded during the run differs from node {most}'s at the end (revisions {compacted}..)"
+                ),
+                at: now,
+            });
+        }
+        let _ = base;
+        self.hist.etcd_truth =
+            Some(crate::check::EtcdTruth { gaps: std::mem::take(&mut self.etcd_record_gaps), changes: record });
     }
 
     /// Virtual time for `ms` of node-local time.

@@ -122,7 +122,7 @@ fn replay_flags(cfg: &SimConfig) -> String {
 #[derive(Default)]
 struct CoverageTally {
     /// (runs in which it happened, times in all) per path, in `Coverage` field order.
-    paths: [(u64, u64); 12],
+    paths: [(u64, u64); 13],
 }
 
 impl CoverageTally {
@@ -140,6 +140,7 @@ impl CoverageTally {
             c.etcd_watched,
             c.etcd_compacted,
             c.etcd_watch_restarts,
+            c.etcd_record_gaps,
         ];
         for (tally, n) in self.paths.iter_mut().zip(counts) {
             tally.0 += u64::from(n > 0);
@@ -161,6 +162,7 @@ impl CoverageTally {
             "etcd change watched",
             "etcd compaction",
             "etcd watch restarted by a compaction",
+            "etcd history gap (unchecked)",
         ];
         let parts: Vec<String> = names
             .iter()

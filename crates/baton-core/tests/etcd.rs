@@ -128,6 +128,19 @@ fn a_keyspace_snapshot_from_before_alarms_loads_and_recounts_its_size() {
     assert_eq!(StateMachine::from_snapshot(&now).unwrap().etcd().unwrap().mvcc().bytes(), size);
 }
 
+/// A snapshot cut short is an error, not an older layout read as a wrong state: a keyspace
+/// with an alarm, cut by a few bytes, must not load (second review).
+#[test]
+fn a_keyspace_snapshot_cut_short_does_not_load() {
+    let mut log = Log::new(StateMachine::for_etcd(Limits::default(), 3));
+    log.etcd(put("a", 0)).unwrap();
+    log.etcd(EtcdCommand::Alarm { activate: true, member: 2, alarm: baton_core::etcd::Alarm::Corrupt }).unwrap();
+    let now = log.sm.to_snapshot();
+    for cut in 1..=8 {
+        assert!(StateMachine::from_snapshot(&now[..now.len() - cut]).is_err(), "cut by {cut} bytes, it loaded");
+    }
+}
+
 /// Log entries are bincode, positional: a command variant added later goes last, so that the
 /// entries an older build wrote keep their meaning (the review caught `Alarm` inserted before
 /// `LeaseGrant`).

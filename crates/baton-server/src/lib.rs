@@ -16,9 +16,11 @@
 
 pub mod etcd;
 pub mod forward;
+pub mod http;
 pub mod runtime;
 pub mod service;
 pub mod status;
+pub mod sys;
 pub mod transport;
 pub mod watch;
 
@@ -99,6 +101,8 @@ pub struct ServerConfig {
     /// The etcd keyspace's quota (`--etcd-quota-bytes`, etcd's default 2 GiB; 0: none),
     /// enforced by whichever node leads the keyspace: give every node the same.
     pub etcd_quota_bytes: u64,
+    /// Serve `/healthz`, `/readyz` and `/metrics` on this address (`--http-addr`; `None`: off).
+    pub http_addr: Option<String>,
 }
 
 impl ServerConfig {
@@ -119,6 +123,7 @@ impl ServerConfig {
             etcd_addr: None,
             etcd_progress_every: etcd::watch::DEFAULT_PROGRESS_EVERY,
             etcd_quota_bytes: etcd::DEFAULT_QUOTA_BYTES,
+            http_addr: None,
         }
     }
 }
@@ -131,6 +136,8 @@ pub struct Server {
     pub peer_addr: SocketAddr,
     /// The bound etcd API address, if it serves one.
     pub etcd_addr: Option<SocketAddr>,
+    /// The bound HTTP address (health, readiness, metrics), if it serves one.
+    pub http_addr: Option<SocketAddr>,
     node: NodeHandle,
     /// How the node thread ended (`None` while it runs).
     outcome: signal::Receiver<Outcome>,
@@ -188,6 +195,15 @@ impl Server {
                 None => None,
             };
         let etcd_addr = etcd_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+        let http_listener = match &config.http_addr {
+            Some(a) => Some(
+                TcpListener::bind(a)
+                    .await
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen for HTTP on {a}: {e}")))?,
+            ),
+            None => None,
+        };
+        let http_addr = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
         let mut config = config;
         let mut voters: Vec<NodeId> = config.peers.keys().copied().collect();
         let mut listed = false;
@@ -318,6 +334,18 @@ impl Server {
             let router = etcd::router(backend, config.etcd_progress_every);
             serving.push(serve(router, listener, "etcd API", &outcome));
         }
+        if let Some(listener) = http_listener {
+            let router = http::router(handle.clone());
+            let mut stop = outcome.clone();
+            serving.push(tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = stop.wait_for(Option::is_some).await;
+                };
+                if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stopped).await {
+                    tracing::error!("HTTP server failed: {e}");
+                }
+            }));
+        }
         tasks.extend(serving.iter().map(|t| t.abort_handle()));
         // If the node stops on its own, the servers stop taking calls at once (see `serve`);
         // calls still open get a grace period to fail cleanly, then they are cut.
@@ -330,7 +358,7 @@ impl Server {
             }
         });
         tracing::info!(id = config.id, %client_addr, %peer_addr, "baton node started");
-        Ok(Server { client_addr, peer_addr, etcd_addr, node: handle, outcome, tasks, thread: Some(thread) })
+        Ok(Server { client_addr, peer_addr, etcd_addr, http_addr, node: handle, outcome, tasks, thread: Some(thread) })
     }
 
     /// The node thread's handle.

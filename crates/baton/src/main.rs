@@ -91,6 +91,22 @@ struct HoldArgs {
 
 /// Where `baton dev` serves etcd's API by default (etcd's own default client address).
 const DEV_ETCD_ADDR: &str = "127.0.0.1:2379";
+/// Where `baton dev` serves health and metrics by default.
+const DEV_HTTP_ADDR: &str = "127.0.0.1:7780";
+
+/// `addr` if it can be bound now (`baton dev`'s defaults), else `None` with a note saying so.
+fn free(addr: &str, what: &str, flag: &str) -> Option<String> {
+    match std::net::TcpListener::bind(addr) {
+        Ok(probe) => {
+            drop(probe);
+            Some(addr.to_string())
+        }
+        Err(e) => {
+            out!("baton dev: not serving {what}: {addr} is taken ({e}); give {flag}");
+            None
+        }
+    }
+}
 
 /// Data groups per node of a new cluster when `--groups` is not given.
 const DEFAULT_GROUPS_PER_NODE: u64 = 4;
@@ -123,6 +139,13 @@ enum Cmd {
         /// alarm refuses writes that add data until `etcdctl alarm disarm`.
         #[arg(long, default_value_t = baton_server::etcd::DEFAULT_QUOTA_BYTES)]
         etcd_quota_bytes: u64,
+        /// Serve /healthz, /readyz and /metrics here. Default: 127.0.0.1:7780 if that port is
+        /// free, else none (a note says so).
+        #[arg(long, conflicts_with = "no_http")]
+        http_addr: Option<String>,
+        /// Serve no HTTP endpoint.
+        #[arg(long)]
+        no_http: bool,
     },
     /// Run one node of a cluster.
     Server {
@@ -174,6 +197,9 @@ enum Cmd {
         /// leading the keyspace: give every node the same.
         #[arg(long, default_value_t = baton_server::etcd::DEFAULT_QUOTA_BYTES)]
         etcd_quota_bytes: u64,
+        /// Serve /healthz, /readyz and /metrics (Prometheus) on this address (off unless given).
+        #[arg(long)]
+        http_addr: Option<String>,
     },
     /// Hold a lock while running a command: `baton lock NAME -- CMD [ARGS...]`.
     Lock {
@@ -493,7 +519,17 @@ fn endpoints(list: &str) -> Vec<String> {
 
 async fn run(cmd: Cmd) -> ExitCode {
     match cmd {
-        Cmd::Dev { data, client_addr, lease_reads, groups, etcd_addr, no_etcd, etcd_quota_bytes } => {
+        Cmd::Dev {
+            data,
+            client_addr,
+            lease_reads,
+            groups,
+            etcd_addr,
+            no_etcd,
+            etcd_quota_bytes,
+            http_addr,
+            no_http,
+        } => {
             let peer = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
                 Ok(l) => l,
                 Err(e) => return fail(1, format!("cannot bind a peer port: {e}")),
@@ -503,20 +539,16 @@ async fn run(cmd: Cmd) -> ExitCode {
             config.lease_reads = lease_reads;
             config.groups = groups;
             config.etcd_quota_bytes = etcd_quota_bytes;
+            config.http_addr = match http_addr {
+                Some(a) => Some(a),
+                None if no_http => None,
+                None => free(DEV_HTTP_ADDR, "HTTP (health and metrics)", "--http-addr"),
+            };
             config.etcd_addr = match etcd_addr {
                 Some(a) => Some(a),
                 None if no_etcd => None,
                 // The default only if it is free: another etcd may be running on this machine.
-                None => match std::net::TcpListener::bind(DEV_ETCD_ADDR) {
-                    Ok(probe) => {
-                        drop(probe);
-                        Some(DEV_ETCD_ADDR.to_string())
-                    }
-                    Err(e) => {
-                        out!("baton dev: not serving the etcd API: {DEV_ETCD_ADDR} is taken ({e}); give --etcd-addr");
-                        None
-                    }
-                },
+                None => free(DEV_ETCD_ADDR, "the etcd API", "--etcd-addr"),
             };
             let client = match tokio::net::TcpListener::bind(&client_addr).await {
                 Ok(l) => l,
@@ -527,6 +559,9 @@ async fn run(cmd: Cmd) -> ExitCode {
                     out!("baton dev: serving clients on {} (data in {})", server.client_addr, data.display());
                     if let Some(a) = server.etcd_addr {
                         out!("baton dev: serving etcd's v3 API on {a} (etcdctl --endpoints {a} ...)");
+                    }
+                    if let Some(a) = server.http_addr {
+                        out!("baton dev: serving http://{a}/metrics, /healthz and /readyz");
                     }
                     serve_until_signal(server).await
                 }
@@ -547,6 +582,7 @@ async fn run(cmd: Cmd) -> ExitCode {
             replicas,
             etcd_addr,
             etcd_quota_bytes,
+            http_addr,
         } => {
             let peers = match &peers {
                 Some(p) => match parse_peers(p) {
@@ -565,6 +601,7 @@ async fn run(cmd: Cmd) -> ExitCode {
             config.max_peer_message_bytes = max_peer_message_mib.max(1).saturating_mul(1 << 20);
             config.etcd_addr = etcd_addr;
             config.etcd_quota_bytes = etcd_quota_bytes;
+            config.http_addr = http_addr;
             match Server::start(config, &client_addr, &peer_addr).await {
                 Ok(server) => {
                     out!(
@@ -575,6 +612,9 @@ async fn run(cmd: Cmd) -> ExitCode {
                     );
                     if let Some(a) = server.etcd_addr {
                         out!("baton server {id}: serving etcd's v3 API on {a}");
+                    }
+                    if let Some(a) = server.http_addr {
+                        out!("baton server {id}: serving http://{a}/metrics, /healthz and /readyz");
                     }
                     serve_until_signal(server).await
                 }

@@ -24,6 +24,8 @@ pub struct TestCluster {
     pub etcd_addrs: BTreeMap<u64, String>,
     /// The etcd keyspace's quota every node enforces.
     pub etcd_quota_bytes: u64,
+    /// Each running node's HTTP address (health, readiness, metrics).
+    pub http_addrs: BTreeMap<u64, String>,
 }
 
 impl TestCluster {
@@ -77,6 +79,7 @@ impl TestCluster {
             etcd: etcd.is_some(),
             etcd_addrs: BTreeMap::new(),
             etcd_quota_bytes: etcd.unwrap_or(0),
+            http_addrs: BTreeMap::new(),
         };
         c.start_nodes(client_listeners, peer_listeners).await;
         c
@@ -106,7 +109,11 @@ impl TestCluster {
             config.etcd_quota_bytes = self.etcd_quota_bytes;
             config.etcd_addr = Some(self.etcd_addrs.get(&id).cloned().unwrap_or_else(|| "127.0.0.1:0".into()));
         }
+        config.http_addr = Some("127.0.0.1:0".into());
         let server = Server::start_with_listeners(config, client, peer).await.unwrap();
+        if let Some(a) = server.http_addr {
+            self.http_addrs.insert(id, a.to_string());
+        }
         if let Some(a) = server.etcd_addr {
             self.etcd_addrs.insert(id, a.to_string());
         }

@@ -22,7 +22,7 @@
 
 pub mod driver;
 pub mod report;
-pub mod sys;
+pub use baton_server::sys;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,5 +1,5 @@
-//! What `baton bench` reads of the server processes it was given (`--pids`): resident memory
-//! and CPU time, from `/proc` (Linux).
+//! A process's resident memory and CPU time, from `/proc` (Linux): what `baton bench` reads of
+//! the servers it was given (`--pids`), and what a node's metrics report of itself.
 
 /// Resident set size of a process, in bytes.
 pub fn rss_bytes(pid: u32) -> Result<u64, String> {

@@ -128,6 +128,15 @@ impl ServerConfig {
     }
 }
 
+/// The sockets a server serves on: the client and peer ones, and the optional etcd API and HTTP
+/// ones (`None`: bound from the config's address, if it has one).
+pub struct Listeners {
+    pub client: TcpListener,
+    pub peer: TcpListener,
+    pub etcd: Option<TcpListener>,
+    pub http: Option<TcpListener>,
+}
+
 /// A running server.
 pub struct Server {
     /// The bound client API address.
@@ -185,23 +194,33 @@ impl Server {
         client: TcpListener,
         peer: TcpListener,
     ) -> std::io::Result<Server> {
+        Self::start_with(config, Listeners { client, peer, etcd: None, http: None }).await
+    }
+
+    /// Starts serving on already bound listeners; an optional one not given is bound from its
+    /// address in `config` (`baton dev` binds its default etcd and HTTP ports itself: a port
+    /// taken between a check and a bind must not stop it).
+    pub async fn start_with(config: ServerConfig, listeners: Listeners) -> std::io::Result<Server> {
+        let Listeners { client, peer, etcd, http } = listeners;
         let client_addr = client.local_addr()?;
         let peer_addr = peer.local_addr()?;
-        let etcd_listener =
-            match &config.etcd_addr {
-                Some(a) => Some(TcpListener::bind(a).await.map_err(|e| {
-                    std::io::Error::new(e.kind(), format!("cannot listen for the etcd API on {a}: {e}"))
-                })?),
-                None => None,
-            };
-        let etcd_addr = etcd_listener.as_ref().map(|l| l.local_addr()).transpose()?;
-        let http_listener = match &config.http_addr {
-            Some(a) => Some(
-                TcpListener::bind(a)
+        let bind = |addr: Option<String>, what: &'static str| async move {
+            match addr {
+                None => Ok(None),
+                Some(a) => TcpListener::bind(&a)
                     .await
-                    .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen for HTTP on {a}: {e}")))?,
-            ),
-            None => None,
+                    .map(Some)
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen for {what} on {a}: {e}"))),
+            }
+        };
+        let etcd_listener = match etcd {
+            Some(l) => Some(l),
+            None => bind(config.etcd_addr.clone(), "the etcd API").await?,
+        };
+        let etcd_addr = etcd_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+        let http_listener = match http {
+            Some(l) => Some(l),
+            None => bind(config.http_addr.clone(), "HTTP").await?,
         };
         let http_addr = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
         let mut config = config;

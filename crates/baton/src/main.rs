@@ -94,13 +94,10 @@ const DEV_ETCD_ADDR: &str = "127.0.0.1:2379";
 /// Where `baton dev` serves health and metrics by default.
 const DEV_HTTP_ADDR: &str = "127.0.0.1:7780";
 
-/// `addr` if it can be bound now (`baton dev`'s defaults), else `None` with a note saying so.
-fn free(addr: &str, what: &str, flag: &str) -> Option<String> {
-    match std::net::TcpListener::bind(addr) {
-        Ok(probe) => {
-            drop(probe);
-            Some(addr.to_string())
-        }
+/// A listener on `addr` (`baton dev`'s defaults), or `None` with a note saying why not.
+async fn default_listener(addr: &str, what: &str, flag: &str) -> Option<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => Some(l),
         Err(e) => {
             out!("baton dev: not serving {what}: {addr} is taken ({e}); give {flag}");
             None
@@ -539,22 +536,26 @@ async fn run(cmd: Cmd) -> ExitCode {
             config.lease_reads = lease_reads;
             config.groups = groups;
             config.etcd_quota_bytes = etcd_quota_bytes;
-            config.http_addr = match http_addr {
-                Some(a) => Some(a),
-                None if no_http => None,
-                None => free(DEV_HTTP_ADDR, "HTTP (health and metrics)", "--http-addr"),
+            // A given address must be free (the server binds it, or fails saying so); a default one
+            // is used only if it is (another etcd may run here), bound now so that nothing can
+            // take it before the server starts.
+            config.http_addr = http_addr;
+            config.etcd_addr = etcd_addr;
+            let http = if config.http_addr.is_some() || no_http {
+                None
+            } else {
+                default_listener(DEV_HTTP_ADDR, "HTTP (health and metrics)", "--http-addr").await
             };
-            config.etcd_addr = match etcd_addr {
-                Some(a) => Some(a),
-                None if no_etcd => None,
-                // The default only if it is free: another etcd may be running on this machine.
-                None => free(DEV_ETCD_ADDR, "the etcd API", "--etcd-addr"),
+            let etcd = if config.etcd_addr.is_some() || no_etcd {
+                None
+            } else {
+                default_listener(DEV_ETCD_ADDR, "the etcd API", "--etcd-addr").await
             };
             let client = match tokio::net::TcpListener::bind(&client_addr).await {
                 Ok(l) => l,
                 Err(e) => return fail(1, format!("cannot listen for clients on {client_addr}: {e}")),
             };
-            match Server::start_with_listeners(config, client, peer).await {
+            match Server::start_with(config, baton_server::Listeners { client, peer, etcd, http }).await {
                 Ok(server) => {
                     out!("baton dev: serving clients on {} (data in {})", server.client_addr, data.display());
                     if let Some(a) = server.etcd_addr {

@@ -3,7 +3,7 @@
 //! per-primitive histograms, hot names, history and the dashboard come next).
 //!
 //! - `GET /healthz`: 200 while the process serves (the node thread runs).
-//! - `GET /readyz`: 200 when every group this node holds has a leader it knows and has applied
+//! - `GET /readyz`: 200 when every group this node is a voter of has a leader it knows and has applied
 //!   what it knows committed (within [`READY_LAG`] entries); else 503 with one line per reason.
 //!   For load balancers and Kubernetes readiness probes.
 //! - `GET /metrics`: the OpenMetrics text format, written by the `prometheus-client` crate.
@@ -36,13 +36,15 @@ pub fn router(node: NodeHandle) -> Router {
         .with_state(node)
 }
 
-/// Every group's status from the node thread (`None`: it has stopped).
+/// The status of every group this node is a voter of, from the node thread (`None`: it has
+/// stopped). A replica placement moved away stays on the node, frozen: it is left out.
 async fn statuses(node: &NodeHandle) -> Option<Vec<GroupStatus>> {
     let (tx, rx) = oneshot::channel();
     if !node.send(Input::Status { tx }) {
         return None;
     }
-    rx.await.ok()
+    let groups = rx.await.ok()?;
+    Some(groups.into_iter().filter(|g| g.replicas.contains(&node.id)).collect())
 }
 
 async fn healthz(State(node): State<NodeHandle>) -> Response {

@@ -30,6 +30,19 @@ async fn ready(c: &TestCluster) {
     }
 }
 
+/// Waits (at most 10 s) until `prefix` holds exactly `n` keys: contenders have queued.
+async fn wait_keys(client: &mut Client, prefix: &str, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let count = client.get(prefix, Some(GetOptions::new().with_prefix().with_count_only())).await.unwrap().count();
+        if count == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{prefix} holds {count} keys, never {n}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The node that leads the etcd keyspace's group, as every running node agrees.
 async fn keyspace_leader(c: &TestCluster) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -181,7 +194,8 @@ async fn lock_and_election_follow_etcds_recipes() {
         let r = b.lock("job", Some(LockOptions::new().with_lease(lb))).await;
         (b, r)
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once its key is queued behind the holder's, it must still be waiting.
+    wait_keys(&mut a, "job/", 2).await;
     assert!(!waiting.is_finished(), "the second contender got a held lock");
     a.unlock(held.key()).await.unwrap();
     let (mut b, second) = tokio::time::timeout(Duration::from_secs(10), waiting).await.unwrap().unwrap();
@@ -192,7 +206,7 @@ async fn lock_and_election_follow_etcds_recipes() {
     let lc = a.lease_grant(30, None).await.unwrap().id();
     let mut c2 = connect(&eps).await;
     let waiting = tokio::spawn(async move { c2.lock("job", Some(LockOptions::new().with_lease(lc))).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_keys(&mut a, "job/", 2).await;
     a.lease_revoke(lc).await.unwrap();
     let err = tokio::time::timeout(Duration::from_secs(10), waiting).await.unwrap().unwrap().unwrap_err();
     assert!(err.to_string().contains("session expired"), "{err}");
@@ -202,10 +216,10 @@ async fn lock_and_election_follow_etcds_recipes() {
     // A caller that gives up while waiting leaves no key behind.
     let held = a.lock("job", Some(LockOptions::new().with_lease(la))).await.unwrap();
     let mut quitter = connect(&eps).await;
-    let gave_up =
-        tokio::time::timeout(Duration::from_millis(300), quitter.lock("job", Some(LockOptions::new().with_lease(lb))))
-            .await;
-    assert!(gave_up.is_err(), "the lock is held: the second caller must still wait");
+    let gave_up = tokio::spawn(async move { quitter.lock("job", Some(LockOptions::new().with_lease(lb))).await });
+    wait_keys(&mut a, "job/", 2).await;
+    assert!(!gave_up.is_finished(), "the lock is held: the second caller must still wait");
+    gave_up.abort(); // the client goes away: its call is cancelled
     let deadline = Instant::now() + Duration::from_secs(10);
     while a.get("job/", Some(GetOptions::new().with_prefix())).await.unwrap().count() != 1 {
         assert!(Instant::now() < deadline, "an abandoned waiter's key stayed");
@@ -226,7 +240,7 @@ async fn lock_and_election_follow_etcds_recipes() {
     assert_eq!(next.kv().unwrap().value(), b"alice-2");
     let mut bob = connect(&eps).await;
     let campaign = tokio::spawn(async move { bob.campaign("office", "bob", lb).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_keys(&mut a, "office/", 2).await;
     assert!(!campaign.is_finished(), "bob led while alice did");
     a.resign(Some(ResignOptions::new().with_leader(alice.clone()))).await.unwrap();
     let bob_won = tokio::time::timeout(Duration::from_secs(10), campaign).await.unwrap().unwrap().unwrap();
@@ -370,7 +384,11 @@ async fn a_waiter_whose_key_was_made_again_fails_without_deleting_it() {
     assert!(err.to_string().contains("session expired"), "{err}");
     let granted = tokio::time::timeout(Duration::from_secs(10), second).await.unwrap().unwrap().unwrap();
     assert_eq!(granted.key(), key.as_bytes());
-    // The key is still there, the second call's.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(holder.get(key.as_str(), None).await.unwrap().count(), 1);
+    // The key is still there, the second call's. (An absence: the old code's delete was sent as
+    // the first call failed, so it is watched for a while, not waited for.)
+    let until = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < until {
+        assert_eq!(holder.get(key.as_str(), None).await.unwrap().count(), 1, "the second call's key was deleted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -436,8 +436,17 @@ fn etcdctl_lock_and_elect_behave_on_baton_as_on_etcd() {
         let first = candidate("alice");
         wait_leader(eps, "office", "alice");
         let _second = candidate("bob");
-        // bob queues behind alice: she still leads.
-        std::thread::sleep(Duration::from_millis(300));
+        // Once bob's key is queued behind alice's, she still leads.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, out, _) = etcdctl_raw(eps, &["get", "office/", "--prefix", "--keys-only", "-w", "json"], None);
+            let count = serde_json::from_str::<serde_json::Value>(out.trim()).ok().and_then(|v| v["count"].as_i64());
+            if count == Some(2) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{eps}: bob never queued ({count:?} candidates)");
+            std::thread::sleep(Duration::from_millis(100));
+        }
         wait_leader(eps, "office", "alice");
         // Stopped: etcdctl resigns on SIGTERM (killed, her 60 s lease would have to expire).
         let mut first = first;

@@ -29,7 +29,7 @@ impl StateMachine {
             return None;
         }
         self.pass_all(&req.name, events);
-        Some(self.pass_one(&req.name, req.session, req.request_id, events))
+        Some(self.pass_one(&req.name, req.kind, req.session, req.request_id, None, events))
     }
 
     /// Validates barrier/latch specifics of an acquire.
@@ -49,23 +49,32 @@ impl StateMachine {
         req.kind == Kind::Latch && self.latches.get(&req.name).copied().unwrap_or(0) == 0
     }
 
-    /// Lets one request pass without queueing.
-    pub(crate) fn pass_one(&mut self, name: &str, session: SessionId, request_id: u64, events: &mut Vec<Event>) -> u64 {
+    /// Lets one request pass (`waited_ms`: how long it was queued, `None` if it was not).
+    pub(crate) fn pass_one(
+        &mut self,
+        name: &str,
+        kind: Kind,
+        session: SessionId,
+        request_id: u64,
+        waited_ms: Option<u64>,
+        events: &mut Vec<Event>,
+    ) -> u64 {
         let token = self.issue_token();
         self.remember(session, request_id, name, RecentResult::Passed { token });
-        events.push(Event::Granted { name: name.to_string(), session, request_id, token });
+        events.push(Event::Granted { name: name.to_string(), session, request_id, token, kind, waited_ms });
         token
     }
 
     /// Lets every waiter of `name` pass, in arrival order, and forgets the resource.
     pub(crate) fn pass_all(&mut self, name: &str, events: &mut Vec<Event>) {
         let Some(lock) = self.locks.remove(name) else { return };
+        let now = self.now_ms;
         for w in lock.waiters {
             self.forget_deadline(name, &w);
             if let Some(s) = self.sessions.get_mut(&w.session) {
                 s.owned.remove(name);
             }
-            self.pass_one(name, w.session, w.request_id, events);
+            self.pass_one(name, lock.kind, w.session, w.request_id, Some(now.saturating_sub(w.queued_ms)), events);
         }
     }
 

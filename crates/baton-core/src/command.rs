@@ -231,14 +231,17 @@ pub enum Event {
     /// A session that had a record here got it again (an attach, or names moved in with a
     /// slot move): its lease runs a full TTL from now, as at an open.
     SessionRefreshed { session: SessionId, ttl_ms: u64 },
-    /// A lock was granted (at once or from the queue).
-    Granted { name: String, session: SessionId, request_id: u64, token: Token },
+    /// A lock was granted (at once or from the queue). `waited_ms`: `None` if granted at once,
+    /// else the state-machine time from queueing to the grant (a handoff; barriers and latches
+    /// let their queued arrivals pass the same way).
+    Granted { name: String, session: SessionId, request_id: u64, token: Token, kind: Kind, waited_ms: Option<u64> },
     /// A waiter joined a lock's queue.
     Queued { name: String, session: SessionId, request_id: u64 },
     /// A waiter left the queue without the lock.
     WaitEnded { name: String, session: SessionId, request_id: u64, how: WaitEnd },
     /// A holder gave up the lock (cleanly, or with its session).
-    Released { name: String, session: SessionId, token: Token, expired: bool },
+    /// `held_ms`: state-machine time from the grant to the release.
+    Released { name: String, session: SessionId, token: Token, expired: bool, kind: Kind, held_ms: u64 },
     /// An election's leader changed, or the leader proclaimed a new value. `session` 0: no leader.
     LeaderChanged { name: String, session: SessionId, token: Token, value: Vec<u8> },
     /// A counter changed.

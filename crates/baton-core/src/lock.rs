@@ -64,7 +64,9 @@ impl StateMachine {
         let now = self.now_ms;
         // Latches and barriers pass everyone together, by their own rule.
         if self.latch_open(req) {
-            return Ok(Outcome::Granted { token: self.pass_one(&req.name, req.session, req.request_id, events) });
+            return Ok(Outcome::Granted {
+                token: self.pass_one(&req.name, req.kind, req.session, req.request_id, None, events),
+            });
         }
         if let Some(token) = self.barrier_arrive(req, events) {
             return Ok(Outcome::Granted { token });
@@ -90,7 +92,7 @@ impl StateMachine {
                 mode: req.mode,
                 value: req.value.clone(),
             };
-            let token = self.grant(&req.name, claim, events);
+            let token = self.grant(&req.name, claim, false, events);
             return Ok(Outcome::Granted { token });
         }
         if wait_ms == 0 {
@@ -205,12 +207,14 @@ impl StateMachine {
         Ok(Outcome::Cancelled { granted: None })
     }
 
-    /// Grants `name` (which exists) to a claim now; the caller checked that it fits.
-    fn grant(&mut self, name: &str, claim: Waiter, events: &mut Vec<Event>) -> Token {
+    /// Grants `name` (which exists) to a claim now (`queued`: a waiter from its queue); the
+    /// caller checked that it fits.
+    fn grant(&mut self, name: &str, claim: Waiter, queued: bool, events: &mut Vec<Event>) -> Token {
         let token = self.issue_token();
         let now = self.now_ms;
-        let Waiter { session, request_id, lock_delay_ms, mode, value, .. } = claim;
+        let Waiter { session, request_id, lock_delay_ms, mode, value, queued_ms, .. } = claim;
         let lock = self.locks.get_mut(name).expect("granted resource exists");
+        let kind = lock.kind;
         let election = lock.kind == Kind::Election;
         let published = if election { value.clone() } else { Vec::new() };
         // Most resources have one holder: without this a first push reserves room for four,
@@ -220,7 +224,8 @@ impl StateMachine {
         }
         lock.holders.push(Holder { session, request_id, token, granted_ms: now, lock_delay_ms, mode, value });
         self.own(session, name);
-        events.push(Event::Granted { name: name.to_string(), session, request_id, token });
+        let waited_ms = queued.then(|| now.saturating_sub(queued_ms));
+        events.push(Event::Granted { name: name.to_string(), session, request_id, token, kind, waited_ms });
         if election {
             events.push(Event::LeaderChanged { name: name.to_string(), session, token, value: published });
         }
@@ -273,7 +278,7 @@ impl StateMachine {
             self.forget_deadline(name, &w);
             // The waiter already owns the name; granting moves it from the queue to the holders.
             self.disown(w.session, name);
-            self.grant(name, w, events);
+            self.grant(name, w, true, events);
         }
         self.forget_if_idle(name);
     }
@@ -346,7 +351,8 @@ impl StateMachine {
             self.last_token -= 1;
         }
         self.remember(session, holder.request_id, name, RecentResult::Released { token: holder.token });
-        events.push(Event::Released { name: name.to_string(), session, token: holder.token, expired });
+        let held_ms = now.saturating_sub(holder.granted_ms);
+        events.push(Event::Released { name: name.to_string(), session, token: holder.token, expired, kind, held_ms });
         self.grant_waiters(name, events);
         let leaderless = self.locks.get(name).is_none_or(|l| l.holders.is_empty());
         if kind == Kind::Election && leaderless {

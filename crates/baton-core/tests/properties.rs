@@ -133,7 +133,7 @@ impl Harness {
 
     fn check_event(&mut self, event: &Event) {
         match event {
-            Event::Granted { name, session, request_id, token } => {
+            Event::Granted { name, session, request_id, token, .. } => {
                 let last = self.last_token.insert(name.clone(), *token).unwrap_or(0);
                 assert!(*token > last, "token {token} for {name} not above {last}");
                 assert!(self.tokens.insert(*token), "token {token} granted twice");

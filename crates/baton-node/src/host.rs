@@ -322,7 +322,7 @@ impl Requests {
             }
             Output::Event { group, event, .. } => {
                 let (key, result) = match event {
-                    Event::Granted { name, session, request_id, token } => {
+                    Event::Granted { name, session, request_id, token, .. } => {
                         (self.wait_key(*group, name, *session, *request_id), AcquireResult::Granted(*token))
                     }
                     Event::WaitEnded { name, session, request_id, .. } => {

@@ -257,6 +257,56 @@ impl Client {
         .await
     }
 
+    /// The hottest names of every data group (at most `limit` per group, 0: 20): each node
+    /// answers for the groups it holds a replica of, so nodes are asked in turn until every
+    /// group of the map is covered (a node that does not answer within 3 s is skipped).
+    pub async fn hot(&self, limit: u32) -> Result<pb::HotResponse> {
+        let topology = self.topology().await?;
+        let wanted: std::collections::BTreeSet<u64> = topology.groups.iter().map(|g| g.id).collect();
+        let mut merged = pb::HotResponse { node_id: topology.node_id, ..Default::default() };
+        let mut last_error = None;
+        for node in &topology.nodes {
+            if wanted.iter().all(|g| merged.groups.contains(g)) {
+                break;
+            }
+            let mut c = routing::channel(&node.client_addr)?;
+            let answer = match tokio::time::timeout(Duration::from_secs(3), c.hot(pb::HotRequest { limit })).await {
+                Ok(Ok(r)) => r.into_inner(),
+                Ok(Err(s)) if s.code() == Code::InvalidArgument => return Err(Error::Status(s)),
+                Ok(Err(s)) => {
+                    last_error = Some(Error::Status(s));
+                    continue;
+                }
+                Err(_) => {
+                    last_error = Some(Error::Unreachable(Duration::from_secs(3), node.client_addr.clone()));
+                    continue;
+                }
+            };
+            let fresh: Vec<u64> = answer.groups.iter().copied().filter(|g| !merged.groups.contains(g)).collect();
+            merged.names.extend(answer.names.into_iter().filter(|n| fresh.contains(&n.group)));
+            merged.groups.extend(fresh);
+        }
+        if merged.groups.is_empty() {
+            if let Some(e) = last_error {
+                return Err(e);
+            }
+        }
+        merged.groups.sort_unstable();
+        merged.names.sort_by(|a, b| a.group.cmp(&b.group).then(b.weight.cmp(&a.weight)).then(a.name.cmp(&b.name)));
+        Ok(merged)
+    }
+
+    /// What happened to `name` lately (at most `limit` events, 0: 100), from the kept event
+    /// history of a node serving its group, oldest first.
+    pub async fn history(&self, name: &str, limit: u32) -> Result<pb::HistoryResponse> {
+        let name = name.to_string();
+        self.attempts(self.plan(Op::Read), Target::Name(&name), |mut c, group| {
+            let req = pb::HistoryRequest { name: name.clone(), limit, group };
+            async move { c.history(req).await.map_err(AttemptError::from) }
+        })
+        .await
+    }
+
     /// The cluster's layout as a node has it: every data group's slots, replicas and leader,
     /// and the nodes' addresses.
     pub async fn topology(&self) -> Result<pb::TopologyResponse> {

@@ -411,6 +411,11 @@ impl StateMachine {
         self.locks.len()
     }
 
+    /// Waiters queued on all names (one pass over the locks: for status, not for every command).
+    pub fn waiter_count(&self) -> usize {
+        self.locks.values().map(|l| l.waiters.len()).sum()
+    }
+
     /// Serialises the whole state for a Raft snapshot.
     pub fn to_snapshot(&self) -> Vec<u8> {
         bincode::serialize(self).expect("state machine serialises")

@@ -704,6 +704,11 @@ impl Group {
             role: self.role,
             sessions: self.sm.session_count(),
             locks: self.sm.lock_count(),
+            waiters: self.sm.waiter_count(),
+            log_entries: {
+                let log = &self.raw.raft.raft_log;
+                (log.last_index() + 1).saturating_sub(log.first_index())
+            },
             last_token: self.sm.last_token(),
             slots: self.sm.slots().ranges(),
             replicas: {

@@ -338,6 +338,10 @@ pub struct GroupStatus {
     pub sessions: usize,
     /// Locks held, awaited or in lock-delay.
     pub locks: usize,
+    /// Waiters queued on all names.
+    pub waiters: usize,
+    /// Entries in the Raft log (not yet compacted into a snapshot).
+    pub log_entries: u64,
     /// Last fencing token issued.
     pub last_token: u64,
     /// The slots the group serves, as this node's replica has it.

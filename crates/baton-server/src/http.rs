@@ -1,6 +1,5 @@
-//! The HTTP endpoint (`--http-addr`): liveness, readiness and Prometheus metrics (issue 12, first
-//! step: the Raft and state-machine gauges of every group and the process's own figures; the
-//! per-primitive histograms, hot names, history and the dashboard come next).
+//! The HTTP endpoint (`--http-addr`): liveness, readiness, Prometheus metrics, the JSON API the
+//! dashboard reads, and the dashboard itself.
 //!
 //! - `GET /healthz`: 200 while the process serves (the node thread runs).
 //! - `GET /readyz`: 200 when every group this node is a voter of has a leader it knows and has applied
@@ -8,21 +7,165 @@
 //!   For load balancers and Kubernetes readiness probes.
 //! - `GET /metrics`: the OpenMetrics text format, written by the `prometheus-client` crate.
 //!   Labels are bounded: a group id (at most 1,024 data groups, the meta group and the etcd
-//!   keyspace's), never a name.
+//!   keyspace's), a primitive kind, a peer, an outcome; never a name.
+//! - `GET /api/overview`: this node, its view of the groups (leader, term, indexes, sessions,
+//!   names, waiters), node-wide lock totals and the acquire-wait buckets (the dashboard turns
+//!   their deltas into percentiles over time).
+//! - `GET /api/hot?limit=N`: the hottest names of the groups this node holds (as `Hot`).
+//! - `GET /api/history?name=NAME&limit=N`: what happened to a name lately (as `History`).
+//! - `GET /api/events`: server-sent events, one `events` message every [`EVENT_BATCH`] with the
+//!   lock, election, counter, register and session events applied here meanwhile (at most
+//!   [`MAX_EVENTS_PER_BATCH`]; `skipped` counts the rest, so a busy cluster cannot flood a
+//!   browser).
+//! - `GET /`: the dashboard, a page built into the binary (no external fetch).
 
-use axum::extract::State;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::Json;
 use axum::Router;
 use baton_node::{GroupStatus, Role};
-use prometheus_client::encoding::EncodeLabelSet;
+use futures::StreamExt;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::oneshot;
 
+use crate::obs::api;
+use crate::obs::GroupLabel;
 use crate::runtime::{Input, NodeHandle};
+
+/// How often the event stream sends what it gathered.
+pub const EVENT_BATCH: Duration = Duration::from_millis(250);
+/// Events one batch of the stream carries at most.
+pub const MAX_EVENTS_PER_BATCH: usize = 200;
+
+/// The dashboard page.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+async fn dashboard() -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], DASHBOARD).into_response()
+}
+
+/// A refusal as JSON with the status code that fits it.
+fn refused(s: tonic::Status) -> Response {
+    let code = match s.code() {
+        tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
+        tonic::Code::FailedPrecondition => StatusCode::CONFLICT,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (code, Json(serde_json::json!({ "error": s.message() }))).into_response()
+}
+
+async fn overview(State(node): State<NodeHandle>) -> Response {
+    let Some(groups) = statuses(&node).await else {
+        return refused(tonic::Status::unavailable("the node has stopped"));
+    };
+    let nodes = node.view.lock().expect("view lock").client_addrs.clone();
+    let m = &node.metrics;
+    let v = serde_json::json!({
+        "node": node.id,
+        "nodes": nodes.iter().map(|(id, addr)| serde_json::json!({ "id": id, "client_addr": addr })).collect::<Vec<_>>(),
+        "groups": groups.iter().map(|g| serde_json::json!({
+            "id": g.id,
+            "leader": g.leader,
+            "term": g.term,
+            "role": format!("{:?}", g.role),
+            "commit": g.commit,
+            "applied": g.applied,
+            "sessions": g.sessions,
+            "locks": g.locks,
+            "waiters": g.waiters,
+            "last_token": g.last_token,
+            "replicas": g.replicas,
+            "asleep": g.asleep,
+        })).collect::<Vec<_>>(),
+        "totals": m.totals.json(),
+        "wait_bucket_ms": crate::obs::WAIT_BUCKETS_MS.iter().map(|b| if *b == u64::MAX { None } else { Some(*b) }).collect::<Vec<_>>(),
+        "wait_buckets": m.wait_buckets.counts(),
+    });
+    Json(v).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct HotParams {
+    limit: Option<u32>,
+}
+
+async fn hot(State(node): State<NodeHandle>, Query(p): Query<HotParams>) -> Response {
+    match api::hot(&node, p.limit.unwrap_or(0)).await {
+        Ok(h) => Json(api::hot_json(&h)).into_response(),
+        Err(s) => refused(s),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct HistoryParams {
+    name: String,
+    limit: Option<u32>,
+}
+
+async fn history(State(node): State<NodeHandle>, Query(p): Query<HistoryParams>) -> Response {
+    match api::history(&node, &p.name, 0, p.limit.unwrap_or(0)) {
+        Ok(h) => Json(serde_json::json!({
+            "name": p.name,
+            "group": h.group,
+            "kept_from_seq": h.kept_from_seq,
+            "events": h.events.iter().map(api::event_json).collect::<Vec<_>>(),
+        }))
+        .into_response(),
+        Err(s) => refused(s),
+    }
+}
+
+/// The live event stream: every group this node holds, batched (see the module docs).
+async fn events(State(node): State<NodeHandle>) -> Response {
+    let feeds: Vec<_> = {
+        let mut logs = node.events.lock().expect("event log");
+        let groups = logs.groups();
+        groups.into_iter().filter_map(|g| logs.group(g).subscribe(0).ok().map(|(_, rx)| rx)).collect()
+    };
+    let mut merged = futures::stream::select_all(feeds.into_iter().map(tokio_stream::wrappers::BroadcastStream::new));
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<SseEvent, std::convert::Infallible>>(4);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(EVENT_BATCH);
+        let (mut batch, mut skipped) = (Vec::new(), 0u64);
+        loop {
+            tokio::select! {
+                item = merged.next() => match item {
+                    None => return, // the node stopped
+                    Some(Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n))) => skipped += n,
+                    Some(Ok(w)) => {
+                        if matches!(w.event, baton_core::Event::SessionRefreshed { .. }) {
+                            continue;
+                        }
+                        if batch.len() < MAX_EVENTS_PER_BATCH {
+                            batch.push(api::event_json(&crate::watch::to_proto(&w)));
+                        } else {
+                            skipped += 1;
+                        }
+                    }
+                },
+                _ = tx.closed() => return, // the browser went away
+                _ = tick.tick() => {
+                    if batch.is_empty() && skipped == 0 {
+                        continue;
+                    }
+                    let data = serde_json::json!({ "events": std::mem::take(&mut batch), "skipped": skipped });
+                    skipped = 0;
+                    if tx.send(Ok(SseEvent::default().event("events").data(data.to_string()))).await.is_err() {
+                        return; // the browser went away
+                    }
+                }
+            }
+        }
+    });
+    Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx)).keep_alive(KeepAlive::default()).into_response()
+}
 
 /// Entries a group may have committed but not applied yet and still count as caught up.
 pub const READY_LAG: u64 = 1_000;
@@ -33,6 +176,11 @@ pub fn router(node: NodeHandle) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/", get(dashboard))
+        .route("/api/overview", get(overview))
+        .route("/api/hot", get(hot))
+        .route("/api/history", get(history))
+        .route("/api/events", get(events))
         .with_state(node)
 }
 
@@ -83,11 +231,6 @@ async fn readyz(State(node): State<NodeHandle>) -> Response {
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct GroupLabel {
-    group: u64,
-}
-
 /// One gauge per group, registered under `name`.
 fn per_group(registry: &mut Registry, name: &str, help: &str) -> Family<GroupLabel, Gauge> {
     let family = Family::<GroupLabel, Gauge>::default();
@@ -101,9 +244,11 @@ fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
     registry.register(name, help, g);
 }
 
-/// The metrics text of this node now.
-pub fn render(node_id: u64, groups: &[GroupStatus]) -> String {
+/// The metrics text of this node now: the gauges read from `groups` and the process, and what
+/// `counted` has counted.
+pub fn render(node_id: u64, groups: &[GroupStatus], counted: &crate::obs::Metrics) -> String {
     let mut registry = Registry::with_prefix("baton");
+    counted.register(&mut registry);
     let term = per_group(&mut registry, "raft_term", "This node's Raft term in the group");
     let commit = per_group(&mut registry, "raft_commit_index", "Highest log index known committed");
     let applied = per_group(&mut registry, "raft_applied_index", "Highest log index applied to the state machine");
@@ -112,6 +257,9 @@ pub fn render(node_id: u64, groups: &[GroupStatus]) -> String {
     let asleep = per_group(&mut registry, "group_asleep", "1 if the group hibernates here (idle)");
     let sessions = per_group(&mut registry, "sessions", "Session records in the group's state machine");
     let locks = per_group(&mut registry, "locks", "Names held, awaited or in lock-delay in the group");
+    let waiters = per_group(&mut registry, "lock_waiters", "Waiters queued on the group's names now");
+    let lag = per_group(&mut registry, "raft_apply_lag", "Entries committed and not applied yet here");
+    let log = per_group(&mut registry, "raft_log_entries", "Entries in this node's Raft log (not yet in a snapshot)");
     let token = per_group(&mut registry, "last_fencing_token", "Last fencing token the group issued");
     let replicas = per_group(&mut registry, "group_replicas", "Voters of the group");
     let snapshot = per_group(&mut registry, "snapshot_bytes_in_memory", "Snapshot data held in memory for followers");
@@ -127,6 +275,9 @@ pub fn render(node_id: u64, groups: &[GroupStatus]) -> String {
         asleep.get_or_create(&l).set(i64::from(g.asleep));
         sessions.get_or_create(&l).set(g.sessions as i64);
         locks.get_or_create(&l).set(g.locks as i64);
+        waiters.get_or_create(&l).set(g.waiters as i64);
+        lag.get_or_create(&l).set(g.commit.saturating_sub(g.applied) as i64);
+        log.get_or_create(&l).set(g.log_entries as i64);
         token.get_or_create(&l).set(g.last_token as i64);
         replicas.get_or_create(&l).set(g.replicas.len() as i64);
         snapshot.get_or_create(&l).set(g.snapshot_bytes_in_memory as i64);
@@ -153,6 +304,6 @@ async fn metrics(State(node): State<NodeHandle>) -> Response {
     let Some(groups) = statuses(&node).await else {
         return (StatusCode::SERVICE_UNAVAILABLE, "the node has stopped\n").into_response();
     };
-    let body = render(node.id, &groups);
+    let body = render(node.id, &groups, &node.metrics);
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
 }

@@ -17,6 +17,7 @@
 pub mod etcd;
 pub mod forward;
 pub mod http;
+pub mod obs;
 pub mod runtime;
 pub mod service;
 pub mod status;
@@ -328,15 +329,17 @@ impl Server {
             transport::local_handshake(&config, client_addr.to_string(), data_groups, etcd_group, etcd_addr_text);
         let max_bytes = config.max_peer_message_bytes;
         let outboxes = Outboxes::default();
+        let metrics = Arc::new(obs::Metrics::default());
         let mut tasks = Vec::new();
         // One sender per peer: the configured ones now, those the meta group adds later.
-        let peering = manage_peers(local.clone(), config.id, max_bytes, view.clone(), outboxes.clone());
+        let peering =
+            manage_peers(local.clone(), config.id, max_bytes, view.clone(), outboxes.clone(), metrics.clone());
         tasks.push(tokio::spawn(peering).abort_handle());
         if let Some(a) = etcd_addr {
             view.lock().expect("view lock").etcd_addrs.insert(config.id, a.to_string());
         }
         let channels = forward::PeerChannels::new(view.clone(), max_bytes);
-        let net = runtime::Net { outboxes, peers: Some(runtime::Peers { channels: channels.clone() }) };
+        let net = runtime::Net { outboxes, peers: Some(runtime::Peers { channels: channels.clone() }), metrics };
         let (handle, thread, outcome) = runtime::spawn(node, store, boot, net, view, config.tick)?;
 
         let client_api = tonic::transport::Server::builder()
@@ -419,6 +422,7 @@ async fn manage_peers(
     max_bytes: usize,
     view: Arc<Mutex<ClusterView>>,
     outboxes: Outboxes,
+    metrics: Arc<obs::Metrics>,
 ) {
     // The members as configured (their addresses are not in the topology).
     let configured: BTreeMap<NodeId, String> = view.lock().expect("view lock").peer_addrs.clone();
@@ -461,7 +465,15 @@ async fn manage_peers(
             }
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             outboxes.lock().expect("outboxes lock").insert(id, tx);
-            let task = tasks.spawn(transport::run_sender(local.clone(), id, addr.clone(), max_bytes, view.clone(), rx));
+            let task = tasks.spawn(transport::run_sender(
+                local.clone(),
+                id,
+                addr.clone(),
+                max_bytes,
+                view.clone(),
+                metrics.clone(),
+                rx,
+            ));
             senders.insert(id, (addr, task));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

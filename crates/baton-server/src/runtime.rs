@@ -33,6 +33,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use protobuf::Message as _;
 use tokio::sync::{oneshot, watch};
 
+use crate::obs::{Metrics, Observer, TimedStore};
 use crate::watch::{EventLogs, SharedLog, Watched};
 use crate::ServerError;
 use baton_core::topology::ETCD_GROUP;
@@ -54,6 +55,8 @@ pub enum Input {
     /// The etcd keyspace's changes from revision `from` on, from this node's replica (at most
     /// about `max`), for a watcher the feed's ring cannot serve.
     EtcdHistory { from: i64, max: usize, tx: oneshot::Sender<crate::etcd::feed::History> },
+    /// The hottest names of every group this node holds a replica of (at most `limit` each).
+    Hot { limit: usize, tx: oneshot::Sender<Vec<crate::obs::HotGroup>> },
     /// Stop the loop.
     Stop,
 }
@@ -114,6 +117,8 @@ pub struct NodeHandle {
     pub events: SharedLog,
     /// The etcd keyspace's changes as this node's replica applied them, for etcd watchers.
     pub etcd_feed: Arc<crate::etcd::feed::EtcdFeed>,
+    /// What this node counts.
+    pub metrics: Arc<Metrics>,
 }
 
 impl NodeHandle {
@@ -138,7 +143,7 @@ pub type Outboxes = Arc<Mutex<BTreeMap<NodeId, tokio::sync::mpsc::UnboundedSende
 struct Runtime<S: LogStore> {
     /// The node and its requests, driven by the round loop shared with the simulator.
     driver: Driver,
-    store: S,
+    store: TimedStore<S>,
     rx: mpsc::Receiver<Input>,
     clock: Clock,
     tick: Duration,
@@ -161,6 +166,7 @@ struct ServerEffects {
     /// Slot moves' steps for other nodes.
     forwarder: Option<crate::forward::Forwarder>,
     etcd_feed: Arc<crate::etcd::feed::EtcdFeed>,
+    observer: Observer,
 }
 
 impl Effects for ServerEffects {
@@ -170,6 +176,7 @@ impl Effects for ServerEffects {
     }
 
     fn answer(&mut self, id: RequestId, answer: Result<Answer, NodeError>) -> bool {
+        self.observer.answered(id);
         // No sender, or a closed one: the caller went away (it may retry with the same id).
         self.answer_to.remove(&id).is_some_and(|tx| tx.send(answer).is_ok())
     }
@@ -178,6 +185,7 @@ impl Effects for ServerEffects {
         if group == baton_node::META_GROUP || matches!(event, baton_core::Event::SlotsMoved { .. }) {
             self.topology_changed = true;
         }
+        self.observer.event(group, hlc, &event);
         self.events.lock().expect("event log").group(group).push(Watched { group, seq, hlc, event });
     }
 
@@ -189,6 +197,9 @@ impl Effects for ServerEffects {
     fn role(&mut self, group: GroupId, role: Role, leader: Option<NodeId>, term: u64) {
         tracing::info!(group, ?role, ?leader, term, "role changed");
         let mut view = self.view.lock().expect("view lock");
+        if view.leaders.get(&group).is_some_and(|before| *before != leader && leader.is_some()) {
+            self.observer.leader_changed(group);
+        }
         view.leaders.insert(group, leader);
         view.terms.insert(group, term);
     }
@@ -250,6 +261,8 @@ pub struct Net {
     pub outboxes: Outboxes,
     /// The peers (`None`: forwarded steps are dropped, and the mover retries them).
     pub peers: Option<Peers>,
+    /// What the node counts (the transport counts into it too).
+    pub metrics: Arc<Metrics>,
 }
 
 /// Starts the node thread. `boot` is the write returned by [`Node::new`], persisted first. The
@@ -269,19 +282,20 @@ pub fn spawn<S: LogStore + Send + 'static>(
 /// [`spawn`] with the clock given.
 fn spawn_with_clock<S: LogStore + Send + 'static>(
     node: Node,
-    mut store: S,
+    store: S,
     boot: WriteBatch,
     net: Net,
     view: Arc<Mutex<ClusterView>>,
     tick: Duration,
     clock: Clock,
 ) -> std::io::Result<(NodeHandle, std::thread::JoinHandle<()>, watch::Receiver<Outcome>)> {
+    let mut store = TimedStore::new(store, net.metrics.clone());
     if !boot.is_empty() {
         store.write(&boot).map_err(std::io::Error::other)?;
     }
     let (tx, rx) = mpsc::channel();
     let id = node.id();
-    let Net { outboxes, peers } = net;
+    let Net { outboxes, peers, metrics } = net;
     let forwarder = peers.map(|p| crate::forward::Forwarder::new(id, p.channels, tx.clone()));
     let events = EventLogs::new(
         node.groups().into_iter().map(|g| (g, node.state_machine(g).map_or(0, |sm| sm.event_seq()) + 1)),
@@ -310,6 +324,7 @@ fn spawn_with_clock<S: LogStore + Send + 'static>(
             encode_buf: BytesMut::new(),
             forwarder,
             etcd_feed: etcd_feed.clone(),
+            observer: Observer::new(metrics.clone()),
         },
     };
     let (done_tx, done_rx) = watch::channel(None);
@@ -323,7 +338,7 @@ fn spawn_with_clock<S: LogStore + Send + 'static>(
         rt.fx.answer_to.clear();
         let _ = done_tx.send(Some(result));
     })?;
-    Ok((NodeHandle { tx, id, view, events, etcd_feed }, join, done_rx))
+    Ok((NodeHandle { tx, id, view, events, etcd_feed, metrics }, join, done_rx))
 }
 
 impl<S: LogStore> Runtime<S> {
@@ -388,7 +403,12 @@ impl<S: LogStore> Runtime<S> {
             Input::Request { group, request, tx } => {
                 // A fresh reading for every request: a lease read is checked against it.
                 let (mono, wall) = (self.clock)();
+                let routed = group.unwrap_or_else(|| {
+                    request.routing_key().map_or(baton_node::DATA_GROUP, |k| self.driver.node().group_of(k))
+                });
+                let taken = self.fx.observer.take_in(routed, &request);
                 let id = self.driver.submit(group, request, mono, wall);
+                self.fx.observer.track(id, taken);
                 self.fx.answer_to.insert(id, tx);
             }
             Input::Status { tx } => {
@@ -398,6 +418,10 @@ impl<S: LogStore> Runtime<S> {
             Input::EtcdHistory { from, max, tx } => {
                 let sm = self.driver.node().replica(ETCD_GROUP);
                 let _ = tx.send(crate::etcd::feed::History::of(sm.and_then(|sm| sm.etcd_changes_from(from, max))));
+            }
+            Input::Hot { limit, tx } => {
+                let (_, wall) = (self.clock)();
+                let _ = tx.send(self.fx.observer.hot_groups(self.driver.node(), wall, limit));
             }
             Input::Stop => return false,
         }
@@ -437,7 +461,7 @@ mod tests {
         };
         let view = Arc::new(Mutex::new(ClusterView::default()));
         let tick = Duration::from_millis(5);
-        let net = Net { outboxes: Outboxes::default(), peers: None };
+        let net = Net { outboxes: Outboxes::default(), peers: None, metrics: Arc::default() };
         let (handle, thread, _) = spawn_with_clock(node, MemStore::default(), boot, net, view, tick, clock).unwrap();
         let status = |h: &NodeHandle| {
             let (tx, rx) = oneshot::channel();

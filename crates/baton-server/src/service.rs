@@ -140,6 +140,18 @@ type CallStream = Pin<Box<dyn Stream<Item = Result<pb::CallResponse, Status>> + 
 
 #[tonic::async_trait]
 impl Baton for BatonService {
+    async fn hot(&self, request: Request<pb::HotRequest>) -> Result<Response<pb::HotResponse>, Status> {
+        crate::obs::api::hot(&self.node, request.into_inner().limit).await.map(Response::new)
+    }
+
+    async fn history(&self, request: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
+        let req = request.into_inner();
+        if req.group != 0 {
+            check_group(req.group)?;
+        }
+        crate::obs::api::history(&self.node, &req.name, req.group, req.limit).map(Response::new)
+    }
+
     async fn open_session(
         &self,
         request: Request<pb::OpenSessionRequest>,

@@ -160,6 +160,7 @@ pub async fn run_sender(
     peer_addr: String,
     max_message_bytes: usize,
     view: Arc<Mutex<ClusterView>>,
+    metrics: Arc<crate::obs::Metrics>,
     mut outbox: Outbox,
 ) {
     let mut backoff = Duration::from_millis(50);
@@ -186,7 +187,7 @@ pub async fn run_sender(
         let client = PeerClient::new(channel)
             .max_encoding_message_size(max_message_bytes)
             .max_decoding_message_size(max_message_bytes);
-        match send_stream(client, &local, to, &peer_addr, max_message_bytes, &view, &mut outbox).await {
+        match send_stream(client, &local, to, &peer_addr, max_message_bytes, &view, &metrics, &mut outbox).await {
             Ended::OutboxClosed => return,
             Ended::Broken => tracing::debug!(%peer_addr, "peer stream closed; reconnecting"),
             Ended::Refused => {
@@ -221,6 +222,7 @@ async fn drain_for(outbox: &mut Outbox, wait: Duration) -> bool {
 }
 
 /// One stream: handshake, then batches until something breaks.
+#[allow(clippy::too_many_arguments)]
 async fn send_stream(
     mut client: PeerClient<tonic::transport::Channel>,
     local: &Handshake,
@@ -228,6 +230,7 @@ async fn send_stream(
     peer_addr: &str,
     max_message_bytes: usize,
     view: &Mutex<ClusterView>,
+    metrics: &crate::obs::Metrics,
     outbox: &mut Outbox,
 ) -> Ended {
     let (tx, rx) = mpsc::channel::<PeerFrame>(16);
@@ -283,6 +286,8 @@ async fn send_stream(
             oversized(to, m, max_message_bytes);
         }
         for messages in batches {
+            let bytes = messages.iter().map(|m| m.message.len()).sum();
+            metrics.peer_traffic(to, true, messages.len(), bytes);
             let frame = PeerFrame { frame: Some(Frame::Batch(RaftBatch { from: local.node_id, messages })) };
             if tx.send(frame).await.is_err() {
                 return Ended::Broken;
@@ -406,6 +411,8 @@ async fn receive(node: &NodeHandle, from: NodeId, inbound: &mut Streaming<PeerFr
                 batch.from
             )));
         }
+        let bytes = batch.messages.iter().map(|m| m.message.len()).sum();
+        node.metrics.peer_traffic(from, false, batch.messages.len(), bytes);
         let mut steps: Vec<(GroupId, RaftMessage)> = Vec::with_capacity(batch.messages.len());
         for m in batch.messages {
             let msg = RaftMessage::parse_from_bytes(&m.message)

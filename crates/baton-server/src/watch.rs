@@ -174,6 +174,15 @@ impl EventLog {
         self.ring.back().map_or(self.available_from.saturating_sub(1), |w| w.seq)
     }
 
+    /// The latest `limit` kept events about `name` (oldest first), and the oldest sequence
+    /// number kept.
+    pub fn about(&self, name: &str, limit: usize) -> (Vec<Arc<Watched>>, u64) {
+        let mut found: Vec<Arc<Watched>> =
+            self.ring.iter().rev().filter(|w| w.name() == Some(name)).take(limit).cloned().collect();
+        found.reverse();
+        (found, self.available_from)
+    }
+
     /// Subscribes from `start_seq` (0: only new events). Returns the kept events from there on and
     /// the live feed, or the first sequence number still available.
     #[allow(clippy::type_complexity)]
@@ -206,8 +215,10 @@ pub fn to_proto(w: &Watched) -> baton_proto::v1::WatchEvent {
         ..Default::default()
     };
     match &w.event {
-        Event::Granted { session, request_id, token, .. } => {
-            (e.r#type, e.session_id, e.request_id, e.token) = ("granted".into(), *session, *request_id, *token)
+        Event::Granted { session, request_id, token, kind, waited_ms, .. } => {
+            (e.r#type, e.session_id, e.request_id, e.token) = ("granted".into(), *session, *request_id, *token);
+            (e.kind, e.waited_ms, e.handoff) =
+                (crate::obs::kind_label(*kind).into(), waited_ms.unwrap_or(0), waited_ms.is_some());
         }
         Event::Queued { session, request_id, .. } => {
             (e.r#type, e.session_id, e.request_id) = ("queued".into(), *session, *request_id)
@@ -221,9 +232,10 @@ pub fn to_proto(w: &Watched) -> baton_proto::v1::WatchEvent {
             (e.r#type, e.session_id, e.request_id, e.reason) =
                 ("wait_ended".into(), *session, *request_id, reason.into())
         }
-        Event::Released { session, token, expired, .. } => {
-            let kind = if *expired { "expired" } else { "released" };
-            (e.r#type, e.session_id, e.token) = (kind.into(), *session, *token)
+        Event::Released { session, token, expired, kind, held_ms, .. } => {
+            let how = if *expired { "expired" } else { "released" };
+            (e.r#type, e.session_id, e.token) = (how.into(), *session, *token);
+            (e.kind, e.held_ms) = (crate::obs::kind_label(*kind).into(), *held_ms);
         }
         Event::CounterChanged { value, .. } => (e.r#type, e.counter_value) = ("counter_changed".into(), *value),
         Event::LeaderChanged { session, token, value, .. } => {

@@ -21,25 +21,12 @@ fn get(addr: &str, path: &str) -> (u16, String) {
     (code, body.to_string())
 }
 
-/// The metrics of `addr`, parsed: (name, group label) -> value.
+/// The metrics of `addr` with no label but `group`: (name, group label) -> value.
 fn scrape(addr: &str) -> BTreeMap<(String, Option<u64>), f64> {
-    let (code, body) = get(addr, "/metrics");
-    assert_eq!(code, 200, "{body}");
-    let lines = body.lines().map(|l| Ok(l.to_string()));
-    let parsed = prometheus_parse::Scrape::parse(lines).unwrap();
-    parsed
-        .samples
+    samples(addr)
         .into_iter()
-        .map(|s| {
-            let value = match s.value {
-                prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                other => panic!("unexpected sample {other:?}"),
-            };
-            let group = s.labels.get("group").map(|g| g.parse().unwrap());
-            ((s.metric, group), value)
-        })
+        .filter(|s| s.labels.keys().all(|k| k == "group"))
+        .map(|s| ((s.metric, s.labels.get("group").map(|g| g.parse().unwrap())), s.value))
         .collect()
 }
 
@@ -98,6 +85,134 @@ async fn health_readiness_and_metrics_of_a_three_node_cluster() {
     }
 }
 
+/// One sample of a scrape: metric, labels, value (a histogram's: its count).
+struct Sample {
+    metric: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+fn samples(addr: &str) -> Vec<Sample> {
+    let (code, body) = get(addr, "/metrics");
+    assert_eq!(code, 200, "{body}");
+    let parsed = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).unwrap();
+    parsed
+        .samples
+        .into_iter()
+        .map(|s| {
+            let value = match s.value {
+                prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                prometheus_parse::Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
+                other => panic!("unexpected sample {other:?}"),
+            };
+            let labels = s.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            Sample { metric: s.metric, labels, value }
+        })
+        .collect()
+}
+
+/// The sum of `metric` over the samples whose labels include all of `with`.
+fn sum(samples: &[Sample], metric: &str, with: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.metric == metric && with.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+        .map(|s| s.value)
+        .sum()
+}
+
+/// Contention on one name moves the per-primitive counters and histograms on every replica of
+/// its group, the hot-name sketch puts it first with its holder and waiters, and its history
+/// tells the story in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn contention_shows_in_metrics_hot_names_and_history() {
+    let c = TestCluster::start_sharded(3, 20_000, false, 2).await;
+    c.leader().await;
+    let client = c.client().await;
+    let name = "contended-orders";
+    let sessions: Vec<_> = futures::future::join_all((0..4).map(|_| client.session(Duration::from_secs(10)))).await;
+    let sessions: Vec<_> = sessions.into_iter().map(|s| s.unwrap()).collect();
+    let first = sessions[0].lock(name, None).await.unwrap().unwrap();
+    // Two waiters queue behind it; wait for the queue, not for time.
+    let waiters: Vec<_> = sessions[1..3]
+        .iter()
+        .map(|s| {
+            let s = s.clone();
+            tokio::spawn(async move { s.lock(name, Some(Duration::from_secs(30))).await.unwrap().unwrap() })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.describe(name).await.unwrap().waiters.len() < 2 {
+        assert!(Instant::now() < deadline, "the waiters never queued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // While two wait and one holds: the sketch names the holder and the queue.
+    let hot = client.hot(10).await.unwrap();
+    let top = hot.names.iter().find(|n| n.name == name).expect("the contended name is hot");
+    assert_eq!((top.kind.as_str(), top.waiters, top.waits), ("mutex", 2, 2), "{top:?}");
+    assert_eq!(top.holders.iter().map(|h| h.token).collect::<Vec<_>>(), vec![first.token()]);
+    // A third try gives up after 50 ms: a timed-out wait.
+    assert!(sessions[3].lock(name, Some(Duration::from_millis(50))).await.unwrap().is_none());
+    first.release().await.unwrap();
+    for w in waiters {
+        w.await.unwrap().release().await.unwrap();
+    }
+    let history = client.history(name, 0).await.unwrap();
+    let group = history.group;
+    let story: Vec<(&str, bool)> = history.events.iter().map(|e| (e.r#type.as_str(), e.handoff)).collect();
+    assert_eq!(
+        story,
+        [
+            ("granted", false),
+            ("queued", false),
+            ("queued", false),
+            ("queued", false),
+            ("wait_ended", false),
+            ("released", false),
+            ("granted", true),
+            ("released", false),
+            ("granted", true),
+            ("released", false),
+        ],
+        "{:?}",
+        history.events
+    );
+    let tokens: Vec<u64> = history.events.iter().filter(|e| e.r#type == "granted").map(|e| e.token).collect();
+    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "tokens grow: {tokens:?}");
+    assert!(history.events.iter().filter(|e| e.r#type == "granted" && e.handoff).all(|e| e.kind == "mutex"));
+    // Every replica applies the same events: each one's counters say the same, once caught up.
+    let g = group.to_string();
+    let mutex = [("group", g.as_str()), ("kind", "mutex")];
+    for addr in c.http_addrs.values() {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let s = loop {
+            let s = samples(addr);
+            if sum(&s, "baton_lock_releases_total", &mutex) >= 3.0 {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "{addr} never applied the releases");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(sum(&s, "baton_lock_grants_total", &mutex), 3.0, "{addr}");
+        assert_eq!(sum(&s, "baton_lock_handoffs_total", &mutex), 2.0, "{addr}");
+        assert_eq!(sum(&s, "baton_lock_waits_total", &[("group", &g)]), 3.0, "{addr}");
+        assert_eq!(sum(&s, "baton_lock_wait_ends_total", &[("group", &g), ("how", "timed_out")]), 1.0, "{addr}");
+        assert_eq!(sum(&s, "baton_lock_acquire_wait_seconds", &mutex), 2.0, "{addr}: two waits ended in a grant");
+        assert_eq!(sum(&s, "baton_lock_hold_seconds", &mutex), 3.0, "{addr}");
+        assert_eq!(sum(&s, "baton_lock_releases_total", &[("group", &g), ("how", "released")]), 3.0, "{addr}");
+        assert!(sum(&s, "baton_sessions_opened_total", &[]) >= 4.0, "{addr}");
+        assert!(sum(&s, "baton_disk_write_seconds", &[]) > 0.0, "{addr}: writes are timed");
+        assert!(sum(&s, "baton_peer_sent_bytes_total", &[]) > 0.0, "{addr}");
+        assert!(sum(&s, "baton_peer_received_messages_total", &[]) > 0.0, "{addr}");
+    }
+    // The requests went in through some node: counted and timed there.
+    let all: Vec<Vec<Sample>> = c.http_addrs.values().map(|a| samples(a)).collect();
+    let acquires: f64 = all.iter().map(|s| sum(s, "baton_requests_total", &[("op", "acquire")])).sum();
+    let timed: f64 = all.iter().map(|s| sum(s, "baton_request_seconds", &[("op", "acquire")])).sum();
+    assert!(acquires >= 4.0 && timed >= 4.0, "{acquires} acquires, {timed} timed");
+}
+
 #[test]
 fn not_ready_says_why() {
     use baton_node::{GroupStatus, Role};
@@ -110,6 +225,8 @@ fn not_ready_says_why() {
         role: Role::Follower,
         sessions: 0,
         locks: 0,
+        waiters: 0,
+        log_entries: 0,
         last_token: 0,
         slots: Vec::new(),
         replicas: vec![1, 2, 3],

@@ -31,6 +31,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod cluster;
 mod hold;
+mod observe;
 mod serve;
 mod sim;
 mod verbs;
@@ -416,6 +417,34 @@ enum Cmd {
         #[arg(long)]
         membership: bool,
     },
+    /// The hottest names: most waiters and handoffs over the last one to two minutes, with their
+    /// holders and waiters now (every data group; each node answers for its replicas).
+    Hot {
+        /// Comma-separated client addresses of any nodes.
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        endpoints: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Names per group (1..=256).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// What happened to a name lately: grants, releases, expiries, waits, timeouts, election
+    /// leader changes (who, token, HLC and wall time), oldest first.
+    History {
+        /// Comma-separated client addresses of any nodes.
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        endpoints: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Most events shown, the latest (1..=10000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// The name.
+        name: String,
+    },
     /// Show a lock's holder, fencing token and waiters.
     Describe {
         /// Comma-separated client addresses of any nodes.
@@ -636,6 +665,8 @@ async fn run(cmd: Cmd) -> ExitCode {
             register(eps, name, op, value, if_version).await
         }
         Cmd::Describe { endpoints: eps, json, name } => describe(eps, json, name).await,
+        Cmd::Hot { endpoints: eps, json, limit } => observe::hot(eps, json, limit).await,
+        Cmd::History { endpoints: eps, json, limit, name } => observe::history(eps, json, limit, name).await,
         Cmd::Sim { .. } => unreachable!("handled before the runtime starts"),
         Cmd::Bench {
             target,

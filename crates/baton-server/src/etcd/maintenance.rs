@@ -155,6 +155,8 @@ impl Maintenance for MaintenanceService {
                 role: baton_node::Role::Follower,
                 sessions: 0,
                 locks: 0,
+                waiters: 0,
+                log_entries: 0,
                 last_token: 0,
                 slots: Vec::new(),
                 replicas: Vec::new(),

@@ -41,6 +41,8 @@ use crate::runtime::{Input, NodeHandle};
 
 /// How often the event stream sends what it gathered.
 pub const EVENT_BATCH: Duration = Duration::from_millis(250);
+/// Events of the past the stream starts with (the latest, over all groups).
+pub const BACKLOG: usize = 50;
 /// Events one batch of the stream carries at most.
 pub const MAX_EVENTS_PER_BATCH: usize = 200;
 
@@ -124,16 +126,35 @@ async fn history(State(node): State<NodeHandle>, Query(p): Query<HistoryParams>)
 
 /// The live event stream: every group this node holds, batched (see the module docs).
 async fn events(State(node): State<NodeHandle>) -> Response {
+    // The latest kept events of every group first (so that the page opens on what just
+    // happened), then the live ones: each group's backlog and feed come from one subscription,
+    // with nothing lost or repeated between them.
+    let mut backlog = Vec::new();
     let feeds: Vec<_> = {
         let mut logs = node.events.lock().expect("event log");
         let groups = logs.groups();
-        groups.into_iter().filter_map(|g| logs.group(g).subscribe(0).ok().map(|(_, rx)| rx)).collect()
+        let mut feeds = Vec::new();
+        for g in groups {
+            let log = logs.group(g);
+            let from = log.last_seq().saturating_sub(BACKLOG as u64 - 1).max(1);
+            // Err: the kept history starts later (a snapshot was installed): from there.
+            let Ok((kept, rx)) = log.subscribe(from).or_else(|available| log.subscribe(available)) else {
+                continue;
+            };
+            backlog.extend(kept);
+            feeds.push(rx);
+        }
+        feeds
     };
+    backlog.retain(|w| !matches!(w.event, baton_core::Event::SessionRefreshed { .. }));
+    backlog.sort_by_key(|w| w.hlc);
+    let first: Vec<serde_json::Value> =
+        backlog.iter().rev().take(BACKLOG).rev().map(|w| api::event_json(&crate::watch::to_proto(w))).collect();
     let mut merged = futures::stream::select_all(feeds.into_iter().map(tokio_stream::wrappers::BroadcastStream::new));
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<SseEvent, std::convert::Infallible>>(4);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(EVENT_BATCH);
-        let (mut batch, mut skipped) = (Vec::new(), 0u64);
+        let (mut batch, mut skipped) = (first, 0u64);
         loop {
             tokio::select! {
                 item = merged.next() => match item {

@@ -379,6 +379,8 @@ impl<S: LogStore> Runtime<S> {
                 RoundError::Node(e) => ServerError::Node(e),
                 RoundError::Disk(e) => ServerError::Disk(e.to_string()),
             })?;
+            let clock = &mut self.clock;
+            self.fx.observer.after_round(self.driver.node(), || clock().1);
             // Only a live replica feeds watchers: one placement removed this node from stops, and
             // its watchers must move to a node that has one.
             match self.driver.node().replica(ETCD_GROUP).and_then(|sm| sm.etcd()) {

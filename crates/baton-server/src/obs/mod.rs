@@ -325,12 +325,18 @@ pub struct Observer {
     hot: BTreeMap<GroupId, hot::HotNames>,
     /// Requests taken in and not answered yet: when, and their labels.
     pending: HashMap<RequestId, (Instant, RequestLabel)>,
+    /// Groups that applied events since [`Observer::after_round`] last ran.
+    dirty: Vec<GroupId>,
+    /// Per group: its state machine's time after its last round with events, and the wall time
+    /// then. A holder's time is state-machine time, which stands still while the group is idle;
+    /// this says how much wall time has passed since.
+    clocks: BTreeMap<GroupId, (u64, u64)>,
 }
 
 impl Observer {
     /// An observer counting into `metrics`.
     pub fn new(metrics: Arc<Metrics>) -> Observer {
-        Observer { metrics, hot: BTreeMap::new(), pending: HashMap::new() }
+        Observer { metrics, hot: BTreeMap::new(), pending: HashMap::new(), dirty: Vec::new(), clocks: BTreeMap::new() }
     }
 
     /// A request is taken in for `group`: counted now, timed once [`Observer::track`] knows
@@ -375,6 +381,9 @@ impl Observer {
         let m = &self.metrics;
         let g = GroupLabel { group };
         let now = hlc.physical_ms;
+        if self.dirty.last() != Some(&group) {
+            self.dirty.push(group);
+        }
         match event {
             Event::Granted { name, kind, waited_ms, .. } => {
                 let l = KindLabel { group, kind: kind_label(*kind) };
@@ -433,6 +442,20 @@ impl Observer {
         }
     }
 
+    /// After a round: notes the state-machine time of the groups that applied events, against
+    /// the wall clock (`wall_ms`).
+    pub fn after_round(&mut self, node: &baton_node::Node, wall_ms: impl FnOnce() -> u64) {
+        if self.dirty.is_empty() {
+            return;
+        }
+        let wall = wall_ms();
+        for group in self.dirty.drain(..) {
+            if let Some(sm) = node.replica(group) {
+                self.clocks.insert(group, (sm.now_ms(), wall));
+            }
+        }
+    }
+
     /// The hottest names (at most `limit` per group) of every group `node` holds a replica of,
     /// as of `wall_ms`, with each name's holders and waiters now as the replica has them.
     pub fn hot_groups(&self, node: &baton_node::Node, wall_ms: u64, limit: usize) -> Vec<HotGroup> {
@@ -444,7 +467,12 @@ impl Observer {
                 .into_iter()
                 .map(|(name, stats)| {
                     let lock = sm.lock(&name);
-                    let now = sm.now_ms();
+                    // State-machine time now: its last reading plus the wall time since.
+                    let idle = match self.clocks.get(&group) {
+                        Some((t, w)) if *t == sm.now_ms() => wall_ms.saturating_sub(*w),
+                        _ => 0,
+                    };
+                    let now = sm.now_ms() + idle;
                     HotName {
                         kind: lock.map(|l| kind_label(l.kind)),
                         holders: lock.map_or_else(Vec::new, |l| {

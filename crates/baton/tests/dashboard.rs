@@ -1,0 +1,202 @@
+//! The dashboard in a real headless browser: Debian's chromium driven through chromedriver
+//! (WebDriver, with the `fantoccini` client) against three `baton server` processes. The page
+//! must show the holder and the waiters of a contended name, and a new leader once the group's
+//! leader process is killed, without a reload; it must fetch nothing from anywhere but the node.
+//!
+//! Without chromium and chromedriver installed the test says so and skips, unless
+//! `BATON_REQUIRE_BROWSER` is set (as in CI, which installs them), where it fails. With
+//! `BATON_SCREENSHOT=path.png` it saves what the page showed under contention (that is how
+//! docs/dashboard.png is made).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use baton_client::{Client, ClientOptions};
+use fantoccini::Locator;
+
+mod common;
+
+use common::{free_ports, wait_for_line, Proc, BATON};
+
+fn installed(tool: &str) -> bool {
+    let found =
+        Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("BATON_REQUIRE_BROWSER").is_none(),
+            "BATON_REQUIRE_BROWSER is set but {tool} is missing"
+        );
+        eprintln!("{tool} is not installed: skipping the dashboard's browser test (.ci/run installs it)");
+    }
+    found
+}
+
+/// Polls `check` (a script returning a value, or null while not there yet) until it returns
+/// something other than null, for at most `limit`.
+async fn wait_page(page: &fantoccini::Client, what: &str, script: &str, limit: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let v = page.execute(script, vec![]).await.unwrap();
+        if !v.is_null() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            let text = page.execute("return document.body.innerText", vec![]).await.unwrap();
+            panic!("the page never showed {what}; it shows:\n{}", text.as_str().unwrap_or_default());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_contention_and_a_leader_change() {
+    if !installed("chromium") || !installed("chromedriver") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(10);
+    let peers: String = (0..3).map(|i| format!("{}=127.0.0.1:{}", i + 1, ports[3 + i])).collect::<Vec<_>>().join(",");
+    let mut servers: Vec<Option<Proc>> = Vec::new();
+    for i in 0..3 {
+        let mut child = Command::new(BATON)
+            .args([
+                "server",
+                "--id",
+                &(i + 1).to_string(),
+                "--data",
+                dir.path().join(format!("n{i}")).to_str().unwrap(),
+            ])
+            .args(["--client-addr", &format!("127.0.0.1:{}", ports[i])])
+            .args(["--peer-addr", &format!("127.0.0.1:{}", ports[3 + i])])
+            .args(["--peers", &peers, "--groups", "1"])
+            .args(["--http-addr", &format!("127.0.0.1:{}", ports[6 + i])])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_line(&mut child, "serving clients");
+        servers.push(Some(Proc(child)));
+    }
+    let endpoints: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", ports[i])).collect();
+    let client = Client::connect_with(endpoints.clone(), ClientOptions::default()).await.unwrap();
+
+    // Contention: one holder, two waiters queued behind it (waited for, not slept for).
+    let name = "orders/checkout";
+    let sessions: Vec<_> = futures::future::join_all((0..3).map(|_| client.session(Duration::from_secs(5)))).await;
+    let sessions: Vec<_> = sessions.into_iter().map(|s| s.unwrap()).collect();
+    let held = sessions[0].lock(name, None).await.unwrap().unwrap();
+    let mut waiting = Vec::new();
+    for s in &sessions[1..] {
+        let s = s.clone();
+        waiting.push(tokio::spawn(async move { s.lock(name, Some(Duration::from_secs(60))).await }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.describe(name).await.unwrap().waiters.len() < 2 {
+        assert!(Instant::now() < deadline, "the waiters never queued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let group = client.history(name, 1).await.unwrap().group;
+    let status = client.status().await.unwrap();
+    let leader = status.groups.iter().find(|g| g.id == group).map(|g| g.leader).unwrap();
+    assert!(leader > 0, "group {group} has a leader");
+    // The page is served by a node that will survive the leader's death.
+    let watcher = (1..=3u64).find(|id| *id != leader).unwrap();
+    let page_url = format!("http://127.0.0.1:{}/", ports[6 + watcher as usize - 1]);
+
+    let driver_port = ports[9];
+    let _driver = Proc(
+        Command::new("chromedriver")
+            .arg(format!("--port={driver_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", driver_port)).is_err() {
+        assert!(Instant::now() < deadline, "chromedriver never listened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let caps: serde_json::Map<String, serde_json::Value> = serde_json::from_value(serde_json::json!({
+        "goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1400,1000", "--no-proxy-server"],
+        }
+    }))
+    .unwrap();
+    let page = fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{driver_port}"))
+        .await
+        .unwrap();
+    page.goto(&page_url).await.unwrap();
+
+    // The hot table names the holder (session and token) and the two waiters.
+    let row = format!(r#"document.querySelector('#hot tr[data-name="{name}"]')"#);
+    let shown = wait_page(
+        &page,
+        "the contended name with its holder and two waiters",
+        &format!(
+            "const r = {row}; if (!r) return null; \
+             const holders = r.querySelector('.holders').textContent, waiting = r.querySelector('.waiting').textContent; \
+             return holders.includes('s{}/t{}') && waiting === '2' ? [holders, waiting] : null;",
+            sessions[0].id(),
+            held.token()
+        ),
+        Duration::from_secs(30),
+    )
+    .await;
+    eprintln!("the page shows {name}: {shown}");
+    // The live stream delivered the queueing (SSE, no reload).
+    wait_page(
+        &page,
+        "the queued events in the live stream",
+        &format!("return [...document.querySelectorAll('#events li')].some(li => li.textContent.includes('{name} queued')) ? true : null"),
+        Duration::from_secs(10),
+    )
+    .await;
+    // Clicking the name shows its history.
+    page.find(Locator::Css(&format!(r#"#hot tr[data-name="{name}"]"#))).await.unwrap().click().await.unwrap();
+    wait_page(
+        &page,
+        "the name's history",
+        &format!(
+            "return document.querySelector('#history').textContent.includes('{name} granted s{} t{}') ? true : null",
+            sessions[0].id(),
+            held.token()
+        ),
+        Duration::from_secs(10),
+    )
+    .await;
+    if let Some(path) = std::env::var_os("BATON_SCREENSHOT") {
+        std::fs::write(&path, page.screenshot().await.unwrap()).unwrap();
+    }
+    // Nothing was fetched from anywhere but the node itself.
+    let origins = page
+        .execute("return performance.getEntriesByType('resource').map(e => new URL(e.name).origin)", vec![])
+        .await
+        .unwrap();
+    let own = page_url.trim_end_matches('/');
+    assert!(origins.as_array().unwrap().iter().all(|o| o.as_str() == Some(own)), "fetched elsewhere: {origins}");
+
+    // Kill the group's leader: the page (on another node) shows a new leader without a reload.
+    let before = page.execute("return window.performance.timeOrigin", vec![]).await.unwrap();
+    servers[leader as usize - 1] = None;
+    let new_leader = wait_page(
+        &page,
+        &format!("a leader other than node {leader} for group {group}"),
+        &format!(
+            "const c = document.querySelector('#groups tr[data-group=\"{group}\"] td[data-leader]'); \
+             if (!c) return null; const l = c.dataset.leader; return l !== '' && l !== '{leader}' ? l : null;"
+        ),
+        Duration::from_secs(30),
+    )
+    .await;
+    eprintln!("the page shows node {new_leader} leading group {group} after node {leader} died");
+    assert_eq!(page.execute("return window.performance.timeOrigin", vec![]).await.unwrap(), before, "no reload");
+    page.close().await.unwrap();
+    for w in waiting {
+        w.abort();
+    }
+}

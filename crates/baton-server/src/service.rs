@@ -481,6 +481,7 @@ impl Baton for BatonService {
                 role: if g.role == Role::Leader { "leader" } else { "follower" }.to_string(),
                 sessions: g.sessions as u64,
                 locks: g.locks as u64,
+                waiters: g.waiters as u64,
                 last_token: g.last_token,
                 slots: to_ranges(&g.slots),
                 replicas: g.replicas,

@@ -34,6 +34,7 @@ mod hold;
 mod observe;
 mod serve;
 mod sim;
+mod top;
 mod verbs;
 
 use hold::lock;
@@ -430,6 +431,22 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
+    /// The dashboard in the terminal: groups (leaders, terms, grants/s, queue depth) and the hottest
+    /// names with their holders and waiters, refreshing in place (q quits).
+    Top {
+        /// Comma-separated client addresses of any nodes.
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        endpoints: String,
+        /// Refresh interval in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Names per group (1..=256).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Stop after this many refreshes (0: until q).
+        #[arg(long, default_value_t = 0)]
+        iterations: u64,
+    },
     /// What happened to a name lately: grants, releases, expiries, waits, timeouts, election
     /// leader changes (who, token, HLC and wall time), oldest first.
     History {
@@ -666,6 +683,9 @@ async fn run(cmd: Cmd) -> ExitCode {
         }
         Cmd::Describe { endpoints: eps, json, name } => describe(eps, json, name).await,
         Cmd::Hot { endpoints: eps, json, limit } => observe::hot(eps, json, limit).await,
+        Cmd::Top { endpoints: eps, interval_ms, limit, iterations } => {
+            top::top(eps, Duration::from_millis(interval_ms.clamp(100, 60_000)), limit, iterations).await
+        }
         Cmd::History { endpoints: eps, json, limit, name } => observe::history(eps, json, limit, name).await,
         Cmd::Sim { .. } => unreachable!("handled before the runtime starts"),
         Cmd::Bench {

@@ -461,6 +461,12 @@ impl Group {
         // so the caller may retry it anywhere; the group has no leader to name until the
         // transfer ends.
         self.raw.propose(Vec::new(), data).map_err(|_| NodeError::NotLeader { group: self.id, leader: None })?;
+        tracing::debug!(
+            group = self.id,
+            index = self.raw.raft.raft_log.last_index(),
+            term = self.raw.raft.term,
+            "proposed"
+        );
         self.proposals.insert(id, now + config.proposal_timeout_ms);
         Ok(())
     }
@@ -599,6 +605,11 @@ impl Group {
     }
 
     fn apply(&mut self, entries: Vec<raft::eraftpb::Entry>, now: u64, out: &mut Vec<Output>) -> Result<(), String> {
+        let (first, last) = (entries.first().map_or(0, |e| e.index), entries.last().map_or(0, |e| e.index));
+        let _span = (!entries.is_empty()).then(|| {
+            tracing::debug_span!("raft.apply", group = self.id, first, last, commit = self.raw.raft.raft_log.committed)
+                .entered()
+        });
         let mut events = Vec::new();
         for e in entries {
             if e.index <= self.sm.applied_index() {

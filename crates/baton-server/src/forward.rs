@@ -145,7 +145,7 @@ pub(crate) async fn serve(
         return Err(Status::invalid_argument("only slot hand-offs and take-overs are forwarded"));
     }
     let (tx, rx) = oneshot::channel();
-    if !node.send(Input::Request { group: Some(req.group), request: Request::Propose(command), tx }) {
+    if !node.send(Input::request(Some(req.group), Request::Propose(command), tx)) {
         return Err(crate::status::stopped());
     }
     let answer = rx.await.map_err(|_| crate::status::stopped())?;

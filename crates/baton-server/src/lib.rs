@@ -344,6 +344,7 @@ impl Server {
 
         let client_api = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .trace_fn(|req| tracing::debug_span!("grpc", method = %req.uri().path()))
             .add_service(BatonServer::new(service::BatonService { node: handle.clone() }));
         let mut serving = vec![serve(client_api, client, "client API", &outcome)];
         let peer_svc = PeerServer::new(transport::PeerService { node: handle.clone(), local })

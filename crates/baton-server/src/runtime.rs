@@ -46,8 +46,13 @@ pub enum Input {
     /// Raft messages from a peer.
     Steps(Vec<(GroupId, RaftMessage)>),
     /// A client request for `group` (`None`: the group serving its name, by this node's map);
-    /// answered on `tx`.
-    Request { group: Option<GroupId>, request: Request, tx: oneshot::Sender<Result<Answer, NodeError>> },
+    /// answered on `tx`. `span`: the caller's tracing span (see [`Input::request`]).
+    Request {
+        group: Option<GroupId>,
+        request: Request,
+        tx: oneshot::Sender<Result<Answer, NodeError>>,
+        span: tracing::Span,
+    },
     /// The status of every group.
     Status { tx: oneshot::Sender<Vec<GroupStatus>> },
     /// The answer to a step this node forwarded to another node (a slot move's).
@@ -59,6 +64,13 @@ pub enum Input {
     Hot { limit: usize, tx: oneshot::Sender<Vec<crate::obs::HotGroup>> },
     /// Stop the loop.
     Stop,
+}
+
+impl Input {
+    /// A client request, traced as a child of the caller's current span.
+    pub fn request(group: Option<GroupId>, request: Request, tx: oneshot::Sender<Result<Answer, NodeError>>) -> Input {
+        Input::Request { group, request, tx, span: tracing::Span::current() }
+    }
 }
 
 /// What every part of the server may read about the cluster without asking the node thread.
@@ -158,7 +170,7 @@ struct ServerEffects {
     view: Arc<Mutex<ClusterView>>,
     /// The slot map may have changed in this round (an event of the meta group, or a move).
     topology_changed: bool,
-    answer_to: HashMap<RequestId, oneshot::Sender<Result<Answer, NodeError>>>,
+    answer_to: HashMap<RequestId, (oneshot::Sender<Result<Answer, NodeError>>, tracing::Span)>,
     per_peer: BTreeMap<NodeId, Vec<GroupMessage>>,
     /// Outgoing Raft messages are encoded into slices of this buffer: one allocation per
     /// ~64 KiB of messages (reclaimed once the transport has sent them), not one per message.
@@ -178,7 +190,15 @@ impl Effects for ServerEffects {
     fn answer(&mut self, id: RequestId, answer: Result<Answer, NodeError>) -> bool {
         self.observer.answered(id);
         // No sender, or a closed one: the caller went away (it may retry with the same id).
-        self.answer_to.remove(&id).is_some_and(|tx| tx.send(answer).is_ok())
+        self.answer_to.remove(&id).is_some_and(|(tx, span)| {
+            span.in_scope(|| match &answer {
+                Ok(Answer::Applied(outcome)) => tracing::debug!(?outcome, "applied, answered"),
+                Ok(Answer::Acquire(result)) => tracing::debug!(?result, "acquire answered"),
+                Ok(Answer::Read(_) | Answer::KeepAlive(_)) => tracing::debug!("read answered"),
+                Err(e) => tracing::debug!(error = %e, "refused"),
+            });
+            tx.send(answer).is_ok()
+        })
     }
 
     fn event(&mut self, group: GroupId, _index: u64, seq: u64, hlc: baton_core::Hlc, event: baton_core::Event) {
@@ -324,7 +344,7 @@ fn spawn_with_clock<S: LogStore + Send + 'static>(
             encode_buf: BytesMut::new(),
             forwarder,
             etcd_feed: etcd_feed.clone(),
-            observer: Observer::new(metrics.clone()),
+            observer: Observer::new(id, metrics.clone()),
         },
     };
     let (done_tx, done_rx) = watch::channel(None);
@@ -402,16 +422,22 @@ impl<S: LogStore> Runtime<S> {
                     self.driver.step(group, msg);
                 }
             }
-            Input::Request { group, request, tx } => {
+            Input::Request { group, request, tx, span } => {
                 // A fresh reading for every request: a lease read is checked against it.
                 let (mono, wall) = (self.clock)();
                 let routed = group.unwrap_or_else(|| {
                     request.routing_key().map_or(baton_node::DATA_GROUP, |k| self.driver.node().group_of(k))
                 });
                 let taken = self.fx.observer.take_in(routed, &request);
-                let id = self.driver.submit(group, request, mono, wall);
+                let client_request = match &request {
+                    Request::Acquire(r) => r.request_id,
+                    _ => 0,
+                };
+                let span = tracing::debug_span!(parent: &span, "node.request", node = self.fx.observer.node_id(), group = routed, op = taken.1.op, client_request);
+                // Proposing happens within submit: its "proposed" event (index, term) lands in the span.
+                let id = span.in_scope(|| self.driver.submit(group, request, mono, wall));
                 self.fx.observer.track(id, taken);
-                self.fx.answer_to.insert(id, tx);
+                self.fx.answer_to.insert(id, (tx, span));
             }
             Input::Status { tx } => {
                 let _ = tx.send(self.driver.node().status());
@@ -486,7 +512,7 @@ mod tests {
         for i in 0..20 {
             let (tx, rx) = oneshot::channel();
             let request = Request::Propose(Command::CounterAdd { name: format!("c{i}"), delta: 1 });
-            assert!(handle.send(Input::Request { group: Some(DATA_GROUP), request, tx }));
+            assert!(handle.send(Input::request(Some(DATA_GROUP), request, tx)));
             answers.push(rx);
         }
         drop(held);

@@ -41,7 +41,7 @@ impl BatonService {
 
     /// Hands a request to the node: for `group`, or (`None`) for the group serving its name.
     async fn request(&self, group: Option<GroupId>, request: NodeRequest) -> Result<Answer, Status> {
-        self.call(|tx| Input::Request { group, request, tx }).await?.map_err(|e| to_status(e, &self.node))
+        self.call(|tx| Input::request(group, request, tx)).await?.map_err(|e| to_status(e, &self.node))
     }
 
     /// Proposes a command about a name to `group` (`None`: the group that serves it by this
@@ -373,7 +373,11 @@ impl Baton for BatonService {
     async fn call(&self, request: Request<Streaming<pb::CallRequest>>) -> Result<Response<Self::CallStream>, Status> {
         let incoming = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
-        tokio::spawn(serve_calls(self.clone(), incoming, tx));
+        // The calls' spans are children of the stream's (the `grpc` span of `Call`).
+        tokio::spawn(tracing::Instrument::instrument(
+            serve_calls(self.clone(), incoming, tx),
+            tracing::Span::current(),
+        ));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
@@ -682,7 +686,11 @@ async fn serve_calls(
                         return;
                     }
                 }
-                Ok(Some(req)) => running.push(dispatch_call(&svc, req)),
+                Ok(Some(req)) => {
+                    use tracing::Instrument as _;
+                    let span = tracing::debug_span!("call", call_id = req.call_id, op = call_op(&req));
+                    running.push(dispatch_call(&svc, req).instrument(span))
+                }
                 Ok(None) => open = false,
                 Err(_) => return,
             },
@@ -712,7 +720,7 @@ async fn renew(node: &NodeHandle, req: pb::KeepAliveRequest) -> Result<pb::KeepA
         )));
     }
     let (otx, orx) = oneshot::channel();
-    if !node.send(Input::Request { group: None, request: NodeRequest::KeepAlive(req.session_ids), tx: otx }) {
+    if !node.send(Input::request(None, NodeRequest::KeepAlive(req.session_ids), otx)) {
         return Err(stopped());
     }
     let answer = orx.await.map_err(|_| stopped())?.map_err(|e| to_status(e, node))?;
@@ -735,6 +743,22 @@ async fn renew(node: &NodeHandle, req: pb::KeepAliveRequest) -> Result<pb::KeepA
 
 /// Runs one call of a `Call` stream through the unary handler of the same name; true with the
 /// answer if the node has stopped.
+/// The name of a `Call`'s operation, for its span.
+fn call_op(req: &pb::CallRequest) -> &'static str {
+    use pb::call_request::Op;
+    match req.op {
+        Some(Op::OpenSession(_)) => "open_session",
+        Some(Op::CloseSession(_)) => "close_session",
+        Some(Op::Acquire(_)) => "acquire",
+        Some(Op::Release(_)) => "release",
+        Some(Op::Cancel(_)) => "cancel",
+        Some(Op::Counter(_)) => "counter",
+        Some(Op::KeepAlive(_)) => "keepalive",
+        Some(Op::AttachSession(_)) => "attach_session",
+        None => "none",
+    }
+}
+
 async fn dispatch_call(svc: &BatonService, req: pb::CallRequest) -> (pb::CallResponse, bool) {
     use pb::call_request::Op;
     use pb::call_response::Result as R;

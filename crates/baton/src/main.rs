@@ -31,6 +31,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod cluster;
 mod hold;
+mod logging;
 mod observe;
 mod serve;
 mod sim;
@@ -67,6 +68,14 @@ const EXIT_FAILED: u8 = 70;
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
+    /// Log format on stderr (level set by BATON_LOG, e.g. `debug`).
+    #[arg(long, global = true, value_enum, default_value_t = logging::LogFormat::Text)]
+    log_format: logging::LogFormat,
+    /// Export the spans of every request (gRPC call, node request with its proposal's index
+    /// and term, persist, apply, answer) to this OpenTelemetry collector over OTLP/gRPC, e.g.
+    /// http://127.0.0.1:4317.
+    #[arg(long, global = true)]
+    otlp_endpoint: Option<String>,
 }
 
 /// Arguments shared by the commands that hold something while running a command.
@@ -525,16 +534,6 @@ fn main() -> ExitCode {
         });
     }
     let serving = matches!(cli.command, Cmd::Dev { .. } | Cmd::Server { .. });
-    // raft-engine logs the end of a log that was not closed (every restart after a crash) as a
-    // corruption; the server says what it means instead (see EngineStore::recovery), and a real
-    // corruption stops it with raft-engine's message.
-    let default_filter = if serving { "info,raft_engine::file_pipe_log=off" } else { "warn" };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BATON_LOG").unwrap_or_else(|_| default_filter.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -542,7 +541,24 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    rt.block_on(run(cli.command))
+    let tracer = {
+        let _in_runtime = rt.enter();
+        match logging::init(cli.log_format, cli.otlp_endpoint.as_deref(), serving) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("baton: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    };
+    let code = rt.block_on(run(cli.command));
+    if let Some(provider) = tracer {
+        let _in_runtime = rt.enter();
+        if let Err(e) = provider.shutdown() {
+            eprintln!("baton: spans not all exported: {e}");
+        }
+    }
+    code
 }
 
 /// A number of seconds given on the command line: finite, not negative, at most a year (a

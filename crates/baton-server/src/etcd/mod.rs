@@ -241,7 +241,7 @@ impl Backend {
 
     async fn request(&self, request: Request) -> Result<Answer, NodeError> {
         let (tx, rx) = oneshot::channel();
-        if !self.node.send(Input::Request { group: Some(ETCD_GROUP), request, tx }) {
+        if !self.node.send(Input::request(Some(ETCD_GROUP), request, tx)) {
             return Err(NodeError::Unavailable("node is shutting down".into()));
         }
         rx.await.map_err(|_| NodeError::Unavailable("node is shutting down".into()))?
@@ -365,6 +365,7 @@ pub fn router(backend: Backend, progress_every: Duration) -> tonic::transport::s
     let limit = MAX_GRPC_MESSAGE_BYTES;
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .trace_fn(|req| tracing::debug_span!("etcd.grpc", method = %req.uri().path()))
         .add_service(KvServer::new(KvService { backend: backend.clone() }).max_decoding_message_size(limit))
         .add_service(
             WatchServer::new(WatchService { backend: backend.clone(), progress_every })

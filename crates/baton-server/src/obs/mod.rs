@@ -321,6 +321,7 @@ const MAX_PENDING: usize = 1_000_000;
 /// The node thread's side: turns events, requests and answers into metrics, and keeps the hot
 /// names of every group.
 pub struct Observer {
+    node: u64,
     metrics: Arc<Metrics>,
     hot: BTreeMap<GroupId, hot::HotNames>,
     /// Requests taken in and not answered yet: when, and their labels.
@@ -334,9 +335,21 @@ pub struct Observer {
 }
 
 impl Observer {
-    /// An observer counting into `metrics`.
-    pub fn new(metrics: Arc<Metrics>) -> Observer {
-        Observer { metrics, hot: BTreeMap::new(), pending: HashMap::new(), dirty: Vec::new(), clocks: BTreeMap::new() }
+    /// An observer of node `node` counting into `metrics`.
+    pub fn new(node: u64, metrics: Arc<Metrics>) -> Observer {
+        Observer {
+            node,
+            metrics,
+            hot: BTreeMap::new(),
+            pending: HashMap::new(),
+            dirty: Vec::new(),
+            clocks: BTreeMap::new(),
+        }
+    }
+
+    /// The node observed.
+    pub fn node_id(&self) -> u64 {
+        self.node
     }
 
     /// A request is taken in for `group`: counted now, timed once [`Observer::track`] knows
@@ -529,11 +542,12 @@ impl<S> TimedStore<S> {
 
 impl<S: LogStore> LogStore for TimedStore<S> {
     fn write(&mut self, batch: &WriteBatch) -> Result<(), DiskError> {
+        let entries: usize = batch.groups.iter().map(|g| g.entries.len()).sum();
+        let _span = tracing::debug_span!("raft.persist", groups = batch.groups.len(), entries).entered();
         let started = Instant::now();
         self.inner.write(batch)?;
         let m = &self.metrics;
         m.disk_write_seconds.observe(started.elapsed().as_secs_f64());
-        let entries: usize = batch.groups.iter().map(|g| g.entries.len()).sum();
         m.disk_batch_entries.observe(entries as f64);
         m.disk_bytes.inc_by(batch.groups.iter().flat_map(|g| &g.entries).map(|e| e.data.len() as u64).sum());
         for g in &batch.groups {

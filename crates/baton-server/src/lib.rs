@@ -104,6 +104,9 @@ pub struct ServerConfig {
     pub etcd_quota_bytes: u64,
     /// Serve `/healthz`, `/readyz` and `/metrics` on this address (`--http-addr`; `None`: off).
     pub http_addr: Option<String>,
+    /// Count metrics, hot names and request timings (`--no-metrics` turns it off, to measure
+    /// what observing costs; the gauges read at a scrape and the history stay).
+    pub metrics: bool,
 }
 
 impl ServerConfig {
@@ -125,6 +128,7 @@ impl ServerConfig {
             etcd_progress_every: etcd::watch::DEFAULT_PROGRESS_EVERY,
             etcd_quota_bytes: etcd::DEFAULT_QUOTA_BYTES,
             http_addr: None,
+            metrics: true,
         }
     }
 }
@@ -329,7 +333,7 @@ impl Server {
             transport::local_handshake(&config, client_addr.to_string(), data_groups, etcd_group, etcd_addr_text);
         let max_bytes = config.max_peer_message_bytes;
         let outboxes = Outboxes::default();
-        let metrics = Arc::new(obs::Metrics::default());
+        let metrics = Arc::new(obs::Metrics::new(config.metrics));
         let mut tasks = Vec::new();
         // One sender per peer: the configured ones now, those the meta group adds later.
         let peering =
@@ -344,7 +348,7 @@ impl Server {
 
         let client_api = tonic::transport::Server::builder()
             .tcp_nodelay(true)
-            .trace_fn(|req| tracing::debug_span!("grpc", method = %req.uri().path()))
+            .trace_fn(|req| obs::trace::root(|| tracing::debug_span!("grpc", method = %req.uri().path())))
             .add_service(BatonServer::new(service::BatonService { node: handle.clone() }));
         let mut serving = vec![serve(client_api, client, "client API", &outcome)];
         let peer_svc = PeerServer::new(transport::PeerService { node: handle.clone(), local })

@@ -191,12 +191,14 @@ impl Effects for ServerEffects {
         self.observer.answered(id);
         // No sender, or a closed one: the caller went away (it may retry with the same id).
         self.answer_to.remove(&id).is_some_and(|(tx, span)| {
-            span.in_scope(|| match &answer {
-                Ok(Answer::Applied(outcome)) => tracing::debug!(?outcome, "applied, answered"),
-                Ok(Answer::Acquire(result)) => tracing::debug!(?result, "acquire answered"),
-                Ok(Answer::Read(_) | Answer::KeepAlive(_)) => tracing::debug!("read answered"),
-                Err(e) => tracing::debug!(error = %e, "refused"),
-            });
+            if !span.is_disabled() {
+                span.in_scope(|| match &answer {
+                    Ok(Answer::Applied(outcome)) => tracing::debug!(?outcome, "applied, answered"),
+                    Ok(Answer::Acquire(result)) => tracing::debug!(?result, "acquire answered"),
+                    Ok(Answer::Read(_) | Answer::KeepAlive(_)) => tracing::debug!("read answered"),
+                    Err(e) => tracing::debug!(error = %e, "refused"),
+                });
+            }
             tx.send(answer).is_ok()
         })
     }
@@ -217,7 +219,8 @@ impl Effects for ServerEffects {
     fn role(&mut self, group: GroupId, role: Role, leader: Option<NodeId>, term: u64) {
         tracing::info!(group, ?role, ?leader, term, "role changed");
         let mut view = self.view.lock().expect("view lock");
-        if view.leaders.get(&group).is_some_and(|before| *before != leader && leader.is_some()) {
+        // A new leader known (the first one of a run too), not the loss of one.
+        if leader.is_some() && view.leaders.get(&group).copied().flatten() != leader {
             self.observer.leader_changed(group);
         }
         view.leaders.insert(group, leader);
@@ -395,7 +398,8 @@ impl<S: LogStore> Runtime<S> {
                 next_tick = now + self.tick;
             }
             // An error here is fatal: nothing of the round may be acknowledged.
-            self.driver.run_rounds(&mut self.store, &mut self.fx).map_err(|e| match e {
+            let rounds = crate::obs::trace::root(|| tracing::debug_span!("raft.rounds"));
+            rounds.in_scope(|| self.driver.run_rounds(&mut self.store, &mut self.fx)).map_err(|e| match e {
                 RoundError::Node(e) => ServerError::Node(e),
                 RoundError::Disk(e) => ServerError::Disk(e.to_string()),
             })?;
@@ -433,7 +437,12 @@ impl<S: LogStore> Runtime<S> {
                     Request::Acquire(r) => r.request_id,
                     _ => 0,
                 };
-                let span = tracing::debug_span!(parent: &span, "node.request", node = self.fx.observer.node_id(), group = routed, op = taken.1.op, client_request);
+                // Traced only within a sampled trace (see obs::trace).
+                let span = if span.is_disabled() {
+                    tracing::Span::none()
+                } else {
+                    tracing::debug_span!(parent: &span, "node.request", node = self.fx.observer.node_id(), group = routed, op = taken.1.op, client_request)
+                };
                 // Proposing happens within submit: its "proposed" event (index, term) lands in the span.
                 let id = span.in_scope(|| self.driver.submit(group, request, mono, wall));
                 self.fx.observer.track(id, taken);

@@ -688,7 +688,8 @@ async fn serve_calls(
                 }
                 Ok(Some(req)) => {
                     use tracing::Instrument as _;
-                    let span = tracing::debug_span!("call", call_id = req.call_id, op = call_op(&req));
+                    // Each call is a trace of its own (the stream lives as long as the client).
+                    let span = crate::obs::trace::root(|| tracing::debug_span!("call", call_id = req.call_id, op = call_op(&req)));
                     running.push(dispatch_call(&svc, req).instrument(span))
                 }
                 Ok(None) => open = false,

@@ -85,6 +85,32 @@ async fn health_readiness_and_metrics_of_a_three_node_cluster() {
     }
 }
 
+/// Checks that the Grafana dashboard and the alert rules in deploy/ only name metrics that the
+/// exposition `text` has (a family with no sample yet has no TYPE line: the caller makes them
+/// all move first).
+fn check_deploy_names(text: &str) {
+    let exported: std::collections::BTreeSet<&str> =
+        text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split_whitespace().next()).collect();
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy");
+    for file in ["grafana/baton.json", "prometheus/alerts.yml"] {
+        let body = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
+        let mut named = 0;
+        for (i, _) in body.match_indices("baton_") {
+            let token: String =
+                body[i..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_' || c.is_ascii_digit()).collect();
+            let base = ["_bucket", "_sum", "_count", "_total"]
+                .iter()
+                .fold(token.as_str(), |t, s| t.strip_suffix(s).unwrap_or(t));
+            if base == "baton_" || token.starts_with("baton_overview") {
+                continue; // the dashboard's uid
+            }
+            assert!(exported.contains(base), "{file} names {token}, which no node exports");
+            named += 1;
+        }
+        assert!(named >= 10, "{file} names {named} metrics");
+    }
+}
+
 /// One sample of a scrape: metric, labels, value (a histogram's: its count).
 struct Sample {
     metric: String,
@@ -205,7 +231,17 @@ async fn contention_shows_in_metrics_hot_names_and_history() {
         assert!(sum(&s, "baton_disk_write_seconds", &[]) > 0.0, "{addr}: writes are timed");
         assert!(sum(&s, "baton_peer_sent_bytes_total", &[]) > 0.0, "{addr}");
         assert!(sum(&s, "baton_peer_received_messages_total", &[]) > 0.0, "{addr}");
+        assert!(sum(&s, "baton_raft_leader_changes_total", &[("group", &g)]) >= 1.0, "{addr}: the first leader counts");
     }
+    // A session closed: every family has moved, and the deploy/ files name only what exists.
+    sessions[3].clone().close().await.unwrap();
+    let addr = c.http_addrs.values().next().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sum(&samples(addr), "baton_session_ends_total", &[("how", "closed")]) < 1.0 {
+        assert!(Instant::now() < deadline, "{addr} never counted the close");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    check_deploy_names(&get(addr, "/metrics").1);
     // The requests went in through some node: counted and timed there.
     let all: Vec<Vec<Sample>> = c.http_addrs.values().map(|a| samples(a)).collect();
     let acquires: f64 = all.iter().map(|s| sum(s, "baton_requests_total", &[("op", "acquire")])).sum();

@@ -1,8 +1,9 @@
 //! Logs and traces: `--log-format text|json` on stderr (filtered by `BATON_LOG`, default `info`
-//! for servers and `warn` otherwise), and with `--otlp-endpoint` the spans of every request
-//! (gRPC call → node request, with its proposal's index and term → persist → apply → answer)
+//! for servers and `warn` otherwise), and with `--otlp-endpoint` the spans of requests (gRPC
+//! call → node request, with its proposal's index and term → persist → apply → answer)
 //! exported to an OpenTelemetry collector over OTLP/gRPC (filtered by `BATON_OTLP_LOG`, default
-//! `debug` for Baton's crates).
+//! `debug` for Baton's crates), a `--otlp-sample-ratio` share of the traces (default 1%: every
+//! trace costs the node several spans to build and export; see docs/BENCHMARKS.md).
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
@@ -26,7 +27,15 @@ const OTLP_DEFAULT: &str = "info,baton=debug,baton_server=debug,baton_node=debug
 /// Sets up logging (and tracing to `otlp`, if given). Must run within the tokio runtime: the
 /// exporter's gRPC channel lives there. The returned provider flushes the spans still queued
 /// when shut down.
-pub(crate) fn init(format: LogFormat, otlp: Option<&str>, serving: bool) -> Result<Option<SdkTracerProvider>, String> {
+pub(crate) fn init(
+    format: LogFormat,
+    otlp: Option<&str>,
+    sample_ratio: f64,
+    serving: bool,
+) -> Result<Option<SdkTracerProvider>, String> {
+    if !(0.0..=1.0).contains(&sample_ratio) {
+        return Err(format!("--otlp-sample-ratio {sample_ratio} is not within 0..=1"));
+    }
     // raft-engine logs the end of a log that was not closed (every restart after a crash) as a
     // corruption; the server says what it means instead (see EngineStore::recovery), and a real
     // corruption stops it with raft-engine's message.
@@ -50,6 +59,9 @@ pub(crate) fn init(format: LogFormat, otlp: Option<&str>, serving: bool) -> Resu
                 .with_endpoint(endpoint)
                 .build()
                 .map_err(|e| format!("--otlp-endpoint {endpoint}: {e}"))?;
+            // Head sampling is the server's (obs::trace): a trace's root span is made or not,
+            // and whatever is made is exported.
+            baton_server::obs::trace::set_ratio(sample_ratio);
             let provider = SdkTracerProvider::builder()
                 .with_batch_exporter(exporter)
                 .with_resource(opentelemetry_sdk::Resource::builder().with_service_name("baton").build())

@@ -76,6 +76,9 @@ struct Cli {
     /// http://127.0.0.1:4317.
     #[arg(long, global = true)]
     otlp_endpoint: Option<String>,
+    /// The share of traces exported with --otlp-endpoint (0..=1; sampled at each trace's root).
+    #[arg(long, global = true, default_value_t = 0.01)]
+    otlp_sample_ratio: f64,
 }
 
 /// Arguments shared by the commands that hold something while running a command.
@@ -208,6 +211,10 @@ enum Cmd {
         /// Serve /healthz, /readyz and /metrics (Prometheus) on this address (off unless given).
         #[arg(long)]
         http_addr: Option<String>,
+        /// Count no metrics, hot names or request timings (to measure what they cost: see
+        /// bench/observability.sh); /metrics keeps the gauges read at each scrape.
+        #[arg(long)]
+        no_metrics: bool,
     },
     /// Hold a lock while running a command: `baton lock NAME -- CMD [ARGS...]`.
     Lock {
@@ -543,7 +550,7 @@ fn main() -> ExitCode {
     };
     let tracer = {
         let _in_runtime = rt.enter();
-        match logging::init(cli.log_format, cli.otlp_endpoint.as_deref(), serving) {
+        match logging::init(cli.log_format, cli.otlp_endpoint.as_deref(), cli.otlp_sample_ratio, serving) {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("baton: {e}");
@@ -624,7 +631,7 @@ async fn run(cmd: Cmd) -> ExitCode {
                         out!("baton dev: serving etcd's v3 API on {a} (etcdctl --endpoints {a} ...)");
                     }
                     if let Some(a) = server.http_addr {
-                        out!("baton dev: serving http://{a}/metrics, /healthz and /readyz");
+                        out!("baton dev: serving the dashboard on http://{a}/ (and /metrics, /healthz, /readyz)");
                     }
                     serve_until_signal(server).await
                 }
@@ -646,6 +653,7 @@ async fn run(cmd: Cmd) -> ExitCode {
             etcd_addr,
             etcd_quota_bytes,
             http_addr,
+            no_metrics,
         } => {
             let peers = match &peers {
                 Some(p) => match parse_peers(p) {
@@ -665,6 +673,7 @@ async fn run(cmd: Cmd) -> ExitCode {
             config.etcd_addr = etcd_addr;
             config.etcd_quota_bytes = etcd_quota_bytes;
             config.http_addr = http_addr;
+            config.metrics = !no_metrics;
             match Server::start(config, &client_addr, &peer_addr).await {
                 Ok(server) => {
                     out!(
@@ -677,7 +686,9 @@ async fn run(cmd: Cmd) -> ExitCode {
                         out!("baton server {id}: serving etcd's v3 API on {a}");
                     }
                     if let Some(a) = server.http_addr {
-                        out!("baton server {id}: serving http://{a}/metrics, /healthz and /readyz");
+                        out!(
+                            "baton server {id}: serving the dashboard on http://{a}/ (and /metrics, /healthz, /readyz)"
+                        );
                     }
                     serve_until_signal(server).await
                 }

@@ -1,7 +1,8 @@
 //! The dashboard in a real headless browser: Debian's chromium driven through chromedriver
 //! (WebDriver, with the `fantoccini` client) against three `baton server` processes. The page
-//! must show the holder and the waiters of a contended name, and a new leader once the group's
-//! leader process is killed, without a reload; it must fetch nothing from anywhere but the node.
+//! must show the holder and the waiters of a contended name among 10,000 other names held, and a
+//! new leader once the group's leader process is killed, without a reload; it must fetch nothing
+//! from anywhere but the node.
 //!
 //! Without chromium and chromedriver installed the test says so and skips, unless
 //! `BATON_REQUIRE_BROWSER` is set (as in CI, which installs them), where it fails. With
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use baton_client::{Client, ClientOptions};
 use fantoccini::Locator;
+use futures::StreamExt;
 
 mod common;
 
@@ -95,6 +97,17 @@ async fn the_dashboard_shows_contention_and_a_leader_change() {
         assert!(Instant::now() < deadline, "the waiters never queued");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // 10,000 more names held: the page must stay as it is (it shows the hottest names only).
+    let bulk = client.session(Duration::from_secs(30)).await.unwrap();
+    let held_many: Vec<_> = futures::stream::iter(0..10_000)
+        .map(|i| {
+            let bulk = bulk.clone();
+            async move { bulk.lock(&format!("bulk/{i}"), None).await.unwrap().unwrap() }
+        })
+        .buffer_unordered(256)
+        .collect()
+        .await;
+    assert_eq!(held_many.len(), 10_000);
     let group = client.history(name, 1).await.unwrap().group;
     let status = client.status().await.unwrap();
     let leader = status.groups.iter().find(|g| g.id == group).map(|g| g.leader).unwrap();
@@ -148,11 +161,38 @@ async fn the_dashboard_shows_contention_and_a_leader_change() {
     )
     .await;
     eprintln!("the page shows {name}: {shown}");
-    // The live stream delivered the queueing (SSE, no reload).
+    // ... and every name held, in the groups table.
     wait_page(
         &page,
-        "the queued events in the live stream",
-        &format!("return [...document.querySelectorAll('#events li')].some(li => li.textContent.includes('{name} queued')) ? true : null"),
+        "the 10,001 names held",
+        "const n = [...document.querySelectorAll('#groups tbody tr')].map(r => +r.children[6].textContent).reduce((a, b) => a + b, 0); \
+         return n >= 10001 ? n : null;",
+        Duration::from_secs(30),
+    )
+    .await;
+    // How long one refresh of the page's data takes with them held (measured, not asserted).
+    let took = page
+        .execute_async(
+            "const done = arguments[arguments.length - 1]; const t = performance.now(); \
+             Promise.all([fetch('/api/overview').then(r => r.json()), fetch('/api/hot?limit=20').then(r => r.json())]) \
+               .then(() => done(performance.now() - t));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    eprintln!("one refresh of the dashboard's data with 10,001 names held: {took} ms");
+    // A caller that gives up after 300 ms: the live stream shows it queue and give up (SSE, no
+    // reload).
+    let impatient = client.session(Duration::from_secs(10)).await.unwrap();
+    assert!(impatient.lock(name, Some(Duration::from_millis(300))).await.unwrap().is_none());
+    wait_page(
+        &page,
+        "the impatient caller in the live stream",
+        &format!(
+            "const lines = [...document.querySelectorAll('#events li')].map(li => li.textContent); \
+             return lines.some(l => l.includes('{name} queued s{0}')) && lines.some(l => l.includes('{name} gave up s{0} (timed_out)')) ? true : null",
+            impatient.id()
+        ),
         Duration::from_secs(10),
     )
     .await;

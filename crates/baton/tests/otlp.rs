@@ -2,7 +2,7 @@
 //! (a real one's API: here a tonic server of OpenTelemetry's own generated `TraceService`).
 //! An acquire must arrive as a `node.request` span (op, group, the client's request id) whose
 //! parent is the call's span on the client's `Call` stream, carrying the proposal's index and term and its answer, next to
-//! the rounds' `raft.persist` and `raft.apply` spans.
+//! the rounds' `raft.rounds` spans (with what they applied) and `raft.persist` spans.
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
@@ -71,6 +71,7 @@ async fn an_acquire_is_traced_from_the_grpc_call_to_its_answer() {
         Command::new(BATON)
             .args(["dev", "--data", dir.path().join("data").to_str().unwrap(), "--client-addr", &addr])
             .args(["--no-etcd", "--no-http", "--otlp-endpoint", &format!("http://127.0.0.1:{}", ports[1])])
+            .args(["--otlp-sample-ratio", "1"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -104,8 +105,7 @@ async fn an_acquire_is_traced_from_the_grpc_call_to_its_answer() {
     assert_eq!(a.get("node").map(String::as_str), Some("1"), "{a:?}");
     assert!(a.get("client_request").is_some_and(|r| r != "0"), "the client's request id: {a:?}");
     assert!(a.get("group").is_some_and(|g| g != "0"), "a data group: {a:?}");
-    // Its parent: the call on the client's `Call` stream (the fast path the client uses), in
-    // the same trace as the stream's gRPC span.
+    // Its parent: the call on the client's `Call` stream (the fast path the client uses).
     let parent = spans.iter().find(|s| s.span_id == request.parent_span_id).unwrap();
     assert_eq!(parent.name, "call");
     let p = attrs(&parent.attributes);
@@ -124,9 +124,15 @@ async fn an_acquire_is_traced_from_the_grpc_call_to_its_answer() {
     assert!(proposed.1.get("term").is_some_and(|t| t.parse::<u64>().unwrap() > 0), "{events:?}");
     assert!(events.iter().any(|(m, _)| m == "acquire answered"), "{events:?}");
     assert!(request.end_time_unix_nano > request.start_time_unix_nano);
-    for round in ["raft.persist", "raft.apply"] {
+    for round in ["raft.rounds", "raft.persist"] {
         assert!(spans.iter().any(|s| s.name == round), "no {round} span");
     }
+    let applying = spans
+        .iter()
+        .filter(|s| s.name == "raft.rounds")
+        .flat_map(|s| &s.events)
+        .any(|e| attrs(&e.attributes).get("message").unwrap_or(&e.name) == "applying");
+    assert!(applying, "a round's span tells which entries it applied");
     drop(dev);
     serving.abort();
 }

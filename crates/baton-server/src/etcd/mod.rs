@@ -365,7 +365,7 @@ pub fn router(backend: Backend, progress_every: Duration) -> tonic::transport::s
     let limit = MAX_GRPC_MESSAGE_BYTES;
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .trace_fn(|req| tracing::debug_span!("etcd.grpc", method = %req.uri().path()))
+        .trace_fn(|req| crate::obs::trace::root(|| tracing::debug_span!("etcd.grpc", method = %req.uri().path())))
         .add_service(KvServer::new(KvService { backend: backend.clone() }).max_decoding_message_size(limit))
         .add_service(
             WatchServer::new(WatchService { backend: backend.clone(), progress_every })

@@ -147,6 +147,8 @@ impl Totals {
 
 /// Everything a node counts. Cheap to share: every field is a handle to atomics.
 pub struct Metrics {
+    /// False: nothing is counted (`--no-metrics`).
+    pub enabled: bool,
     pub grants: Family<KindLabel, Counter>,
     pub handoffs: Family<KindLabel, Counter>,
     pub releases: Family<EndLabel, Counter>,
@@ -178,7 +180,15 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
+        Metrics::new(true)
+    }
+}
+
+impl Metrics {
+    /// Metrics that count (`enabled`) or stay at zero.
+    pub fn new(enabled: bool) -> Self {
         Metrics {
+            enabled,
             grants: Family::default(),
             handoffs: Family::default(),
             releases: Family::default(),
@@ -208,9 +218,7 @@ impl Default for Metrics {
             totals: Totals::default(),
         }
     }
-}
 
-impl Metrics {
     /// Registers every metric (as handles: they keep counting) in `registry`, whose prefix is
     /// `baton`. The help texts are what docs/OPERATIONS.md explains.
     pub fn register(&self, r: &mut Registry) {
@@ -291,6 +299,9 @@ impl Metrics {
 
     /// Counts a batch of Raft messages sent to (`sent`) or received from a peer.
     pub fn peer_traffic(&self, peer: u64, sent: bool, messages: usize, bytes: usize) {
+        if !self.enabled {
+            return;
+        }
         let l = PeerLabel { peer };
         let (m, b) = if sent {
             (&self.peer_sent_messages, &self.peer_sent_bytes)
@@ -356,6 +367,10 @@ impl Observer {
     /// its id.
     pub fn take_in(&mut self, group: GroupId, request: &baton_node::Request) -> (Instant, RequestLabel) {
         use baton_node::{Query, Request};
+        let label = RequestLabel { group, op: request_label(request) };
+        if !self.metrics.enabled {
+            return (Instant::now(), label);
+        }
         let renewed = match request {
             Request::KeepAlive(ids) => ids.len(),
             Request::Read(Query::KeepAlive(ids)) => ids.len(),
@@ -363,7 +378,6 @@ impl Observer {
             _ => 0,
         };
         self.metrics.renewals.inc_by(renewed as u64);
-        let label = RequestLabel { group, op: request_label(request) };
         self.metrics.requests.get_or_create(&label).inc();
         (Instant::now(), label)
     }
@@ -372,7 +386,7 @@ impl Observer {
     pub fn track(&mut self, id: RequestId, taken: (Instant, RequestLabel)) {
         // Every request is answered (or its caller's channel found closed), so this stays
         // as large as the requests in flight; the bound is a guard, not a policy.
-        if self.pending.len() < MAX_PENDING {
+        if self.metrics.enabled && self.pending.len() < MAX_PENDING {
             self.pending.insert(id, taken);
         }
     }
@@ -386,12 +400,18 @@ impl Observer {
 
     /// The group's leader changed as this node sees it.
     pub fn leader_changed(&mut self, group: GroupId) {
+        if !self.metrics.enabled {
+            return;
+        }
         self.metrics.raft_leader_changes.get_or_create(&GroupLabel { group }).inc();
     }
 
     /// An event this node's replica of `group` applied.
     pub fn event(&mut self, group: GroupId, hlc: Hlc, event: &Event) {
         let m = &self.metrics;
+        if !m.enabled {
+            return;
+        }
         let g = GroupLabel { group };
         let now = hlc.physical_ms;
         if self.dirty.last() != Some(&group) {
@@ -543,7 +563,11 @@ impl<S> TimedStore<S> {
 impl<S: LogStore> LogStore for TimedStore<S> {
     fn write(&mut self, batch: &WriteBatch) -> Result<(), DiskError> {
         let entries: usize = batch.groups.iter().map(|g| g.entries.len()).sum();
-        let _span = tracing::debug_span!("raft.persist", groups = batch.groups.len(), entries).entered();
+        let _span =
+            trace::child(|| tracing::debug_span!("raft.persist", groups = batch.groups.len(), entries)).entered();
+        if !self.metrics.enabled {
+            return self.inner.write(batch);
+        }
         let started = Instant::now();
         self.inner.write(batch)?;
         let m = &self.metrics;
@@ -570,5 +594,46 @@ impl<S: LogStore> LogStore for TimedStore<S> {
 
     fn next_incarnation(&mut self) -> Result<u64, DiskError> {
         self.inner.next_incarnation()
+    }
+}
+
+/// Which requests and rounds get tracing spans: one in every `1 / ratio`, decided before any span
+/// is made, so that the others cost one atomic increment (building and dropping spans that are
+/// never exported cost a fifth of the throughput: docs/BENCHMARKS.md). Off (no spans) until
+/// [`trace::set_ratio`] is called, as `--otlp-endpoint` does.
+pub mod trace {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static EVERY: AtomicU64 = AtomicU64::new(0);
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+
+    /// Traces a `ratio` share (0..=1) of what [`sample`] is asked about.
+    pub fn set_ratio(ratio: f64) {
+        let every = if ratio <= 0.0 { 0 } else { (1.0 / ratio.min(1.0)).round().max(1.0) as u64 };
+        EVERY.store(every, Ordering::Relaxed);
+    }
+
+    /// True if the next request or round is to be traced.
+    pub fn sample() -> bool {
+        let every = EVERY.load(Ordering::Relaxed);
+        every != 0 && COUNT.fetch_add(1, Ordering::Relaxed).is_multiple_of(every)
+    }
+
+    /// A span made by `make` if [`sample`] says so, else a disabled one.
+    pub fn root(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+        if sample() {
+            make()
+        } else {
+            tracing::Span::none()
+        }
+    }
+
+    /// A span made by `make` if the current span is traced (a step within a sampled trace).
+    pub fn child(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+        if tracing::Span::current().is_disabled() {
+            tracing::Span::none()
+        } else {
+            make()
+        }
     }
 }

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# What observing costs: the same 3 nodes (127.0.0.1, fresh data, fsync on) started with
+# observability off (--no-metrics, no tracing) and on (metrics and hot names counted, /metrics
+# scraped every second on every node, and every request's spans exported with --otlp-endpoint
+# to a local OTLP collector, examples/otlp_sink.rs), alternating, ROUNDS times (default 3);
+# each start is driven by `baton bench` uncontended at 64 clients for SECS (default 10).
+# Prints one line per run and the on/off ratio of the medians:
+#   MODE ops/s p50_ms p99_ms errors cpu_us_per_op
+#   bench/observability.sh [SECS] [ROUNDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/lib.sh
+secs=${1:-10} rounds=${2:-3}
+cargo build --release -q -p baton --bin baton --example otlp_sink
+bin=target/release/baton
+sink=target/release/examples/otlp_sink
+dir=$(mktemp -d -p "${BENCH_TMPDIR:-${TMPDIR:-/tmp}}")
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done; rm -rf "$dir"; }
+trap cleanup EXIT
+
+port=$((20000 + RANDOM % 20000))
+peers="1=127.0.0.1:$((port + 11)),2=127.0.0.1:$((port + 12)),3=127.0.0.1:$((port + 13))"
+eps="127.0.0.1:$((port + 1)),127.0.0.1:$((port + 2)),127.0.0.1:$((port + 3))"
+otlp="127.0.0.1:$((port + 30))"
+"$sink" "$otlp" >"$dir/sink.log" 2>&1 &
+sink_pid=$!
+pids+=($sink_pid)
+
+cpu_ticks() { # sum of utime+stime of the given pids, in clock ticks
+  local t=0
+  for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+  echo "$t"
+}
+
+results=()
+run() { # MODE: off | on
+  local mode=$1 servers=() scraper=
+  for id in 1 2 3; do
+    local extra=(--no-metrics)
+    case $mode in
+      metrics) extra=(--http-addr "127.0.0.1:$((port + 20 + id))") ;;
+      on) extra=(--http-addr "127.0.0.1:$((port + 20 + id))" --otlp-endpoint "http://$otlp" ${OTLP_FLAGS:-}) ;;
+    esac
+    "$bin" server --id "$id" --data "$dir/$mode-$id" --client-addr "127.0.0.1:$((port + id))" \
+      --peer-addr "127.0.0.1:$((port + 10 + id))" --peers "$peers" "${extra[@]}" >"$dir/$mode-$id.log" 2>&1 &
+    servers+=($!)
+    pids+=($!)
+  done
+  wait_for_placement "$eps"
+  if [ "$mode" != off ]; then
+    # A Prometheus scraping every second (bounded: it stops with the run).
+    (for _ in $(seq 1 $((secs + 5))); do
+      for id in 1 2 3; do curl -sf "http://127.0.0.1:$((port + 20 + id))/metrics" >/dev/null || true; done
+      sleep 1
+    done) &
+    scraper=$!
+    pids+=($scraper)
+  fi
+  local before after line
+  before=$(cpu_ticks "${servers[@]}")
+  line=$("$bin" bench --endpoints "$eps" --workload uncontended --clients 64 --duration "$secs" --json | tail -1)
+  after=$(cpu_ticks "${servers[@]}")
+  results+=("$(python3 -c '
+import json, sys, os
+d = json.loads(sys.argv[1])
+ticks = int(sys.argv[3]) - int(sys.argv[2])
+ops = d["ops_per_s"] * float(sys.argv[4])
+cpu_us = ticks / os.sysconf("SC_CLK_TCK") * 1e6 / ops if ops else 0
+print(sys.argv[5], "%.0f" % d["ops_per_s"], d["p50_ms"], d["p99_ms"], d["errors"], "%.1f" % cpu_us)
+' "$line" "$before" "$after" "$secs" "$mode")")
+  echo "${results[-1]}"
+  [ -n "$scraper" ] && { kill "$scraper" 2>/dev/null || true; wait "$scraper" 2>/dev/null || true; }
+  for p in "${servers[@]}"; do kill "$p"; wait "$p" 2>/dev/null || true; done
+  rm -rf "${dir:?}"/"$mode"-*
+}
+
+echo "MODE ops/s p50_ms p99_ms errors cpu_us_per_op"
+modes=(${MODES:-off on})
+for _ in $(seq 1 "$rounds"); do
+  for m in "${modes[@]}"; do run "$m"; done
+done
+kill "$sink_pid"; wait "$sink_pid" 2>/dev/null || true
+tail -1 "$dir/sink.log"
+printf '%s\n' "${results[@]}" | python3 -c '
+import sys, statistics
+rows = [l.split() for l in sys.stdin if l.strip()]
+med = lambda mode, i: statistics.median(float(r[i]) for r in rows if r[0] == mode)
+off = med("off", 1)
+for mode in sorted({r[0] for r in rows} - {"off"}):
+    on = med(mode, 1)
+    print("median ops/s: off %.0f, %s %.0f: %s/off = %.3f (overhead %.1f%%); CPU per op (µs, 3 nodes) %.1f vs %.1f"
+          % (off, mode, on, mode, on / off, (1 - on / off) * 100, med(mode, 5), med("off", 5)))
+'

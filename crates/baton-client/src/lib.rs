@@ -269,7 +269,13 @@ impl Client {
             if wanted.iter().all(|g| merged.groups.contains(g)) {
                 break;
             }
-            let mut c = routing::channel(&node.client_addr)?;
+            let mut c = match routing::channel(&node.client_addr) {
+                Ok(c) => c,
+                Err(e) => {
+                    last_error = Some(e);
+                    continue;
+                }
+            };
             let answer = match tokio::time::timeout(Duration::from_secs(3), c.hot(pb::HotRequest { limit })).await {
                 Ok(Ok(r)) => r.into_inner(),
                 Ok(Err(s)) if s.code() == Code::InvalidArgument => return Err(Error::Status(s)),

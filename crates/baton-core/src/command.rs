@@ -236,7 +236,7 @@ pub enum Event {
     /// let their queued arrivals pass the same way).
     Granted { name: String, session: SessionId, request_id: u64, token: Token, kind: Kind, waited_ms: Option<u64> },
     /// A waiter joined a lock's queue.
-    Queued { name: String, session: SessionId, request_id: u64 },
+    Queued { name: String, session: SessionId, request_id: u64, kind: Kind },
     /// A waiter left the queue without the lock.
     WaitEnded { name: String, session: SessionId, request_id: u64, how: WaitEnd },
     /// A holder gave up the lock (cleanly, or with its session).

@@ -126,7 +126,12 @@ impl StateMachine {
             name: req.name.clone(),
             kind: TimerKind::WaitDeadline { session: req.session, request_id: req.request_id },
         });
-        events.push(Event::Queued { name: req.name.clone(), session: req.session, request_id: req.request_id });
+        events.push(Event::Queued {
+            name: req.name.clone(),
+            session: req.session,
+            request_id: req.request_id,
+            kind: req.kind,
+        });
         Ok(Outcome::Queued { position })
     }
 

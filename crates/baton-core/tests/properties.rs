@@ -144,7 +144,7 @@ impl Harness {
                 assert!(self.granted_ever.insert(key.clone()), "{key:?} granted twice");
                 assert!(!self.cancelled.contains(&key), "{key:?} granted after it was cancelled");
             }
-            Event::Queued { name, session, request_id } => {
+            Event::Queued { name, session, request_id, .. } => {
                 let lock = self.sm.lock(name).expect("queued lock exists");
                 let w = lock.waiters.iter().find(|w| w.session == *session && w.request_id == *request_id).unwrap();
                 let key = (name.clone(), *session, *request_id);

@@ -157,7 +157,8 @@ async fn events(State(node): State<NodeHandle>) -> Response {
         let (mut batch, mut skipped) = (first, 0u64);
         loop {
             tokio::select! {
-                item = merged.next() => match item {
+                // (A node with no group yet has no feed: the stream just stays open.)
+                item = merged.next(), if !merged.is_empty() => match item {
                     None => return, // the node stopped
                     Some(Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n))) => skipped += n,
                     Some(Ok(w)) => {

@@ -207,7 +207,7 @@ impl Effects for ServerEffects {
         if group == baton_node::META_GROUP || matches!(event, baton_core::Event::SlotsMoved { .. }) {
             self.topology_changed = true;
         }
-        self.observer.event(group, hlc, &event);
+        self.observer.event(group, &event);
         self.events.lock().expect("event log").group(group).push(Watched { group, seq, hlc, event });
     }
 

@@ -373,11 +373,9 @@ impl Baton for BatonService {
     async fn call(&self, request: Request<Streaming<pb::CallRequest>>) -> Result<Response<Self::CallStream>, Status> {
         let incoming = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
-        // The calls' spans are children of the stream's (the `grpc` span of `Call`).
-        tokio::spawn(tracing::Instrument::instrument(
-            serve_calls(self.clone(), incoming, tx),
-            tracing::Span::current(),
-        ));
+        // Outside the stream's span: a client keeps its stream for its whole life, and each call
+        // on it is sampled (and traced) on its own.
+        tokio::spawn(serve_calls(self.clone(), incoming, tx));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
@@ -689,7 +687,7 @@ async fn serve_calls(
                 Ok(Some(req)) => {
                     use tracing::Instrument as _;
                     // Each call is a trace of its own (the stream lives as long as the client).
-                    let span = crate::obs::trace::root(|| tracing::debug_span!("call", call_id = req.call_id, op = call_op(&req)));
+                    let span = crate::obs::trace::root(|| tracing::debug_span!(parent: None, "call", call_id = req.call_id, op = call_op(&req)));
                     running.push(dispatch_call(&svc, req).instrument(span))
                 }
                 Ok(None) => open = false,

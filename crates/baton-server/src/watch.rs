@@ -220,8 +220,9 @@ pub fn to_proto(w: &Watched) -> baton_proto::v1::WatchEvent {
             (e.kind, e.waited_ms, e.handoff) =
                 (crate::obs::kind_label(*kind).into(), waited_ms.unwrap_or(0), waited_ms.is_some());
         }
-        Event::Queued { session, request_id, .. } => {
-            (e.r#type, e.session_id, e.request_id) = ("queued".into(), *session, *request_id)
+        Event::Queued { session, request_id, kind, .. } => {
+            (e.r#type, e.session_id, e.request_id) = ("queued".into(), *session, *request_id);
+            e.kind = crate::obs::kind_label(*kind).into();
         }
         Event::WaitEnded { session, request_id, how, .. } => {
             let reason = match how {

@@ -425,7 +425,7 @@ impl History {
                 .any(|(_, e)| matches!(e, Event::CounterChanged { name, value: 0 } if name.starts_with("latch")));
             for (_, e) in events {
                 match e {
-                    Event::Queued { name, session, request_id } if name.starts_with("latch") => {
+                    Event::Queued { name, session, request_id, .. } if name.starts_with("latch") => {
                         queued.insert((*session, *request_id));
                     }
                     Event::Granted { name, session, request_id, .. } if name.starts_with("latch") => {
@@ -495,7 +495,7 @@ impl History {
         for (index, (_, events)) in &self.log {
             for (_, e) in events {
                 match e {
-                    Event::Queued { name, session, request_id } => {
+                    Event::Queued { name, session, request_id, .. } => {
                         waiters.entry(name).or_default().insert((*session, *request_id));
                     }
                     Event::WaitEnded { name, session, request_id, .. } => {

@@ -62,7 +62,10 @@ pub(crate) async fn top(eps: String, interval: Duration, limit: u32, iterations:
                     }
                 }
                 Ok(false) => break,
-                Err(e) => return fail(1, format!("cannot read the terminal: {e}")),
+                Err(e) => {
+                    ratatui::restore();
+                    return fail(1, format!("cannot read the terminal: {e}"));
+                }
             }
         }
         if quit {

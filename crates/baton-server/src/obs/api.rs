@@ -69,14 +69,17 @@ pub fn history(node: &NodeHandle, name: &str, group: u64, limit: u32) -> Result<
     }
     let limit = if limit == 0 { DEFAULT_HISTORY } else { limit };
     let group = if group == 0 { node.view.lock().expect("view lock").group_of(name) } else { group };
-    let mut logs = node.events.lock().expect("event log");
-    if !logs.groups().contains(&group) {
-        return Err(Status::failed_precondition(format!(
-            "node {} holds no replica of group {group}: ask a node that does",
-            node.id
-        )));
-    }
-    let (events, kept_from_seq) = logs.group(group).about(name, limit as usize);
+    // The node thread takes this lock for every event it applies: find under it, convert after.
+    let (events, kept_from_seq) = {
+        let mut logs = node.events.lock().expect("event log");
+        if !logs.groups().contains(&group) {
+            return Err(Status::failed_precondition(format!(
+                "node {} holds no replica of group {group}: ask a node that does",
+                node.id
+            )));
+        }
+        logs.group(group).about(name, limit as usize)
+    };
     Ok(pb::HistoryResponse { group, events: events.iter().map(|w| crate::watch::to_proto(w)).collect(), kept_from_seq })
 }
 

@@ -7,7 +7,9 @@
 //! that queued for it plus one per handoff, so uncontended names never push contended ones out.
 //!
 //! Operators want what is hot now, not since the node started: the sketch keeps two windows of
-//! [`WINDOW_MS`] (the current one and the one before) and answers from both.
+//! [`WINDOW_MS`] (the current one and the one before) and answers from both. Windows are timed by
+//! the observing node's own monotonic clock (not the events' HLC, which another node's clock may
+//! have pushed ahead), and a name's first event in a run may fall in its first millisecond.
 
 use std::collections::HashMap;
 
@@ -80,23 +82,21 @@ impl Sketch {
 pub struct HotNames {
     current: Sketch,
     previous: Sketch,
-    /// Start of the current window (HLC ms); 0 before the first event.
-    window_start: u64,
+    /// Start of the current window (the observer's clock, ms); `None` before the first event.
+    window_start: Option<u64>,
 }
 
 impl HotNames {
     fn roll(&mut self, now_ms: u64) {
-        if self.window_start == 0 {
-            self.window_start = now_ms;
-        }
-        if now_ms >= self.window_start + 2 * WINDOW_MS {
+        let start = *self.window_start.get_or_insert(now_ms);
+        if now_ms >= start + 2 * WINDOW_MS {
             // Nothing happened for two windows: both are stale.
             self.previous = Sketch::default();
             self.current = Sketch::default();
-            self.window_start = now_ms;
-        } else if now_ms >= self.window_start + WINDOW_MS {
+            self.window_start = Some(now_ms);
+        } else if now_ms >= start + WINDOW_MS {
             self.previous = std::mem::take(&mut self.current);
-            self.window_start += WINDOW_MS;
+            self.window_start = Some(start + WINDOW_MS);
         }
     }
 
@@ -132,9 +132,10 @@ impl HotNames {
     /// The tracked names with both windows' figures, heaviest first (at most `limit`), as of
     /// `now_ms` (windows older than two windows are dropped).
     pub fn top(&self, now_ms: u64, limit: usize) -> Vec<(String, NameStats)> {
-        let age = now_ms.saturating_sub(self.window_start);
+        let Some(start) = self.window_start else { return Vec::new() };
+        let age = now_ms.saturating_sub(start);
         let mut all: HashMap<&str, NameStats> = HashMap::new();
-        let windows: &[&Sketch] = if self.window_start == 0 || age >= 2 * WINDOW_MS {
+        let windows: &[&Sketch] = if age >= 2 * WINDOW_MS {
             &[]
         } else if age >= WINDOW_MS {
             &[&self.current]
@@ -188,6 +189,14 @@ mod tests {
         h.queued(1_000 + 5 * WINDOW_MS, "c");
         let names: Vec<String> = h.top(1_000 + 5 * WINDOW_MS, 10).into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["c"]);
+    }
+
+    #[test]
+    fn an_event_at_time_zero_counts() {
+        let mut h = HotNames::default();
+        h.queued(0, "early");
+        assert_eq!(h.top(0, 10)[0].0, "early");
+        assert_eq!(h.top(WINDOW_MS - 1, 10)[0].1.waits, 1);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
-use baton_core::{Event, Hlc, Kind, SessionEnd, WaitEnd};
+use baton_core::{Event, Kind, SessionEnd, WaitEnd};
 use baton_node::{DiskError, GroupId, LogStore, Recovered, RequestId, WriteBatch};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -339,6 +339,8 @@ pub struct Observer {
     pending: HashMap<RequestId, (Instant, RequestLabel)>,
     /// Groups that applied events since [`Observer::after_round`] last ran.
     dirty: Vec<GroupId>,
+    /// The clock of the hot-name windows.
+    started: Instant,
     /// Per group: its state machine's time after its last round with events, and the wall time
     /// then. A holder's time is state-machine time, which stands still while the group is idle;
     /// this says how much wall time has passed since.
@@ -354,6 +356,7 @@ impl Observer {
             hot: BTreeMap::new(),
             pending: HashMap::new(),
             dirty: Vec::new(),
+            started: Instant::now(),
             clocks: BTreeMap::new(),
         }
     }
@@ -407,13 +410,13 @@ impl Observer {
     }
 
     /// An event this node's replica of `group` applied.
-    pub fn event(&mut self, group: GroupId, hlc: Hlc, event: &Event) {
+    pub fn event(&mut self, group: GroupId, event: &Event) {
         let m = &self.metrics;
         if !m.enabled {
             return;
         }
         let g = GroupLabel { group };
-        let now = hlc.physical_ms;
+        let now = self.started.elapsed().as_millis() as u64;
         if self.dirty.last() != Some(&group) {
             self.dirty.push(group);
         }
@@ -423,17 +426,22 @@ impl Observer {
                 m.grants.get_or_create(&l).inc();
                 Totals::bump(&m.totals.grants);
                 if let Some(waited) = *waited_ms {
-                    Totals::bump(&m.totals.handoffs);
                     m.handoffs.get_or_create(&l).inc();
                     m.acquire_wait.get_or_create(&l).observe(waited as f64 / 1000.0);
-                    m.wait_buckets.observe(waited);
-                    self.hot.entry(group).or_default().handed_off(now, name, waited);
+                    // Barriers and latches wait for others by design: not contention.
+                    if !matches!(kind, Kind::Barrier { .. } | Kind::Latch) {
+                        Totals::bump(&m.totals.handoffs);
+                        m.wait_buckets.observe(waited);
+                        self.hot.entry(group).or_default().handed_off(now, name, waited);
+                    }
                 }
             }
-            Event::Queued { name, .. } => {
+            Event::Queued { name, kind, .. } => {
                 m.waits.get_or_create(&g).inc();
-                Totals::bump(&m.totals.waits);
-                self.hot.entry(group).or_default().queued(now, name);
+                if !matches!(kind, Kind::Barrier { .. } | Kind::Latch) {
+                    Totals::bump(&m.totals.waits);
+                    self.hot.entry(group).or_default().queued(now, name);
+                }
             }
             Event::WaitEnded { name, how, .. } => {
                 let how = match how {
@@ -495,7 +503,8 @@ impl Observer {
         let mut out = Vec::new();
         for group in node.groups() {
             let Some(sm) = node.replica(group) else { continue };
-            let top = self.hot.get(&group).map_or_else(Vec::new, |h| h.top(wall_ms, limit));
+            let top =
+                self.hot.get(&group).map_or_else(Vec::new, |h| h.top(self.started.elapsed().as_millis() as u64, limit));
             let names = top
                 .into_iter()
                 .map(|(name, stats)| {

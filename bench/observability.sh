@@ -4,7 +4,10 @@
 # scraped every second on every node, and every request's spans exported with --otlp-endpoint
 # to a local OTLP collector, examples/otlp_sink.rs), alternating, ROUNDS times (default 3);
 # each start is driven by `baton bench` uncontended at 64 clients for SECS (default 10).
-# Prints one line per run and the on/off ratio of the medians:
+# MODES (default "off on") picks the starts compared, in that order, the first one being the
+# baseline: `off`, `metrics` (metrics and scraping, no tracing), `on`. OTLP_FLAGS adds flags to
+# the traced servers (e.g. --otlp-sample-ratio 1); BATON_OTLP_LOG their span filter.
+# Prints one line per run and the ratio of each mode's median to the baseline's:
 #   MODE ops/s p50_ms p99_ms errors cpu_us_per_op
 #   bench/observability.sh [SECS] [ROUNDS]
 set -euo pipefail
@@ -19,7 +22,8 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done; rm -rf "$dir"; }
 trap cleanup EXIT
 
-port=$((20000 + RANDOM % 20000))
+# Below the ephemeral range (32768+), where outgoing connections could take a port first.
+port=$((20000 + RANDOM % 12000))
 peers="1=127.0.0.1:$((port + 11)),2=127.0.0.1:$((port + 12)),3=127.0.0.1:$((port + 13))"
 eps="127.0.0.1:$((port + 1)),127.0.0.1:$((port + 2)),127.0.0.1:$((port + 3))"
 otlp="127.0.0.1:$((port + 30))"
@@ -86,9 +90,10 @@ printf '%s\n' "${results[@]}" | python3 -c '
 import sys, statistics
 rows = [l.split() for l in sys.stdin if l.strip()]
 med = lambda mode, i: statistics.median(float(r[i]) for r in rows if r[0] == mode)
-off = med("off", 1)
-for mode in sorted({r[0] for r in rows} - {"off"}):
+base = sys.argv[1] if len(sys.argv) > 1 else "off"
+off = med(base, 1)
+for mode in sorted({r[0] for r in rows} - {base}):
     on = med(mode, 1)
-    print("median ops/s: off %.0f, %s %.0f: %s/off = %.3f (overhead %.1f%%); CPU per op (µs, 3 nodes) %.1f vs %.1f"
-          % (off, mode, on, mode, on / off, (1 - on / off) * 100, med(mode, 5), med("off", 5)))
-'
+    print("median ops/s: %s %.0f, %s %.0f: %s/%s = %.3f (overhead %.1f%%); CPU per op (µs, 3 nodes) %.1f vs %.1f"
+          % (base, off, mode, on, mode, base, on / off, (1 - on / off) * 100, med(mode, 5), med(base, 5)))
+' "${modes[0]}"

@@ -112,6 +112,9 @@ async fn an_acquire_is_traced_from_the_grpc_call_to_its_answer() {
     assert_eq!(p.get("op").map(String::as_str), Some("acquire"), "{p:?}");
     assert!(p.contains_key("call_id"), "{p:?}");
     assert_eq!(parent.trace_id, request.trace_id);
+    // Regression: calls ran inside their stream's span, so a sampled stream (a client's, for its
+    // whole life) had every call traced. A call is a trace of its own.
+    assert!(parent.parent_span_id.is_empty(), "the call span has a parent");
     // Its story: proposed at an index and term, then answered with the grant.
     let events: Vec<(String, BTreeMap<String, String>)> = request
         .events

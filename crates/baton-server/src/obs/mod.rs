@@ -646,3 +646,48 @@ pub mod trace {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(name: &str, kind: Kind) -> Event {
+        Event::Queued { name: name.into(), session: 1, request_id: 1, kind }
+    }
+
+    fn granted(name: &str, kind: Kind, waited_ms: Option<u64>) -> Event {
+        Event::Granted { name: name.into(), session: 1, request_id: 1, token: 1, kind, waited_ms }
+    }
+
+    /// Review finding: barrier and latch arrivals wait for each other by design; counted as
+    /// contention they made barriers "hot" and filled the dashboard's wait percentiles.
+    #[test]
+    fn barriers_and_latches_are_not_contention() {
+        let metrics = Arc::new(Metrics::default());
+        let mut o = Observer::new(1, metrics.clone());
+        for kind in [Kind::Barrier { parties: 2 }, Kind::Latch] {
+            o.event(1, &queued("gate", kind));
+            o.event(1, &granted("gate", kind, Some(500)));
+        }
+        assert!(o.hot.get(&1).is_none_or(|h| h.top(0, 10).is_empty()));
+        assert_eq!(metrics.wait_buckets.counts().iter().sum::<u64>(), 0);
+        let barrier = KindLabel { group: 1, kind: "barrier" };
+        assert_eq!(metrics.handoffs.get_or_create(&barrier).get(), 1, "still counted per kind");
+        o.event(1, &queued("db", Kind::Mutex));
+        o.event(1, &granted("db", Kind::Mutex, Some(7)));
+        let top = o.hot[&1].top(o.started.elapsed().as_millis() as u64, 10);
+        assert_eq!(top.len(), 1);
+        assert_eq!((top[0].0.as_str(), top[0].1.waits, top[0].1.handoffs, top[0].1.wait_ms_max), ("db", 1, 1, 7));
+        assert_eq!(metrics.wait_buckets.counts().iter().sum::<u64>(), 1);
+    }
+
+    #[test]
+    fn nothing_is_counted_with_metrics_off() {
+        let metrics = Arc::new(Metrics::new(false));
+        let mut o = Observer::new(1, metrics.clone());
+        o.event(1, &queued("db", Kind::Mutex));
+        o.event(1, &granted("db", Kind::Mutex, Some(7)));
+        assert!(o.hot.is_empty());
+        assert_eq!(metrics.grants.get_or_create(&KindLabel { group: 1, kind: "mutex" }).get(), 0);
+    }
+}

@@ -20,12 +20,6 @@ port=$((20000 + RANDOM % 20000))
 peers="1=127.0.0.1:$((port + 11)),2=127.0.0.1:$((port + 12)),3=127.0.0.1:$((port + 13))"
 eps="127.0.0.1:$((port + 1)),127.0.0.1:$((port + 2)),127.0.0.1:$((port + 3))"
 
-cpu_ticks() { # sum of utime+stime of the given pids, in clock ticks
-  local t=0
-  for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
-  echo "$t"
-}
-
 run() { # GROUPS
   local groups=$1
   pids=()

@@ -89,3 +89,10 @@ joined() {
   local IFS=,
   echo "$*"
 }
+
+# The CPU time (user + system) of the given PIDs, summed, in clock ticks.
+cpu_ticks() { # sum of utime+stime of the given pids, in clock ticks
+  local t=0
+  for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+  echo "$t"
+}

@@ -31,12 +31,6 @@ otlp="127.0.0.1:$((port + 30))"
 sink_pid=$!
 pids+=($sink_pid)
 
-cpu_ticks() { # sum of utime+stime of the given pids, in clock ticks
-  local t=0
-  for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
-  echo "$t"
-}
-
 results=()
 run() { # MODE: off | on
   local mode=$1 servers=() scraper=

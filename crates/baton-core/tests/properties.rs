@@ -86,6 +86,10 @@ struct Harness {
     cancelled: BTreeSet<(String, u64, u64)>,
     /// (client, open request id) -> the session it opened.
     opens: BTreeMap<u64, u64>,
+    /// When each open wait queued, and when each hold (name, session, token) was granted, in
+    /// state-machine time: what the events' `waited_ms` and `held_ms` must say.
+    queued_at: BTreeMap<(String, u64, u64), u64>,
+    granted_at: BTreeMap<(String, u64, u64), u64>,
 }
 
 impl Harness {
@@ -133,7 +137,12 @@ impl Harness {
 
     fn check_event(&mut self, event: &Event) {
         match event {
-            Event::Granted { name, session, request_id, token, .. } => {
+            Event::Granted { name, session, request_id, token, waited_ms, .. } => {
+                // A grant from the queue says how long it waited; one at once says it did not.
+                let now = self.sm.now_ms();
+                let queued_at = self.queued_at.remove(&(name.clone(), *session, *request_id));
+                assert_eq!(*waited_ms, queued_at.map(|q| now - q), "{name}: s{session}/r{request_id}'s wait");
+                self.granted_at.insert((name.clone(), *session, *token), now);
                 let last = self.last_token.insert(name.clone(), *token).unwrap_or(0);
                 assert!(*token > last, "token {token} for {name} not above {last}");
                 assert!(self.tokens.insert(*token), "token {token} granted twice");
@@ -149,11 +158,18 @@ impl Harness {
                 let w = lock.waiters.iter().find(|w| w.session == *session && w.request_id == *request_id).unwrap();
                 let key = (name.clone(), *session, *request_id);
                 self.open_waits.insert(key.clone(), w.deadline_ms);
+                self.queued_at.insert(key.clone(), self.sm.now_ms());
                 assert!(self.queued_ever.insert(key.clone()), "{key:?} queued twice");
                 assert!(!self.cancelled.contains(&key), "{key:?} queued after it was cancelled");
             }
             Event::WaitEnded { name, session, request_id, .. } => {
                 assert!(self.open_waits.remove(&(name.clone(), *session, *request_id)).is_some(), "wait ended twice");
+                self.queued_at.remove(&(name.clone(), *session, *request_id));
+            }
+            Event::Released { name, session, token, held_ms, .. } => {
+                let granted = self.granted_at.remove(&(name.clone(), *session, *token));
+                let granted = granted.unwrap_or_else(|| panic!("{name}: s{session}/t{token} released, never granted"));
+                assert_eq!(*held_ms, self.sm.now_ms() - granted, "{name}: s{session}/t{token}'s hold");
             }
             _ => {}
         }

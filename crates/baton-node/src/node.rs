@@ -290,11 +290,12 @@ pub enum NodeError {
 }
 
 /// The role of this node in a group.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Role {
     /// Leader of the group.
     Leader,
     /// Follower (or candidate) in the group.
+    #[default]
     Follower,
 }
 
@@ -319,8 +320,9 @@ pub enum Output {
     Forward { to: NodeId, id: RequestId, group: GroupId, command: Command },
 }
 
-/// A group's status as this node sees it (not linearizable).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A group's status as this node sees it (not linearizable; the default: a group known by id
+/// only, with no leader and nothing applied).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GroupStatus {
     /// The group.
     pub id: GroupId,

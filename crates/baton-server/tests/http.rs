@@ -259,17 +259,8 @@ fn not_ready_says_why() {
         commit,
         applied,
         role: Role::Follower,
-        sessions: 0,
-        locks: 0,
-        waiters: 0,
-        log_entries: 0,
-        last_token: 0,
-        slots: Vec::new(),
         replicas: vec![1, 2, 3],
-        snapshot_bytes_in_memory: 0,
-        asleep: false,
-        etcd_bytes: 0,
-        etcd_revision: 0,
+        ..GroupStatus::default()
     };
     assert!(baton_server::http::not_ready(&[group(1, Some(2), 10, 10)]).is_empty());
     let reasons = baton_server::http::not_ready(&[group(1, None, 10, 10), group(2, Some(1), 5_000, 10)]);

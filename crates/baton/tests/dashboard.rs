@@ -18,7 +18,7 @@ use futures::StreamExt;
 
 mod common;
 
-use common::{free_ports, wait_for_line, Proc, BATON};
+use common::{contend, free_ports, wait_for_line, Proc, BATON};
 
 fn installed(tool: &str) -> bool {
     let found =
@@ -84,19 +84,8 @@ async fn the_dashboard_shows_contention_and_a_leader_change() {
 
     // Contention: one holder, two waiters queued behind it (waited for, not slept for).
     let name = "orders/checkout";
-    let sessions: Vec<_> = futures::future::join_all((0..3).map(|_| client.session(Duration::from_secs(5)))).await;
-    let sessions: Vec<_> = sessions.into_iter().map(|s| s.unwrap()).collect();
-    let held = sessions[0].lock(name, None).await.unwrap().unwrap();
-    let mut waiting = Vec::new();
-    for s in &sessions[1..] {
-        let s = s.clone();
-        waiting.push(tokio::spawn(async move { s.lock(name, Some(Duration::from_secs(60))).await }));
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client.describe(name).await.unwrap().waiters.len() < 2 {
-        assert!(Instant::now() < deadline, "the waiters never queued");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let contention = contend(&client, name, 2).await;
+    let (sessions, held) = (&contention.sessions, &contention.held);
     // 10,000 more names held: the page must stay as it is (it shows the hottest names only).
     let bulk = client.session(Duration::from_secs(30)).await.unwrap();
     let held_many: Vec<_> = futures::stream::iter(0..10_000)
@@ -236,7 +225,4 @@ async fn the_dashboard_shows_contention_and_a_leader_change() {
     eprintln!("the page shows node {new_leader} leading group {group} after node {leader} died");
     assert_eq!(page.execute("return window.performance.timeOrigin", vec![]).await.unwrap(), before, "no reload");
     page.close().await.unwrap();
-    for w in waiting {
-        w.abort();
-    }
 }

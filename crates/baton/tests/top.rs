@@ -10,7 +10,7 @@ use baton_client::Client;
 
 mod common;
 
-use common::{dev_in, BATON};
+use common::{contend, dev_in, BATON};
 
 /// A tmux server of our own (its own socket), killed when dropped.
 struct Tmux {
@@ -48,19 +48,8 @@ async fn top_shows_the_hot_name_in_a_terminal() {
     let (_dev, addr) = dev_in(dir.path());
     let client = Client::connect([addr.clone()]).await.unwrap();
     let name = "inventory/sku-42";
-    let sessions: Vec<_> = futures::future::join_all((0..3).map(|_| client.session(Duration::from_secs(10)))).await;
-    let sessions: Vec<_> = sessions.into_iter().map(|s| s.unwrap()).collect();
-    let held = sessions[0].lock(name, None).await.unwrap().unwrap();
-    let mut waiting = Vec::new();
-    for s in &sessions[1..] {
-        let s = s.clone();
-        waiting.push(tokio::spawn(async move { s.lock(name, Some(Duration::from_secs(60))).await }));
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client.describe(name).await.unwrap().waiters.len() < 2 {
-        assert!(Instant::now() < deadline, "the waiters never queued");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let contention = contend(&client, name, 2).await;
+    let (sessions, held) = (&contention.sessions, &contention.held);
 
     let tmux = Tmux { socket: format!("baton-top-test-{}", std::process::id()) };
     // At most 600 refreshes of 200 ms: it stops by itself if `q` never arrives.
@@ -89,8 +78,5 @@ async fn top_shows_the_hot_name_in_a_terminal() {
     while tmux.run(&["has-session", "-t", "top"]).status.success() {
         assert!(Instant::now() < deadline, "q did not end baton top:\n{}", tmux.screen());
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    for w in waiting {
-        w.abort();
     }
 }

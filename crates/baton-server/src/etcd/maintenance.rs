@@ -146,25 +146,7 @@ impl Maintenance for MaintenanceService {
         let mut errors = Vec::new();
         let s = status.unwrap_or_else(|| {
             errors.push("this node holds no replica of the etcd keyspace's group".to_string());
-            GroupStatus {
-                id: ETCD_GROUP,
-                leader: None,
-                term: 0,
-                commit: 0,
-                applied: 0,
-                role: baton_node::Role::Follower,
-                sessions: 0,
-                locks: 0,
-                waiters: 0,
-                log_entries: 0,
-                last_token: 0,
-                slots: Vec::new(),
-                replicas: Vec::new(),
-                snapshot_bytes_in_memory: 0,
-                asleep: false,
-                etcd_bytes: 0,
-                etcd_revision: 0,
-            }
+            GroupStatus { id: ETCD_GROUP, ..GroupStatus::default() }
         });
         if s.leader.is_none() && errors.is_empty() {
             errors.push("etcdserver: no leader".to_string());

@@ -416,7 +416,9 @@ impl Observer {
             return;
         }
         let g = GroupLabel { group };
-        let now = self.started.elapsed().as_millis() as u64;
+        // The hot-name windows' clock, read only for the events that feed them.
+        let started = self.started;
+        let now = || started.elapsed().as_millis() as u64;
         if self.dirty.last() != Some(&group) {
             self.dirty.push(group);
         }
@@ -432,7 +434,7 @@ impl Observer {
                     if !matches!(kind, Kind::Barrier { .. } | Kind::Latch) {
                         Totals::bump(&m.totals.handoffs);
                         m.wait_buckets.observe(waited);
-                        self.hot.entry(group).or_default().handed_off(now, name, waited);
+                        self.hot.entry(group).or_default().handed_off(now(), name, waited);
                     }
                 }
             }
@@ -440,7 +442,7 @@ impl Observer {
                 m.waits.get_or_create(&g).inc();
                 if !matches!(kind, Kind::Barrier { .. } | Kind::Latch) {
                     Totals::bump(&m.totals.waits);
-                    self.hot.entry(group).or_default().queued(now, name);
+                    self.hot.entry(group).or_default().queued(now(), name);
                 }
             }
             Event::WaitEnded { name, how, .. } => {
@@ -451,7 +453,7 @@ impl Observer {
                 };
                 m.wait_ends.get_or_create(&HowLabel { group, how }).inc();
                 Totals::bump(&m.totals.gave_up);
-                self.hot.entry(group).or_default().gave_up(now, name);
+                self.hot.entry(group).or_default().gave_up(now(), name);
             }
             Event::Released { kind, expired, held_ms, .. } => {
                 let kind = kind_label(*kind);

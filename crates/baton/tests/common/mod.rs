@@ -148,3 +148,45 @@ pub fn start_etcd(dir: &Path) -> Option<(Proc, String)> {
     }
     panic!("etcd did not start serving");
 }
+
+/// One session holding a name and others queued behind it; the queued acquires are aborted
+/// when this is dropped.
+pub struct Contention {
+    /// The holder's session first, then the waiters'.
+    pub sessions: Vec<baton_client::Session>,
+    /// The holder's guard.
+    pub held: baton_client::LockGuard,
+    waiting: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Contention {
+    fn drop(&mut self) {
+        for w in &self.waiting {
+            w.abort();
+        }
+    }
+}
+
+/// Makes `name` contended through `client`: one session holds it and `waiters` more queue
+/// behind it (up to a minute each); returns once `describe` shows them all queued (waited for,
+/// not slept for).
+pub async fn contend(client: &baton_client::Client, name: &'static str, waiters: usize) -> Contention {
+    let opened = futures::future::join_all((0..=waiters).map(|_| client.session(Duration::from_secs(10)))).await;
+    let sessions: Vec<_> = opened.into_iter().map(|s| s.unwrap()).collect();
+    let held = sessions[0].lock(name, None).await.unwrap().unwrap();
+    let waiting = sessions[1..]
+        .iter()
+        .map(|s| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let _ = s.lock(name, Some(Duration::from_secs(60))).await;
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.describe(name).await.unwrap().waiters.len() < waiters {
+        assert!(Instant::now() < deadline, "the waiters of {name} never queued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Contention { sessions, held, waiting }
+}

@@ -5,7 +5,9 @@
 # to a local OTLP collector, examples/otlp_sink.rs), alternating, ROUNDS times (default 3);
 # each start is driven by `baton bench` uncontended at 64 clients for SECS (default 10).
 # MODES (default "off on") picks the starts compared, in that order, the first one being the
-# baseline: `off`, `metrics` (metrics and scraping, no tracing), `on`. OTLP_FLAGS adds flags to
+# baseline: `off`, `metrics` (metrics and scraping, no tracing), `on`, `tls` (no metrics, TLS with
+# client certificates on the client port and mutual TLS between nodes; certificates from
+# `baton certs`: compare with MODES="off tls"). OTLP_FLAGS adds flags to
 # the traced servers (e.g. --otlp-sample-ratio 1); BATON_OTLP_LOG their span filter.
 # Prints one line per run and the ratio of each mode's median to the baseline's:
 #   MODE ops/s p50_ms p99_ms errors cpu_us_per_op
@@ -31,12 +33,20 @@ otlp="127.0.0.1:$((port + 30))"
 sink_pid=$!
 pids+=($sink_pid)
 
+# Certificates for the `tls` mode.
+"$bin" certs "$dir/certs" --nodes 1,2,3 >/dev/null
+
 results=()
-run() { # MODE: off | on
-  local mode=$1 servers=() scraper=
+run() { # MODE: off | metrics | on | tls
+  local mode=$1 servers=() scraper= client_tls=()
+  [ "$mode" = tls ] && client_tls=(--cacert "$dir/certs/ca.pem" --cert "$dir/certs/client-root.pem" \
+    --key "$dir/certs/client-root-key.pem")
   for id in 1 2 3; do
     local extra=(--no-metrics)
+    local c="$dir/certs/node-$id.pem" k="$dir/certs/node-$id-key.pem" ca="$dir/certs/ca.pem"
     case $mode in
+      tls) extra=(--no-metrics --tls-cert "$c" --tls-key "$k" --client-ca "$ca" --peer-cert "$c" --peer-key "$k"
+        --peer-ca "$ca") ;;
       metrics) extra=(--http-addr "127.0.0.1:$((port + 20 + id))") ;;
       on) extra=(--http-addr "127.0.0.1:$((port + 20 + id))" --otlp-endpoint "http://$otlp" ${OTLP_FLAGS:-}) ;;
     esac
@@ -45,8 +55,12 @@ run() { # MODE: off | on
     servers+=($!)
     pids+=($!)
   done
-  wait_for_placement "$eps"
-  if [ "$mode" != off ]; then
+  if [ "$mode" = tls ]; then
+    BATON_CACERT="${client_tls[1]}" BATON_CERT="${client_tls[3]}" BATON_KEY="${client_tls[5]}" wait_for_placement "$eps"
+  else
+    wait_for_placement "$eps"
+  fi
+  if [ "$mode" = metrics ] || [ "$mode" = on ]; then
     # A Prometheus scraping every second (bounded: it stops with the run).
     (for _ in $(seq 1 $((secs + 5))); do
       for id in 1 2 3; do curl -sf "http://127.0.0.1:$((port + 20 + id))/metrics" >/dev/null || true; done
@@ -57,7 +71,8 @@ run() { # MODE: off | on
   fi
   local before after line
   before=$(cpu_ticks "${servers[@]}")
-  line=$("$bin" bench --endpoints "$eps" --workload uncontended --clients 64 --duration "$secs" --json | tail -1)
+  line=$("$bin" "${client_tls[@]}" bench --endpoints "$eps" --workload uncontended --clients 64 --duration "$secs" \
+    --json | tail -1)
   after=$(cpu_ticks "${servers[@]}")
   results+=("$(python3 -c '
 import json, sys, os

@@ -106,6 +106,9 @@ pub enum Error {
     /// An endpoint could not be parsed.
     #[error("bad endpoint {0:?}: {1}")]
     BadEndpoint(String, String),
+    /// The TLS files could not be used (unreadable, not PEM, a key that does not match).
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The session's lease is gone: its locks may already belong to someone else.
     #[error("session {0} lost its lease")]
     LeaseLost(u64),
@@ -141,6 +144,9 @@ pub struct ClientOptions {
     /// talk to them directly. Off: only the endpoints given are used (clients behind a proxy or
     /// address translation); requests still follow the leader addresses redirects name.
     pub discover: bool,
+    /// Dial every node with TLS: the CA that signed the nodes' certificates and, for mutual
+    /// TLS, the client's certificate and key (`None`: plaintext).
+    pub tls: Option<baton_tls::ClientFiles>,
 }
 
 impl Default for ClientOptions {
@@ -152,6 +158,7 @@ impl Default for ClientOptions {
             attempt_timeout: Duration::from_secs(3),
             max_attempt: Duration::from_secs(30),
             discover: true,
+            tls: None,
         }
     }
 }
@@ -195,7 +202,9 @@ impl Client {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let router = Router::new(endpoints.into_iter().map(Into::into).collect(), options.discover)?;
+        let endpoints: Vec<String> = endpoints.into_iter().map(Into::into).collect();
+        let dialer = dialer(&options, &endpoints)?;
+        let router = Router::new(endpoints, options.discover, dialer)?;
         let inner = Arc::new(Inner {
             options,
             router,
@@ -269,7 +278,7 @@ impl Client {
             if wanted.iter().all(|g| merged.groups.contains(g)) {
                 break;
             }
-            let mut c = match routing::channel(&node.client_addr) {
+            let mut c = match self.inner.router.channel(&node.client_addr) {
                 Ok(c) => c,
                 Err(e) => {
                     last_error = Some(e);
@@ -366,9 +375,30 @@ impl Client {
         status_at(&addr, c.grpc.clone(), self.inner.options.attempt_timeout).await
     }
 
-    /// The status as seen by the node at `addr` (which must answer within 3 s).
+    /// The status as seen by the node at `addr` (which must answer within 3 s), over plaintext.
     pub async fn status_of(addr: &str) -> Result<pb::StatusResponse> {
-        status_at(addr, routing::channel(addr)?, Duration::from_secs(3)).await
+        status_at(addr, routing::channel(addr, &baton_tls::Dialer::plain())?, Duration::from_secs(3)).await
+    }
+
+    /// The status as seen by the node at `addr` (which must answer within 3 s), dialled as this
+    /// client dials (with its TLS, if any).
+    pub async fn status_at(&self, addr: &str) -> Result<pb::StatusResponse> {
+        status_at(addr, self.inner.router.channel(addr)?, Duration::from_secs(3)).await
+    }
+}
+
+/// How a client with `options` dials: TLS if it has TLS files; an `https://` endpoint without
+/// them is an error (there is no CA to check the node's certificate against).
+fn dialer(options: &ClientOptions, endpoints: &[String]) -> Result<baton_tls::Dialer> {
+    match &options.tls {
+        Some(files) => {
+            let tls = baton_tls::ClientTls::client("client", files.clone()).map_err(|e| Error::Tls(e.to_string()))?;
+            Ok(baton_tls::Dialer::new(Some(Arc::new(tls))))
+        }
+        None => match endpoints.iter().find(|e| e.starts_with("https://")) {
+            Some(e) => Err(Error::Tls(format!("{e} needs the CA that signed the nodes' certificates (--cacert)"))),
+            None => Ok(baton_tls::Dialer::plain()),
+        },
     }
 }
 

@@ -64,6 +64,10 @@ impl From<Status> for AttemptError {
     /// came from the server has none.
     fn from(status: Status) -> AttemptError {
         let Some(source) = status.source() else { return AttemptError::Answered(status) };
+        if let Some(why) = baton_tls::refusal(source) {
+            // The TLS handshake failed: no request reached the node.
+            return AttemptError::NotSent(why);
+        }
         let why = format!("{}: {}", status.code(), status.message());
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source);
         while let Some(e) = cause {
@@ -252,7 +256,7 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let mut c = crate::routing::channel(&format!("127.0.0.1:{port}")).unwrap();
+        let mut c = crate::routing::channel(&format!("127.0.0.1:{port}"), &baton_tls::Dialer::plain()).unwrap();
         let status = c.status(pb::StatusRequest {}).await.unwrap_err();
         let e = AttemptError::from(status);
         assert!(matches!(e, AttemptError::NotSent(_)), "{e:?}");

@@ -42,16 +42,16 @@ const PING_INTERVAL: Duration = Duration::from_secs(2);
 /// How long a ping may go unanswered before the connection is dropped.
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// A lazily connected channel to `addr` (`host:port` or a URI).
-pub(crate) fn channel(addr: &str) -> Result<BatonClient<Channel>> {
-    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-    let endpoint = tonic::transport::Endpoint::from_shared(uri)
+/// A lazily connected channel to `addr` (`host:port` or a URI), dialled by `dialer`.
+pub(crate) fn channel(addr: &str, dialer: &baton_tls::Dialer) -> Result<BatonClient<Channel>> {
+    let endpoint = dialer
+        .endpoint(addr)
         .map_err(|e| Error::BadEndpoint(addr.to_string(), e.to_string()))?
         .connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(PING_INTERVAL)
         .keep_alive_timeout(PING_TIMEOUT)
         .tcp_nodelay(true);
-    Ok(BatonClient::new(endpoint.connect_lazy()))
+    Ok(BatonClient::new(dialer.lazy(&endpoint)))
 }
 
 /// The routes (see [`Routes`]: the same rules the simulator's client follows) and the
@@ -62,6 +62,8 @@ pub(crate) struct Router {
     stale: Arc<Notify>,
     /// Take node addresses from topologies (`ClientOptions::discover`).
     discover: bool,
+    /// Plaintext or TLS.
+    dialer: baton_tls::Dialer,
 }
 
 struct RouterState {
@@ -85,12 +87,12 @@ pub(crate) enum Target<'a> {
 impl Router {
     /// A router over `endpoints`, starting at the first. Fails on an empty list or an address
     /// that cannot be parsed.
-    pub(crate) fn new(endpoints: Vec<String>, discover: bool) -> Result<Router> {
+    pub(crate) fn new(endpoints: Vec<String>, discover: bool, dialer: baton_tls::Dialer) -> Result<Router> {
         if endpoints.is_empty() {
             return Err(Error::BadEndpoint(String::new(), "no endpoints given".into()));
         }
         for e in &endpoints {
-            channel(e)?;
+            channel(e, &dialer)?;
         }
         let state = RouterState {
             routes: Routes::new(endpoints.clone(), 0),
@@ -98,7 +100,12 @@ impl Router {
             pipes: HashMap::new(),
             nodes: endpoints,
         };
-        Ok(Router { state: Mutex::new(state), stale: Arc::new(Notify::new()), discover })
+        Ok(Router { state: Mutex::new(state), stale: Arc::new(Notify::new()), discover, dialer })
+    }
+
+    /// A channel to `addr` of its own, dialled as the others are.
+    pub(crate) fn channel(&self, addr: &str) -> Result<BatonClient<Channel>> {
+        channel(addr, &self.dialer)
     }
 
     /// The group a target is routed to (`None`: no group in particular).
@@ -113,7 +120,7 @@ impl Router {
     pub(crate) fn current(&self, group: Option<u64>) -> Result<(String, Conn)> {
         let mut state = self.state.lock().expect("route lock");
         let addr = state.routes.target(group);
-        let conn = state.conn(&addr)?;
+        let conn = state.conn(&addr, &self.dialer)?;
         Ok((addr, conn))
     }
 
@@ -124,7 +131,7 @@ impl Router {
 
     /// A connection to `addr`.
     pub(crate) fn conn_to(&self, addr: &str) -> Result<Conn> {
-        self.state.lock().expect("route lock").conn(addr)
+        self.state.lock().expect("route lock").conn(addr, &self.dialer)
     }
 
     /// An attempt for `group` at `failed` did not succeed: move to `leader` (from a redirect) if
@@ -185,11 +192,11 @@ impl Router {
 }
 
 impl RouterState {
-    fn conn(&mut self, addr: &str) -> Result<Conn> {
+    fn conn(&mut self, addr: &str, dialer: &baton_tls::Dialer) -> Result<Conn> {
         let grpc = match self.channels.get(addr) {
             Some(c) => c.clone(),
             None => {
-                let c = channel(addr)?;
+                let c = channel(addr, dialer)?;
                 self.channels.insert(addr.to_string(), c.clone());
                 c
             }

@@ -71,6 +71,8 @@ pub enum Command {
     /// A write to the etcd keyspace (its group only: see [`crate::etcd`]). New variants go
     /// last: logs and snapshots encode a variant by its position.
     Etcd(crate::etcd::EtcdCommand),
+    /// Meta group: a change to the users, roles and permissions (see [`crate::auth`]).
+    Auth(crate::auth::AuthCommand),
 }
 
 impl Command {
@@ -97,6 +99,7 @@ impl Command {
             | Command::AddNode { .. }
             | Command::RemoveNode { .. }
             | Command::Etcd(_)
+            | Command::Auth(_)
             | Command::Tick => None,
         }
     }
@@ -199,6 +202,8 @@ pub enum Outcome {
     Register { version: u64, swapped: bool },
     /// A write to the etcd keyspace was applied (new variants go last, as in [`Command`]).
     Etcd(crate::etcd::EtcdOutcome),
+    /// The users, roles and permissions changed; they are at this revision now.
+    AuthChanged { revision: u64 },
 }
 
 /// Why a wait ended without a grant.

@@ -45,6 +45,9 @@ pub enum Error {
     /// A refusal of the etcd keyspace, with etcd's own message (its clients match on it).
     #[error(transparent)]
     Etcd(#[from] crate::etcd::EtcdError),
+    /// A change to the users, roles and permissions was refused (see [`crate::auth`]).
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 /// The state machine's result type.

@@ -26,6 +26,7 @@
 //!   ids must therefore grow within a session (the client's do).
 //! - One name, one kind: see [`names`] for the rule between primitives.
 
+pub mod auth;
 pub mod barrier;
 pub mod bugs;
 pub mod command;
@@ -51,6 +52,6 @@ pub use limits::Limits;
 pub use nameset::NameSet;
 pub use queue::{Holder, Kind, LockState, Mode, Waiter};
 pub use slots::{slot_of, Slot, SlotSet, SLOTS};
-pub use state::{Session, StateMachine};
+pub use state::{Session, StateMachine, SNAPSHOT_MAGIC};
 pub use topology::{GroupPlacement, Topology, META_GROUP};
 pub use value::Register;

@@ -133,10 +133,18 @@ pub struct StateMachine {
     /// a snapshot written before it existed reads as one without it (see
     /// [`StateMachine::from_snapshot`]).
     pub(crate) etcd: Option<Box<crate::etcd::EtcdStore>>,
+    /// The meta group only: users, roles and permissions (see [`crate::auth`]). `None` in a meta
+    /// group made before they existed, until the first change.
+    pub(crate) auth: Option<Box<crate::auth::AuthState>>,
     /// Deliberate bugs (simulator only; never replicated, never in a snapshot).
     #[serde(skip)]
     pub(crate) bugs: Bugs,
 }
+
+/// The first bytes of a state machine snapshot of the current layout: a version, so that the
+/// next layout change is recognised by it instead of by trying older layouts. (No older layout
+/// can start with it: their first eight bytes are a small limit.)
+pub const SNAPSHOT_MAGIC: [u8; 8] = *b"BTNSM\x00\x00\x01";
 
 impl Default for StateMachine {
     fn default() -> Self {
@@ -177,6 +185,7 @@ impl StateMachine {
             event_seq: 0,
             hlc: Hlc::default(),
             etcd: None,
+            auth: None,
             bugs: Bugs::default(),
         }
     }
@@ -328,7 +337,21 @@ impl StateMachine {
                 self.register_set(name, value.as_deref(), *expected_version, events)
             }
             Command::Etcd(command) => self.apply_etcd(index, command, events),
+            Command::Auth(command) => self.apply_auth(command),
         }
+    }
+
+    /// A change to the users, roles and permissions, in the meta group.
+    fn apply_auth(&mut self, command: &crate::auth::AuthCommand) -> Result<Outcome> {
+        self.topology_mut()?;
+        let auth = self.auth.get_or_insert_with(Box::default);
+        auth.apply(command)?;
+        Ok(Outcome::AuthChanged { revision: auth.revision })
+    }
+
+    /// The users, roles and permissions (the meta group only; `None`: none were ever made).
+    pub fn auth(&self) -> Option<&crate::auth::AuthState> {
+        self.auth.as_deref()
     }
 
     /// Numbers and timestamps the `count` events that applying the entry with wall clock
@@ -416,36 +439,50 @@ impl StateMachine {
         self.locks.values().map(|l| l.waiters.len()).sum()
     }
 
-    /// Serialises the whole state for a Raft snapshot.
+    /// Serialises the whole state for a Raft snapshot: [`SNAPSHOT_MAGIC`] (which says the
+    /// layout), then the state.
     pub fn to_snapshot(&self) -> Vec<u8> {
-        bincode::serialize(self).expect("state machine serialises")
+        let mut bytes = SNAPSHOT_MAGIC.to_vec();
+        bincode::serialize_into(&mut bytes, self).expect("state machine serialises");
+        bytes
     }
 
-    /// Restores a state from [`StateMachine::to_snapshot`] bytes. Older layouts lack a last
-    /// field, and are read as if they ended with its empty value in bincode: a snapshot written
-    /// before the etcd keyspace existed with the keyspace's `None` (one zero byte), one written
-    /// before the keyspace had alarms with no alarm (an empty set: a zero length, eight bytes).
+    /// Restores a state from [`StateMachine::to_snapshot`] bytes. Snapshots of this layout start
+    /// with [`SNAPSHOT_MAGIC`] and must decode exactly. Older ones have no magic and lack one or
+    /// more last fields, and are read as if they ended with those fields' empty values in
+    /// bincode: a snapshot written before users and roles existed with no auth state (`None`,
+    /// one zero byte); one written before the etcd keyspace existed also without a keyspace
+    /// (another zero byte); one written before the keyspace had alarms with no alarm (an empty
+    /// set: a zero length, eight bytes).
     pub fn from_snapshot(bytes: &[u8]) -> std::result::Result<Self, bincode::Error> {
+        let mut sm: StateMachine = match bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()) {
+            Some(current) => bincode::deserialize(current)?,
+            None => Self::from_older_snapshot(bytes)?,
+        };
+        if let Some(etcd) = sm.etcd.as_deref_mut() {
+            etcd.after_snapshot();
+        }
+        Ok(sm)
+    }
+
+    /// A snapshot written before [`SNAPSHOT_MAGIC`] (see [`StateMachine::from_snapshot`]).
+    fn from_older_snapshot(bytes: &[u8]) -> std::result::Result<Self, bincode::Error> {
         let padded = |zeros: usize| -> Option<StateMachine> {
             let mut older = Vec::with_capacity(bytes.len() + zeros);
             older.extend_from_slice(bytes);
             older.resize(bytes.len() + zeros, 0);
             bincode::deserialize(&older).ok()
         };
-        let mut sm: StateMachine = match bincode::deserialize(bytes) {
-            Ok(sm) => sm,
-            // Each old layout only as what it can be (a second review: otherwise a snapshot cut
-            // short by a few bytes could read as a wrong but valid state): without the
-            // keyspace, a state that has none; without alarms, a keyspace that has none.
-            Err(e) => padded(1)
-                .filter(|sm| sm.etcd.is_none())
-                .or_else(|| padded(8).filter(|sm| sm.etcd.as_ref().is_some_and(|k| k.alarms().is_empty())))
-                .ok_or(e)?,
-        };
-        if let Some(etcd) = sm.etcd.as_deref_mut() {
-            etcd.after_snapshot();
+        // Each old layout only as what it can be (a second review: otherwise a snapshot cut
+        // short by a few bytes could read as a wrong but valid state): without the keyspace, a
+        // state that has none; without alarms, a keyspace that has none. None had auth state.
+        let sm = padded(1)
+            .or_else(|| padded(2).filter(|sm| sm.etcd.is_none()))
+            .or_else(|| padded(9).filter(|sm| sm.etcd.as_ref().is_some_and(|k| k.alarms().is_empty())));
+        match sm {
+            Some(sm) if sm.auth.is_none() => Ok(sm),
+            _ => Err(Box::new(bincode::ErrorKind::Custom("not a state machine snapshot of any known layout".into()))),
         }
-        Ok(sm)
     }
 
     /// The initial state of group `group` placed as `placement` says: the etcd keyspace's

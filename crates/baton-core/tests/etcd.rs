@@ -91,6 +91,26 @@ fn etcd_commands_are_refused_outside_the_keyspace_group() {
     assert!(matches!(r, Err(Error::InvalidArgument(ref m)) if m.contains("does not hold the etcd keyspace")), "{r:?}");
 }
 
+/// A snapshot as the builds before users and roles wrote it: no magic, no auth state (its
+/// `None`, one zero byte, ends today's layout).
+fn before_auth(now: &[u8]) -> Vec<u8> {
+    assert_eq!(&now[..8], &baton_core::SNAPSHOT_MAGIC);
+    assert_eq!(now.last(), Some(&0), "no auth state ends the snapshot");
+    now[8..now.len() - 1].to_vec()
+}
+
+#[test]
+fn a_snapshot_from_before_users_and_roles_loads() {
+    let mut log = Log::new(StateMachine::for_etcd(Limits::default(), 3));
+    log.etcd(put("a", 0)).unwrap();
+    let now = log.sm.to_snapshot();
+    let older = StateMachine::from_snapshot(&before_auth(&now)).unwrap();
+    assert_eq!(keys(&older), ["a"]);
+    assert_eq!(older.to_snapshot(), now);
+    // A snapshot of today's layout must decode exactly: cut short, it does not load.
+    assert!(StateMachine::from_snapshot(&now[..now.len() - 1]).is_err());
+}
+
 #[test]
 fn snapshots_carry_the_keyspace_and_old_ones_still_load() {
     let mut log = Log::new(StateMachine::for_etcd(Limits::default(), 3));
@@ -104,8 +124,9 @@ fn snapshots_carry_the_keyspace_and_old_ones_still_load() {
     let mut plain = Log::new(StateMachine::new(Limits::default()));
     plain.apply(Command::OpenSession { client: "c".into(), ttl_ms: 5_000, request_id: 1 }).unwrap();
     let now = plain.sm.to_snapshot();
-    assert_eq!(now.last(), Some(&0));
-    let older = StateMachine::from_snapshot(&now[..now.len() - 1]).unwrap();
+    let before = before_auth(&now);
+    assert_eq!(before.last(), Some(&0));
+    let older = StateMachine::from_snapshot(&before[..before.len() - 1]).unwrap();
     assert_eq!(older.to_snapshot(), now);
     assert!(older.etcd().is_none());
 }
@@ -121,8 +142,9 @@ fn a_keyspace_snapshot_from_before_alarms_loads_and_recounts_its_size() {
     let size = log.sm.etcd().unwrap().mvcc().bytes();
     assert!(size > 0);
     let now = log.sm.to_snapshot();
-    assert_eq!(&now[now.len() - 8..], &[0; 8], "an empty alarm set ends the snapshot");
-    let older = StateMachine::from_snapshot(&now[..now.len() - 8]).unwrap();
+    let before = before_auth(&now);
+    assert_eq!(&before[before.len() - 8..], &[0; 8], "an empty alarm set ends the snapshot");
+    let older = StateMachine::from_snapshot(&before[..before.len() - 8]).unwrap();
     assert_eq!(keys(&older), ["a", "b"]);
     assert_eq!(older.etcd().unwrap().mvcc().bytes(), size);
     assert_eq!(StateMachine::from_snapshot(&now).unwrap().etcd().unwrap().mvcc().bytes(), size);
@@ -135,7 +157,7 @@ fn a_keyspace_snapshot_cut_short_does_not_load() {
     let mut log = Log::new(StateMachine::for_etcd(Limits::default(), 3));
     log.etcd(put("a", 0)).unwrap();
     log.etcd(EtcdCommand::Alarm { activate: true, member: 2, alarm: baton_core::etcd::Alarm::Corrupt }).unwrap();
-    let now = log.sm.to_snapshot();
+    let now = before_auth(&log.sm.to_snapshot());
     for cut in 1..=8 {
         assert!(StateMachine::from_snapshot(&now[..now.len() - cut]).is_err(), "cut by {cut} bytes, it loaded");
     }

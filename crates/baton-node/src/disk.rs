@@ -189,6 +189,13 @@ impl EngineStore {
     }
 }
 
+/// Reads a snapshot file's bytes (written by [`EngineStore`]) found at `path`. Any bytes give a
+/// snapshot or an error, never a panic; the state machine in it is decoded when its group
+/// starts.
+pub fn decode_snapshot_file(path: &Path, bytes: &[u8]) -> Result<Snapshot, DiskError> {
+    Snapshot::parse_from_bytes(bytes).map_err(|e| DiskError::Corrupt(format!("{}: {e}", path.display())))
+}
+
 impl LogStore for EngineStore {
     fn write(&mut self, batch: &WriteBatch) -> Result<(), DiskError> {
         let mut log = LogBatch::default();
@@ -261,8 +268,7 @@ impl LogStore for EngineStore {
         };
         let path = self.snap_path(group);
         let snapshot = match fs::read(&path) {
-            Ok(bytes) => Snapshot::parse_from_bytes(&bytes)
-                .map_err(|e| DiskError::Corrupt(format!("{}: {e}", path.display())))?,
+            Ok(bytes) => decode_snapshot_file(&path, &bytes)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Snapshot::default(),
             Err(source) => return Err(DiskError::Snapshot { path, source }),
         };

@@ -14,6 +14,7 @@ use crate::node::{GroupStatus, NodeConfig, NodeError, Output, Query, Reply, Role
 use crate::storage::GroupStorage;
 use crate::{GroupId, NodeId, RequestId};
 
+mod inbound;
 mod reads;
 mod sleep;
 mod snapshots;
@@ -37,14 +38,32 @@ const INTERNAL_RETRY_MS: u64 = 1_000;
 const PLACEMENT_PAUSE_MS: u64 = 3_000;
 
 /// What one log entry carries: the command, and who to answer when it applies.
-#[derive(Serialize, Deserialize)]
-struct Proposal {
-    origin: NodeId,
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The node that proposed it (0: the leader's own, unanswered).
+    pub origin: NodeId,
     /// The origin's incarnation: request ids restart with the process, so (origin, request)
     /// alone does not say which request an entry answers (issue 9, defect 3).
-    incarnation: u64,
-    request: RequestId,
-    entry: Entry,
+    pub incarnation: u64,
+    /// The origin's request id.
+    pub request: RequestId,
+    /// The command and the leader's clock readings.
+    pub entry: Entry,
+}
+
+impl Proposal {
+    /// Reads a normal log entry's data. Any bytes give a value or an error, never a panic.
+    pub fn decode(data: &[u8]) -> bincode::Result<Proposal> {
+        bincode::deserialize(data)
+    }
+}
+
+/// Reads a membership-change log entry's data as raft-rs's `C` (`ConfChange` or
+/// `ConfChangeV2`). Any bytes give a value or an error, never a panic.
+pub fn decode_conf_change<C: protobuf::Message>(data: &[u8]) -> protobuf::ProtobufResult<C> {
+    let mut cc = C::new();
+    cc.merge_from_bytes(data)?;
+    Ok(cc)
 }
 
 struct PendingRead {
@@ -618,7 +637,7 @@ impl Group {
             match e.get_entry_type() {
                 EntryType::EntryNormal if e.data.is_empty() => self.sm.observe_time(e.index, 0),
                 EntryType::EntryNormal => {
-                    let p: Proposal = bincode::deserialize(&e.data)
+                    let p = Proposal::decode(&e.data)
                         .map_err(|err| format!("group {}: undecodable entry {}: {err}", self.id, e.index))?;
                     let result = self.sm.apply(e.index, &p.entry, &mut events);
                     self.after_apply(&p, &events, now);
@@ -661,8 +680,7 @@ impl Group {
         &mut self,
         e: &raft::eraftpb::Entry,
     ) -> Result<(), String> {
-        let mut cc = C::new();
-        cc.merge_from_bytes(&e.data).map_err(|err| format!("conf change at {}: {err}", e.index))?;
+        let cc: C = decode_conf_change(&e.data).map_err(|err| format!("conf change at {}: {err}", e.index))?;
         let cs = self.raw.apply_conf_change(&cc).map_err(|err| format!("conf change at {}: {err}", e.index))?;
         // Later snapshots carry the new membership (a replica started from one must know it).
         self.raw.mut_store().set_conf_state(cs);

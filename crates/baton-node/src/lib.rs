@@ -48,6 +48,7 @@ pub mod storage;
 
 pub use disk::{DiskError, EngineStore, GroupWrite, LogStore, Recovered, StoreRecovery, WriteBatch};
 pub use driver::{Driver, Effects, RoundError, ROUNDS_PER_BATCH};
+pub use group::{decode_conf_change, Proposal};
 pub use host::{AcquireResult, Answer, Request, Requests};
 pub use mem::MemStore;
 pub use node::{

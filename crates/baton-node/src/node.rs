@@ -528,9 +528,35 @@ impl Node {
         self.groups.get(&META_GROUP).and_then(|g| g.sm.topology())
     }
 
+    /// Whether a peer's message for `group` may be stepped into raft-rs; [`Node::step`] drops
+    /// (and logs) one that may not. raft-rs trusts its peers: it panics on a message that
+    /// contradicts its log, and installs whatever a snapshot carries. The transport has checked
+    /// that the message came over an accepted member's stream with the right `from` and `to`;
+    /// this refuses, without ever panicking, a group this node does not hold and every message
+    /// a correct member never sends that raft-rs would panic on or that would stop this node
+    /// (the classes are listed in `group/inbound.rs`): local message types, terms and indexes
+    /// near `u64::MAX`, terms of 0 or on forwarded requests, appends and heartbeats that
+    /// contradict the log, snapshot requests, read-index and proposal messages without their
+    /// entries or whose proposals do not decode, snapshots that are inconsistent or whose state
+    /// does not decode (a decode of every snapshot received: the one check that costs).
+    ///
+    /// What is not refused: anything consistent. Raft is not Byzantine-tolerant and neither is
+    /// this check: a member that is authenticated but malicious (or corrupt) can still claim a
+    /// higher term and depose the leader, vote as it likes, or, as a leader, replicate entries
+    /// whose data does not decode (replicas stop at them: an entry cannot be skipped) or a
+    /// well-formed but false snapshot. Keeping such a member out is the transport's (mTLS) and
+    /// the operator's job; tolerating it is out of scope.
+    pub fn check_step(&self, group: GroupId, msg: &Message) -> Result<(), String> {
+        let Some(g) = self.groups.get(&group) else {
+            return Err(format!("group {group} is not held here"));
+        };
+        g.check_message(msg)
+    }
+
     /// A message from a peer. A leader's message for a data group this node holds no replica of
     /// yet creates one, from the group's initial state as the founders created it (the node
     /// was just given a replica: the leader brings it up to date, from the log or a snapshot).
+    /// A message [`Node::check_step`] refuses is dropped and logged.
     pub fn step(&mut self, group: GroupId, msg: Message) {
         use raft::eraftpb::MessageType as M;
         if group == NODE_CHANNEL {
@@ -540,6 +566,13 @@ impl Node {
             && matches!(msg.get_msg_type(), M::MsgAppend | M::MsgHeartbeat | M::MsgSnapshot)
         {
             self.create_replica(group);
+        }
+        if let Err(e) = self.check_step(group, &msg) {
+            // Never sent by a correct member: worth an operator's attention, and rare.
+            if self.groups.contains_key(&group) {
+                tracing::warn!(group, from = msg.from, "refused a raft message: {e}");
+            }
+            return;
         }
         if let Some(g) = self.groups.get_mut(&group) {
             g.step(msg);

@@ -37,23 +37,29 @@ pub struct PeerChannels {
     runtime: Option<tokio::runtime::Handle>,
     channels: Arc<Mutex<BTreeMap<NodeId, PeerClient<Channel>>>>,
     max_bytes: usize,
+    dialer: crate::tls::PeerDialer,
 }
 
 impl PeerChannels {
     /// Channels to the peers `view` knows, carrying frames of up to `max_bytes`; must be made
     /// inside the tokio runtime.
-    pub fn new(view: Arc<Mutex<crate::runtime::ClusterView>>, max_bytes: usize) -> PeerChannels {
+    pub fn new(
+        view: Arc<Mutex<crate::runtime::ClusterView>>,
+        max_bytes: usize,
+        dialer: crate::tls::PeerDialer,
+    ) -> PeerChannels {
         PeerChannels {
             view: Some(view),
             runtime: Some(tokio::runtime::Handle::current()),
             channels: Arc::default(),
             max_bytes,
+            dialer,
         }
     }
 
     /// No peers at all.
     pub fn none() -> PeerChannels {
-        PeerChannels { view: None, runtime: None, channels: Arc::default(), max_bytes: 0 }
+        PeerChannels { view: None, runtime: None, channels: Arc::default(), max_bytes: 0, dialer: Default::default() }
     }
 
     /// The client for node `to`, if its peer address is known.
@@ -62,11 +68,11 @@ impl PeerChannels {
             return Some(c.clone());
         }
         let addr = self.view.as_ref()?.lock().expect("view lock").peer_addrs.get(&to).cloned()?;
-        let uri = if addr.contains("://") { addr.clone() } else { format!("http://{addr}") };
-        let endpoint = tonic::transport::Endpoint::from_shared(uri).ok()?.connect_timeout(Duration::from_secs(1));
+        let dialer = self.dialer.to(to);
+        let endpoint = dialer.endpoint(&addr).ok()?.connect_timeout(Duration::from_secs(1));
         // A lazy channel still needs the runtime's reactor at hand (the node thread has none).
         let _in_runtime = self.runtime.as_ref()?.enter();
-        let client = PeerClient::new(endpoint.connect_lazy())
+        let client = PeerClient::new(dialer.lazy(&endpoint))
             .max_decoding_message_size(self.max_bytes)
             .max_encoding_message_size(self.max_bytes);
         self.channels.lock().expect("channels lock").insert(to, client.clone());
@@ -114,7 +120,9 @@ impl Forwarder {
     }
 }
 
-fn decode(r: ForwardResponse) -> Result<Outcome, NodeError> {
+/// The asking side's reading of a forwarded step's answer (it comes from a peer: any bytes
+/// give an error, never a panic).
+pub fn decode(r: ForwardResponse) -> Result<Outcome, NodeError> {
     if r.not_leader {
         return Err(NodeError::NotLeader { group: 0, leader: (r.leader != 0).then_some(r.leader) });
     }
@@ -124,26 +132,46 @@ fn decode(r: ForwardResponse) -> Result<Outcome, NodeError> {
     bincode::deserialize(&r.outcome).map_err(|e| NodeError::Unavailable(format!("undecodable forwarded outcome: {e}")))
 }
 
-/// The answering side: proposes a forwarded step here.
-pub(crate) async fn serve(
-    node: &NodeHandle,
-    members: &[NodeId],
-    req: ForwardRequest,
-) -> Result<ForwardResponse, Status> {
-    if !members.contains(&req.from) || req.from == node.id {
+/// What a peer's forwarded call asks for, once [`check`] accepted it.
+#[derive(Debug)]
+pub enum Forwarded {
+    /// A slot move's step for the request's group.
+    Command(Command),
+    /// An etcd call for the keyspace's group.
+    Etcd(crate::etcd::EtcdCall),
+}
+
+/// Checks and decodes a forwarded call from a peer, before anything reaches the node: it must
+/// come from another member (`me` is this node), etcd calls only for the keyspace's group, and
+/// of Baton's commands only hand-offs and take-overs.
+pub fn check(req: &ForwardRequest, me: NodeId, members: &[NodeId]) -> Result<Forwarded, Status> {
+    if !members.contains(&req.from) || req.from == me {
         return Err(Status::permission_denied(format!("node {} is not another member of this cluster", req.from)));
     }
     if !req.etcd.is_empty() {
         if req.group != baton_core::topology::ETCD_GROUP {
             return Err(Status::invalid_argument("etcd calls are for the etcd keyspace's group only"));
         }
-        return crate::etcd::serve_forwarded(node, &req.etcd).await;
+        return crate::etcd::decode_call(&req.etcd).map(Forwarded::Etcd);
     }
     let command: Command = bincode::deserialize(&req.command)
         .map_err(|e| Status::invalid_argument(format!("undecodable forwarded command: {e}")))?;
     if !matches!(command, Command::HandOff { .. } | Command::TakeOver { .. }) {
         return Err(Status::invalid_argument("only slot hand-offs and take-overs are forwarded"));
     }
+    Ok(Forwarded::Command(command))
+}
+
+/// The answering side: proposes a forwarded step here.
+pub(crate) async fn serve(
+    node: &NodeHandle,
+    members: &[NodeId],
+    req: ForwardRequest,
+) -> Result<ForwardResponse, Status> {
+    let command = match check(&req, node.id, members)? {
+        Forwarded::Etcd(call) => return crate::etcd::serve_forwarded(node, call).await,
+        Forwarded::Command(command) => command,
+    };
     let (tx, rx) = oneshot::channel();
     if !node.send(Input::request(Some(req.group), Request::Propose(command), tx)) {
         return Err(crate::status::stopped());

@@ -12,8 +12,10 @@
 //!
 //! # Caveats
 //! - Membership is the fixed `peers` list given at start (no reconfiguration yet).
-//! - Client and peer traffic is plaintext (TLS is a later issue).
+//! - TLS is optional on every port (see [`tls`]); without it, traffic is plaintext and the peer
+//!   port takes a handshake's node id at its word.
 
+pub mod access;
 pub mod etcd;
 pub mod forward;
 pub mod http;
@@ -22,6 +24,7 @@ pub mod runtime;
 pub mod service;
 pub mod status;
 pub mod sys;
+pub mod tls;
 pub mod transport;
 pub mod watch;
 
@@ -107,6 +110,8 @@ pub struct ServerConfig {
     /// Count metrics, hot names and request timings (`--no-metrics` turns it off, to measure
     /// what observing costs; the gauges read at a scrape and the history stay).
     pub metrics: bool,
+    /// TLS on the client-facing ports, mutual TLS between nodes (all off by default).
+    pub tls: tls::TlsConfig,
 }
 
 impl ServerConfig {
@@ -129,6 +134,7 @@ impl ServerConfig {
             etcd_quota_bytes: etcd::DEFAULT_QUOTA_BYTES,
             http_addr: None,
             metrics: true,
+            tls: tls::TlsConfig::default(),
         }
     }
 }
@@ -167,10 +173,11 @@ fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
-/// Serves `router` on `listener` until the node thread has stopped.
+/// Serves `router` on `listener` (with TLS if `tls` is given) until the node thread has stopped.
 fn serve(
     router: tonic::transport::server::Router,
     listener: TcpListener,
+    tls: Option<Arc<baton_tls::ServerTls>>,
     what: &'static str,
     outcome: &signal::Receiver<Outcome>,
 ) -> tokio::task::JoinHandle<()> {
@@ -179,7 +186,14 @@ fn serve(
         let stop = async move {
             let _ = outcome.wait_for(Option::is_some).await;
         };
-        if let Err(e) = router.serve_with_incoming_shutdown(incoming(listener), stop).await {
+        let served = match tls {
+            None => router.serve_with_incoming_shutdown(incoming(listener), stop).await,
+            Some(tls) => {
+                let accepted = baton_tls::accept(listener, tls, what);
+                router.serve_with_incoming_shutdown(baton_tls::accept::incoming(accepted), stop).await
+            }
+        };
+        if let Err(e) = served {
             tracing::error!("{what} server failed: {e}");
         }
     })
@@ -207,6 +221,8 @@ impl Server {
     /// taken between a check and a bind must not stop it).
     pub async fn start_with(config: ServerConfig, listeners: Listeners) -> std::io::Result<Server> {
         let Listeners { client, peer, etcd, http } = listeners;
+        // Every certificate is read and checked before anything starts.
+        let tls = tls::Tls::build(&config.tls)?;
         let client_addr = client.local_addr()?;
         let peer_addr = peer.local_addr()?;
         let bind = |addr: Option<String>, what: &'static str| async move {
@@ -235,7 +251,7 @@ impl Server {
         let mut etcd = true;
         if !config.join.is_empty() {
             let me = config.peers.get(&config.id).cloned().unwrap_or_else(|| peer_addr.to_string());
-            let learned = learn_members(&config.join).await?;
+            let learned = learn_members(&config.join, &tls.join).await?;
             listed = learned.members.contains_key(&config.id) || learned.founders.contains(&config.id);
             config.groups = learned.data_groups;
             config.replication = learned.replication;
@@ -316,6 +332,7 @@ impl Server {
             v.torn_tail_bytes = torn_tail_bytes;
             v.etcd_quota_bytes = config.etcd_quota_bytes;
             v.unclean_start = recovery.unclean_end;
+            v.tls = (tls.client.is_some(), tls.peers_mtls());
         }
         let (data_groups, etcd_group) = match node.topology() {
             Some(t) => (t.data_groups().count() as u64, t.has_etcd()),
@@ -336,13 +353,21 @@ impl Server {
         let metrics = Arc::new(obs::Metrics::new(config.metrics));
         let mut tasks = Vec::new();
         // One sender per peer: the configured ones now, those the meta group adds later.
-        let peering =
-            manage_peers(local.clone(), config.id, max_bytes, view.clone(), outboxes.clone(), metrics.clone());
+        let dialer = tls.peer_dialer();
+        let peering = manage_peers(
+            local.clone(),
+            config.id,
+            max_bytes,
+            dialer.clone(),
+            view.clone(),
+            outboxes.clone(),
+            metrics.clone(),
+        );
         tasks.push(tokio::spawn(peering).abort_handle());
         if let Some(a) = etcd_addr {
             view.lock().expect("view lock").etcd_addrs.insert(config.id, a.to_string());
         }
-        let channels = forward::PeerChannels::new(view.clone(), max_bytes);
+        let channels = forward::PeerChannels::new(view.clone(), max_bytes, dialer);
         let net = runtime::Net { outboxes, peers: Some(runtime::Peers { channels: channels.clone() }), metrics };
         let (handle, thread, outcome) = runtime::spawn(node, store, boot, net, view, config.tick)?;
 
@@ -350,30 +375,39 @@ impl Server {
             .tcp_nodelay(true)
             .trace_fn(|req| obs::trace::root(|| tracing::debug_span!("grpc", method = %req.uri().path())))
             .add_service(BatonServer::new(service::BatonService { node: handle.clone() }));
-        let mut serving = vec![serve(client_api, client, "client API", &outcome)];
-        let peer_svc = PeerServer::new(transport::PeerService { node: handle.clone(), local })
+        let mut serving = vec![serve(client_api, client, tls.client.clone(), "client API", &outcome)];
+        let peer_svc = PeerServer::new(transport::PeerService { node: handle.clone(), local, mtls: tls.peers_mtls() })
             .max_decoding_message_size(max_bytes)
             .max_encoding_message_size(max_bytes);
         let peer_api = tonic::transport::Server::builder().tcp_nodelay(true).add_service(peer_svc);
-        serving.push(serve(peer_api, peer, "peer API", &outcome));
+        serving.push(serve(peer_api, peer, tls.peer_server.clone(), "peer API", &outcome));
         if let Some(listener) = etcd_listener {
             let backend = etcd::Backend::new(handle.clone(), channels);
             let router = etcd::router(backend, config.etcd_progress_every);
-            serving.push(serve(router, listener, "etcd API", &outcome));
+            serving.push(serve(router, listener, tls.client.clone(), "etcd API", &outcome));
         }
         if let Some(listener) = http_listener {
             let router = http::router(handle.clone());
             let mut stop = outcome.clone();
+            let http_tls = tls.http.clone();
             serving.push(tokio::spawn(async move {
                 let stopped = async move {
                     let _ = stop.wait_for(Option::is_some).await;
                 };
-                if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stopped).await {
+                let served = match http_tls {
+                    None => axum::serve(listener, router).with_graceful_shutdown(stopped).await,
+                    Some(tls) => match baton_tls::TlsListener::new(listener, tls, "HTTP") {
+                        Ok(l) => axum::serve(l, router).with_graceful_shutdown(stopped).await,
+                        Err(e) => Err(e),
+                    },
+                };
+                if let Err(e) = served {
                     tracing::error!("HTTP server failed: {e}");
                 }
             }));
         }
         tasks.extend(serving.iter().map(|t| t.abort_handle()));
+        tasks.extend(tls.watch().map(|t| t.abort_handle()));
         // If the node stops on its own, the servers stop taking calls at once (see `serve`);
         // calls still open get a grace period to fail cleanly, then they are cut.
         let mut stopped = outcome.clone();
@@ -425,6 +459,7 @@ async fn manage_peers(
     local: baton_proto::peer::Handshake,
     me: NodeId,
     max_bytes: usize,
+    dialer: tls::PeerDialer,
     view: Arc<Mutex<ClusterView>>,
     outboxes: Outboxes,
     metrics: Arc<obs::Metrics>,
@@ -474,6 +509,7 @@ async fn manage_peers(
                 local.clone(),
                 id,
                 addr.clone(),
+                dialer.to(id),
                 max_bytes,
                 view.clone(),
                 metrics.clone(),
@@ -498,12 +534,13 @@ struct Learned {
     etcd: bool,
 }
 
-async fn learn_members(endpoints: &[String]) -> std::io::Result<Learned> {
+async fn learn_members(endpoints: &[String], dialer: &baton_tls::Dialer) -> std::io::Result<Learned> {
     let mut last = String::from("no endpoint given");
     for ep in endpoints {
-        let uri = if ep.contains("://") { ep.clone() } else { format!("http://{ep}") };
         let attempt = async {
-            let mut c = baton_proto::v1::baton_client::BatonClient::connect(uri).await.map_err(|e| e.to_string())?;
+            let endpoint = dialer.endpoint(ep).map_err(|e| e.to_string())?;
+            let channel = dialer.connect(&endpoint).await.map_err(|e| format!("{e:?}"))?;
+            let mut c = baton_proto::v1::baton_client::BatonClient::new(channel);
             c.topology(baton_proto::v1::TopologyRequest {}).await.map_err(|e| e.message().to_string())
         };
         match tokio::time::timeout(Duration::from_secs(5), attempt).await {

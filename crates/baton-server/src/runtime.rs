@@ -95,6 +95,11 @@ pub struct ClusterView {
     pub etcd_addrs: BTreeMap<NodeId, String>,
     /// The etcd keyspace's quota this node enforces while it leads the keyspace (0: none).
     pub etcd_quota_bytes: u64,
+    /// Whether this node's client-facing ports and its peer port run TLS.
+    pub tls: (bool, bool),
+    /// The users, roles and permissions as this node's replica of the meta group has them
+    /// (refreshed after every round that changed them; see [`crate::access`]).
+    pub auth: Arc<baton_core::auth::AuthState>,
 }
 
 impl ClusterView {
@@ -170,6 +175,8 @@ struct ServerEffects {
     view: Arc<Mutex<ClusterView>>,
     /// The slot map may have changed in this round (an event of the meta group, or a move).
     topology_changed: bool,
+    /// The revision of the users and roles last published in the view.
+    auth_revision: Option<u64>,
     answer_to: HashMap<RequestId, (oneshot::Sender<Result<Answer, NodeError>>, tracing::Span)>,
     per_peer: BTreeMap<NodeId, Vec<GroupMessage>>,
     /// Outgoing Raft messages are encoded into slices of this buffer: one allocation per
@@ -342,6 +349,7 @@ fn spawn_with_clock<S: LogStore + Send + 'static>(
             events: events.clone(),
             view: view.clone(),
             topology_changed: false,
+            auth_revision: None,
             answer_to: HashMap::new(),
             per_peer: BTreeMap::new(),
             encode_buf: BytesMut::new(),
@@ -415,6 +423,13 @@ impl<S: LogStore> Runtime<S> {
                 if let Some(t) = self.driver.node().topology() {
                     self.fx.view.lock().expect("view lock").topology = Arc::new(t.clone());
                 }
+            }
+            // Auth changes emit no events: their revision says when to publish them again.
+            let auth = self.driver.node().replica(baton_node::META_GROUP).and_then(|sm| sm.auth());
+            let revision = auth.map(|a| a.revision);
+            if revision != self.fx.auth_revision {
+                self.fx.auth_revision = revision;
+                self.fx.view.lock().expect("view lock").auth = Arc::new(auth.cloned().unwrap_or_default());
             }
         }
     }

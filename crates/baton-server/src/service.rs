@@ -6,8 +6,7 @@
 
 use std::pin::Pin;
 
-use baton_core::limits::DEFAULT_TTL_MS;
-use baton_core::{AcquireRequest, Command, Kind, Limits, Mode, Outcome};
+use baton_core::{Command, Kind, Mode, Outcome};
 use baton_node::{AcquireResult, Answer, GroupId, Query, Reply, Request as NodeRequest, Role};
 use baton_proto::v1 as pb;
 use baton_proto::v1::baton_server::Baton;
@@ -18,8 +17,10 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::runtime::{Input, NodeHandle};
 use crate::status::{stopped, to_status};
 
-/// Most sessions renewed by one keepalive message.
-pub const MAX_KEEPALIVE_SESSIONS: usize = 100_000;
+pub mod requests;
+
+use requests::Asked;
+pub use requests::{home_group, MAX_KEEPALIVE_SESSIONS};
 /// Most calls in flight on one `Call` stream; more are answered RESOURCE_EXHAUSTED.
 pub const MAX_CALLS_IN_FLIGHT: usize = 10_000;
 
@@ -79,59 +80,12 @@ impl BatonService {
     }
 }
 
-/// A session's home group: the top 16 bits of its id, plus one.
-pub fn home_group(session: u64) -> GroupId {
-    (session >> 48) + 1
-}
-
-/// The group a request names (`None` for 0: route by this node's map).
-fn routed(group: GroupId) -> Result<Option<GroupId>, Status> {
-    if group == 0 {
-        return Ok(None);
-    }
-    check_group(group)?;
-    Ok(Some(group))
-}
-
-fn check_group(group: GroupId) -> Result<(), Status> {
-    if group == baton_node::META_GROUP || group > baton_core::topology::MAX_GROUPS {
-        return Err(Status::invalid_argument(format!(
-            "group {group} is not a data group (data groups are 1..={})",
-            baton_core::topology::MAX_GROUPS
-        )));
-    }
-    Ok(())
-}
-
-/// The resource kind and mode an acquire asks for.
-fn kind_and_mode(req: &pb::AcquireRequest) -> Result<(Kind, Mode), Status> {
-    let kind = pb::ResourceKind::try_from(req.kind)
-        .map_err(|_| Status::invalid_argument(format!("unknown resource kind {}", req.kind)))?;
-    Ok(match kind {
-        pb::ResourceKind::Lock => (Kind::Mutex, Mode::Exclusive),
-        pb::ResourceKind::Rwlock => (Kind::RwLock, if req.shared { Mode::Shared } else { Mode::Exclusive }),
-        pb::ResourceKind::Semaphore => {
-            if req.capacity == 0 {
-                return Err(Status::invalid_argument("a semaphore needs a capacity of at least 1"));
-            }
-            (Kind::Semaphore { capacity: req.capacity }, Mode::Permits(req.permits.max(1)))
-        }
-        pb::ResourceKind::Election => (Kind::Election, Mode::Exclusive),
-        pb::ResourceKind::Barrier => (Kind::Barrier { parties: req.parties }, Mode::Exclusive),
-        pb::ResourceKind::Latch => (Kind::Latch, Mode::Exclusive),
-    })
-}
-
 fn permits_of(mode: Mode) -> u32 {
     if let Mode::Permits(n) = mode {
         n
     } else {
         0
     }
-}
-
-fn check_name(name: &str) -> Result<(), Status> {
-    Limits::default().check_name(name).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<pb::KeepAliveResponse, Status>> + Send>>;
@@ -146,9 +100,7 @@ impl Baton for BatonService {
 
     async fn history(&self, request: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
         let req = request.into_inner();
-        if req.group != 0 {
-            check_group(req.group)?;
-        }
+        requests::history(&req)?;
         crate::obs::api::history(&self.node, &req.name, req.group, req.limit).map(Response::new)
     }
 
@@ -156,17 +108,9 @@ impl Baton for BatonService {
         &self,
         request: Request<pb::OpenSessionRequest>,
     ) -> Result<Response<pb::OpenSessionResponse>, Status> {
-        let req = request.into_inner();
-        let ttl_ms = if req.ttl_ms == 0 { DEFAULT_TTL_MS } else { req.ttl_ms };
-        let limits = Limits::default();
-        limits
-            .check_ttl(ttl_ms)
-            .and_then(|_| limits.check_client(&req.client_id))
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         // The home group is the one serving the client id's slot: a retry of the same open
         // reaches the same group (while the map is unchanged), which makes it idempotent.
-        let group = self.group_of(&req.client_id);
-        let command = Command::OpenSession { client: req.client_id, ttl_ms, request_id: req.request_id };
+        let (group, command) = requests::open_session(request.into_inner(), |client| self.group_of(client))?;
         match self.propose(Some(group), command).await? {
             Outcome::SessionOpened { session, ttl_ms } => {
                 Ok(Response::new(pb::OpenSessionResponse { session_id: session, ttl_ms, group }))
@@ -179,17 +123,10 @@ impl Baton for BatonService {
         &self,
         request: Request<pb::AttachSessionRequest>,
     ) -> Result<Response<pb::OpenSessionResponse>, Status> {
-        let req = request.into_inner();
-        check_group(req.group)?;
-        let limits = Limits::default();
-        limits
-            .check_ttl(req.ttl_ms)
-            .and_then(|_| limits.check_client(&req.client_id))
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let command = Command::AttachSession { session: req.session_id, client: req.client_id, ttl_ms: req.ttl_ms };
-        match self.propose(Some(req.group), command).await? {
+        let (group, command) = requests::attach_session(request.into_inner())?;
+        match self.propose(Some(group), command).await? {
             Outcome::SessionOpened { session, ttl_ms } => {
-                Ok(Response::new(pb::OpenSessionResponse { session_id: session, ttl_ms, group: req.group }))
+                Ok(Response::new(pb::OpenSessionResponse { session_id: session, ttl_ms, group }))
             }
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
@@ -199,10 +136,8 @@ impl Baton for BatonService {
         &self,
         request: Request<pb::CloseSessionRequest>,
     ) -> Result<Response<pb::CloseSessionResponse>, Status> {
-        let req = request.into_inner();
-        let group = if req.group == 0 { home_group(req.session_id) } else { req.group };
-        check_group(group)?;
-        match self.propose(Some(group), Command::CloseSession { session: req.session_id }).await? {
+        let (group, command) = requests::close_session(&request.into_inner())?;
+        match self.propose(Some(group), command).await? {
             Outcome::SessionClosed { released } => Ok(Response::new(pb::CloseSessionResponse { released })),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
@@ -231,34 +166,17 @@ impl Baton for BatonService {
     }
 
     async fn acquire(&self, request: Request<pb::AcquireRequest>) -> Result<Response<pb::AcquireResponse>, Status> {
-        let req = request.into_inner();
-        check_name(&req.name)?;
-        let limits = Limits::default();
-        limits
-            .check_wait(req.wait_ms)
-            .and_then(|_| limits.check_lock_delay(req.lock_delay_ms))
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         // A caller that goes away is not taken as a cancel: it may be retrying elsewhere with the
         // same request id. Callers withdraw explicitly with Cancel; dead ones with their session.
-        let (kind, mode) = kind_and_mode(&req)?;
-        let group = routed(req.group)?;
-        let request = AcquireRequest {
-            name: req.name,
-            session: req.session_id,
-            request_id: req.request_id,
-            wait_ms: Some(req.wait_ms),
-            lock_delay_ms: req.lock_delay_ms,
-            kind,
-            mode,
-            value: req.value,
-        };
+        let (group, request) = requests::acquire(request.into_inner())?;
+        let session = request.session;
         let Answer::Acquire(result) = self.request(group, NodeRequest::Acquire(request)).await? else {
             return Err(Status::internal("unexpected answer to an acquire"));
         };
         use pb::acquire_response::Result as R;
         let response = match result {
             AcquireResult::Granted(token) => {
-                pb::AcquireResponse { result: R::Granted as i32, token, holder_session: req.session_id }
+                pb::AcquireResponse { result: R::Granted as i32, token, holder_session: session }
             }
             AcquireResult::NotAvailable(holder) => {
                 pb::AcquireResponse { result: R::NotAvailable as i32, token: 0, holder_session: holder.unwrap_or(0) }
@@ -269,18 +187,14 @@ impl Baton for BatonService {
     }
 
     async fn release(&self, request: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
-        let req = request.into_inner();
-        check_name(&req.name)?;
-        let command = Command::Release { name: req.name.clone(), session: req.session_id, token: req.token };
-        self.propose_on(routed(req.group)?, command).await?;
+        let (group, command) = requests::release(request.into_inner())?;
+        self.propose_on(group, command).await?;
         Ok(Response::new(pb::ReleaseResponse {}))
     }
 
     async fn cancel(&self, request: Request<pb::CancelRequest>) -> Result<Response<pb::CancelResponse>, Status> {
-        let req = request.into_inner();
-        check_name(&req.name)?;
-        let command = Command::Cancel { name: req.name.clone(), session: req.session_id, request_id: req.request_id };
-        match self.propose_on(routed(req.group)?, command).await? {
+        let (group, command) = requests::cancel(request.into_inner())?;
+        match self.propose_on(group, command).await? {
             Outcome::Cancelled { granted } => {
                 Ok(Response::new(pb::CancelResponse { granted_token: granted.unwrap_or(0) }))
             }
@@ -289,77 +203,47 @@ impl Baton for BatonService {
     }
 
     async fn proclaim(&self, request: Request<pb::ProclaimRequest>) -> Result<Response<pb::ProclaimResponse>, Status> {
-        let req = request.into_inner();
-        check_name(&req.name)?;
-        let command =
-            Command::Proclaim { name: req.name.clone(), session: req.session_id, token: req.token, value: req.value };
-        self.propose_on(routed(req.group)?, command).await?;
+        let (group, command) = requests::proclaim(request.into_inner())?;
+        self.propose_on(group, command).await?;
         Ok(Response::new(pb::ProclaimResponse {}))
     }
 
     async fn latch(&self, request: Request<pb::LatchRequest>) -> Result<Response<pb::LatchResponse>, Status> {
-        use pb::latch_request::Op;
-        let req = request.into_inner();
-        check_name(&req.name)?;
-        let command = match req.op {
-            Some(Op::Set(count)) => Command::LatchSet { name: req.name, count },
-            Some(Op::CountDown(_)) => Command::LatchCountDown { name: req.name },
-            None => return Err(Status::invalid_argument("latch request without an operation (set or count_down)")),
-        };
-        match self.propose_on(routed(req.group)?, command).await? {
+        let (group, command) = requests::latch(request.into_inner())?;
+        match self.propose_on(group, command).await? {
             Outcome::Latch { count, set } => Ok(Response::new(pb::LatchResponse { count, set })),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
     }
 
     async fn counter(&self, request: Request<pb::CounterRequest>) -> Result<Response<pb::CounterResponse>, Status> {
-        use pb::counter_request::Op;
-        let req = request.into_inner();
-        check_name(&req.name)?;
-        let command = match req.op {
-            Some(Op::Add(delta)) => Command::CounterAdd { name: req.name, delta },
-            Some(Op::Cas(c)) => Command::CounterCas { name: req.name, expected: c.expected, new: c.new },
-            Some(Op::Get(_)) => {
-                let Reply::Counter(value) = self.read(routed(req.group)?, Query::Counter(req.name)).await? else {
+        let (group, command) = match requests::counter(request.into_inner())? {
+            (group, Asked::Write(command)) => (group, command),
+            (group, Asked::Read(query)) => {
+                let Reply::Counter(value) = self.read(group, query).await? else {
                     return Err(Status::internal("unexpected reply to a counter read"));
                 };
                 return Ok(Response::new(pb::CounterResponse { value, swapped: false }));
             }
-            None => return Err(Status::invalid_argument("counter request without an operation (add, get or cas)")),
         };
-        match self.propose_on(routed(req.group)?, command).await? {
+        match self.propose_on(group, command).await? {
             Outcome::Counter { value, swapped } => Ok(Response::new(pb::CounterResponse { value, swapped })),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
     }
 
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
-        use pb::register_request::Op;
-        let req = request.into_inner();
-        check_name(&req.name)?;
-        let value = match req.op {
-            Some(Op::Get(_)) => {
-                let Reply::Register(r) = self.read(routed(req.group)?, Query::Register(req.name)).await? else {
+        let (group, command) = match requests::register(request.into_inner())? {
+            (group, Asked::Write(command)) => (group, command),
+            (group, Asked::Read(query)) => {
+                let Reply::Register(r) = self.read(group, query).await? else {
                     return Err(Status::internal("unexpected reply to a register read"));
                 };
                 let (value, version) = r.unwrap_or_default();
                 return Ok(Response::new(pb::RegisterResponse { version, swapped: false, value }));
             }
-            Some(Op::Set(v)) => {
-                if v.len() > baton_core::value::MAX_VALUE_BYTES {
-                    return Err(Status::invalid_argument(format!(
-                        "register value of {} bytes is larger than the limit of {} bytes",
-                        v.len(),
-                        baton_core::value::MAX_VALUE_BYTES
-                    )));
-                }
-                Some(v)
-            }
-            Some(Op::Delete(_)) => None,
-            None => return Err(Status::invalid_argument("register request without an operation (get, set or delete)")),
         };
-        let command = Command::RegisterSet { name: req.name, value, expected_version: req.if_version };
-        match self.propose_on(routed(req.group)?, command).await? {
+        match self.propose_on(group, command).await? {
             Outcome::Register { version, swapped } => {
                 Ok(Response::new(pb::RegisterResponse { version, swapped, value: Vec::new() }))
             }
@@ -381,9 +265,7 @@ impl Baton for BatonService {
 
     async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let req = request.into_inner();
-        if !(req.prefix && req.name.is_empty()) {
-            check_name(&req.name)?;
-        }
+        requests::watch(&req)?;
         // A name's events are its group's; a prefix covers every group this node holds.
         let groups: Vec<(GroupId, u64)> = if req.prefix {
             let logs = self.node.events.lock().expect("event log").groups();
@@ -415,12 +297,8 @@ impl Baton for BatonService {
     }
 
     async fn describe(&self, request: Request<pb::DescribeRequest>) -> Result<Response<pb::DescribeResponse>, Status> {
-        let req = request.into_inner();
-        let name = req.name;
-        check_name(&name)?;
-        let Reply::Lock { kind, holders, waiters, closed_until_ms, now_ms } =
-            self.read(routed(req.group)?, Query::Lock(name.clone())).await?
-        else {
+        let (group, query) = requests::describe(request.into_inner())?;
+        let Reply::Lock { kind, holders, waiters, closed_until_ms, now_ms } = self.read(group, query).await? else {
             return Err(Status::internal("unexpected reply to a lock read"));
         };
         let holder = holders.first().cloned();
@@ -500,16 +378,7 @@ impl Baton for BatonService {
         &self,
         request: Request<pb::MoveSlotsRequest>,
     ) -> Result<Response<pb::MoveSlotsResponse>, Status> {
-        let req = request.into_inner();
-        let last = baton_core::SLOTS as u32 - 1;
-        if req.start > req.end || req.end > last {
-            return Err(Status::invalid_argument(format!(
-                "slot range {}-{} is not a range of slots 0..={last}",
-                req.start, req.end
-            )));
-        }
-        check_group(req.to_group)?;
-        let command = Command::BeginMove { start: req.start as u16, end: req.end as u16, to: req.to_group };
+        let command = requests::move_slots(&request.into_inner())?;
         let (move_id, begun_at) = match self.propose(Some(baton_node::META_GROUP), command).await? {
             Outcome::MoveBegun { move_id, version } => (move_id, version),
             other => return Err(Status::internal(format!("unexpected outcome {other:?}"))),
@@ -537,14 +406,7 @@ impl Baton for BatonService {
     }
 
     async fn add_node(&self, request: Request<pb::AddNodeRequest>) -> Result<Response<pb::MembersResponse>, Status> {
-        let req = request.into_inner();
-        for (what, addr) in [("peer", &req.peer_addr), ("client", &req.client_addr)] {
-            if addr.parse::<std::net::SocketAddr>().is_err() {
-                return Err(Status::invalid_argument(format!("{what} address {addr:?} is not HOST:PORT")));
-            }
-        }
-        let command = Command::AddNode { id: req.id, peer_addr: req.peer_addr, client_addr: req.client_addr };
-        self.members(command).await
+        self.members(requests::add_node(request.into_inner())?).await
     }
 
     async fn remove_node(
@@ -712,12 +574,7 @@ async fn serve_calls(
 /// One keepalive message: renews the sessions it lists, answered after a ReadIndex round
 /// confirms this node still leads (see Query::KeepAlive).
 async fn renew(node: &NodeHandle, req: pb::KeepAliveRequest) -> Result<pb::KeepAliveResponse, Status> {
-    if req.session_ids.len() > MAX_KEEPALIVE_SESSIONS {
-        return Err(Status::invalid_argument(format!(
-            "keepalive lists {} sessions; at most {MAX_KEEPALIVE_SESSIONS} per message",
-            req.session_ids.len()
-        )));
-    }
+    requests::keep_alive(&req)?;
     let (otx, orx) = oneshot::channel();
     if !node.send(Input::request(None, NodeRequest::KeepAlive(req.session_ids), otx)) {
         return Err(stopped());

@@ -62,6 +62,19 @@ pub fn to_status(err: NodeError, node: &NodeHandle) -> Status {
                     baton_core::etcd::Code::OutOfRange => Code::OutOfRange,
                     baton_core::etcd::Code::ResourceExhausted => Code::ResourceExhausted,
                 },
+                E::Auth(a) => match a {
+                    baton_core::auth::AuthError::UserExists(_) | baton_core::auth::AuthError::RoleExists(_) => {
+                        Code::AlreadyExists
+                    }
+                    baton_core::auth::AuthError::NoUser(_)
+                    | baton_core::auth::AuthError::NoRole(_)
+                    | baton_core::auth::AuthError::NoGrant { .. }
+                    | baton_core::auth::AuthError::NotGranted { .. } => Code::NotFound,
+                    baton_core::auth::AuthError::Invalid(_) => Code::InvalidArgument,
+                    baton_core::auth::AuthError::NoRoot | baton_core::auth::AuthError::WouldLockOut(_) => {
+                        Code::FailedPrecondition
+                    }
+                },
             };
             let status = Status::new(code, e.to_string());
             if matches!(e, E::RetryTooLate { .. }) {

@@ -14,9 +14,11 @@
 //! checks the same way (and that it reached the node id it meant to). Both sides log a refusal
 //! as an error, and a refused stream carries nothing. After that, every batch's `from` and every
 //! Raft message's `from` must be the handshake's node id, and every message's `to` ours: a
-//! message that claims another sender ends the stream. Today the handshake's node id is taken
-//! at its word (traffic is plaintext); with mTLS, [`check_identity`] is where the certificate's
-//! identity is compared with it.
+//! message that claims another sender ends the stream. With mutual TLS (`--peer-cert`), the
+//! handshake's node id must be the one the sender's certificate names ([`check_identity`]), and
+//! the sender dials node `n` verifying that its certificate names `node-<n>`: a node whose
+//! certificate does not name its id can neither join nor send Raft messages. Without TLS the
+//! handshake's node id is taken at its word.
 //!
 //! # Size bound
 //! Appends are at most 1 MiB per message (raft `max_size_per_msg`), but raft-rs sends a snapshot
@@ -135,18 +137,26 @@ pub fn check_handshake(local: &Handshake, remote: &Handshake) -> Result<(), Stri
 }
 
 /// What the transport proves about the other end of a peer stream, taken from the request
-/// before its stream is read. Plaintext proves nothing but the address; mTLS adds the peer
-/// certificates (`Request::peer_certs`) here.
+/// before its stream is read. Plaintext proves nothing but the address; mutual TLS adds the
+/// certificate chain the handshake verified against the peer CA.
 pub struct PeerProof {
     /// The TCP peer address, for the logs.
     pub remote_addr: Option<std::net::SocketAddr>,
+    /// Whether the peer port runs mutual TLS (then `certs` must name the sender).
+    pub mtls: bool,
+    /// The sender's certificate chain (leaf first), if TLS gave one.
+    pub certs: Option<Arc<Vec<baton_tls::pki_types::CertificateDer<'static>>>>,
 }
 
 /// Checks the transport's proof of who is on the other end against the handshake's node id.
-/// Plaintext connections prove nothing, so this accepts; with mTLS it will compare the
-/// certificate's node id with `claimed` and refuse a mismatch.
-pub fn check_identity(_proof: &PeerProof, _claimed: NodeId) -> Result<(), String> {
-    Ok(())
+/// Plaintext connections prove nothing, so this accepts; with mutual TLS the certificate must
+/// name `node-<claimed>`.
+pub fn check_identity(proof: &PeerProof, claimed: NodeId) -> Result<(), String> {
+    if !proof.mtls {
+        return Ok(());
+    }
+    let leaf = proof.certs.as_ref().and_then(|c| c.first()).ok_or("no client certificate on the peer port")?;
+    baton_tls::check_node_certificate(leaf, claimed).map_err(|e| format!("node {claimed}: {e}"))
 }
 
 /// What the sender's outbox holds between rounds.
@@ -154,10 +164,12 @@ type Outbox = mpsc::UnboundedReceiver<Vec<GroupMessage>>;
 
 /// Sends everything queued for peer `to`, reconnecting with backoff while it is unreachable or
 /// refuses us. Returns when the outbox closes (the node stopped).
+#[allow(clippy::too_many_arguments)]
 pub async fn run_sender(
     local: Handshake,
     to: NodeId,
     peer_addr: String,
+    dialer: baton_tls::Dialer,
     max_message_bytes: usize,
     view: Arc<Mutex<ClusterView>>,
     metrics: Arc<crate::obs::Metrics>,
@@ -165,16 +177,20 @@ pub async fn run_sender(
 ) {
     let mut backoff = Duration::from_millis(50);
     loop {
-        let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{peer_addr}")) {
+        let endpoint = match dialer.endpoint(&peer_addr) {
             Ok(e) => e.connect_timeout(Duration::from_millis(500)).tcp_nodelay(true),
             Err(e) => {
                 tracing::error!(%peer_addr, "bad peer address: {e}");
                 return;
             }
         };
-        let channel = match endpoint.connect().await {
+        let channel = match dialer.connect(&endpoint).await {
             Ok(c) => c,
-            Err(_) => {
+            Err(e) => {
+                if dialer.is_tls() {
+                    // A refused certificate looks like an unreachable peer: say which it is.
+                    tracing::debug!(peer = to, %peer_addr, "cannot connect: {e:?}");
+                }
                 // Drop what queued while the peer is down, then retry.
                 if !drain_for(&mut outbox, backoff).await {
                     return;
@@ -345,6 +361,8 @@ pub struct PeerService {
     pub node: NodeHandle,
     /// What we answer a handshake with, and check it against.
     pub local: Handshake,
+    /// Whether the peer port runs mutual TLS (a sender's certificate must name its node id).
+    pub mtls: bool,
 }
 
 #[tonic::async_trait]
@@ -360,7 +378,7 @@ impl Peer for PeerService {
     }
 
     async fn raft(&self, request: Request<Streaming<PeerFrame>>) -> Result<Response<Self::RaftStream>, Status> {
-        let proof = PeerProof { remote_addr: request.remote_addr() };
+        let proof = PeerProof { remote_addr: request.remote_addr(), mtls: self.mtls, certs: request.peer_certs() };
         let remote = proof.remote_addr.map_or_else(|| "unknown address".to_string(), |a| a.to_string());
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, inbound.message())
@@ -399,37 +417,52 @@ impl Peer for PeerService {
 /// Feeds the batches of an accepted stream from node `from` to the node thread.
 async fn receive(node: &NodeHandle, from: NodeId, inbound: &mut Streaming<PeerFrame>) -> Result<(), Status> {
     while let Some(frame) = inbound.message().await? {
-        let batch = match frame.frame {
-            Some(Frame::Batch(b)) => b,
-            Some(Frame::Handshake(_)) | None => {
-                return Err(Status::invalid_argument(format!("node {from} sent a second handshake or an empty frame")));
-            }
-        };
-        if batch.from != from {
-            return Err(Status::permission_denied(format!(
-                "a batch claims to come from node {} on the stream of node {from}",
-                batch.from
-            )));
-        }
+        let batch = batch_of(frame, from)?;
         let bytes = batch.messages.iter().map(|m| m.message.len()).sum();
         node.metrics.peer_traffic(from, false, batch.messages.len(), bytes);
-        let mut steps: Vec<(GroupId, RaftMessage)> = Vec::with_capacity(batch.messages.len());
-        for m in batch.messages {
-            let msg = RaftMessage::parse_from_bytes(&m.message)
-                .map_err(|e| Status::invalid_argument(format!("undecodable raft message from node {from}: {e}")))?;
-            if msg.from != from || msg.to != node.id {
-                return Err(Status::permission_denied(format!(
-                    "a raft message from node {} to node {} on the stream from node {from} to node {}",
-                    msg.from, msg.to, node.id
-                )));
-            }
-            steps.push((m.group, msg));
-        }
+        let steps = steps_of(batch, from, node.id)?;
         if !node.send(Input::Steps(steps)) {
             return Err(Status::unavailable("node is shutting down"));
         }
     }
     Ok(())
+}
+
+/// The batch in a frame of the stream from node `from`: a second handshake, an empty frame or
+/// a batch claiming another sender ends the stream.
+pub fn batch_of(frame: PeerFrame, from: NodeId) -> Result<RaftBatch, Status> {
+    let batch = match frame.frame {
+        Some(Frame::Batch(b)) => b,
+        Some(Frame::Handshake(_)) | None => {
+            return Err(Status::invalid_argument(format!("node {from} sent a second handshake or an empty frame")));
+        }
+    };
+    if batch.from != from {
+        return Err(Status::permission_denied(format!(
+            "a batch claims to come from node {} on the stream of node {from}",
+            batch.from
+        )));
+    }
+    Ok(batch)
+}
+
+/// Decodes a batch's Raft messages for node `to`: an undecodable message, or one from another
+/// node than `from` or for another than `to`, ends the stream. What a message says is checked
+/// by the node before raft-rs sees it (`baton_node::Node::check_step`).
+pub fn steps_of(batch: RaftBatch, from: NodeId, to: NodeId) -> Result<Vec<(GroupId, RaftMessage)>, Status> {
+    let mut steps: Vec<(GroupId, RaftMessage)> = Vec::with_capacity(batch.messages.len());
+    for m in batch.messages {
+        let msg = RaftMessage::parse_from_bytes(&m.message)
+            .map_err(|e| Status::invalid_argument(format!("undecodable raft message from node {from}: {e}")))?;
+        if msg.from != from || msg.to != to {
+            return Err(Status::permission_denied(format!(
+                "a raft message from node {} to node {} on the stream from node {from} to node {to}",
+                msg.from, msg.to
+            )));
+        }
+        steps.push((m.group, msg));
+    }
+    Ok(steps)
 }
 
 #[cfg(test)]

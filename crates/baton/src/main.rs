@@ -35,6 +35,7 @@ mod logging;
 mod observe;
 mod serve;
 mod sim;
+mod tls;
 mod top;
 mod verbs;
 
@@ -79,6 +80,8 @@ struct Cli {
     /// The share of traces exported with --otlp-endpoint (0..=1; sampled at each trace's root).
     #[arg(long, global = true, default_value_t = 0.01)]
     otlp_sample_ratio: f64,
+    #[command(flatten)]
+    tls: tls::ClientTlsArgs,
 }
 
 /// Arguments shared by the commands that hold something while running a command.
@@ -157,6 +160,10 @@ enum Cmd {
         /// Serve no HTTP endpoint.
         #[arg(long)]
         no_http: bool,
+        /// TLS on every port with throw-away certificates made in the data folder (client
+        /// certificates required on the client and etcd ports); prints how to use them.
+        #[arg(long)]
+        tls: bool,
     },
     /// Run one node of a cluster.
     Server {
@@ -215,6 +222,8 @@ enum Cmd {
         /// bench/observability.sh); /metrics keeps the gauges read at each scrape.
         #[arg(long)]
         no_metrics: bool,
+        #[command(flatten)]
+        tls: Box<tls::ServerTlsArgs>,
     },
     /// Hold a lock while running a command: `baton lock NAME -- CMD [ARGS...]`.
     Lock {
@@ -478,6 +487,23 @@ enum Cmd {
         /// The name.
         name: String,
     },
+    /// Make a throw-away CA and certificates for a test cluster: ca.pem, node-ID.pem (naming
+    /// node-ID and the hosts; for the client, etcd, HTTP and peer ports) and a client
+    /// certificate per user, each with its -key.pem. For real deployments use your own CA
+    /// (docs/SECURITY.md).
+    Certs {
+        /// Folder to write them to (made if missing; existing files are overwritten).
+        dir: PathBuf,
+        /// Node ids to make certificates for.
+        #[arg(long, default_value = "1,2,3")]
+        nodes: String,
+        /// Host names and IP addresses every node certificate is valid for.
+        #[arg(long, default_value = "127.0.0.1,localhost")]
+        hosts: String,
+        /// Users to make client certificates for (the certificate's common name).
+        #[arg(long, default_value = "root")]
+        users: String,
+    },
     /// Show a lock's holder, fencing token and waiters.
     Describe {
         /// Comma-separated client addresses of any nodes.
@@ -540,6 +566,10 @@ fn main() -> ExitCode {
             membership,
         });
     }
+    match cli.tls.files() {
+        Ok(files) => tls::set_client(files),
+        Err(e) => return fail(EXIT_USAGE, e),
+    }
     let serving = matches!(cli.command, Cmd::Dev { .. } | Cmd::Server { .. });
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -595,6 +625,7 @@ async fn run(cmd: Cmd) -> ExitCode {
             etcd_quota_bytes,
             http_addr,
             no_http,
+            tls,
         } => {
             let peer = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
                 Ok(l) => l,
@@ -610,6 +641,14 @@ async fn run(cmd: Cmd) -> ExitCode {
             // take it before the server starts.
             config.http_addr = http_addr;
             config.etcd_addr = etcd_addr;
+            let mut dev_set = None;
+            if tls {
+                match tls::dev(&data) {
+                    Ok((tls, set)) => (config.tls, dev_set) = (tls, Some(set)),
+                    Err(e) => return fail(1, format!("cannot make the TLS certificates: {e}")),
+                }
+            }
+            let scheme = if tls { "https" } else { "http" };
             let http = if config.http_addr.is_some() || no_http {
                 None
             } else {
@@ -631,7 +670,12 @@ async fn run(cmd: Cmd) -> ExitCode {
                         out!("baton dev: serving etcd's v3 API on {a} (etcdctl --endpoints {a} ...)");
                     }
                     if let Some(a) = server.http_addr {
-                        out!("baton dev: serving the dashboard on http://{a}/ (and /metrics, /healthz, /readyz)");
+                        out!("baton dev: serving the dashboard on {scheme}://{a}/ (and /metrics, /healthz, /readyz)");
+                    }
+                    if let Some(set) = &dev_set {
+                        for line in tls::dev_notes(set, server.client_addr, server.etcd_addr, server.http_addr) {
+                            out!("baton dev: {line}");
+                        }
                     }
                     serve_until_signal(server).await
                 }
@@ -654,6 +698,7 @@ async fn run(cmd: Cmd) -> ExitCode {
             etcd_quota_bytes,
             http_addr,
             no_metrics,
+            tls,
         } => {
             let peers = match &peers {
                 Some(p) => match parse_peers(p) {
@@ -674,6 +719,8 @@ async fn run(cmd: Cmd) -> ExitCode {
             config.etcd_quota_bytes = etcd_quota_bytes;
             config.http_addr = http_addr;
             config.metrics = !no_metrics;
+            config.tls = tls.config(tls::client());
+            let scheme = if config.tls.serve.is_some() { "https" } else { "http" };
             match Server::start(config, &client_addr, &peer_addr).await {
                 Ok(server) => {
                     out!(
@@ -687,7 +734,7 @@ async fn run(cmd: Cmd) -> ExitCode {
                     }
                     if let Some(a) = server.http_addr {
                         out!(
-                            "baton server {id}: serving the dashboard on http://{a}/ (and /metrics, /healthz, /readyz)"
+                            "baton server {id}: serving the dashboard on {scheme}://{a}/ (and /metrics, /healthz, /readyz)"
                         );
                     }
                     serve_until_signal(server).await
@@ -709,6 +756,15 @@ async fn run(cmd: Cmd) -> ExitCode {
             register(eps, name, op, value, if_version).await
         }
         Cmd::Describe { endpoints: eps, json, name } => describe(eps, json, name).await,
+        Cmd::Certs { dir, nodes, hosts, users } => match tls::make_certs(&dir, &nodes, &hosts, &users) {
+            Ok(written) => {
+                for f in written {
+                    out!("{}", f.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(EXIT_USAGE, e),
+        },
         Cmd::Hot { endpoints: eps, json, limit } => observe::hot(eps, json, limit).await,
         Cmd::Top { endpoints: eps, interval_ms, limit, iterations } => {
             top::top(eps, Duration::from_millis(interval_ms.clamp(100, 60_000)), limit, iterations).await
@@ -796,7 +852,8 @@ fn fail(code: u8, msg: String) -> ExitCode {
 
 async fn connect(eps: &str) -> Result<Client, ExitCode> {
     let eps = endpoints(eps);
-    Client::connect(eps).await.map_err(client_error)
+    let options = baton_client::ClientOptions { tls: tls::client(), ..Default::default() };
+    Client::connect_with(eps, options).await.map_err(client_error)
 }
 
 /// The one mapping of client errors to exit codes.
@@ -804,7 +861,7 @@ fn client_error(e: baton_client::Error) -> ExitCode {
     use baton_client::Error as E;
     match e {
         E::Status(s) => fail(EXIT_USAGE, format!("refused: {:?}: {}", s.code(), s.message())),
-        E::BadEndpoint(..) => fail(EXIT_USAGE, e.to_string()),
+        E::BadEndpoint(..) | E::Tls(_) => fail(EXIT_USAGE, e.to_string()),
         E::Unreachable(..) => fail(EXIT_UNAVAILABLE, e.to_string()),
         E::OutcomeUnknown(_) => fail(EXIT_OUTCOME_UNKNOWN, e.to_string()),
         E::LeaseLost(_) => fail(EXIT_LEASE_LOST, e.to_string()),

@@ -6,7 +6,13 @@ use super::*;
 pub(crate) async fn status(eps: String, json: bool) -> ExitCode {
     let mut last_err = None;
     for ep in endpoints(&eps) {
-        match Client::status_of(&ep).await {
+        // This node's own view: a client of it alone (no discovery, no redirects).
+        let options = baton_client::ClientOptions { tls: tls::client(), discover: false, ..Default::default() };
+        let answer = match Client::connect_with([ep.clone()], options).await {
+            Ok(c) => c.status_at(&ep).await,
+            Err(e) => Err(e),
+        };
+        match answer {
             Ok(s) => {
                 if json {
                     out!("{}", status_json(&s));

@@ -18,17 +18,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{free_ports, start_etcd, wait_for_line, Proc, BATON};
-
-fn installed(tool: &str) -> bool {
-    let found =
-        Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(std::env::var_os("BATON_REQUIRE_ETCD").is_none(), "BATON_REQUIRE_ETCD is set but {tool} is missing");
-        eprintln!("{tool} is not installed: skipping the etcd compatibility suite (.ci/run installs it)");
-    }
-    found
-}
+use common::{free_ports, installed, start_etcd, wait_for_line, Proc, BATON};
 
 /// A 3-node Baton with etcd's API on every node; the etcd endpoints, comma-separated.
 fn start_baton(dir: &Path) -> (Vec<Proc>, String) {

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 pub use apply::LEASE_CLIENT;
 pub use lease::{LeaseRecord, Leases, MAX_LEASE_TTL_S, MIN_LEASE_TTL_S};
 pub use mvcc::{KeyEvent, KeyRange, Mvcc};
-pub use txn::{Compare, CompareResult, CompareTarget, Op, OpResponse, TxnRequest, TxnResponse};
+pub use txn::{Compare, CompareResult, CompareTarget, Op, OpResponse, TxnRequest, TxnResponse, MAX_TXN_DEPTH};
 
 /// An etcd revision (etcd's type: a signed 64-bit integer).
 pub type Revision = i64;

@@ -64,16 +64,17 @@ pub enum OpResponse {
     Txn(TxnResponse),
 }
 
-/// etcd's `TxnRequest`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// etcd's `TxnRequest`. Decoding refuses one nested deeper than [`MAX_TXN_DEPTH`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct TxnRequest {
     pub compare: Vec<Compare>,
     pub success: Vec<Op>,
     pub failure: Vec<Op>,
 }
 
-/// etcd's `TxnResponse` (without the header).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// etcd's `TxnResponse` (without the header). Decoding refuses one nested deeper than
+/// [`MAX_TXN_DEPTH`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct TxnResponse {
     pub succeeded: bool,
     pub responses: Vec<OpResponse>,
@@ -81,6 +82,75 @@ pub struct TxnResponse {
     /// transaction started from for a range or delete before its first write, the one it ends
     /// at after (and for every put), 0 for a nested transaction.
     pub revisions: Vec<Revision>,
+}
+
+/// Deepest nesting of transactions decoded (from a log entry, a snapshot, a forwarded call or
+/// its answer). etcd's gRPC API cannot carry more than about 50 (prost's recursion limit is
+/// 100 messages, two per level); bincode has no limit of its own, and a transaction nested
+/// 100,000 deep (2 MB) overflowed the stack while decoding: an abort, found by fuzzing a
+/// forwarded etcd call (`crates/baton-fuzz`).
+pub const MAX_TXN_DEPTH: usize = 64;
+
+thread_local! {
+    /// Transactions being decoded on this thread, outermost first.
+    static DECODING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// One level of transaction decoding, counted while it lives.
+struct Nested;
+
+impl Nested {
+    fn enter<E: serde::de::Error>() -> Result<Nested, E> {
+        let depth = DECODING.with(|d| d.get()) + 1;
+        if depth > MAX_TXN_DEPTH {
+            return Err(E::custom(format!("transactions nested deeper than {MAX_TXN_DEPTH}")));
+        }
+        DECODING.with(|d| d.set(depth));
+        Ok(Nested)
+    }
+}
+
+impl Drop for Nested {
+    fn drop(&mut self) {
+        DECODING.with(|d| d.set(d.get() - 1));
+    }
+}
+
+/// The derived decoding of [`TxnRequest`] and [`TxnResponse`], wrapped to count depth.
+mod fields {
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    #[serde(rename = "TxnRequest")]
+    pub(super) struct Request {
+        pub(super) compare: Vec<super::Compare>,
+        pub(super) success: Vec<super::Op>,
+        pub(super) failure: Vec<super::Op>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename = "TxnResponse")]
+    pub(super) struct Response {
+        pub(super) succeeded: bool,
+        pub(super) responses: Vec<super::OpResponse>,
+        pub(super) revisions: Vec<super::Revision>,
+    }
+}
+
+impl<'de> Deserialize<'de> for TxnRequest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let _level = Nested::enter()?;
+        let fields::Request { compare, success, failure } = fields::Request::deserialize(d)?;
+        Ok(TxnRequest { compare, success, failure })
+    }
+}
+
+impl<'de> Deserialize<'de> for TxnResponse {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let _level = Nested::enter()?;
+        let fields::Response { succeeded, responses, revisions } = fields::Response::deserialize(d)?;
+        Ok(TxnResponse { succeeded, responses, revisions })
+    }
 }
 
 /// The request's shape, as etcd's gRPC layer checks it: operation counts, keys given,
@@ -316,4 +386,55 @@ pub(super) fn apply(mvcc: &mut Mvcc, ops: &[Op], main: Revision, sub: &mut i64) 
         });
     }
     Ok((out, revisions))
+}
+
+#[cfg(test)]
+mod depth_tests {
+    use super::*;
+
+    /// bincode of a transaction nesting `depth` more, each the one success operation of its
+    /// parent, written as bytes (a value that deep would overflow the stack being built too).
+    fn nested(depth: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for _ in 0..depth {
+            out.extend([0u64.to_le_bytes(), 1u64.to_le_bytes()].concat());
+            out.extend(3u32.to_le_bytes());
+        }
+        out.extend([0u8; 24]);
+        out.extend(std::iter::repeat_n(0u8, 8 * depth));
+        out
+    }
+
+    #[test]
+    fn transactions_decode_up_to_the_depth_bound_and_no_deeper() {
+        let ok: TxnRequest = bincode::deserialize(&nested(MAX_TXN_DEPTH - 1)).expect("at the bound");
+        let mut levels = 1;
+        let mut t = &ok;
+        while let Some(Op::Txn(inner)) = t.success.first() {
+            levels += 1;
+            t = inner;
+        }
+        assert_eq!(levels, MAX_TXN_DEPTH);
+        let err = bincode::deserialize::<TxnRequest>(&nested(MAX_TXN_DEPTH)).unwrap_err();
+        assert!(err.to_string().contains("nested deeper than 64"), "{err}");
+        // What used to overflow the stack (found by fuzzing a forwarded etcd call); and the
+        // count is back to zero after a refusal.
+        assert!(bincode::deserialize::<TxnRequest>(&nested(100_000)).is_err());
+        assert!(bincode::deserialize::<TxnRequest>(&nested(MAX_TXN_DEPTH - 1)).is_ok());
+    }
+
+    #[test]
+    fn nested_responses_are_bounded_too() {
+        let mut r = TxnResponse::default();
+        for _ in 0..MAX_TXN_DEPTH {
+            r = TxnResponse { succeeded: true, responses: vec![OpResponse::Txn(r)], revisions: vec![1] };
+        }
+        let bytes = bincode::serialize(&r).unwrap();
+        assert!(bincode::deserialize::<TxnResponse>(&bytes).is_err());
+        let inner = match r.responses.pop() {
+            Some(OpResponse::Txn(inner)) => inner,
+            _ => unreachable!(),
+        };
+        assert_eq!(bincode::deserialize::<TxnResponse>(&bincode::serialize(&inner).unwrap()).unwrap(), inner);
+    }
 }

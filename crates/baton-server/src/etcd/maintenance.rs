@@ -27,11 +27,13 @@ pub struct MaintenanceService {
     pub(crate) backend: Backend,
 }
 
-fn url(addr: &str) -> String {
+/// `addr` as a URL: `https` when the port runs TLS (every node is assumed to run it as this
+/// one does).
+fn url(addr: &str, tls: bool) -> String {
     if addr.contains("://") {
         addr.to_string()
     } else {
-        format!("http://{addr}")
+        format!("{}://{addr}", if tls { "https" } else { "http" })
     }
 }
 
@@ -49,8 +51,8 @@ impl Backend {
             .map(|id| pb::Member {
                 id,
                 name: format!("baton-{id}"),
-                peer_ur_ls: view.peer_addrs.get(&id).map(|a| url(a)).into_iter().collect(),
-                client_ur_ls: view.etcd_addrs.get(&id).map(|a| url(a)).into_iter().collect(),
+                peer_ur_ls: view.peer_addrs.get(&id).map(|a| url(a, view.tls.1)).into_iter().collect(),
+                client_ur_ls: view.etcd_addrs.get(&id).map(|a| url(a, view.tls.0)).into_iter().collect(),
                 is_learner: false,
             })
             .collect()

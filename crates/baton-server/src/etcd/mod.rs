@@ -300,7 +300,7 @@ impl Backend {
         if !response.error.is_empty() {
             return Ok(Remote::Refused(Status::unavailable(response.error)));
         }
-        Ok(match bincode::deserialize::<Result<EtcdAnswer, EtcdFailure>>(&response.etcd) {
+        Ok(match decode_answer(&response.etcd) {
             Ok(Ok(answer)) => Remote::Answer(answer),
             Ok(Err(failure)) => Remote::Refused(failure.into()),
             Err(e) => Remote::Refused(Status::internal(format!("undecodable answer from node {to}: {e}"))),
@@ -332,13 +332,22 @@ pub fn cluster_id(founders: &[NodeId]) -> u64 {
     h
 }
 
-/// The serving side of a forwarded etcd call: runs it on this node's replica.
+/// A forwarded etcd call as the serving side reads it from a peer.
+pub fn decode_call(bytes: &[u8]) -> Result<EtcdCall, Status> {
+    bincode::deserialize(bytes).map_err(|e| Status::invalid_argument(format!("undecodable etcd call: {e}")))
+}
+
+/// A forwarded etcd call's answer as the asking side reads it from a peer.
+pub fn decode_answer(bytes: &[u8]) -> bincode::Result<Result<EtcdAnswer, EtcdFailure>> {
+    bincode::deserialize(bytes)
+}
+
+/// The serving side of a forwarded etcd call (decoded by [`decode_call`]): runs it on this
+/// node's replica.
 pub(crate) async fn serve_forwarded(
     node: &NodeHandle,
-    bytes: &[u8],
+    call: EtcdCall,
 ) -> Result<baton_proto::peer::ForwardResponse, Status> {
-    let call: EtcdCall =
-        bincode::deserialize(bytes).map_err(|e| Status::invalid_argument(format!("undecodable etcd call: {e}")))?;
     let backend = Backend::new(node.clone(), PeerChannels::none());
     let mut response = baton_proto::peer::ForwardResponse::default();
     let result: Result<EtcdAnswer, EtcdFailure> = match backend.local(call).await {
@@ -402,7 +411,7 @@ pub fn quota_cost(command: &EtcdCommand) -> u64 {
 }
 
 /// Refuses a request larger than etcd accepts.
-fn check_size(len: usize) -> Result<(), Status> {
+pub fn check_size(len: usize) -> Result<(), Status> {
     if len > MAX_REQUEST_BYTES {
         return Err(etcd_error_status(&EtcdError::RequestTooLarge));
     }

@@ -48,14 +48,12 @@ pub struct ElectionService {
 /// The end of the range of every key starting with `prefix` (etcd's rule: the prefix with its
 /// last byte below 0xff incremented and what follows dropped; `"\0"` if there is none).
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
+    let end = baton_core::auth::prefix_end(prefix);
+    if end.is_empty() {
+        vec![0]
+    } else {
+        end
     }
-    vec![0]
 }
 
 /// A contender's key under `name`.

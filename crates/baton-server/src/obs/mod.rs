@@ -66,6 +66,12 @@ pub struct PeerLabel {
     pub peer: u64,
 }
 
+/// A permission (`read`, `lock`, `write`, `admin`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PermissionLabel {
+    pub permission: &'static str,
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Seconds from 1 ms to ~2 min: waits, holds, request latencies.
@@ -174,6 +180,7 @@ pub struct Metrics {
     pub peer_sent_bytes: Family<PeerLabel, Counter>,
     pub peer_received_messages: Family<PeerLabel, Counter>,
     pub peer_received_bytes: Family<PeerLabel, Counter>,
+    pub access_denied: Family<PermissionLabel, Counter>,
     pub wait_buckets: WaitBuckets,
     pub totals: Totals,
 }
@@ -214,6 +221,7 @@ impl Metrics {
             peer_sent_bytes: Family::default(),
             peer_received_messages: Family::default(),
             peer_received_bytes: Family::default(),
+            access_denied: Family::default(),
             wait_buckets: WaitBuckets::default(),
             totals: Totals::default(),
         }
@@ -295,6 +303,17 @@ impl Metrics {
             "Bytes of Raft messages received from a peer",
             self.peer_received_bytes.clone(),
         );
+        r.register(
+            "access_denied",
+            "Requests refused for lack of a permission, by the permission",
+            self.access_denied.clone(),
+        );
+    }
+
+    /// Counts a request refused for lack of `permission` (counted even with `--no-metrics`: it
+    /// is an audit figure, and rare).
+    pub fn access_denied(&self, permission: &'static str) {
+        self.access_denied.get_or_create(&PermissionLabel { permission }).inc();
     }
 
     /// Counts a batch of Raft messages sent to (`sent`) or received from a peer.

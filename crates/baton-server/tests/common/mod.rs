@@ -1,6 +1,8 @@
 //! The test harness shared by the cluster tests: real nodes in one process.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -26,6 +28,12 @@ pub struct TestCluster {
     pub etcd_quota_bytes: u64,
     /// Each running node's HTTP address (health, readiness, metrics).
     pub http_addrs: BTreeMap<u64, String>,
+    /// Each node's TLS settings (none: plaintext).
+    pub tls: BTreeMap<u64, baton_server::tls::TlsConfig>,
+    /// How the test's clients dial (`None`: plaintext).
+    pub client_tls: Option<baton_tls::ClientFiles>,
+    /// The sockets of nodes not started yet (client, peer).
+    listeners: Option<(BTreeMap<u64, TcpListener>, BTreeMap<u64, TcpListener>)>,
 }
 
 impl TestCluster {
@@ -52,8 +60,33 @@ impl TestCluster {
         TestCluster::start_full(n, 20_000, false, groups, Some(quota)).await
     }
 
+    /// A cluster of `n` nodes with etcd's API and TLS as `pki` sets it up (see [`pki::Pki`]).
+    pub async fn with_tls(n: u64, groups: u64, pki: &pki::Pki) -> TestCluster {
+        let mut c =
+            TestCluster::unstarted(n, 20_000, false, groups, Some(baton_server::etcd::DEFAULT_QUOTA_BYTES)).await;
+        c.tls = (1..=n).map(|id| (id, pki.node_config(id))).collect();
+        c.client_tls = Some(pki.client_files("root"));
+        let listeners = c.listeners.take().unwrap();
+        c.start_nodes(listeners).await;
+        c
+    }
+
     /// `etcd`: serve etcd's API with this quota.
     async fn start_full(
+        n: u64,
+        snapshot_entries: u64,
+        lease_reads: bool,
+        groups: u64,
+        etcd: Option<u64>,
+    ) -> TestCluster {
+        let mut c = TestCluster::unstarted(n, snapshot_entries, lease_reads, groups, etcd).await;
+        let listeners = c.listeners.take().unwrap();
+        c.start_nodes(listeners).await;
+        c
+    }
+
+    /// The cluster with its sockets bound, its nodes not started yet.
+    async fn unstarted(
         n: u64,
         snapshot_entries: u64,
         lease_reads: bool,
@@ -68,7 +101,7 @@ impl TestCluster {
         }
         let peers = peer_listeners.iter().map(|(id, l)| (*id, l.local_addr().unwrap().to_string())).collect();
         let client_addrs = client_listeners.iter().map(|(id, l)| (*id, l.local_addr().unwrap().to_string())).collect();
-        let mut c = TestCluster {
+        TestCluster {
             dirs: BTreeMap::new(),
             peers,
             client_addrs,
@@ -80,16 +113,14 @@ impl TestCluster {
             etcd_addrs: BTreeMap::new(),
             etcd_quota_bytes: etcd.unwrap_or(0),
             http_addrs: BTreeMap::new(),
-        };
-        c.start_nodes(client_listeners, peer_listeners).await;
-        c
+            tls: BTreeMap::new(),
+            client_tls: None,
+            listeners: Some((client_listeners, peer_listeners)),
+        }
     }
 
-    async fn start_nodes(
-        &mut self,
-        mut client_listeners: BTreeMap<u64, TcpListener>,
-        mut peer_listeners: BTreeMap<u64, TcpListener>,
-    ) {
+    async fn start_nodes(&mut self, listeners: (BTreeMap<u64, TcpListener>, BTreeMap<u64, TcpListener>)) {
+        let (mut client_listeners, mut peer_listeners) = listeners;
         let c = self;
         let ids: Vec<u64> = client_listeners.keys().copied().collect();
         for id in ids {
@@ -110,6 +141,7 @@ impl TestCluster {
             config.etcd_addr = Some(self.etcd_addrs.get(&id).cloned().unwrap_or_else(|| "127.0.0.1:0".into()));
         }
         config.http_addr = Some("127.0.0.1:0".into());
+        config.tls = self.tls.get(&id).cloned().unwrap_or_default();
         let server = Server::start_with_listeners(config, client, peer).await.unwrap();
         if let Some(a) = server.http_addr {
             self.http_addrs.insert(id, a.to_string());
@@ -163,9 +195,20 @@ impl TestCluster {
     }
 
     pub async fn client(&self) -> Client {
-        let options =
-            ClientOptions { client_id: "test".into(), request_timeout: Duration::from_secs(20), ..Default::default() };
+        let options = ClientOptions {
+            client_id: "test".into(),
+            request_timeout: Duration::from_secs(20),
+            tls: self.client_tls.clone(),
+            ..Default::default()
+        };
         Client::connect_with(self.endpoints(), options).await.unwrap()
+    }
+
+    /// Node `id`'s own status, dialled as the test's clients dial.
+    pub async fn status(&self, id: u64) -> baton_client::Result<baton_proto::v1::StatusResponse> {
+        let addr = self.client_addrs[&id].clone();
+        let options = ClientOptions { discover: false, tls: self.client_tls.clone(), ..Default::default() };
+        Client::connect_with([addr.clone()], options).await?.status_at(&addr).await
     }
 
     /// The leader that every running node agrees on.
@@ -174,7 +217,7 @@ impl TestCluster {
         loop {
             let mut seen = Vec::new();
             for id in self.servers.keys() {
-                if let Ok(s) = Client::status_of(&self.client_addrs[id]).await {
+                if let Ok(s) = self.status(*id).await {
                     seen.push(s.groups[0].leader);
                 }
             }

@@ -96,8 +96,11 @@ impl Driver {
     pub async fn connect(target: Target, endpoints: &[String], index: usize) -> DResult<Driver> {
         match target {
             Target::Baton => {
-                let options =
-                    ClientOptions { client_id: format!("bench-{}-{index}", std::process::id()), ..Default::default() };
+                let options = ClientOptions {
+                    client_id: format!("bench-{}-{index}", std::process::id()),
+                    tls: crate::tls::client(),
+                    ..Default::default()
+                };
                 Ok(Driver::Baton(Client::connect_with(endpoints.to_vec(), options).await.map_err(text)?))
             }
             Target::Etcd => Ok(Driver::Etcd(Box::new(Etcd::connect(&endpoints[index % endpoints.len()]).await?))),

@@ -44,6 +44,18 @@ pub fn wait_for_line(child: &mut Child, needle: &str) {
     panic!("process never printed {needle:?}");
 }
 
+/// Whether `tool` (etcd, etcdctl) is installed; if not, the test is skipped unless
+/// `BATON_REQUIRE_ETCD` is set (as in CI), where that fails.
+pub fn installed(tool: &str) -> bool {
+    let found =
+        Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(std::env::var_os("BATON_REQUIRE_ETCD").is_none(), "BATON_REQUIRE_ETCD is set but {tool} is missing");
+        eprintln!("{tool} is not installed: skipping (.ci/run installs it)");
+    }
+    found
+}
+
 /// Starts `baton dev` with its data in `data`, serving clients on `addr`; returns once it serves.
 pub fn start_dev(data: &Path, addr: &str) -> Proc {
     let mut dev = Proc(

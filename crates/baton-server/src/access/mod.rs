@@ -1,0 +1,213 @@
+//! Who is calling, and whether they may: the one place every API checks permissions.
+//!
+//! With authentication off (the default, and until `baton auth enable`), every caller may do
+//! everything, as before. With it on, every request must name a user: a token from
+//! `Authenticate` (gRPC metadata `authorization: Bearer <token>`, or etcd's `token`), or else a
+//! client certificate whose common name is a user's name (mutual TLS). A request without either
+//! is refused with UNAUTHENTICATED; one whose user lacks the permission with PERMISSION_DENIED
+//! naming the permission and the names, counted and logged (target `baton::audit`).
+//!
+//! Every RPC of every API states what it needs as a [`Need`] (a [`Permission`] on a
+//! [`NameRange`]) and calls [`Access::check`]; the users and roles are this node's replica of
+//! the meta group's ([`baton_core::auth`]), published after each round that changed them.
+//!
+//! # Caveats
+//! - A change to users or roles applies on a node once it applied it (normally within a round
+//!   trip of the change's commit); until then that node decides by the previous rules.
+
+pub mod rules;
+pub mod secrets;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use baton_core::auth::{AuthState, NameRange, Permission};
+use baton_tls::pki_types::CertificateDer;
+use tonic::metadata::MetadataMap;
+use tonic::Status;
+
+use crate::runtime::ClusterView;
+
+/// How long a token is good for (as etcd's simple tokens: 5 minutes; clients take a new one
+/// before it runs out).
+pub const TOKEN_TTL: Duration = Duration::from_secs(300);
+
+/// Who a request comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// Authentication is off: anyone may do anything.
+    Anyone,
+    /// This user (authenticated by a token or a client certificate).
+    User(String),
+}
+
+/// What a request needs: a permission on a range of names, or (`range: None`) on some names
+/// at least (sessions, which are about no name in particular).
+#[derive(Clone, Debug)]
+pub struct Need {
+    pub permission: Permission,
+    pub range: Option<NameRange>,
+}
+
+impl Need {
+    /// `permission` on the name `name`.
+    pub fn name(permission: Permission, name: &str) -> Need {
+        Need { permission, range: Some(NameRange::name(name)) }
+    }
+
+    /// `permission` on every name that starts with `prefix`.
+    pub fn prefix(permission: Permission, prefix: &str) -> Need {
+        Need { permission, range: Some(NameRange::prefix(prefix)) }
+    }
+
+    /// `permission` on some names at least.
+    pub fn somewhere(permission: Permission) -> Need {
+        Need { permission, range: None }
+    }
+
+    /// `permission` on the names in `range`.
+    pub fn range(permission: Permission, range: NameRange) -> Need {
+        Need { permission, range: Some(range) }
+    }
+
+    fn describe(&self) -> String {
+        self.range.as_ref().map_or_else(|| "any name".to_string(), NameRange::describe)
+    }
+
+    fn allowed(&self, auth: &AuthState, user: &str) -> bool {
+        match &self.range {
+            Some(r) => auth.allows(user, self.permission, r),
+            None => auth.allows_somewhere(user, self.permission),
+        }
+    }
+
+    /// `permission` on every name (the cluster's layout and membership, users and roles).
+    pub fn everything(permission: Permission) -> Need {
+        Need::prefix(permission, "")
+    }
+}
+
+/// The checker every API holds.
+#[derive(Clone)]
+pub struct Access {
+    view: Arc<Mutex<ClusterView>>,
+    metrics: Arc<crate::obs::Metrics>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The common name of a certificate's subject.
+fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let cn = parsed.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    Some(cn)
+}
+
+impl Access {
+    /// Checks against the users and roles `view` publishes, counting refusals in `metrics`.
+    pub fn new(view: Arc<Mutex<ClusterView>>, metrics: Arc<crate::obs::Metrics>) -> Access {
+        Access { view, metrics }
+    }
+
+    /// The users and roles now.
+    pub fn state(&self) -> Arc<AuthState> {
+        self.view.lock().expect("view lock").auth.clone()
+    }
+
+    /// Who sent a request with this metadata over a connection with these client certificates.
+    pub fn caller(&self, metadata: &MetadataMap, certs: Option<&[CertificateDer<'static>]>) -> Result<Caller, Status> {
+        let auth = self.state();
+        if !auth.enabled {
+            return Ok(Caller::Anyone);
+        }
+        let token = metadata
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .or_else(|| metadata.get("token").and_then(|v| v.to_str().ok()));
+        if let Some(token) = token {
+            return self.user_of_token(&auth, token).map(Caller::User);
+        }
+        if let Some(user) = certs.and_then(|c| c.first()).and_then(common_name) {
+            if auth.users.contains_key(&user) {
+                return Ok(Caller::User(user));
+            }
+        }
+        Err(Status::unauthenticated(
+            "authentication is on: give a token (Authenticate, then `authorization: Bearer <token>`) or a client \
+             certificate whose common name is a user",
+        ))
+    }
+
+    fn user_of_token(&self, auth: &AuthState, token: &str) -> Result<String, Status> {
+        let claims = secrets::open_token(&auth.token_key, token)
+            .map_err(|why| Status::unauthenticated(format!("invalid token: {why}")))?;
+        if claims.expires_ms <= now_ms() {
+            return Err(Status::unauthenticated("the token has expired: authenticate again"));
+        }
+        match auth.users.get(&claims.user) {
+            Some(u) if u.generation == claims.generation => Ok(claims.user),
+            Some(_) => Err(Status::unauthenticated(
+                "the token was made before the user's password or roles changed: authenticate again",
+            )),
+            None => Err(Status::unauthenticated(format!("user {:?} no longer exists", claims.user))),
+        }
+    }
+
+    /// Refuses (PERMISSION_DENIED, counted and logged) unless `caller` may do all of `needs`.
+    /// `rpc` names the call in the message and the log.
+    pub fn check(&self, caller: &Caller, rpc: &str, needs: &[Need]) -> Result<(), Status> {
+        let Caller::User(user) = caller else { return Ok(()) };
+        let auth = self.state();
+        if !auth.enabled {
+            return Ok(());
+        }
+        for need in needs {
+            if !need.allowed(&auth, user) {
+                self.metrics.access_denied(need.permission.name());
+                tracing::warn!(
+                    target: "baton::audit",
+                    user = %user,
+                    rpc,
+                    permission = need.permission.name(),
+                    names = %need.describe(),
+                    "permission denied"
+                );
+                return Err(Status::permission_denied(format!(
+                    "user {user:?} lacks the {} permission on {} ({rpc})",
+                    need.permission.name(),
+                    need.describe()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Who the caller is and whether it may: [`Access::caller`] then [`Access::check`].
+    pub fn admit<T>(&self, request: &tonic::Request<T>, rpc: &str, needs: &[Need]) -> Result<Caller, Status> {
+        let certs = request.peer_certs();
+        let caller = self.caller(request.metadata(), certs.as_deref().map(|c| c.as_slice()))?;
+        self.check(&caller, rpc, needs)?;
+        Ok(caller)
+    }
+
+    /// A token for `user` if `password` is its password (UNAUTHENTICATED otherwise, saying no
+    /// more than that: which of the two was wrong is not told).
+    pub fn authenticate(&self, user: &str, password: &str) -> Result<String, Status> {
+        let auth = self.state();
+        if !auth.enabled {
+            return Err(Status::failed_precondition("authentication is not enabled"));
+        }
+        let refused = || Status::unauthenticated("authentication failed: wrong user name or password");
+        let u = auth.users.get(user).ok_or_else(refused)?;
+        let hash = u.password_hash.as_deref().ok_or_else(refused)?;
+        if !secrets::verify_password(password, hash) {
+            tracing::warn!(target: "baton::audit", user, "authentication failed");
+            return Err(refused());
+        }
+        let expires = now_ms() + TOKEN_TTL.as_millis() as u64;
+        Ok(secrets::sign_token(&auth.token_key, user, u.generation, expires))
+    }
+}

@@ -1,0 +1,123 @@
+//! Password hashes and signed tokens.
+//!
+//! Passwords are stored as argon2id PHC strings (the algorithm's default cost: 19 MiB, two
+//! passes), hashed by the node that takes the request and replicated as the hash only. A token
+//! is what `Authenticate` gives for a good password: the user, its generation and an expiry,
+//! signed with HMAC-SHA256 under the cluster's token key (made when authentication is turned
+//! on, replicated in the meta group), so any node can check any token without asking another.
+//! A token stops working when it expires, when its user's generation moves on (a new password,
+//! a role taken away) or when the user is removed.
+//!
+//! Format: `b1.<user, hex>.<generation>.<expiry, ms since the epoch>.<mac, hex>`.
+
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+
+/// Longest password taken, in bytes (argon2 takes more; nobody needs more).
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+/// Longest token taken, in bytes (a user name of 128 bytes in hex and the rest fit easily).
+pub const MAX_TOKEN_BYTES: usize = 1024;
+
+/// The PHC string of `password` with a fresh salt.
+pub fn hash_password(password: &str) -> Result<String, String> {
+    if password.is_empty() || password.len() > MAX_PASSWORD_BYTES {
+        return Err(format!("a password takes 1 to {MAX_PASSWORD_BYTES} bytes"));
+    }
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| e.to_string())
+}
+
+/// Whether `password` matches the stored PHC string.
+pub fn verify_password(password: &str, phc: &str) -> bool {
+    if password.len() > MAX_PASSWORD_BYTES {
+        return false;
+    }
+    PasswordHash::new(phc).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+}
+
+/// A fresh random token key (32 bytes from the OS).
+pub fn token_key() -> Vec<u8> {
+    let mut key = vec![0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key).expect("the OS gives random bytes");
+    key
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+fn mac_key(key: &[u8]) -> ring::hmac::Key {
+    ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key)
+}
+
+/// A token for `user` at `generation`, good until `expires_ms` (wall clock, ms since the epoch).
+pub fn sign_token(key: &[u8], user: &str, generation: u64, expires_ms: u64) -> String {
+    let body = format!("b1.{}.{generation}.{expires_ms}", hex(user.as_bytes()));
+    let tag = ring::hmac::sign(&mac_key(key), body.as_bytes());
+    format!("{body}.{}", hex(tag.as_ref()))
+}
+
+/// What a token says, once its signature checked out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenClaims {
+    pub user: String,
+    pub generation: u64,
+    pub expires_ms: u64,
+}
+
+/// Checks a token's form and signature (not its expiry or generation: the caller knows the
+/// time and the users).
+pub fn open_token(key: &[u8], token: &str) -> Result<TokenClaims, &'static str> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err("the token is too long");
+    }
+    let (body, tag) = token.rsplit_once('.').ok_or("not a Baton token")?;
+    let parts: Vec<&str> = body.split('.').collect();
+    let [version, user, generation, expires] = parts.as_slice() else { return Err("not a Baton token") };
+    if *version != "b1" {
+        return Err("not a Baton token");
+    }
+    let tag = unhex(tag).ok_or("not a Baton token")?;
+    ring::hmac::verify(&mac_key(key), body.as_bytes(), &tag).map_err(|_| "the token's signature does not match")?;
+    let user = unhex(user).and_then(|u| String::from_utf8(u).ok()).ok_or("not a Baton token")?;
+    let generation = generation.parse().map_err(|_| "not a Baton token")?;
+    let expires_ms = expires.parse().map_err(|_| "not a Baton token")?;
+    Ok(TokenClaims { user, generation, expires_ms })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_verifies_against_its_own_hash_only() {
+        let h = hash_password("s3cret").unwrap();
+        assert!(h.starts_with("$argon2id$"), "{h}");
+        assert!(verify_password("s3cret", &h));
+        assert!(!verify_password("s3cret ", &h));
+        assert_ne!(hash_password("s3cret").unwrap(), h, "salted");
+        assert!(!verify_password("s3cret", "not a hash"));
+        assert!(hash_password("").is_err());
+    }
+
+    #[test]
+    fn a_token_opens_with_its_key_only_and_unchanged() {
+        let key = token_key();
+        let t = sign_token(&key, "alice.b", 3, 99);
+        assert_eq!(open_token(&key, &t), Ok(TokenClaims { user: "alice.b".into(), generation: 3, expires_ms: 99 }));
+        assert_eq!(open_token(&token_key(), &t), Err("the token's signature does not match"));
+        let forged = t.replacen(".3.", ".4.", 1);
+        assert_eq!(open_token(&key, &forged), Err("the token's signature does not match"));
+        for junk in ["", "b1", "b1.zz.1.1.00", "x.y.z", &"a".repeat(2000)] {
+            assert!(open_token(&key, junk).is_err(), "{junk:?}");
+        }
+    }
+}

@@ -147,6 +147,10 @@ pub struct ClientOptions {
     /// Dial every node with TLS: the CA that signed the nodes' certificates and, for mutual
     /// TLS, the client's certificate and key (`None`: plaintext).
     pub tls: Option<baton_tls::ClientFiles>,
+    /// Authenticate as this user with this password (docs/SECURITY.md): the client takes a
+    /// token when it connects, sends it with every request and takes a new one before it
+    /// expires. `None`: no token (authentication off, or a client certificate naming the user).
+    pub credentials: Option<(String, String)>,
 }
 
 impl Default for ClientOptions {
@@ -159,6 +163,7 @@ impl Default for ClientOptions {
             max_attempt: Duration::from_secs(30),
             discover: true,
             tls: None,
+            credentials: None,
         }
     }
 }
@@ -203,7 +208,7 @@ impl Client {
         S: Into<String>,
     {
         let endpoints: Vec<String> = endpoints.into_iter().map(Into::into).collect();
-        let dialer = dialer(&options, &endpoints)?;
+        let dialer = dialer(&options)?;
         let router = Router::new(endpoints, options.discover, dialer)?;
         let inner = Arc::new(Inner {
             options,
@@ -216,6 +221,11 @@ impl Client {
             stream_failed_ms: AtomicU64::new(0),
             stream_failed: Arc::new(Notify::new()),
         });
+        if inner.options.credentials.is_some() {
+            // The first token before anything else: every request needs it.
+            let ttl = authenticate(&inner).await?;
+            tokio::spawn(reauthenticate_loop(Arc::downgrade(&inner), ttl));
+        }
         // The slot map comes in the background: until it does, every name goes to group 1, and
         // a redirect corrects that (connecting never waits on a node).
         tokio::spawn(routing::refresh_loop(Arc::downgrade(&inner)));
@@ -362,6 +372,26 @@ impl Client {
         .await
     }
 
+    /// Changes users or roles, or turns authentication on or off (see `AuthChange` in the API;
+    /// docs/SECURITY.md). Not idempotent: a retry after an unknown outcome may be refused as
+    /// already done (a user that exists, say).
+    pub async fn auth_change(&self, change: pb::auth_change_request::Change) -> Result<pb::AuthChangeResponse> {
+        let req = pb::AuthChangeRequest { change: Some(change) };
+        self.attempts(self.plan(Op::ChangeMembers), Target::Group(0), |mut c, _| {
+            let req = req.clone();
+            async move { c.auth_change(req).await.map_err(AttemptError::from) }
+        })
+        .await
+    }
+
+    /// The users, roles and permissions, and whether authentication is on.
+    pub async fn auth_status(&self) -> Result<pb::AuthStatusResponse> {
+        self.attempts(self.plan(Op::ChangeMembers), Target::Group(0), |mut c, _| async move {
+            c.auth_status(pb::AuthStatusRequest {}).await.map_err(AttemptError::from)
+        })
+        .await
+    }
+
     /// Where this client sends requests about `name` now: the group serving it by the client's
     /// slot map, and that group's leader as far as the client knows (diagnostics).
     pub fn route_of(&self, name: &str) -> (u64, String) {
@@ -377,7 +407,8 @@ impl Client {
 
     /// The status as seen by the node at `addr` (which must answer within 3 s), over plaintext.
     pub async fn status_of(addr: &str) -> Result<pb::StatusResponse> {
-        status_at(addr, routing::channel(addr, &baton_tls::Dialer::plain())?, Duration::from_secs(3)).await
+        let c = routing::channel(addr, &baton_tls::Dialer::plain(), &Default::default())?;
+        status_at(addr, c, Duration::from_secs(3)).await
     }
 
     /// The status as seen by the node at `addr` (which must answer within 3 s), dialled as this
@@ -387,28 +418,60 @@ impl Client {
     }
 }
 
-/// How a client with `options` dials: TLS if it has TLS files; an `https://` endpoint without
-/// them is an error (there is no CA to check the node's certificate against).
-fn dialer(options: &ClientOptions, endpoints: &[String]) -> Result<baton_tls::Dialer> {
+/// How a client with `options` dials: TLS if it has TLS files (an `https://` endpoint without
+/// them is refused by the dialer: there is no CA to check the node's certificate against).
+fn dialer(options: &ClientOptions) -> Result<baton_tls::Dialer> {
     match &options.tls {
         Some(files) => {
             let tls = baton_tls::ClientTls::client("client", files.clone()).map_err(|e| Error::Tls(e.to_string()))?;
             Ok(baton_tls::Dialer::new(Some(Arc::new(tls))))
         }
-        None => match endpoints.iter().find(|e| e.starts_with("https://")) {
-            Some(e) => Err(Error::Tls(format!("{e} needs the CA that signed the nodes' certificates (--cacert)"))),
-            None => Ok(baton_tls::Dialer::plain()),
-        },
+        None => Ok(baton_tls::Dialer::plain()),
+    }
+}
+
+/// Takes a token for the client's credentials from the first node that answers, and makes every
+/// request carry it; returns how long it lasts.
+async fn authenticate(inner: &Inner) -> Result<Duration> {
+    let Some((user, password)) = inner.options.credentials.clone() else { return Ok(Duration::MAX) };
+    let mut last = Error::Unreachable(inner.options.attempt_timeout, "no node to ask".into());
+    for addr in inner.router.nodes() {
+        let mut c = inner.router.channel(&addr)?;
+        let req = pb::AuthenticateRequest { user: user.clone(), password: password.clone() };
+        match tokio::time::timeout(inner.options.attempt_timeout, c.authenticate(req)).await {
+            Ok(Ok(r)) => {
+                let r = r.into_inner();
+                inner.router.token.set(&r.token)?;
+                return Ok(Duration::from_millis(r.ttl_ms));
+            }
+            // The node judged the credentials: another node would judge them the same.
+            Ok(Err(s)) if std::error::Error::source(&s).is_none() => return Err(Error::Status(s)),
+            Ok(Err(s)) => last = AttemptError::from(s).into_error(),
+            Err(_) => last = Error::Unreachable(inner.options.attempt_timeout, format!("{addr}: no answer")),
+        }
+    }
+    Err(last)
+}
+
+/// Takes a new token halfway through each one's life (again every few seconds while that fails:
+/// until the old one expires, requests still carry it).
+async fn reauthenticate_loop(weak: std::sync::Weak<Inner>, mut ttl: Duration) {
+    loop {
+        tokio::time::sleep((ttl / 2).max(Duration::from_secs(1))).await;
+        let Some(inner) = weak.upgrade() else { return };
+        match authenticate(&inner).await {
+            Ok(next) => ttl = next,
+            Err(e) => {
+                tracing::warn!("cannot renew the authentication token: {e}");
+                ttl = Duration::from_secs(6);
+            }
+        }
     }
 }
 
 /// One status call, bounded by `timeout`: a node that is down or does not answer is
 /// [`Error::Unreachable`].
-async fn status_at(
-    addr: &str,
-    mut c: pb::baton_client::BatonClient<tonic::transport::Channel>,
-    timeout: Duration,
-) -> Result<pb::StatusResponse> {
+async fn status_at(addr: &str, mut c: routing::Grpc, timeout: Duration) -> Result<pb::StatusResponse> {
     let error = match tokio::time::timeout(timeout, c.status(pb::StatusRequest {})).await {
         Ok(Ok(r)) => return Ok(r.into_inner()),
         Ok(Err(s)) => AttemptError::from(s),

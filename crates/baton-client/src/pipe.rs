@@ -17,12 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baton_proto::v1 as pb;
-use baton_proto::v1::baton_client::BatonClient;
 use futures::StreamExt;
 use pb::call_request::Op;
 use pb::call_response::Result as Answer;
 use tokio::sync::{mpsc, oneshot};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::retry::AttemptError;
@@ -53,7 +51,7 @@ pub(crate) struct Pipe {
 
 impl Pipe {
     /// Opens the stream in the background (calls may be queued at once).
-    pub(crate) fn open(addr: &str, mut grpc: BatonClient<Channel>) -> Pipe {
+    pub(crate) fn open(addr: &str, mut grpc: crate::routing::Grpc) -> Pipe {
         let (tx, rx) = mpsc::unbounded_channel::<pb::CallRequest>();
         let pending = Arc::new(Mutex::new(Pending { waiting: HashMap::new(), broken: None }));
         let shared = pending.clone();
@@ -76,6 +74,11 @@ impl Pipe {
             .filter_map(move |req| std::future::ready(take(req)));
         let addr = addr.to_string();
         tokio::spawn(async move {
+            // The server's own refusal of the stream (not authenticated, say): each call gets it
+            // as the answer a unary call would have had, judged the same way by the retries
+            // (found by the CLI's denial test: taken as "not sent", calls were retried for their
+            // whole timeout).
+            let mut refusal = None;
             let (reason, nothing_sent) = match tokio::time::timeout(OPEN_TIMEOUT, grpc.call(outgoing)).await {
                 Err(_) => (format!("the node did not accept the stream within {OPEN_TIMEOUT:?}"), false),
                 // The server refused the stream, or no connection could be made: no call of it
@@ -83,7 +86,11 @@ impl Pipe {
                 Ok(Err(s)) => match AttemptError::from(s) {
                     AttemptError::NoAnswer(why) => (why, false),
                     AttemptError::NotSent(why) => (why, true),
-                    AttemptError::Answered(s) => (format!("{}: {}", s.code(), s.message()), true),
+                    AttemptError::Answered(s) => {
+                        let reason = format!("{}: {}", s.code(), s.message());
+                        refusal = Some(s);
+                        (reason, true)
+                    }
                 },
                 Ok(Ok(r)) => {
                     let mut answers = r.into_inner();
@@ -103,7 +110,9 @@ impl Pipe {
             };
             let mut p = shared.lock().expect("pipe lock");
             for (_, w) in p.waiting.drain() {
-                let e = if nothing_sent || !w.sent {
+                let e = if let Some(s) = &refusal {
+                    AttemptError::Answered(s.clone())
+                } else if nothing_sent || !w.sent {
                     AttemptError::NotSent(format!("call stream to {addr} failed before the call was sent ({reason})"))
                 } else {
                     AttemptError::NoAnswer(format!("call stream to {addr} broke with the call in flight ({reason})"))
@@ -163,12 +172,12 @@ fn into_result(result: Answer) -> Result<Answer, AttemptError> {
 
 /// One attempt's connection to a node: its unary client (through `Deref`) and its pipe.
 pub(crate) struct Conn {
-    pub(crate) grpc: BatonClient<Channel>,
+    pub(crate) grpc: crate::routing::Grpc,
     pub(crate) pipe: Arc<Pipe>,
 }
 
 impl std::ops::Deref for Conn {
-    type Target = BatonClient<Channel>;
+    type Target = crate::routing::Grpc;
     fn deref(&self) -> &Self::Target {
         &self.grpc
     }

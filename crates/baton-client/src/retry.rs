@@ -256,7 +256,9 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let mut c = crate::routing::channel(&format!("127.0.0.1:{port}"), &baton_tls::Dialer::plain()).unwrap();
+        let mut c =
+            crate::routing::channel(&format!("127.0.0.1:{port}"), &baton_tls::Dialer::plain(), &Default::default())
+                .unwrap();
         let status = c.status(pb::StatusRequest {}).await.unwrap_err();
         let e = AttemptError::from(status);
         assert!(matches!(e, AttemptError::NotSent(_)), "{e:?}");

@@ -42,8 +42,36 @@ const PING_INTERVAL: Duration = Duration::from_secs(2);
 /// How long a ping may go unanswered before the connection is dropped.
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The token every request of this client carries (`authorization: Bearer <token>`), once it
+/// has one (see [`crate::Client::connect_with`], `ClientOptions::credentials`).
+#[derive(Clone, Default)]
+pub(crate) struct Token(Arc<std::sync::RwLock<Option<tonic::metadata::AsciiMetadataValue>>>);
+
+impl Token {
+    /// Carry `token` from now on.
+    pub(crate) fn set(&self, token: &str) -> Result<()> {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| Error::Tls(format!("the server gave a token that is not ASCII: {token:?}")))?;
+        *self.0.write().expect("token lock") = Some(value);
+        Ok(())
+    }
+}
+
+impl tonic::service::Interceptor for Token {
+    fn call(&mut self, mut request: tonic::Request<()>) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = self.0.read().expect("token lock").clone() {
+            request.metadata_mut().insert("authorization", token);
+        }
+        Ok(request)
+    }
+}
+
+/// A client of one node, its requests carrying the client's token.
+pub(crate) type Grpc = BatonClient<tonic::service::interceptor::InterceptedService<Channel, Token>>;
+
 /// A lazily connected channel to `addr` (`host:port` or a URI), dialled by `dialer`.
-pub(crate) fn channel(addr: &str, dialer: &baton_tls::Dialer) -> Result<BatonClient<Channel>> {
+pub(crate) fn channel(addr: &str, dialer: &baton_tls::Dialer, token: &Token) -> Result<Grpc> {
     let endpoint = dialer
         .endpoint(addr)
         .map_err(|e| Error::BadEndpoint(addr.to_string(), e.to_string()))?
@@ -51,7 +79,7 @@ pub(crate) fn channel(addr: &str, dialer: &baton_tls::Dialer) -> Result<BatonCli
         .http2_keep_alive_interval(PING_INTERVAL)
         .keep_alive_timeout(PING_TIMEOUT)
         .tcp_nodelay(true);
-    Ok(BatonClient::new(dialer.lazy(&endpoint)))
+    Ok(BatonClient::with_interceptor(dialer.lazy(&endpoint), token.clone()))
 }
 
 /// The routes (see [`Routes`]: the same rules the simulator's client follows) and the
@@ -64,11 +92,13 @@ pub(crate) struct Router {
     discover: bool,
     /// Plaintext or TLS.
     dialer: baton_tls::Dialer,
+    /// The token requests carry.
+    pub(crate) token: Token,
 }
 
 struct RouterState {
     routes: Routes<String>,
-    channels: HashMap<String, BatonClient<Channel>>,
+    channels: HashMap<String, Grpc>,
     /// The fast-path stream to each node (see [`crate::pipe`]).
     pipes: HashMap<String, Arc<Pipe>>,
     /// Every node's client address, from the last topology (the endpoints until then).
@@ -91,8 +121,9 @@ impl Router {
         if endpoints.is_empty() {
             return Err(Error::BadEndpoint(String::new(), "no endpoints given".into()));
         }
+        let token = Token::default();
         for e in &endpoints {
-            channel(e, &dialer)?;
+            channel(e, &dialer, &token)?;
         }
         let state = RouterState {
             routes: Routes::new(endpoints.clone(), 0),
@@ -100,12 +131,12 @@ impl Router {
             pipes: HashMap::new(),
             nodes: endpoints,
         };
-        Ok(Router { state: Mutex::new(state), stale: Arc::new(Notify::new()), discover, dialer })
+        Ok(Router { state: Mutex::new(state), stale: Arc::new(Notify::new()), discover, dialer, token })
     }
 
     /// A channel to `addr` of its own, dialled as the others are.
-    pub(crate) fn channel(&self, addr: &str) -> Result<BatonClient<Channel>> {
-        channel(addr, &self.dialer)
+    pub(crate) fn channel(&self, addr: &str) -> Result<Grpc> {
+        channel(addr, &self.dialer, &self.token)
     }
 
     /// The group a target is routed to (`None`: no group in particular).
@@ -120,7 +151,7 @@ impl Router {
     pub(crate) fn current(&self, group: Option<u64>) -> Result<(String, Conn)> {
         let mut state = self.state.lock().expect("route lock");
         let addr = state.routes.target(group);
-        let conn = state.conn(&addr, &self.dialer)?;
+        let conn = state.conn(&addr, &self.dialer, &self.token)?;
         Ok((addr, conn))
     }
 
@@ -131,7 +162,7 @@ impl Router {
 
     /// A connection to `addr`.
     pub(crate) fn conn_to(&self, addr: &str) -> Result<Conn> {
-        self.state.lock().expect("route lock").conn(addr, &self.dialer)
+        self.state.lock().expect("route lock").conn(addr, &self.dialer, &self.token)
     }
 
     /// An attempt for `group` at `failed` did not succeed: move to `leader` (from a redirect) if
@@ -192,11 +223,11 @@ impl Router {
 }
 
 impl RouterState {
-    fn conn(&mut self, addr: &str, dialer: &baton_tls::Dialer) -> Result<Conn> {
+    fn conn(&mut self, addr: &str, dialer: &baton_tls::Dialer, token: &Token) -> Result<Conn> {
         let grpc = match self.channels.get(addr) {
             Some(c) => c.clone(),
             None => {
-                let c = channel(addr, dialer)?;
+                let c = channel(addr, dialer, token)?;
                 self.channels.insert(addr.to_string(), c.clone());
                 c
             }

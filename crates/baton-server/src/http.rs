@@ -194,16 +194,36 @@ pub const READY_LAG: u64 = 1_000;
 
 /// The routes, over the node thread's handle.
 pub fn router(node: NodeHandle) -> Router {
+    // What shows names (hot names, their holders, history, the event stream) is refused while
+    // authentication is on: the HTTP port does not authenticate yet. Health and metrics carry
+    // no name and stay open.
+    let names = Router::new()
+        .route("/api/overview", get(overview))
+        .route("/api/hot", get(hot))
+        .route("/api/history", get(history))
+        .route("/api/events", get(events))
+        .route_layer(axum::middleware::from_fn_with_state(node.clone(), refuse_while_authenticating));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/", get(dashboard))
-        .route("/api/overview", get(overview))
-        .route("/api/hot", get(hot))
-        .route("/api/history", get(history))
-        .route("/api/events", get(events))
+        .merge(names)
         .with_state(node)
+}
+
+/// Passes a request on unless authentication is on (then 403, saying why).
+async fn refuse_while_authenticating(
+    State(node): State<NodeHandle>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if node.view.lock().expect("view lock").auth.enabled {
+        let why = "authentication is on and the HTTP port does not authenticate callers yet: names, holders and \
+                   history are served over the client API only (baton hot, baton history)\n";
+        return (StatusCode::FORBIDDEN, why).into_response();
+    }
+    next.run(request).await
 }
 
 /// The status of every group this node is a voter of, from the node thread (`None`: it has

@@ -222,7 +222,13 @@ impl Server {
     pub async fn start_with(config: ServerConfig, listeners: Listeners) -> std::io::Result<Server> {
         let Listeners { client, peer, etcd, http } = listeners;
         // Every certificate is read and checked before anything starts.
-        let tls = tls::Tls::build(&config.tls)?;
+        let tls = tls::Tls::build(&config.tls, config.id)?;
+        if tls.client.is_some() && !tls.peers_mtls() {
+            tracing::warn!(
+                "the client ports run TLS but the peer port does not: anyone who reaches it can claim to be a node \
+                 (give --peer-cert, --peer-key and --peer-ca)"
+            );
+        }
         let client_addr = client.local_addr()?;
         let peer_addr = peer.local_addr()?;
         let bind = |addr: Option<String>, what: &'static str| async move {
@@ -369,12 +375,13 @@ impl Server {
         }
         let channels = forward::PeerChannels::new(view.clone(), max_bytes, dialer);
         let net = runtime::Net { outboxes, peers: Some(runtime::Peers { channels: channels.clone() }), metrics };
+        let access = access::Access::new(view.clone(), net.metrics.clone());
         let (handle, thread, outcome) = runtime::spawn(node, store, boot, net, view, config.tick)?;
 
         let client_api = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .trace_fn(|req| obs::trace::root(|| tracing::debug_span!("grpc", method = %req.uri().path())))
-            .add_service(BatonServer::new(service::BatonService { node: handle.clone() }));
+            .add_service(BatonServer::new(service::BatonService { node: handle.clone(), access: access.clone() }));
         let mut serving = vec![serve(client_api, client, tls.client.clone(), "client API", &outcome)];
         let peer_svc = PeerServer::new(transport::PeerService { node: handle.clone(), local, mtls: tls.peers_mtls() })
             .max_decoding_message_size(max_bytes)
@@ -383,7 +390,7 @@ impl Server {
         serving.push(serve(peer_api, peer, tls.peer_server.clone(), "peer API", &outcome));
         if let Some(listener) = etcd_listener {
             let backend = etcd::Backend::new(handle.clone(), channels);
-            let router = etcd::router(backend, config.etcd_progress_every);
+            let router = etcd::router(backend, config.etcd_progress_every, access.clone());
             serving.push(serve(router, listener, tls.client.clone(), "etcd API", &outcome));
         }
         if let Some(listener) = http_listener {

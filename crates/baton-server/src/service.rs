@@ -14,9 +14,12 @@ use futures::Stream;
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::access::{rules, Access, Caller, Need};
 use crate::runtime::{Input, NodeHandle};
 use crate::status::{stopped, to_status};
+use baton_core::auth::Permission;
 
+pub mod auth;
 pub mod requests;
 
 use requests::Asked;
@@ -29,6 +32,8 @@ pub const MAX_CALLS_IN_FLIGHT: usize = 10_000;
 pub struct BatonService {
     /// The node thread.
     pub node: NodeHandle,
+    /// Who may do what (every node request is checked in `BatonService::request`).
+    pub access: Access,
 }
 
 impl BatonService {
@@ -40,26 +45,28 @@ impl BatonService {
         rx.await.map_err(|_| stopped())
     }
 
-    /// Hands a request to the node: for `group`, or (`None`) for the group serving its name.
-    async fn request(&self, group: Option<GroupId>, request: NodeRequest) -> Result<Answer, Status> {
+    /// Hands a request from `caller` to the node: for `group`, or (`None`) for the group
+    /// serving its name. The one door to the node: what the request needs is checked here.
+    async fn request(&self, caller: &Caller, group: Option<GroupId>, request: NodeRequest) -> Result<Answer, Status> {
+        self.access.check(caller, rules::label(&request), &rules::of_request(&request))?;
         self.call(|tx| Input::request(group, request, tx)).await?.map_err(|e| to_status(e, &self.node))
     }
 
     /// Proposes a command about a name to `group` (`None`: the group that serves it by this
     /// node's map).
-    async fn propose_on(&self, group: Option<GroupId>, command: Command) -> Result<Outcome, Status> {
-        self.propose(group, command).await
+    async fn propose_on(&self, caller: &Caller, group: Option<GroupId>, command: Command) -> Result<Outcome, Status> {
+        self.propose(caller, group, command).await
     }
 
-    async fn propose(&self, group: Option<GroupId>, command: Command) -> Result<Outcome, Status> {
-        match self.request(group, NodeRequest::Propose(command)).await? {
+    async fn propose(&self, caller: &Caller, group: Option<GroupId>, command: Command) -> Result<Outcome, Status> {
+        match self.request(caller, group, NodeRequest::Propose(command)).await? {
             Answer::Applied(outcome) => Ok(outcome),
             other => Err(Status::internal(format!("unexpected answer {other:?}"))),
         }
     }
 
-    async fn read(&self, group: Option<GroupId>, query: Query) -> Result<Reply, Status> {
-        match self.request(group, NodeRequest::Read(query)).await? {
+    async fn read(&self, caller: &Caller, group: Option<GroupId>, query: Query) -> Result<Reply, Status> {
+        match self.request(caller, group, NodeRequest::Read(query)).await? {
             Answer::Read(reply) => Ok(reply),
             other => Err(Status::internal(format!("unexpected answer {other:?}"))),
         }
@@ -72,8 +79,8 @@ impl BatonService {
 }
 
 impl BatonService {
-    async fn members(&self, command: Command) -> Result<Response<pb::MembersResponse>, Status> {
-        match self.propose(Some(baton_node::META_GROUP), command).await? {
+    async fn members(&self, caller: &Caller, command: Command) -> Result<Response<pb::MembersResponse>, Status> {
+        match self.propose(caller, Some(baton_node::META_GROUP), command).await? {
             Outcome::MembersChanged { changed, version } => Ok(Response::new(pb::MembersResponse { changed, version })),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
@@ -95,10 +102,16 @@ type CallStream = Pin<Box<dyn Stream<Item = Result<pb::CallResponse, Status>> + 
 #[tonic::async_trait]
 impl Baton for BatonService {
     async fn hot(&self, request: Request<pb::HotRequest>) -> Result<Response<pb::HotResponse>, Status> {
-        crate::obs::api::hot(&self.node, request.into_inner().limit).await.map(Response::new)
+        let caller = self.access.admit(&request, "Hot", &[Need::somewhere(Permission::Read)])?;
+        let mut hot = crate::obs::api::hot(&self.node, request.into_inner().limit).await?;
+        // Only the names the caller may read.
+        hot.names.retain(|n| self.access.may_read(&caller, &n.name));
+        Ok(Response::new(hot))
     }
 
     async fn history(&self, request: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
+        let name = &request.get_ref().name;
+        self.access.admit(&request, "History", &[Need::name(Permission::Read, name)])?;
         let req = request.into_inner();
         requests::history(&req)?;
         crate::obs::api::history(&self.node, &req.name, req.group, req.limit).map(Response::new)
@@ -108,10 +121,11 @@ impl Baton for BatonService {
         &self,
         request: Request<pb::OpenSessionRequest>,
     ) -> Result<Response<pb::OpenSessionResponse>, Status> {
+        let caller = self.access.caller_of(&request)?;
         // The home group is the one serving the client id's slot: a retry of the same open
         // reaches the same group (while the map is unchanged), which makes it idempotent.
         let (group, command) = requests::open_session(request.into_inner(), |client| self.group_of(client))?;
-        match self.propose(Some(group), command).await? {
+        match self.propose(&caller, Some(group), command).await? {
             Outcome::SessionOpened { session, ttl_ms } => {
                 Ok(Response::new(pb::OpenSessionResponse { session_id: session, ttl_ms, group }))
             }
@@ -123,8 +137,9 @@ impl Baton for BatonService {
         &self,
         request: Request<pb::AttachSessionRequest>,
     ) -> Result<Response<pb::OpenSessionResponse>, Status> {
+        let caller = self.access.caller_of(&request)?;
         let (group, command) = requests::attach_session(request.into_inner())?;
-        match self.propose(Some(group), command).await? {
+        match self.propose(&caller, Some(group), command).await? {
             Outcome::SessionOpened { session, ttl_ms } => {
                 Ok(Response::new(pb::OpenSessionResponse { session_id: session, ttl_ms, group }))
             }
@@ -136,8 +151,9 @@ impl Baton for BatonService {
         &self,
         request: Request<pb::CloseSessionRequest>,
     ) -> Result<Response<pb::CloseSessionResponse>, Status> {
+        let caller = self.access.caller_of(&request)?;
         let (group, command) = requests::close_session(&request.into_inner())?;
-        match self.propose(Some(group), command).await? {
+        match self.propose(&caller, Some(group), command).await? {
             Outcome::SessionClosed { released } => Ok(Response::new(pb::CloseSessionResponse { released })),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
@@ -149,13 +165,14 @@ impl Baton for BatonService {
         &self,
         request: Request<Streaming<pb::KeepAliveRequest>>,
     ) -> Result<Response<Self::KeepAliveStream>, Status> {
+        let caller = self.access.caller_of(&request)?;
         let mut incoming = request.into_inner();
-        let node = self.node.clone();
+        let svc = self.clone();
         let stream = async_stream(move |tx| async move {
             while let Some(req) = incoming.message().await? {
                 // Not the leader (any more): the error ends the stream and the client must
                 // reconnect to the leader.
-                let answer = renew(&node, req).await?;
+                let answer = renew(&svc, &caller, req).await?;
                 if tx.send(Ok(answer)).await.is_err() {
                     break;
                 }
@@ -168,9 +185,10 @@ impl Baton for BatonService {
     async fn acquire(&self, request: Request<pb::AcquireRequest>) -> Result<Response<pb::AcquireResponse>, Status> {
         // A caller that goes away is not taken as a cancel: it may be retrying elsewhere with the
         // same request id. Callers withdraw explicitly with Cancel; dead ones with their session.
+        let caller = self.access.caller_of(&request)?;
         let (group, request) = requests::acquire(request.into_inner())?;
         let session = request.session;
-        let Answer::Acquire(result) = self.request(group, NodeRequest::Acquire(request)).await? else {
+        let Answer::Acquire(result) = self.request(&caller, group, NodeRequest::Acquire(request)).await? else {
             return Err(Status::internal("unexpected answer to an acquire"));
         };
         use pb::acquire_response::Result as R;
@@ -187,14 +205,16 @@ impl Baton for BatonService {
     }
 
     async fn release(&self, request: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let caller = self.access.caller_of(&request)?;
         let (group, command) = requests::release(request.into_inner())?;
-        self.propose_on(group, command).await?;
+        self.propose_on(&caller, group, command).await?;
         Ok(Response::new(pb::ReleaseResponse {}))
     }
 
     async fn cancel(&self, request: Request<pb::CancelRequest>) -> Result<Response<pb::CancelResponse>, Status> {
+        let caller = self.access.caller_of(&request)?;
         let (group, command) = requests::cancel(request.into_inner())?;
-        match self.propose_on(group, command).await? {
+        match self.propose_on(&caller, group, command).await? {
             Outcome::Cancelled { granted } => {
                 Ok(Response::new(pb::CancelResponse { granted_token: granted.unwrap_or(0) }))
             }
@@ -203,47 +223,51 @@ impl Baton for BatonService {
     }
 
     async fn proclaim(&self, request: Request<pb::ProclaimRequest>) -> Result<Response<pb::ProclaimResponse>, Status> {
+        let caller = self.access.caller_of(&request)?;
         let (group, command) = requests::proclaim(request.into_inner())?;
-        self.propose_on(group, command).await?;
+        self.propose_on(&caller, group, command).await?;
         Ok(Response::new(pb::ProclaimResponse {}))
     }
 
     async fn latch(&self, request: Request<pb::LatchRequest>) -> Result<Response<pb::LatchResponse>, Status> {
+        let caller = self.access.caller_of(&request)?;
         let (group, command) = requests::latch(request.into_inner())?;
-        match self.propose_on(group, command).await? {
+        match self.propose_on(&caller, group, command).await? {
             Outcome::Latch { count, set } => Ok(Response::new(pb::LatchResponse { count, set })),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
     }
 
     async fn counter(&self, request: Request<pb::CounterRequest>) -> Result<Response<pb::CounterResponse>, Status> {
+        let caller = self.access.caller_of(&request)?;
         let (group, command) = match requests::counter(request.into_inner())? {
             (group, Asked::Write(command)) => (group, command),
             (group, Asked::Read(query)) => {
-                let Reply::Counter(value) = self.read(group, query).await? else {
+                let Reply::Counter(value) = self.read(&caller, group, query).await? else {
                     return Err(Status::internal("unexpected reply to a counter read"));
                 };
                 return Ok(Response::new(pb::CounterResponse { value, swapped: false }));
             }
         };
-        match self.propose_on(group, command).await? {
+        match self.propose_on(&caller, group, command).await? {
             Outcome::Counter { value, swapped } => Ok(Response::new(pb::CounterResponse { value, swapped })),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
     }
 
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let caller = self.access.caller_of(&request)?;
         let (group, command) = match requests::register(request.into_inner())? {
             (group, Asked::Write(command)) => (group, command),
             (group, Asked::Read(query)) => {
-                let Reply::Register(r) = self.read(group, query).await? else {
+                let Reply::Register(r) = self.read(&caller, group, query).await? else {
                     return Err(Status::internal("unexpected reply to a register read"));
                 };
                 let (value, version) = r.unwrap_or_default();
                 return Ok(Response::new(pb::RegisterResponse { version, swapped: false, value }));
             }
         };
-        match self.propose_on(group, command).await? {
+        match self.propose_on(&caller, group, command).await? {
             Outcome::Register { version, swapped } => {
                 Ok(Response::new(pb::RegisterResponse { version, swapped, value: Vec::new() }))
             }
@@ -255,15 +279,22 @@ impl Baton for BatonService {
     type CallStream = CallStream;
 
     async fn call(&self, request: Request<Streaming<pb::CallRequest>>) -> Result<Response<Self::CallStream>, Status> {
+        let caller = self.access.caller_of(&request)?;
         let incoming = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         // Outside the stream's span: a client keeps its stream for its whole life, and each call
         // on it is sampled (and traced) on its own.
-        tokio::spawn(serve_calls(self.clone(), incoming, tx));
+        tokio::spawn(serve_calls(self.clone(), caller, incoming, tx));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let need = if request.get_ref().prefix {
+            Need::prefix(Permission::Read, &request.get_ref().name)
+        } else {
+            Need::name(Permission::Read, &request.get_ref().name)
+        };
+        self.access.admit(&request, "Watch", &[need])?;
         let req = request.into_inner();
         requests::watch(&req)?;
         // A name's events are its group's; a prefix covers every group this node holds.
@@ -297,8 +328,10 @@ impl Baton for BatonService {
     }
 
     async fn describe(&self, request: Request<pb::DescribeRequest>) -> Result<Response<pb::DescribeResponse>, Status> {
+        let caller = self.access.caller_of(&request)?;
         let (group, query) = requests::describe(request.into_inner())?;
-        let Reply::Lock { kind, holders, waiters, closed_until_ms, now_ms } = self.read(group, query).await? else {
+        let Reply::Lock { kind, holders, waiters, closed_until_ms, now_ms } = self.read(&caller, group, query).await?
+        else {
             return Err(Status::internal("unexpected reply to a lock read"));
         };
         let holder = holders.first().cloned();
@@ -345,7 +378,9 @@ impl Baton for BatonService {
         }))
     }
 
-    async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        // Names nothing: any user may see it (once authenticated, when that is on).
+        self.access.admit(&request, "Status", &[])?;
         let mut groups = self.call(|tx| Input::Status { tx }).await?;
         // Data groups first, in id order, then the meta group: `groups[0]` of a one-group
         // cluster is its data group, as before sharding.
@@ -378,8 +413,9 @@ impl Baton for BatonService {
         &self,
         request: Request<pb::MoveSlotsRequest>,
     ) -> Result<Response<pb::MoveSlotsResponse>, Status> {
+        let caller = self.access.caller_of(&request)?;
         let command = requests::move_slots(&request.into_inner())?;
-        let (move_id, begun_at) = match self.propose(Some(baton_node::META_GROUP), command).await? {
+        let (move_id, begun_at) = match self.propose(&caller, Some(baton_node::META_GROUP), command).await? {
             Outcome::MoveBegun { move_id, version } => (move_id, version),
             other => return Err(Status::internal(format!("unexpected outcome {other:?}"))),
         };
@@ -406,17 +442,58 @@ impl Baton for BatonService {
     }
 
     async fn add_node(&self, request: Request<pb::AddNodeRequest>) -> Result<Response<pb::MembersResponse>, Status> {
-        self.members(requests::add_node(request.into_inner())?).await
+        let caller = self.access.caller_of(&request)?;
+        self.members(&caller, requests::add_node(request.into_inner())?).await
     }
 
     async fn remove_node(
         &self,
         request: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::MembersResponse>, Status> {
-        self.members(Command::RemoveNode { id: request.into_inner().id }).await
+        let caller = self.access.caller_of(&request)?;
+        self.members(&caller, Command::RemoveNode { id: request.into_inner().id }).await
     }
 
-    async fn topology(&self, _request: Request<pb::TopologyRequest>) -> Result<Response<pb::TopologyResponse>, Status> {
+    async fn authenticate(
+        &self,
+        request: Request<pb::AuthenticateRequest>,
+    ) -> Result<Response<pb::AuthenticateResponse>, Status> {
+        let req = request.into_inner();
+        let access = self.access.clone();
+        // Checking a password takes tens of milliseconds of CPU, by design: not on the async threads.
+        let token = tokio::task::spawn_blocking(move || access.authenticate(&req.user, &req.password))
+            .await
+            .map_err(|e| Status::internal(format!("authentication failed to run: {e}")))??;
+        let ttl_ms = crate::access::TOKEN_TTL.as_millis() as u64;
+        Ok(Response::new(pb::AuthenticateResponse { token, ttl_ms }))
+    }
+
+    async fn auth_change(
+        &self,
+        request: Request<pb::AuthChangeRequest>,
+    ) -> Result<Response<pb::AuthChangeResponse>, Status> {
+        let caller = self.access.admit(&request, "AuthChange", &[Need::everything(Permission::Admin)])?;
+        let req = request.into_inner();
+        let command = tokio::task::spawn_blocking(move || auth::change_command(req))
+            .await
+            .map_err(|e| Status::internal(format!("the change failed to run: {e}")))??;
+        match self.propose(&caller, Some(baton_node::META_GROUP), Command::Auth(command)).await? {
+            Outcome::AuthChanged { revision } => Ok(Response::new(pb::AuthChangeResponse { revision })),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn auth_status(
+        &self,
+        request: Request<pb::AuthStatusRequest>,
+    ) -> Result<Response<pb::AuthStatusResponse>, Status> {
+        self.access.admit(&request, "AuthStatus", &[Need::everything(Permission::Admin)])?;
+        Ok(Response::new(auth::status(&self.access.state())))
+    }
+
+    async fn topology(&self, request: Request<pb::TopologyRequest>) -> Result<Response<pb::TopologyResponse>, Status> {
+        // Clients route by it: any user may see it (once authenticated, when that is on).
+        self.access.admit(&request, "Topology", &[])?;
         let view = self.node.view.lock().expect("view lock");
         let groups = view
             .topology
@@ -522,6 +599,7 @@ impl GroupFeed {
 /// (as with a unary call whose caller went away, nothing is cancelled by that).
 async fn serve_calls(
     svc: BatonService,
+    caller: Caller,
     mut incoming: Streaming<pb::CallRequest>,
     tx: tokio::sync::mpsc::Sender<Result<pb::CallResponse, Status>>,
 ) {
@@ -550,7 +628,7 @@ async fn serve_calls(
                     use tracing::Instrument as _;
                     // Each call is a trace of its own (the stream lives as long as the client).
                     let span = crate::obs::trace::root(|| tracing::debug_span!(parent: None, "call", call_id = req.call_id, op = call_op(&req)));
-                    running.push(dispatch_call(&svc, req).instrument(span))
+                    running.push(dispatch_call(&svc, &caller, req).instrument(span))
                 }
                 Ok(None) => open = false,
                 Err(_) => return,
@@ -573,13 +651,13 @@ async fn serve_calls(
 
 /// One keepalive message: renews the sessions it lists, answered after a ReadIndex round
 /// confirms this node still leads (see Query::KeepAlive).
-async fn renew(node: &NodeHandle, req: pb::KeepAliveRequest) -> Result<pb::KeepAliveResponse, Status> {
+async fn renew(
+    svc: &BatonService,
+    caller: &Caller,
+    req: pb::KeepAliveRequest,
+) -> Result<pb::KeepAliveResponse, Status> {
     requests::keep_alive(&req)?;
-    let (otx, orx) = oneshot::channel();
-    if !node.send(Input::request(None, NodeRequest::KeepAlive(req.session_ids), otx)) {
-        return Err(stopped());
-    }
-    let answer = orx.await.map_err(|_| stopped())?.map_err(|e| to_status(e, node))?;
+    let answer = svc.request(caller, None, NodeRequest::KeepAlive(req.session_ids)).await?;
     let Answer::KeepAlive(renewal) = answer else {
         return Err(Status::internal("unexpected answer to a keepalive"));
     };
@@ -615,19 +693,23 @@ fn call_op(req: &pb::CallRequest) -> &'static str {
     }
 }
 
-async fn dispatch_call(svc: &BatonService, req: pb::CallRequest) -> (pb::CallResponse, bool) {
+async fn dispatch_call(svc: &BatonService, caller: &Caller, req: pb::CallRequest) -> (pb::CallResponse, bool) {
     use pb::call_request::Op;
     use pb::call_response::Result as R;
     let result = match req.op {
-        Some(Op::OpenSession(r)) => svc.open_session(Request::new(r)).await.map(|r| R::OpenSession(r.into_inner())),
-        Some(Op::CloseSession(r)) => svc.close_session(Request::new(r)).await.map(|r| R::CloseSession(r.into_inner())),
-        Some(Op::Acquire(r)) => svc.acquire(Request::new(r)).await.map(|r| R::Acquire(r.into_inner())),
-        Some(Op::Release(r)) => svc.release(Request::new(r)).await.map(|r| R::Release(r.into_inner())),
-        Some(Op::Cancel(r)) => svc.cancel(Request::new(r)).await.map(|r| R::Cancel(r.into_inner())),
-        Some(Op::Counter(r)) => svc.counter(Request::new(r)).await.map(|r| R::Counter(r.into_inner())),
-        Some(Op::KeepAlive(r)) => renew(&svc.node, r).await.map(R::KeepAlive),
+        Some(Op::OpenSession(r)) => {
+            svc.open_session(as_caller(caller, r)).await.map(|r| R::OpenSession(r.into_inner()))
+        }
+        Some(Op::CloseSession(r)) => {
+            svc.close_session(as_caller(caller, r)).await.map(|r| R::CloseSession(r.into_inner()))
+        }
+        Some(Op::Acquire(r)) => svc.acquire(as_caller(caller, r)).await.map(|r| R::Acquire(r.into_inner())),
+        Some(Op::Release(r)) => svc.release(as_caller(caller, r)).await.map(|r| R::Release(r.into_inner())),
+        Some(Op::Cancel(r)) => svc.cancel(as_caller(caller, r)).await.map(|r| R::Cancel(r.into_inner())),
+        Some(Op::Counter(r)) => svc.counter(as_caller(caller, r)).await.map(|r| R::Counter(r.into_inner())),
+        Some(Op::KeepAlive(r)) => renew(svc, caller, r).await.map(R::KeepAlive),
         Some(Op::AttachSession(r)) => {
-            svc.attach_session(Request::new(r)).await.map(|r| R::AttachSession(r.into_inner()))
+            svc.attach_session(as_caller(caller, r)).await.map(|r| R::AttachSession(r.into_inner()))
         }
         None => Err(Status::invalid_argument("call without an operation")),
     };
@@ -635,6 +717,14 @@ async fn dispatch_call(svc: &BatonService, req: pb::CallRequest) -> (pb::CallRes
         Ok(result) => (pb::CallResponse { call_id: req.call_id, result: Some(result) }, false),
         Err(s) => (call_failed(req.call_id, &s), crate::status::is_stopped(&s)),
     }
+}
+
+/// A call of a `Call` stream as the unary request of the same name, made by the stream's
+/// caller (see [`Access::caller_of`]).
+fn as_caller<T>(caller: &Caller, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.extensions_mut().insert(caller.clone());
+    request
 }
 
 /// A unary call's error status as a `Call` stream answer (the leader redirect and the typed

@@ -55,7 +55,7 @@ fn io_error(what: &str, e: baton_tls::Error) -> std::io::Error {
 
 impl Tls {
     /// Reads and checks every file now: a node does not start with a certificate it cannot use.
-    pub fn build(config: &TlsConfig) -> std::io::Result<Tls> {
+    pub fn build(config: &TlsConfig, id: NodeId) -> std::io::Result<Tls> {
         let mut tls = Tls::default();
         if let Some(files) = &config.serve {
             let auth = ClientAuth::Required;
@@ -66,10 +66,10 @@ impl Tls {
         }
         if let Some(p) = &config.peer {
             let files = ServerFiles { cert: p.cert.clone(), key: p.key.clone(), client_ca: Some(p.ca.clone()) };
-            let server = ServerTls::server("peer port", files, ClientAuth::Required, &[b"h2"]);
+            let server = ServerTls::for_node(id, files);
             tls.peer_server = Some(Arc::new(server.map_err(|e| io_error("the peer port", e))?));
             let files = ClientFiles { ca: p.ca.clone(), identity: Some((p.cert.clone(), p.key.clone())) };
-            let client = ClientTls::client("peer connections", files).map_err(|e| io_error("peer connections", e))?;
+            let client = ClientTls::for_node(id, files).map_err(|e| io_error("peer connections", e))?;
             tls.peer_client = Some(Arc::new(client));
         }
         if let Some(files) = &config.join {

@@ -373,6 +373,14 @@ impl Peer for PeerService {
         &self,
         request: Request<baton_proto::peer::ForwardRequest>,
     ) -> Result<Response<baton_proto::peer::ForwardResponse>, Status> {
+        // The sender's certificate must name the node the call claims to come from, as on a
+        // Raft stream (the review found any certificate of the peer CA was enough here).
+        let proof = PeerProof { remote_addr: request.remote_addr(), mtls: self.mtls, certs: request.peer_certs() };
+        let from = request.get_ref().from;
+        check_identity(&proof, from).map_err(|e| {
+            tracing::error!(remote = ?proof.remote_addr, "refusing a forwarded call: {e}");
+            Status::permission_denied(format!("node {} refuses a forwarded call: {e}", self.local.node_id))
+        })?;
         let members: Vec<NodeId> = self.node.view.lock().expect("view lock").peer_addrs.keys().copied().collect();
         crate::forward::serve(&self.node, &members, request.into_inner()).await.map(Response::new)
     }

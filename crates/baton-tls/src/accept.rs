@@ -1,13 +1,19 @@
 //! Accepting TLS connections for tonic and axum.
 //!
 //! One task accepts TCP connections and starts a task per connection for its handshake (with the
-//! config current at that moment), bounded by [`HANDSHAKE_TIMEOUT`] and by [`MAX_HANDSHAKES`] at
-//! once; finished handshakes are queued for the server. A failed handshake (no certificate, one
-//! the CA did not sign, an expired one, plaintext on a TLS port) is logged at debug level with
-//! the address and dropped: the server never sees it.
+//! config current at that moment), bounded by [`HANDSHAKE_TIMEOUT`]; finished handshakes are
+//! queued for the server. A failed handshake (no certificate, one the CA did not sign, an expired
+//! one, plaintext on a TLS port) is logged at debug level with the address and dropped: the
+//! server never sees it.
+//!
+//! Handshakes in progress are bounded, [`MAX_HANDSHAKES`] in all and [`MAX_HANDSHAKES_PER_IP`]
+//! from one address; a connection past either bound is closed at once. Accepting never stops,
+//! so silent connections from one address cannot keep others out (the review found that
+//! waiting for a free slot let 1024 silent connections block every new one, peers' included).
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -20,8 +26,10 @@ use crate::ServerTls;
 
 /// How long a client has to finish its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most handshakes in progress at once on one port; further connections wait to be accepted.
+/// Most handshakes in progress at once on one port; further connections are closed at once.
 pub const MAX_HANDSHAKES: usize = 1024;
+/// Most handshakes in progress at once from one IP address.
+pub const MAX_HANDSHAKES_PER_IP: usize = 64;
 
 /// A connection that finished its handshake, and where it came from.
 pub type Accepted = (TlsStream<TcpStream>, SocketAddr);
@@ -32,8 +40,8 @@ pub fn accept(listener: TcpListener, tls: Arc<ServerTls>, what: &'static str) ->
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        let per_ip: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
         loop {
-            let Ok(permit) = handshakes.clone().acquire_owned().await else { return };
             let (tcp, addr) = tokio::select! {
                 _ = tx.closed() => return,
                 accepted = listener.accept() => match accepted {
@@ -46,11 +54,20 @@ pub fn accept(listener: TcpListener, tls: Arc<ServerTls>, what: &'static str) ->
                     }
                 },
             };
+            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                tracing::debug!(what, %addr, "{MAX_HANDSHAKES} TLS handshakes in progress: connection closed");
+                continue;
+            };
+            let Some(from_ip) = IpSlot::take(&per_ip, addr.ip()) else {
+                tracing::debug!(what, %addr, "{MAX_HANDSHAKES_PER_IP} TLS handshakes in progress from it: connection closed");
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
             let tx = tx.clone();
             tokio::spawn(async move {
                 let _permit = permit;
+                let _from_ip = from_ip;
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         let _ = tx.send((stream, addr)).await;
@@ -62,6 +79,37 @@ pub fn accept(listener: TcpListener, tls: Arc<ServerTls>, what: &'static str) ->
         }
     });
     rx
+}
+
+/// One handshake in progress from an address, counted until dropped.
+struct IpSlot {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl IpSlot {
+    /// A slot for `ip`, unless it has [`MAX_HANDSHAKES_PER_IP`] already.
+    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr) -> Option<IpSlot> {
+        let mut c = counts.lock().expect("handshake counts lock");
+        let n = c.entry(ip).or_insert(0);
+        if *n >= MAX_HANDSHAKES_PER_IP {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot { counts: counts.clone(), ip })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock().expect("handshake counts lock");
+        if let Some(n) = c.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// The accepted connections as tonic's `serve_with_incoming` takes them.

@@ -111,18 +111,32 @@ impl Issued {
     pub fn write(&self, dir: &Path, stem: &str) -> std::io::Result<(PathBuf, PathBuf)> {
         let cert = dir.join(format!("{stem}.pem"));
         let key = dir.join(format!("{stem}-key.pem"));
-        std::fs::write(&cert, &self.cert)?;
+        // The key first: a watcher that sees the new certificate finds its key in place.
         write_private(&key, &self.key)?;
+        write_public(&cert, &self.cert)?;
         Ok((cert, key))
     }
 }
 
-/// Writes a file only its owner can read.
+/// Writes a file only its owner can read: a new file (never one that exists, nor through a
+/// link) renamed over `path`, so that a node watching `path` never reads half of it and an
+/// older file's permissions never carry over.
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
-    f.write_all(contents.as_bytes())
+    let temp = path.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(&temp);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temp)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&temp, path)
+}
+
+/// Writes a file anyone may read, by rename (see [`write_private`]).
+fn write_public(path: &Path, contents: &str) -> std::io::Result<()> {
+    let temp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&temp, contents)?;
+    std::fs::rename(&temp, path)
 }
 
 /// The files of a development setup (see [`write_dev_set`]).

@@ -61,11 +61,14 @@ impl Dialer {
         }
     }
 
-    /// An endpoint for `addr` (`host:port`, or a URL whose scheme is ignored: TLS is the
-    /// dialer's choice).
-    pub fn endpoint(&self, addr: &str) -> Result<Endpoint, tonic::transport::Error> {
-        let host_port = addr.split_once("://").map_or(addr, |(_, rest)| rest);
-        Endpoint::from_shared(format!("http://{host_port}"))
+    /// An endpoint for `addr` (`host:port`, or a URL: TLS is the dialer's choice, and an
+    /// `https` URL given to a plaintext dialer is refused rather than dialled without TLS).
+    pub fn endpoint(&self, addr: &str) -> Result<Endpoint, String> {
+        let (scheme, host_port) = addr.split_once("://").unwrap_or(("", addr));
+        if scheme.eq_ignore_ascii_case("https") && !self.is_tls() {
+            return Err(format!("{addr} is an https address, but no CA was given to check it with (--cacert)"));
+        }
+        Endpoint::from_shared(format!("http://{host_port}")).map_err(|e| format!("{addr}: {e}"))
     }
 
     /// A channel to `endpoint` that connects on first use (and again after a break).

@@ -334,6 +334,40 @@ impl ClientTls {
     }
 }
 
+/// Refuses a certificate file whose leaf does not name node `id`: a node must not start, nor
+/// reload, with a certificate every peer would refuse.
+fn names_node(cert: &Path, id: u64) -> Result<()> {
+    let certs = load_certs(cert)?;
+    check_node_certificate(&certs[0], id)
+        .map_err(|e| Error::File { path: cert.to_path_buf(), message: format!("not node {id}'s certificate: {e}") })
+}
+
+impl ServerTls {
+    /// Node `id`'s peer port: mutual TLS, `files.client_ca` the peer CA, its certificate naming
+    /// the node (checked at every reload too).
+    pub fn for_node(id: u64, files: ServerFiles) -> Result<Self> {
+        let paths = files.paths();
+        Reloading::new("peer port", paths, move || {
+            names_node(&files.cert, id)?;
+            files.build(ClientAuth::Required, &[b"h2"])
+        })
+    }
+}
+
+impl ClientTls {
+    /// How node `id` dials its peers: its certificate, naming the node (checked at every
+    /// reload too), and the peer CA.
+    pub fn for_node(id: u64, files: ClientFiles) -> Result<Self> {
+        let paths = files.paths();
+        Reloading::new("peer connections", paths, move || {
+            if let Some((cert, _)) = &files.identity {
+                names_node(cert, id)?;
+            }
+            files.build()
+        })
+    }
+}
+
 /// Something [`watch`] keeps current.
 pub trait Reload: Send + Sync {
     /// See [`Reloading::reload`].

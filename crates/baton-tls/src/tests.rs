@@ -144,3 +144,36 @@ fn the_dev_set_is_made_once_and_kept() {
     files.build(ClientAuth::Required, &[b"h2"]).unwrap();
     ClientFiles { ca: set.ca, identity: Some(set.client) }.build().unwrap();
 }
+
+#[tokio::test]
+async fn silent_connections_from_one_address_keep_no_one_else_out() {
+    use tokio::net::TcpSocket;
+    let f = Files::new();
+    let ca = Authority::new("test CA").unwrap();
+    let ca_file = f.ca(&ca, "ca.pem");
+    let srv = server(&f, &ca, None, ClientAuth::Off);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut accepted = accept(listener, srv, "test");
+    let from = |ip: &str| {
+        let s = TcpSocket::new_v4().unwrap();
+        s.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+        s.connect(addr)
+    };
+    // A full share of silent connections from 127.0.0.2: the next one from there is closed at once.
+    let mut silent = Vec::new();
+    for _ in 0..accept::MAX_HANDSHAKES_PER_IP {
+        silent.push(from("127.0.0.2").await.unwrap());
+    }
+    let mut extra = from("127.0.0.2").await.unwrap();
+    let mut buf = [0u8; 1];
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), extra.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "the connection past the bound was not closed: {closed:?}");
+    // Someone else is served meanwhile.
+    let config = Arc::new(ClientFiles { ca: ca_file, identity: None }.build().unwrap());
+    let tcp = from("127.0.0.1").await.unwrap();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.expect("served");
+    assert!(accepted.recv().await.is_some());
+    drop(silent);
+}

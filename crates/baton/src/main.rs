@@ -28,6 +28,7 @@ macro_rules! out {
 use baton_server::{Server, ServerConfig};
 use clap::{Parser, Subcommand};
 
+mod auth;
 mod bench;
 mod cluster;
 mod hold;
@@ -82,6 +83,8 @@ struct Cli {
     otlp_sample_ratio: f64,
     #[command(flatten)]
     tls: tls::ClientTlsArgs,
+    #[command(flatten)]
+    credentials: auth::CredentialArgs,
 }
 
 /// Arguments shared by the commands that hold something while running a command.
@@ -347,6 +350,15 @@ enum Cmd {
     /// The cluster's layout: the slot map, moving slots between groups, balancing.
     #[command(subcommand)]
     Cluster(cluster::ClusterCmd),
+    /// Users: add, remove, passwd, grant-role, revoke-role (docs/SECURITY.md).
+    #[command(subcommand)]
+    User(auth::UserCmd),
+    /// Roles and their permissions on name prefixes: add, remove, grant, revoke.
+    #[command(subcommand)]
+    Role(auth::RoleCmd),
+    /// Authentication: enable, disable, status.
+    #[command(subcommand)]
+    Auth(auth::AuthCmd),
     /// Show the cluster: nodes, groups, leaders, terms, indexes.
     Status {
         /// Comma-separated client addresses of any nodes.
@@ -570,6 +582,10 @@ fn main() -> ExitCode {
         Ok(files) => tls::set_client(files),
         Err(e) => return fail(EXIT_USAGE, e),
     }
+    match cli.credentials.credentials() {
+        Ok(c) => auth::set_credentials(c),
+        Err(e) => return fail(EXIT_USAGE, e),
+    }
     let serving = matches!(cli.command, Cmd::Dev { .. } | Cmd::Server { .. });
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -588,6 +604,18 @@ fn main() -> ExitCode {
             }
         }
     };
+    if serving {
+        // SIGHUP reloads certificates (baton_tls::watch); taken from the start, so that one sent
+        // before the node serves (or to a node without TLS) does not end it.
+        let _in_runtime = rt.enter();
+        if let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            rt.spawn(async move {
+                while hangup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: TLS certificates are read again (if the node runs TLS)");
+                }
+            });
+        }
+    }
     let code = rt.block_on(run(cli.command));
     if let Some(provider) = tracer {
         let _in_runtime = rt.enter();
@@ -747,6 +775,9 @@ async fn run(cmd: Cmd) -> ExitCode {
         Cmd::Sem { permits, capacity, hold } => lock(hold, LockKind::Semaphore { permits, capacity }).await,
         Cmd::Status { endpoints: eps, json } => status(eps, json).await,
         Cmd::Cluster(cmd) => cluster::run(cmd).await,
+        Cmd::User(cmd) => auth::user(cmd).await,
+        Cmd::Role(cmd) => auth::role(cmd).await,
+        Cmd::Auth(cmd) => auth::auth(cmd).await,
         Cmd::Barrier { endpoints: eps, parties, wait, name } => barrier(eps, name, parties, wait).await,
         Cmd::Latch { endpoints: eps, wait, name, op, count } => latch(eps, name, op, count, wait).await,
         Cmd::Elect { endpoints: eps, ttl, observe, name, value } => elect(eps, ttl, observe, name, value).await,
@@ -852,7 +883,8 @@ fn fail(code: u8, msg: String) -> ExitCode {
 
 async fn connect(eps: &str) -> Result<Client, ExitCode> {
     let eps = endpoints(eps);
-    let options = baton_client::ClientOptions { tls: tls::client(), ..Default::default() };
+    let options =
+        baton_client::ClientOptions { tls: tls::client(), credentials: auth::credentials(), ..Default::default() };
     Client::connect_with(eps, options).await.map_err(client_error)
 }
 

@@ -7,7 +7,12 @@ pub(crate) async fn status(eps: String, json: bool) -> ExitCode {
     let mut last_err = None;
     for ep in endpoints(&eps) {
         // This node's own view: a client of it alone (no discovery, no redirects).
-        let options = baton_client::ClientOptions { tls: tls::client(), discover: false, ..Default::default() };
+        let options = baton_client::ClientOptions {
+            tls: tls::client(),
+            credentials: auth::credentials(),
+            discover: false,
+            ..Default::default()
+        };
         let answer = match Client::connect_with([ep.clone()], options).await {
             Ok(c) => c.status_at(&ep).await,
             Err(e) => Err(e),
@@ -21,6 +26,8 @@ pub(crate) async fn status(eps: String, json: bool) -> ExitCode {
                 }
                 return ExitCode::SUCCESS;
             }
+            // A refusal (credentials, permissions, bad TLS files): every node would say the same.
+            Err(e @ (baton_client::Error::Status(_) | baton_client::Error::Tls(_))) => return client_error(e),
             Err(e) => last_err = Some(format!("{ep}: {e}")),
         }
     }

@@ -35,10 +35,12 @@ pub const TOKEN_TTL: Duration = Duration::from_secs(300);
 /// Who a request comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Caller {
-    /// Authentication is off: anyone may do anything.
+    /// Identified while authentication was off: anyone may do anything while it stays off.
     Anyone,
-    /// This user (authenticated by a token or a client certificate).
-    User(String),
+    /// This user, authenticated by a token (`Some`: checked again at every request of a
+    /// stream, so that an expired or outdated token stops working on it too) or by a client
+    /// certificate (`None`).
+    User { name: String, token: Option<secrets::TokenClaims> },
 }
 
 /// What a request needs: a permission on a range of names, or (`range: None`) on some names
@@ -128,11 +130,15 @@ impl Access {
             .and_then(|v| v.strip_prefix("Bearer "))
             .or_else(|| metadata.get("token").and_then(|v| v.to_str().ok()));
         if let Some(token) = token {
-            return self.user_of_token(&auth, token).map(Caller::User);
+            let claims = secrets::open_token(&auth.token_key, token)
+                .map_err(|why| Status::unauthenticated(format!("invalid token: {why}")))?;
+            let caller = Caller::User { name: claims.user.clone(), token: Some(claims) };
+            Self::still_valid(&auth, &caller)?;
+            return Ok(caller);
         }
         if let Some(user) = certs.and_then(|c| c.first()).and_then(common_name) {
             if auth.users.contains_key(&user) {
-                return Ok(Caller::User(user));
+                return Ok(Caller::User { name: user, token: None });
             }
         }
         Err(Status::unauthenticated(
@@ -141,29 +147,42 @@ impl Access {
         ))
     }
 
-    fn user_of_token(&self, auth: &AuthState, token: &str) -> Result<String, Status> {
-        let claims = secrets::open_token(&auth.token_key, token)
-            .map_err(|why| Status::unauthenticated(format!("invalid token: {why}")))?;
-        if claims.expires_ms <= now_ms() {
-            return Err(Status::unauthenticated("the token has expired: authenticate again"));
+    /// Whether `caller`'s credentials still hold: authentication on means a user, whose token
+    /// (if that is how it came) has not expired nor been outdated by a change to the user.
+    fn still_valid(auth: &AuthState, caller: &Caller) -> Result<(), Status> {
+        let (name, token) = match caller {
+            Caller::Anyone => {
+                return Err(Status::unauthenticated(
+                    "authentication was turned on since this stream opened: open it again with credentials",
+                ))
+            }
+            Caller::User { name, token } => (name, token),
+        };
+        let Some(user) = auth.users.get(name) else {
+            return Err(Status::unauthenticated(format!("user {name:?} no longer exists")));
+        };
+        if let Some(claims) = token {
+            if claims.expires_ms <= now_ms() {
+                return Err(Status::unauthenticated("the token has expired: authenticate again"));
+            }
+            if claims.generation != user.generation {
+                return Err(Status::unauthenticated(
+                    "the token was made before the user's password or roles changed: authenticate again",
+                ));
+            }
         }
-        match auth.users.get(&claims.user) {
-            Some(u) if u.generation == claims.generation => Ok(claims.user),
-            Some(_) => Err(Status::unauthenticated(
-                "the token was made before the user's password or roles changed: authenticate again",
-            )),
-            None => Err(Status::unauthenticated(format!("user {:?} no longer exists", claims.user))),
-        }
+        Ok(())
     }
 
     /// Refuses (PERMISSION_DENIED, counted and logged) unless `caller` may do all of `needs`.
     /// `rpc` names the call in the message and the log.
     pub fn check(&self, caller: &Caller, rpc: &str, needs: &[Need]) -> Result<(), Status> {
-        let Caller::User(user) = caller else { return Ok(()) };
         let auth = self.state();
         if !auth.enabled {
             return Ok(());
         }
+        Self::still_valid(&auth, caller)?;
+        let Caller::User { name: user, .. } = caller else { unreachable!("still_valid refuses Anyone") };
         for need in needs {
             if !need.allowed(&auth, user) {
                 self.metrics.access_denied(need.permission.name());
@@ -185,12 +204,31 @@ impl Access {
         Ok(())
     }
 
-    /// Who the caller is and whether it may: [`Access::caller`] then [`Access::check`].
-    pub fn admit<T>(&self, request: &tonic::Request<T>, rpc: &str, needs: &[Need]) -> Result<Caller, Status> {
+    /// Who sent `request`: the [`Caller`] its extensions carry (a call of a `Call` stream
+    /// carries its stream's: extensions never come from the wire), else [`Access::caller`].
+    pub fn caller_of<T>(&self, request: &tonic::Request<T>) -> Result<Caller, Status> {
+        if let Some(caller) = request.extensions().get::<Caller>() {
+            return Ok(caller.clone());
+        }
         let certs = request.peer_certs();
-        let caller = self.caller(request.metadata(), certs.as_deref().map(|c| c.as_slice()))?;
+        self.caller(request.metadata(), certs.as_deref().map(|c| c.as_slice()))
+    }
+
+    /// Who the caller is and whether it may: [`Access::caller_of`] then [`Access::check`].
+    pub fn admit<T>(&self, request: &tonic::Request<T>, rpc: &str, needs: &[Need]) -> Result<Caller, Status> {
+        let caller = self.caller_of(request)?;
         self.check(&caller, rpc, needs)?;
         Ok(caller)
+    }
+
+    /// Whether `caller` may read `name` (to leave out of an answer what it may not see).
+    pub fn may_read(&self, caller: &Caller, name: &str) -> bool {
+        let auth = self.state();
+        match caller {
+            _ if !auth.enabled => true,
+            Caller::Anyone => false,
+            Caller::User { name: user, .. } => auth.allows(user, Permission::Read, &NameRange::name(name)),
+        }
     }
 
     /// A token for `user` if `password` is its password (UNAUTHENTICATED otherwise, saying no

@@ -59,3 +59,37 @@ pub fn of_request(request: &Request) -> Vec<Need> {
         },
     }
 }
+
+/// What a node request is, for refusals and the audit log.
+pub fn label(request: &Request) -> &'static str {
+    match request {
+        Request::Propose(c) => match c {
+            Command::OpenSession { .. } => "OpenSession",
+            Command::AttachSession { .. } => "AttachSession",
+            Command::CloseSession { .. } => "CloseSession",
+            Command::Acquire(_) => "Acquire",
+            Command::Release { .. } => "Release",
+            Command::Cancel { .. } => "Cancel",
+            Command::Proclaim { .. } => "Proclaim",
+            Command::LatchSet { .. } | Command::LatchCountDown { .. } => "Latch",
+            Command::CounterAdd { .. } | Command::CounterCas { .. } => "Counter",
+            Command::RegisterSet { .. } => "Register",
+            Command::BeginMove { .. } => "MoveSlots",
+            Command::AddNode { .. } => "AddNode",
+            Command::RemoveNode { .. } => "RemoveNode",
+            Command::Auth(_) => "AuthChange",
+            Command::ExpireSessions { .. }
+            | Command::Tick
+            | Command::HandOff { .. }
+            | Command::TakeOver { .. }
+            | Command::FinishMove { .. }
+            | Command::Etcd(_) => "internal",
+        },
+        Request::Acquire(_) => "Acquire",
+        Request::KeepAlive(_) | Request::Read(Query::KeepAlive(_)) => "KeepAlive",
+        Request::Read(Query::Lock(_)) => "Describe",
+        Request::Read(Query::Counter(_)) => "Counter",
+        Request::Read(Query::Register(_)) => "Register",
+        Request::Read(_) => "read",
+    }
+}

@@ -363,28 +363,57 @@ pub(crate) async fn serve_forwarded(
     Ok(response)
 }
 
-/// The etcd API's gRPC services over `backend`, ready to serve.
-pub fn router(backend: Backend, progress_every: Duration) -> tonic::transport::server::Router {
+/// The etcd API's gRPC services over `backend`, ready to serve. With authentication on, every
+/// call needs a user with the admin permission on every name (a client certificate naming it,
+/// or a token): per-key permissions and etcd's own Auth service are not served yet, so the
+/// keyspace is open only to administrators rather than to anyone.
+pub fn router(
+    backend: Backend,
+    progress_every: Duration,
+    access: crate::access::Access,
+) -> tonic::transport::server::Router {
     use baton_proto::etcd::etcdserverpb::{
         cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
         maintenance_server::MaintenanceServer, watch_server::WatchServer,
     };
     use baton_proto::etcd::v3electionpb::election_server::ElectionServer;
     use baton_proto::etcd::v3lockpb::lock_server::LockServer;
+    use tonic::service::interceptor::InterceptedService;
+    let admins_only = move |request: tonic::Request<()>| {
+        let everything = crate::access::Need::everything(baton_core::auth::Permission::Admin);
+        access.admit(&request, "etcd API", &[everything])?;
+        Ok(request)
+    };
     let limit = MAX_GRPC_MESSAGE_BYTES;
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .trace_fn(|req| crate::obs::trace::root(|| tracing::debug_span!("etcd.grpc", method = %req.uri().path())))
-        .add_service(KvServer::new(KvService { backend: backend.clone() }).max_decoding_message_size(limit))
-        .add_service(
+        .add_service(InterceptedService::new(
+            KvServer::new(KvService { backend: backend.clone() }).max_decoding_message_size(limit),
+            admins_only.clone(),
+        ))
+        .add_service(InterceptedService::new(
             WatchServer::new(WatchService { backend: backend.clone(), progress_every })
                 .max_decoding_message_size(limit),
-        )
-        .add_service(LeaseServer::new(LeaseService { backend: backend.clone() }).max_decoding_message_size(limit))
-        .add_service(ClusterServer::new(ClusterService { backend: backend.clone() }))
-        .add_service(LockServer::new(LockService { backend: backend.clone() }))
-        .add_service(ElectionServer::new(ElectionService { backend: backend.clone() }).max_decoding_message_size(limit))
-        .add_service(MaintenanceServer::new(MaintenanceService { backend }))
+            admins_only.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            LeaseServer::new(LeaseService { backend: backend.clone() }).max_decoding_message_size(limit),
+            admins_only.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            ClusterServer::new(ClusterService { backend: backend.clone() }),
+            admins_only.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            LockServer::new(LockService { backend: backend.clone() }),
+            admins_only.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            ElectionServer::new(ElectionService { backend: backend.clone() }).max_decoding_message_size(limit),
+            admins_only.clone(),
+        ))
+        .add_service(InterceptedService::new(MaintenanceServer::new(MaintenanceService { backend }), admins_only))
 }
 
 /// What a write adds to the keyspace as the quota counts it (etcd's rule: a put its key and

@@ -99,6 +99,7 @@ impl Driver {
                 let options = ClientOptions {
                     client_id: format!("bench-{}-{index}", std::process::id()),
                     tls: crate::tls::client(),
+                    credentials: crate::auth::credentials(),
                     ..Default::default()
                 };
                 Ok(Driver::Baton(Client::connect_with(endpoints.to_vec(), options).await.map_err(text)?))

@@ -150,7 +150,27 @@ pub struct ClientOptions {
     /// Authenticate as this user with this password (docs/SECURITY.md): the client takes a
     /// token when it connects, sends it with every request and takes a new one before it
     /// expires. `None`: no token (authentication off, or a client certificate naming the user).
-    pub credentials: Option<(String, String)>,
+    pub credentials: Option<Credentials>,
+}
+
+/// A user name and password ([`ClientOptions::credentials`]); `Debug` does not show the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl Credentials {
+    /// `user` with `password`.
+    pub fn new(user: impl Into<String>, password: impl Into<String>) -> Credentials {
+        Credentials { user: user.into(), password: password.into() }
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials").field("user", &self.user).field("password", &"<hidden>").finish()
+    }
 }
 
 impl Default for ClientOptions {
@@ -433,7 +453,7 @@ fn dialer(options: &ClientOptions) -> Result<baton_tls::Dialer> {
 /// Takes a token for the client's credentials from the first node that answers, and makes every
 /// request carry it; returns how long it lasts.
 async fn authenticate(inner: &Inner) -> Result<Duration> {
-    let Some((user, password)) = inner.options.credentials.clone() else { return Ok(Duration::MAX) };
+    let Some(Credentials { user, password }) = inner.options.credentials.clone() else { return Ok(Duration::MAX) };
     let mut last = Error::Unreachable(inner.options.attempt_timeout, "no node to ask".into());
     for addr in inner.router.nodes() {
         let mut c = inner.router.channel(&addr)?;
@@ -442,8 +462,12 @@ async fn authenticate(inner: &Inner) -> Result<Duration> {
             Ok(Ok(r)) => {
                 let r = r.into_inner();
                 inner.router.token.set(&r.token)?;
+                inner.router.reset_pipes();
                 return Ok(Duration::from_millis(r.ttl_ms));
             }
+            // Authentication is off: go on without a token, and ask again later (it may be
+            // turned on; credentials can be given before it is).
+            Ok(Err(s)) if s.code() == tonic::Code::FailedPrecondition => return Ok(AUTH_OFF_RETRY * 2),
             // The node judged the credentials: another node would judge them the same.
             Ok(Err(s)) if std::error::Error::source(&s).is_none() => return Err(Error::Status(s)),
             Ok(Err(s)) => last = AttemptError::from(s).into_error(),
@@ -453,17 +477,26 @@ async fn authenticate(inner: &Inner) -> Result<Duration> {
     Err(last)
 }
 
-/// Takes a new token halfway through each one's life (again every few seconds while that fails:
-/// until the old one expires, requests still carry it).
-async fn reauthenticate_loop(weak: std::sync::Weak<Inner>, mut ttl: Duration) {
+/// How often a client with credentials asks again while authentication is off.
+const AUTH_OFF_RETRY: Duration = Duration::from_secs(15);
+
+/// Takes a new token halfway through each one's life; while that fails, again after a pause
+/// that doubles up to a minute (until the old token expires, requests still carry it).
+async fn reauthenticate_loop(weak: std::sync::Weak<Inner>, ttl: Duration) {
+    let mut wait = ttl / 2;
+    let mut backoff = Duration::from_secs(3);
     loop {
-        tokio::time::sleep((ttl / 2).max(Duration::from_secs(1))).await;
+        tokio::time::sleep(wait.max(Duration::from_secs(1))).await;
         let Some(inner) = weak.upgrade() else { return };
         match authenticate(&inner).await {
-            Ok(next) => ttl = next,
+            Ok(next) => {
+                wait = next / 2;
+                backoff = Duration::from_secs(3);
+            }
             Err(e) => {
                 tracing::warn!("cannot renew the authentication token: {e}");
-                ttl = Duration::from_secs(6);
+                wait = backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(60));
             }
         }
     }

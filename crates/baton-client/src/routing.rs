@@ -134,6 +134,12 @@ impl Router {
         Ok(Router { state: Mutex::new(state), stale: Arc::new(Notify::new()), discover, dialer, token })
     }
 
+    /// Opens new `Call` streams from now on (a stream carries the token it was opened with: after
+    /// a new token, calls go to new streams; the old ones end once their calls are answered).
+    pub(crate) fn reset_pipes(&self) {
+        self.state.lock().expect("route lock").pipes.clear();
+    }
+
     /// A channel to `addr` of its own, dialled as the others are.
     pub(crate) fn channel(&self, addr: &str) -> Result<Grpc> {
         channel(addr, &self.dialer, &self.token)

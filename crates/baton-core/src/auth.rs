@@ -229,7 +229,10 @@ impl AuthState {
         self.check(command)?;
         match command {
             AuthCommand::UserAdd { name, password_hash } => {
-                let user = User { password_hash: password_hash.clone(), ..User::default() };
+                // A generation no earlier user of this name had: a removed user's tokens stay
+                // dead when the name is added again (the review found them coming back).
+                let user =
+                    User { password_hash: password_hash.clone(), generation: self.revision + 1, ..User::default() };
                 self.users.insert(name.clone(), user);
             }
             AuthCommand::UserRemove { name } => {
@@ -299,6 +302,9 @@ impl AuthState {
             AuthCommand::UserPasswd { name, password_hash } => {
                 check_hash(password_hash)?;
                 user(name)?;
+                if self.enabled && name == ROOT_USER && password_hash.is_none() {
+                    return Err(AuthError::WouldLockOut("the user root keeps a password".into()));
+                }
             }
             AuthCommand::UserGrant { user: u, role: r } => {
                 user(u)?;

@@ -724,6 +724,11 @@ impl Node {
         self.groups.values().map(|g| g.status()).collect()
     }
 
+    /// The status of one group this node holds.
+    pub fn group_status(&self, group: GroupId) -> Option<GroupStatus> {
+        self.groups.get(&group).map(|g| g.status())
+    }
+
     /// The leader of `group` as this node knows it.
     pub fn leader(&self, group: GroupId) -> Option<NodeId> {
         self.groups.get(&group).and_then(|g| g.leader())

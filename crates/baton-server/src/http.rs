@@ -218,7 +218,15 @@ async fn refuse_while_authenticating(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if node.view.lock().expect("view lock").auth.enabled {
+    let (enabled, ready) = {
+        let view = node.view.lock().expect("view lock");
+        (view.auth.enabled, view.auth_ready)
+    };
+    if !ready {
+        let why = "this node has not caught up with the cluster's users and roles since it started\n";
+        return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
+    }
+    if enabled {
         let why = "authentication is on and the HTTP port does not authenticate callers yet: names, holders and \
                    history are served over the client API only (baton hot, baton history)\n";
         return (StatusCode::FORBIDDEN, why).into_response();

@@ -100,6 +100,10 @@ pub struct ClusterView {
     /// The users, roles and permissions as this node's replica of the meta group has them
     /// (refreshed after every round that changed them; see [`crate::access`]).
     pub auth: Arc<baton_core::auth::AuthState>,
+    /// Whether this node's replica of the meta group has caught up with a leader since the
+    /// node started: until then `auth` may be behind (a restart, a join) and requests are not
+    /// served (see [`crate::access`]).
+    pub auth_ready: bool,
 }
 
 impl ClusterView {
@@ -177,6 +181,8 @@ struct ServerEffects {
     topology_changed: bool,
     /// The revision of the users and roles last published in the view.
     auth_revision: Option<u64>,
+    /// Whether the view says the users and roles are caught up (see [`ClusterView::auth_ready`]).
+    auth_ready: bool,
     answer_to: HashMap<RequestId, (oneshot::Sender<Result<Answer, NodeError>>, tracing::Span)>,
     per_peer: BTreeMap<NodeId, Vec<GroupMessage>>,
     /// Outgoing Raft messages are encoded into slices of this buffer: one allocation per
@@ -335,8 +341,13 @@ fn spawn_with_clock<S: LogStore + Send + 'static>(
         if let Some(t) = node.topology() {
             v.topology = Arc::new(t.clone());
         }
+        // What the data folder knows of the users and roles, from the start.
+        if let Some(auth) = node.replica(baton_node::META_GROUP).and_then(|sm| sm.auth()) {
+            v.auth = Arc::new(auth.clone());
+        }
         v.leaders = node.groups().into_iter().map(|g| (g, None)).collect();
     }
+    let auth_revision = node.replica(baton_node::META_GROUP).and_then(|sm| sm.auth()).map(|a| a.revision);
     let etcd_feed = Arc::new(crate::etcd::feed::EtcdFeed::default());
     let mut rt = Runtime {
         driver: Driver::new(node, Requests::default()),
@@ -349,7 +360,8 @@ fn spawn_with_clock<S: LogStore + Send + 'static>(
             events: events.clone(),
             view: view.clone(),
             topology_changed: false,
-            auth_revision: None,
+            auth_revision,
+            auth_ready: false,
             answer_to: HashMap::new(),
             per_peer: BTreeMap::new(),
             encode_buf: BytesMut::new(),
@@ -430,6 +442,16 @@ impl<S: LogStore> Runtime<S> {
             if revision != self.fx.auth_revision {
                 self.fx.auth_revision = revision;
                 self.fx.view.lock().expect("view lock").auth = Arc::new(auth.cloned().unwrap_or_default());
+            }
+            // Caught up once: a leader known and everything it committed applied here. Not
+            // undone by a later election (that would stop all traffic during one); a node that
+            // falls behind later decides by slightly older rules, like any follower.
+            if !self.fx.auth_ready {
+                let meta = self.driver.node().group_status(baton_node::META_GROUP);
+                if meta.is_some_and(|m| m.leader.is_some() && m.applied >= m.commit) {
+                    self.fx.auth_ready = true;
+                    self.fx.view.lock().expect("view lock").auth_ready = true;
+                }
             }
         }
     }

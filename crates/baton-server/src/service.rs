@@ -24,6 +24,10 @@ pub mod requests;
 
 use requests::Asked;
 pub use requests::{home_group, MAX_KEEPALIVE_SESSIONS};
+/// Most password checks running at once on a node (`Authenticate`).
+pub const MAX_AUTHENTICATIONS: usize = 4;
+static AUTHENTICATIONS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_AUTHENTICATIONS);
+
 /// Most calls in flight on one `Call` stream; more are answered RESOURCE_EXHAUSTED.
 pub const MAX_CALLS_IN_FLIGHT: usize = 10_000;
 
@@ -294,7 +298,7 @@ impl Baton for BatonService {
         } else {
             Need::name(Permission::Read, &request.get_ref().name)
         };
-        self.access.admit(&request, "Watch", &[need])?;
+        let caller = self.access.admit(&request, "Watch", std::slice::from_ref(&need))?;
         let req = request.into_inner();
         requests::watch(&req)?;
         // A name's events are its group's; a prefix covers every group this node holds.
@@ -321,7 +325,18 @@ impl Baton for BatonService {
                     self.node.id
                 ))
             })?;
-            let feed = GroupFeed { group, name: req.name.clone(), prefix: req.prefix, start_seq, last, kept, live };
+            let feed = GroupFeed {
+                group,
+                name: req.name.clone(),
+                prefix: req.prefix,
+                start_seq,
+                last,
+                kept,
+                live,
+                access: self.access.clone(),
+                caller: caller.clone(),
+                need: need.clone(),
+            };
             tokio::spawn(feed.run(tx.clone()));
         }
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
@@ -380,7 +395,7 @@ impl Baton for BatonService {
 
     async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
         // Names nothing: any user may see it (once authenticated, when that is on).
-        self.access.admit(&request, "Status", &[])?;
+        self.access.admit_nameless(&request, "Status")?;
         let mut groups = self.call(|tx| Input::Status { tx }).await?;
         // Data groups first, in id order, then the meta group: `groups[0]` of a one-group
         // cluster is its data group, as before sharding.
@@ -458,12 +473,22 @@ impl Baton for BatonService {
         &self,
         request: Request<pb::AuthenticateRequest>,
     ) -> Result<Response<pb::AuthenticateResponse>, Status> {
+        // Checking a password takes tens of milliseconds of CPU and 19 MiB, by design: a few at
+        // a time, off the async threads; more are refused at once (the review found that
+        // unbounded checks let anyone exhaust the node's memory).
+        let Ok(permit) = AUTHENTICATIONS.try_acquire() else {
+            return Err(Status::resource_exhausted(format!(
+                "{MAX_AUTHENTICATIONS} authentications are in progress on this node: try again shortly"
+            )));
+        };
         let req = request.into_inner();
         let access = self.access.clone();
-        // Checking a password takes tens of milliseconds of CPU, by design: not on the async threads.
-        let token = tokio::task::spawn_blocking(move || access.authenticate(&req.user, &req.password))
-            .await
-            .map_err(|e| Status::internal(format!("authentication failed to run: {e}")))??;
+        let token = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            access.authenticate(&req.user, &req.password)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("authentication failed to run: {e}")))??;
         let ttl_ms = crate::access::TOKEN_TTL.as_millis() as u64;
         Ok(Response::new(pb::AuthenticateResponse { token, ttl_ms }))
     }
@@ -493,7 +518,7 @@ impl Baton for BatonService {
 
     async fn topology(&self, request: Request<pb::TopologyRequest>) -> Result<Response<pb::TopologyResponse>, Status> {
         // Clients route by it: any user may see it (once authenticated, when that is on).
-        self.access.admit(&request, "Topology", &[])?;
+        self.access.admit_nameless(&request, "Topology")?;
         let view = self.node.view.lock().expect("view lock");
         let groups = view
             .topology
@@ -545,9 +570,28 @@ struct GroupFeed {
     last: u64,
     kept: Vec<std::sync::Arc<crate::watch::Watched>>,
     live: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::watch::Watched>>,
+    /// Who watches, what it needs, and the checker: asked again before every event, so that a
+    /// watch ends when its caller's rights do (the review found a watch opened before
+    /// authentication was turned on kept showing every name).
+    access: Access,
+    caller: Caller,
+    need: Need,
 }
 
 impl GroupFeed {
+    /// Sends `event` if the watcher may still see it; false when the watch is over.
+    async fn send(
+        &self,
+        tx: &tokio::sync::mpsc::Sender<Result<pb::WatchEvent, Status>>,
+        event: pb::WatchEvent,
+    ) -> bool {
+        if let Err(refused) = self.access.check(&self.caller, "Watch", std::slice::from_ref(&self.need)) {
+            let _ = tx.send(Err(refused)).await;
+            return false;
+        }
+        tx.send(Ok(event)).await.is_ok()
+    }
+
     async fn run(mut self, tx: tokio::sync::mpsc::Sender<Result<pb::WatchEvent, Status>>) {
         let mut next = self.start_seq;
         if next == 0 {
@@ -555,14 +599,12 @@ impl GroupFeed {
             next = self.last + 1;
             let sync =
                 pb::WatchEvent { group: self.group, seq: self.last, r#type: "sync".into(), ..Default::default() };
-            if tx.send(Ok(sync)).await.is_err() {
+            if !self.send(&tx, sync).await {
                 return;
             }
         }
         for w in std::mem::take(&mut self.kept) {
-            if w.seq >= next
-                && w.matches(&self.name, self.prefix)
-                && tx.send(Ok(crate::watch::to_proto(&w))).await.is_err()
+            if w.seq >= next && w.matches(&self.name, self.prefix) && !self.send(&tx, crate::watch::to_proto(&w)).await
             {
                 return;
             }
@@ -575,7 +617,7 @@ impl GroupFeed {
                         continue; // already sent from the kept history
                     }
                     next = w.seq + 1;
-                    if w.matches(&self.name, self.prefix) && tx.send(Ok(crate::watch::to_proto(&w))).await.is_err() {
+                    if w.matches(&self.name, self.prefix) && !self.send(&tx, crate::watch::to_proto(&w)).await {
                         return;
                     }
                 }
@@ -623,6 +665,15 @@ async fn serve_calls(
                     if tx.send(Ok(call_failed(req.call_id, &s))).await.is_err() {
                         return;
                     }
+                }
+                Ok(Some(req)) if svc.access.check(&caller, "Call", &[]).is_err() => {
+                    // The stream's credentials no longer hold (authentication came on since it
+                    // opened, or its token expired): end it, so that the client opens a new one
+                    // with what it has now. This call was not processed.
+                    let refused = svc.access.check(&caller, "Call", &[]).unwrap_err();
+                    let _ = tx.send(Ok(call_failed(req.call_id, &refused))).await;
+                    let _ = tx.send(Err(refused)).await;
+                    return;
                 }
                 Ok(Some(req)) => {
                     use tracing::Instrument as _;

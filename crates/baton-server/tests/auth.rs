@@ -238,6 +238,12 @@ async fn every_rpc_needs_a_user_with_the_permission() {
     cluster.leader().await;
     let leader = meta_leader(&cluster).await;
     let mut c = BatonClient::connect(format!("http://{}", cluster.client_addrs[&leader])).await.unwrap();
+    // A watch on every name, opened while authentication is off: it must end once it is on.
+    let mut early = c
+        .watch(pb::WatchRequest { name: String::new(), prefix: true, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     secure(&mut c).await;
     wait_enabled(&cluster).await;
 
@@ -294,13 +300,23 @@ async fn every_rpc_needs_a_user_with_the_permission() {
     // The Rust client with credentials: alice holds jobs/a, carol counts under cnt/, each is
     // refused elsewhere; root does everything.
     let as_user = |user: &str, password: &str| ClientOptions {
-        credentials: Some((user.into(), password.into())),
+        credentials: Some(baton_client::Credentials::new(user, password)),
         request_timeout: Duration::from_secs(10),
         ..Default::default()
     };
     let alice_client = Client::connect_with(cluster.endpoints(), as_user("alice", "alicepw")).await.unwrap();
     let s = alice_client.session(Duration::from_secs(5)).await.unwrap();
     let g = s.lock("jobs/a", None).await.unwrap().expect("granted");
+    // That grant was an event: the early watch is refused instead of showing it.
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(10), early.message()).await.expect("the early watch went on") {
+            Ok(Some(e)) if e.r#type == "sync" => continue,
+            Ok(Some(e)) => panic!("the early watch showed {e:?} after authentication came on"),
+            Ok(None) => panic!("the early watch ended without saying why"),
+            Err(s) => break s,
+        }
+    };
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
     let refused = s.lock("other/a", None).await.err().expect("refused");
     assert_eq!(refused.code(), Some(Code::PermissionDenied), "{refused}");
     let carol = Client::connect_with(cluster.endpoints(), as_user("carol", "carolpw")).await.unwrap();

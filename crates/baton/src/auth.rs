@@ -10,7 +10,7 @@ use super::*;
 #[derive(clap::Args, Clone, Debug, Default)]
 pub(crate) struct CredentialArgs {
     /// Authenticate as this user: NAME:PASSWORD, or NAME with --password (env BATON_USER).
-    #[arg(long, global = true, env = "BATON_USER")]
+    #[arg(long, global = true, env = "BATON_USER", hide_env_values = true)]
     user: Option<String>,
     /// The user's password, if not given with --user (env BATON_PASSWORD).
     #[arg(long, global = true, env = "BATON_PASSWORD", hide_env_values = true)]
@@ -45,8 +45,8 @@ pub(crate) fn set_credentials(credentials: Option<(String, String)>) {
 }
 
 /// Who this process authenticates as.
-pub(crate) fn credentials() -> Option<(String, String)> {
-    CREDENTIALS.get().cloned().flatten()
+pub(crate) fn credentials() -> Option<baton_client::Credentials> {
+    CREDENTIALS.get().cloned().flatten().map(|(user, password)| baton_client::Credentials { user, password })
 }
 
 /// `baton user ...`.

@@ -58,7 +58,10 @@ pub(crate) async fn lock(hold: HoldArgs, kind: LockKind) -> ExitCode {
     cmd.args(&command[1..])
         .env("BATON_FENCE", guard.token().to_string())
         .env("BATON_LOCK", &name)
-        .env("BATON_SESSION", session.id().to_string());
+        .env("BATON_SESSION", session.id().to_string())
+        // The command runs under the lock, not as the user: it does not inherit the password.
+        .env_remove("BATON_PASSWORD")
+        .env_remove("BATON_USER");
     // CMD gets its own process group, so that the deadline kills everything CMD started, not
     // just CMD (a child of a shell kept writing after the lease had passed: found by review).
     // On a terminal where baton is in the foreground, CMD's group takes the foreground (as a

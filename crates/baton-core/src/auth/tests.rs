@@ -93,6 +93,25 @@ fn changes_that_must_end_tokens_bump_the_generation() {
 }
 
 #[test]
+fn a_user_added_again_never_has_an_earlier_generation() {
+    let mut s = state_with(&[]);
+    let g = s.users["alice"].generation;
+    s.apply(&AuthCommand::UserRemove { name: "alice".into() }).unwrap();
+    s.apply(&AuthCommand::UserAdd { name: "alice".into(), password_hash: Some("h".into()) }).unwrap();
+    assert!(s.users["alice"].generation > g, "a token of the removed alice would work again");
+}
+
+#[test]
+fn root_keeps_a_password_while_authentication_is_on() {
+    let mut s = AuthState::default();
+    s.apply(&AuthCommand::UserAdd { name: "root".into(), password_hash: Some("h".into()) }).unwrap();
+    s.apply(&AuthCommand::UserGrant { user: "root".into(), role: "root".into() }).unwrap();
+    s.apply(&AuthCommand::Enable { token_key: vec![1; 32] }).unwrap();
+    let clear = AuthCommand::UserPasswd { name: "root".into(), password_hash: None };
+    assert!(matches!(s.apply(&clear), Err(AuthError::WouldLockOut(_))));
+}
+
+#[test]
 fn bad_commands_are_refused_with_a_reason() {
     let mut s = state_with(&[]);
     let refused = |s: &mut AuthState, c: AuthCommand| s.apply(&c).unwrap_err().to_string();

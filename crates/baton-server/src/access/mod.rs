@@ -96,6 +96,12 @@ pub struct Access {
     metrics: Arc<crate::obs::Metrics>,
 }
 
+/// A hash no password matches (made once), verified against for unknown users.
+fn dummy_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| secrets::hash_password("no user has this password").expect("hashing works"))
+}
+
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -120,7 +126,23 @@ impl Access {
 
     /// Who sent a request with this metadata over a connection with these client certificates.
     pub fn caller(&self, metadata: &MetadataMap, certs: Option<&[CertificateDer<'static>]>) -> Result<Caller, Status> {
-        let auth = self.state();
+        let (auth, ready) = {
+            let view = self.view.lock().expect("view lock");
+            (view.auth.clone(), view.auth_ready)
+        };
+        if !ready {
+            // Fail closed: the rules here may be older than the cluster's (a restart, a join).
+            // Answered as "no leader here yet": nothing was done, and the client tries again.
+            let status = Status::unavailable(
+                "this node has not caught up with the cluster's users and roles since it started: try again shortly",
+            );
+            return Err(crate::status::with_info(
+                status,
+                baton_proto::v1::error_info::Reason::NotLeader,
+                0,
+                String::new(),
+            ));
+        }
         if !auth.enabled {
             return Ok(Caller::Anyone);
         }
@@ -162,8 +184,14 @@ impl Access {
             return Err(Status::unauthenticated(format!("user {name:?} no longer exists")));
         };
         if let Some(claims) = token {
-            if claims.expires_ms <= now_ms() {
+            let now = now_ms();
+            if claims.expires_ms <= now {
                 return Err(Status::unauthenticated("the token has expired: authenticate again"));
+            }
+            // No token of ours lives longer than TOKEN_TTL (a minute allowed for clock skew
+            // between nodes): a longer one was not made by a node.
+            if claims.expires_ms > now + TOKEN_TTL.as_millis() as u64 + 60_000 {
+                return Err(Status::unauthenticated("the token's expiry is further away than any token's"));
             }
             if claims.generation != user.generation {
                 return Err(Status::unauthenticated(
@@ -221,6 +249,21 @@ impl Access {
         Ok(caller)
     }
 
+    /// For RPCs that show no names (status, the slot map): before this node has caught up with
+    /// the users and roles anyone is let through (operators and clients need them to see a
+    /// node start); after, as [`Access::admit`] with no need.
+    pub fn admit_nameless<T>(&self, request: &tonic::Request<T>, rpc: &str) -> Result<Caller, Status> {
+        if !self.view.lock().expect("view lock").auth_ready {
+            return Ok(Caller::Anyone);
+        }
+        self.admit(request, rpc, &[])
+    }
+
+    /// Whether this node serves requests yet (see [`crate::runtime::ClusterView::auth_ready`]).
+    pub fn ready(&self) -> bool {
+        self.view.lock().expect("view lock").auth_ready
+    }
+
     /// Whether `caller` may read `name` (to leave out of an answer what it may not see).
     pub fn may_read(&self, caller: &Caller, name: &str) -> bool {
         let auth = self.state();
@@ -234,17 +277,22 @@ impl Access {
     /// A token for `user` if `password` is its password (UNAUTHENTICATED otherwise, saying no
     /// more than that: which of the two was wrong is not told).
     pub fn authenticate(&self, user: &str, password: &str) -> Result<String, Status> {
+        if !self.ready() {
+            return Err(Status::unavailable("this node has not caught up with the cluster's users and roles yet"));
+        }
         let auth = self.state();
         if !auth.enabled {
             return Err(Status::failed_precondition("authentication is not enabled"));
         }
         let refused = || Status::unauthenticated("authentication failed: wrong user name or password");
-        let u = auth.users.get(user).ok_or_else(refused)?;
-        let hash = u.password_hash.as_deref().ok_or_else(refused)?;
-        if !secrets::verify_password(password, hash) {
+        let known = auth.users.get(user).and_then(|u| Some((u, u.password_hash.as_deref()?)));
+        // An unknown user costs a verification too: the time taken does not tell who exists.
+        let hash = known.map_or(dummy_hash(), |(_, h)| h);
+        let verified = secrets::verify_password(password, hash);
+        let Some((u, _)) = known.filter(|_| verified) else {
             tracing::warn!(target: "baton::audit", user, "authentication failed");
             return Err(refused());
-        }
+        };
         let expires = now_ms() + TOKEN_TTL.as_millis() as u64;
         Ok(secrets::sign_token(&auth.token_key, user, u.generation, expires))
     }

@@ -222,7 +222,11 @@ impl TestCluster {
                     seen.push(s.groups[0].leader);
                 }
             }
-            if !seen.is_empty()
+            // Every running node serves (it has caught up with the users and roles: until then
+            // it answers "not yet" to every request but status).
+            let ready = self.servers.values().all(|s| s.node().view.lock().unwrap().auth_ready);
+            if ready
+                && !seen.is_empty()
                 && seen[0] != 0
                 && seen.iter().all(|l| *l == seen[0])
                 && self.servers.contains_key(&seen[0])

@@ -134,29 +134,34 @@ pub fn start_etcd(dir: &Path) -> Option<(Proc, String)> {
         eprintln!("etcd is not installed: skipping the etcd side (bench/compare.sh and .ci/run install it)");
         return None;
     }
-    let ports = free_ports(2);
-    let (client, peer) = (format!("http://127.0.0.1:{}", ports[0]), format!("http://127.0.0.1:{}", ports[1]));
-    let child = Command::new("etcd")
-        .args(["--name", "bench", "--data-dir", dir.join("etcd").to_str().unwrap()])
-        .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-        .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-        .args(["--initial-cluster", &format!("bench={peer}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let proc = Proc(child);
-    let addr = format!("127.0.0.1:{}", ports[0]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        let out = Command::new(BATON)
-            .args(["bench", "--target", "etcd", "--endpoints", &addr, "--clients", "1", "--duration", "0.2"])
-            .output()
+    // Another test's process may take a port between `free_ports` and etcd's bind (etcd then
+    // exits at once): start again on new ports, a few times.
+    for _ in 0..3 {
+        let ports = free_ports(2);
+        let (client, peer) = (format!("http://127.0.0.1:{}", ports[0]), format!("http://127.0.0.1:{}", ports[1]));
+        let _ = std::fs::remove_dir_all(dir.join("etcd"));
+        let child = Command::new("etcd")
+            .args(["--name", "bench", "--data-dir", dir.join("etcd").to_str().unwrap()])
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("bench={peer}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
             .unwrap();
-        if out.status.success() {
-            return Some((proc, addr));
+        let mut proc = Proc(child);
+        let addr = format!("127.0.0.1:{}", ports[0]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline && proc.0.try_wait().unwrap().is_none() {
+            let out = Command::new(BATON)
+                .args(["bench", "--target", "etcd", "--endpoints", &addr, "--clients", "1", "--duration", "0.2"])
+                .output()
+                .unwrap();
+            if out.status.success() {
+                return Some((proc, addr));
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
-        std::thread::sleep(Duration::from_millis(200));
     }
     panic!("etcd did not start serving");
 }

@@ -48,14 +48,17 @@ impl MonoClock {
 /// passed (by a timer, see [`SessionLease::lost`]) or once the leader says the session is gone.
 pub(crate) struct SessionLease {
     pub(crate) id: u64,
+    /// What the session's home gave to prove it is this client's user's (authentication on;
+    /// empty otherwise): shown to attach the session in another group.
+    pub(crate) proof: Vec<u8>,
     clock: MonoClock,
     lease: Mutex<Lease>,
     lost: watch::Sender<bool>,
 }
 
 impl SessionLease {
-    pub(crate) fn new(id: u64, clock: MonoClock, lease: Lease) -> SessionLease {
-        SessionLease { id, clock, lease: Mutex::new(lease), lost: watch::channel(false).0 }
+    pub(crate) fn new(id: u64, proof: Vec<u8>, clock: MonoClock, lease: Lease) -> SessionLease {
+        SessionLease { id, proof, clock, lease: Mutex::new(lease), lost: watch::channel(false).0 }
     }
 
     pub(crate) fn ttl(&self) -> Duration {
@@ -142,7 +145,7 @@ mod tests {
         let clock = MonoClock::start();
         let start = Instant::now();
         let now = clock.now_ms();
-        let lease = SessionLease::new(1, clock, Lease::new(10_000, 1, now, now));
+        let lease = SessionLease::new(1, Vec::new(), clock, Lease::new(10_000, 1, now, now));
         lease.renewal(clock.ms(start + Duration::from_secs(2)), &[1], &[1], &[]);
         lease.lost().await;
         assert_eq!(Instant::now() - start, Duration::from_secs(11));

@@ -280,7 +280,7 @@ impl Client {
             .await?;
         let home = if r.group == 0 { 1 } else { r.group };
         let lease = Lease::new(r.ttl_ms, home, sent_ms, self.inner.clock.now_ms());
-        let shared = Arc::new(SessionLease::new(r.session_id, self.inner.clock, lease));
+        let shared = Arc::new(SessionLease::new(r.session_id, r.session_proof, self.inner.clock, lease));
         self.inner.sessions.lock().expect("sessions lock").insert(r.session_id, shared.clone());
         self.inner.sessions_changed.notify_one();
         Ok(Session { client: self.clone(), shared })

@@ -227,6 +227,7 @@ impl Session {
             client_id: self.client.inner.options.client_id.clone(),
             ttl_ms: self.ttl().as_millis() as u64,
             group,
+            session_proof: self.shared.proof.clone(),
         };
         let clock = self.client.inner.clock;
         let sent_ms = clock.now_ms();

@@ -21,7 +21,7 @@ impl Log {
     fn apply(&mut self, command: Command) -> Outcome {
         self.index += 1;
         self.events.clear();
-        let entry = Entry { leader_time_ms: self.index / 1000, wall_ms: self.index, command };
+        let entry = Entry::new(self.index / 1000, self.index, command);
         self.sm.apply(self.index, &entry, &mut self.events).expect("applies")
     }
 

@@ -44,7 +44,7 @@ fn main() {
     let mut apply = |sm: &mut StateMachine, command: Command| {
         index += 1;
         events.clear();
-        sm.apply(index, &Entry { leader_time_ms: index, wall_ms: index, command }, &mut events).expect("applies")
+        sm.apply(index, &Entry::new(index, index, command), &mut events).expect("applies")
     };
     let base = LIVE.load(Ordering::Relaxed);
     let mut ids = Vec::with_capacity(sessions);

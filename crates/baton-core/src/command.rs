@@ -155,6 +155,39 @@ pub struct Entry {
     pub wall_ms: u64,
     /// The write itself.
     pub command: Command,
+    /// The user it was proposed for, with authentication on (`None`: off, or the cluster's
+    /// own work). A command naming a session is refused unless that session is this user's
+    /// (see [`session_owner`]).
+    pub user: Option<String>,
+}
+
+impl Entry {
+    /// `command` at the leader's clock readings, proposed for no user in particular.
+    pub fn new(leader_time_ms: u64, wall_ms: u64, command: Command) -> Entry {
+        Entry { leader_time_ms, wall_ms, command, user: None }
+    }
+}
+
+/// What separates the user from the client's own id in a session's client id: with
+/// authentication on, the server opens sessions for client `c` of user `u` as `u` + this + `c`.
+pub const OWNER_SEPARATOR: char = '\x1f';
+
+/// The user a session belongs to, by its client id (`None`: opened with authentication off).
+pub fn session_owner(client: &str) -> Option<&str> {
+    client.split_once(OWNER_SEPARATOR).map(|(user, _)| user)
+}
+
+/// The session a command acts for, if it names one.
+pub fn session_of(command: &Command) -> Option<SessionId> {
+    match command {
+        Command::AttachSession { session, .. }
+        | Command::CloseSession { session }
+        | Command::Release { session, .. }
+        | Command::Cancel { session, .. }
+        | Command::Proclaim { session, .. } => Some(*session),
+        Command::Acquire(r) => Some(r.session),
+        _ => None,
+    }
 }
 
 /// The successful result of a command, returned to the client that proposed it.

@@ -305,6 +305,9 @@ impl StateMachine {
         if let Some(name) = entry.command.name() {
             self.check_owned(name)?;
         }
+        if let Some(user) = &entry.user {
+            self.check_user(user, &entry.command)?;
+        }
         match &entry.command {
             Command::OpenSession { client, ttl_ms, request_id } => {
                 self.open_session(index, client, *ttl_ms, *request_id, events)
@@ -574,6 +577,31 @@ impl StateMachine {
             s.refreshed_at = index;
         }
         Ok(Outcome::SessionOpened { session, ttl_ms })
+    }
+
+    /// Refuses a command proposed for `user` that opens a session for someone else or acts
+    /// for a session that is not `user`'s. A session with no record here is left to the
+    /// command (it is refused as not found, or attached: the server checked, before proposing
+    /// an attach, that the session's home gave it to this user).
+    fn check_user(&self, user: &str, command: &Command) -> Result<()> {
+        let not_theirs = |session| Error::NotYourSession { session, user: user.to_string() };
+        if let Command::OpenSession { client, .. } | Command::AttachSession { client, .. } = command {
+            if crate::command::session_owner(client) != Some(user) {
+                return Err(Error::InvalidArgument(format!(
+                    "a session opened for user {user:?} must have a client id that starts with its name"
+                )));
+            }
+        }
+        let Some(session) = crate::command::session_of(command) else { return Ok(()) };
+        match self.sessions.get(&session) {
+            Some(s) if crate::command::session_owner(&s.client) != Some(user) => Err(not_theirs(session)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether `user` may act for `session` here: its record is this user's, or there is none.
+    pub fn session_is_theirs(&self, session: SessionId, user: &str) -> bool {
+        self.sessions.get(&session).is_none_or(|s| crate::command::session_owner(&s.client) == Some(user))
     }
 
     /// True if `session`'s home is this group.

@@ -18,7 +18,7 @@ impl Log {
 
     fn apply(&mut self, command: Command) -> Result<Outcome, Error> {
         self.index += 1;
-        let entry = Entry { leader_time_ms: self.now, wall_ms: self.now, command };
+        let entry = Entry::new(self.now, self.now, command);
         let mut events = Vec::new();
         let r = self.sm.apply(self.index, &entry, &mut events);
         self.sm.stamp(self.now, events.len());

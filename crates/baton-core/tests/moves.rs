@@ -21,7 +21,7 @@ impl Group {
     fn apply(&mut self, command: Command) -> (Result<Outcome, Error>, Vec<Event>) {
         self.index += 1;
         let mut events = Vec::new();
-        let entry = Entry { leader_time_ms: self.now, wall_ms: self.now, command };
+        let entry = Entry::new(self.now, self.now, command);
         let r = self.sm.apply(self.index, &entry, &mut events);
         (r, events)
     }

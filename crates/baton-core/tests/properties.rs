@@ -97,13 +97,13 @@ impl Harness {
         self.index += 1;
         let before = self.sm.clone();
         let mut events = Vec::new();
-        let entry = Entry { leader_time_ms: self.now, wall_ms: self.now, command: command.clone() };
+        let entry = Entry::new(self.now, self.now, command.clone());
         let result = self.sm.apply(self.index, &entry, &mut events);
         if result.is_err() {
             // A rejected command changes nothing but time (and the timers time fires).
             let mut timer_events = Vec::new();
             let mut replay = before.clone();
-            let tick = Entry { leader_time_ms: self.now, wall_ms: self.now, command: Command::Tick };
+            let tick = Entry::new(self.now, self.now, Command::Tick);
             replay.apply(self.index, &tick, &mut timer_events).unwrap();
             assert_eq!(replay, self.sm, "a rejected command changed the state: {command:?} -> {result:?}");
             assert_eq!(timer_events, events, "a rejected command emitted events other than its timers'");

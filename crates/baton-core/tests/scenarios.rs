@@ -146,7 +146,7 @@ fn run_script(script: &str) -> String {
         };
         index += 1;
         let mut events = Vec::new();
-        let result = sm.apply(index, &Entry { leader_time_ms: time, wall_ms: time, command }, &mut events);
+        let result = sm.apply(index, &Entry::new(time, time, command), &mut events);
         writeln!(out, "> {line}").unwrap();
         match result {
             Ok(outcome) => writeln!(out, "  ok {outcome:?}").unwrap(),

@@ -45,11 +45,21 @@ pub fn kind_and_mode(src: &mut Source) -> (Kind, Mode) {
 }
 
 /// Any [`Command`] but a take-over (whose bundle only a hand-off makes).
+/// A client id: any, or one of users "a" and "b" (as the server makes them with
+/// authentication on).
+fn client(src: &mut Source) -> String {
+    match src.below(4) {
+        0 => "a\u{1f}c".to_string(),
+        1 => "b\u{1f}c".to_string(),
+        _ => src.name(),
+    }
+}
+
 pub fn command(src: &mut Source, sessions: &[u64]) -> Command {
     let name = src.name();
     match src.below(24) {
-        0 | 1 => Command::OpenSession { client: src.name(), ttl_ms: src.u64(), request_id: src.below(4) },
-        2 => Command::AttachSession { session: session(src, sessions), client: src.name(), ttl_ms: src.u64() },
+        0 | 1 => Command::OpenSession { client: client(src), ttl_ms: src.u64(), request_id: src.below(4) },
+        2 => Command::AttachSession { session: session(src, sessions), client: client(src), ttl_ms: src.u64() },
         3 => Command::HandOff { move_id: src.u64(), start: src.u64() as u16, end: src.u64() as u16, to: src.u64() },
         4 => Command::BeginMove { start: src.u64() as u16, end: src.u64() as u16, to: src.u64() },
         5 => Command::FinishMove { move_id: src.u64() },

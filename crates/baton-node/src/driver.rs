@@ -121,10 +121,23 @@ impl Driver {
     /// handled with the clock reading `(mono_ms, wall_ms)` taken for it; returns the id its
     /// answer will carry.
     pub fn submit(&mut self, group: Option<GroupId>, request: Request, mono_ms: u64, wall_ms: u64) -> RequestId {
+        self.submit_for(group, request, None, mono_ms, wall_ms)
+    }
+
+    /// [`Driver::submit`] for `user` (authentication on): a request naming a session that is
+    /// not that user's is refused (see [`Node::propose_for`], [`Node::read_for`]).
+    pub fn submit_for(
+        &mut self,
+        group: Option<GroupId>,
+        request: Request,
+        user: Option<std::sync::Arc<str>>,
+        mono_ms: u64,
+        wall_ms: u64,
+    ) -> RequestId {
         self.node.set_time(mono_ms, wall_ms);
         self.next_request += 1;
         let id = self.next_request;
-        self.requests.submit(&mut self.node, group, id, request, mono_ms, &mut self.answers);
+        self.requests.submit(&mut self.node, group, id, request, user, mono_ms, &mut self.answers);
         id
     }
 

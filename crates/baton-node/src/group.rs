@@ -1,6 +1,7 @@
 //! One Raft group on this node: raft-rs, the state machine, the leader's lease table.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use baton_core::{Command, Entry, Event, SessionId, StateMachine};
 use raft::eraftpb::{ConfChange, ConfChangeV2, EntryType, Message, MessageType, Snapshot};
@@ -51,10 +52,27 @@ pub struct Proposal {
     pub entry: Entry,
 }
 
+/// A proposal as written before entries named their user: logs of earlier versions hold these.
+#[derive(Deserialize)]
+struct ProposalV1 {
+    origin: NodeId,
+    incarnation: u64,
+    request: RequestId,
+    leader_time_ms: u64,
+    wall_ms: u64,
+    command: baton_core::Command,
+}
+
 impl Proposal {
     /// Reads a normal log entry's data. Any bytes give a value or an error, never a panic.
+    /// Entries written before entries named their user read as proposed for no user (their
+    /// layout is this one's without the last field, so they do not read as this layout).
     pub fn decode(data: &[u8]) -> bincode::Result<Proposal> {
-        bincode::deserialize(data)
+        bincode::deserialize(data).or_else(|err| {
+            let Ok(old) = bincode::deserialize::<ProposalV1>(data) else { return Err(err) };
+            let entry = Entry::new(old.leader_time_ms, old.wall_ms, old.command);
+            Ok(Proposal { origin: old.origin, incarnation: old.incarnation, request: old.request, entry })
+        })
     }
 }
 
@@ -70,6 +88,8 @@ struct PendingRead {
     id: RequestId,
     query: Query,
     since_ms: u64,
+    /// The user it is read for (authentication on): see [`crate::Node::read_for`].
+    user: Option<Arc<str>>,
 }
 
 pub(crate) struct Group {
@@ -424,7 +444,7 @@ impl Group {
     /// again on a later tick).
     fn propose_internal(&mut self, command: Command, now: u64, wall: u64) -> bool {
         self.next_internal += 1;
-        let entry = Entry { leader_time_ms: self.leader_time(now), wall_ms: wall, command };
+        let entry = Entry::new(self.leader_time(now), wall, command);
         let p = Proposal { origin: 0, incarnation: self.incarnation, request: self.next_internal, entry };
         let data = bincode::serialize(&p).expect("proposal serialises");
         self.raw.propose(Vec::new(), data).is_ok()
@@ -453,11 +473,13 @@ impl Group {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn propose(
         &mut self,
         origin: NodeId,
         id: RequestId,
         command: Command,
+        user: Option<String>,
         now: u64,
         wall: u64,
         config: &NodeConfig,
@@ -473,7 +495,7 @@ impl Group {
         if waiting >= room {
             return Err(NodeError::Busy(waiting));
         }
-        let entry = Entry { leader_time_ms: self.leader_time(now), wall_ms: wall, command };
+        let entry = Entry { user, ..Entry::new(self.leader_time(now), wall, command) };
         let p = Proposal { origin, incarnation: self.incarnation, request: id, entry };
         let data = bincode::serialize(&p).expect("proposal serialises");
         // raft-rs drops a proposal while leadership is being transferred: it was not appended,
@@ -750,5 +772,44 @@ impl Group {
             etcd_bytes: self.sm.etcd().map_or(0, |e| e.mvcc().bytes()),
             etcd_revision: self.sm.etcd().map_or(0, |e| e.revision()),
         }
+    }
+}
+
+#[cfg(test)]
+mod proposal_tests {
+    use super::*;
+
+    /// Log entries written before entries named their user still read, as proposed for no
+    /// user; entries that name one keep it.
+    #[test]
+    fn proposals_of_both_layouts_decode() {
+        #[derive(Serialize)]
+        struct OldEntry {
+            leader_time_ms: u64,
+            wall_ms: u64,
+            command: Command,
+        }
+        #[derive(Serialize)]
+        struct Old {
+            origin: NodeId,
+            incarnation: u64,
+            request: RequestId,
+            entry: OldEntry,
+        }
+        let command = Command::CloseSession { session: 9 };
+        let old = Old {
+            origin: 2,
+            incarnation: 3,
+            request: 4,
+            entry: OldEntry { leader_time_ms: 5, wall_ms: 6, command: command.clone() },
+        };
+        let p = Proposal::decode(&bincode::serialize(&old).unwrap()).unwrap();
+        assert_eq!((p.origin, p.incarnation, p.request), (2, 3, 4));
+        assert_eq!(p.entry, Entry::new(5, 6, command.clone()));
+
+        let entry = Entry { user: Some("alice".into()), ..Entry::new(5, 6, command) };
+        let new = Proposal { origin: 2, incarnation: 3, request: 4, entry: entry.clone() };
+        assert_eq!(Proposal::decode(&bincode::serialize(&new).unwrap()).unwrap().entry, entry);
+        assert!(Proposal::decode(&[1, 2, 3]).is_err());
     }
 }

@@ -19,6 +19,7 @@
 //! [`Renewal`]: the client, which sends one to every node, learns which groups renewed what.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use baton_core::{AcquireRequest, Command, Event, Outcome, SessionId};
 
@@ -161,13 +162,16 @@ impl Requests {
     }
 
     /// Submits a request to the node, to `group` or (`None`) to the group its routing key
-    /// belongs to; its answer comes out of [`Requests::handle`].
+    /// belongs to, for `user` (authentication on: see [`Node::propose_for`] and
+    /// [`Node::read_for`]); its answer comes out of [`Requests::handle`].
+    #[allow(clippy::too_many_arguments)]
     pub fn submit(
         &mut self,
         node: &mut Node,
         group: Option<GroupId>,
         id: RequestId,
         request: Request,
+        user: Option<Arc<str>>,
         now_ms: u64,
         answers: &mut Vec<(RequestId, Result<Answer, NodeError>)>,
     ) {
@@ -177,19 +181,19 @@ impl Requests {
             (None, None) => crate::DATA_GROUP,
         };
         match request {
-            Request::KeepAlive(sessions) => self.renew(node, id, sessions, now_ms, answers),
+            Request::KeepAlive(sessions) => self.renew(node, id, sessions, user, now_ms, answers),
             Request::Propose(command) => {
                 self.pending.insert(id, Kind::Propose);
-                node.propose(group, id, command);
+                node.propose_for(group, id, command, user);
             }
             Request::Acquire(req) => {
                 let key = self.wait_key(group, &req.name, req.session, req.request_id);
                 self.pending.insert(id, Kind::Acquire(key));
-                node.propose(group, id, Command::Acquire(req));
+                node.propose_for(group, id, Command::Acquire(req), user);
             }
             Request::Read(query) => {
                 self.pending.insert(id, Kind::Read);
-                node.read(group, id, query);
+                node.read_for(group, id, query, user);
             }
         }
     }
@@ -202,6 +206,7 @@ impl Requests {
         node: &mut Node,
         id: RequestId,
         sessions: Vec<SessionId>,
+        user: Option<Arc<str>>,
         now_ms: u64,
         answers: &mut Vec<(RequestId, Result<Answer, NodeError>)>,
     ) {
@@ -223,7 +228,7 @@ impl Requests {
             self.next_part += 1;
             let part = PART | self.next_part;
             self.pending.insert(part, Kind::Renew(id, group));
-            node.read(group, part, Query::KeepAlive(sessions.clone()));
+            node.read_for(group, part, Query::KeepAlive(sessions.clone()), user.clone());
         }
     }
 

@@ -1,6 +1,7 @@
 //! The node: inputs in, outputs out, across all groups.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use baton_core::{Command, Event, Holder, Kind, Limits, Outcome, SessionId, Waiter};
 use raft::eraftpb::Message;
@@ -661,22 +662,35 @@ impl Node {
 
     /// Proposes a command; the reply comes as an [`Output::Reply`] once it is applied.
     pub fn propose(&mut self, group: GroupId, id: RequestId, command: Command) {
+        self.propose_for(group, id, command, None)
+    }
+
+    /// Proposes a command for `user` (authentication on): applied only if every session it
+    /// names is that user's (see [`baton_core::command::session_owner`]).
+    pub fn propose_for(&mut self, group: GroupId, id: RequestId, command: Command, user: Option<Arc<str>>) {
         let Some(g) = self.groups.get_mut(&group).filter(|g| g.is_member()) else {
             let err = self.not_here(group);
             return self.outputs.push(Output::Reply { id, result: Err(err) });
         };
-        if let Err(e) = g.propose(self.config.id, id, command, self.mono_ms, self.wall_ms, &self.config) {
+        let user = user.map(|u| u.to_string());
+        if let Err(e) = g.propose(self.config.id, id, command, user, self.mono_ms, self.wall_ms, &self.config) {
             self.outputs.push(Output::Reply { id, result: Err(e) });
         }
     }
 
     /// Queues a linearizable read; the reply comes as an [`Output::Reply`].
     pub fn read(&mut self, group: GroupId, id: RequestId, query: Query) {
+        self.read_for(group, id, query, None)
+    }
+
+    /// Queues a linearizable read for `user` (authentication on): sessions that are not that
+    /// user's are answered as if they did not exist, and are not renewed.
+    pub fn read_for(&mut self, group: GroupId, id: RequestId, query: Query, user: Option<Arc<str>>) {
         let Some(g) = self.groups.get_mut(&group).filter(|g| g.is_member()) else {
             let err = self.not_here(group);
             return self.outputs.push(Output::Reply { id, result: Err(err) });
         };
-        if let Err(e) = g.read(id, query, self.mono_ms, &self.config) {
+        if let Err(e) = g.read(id, query, user, self.mono_ms, &self.config) {
             self.outputs.push(Output::Reply { id, result: Err(e) });
         }
     }

@@ -8,7 +8,8 @@
 //! outcome; the asking node's mover gets that answer. Of Baton's commands only hand-offs and
 //! take-overs are accepted: nothing else needs another node's hand, and the peer port is not a
 //! second client API. A lost or failed call is simply retried by the mover after a pause. etcd
-//! calls are accepted for the keyspace's group only ([`crate::etcd::EtcdCall`]).
+//! calls are accepted for the keyspace's group only, and its Auth service's changes for the
+//! meta group ([`crate::etcd::EtcdCall`]).
 
 use std::collections::BTreeMap;
 use std::sync::{mpsc, Arc, Mutex};
@@ -149,10 +150,13 @@ pub fn check(req: &ForwardRequest, me: NodeId, members: &[NodeId]) -> Result<For
         return Err(Status::permission_denied(format!("node {} is not another member of this cluster", req.from)));
     }
     if !req.etcd.is_empty() {
-        if req.group != baton_core::topology::ETCD_GROUP {
-            return Err(Status::invalid_argument("etcd calls are for the etcd keyspace's group only"));
+        let call = crate::etcd::decode_call(&req.etcd)?;
+        if req.group != call.group() {
+            return Err(Status::invalid_argument(
+                "etcd calls are for the etcd keyspace's group only (changes to users and roles: the meta group's)",
+            ));
         }
-        return crate::etcd::decode_call(&req.etcd).map(Forwarded::Etcd);
+        return Ok(Forwarded::Etcd(call));
     }
     let command: Command = bincode::deserialize(&req.command)
         .map_err(|e| Status::invalid_argument(format!("undecodable forwarded command: {e}")))?;

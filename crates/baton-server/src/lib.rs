@@ -390,7 +390,7 @@ impl Server {
         serving.push(serve(peer_api, peer, tls.peer_server.clone(), "peer API", &outcome));
         if let Some(listener) = etcd_listener {
             let backend = etcd::Backend::new(handle.clone(), channels);
-            let router = etcd::router(backend, config.etcd_progress_every, access.clone());
+            let router = etcd::router(backend, config.etcd_progress_every);
             serving.push(serve(router, listener, tls.client.clone(), "etcd API", &outcome));
         }
         if let Some(listener) = http_listener {

@@ -50,6 +50,8 @@ pub enum Input {
     Request {
         group: Option<GroupId>,
         request: Request,
+        /// The user it is for, with authentication on (see [`baton_node::Node::propose_for`]).
+        user: Option<Arc<str>>,
         tx: oneshot::Sender<Result<Answer, NodeError>>,
         span: tracing::Span,
     },
@@ -69,7 +71,17 @@ pub enum Input {
 impl Input {
     /// A client request, traced as a child of the caller's current span.
     pub fn request(group: Option<GroupId>, request: Request, tx: oneshot::Sender<Result<Answer, NodeError>>) -> Input {
-        Input::Request { group, request, tx, span: tracing::Span::current() }
+        Input::request_for(group, request, None, tx)
+    }
+
+    /// [`Input::request`] for `user` (authentication on).
+    pub fn request_for(
+        group: Option<GroupId>,
+        request: Request,
+        user: Option<Arc<str>>,
+        tx: oneshot::Sender<Result<Answer, NodeError>>,
+    ) -> Input {
+        Input::Request { group, request, user, tx, span: tracing::Span::current() }
     }
 }
 
@@ -463,7 +475,7 @@ impl<S: LogStore> Runtime<S> {
                     self.driver.step(group, msg);
                 }
             }
-            Input::Request { group, request, tx, span } => {
+            Input::Request { group, request, user, tx, span } => {
                 // A fresh reading for every request: a lease read is checked against it.
                 let (mono, wall) = (self.clock)();
                 let routed = group.unwrap_or_else(|| {
@@ -481,7 +493,7 @@ impl<S: LogStore> Runtime<S> {
                     tracing::debug_span!(parent: &span, "node.request", node = self.fx.observer.node_id(), group = routed, op = taken.1.op, client_request)
                 };
                 // Proposing happens within submit: its "proposed" event (index, term) lands in the span.
-                let id = span.in_scope(|| self.driver.submit(group, request, mono, wall));
+                let id = span.in_scope(|| self.driver.submit_for(group, request, user, mono, wall));
                 self.fx.observer.track(id, taken);
                 self.fx.answer_to.insert(id, (tx, span));
             }

@@ -5,6 +5,7 @@
 //! group; a follower answers `UNAVAILABLE` with the leader's address (see [`crate::status`]).
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use baton_core::{Command, Kind, Mode, Outcome};
 use baton_node::{AcquireResult, Answer, GroupId, Query, Reply, Request as NodeRequest, Role};
@@ -53,7 +54,8 @@ impl BatonService {
     /// serving its name. The one door to the node: what the request needs is checked here.
     async fn request(&self, caller: &Caller, group: Option<GroupId>, request: NodeRequest) -> Result<Answer, Status> {
         self.access.check(caller, rules::label(&request), &rules::of_request(&request))?;
-        self.call(|tx| Input::request(group, request, tx)).await?.map_err(|e| to_status(e, &self.node))
+        let user = caller.user().map(Arc::from);
+        self.call(|tx| Input::request_for(group, request, user, tx)).await?.map_err(|e| to_status(e, &self.node))
     }
 
     /// Proposes a command about a name to `group` (`None`: the group that serves it by this
@@ -128,10 +130,12 @@ impl Baton for BatonService {
         let caller = self.access.caller_of(&request)?;
         // The home group is the one serving the client id's slot: a retry of the same open
         // reaches the same group (while the map is unchanged), which makes it idempotent.
-        let (group, command) = requests::open_session(request.into_inner(), |client| self.group_of(client))?;
+        let (group, command) =
+            requests::open_session(request.into_inner(), caller.user(), |client| self.group_of(client))?;
         match self.propose(&caller, Some(group), command).await? {
             Outcome::SessionOpened { session, ttl_ms } => {
-                Ok(Response::new(pb::OpenSessionResponse { session_id: session, ttl_ms, group }))
+                let session_proof = self.access.session_proof(&caller, session);
+                Ok(Response::new(pb::OpenSessionResponse { session_id: session, ttl_ms, group, session_proof }))
             }
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
@@ -142,10 +146,15 @@ impl Baton for BatonService {
         request: Request<pb::AttachSessionRequest>,
     ) -> Result<Response<pb::OpenSessionResponse>, Status> {
         let caller = self.access.caller_of(&request)?;
-        let (group, command) = requests::attach_session(request.into_inner())?;
+        let req = request.into_inner();
+        let (group, command) = requests::attach_session(&req, caller.user())?;
+        // The records of other groups do not know who the session belongs to: its home does,
+        // and gave the proof to that user only.
+        self.access.check_session_proof(&caller, req.session_id, &req.session_proof)?;
         match self.propose(&caller, Some(group), command).await? {
             Outcome::SessionOpened { session, ttl_ms } => {
-                Ok(Response::new(pb::OpenSessionResponse { session_id: session, ttl_ms, group }))
+                let session_proof = req.session_proof;
+                Ok(Response::new(pb::OpenSessionResponse { session_id: session, ttl_ms, group, session_proof }))
             }
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
@@ -473,22 +482,8 @@ impl Baton for BatonService {
         &self,
         request: Request<pb::AuthenticateRequest>,
     ) -> Result<Response<pb::AuthenticateResponse>, Status> {
-        // Checking a password takes tens of milliseconds of CPU and 19 MiB, by design: a few at
-        // a time, off the async threads; more are refused at once (the review found that
-        // unbounded checks let anyone exhaust the node's memory).
-        let Ok(permit) = AUTHENTICATIONS.try_acquire() else {
-            return Err(Status::resource_exhausted(format!(
-                "{MAX_AUTHENTICATIONS} authentications are in progress on this node: try again shortly"
-            )));
-        };
         let req = request.into_inner();
-        let access = self.access.clone();
-        let token = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            access.authenticate(&req.user, &req.password)
-        })
-        .await
-        .map_err(|e| Status::internal(format!("authentication failed to run: {e}")))??;
+        let token = authenticate(&self.access, req.user, req.password).await?;
         let ttl_ms = crate::access::TOKEN_TTL.as_millis() as u64;
         Ok(Response::new(pb::AuthenticateResponse { token, ttl_ms }))
     }
@@ -540,6 +535,25 @@ impl Baton for BatonService {
             replication: view.topology.replication as u64,
         }))
     }
+}
+
+/// A token for `user` if `password` is its password (see [`Access::authenticate`]), for every
+/// API's authentication RPC. Checking a password takes tens of milliseconds of CPU and 19 MiB,
+/// by design: a few at a time, off the async threads; more are refused at once (the review
+/// found that unbounded checks let anyone exhaust the node's memory).
+pub(crate) async fn authenticate(access: &Access, user: String, password: String) -> Result<String, Status> {
+    let Ok(permit) = AUTHENTICATIONS.try_acquire() else {
+        return Err(Status::resource_exhausted(format!(
+            "{MAX_AUTHENTICATIONS} authentications are in progress on this node: try again shortly"
+        )));
+    };
+    let access = access.clone();
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        access.authenticate(&user, &password)
+    })
+    .await
+    .map_err(|e| Status::internal(format!("authentication failed to run: {e}")))?
 }
 
 /// How long MoveSlots waits for its move to finish before answering that it is still under way.

@@ -49,6 +49,7 @@ pub fn to_status(err: NodeError, node: &NodeHandle) -> Status {
                 E::InvalidArgument(_) => Code::InvalidArgument,
                 E::LimitExceeded(_) => Code::ResourceExhausted,
                 E::SessionNotFound(_) => Code::NotFound,
+                E::NotYourSession { .. } => Code::PermissionDenied,
                 E::NotHolder { .. }
                 | E::AlreadyOwned { .. }
                 | E::RequestCompleted { .. }

@@ -32,7 +32,7 @@ fn check(kind: u8, bytes: &[u8]) -> Option<Asked> {
     let write = |r: Result<(Option<u64>, Command), tonic::Status>| r.ok().map(|(_, c)| Asked::Write(c));
     match kind {
         0 => open(pb::OpenSessionRequest::decode(bytes).ok()?),
-        1 => requests::attach_session(pb::AttachSessionRequest::decode(bytes).ok()?).ok().map(|(_, c)| Asked::Write(c)),
+        1 => attach(&pb::AttachSessionRequest::decode(bytes).ok()?),
         2 => requests::close_session(&pb::CloseSessionRequest::decode(bytes).ok()?).ok().map(|(_, c)| Asked::Write(c)),
         3 => {
             requests::keep_alive(&pb::KeepAliveRequest::decode(bytes).ok()?).ok().map(|()| Asked::Write(Command::Tick))
@@ -55,7 +55,12 @@ fn check(kind: u8, bytes: &[u8]) -> Option<Asked> {
 }
 
 fn open(req: pb::OpenSessionRequest) -> Option<Asked> {
-    requests::open_session(req, |_| baton_node::DATA_GROUP).ok().map(|(_, c)| Asked::Write(c))
+    requests::open_session(req, None, |_| baton_node::DATA_GROUP).ok().map(|(_, c)| Asked::Write(c))
+}
+
+/// An attach as authentication on makes it: for a user.
+fn attach(req: &pb::AttachSessionRequest) -> Option<Asked> {
+    requests::attach_session(req, Some("fuzz")).ok().map(|(_, c)| Asked::Write(c))
 }
 
 fn acquire(req: pb::AcquireRequest) -> Option<Asked> {
@@ -74,7 +79,7 @@ fn call(req: pb::CallRequest) -> Option<Asked> {
         Op::Cancel(r) => write(requests::cancel(r)),
         Op::Counter(r) => requests::counter(r).ok().map(|(_, a)| a),
         Op::KeepAlive(r) => requests::keep_alive(&r).ok().map(|()| Asked::Write(Command::Tick)),
-        Op::AttachSession(r) => requests::attach_session(r).ok().map(|(_, c)| Asked::Write(c)),
+        Op::AttachSession(r) => attach(&r),
     }
 }
 
@@ -85,8 +90,8 @@ fn apply(asked: &Asked) {
     let mut sm = StateMachine::new(Limits::default());
     let mut events = Vec::new();
     let open = Command::OpenSession { client: "c".into(), ttl_ms: 10_000, request_id: 0 };
-    let _ = sm.apply(1, &Entry { leader_time_ms: 1, wall_ms: 1, command: open }, &mut events);
-    let _ = sm.apply(2, &Entry { leader_time_ms: 2, wall_ms: 2, command: command.clone() }, &mut events);
+    let _ = sm.apply(1, &Entry::new(1, 1, open), &mut events);
+    let _ = sm.apply(2, &Entry::new(2, 2, command.clone()), &mut events);
 }
 
 fn generate(src: &mut Source) -> Vec<u8> {
@@ -94,9 +99,14 @@ fn generate(src: &mut Source) -> Vec<u8> {
     let group = if src.bool() { 0 } else { src.u64() };
     let encoding = match kind {
         0 => pb::OpenSessionRequest { client_id: src.name(), ttl_ms: src.u64(), request_id: src.u64() }.encode_to_vec(),
-        1 => {
-            pb::AttachSessionRequest { session_id: 1, client_id: src.name(), ttl_ms: src.u64(), group }.encode_to_vec()
+        1 => pb::AttachSessionRequest {
+            session_id: 1,
+            client_id: src.name(),
+            ttl_ms: src.u64(),
+            group,
+            session_proof: src.bytes(32),
         }
+        .encode_to_vec(),
         2 => pb::CloseSessionRequest { session_id: src.u64(), group }.encode_to_vec(),
         3 => pb::KeepAliveRequest { session_ids: (0..src.below(8)).map(|_| src.u64()).collect() }.encode_to_vec(),
         4 => acquire_request(src, group).encode_to_vec(),

@@ -51,16 +51,26 @@ pub fn state_from(src: &mut Source) -> StateMachine {
             _ => time.saturating_add(src.below(5_000)),
         };
         let command = gen::command(src, &sessions);
+        // Proposed for a user (authentication on) now and then: sessions are then theirs only.
+        let user = [None, None, Some("a"), Some("b")][src.index(4)];
+        let named = baton_core::command::session_of(&command);
         let (before_now, before_token) = (sm.now_ms(), sm.last_token());
         let mut events = Vec::new();
-        let outcome = sm.apply(index, &Entry { leader_time_ms: time, wall_ms: time, command }, &mut events);
+        let entry = Entry { user: user.map(String::from), ..Entry::new(time, time, command) };
+        let outcome = sm.apply(index, &entry, &mut events);
+        if let (Ok(_), Some(user), Some(session)) = (&outcome, user, named) {
+            if let Some(s) = sm.session(session) {
+                let owner = baton_core::command::session_owner(&s.client);
+                assert_eq!(owner, Some(user), "a command for {user:?} acted for session {session} of {owner:?}");
+            }
+        }
         assert_eq!(sm.applied_index(), index, "the applied index is the entry's");
         assert!(sm.now_ms() >= before_now, "the state machine's clock went back");
         assert!(sm.last_token() >= before_token, "the last fencing token went back");
         match outcome {
             Ok(Outcome::SessionOpened { session, .. }) => sessions.push(session),
             Ok(Outcome::HandedOff { bundle }) => {
-                let take_over = Entry { leader_time_ms: time, wall_ms: time, command: Command::TakeOver { bundle } };
+                let take_over = Entry::new(time, time, Command::TakeOver { bundle });
                 let _ = destination.apply(index, &take_over, &mut events);
             }
             _ => {}

@@ -42,7 +42,7 @@ fn run(input: &[u8]) {
     let mut events = Vec::new();
     let seed = EtcdCommand::Put(baton_core::etcd::PutRequest { key: b"k1".to_vec(), ..Default::default() });
     for (index, command) in [seed, command].into_iter().enumerate() {
-        let entry = Entry { leader_time_ms: 1, wall_ms: 1, command: Command::Etcd(command) };
+        let entry = Entry::new(1, 1, Command::Etcd(command));
         let _ = sm.apply(index as u64 + 1, &entry, &mut events);
     }
 }

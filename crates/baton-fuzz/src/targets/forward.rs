@@ -54,15 +54,13 @@ fn run(input: &[u8]) {
 fn outcome_of(src: &mut Source, command: Command) -> Result<Outcome, baton_core::Error> {
     let mut sm = super::commands::state_from(src);
     let index = sm.applied_index() + 1;
-    sm.apply(index, &Entry { leader_time_ms: 0, wall_ms: 0, command }, &mut Vec::new())
+    sm.apply(index, &Entry::new(0, 0, command), &mut Vec::new())
 }
 
 /// A take-over of what a group holding a few locks hands off (bundles are only made that way).
 fn take_over(src: &mut Source) -> Command {
     let mut sm = baton_core::StateMachine::new(baton_core::Limits::default());
-    let mut apply = |index: u64, command: Command| {
-        sm.apply(index, &Entry { leader_time_ms: index, wall_ms: index, command }, &mut Vec::new())
-    };
+    let mut apply = |index: u64, command: Command| sm.apply(index, &Entry::new(index, index, command), &mut Vec::new());
     let _ = apply(1, Command::OpenSession { client: "c".into(), ttl_ms: 10_000, request_id: 0 });
     for (i, name) in ["a", "b", "lock/x"].into_iter().enumerate() {
         let _ = apply(2 + i as u64, Command::Acquire(baton_core::AcquireRequest::exclusive(name, 1, i as u64, None)));

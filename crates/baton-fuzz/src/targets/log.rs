@@ -54,7 +54,10 @@ fn generate(src: &mut Source) -> Vec<u8> {
         }
         _ => {
             let time = src.u64();
-            let entry = Entry { leader_time_ms: time, wall_ms: src.u64(), command: gen::command(src, &[1]) };
+            let mut entry = Entry::new(time, src.u64(), gen::command(src, &[1]));
+            if src.bool() {
+                entry.user = Some(src.name());
+            }
             let p = Proposal { origin: src.below(4), incarnation: src.u64(), request: src.u64(), entry };
             tagged(0, bincode::serialize(&p).unwrap_or_default())
         }

@@ -3,10 +3,17 @@
 use super::*;
 
 impl Group {
-    pub(crate) fn read(&mut self, id: RequestId, query: Query, now: u64, config: &NodeConfig) -> Result<(), NodeError> {
+    pub(crate) fn read(
+        &mut self,
+        id: RequestId,
+        query: Query,
+        user: Option<Arc<str>>,
+        now: u64,
+        config: &NodeConfig,
+    ) -> Result<(), NodeError> {
         if self.bugs.stale_reads && !matches!(query, Query::KeepAlive(_)) {
             // Deliberate bug: answer from local state, leader or not, without ReadIndex.
-            self.reads_ready.push((0, PendingRead { id, query, since_ms: now }));
+            self.reads_ready.push((0, PendingRead { id, query, since_ms: now, user }));
             return Ok(());
         }
         if self.role != Role::Leader {
@@ -21,7 +28,7 @@ impl Group {
         if waiting >= room {
             return Err(NodeError::Busy(waiting));
         }
-        let read = PendingRead { id, query, since_ms: now };
+        let read = PendingRead { id, query, since_ms: now, user };
         // Not during a leadership transfer: the new leader's election ignores the followers'
         // vote-refusal window the lease rests on (the review found it with placement on).
         let transferring = self.raw.raft.lead_transferee.is_some();
@@ -56,6 +63,8 @@ impl Group {
         let applied = self.sm.applied_index();
         let ready: Vec<(u64, PendingRead)> = self.reads_ready.extract_if(.., |(index, _)| *index <= applied).collect();
         for (_, r) in ready {
+            // With authentication on, another user's sessions read as absent, and are not renewed.
+            let theirs = |session: SessionId| r.user.as_deref().is_none_or(|u| self.sm.session_is_theirs(session, u));
             let name = match &r.query {
                 Query::Lock(n) | Query::Counter(n) | Query::Register(n) => Some(n),
                 Query::Session(_) | Query::KeepAlive(_) => None,
@@ -90,16 +99,19 @@ impl Group {
                         now_ms: self.sm.now_ms(),
                     },
                 },
-                Query::Session(id) => {
-                    Reply::Session(self.sm.session(*id).map(|s| (s.ttl_ms, s.owned.iter().map(String::from).collect())))
-                }
+                Query::Session(id) => Reply::Session(
+                    self.sm
+                        .session(*id)
+                        .filter(|_| theirs(*id))
+                        .map(|s| (s.ttl_ms, s.owned.iter().map(String::from).collect())),
+                ),
                 Query::Counter(name) => Reply::Counter(self.sm.counter(name)),
                 Query::Register(name) => Reply::Register(self.sm.register(name).map(|r| (r.value.clone(), r.version))),
                 Query::KeepAlive(sessions) => {
                     let mut leases = Vec::with_capacity(sessions.len());
                     for &id in sessions.iter() {
                         match self.sm.session(id) {
-                            Some(s) if !self.expiring.contains(&id) => {
+                            Some(s) if !self.expiring.contains(&id) && theirs(id) => {
                                 // Confirmed leader: the lease runs a full TTL from now.
                                 self.leases.set(id, now + s.ttl_ms);
                                 leases.push((id, Some((s.ttl_ms, s.moved_to.iter().copied().collect()))));

@@ -43,6 +43,16 @@ pub enum Caller {
     User { name: String, token: Option<secrets::TokenClaims> },
 }
 
+impl Caller {
+    /// The user's name (`None`: anyone, with authentication off).
+    pub fn user(&self) -> Option<&str> {
+        match self {
+            Caller::Anyone => None,
+            Caller::User { name, .. } => Some(name),
+        }
+    }
+}
+
 /// What a request needs: a permission on a range of names, or (`range: None`) on some names
 /// at least (sessions, which are about no name in particular).
 #[derive(Clone, Debug)]
@@ -272,6 +282,30 @@ impl Access {
             Caller::Anyone => false,
             Caller::User { name: user, .. } => auth.allows(user, Permission::Read, &NameRange::name(name)),
         }
+    }
+
+    /// What proves to any node that `session` is `caller`'s (empty for anyone: authentication
+    /// off). See [`secrets::session_proof`].
+    pub fn session_proof(&self, caller: &Caller, session: u64) -> Vec<u8> {
+        match caller.user() {
+            Some(user) => secrets::session_proof(&self.state().token_key, session, user),
+            None => Vec::new(),
+        }
+    }
+
+    /// Refuses (PERMISSION_DENIED) to attach `session` for `caller` unless `proof` shows its
+    /// home opened it for that user.
+    pub fn check_session_proof(&self, caller: &Caller, session: u64, proof: &[u8]) -> Result<(), Status> {
+        let Some(user) = caller.user() else { return Ok(()) };
+        if secrets::check_session_proof(&self.state().token_key, session, user, proof) {
+            return Ok(());
+        }
+        self.metrics.access_denied("session");
+        tracing::warn!(target: "baton::audit", user, session, "attach of a session without its proof");
+        Err(Status::permission_denied(format!(
+            "session {session} cannot be attached for user {user:?}: its session_proof is missing or is not the one \
+             its OpenSession gave this user"
+        )))
     }
 
     /// A token for `user` if `password` is its password (UNAUTHENTICATED otherwise, saying no

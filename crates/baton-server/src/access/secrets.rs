@@ -93,6 +93,25 @@ pub fn open_token(key: &[u8], token: &str) -> Result<TokenClaims, &'static str> 
     Ok(TokenClaims { user, generation, expires_ms })
 }
 
+/// What proves that `session` was opened for `user`: its home gives it with the session
+/// (`OpenSessionResponse.session_proof`), and the client shows it to attach the session in
+/// another group, whose records do not know the session's owner. A MAC under the token key,
+/// the message unambiguous (the id has a fixed width, the user comes after it).
+pub fn session_proof(key: &[u8], session: u64, user: &str) -> Vec<u8> {
+    let mut body = b"baton session ".to_vec();
+    body.extend_from_slice(&session.to_be_bytes());
+    body.extend_from_slice(user.as_bytes());
+    ring::hmac::sign(&mac_key(key), &body).as_ref().to_vec()
+}
+
+/// Whether `proof` is [`session_proof`]`(key, session, user)` (compared in constant time).
+pub fn check_session_proof(key: &[u8], session: u64, user: &str, proof: &[u8]) -> bool {
+    let mut body = b"baton session ".to_vec();
+    body.extend_from_slice(&session.to_be_bytes());
+    body.extend_from_slice(user.as_bytes());
+    ring::hmac::verify(&mac_key(key), &body, proof).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,5 +138,16 @@ mod tests {
         for junk in ["", "b1", "b1.zz.1.1.00", "x.y.z", &"a".repeat(2000)] {
             assert!(open_token(&key, junk).is_err(), "{junk:?}");
         }
+    }
+
+    #[test]
+    fn a_session_proof_holds_for_its_session_user_and_key_only() {
+        let key = token_key();
+        let proof = session_proof(&key, 7, "alice");
+        assert!(check_session_proof(&key, 7, "alice", &proof));
+        assert!(!check_session_proof(&key, 8, "alice", &proof));
+        assert!(!check_session_proof(&key, 7, "alicf", &proof));
+        assert!(!check_session_proof(&token_key(), 7, "alice", &proof));
+        assert!(!check_session_proof(&key, 7, "alice", &[]));
     }
 }

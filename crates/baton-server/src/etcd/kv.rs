@@ -6,8 +6,11 @@ use baton_proto::etcd::etcdserverpb::kv_server::Kv;
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 
+use super::auth::{key_range, txn_needs, write_needs};
 use super::convert;
 use super::{check_size, written, Backend, EtcdAnswer, EtcdCall};
+use crate::access::Need;
+use baton_core::auth::Permission;
 
 /// The `etcdserverpb.KV` service.
 #[derive(Clone)]
@@ -28,6 +31,8 @@ fn unexpected(o: EtcdOutcome) -> Status {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, request: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
+        let r = request.get_ref();
+        self.backend.admit(&request, "Range", &[Need::range(Permission::Read, key_range(&r.key, &r.range_end))])?;
         let req = request.into_inner();
         check_size(req.encoded_len())?;
         // A serializable range is served linearizably too: Baton has no cheaper stale path
@@ -43,6 +48,8 @@ impl Kv for KvService {
     }
 
     async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let r = request.get_ref();
+        self.backend.admit(&request, "Put", &write_needs(&r.key, &[], r.prev_kv))?;
         let req = request.into_inner();
         check_size(req.encoded_len())?;
         match self.write(EtcdCommand::Put(convert::put_in(req))).await? {
@@ -59,6 +66,8 @@ impl Kv for KvService {
         &self,
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let r = request.get_ref();
+        self.backend.admit(&request, "DeleteRange", &write_needs(&r.key, &r.range_end, r.prev_kv))?;
         let req = request.into_inner();
         check_size(req.encoded_len())?;
         match self.write(EtcdCommand::Delete(convert::delete_in(req))).await? {
@@ -72,9 +81,12 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        let caller = self.backend.admit(&request, "Txn", &[])?;
         let req = request.into_inner();
         check_size(req.encoded_len())?;
-        match self.write(EtcdCommand::Txn(convert::txn_in(req))).await? {
+        let txn = convert::txn_in(req);
+        self.backend.check(&caller, "Txn", &txn_needs(&txn))?;
+        match self.write(EtcdCommand::Txn(txn)).await? {
             EtcdOutcome::Txn { revision, response } => {
                 let mut out = convert::txn_out(response, revision);
                 out.header = self.backend.header(revision);
@@ -88,6 +100,7 @@ impl Kv for KvService {
         &self,
         request: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
+        self.backend.admit(&request, "Compact", &[Need::everything(Permission::Admin)])?;
         let req = request.into_inner();
         // `physical` asks to wait until the compaction is on disk: it is, once applied.
         match self.write(EtcdCommand::Compact(req.revision)).await? {

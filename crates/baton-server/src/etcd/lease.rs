@@ -14,6 +14,8 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{written, Backend, EtcdAnswer, EtcdCall};
+use crate::access::Need;
+use baton_core::auth::Permission;
 
 /// Keepalive answers buffered per stream before the server stops reading its requests.
 const KEEPALIVE_BUFFER: usize = 64;
@@ -52,6 +54,8 @@ impl Lease for LeaseService {
         &self,
         request: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        // As in etcd: any user may hold leases; what it attaches them to is checked by its puts.
+        self.backend.admit(&request, "LeaseGrant", &[])?;
         let req = request.into_inner();
         match written(
             self.backend.call(EtcdCall::Write(EtcdCommand::LeaseGrant { id: req.id, ttl_s: req.ttl })).await?,
@@ -70,7 +74,15 @@ impl Lease for LeaseService {
         &self,
         request: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        // Revoking deletes the lease's keys: the write permission on each of them is needed (as
+        // in etcd, judged by the keys attached now; one attached between this check and the
+        // revoke is deleted too).
+        let caller = self.backend.admit(&request, "LeaseRevoke", &[])?;
         let req = request.into_inner();
+        if let (_, Some(lease)) = self.lease(req.id, true).await? {
+            let needs: Vec<Need> = lease.keys.iter().flat_map(|k| super::auth::write_needs(k, &[], false)).collect();
+            self.backend.check(&caller, "LeaseRevoke", &needs)?;
+        }
         match written(self.backend.call(EtcdCall::Write(EtcdCommand::LeaseRevoke(req.id))).await?)? {
             EtcdOutcome::LeaseRevoked { revision } => {
                 Ok(Response::new(pb::LeaseRevokeResponse { header: self.backend.header(revision) }))
@@ -89,6 +101,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        self.backend.admit(&request, "LeaseKeepAlive", &[])?;
         let mut requests = request.into_inner();
         let (tx, rx) = mpsc::channel(KEEPALIVE_BUFFER);
         let backend = self.backend.clone();
@@ -120,8 +133,15 @@ impl Lease for LeaseService {
         &self,
         request: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        let caller = self.backend.admit(&request, "LeaseTimeToLive", &[])?;
         let req = request.into_inner();
         let (revision, lease) = self.lease(req.id, req.keys).await?;
+        // Its keys are shown only to a user that may read each of them.
+        if let Some(l) = lease.as_ref().filter(|_| req.keys) {
+            let needs: Vec<Need> =
+                l.keys.iter().map(|k| Need::range(Permission::Read, super::auth::key_range(k, &[]))).collect();
+            self.backend.check(&caller, "LeaseTimeToLive", &needs)?;
+        }
         Ok(Response::new(match lease {
             Some(l) => pb::LeaseTimeToLiveResponse {
                 header: self.backend.header(revision),
@@ -142,8 +162,9 @@ impl Lease for LeaseService {
 
     async fn lease_leases(
         &self,
-        _request: Request<pb::LeaseLeasesRequest>,
+        request: Request<pb::LeaseLeasesRequest>,
     ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
+        self.backend.admit(&request, "LeaseLeases", &[])?;
         match self.backend.call(EtcdCall::Leases).await? {
             EtcdAnswer::Leases { revision, ids } => Ok(Response::new(pb::LeaseLeasesResponse {
                 header: self.backend.header(revision),

@@ -98,8 +98,9 @@ impl Cluster for ClusterService {
 
     async fn member_list(
         &self,
-        _request: Request<pb::MemberListRequest>,
+        request: Request<pb::MemberListRequest>,
     ) -> Result<Response<pb::MemberListResponse>, Status> {
+        self.backend.admit(&request, "MemberList", &[])?;
         // etcd's member list header carries no revision.
         let header = self.backend.header(0);
         Ok(Response::new(pb::MemberListResponse { header, members: self.backend.members() }))
@@ -113,6 +114,9 @@ impl Maintenance for MaintenanceService {
     /// go through the log: every replica agrees on which writes NOSPACE refuses.
     async fn alarm(&self, request: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
         use pb::alarm_request::AlarmAction;
+        let changes = request.get_ref().action != AlarmAction::Get as i32;
+        let admin = crate::access::Need::everything(baton_core::auth::Permission::Admin);
+        self.backend.admit(&request, "Alarm", if changes { std::slice::from_ref(&admin) } else { &[] })?;
         let req = request.into_inner();
         let action = AlarmAction::try_from(req.action)
             .map_err(|_| Status::invalid_argument(format!("unknown alarm action {}", req.action)))?;
@@ -143,7 +147,9 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(pb::AlarmResponse { header: self.backend.header(revision), alarms }))
     }
 
-    async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        // Shows no keys: any user (anyone while this node catches up, to watch it start).
+        self.backend.access.admit_nameless(&request, "Status").map_err(super::auth::etcd_refusal)?;
         let status = self.backend.etcd_group_status().await?;
         let mut errors = Vec::new();
         let s = status.unwrap_or_else(|| {

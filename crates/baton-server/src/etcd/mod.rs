@@ -12,6 +12,7 @@
 //! Every call has one shape: [`EtcdCall`] in, [`EtcdAnswer`] out, the same whether it runs
 //! here or is forwarded, so forwarding cannot drift from local serving.
 
+pub mod auth;
 pub mod convert;
 pub mod feed;
 mod kv;
@@ -34,6 +35,7 @@ use tonic::{Code, Status};
 use crate::forward::PeerChannels;
 use crate::runtime::{Input, NodeHandle};
 
+pub use auth::AuthService;
 pub use kv::KvService;
 pub use lease::LeaseService;
 pub use maintenance::{ClusterService, MaintenanceService};
@@ -69,16 +71,44 @@ pub enum EtcdCall {
     Leases,
     /// The alarms raised.
     Alarms,
+    /// A change to the users and roles (etcd's Auth service), for the meta group.
+    Auth(baton_core::auth::AuthCommand),
+}
+
+impl EtcdCall {
+    /// The group that serves it: the keyspace's, or for users and roles the meta group.
+    pub fn group(&self) -> baton_node::GroupId {
+        match self {
+            EtcdCall::Auth(_) => baton_core::META_GROUP,
+            _ => ETCD_GROUP,
+        }
+    }
 }
 
 /// What an [`EtcdCall`] returned.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum EtcdAnswer {
     Written(EtcdOutcome),
-    Range { revision: i64, response: RangeResponse },
-    Lease { revision: i64, leases: Vec<Option<EtcdLeaseInfo>> },
-    Leases { revision: i64, ids: Vec<i64> },
-    Alarms { revision: i64, alarms: Vec<(u64, baton_core::etcd::Alarm)> },
+    Range {
+        revision: i64,
+        response: RangeResponse,
+    },
+    Lease {
+        revision: i64,
+        leases: Vec<Option<EtcdLeaseInfo>>,
+    },
+    Leases {
+        revision: i64,
+        ids: Vec<i64>,
+    },
+    Alarms {
+        revision: i64,
+        alarms: Vec<(u64, baton_core::etcd::Alarm)>,
+    },
+    /// The users and roles changed (to this auth revision).
+    AuthChanged {
+        revision: u64,
+    },
 }
 
 /// What the node a call was forwarded to answered.
@@ -115,6 +145,7 @@ impl From<Status> for EtcdFailure {
 pub fn etcd_status(err: NodeError) -> Status {
     match err {
         NodeError::Rejected(baton_core::Error::Etcd(e)) => etcd_error_status(&e),
+        NodeError::Rejected(baton_core::Error::Auth(e)) => auth::auth_error_status(&e),
         NodeError::Rejected(e @ baton_core::Error::LimitExceeded(_)) => Status::resource_exhausted(e.to_string()),
         NodeError::Rejected(e) => Status::invalid_argument(e.to_string()),
         NodeError::NotLeader { leader: None, .. } => Status::unavailable("etcdserver: no leader"),
@@ -148,12 +179,36 @@ pub struct Backend {
     pub(crate) peers: PeerChannels,
     /// Lease renewals waiting to be sent together.
     renewals: std::sync::Arc<renew::Renewals>,
+    /// Who may do what (the same checks as every API's).
+    pub(crate) access: crate::access::Access,
 }
 
 impl Backend {
     /// A backend over `node`, forwarding through `peers`.
     pub fn new(node: NodeHandle, peers: PeerChannels) -> Backend {
-        Backend { node, peers, renewals: Default::default() }
+        let access = crate::access::Access::new(node.view.clone(), node.metrics.clone());
+        Backend { node, peers, renewals: Default::default(), access }
+    }
+
+    /// Who sent `request` and whether it may do `needs` ([`crate::access::Access::admit`]),
+    /// refused in etcd's words ([`auth::etcd_refusal`]).
+    pub fn admit<T>(
+        &self,
+        request: &tonic::Request<T>,
+        rpc: &str,
+        needs: &[crate::access::Need],
+    ) -> Result<crate::access::Caller, Status> {
+        self.access.admit(request, rpc, needs).map_err(auth::etcd_refusal)
+    }
+
+    /// Whether `caller` may still do `needs` (a stream's later requests), in etcd's words.
+    pub fn check(
+        &self,
+        caller: &crate::access::Caller,
+        rpc: &str,
+        needs: &[crate::access::Need],
+    ) -> Result<(), Status> {
+        self.access.check(caller, rpc, needs).map_err(auth::etcd_refusal)
     }
 
     /// Runs `call` on the keyspace group's leader and returns its answer. While the group has
@@ -161,8 +216,9 @@ impl Backend {
     /// 5 s, as etcd's members hold requests until a leader is known: only calls
     /// that were certainly not applied are tried again.
     pub async fn call(&self, call: EtcdCall) -> Result<EtcdAnswer, Status> {
+        let group = call.group();
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
-        let mut target = self.leader_hint();
+        let mut target = self.leader_hint(group);
         let mut pause = Duration::from_millis(5);
         // Redirects followed without a pause (views of who leads can disagree for a moment).
         let mut hops = 0;
@@ -170,14 +226,14 @@ impl Backend {
             let result = match target {
                 Some(to) if to != self.node.id => match self.forward(to, &call).await {
                     Ok(Remote::Answer(a)) => Ok(a),
-                    Ok(Remote::Redirect(leader)) => Err(NodeError::NotLeader { group: ETCD_GROUP, leader }),
+                    Ok(Remote::Redirect(leader)) => Err(NodeError::NotLeader { group, leader }),
                     // The leader's refusal (etcd's errors): final, as if it were served here.
                     Ok(Remote::Refused(status)) => return Err(status),
                     // The node it went to did not answer (down, or gone): a read or a renewal
                     // is tried again once a leader is known; a write may have been applied
                     // there, so its caller is told it is unknown.
-                    Err(_) if !matches!(call, EtcdCall::Write(_)) => {
-                        Err(NodeError::NotLeader { group: ETCD_GROUP, leader: None })
+                    Err(_) if !matches!(call, EtcdCall::Write(_) | EtcdCall::Auth(_)) => {
+                        Err(NodeError::NotLeader { group, leader: None })
                     }
                     Err(s) => return Err(s),
                 },
@@ -193,7 +249,8 @@ impl Backend {
                 }
                 Err(NodeError::NotLeader { leader, .. }) => {
                     // A hint that just failed is not taken again at once.
-                    target = leader.or_else(|| self.leader_hint()).filter(|l| Some(*l) != target || leader.is_some());
+                    target =
+                        leader.or_else(|| self.leader_hint(group)).filter(|l| Some(*l) != target || leader.is_some());
                     tokio::time::Instant::now() + pause
                 }
                 Err(NodeError::NoGroup(_)) => {
@@ -204,7 +261,7 @@ impl Backend {
                 Err(e) => return Err(etcd_status(e)),
             };
             if retry_at >= deadline {
-                return Err(etcd_status(NodeError::NotLeader { group: ETCD_GROUP, leader: None }));
+                return Err(etcd_status(NodeError::NotLeader { group, leader: None }));
             }
             tokio::time::sleep_until(retry_at).await;
             pause = (pause * 2).min(Duration::from_millis(100));
@@ -212,9 +269,9 @@ impl Backend {
         }
     }
 
-    /// The keyspace group's leader as this node knows it.
-    fn leader_hint(&self) -> Option<NodeId> {
-        self.node.view.lock().expect("view lock").leaders.get(&ETCD_GROUP).copied().flatten()
+    /// `group`'s leader as this node knows it.
+    fn leader_hint(&self, group: baton_node::GroupId) -> Option<NodeId> {
+        self.node.view.lock().expect("view lock").leaders.get(&group).copied().flatten()
     }
 
     /// Runs `call` on this node's replica (refused with NotLeader unless it leads).
@@ -222,15 +279,18 @@ impl Backend {
         if let EtcdCall::Write(c) = &call {
             self.check_quota(c).await?;
         }
+        let group = call.group();
         let request = match call {
             EtcdCall::Write(c) => Request::Propose(baton_core::Command::Etcd(c)),
+            EtcdCall::Auth(c) => Request::Propose(baton_core::Command::Auth(c)),
             EtcdCall::Range(r) => Request::Read(Query::EtcdRange(Box::new(r))),
             EtcdCall::Lease { ids, renew, keys } => Request::Read(Query::EtcdLease { ids, renew, keys }),
             EtcdCall::Leases => Request::Read(Query::EtcdLeases),
             EtcdCall::Alarms => Request::Read(Query::EtcdAlarms),
         };
-        match self.request(request).await? {
+        match self.request(group, request).await? {
             Answer::Applied(baton_core::Outcome::Etcd(o)) => Ok(EtcdAnswer::Written(o)),
+            Answer::Applied(baton_core::Outcome::AuthChanged { revision }) => Ok(EtcdAnswer::AuthChanged { revision }),
             Answer::Read(Reply::EtcdRange { revision, response }) => Ok(EtcdAnswer::Range { revision, response }),
             Answer::Read(Reply::EtcdLease { revision, leases }) => Ok(EtcdAnswer::Lease { revision, leases }),
             Answer::Read(Reply::EtcdLeases { revision, ids }) => Ok(EtcdAnswer::Leases { revision, ids }),
@@ -239,9 +299,9 @@ impl Backend {
         }
     }
 
-    async fn request(&self, request: Request) -> Result<Answer, NodeError> {
+    async fn request(&self, group: baton_node::GroupId, request: Request) -> Result<Answer, NodeError> {
         let (tx, rx) = oneshot::channel();
-        if !self.node.send(Input::request(Some(ETCD_GROUP), request, tx)) {
+        if !self.node.send(Input::request(Some(group), request, tx)) {
             return Err(NodeError::Unavailable("node is shutting down".into()));
         }
         rx.await.map_err(|_| NodeError::Unavailable("node is shutting down".into()))?
@@ -262,7 +322,7 @@ impl Backend {
             return Ok(());
         }
         let raise = EtcdCommand::Alarm { activate: true, member: self.node.id, alarm: Alarm::NoSpace };
-        if let Err(e) = self.request(Request::Propose(baton_core::Command::Etcd(raise))).await {
+        if let Err(e) = self.request(ETCD_GROUP, Request::Propose(baton_core::Command::Etcd(raise))).await {
             tracing::warn!(
                 "the etcd keyspace is over its quota ({quota} bytes) but the NOSPACE alarm was not raised: {e}"
             );
@@ -280,7 +340,7 @@ impl Backend {
         };
         let request = baton_proto::peer::ForwardRequest {
             from: self.node.id,
-            group: ETCD_GROUP,
+            group: call.group(),
             etcd: bincode::serialize(call).expect("etcd calls serialise"),
             ..Default::default()
         };
@@ -363,57 +423,31 @@ pub(crate) async fn serve_forwarded(
     Ok(response)
 }
 
-/// The etcd API's gRPC services over `backend`, ready to serve. With authentication on, every
-/// call needs a user with the admin permission on every name (a client certificate naming it,
-/// or a token): per-key permissions and etcd's own Auth service are not served yet, so the
-/// keyspace is open only to administrators rather than to anyone.
-pub fn router(
-    backend: Backend,
-    progress_every: Duration,
-    access: crate::access::Access,
-) -> tonic::transport::server::Router {
+/// The etcd API's gRPC services over `backend`, ready to serve. With authentication on, each
+/// call states what it needs of the caller's grants on the keys it touches and is checked by the
+/// same [`crate::access::Access`] as Baton's own API (see [`auth`]).
+pub fn router(backend: Backend, progress_every: Duration) -> tonic::transport::server::Router {
     use baton_proto::etcd::etcdserverpb::{
-        cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+        auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
         maintenance_server::MaintenanceServer, watch_server::WatchServer,
     };
     use baton_proto::etcd::v3electionpb::election_server::ElectionServer;
     use baton_proto::etcd::v3lockpb::lock_server::LockServer;
-    use tonic::service::interceptor::InterceptedService;
-    let admins_only = move |request: tonic::Request<()>| {
-        let everything = crate::access::Need::everything(baton_core::auth::Permission::Admin);
-        access.admit(&request, "etcd API", &[everything])?;
-        Ok(request)
-    };
     let limit = MAX_GRPC_MESSAGE_BYTES;
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .trace_fn(|req| crate::obs::trace::root(|| tracing::debug_span!("etcd.grpc", method = %req.uri().path())))
-        .add_service(InterceptedService::new(
-            KvServer::new(KvService { backend: backend.clone() }).max_decoding_message_size(limit),
-            admins_only.clone(),
-        ))
-        .add_service(InterceptedService::new(
+        .add_service(KvServer::new(KvService { backend: backend.clone() }).max_decoding_message_size(limit))
+        .add_service(
             WatchServer::new(WatchService { backend: backend.clone(), progress_every })
                 .max_decoding_message_size(limit),
-            admins_only.clone(),
-        ))
-        .add_service(InterceptedService::new(
-            LeaseServer::new(LeaseService { backend: backend.clone() }).max_decoding_message_size(limit),
-            admins_only.clone(),
-        ))
-        .add_service(InterceptedService::new(
-            ClusterServer::new(ClusterService { backend: backend.clone() }),
-            admins_only.clone(),
-        ))
-        .add_service(InterceptedService::new(
-            LockServer::new(LockService { backend: backend.clone() }),
-            admins_only.clone(),
-        ))
-        .add_service(InterceptedService::new(
-            ElectionServer::new(ElectionService { backend: backend.clone() }).max_decoding_message_size(limit),
-            admins_only.clone(),
-        ))
-        .add_service(InterceptedService::new(MaintenanceServer::new(MaintenanceService { backend }), admins_only))
+        )
+        .add_service(LeaseServer::new(LeaseService { backend: backend.clone() }).max_decoding_message_size(limit))
+        .add_service(ClusterServer::new(ClusterService { backend: backend.clone() }))
+        .add_service(LockServer::new(LockService { backend: backend.clone() }))
+        .add_service(ElectionServer::new(ElectionService { backend: backend.clone() }).max_decoding_message_size(limit))
+        .add_service(AuthServer::new(AuthService { backend: backend.clone() }))
+        .add_service(MaintenanceServer::new(MaintenanceService { backend }))
 }
 
 /// What a write adds to the keyspace as the quota counts it (etcd's rule: a put its key and

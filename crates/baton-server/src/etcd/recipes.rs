@@ -28,6 +28,8 @@ use tonic::{Request, Response, Status};
 
 use super::feed::Read;
 use super::{convert, written, Backend, EtcdAnswer, EtcdCall};
+use crate::access::Need;
+use baton_core::auth::{NameRange, Permission};
 
 /// How long a waiter sleeps between checks when this node's feed cannot tell it of a change
 /// (it holds no replica of the keyspace, or the change fell out of its ring).
@@ -302,15 +304,29 @@ async fn acquire(
     }
 }
 
+/// `permission` on the keys a lock or election `name` keeps its contenders under.
+fn on_contenders(permission: Permission, name: &[u8]) -> Need {
+    let prefix = prefix_of(name);
+    let end = baton_core::auth::prefix_end(&prefix);
+    Need::range(permission, NameRange { start: prefix, end })
+}
+
+/// `permission` on the one key `key`.
+fn on_key(permission: Permission, key: &[u8]) -> Need {
+    Need::range(permission, super::auth::key_range(key, &[]))
+}
+
 #[tonic::async_trait]
 impl Lock for LockService {
     async fn lock(&self, request: Request<lpb::LockRequest>) -> Result<Response<lpb::LockResponse>, Status> {
+        self.backend.admit(&request, "Lock", &[on_contenders(Permission::Write, &request.get_ref().name)])?;
         let req = request.into_inner();
         let (key, _, revision, _) = acquire(&self.backend, &req.name, req.lease, Vec::new()).await?;
         Ok(Response::new(lpb::LockResponse { header: self.backend.header(revision), key }))
     }
 
     async fn unlock(&self, request: Request<lpb::UnlockRequest>) -> Result<Response<lpb::UnlockResponse>, Status> {
+        self.backend.admit(&request, "Unlock", &[on_key(Permission::Write, &request.get_ref().key)])?;
         let req = request.into_inner();
         let revision = self.backend.delete(req.key).await?;
         Ok(Response::new(lpb::UnlockResponse { header: self.backend.header(revision) }))
@@ -348,6 +364,7 @@ impl Election for ElectionService {
         &self,
         request: Request<epb::CampaignRequest>,
     ) -> Result<Response<epb::CampaignResponse>, Status> {
+        self.backend.admit(&request, "Campaign", &[on_contenders(Permission::Write, &request.get_ref().name)])?;
         let req = request.into_inner();
         let (key, rev, mut revision, existing) =
             acquire(&self.backend, &req.name, req.lease, req.value.clone()).await?;
@@ -372,8 +389,10 @@ impl Election for ElectionService {
         &self,
         request: Request<epb::ProclaimRequest>,
     ) -> Result<Response<epb::ProclaimResponse>, Status> {
+        let caller = self.backend.admit(&request, "Proclaim", &[])?;
         let req = request.into_inner();
         let leader = leader_key(req.leader)?;
+        self.backend.check(&caller, "Proclaim", &[on_key(Permission::Write, &leader.key)])?;
         let put = Op::Put(PutRequest {
             key: leader.key.clone(),
             value: req.value,
@@ -388,6 +407,7 @@ impl Election for ElectionService {
     }
 
     async fn leader(&self, request: Request<epb::LeaderRequest>) -> Result<Response<epb::LeaderResponse>, Status> {
+        self.backend.admit(&request, "Leader", &[on_contenders(Permission::Read, &request.get_ref().name)])?;
         let req = request.into_inner();
         let (revision, owner) = self.backend.owner(&prefix_of(&req.name)).await?;
         let kv = owner.ok_or_else(no_leader)?;
@@ -398,6 +418,8 @@ impl Election for ElectionService {
 
     /// Sends the leader now (once there is one), then every change of leader or of its value.
     async fn observe(&self, request: Request<epb::LeaderRequest>) -> Result<Response<ObserveStream>, Status> {
+        let need = on_contenders(Permission::Read, &request.get_ref().name);
+        let caller = self.backend.admit(&request, "Observe", std::slice::from_ref(&need))?;
         let req = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let backend = self.backend.clone();
@@ -406,6 +428,11 @@ impl Election for ElectionService {
             let mut last: Option<(Vec<u8>, Revision)> = None;
             let mut from = 0;
             loop {
+                // Checked again before each answer: a revoked grant or a lapsed token ends it.
+                if let Err(s) = backend.check(&caller, "Observe", std::slice::from_ref(&need)) {
+                    let _ = tx.send(Err(s)).await;
+                    return;
+                }
                 let (revision, owner) = match backend.owner(&prefix).await {
                     Ok(o) => o,
                     Err(s) => {
@@ -436,8 +463,10 @@ impl Election for ElectionService {
     }
 
     async fn resign(&self, request: Request<epb::ResignRequest>) -> Result<Response<epb::ResignResponse>, Status> {
+        let caller = self.backend.admit(&request, "Resign", &[])?;
         let req = request.into_inner();
         let leader = leader_key(req.leader)?;
+        self.backend.check(&caller, "Resign", &[on_key(Permission::Write, &leader.key)])?;
         let delete = Op::Delete(DeleteRequest { key: leader.key.clone(), ..Default::default() });
         // Resigning when no longer leading changes nothing and is not an error (etcd's).
         let (revision, _) = self.backend.txn(if_leading(&leader, delete)).await?;

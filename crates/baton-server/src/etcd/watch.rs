@@ -27,7 +27,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::feed::{Change, EtcdFeed, History, Read};
 use super::{convert, Backend, MAX_REQUEST_BYTES};
+use crate::access::{Caller, Need};
 use crate::runtime::Input;
+use baton_core::auth::Permission;
 
 /// etcd's default interval between progress notifications of a quiet watch.
 pub const DEFAULT_PROGRESS_EVERY: Duration = Duration::from_secs(600);
@@ -55,11 +57,13 @@ impl Watch for WatchService {
     type WatchStream = WatchStream;
 
     async fn watch(&self, request: Request<Streaming<pb::WatchRequest>>) -> Result<Response<WatchStream>, Status> {
+        let caller = self.backend.admit(&request, "Watch", &[])?;
         let requests = request.into_inner();
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
         let task = StreamTask {
             feed: self.backend.node.etcd_feed.clone(),
             backend: self.backend.clone(),
+            caller,
             tx,
             watches: BTreeMap::new(),
             next_auto_id: 0,
@@ -72,6 +76,8 @@ impl Watch for WatchService {
 /// One watch of a stream.
 struct OneWatch {
     range: KeyRange,
+    /// The read permission on its range, checked before anything is sent to it.
+    need: Need,
     /// The next revision it needs.
     next: Revision,
     no_put: bool,
@@ -93,6 +99,8 @@ struct Gone;
 struct StreamTask {
     feed: Arc<EtcdFeed>,
     backend: Backend,
+    /// Who opened the stream (every watch it creates is checked against that user's grants).
+    caller: Caller,
     tx: mpsc::Sender<Result<pb::WatchResponse, Status>>,
     watches: BTreeMap<i64, OneWatch>,
     next_auto_id: i64,
@@ -194,6 +202,10 @@ impl StreamTask {
         } else {
             c.watch_id
         };
+        let need = Need::range(Permission::Read, super::auth::key_range(&c.key, &c.range_end));
+        if let Err(s) = self.backend.check(&self.caller, "Watch", std::slice::from_ref(&need)) {
+            return self.refuse(NO_WATCH, super::auth::cancel_reason(&s)).await;
+        }
         let current = self.feed.revision();
         // An empty key is the smallest one, "\0" (with a range end of "\0": every key).
         let key = if c.key.is_empty() { vec![0] } else { c.key };
@@ -201,6 +213,7 @@ impl StreamTask {
         let next = if c.start_revision == 0 { current + 1 } else { c.start_revision };
         let watch = OneWatch {
             range: KeyRange::new(&key, &c.range_end),
+            need,
             next,
             no_put: filters(pb::watch_create_request::FilterType::Noput),
             no_delete: filters(pb::watch_create_request::FilterType::Nodelete),
@@ -236,6 +249,21 @@ impl StreamTask {
         }
         let ids: Vec<i64> = self.watches.keys().copied().collect();
         for id in ids {
+            // A grant revoked, a user removed or a token expired since: the watch ends instead
+            // of showing more (the review found Baton's own watches needed this).
+            let refused = self
+                .watches
+                .get(&id)
+                .and_then(|w| self.backend.check(&self.caller, "Watch", std::slice::from_ref(&w.need)).err());
+            if let Some(s) = refused {
+                self.watches.remove(&id);
+                let header = self.header(self.feed.revision());
+                let cancel_reason = super::auth::cancel_reason(&s);
+                let response =
+                    pb::WatchResponse { header, watch_id: id, canceled: true, cancel_reason, ..Default::default() };
+                self.send(response).await?;
+                continue;
+            }
             while let Some(next) = self.watches.get(&id).map(|w| w.next) {
                 if next > self.feed.revision() {
                     break;

@@ -80,27 +80,45 @@ fn kind_and_mode(req: &pb::AcquireRequest) -> Result<(Kind, Mode), Status> {
 /// `group_of`: a retry of the same open reaches the same group, which makes it idempotent).
 pub fn open_session(
     req: pb::OpenSessionRequest,
+    user: Option<&str>,
     group_of: impl FnOnce(&str) -> GroupId,
 ) -> Result<(GroupId, Command), Status> {
     let ttl_ms = if req.ttl_ms == 0 { DEFAULT_TTL_MS } else { req.ttl_ms };
-    let limits = Limits::default();
-    limits
-        .check_ttl(ttl_ms)
-        .and_then(|_| limits.check_client(&req.client_id))
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    let group = group_of(&req.client_id);
-    Ok((group, Command::OpenSession { client: req.client_id, ttl_ms, request_id: req.request_id }))
+    Limits::default().check_ttl(ttl_ms).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let client = owned_client(&req.client_id, user)?;
+    let group = group_of(&client);
+    Ok((group, Command::OpenSession { client, ttl_ms, request_id: req.request_id }))
 }
 
-/// `AttachSession`.
-pub fn attach_session(req: pb::AttachSessionRequest) -> Result<(GroupId, Command), Status> {
+/// `AttachSession` (its proof is the caller's to check).
+pub fn attach_session(req: &pb::AttachSessionRequest, user: Option<&str>) -> Result<(GroupId, Command), Status> {
     check_group(req.group)?;
+    Limits::default().check_ttl(req.ttl_ms).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let client = owned_client(&req.client_id, user)?;
+    Ok((req.group, Command::AttachSession { session: req.session_id, client, ttl_ms: req.ttl_ms }))
+}
+
+/// The client id a session of `client_id` is recorded under: prefixed with its user's name
+/// when authentication is on (see [`baton_core::command::session_owner`]).
+fn owned_client(client_id: &str, user: Option<&str>) -> Result<String, Status> {
+    if client_id.contains(baton_core::command::OWNER_SEPARATOR) {
+        return Err(Status::invalid_argument("client id cannot hold the character U+001F"));
+    }
+    let client = match user {
+        Some(user) => format!("{user}{}{client_id}", baton_core::command::OWNER_SEPARATOR),
+        None => client_id.to_string(),
+    };
     let limits = Limits::default();
-    limits
-        .check_ttl(req.ttl_ms)
-        .and_then(|_| limits.check_client(&req.client_id))
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    Ok((req.group, Command::AttachSession { session: req.session_id, client: req.client_id, ttl_ms: req.ttl_ms }))
+    limits.check_client(client_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    limits.check_client(&client).map_err(|_| {
+        Status::invalid_argument(format!(
+            "client id with the user's name before it must be 1..={} bytes ({} + 1 + {} bytes)",
+            baton_core::limits::MAX_CLIENT_BYTES,
+            user.map_or(0, str::len),
+            client_id.len()
+        ))
+    })?;
+    Ok(client)
 }
 
 /// `CloseSession` (group 0: the session's home group).

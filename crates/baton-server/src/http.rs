@@ -17,17 +17,35 @@
 //!   lock, election, counter, register and session events applied here meanwhile (at most
 //!   [`MAX_EVENTS_PER_BATCH`]; `skipped` counts the rest, so a busy cluster cannot flood a
 //!   browser).
+//! - `POST /api/login` (JSON `{"user", "password"}`), `POST /api/renew`, `POST /api/logout`:
+//!   with authentication on, a token for the `/api/*` endpoints, in the answer and in an
+//!   `HttpOnly`, `SameSite=Strict` cookie (the dashboard's sign-in).
 //! - `GET /`: the dashboard, a page built into the binary (no external fetch).
+//!
+//! # Authentication
+//! Health, readiness and metrics show no names and need no credentials (probes and scrapers).
+//! With authentication on, every `/api/*` endpoint needs a user: a token as
+//! `Authorization: Bearer <token>` or in the `baton_token` cookie (401 otherwise), and answers
+//! with what that user may read (the same [`Access`] checks as the gRPC APIs): hot names and
+//! events only for names it may read, a history only with read on the name (403 otherwise),
+//! events without a name (sessions) only to users who may read every name. The event stream
+//! ends when its credentials stop holding (an expired token, a changed user). Client
+//! certificates are not read on this port: use a token.
+//!
+//! # Limits
+//! At most [`MAX_CONNECTIONS`] connections at once (more wait in the kernel's backlog), each
+//! closed after [`IDLE_TIMEOUT`] without a byte either way (the event stream sends a keepalive
+//! comment every 15 s, so an open dashboard is never idle).
 
 use std::time::Duration;
 
 use axum::extract::{Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Json;
-use axum::Router;
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use baton_core::auth::Permission;
 use baton_node::{GroupStatus, Role};
 use futures::StreamExt;
 use prometheus_client::metrics::family::Family;
@@ -35,6 +53,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::oneshot;
 
+use crate::access::{Access, Caller, Need};
 use crate::obs::api;
 use crate::obs::GroupLabel;
 use crate::runtime::{Input, NodeHandle};
@@ -53,14 +72,108 @@ async fn dashboard() -> Response {
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], DASHBOARD).into_response()
 }
 
+/// Most connections the HTTP port serves at once.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// A connection with no byte either way for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// The cookie the dashboard keeps its token in.
+pub const TOKEN_COOKIE: &str = "baton_token";
+
 /// A refusal as JSON with the status code that fits it.
 fn refused(s: tonic::Status) -> Response {
     let code = match s.code() {
         tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
         tonic::Code::FailedPrecondition => StatusCode::CONFLICT,
+        tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
+        tonic::Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::SERVICE_UNAVAILABLE,
     };
-    (code, Json(serde_json::json!({ "error": s.message() }))).into_response()
+    let mut response = (code, Json(serde_json::json!({ "error": s.message() }))).into_response();
+    if code == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+fn access(node: &NodeHandle) -> Access {
+    Access::new(node.view.clone(), node.metrics.clone())
+}
+
+/// The token a request carries: `Authorization: Bearer`, else the dashboard's cookie.
+fn token_of(headers: &HeaderMap) -> Option<&str> {
+    let bearer =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    bearer.or_else(|| {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|c| c.trim().strip_prefix(TOKEN_COOKIE)?.strip_prefix('='))
+    })
+}
+
+/// Who calls an `/api/*` endpoint (see the module docs), put in the request's extensions for
+/// the handler; a caller without valid credentials is refused here (401).
+async fn authenticate(
+    State(node): State<NodeHandle>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let access = access(&node);
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    if let Some(token) = token_of(request.headers()) {
+        match format!("Bearer {token}").parse() {
+            Ok(value) => {
+                metadata.insert("authorization", value);
+            }
+            Err(_) => return refused(tonic::Status::unauthenticated("invalid token: not a Baton token")),
+        }
+    }
+    match access.caller(&metadata, None) {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(s) => refused(s),
+    }
+}
+
+/// A token answer, also set as the dashboard's cookie (`HttpOnly`: page scripts never see it).
+fn with_token(token: String) -> Response {
+    let ttl = crate::access::TOKEN_TTL.as_secs();
+    let cookie = format!("{TOKEN_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={ttl}");
+    let body = Json(serde_json::json!({ "token": token, "ttl_ms": ttl * 1000 }));
+    ([(header::SET_COOKIE, cookie)], body).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct Login {
+    user: String,
+    password: String,
+}
+
+async fn login(State(node): State<NodeHandle>, Json(l): Json<Login>) -> Response {
+    if !access(&node).ready() {
+        return refused(tonic::Status::unavailable("this node has not caught up with the cluster's users and roles"));
+    }
+    match crate::service::authenticate(&access(&node), l.user, l.password).await {
+        Ok(token) => with_token(token),
+        Err(s) => refused(s),
+    }
+}
+
+async fn renew(State(node): State<NodeHandle>, Extension(caller): Extension<Caller>) -> Response {
+    match access(&node).renew(&caller) {
+        Ok(token) => with_token(token),
+        Err(s) => refused(s),
+    }
+}
+
+async fn logout() -> Response {
+    let cookie = format!("{TOKEN_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    ([(header::SET_COOKIE, cookie)], StatusCode::NO_CONTENT).into_response()
 }
 
 async fn overview(State(node): State<NodeHandle>) -> Response {
@@ -98,9 +211,20 @@ struct HotParams {
     limit: Option<u32>,
 }
 
-async fn hot(State(node): State<NodeHandle>, Query(p): Query<HotParams>) -> Response {
+async fn hot(
+    State(node): State<NodeHandle>,
+    Extension(caller): Extension<Caller>,
+    Query(p): Query<HotParams>,
+) -> Response {
+    let access = access(&node);
+    if let Err(s) = access.check(&caller, "hot", &[Need::somewhere(Permission::Read)]) {
+        return refused(s);
+    }
     match api::hot(&node, p.limit.unwrap_or(0)).await {
-        Ok(h) => Json(api::hot_json(&h)).into_response(),
+        Ok(mut h) => {
+            h.names.retain(|n| access.may_read(&caller, &n.name));
+            Json(api::hot_json(&h)).into_response()
+        }
         Err(s) => refused(s),
     }
 }
@@ -111,7 +235,14 @@ struct HistoryParams {
     limit: Option<u32>,
 }
 
-async fn history(State(node): State<NodeHandle>, Query(p): Query<HistoryParams>) -> Response {
+async fn history(
+    State(node): State<NodeHandle>,
+    Extension(caller): Extension<Caller>,
+    Query(p): Query<HistoryParams>,
+) -> Response {
+    if let Err(s) = access(&node).check(&caller, "history", &[Need::name(Permission::Read, &p.name)]) {
+        return refused(s);
+    }
     match api::history(&node, &p.name, 0, p.limit.unwrap_or(0)) {
         Ok(h) => Json(serde_json::json!({
             "name": p.name,
@@ -124,8 +255,18 @@ async fn history(State(node): State<NodeHandle>, Query(p): Query<HistoryParams>)
     }
 }
 
-/// The live event stream: every group this node holds, batched (see the module docs).
-async fn events(State(node): State<NodeHandle>) -> Response {
+/// The live event stream: every group this node holds, batched, with what the caller may read
+/// (see the module docs).
+async fn events(State(node): State<NodeHandle>, Extension(caller): Extension<Caller>) -> Response {
+    let access = access(&node);
+    // Events without a name (sessions) only to those who may read every name.
+    let shown = {
+        let (access, caller) = (access.clone(), caller.clone());
+        move |w: &crate::watch::Watched| match w.name() {
+            Some(name) => access.may_read(&caller, name),
+            None => access.check(&caller, "events", &[Need::everything(Permission::Read)]).is_ok(),
+        }
+    };
     // The latest kept events of every group first (so that the page opens on what just
     // happened), then the live ones: each group's backlog and feed come from one subscription,
     // with nothing lost or repeated between them.
@@ -146,7 +287,7 @@ async fn events(State(node): State<NodeHandle>) -> Response {
         }
         feeds
     };
-    backlog.retain(|w| !matches!(w.event, baton_core::Event::SessionRefreshed { .. }));
+    backlog.retain(|w| !matches!(w.event, baton_core::Event::SessionRefreshed { .. }) && shown(w));
     backlog.sort_by_key(|w| w.hlc);
     let first: Vec<serde_json::Value> =
         backlog.iter().rev().take(BACKLOG).rev().map(|w| api::event_json(&crate::watch::to_proto(w))).collect();
@@ -162,7 +303,7 @@ async fn events(State(node): State<NodeHandle>) -> Response {
                     None => return, // the node stopped
                     Some(Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n))) => skipped += n,
                     Some(Ok(w)) => {
-                        if matches!(w.event, baton_core::Event::SessionRefreshed { .. }) {
+                        if matches!(w.event, baton_core::Event::SessionRefreshed { .. }) || !shown(&w) {
                             continue;
                         }
                         if batch.len() < MAX_EVENTS_PER_BATCH {
@@ -174,6 +315,11 @@ async fn events(State(node): State<NodeHandle>) -> Response {
                 },
                 _ = tx.closed() => return, // the browser went away
                 _ = tick.tick() => {
+                    // Credentials that stopped holding (an expired token, a changed user) end
+                    // the stream; the browser signs in again.
+                    if access.check(&caller, "events", &[]).is_err() {
+                        return;
+                    }
                     if batch.is_empty() && skipped == 0 {
                         continue;
                     }
@@ -194,44 +340,24 @@ pub const READY_LAG: u64 = 1_000;
 
 /// The routes, over the node thread's handle.
 pub fn router(node: NodeHandle) -> Router {
-    // What shows names (hot names, their holders, history, the event stream) is refused while
-    // authentication is on: the HTTP port does not authenticate yet. Health and metrics carry
-    // no name and stay open.
-    let names = Router::new()
+    // Health and metrics carry no name and stay open; the API needs a user while
+    // authentication is on (see the module docs).
+    let api = Router::new()
         .route("/api/overview", get(overview))
         .route("/api/hot", get(hot))
         .route("/api/history", get(history))
         .route("/api/events", get(events))
-        .route_layer(axum::middleware::from_fn_with_state(node.clone(), refuse_while_authenticating));
+        .route("/api/renew", post(renew))
+        .route_layer(axum::middleware::from_fn_with_state(node.clone(), authenticate));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/", get(dashboard))
-        .merge(names)
+        .route("/api/login", post(login))
+        .route("/api/logout", post(logout))
+        .merge(api)
         .with_state(node)
-}
-
-/// Passes a request on unless authentication is on (then 403, saying why).
-async fn refuse_while_authenticating(
-    State(node): State<NodeHandle>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let (enabled, ready) = {
-        let view = node.view.lock().expect("view lock");
-        (view.auth.enabled, view.auth_ready)
-    };
-    if !ready {
-        let why = "this node has not caught up with the cluster's users and roles since it started\n";
-        return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
-    }
-    if enabled {
-        let why = "authentication is on and the HTTP port does not authenticate callers yet: names, holders and \
-                   history are served over the client API only (baton hot, baton history)\n";
-        return (StatusCode::FORBIDDEN, why).into_response();
-    }
-    next.run(request).await
 }
 
 /// The status of every group this node is a voter of, from the node thread (`None`: it has

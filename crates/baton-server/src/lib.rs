@@ -16,6 +16,7 @@
 //!   port takes a handshake's node id at its word.
 
 pub mod access;
+pub mod bounded;
 pub mod etcd;
 pub mod forward;
 pub mod http;
@@ -401,10 +402,15 @@ impl Server {
                 let stopped = async move {
                     let _ = stop.wait_for(Option::is_some).await;
                 };
+                let bound = |l| bounded::Bounded::new(l, http::MAX_CONNECTIONS, http::IDLE_TIMEOUT);
                 let served = match http_tls {
-                    None => axum::serve(listener, router).with_graceful_shutdown(stopped).await,
+                    None => axum::serve(bound(listener), router).with_graceful_shutdown(stopped).await,
                     Some(tls) => match baton_tls::TlsListener::new(listener, tls, "HTTP") {
-                        Ok(l) => axum::serve(l, router).with_graceful_shutdown(stopped).await,
+                        Ok(l) => {
+                            axum::serve(bounded::Bounded::new(l, http::MAX_CONNECTIONS, http::IDLE_TIMEOUT), router)
+                                .with_graceful_shutdown(stopped)
+                                .await
+                        }
                         Err(e) => Err(e),
                     },
                 };

@@ -376,10 +376,11 @@ async fn every_rpc_needs_a_user_with_the_permission() {
     assert_eq!((denied.code(), denied.message()), (Code::PermissionDenied, "etcdserver: permission denied"));
     kv.range(range(Some(&bob))).await.expect("bob reads every key");
 
-    // HTTP: what shows names is refused while authentication is on; health and metrics are not.
+    // HTTP: the API needs a user (see `the_http_api_needs_a_user_and_shows_what_it_may_read`);
+    // health and metrics do not.
     let http = &cluster.http_addrs[&leader];
     let (status, body) = common::http_get(http, "/api/hot");
-    assert_eq!(status, 403, "{body}");
+    assert_eq!(status, 401, "{body}");
     let (status, metrics) = common::http_get(http, "/metrics");
     assert_eq!(status, 200);
     // Refusals are counted.
@@ -717,4 +718,112 @@ async fn etcd_calls_need_the_permission_on_their_keys() {
         denied(auth.user_add(etcd_req(&carol, denied_add)).await.map(|_| ()), "carol adds a user");
         token(&mut c, &name, "pw").await;
     }
+}
+
+/// The HTTP port with authentication on: the API needs a token (bearer or the dashboard's
+/// cookie, from `/api/login`) and shows only what its user may read; health and metrics stay
+/// open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_api_needs_a_user_and_shows_what_it_may_read() {
+    let cluster = TestCluster::with_etcd(3, 1).await;
+    cluster.leader().await;
+    let leader = meta_leader(&cluster).await;
+    let mut c = BatonClient::connect(format!("http://{}", cluster.client_addrs[&leader])).await.unwrap();
+    secure(&mut c).await;
+    wait_enabled(&cluster).await;
+    // alice holds jobs/a and a second session of hers waits for it: a hot name.
+    let options = ClientOptions {
+        credentials: Some(baton_client::Credentials::new("alice", "alicepw")),
+        request_timeout: Duration::from_secs(10),
+        ..Default::default()
+    };
+    let alice = Client::connect_with(cluster.endpoints(), options).await.unwrap();
+    let (s1, s2) =
+        (alice.session(Duration::from_secs(10)).await.unwrap(), alice.session(Duration::from_secs(10)).await.unwrap());
+    let held = s1.lock("jobs/a", None).await.unwrap().expect("granted");
+    let waiter =
+        tokio::spawn(async move { s2.lock("jobs/a", Some(Duration::from_secs(20))).await.map(|g| g.is_some()) });
+    // The node that leads the name's group sees the name as hot (status needs a user now: the
+    // leader as node 1 knows it).
+    let data_leader = {
+        let view = cluster.servers[&1].node().view.lock().unwrap();
+        view.leaders.get(&view.group_of("jobs/a")).copied().flatten().expect("the group has a leader")
+    };
+    let http = cluster.http_addrs[&data_leader].clone();
+    let bob = token(&mut c, "bob", "bobpw").await;
+    let bearer = format!("Authorization: Bearer {bob}");
+
+    let (code, head, _) = common::http_call(&http, "GET", "/api/overview", &[], "");
+    assert_eq!(code, 401, "no token");
+    assert!(head.to_ascii_lowercase().contains("www-authenticate: bearer"), "{head}");
+    let (code, _, _) = common::http_call(&http, "GET", "/api/overview", &["Authorization: Bearer b1.00.0.0.00"], "");
+    assert_eq!(code, 401, "a forged token");
+    for path in ["/healthz", "/metrics"] {
+        assert_eq!(common::http_get(&http, path).0, 200, "{path} needs no user");
+    }
+
+    // carol signs in as the dashboard does and keeps her token in the cookie.
+    let (code, _, body) = common::http_call(&http, "POST", "/api/login", &[], r#"{"user":"carol","password":"no"}"#);
+    assert_eq!(code, 401, "{body}");
+    let (code, head, body) =
+        common::http_call(&http, "POST", "/api/login", &[], r#"{"user":"carol","password":"carolpw"}"#);
+    assert_eq!(code, 200, "{body}");
+    let set_cookie = head.lines().find(|l| l.to_ascii_lowercase().starts_with("set-cookie:")).expect("a cookie");
+    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"), "{set_cookie}");
+    let cookie = format!("Cookie: {}", set_cookie.split_once(':').unwrap().1.trim().split(';').next().unwrap());
+    assert_eq!(common::http_call(&http, "GET", "/api/overview", &[&cookie], "").0, 200);
+
+    // Hot names: bob (read on everything) sees jobs/a, carol (write on cnt/ only) does not.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, _, body) = common::http_call(&http, "GET", "/api/hot", &[&bearer], "");
+        assert_eq!(code, 200, "{body}");
+        if body.contains("jobs/a") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "jobs/a never showed as hot to bob: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, _, body) = common::http_call(&http, "GET", "/api/hot", &[&cookie], "");
+    assert_eq!(code, 200, "{body}");
+    assert!(!body.contains("jobs/a"), "carol sees a name she may not read: {body}");
+    let (code, _, body) = common::http_call(&http, "GET", "/api/history?name=jobs/a", &[&cookie], "");
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("lacks the read permission"), "{body}");
+    let (code, _, body) = common::http_call(&http, "GET", "/api/history?name=jobs/a", &[&bearer], "");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("granted"), "{body}");
+
+    // The event stream: bob's shows jobs/a's grant, carol's neither it nor sessions.
+    // (Its first batch carries the latest events kept; carol counts under cnt/ first, so that
+    // hers has something she may see.)
+    let carol_options = ClientOptions {
+        credentials: Some(baton_client::Credentials::new("carol", "carolpw")),
+        request_timeout: Duration::from_secs(10),
+        ..Default::default()
+    };
+    let carol = Client::connect_with(cluster.endpoints(), carol_options).await.unwrap();
+    carol.counter_add("cnt/x", 1).await.unwrap();
+    let wait = Duration::from_secs(10);
+    let bobs = common::http_first_events(&http, &[&bearer], wait).expect("bob's stream").expect("a batch");
+    assert!(bobs.contains("jobs/a") && bobs.contains("cnt/x"), "{bobs}");
+    let carols = common::http_first_events(&http, &[&cookie], wait).expect("carol's stream").expect("a batch");
+    assert!(carols.contains("cnt/x"), "{carols}");
+    assert!(!carols.contains("jobs/a") && !carols.contains("session"), "carol sees {carols}");
+    assert_eq!(common::http_first_events(&http, &[], wait).unwrap_err().0, 401);
+
+    // The dashboard renews its token; a changed password ends both.
+    let (code, head, body) = common::http_call(&http, "POST", "/api/renew", &[&cookie], "");
+    assert_eq!(code, 200, "{body}");
+    assert!(head.to_ascii_lowercase().contains("set-cookie: baton_token="), "{head}");
+    let root = token(&mut c, "root", "rootpw").await;
+    let change = Change::UserPasswd(pb::UserPassword { user: "carol".into(), password: "new".into() });
+    c.auth_change(req(pb::AuthChangeRequest { change: Some(change) }, Some(&root))).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while common::http_call(&http, "GET", "/api/overview", &[&cookie], "").0 != 401 {
+        assert!(std::time::Instant::now() < deadline, "carol's old token still works over HTTP");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    held.release().await.unwrap();
+    assert!(waiter.await.unwrap().unwrap(), "the waiter got jobs/a");
 }

@@ -50,6 +50,124 @@ async fn wait_page(page: &fantoccini::Client, what: &str, script: &str, limit: D
     }
 }
 
+/// chromedriver on `driver_port` and a headless chromium page driven through it.
+async fn browser(driver_port: u16) -> (Proc, fantoccini::Client) {
+    let driver = Proc(
+        Command::new("chromedriver")
+            .arg(format!("--port={driver_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", driver_port)).is_err() {
+        assert!(Instant::now() < deadline, "chromedriver never listened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let caps: serde_json::Map<String, serde_json::Value> = serde_json::from_value(serde_json::json!({
+        "goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1400,1000", "--no-proxy-server"],
+        }
+    }))
+    .unwrap();
+    let page = fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{driver_port}"))
+        .await
+        .unwrap();
+    (driver, page)
+}
+
+/// Runs `baton ARGS` to its end (at most 30 s): its exit code.
+fn baton(args: &[&str]) -> i32 {
+    let mut child = Command::new(BATON).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code().unwrap_or(-1);
+        }
+        assert!(Instant::now() < deadline, "baton {args:?} did not end within 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// With authentication on, the page asks for a user and password, then shows what that user
+/// may read: the events of its names, not of others'.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_signs_in_and_shows_what_its_user_may_read() {
+    if !installed("chromium") || !installed("chromedriver") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(3);
+    let (addr, http) = (format!("127.0.0.1:{}", ports[0]), format!("127.0.0.1:{}", ports[1]));
+    let mut dev = Proc(
+        Command::new(BATON)
+            .args(["dev", "--data", dir.path().join("data").to_str().unwrap(), "--client-addr", &addr])
+            .args(["--http-addr", &http])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_line(&mut dev.0, "serving clients");
+    let eps = ["--endpoints", addr.as_str()];
+    for setup in [
+        &["user", "add", "root", "--new-password", "rootpw"][..],
+        &["user", "grant-role", "root", "root"],
+        &["role", "add", "viewer"],
+        &["role", "grant", "viewer", "read", "demo/"],
+        &["user", "add", "viewer", "--new-password", "viewerpw"],
+        &["user", "grant-role", "viewer", "viewer"],
+        &["auth", "enable"],
+    ] {
+        assert_eq!(baton(&[setup, &eps[..]].concat()), 0, "{setup:?}");
+    }
+    let root = ["--user", "root:rootpw"];
+    for name in ["demo/x", "secret/y"] {
+        assert_eq!(baton(&[&root[..], &["lock", name], &eps[..], &["--", "true"]].concat()), 0, "lock {name}");
+    }
+    let (_driver, page) = browser(ports[2]).await;
+    page.goto(&format!("http://{http}/")).await.unwrap();
+    wait_page(
+        &page,
+        "the sign-in form",
+        "return document.querySelector('#login').hidden ? null : true",
+        Duration::from_secs(20),
+    )
+    .await;
+    page.find(Locator::Css("#login-user")).await.unwrap().send_keys("viewer").await.unwrap();
+    page.find(Locator::Css("#login-password")).await.unwrap().send_keys("wrong").await.unwrap();
+    page.find(Locator::Css("#login button")).await.unwrap().click().await.unwrap();
+    wait_page(
+        &page,
+        "the refusal of a wrong password",
+        "const t = document.querySelector('#login-error').textContent; return t.includes('authentication failed') ? t : null",
+        Duration::from_secs(20),
+    )
+    .await;
+    page.find(Locator::Css("#login-password")).await.unwrap().clear().await.unwrap();
+    page.find(Locator::Css("#login-password")).await.unwrap().send_keys("viewerpw").await.unwrap();
+    page.find(Locator::Css("#login button")).await.unwrap().click().await.unwrap();
+    wait_page(
+        &page,
+        "demo/x's events, signed in",
+        "const t = document.querySelector('#events').textContent; \
+         return document.querySelector('#login').hidden && t.includes('demo/x granted') ? t : null",
+        Duration::from_secs(20),
+    )
+    .await;
+    let shown = page.execute("return document.body.innerText", vec![]).await.unwrap();
+    assert!(!shown.as_str().unwrap().contains("secret/y"), "the page shows a name the user may not read: {shown}");
+    // The token lives in an HttpOnly cookie: page scripts cannot read it.
+    let cookies = page.execute("return document.cookie", vec![]).await.unwrap();
+    assert_eq!(cookies.as_str(), Some(""), "{cookies}");
+    page.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_contention_and_a_leader_change() {
     if !installed("chromium") || !installed("chromedriver") {
@@ -105,33 +223,7 @@ async fn the_dashboard_shows_contention_and_a_leader_change() {
     let watcher = (1..=3u64).find(|id| *id != leader).unwrap();
     let page_url = format!("http://127.0.0.1:{}/", ports[6 + watcher as usize - 1]);
 
-    let driver_port = ports[9];
-    let _driver = Proc(
-        Command::new("chromedriver")
-            .arg(format!("--port={driver_port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", driver_port)).is_err() {
-        assert!(Instant::now() < deadline, "chromedriver never listened");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let caps: serde_json::Map<String, serde_json::Value> = serde_json::from_value(serde_json::json!({
-        "goog:chromeOptions": {
-            "binary": "/usr/bin/chromium",
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1400,1000", "--no-proxy-server"],
-        }
-    }))
-    .unwrap();
-    let page = fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-        .capabilities(caps)
-        .connect(&format!("http://127.0.0.1:{driver_port}"))
-        .await
-        .unwrap();
+    let (_driver, page) = browser(ports[9]).await;
     page.goto(&page_url).await.unwrap();
 
     // The hot table names the holder (session and token) and the two waiters.

@@ -308,6 +308,22 @@ impl Access {
         )))
     }
 
+    /// A new token for the user of `caller`'s token, while that token still holds (the
+    /// dashboard's way to stay signed in without keeping the password): the same user and
+    /// generation, a fresh expiry. A change to the user still ends it.
+    pub fn renew(&self, caller: &Caller) -> Result<String, Status> {
+        let auth = self.state();
+        if !auth.enabled {
+            return Err(Status::failed_precondition("authentication is not enabled"));
+        }
+        Self::still_valid(&auth, caller)?;
+        let Caller::User { name, token: Some(claims) } = caller else {
+            return Err(Status::failed_precondition("only a token is renewed (client certificates need none)"));
+        };
+        let expires = now_ms() + TOKEN_TTL.as_millis() as u64;
+        Ok(secrets::sign_token(&auth.token_key, name, claims.generation, expires))
+    }
+
     /// A token for `user` if `password` is its password (UNAUTHENTICATED otherwise, saying no
     /// more than that: which of the two was wrong is not told).
     pub fn authenticate(&self, user: &str, password: &str) -> Result<String, Status> {

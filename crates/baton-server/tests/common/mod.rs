@@ -241,14 +241,66 @@ impl TestCluster {
 
 /// GET `path` from `addr`: (status code, body).
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let (code, _, body) = http_call(addr, "GET", path, &[], "");
+    (code, body)
+}
+
+/// One HTTP/1.1 request (`headers` as `Name: value` lines, `body` sent as JSON if not empty):
+/// the status code, the head and the body.
+pub fn http_call(addr: &str, method: &str, path: &str, headers: &[&str], body: &str) -> (u16, String, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for h in headers {
+        request.push_str(&format!("{h}\r\n"));
+    }
+    if !body.is_empty() {
+        request.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    s.write_all(request.as_bytes()).unwrap();
     let mut raw = String::new();
     s.read_to_string(&mut raw).unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap();
     let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (code, body.to_string())
+    (code, head.to_string(), body.to_string())
+}
+
+/// The first batch of the HTTP event stream (`GET /api/events`) with `headers`: its data line,
+/// `None` if none came within `wait` (the status code and body if the stream is refused).
+pub fn http_first_events(addr: &str, headers: &[&str], wait: Duration) -> Result<Option<String>, (u16, String)> {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut request = format!("GET /api/events HTTP/1.1\r\nHost: {addr}\r\n");
+    for h in headers {
+        request.push_str(&format!("{h}\r\n"));
+    }
+    request.push_str("\r\n");
+    s.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = match s.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return Ok(None)
+            }
+            Err(e) => panic!("reading the event stream: {e}"),
+        };
+        assert!(n > 0, "the stream ended: {}", String::from_utf8_lossy(&raw));
+        raw.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let code: u16 = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        if code != 0 && code != 200 {
+            return Err((code, text));
+        }
+        if let Some(line) = text.lines().find(|l| l.starts_with("data: ")) {
+            if text.contains(&format!("{line}\n")) {
+                return Ok(Some(line.trim_start_matches("data: ").to_string()));
+            }
+        }
+    }
 }
 
 pub async fn bind_again(addr: &str) -> TcpListener {

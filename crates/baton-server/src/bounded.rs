@@ -1,0 +1,151 @@
+//! A listener that bounds what a port takes: connections at once, and how long one may sit
+//! without a byte either way (the HTTP port's; see `crate::http`).
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::serve::Listener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+
+/// `inner`, serving at most `max` connections at once (the next accept waits for one to end:
+/// connections beyond wait in the kernel's backlog), each closed once idle for `idle`.
+pub struct Bounded<L> {
+    inner: L,
+    permits: Arc<Semaphore>,
+    idle: Duration,
+}
+
+impl<L> Bounded<L> {
+    pub fn new(inner: L, max: usize, idle: Duration) -> Bounded<L> {
+        Bounded { inner, permits: Arc::new(Semaphore::new(max)), idle }
+    }
+}
+
+impl<L> Listener for Bounded<L>
+where
+    L: Listener,
+    L::Io: Unpin,
+{
+    type Io = Counted<L::Io>;
+    type Addr = L::Addr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let permit = self.permits.clone().acquire_owned().await.expect("the semaphore is never closed");
+        let (io, addr) = self.inner.accept().await;
+        let deadline = Box::pin(tokio::time::sleep(self.idle));
+        (Counted { io, _permit: permit, idle: self.idle, deadline }, addr)
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// A connection holding one of its listener's places until it is dropped, failing with
+/// `TimedOut` once nothing moved on it for its idle time.
+pub struct Counted<T> {
+    io: T,
+    _permit: OwnedSemaphorePermit,
+    idle: Duration,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl<T> Counted<T> {
+    fn moved(&mut self) {
+        let at = Instant::now() + self.idle;
+        self.deadline.as_mut().reset(at);
+    }
+
+    /// What a pending read or write becomes: still pending, or timed out if idle too long
+    /// (the timer wakes the task when it runs out).
+    fn pending<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "connection idle too long"))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                self.moved();
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(r) => Poll::Ready(r),
+            Poll::Pending => self.pending(cx),
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.io).poll_write(cx, data) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.moved();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => self.pending(cx),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// At most `max` connections are served at once; the next waits until one closes.
+    #[tokio::test]
+    async fn connections_beyond_the_bound_wait_for_a_place() {
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let mut listener = Bounded::new(tcp, 1, Duration::from_secs(60));
+        let _first = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (held, _) = listener.accept().await;
+        let _second = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let waiting = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+        assert!(waiting.is_err(), "a second connection was taken while the first held the only place");
+        drop(held);
+        tokio::time::timeout(Duration::from_secs(10), listener.accept()).await.expect("taken once the first closed");
+    }
+
+    /// A connection with nothing moving fails its read once idle; traffic keeps it open.
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_times_out_and_a_busy_one_does_not() {
+        let (mut client, io) = tokio::io::duplex(64);
+        let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap();
+        let idle = Duration::from_secs(120);
+        let mut served = Counted { io, _permit: permit, idle, deadline: Box::pin(tokio::time::sleep(idle)) };
+        let mut buf = [0u8; 8];
+        for _ in 0..3 {
+            // 100 s apart: each byte resets the clock.
+            tokio::time::advance(Duration::from_secs(100)).await;
+            client.write_all(b"x").await.unwrap();
+            assert_eq!(served.read(&mut buf).await.unwrap(), 1);
+        }
+        let start = Instant::now();
+        let e = served.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(Instant::now() - start, idle, "timed out one idle time after the last byte");
+    }
+}

@@ -152,6 +152,23 @@ pub struct AuthState {
     pub token_key: Vec<u8>,
     /// Bumped by every applied change (etcd's auth revision).
     pub revision: u64,
+    /// Users' own quotas (see [`AuthState::quota_of`]).
+    pub quotas: BTreeMap<String, Quota>,
+    /// The quota of every user without one of its own.
+    pub default_quota: Quota,
+}
+
+/// What one user may use; 0 is no limit. `sessions` and `names` hold in each Raft group (the
+/// state machine counts them where it keeps them: exactly, with no coordination between
+/// groups), `requests_per_s` on each node (a node's own count of the requests it takes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Quota {
+    /// Client requests per second, on each node (renewals and releases are not counted).
+    pub requests_per_s: u32,
+    /// Sessions open at once, in each group.
+    pub sessions: u32,
+    /// Names held or waited for at once over all the user's sessions, in each group.
+    pub names: u32,
 }
 
 /// A change to [`AuthState`]. New variants go last: logs encode a variant by its position.
@@ -179,6 +196,9 @@ pub enum AuthCommand {
     Enable { token_key: Vec<u8> },
     /// Turn authentication off: every request is allowed again.
     Disable,
+    /// Set `user`'s quota (`None`: the default of users without their own). A user's own quota
+    /// set to the default's values is removed (it follows the default again).
+    SetQuota { user: Option<String>, quota: Quota },
 }
 
 /// Why an [`AuthCommand`] was refused (a deterministic function of the command and the state).
@@ -237,6 +257,7 @@ impl AuthState {
             }
             AuthCommand::UserRemove { name } => {
                 self.users.remove(name);
+                self.quotas.remove(name);
             }
             AuthCommand::UserPasswd { name, password_hash } => {
                 let user = self.users.get_mut(name).expect("checked");
@@ -273,6 +294,14 @@ impl AuthState {
                 self.token_key = token_key.clone();
             }
             AuthCommand::Disable => self.enabled = false,
+            AuthCommand::SetQuota { user: None, quota } => self.default_quota = *quota,
+            AuthCommand::SetQuota { user: Some(user), quota } => {
+                if *quota == self.default_quota {
+                    self.quotas.remove(user);
+                } else {
+                    self.quotas.insert(user.clone(), *quota);
+                }
+            }
         }
         self.revision += 1;
         Ok(())
@@ -366,8 +395,17 @@ impl AuthState {
                 }
             }
             AuthCommand::Disable => {}
+            AuthCommand::SetQuota { user: Some(name), .. } => {
+                user(name)?;
+            }
+            AuthCommand::SetQuota { user: None, .. } => {}
         }
         Ok(())
+    }
+
+    /// `user`'s quota: its own, else the default.
+    pub fn quota_of(&self, user: &str) -> Quota {
+        self.quotas.get(user).copied().unwrap_or(self.default_quota)
     }
 
     /// Whether `user` may do `permission` on some names at least (sessions, which are not about

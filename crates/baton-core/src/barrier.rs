@@ -71,9 +71,7 @@ impl StateMachine {
         let now = self.now_ms;
         for w in lock.waiters {
             self.forget_deadline(name, &w);
-            if let Some(s) = self.sessions.get_mut(&w.session) {
-                s.owned.remove(name);
-            }
+            self.disown(w.session, name);
             self.pass_one(name, lock.kind, w.session, w.request_id, Some(now.saturating_sub(w.queued_ms)), events);
         }
     }

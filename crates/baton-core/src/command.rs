@@ -159,13 +159,24 @@ pub struct Entry {
     /// own work). A command naming a session is refused unless that session is this user's
     /// (see [`session_owner`]).
     pub user: Option<String>,
+    /// That user's quota as the proposing node knew it (ignored without a user): the state
+    /// machine refuses a session or a name beyond it (see [`crate::auth::Quota`]).
+    pub quota: crate::auth::Quota,
 }
 
 impl Entry {
     /// `command` at the leader's clock readings, proposed for no user in particular.
     pub fn new(leader_time_ms: u64, wall_ms: u64, command: Command) -> Entry {
-        Entry { leader_time_ms, wall_ms, command, user: None }
+        Entry { leader_time_ms, wall_ms, command, user: None, quota: crate::auth::Quota::default() }
     }
+}
+
+/// Who a client request is for, with authentication on: the user, and its quota as the node
+/// that takes the request knows it (stamped into the request's log entry).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    pub name: std::sync::Arc<str>,
+    pub quota: crate::auth::Quota,
 }
 
 /// What separates the user from the client's own id in a session's client id: with

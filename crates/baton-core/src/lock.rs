@@ -376,14 +376,18 @@ impl StateMachine {
     }
 
     fn own(&mut self, session: SessionId, name: &str) {
-        if let Some(s) = self.sessions.get_mut(&session) {
-            s.owned.insert(name);
+        let Some(s) = self.sessions.get_mut(&session) else { return };
+        if s.owned.insert(name) {
+            let client = s.client.clone();
+            self.count_names(&client, 1, true);
         }
     }
 
-    fn disown(&mut self, session: SessionId, name: &str) {
-        if let Some(s) = self.sessions.get_mut(&session) {
-            s.owned.remove(name);
+    pub(crate) fn disown(&mut self, session: SessionId, name: &str) {
+        let Some(s) = self.sessions.get_mut(&session) else { return };
+        if s.owned.remove(name) {
+            let client = s.client.clone();
+            self.count_names(&client, 1, false);
         }
     }
 

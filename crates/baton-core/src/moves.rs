@@ -175,6 +175,7 @@ impl StateMachine {
         bundle.counters = take_matching(&mut self.counters, moving);
         bundle.latches = take_matching(&mut self.latches, moving);
         bundle.registers = take_matching(&mut self.registers, moving);
+        let mut gone: Vec<(String, u64)> = Vec::new();
         for (id, s) in self.sessions.iter_mut() {
             let owned: Vec<String> = s.owned.iter().filter(|n| moving(n)).map(String::from).collect();
             let recent: Vec<Recent> = s.recent.iter().filter(|r| moving(&r.name)).cloned().collect();
@@ -184,6 +185,7 @@ impl StateMachine {
             for n in &owned {
                 s.owned.remove(n);
             }
+            gone.push((s.client.clone(), owned.len() as u64));
             // The destination gets a record: the client must learn of it (and renew it there).
             s.moved_to.insert(to);
             let moved = MovedSession {
@@ -194,6 +196,9 @@ impl StateMachine {
                 forgotten_up_to: s.forgotten_up_to,
             };
             bundle.sessions.push((*id, moved));
+        }
+        for (client, count) in gone {
+            self.count_names(&client, count, false);
         }
         if !self.bugs.handoff_keeps_serving {
             self.slots.remove_range(start, end);
@@ -261,7 +266,11 @@ impl StateMachine {
                 events.push(Event::SessionOpened { session: *id, ttl_ms: moved.ttl_ms });
             }
             let s = self.sessions.get_mut(id).expect("present");
+            let before = s.owned.len();
             s.owned.extend(moved.owned.iter().map(String::as_str));
+            let (client, added) = (s.client.clone(), (s.owned.len() - before) as u64);
+            self.count_names(&client, added, true);
+            let s = self.sessions.get_mut(id).expect("present");
             s.recent.extend(moved.recent.iter().cloned());
             s.forgotten_up_to = s.forgotten_up_to.max(moved.forgotten_up_to);
             crate::state::trim_recent(s);

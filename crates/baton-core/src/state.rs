@@ -139,6 +139,11 @@ pub struct StateMachine {
     /// Deliberate bugs (simulator only; never replicated, never in a snapshot).
     #[serde(skip)]
     pub(crate) bugs: Bugs,
+    /// Names held or awaited per user (the owner of a session's client id, see
+    /// [`crate::command::session_owner`]) over its sessions here: derived from `sessions`, kept
+    /// as they change and rebuilt after a snapshot is read, for the users' quotas.
+    #[serde(skip)]
+    pub(crate) names_per_user: BTreeMap<String, u64>,
 }
 
 /// The first bytes of a state machine snapshot of the current layout: a version, so that the
@@ -187,6 +192,7 @@ impl StateMachine {
             etcd: None,
             auth: None,
             bugs: Bugs::default(),
+            names_per_user: BTreeMap::new(),
         }
     }
 
@@ -307,6 +313,7 @@ impl StateMachine {
         }
         if let Some(user) = &entry.user {
             self.check_user(user, &entry.command)?;
+            self.check_quota(user, &entry.quota, &entry.command)?;
         }
         match &entry.command {
             Command::OpenSession { client, ttl_ms, request_id } => {
@@ -465,6 +472,12 @@ impl StateMachine {
         if let Some(etcd) = sm.etcd.as_deref_mut() {
             etcd.after_snapshot();
         }
+        for s in sm.sessions.values() {
+            if let Some(user) = crate::command::session_owner(&s.client) {
+                *sm.names_per_user.entry(user.to_string()).or_insert(0) += s.owned.len() as u64;
+            }
+        }
+        sm.names_per_user.retain(|_, n| *n > 0);
         Ok(sm)
     }
 
@@ -599,6 +612,71 @@ impl StateMachine {
         }
     }
 
+    /// Refuses a command for `user` that would take it past its quota here: a new session
+    /// (open, or an attach that makes a record) beyond `quota.sessions`, a new name held or
+    /// awaited beyond `quota.names`. Everything else, and what gives back, is never refused.
+    fn check_quota(&self, user: &str, quota: &crate::auth::Quota, command: &Command) -> Result<()> {
+        let over = |what: &str, count: u64, limit: u32| {
+            Error::LimitExceeded(format!(
+                "quota: user {user:?} has {count} {what} in group {} and its quota is {limit} (baton user quota)",
+                self.group
+            ))
+        };
+        match command {
+            Command::OpenSession { .. } | Command::AttachSession { .. } if quota.sessions > 0 => {
+                if let Command::AttachSession { session, .. } = command {
+                    if self.sessions.contains_key(session) {
+                        return Ok(());
+                    }
+                }
+                if let Command::OpenSession { client, request_id, .. } = command {
+                    if *request_id != 0 && self.opens.contains_key(&(client.clone(), *request_id)) {
+                        return Ok(()); // a retry: answered with the session it opened
+                    }
+                }
+                let count = self.sessions_of(user);
+                if count >= u64::from(quota.sessions) {
+                    return Err(over("sessions", count, quota.sessions));
+                }
+            }
+            Command::Acquire(r) if quota.names > 0 => {
+                let new = self.sessions.get(&r.session).is_some_and(|s| !s.owned.contains(&r.name));
+                let count = self.names_per_user.get(user).copied().unwrap_or(0);
+                if new && count >= u64::from(quota.names) {
+                    return Err(over("names held or awaited", count, quota.names));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// How many names `user`'s sessions here hold or wait for (what its quota counts).
+    pub fn names_of(&self, user: &str) -> u64 {
+        self.names_per_user.get(user).copied().unwrap_or(0)
+    }
+
+    /// How many sessions `user` has here (over all its client ids).
+    pub fn sessions_of(&self, user: &str) -> u64 {
+        let start = format!("{user}{}", crate::command::OWNER_SEPARATOR);
+        let end = String::from_utf8(crate::auth::prefix_end(start.as_bytes())).expect("the separator is ASCII");
+        self.sessions_per_client.range(start..end).map(|(_, n)| u64::from(*n)).sum()
+    }
+
+    /// Keeps [`StateMachine::names_per_user`] as the session of `client` gained (`added`) or
+    /// gave up `count` names.
+    pub(crate) fn count_names(&mut self, client: &str, count: u64, added: bool) {
+        let Some(user) = crate::command::session_owner(client) else { return };
+        if added {
+            *self.names_per_user.entry(user.to_string()).or_insert(0) += count;
+        } else if let Some(n) = self.names_per_user.get_mut(user) {
+            *n = n.saturating_sub(count);
+            if *n == 0 {
+                self.names_per_user.remove(user);
+            }
+        }
+    }
+
     /// Whether `user` may act for `session` here: its record is this user's, or there is none.
     pub fn session_is_theirs(&self, session: SessionId, user: &str) -> bool {
         self.sessions.get(&session).is_none_or(|s| crate::command::session_owner(&s.client) == Some(user))
@@ -685,6 +763,7 @@ impl StateMachine {
                 self.sessions_per_client.remove(&state.client);
             }
         }
+        self.count_names(&state.client, state.owned.len() as u64, false);
         let mut released = 0;
         for name in state.owned.iter() {
             if self.drop_ownership(name, session, how, events) {

@@ -44,22 +44,40 @@ pub fn kind_and_mode(src: &mut Source) -> (Kind, Mode) {
     (kind, mode)
 }
 
-/// Any [`Command`] but a take-over (whose bundle only a hand-off makes).
 /// A client id: any, or one of users "a" and "b" (as the server makes them with
 /// authentication on).
 fn client(src: &mut Source) -> String {
     match src.below(4) {
-        0 => "a\u{1f}c".to_string(),
-        1 => "b\u{1f}c".to_string(),
+        0 | 1 => "a\u{1f}c".to_string(),
+        2 => "b\u{1f}c".to_string(),
         _ => src.name(),
     }
 }
 
+/// A fencing token: mostly a small one (tokens count from 1 per name), else anything.
+fn token(src: &mut Source) -> u64 {
+    if src.below(4) == 0 {
+        src.u64()
+    } else {
+        src.below(8)
+    }
+}
+
+/// A session TTL: mostly a valid one (so that sessions open), else anything.
+fn ttl(src: &mut Source) -> u64 {
+    if src.below(4) == 0 {
+        src.u64()
+    } else {
+        10_000
+    }
+}
+
+/// Any [`Command`] but a take-over (whose bundle only a hand-off makes).
 pub fn command(src: &mut Source, sessions: &[u64]) -> Command {
     let name = src.name();
     match src.below(24) {
-        0 | 1 => Command::OpenSession { client: client(src), ttl_ms: src.u64(), request_id: src.below(4) },
-        2 => Command::AttachSession { session: session(src, sessions), client: client(src), ttl_ms: src.u64() },
+        0 | 1 => Command::OpenSession { client: client(src), ttl_ms: ttl(src), request_id: src.below(4) },
+        2 => Command::AttachSession { session: session(src, sessions), client: client(src), ttl_ms: ttl(src) },
         3 => Command::HandOff { move_id: src.u64(), start: src.u64() as u16, end: src.u64() as u16, to: src.u64() },
         4 => Command::BeginMove { start: src.u64() as u16, end: src.u64() as u16, to: src.u64() },
         5 => Command::FinishMove { move_id: src.u64() },
@@ -71,22 +89,31 @@ pub fn command(src: &mut Source, sessions: &[u64]) -> Command {
             Command::ExpireSessions { sessions: expired, as_of: src.u64() }
         }
         10..=13 => {
-            let (kind, mode) = kind_and_mode(src);
+            // Half plain mutexes with sane times (so that grants, waits and releases happen),
+            // half anything.
+            let plain = src.bool();
+            let (kind, mode) = if plain { (Kind::Mutex, Mode::Exclusive) } else { kind_and_mode(src) };
+            let wait_ms = match src.below(3) {
+                0 => None,
+                1 if plain => Some(src.below(60_000)),
+                _ => Some(src.u64()),
+            };
             Command::Acquire(AcquireRequest {
                 name,
                 session: session(src, sessions),
                 request_id: src.below(6),
-                wait_ms: if src.bool() { Some(src.u64()) } else { None },
-                lock_delay_ms: src.u64(),
+                wait_ms,
+                lock_delay_ms: if plain { src.below(2) * 1_000 } else { src.u64() },
                 kind,
                 mode,
                 value: src.bytes(8),
             })
         }
-        14 => Command::Release { name, session: session(src, sessions), token: src.u64() },
+        // Tokens count from 1 per name: small ones meet real holders.
+        14 => Command::Release { name, session: session(src, sessions), token: token(src) },
         15 => Command::Cancel { name, session: session(src, sessions), request_id: src.below(6) },
         16 => Command::Tick,
-        17 => Command::Proclaim { name, session: session(src, sessions), token: src.u64(), value: src.bytes(8) },
+        17 => Command::Proclaim { name, session: session(src, sessions), token: token(src), value: src.bytes(8) },
         18 => Command::LatchSet { name, count: src.u64() },
         19 => Command::LatchCountDown { name },
         20 => Command::CounterAdd { name, delta: src.i64() },

@@ -130,7 +130,7 @@ impl Driver {
         &mut self,
         group: Option<GroupId>,
         request: Request,
-        user: Option<std::sync::Arc<str>>,
+        user: Option<baton_core::command::Principal>,
         mono_ms: u64,
         wall_ms: u64,
     ) -> RequestId {

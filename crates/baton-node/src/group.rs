@@ -63,15 +63,36 @@ struct ProposalV1 {
     command: baton_core::Command,
 }
 
+/// A proposal as written when entries named their user but not yet its quota.
+#[derive(Deserialize)]
+struct ProposalV2 {
+    v1: ProposalV1,
+    user: Option<String>,
+}
+
+/// Reads `data` as exactly one `T` in the log's encoding (bincode's fixed-width integers, as
+/// `bincode::serialize` writes): bytes left over are an error, so that an entry of a longer
+/// layout never reads as a shorter one with its last fields dropped (review finding: a user
+/// silently dropped would make a replica apply what the others refused).
+fn exactly<'a, T: Deserialize<'a>>(data: &'a [u8]) -> bincode::Result<T> {
+    use bincode::Options;
+    bincode::DefaultOptions::new().with_fixint_encoding().reject_trailing_bytes().deserialize(data)
+}
+
 impl Proposal {
     /// Reads a normal log entry's data. Any bytes give a value or an error, never a panic.
-    /// Entries written before entries named their user read as proposed for no user (their
-    /// layout is this one's without the last field, so they do not read as this layout).
+    /// Entries of the earlier layouts (without the user's quota; without the user) read as
+    /// proposed with no quota, or for no user; each layout must account for every byte.
     pub fn decode(data: &[u8]) -> bincode::Result<Proposal> {
-        bincode::deserialize(data).or_else(|err| {
-            let Ok(old) = bincode::deserialize::<ProposalV1>(data) else { return Err(err) };
-            let entry = Entry::new(old.leader_time_ms, old.wall_ms, old.command);
-            Ok(Proposal { origin: old.origin, incarnation: old.incarnation, request: old.request, entry })
+        let v1 = |old: ProposalV1, user: Option<String>| {
+            let entry = Entry { user, ..Entry::new(old.leader_time_ms, old.wall_ms, old.command) };
+            Proposal { origin: old.origin, incarnation: old.incarnation, request: old.request, entry }
+        };
+        exactly(data).or_else(|err| {
+            if let Ok(old) = exactly::<ProposalV2>(data) {
+                return Ok(v1(old.v1, old.user));
+            }
+            exactly::<ProposalV1>(data).map(|old| v1(old, None)).map_err(|_| err)
         })
     }
 }
@@ -479,7 +500,7 @@ impl Group {
         origin: NodeId,
         id: RequestId,
         command: Command,
-        user: Option<String>,
+        user: Option<baton_core::command::Principal>,
         now: u64,
         wall: u64,
         config: &NodeConfig,
@@ -495,7 +516,8 @@ impl Group {
         if waiting >= room {
             return Err(NodeError::Busy(waiting));
         }
-        let entry = Entry { user, ..Entry::new(self.leader_time(now), wall, command) };
+        let (user, quota) = user.map_or((None, Default::default()), |p| (Some(p.name.to_string()), p.quota));
+        let entry = Entry { user, quota, ..Entry::new(self.leader_time(now), wall, command) };
         let p = Proposal { origin, incarnation: self.incarnation, request: id, entry };
         let data = bincode::serialize(&p).expect("proposal serialises");
         // raft-rs drops a proposal while leadership is being transferred: it was not appended,
@@ -779,37 +801,48 @@ impl Group {
 mod proposal_tests {
     use super::*;
 
-    /// Log entries written before entries named their user still read, as proposed for no
-    /// user; entries that name one keep it.
+    /// Log entries of every layout read as written: the user and its quota, the user alone
+    /// (as proposed with no quota), neither (for no user); one with bytes left over does not
+    /// read as a shorter layout (review finding: the user would be dropped).
     #[test]
-    fn proposals_of_both_layouts_decode() {
+    fn proposals_of_every_layout_decode_and_only_as_themselves() {
         #[derive(Serialize)]
-        struct OldEntry {
+        struct V1Entry {
             leader_time_ms: u64,
             wall_ms: u64,
             command: Command,
         }
         #[derive(Serialize)]
-        struct Old {
+        struct V2Entry {
+            v1: V1Entry,
+            user: Option<String>,
+        }
+        #[derive(Serialize)]
+        struct Old<E> {
             origin: NodeId,
             incarnation: u64,
             request: RequestId,
-            entry: OldEntry,
+            entry: E,
         }
         let command = Command::CloseSession { session: 9 };
-        let old = Old {
-            origin: 2,
-            incarnation: 3,
-            request: 4,
-            entry: OldEntry { leader_time_ms: 5, wall_ms: 6, command: command.clone() },
-        };
+        let v1 = V1Entry { leader_time_ms: 5, wall_ms: 6, command: command.clone() };
+        let old = Old { origin: 2, incarnation: 3, request: 4, entry: v1 };
         let p = Proposal::decode(&bincode::serialize(&old).unwrap()).unwrap();
         assert_eq!((p.origin, p.incarnation, p.request), (2, 3, 4));
         assert_eq!(p.entry, Entry::new(5, 6, command.clone()));
 
-        let entry = Entry { user: Some("alice".into()), ..Entry::new(5, 6, command) };
+        let v1 = V1Entry { leader_time_ms: 5, wall_ms: 6, command: command.clone() };
+        let v2 = Old { origin: 2, incarnation: 3, request: 4, entry: V2Entry { v1, user: Some("bob".into()) } };
+        let p = Proposal::decode(&bincode::serialize(&v2).unwrap()).unwrap();
+        assert_eq!(p.entry, Entry { user: Some("bob".into()), ..Entry::new(5, 6, command.clone()) });
+
+        let quota = baton_core::auth::Quota { requests_per_s: 1, sessions: 2, names: 3 };
+        let entry = Entry { user: Some("alice".into()), quota, ..Entry::new(5, 6, command) };
         let new = Proposal { origin: 2, incarnation: 3, request: 4, entry: entry.clone() };
-        assert_eq!(Proposal::decode(&bincode::serialize(&new).unwrap()).unwrap().entry, entry);
+        let mut bytes = bincode::serialize(&new).unwrap();
+        assert_eq!(Proposal::decode(&bytes).unwrap().entry, entry);
+        bytes.push(0);
+        assert!(Proposal::decode(&bytes).is_err(), "a byte left over is not an older layout");
         assert!(Proposal::decode(&[1, 2, 3]).is_err());
     }
 }

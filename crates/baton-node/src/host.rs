@@ -19,8 +19,8 @@
 //! [`Renewal`]: the client, which sends one to every node, learns which groups renewed what.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
+use baton_core::command::Principal;
 use baton_core::{AcquireRequest, Command, Event, Outcome, SessionId};
 
 use crate::node::{Node, NodeError, Output, Query, Reply};
@@ -171,7 +171,7 @@ impl Requests {
         group: Option<GroupId>,
         id: RequestId,
         request: Request,
-        user: Option<Arc<str>>,
+        user: Option<Principal>,
         now_ms: u64,
         answers: &mut Vec<(RequestId, Result<Answer, NodeError>)>,
     ) {
@@ -206,7 +206,7 @@ impl Requests {
         node: &mut Node,
         id: RequestId,
         sessions: Vec<SessionId>,
-        user: Option<Arc<str>>,
+        user: Option<Principal>,
         now_ms: u64,
         answers: &mut Vec<(RequestId, Result<Answer, NodeError>)>,
     ) {

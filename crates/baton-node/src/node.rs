@@ -1,8 +1,8 @@
 //! The node: inputs in, outputs out, across all groups.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
+use baton_core::command::Principal;
 use baton_core::{Command, Event, Holder, Kind, Limits, Outcome, SessionId, Waiter};
 use raft::eraftpb::Message;
 
@@ -667,12 +667,11 @@ impl Node {
 
     /// Proposes a command for `user` (authentication on): applied only if every session it
     /// names is that user's (see [`baton_core::command::session_owner`]).
-    pub fn propose_for(&mut self, group: GroupId, id: RequestId, command: Command, user: Option<Arc<str>>) {
+    pub fn propose_for(&mut self, group: GroupId, id: RequestId, command: Command, user: Option<Principal>) {
         let Some(g) = self.groups.get_mut(&group).filter(|g| g.is_member()) else {
             let err = self.not_here(group);
             return self.outputs.push(Output::Reply { id, result: Err(err) });
         };
-        let user = user.map(|u| u.to_string());
         if let Err(e) = g.propose(self.config.id, id, command, user, self.mono_ms, self.wall_ms, &self.config) {
             self.outputs.push(Output::Reply { id, result: Err(e) });
         }
@@ -685,12 +684,12 @@ impl Node {
 
     /// Queues a linearizable read for `user` (authentication on): sessions that are not that
     /// user's are answered as if they did not exist, and are not renewed.
-    pub fn read_for(&mut self, group: GroupId, id: RequestId, query: Query, user: Option<Arc<str>>) {
+    pub fn read_for(&mut self, group: GroupId, id: RequestId, query: Query, user: Option<Principal>) {
         let Some(g) = self.groups.get_mut(&group).filter(|g| g.is_member()) else {
             let err = self.not_here(group);
             return self.outputs.push(Output::Reply { id, result: Err(err) });
         };
-        if let Err(e) = g.read(id, query, user, self.mono_ms, &self.config) {
+        if let Err(e) = g.read(id, query, user.map(|p| p.name), self.mono_ms, &self.config) {
             self.outputs.push(Output::Reply { id, result: Err(e) });
         }
     }

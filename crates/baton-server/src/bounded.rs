@@ -1,5 +1,6 @@
-//! A listener that bounds what a port takes: connections at once, and how long one may sit
-//! without a byte either way (the HTTP port's; see `crate::http`).
+//! Bounds on what a port takes: connections at once, and how long one may sit without a byte
+//! either way. [`Bounded`] is the HTTP port's listener (see `crate::http`); [`incoming`] bounds
+//! the connections of a gRPC port (whose idle connections HTTP/2 keepalives find instead).
 
 use std::future::Future;
 use std::io;
@@ -38,8 +39,7 @@ where
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         let permit = self.permits.clone().acquire_owned().await.expect("the semaphore is never closed");
         let (io, addr) = self.inner.accept().await;
-        let deadline = Box::pin(tokio::time::sleep(self.idle));
-        (Counted { io, _permit: permit, idle: self.idle, deadline }, addr)
+        (Counted::new(io, permit, Some(self.idle)), addr)
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
@@ -47,28 +47,58 @@ where
     }
 }
 
+/// The connections of `inner`, at most `max` at once: the next is not taken until one of
+/// these is dropped (connections beyond wait in the kernel's backlog).
+pub fn incoming<S, T>(inner: S, max: usize) -> impl futures::Stream<Item = io::Result<Counted<T>>>
+where
+    S: futures::Stream<Item = io::Result<T>> + Unpin,
+{
+    use futures::StreamExt;
+    let permits = Arc::new(Semaphore::new(max));
+    futures::stream::unfold((inner, permits), |(mut inner, permits)| async move {
+        let permit = permits.clone().acquire_owned().await.ok()?;
+        let next = inner.next().await?;
+        Some((next.map(|io| Counted::new(io, permit, None)), (inner, permits)))
+    })
+}
+
 /// A connection holding one of its listener's places until it is dropped, failing with
-/// `TimedOut` once nothing moved on it for its idle time.
+/// `TimedOut` once nothing moved on it for its idle time (if it has one).
 pub struct Counted<T> {
     io: T,
     _permit: OwnedSemaphorePermit,
-    idle: Duration,
-    deadline: Pin<Box<Sleep>>,
+    idle: Option<(Duration, Pin<Box<Sleep>>)>,
 }
 
 impl<T> Counted<T> {
+    fn new(io: T, permit: OwnedSemaphorePermit, idle: Option<Duration>) -> Counted<T> {
+        let idle = idle.map(|d| (d, Box::pin(tokio::time::sleep(d))));
+        Counted { io, _permit: permit, idle }
+    }
+
     fn moved(&mut self) {
-        let at = Instant::now() + self.idle;
-        self.deadline.as_mut().reset(at);
+        if let Some((d, deadline)) = &mut self.idle {
+            let at = Instant::now() + *d;
+            deadline.as_mut().reset(at);
+        }
     }
 
     /// What a pending read or write becomes: still pending, or timed out if idle too long
     /// (the timer wakes the task when it runs out).
     fn pending<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
-        match self.deadline.as_mut().poll(cx) {
+        let Some((_, deadline)) = &mut self.idle else { return Poll::Pending };
+        match deadline.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "connection idle too long"))),
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected for Counted<T> {
+    type ConnectInfo = T::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
     }
 }
 
@@ -129,13 +159,28 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), listener.accept()).await.expect("taken once the first closed");
     }
 
+    /// A gRPC port's connections: the next is taken only once one of `max` is dropped.
+    #[tokio::test]
+    async fn incoming_connections_beyond_the_bound_wait_for_a_place() {
+        use futures::StreamExt;
+        let inner = futures::stream::iter((0..3).map(io::Result::Ok));
+        let mut taken = Box::pin(incoming(inner, 2));
+        let first = taken.next().await.unwrap().unwrap();
+        let _second = taken.next().await.unwrap().unwrap();
+        let waiting = tokio::time::timeout(Duration::from_millis(200), taken.next()).await;
+        assert!(waiting.is_err(), "a third connection was taken while two held both places");
+        drop(first);
+        let third = tokio::time::timeout(Duration::from_secs(10), taken.next()).await.expect("taken once one closed");
+        assert_eq!(third.unwrap().unwrap().io, 2);
+    }
+
     /// A connection with nothing moving fails its read once idle; traffic keeps it open.
     #[tokio::test(start_paused = true)]
     async fn an_idle_connection_times_out_and_a_busy_one_does_not() {
         let (mut client, io) = tokio::io::duplex(64);
         let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap();
         let idle = Duration::from_secs(120);
-        let mut served = Counted { io, _permit: permit, idle, deadline: Box::pin(tokio::time::sleep(idle)) };
+        let mut served = Counted::new(io, permit, Some(idle));
         let mut buf = [0u8; 8];
         for _ in 0..3 {
             // 100 s apart: each byte resets the clock.

@@ -174,7 +174,26 @@ fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
-/// Serves `router` on `listener` (with TLS if `tls` is given) until the node thread has stopped.
+/// Most connections a gRPC port (client, etcd, peer) serves at once; more wait in the backlog.
+pub const MAX_CONNECTIONS: usize = 10_000;
+/// Most streams (calls in progress) on one gRPC connection.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 1_024;
+/// How often a gRPC server pings a connection that says nothing, and how long it waits for the
+/// answer before closing it (dead peers do not keep their places).
+pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// A gRPC server with the bounds every port has.
+fn grpc_server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+}
+
+/// Serves `router` on `listener` (with TLS if `tls` is given) until the node thread has stopped,
+/// at most [`MAX_CONNECTIONS`] connections at once.
 fn serve(
     router: tonic::transport::server::Router,
     listener: TcpListener,
@@ -182,16 +201,17 @@ fn serve(
     what: &'static str,
     outcome: &signal::Receiver<Outcome>,
 ) -> tokio::task::JoinHandle<()> {
+    let max = MAX_CONNECTIONS;
     let mut outcome = outcome.clone();
     tokio::spawn(async move {
         let stop = async move {
             let _ = outcome.wait_for(Option::is_some).await;
         };
         let served = match tls {
-            None => router.serve_with_incoming_shutdown(incoming(listener), stop).await,
+            None => router.serve_with_incoming_shutdown(bounded::incoming(incoming(listener), max), stop).await,
             Some(tls) => {
-                let accepted = baton_tls::accept(listener, tls, what);
-                router.serve_with_incoming_shutdown(baton_tls::accept::incoming(accepted), stop).await
+                let accepted = baton_tls::accept::incoming(baton_tls::accept(listener, tls, what));
+                router.serve_with_incoming_shutdown(bounded::incoming(Box::pin(accepted), max), stop).await
             }
         };
         if let Err(e) = served {
@@ -379,15 +399,14 @@ impl Server {
         let access = access::Access::new(view.clone(), net.metrics.clone());
         let (handle, thread, outcome) = runtime::spawn(node, store, boot, net, view, config.tick)?;
 
-        let client_api = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
+        let client_api = grpc_server()
             .trace_fn(|req| obs::trace::root(|| tracing::debug_span!("grpc", method = %req.uri().path())))
             .add_service(BatonServer::new(service::BatonService { node: handle.clone(), access: access.clone() }));
         let mut serving = vec![serve(client_api, client, tls.client.clone(), "client API", &outcome)];
         let peer_svc = PeerServer::new(transport::PeerService { node: handle.clone(), local, mtls: tls.peers_mtls() })
             .max_decoding_message_size(max_bytes)
             .max_encoding_message_size(max_bytes);
-        let peer_api = tonic::transport::Server::builder().tcp_nodelay(true).add_service(peer_svc);
+        let peer_api = grpc_server().add_service(peer_svc);
         serving.push(serve(peer_api, peer, tls.peer_server.clone(), "peer API", &outcome));
         if let Some(listener) = etcd_listener {
             let backend = etcd::Backend::new(handle.clone(), channels);

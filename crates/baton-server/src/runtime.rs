@@ -51,7 +51,7 @@ pub enum Input {
         group: Option<GroupId>,
         request: Request,
         /// The user it is for, with authentication on (see [`baton_node::Node::propose_for`]).
-        user: Option<Arc<str>>,
+        user: Option<baton_core::command::Principal>,
         tx: oneshot::Sender<Result<Answer, NodeError>>,
         span: tracing::Span,
     },
@@ -78,7 +78,7 @@ impl Input {
     pub fn request_for(
         group: Option<GroupId>,
         request: Request,
-        user: Option<Arc<str>>,
+        user: Option<baton_core::command::Principal>,
         tx: oneshot::Sender<Result<Answer, NodeError>>,
     ) -> Input {
         Input::Request { group, request, user, tx, span: tracing::Span::current() }
@@ -116,6 +116,8 @@ pub struct ClusterView {
     /// node started: until then `auth` may be behind (a restart, a join) and requests are not
     /// served (see [`crate::access`]).
     pub auth_ready: bool,
+    /// Each user's requests this node took lately (their `requests_per_s` quota).
+    pub rates: Arc<crate::access::Rates>,
 }
 
 impl ClusterView {

@@ -5,7 +5,6 @@
 //! group; a follower answers `UNAVAILABLE` with the leader's address (see [`crate::status`]).
 
 use std::pin::Pin;
-use std::sync::Arc;
 
 use baton_core::{Command, Kind, Mode, Outcome};
 use baton_node::{AcquireResult, Answer, GroupId, Query, Reply, Request as NodeRequest, Role};
@@ -54,7 +53,10 @@ impl BatonService {
     /// serving its name. The one door to the node: what the request needs is checked here.
     async fn request(&self, caller: &Caller, group: Option<GroupId>, request: NodeRequest) -> Result<Answer, Status> {
         self.access.check(caller, rules::label(&request), &rules::of_request(&request))?;
-        let user = caller.user().map(Arc::from);
+        if !rules::gives_back(&request) {
+            self.access.charge(caller)?;
+        }
+        let user = self.access.principal(caller);
         self.call(|tx| Input::request_for(group, request, user, tx)).await?.map_err(|e| to_status(e, &self.node))
     }
 

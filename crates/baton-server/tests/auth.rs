@@ -390,6 +390,18 @@ async fn every_rpc_needs_a_user_with_the_permission() {
     }
 }
 
+/// A 3-node cluster with etcd's API and `groups` data groups, [`secure`]d and with
+/// authentication on everywhere: the cluster, the meta group's leader and a client of it.
+async fn secured(groups: u64) -> (TestCluster, u64, BatonClient<Channel>) {
+    let cluster = TestCluster::with_etcd(3, groups).await;
+    cluster.leader().await;
+    let leader = meta_leader(&cluster).await;
+    let mut c = BatonClient::connect(format!("http://{}", cluster.client_addrs[&leader])).await.unwrap();
+    secure(&mut c).await;
+    wait_enabled(&cluster).await;
+    (cluster, leader, c)
+}
+
 /// Sends `call` to each node in turn until one answers other than "not the leader here" (the
 /// state machine's refusals come from the group's leader), for at most 20 s.
 async fn at_leader<T, F, Fut>(cluster: &TestCluster, mut call: F) -> Result<tonic::Response<T>, tonic::Status>
@@ -420,12 +432,7 @@ fn code_of<T>(r: &Result<tonic::Response<T>, tonic::Status>) -> Code {
 /// finding: before, any user with the lock permission could close anyone's session by its id).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_belong_to_their_user() {
-    let cluster = TestCluster::with_etcd(3, 2).await;
-    cluster.leader().await;
-    let leader = meta_leader(&cluster).await;
-    let mut c = BatonClient::connect(format!("http://{}", cluster.client_addrs[&leader])).await.unwrap();
-    secure(&mut c).await;
-    wait_enabled(&cluster).await;
+    let (cluster, _, mut c) = secured(2).await;
     // dave has alice's role: the permission is the same, the sessions are not.
     let root = token(&mut c, "root", "rootpw").await;
     let change = |change| req(pb::AuthChangeRequest { change: Some(change) }, Some(&root));
@@ -605,12 +612,7 @@ async fn etcd_calls_need_the_permission_on_their_keys() {
     use baton_proto::etcd::v3electionpb::{self as elpb, election_client::ElectionClient};
     use baton_proto::etcd::v3lockpb::{self as lpb, lock_client::LockClient};
 
-    let cluster = TestCluster::with_etcd(3, 2).await;
-    cluster.leader().await;
-    let leader = meta_leader(&cluster).await;
-    let mut c = BatonClient::connect(format!("http://{}", cluster.client_addrs[&leader])).await.unwrap();
-    secure(&mut c).await;
-    wait_enabled(&cluster).await;
+    let (cluster, leader, mut c) = secured(2).await;
     let etcd = format!("http://{}", cluster.etcd_addrs[&leader]);
     let (root, bob, carol) = (
         token(&mut c, "root", "rootpw").await,
@@ -725,12 +727,7 @@ async fn etcd_calls_need_the_permission_on_their_keys() {
 /// open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_http_api_needs_a_user_and_shows_what_it_may_read() {
-    let cluster = TestCluster::with_etcd(3, 1).await;
-    cluster.leader().await;
-    let leader = meta_leader(&cluster).await;
-    let mut c = BatonClient::connect(format!("http://{}", cluster.client_addrs[&leader])).await.unwrap();
-    secure(&mut c).await;
-    wait_enabled(&cluster).await;
+    let (cluster, _, mut c) = secured(1).await;
     // alice holds jobs/a and a second session of hers waits for it: a hot name.
     let options = ClientOptions {
         credentials: Some(baton_client::Credentials::new("alice", "alicepw")),
@@ -826,4 +823,113 @@ async fn the_http_api_needs_a_user_and_shows_what_it_may_read() {
     }
     held.release().await.unwrap();
     assert!(waiter.await.unwrap().unwrap(), "the waiter got jobs/a");
+}
+
+/// Quotas: a user's sessions and names past its quota are refused with RESOURCE_EXHAUSTED
+/// naming the limit, others go on being served, what it gives back makes room again; past its
+/// request rate its requests are refused on that node while its renewals still go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_refuse_cleanly_and_the_node_serves_others() {
+    let (cluster, _, mut c) = secured(1).await;
+    let root = token(&mut c, "root", "rootpw").await;
+    let quota = pb::Quota { requests_per_second: 20, sessions: 2, names: 2 };
+    let set = Change::SetQuota(pb::UserQuota { user: "alice".into(), quota: Some(quota) });
+    c.auth_change(req(pb::AuthChangeRequest { change: Some(set) }, Some(&root))).await.unwrap();
+    let want = baton_core::auth::Quota { requests_per_s: 20, sessions: 2, names: 2 };
+    for id in cluster.servers.keys() {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while cluster.servers[id].node().view.lock().unwrap().auth.quota_of("alice") != want {
+            assert!(std::time::Instant::now() < deadline, "node {id} never applied the quota");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let status = c.auth_status(req(pb::AuthStatusRequest {}, Some(&root))).await.unwrap().into_inner();
+    let shown = status.users.iter().find(|u| u.name == "alice").and_then(|u| u.quota);
+    assert_eq!(shown, Some(quota));
+
+    let connect = |user: &str, password: &str| {
+        let options = ClientOptions {
+            credentials: Some(baton_client::Credentials::new(user, password)),
+            request_timeout: Duration::from_secs(5),
+            ..Default::default()
+        };
+        Client::connect_with(cluster.endpoints(), options)
+    };
+    let alice = connect("alice", "alicepw").await.unwrap();
+    let s1 = alice.session(Duration::from_secs(10)).await.unwrap();
+    let _s2 = alice.session(Duration::from_secs(10)).await.unwrap();
+    let third = alice.session(Duration::from_secs(10)).await.err().expect("a third session refused");
+    assert_eq!(third.code(), Some(Code::ResourceExhausted), "{third}");
+    assert!(third.to_string().contains("user \"alice\" has 2 sessions in group 1 and its quota is 2"), "{third}");
+    let a = s1.lock("jobs/a", None).await.unwrap().expect("granted");
+    let _b = s1.lock("jobs/b", None).await.unwrap().expect("granted");
+    let over = s1.lock("jobs/c", None).await.err().expect("a third name refused");
+    assert_eq!(over.code(), Some(Code::ResourceExhausted), "{over}");
+    assert!(over.to_string().contains("2 names held or awaited"), "{over}");
+    // root, without a quota, is served meanwhile.
+    let root_client = connect("root", "rootpw").await.unwrap();
+    let rs = root_client.session(Duration::from_secs(10)).await.unwrap();
+    for i in 0..5 {
+        rs.lock(&format!("jobs/r{i}"), None).await.unwrap().expect("root takes what it wants");
+    }
+    // Giving one back makes room.
+    a.release().await.unwrap();
+    s1.lock("jobs/c", None).await.unwrap().expect("granted once jobs/a was released");
+
+    // 20 requests a second on each node: a burst of 100 reads at one node is partly refused,
+    // saying so; alice's renewals are not.
+    let alice_token = token(&mut c, "alice", "alicepw").await;
+    let data_leader = {
+        let view = cluster.servers[&1].node().view.lock().unwrap();
+        view.leaders.get(&view.group_of("jobs/a")).copied().flatten().expect("a leader")
+    };
+    let mut raw = BatonClient::connect(format!("http://{}", cluster.client_addrs[&data_leader])).await.unwrap();
+    let mut refused = Vec::new();
+    for _ in 0..100 {
+        let r = raw.describe(req(pb::DescribeRequest { name: "jobs/a".into(), group: 0 }, Some(&alice_token))).await;
+        if let Err(s) = r {
+            refused.push(s);
+        }
+    }
+    assert!(!refused.is_empty(), "100 requests at once passed a quota of 20 a second");
+    assert!(refused.len() < 100, "the quota refused everything");
+    for s in &refused {
+        assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+        assert!(s.message().contains("over its 20 requests per second on this node"), "{s:?}");
+    }
+    assert!(s1.keep_alive_once().await.unwrap(), "a renewal is never refused for the rate");
+}
+
+/// A change to users and roles forwarded over the peer port runs only with a token of an
+/// administrator in it: a peer port without mutual TLS takes calls from anyone claiming to be
+/// a member (review finding), and a token key never comes from the wire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_auth_change_needs_an_administrators_token() {
+    use baton_core::auth::AuthCommand;
+    use baton_server::etcd::EtcdCall;
+    let (cluster, leader, mut c) = secured(1).await;
+    let other = *cluster.servers.keys().find(|id| **id != leader).unwrap();
+    let mut peer = baton_proto::peer::peer_client::PeerClient::connect(format!("http://{}", cluster.peers[&leader]))
+        .await
+        .unwrap();
+    let forward = |token: Option<String>, name: &str| baton_proto::peer::ForwardRequest {
+        from: other,
+        group: baton_core::META_GROUP,
+        etcd: bincode::serialize(&EtcdCall::Auth {
+            command: AuthCommand::UserAdd { name: name.into(), password_hash: None },
+            token,
+        })
+        .unwrap(),
+        ..Default::default()
+    };
+    for (token, what) in [(None, "no token"), (Some(token(&mut c, "bob", "bobpw").await), "a reader's token")] {
+        let e = peer.forward(forward(token, "mallory")).await.expect_err(what);
+        assert!(matches!(e.code(), Code::Unauthenticated | Code::PermissionDenied), "{what}: {e:?}");
+    }
+    let root = token(&mut c, "root", "rootpw").await;
+    let r = peer.forward(forward(Some(root.clone()), "trent")).await.unwrap().into_inner();
+    assert!(r.error.is_empty() && !r.not_leader, "{r:?}");
+    let status = c.auth_status(req(pb::AuthStatusRequest {}, Some(&root))).await.unwrap().into_inner();
+    let names: Vec<&str> = status.users.iter().map(|u| u.name.as_str()).collect();
+    assert!(names.contains(&"trent") && !names.contains(&"mallory"), "{names:?}");
 }

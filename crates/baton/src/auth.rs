@@ -92,6 +92,25 @@ pub(crate) enum UserCmd {
         #[arg(long, default_value = "127.0.0.1:7700")]
         endpoints: String,
     },
+    /// Set a user's quota (without USER: the default of every user without its own). Each
+    /// limit left out is none (0). Past one, requests are refused with RESOURCE_EXHAUSTED
+    /// naming it; renewals and releases never are.
+    Quota {
+        /// The user (none: the default quota).
+        #[arg(value_name = "USER")]
+        name: Option<String>,
+        /// Client requests per second, on each node.
+        #[arg(long, default_value_t = 0)]
+        requests_per_second: u32,
+        /// Sessions open at once, in each group.
+        #[arg(long, default_value_t = 0)]
+        sessions: u32,
+        /// Names held or waited for at once, in each group.
+        #[arg(long, default_value_t = 0)]
+        names: u32,
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        endpoints: String,
+    },
 }
 
 /// `baton role ...`.
@@ -186,6 +205,11 @@ pub(crate) async fn user(cmd: UserCmd) -> ExitCode {
         UserCmd::RevokeRole { name, role, endpoints } => {
             change(&endpoints, Change::UserRevokeRole(pb::UserRole { user: name, role })).await
         }
+        UserCmd::Quota { name, requests_per_second, sessions, names, endpoints } => {
+            let quota = pb::Quota { requests_per_second, sessions, names };
+            change(&endpoints, Change::SetQuota(pb::UserQuota { user: name.unwrap_or_default(), quota: Some(quota) }))
+                .await
+        }
     }
 }
 
@@ -220,7 +244,10 @@ pub(crate) async fn auth(cmd: AuthCmd) -> ExitCode {
         let users: Vec<_> = s
             .users
             .iter()
-            .map(|u| serde_json::json!({"name": u.name, "roles": u.roles, "has_password": u.has_password}))
+            .map(|u| {
+                serde_json::json!({"name": u.name, "roles": u.roles, "has_password": u.has_password,
+                                   "quota": quota_json(u.quota.as_ref())})
+            })
             .collect();
         let roles: Vec<_> = s
             .roles
@@ -234,13 +261,18 @@ pub(crate) async fn auth(cmd: AuthCmd) -> ExitCode {
                 serde_json::json!({"name": r.name, "grants": grants})
             })
             .collect();
-        out!("{}", serde_json::json!({"enabled": s.enabled, "revision": s.revision, "users": users, "roles": roles}));
+        out!(
+            "{}",
+            serde_json::json!({"enabled": s.enabled, "revision": s.revision, "users": users, "roles": roles,
+                               "default_quota": quota_json(s.default_quota.as_ref())})
+        );
         return ExitCode::SUCCESS;
     }
     out!("authentication {} (revision {})", if s.enabled { "on" } else { "off" }, s.revision);
+    out!("default quota: {}", quota_text(s.default_quota.as_ref()));
     for u in &s.users {
         let how = if u.has_password { "password" } else { "certificate only" };
-        out!("user {} ({how}): roles {}", u.name, u.roles.join(", "));
+        out!("user {} ({how}): roles {}; quota: {}", u.name, u.roles.join(", "), quota_text(u.quota.as_ref()));
     }
     for r in &s.roles {
         out!("role {}", r.name);
@@ -249,4 +281,20 @@ pub(crate) async fn auth(cmd: AuthCmd) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+fn quota_json(q: Option<&pb::Quota>) -> serde_json::Value {
+    let q = q.cloned().unwrap_or_default();
+    serde_json::json!({"requests_per_second": q.requests_per_second, "sessions": q.sessions, "names": q.names})
+}
+
+fn quota_text(q: Option<&pb::Quota>) -> String {
+    let q = q.cloned().unwrap_or_default();
+    let n = |v: u32| if v == 0 { "no limit".to_string() } else { v.to_string() };
+    format!(
+        "{} requests/s per node, {} sessions and {} names per group",
+        n(q.requests_per_second),
+        n(q.sessions),
+        n(q.names)
+    )
 }

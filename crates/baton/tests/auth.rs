@@ -121,4 +121,23 @@ fn every_verb_needs_credentials_and_a_role_that_allows_it() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("authentication on"), "{text}");
     assert!(text.contains("role jobs") && text.contains("lock on prefix \"jobs/\""), "{text}");
+
+    // Quotas: set by an administrator only, shown by `auth status`; within hers alice goes on
+    // (what past it does: `crates/baton-server/tests/auth.rs`).
+    let root = ["--user", "root:rootpw"];
+    let quota = ["user", "quota", "alice", "--sessions", "1", "--names", "5", "--requests-per-second", "100"];
+    let (code, err) = run(&alice, &quota);
+    assert!(code != 0 && err.contains("lacks the admin permission"), "{err}");
+    assert_eq!(run(&root, &quota).0, 0);
+    let out = Command::new(BATON).args([&root[..], &["auth", "status"], &eps[..]].concat()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "user alice (password): roles jobs; quota: 100 requests/s per node, 1 sessions and 5 names per group"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("default quota: no limit requests/s per node"), "{text}");
+    let (code, err) = run(&alice, &["lock", "jobs/a", "--", "true"]);
+    assert_eq!(code, 0, "{err}");
 }

@@ -32,6 +32,18 @@ fn run(input: &[u8]) {
 }
 
 /// A state machine of the kind the source picks, after the commands it drives.
+/// The state machine's count of each user's names is what its sessions hold or await.
+fn names_counted_right(sm: &StateMachine) {
+    for user in ["a", "b"] {
+        let owned: u64 = sm
+            .sessions()
+            .filter(|(_, s)| baton_core::command::session_owner(&s.client) == Some(user))
+            .map(|(_, s)| s.owned.len() as u64)
+            .sum();
+        assert_eq!(sm.names_of(user), owned, "user {user}'s names counted wrong");
+    }
+}
+
 pub fn state_from(src: &mut Source) -> StateMachine {
     let limits = Limits::default();
     let mut sm = match src.below(4) {
@@ -52,12 +64,34 @@ pub fn state_from(src: &mut Source) -> StateMachine {
         };
         let command = gen::command(src, &sessions);
         // Proposed for a user (authentication on) now and then: sessions are then theirs only.
-        let user = [None, None, Some("a"), Some("b")][src.index(4)];
         let named = baton_core::command::session_of(&command);
+        // Mostly the named session's own user (so that quotas and counts get exercised), else
+        // anyone.
+        let owner = named
+            .and_then(|id| sm.session(id))
+            .and_then(|s| baton_core::command::session_owner(&s.client))
+            .and_then(|o| ["a", "b"].into_iter().find(|u| *u == o));
+        let user = match src.below(6) {
+            0..=2 => owner.or(Some("a")),
+            3 => Some("b"),
+            _ => None,
+        };
         let (before_now, before_token) = (sm.now_ms(), sm.last_token());
         let mut events = Vec::new();
-        let entry = Entry { user: user.map(String::from), ..Entry::new(time, time, command) };
+        let quota =
+            baton_core::auth::Quota { requests_per_s: 0, sessions: src.below(4) as u32, names: src.below(4) as u32 };
+        let entry = Entry { user: user.map(String::from), quota, ..Entry::new(time, time, command) };
+        let before = user.map(|u| (sm.sessions_of(u), sm.names_of(u)));
         let outcome = sm.apply(index, &entry, &mut events);
+        // What the entry's user gained, it had room for under the entry's quota.
+        if let (Some(user), Some((sessions, names))) = (user, before) {
+            if sm.sessions_of(user) > sessions && quota.sessions > 0 {
+                assert!(sessions < u64::from(quota.sessions), "{user} opened a session past its quota");
+            }
+            if sm.names_of(user) > names && quota.names > 0 {
+                assert!(names < u64::from(quota.names), "{user} took a name past its quota");
+            }
+        }
         if let (Ok(_), Some(user), Some(session)) = (&outcome, user, named) {
             if let Some(s) = sm.session(session) {
                 let owner = baton_core::command::session_owner(&s.client);
@@ -75,6 +109,8 @@ pub fn state_from(src: &mut Source) -> StateMachine {
             }
             _ => {}
         }
+        names_counted_right(&sm);
+        names_counted_right(&destination);
     }
     sm
 }

@@ -104,6 +104,37 @@ impl Need {
 pub struct Access {
     view: Arc<Mutex<ClusterView>>,
     metrics: Arc<crate::obs::Metrics>,
+    rates: Arc<Rates>,
+}
+
+/// Each user's requests on this node lately: a token bucket per user, filled at its
+/// `requests_per_s` and holding one second's worth.
+#[derive(Debug, Default)]
+pub struct Rates {
+    buckets: Mutex<std::collections::HashMap<String, Bucket>>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl Rates {
+    /// Takes one request of `user` allowed `per_s` a second; false if it has none left.
+    fn take(&self, user: &str, per_s: u32, now: std::time::Instant) -> bool {
+        let mut buckets = self.buckets.lock().expect("rates lock");
+        let per_s = f64::from(per_s);
+        let b = buckets.entry(user.to_string()).or_insert(Bucket { tokens: per_s, at: now });
+        b.tokens = (b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * per_s).min(per_s);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// A hash no password matches (made once), verified against for unknown users.
@@ -126,7 +157,33 @@ fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
 impl Access {
     /// Checks against the users and roles `view` publishes, counting refusals in `metrics`.
     pub fn new(view: Arc<Mutex<ClusterView>>, metrics: Arc<crate::obs::Metrics>) -> Access {
-        Access { view, metrics }
+        let rates = view.lock().expect("view lock").rates.clone();
+        Access { view, metrics, rates }
+    }
+
+    /// Who a node request is for (its user and quota; `None`: anyone, authentication off).
+    pub fn principal(&self, caller: &Caller) -> Option<baton_core::command::Principal> {
+        let name = caller.user()?;
+        let quota = self.state().quota_of(name);
+        Some(baton_core::command::Principal { name: name.into(), quota })
+    }
+
+    /// Counts a request of `caller` against its `requests_per_s` quota on this node
+    /// (RESOURCE_EXHAUSTED past it, saying so). Renewals and releases are not charged: shedding
+    /// them would turn overload into lost sessions.
+    pub fn charge(&self, caller: &Caller) -> Result<(), Status> {
+        let Some(user) = caller.user() else { return Ok(()) };
+        let per_s = self.state().quota_of(user).requests_per_s;
+        if per_s == 0 || self.rates.take(user, per_s, std::time::Instant::now()) {
+            return Ok(());
+        }
+        self.metrics.access_denied("quota");
+        let status = Status::resource_exhausted(format!(
+            "quota: user {user:?} is over its {per_s} requests per second on this node (baton user quota); \
+             slow down and retry"
+        ));
+        // Busy: nothing was done, and Baton's clients back off and try again.
+        Err(crate::status::with_info(status, baton_proto::v1::error_info::Reason::Busy, 0, String::new()))
     }
 
     /// The users and roles now.
@@ -322,6 +379,27 @@ impl Access {
         };
         let expires = now_ms() + TOKEN_TTL.as_millis() as u64;
         Ok(secrets::sign_token(&auth.token_key, name, claims.generation, expires))
+    }
+
+    /// A token of `caller`'s good for a minute (`None` for anyone: authentication off), for a
+    /// change another node runs on its behalf (see [`Access::check_forwarded_admin`]).
+    pub fn token_for(&self, caller: &Caller) -> Option<String> {
+        let name = caller.user()?;
+        let auth = self.state();
+        let user = auth.users.get(name)?;
+        Some(secrets::sign_token(&auth.token_key, name, user.generation, now_ms() + 60_000))
+    }
+
+    /// Refuses a change to users and roles that another node forwards unless `token` names an
+    /// administrator here (with authentication on; with it off anyone may, as on every API).
+    pub fn check_forwarded_admin(&self, token: Option<&str>) -> Result<(), Status> {
+        let mut metadata = MetadataMap::new();
+        if let Some(t) = token {
+            let value = format!("Bearer {t}").parse().map_err(|_| Status::unauthenticated("invalid token"))?;
+            metadata.insert("authorization", value);
+        }
+        let caller = self.caller(&metadata, None)?;
+        self.check(&caller, "forwarded auth change", &[Need::everything(Permission::Admin)])
     }
 
     /// A token for `user` if `password` is its password (UNAUTHENTICATED otherwise, saying no

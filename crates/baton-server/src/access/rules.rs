@@ -60,6 +60,17 @@ pub fn of_request(request: &Request) -> Vec<Need> {
     }
 }
 
+/// Whether a node request renews or gives back (keepalives, releases, cancels, closes): never
+/// refused for a user's request rate, so that overload sheds new work, not held sessions.
+pub fn gives_back(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::KeepAlive(_)
+            | Request::Read(Query::KeepAlive(_))
+            | Request::Propose(Command::Release { .. } | Command::Cancel { .. } | Command::CloseSession { .. })
+    )
+}
+
 /// What a node request is, for refusals and the audit log.
 pub fn label(request: &Request) -> &'static str {
     match request {

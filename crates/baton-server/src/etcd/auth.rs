@@ -23,7 +23,7 @@ use baton_proto::etcd::etcdserverpb::auth_server::Auth;
 use tonic::{Code, Request, Response, Status};
 
 use super::{Backend, EtcdAnswer, EtcdCall};
-use crate::access::{secrets, Need};
+use crate::access::{secrets, Caller, Need};
 
 /// The names etcd's `[key, range_end)` covers: just `key` when `range_end` is empty, every
 /// key from `key` on when it is `"\0"`.
@@ -144,14 +144,15 @@ async fn hash(password: String, hashed: &str) -> Result<Option<String>, Status> 
 
 impl AuthService {
     /// Refuses unless the caller is an administrator (etcd's root role).
-    fn admin<T>(&self, request: &Request<T>, rpc: &str) -> Result<(), Status> {
-        self.backend.admit(request, rpc, &[Need::everything(Permission::Admin)]).map(|_| ())
+    fn admin<T>(&self, request: &Request<T>, rpc: &str) -> Result<Caller, Status> {
+        self.backend.admit(request, rpc, &[Need::everything(Permission::Admin)])
     }
 
-    /// Applies `command` to the users and roles (through the meta group's leader) and returns
-    /// the header to answer with.
-    async fn change(&self, command: AuthCommand) -> Result<Option<pb::ResponseHeader>, Status> {
-        match self.backend.call(EtcdCall::Auth(command)).await {
+    /// Applies `command` for `caller` to the users and roles (through the meta group's leader,
+    /// with a token of the caller's for it to check) and returns the header to answer with.
+    async fn change(&self, caller: &Caller, command: AuthCommand) -> Result<Option<pb::ResponseHeader>, Status> {
+        let token = self.backend.access.token_for(caller);
+        match self.backend.call(EtcdCall::Auth { command, token }).await {
             Ok(EtcdAnswer::AuthChanged { .. }) => Ok(self.backend.header(0)),
             // etcdctl's `auth enable` adds the root role and grants it on this one, then tries
             // again (Baton's root role always exists: the grant is all it takes).
@@ -174,8 +175,8 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::AuthEnableRequest>,
     ) -> Result<Response<pb::AuthEnableResponse>, Status> {
-        self.admin(&request, "AuthEnable")?;
-        let header = self.change(AuthCommand::Enable { token_key: secrets::token_key() }).await?;
+        let caller = self.admin(&request, "AuthEnable")?;
+        let header = self.change(&caller, AuthCommand::Enable { token_key: secrets::token_key() }).await?;
         Ok(Response::new(pb::AuthEnableResponse { header }))
     }
 
@@ -183,8 +184,8 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::AuthDisableRequest>,
     ) -> Result<Response<pb::AuthDisableResponse>, Status> {
-        self.admin(&request, "AuthDisable")?;
-        let header = self.change(AuthCommand::Disable).await?;
+        let caller = self.admin(&request, "AuthDisable")?;
+        let header = self.change(&caller, AuthCommand::Disable).await?;
         Ok(Response::new(pb::AuthDisableResponse { header }))
     }
 
@@ -222,14 +223,14 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::AuthUserAddRequest>,
     ) -> Result<Response<pb::AuthUserAddResponse>, Status> {
-        self.admin(&request, "UserAdd")?;
+        let caller = self.admin(&request, "UserAdd")?;
         let req = request.into_inner();
         if req.name.is_empty() {
             return Err(Status::invalid_argument("etcdserver: user name is empty"));
         }
         let no_password = req.options.is_some_and(|o| o.no_password);
         let password_hash = if no_password { None } else { hash(req.password, &req.hashed_password).await? };
-        let header = self.change(AuthCommand::UserAdd { name: req.name, password_hash }).await?;
+        let header = self.change(&caller, AuthCommand::UserAdd { name: req.name, password_hash }).await?;
         Ok(Response::new(pb::AuthUserAddResponse { header }))
     }
 
@@ -260,8 +261,8 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::AuthUserDeleteRequest>,
     ) -> Result<Response<pb::AuthUserDeleteResponse>, Status> {
-        self.admin(&request, "UserDelete")?;
-        let header = self.change(AuthCommand::UserRemove { name: request.into_inner().name }).await?;
+        let caller = self.admin(&request, "UserDelete")?;
+        let header = self.change(&caller, AuthCommand::UserRemove { name: request.into_inner().name }).await?;
         Ok(Response::new(pb::AuthUserDeleteResponse { header }))
     }
 
@@ -269,10 +270,10 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::AuthUserChangePasswordRequest>,
     ) -> Result<Response<pb::AuthUserChangePasswordResponse>, Status> {
-        self.admin(&request, "UserChangePassword")?;
+        let caller = self.admin(&request, "UserChangePassword")?;
         let req = request.into_inner();
         let password_hash = hash(req.password, &req.hashed_password).await?;
-        let header = self.change(AuthCommand::UserPasswd { name: req.name, password_hash }).await?;
+        let header = self.change(&caller, AuthCommand::UserPasswd { name: req.name, password_hash }).await?;
         Ok(Response::new(pb::AuthUserChangePasswordResponse { header }))
     }
 
@@ -280,9 +281,9 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::AuthUserGrantRoleRequest>,
     ) -> Result<Response<pb::AuthUserGrantRoleResponse>, Status> {
-        self.admin(&request, "UserGrantRole")?;
+        let caller = self.admin(&request, "UserGrantRole")?;
         let req = request.into_inner();
-        let header = self.change(AuthCommand::UserGrant { user: req.user, role: req.role }).await?;
+        let header = self.change(&caller, AuthCommand::UserGrant { user: req.user, role: req.role }).await?;
         Ok(Response::new(pb::AuthUserGrantRoleResponse { header }))
     }
 
@@ -290,9 +291,9 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::AuthUserRevokeRoleRequest>,
     ) -> Result<Response<pb::AuthUserRevokeRoleResponse>, Status> {
-        self.admin(&request, "UserRevokeRole")?;
+        let caller = self.admin(&request, "UserRevokeRole")?;
         let req = request.into_inner();
-        let header = self.change(AuthCommand::UserRevoke { user: req.name, role: req.role }).await?;
+        let header = self.change(&caller, AuthCommand::UserRevoke { user: req.name, role: req.role }).await?;
         Ok(Response::new(pb::AuthUserRevokeRoleResponse { header }))
     }
 
@@ -300,7 +301,7 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::AuthRoleAddRequest>,
     ) -> Result<Response<pb::AuthRoleAddResponse>, Status> {
-        self.admin(&request, "RoleAdd")?;
+        let caller = self.admin(&request, "RoleAdd")?;
         let name = request.into_inner().name;
         if name.is_empty() {
             return Err(Status::invalid_argument("etcdserver: role name is empty"));
@@ -310,7 +311,7 @@ impl Auth for AuthService {
         if name == ROOT_ROLE {
             return Ok(Response::new(pb::AuthRoleAddResponse { header: self.backend.header(0) }));
         }
-        let header = self.change(AuthCommand::RoleAdd { name }).await?;
+        let header = self.change(&caller, AuthCommand::RoleAdd { name }).await?;
         Ok(Response::new(pb::AuthRoleAddResponse { header }))
     }
 
@@ -350,8 +351,8 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::AuthRoleDeleteRequest>,
     ) -> Result<Response<pb::AuthRoleDeleteResponse>, Status> {
-        self.admin(&request, "RoleDelete")?;
-        let header = self.change(AuthCommand::RoleRemove { name: request.into_inner().role }).await?;
+        let caller = self.admin(&request, "RoleDelete")?;
+        let header = self.change(&caller, AuthCommand::RoleRemove { name: request.into_inner().role }).await?;
         Ok(Response::new(pb::AuthRoleDeleteResponse { header }))
     }
 
@@ -359,7 +360,7 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::AuthRoleGrantPermissionRequest>,
     ) -> Result<Response<pb::AuthRoleGrantPermissionResponse>, Status> {
-        self.admin(&request, "RoleGrantPermission")?;
+        let caller = self.admin(&request, "RoleGrantPermission")?;
         let req = request.into_inner();
         let perm = req.perm.ok_or_else(|| Status::invalid_argument("etcdserver: permission not given"))?;
         let permission = match pb::auth_permission::Type::try_from(perm.perm_type) {
@@ -370,7 +371,7 @@ impl Auth for AuthService {
             }
         };
         let range = key_range(&perm.key, &perm.range_end);
-        let header = self.change(AuthCommand::RoleGrant { role: req.name, range, permission }).await?;
+        let header = self.change(&caller, AuthCommand::RoleGrant { role: req.name, range, permission }).await?;
         Ok(Response::new(pb::AuthRoleGrantPermissionResponse { header }))
     }
 
@@ -378,10 +379,10 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::AuthRoleRevokePermissionRequest>,
     ) -> Result<Response<pb::AuthRoleRevokePermissionResponse>, Status> {
-        self.admin(&request, "RoleRevokePermission")?;
+        let caller = self.admin(&request, "RoleRevokePermission")?;
         let req = request.into_inner();
         let range = key_range(&req.key, &req.range_end);
-        let header = self.change(AuthCommand::RoleRevoke { role: req.role, range }).await?;
+        let header = self.change(&caller, AuthCommand::RoleRevoke { role: req.role, range }).await?;
         Ok(Response::new(pb::AuthRoleRevokePermissionResponse { header }))
     }
 }

@@ -71,15 +71,17 @@ pub enum EtcdCall {
     Leases,
     /// The alarms raised.
     Alarms,
-    /// A change to the users and roles (etcd's Auth service), for the meta group.
-    Auth(baton_core::auth::AuthCommand),
+    /// A change to the users and roles (etcd's Auth service), for the meta group, with a
+    /// token of the user that asked (`None`: authentication was off where it was asked), which
+    /// the node that runs a forwarded change checks again (see `serve_forwarded`).
+    Auth { command: baton_core::auth::AuthCommand, token: Option<String> },
 }
 
 impl EtcdCall {
     /// The group that serves it: the keyspace's, or for users and roles the meta group.
     pub fn group(&self) -> baton_node::GroupId {
         match self {
-            EtcdCall::Auth(_) => baton_core::META_GROUP,
+            EtcdCall::Auth { .. } => baton_core::META_GROUP,
             _ => ETCD_GROUP,
         }
     }
@@ -198,7 +200,12 @@ impl Backend {
         rpc: &str,
         needs: &[crate::access::Need],
     ) -> Result<crate::access::Caller, Status> {
-        self.access.admit(request, rpc, needs).map_err(auth::etcd_refusal)
+        let caller = self.access.admit(request, rpc, needs).map_err(auth::etcd_refusal)?;
+        // Keepalives are not counted against the user's request rate (see `Access::charge`).
+        if rpc != "LeaseKeepAlive" {
+            self.access.charge(&caller)?;
+        }
+        Ok(caller)
     }
 
     /// Whether `caller` may still do `needs` (a stream's later requests), in etcd's words.
@@ -232,7 +239,7 @@ impl Backend {
                     // The node it went to did not answer (down, or gone): a read or a renewal
                     // is tried again once a leader is known; a write may have been applied
                     // there, so its caller is told it is unknown.
-                    Err(_) if !matches!(call, EtcdCall::Write(_) | EtcdCall::Auth(_)) => {
+                    Err(_) if !matches!(call, EtcdCall::Write(_) | EtcdCall::Auth { .. }) => {
                         Err(NodeError::NotLeader { group, leader: None })
                     }
                     Err(s) => return Err(s),
@@ -282,7 +289,7 @@ impl Backend {
         let group = call.group();
         let request = match call {
             EtcdCall::Write(c) => Request::Propose(baton_core::Command::Etcd(c)),
-            EtcdCall::Auth(c) => Request::Propose(baton_core::Command::Auth(c)),
+            EtcdCall::Auth { command, .. } => Request::Propose(baton_core::Command::Auth(command)),
             EtcdCall::Range(r) => Request::Read(Query::EtcdRange(Box::new(r))),
             EtcdCall::Lease { ids, renew, keys } => Request::Read(Query::EtcdLease { ids, renew, keys }),
             EtcdCall::Leases => Request::Read(Query::EtcdLeases),
@@ -410,6 +417,22 @@ pub(crate) async fn serve_forwarded(
 ) -> Result<baton_proto::peer::ForwardResponse, Status> {
     let backend = Backend::new(node.clone(), PeerChannels::none());
     let mut response = baton_proto::peer::ForwardResponse::default();
+    // A change to users and roles is checked again here, by its user's token: the peer port
+    // takes calls from nodes, not users, and a node without mutual TLS on it could be anyone
+    // (review finding). A token key never comes from the wire: this node makes it.
+    let call = match call {
+        EtcdCall::Auth { command, token } => {
+            backend.access.check_forwarded_admin(token.as_deref())?;
+            let command = match command {
+                baton_core::auth::AuthCommand::Enable { .. } => {
+                    baton_core::auth::AuthCommand::Enable { token_key: crate::access::secrets::token_key() }
+                }
+                other => other,
+            };
+            EtcdCall::Auth { command, token }
+        }
+        other => other,
+    };
     let result: Result<EtcdAnswer, EtcdFailure> = match backend.local(call).await {
         Err(NodeError::NotLeader { leader, .. }) => {
             response.not_leader = true;
@@ -434,8 +457,7 @@ pub fn router(backend: Backend, progress_every: Duration) -> tonic::transport::s
     use baton_proto::etcd::v3electionpb::election_server::ElectionServer;
     use baton_proto::etcd::v3lockpb::lock_server::LockServer;
     let limit = MAX_GRPC_MESSAGE_BYTES;
-    tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+    crate::grpc_server()
         .trace_fn(|req| crate::obs::trace::root(|| tracing::debug_span!("etcd.grpc", method = %req.uri().path())))
         .add_service(KvServer::new(KvService { backend: backend.clone() }).max_decoding_message_size(limit))
         .add_service(

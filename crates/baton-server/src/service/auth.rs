@@ -1,7 +1,7 @@
 //! The users-and-roles RPCs' conversions: a change request into the meta group's command (its
 //! password hashed here: the log never sees a password), and the state into its answer.
 
-use baton_core::auth::{AuthCommand, AuthState, NameRange, Permission};
+use baton_core::auth::{AuthCommand, AuthState, NameRange, Permission, Quota};
 use baton_proto::v1 as pb;
 use tonic::Status;
 
@@ -37,7 +37,18 @@ pub fn change_command(req: pb::AuthChangeRequest) -> Result<AuthCommand, Status>
         Change::RoleRevoke(g) => AuthCommand::RoleRevoke { role: g.role, range: range(g.names)? },
         Change::Enable(true) => AuthCommand::Enable { token_key: secrets::token_key() },
         Change::Enable(false) => AuthCommand::Disable,
+        Change::SetQuota(q) => {
+            let quota = q.quota.ok_or_else(|| Status::invalid_argument("a quota change needs its quota"))?;
+            let quota =
+                Quota { requests_per_s: quota.requests_per_second, sessions: quota.sessions, names: quota.names };
+            AuthCommand::SetQuota { user: (!q.user.is_empty()).then_some(q.user), quota }
+        }
     })
+}
+
+/// A quota as the API shows it.
+pub fn quota_out(q: Quota) -> pb::Quota {
+    pb::Quota { requests_per_second: q.requests_per_s, sessions: q.sessions, names: q.names }
 }
 
 /// The users and roles as `AuthStatus` answers them (no password hashes).
@@ -49,6 +60,7 @@ pub fn status(auth: &AuthState) -> pb::AuthStatusResponse {
             name: name.clone(),
             roles: u.roles.iter().cloned().collect(),
             has_password: u.password_hash.is_some(),
+            quota: Some(quota_out(auth.quota_of(name))),
         })
         .collect();
     let roles = auth
@@ -67,5 +79,11 @@ pub fn status(auth: &AuthState) -> pb::AuthStatusResponse {
                 .collect(),
         })
         .collect();
-    pb::AuthStatusResponse { enabled: auth.enabled, revision: auth.revision, users, roles }
+    pb::AuthStatusResponse {
+        enabled: auth.enabled,
+        revision: auth.revision,
+        users,
+        roles,
+        default_quota: Some(quota_out(auth.default_quota)),
+    }
 }

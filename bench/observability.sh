@@ -7,7 +7,8 @@
 # MODES (default "off on") picks the starts compared, in that order, the first one being the
 # baseline: `off`, `metrics` (metrics and scraping, no tracing), `on`, `tls` (no metrics, TLS with
 # client certificates on the client port and mutual TLS between nodes; certificates from
-# `baton certs`: compare with MODES="off tls"). OTLP_FLAGS adds flags to
+# `baton certs`: compare with MODES="off tls"), `auth` (no metrics, authentication on, the bench
+# running as a user with the lock permission: compare with MODES="off auth"). OTLP_FLAGS adds flags to
 # the traced servers (e.g. --otlp-sample-ratio 1); BATON_OTLP_LOG their span filter.
 # Prints one line per run and the ratio of each mode's median to the baseline's:
 #   MODE ops/s p50_ms p99_ms errors cpu_us_per_op
@@ -37,7 +38,7 @@ pids+=($sink_pid)
 "$bin" certs "$dir/certs" --nodes 1,2,3 >/dev/null
 
 results=()
-run() { # MODE: off | metrics | on | tls
+run() { # MODE: off | metrics | on | tls | auth
   local mode=$1 servers=() scraper= client_tls=()
   [ "$mode" = tls ] && client_tls=(--cacert "$dir/certs/ca.pem" --cert "$dir/certs/client-root.pem" \
     --key "$dir/certs/client-root-key.pem")
@@ -59,6 +60,15 @@ run() { # MODE: off | metrics | on | tls
     BATON_CACERT="${client_tls[1]}" BATON_CERT="${client_tls[3]}" BATON_KEY="${client_tls[5]}" wait_for_placement "$eps"
   else
     wait_for_placement "$eps"
+  fi
+  if [ "$mode" = auth ]; then
+    # Authentication on, the bench as a user with the lock permission on every name (each
+    # request checked against its grants; tokens renewed by the client as they run out).
+    for step in "user add root --new-password rootpw" "user grant-role root root" "role add bench" \
+      "role grant bench lock ''" "user add bench --new-password benchpw" "user grant-role bench bench" "auth enable"; do
+      eval "\"$bin\" $step --endpoints $eps" >/dev/null
+    done
+    client_tls=(--user bench:benchpw)
   fi
   if [ "$mode" = metrics ] || [ "$mode" = on ]; then
     # A Prometheus scraping every second (bounded: it stops with the run).

@@ -149,7 +149,12 @@ pub struct StateMachine {
 /// The first bytes of a state machine snapshot of the current layout: a version, so that the
 /// next layout change is recognised by it instead of by trying older layouts. (No older layout
 /// can start with it: their first eight bytes are a small limit.)
-pub const SNAPSHOT_MAGIC: [u8; 8] = *b"BTNSM\x00\x00\x01";
+pub const SNAPSHOT_MAGIC: [u8; 8] = *b"BTNSM\x00\x00\x02";
+/// The first layout with a magic: its users and roles had no quotas yet.
+const SNAPSHOT_MAGIC_V1: [u8; 8] = *b"BTNSM\x00\x00\x01";
+/// What the users and roles of a [`SNAPSHOT_MAGIC_V1`] snapshot lack at their end, as bincode
+/// writes them empty: no user's own quota (a zero length) and a default quota of zeros.
+const V1_AUTH_PADDING: usize = 8 + 12;
 
 impl Default for StateMachine {
     fn default() -> Self {
@@ -458,16 +463,26 @@ impl StateMachine {
     }
 
     /// Restores a state from [`StateMachine::to_snapshot`] bytes. Snapshots of this layout start
-    /// with [`SNAPSHOT_MAGIC`] and must decode exactly. Older ones have no magic and lack one or
+    /// with [`SNAPSHOT_MAGIC`] and must decode exactly; those of the first layout with a magic
+    /// read as if their users and roles had no quotas. Older ones have no magic and lack one or
     /// more last fields, and are read as if they ended with those fields' empty values in
     /// bincode: a snapshot written before users and roles existed with no auth state (`None`,
     /// one zero byte); one written before the etcd keyspace existed also without a keyspace
     /// (another zero byte); one written before the keyspace had alarms with no alarm (an empty
     /// set: a zero length, eight bytes).
     pub fn from_snapshot(bytes: &[u8]) -> std::result::Result<Self, bincode::Error> {
-        let mut sm: StateMachine = match bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()) {
-            Some(current) => bincode::deserialize(current)?,
-            None => Self::from_older_snapshot(bytes)?,
+        let mut sm: StateMachine = if let Some(current) = bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()) {
+            bincode::deserialize(current)?
+        } else if let Some(v1) = bytes.strip_prefix(SNAPSHOT_MAGIC_V1.as_slice()) {
+            // Without users and roles it reads as the current layout; with them, as if they
+            // ended with no quotas (and only so: the padding must be needed).
+            bincode::deserialize(v1).or_else(|e| {
+                let mut padded = v1.to_vec();
+                padded.resize(v1.len() + V1_AUTH_PADDING, 0);
+                bincode::deserialize::<StateMachine>(&padded).ok().filter(|sm| sm.auth.is_some()).ok_or(e)
+            })?
+        } else {
+            Self::from_older_snapshot(bytes)?
         };
         if let Some(etcd) = sm.etcd.as_deref_mut() {
             etcd.after_snapshot();

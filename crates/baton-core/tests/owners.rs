@@ -244,3 +244,32 @@ proptest::proptest! {
         }
     }
 }
+
+/// A snapshot of the first layout with a magic (users and roles without quotas) still reads,
+/// as users and roles with no quotas; a group without users and roles reads as it was.
+#[test]
+fn snapshots_from_before_quotas_still_read() {
+    use baton_core::auth::AuthCommand;
+    let topology = baton_core::Topology::initial_with(&[1, 2, 3], 2, 3, true);
+    let mut meta = StateMachine::meta(Limits::default(), topology);
+    let changes = [
+        AuthCommand::UserAdd { name: "root".into(), password_hash: None },
+        AuthCommand::UserGrant { user: "root".into(), role: "root".into() },
+        AuthCommand::RoleAdd { name: "jobs".into() },
+    ];
+    for (i, change) in changes.into_iter().enumerate() {
+        let index = i as u64 + 1;
+        meta.apply(index, &Entry::new(index, index, Command::Auth(change)), &mut Vec::new()).unwrap();
+    }
+    let data = StateMachine::new(Limits::default());
+    for (sm, cut) in [(&meta, 20), (&data, 0)] {
+        let now = sm.to_snapshot();
+        // The first layout: another magic, and (with users and roles) without the quotas.
+        let mut v1 = b"BTNSM\x00\x00\x01".to_vec();
+        v1.extend_from_slice(&now[8..now.len() - cut]);
+        let read = StateMachine::from_snapshot(&v1).expect("a snapshot of the first magic layout reads");
+        assert!(read == *sm, "it reads as it was");
+        // Cut one byte short, it does not read as anything.
+        assert!(StateMachine::from_snapshot(&v1[..v1.len() - 1]).is_err());
+    }
+}

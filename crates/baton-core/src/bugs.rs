@@ -66,13 +66,16 @@ pub struct Bugs {
     /// An etcd put is applied twice (two revisions): what a retried write that was in fact
     /// applied looks like (etcd checker: each value once).
     pub etcd_put_twice: bool,
+    /// A command for a user acting for another user's session is applied (authentication on:
+    /// ownership).
+    pub session_owner_ignored: bool,
 }
 
 /// Picks one flag out of a [`Bugs`].
 type Flag = fn(&mut Bugs) -> &mut bool;
 
 /// The command-line names of the bugs, with the flag each sets.
-const TABLE: [(&str, Flag); 21] = [
+const TABLE: [(&str, Flag); 22] = [
     ("grant-ignores-queue", |b| &mut b.grant_ignores_queue),
     ("token-reset-on-restart", |b| &mut b.token_reset_on_restart),
     ("follower-expiry", |b| &mut b.follower_expiry),
@@ -94,6 +97,7 @@ const TABLE: [(&str, Flag); 21] = [
     ("sleeper-never-wakes", |b| &mut b.sleeper_never_wakes),
     ("etcd-watch-skips-deletes", |b| &mut b.etcd_watch_skips_deletes),
     ("etcd-put-twice", |b| &mut b.etcd_put_twice),
+    ("session-owner-ignored", |b| &mut b.session_owner_ignored),
 ];
 
 impl Bugs {

@@ -143,6 +143,10 @@ pub struct SimClient {
     pub(crate) memory: crate::workload::Memory,
     /// Deliberate client bugs (broken variants).
     pub(crate) bugs: baton_core::Bugs,
+    /// A user of its own (see `SimConfig::users`).
+    pub users: bool,
+    /// Every session this client opened (its user's).
+    pub(crate) own_sessions: std::collections::BTreeSet<SessionId>,
     next_creq: u64,
     /// Frozen until this virtual time (a paused process handles nothing before it).
     paused_until: Time,
@@ -187,11 +191,23 @@ impl SimClient {
             probes: BTreeMap::new(),
             memory: Default::default(),
             bugs,
+            users: false,
+            own_sessions: Default::default(),
             next_creq: 1,
             paused_until: 0,
             parked: VecDeque::new(),
             pending_jump_ms: 0,
             old_clocks: Vec::new(),
+        }
+    }
+
+    /// The client id its sessions open under: with users, as the server records it for the
+    /// client's user `u<id>`.
+    pub(crate) fn client_id(&self) -> String {
+        if self.users {
+            format!("u{0}{1}c{0}", self.id, baton_core::command::OWNER_SEPARATOR)
+        } else {
+            format!("c{}", self.id)
         }
     }
 
@@ -335,6 +351,7 @@ impl SimClient {
     pub(crate) fn opened(&mut self, id: SessionId, ttl_ms: u64, first_sent_local: u64, local: u64) {
         let first = local + renew_interval_ms(ttl_ms);
         let streams = (1..=self.nodes as u64).map(|n| (n, (Renewals::new(ttl_ms, first), None))).collect();
+        self.own_sessions.insert(id);
         self.session =
             Some(Session { id, lease: Lease::new(ttl_ms, (id >> 48) + 1, first_sent_local, local), streams });
     }
@@ -535,7 +552,7 @@ impl SimClient {
             let s = self.session.as_ref().expect("needs a session");
             let request = Request::Propose(Command::AttachSession {
                 session: s.id,
-                client: format!("c{}", self.id),
+                client: self.client_id(),
                 ttl_ms: s.lease.ttl_ms(),
             });
             call.attaching = Some((group, local));

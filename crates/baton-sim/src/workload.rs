@@ -86,10 +86,22 @@ pub(crate) enum Work {
 
 /// A request sent once, whose answer is only checked.
 pub(crate) enum Probe {
-    Reopen { session: SessionId },
+    Reopen {
+        session: SessionId,
+    },
     Cancel,
-    OldRetry { req: AcquireRequest, original: AcquireResult },
-    StaleProclaim { name: String, token: Token },
+    OldRetry {
+        req: AcquireRequest,
+        original: AcquireResult,
+    },
+    StaleProclaim {
+        name: String,
+        token: Token,
+    },
+    /// A close of another client's (another user's) session: it must be refused.
+    Impostor {
+        session: SessionId,
+    },
 }
 
 /// A hold, and what is left to do under it.
@@ -148,7 +160,7 @@ impl SimClient {
         }
         let Some(session) = self.session.as_ref().map(|s| s.id) else {
             let request_id = self.ids.next();
-            let command = Command::OpenSession { client: format!("c{}", self.id), ttl_ms: self.ttl_ms, request_id };
+            let command = Command::OpenSession { client: self.client_id(), ttl_ms: self.ttl_ms, request_id };
             let work = Work::Open { request_id, first_sent_local: local };
             self.propose(local, Op::OpenSession, command, work, fx);
             return;
@@ -160,6 +172,7 @@ impl SimClient {
             50..60 => self.etcd(now, local, rng, fx, hist),
             40..45 if self.memory.finished.len() > RETRY_WINDOW + 1 => self.old_retry(fx),
             45..50 if self.memory.resigned.is_some() => self.stale_proclaim(session, fx),
+            60..63 if self.users => self.impostor(session, rng, fx, hist),
             _ => self.acquire(now, local, session, rng, fx, hist),
         }
     }
@@ -343,6 +356,20 @@ impl SimClient {
         self.probes.insert(creq, Probe::StaleProclaim { name, token });
     }
 
+    /// Tries to close a session of another client (another user): some session an acquire
+    /// named, of anyone but this client.
+    fn impostor(&mut self, own: SessionId, rng: &mut ChaCha8Rng, fx: &mut Effects, hist: &mut History) {
+        let others: Vec<SessionId> = hist
+            .acquire_calls
+            .iter()
+            .map(|(s, _)| *s)
+            .filter(|s| *s != own && !self.own_sessions.contains(s))
+            .collect();
+        let Some(&session) = others.get(rng.gen_range(0..others.len().max(1))) else { return };
+        let creq = self.send_once(Op::CloseSession, Request::Propose(Command::CloseSession { session }), fx);
+        self.probes.insert(creq, Probe::Impostor { session });
+    }
+
     /// One more call while holding: describe it, proclaim (an election), or use its name as
     /// another kind.
     fn under_hold(&mut self, local: u64, rng: &mut ChaCha8Rng, fx: &mut Effects) {
@@ -400,8 +427,7 @@ impl SimClient {
                 self.opened(session, ttl_ms, first_sent_local, local);
                 if rng.gen_bool(0.3) {
                     // The same open again: it must return the same session.
-                    let command =
-                        Command::OpenSession { client: format!("c{}", self.id), ttl_ms: self.ttl_ms, request_id };
+                    let command = Command::OpenSession { client: self.client_id(), ttl_ms: self.ttl_ms, request_id };
                     let creq = self.send_once(Op::OpenSession, Request::Propose(command), fx);
                     self.probes.insert(creq, Probe::Reopen { session });
                 }
@@ -649,6 +675,13 @@ impl SimClient {
                 let detail =
                     format!("client {} proclaimed on {name:?} with token {token} after resigning: accepted", self.id);
                 violation(hist, "election", now, detail);
+            }
+            (Probe::Impostor { session }, Ok(Answer::Applied(Outcome::SessionClosed { released }))) => {
+                let detail = format!(
+                    "client {} (user u{}) closed session {session} of another user ({released} names released)",
+                    self.id, self.id
+                );
+                violation(hist, "ownership", now, detail);
             }
             (_, Ok(Answer::Applied(_) | Answer::Acquire(_))) | (_, Err(_)) => {}
             (_, Ok(other)) => {

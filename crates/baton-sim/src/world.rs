@@ -63,6 +63,10 @@ pub struct SimConfig {
     pub spares: usize,
     /// Replicas per data group (with more nodes than this, each group lives on a subset).
     pub replication: usize,
+    /// Each client a user of its own (authentication on): its requests carry its user, its
+    /// sessions are its user's, and now and then it tries to close another client's session,
+    /// which must be refused (the `ownership` checker).
+    pub users: bool,
 }
 
 impl Default for SimConfig {
@@ -85,6 +89,7 @@ impl Default for SimConfig {
             groups: 1,
             spares: 0,
             replication: baton_core::topology::DEFAULT_REPLICATION,
+            users: false,
         }
     }
 }
@@ -273,7 +278,9 @@ impl World {
             let topology = baton_core::Topology::initial_with(&voters, cfg.groups, cfg.replication, true);
             // The client knows every node (as the real one learns them from the topology).
             let all = cfg.nodes + cfg.spares;
-            clients.push(SimClient::new(i, clock, all, cfg.names, cfg.ttl_ms, cfg.bugs, &topology));
+            let mut client = SimClient::new(i, clock, all, cfg.names, cfg.ttl_ms, cfg.bugs, &topology);
+            client.users = cfg.users;
+            clients.push(client);
         }
         let (loss, duplicate, spike) = (
             if cfg.faults.loss { 0.02 } else { 0.0 },

@@ -207,3 +207,15 @@ fn lease_reads_are_safe_within_the_timeout_and_caught_beyond_it() {
     let found = (200..300).find_map(|seed| run(&too_long, seed).violations.first().map(|v| (seed, v.property)));
     assert!(found.is_some(), "no seed caught a lease longer than the election timeout");
 }
+
+/// Every client a user of its own (authentication on), under every fault and with four groups:
+/// nothing else changes, and a client's tries to close another user's session are all refused;
+/// a state machine that lets them through is caught by the `ownership` checker.
+#[test]
+fn users_never_act_for_each_other() {
+    let cfg = SimConfig { users: true, groups: 4, ..SimConfig::default() };
+    assert_clean(&cfg, 0..8);
+    let broken = SimConfig { bugs: Bugs::parse("session-owner-ignored").unwrap(), ..cfg };
+    let found = (0..40).find_map(|seed| run(&broken, seed).violations.first().map(|v| (seed, v.property)));
+    assert_eq!(found.map(|(_, p)| p), Some("ownership"), "{found:?}");
+}

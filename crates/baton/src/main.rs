@@ -454,6 +454,10 @@ enum Cmd {
         /// `baton cluster add-node` / `remove-node`), under every fault.
         #[arg(long)]
         membership: bool,
+        /// Each client a user of its own (authentication on): its sessions are its user's, and
+        /// its tries to close another client's session must all be refused.
+        #[arg(long)]
+        users: bool,
     },
     /// The hottest names: most waiters and handoffs over the last one to two minutes, with their
     /// holders and waiters now (every data group; each node answers for its replicas).
@@ -552,6 +556,7 @@ fn main() -> ExitCode {
         lease_reads,
         groups,
         membership,
+        users,
     } = cli.command
     {
         // Pure computation: no runtime, no logging, no sockets. Like other filters, stop quietly
@@ -576,6 +581,7 @@ fn main() -> ExitCode {
             lease_reads,
             groups,
             membership,
+            users,
         });
     }
     match cli.tls.files() {

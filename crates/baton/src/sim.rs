@@ -22,6 +22,7 @@ pub struct SimArgs {
     pub lease_reads: bool,
     pub groups: u64,
     pub membership: bool,
+    pub users: bool,
 }
 
 fn config(args: &SimArgs) -> Result<SimConfig, String> {
@@ -53,6 +54,7 @@ fn config(args: &SimArgs) -> Result<SimConfig, String> {
         },
         groups: args.groups,
         spares: usize::from(args.membership),
+        users: args.users,
         ..SimConfig::default()
     })
 }

@@ -197,7 +197,13 @@ impl World {
             Input::Peer(_, PeerMsg::Forwarded { id, result }) => driver.node_mut().forwarded(id, result),
             Input::Tick => driver.tick(local, local),
             Input::Request { client, creq, group, request } => {
-                let rid = driver.submit(group, request, local, local);
+                // With users, as the server stamps an authenticated request: for the client's
+                // own user (see `SimClient::client_id`).
+                let user = self.cfg.users.then(|| baton_core::command::Principal {
+                    name: format!("u{client}").into(),
+                    quota: Default::default(),
+                });
+                let rid = driver.submit_for(group, request, user, local, local);
                 n.answer_to.insert(rid, (client, creq));
             }
         }

@@ -472,7 +472,9 @@ impl StateMachine {
     /// set: a zero length, eight bytes).
     pub fn from_snapshot(bytes: &[u8]) -> std::result::Result<Self, bincode::Error> {
         let mut sm: StateMachine = if let Some(current) = bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()) {
-            bincode::deserialize(current)?
+            use bincode::Options;
+            // Exactly: bytes left over are not a state of this layout.
+            bincode::DefaultOptions::new().with_fixint_encoding().reject_trailing_bytes().deserialize(current)?
         } else if let Some(v1) = bytes.strip_prefix(SNAPSHOT_MAGIC_V1.as_slice()) {
             // Without users and roles it reads as the current layout; with them, as if they
             // ended with no quotas (and only so: the padding must be needed).

@@ -62,6 +62,21 @@ where
     })
 }
 
+/// The address a connection of a [`Bounded`] listener comes from, for handlers that ask
+/// (`axum::extract::ConnectInfo<PeerAddr>`).
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
+impl<L> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Bounded<L>>> for PeerAddr
+where
+    L: Listener<Addr = std::net::SocketAddr>,
+    L::Io: Unpin,
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, Bounded<L>>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
 /// A connection holding one of its listener's places until it is dropped, failing with
 /// `TimedOut` once nothing moved on it for its idle time (if it has one).
 pub struct Counted<T> {

@@ -101,17 +101,22 @@ fn access(node: &NodeHandle) -> Access {
 }
 
 /// The token a request carries: `Authorization: Bearer`, else the dashboard's cookie.
-fn token_of(headers: &HeaderMap) -> Option<&str> {
+fn token_of(headers: &HeaderMap) -> (Option<&str>, TokenFrom) {
     let bearer =
         headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    bearer.or_else(|| {
-        headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|c| c.trim().strip_prefix(TOKEN_COOKIE)?.strip_prefix('='))
-    })
+    if bearer.is_some() {
+        return (bearer, TokenFrom::Header);
+    }
+    let cookie = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix(TOKEN_COOKIE)?.strip_prefix('='));
+    match cookie {
+        Some(c) => (Some(c), TokenFrom::Cookie),
+        None => (None, TokenFrom::Nowhere),
+    }
 }
 
 /// Who calls an `/api/*` endpoint (see the module docs), put in the request's extensions for
@@ -123,7 +128,10 @@ async fn authenticate(
 ) -> Response {
     let access = access(&node);
     let mut metadata = tonic::metadata::MetadataMap::new();
-    if let Some(token) = token_of(request.headers()) {
+    let (token, from) = token_of(request.headers());
+    let token = token.map(str::to_string);
+    request.extensions_mut().insert(from);
+    if let Some(token) = token {
         match format!("Bearer {token}").parse() {
             Ok(value) => {
                 metadata.insert("authorization", value);
@@ -140,11 +148,32 @@ async fn authenticate(
     }
 }
 
-/// A token answer, also set as the dashboard's cookie (`HttpOnly`: page scripts never see it).
-fn with_token(token: String) -> Response {
+/// Sign-ins over HTTP checked at once on a node (their own places: they cannot use up those of
+/// the gRPC APIs' `Authenticate`).
+static HTTP_SIGN_INS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// How the HTTP port is served.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HttpOptions {
+    /// Over TLS: cookies are marked `Secure`.
+    pub tls: bool,
+}
+
+/// Where a request's token came from (renewals take the dashboard's cookie only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TokenFrom {
+    Cookie,
+    Header,
+    Nowhere,
+}
+
+/// A sign-in's answer: the token set as the dashboard's cookie (`HttpOnly`: page scripts never
+/// see it, and it is not in the body either).
+fn with_token(token: String, options: HttpOptions) -> Response {
     let ttl = crate::access::TOKEN_TTL.as_secs();
-    let cookie = format!("{TOKEN_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={ttl}");
-    let body = Json(serde_json::json!({ "token": token, "ttl_ms": ttl * 1000 }));
+    let secure = if options.tls { "; Secure" } else { "" };
+    let cookie = format!("{TOKEN_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={ttl}{secure}");
+    let body = Json(serde_json::json!({ "ttl_ms": ttl * 1000 }));
     ([(header::SET_COOKIE, cookie)], body).into_response()
 }
 
@@ -154,19 +183,42 @@ struct Login {
     password: String,
 }
 
-async fn login(State(node): State<NodeHandle>, Json(l): Json<Login>) -> Response {
-    if !access(&node).ready() {
+async fn login(
+    State(node): State<NodeHandle>,
+    axum::extract::ConnectInfo(crate::bounded::PeerAddr(from)): axum::extract::ConnectInfo<crate::bounded::PeerAddr>,
+    Extension(options): Extension<HttpOptions>,
+    Json(l): Json<Login>,
+) -> Response {
+    let access = access(&node);
+    if !access.ready() {
         return refused(tonic::Status::unavailable("this node has not caught up with the cluster's users and roles"));
     }
-    match crate::service::authenticate(&access(&node), l.user, l.password).await {
-        Ok(token) => with_token(token),
+    // A few a second from one address (review finding: anyone who reaches the port could
+    // guess passwords without end and keep every password check busy).
+    if !access.rates().sign_in_from(from.ip()) {
+        let per_s = crate::access::SIGN_INS_PER_S;
+        return refused(tonic::Status::resource_exhausted(format!(
+            "at most {per_s} sign-ins a second from one address: try again shortly"
+        )));
+    }
+    match crate::service::authenticate_with(&HTTP_SIGN_INS, &access, l.user, l.password).await {
+        Ok(token) => with_token(token, options),
         Err(s) => refused(s),
     }
 }
 
-async fn renew(State(node): State<NodeHandle>, Extension(caller): Extension<Caller>) -> Response {
+async fn renew(
+    State(node): State<NodeHandle>,
+    Extension(caller): Extension<Caller>,
+    Extension(from): Extension<TokenFrom>,
+    Extension(options): Extension<HttpOptions>,
+) -> Response {
+    // The dashboard's cookie only: a token taken elsewhere (a header) is not kept alive here.
+    if from != TokenFrom::Cookie {
+        return refused(tonic::Status::failed_precondition("only the dashboard's sign-in cookie is renewed"));
+    }
     match access(&node).renew(&caller) {
-        Ok(token) => with_token(token),
+        Ok(token) => with_token(token, options),
         Err(s) => refused(s),
     }
 }
@@ -264,7 +316,7 @@ async fn events(State(node): State<NodeHandle>, Extension(caller): Extension<Cal
         let (access, caller) = (access.clone(), caller.clone());
         move |w: &crate::watch::Watched| match w.name() {
             Some(name) => access.may_read(&caller, name),
-            None => access.check(&caller, "events", &[Need::everything(Permission::Read)]).is_ok(),
+            None => access.allows(&caller, &Need::everything(Permission::Read)),
         }
     };
     // The latest kept events of every group first (so that the page opens on what just
@@ -339,7 +391,7 @@ async fn events(State(node): State<NodeHandle>, Extension(caller): Extension<Cal
 pub const READY_LAG: u64 = 1_000;
 
 /// The routes, over the node thread's handle.
-pub fn router(node: NodeHandle) -> Router {
+pub fn router(node: NodeHandle, options: HttpOptions) -> Router {
     // Health and metrics carry no name and stay open; the API needs a user while
     // authentication is on (see the module docs).
     let api = Router::new()
@@ -357,6 +409,7 @@ pub fn router(node: NodeHandle) -> Router {
         .route("/api/login", post(login))
         .route("/api/logout", post(logout))
         .merge(api)
+        .layer(Extension(options))
         .with_state(node)
 }
 

@@ -414,21 +414,24 @@ impl Server {
             serving.push(serve(router, listener, tls.client.clone(), "etcd API", &outcome));
         }
         if let Some(listener) = http_listener {
-            let router = http::router(handle.clone());
+            let router = http::router(handle.clone(), http::HttpOptions { tls: tls.http.is_some() });
             let mut stop = outcome.clone();
             let http_tls = tls.http.clone();
             serving.push(tokio::spawn(async move {
                 let stopped = async move {
                     let _ = stop.wait_for(Option::is_some).await;
                 };
-                let bound = |l| bounded::Bounded::new(l, http::MAX_CONNECTIONS, http::IDLE_TIMEOUT);
+                // Handlers may ask for the caller's address (sign-ins are limited per address).
+                let app = router.into_make_service_with_connect_info::<bounded::PeerAddr>();
                 let served = match http_tls {
-                    None => axum::serve(bound(listener), router).with_graceful_shutdown(stopped).await,
+                    None => {
+                        let l = bounded::Bounded::new(listener, http::MAX_CONNECTIONS, http::IDLE_TIMEOUT);
+                        axum::serve(l, app).with_graceful_shutdown(stopped).await
+                    }
                     Some(tls) => match baton_tls::TlsListener::new(listener, tls, "HTTP") {
                         Ok(l) => {
-                            axum::serve(bounded::Bounded::new(l, http::MAX_CONNECTIONS, http::IDLE_TIMEOUT), router)
-                                .with_graceful_shutdown(stopped)
-                                .await
+                            let l = bounded::Bounded::new(l, http::MAX_CONNECTIONS, http::IDLE_TIMEOUT);
+                            axum::serve(l, app).with_graceful_shutdown(stopped).await
                         }
                         Err(e) => Err(e),
                     },

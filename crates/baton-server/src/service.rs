@@ -111,6 +111,7 @@ type CallStream = Pin<Box<dyn Stream<Item = Result<pb::CallResponse, Status>> + 
 impl Baton for BatonService {
     async fn hot(&self, request: Request<pb::HotRequest>) -> Result<Response<pb::HotResponse>, Status> {
         let caller = self.access.admit(&request, "Hot", &[Need::somewhere(Permission::Read)])?;
+        self.access.charge(&caller)?;
         let mut hot = crate::obs::api::hot(&self.node, request.into_inner().limit).await?;
         // Only the names the caller may read.
         hot.names.retain(|n| self.access.may_read(&caller, &n.name));
@@ -119,7 +120,8 @@ impl Baton for BatonService {
 
     async fn history(&self, request: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
         let name = &request.get_ref().name;
-        self.access.admit(&request, "History", &[Need::name(Permission::Read, name)])?;
+        let caller = self.access.admit(&request, "History", &[Need::name(Permission::Read, name)])?;
+        self.access.charge(&caller)?;
         let req = request.into_inner();
         requests::history(&req)?;
         crate::obs::api::history(&self.node, &req.name, req.group, req.limit).map(Response::new)
@@ -544,9 +546,21 @@ impl Baton for BatonService {
 /// by design: a few at a time, off the async threads; more are refused at once (the review
 /// found that unbounded checks let anyone exhaust the node's memory).
 pub(crate) async fn authenticate(access: &Access, user: String, password: String) -> Result<String, Status> {
-    let Ok(permit) = AUTHENTICATIONS.try_acquire() else {
+    authenticate_with(&AUTHENTICATIONS, access, user, password).await
+}
+
+/// [`authenticate`] taking one of `places` (the HTTP port has its own: sign-ins there cannot
+/// use up the gRPC APIs').
+pub(crate) async fn authenticate_with(
+    places: &'static tokio::sync::Semaphore,
+    access: &Access,
+    user: String,
+    password: String,
+) -> Result<String, Status> {
+    let Ok(permit) = places.try_acquire() else {
         return Err(Status::resource_exhausted(format!(
-            "{MAX_AUTHENTICATIONS} authentications are in progress on this node: try again shortly"
+            "{} authentications are in progress on this node: try again shortly",
+            places.available_permits().max(1)
         )));
     };
     let access = access.clone();

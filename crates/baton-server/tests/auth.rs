@@ -809,10 +809,33 @@ async fn the_http_api_needs_a_user_and_shows_what_it_may_read() {
     assert!(!carols.contains("jobs/a") && !carols.contains("session"), "carol sees {carols}");
     assert_eq!(common::http_first_events(&http, &[], wait).unwrap_err().0, 401);
 
+    // Only the cookie is renewed (a token taken from a header is not kept alive), and the
+    // token is never in an answer's body.
+    let (code, _, body) = common::http_call(&http, "POST", "/api/renew", &[&bearer], "");
+    assert_eq!(code, 409, "{body}");
+    assert!(!body.contains("b2."), "{body}");
+    // Sign-ins from one address: a few a second, then refused at once (no password checked).
+    let tries: Vec<u16> = (0..6)
+        .map(|_| common::http_call(&http, "POST", "/api/login", &[], r#"{"user":"carol","password":"no"}"#).0)
+        .collect();
+    assert!(tries.contains(&429), "six sign-ins at once from one address all went through: {tries:?}");
     // The dashboard renews its token; a changed password ends both.
     let (code, head, body) = common::http_call(&http, "POST", "/api/renew", &[&cookie], "");
     assert_eq!(code, 200, "{body}");
     assert!(head.to_ascii_lowercase().contains("set-cookie: baton_token="), "{head}");
+    // A sign-in more than RENEW_LIMIT old is not renewed, its token still good or not.
+    let (key, generation) = {
+        let view = cluster.servers[&data_leader].node().view.lock().unwrap();
+        (view.auth.token_key.clone(), view.auth.users["carol"].generation)
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let long_ago = now - baton_server::access::RENEW_LIMIT.as_millis() as u64 - 1_000;
+    let old = baton_server::access::secrets::sign_token(&key, "carol", generation, now + 60_000, long_ago);
+    let old_cookie = format!("Cookie: baton_token={old}");
+    assert_eq!(common::http_call(&http, "GET", "/api/overview", &[&old_cookie], "").0, 200, "still good");
+    let (code, _, body) = common::http_call(&http, "POST", "/api/renew", &[&old_cookie], "");
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("signed in too long ago"), "{body}");
     let root = token(&mut c, "root", "rootpw").await;
     let change = Change::UserPasswd(pb::UserPassword { user: "carol".into(), password: "new".into() });
     c.auth_change(req(pb::AuthChangeRequest { change: Some(change) }, Some(&root))).await.unwrap();
@@ -900,35 +923,45 @@ async fn quotas_refuse_cleanly_and_the_node_serves_others() {
     assert!(s1.keep_alive_once().await.unwrap(), "a renewal is never refused for the rate");
 }
 
-/// A change to users and roles forwarded over the peer port runs only with a token of an
-/// administrator in it: a peer port without mutual TLS takes calls from anyone claiming to be
-/// a member (review finding), and a token key never comes from the wire.
+/// A change to users and roles forwarded over the peer port runs only with proof that an
+/// administrator asked for exactly it, lately, once: a peer port without mutual TLS takes calls
+/// from anyone claiming to be a member, and what travels there is good for nothing else (review
+/// findings); a token key never comes from the wire.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forwarded_auth_change_needs_an_administrators_token() {
+async fn a_forwarded_auth_change_needs_an_administrators_proof() {
     use baton_core::auth::AuthCommand;
+    use baton_server::access::{Access, Caller};
     use baton_server::etcd::EtcdCall;
     let (cluster, leader, mut c) = secured(1).await;
     let other = *cluster.servers.keys().find(|id| **id != leader).unwrap();
     let mut peer = baton_proto::peer::peer_client::PeerClient::connect(format!("http://{}", cluster.peers[&leader]))
         .await
         .unwrap();
-    let forward = |token: Option<String>, name: &str| baton_proto::peer::ForwardRequest {
+    let node = cluster.servers[&other].node();
+    let access = Access::new(node.view.clone(), node.metrics.clone());
+    let add = |name: &str| AuthCommand::UserAdd { name: name.into(), password_hash: None };
+    let as_user = |name: &str| Caller::User { name: name.into(), token: None };
+    let forward = |command: AuthCommand, proof| baton_proto::peer::ForwardRequest {
         from: other,
         group: baton_core::META_GROUP,
-        etcd: bincode::serialize(&EtcdCall::Auth {
-            command: AuthCommand::UserAdd { name: name.into(), password_hash: None },
-            token,
-        })
-        .unwrap(),
+        etcd: bincode::serialize(&EtcdCall::Auth { command, proof }).unwrap(),
         ..Default::default()
     };
-    for (token, what) in [(None, "no token"), (Some(token(&mut c, "bob", "bobpw").await), "a reader's token")] {
-        let e = peer.forward(forward(token, "mallory")).await.expect_err(what);
+    let refusals = [
+        (None, "no proof"),
+        (access.forward_proof(&as_user("bob"), &add("mallory")), "a reader's proof"),
+        (access.forward_proof(&as_user("root"), &add("trent")), "root's proof of another change"),
+    ];
+    for (proof, what) in refusals {
+        let e = peer.forward(forward(add("mallory"), proof)).await.expect_err(what);
         assert!(matches!(e.code(), Code::Unauthenticated | Code::PermissionDenied), "{what}: {e:?}");
     }
-    let root = token(&mut c, "root", "rootpw").await;
-    let r = peer.forward(forward(Some(root.clone()), "trent")).await.unwrap().into_inner();
+    let proof = access.forward_proof(&as_user("root"), &add("trent"));
+    let r = peer.forward(forward(add("trent"), proof.clone())).await.unwrap().into_inner();
     assert!(r.error.is_empty() && !r.not_leader, "{r:?}");
+    let again = peer.forward(forward(add("trent"), proof)).await.expect_err("a proof used twice");
+    assert!(again.message().contains("used already"), "{again:?}");
+    let root = token(&mut c, "root", "rootpw").await;
     let status = c.auth_status(req(pb::AuthStatusRequest {}, Some(&root))).await.unwrap().into_inner();
     let names: Vec<&str> = status.users.iter().map(|u| u.name.as_str()).collect();
     assert!(names.contains(&"trent") && !names.contains(&"mallory"), "{names:?}");

@@ -21,7 +21,7 @@ pub mod secrets;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use baton_core::auth::{AuthState, NameRange, Permission};
+use baton_core::auth::{AuthCommand, AuthState, NameRange, Permission};
 use baton_tls::pki_types::CertificateDer;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
@@ -31,6 +31,9 @@ use crate::runtime::ClusterView;
 /// How long a token is good for (as etcd's simple tokens: 5 minutes; clients take a new one
 /// before it runs out).
 pub const TOKEN_TTL: Duration = Duration::from_secs(300);
+/// How long after signing in a token may still be renewed (`Access::renew`): a stolen token
+/// cannot be kept alive longer than this.
+pub const RENEW_LIMIT: Duration = Duration::from_secs(12 * 3600);
 
 /// Who a request comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,11 +110,29 @@ pub struct Access {
     rates: Arc<Rates>,
 }
 
-/// Each user's requests on this node lately: a token bucket per user, filled at its
-/// `requests_per_s` and holding one second's worth.
+/// How long a [`ForwardProof`] is good for.
+pub const FORWARD_PROOF_TTL: Duration = Duration::from_secs(60);
+
+/// Who asked for a change to users and roles that one node hands to another to run (see
+/// [`Access::forward_proof`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ForwardProof {
+    pub user: String,
+    pub generation: u64,
+    pub expires_ms: u64,
+    pub mac: Vec<u8>,
+}
+
+/// Most token buckets kept; past it, the full ones (idle a second or more) are dropped.
+const MAX_BUCKETS: usize = 10_000;
+
+/// Each user's (or, for sign-ins over HTTP, each address's) requests on this node lately: a
+/// token bucket per key, filled at its rate and holding one second's worth; and the forwarded
+/// changes' proofs seen, until they expire.
 #[derive(Debug, Default)]
 pub struct Rates {
     buckets: Mutex<std::collections::HashMap<String, Bucket>>,
+    proofs: Mutex<std::collections::HashMap<Vec<u8>, u64>>,
 }
 
 #[derive(Debug)]
@@ -124,6 +145,9 @@ impl Rates {
     /// Takes one request of `user` allowed `per_s` a second; false if it has none left.
     fn take(&self, user: &str, per_s: u32, now: std::time::Instant) -> bool {
         let mut buckets = self.buckets.lock().expect("rates lock");
+        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(user) {
+            buckets.retain(|_, b| now.saturating_duration_since(b.at) < std::time::Duration::from_secs(1));
+        }
         let per_s = f64::from(per_s);
         let b = buckets.entry(user.to_string()).or_insert(Bucket { tokens: per_s, at: now });
         b.tokens = (b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * per_s).min(per_s);
@@ -135,7 +159,23 @@ impl Rates {
             false
         }
     }
+
+    /// Whether `proof` (good until `expires_ms`) is seen for the first time (those expired are
+    /// forgotten).
+    fn first_use(&self, proof: &[u8], expires_ms: u64, now_ms: u64) -> bool {
+        let mut seen = self.proofs.lock().expect("proofs lock");
+        seen.retain(|_, until| *until > now_ms);
+        seen.insert(proof.to_vec(), expires_ms).is_none()
+    }
+
+    /// Takes one sign-in attempt from `address` (a few a second each).
+    pub fn sign_in_from(&self, address: std::net::IpAddr) -> bool {
+        self.take(&format!("sign-in {address}"), SIGN_INS_PER_S, std::time::Instant::now())
+    }
 }
+
+/// Sign-ins over HTTP per second from one address.
+pub const SIGN_INS_PER_S: u32 = 2;
 
 /// A hash no password matches (made once), verified against for unknown users.
 fn dummy_hash() -> &'static str {
@@ -166,6 +206,11 @@ impl Access {
         let name = caller.user()?;
         let quota = self.state().quota_of(name);
         Some(baton_core::command::Principal { name: name.into(), quota })
+    }
+
+    /// The sign-in attempts of this node lately (HTTP sign-ins take one per address).
+    pub fn rates(&self) -> &Rates {
+        &self.rates
     }
 
     /// Counts a request of `caller` against its `requests_per_s` quota on this node
@@ -331,6 +376,17 @@ impl Access {
         self.view.lock().expect("view lock").auth_ready
     }
 
+    /// Whether `caller` may do `need` (to leave out of an answer what it may not see: nothing
+    /// is counted or logged).
+    pub fn allows(&self, caller: &Caller, need: &Need) -> bool {
+        let auth = self.state();
+        match caller {
+            _ if !auth.enabled => true,
+            Caller::Anyone => false,
+            Caller::User { name, .. } => need.allowed(&auth, name),
+        }
+    }
+
     /// Whether `caller` may read `name` (to leave out of an answer what it may not see).
     pub fn may_read(&self, caller: &Caller, name: &str) -> bool {
         let auth = self.state();
@@ -365,9 +421,10 @@ impl Access {
         )))
     }
 
-    /// A new token for the user of `caller`'s token, while that token still holds (the
-    /// dashboard's way to stay signed in without keeping the password): the same user and
-    /// generation, a fresh expiry. A change to the user still ends it.
+    /// A new token for the user of `caller`'s token, while that token still holds and its
+    /// sign-in is less than [`RENEW_LIMIT`] old (the dashboard's way to stay signed in without
+    /// keeping the password): the same user, generation and sign-in time, a fresh expiry. A
+    /// change to the user still ends it.
     pub fn renew(&self, caller: &Caller) -> Result<String, Status> {
         let auth = self.state();
         if !auth.enabled {
@@ -377,28 +434,51 @@ impl Access {
         let Caller::User { name, token: Some(claims) } = caller else {
             return Err(Status::failed_precondition("only a token is renewed (client certificates need none)"));
         };
-        let expires = now_ms() + TOKEN_TTL.as_millis() as u64;
-        Ok(secrets::sign_token(&auth.token_key, name, claims.generation, expires))
+        let now = now_ms();
+        if now.saturating_sub(claims.since_ms) >= RENEW_LIMIT.as_millis() as u64 {
+            return Err(Status::unauthenticated("signed in too long ago to renew: sign in again"));
+        }
+        let expires = now + TOKEN_TTL.as_millis() as u64;
+        Ok(secrets::sign_token(&auth.token_key, name, claims.generation, expires, claims.since_ms))
     }
 
-    /// A token of `caller`'s good for a minute (`None` for anyone: authentication off), for a
-    /// change another node runs on its behalf (see [`Access::check_forwarded_admin`]).
-    pub fn token_for(&self, caller: &Caller) -> Option<String> {
+    /// What proves to the node that runs it that `caller` asked for `change` (`None` for
+    /// anyone: authentication off): good for a minute, for this change only, once.
+    pub fn forward_proof(&self, caller: &Caller, change: &AuthCommand) -> Option<ForwardProof> {
         let name = caller.user()?;
         let auth = self.state();
-        let user = auth.users.get(name)?;
-        Some(secrets::sign_token(&auth.token_key, name, user.generation, now_ms() + 60_000))
+        let generation = auth.users.get(name)?.generation;
+        let expires_ms = now_ms() + FORWARD_PROOF_TTL.as_millis() as u64;
+        let bytes = bincode::serialize(change).expect("auth changes serialise");
+        let mac = secrets::forward_mac(&auth.token_key, name, generation, expires_ms, &bytes);
+        Some(ForwardProof { user: name.to_string(), generation, expires_ms, mac })
     }
 
-    /// Refuses a change to users and roles that another node forwards unless `token` names an
-    /// administrator here (with authentication on; with it off anyone may, as on every API).
-    pub fn check_forwarded_admin(&self, token: Option<&str>) -> Result<(), Status> {
-        let mut metadata = MetadataMap::new();
-        if let Some(t) = token {
-            let value = format!("Bearer {t}").parse().map_err(|_| Status::unauthenticated("invalid token"))?;
-            metadata.insert("authorization", value);
+    /// Refuses a change to users and roles that another node forwards unless `proof` shows an
+    /// administrator here asked for exactly it, lately, and it was not run before (with
+    /// authentication on; with it off anyone may, as on every API).
+    pub fn check_forwarded_admin(&self, proof: Option<&ForwardProof>, change: &AuthCommand) -> Result<(), Status> {
+        let auth = self.state();
+        if !auth.enabled {
+            return Ok(());
         }
-        let caller = self.caller(&metadata, None)?;
+        let refused = |why: &str| Status::unauthenticated(format!("forwarded auth change refused: {why}"));
+        let Some(p) = proof else { return Err(refused("no proof of who asked for it")) };
+        let now = now_ms();
+        if p.expires_ms <= now || p.expires_ms > now + FORWARD_PROOF_TTL.as_millis() as u64 + 60_000 {
+            return Err(refused("its proof has expired or was not made by a node"));
+        }
+        let bytes = bincode::serialize(change).expect("auth changes serialise");
+        if !secrets::check_forward_mac(&auth.token_key, &p.user, p.generation, p.expires_ms, &bytes, &p.mac) {
+            return Err(refused("its proof does not match it"));
+        }
+        if auth.users.get(&p.user).map(|u| u.generation) != Some(p.generation) {
+            return Err(refused("its user changed since"));
+        }
+        if !self.rates.first_use(&p.mac, p.expires_ms, now) {
+            return Err(refused("its proof was used already"));
+        }
+        let caller = Caller::User { name: p.user.clone(), token: None };
         self.check(&caller, "forwarded auth change", &[Need::everything(Permission::Admin)])
     }
 
@@ -421,7 +501,7 @@ impl Access {
             tracing::warn!(target: "baton::audit", user, "authentication failed");
             return Err(refused());
         };
-        let expires = now_ms() + TOKEN_TTL.as_millis() as u64;
-        Ok(secrets::sign_token(&auth.token_key, user, u.generation, expires))
+        let now = now_ms();
+        Ok(secrets::sign_token(&auth.token_key, user, u.generation, now + TOKEN_TTL.as_millis() as u64, now))
     }
 }

@@ -8,7 +8,9 @@
 //! A token stops working when it expires, when its user's generation moves on (a new password,
 //! a role taken away) or when the user is removed.
 //!
-//! Format: `b1.<user, hex>.<generation>.<expiry, ms since the epoch>.<mac, hex>`.
+//! Format: `b2.<user, hex>.<generation>.<expiry, ms since the epoch>.<sign-in, ms since the
+//! epoch>.<mac, hex>` (the sign-in time bounds renewals, see `Access::renew`); tokens of the
+//! first format, `b1` (without it), are read as signed in when they were made.
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -58,9 +60,10 @@ fn mac_key(key: &[u8]) -> ring::hmac::Key {
     ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key)
 }
 
-/// A token for `user` at `generation`, good until `expires_ms` (wall clock, ms since the epoch).
-pub fn sign_token(key: &[u8], user: &str, generation: u64, expires_ms: u64) -> String {
-    let body = format!("b1.{}.{generation}.{expires_ms}", hex(user.as_bytes()));
+/// A token for `user` at `generation`, good until `expires_ms` (wall clock, ms since the epoch),
+/// of a sign-in at `since_ms`.
+pub fn sign_token(key: &[u8], user: &str, generation: u64, expires_ms: u64, since_ms: u64) -> String {
+    let body = format!("b2.{}.{generation}.{expires_ms}.{since_ms}", hex(user.as_bytes()));
     let tag = ring::hmac::sign(&mac_key(key), body.as_bytes());
     format!("{body}.{}", hex(tag.as_ref()))
 }
@@ -71,6 +74,8 @@ pub struct TokenClaims {
     pub user: String,
     pub generation: u64,
     pub expires_ms: u64,
+    /// When its user signed in (renewals keep it).
+    pub since_ms: u64,
 }
 
 /// Checks a token's form and signature (not its expiry or generation: the caller knows the
@@ -81,16 +86,54 @@ pub fn open_token(key: &[u8], token: &str) -> Result<TokenClaims, &'static str> 
     }
     let (body, tag) = token.rsplit_once('.').ok_or("not a Baton token")?;
     let parts: Vec<&str> = body.split('.').collect();
-    let [version, user, generation, expires] = parts.as_slice() else { return Err("not a Baton token") };
-    if *version != "b1" {
-        return Err("not a Baton token");
-    }
+    let (user, generation, expires, since) = match parts.as_slice() {
+        ["b1", user, generation, expires] => (user, generation, expires, None),
+        ["b2", user, generation, expires, since] => (user, generation, expires, Some(since)),
+        _ => return Err("not a Baton token"),
+    };
     let tag = unhex(tag).ok_or("not a Baton token")?;
     ring::hmac::verify(&mac_key(key), body.as_bytes(), &tag).map_err(|_| "the token's signature does not match")?;
     let user = unhex(user).and_then(|u| String::from_utf8(u).ok()).ok_or("not a Baton token")?;
     let generation = generation.parse().map_err(|_| "not a Baton token")?;
-    let expires_ms = expires.parse().map_err(|_| "not a Baton token")?;
-    Ok(TokenClaims { user, generation, expires_ms })
+    let expires_ms: u64 = expires.parse().map_err(|_| "not a Baton token")?;
+    let since_ms = match since {
+        Some(s) => s.parse().map_err(|_| "not a Baton token")?,
+        None => expires_ms.saturating_sub(super::TOKEN_TTL.as_millis() as u64),
+    };
+    Ok(TokenClaims { user, generation, expires_ms, since_ms })
+}
+
+/// What lets a node run a change to the users and roles that another node took for `user` (at
+/// `generation`): a MAC of the user, the proof's expiry and the change itself, under a key
+/// derived from the token key for this alone, so that it is neither a token nor good for any
+/// other change (review finding: a token in its place could be taken off the peer port and
+/// used as a login).
+pub fn forward_mac(key: &[u8], user: &str, generation: u64, expires_ms: u64, change: &[u8]) -> Vec<u8> {
+    let (key, body) = forward_parts(key, user, generation, expires_ms, change);
+    ring::hmac::sign(&key, &body).as_ref().to_vec()
+}
+
+/// Whether `mac` is [`forward_mac`] of these (compared in constant time).
+pub fn check_forward_mac(key: &[u8], user: &str, generation: u64, expires_ms: u64, change: &[u8], mac: &[u8]) -> bool {
+    let (key, body) = forward_parts(key, user, generation, expires_ms, change);
+    ring::hmac::verify(&key, &body, mac).is_ok()
+}
+
+fn forward_parts(
+    key: &[u8],
+    user: &str,
+    generation: u64,
+    expires_ms: u64,
+    change: &[u8],
+) -> (ring::hmac::Key, Vec<u8>) {
+    let derived = ring::hmac::sign(&mac_key(key), b"baton forwarded auth change");
+    let mut body = Vec::with_capacity(change.len() + user.len() + 24);
+    body.extend_from_slice(&(user.len() as u64).to_be_bytes());
+    body.extend_from_slice(user.as_bytes());
+    body.extend_from_slice(&generation.to_be_bytes());
+    body.extend_from_slice(&expires_ms.to_be_bytes());
+    body.extend_from_slice(change);
+    (mac_key(derived.as_ref()), body)
 }
 
 /// What proves that `session` was opened for `user`: its home gives it with the session
@@ -130,8 +173,11 @@ mod tests {
     #[test]
     fn a_token_opens_with_its_key_only_and_unchanged() {
         let key = token_key();
-        let t = sign_token(&key, "alice.b", 3, 99);
-        assert_eq!(open_token(&key, &t), Ok(TokenClaims { user: "alice.b".into(), generation: 3, expires_ms: 99 }));
+        let t = sign_token(&key, "alice.b", 3, 99, 7);
+        let claims = TokenClaims { user: "alice.b".into(), generation: 3, expires_ms: 99, since_ms: 7 };
+        assert_eq!(open_token(&key, &t), Ok(claims));
+        let forged_since = t.replacen(".99.7.", ".99.8.", 1);
+        assert_eq!(open_token(&key, &forged_since), Err("the token's signature does not match"));
         assert_eq!(open_token(&token_key(), &t), Err("the token's signature does not match"));
         let forged = t.replacen(".3.", ".4.", 1);
         assert_eq!(open_token(&key, &forged), Err("the token's signature does not match"));

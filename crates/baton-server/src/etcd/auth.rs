@@ -151,8 +151,8 @@ impl AuthService {
     /// Applies `command` for `caller` to the users and roles (through the meta group's leader,
     /// with a token of the caller's for it to check) and returns the header to answer with.
     async fn change(&self, caller: &Caller, command: AuthCommand) -> Result<Option<pb::ResponseHeader>, Status> {
-        let token = self.backend.access.token_for(caller);
-        match self.backend.call(EtcdCall::Auth { command, token }).await {
+        let proof = self.backend.access.forward_proof(caller, &command);
+        match self.backend.call(EtcdCall::Auth { command, proof }).await {
             Ok(EtcdAnswer::AuthChanged { .. }) => Ok(self.backend.header(0)),
             // etcdctl's `auth enable` adds the root role and grants it on this one, then tries
             // again (Baton's root role always exists: the grant is all it takes).

@@ -71,10 +71,10 @@ pub enum EtcdCall {
     Leases,
     /// The alarms raised.
     Alarms,
-    /// A change to the users and roles (etcd's Auth service), for the meta group, with a
-    /// token of the user that asked (`None`: authentication was off where it was asked), which
-    /// the node that runs a forwarded change checks again (see `serve_forwarded`).
-    Auth { command: baton_core::auth::AuthCommand, token: Option<String> },
+    /// A change to the users and roles (etcd's Auth service), for the meta group, with proof
+    /// of the user that asked for it (`None`: authentication was off where it was asked),
+    /// which the node that runs a forwarded change checks again (see `serve_forwarded`).
+    Auth { command: baton_core::auth::AuthCommand, proof: Option<crate::access::ForwardProof> },
 }
 
 impl EtcdCall {
@@ -421,15 +421,15 @@ pub(crate) async fn serve_forwarded(
     // takes calls from nodes, not users, and a node without mutual TLS on it could be anyone
     // (review finding). A token key never comes from the wire: this node makes it.
     let call = match call {
-        EtcdCall::Auth { command, token } => {
-            backend.access.check_forwarded_admin(token.as_deref())?;
+        EtcdCall::Auth { command, proof } => {
+            backend.access.check_forwarded_admin(proof.as_ref(), &command)?;
             let command = match command {
                 baton_core::auth::AuthCommand::Enable { .. } => {
                     baton_core::auth::AuthCommand::Enable { token_key: crate::access::secrets::token_key() }
                 }
                 other => other,
             };
-            EtcdCall::Auth { command, token }
+            EtcdCall::Auth { command, proof }
         }
         other => other,
     };

@@ -147,12 +147,17 @@ async fn contention_shows_in_metrics_hot_names_and_history() {
     let sessions: Vec<_> = futures::future::join_all((0..4).map(|_| client.session(Duration::from_secs(10)))).await;
     let sessions: Vec<_> = sessions.into_iter().map(|s| s.unwrap()).collect();
     let first = sessions[0].lock(name, None).await.unwrap().unwrap();
-    // Two waiters queue behind it; wait for the queue, not for time.
+    // Two waiters queue behind it; wait for the queue, not for time. Each gives the lock back as
+    // soon as it has it: which of the two queued first is not known (releasing them in spawn
+    // order deadlocked whenever the second one queued first, until the first one's wait ran out).
     let waiters: Vec<_> = sessions[1..3]
         .iter()
         .map(|s| {
             let s = s.clone();
-            tokio::spawn(async move { s.lock(name, Some(Duration::from_secs(30))).await.unwrap().unwrap() })
+            tokio::spawn(async move {
+                let granted = s.lock(name, Some(Duration::from_secs(30))).await.unwrap().expect("granted");
+                granted.release().await.unwrap();
+            })
         })
         .collect();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -169,7 +174,7 @@ async fn contention_shows_in_metrics_hot_names_and_history() {
     assert!(sessions[3].lock(name, Some(Duration::from_millis(50))).await.unwrap().is_none());
     first.release().await.unwrap();
     for w in waiters {
-        w.await.unwrap().release().await.unwrap();
+        w.await.unwrap();
     }
     let history = client.history(name, 0).await.unwrap();
     let group = history.group;

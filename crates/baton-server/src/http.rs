@@ -18,8 +18,10 @@
 //!   [`MAX_EVENTS_PER_BATCH`]; `skipped` counts the rest, so a busy cluster cannot flood a
 //!   browser).
 //! - `POST /api/login` (JSON `{"user", "password"}`), `POST /api/renew`, `POST /api/logout`:
-//!   with authentication on, a token for the `/api/*` endpoints, in the answer and in an
-//!   `HttpOnly`, `SameSite=Strict` cookie (the dashboard's sign-in).
+//!   with authentication on, a token for the `/api/*` endpoints in an `HttpOnly`,
+//!   `SameSite=Strict` cookie (`Secure` over TLS; never in a body): the dashboard's sign-in. At
+//!   most a few sign-ins a second from one address; the cookie only is renewed, and not past
+//!   12 hours after the sign-in.
 //! - `GET /`: the dashboard, a page built into the binary (no external fetch).
 //!
 //! # Authentication

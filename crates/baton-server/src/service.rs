@@ -558,10 +558,9 @@ pub(crate) async fn authenticate_with(
     password: String,
 ) -> Result<String, Status> {
     let Ok(permit) = places.try_acquire() else {
-        return Err(Status::resource_exhausted(format!(
-            "{} authentications are in progress on this node: try again shortly",
-            places.available_permits().max(1)
-        )));
+        return Err(Status::resource_exhausted(
+            "as many authentications as this node checks at once are in progress: try again shortly",
+        ));
     };
     let access = access.clone();
     tokio::task::spawn_blocking(move || {

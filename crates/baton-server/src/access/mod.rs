@@ -132,7 +132,13 @@ const MAX_BUCKETS: usize = 10_000;
 #[derive(Debug, Default)]
 pub struct Rates {
     buckets: Mutex<std::collections::HashMap<String, Bucket>>,
+    sign_ins: Mutex<std::collections::HashMap<String, Bucket>>,
     proofs: Mutex<std::collections::HashMap<Vec<u8>, u64>>,
+}
+
+/// The refusal of a forwarded change whose proof was spent already.
+pub fn forward_proof_reused() -> Status {
+    Status::unauthenticated("forwarded auth change refused: its proof was used already")
 }
 
 #[derive(Debug)]
@@ -144,33 +150,58 @@ struct Bucket {
 impl Rates {
     /// Takes one request of `user` allowed `per_s` a second; false if it has none left.
     fn take(&self, user: &str, per_s: u32, now: std::time::Instant) -> bool {
-        let mut buckets = self.buckets.lock().expect("rates lock");
-        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(user) {
-            buckets.retain(|_, b| now.saturating_duration_since(b.at) < std::time::Duration::from_secs(1));
-        }
-        let per_s = f64::from(per_s);
-        let b = buckets.entry(user.to_string()).or_insert(Bucket { tokens: per_s, at: now });
-        b.tokens = (b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * per_s).min(per_s);
-        b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        take_from(&mut self.buckets.lock().expect("rates lock"), user.to_string(), per_s, now)
     }
 
-    /// Whether `proof` (good until `expires_ms`) is seen for the first time (those expired are
-    /// forgotten).
-    fn first_use(&self, proof: &[u8], expires_ms: u64, now_ms: u64) -> bool {
+    /// Whether `proof` was spent here already (those expired are forgotten).
+    fn proof_used(&self, proof: &[u8], now_ms: u64) -> bool {
         let mut seen = self.proofs.lock().expect("proofs lock");
         seen.retain(|_, until| *until > now_ms);
-        seen.insert(proof.to_vec(), expires_ms).is_none()
+        seen.contains_key(proof)
     }
 
-    /// Takes one sign-in attempt from `address` (a few a second each).
+    /// Spends `proof` (good until `expires_ms`): false if it was spent already.
+    fn spend(&self, proof: &[u8], expires_ms: u64) -> bool {
+        self.proofs.lock().expect("proofs lock").insert(proof.to_vec(), expires_ms).is_none()
+    }
+
+    /// Takes one sign-in attempt from `address` (a few a second each; IPv6 addresses by their
+    /// /64, which one host usually has whole). Kept apart from the users' buckets, and bounded
+    /// (as they are).
     pub fn sign_in_from(&self, address: std::net::IpAddr) -> bool {
-        self.take(&format!("sign-in {address}"), SIGN_INS_PER_S, std::time::Instant::now())
+        let key = match address {
+            std::net::IpAddr::V4(a) => a.to_string(),
+            std::net::IpAddr::V6(a) => {
+                let s = a.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        };
+        take_from(&mut self.sign_ins.lock().expect("sign-ins lock"), key, SIGN_INS_PER_S, std::time::Instant::now())
+    }
+}
+
+/// Takes one from `key`'s bucket (`per_s` a second, one second's worth at most) in `buckets`;
+/// past [`MAX_BUCKETS`] keys at once the idle ones are dropped, and if none is, new keys share
+/// one bucket (the map stays bounded).
+fn take_from(
+    buckets: &mut std::collections::HashMap<String, Bucket>,
+    key: String,
+    per_s: u32,
+    now: std::time::Instant,
+) -> bool {
+    if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(&key) {
+        buckets.retain(|_, b| now.saturating_duration_since(b.at) < std::time::Duration::from_secs(1));
+    }
+    let key = if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(&key) { "overflow".to_string() } else { key };
+    let per_s = f64::from(per_s);
+    let b = buckets.entry(key).or_insert(Bucket { tokens: per_s, at: now });
+    b.tokens = (b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * per_s).min(per_s);
+    b.at = now;
+    if b.tokens >= 1.0 {
+        b.tokens -= 1.0;
+        true
+    } else {
+        false
     }
 }
 
@@ -206,6 +237,12 @@ impl Access {
         let name = caller.user()?;
         let quota = self.state().quota_of(name);
         Some(baton_core::command::Principal { name: name.into(), quota })
+    }
+
+    /// Spends a forwarded change's proof once the change ran here (see
+    /// [`Access::check_forwarded_admin`]): false if another call spent it first.
+    pub fn spend_forward_proof(&self, proof: &ForwardProof) -> bool {
+        self.rates.spend(&proof.mac, proof.expires_ms)
     }
 
     /// The sign-in attempts of this node lately (HTTP sign-ins take one per address).
@@ -475,8 +512,8 @@ impl Access {
         if auth.users.get(&p.user).map(|u| u.generation) != Some(p.generation) {
             return Err(refused("its user changed since"));
         }
-        if !self.rates.first_use(&p.mac, p.expires_ms, now) {
-            return Err(refused("its proof was used already"));
+        if self.rates.proof_used(&p.mac, now) {
+            return Err(forward_proof_reused());
         }
         let caller = Caller::User { name: p.user.clone(), token: None };
         self.check(&caller, "forwarded auth change", &[Need::everything(Permission::Admin)])

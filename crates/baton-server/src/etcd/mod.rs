@@ -420,9 +420,14 @@ pub(crate) async fn serve_forwarded(
     // A change to users and roles is checked again here, by its user's token: the peer port
     // takes calls from nodes, not users, and a node without mutual TLS on it could be anyone
     // (review finding). A token key never comes from the wire: this node makes it.
+    // A change whose proof checked out uses it up only once this node took it as the leader
+    // (review finding: a proof spent by a node that then answered "not the leader" made the
+    // asking node's retry fail).
+    let mut spent = None;
     let call = match call {
         EtcdCall::Auth { command, proof } => {
             backend.access.check_forwarded_admin(proof.as_ref(), &command)?;
+            spent = proof.clone();
             let command = match command {
                 baton_core::auth::AuthCommand::Enable { .. } => {
                     baton_core::auth::AuthCommand::Enable { token_key: crate::access::secrets::token_key() }
@@ -438,6 +443,11 @@ pub(crate) async fn serve_forwarded(
             response.not_leader = true;
             response.leader = leader.unwrap_or(0);
             return Ok(response);
+        }
+        _ if spent.as_ref().is_some_and(|p| !backend.access.spend_forward_proof(p)) => {
+            // Another call with the same proof got here first (both ran: changes to users and
+            // roles applied twice leave the same state, or are refused the second time).
+            Err(crate::access::forward_proof_reused().into())
         }
         Ok(a) => Ok(a),
         Err(e) => Err(etcd_status(e).into()),

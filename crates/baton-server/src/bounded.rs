@@ -98,6 +98,21 @@ impl<T> Counted<T> {
         }
     }
 
+    /// What a write's outcome becomes: bytes written reset the idle clock, and a pending write
+    /// times out like a pending read.
+    fn wrote(&mut self, written: Poll<io::Result<usize>>, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        match written {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.moved();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => self.pending(cx),
+        }
+    }
+
     /// What a pending read or write becomes: still pending, or timed out if idle too long
     /// (the timer wakes the task when it runs out).
     fn pending<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
@@ -133,16 +148,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.io).poll_write(cx, data) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    self.moved();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => self.pending(cx),
-        }
+        let written = Pin::new(&mut self.io).poll_write(cx, data);
+        self.wrote(written, cx)
     }
 
     fn poll_write_vectored(
@@ -150,16 +157,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.io).poll_write_vectored(cx, bufs) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    self.moved();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => self.pending(cx),
-        }
+        let written = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.wrote(written, cx)
     }
 
     /// As the connection's own (hyper writes headers and body in one call where it can).

@@ -138,6 +138,30 @@ fn bad_commands_are_refused_with_a_reason() {
     assert_eq!(refused(&mut s, AuthCommand::RoleAdd { name: "root".into() }), "role \"root\" already exists");
 }
 
+/// A user's own quota, else the default; an own quota equal to the default is dropped (it
+/// follows the default again), and a removed user's goes with it (a user added again under
+/// the name starts from the default); a quota for a user that does not exist is refused.
+#[test]
+fn quotas_are_a_users_own_or_the_default() {
+    let mut s = state_with(&[]);
+    let q = |requests_per_s, sessions, names| Quota { requests_per_s, sessions, names };
+    assert_eq!(s.quota_of("alice"), Quota::default());
+    s.apply(&AuthCommand::SetQuota { user: None, quota: q(10, 2, 3) }).unwrap();
+    assert_eq!(s.quota_of("alice"), q(10, 2, 3));
+    s.apply(&AuthCommand::SetQuota { user: Some("alice".into()), quota: q(0, 1, 0) }).unwrap();
+    assert_eq!((s.quota_of("alice"), s.quota_of("nobody")), (q(0, 1, 0), q(10, 2, 3)));
+    s.apply(&AuthCommand::SetQuota { user: Some("alice".into()), quota: q(10, 2, 3) }).unwrap();
+    assert!(s.quotas.is_empty(), "a quota equal to the default is not kept");
+    s.apply(&AuthCommand::SetQuota { user: Some("alice".into()), quota: q(1, 1, 1) }).unwrap();
+    s.apply(&AuthCommand::UserRemove { name: "alice".into() }).unwrap();
+    s.apply(&AuthCommand::UserAdd { name: "alice".into(), password_hash: None }).unwrap();
+    assert_eq!(s.quota_of("alice"), q(10, 2, 3));
+    let before = s.clone();
+    let r = s.apply(&AuthCommand::SetQuota { user: Some("bob".into()), quota: q(1, 1, 1) });
+    assert_eq!(r, Err(AuthError::NoUser("bob".into())));
+    assert_eq!(s, before, "a refused change changes nothing");
+}
+
 #[test]
 fn prefix_ends_and_range_descriptions() {
     assert_eq!(prefix_end(b"ab"), b"ac".to_vec());

@@ -137,6 +137,9 @@ async fn a_lost_session_releases_its_locks_in_every_group() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_to_the_wrong_group_is_moved_with_the_owner() {
     let mut cluster = TestCluster::start_sharded(3, 20_000, false, 3).await;
+    // (A node that has not caught up with the users and roles yet answers "not the leader"
+    // instead of MOVED: wait for all of them.)
+    cluster.ready().await;
     let client = cluster.client().await;
     let t = settled(&client, 3).await;
     let name = name_in(&t, 2, "c");

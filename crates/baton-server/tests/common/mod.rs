@@ -212,6 +212,16 @@ impl TestCluster {
         Client::connect_with([addr.clone()], options).await?.status_at(&addr).await
     }
 
+    /// Waits until every running node serves requests (it has caught up with the users and
+    /// roles since it started: until then it answers "not the leader yet" to all but status).
+    pub async fn ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.servers.values().all(|s| s.node().view.lock().unwrap().auth_ready) {
+            assert!(Instant::now() < deadline, "a node never caught up with the users and roles");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The leader that every running node agrees on.
     pub async fn leader(&self) -> u64 {
         let deadline = Instant::now() + Duration::from_secs(20);

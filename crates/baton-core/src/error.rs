@@ -48,6 +48,9 @@ pub enum Error {
     /// A change to the users, roles and permissions was refused (see [`crate::auth`]).
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
+    /// A coordination-free object's update was refused.
+    #[error(transparent)]
+    Crdt(#[from] crate::crdt::CrdtError),
     /// With authentication on, a command named a session that is not the caller's: another
     /// user's, or one opened while authentication was off.
     #[error("session {session} is not a session of user {user:?}: a user acts only for its own sessions (sessions opened while authentication was off belong to nobody)")]

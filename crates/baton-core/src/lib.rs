@@ -30,6 +30,7 @@ pub mod auth;
 pub mod barrier;
 pub mod bugs;
 pub mod command;
+pub mod crdt;
 pub mod error;
 pub mod etcd;
 pub mod hlc;

@@ -69,13 +69,19 @@ pub struct Bugs {
     /// A command for a user acting for another user's session is applied (authentication on:
     /// ownership).
     pub session_owner_ignored: bool,
+    /// A CRDT replica adds a peer's counter state to its own instead of joining it: every
+    /// repeated delivery counts again (CRDT convergence).
+    pub crdt_merge_not_idempotent: bool,
+    /// A CRDT replica answers and gossips an update before its write is durable: a crash can
+    /// lose an acknowledged update and hand its dot out again (CRDT durability).
+    pub crdt_answer_before_write: bool,
 }
 
 /// Picks one flag out of a [`Bugs`].
 type Flag = fn(&mut Bugs) -> &mut bool;
 
 /// The command-line names of the bugs, with the flag each sets.
-const TABLE: [(&str, Flag); 22] = [
+const TABLE: [(&str, Flag); 24] = [
     ("grant-ignores-queue", |b| &mut b.grant_ignores_queue),
     ("token-reset-on-restart", |b| &mut b.token_reset_on_restart),
     ("follower-expiry", |b| &mut b.follower_expiry),
@@ -98,6 +104,8 @@ const TABLE: [(&str, Flag); 22] = [
     ("etcd-watch-skips-deletes", |b| &mut b.etcd_watch_skips_deletes),
     ("etcd-put-twice", |b| &mut b.etcd_put_twice),
     ("session-owner-ignored", |b| &mut b.session_owner_ignored),
+    ("crdt-merge-not-idempotent", |b| &mut b.crdt_merge_not_idempotent),
+    ("crdt-answer-before-write", |b| &mut b.crdt_answer_before_write),
 ];
 
 impl Bugs {

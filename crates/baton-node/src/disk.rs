@@ -135,34 +135,39 @@ fn torn_bytes(before: &[u8], cut: u64) -> u64 {
     tail.iter().rposition(|b| *b != 0).map_or(0, |last| last as u64 + 1)
 }
 
+/// Opens (or creates) a raft-engine log under `log_dir`: strictly first, so that a damaged log
+/// is noticed rather than silently repaired; if that fails, the only damage tolerated is at the
+/// very end of the newest file, where a crash in the middle of a write leaves it. Anything else
+/// still refuses to start.
+pub(crate) fn open_engine(log_dir: &Path) -> Result<(Engine, StoreRecovery), DiskError> {
+    let strict = Config {
+        dir: log_dir.to_string_lossy().into_owned(),
+        recovery_mode: RecoveryMode::AbsoluteConsistency,
+        ..Default::default()
+    };
+    let (engine, recovery) = match Engine::open(strict.clone()) {
+        Ok(engine) => (engine, StoreRecovery::default()),
+        Err(raft_engine::Error::Io(e)) => return Err(raft_engine::Error::Io(e).into()),
+        Err(_) => {
+            // Keep the newest file's bytes: after the recovery has cut it at its last
+            // complete write, they tell a torn write (data) from preallocated space (zeros).
+            let newest = newest_log_file(log_dir);
+            let before = newest.as_ref().and_then(|p| fs::read(p).ok()).unwrap_or_default();
+            let tolerant = Config { recovery_mode: RecoveryMode::TolerateTailCorruption, ..strict };
+            let engine = Engine::open(tolerant)?;
+            let cut = newest.and_then(|p| fs::metadata(p).ok()).map_or(before.len() as u64, |m| m.len());
+            (engine, StoreRecovery { unclean_end: true, torn_tail_bytes: torn_bytes(&before, cut) })
+        }
+    };
+    Ok((engine, recovery))
+}
+
 impl EngineStore {
     /// Opens (or creates) the store under `dir`.
     pub fn open(dir: &Path) -> Result<Self, DiskError> {
         let snap_dir = dir.join("snap");
         fs::create_dir_all(&snap_dir).map_err(|source| DiskError::Snapshot { path: snap_dir.clone(), source })?;
-        let log_dir = dir.join("log");
-        let strict = Config {
-            dir: log_dir.to_string_lossy().into_owned(),
-            recovery_mode: RecoveryMode::AbsoluteConsistency,
-            ..Default::default()
-        };
-        // First strictly, so that a damaged log is noticed rather than silently repaired; if
-        // that fails, the only damage tolerated is at the very end of the newest file, where a
-        // crash in the middle of a write leaves it. Anything else still refuses to start.
-        let (engine, recovery) = match Engine::open(strict.clone()) {
-            Ok(engine) => (engine, StoreRecovery::default()),
-            Err(raft_engine::Error::Io(e)) => return Err(raft_engine::Error::Io(e).into()),
-            Err(_) => {
-                // Keep the newest file's bytes: after the recovery has cut it at its last
-                // complete write, they tell a torn write (data) from preallocated space (zeros).
-                let newest = newest_log_file(&log_dir);
-                let before = newest.as_ref().and_then(|p| fs::read(p).ok()).unwrap_or_default();
-                let tolerant = Config { recovery_mode: RecoveryMode::TolerateTailCorruption, ..strict };
-                let engine = Engine::open(tolerant)?;
-                let cut = newest.and_then(|p| fs::metadata(p).ok()).map_or(before.len() as u64, |m| m.len());
-                (engine, StoreRecovery { unclean_end: true, torn_tail_bytes: torn_bytes(&before, cut) })
-            }
-        };
+        let (engine, recovery) = open_engine(&dir.join("log"))?;
         Ok(EngineStore { engine, snap_dir, writes_since_purge: 0, recovery })
     }
 

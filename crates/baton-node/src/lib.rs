@@ -36,6 +36,7 @@
 //! - A node that loses leadership fails its pending proposals with `NotLeader`; they may still
 //!   commit under the new leader, which is why clients retry with the same request id.
 
+pub mod crdt;
 pub mod disk;
 pub mod driver;
 mod group;

@@ -1,0 +1,753 @@
+//! The coordination-free tier on one node: a replica of every CRDT object, updated by any
+//! client on any node without waiting for any other node, and converging by gossip.
+//!
+//! # Design
+//! [`Replica`] is sans-IO like [`crate::Node`]: the runtime hands it requests, peers' messages
+//! and clock readings, takes the states it must make durable, and, once they are, the answers
+//! and messages to send. The rule that makes acknowledgements honest is the Raft node's: **a
+//! round's answers and messages leave only after the round's write is durable**
+//! ([`Replica::take_write`], [`Replica::written`]). So an acknowledged update survives a crash
+//! of the node that took it, and no dot ever leaves a node before it is on that node's disk: a
+//! node that crashes and restarts never hands out one of its dots twice.
+//!
+//! Updates ([`CrdtRequest::Update`]) apply to the local state at once (stamped with the
+//! replica's hybrid logical clock) and join the round's deltas, which go to every peer after the
+//! write ([`gossip`]); merged states from peers are written too, so what a node reports having
+//! (to a converged read) is on its disk. Anti-entropy repairs what gossip lost.
+//!
+//! # Read levels
+//! - [`ReadLevel::Local`]: this replica's state now. May lag behind updates acknowledged
+//!   elsewhere; never waits.
+//! - [`ReadLevel::Session`]: at least what the session's token (a context the client keeps from
+//!   its own updates and reads) says it has seen: read-your-writes and monotonic reads for one
+//!   client, whichever node it asks. A replica that lacks part of the token pulls the object
+//!   from its peers and answers once it has it (or fails at the deadline).
+//! - [`ReadLevel::Converged`]: answers once every live peer (heard from within `live_ms`) holds,
+//!   durably, every update this replica had when the read arrived; pushes its state to those
+//!   that lack some. A peer that is down or partitioned away is not waited for (nothing could
+//!   converge until it is back): converged means "on every node that answers".
+//!
+//! # Bounded counters
+//! A subtraction the local rights do not cover waits (until its deadline) while the replica asks
+//! its peers for rights; a peer gives what it can of what is asked from its own rights (a local
+//! transfer, gossiped as any update), and the subtraction is tried again whenever the object
+//! changes.
+//!
+//! # Caveats
+//! - Every node holds a replica of every object: names hash to slots (digest buckets are slot
+//!   ranges, permissions go by name as everywhere) but the tier does not follow the data groups'
+//!   placement yet, so it scales writes with nodes but not storage.
+//! - An object, once created, is never deleted (a counter, set or register emptied still holds
+//!   its context, a few numbers per replica that ever wrote).
+
+pub mod gossip;
+pub mod store;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use baton_core::crdt::{Context, CrdtError, Key, Kind, Object, Op, Value};
+use baton_core::Hlc;
+
+pub use gossip::Gossip;
+pub use store::{CrdtStore, EngineCrdtStore, MemCrdtStore};
+
+use crate::{NodeId, RequestId};
+use gossip::{bucket_of, encode_state, hash_of, BUCKETS, MAX_KEYS_PER_EXCHANGE, MAX_STATE_BYTES_PER_MESSAGE};
+
+/// How fresh a read must be (see the module docs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadLevel {
+    /// This replica's state.
+    Local,
+    /// At least the updates in this token.
+    Session(Context),
+    /// Every live replica has every update this one had.
+    Converged,
+}
+
+/// A client's request to the tier.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CrdtRequest {
+    /// Apply an update here.
+    Update { key: Key, op: Op },
+    /// Read at a level.
+    Read { key: Key, level: ReadLevel },
+}
+
+/// The answer to a request: the value read or left by the update, and the object's context
+/// here (a session's token grows by it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CrdtReply {
+    /// The value.
+    pub value: Value,
+    /// The context the value reflects.
+    pub token: Context,
+}
+
+/// Why a request failed. Nothing was applied.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CrdtFailure {
+    /// The update was refused (limits, the type's rules, a bounded counter short of rights).
+    #[error(transparent)]
+    Refused(#[from] CrdtError),
+    /// The read level or the rights were not reached before the deadline.
+    #[error("{0}")]
+    Timeout(String),
+    /// Too many objects or waiting requests.
+    #[error("{0}")]
+    Busy(String),
+}
+
+/// Settings; the defaults suit a LAN.
+#[derive(Clone, Debug)]
+pub struct ReplicaConfig {
+    /// This node.
+    pub id: NodeId,
+    /// Start an anti-entropy exchange with every peer this often.
+    pub anti_entropy_ms: u64,
+    /// A peer heard from within this long is live (a converged read waits for it).
+    pub live_ms: u64,
+    /// Ask again (probe, pull, rights) this often while a request waits.
+    pub retry_ms: u64,
+    /// Most objects; an update that would create one more is refused.
+    pub max_objects: usize,
+    /// Most requests waiting at once.
+    pub max_waits: usize,
+}
+
+impl ReplicaConfig {
+    /// Defaults for node `id`.
+    pub fn new(id: NodeId) -> Self {
+        ReplicaConfig {
+            id,
+            anti_entropy_ms: 1000,
+            live_ms: 3000,
+            retry_ms: 50,
+            max_objects: 1_000_000,
+            max_waits: 100_000,
+        }
+    }
+}
+
+/// What the replica asks of its runtime.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CrdtOutput {
+    /// Send a message to a peer.
+    Send { to: NodeId, msg: Gossip },
+    /// Answer request `id`.
+    Answer { id: RequestId, result: Result<CrdtReply, CrdtFailure> },
+    /// An object changed (by a local update or a merge): for watchers.
+    Changed { key: Key, value: Value, local: bool },
+}
+
+struct Held {
+    obj: Object,
+    hash: u64,
+}
+
+enum WaitFor {
+    /// The local context must cover the token.
+    Token(Context),
+    /// Every peer in the map must report a context covering the target (true: it did).
+    Converged { target: Context, peers: BTreeMap<NodeId, bool>, probe: u64 },
+    /// A bounded counter subtraction short of rights.
+    Rights(u64),
+}
+
+struct Wait {
+    id: RequestId,
+    key: Key,
+    what: WaitFor,
+    deadline_ms: u64,
+    next_try_ms: u64,
+}
+
+/// One node's replica of the tier. See the module docs.
+pub struct Replica {
+    cfg: ReplicaConfig,
+    peers: BTreeSet<NodeId>,
+    now_ms: u64,
+    wall_ms: u64,
+    hlc: Hlc,
+    objects: BTreeMap<Key, Held>,
+    buckets: Vec<u64>,
+    /// Changed since they were last hashed and written.
+    dirty: BTreeSet<Key>,
+    /// Encoded states to write (hashed already).
+    to_write: BTreeMap<Key, Vec<u8>>,
+    /// This round's local updates, joined per object, to gossip once durable.
+    deltas: BTreeMap<Key, Object>,
+    /// Outputs held until the round's write is durable.
+    held: Vec<CrdtOutput>,
+    out: Vec<CrdtOutput>,
+    waits: Vec<Wait>,
+    heard: BTreeMap<NodeId, u64>,
+    next_anti_entropy_ms: u64,
+    next_probe: u64,
+    bugs: baton_core::Bugs,
+}
+
+impl Replica {
+    /// A replica with the states `recovered` from its store, gossiping with `peers`.
+    pub fn new(cfg: ReplicaConfig, peers: impl IntoIterator<Item = NodeId>, recovered: Vec<(Key, Object)>) -> Self {
+        let mut r = Replica {
+            peers: BTreeSet::new(),
+            now_ms: 0,
+            wall_ms: 0,
+            hlc: Hlc::default(),
+            objects: BTreeMap::new(),
+            buckets: vec![0; BUCKETS],
+            dirty: BTreeSet::new(),
+            to_write: BTreeMap::new(),
+            deltas: BTreeMap::new(),
+            held: Vec::new(),
+            out: Vec::new(),
+            waits: Vec::new(),
+            heard: BTreeMap::new(),
+            next_anti_entropy_ms: 0,
+            next_probe: 0,
+            bugs: baton_core::Bugs::default(),
+            cfg,
+        };
+        r.set_peers(peers);
+        for (key, obj) in recovered {
+            if let Some(h) = obj.max_stamp() {
+                r.hlc = r.hlc.max(h);
+            }
+            let hash = hash_of(&key, &encode_state(&obj));
+            r.buckets[bucket_of(&key)] ^= hash;
+            r.objects.insert(key, Held { obj, hash });
+        }
+        r
+    }
+
+    /// Deliberate bugs for the simulator's planted-bug checks (all off in production).
+    pub fn set_bugs(&mut self, bugs: baton_core::Bugs) {
+        self.bugs = bugs;
+    }
+
+    /// The other nodes of the cluster (the runtime calls this when membership changes).
+    pub fn set_peers(&mut self, peers: impl IntoIterator<Item = NodeId>) {
+        self.peers = peers.into_iter().filter(|&p| p != self.cfg.id).collect();
+    }
+
+    /// The clock: monotonic (deadlines, liveness) and wall (the HLC's physical part).
+    pub fn set_time(&mut self, mono_ms: u64, wall_ms: u64) {
+        self.now_ms = self.now_ms.max(mono_ms);
+        self.wall_ms = wall_ms;
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.cfg.id
+    }
+
+    /// The object's state here, if any.
+    pub fn get(&self, key: &Key) -> Option<&Object> {
+        self.objects.get(key).map(|h| &h.obj)
+    }
+
+    /// Number of objects held.
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    /// True if no object is held.
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+
+    /// Every key held, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &Key> {
+        self.objects.keys()
+    }
+
+    /// The peers heard from within `live_ms`.
+    pub fn live_peers(&self) -> Vec<NodeId> {
+        let since = self.now_ms.saturating_sub(self.cfg.live_ms);
+        self.peers.iter().copied().filter(|p| self.heard.get(p).is_some_and(|&t| t >= since)).collect()
+    }
+
+    /// A client request, due by `deadline_ms` on the monotonic clock.
+    pub fn request(&mut self, id: RequestId, req: CrdtRequest, deadline_ms: u64) {
+        match req {
+            CrdtRequest::Update { key, op } => self.update(id, key, op, deadline_ms),
+            CrdtRequest::Read { key, level } => self.read(id, key, level, deadline_ms),
+        }
+    }
+
+    fn answer(&mut self, id: RequestId, result: Result<CrdtReply, CrdtFailure>) {
+        self.held.push(CrdtOutput::Answer { id, result });
+    }
+
+    fn reply(&self, key: &Key) -> CrdtReply {
+        match self.objects.get(key) {
+            Some(h) => CrdtReply { value: h.obj.value(self.cfg.id), token: h.obj.ctx.clone() },
+            None => CrdtReply { value: key.kind.empty().value(self.cfg.id), token: Context::new() },
+        }
+    }
+
+    fn update(&mut self, id: RequestId, key: Key, op: Op, deadline_ms: u64) {
+        match self.try_update(&key, op.clone()) {
+            Ok(()) => {
+                let reply = self.reply(&key);
+                self.answer(id, Ok(reply));
+            }
+            Err(CrdtFailure::Refused(CrdtError::NotEnoughRights { .. })) if deadline_ms > self.now_ms => {
+                let Op::Subtract(n) = op else { unreachable!("only subtractions wait for rights") };
+                self.ask_rights(&key, n);
+                let next_try_ms = self.now_ms + self.cfg.retry_ms;
+                self.wait(Wait { id, key, what: WaitFor::Rights(n), deadline_ms, next_try_ms });
+            }
+            Err(e) => self.answer(id, Err(e)),
+        }
+    }
+
+    /// Applies a local update; on success the delta joins the round's.
+    fn try_update(&mut self, key: &Key, op: Op) -> Result<(), CrdtFailure> {
+        if !self.objects.contains_key(key) && self.objects.len() >= self.cfg.max_objects {
+            return Err(CrdtFailure::Busy(format!(
+                "this node holds {} coordination-free objects, the most it may",
+                self.cfg.max_objects
+            )));
+        }
+        self.hlc = self.hlc.next(self.wall_ms);
+        let held = self.objects.entry(key.clone()).or_insert_with(|| Held { obj: key.kind.empty(), hash: 0 });
+        let result = held.obj.update(&key.name, self.cfg.id, op, self.hlc);
+        let delta = match result {
+            Ok(d) => d,
+            Err(e) => {
+                if held.obj.ctx.is_empty() && held.hash == 0 {
+                    self.objects.remove(key);
+                }
+                return Err(e.into());
+            }
+        };
+        match self.deltas.get_mut(key) {
+            Some(d) => d.join(&delta).expect("deltas of one key share its kind"),
+            None => {
+                self.deltas.insert(key.clone(), delta);
+            }
+        }
+        self.changed(key, true);
+        Ok(())
+    }
+
+    fn changed(&mut self, key: &Key, local: bool) {
+        self.dirty.insert(key.clone());
+        let value = self.objects[key].obj.value(self.cfg.id);
+        self.held.push(CrdtOutput::Changed { key: key.clone(), value, local });
+    }
+
+    fn read(&mut self, id: RequestId, key: Key, level: ReadLevel, deadline_ms: u64) {
+        let next_try_ms = self.now_ms + self.cfg.retry_ms;
+        match level {
+            ReadLevel::Local => {
+                let reply = self.reply(&key);
+                self.answer(id, Ok(reply));
+            }
+            ReadLevel::Session(token) => {
+                if self.has(&key, &token) {
+                    let reply = self.reply(&key);
+                    self.answer(id, Ok(reply));
+                } else {
+                    self.pull(&key);
+                    self.wait(Wait { id, key, what: WaitFor::Token(token), deadline_ms, next_try_ms });
+                }
+            }
+            ReadLevel::Converged => {
+                let target = self.reply(&key).token;
+                let peers: BTreeMap<NodeId, bool> = self.live_peers().into_iter().map(|p| (p, false)).collect();
+                if peers.is_empty() {
+                    let reply = self.reply(&key);
+                    self.answer(id, Ok(reply));
+                    return;
+                }
+                self.next_probe += 1;
+                let probe = self.next_probe;
+                for &p in peers.keys() {
+                    self.held
+                        .push(CrdtOutput::Send { to: p, msg: Gossip::Probe { id: probe, keys: vec![key.clone()] } });
+                }
+                self.wait(Wait {
+                    id,
+                    key,
+                    what: WaitFor::Converged { target, peers, probe },
+                    deadline_ms,
+                    next_try_ms,
+                });
+            }
+        }
+    }
+
+    fn wait(&mut self, w: Wait) {
+        if self.waits.len() >= self.cfg.max_waits {
+            let msg = format!(
+                "{} coordination-free requests are waiting on this node, the most it allows",
+                self.cfg.max_waits
+            );
+            self.answer(w.id, Err(CrdtFailure::Busy(msg)));
+            return;
+        }
+        self.waits.push(w);
+    }
+
+    fn has(&self, key: &Key, token: &Context) -> bool {
+        match self.objects.get(key) {
+            Some(h) => h.obj.ctx.covers(token),
+            None => token.is_empty(),
+        }
+    }
+
+    fn pull(&mut self, key: &Key) {
+        for p in self.live_peers() {
+            self.held.push(CrdtOutput::Send { to: p, msg: Gossip::Pull(vec![key.clone()]) });
+        }
+    }
+
+    fn ask_rights(&mut self, key: &Key, n: u64) {
+        let have = match self.objects.get(key).map(|h| h.obj.value(self.cfg.id)) {
+            Some(Value::Bounded { rights, .. }) => rights.max(0) as u64,
+            _ => 0,
+        };
+        let n = n.saturating_sub(have).max(1);
+        for p in self.live_peers() {
+            self.held.push(CrdtOutput::Send { to: p, msg: Gossip::WantRights { key: key.clone(), n } });
+        }
+    }
+
+    /// A message from peer `from`.
+    pub fn receive(&mut self, from: NodeId, msg: Gossip) {
+        if from == self.cfg.id || !self.peers.contains(&from) {
+            return;
+        }
+        self.heard.insert(from, self.now_ms);
+        match msg {
+            Gossip::Deltas(states) | Gossip::States(states) => {
+                for (key, state) in states {
+                    self.merge(key, &state);
+                }
+            }
+            Gossip::Digest(theirs) => self.on_digest(from, &theirs),
+            Gossip::Diff { buckets, hashes } => self.on_diff(from, &buckets, hashes),
+            Gossip::Pull(keys) => {
+                let keys: Vec<Key> = keys.into_iter().take(MAX_KEYS_PER_EXCHANGE).collect();
+                self.send_states(from, keys.iter());
+            }
+            Gossip::Probe { id, keys } => {
+                let contexts = keys
+                    .into_iter()
+                    .take(MAX_KEYS_PER_EXCHANGE)
+                    .map(|k| {
+                        let ctx = self.objects.get(&k).map(|h| h.obj.ctx.clone()).unwrap_or_default();
+                        (k, ctx)
+                    })
+                    .collect();
+                // Held like every output: what it reports must be durable first.
+                self.held.push(CrdtOutput::Send { to: from, msg: Gossip::ProbeReply { id, contexts } });
+            }
+            Gossip::ProbeReply { id, contexts } => self.on_probe_reply(from, id, contexts),
+            Gossip::WantRights { key, n } => self.give_rights(from, key, n),
+        }
+        self.recheck();
+    }
+
+    /// Joins a peer's state of `key`.
+    fn merge(&mut self, key: Key, state: &Object) {
+        if key.kind != state.kind() {
+            tracing::warn!(key = ?key, kind = state.kind().label(), "CRDT state of the wrong kind from a peer: ignored");
+            return;
+        }
+        if let Some(h) = state.max_stamp() {
+            // The HLC's receive rule: later local writes order after what this node has seen.
+            self.hlc = self.hlc.max(h);
+        }
+        let held = match self.objects.get_mut(&key) {
+            Some(h) => h,
+            None => {
+                if self.objects.len() >= self.cfg.max_objects {
+                    tracing::warn!(
+                        max = self.cfg.max_objects,
+                        "CRDT object limit reached: a peer's new object is not taken"
+                    );
+                    return;
+                }
+                self.objects.entry(key.clone()).or_insert(Held { obj: key.kind.empty(), hash: 0 })
+            }
+        };
+        let before = held.obj.clone();
+        if self.bugs.crdt_merge_not_idempotent && matches!(state.body, baton_core::crdt::Body::PnCounter(_)) {
+            // Planted bug: the peer's count is added as a local update, once per delivery.
+            if let Value::Counter(v @ 1..) = state.value(self.cfg.id) {
+                let _ = held.obj.update(&key.name, self.cfg.id, Op::Add(v as u64), self.hlc);
+            }
+        }
+        if held.obj.join(state).is_err() {
+            return;
+        }
+        if held.obj != before {
+            self.changed(&key, false);
+        }
+    }
+
+    fn on_digest(&mut self, from: NodeId, theirs: &[u64]) {
+        if theirs.len() != BUCKETS {
+            tracing::warn!(from, len = theirs.len(), "CRDT digest of the wrong size: ignored");
+            return;
+        }
+        self.settle();
+        let buckets: Vec<u16> = (0..BUCKETS).filter(|&b| self.buckets[b] != theirs[b]).map(|b| b as u16).collect();
+        if buckets.is_empty() {
+            return;
+        }
+        let hashes = self.hashes_in(&buckets);
+        self.held.push(CrdtOutput::Send { to: from, msg: Gossip::Diff { buckets, hashes } });
+    }
+
+    fn hashes_in(&self, buckets: &[u16]) -> Vec<(Key, u64)> {
+        let set: BTreeSet<usize> = buckets.iter().map(|&b| b as usize).collect();
+        self.objects
+            .iter()
+            .filter(|(k, _)| set.contains(&bucket_of(k)))
+            .take(MAX_KEYS_PER_EXCHANGE)
+            .map(|(k, h)| (k.clone(), h.hash))
+            .collect()
+    }
+
+    fn on_diff(&mut self, from: NodeId, buckets: &[u16], theirs: Vec<(Key, u64)>) {
+        self.settle();
+        let theirs: BTreeMap<Key, u64> = theirs.into_iter().collect();
+        let ours = self.hashes_in(buckets);
+        // States they lack or hold differently go to them; what they hold differently or we
+        // lack we pull (joining both ways makes both equal).
+        let push: Vec<Key> = ours
+            .iter()
+            .filter(|(k, h)| theirs.get(k) != Some(h))
+            .map(|(k, _)| k.clone())
+            .take(MAX_KEYS_PER_EXCHANGE)
+            .collect();
+        let ours: BTreeMap<Key, u64> = ours.into_iter().collect();
+        let pull: Vec<Key> = theirs
+            .iter()
+            .filter(|(k, h)| ours.get(k) != Some(h))
+            .map(|(k, _)| k.clone())
+            .take(MAX_KEYS_PER_EXCHANGE)
+            .collect();
+        self.send_states(from, push.iter());
+        if !pull.is_empty() {
+            self.held.push(CrdtOutput::Send { to: from, msg: Gossip::Pull(pull) });
+        }
+    }
+
+    /// Sends whole states of `keys` (those held) to `to`, cut into bounded messages.
+    fn send_states<'a>(&mut self, to: NodeId, keys: impl Iterator<Item = &'a Key>) {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        let mut msgs = Vec::new();
+        for k in keys {
+            let Some(h) = self.objects.get(k) else { continue };
+            let size = encode_state(&h.obj).len() + k.name.len() + 16;
+            if !batch.is_empty() && bytes + size > MAX_STATE_BYTES_PER_MESSAGE {
+                msgs.push(Gossip::States(std::mem::take(&mut batch)));
+                bytes = 0;
+            }
+            bytes += size;
+            batch.push((k.clone(), h.obj.clone()));
+        }
+        if !batch.is_empty() {
+            msgs.push(Gossip::States(batch));
+        }
+        for msg in msgs {
+            self.held.push(CrdtOutput::Send { to, msg });
+        }
+    }
+
+    fn on_probe_reply(&mut self, from: NodeId, probe: u64, contexts: Vec<(Key, Context)>) {
+        let mut behind = Vec::new();
+        for w in &mut self.waits {
+            if let WaitFor::Converged { target, peers, probe: p } = &mut w.what {
+                if *p != probe {
+                    continue;
+                }
+                for (k, ctx) in &contexts {
+                    if *k == w.key && peers.contains_key(&from) {
+                        let has = ctx.covers(target);
+                        peers.insert(from, has);
+                        if !has {
+                            behind.push(k.clone());
+                        }
+                    }
+                }
+            }
+        }
+        // It lacks updates we have: push them now rather than wait for anti-entropy.
+        self.send_states(from, behind.iter());
+    }
+
+    fn give_rights(&mut self, to: NodeId, key: Key, n: u64) {
+        let Some(Value::Bounded { rights, .. }) = self.objects.get(&key).map(|h| h.obj.value(self.cfg.id)) else {
+            return;
+        };
+        let give = (rights.max(0) as u64).min(n);
+        if give == 0 {
+            return;
+        }
+        if self.try_update(&key, Op::Transfer { to, n: give }).is_err() {
+            tracing::debug!(?key, to, give, "rights transfer refused");
+        }
+    }
+
+    /// Re-examines waiting requests: answers those whose condition holds.
+    fn recheck(&mut self) {
+        let waits = std::mem::take(&mut self.waits);
+        let mut keep = Vec::with_capacity(waits.len());
+        for w in waits {
+            let done = match &w.what {
+                WaitFor::Token(token) => self.has(&w.key, token),
+                WaitFor::Converged { peers, .. } => {
+                    let live: BTreeSet<NodeId> = self.live_peers().into_iter().collect();
+                    peers.iter().all(|(p, has)| *has || !live.contains(p))
+                }
+                WaitFor::Rights(n) => match self.try_update(&w.key, Op::Subtract(*n)) {
+                    Ok(()) => true,
+                    Err(CrdtFailure::Refused(CrdtError::NotEnoughRights { .. })) => false,
+                    Err(e) => {
+                        self.answer(w.id, Err(e));
+                        continue;
+                    }
+                },
+            };
+            if done {
+                let reply = self.reply(&w.key);
+                self.answer(w.id, Ok(reply));
+            } else {
+                keep.push(w);
+            }
+        }
+        keep.append(&mut self.waits);
+        self.waits = keep;
+    }
+
+    /// Time passed: anti-entropy when due, retries and deadlines of waiting requests.
+    pub fn tick(&mut self) {
+        if self.now_ms >= self.next_anti_entropy_ms {
+            self.next_anti_entropy_ms = self.now_ms + self.cfg.anti_entropy_ms;
+            self.settle();
+            for &p in &self.peers {
+                self.held.push(CrdtOutput::Send { to: p, msg: Gossip::Digest(self.buckets.clone()) });
+            }
+        }
+        self.recheck();
+        let now = self.now_ms;
+        let mut waits = std::mem::take(&mut self.waits);
+        waits.retain_mut(|w| {
+            if now >= w.deadline_ms {
+                let why = match &w.what {
+                    WaitFor::Token(t) => {
+                        let have = self.objects.get(&w.key).map(|h| h.obj.ctx.clone()).unwrap_or_default();
+                        let missing = have.missing(t, 3);
+                        format!(
+                            "this node has not received every update the session has seen yet (missing {missing:?})"
+                        )
+                    }
+                    WaitFor::Converged { peers, .. } => {
+                        let lacking: Vec<_> = peers.iter().filter(|(_, h)| !**h).map(|(p, _)| *p).collect();
+                        format!("not converged before the deadline: nodes {lacking:?} have not reported every update")
+                    }
+                    WaitFor::Rights(n) => {
+                        let have = match self.objects.get(&w.key).map(|h| h.obj.value(self.cfg.id)) {
+                            Some(Value::Bounded { rights, .. }) => rights,
+                            _ => 0,
+                        };
+                        let e = CrdtError::NotEnoughRights { name: w.key.name.clone(), have, wanted: *n };
+                        self.held.push(CrdtOutput::Answer { id: w.id, result: Err(e.into()) });
+                        return false;
+                    }
+                };
+                self.held.push(CrdtOutput::Answer { id: w.id, result: Err(CrdtFailure::Timeout(why)) });
+                return false;
+            }
+            true
+        });
+        for w in &mut waits {
+            if now >= w.next_try_ms {
+                w.next_try_ms = now + self.cfg.retry_ms;
+                let msgs: Vec<(NodeId, Gossip)> = match &w.what {
+                    WaitFor::Token(_) => {
+                        self.live_peers().into_iter().map(|p| (p, Gossip::Pull(vec![w.key.clone()]))).collect()
+                    }
+                    WaitFor::Converged { peers, probe, .. } => peers
+                        .iter()
+                        .filter(|(_, h)| !**h)
+                        .map(|(p, _)| (*p, Gossip::Probe { id: *probe, keys: vec![w.key.clone()] }))
+                        .collect(),
+                    WaitFor::Rights(n) => self
+                        .live_peers()
+                        .into_iter()
+                        .map(|p| (p, Gossip::WantRights { key: w.key.clone(), n: *n }))
+                        .collect(),
+                };
+                self.held.extend(msgs.into_iter().map(|(to, msg)| CrdtOutput::Send { to, msg }));
+            }
+        }
+        waits.append(&mut self.waits);
+        self.waits = waits;
+    }
+
+    /// Hashes the states changed since the last call and queues them for the disk.
+    fn settle(&mut self) {
+        for key in std::mem::take(&mut self.dirty) {
+            let Some(held) = self.objects.get_mut(&key) else { continue };
+            let bytes = encode_state(&held.obj);
+            let hash = hash_of(&key, &bytes);
+            self.buckets[bucket_of(&key)] ^= held.hash ^ hash;
+            held.hash = hash;
+            self.to_write.insert(key, bytes);
+        }
+    }
+
+    /// The states to make durable before [`Replica::written`] (empty: nothing to write; call
+    /// `written` anyway).
+    pub fn take_write(&mut self) -> Vec<(Key, Vec<u8>)> {
+        self.settle();
+        std::mem::take(&mut self.to_write).into_iter().collect()
+    }
+
+    /// The last [`Replica::take_write`] is durable: the round's answers and messages may go.
+    pub fn written(&mut self) {
+        let deltas = std::mem::take(&mut self.deltas);
+        if !deltas.is_empty() {
+            let deltas: Vec<(Key, Object)> = deltas.into_iter().collect();
+            for &p in &self.peers {
+                self.out.push(CrdtOutput::Send { to: p, msg: Gossip::Deltas(deltas.clone()) });
+            }
+        }
+        self.out.append(&mut self.held);
+    }
+
+    /// Takes the outputs released by [`Replica::written`].
+    pub fn drain_outputs(&mut self) -> std::vec::Drain<'_, CrdtOutput> {
+        self.out.drain(..)
+    }
+
+    /// The earliest monotonic time at which [`Replica::tick`] has work.
+    pub fn next_tick_ms(&self) -> u64 {
+        let waits = self.waits.iter().map(|w| w.next_try_ms.min(w.deadline_ms)).min().unwrap_or(u64::MAX);
+        waits.min(self.next_anti_entropy_ms)
+    }
+
+    /// The digest (for tests and status): one hash per bucket.
+    pub fn digest(&mut self) -> Vec<u64> {
+        self.settle();
+        self.buckets.clone()
+    }
+
+    /// Every kind's object names here (for status pages), counted per kind.
+    pub fn counts(&self) -> BTreeMap<Kind, usize> {
+        let mut m = BTreeMap::new();
+        for k in self.objects.keys() {
+            *m.entry(k.kind).or_insert(0) += 1;
+        }
+        m
+    }
+}

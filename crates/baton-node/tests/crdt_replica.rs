@@ -1,0 +1,216 @@
+//! The CRDT replica over an in-memory network: deltas, anti-entropy after lost messages, the
+//! read levels, bounded counters' rights, durability across a restart, and the rule that
+//! nothing leaves a node before its write is durable.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use baton_core::crdt::{Context, Key, Kind, Op, Value};
+use baton_node::crdt::Gossip;
+use baton_node::crdt::{
+    CrdtFailure, CrdtOutput, CrdtReply, CrdtRequest, CrdtStore, MemCrdtStore, ReadLevel, Replica, ReplicaConfig,
+};
+
+struct Net {
+    replicas: BTreeMap<u64, Replica>,
+    stores: BTreeMap<u64, MemCrdtStore>,
+    wire: VecDeque<(u64, u64, Gossip)>,
+    answers: BTreeMap<u64, Result<CrdtReply, CrdtFailure>>,
+    now: u64,
+    /// Messages to these nodes are lost.
+    cut: Vec<u64>,
+    next_id: u64,
+}
+
+impl Net {
+    fn new(n: u64) -> Net {
+        let ids: Vec<u64> = (1..=n).collect();
+        let mut net = Net {
+            replicas: BTreeMap::new(),
+            stores: BTreeMap::new(),
+            wire: VecDeque::new(),
+            answers: BTreeMap::new(),
+            now: 1,
+            cut: vec![],
+            next_id: 0,
+        };
+        for &id in &ids {
+            net.replicas.insert(id, Replica::new(ReplicaConfig::new(id), ids.clone(), vec![]));
+            net.stores.insert(id, MemCrdtStore::default());
+        }
+        net
+    }
+
+    fn round(&mut self, id: u64) {
+        let r = self.replicas.get_mut(&id).unwrap();
+        let w = r.take_write();
+        self.stores.get_mut(&id).unwrap().write(&w).unwrap();
+        r.written();
+        let outs: Vec<CrdtOutput> = r.drain_outputs().collect();
+        for o in outs {
+            match o {
+                CrdtOutput::Send { to, msg } => self.wire.push_back((id, to, msg)),
+                CrdtOutput::Answer { id, result } => {
+                    self.answers.insert(id, result);
+                }
+                CrdtOutput::Changed { .. } => {}
+            }
+        }
+    }
+
+    fn request(&mut self, node: u64, req: CrdtRequest) -> u64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        let r = self.replicas.get_mut(&node).unwrap();
+        r.set_time(self.now, self.now);
+        r.request(id, req, self.now + 2_000);
+        self.round(node);
+        id
+    }
+
+    /// Delivers everything on the wire (and what that causes), ticking every 10 ms of time.
+    fn settle(&mut self, ms: u64) {
+        let end = self.now + ms;
+        while self.now < end {
+            while let Some((from, to, msg)) = self.wire.pop_front() {
+                if self.cut.contains(&to) || self.cut.contains(&from) {
+                    continue;
+                }
+                let r = self.replicas.get_mut(&to).unwrap();
+                r.set_time(self.now, self.now);
+                r.receive(from, msg);
+                self.round(to);
+            }
+            self.now += 10;
+            let ids: Vec<u64> = self.replicas.keys().copied().collect();
+            for id in ids {
+                let r = self.replicas.get_mut(&id).unwrap();
+                r.set_time(self.now, self.now);
+                r.tick();
+                self.round(id);
+            }
+        }
+    }
+
+    fn value(&mut self, node: u64, key: &Key) -> Value {
+        let id = self.request(node, CrdtRequest::Read { key: key.clone(), level: ReadLevel::Local });
+        self.answers.remove(&id).unwrap().unwrap().value
+    }
+}
+
+fn key(kind: Kind, name: &str) -> Key {
+    Key::new(kind, name).unwrap()
+}
+
+fn update(key: &Key, op: Op) -> CrdtRequest {
+    CrdtRequest::Update { key: key.clone(), op }
+}
+
+#[test]
+fn updates_on_every_node_converge_by_deltas() {
+    let mut net = Net::new(3);
+    let k = key(Kind::PnCounter, "hits");
+    for node in 1..=3 {
+        for _ in 0..5 {
+            net.request(node, update(&k, Op::Add(2)));
+        }
+    }
+    net.request(2, update(&k, Op::Subtract(3)));
+    net.settle(20);
+    for node in 1..=3 {
+        assert_eq!(net.value(node, &k), Value::Counter(27), "node {node}");
+    }
+}
+
+#[test]
+fn anti_entropy_repairs_what_gossip_lost() {
+    let mut net = Net::new(3);
+    let s = key(Kind::OrSet, "presence");
+    net.cut = vec![3];
+    net.request(1, update(&s, Op::Insert("alice".into())));
+    net.request(2, update(&s, Op::Insert("bob".into())));
+    net.settle(50);
+    assert_eq!(net.value(3, &s), Value::Members(vec![]));
+    net.cut.clear();
+    // No new update: only the periodic digest exchange can bring node 3 up to date.
+    net.settle(2_500);
+    for node in 1..=3 {
+        assert_eq!(net.value(node, &s), Value::Members(vec!["alice".into(), "bob".into()]), "node {node}");
+    }
+    let digests: Vec<Vec<u64>> = (1..=3).map(|n| net.replicas.get_mut(&n).unwrap().digest()).collect();
+    assert!(digests.iter().all(|d| *d == digests[0]), "digests differ after convergence");
+}
+
+#[test]
+fn a_session_read_waits_for_its_own_writes_and_a_converged_read_for_every_live_node() {
+    let mut net = Net::new(3);
+    let r = key(Kind::LwwRegister, "flag");
+    net.cut = vec![2];
+    let w = net.request(1, update(&r, Op::Write(Some(b"on".to_vec()))));
+    let token: Context = net.answers.remove(&w).unwrap().unwrap().token;
+    // Node 2 missed the delta: a session read there waits, a local read does not.
+    assert_eq!(net.value(2, &r), Value::Register { value: None, stamp: None });
+    let read = net.request(2, CrdtRequest::Read { key: r.clone(), level: ReadLevel::Session(token) });
+    assert!(!net.answers.contains_key(&read), "the session read answered before it had the write");
+    net.cut.clear();
+    net.settle(100);
+    let got = net.answers.remove(&read).unwrap().unwrap();
+    assert!(matches!(got.value, Value::Register { value: Some(ref v), .. } if v == b"on"));
+
+    // Converged: answered once both peers report the update.
+    net.settle(1_100);
+    net.cut = vec![3];
+    net.request(1, update(&r, Op::Write(Some(b"off".to_vec()))));
+    let conv = net.request(1, CrdtRequest::Read { key: r.clone(), level: ReadLevel::Converged });
+    net.settle(200);
+    assert!(!net.answers.contains_key(&conv), "converged while node 3 lacked the write");
+    net.cut.clear();
+    net.settle(200);
+    assert!(net.answers.remove(&conv).unwrap().is_ok());
+    assert!(matches!(net.value(3, &r), Value::Register { value: Some(ref v), .. } if v == b"off"));
+}
+
+#[test]
+fn a_bounded_counter_borrows_rights_from_peers_and_never_goes_below_zero() {
+    let mut net = Net::new(3);
+    let c = key(Kind::BoundedCounter, "seats");
+    net.request(1, update(&c, Op::Add(10)));
+    net.settle(1_100);
+    // Node 2 has no rights of its own: its subtraction waits for a transfer from node 1.
+    let take = net.request(2, update(&c, Op::Subtract(4)));
+    assert!(!net.answers.contains_key(&take));
+    net.settle(200);
+    let got = net.answers.remove(&take).unwrap().unwrap();
+    assert!(matches!(got.value, Value::Bounded { value: 6, .. }), "{got:?}");
+    // More than exists anywhere: refused at the deadline, nothing taken.
+    let too_much = net.request(3, update(&c, Op::Subtract(7)));
+    net.settle(2_100);
+    let err = net.answers.remove(&too_much).unwrap().unwrap_err();
+    assert!(err.to_string().contains("rights"), "{err}");
+    net.settle(1_100);
+    for node in 1..=3 {
+        let Value::Bounded { value, .. } = net.value(node, &c) else { panic!() };
+        assert_eq!(value, 6, "node {node}");
+    }
+}
+
+#[test]
+fn nothing_leaves_before_the_write_and_a_restart_keeps_every_acknowledged_update() {
+    let mut r = Replica::new(ReplicaConfig::new(1), [1, 2], vec![]);
+    let k = key(Kind::GSet, "seen");
+    r.request(1, update(&k, Op::Insert("x".into())), 1_000);
+    assert_eq!(r.drain_outputs().count(), 0, "an answer or delta left before the write");
+    let w = r.take_write();
+    assert_eq!(w.len(), 1);
+    let mut store = MemCrdtStore::default();
+    store.write(&w).unwrap();
+    r.written();
+    let outs: Vec<CrdtOutput> = r.drain_outputs().collect();
+    assert!(outs.iter().any(|o| matches!(o, CrdtOutput::Answer { id: 1, result: Ok(_) })));
+    assert!(outs.iter().any(|o| matches!(o, CrdtOutput::Send { to: 2, msg: Gossip::Deltas(_) })));
+    // Restarted from its store: the update is there, and its next dot is a new one.
+    let mut again = Replica::new(ReplicaConfig::new(1), [1, 2], store.load().unwrap());
+    assert_eq!(again.get(&k).unwrap().value(1), Value::Members(vec!["x".into()]));
+    again.request(2, update(&k, Op::Insert("y".into())), 1_000);
+    let dots = again.get(&k).unwrap().ctx.dots();
+    assert_eq!(dots.len(), 2, "{dots:?}");
+}

@@ -63,6 +63,7 @@
 //!   (about five seconds), not sooner: silence is also what a watch of a quiet name looks like.
 
 pub mod core;
+pub mod crdt;
 mod keepalive;
 mod lease;
 mod pipe;

@@ -221,4 +221,5 @@ piped! {
     counter(CounterRequest) -> CounterResponse via Counter;
     renew(KeepAliveRequest) -> KeepAliveResponse via KeepAlive;
     attach_session(AttachSessionRequest) -> OpenSessionResponse via AttachSession;
+    crdt(CrdtRequest) -> CrdtResponse via Crdt;
 }

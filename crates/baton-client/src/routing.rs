@@ -112,6 +112,8 @@ pub(crate) enum Target<'a> {
     Name(&'a str),
     /// A group: its leader.
     Group(u64),
+    /// Any node (the coordination-free tier): the current endpoint.
+    Any,
 }
 
 impl Router {
@@ -150,6 +152,7 @@ impl Router {
         match target {
             Target::Name(n) => Some(self.state.lock().expect("route lock").routes.map.group_of(n)),
             Target::Group(g) => Some(g),
+            Target::Any => None,
         }
     }
 

@@ -71,6 +71,9 @@ pub const DATA_GROUP: GroupId = 1;
 /// all of them. Its raft `Message` is a carrier only (type `MsgHeartbeat`, from, to, and
 /// (group, term) pairs in `context`); it never reaches raft-rs.
 pub const NODE_CHANNEL: GroupId = u64::MAX;
+/// The "group" of peer messages that carry the coordination-free tier's gossip
+/// ([`crdt::Gossip`], bincode): the transport hands them to the CRDT replica, never to Raft.
+pub const CRDT_CHANNEL: GroupId = u64::MAX - 1;
 pub use baton_core::META_GROUP;
 
 /// The raft-rs message type, re-exported for the transport.

@@ -17,6 +17,7 @@
 
 pub mod access;
 pub mod bounded;
+pub mod crdt;
 pub mod etcd;
 pub mod forward;
 pub mod http;
@@ -165,6 +166,8 @@ pub struct Server {
     /// The gRPC servers' and senders' tasks, to abort on shutdown.
     tasks: Vec<tokio::task::AbortHandle>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The coordination-free tier's thread.
+    crdt: Option<crdt::CrdtThread>,
 }
 
 /// The connections accepted on `listener`, with TCP_NODELAY set. An incoming stream of our own
@@ -397,15 +400,36 @@ impl Server {
         let channels = forward::PeerChannels::new(view.clone(), max_bytes, dialer);
         let net = runtime::Net { outboxes, peers: Some(runtime::Peers { channels: channels.clone() }), metrics };
         let access = access::Access::new(view.clone(), net.metrics.clone());
+        let crdt_outboxes = net.outboxes.clone();
+        let crdt_view = view.clone();
         let (handle, thread, outcome) = runtime::spawn(node, store, boot, net, view, config.tick)?;
+        let (crdt, crdt_thread) = {
+            use baton_node::crdt::CrdtStore as _;
+            let store = baton_node::crdt::EngineCrdtStore::open(&config.data_dir.join("crdt"))
+                .map_err(std::io::Error::other)?;
+            let states = store.load().map_err(std::io::Error::other)?;
+            let peers: Vec<NodeId> = config.peers.keys().copied().collect();
+            let replica =
+                baton_node::crdt::Replica::new(baton_node::crdt::ReplicaConfig::new(config.id), peers, states);
+            crdt::spawn(replica, store, crdt_outboxes, crdt_view)?
+        };
 
         let client_api = grpc_server()
             .trace_fn(|req| obs::trace::root(|| tracing::debug_span!("grpc", method = %req.uri().path())))
-            .add_service(BatonServer::new(service::BatonService { node: handle.clone(), access: access.clone() }));
+            .add_service(BatonServer::new(service::BatonService {
+                node: handle.clone(),
+                access: access.clone(),
+                crdt: crdt.clone(),
+            }));
         let mut serving = vec![serve(client_api, client, tls.client.clone(), "client API", &outcome)];
-        let peer_svc = PeerServer::new(transport::PeerService { node: handle.clone(), local, mtls: tls.peers_mtls() })
-            .max_decoding_message_size(max_bytes)
-            .max_encoding_message_size(max_bytes);
+        let peer_svc = PeerServer::new(transport::PeerService {
+            node: handle.clone(),
+            local,
+            mtls: tls.peers_mtls(),
+            crdt: crdt.clone(),
+        })
+        .max_decoding_message_size(max_bytes)
+        .max_encoding_message_size(max_bytes);
         let peer_api = grpc_server().add_service(peer_svc);
         serving.push(serve(peer_api, peer, tls.peer_server.clone(), "peer API", &outcome));
         if let Some(listener) = etcd_listener {
@@ -454,7 +478,17 @@ impl Server {
             }
         });
         tracing::info!(id = config.id, %client_addr, %peer_addr, "baton node started");
-        Ok(Server { client_addr, peer_addr, etcd_addr, http_addr, node: handle, outcome, tasks, thread: Some(thread) })
+        Ok(Server {
+            client_addr,
+            peer_addr,
+            etcd_addr,
+            http_addr,
+            node: handle,
+            outcome,
+            tasks,
+            thread: Some(thread),
+            crdt: Some(crdt_thread),
+        })
     }
 
     /// The node thread's handle.
@@ -480,6 +514,9 @@ impl Server {
         self.node.send(Input::Stop);
         if let Some(thread) = self.thread.take() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        if let Some(crdt) = self.crdt.take() {
+            crdt.stop().await;
         }
         // Long-lived streams (peers, watchers) would hold a graceful shutdown open: cut them.
         for t in self.tasks.drain(..) {

@@ -275,10 +275,10 @@ impl Effects for ServerEffects {
 }
 
 /// Reads (monotonic ms, wall ms since the Unix epoch); replaceable in tests.
-type Clock = Box<dyn FnMut() -> (u64, u64) + Send>;
+pub(crate) type Clock = Box<dyn FnMut() -> (u64, u64) + Send>;
 
 /// The process's clocks: monotonic from `started`, wall from the Unix epoch.
-fn system_clock() -> Clock {
+pub(crate) fn system_clock() -> Clock {
     let started = Instant::now();
     Box::new(move || {
         let wall =

@@ -20,6 +20,7 @@ use crate::status::{stopped, to_status};
 use baton_core::auth::Permission;
 
 pub mod auth;
+pub mod crdt;
 pub mod requests;
 
 use requests::Asked;
@@ -38,6 +39,8 @@ pub struct BatonService {
     pub node: NodeHandle,
     /// Who may do what (every node request is checked in `BatonService::request`).
     pub access: Access,
+    /// The coordination-free tier's thread.
+    pub crdt: crate::crdt::CrdtHandle,
 }
 
 impl BatonService {
@@ -290,6 +293,15 @@ impl Baton for BatonService {
             }
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
+    }
+
+    async fn crdt(&self, request: Request<pb::CrdtRequest>) -> Result<Response<pb::CrdtResponse>, Status> {
+        let caller = self.access.caller_of(&request)?;
+        let (req, timeout) = crdt::request(request.into_inner())?;
+        self.access.check(&caller, "Crdt", &rules::of_crdt(&req))?;
+        self.access.charge(&caller)?;
+        let reply = self.crdt.request(req, timeout).await.map_err(crate::status::crdt_status)?;
+        Ok(Response::new(crdt::response(reply, self.node.id)))
     }
 
     type WatchStream = WatchStream;
@@ -769,6 +781,7 @@ fn call_op(req: &pb::CallRequest) -> &'static str {
         Some(Op::Counter(_)) => "counter",
         Some(Op::KeepAlive(_)) => "keepalive",
         Some(Op::AttachSession(_)) => "attach_session",
+        Some(Op::Crdt(_)) => "crdt",
         None => "none",
     }
 }
@@ -791,6 +804,7 @@ async fn dispatch_call(svc: &BatonService, caller: &Caller, req: pb::CallRequest
         Some(Op::AttachSession(r)) => {
             svc.attach_session(as_caller(caller, r)).await.map(|r| R::AttachSession(r.into_inner()))
         }
+        Some(Op::Crdt(r)) => svc.crdt(as_caller(caller, r)).await.map(|r| R::Crdt(r.into_inner())),
         None => Err(Status::invalid_argument("call without an operation")),
     };
     match result {

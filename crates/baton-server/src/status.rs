@@ -63,6 +63,7 @@ pub fn to_status(err: NodeError, node: &NodeHandle) -> Status {
                     baton_core::etcd::Code::OutOfRange => Code::OutOfRange,
                     baton_core::etcd::Code::ResourceExhausted => Code::ResourceExhausted,
                 },
+                E::Crdt(c) => crdt_code(c),
                 E::Auth(a) => match a {
                     baton_core::auth::AuthError::UserExists(_) | baton_core::auth::AuthError::RoleExists(_) => {
                         Code::AlreadyExists
@@ -87,6 +88,25 @@ pub fn to_status(err: NodeError, node: &NodeHandle) -> Status {
         NodeError::Unavailable(msg) => with_info(Status::unavailable(msg), Reason::MayHaveApplied, 0, String::new()),
         NodeError::Busy(_) => with_info(Status::resource_exhausted(err.to_string()), Reason::Busy, 0, String::new()),
         NodeError::NoGroup(_) => Status::invalid_argument(err.to_string()),
+    }
+}
+
+fn crdt_code(e: &baton_core::crdt::CrdtError) -> Code {
+    use baton_core::crdt::CrdtError as C;
+    match e {
+        C::Invalid(_) | C::KindMismatch { .. } => Code::InvalidArgument,
+        C::NotEnoughRights { .. } => Code::FailedPrecondition,
+    }
+}
+
+/// The status for a failed request to the coordination-free tier.
+pub fn crdt_status(failure: baton_node::crdt::CrdtFailure) -> Status {
+    use baton_node::crdt::CrdtFailure as F;
+    use pb::error_info::Reason;
+    match failure {
+        F::Refused(e) => Status::new(crdt_code(&e), e.to_string()),
+        F::Timeout(msg) => Status::deadline_exceeded(msg),
+        F::Busy(msg) => with_info(Status::resource_exhausted(msg), Reason::Busy, 0, String::new()),
     }
 }
 

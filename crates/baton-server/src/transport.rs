@@ -363,6 +363,8 @@ pub struct PeerService {
     pub local: Handshake,
     /// Whether the peer port runs mutual TLS (a sender's certificate must name its node id).
     pub mtls: bool,
+    /// The coordination-free tier, which takes the messages of its channel.
+    pub crdt: crate::crdt::CrdtHandle,
 }
 
 #[tonic::async_trait]
@@ -410,10 +412,11 @@ impl Peer for PeerService {
         let (tx, rx) = mpsc::channel(1);
         let _ = tx.try_send(Ok(PeerReply { handshake: Some(local) }));
         let node = self.node.clone();
+        let crdt = self.crdt.clone();
         tokio::spawn(async move {
             // The reply stream stays open (tx held) until the inbound stream ends, so that an
             // error can still reach the sender.
-            if let Err(status) = receive(&node, from, &mut inbound).await {
+            if let Err(status) = receive(&node, &crdt, from, &mut inbound).await {
                 tracing::error!(peer = from, %remote, "peer stream ended: {}", status.message());
                 let _ = tx.send(Err(status)).await;
             }
@@ -422,12 +425,25 @@ impl Peer for PeerService {
     }
 }
 
-/// Feeds the batches of an accepted stream from node `from` to the node thread.
-async fn receive(node: &NodeHandle, from: NodeId, inbound: &mut Streaming<PeerFrame>) -> Result<(), Status> {
+/// Feeds the batches of an accepted stream from node `from` to the node thread, and the CRDT
+/// channel's messages to the coordination-free tier.
+async fn receive(
+    node: &NodeHandle,
+    crdt: &crate::crdt::CrdtHandle,
+    from: NodeId,
+    inbound: &mut Streaming<PeerFrame>,
+) -> Result<(), Status> {
     while let Some(frame) = inbound.message().await? {
-        let batch = batch_of(frame, from)?;
+        let mut batch = batch_of(frame, from)?;
         let bytes = batch.messages.iter().map(|m| m.message.len()).sum();
         node.metrics.peer_traffic(from, false, batch.messages.len(), bytes);
+        for msg in gossip_of(&mut batch, from)? {
+            // A full queue drops the message: anti-entropy repairs what gossip loses.
+            crdt.send(crate::crdt::CrdtInput::Gossip { from, msg });
+        }
+        if batch.messages.is_empty() {
+            continue;
+        }
         let steps = steps_of(batch, from, node.id)?;
         if !node.send(Input::Steps(steps)) {
             return Err(Status::unavailable("node is shutting down"));
@@ -452,6 +468,24 @@ pub fn batch_of(frame: PeerFrame, from: NodeId) -> Result<RaftBatch, Status> {
         )));
     }
     Ok(batch)
+}
+
+/// Takes the coordination-free tier's messages out of a batch from node `from` and decodes
+/// them: an undecodable one ends the stream, as an undecodable Raft message does.
+pub fn gossip_of(batch: &mut RaftBatch, from: NodeId) -> Result<Vec<baton_node::crdt::Gossip>, Status> {
+    if !batch.messages.iter().any(|m| m.group == baton_node::CRDT_CHANNEL) {
+        return Ok(Vec::new());
+    }
+    let (gossip, raft): (Vec<GroupMessage>, Vec<GroupMessage>) =
+        std::mem::take(&mut batch.messages).into_iter().partition(|m| m.group == baton_node::CRDT_CHANNEL);
+    batch.messages = raft;
+    gossip
+        .iter()
+        .map(|m| {
+            baton_node::crdt::Gossip::decode(&m.message)
+                .map_err(|e| Status::invalid_argument(format!("from node {from}: {e}")))
+        })
+        .collect()
 }
 
 /// Decodes a batch's Raft messages for node `to`: an undecodable message, or one from another

@@ -31,6 +31,7 @@ use clap::{Parser, Subcommand};
 mod auth;
 mod bench;
 mod cluster;
+mod crdt;
 mod hold;
 mod logging;
 mod observe;
@@ -359,6 +360,10 @@ enum Cmd {
     /// Authentication: enable, disable, status.
     #[command(subcommand)]
     Auth(auth::AuthCmd),
+    /// The coordination-free tier: counters, sets and registers any node updates alone
+    /// (docs/PRIMITIVES.md, "Linearizable or coordination-free?").
+    #[command(subcommand)]
+    Crdt(crdt::CrdtCmd),
     /// Show the cluster: nodes, groups, leaders, terms, indexes.
     Status {
         /// Comma-separated client addresses of any nodes.
@@ -784,6 +789,7 @@ async fn run(cmd: Cmd) -> ExitCode {
         Cmd::User(cmd) => auth::user(cmd).await,
         Cmd::Role(cmd) => auth::role(cmd).await,
         Cmd::Auth(cmd) => auth::auth(cmd).await,
+        Cmd::Crdt(cmd) => crdt::crdt(cmd).await,
         Cmd::Barrier { endpoints: eps, parties, wait, name } => barrier(eps, name, parties, wait).await,
         Cmd::Latch { endpoints: eps, wait, name, op, count } => latch(eps, name, op, count, wait).await,
         Cmd::Elect { endpoints: eps, ttl, observe, name, value } => elect(eps, ttl, observe, name, value).await,

@@ -292,6 +292,12 @@ pub enum Op {
     RegisterSet,
     /// Any read: keepalive, describe, counter or register get, status.
     Read,
+    /// A coordination-free update whose repeat has no further effect (a set's insert or
+    /// remove).
+    CrdtSame,
+    /// A coordination-free update whose repeat would count again (counters) or write later
+    /// (registers).
+    CrdtOnce,
     /// Begin a slot move (a repeat would be refused, or begin another).
     MoveSlots,
     /// Add or remove a member (a repeat finds it done).
@@ -309,7 +315,8 @@ impl Op {
             | Op::Acquire
             | Op::Release
             | Op::Cancel
-            | Op::ChangeMembers => Repeat::Idempotent,
+            | Op::ChangeMembers
+            | Op::CrdtSame => Repeat::Idempotent,
             // Setting a latch is not harmless to repeat: between the two, count-downs may have
             // taken it to zero (and it is forgotten then), and the repeat would set it again. A
             // late repeat of a proclaim could publish an older value over a newer one (both
@@ -320,7 +327,8 @@ impl Op {
             | Op::CounterAdd
             | Op::CounterCas
             | Op::RegisterSet
-            | Op::MoveSlots => Repeat::Once,
+            | Op::MoveSlots
+            | Op::CrdtOnce => Repeat::Once,
         }
     }
 }

@@ -136,6 +136,17 @@ impl Context {
         self.vv.values().all(|&n| n == 0) && self.cloud.is_empty()
     }
 
+    /// The context as bytes (a session token on the wire).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        bincode::serialize(self).expect("context encodes")
+    }
+
+    /// A context from [`Context::to_bytes`]; `None` if the bytes are not one (trailing bytes
+    /// included).
+    pub fn from_bytes(bytes: &[u8]) -> Option<Context> {
+        super::decode_exact(bytes).ok()
+    }
+
     fn covers_upto(&self, replica: ReplicaId, seq: u64) -> bool {
         let have = self.vv.get(&replica).copied().unwrap_or(0);
         have >= seq || (have + 1..=seq).all(|s| self.cloud.contains(&Dot { replica, seq: s }))

@@ -394,6 +394,19 @@ impl Object {
     }
 }
 
+/// Decodes bincode (fixed-width integers, as `bincode::serialize` writes) refusing trailing
+/// bytes and any length prefix longer than the input: what every CRDT decoder of outside bytes
+/// (gossip, stored states, session tokens) uses.
+pub fn decode_exact<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    use bincode::Options;
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .reject_trailing_bytes()
+        .with_limit(bytes.len() as u64)
+        .deserialize(bytes)
+        .map_err(|e| e.to_string())
+}
+
 fn distinct(k: &Kernel<String>) -> usize {
     k.entries().values().collect::<BTreeSet<_>>().len()
 }

@@ -80,6 +80,8 @@ fn call(req: pb::CallRequest) -> Option<Asked> {
         Op::Counter(r) => requests::counter(r).ok().map(|(_, a)| a),
         Op::KeepAlive(r) => requests::keep_alive(&r).ok().map(|()| Asked::Write(Command::Tick)),
         Op::AttachSession(r) => attach(&r),
+        // Checked as the unary call (the `crdt` target feeds it to a replica).
+        Op::Crdt(r) => baton_server::service::crdt::request(r).ok().map(|_| Asked::Write(Command::Tick)),
     }
 }
 

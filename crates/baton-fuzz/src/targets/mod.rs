@@ -6,6 +6,7 @@
 
 mod client;
 mod commands;
+mod crdt;
 mod etcd;
 mod forward;
 mod log;
@@ -27,6 +28,7 @@ pub fn all() -> Vec<Target> {
         snapshot::FILE_TARGET,
         commands::TARGET,
         raft_step::TARGET,
+        crdt::TARGET,
     ]
 }
 

@@ -59,13 +59,7 @@ impl Gossip {
 
     /// Decodes from the wire, refusing trailing bytes.
     pub fn decode(bytes: &[u8]) -> Result<Gossip, String> {
-        use bincode::Options;
-        bincode::DefaultOptions::new()
-            .with_fixint_encoding()
-            .reject_trailing_bytes()
-            .with_limit(bytes.len() as u64)
-            .deserialize(bytes)
-            .map_err(|e| format!("undecodable CRDT gossip: {e}"))
+        baton_core::crdt::decode_exact(bytes).map_err(|e| format!("undecodable CRDT gossip: {e}"))
     }
 }
 
@@ -93,13 +87,7 @@ pub fn encode_state(obj: &Object) -> Vec<u8> {
 
 /// Decodes a stored state.
 pub fn decode_state(bytes: &[u8]) -> Result<Object, String> {
-    use bincode::Options;
-    bincode::DefaultOptions::new()
-        .with_fixint_encoding()
-        .reject_trailing_bytes()
-        .with_limit(bytes.len() as u64)
-        .deserialize(bytes)
-        .map_err(|e| format!("undecodable CRDT state: {e}"))
+    baton_core::crdt::decode_exact(bytes).map_err(|e| format!("undecodable CRDT state: {e}"))
 }
 
 #[cfg(test)]

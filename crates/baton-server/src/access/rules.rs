@@ -43,6 +43,15 @@ pub fn of_command(command: &Command) -> Vec<Need> {
     }
 }
 
+/// What a request of the coordination-free tier needs: reading its name, or writing it.
+pub fn of_crdt(request: &baton_node::crdt::CrdtRequest) -> Vec<Need> {
+    use baton_node::crdt::CrdtRequest as C;
+    match request {
+        C::Update { key, .. } => vec![Need::name(Permission::Write, &key.name)],
+        C::Read { key, .. } => vec![Need::name(Permission::Read, &key.name)],
+    }
+}
+
 /// What a node request needs.
 pub fn of_request(request: &Request) -> Vec<Need> {
     use Permission::*;

@@ -1,0 +1,132 @@
+//! The coordination-free tier across real nodes over 127.0.0.1: updates on every node converge,
+//! session reads follow the client to another node, converged reads, bounded counters borrowing
+//! rights, and updates surviving restarts.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use baton_client::crdt::{Crdt, CrdtKind, ReadLevel};
+use baton_client::{Client, ClientOptions};
+use common::TestCluster;
+
+/// A client that talks to the given nodes only, in order.
+async fn client_at(c: &TestCluster, nodes: &[u64]) -> Client {
+    let eps: Vec<String> = nodes.iter().map(|n| c.client_addrs[n].clone()).collect();
+    let options = ClientOptions { discover: false, request_timeout: Duration::from_secs(10), ..Default::default() };
+    Client::connect_with(eps, options).await.unwrap()
+}
+
+/// Waits until a local read on node `n` satisfies `ok`.
+async fn until_local(
+    c: &TestCluster,
+    n: u64,
+    kind: CrdtKind,
+    name: &str,
+    ok: impl Fn(&baton_client::crdt::CrdtValue) -> bool,
+) {
+    let tier = client_at(c, &[n]).await.crdt();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = tier.read(kind, name, ReadLevel::Local).await.unwrap();
+        if ok(&v) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "node {n} never reached the expected state of {name}: {v:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_on_every_node_converge_and_read_levels_hold() {
+    let c = TestCluster::start(3, 1000).await;
+    c.ready().await;
+    let mut tiers: Vec<Crdt> = Vec::new();
+    for n in 1..=3 {
+        tiers.push(client_at(&c, &[n]).await.crdt());
+    }
+    for (i, tier) in tiers.iter().enumerate() {
+        for _ in 0..10 {
+            let v = tier.add(CrdtKind::PnCounter, "hits", 1).await.unwrap();
+            assert_eq!(v.node, i as u64 + 1, "answered by another node than asked");
+        }
+    }
+    tiers[1].subtract(CrdtKind::PnCounter, "hits", 4).await.unwrap();
+    // A converged read answers once every live node has every update the asked node had.
+    let v = tiers[1].read(CrdtKind::PnCounter, "hits", ReadLevel::Converged).await.unwrap();
+    assert!(v.value <= 26 && v.value >= 14, "{v:?}");
+    for n in 1..=3 {
+        until_local(&c, n, CrdtKind::PnCounter, "hits", |v| v.value == 26).await;
+    }
+
+    // Sets: an add on one node, a remove on another that saw it, an add on a third.
+    tiers[0].insert(CrdtKind::OrSet, "online", "alice").await.unwrap();
+    tiers[0].insert(CrdtKind::OrSet, "online", "bob").await.unwrap();
+    until_local(&c, 2, CrdtKind::OrSet, "online", |v| v.members.len() == 2).await;
+    tiers[1].remove("online", "alice").await.unwrap();
+    tiers[2].insert(CrdtKind::OrSet, "online", "carol").await.unwrap();
+    for n in 1..=3 {
+        until_local(&c, n, CrdtKind::OrSet, "online", |v| v.members == ["bob", "carol"]).await;
+    }
+
+    // Read-your-writes across nodes: one session writes on node 1, then at once reads on
+    // node 2, which answers only once it has the write (pulling it from node 1 if gossip has
+    // not brought it yet).
+    for i in 0..20 {
+        let value = format!("v{i}");
+        tiers[0].write(CrdtKind::LwwRegister, "flag", value.as_bytes()).await.unwrap();
+        let v = tiers[0]
+            .through(&client_at(&c, &[2]).await)
+            .read(CrdtKind::LwwRegister, "flag", ReadLevel::Session)
+            .await
+            .unwrap();
+        assert_eq!((v.node, v.values), (2, vec![value.into_bytes()]));
+    }
+
+    // Registers: MV keeps concurrent writes.
+    tiers[0].write(CrdtKind::MvRegister, "cfg", b"a").await.unwrap();
+    until_local(&c, 3, CrdtKind::MvRegister, "cfg", |v| v.values == [b"a".to_vec()]).await;
+    tiers[2].write(CrdtKind::MvRegister, "cfg", b"b").await.unwrap();
+    until_local(&c, 1, CrdtKind::MvRegister, "cfg", |v| v.values == [b"b".to_vec()]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounded_counter_borrows_rights_and_refuses_to_go_below_zero() {
+    let c = TestCluster::start(3, 1000).await;
+    c.ready().await;
+    let one = client_at(&c, &[1]).await.crdt();
+    let two = client_at(&c, &[2]).await.crdt().with_timeout(Duration::from_secs(3));
+    one.add(CrdtKind::BoundedCounter, "seats", 10).await.unwrap();
+    until_local(&c, 2, CrdtKind::BoundedCounter, "seats", |v| v.value == 10).await;
+    // Node 2 has no rights: it asks node 1 for some, then subtracts.
+    let v = two.subtract(CrdtKind::BoundedCounter, "seats", 4).await.unwrap();
+    assert_eq!(v.value, 6);
+    let err = two.subtract(CrdtKind::BoundedCounter, "seats", 7).await.unwrap_err();
+    assert!(err.to_string().contains("rights"), "{err}");
+    for n in 1..=3 {
+        until_local(&c, n, CrdtKind::BoundedCounter, "seats", |v| v.value == 6).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_updates_survive_restarts_and_reach_a_node_that_was_down() {
+    let mut c = TestCluster::start(3, 1000).await;
+    c.ready().await;
+    c.stop(3).await;
+    let one = client_at(&c, &[1]).await.crdt();
+    for _ in 0..5 {
+        one.add(CrdtKind::GCounter, "visits", 2).await.unwrap();
+    }
+    one.insert(CrdtKind::GSet, "seen", "x").await.unwrap();
+    // Node 1 restarts: what it acknowledged is on its disk.
+    c.stop(1).await;
+    c.restart(1).await;
+    c.restart(3).await;
+    // Node 3 was down for all of it: anti-entropy brings it up to date.
+    for n in 1..=3 {
+        until_local(&c, n, CrdtKind::GCounter, "visits", |v| v.value == 10).await;
+        until_local(&c, n, CrdtKind::GSet, "seen", |v| v.members == ["x"]).await;
+    }
+    let err = client_at(&c, &[2]).await.crdt().subtract(CrdtKind::GCounter, "visits", 1).await.unwrap_err();
+    assert!(err.to_string().contains("subtraction"), "{err}");
+}

@@ -115,6 +115,30 @@ fn dev_serialises_two_lock_commands() {
         run(&["register", "--endpoints", &addr, "--if-version", "0", "r", "set", "hello"]).starts_with("swapped=true")
     );
     assert!(run(&["register", "--endpoints", &addr, "r", "get"]).ends_with("value=hello"));
+    // The coordination-free tier from the CLI.
+    let crdt = |args: &[&str]| run(&[&["crdt"], args, &["--endpoints", &addr]].concat());
+    assert_eq!(crdt(&["counter", "hits", "add", "5"]), "5");
+    assert_eq!(crdt(&["counter", "hits", "sub", "2"]), "3");
+    assert_eq!(crdt(&["counter", "hits", "get", "--level", "converged"]), "3");
+    assert_eq!(crdt(&["set", "online", "add", "alice"]), "");
+    assert_eq!(crdt(&["set", "online", "add", "bob"]), "");
+    assert_eq!(crdt(&["set", "online", "remove", "alice"]), "");
+    assert_eq!(crdt(&["set", "online", "members"]), "bob");
+    assert_eq!(crdt(&["register", "flag", "set", "on"]), "");
+    assert_eq!(crdt(&["register", "flag", "get", "--level", "session"]), "on");
+    assert_eq!(crdt(&["counter", "--kind", "bounded", "seats", "add", "2"]), "2 (this node's rights: 2)");
+    for (args, code, says) in [
+        (&["crdt", "counter", "--kind", "bounded", "seats", "sub", "3", "--timeout-ms", "200"][..], 64, "rights"),
+        (&["crdt", "counter", "--kind", "g", "visits", "sub", "1"][..], 64, "subtraction"),
+        (&["crdt", "set", "online", "remove"][..], 64, "take the element"),
+        (&["crdt", "set", "--kind", "g", "tags", "remove", "x"][..], 64, "no remove"),
+    ] {
+        let out = Command::new(BATON).args(args).args(["--endpoints", &addr]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    assert_eq!(crdt(&["counter", "--kind", "bounded", "seats", "get"]), "2 (this node's rights: 2)");
     // Semaphore and read/write lock verbs run their commands.
     assert_eq!(
         run(&["sem", "--endpoints", &addr, "--capacity", "2", "pool", "--", "sh", "-c", "echo $BATON_LOCK"]),

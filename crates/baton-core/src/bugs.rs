@@ -75,13 +75,26 @@ pub struct Bugs {
     /// A CRDT replica answers and gossips an update before its write is durable: a crash can
     /// lose an acknowledged update and hand its dot out again (CRDT durability).
     pub crdt_answer_before_write: bool,
+    /// A CRDT replica takes a peer's state as proof that it has seen every dot up to the
+    /// highest one the state names, gaps included: an add it never received counts as removed
+    /// (the analogue of collecting a tombstone too early; CRDT durability and convergence).
+    pub crdt_context_claims_unseen: bool,
+    /// A converged read answers once any one peer reports the updates, not every live one
+    /// (CRDT converged read).
+    pub crdt_converged_answers_early: bool,
+    /// A session read is answered from the local state without waiting for the session's
+    /// token (CRDT session).
+    pub crdt_session_ignores_token: bool,
+    /// A bounded counter's subtraction is allowed whenever the value covers it, spending other
+    /// nodes' rights (CRDT bounded).
+    pub crdt_bounded_spends_value: bool,
 }
 
 /// Picks one flag out of a [`Bugs`].
 type Flag = fn(&mut Bugs) -> &mut bool;
 
 /// The command-line names of the bugs, with the flag each sets.
-const TABLE: [(&str, Flag); 24] = [
+const TABLE: [(&str, Flag); 28] = [
     ("grant-ignores-queue", |b| &mut b.grant_ignores_queue),
     ("token-reset-on-restart", |b| &mut b.token_reset_on_restart),
     ("follower-expiry", |b| &mut b.follower_expiry),
@@ -106,6 +119,10 @@ const TABLE: [(&str, Flag); 24] = [
     ("session-owner-ignored", |b| &mut b.session_owner_ignored),
     ("crdt-merge-not-idempotent", |b| &mut b.crdt_merge_not_idempotent),
     ("crdt-answer-before-write", |b| &mut b.crdt_answer_before_write),
+    ("crdt-context-claims-unseen", |b| &mut b.crdt_context_claims_unseen),
+    ("crdt-converged-answers-early", |b| &mut b.crdt_converged_answers_early),
+    ("crdt-session-ignores-token", |b| &mut b.crdt_session_ignores_token),
+    ("crdt-bounded-spends-value", |b| &mut b.crdt_bounded_spends_value),
 ];
 
 impl Bugs {

@@ -41,9 +41,11 @@
 
 mod check;
 mod client;
+pub mod crdt;
 mod workload;
 mod world;
 
 pub use baton_core::Bugs;
 pub use check::Violation;
+pub use crdt::{run_crdt, CrdtSimConfig, CrdtSimReport};
 pub use world::{run, Coverage, Faults, SimConfig, SimReport};

@@ -463,6 +463,10 @@ enum Cmd {
         /// its tries to close another client's session must all be refused.
         #[arg(long)]
         users: bool,
+        /// Simulate the coordination-free tier instead (CRDT replicas under every fault; checks
+        /// convergence, durability, session and converged reads, bounded counters).
+        #[arg(long)]
+        crdt: bool,
     },
     /// The hottest names: most waiters and handoffs over the last one to two minutes, with their
     /// holders and waiters now (every data group; each node answers for its replicas).
@@ -562,6 +566,7 @@ fn main() -> ExitCode {
         groups,
         membership,
         users,
+        crdt,
     } = cli.command
     {
         // Pure computation: no runtime, no logging, no sockets. Like other filters, stop quietly
@@ -587,6 +592,7 @@ fn main() -> ExitCode {
             groups,
             membership,
             users,
+            crdt,
         });
     }
     match cli.tls.files() {

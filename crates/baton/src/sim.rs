@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use baton_sim::{run, Bugs, Coverage, Faults, SimConfig, SimReport};
+use baton_sim::{run, run_crdt, Bugs, Coverage, CrdtSimConfig, CrdtSimReport, Faults, SimConfig, SimReport};
 
 /// Arguments of `baton sim`.
 pub struct SimArgs {
@@ -23,6 +23,7 @@ pub struct SimArgs {
     pub groups: u64,
     pub membership: bool,
     pub users: bool,
+    pub crdt: bool,
 }
 
 fn config(args: &SimArgs) -> Result<SimConfig, String> {
@@ -175,8 +176,75 @@ impl CoverageTally {
     }
 }
 
+/// `baton sim --crdt`: a campaign (or one seed) of the coordination-free tier's simulation.
+fn crdt_main(args: &SimArgs) -> ExitCode {
+    let cfg = match (Faults::parse(&args.faults), args.bug.as_deref().map(Bugs::parse).transpose()) {
+        (Ok(faults), Ok(bugs)) => CrdtSimConfig {
+            nodes: args.nodes,
+            clients: args.clients,
+            fault_ms: args.fault_ms,
+            heal_ms: args.heal_ms,
+            faults,
+            bugs: bugs.unwrap_or_default(),
+            ..CrdtSimConfig::default()
+        },
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("baton: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    let started = Instant::now();
+    let seeds: Vec<u64> = match args.seed {
+        Some(s) => vec![s],
+        None => (args.start_seed..args.start_seed + args.seeds).collect(),
+    };
+    let next = AtomicU64::new(0);
+    let done = Mutex::new(Vec::new());
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let Some(&seed) = seeds.get(i) else { return };
+                let r = run_crdt(&cfg, seed);
+                done.lock().expect("results").push(r);
+            });
+        }
+    });
+    let mut done = done.into_inner().expect("results");
+    done.sort_by_key(|r| r.seed);
+    let failed: Vec<&CrdtSimReport> = done.iter().filter(|r| !r.violations.is_empty()).collect();
+    for r in failed.iter().take(5) {
+        for v in r.violations.iter().take(3) {
+            println!("seed {}: {} violated at {:.3}s: {}", r.seed, v.property, v.at as f64 / 1e6, v.detail);
+        }
+        println!("  replay: baton sim --crdt --seed {}", r.seed);
+    }
+    let sum = |f: fn(&CrdtSimReport) -> u64| done.iter().map(f).sum::<u64>();
+    println!(
+        "coverage: updates acknowledged {}; reads local {} session {} converged {}; crashes {}; messages dropped {}, duplicated {}",
+        sum(|r| r.acked_updates),
+        sum(|r| r.reads[0]),
+        sum(|r| r.reads[1]),
+        sum(|r| r.reads[2]),
+        sum(|r| r.crashes),
+        sum(|r| r.dropped),
+        sum(|r| r.duplicated)
+    );
+    let rate = done.len() as f64 / started.elapsed().as_secs_f64();
+    println!("runs={} violations={} seeds_per_s={rate:.1}", done.len(), failed.len());
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
 /// Runs the command.
 pub fn main(args: SimArgs) -> ExitCode {
+    if args.crdt {
+        return crdt_main(&args);
+    }
     let cfg = match config(&args) {
         Ok(c) => c,
         Err(e) => {

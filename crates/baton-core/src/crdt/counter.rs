@@ -121,6 +121,12 @@ impl Bounded {
         Ok(())
     }
 
+    /// Subtracts without looking at rights: only for the simulator's planted bug
+    /// ([`crate::Bugs::crdt_bounded_spends_value`]); nothing else calls it.
+    pub fn subtract_unchecked(&mut self, replica: ReplicaId, n: u64) {
+        let _ = self.counts.subtract(replica, n);
+    }
+
     /// Moves `n` of `from`'s rights to `to` if `from` has them; otherwise returns its rights.
     pub fn transfer(&mut self, from: ReplicaId, to: ReplicaId, n: u64) -> Result<(), i128> {
         let have = self.rights(from);

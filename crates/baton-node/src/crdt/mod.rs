@@ -182,6 +182,9 @@ pub struct Replica {
     out: Vec<CrdtOutput>,
     waits: Vec<Wait>,
     heard: BTreeMap<NodeId, u64>,
+    /// The first clock reading: until `live_ms` after it, a peer not heard from yet counts as
+    /// live (a node that just started has heard from nobody; its converged reads must wait).
+    started_ms: Option<u64>,
     next_anti_entropy_ms: u64,
     next_probe: u64,
     bugs: baton_core::Bugs,
@@ -204,6 +207,7 @@ impl Replica {
             out: Vec::new(),
             waits: Vec::new(),
             heard: BTreeMap::new(),
+            started_ms: None,
             next_anti_entropy_ms: 0,
             next_probe: 0,
             bugs: baton_core::Bugs::default(),
@@ -235,6 +239,7 @@ impl Replica {
     pub fn set_time(&mut self, mono_ms: u64, wall_ms: u64) {
         self.now_ms = self.now_ms.max(mono_ms);
         self.wall_ms = wall_ms;
+        self.started_ms.get_or_insert(mono_ms);
     }
 
     /// This node's id.
@@ -262,10 +267,19 @@ impl Replica {
         self.objects.keys()
     }
 
-    /// The peers heard from within `live_ms`.
+    /// The peers heard from within `live_ms` (and, during the first `live_ms` after the start,
+    /// those not heard from yet).
     pub fn live_peers(&self) -> Vec<NodeId> {
         let since = self.now_ms.saturating_sub(self.cfg.live_ms);
-        self.peers.iter().copied().filter(|p| self.heard.get(p).is_some_and(|&t| t >= since)).collect()
+        let young = self.started_ms.is_none_or(|s| self.now_ms < s + self.cfg.live_ms);
+        self.peers
+            .iter()
+            .copied()
+            .filter(|p| match self.heard.get(p) {
+                Some(&t) => t >= since,
+                None => young,
+            })
+            .collect()
     }
 
     /// A client request, due by `deadline_ms` on the monotonic clock.
@@ -313,6 +327,14 @@ impl Replica {
         }
         self.hlc = self.hlc.next(self.wall_ms);
         let held = self.objects.entry(key.clone()).or_insert_with(|| Held { obj: key.kind.empty(), hash: 0 });
+        if let (true, Op::Subtract(n), baton_core::crdt::Body::Bounded(b)) =
+            (self.bugs.crdt_bounded_spends_value, &op, &mut held.obj.body)
+        {
+            // Planted bug: spend whatever the value covers, others' rights included.
+            if b.value() >= *n as i128 && b.rights(self.cfg.id) < *n as i128 {
+                b.subtract_unchecked(self.cfg.id, *n);
+            }
+        }
         let result = held.obj.update(&key.name, self.cfg.id, op, self.hlc);
         let delta = match result {
             Ok(d) => d,
@@ -347,7 +369,7 @@ impl Replica {
                 self.answer(id, Ok(reply));
             }
             ReadLevel::Session(token) => {
-                if self.has(&key, &token) {
+                if self.has(&key, &token) || self.bugs.crdt_session_ignores_token {
                     let reply = self.reply(&key);
                     self.answer(id, Ok(reply));
                 } else {
@@ -482,6 +504,12 @@ impl Replica {
                 let _ = held.obj.update(&key.name, self.cfg.id, Op::Add(v as u64), self.hlc);
             }
         }
+        if self.bugs.crdt_context_claims_unseen {
+            // Planted bug: every dot below the state's highest, per replica, counts as seen.
+            for d in state.ctx.dots() {
+                held.obj.ctx.insert_upto(d.replica, d.seq);
+            }
+        }
         if held.obj.join(state).is_err() {
             return;
         }
@@ -604,6 +632,9 @@ impl Replica {
         for w in waits {
             let done = match &w.what {
                 WaitFor::Token(token) => self.has(&w.key, token),
+                WaitFor::Converged { peers, .. } if self.bugs.crdt_converged_answers_early => {
+                    peers.values().any(|h| *h)
+                }
                 WaitFor::Converged { peers, .. } => {
                     let live: BTreeSet<NodeId> = self.live_peers().into_iter().collect();
                     peers.iter().all(|(p, has)| *has || !live.contains(p))
@@ -710,11 +741,19 @@ impl Replica {
     /// `written` anyway).
     pub fn take_write(&mut self) -> Vec<(Key, Vec<u8>)> {
         self.settle();
+        if self.bugs.crdt_answer_before_write {
+            // Planted bug: the round's answers and deltas leave before its write.
+            self.release();
+        }
         std::mem::take(&mut self.to_write).into_iter().collect()
     }
 
     /// The last [`Replica::take_write`] is durable: the round's answers and messages may go.
     pub fn written(&mut self) {
+        self.release();
+    }
+
+    fn release(&mut self) {
         let deltas = std::mem::take(&mut self.deltas);
         if !deltas.is_empty() {
             let deltas: Vec<(Key, Object)> = deltas.into_iter().collect();

@@ -1,0 +1,854 @@
+//! Deterministic simulation of the coordination-free tier: the production
+//! [`baton_node::crdt::Replica`] on every node, driven round by round as the server's CRDT
+//! thread drives it (inputs, `take_write`, a write that takes disk time, `written`, outputs),
+//! under the faults of [`Faults`]: message loss, duplication and long delays (reordering),
+//! partitions, crashes that lose the write in flight and restarts from the "disk"
+//! ([`MemCrdtStore`]), and skewed, drifting clocks (the HLC's physical part).
+//!
+//! Clients update and read random objects of every kind on random nodes, keeping a session token
+//! per object as the Rust client does, during a fault phase; then every fault is lifted, the
+//! clients stop updating, and after a heal phase the checkers look at the history and the nodes:
+//!
+//! - **crdt-convergence**: every node holds equal states of every object (and equal digests);
+//! - **crdt-durability**: no acknowledged update is lost (a counter is at least the sum of its
+//!   acknowledged adds less every attempted subtraction and at most the converse; every
+//!   acknowledged insert nobody tried to remove is in its set; no member was never inserted);
+//! - **crdt-session**: a session read shows the session's own acknowledged updates and never
+//!   less than the session's previous read (read-your-writes, monotonic reads);
+//! - **crdt-converged-read**: when a converged read answers, every peer the reader had heard
+//!   from so lately that it stayed live through the whole wait holds every update the reader
+//!   had when the read arrived;
+//! - **crdt-bounded**: no node's state of a bounded counter ever has a value or any node's
+//!   rights below zero.
+//!
+//! Every checker has a planted bug it catches (`crates/baton-sim/tests/crdt.rs`).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+
+use baton_core::crdt::{Context, Key, Kind, Op, Value};
+use baton_core::Bugs;
+use baton_node::crdt::{
+    CrdtOutput, CrdtReply, CrdtRequest, CrdtStore, Gossip, MemCrdtStore, ReadLevel, Replica, ReplicaConfig,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::check::Violation;
+use crate::Faults;
+
+/// Virtual time in µs.
+type Time = u64;
+const MS: Time = 1_000;
+
+/// The shape of one run.
+#[derive(Clone, Debug)]
+pub struct CrdtSimConfig {
+    /// Nodes.
+    pub nodes: usize,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Fault phase (ms of virtual time): clients update and read, the nemesis strikes.
+    pub fault_ms: u64,
+    /// Heal phase (ms): no faults, no new updates; then the nodes must have converged.
+    pub heal_ms: u64,
+    /// Enabled faults.
+    pub faults: Faults,
+    /// Deliberate bugs.
+    pub bugs: Bugs,
+    /// Largest skew of a node's wall clock (ms), with clock faults on.
+    pub max_skew_ms: u64,
+}
+
+impl Default for CrdtSimConfig {
+    fn default() -> Self {
+        CrdtSimConfig {
+            nodes: 3,
+            clients: 6,
+            fault_ms: 10_000,
+            heal_ms: 6_000,
+            faults: Faults::all(),
+            bugs: Bugs::default(),
+            max_skew_ms: 500,
+        }
+    }
+}
+
+/// The result of one run.
+#[derive(Debug, Default)]
+pub struct CrdtSimReport {
+    /// The seed.
+    pub seed: u64,
+    /// What broke.
+    pub violations: Vec<Violation>,
+    /// Updates acknowledged to clients.
+    pub acked_updates: u64,
+    /// Reads answered, by level (local, session, converged).
+    pub reads: [u64; 3],
+    /// Node crashes, writes lost in flight by them.
+    pub crashes: u64,
+    /// Messages dropped (loss, partitions, crashed receivers) and delivered twice.
+    pub dropped: u64,
+    pub duplicated: u64,
+    /// Events processed.
+    pub steps: u64,
+}
+
+enum Ev {
+    /// A peer message arrives.
+    Deliver {
+        from: u64,
+        to: u64,
+        msg: Gossip,
+    },
+    /// A client's request reaches a node.
+    Request {
+        node: u64,
+        client: usize,
+        call: u64,
+        req: CrdtRequest,
+    },
+    /// A node's answer reaches a client.
+    Reply {
+        client: usize,
+        call: u64,
+        node: u64,
+        result: Result<CrdtReply, String>,
+    },
+    /// A node's write is durable (unless it crashed since: `epoch` tells).
+    WriteDone {
+        node: u64,
+        epoch: u64,
+    },
+    Tick {
+        node: u64,
+    },
+    ClientStep {
+        client: usize,
+    },
+    /// A client gives up waiting for `call`.
+    ClientTimeout {
+        client: usize,
+        call: u64,
+    },
+    Nemesis,
+    Restart {
+        node: u64,
+    },
+    HealPartition,
+}
+
+struct SimNode {
+    replica: Option<Replica>,
+    store: MemCrdtStore,
+    /// A write in flight (durable at its WriteDone); inputs wait meanwhile, as in the server.
+    writing: Option<Vec<(Key, Vec<u8>)>>,
+    inbox: Vec<Ev>,
+    /// Bumped by every crash: a WriteDone of an older epoch is void.
+    epoch: u64,
+    skew_ms: i64,
+    drift_ppm: i64,
+    /// Requests taken: replica request id -> (client, call, and for a converged read the
+    /// object's context here when it arrived and the peers it must wait for).
+    calls: BTreeMap<u64, Taken>,
+    /// When this node's replica last took a message from each peer (since its last start).
+    heard: BTreeMap<u64, Time>,
+    next_id: u64,
+}
+
+/// A request a node took: the client and its call, and for a converged read the object's
+/// context on the node when it arrived and the peers it must wait for.
+type Taken = (usize, u64, Option<(Context, Vec<u64>)>);
+
+/// What a client asked and must check when the answer comes.
+struct Call {
+    key: Key,
+    op: Option<Op>,
+    level: Option<ReadLevel>,
+}
+
+#[derive(Default)]
+struct Client {
+    tokens: BTreeMap<Key, Context>,
+    waiting: Option<(u64, Call)>,
+    next_call: u64,
+    /// Last session read per key: value as seen.
+    last_session: BTreeMap<Key, Value>,
+    /// Own acknowledged adds per key (G-counter), inserts per key (sets).
+    own_adds: BTreeMap<Key, i128>,
+    own_inserts: BTreeMap<Key, BTreeSet<String>>,
+    /// The next step reads this key on this node, converged (a write, then a "barrier").
+    follow: Option<(Key, u64)>,
+}
+
+#[derive(Default)]
+struct Truth {
+    acked_add: BTreeMap<Key, i128>,
+    tried_add: BTreeMap<Key, i128>,
+    acked_sub: BTreeMap<Key, i128>,
+    tried_sub: BTreeMap<Key, i128>,
+    acked_insert: BTreeMap<Key, BTreeSet<String>>,
+    tried_insert: BTreeMap<Key, BTreeSet<String>>,
+    tried_remove: BTreeMap<Key, BTreeSet<String>>,
+}
+
+struct World {
+    cfg: CrdtSimConfig,
+    rng: ChaCha8Rng,
+    now: Time,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(Time, u64)>>,
+    events: BTreeMap<u64, Ev>,
+    nodes: BTreeMap<u64, SimNode>,
+    clients: Vec<Client>,
+    truth: Truth,
+    /// Pairs that cannot talk (both directions).
+    cut: BTreeSet<(u64, u64)>,
+    /// Nodes to crash as soon as their next write is in flight (it is lost).
+    crash_in_write: BTreeSet<u64>,
+    loss: f64,
+    report: CrdtSimReport,
+    keys: Vec<Key>,
+}
+
+/// Runs one seeded simulation of the tier.
+pub fn run_crdt(cfg: &CrdtSimConfig, seed: u64) -> CrdtSimReport {
+    let mut w = World::new(cfg.clone(), seed);
+    w.run();
+    w.report.seed = seed;
+    w.report
+}
+
+impl World {
+    fn new(cfg: CrdtSimConfig, seed: u64) -> World {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let ids: Vec<u64> = (1..=cfg.nodes as u64).collect();
+        let mut nodes = BTreeMap::new();
+        for &id in &ids {
+            let skew =
+                if cfg.faults.clock { rng.gen_range(-(cfg.max_skew_ms as i64)..=cfg.max_skew_ms as i64) } else { 0 };
+            let drift = if cfg.faults.clock { rng.gen_range(-20_000..=20_000) } else { 0 };
+            let mut replica = Replica::new(ReplicaConfig::new(id), ids.clone(), vec![]);
+            replica.set_bugs(cfg.bugs);
+            nodes.insert(
+                id,
+                SimNode {
+                    replica: Some(replica),
+                    store: MemCrdtStore::default(),
+                    writing: None,
+                    inbox: Vec::new(),
+                    epoch: 0,
+                    skew_ms: skew,
+                    drift_ppm: drift,
+                    calls: BTreeMap::new(),
+                    heard: BTreeMap::new(),
+                    next_id: 0,
+                },
+            );
+        }
+        let mut keys = Vec::new();
+        for kind in Kind::ALL {
+            for i in 0..2 {
+                keys.push(Key::new(kind, format!("{}-{i}", kind.label())).expect("valid name"));
+            }
+        }
+        let clients = (0..cfg.clients).map(|_| Client::default()).collect();
+        World {
+            cfg,
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            events: BTreeMap::new(),
+            nodes,
+            clients,
+            truth: Truth::default(),
+            cut: BTreeSet::new(),
+            crash_in_write: BTreeSet::new(),
+            loss: 0.0,
+            report: CrdtSimReport::default(),
+            keys,
+        }
+    }
+
+    fn at(&mut self, t: Time, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse((t, self.seq)));
+        self.events.insert(self.seq, ev);
+    }
+
+    fn run(&mut self) {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            let t = self.rng.gen_range(0..10 * MS);
+            self.at(t, Ev::Tick { node: id });
+        }
+        for c in 0..self.clients.len() {
+            let t = self.rng.gen_range(0..50 * MS);
+            self.at(t, Ev::ClientStep { client: c });
+        }
+        self.at(500 * MS, Ev::Nemesis);
+        let end = (self.cfg.fault_ms + self.cfg.heal_ms) * MS;
+        while let Some(Reverse((t, seq))) = self.queue.pop() {
+            if t > end {
+                break;
+            }
+            self.now = t;
+            let ev = self.events.remove(&seq).expect("event");
+            self.report.steps += 1;
+            self.handle(ev);
+        }
+        self.check_end();
+    }
+
+    fn healing(&self) -> bool {
+        self.now >= self.cfg.fault_ms * MS
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Deliver { to, .. } | Ev::Request { node: to, .. } if self.nodes[&to].replica.is_none() => {
+                self.report.dropped += 1;
+            }
+            Ev::Deliver { to, .. } | Ev::Request { node: to, .. } | Ev::Tick { node: to }
+                if self.nodes[&to].writing.is_some() =>
+            {
+                self.nodes.get_mut(&to).expect("node").inbox.push(ev);
+            }
+            Ev::Deliver { from, to, msg } => {
+                self.receive(to, from, msg);
+                self.round(to);
+            }
+            Ev::Request { node, client, call, req } => {
+                self.take_request(node, client, call, req);
+                self.round(node);
+            }
+            Ev::Tick { node } => {
+                // A crashed node's ticks end here; its restart starts them again.
+                if self.nodes[&node].replica.is_some() {
+                    self.with_replica(node, |r| r.tick());
+                    self.round(node);
+                    self.at(self.now + 10 * MS, Ev::Tick { node });
+                }
+            }
+            Ev::WriteDone { node, epoch } => self.write_done(node, epoch),
+            Ev::Reply { client, call, node, result } => self.on_reply(client, call, node, result),
+            Ev::ClientStep { client } => self.client_step(client),
+            Ev::ClientTimeout { client, call } => {
+                if self.clients[client].waiting.as_ref().is_some_and(|(c, _)| *c == call) {
+                    self.clients[client].waiting = None;
+                    let delay = self.rng.gen_range(1..20) * MS;
+                    self.at(self.now + delay, Ev::ClientStep { client });
+                }
+            }
+            Ev::Nemesis => self.nemesis(),
+            Ev::Restart { node } => self.restart(node),
+            Ev::HealPartition => self.heal_partition(),
+        }
+    }
+
+    fn receive(&mut self, node: u64, from: u64, msg: Gossip) {
+        self.nodes.get_mut(&node).expect("node").heard.insert(from, self.now);
+        self.with_replica(node, |r| r.receive(from, msg));
+    }
+
+    /// Hands a client's request to node `node`'s replica.
+    fn take_request(&mut self, node: u64, client: usize, call: u64, req: CrdtRequest) {
+        let n = self.nodes.get_mut(&node).expect("node");
+        n.next_id += 1;
+        let id = n.next_id;
+        let target = match &req {
+            CrdtRequest::Read { key, level: ReadLevel::Converged } => {
+                let ctx = n.replica.as_ref().and_then(|r| r.get(key)).map(|o| o.ctx.clone()).unwrap_or_default();
+                // Peers heard from so lately that they stay live (heard within `live_ms`, on a
+                // clock that drifts at most 2%) for the whole wait (2 s at most): the read must
+                // wait for each of them.
+                let recent = self.now.saturating_sub(700 * MS);
+                let must = n.heard.iter().filter(|(_, &t)| t >= recent).map(|(p, _)| *p).collect();
+                Some((ctx, must))
+            }
+            _ => None,
+        };
+        n.calls.insert(id, (client, call, target));
+        let deadline = self.node_mono(node) + 2_000;
+        self.with_replica(node, |r| r.request(id, req, deadline));
+    }
+
+    fn node_mono(&self, node: u64) -> u64 {
+        let n = &self.nodes[&node];
+        let ms = self.now / MS;
+        (ms as i64 + ms as i64 * n.drift_ppm / 1_000_000).max(0) as u64
+    }
+
+    fn with_replica(&mut self, node: u64, f: impl FnOnce(&mut Replica)) {
+        let mono = self.node_mono(node);
+        let n = self.nodes.get_mut(&node).expect("node");
+        let wall = (self.now / MS) as i64 + 1_700_000_000_000 + n.skew_ms;
+        if let Some(r) = n.replica.as_mut() {
+            r.set_time(mono, wall.max(0) as u64);
+            f(r);
+        }
+    }
+
+    /// Ends a round: the write goes to the disk (taking disk time), or the outputs go at once.
+    fn round(&mut self, node: u64) {
+        let n = self.nodes.get_mut(&node).expect("node");
+        let Some(r) = n.replica.as_mut() else { return };
+        let write = r.take_write();
+        // Anything released already (nothing, unless a planted bug released it early).
+        let early: Vec<CrdtOutput> = r.drain_outputs().collect();
+        self.emit(node, early);
+        self.check_bounded(node);
+        if write.is_empty() {
+            let n = self.nodes.get_mut(&node).expect("node");
+            let r = n.replica.as_mut().expect("up");
+            r.written();
+            let outs: Vec<CrdtOutput> = r.drain_outputs().collect();
+            self.emit(node, outs);
+            return;
+        }
+        let slow = self.cfg.faults.disk && self.rng.gen_bool(0.05);
+        let lat = if slow { self.rng.gen_range(5..50) * MS } else { self.rng.gen_range(100..800) };
+        let n = self.nodes.get_mut(&node).expect("node");
+        n.writing = Some(write);
+        let epoch = n.epoch;
+        self.at(self.now + lat, Ev::WriteDone { node, epoch });
+        if self.crash_in_write.remove(&node) {
+            self.crash(node);
+            let back = self.rng.gen_range(300..3_000) * MS;
+            self.at(self.now + back, Ev::Restart { node });
+        }
+    }
+
+    fn write_done(&mut self, node: u64, epoch: u64) {
+        let n = self.nodes.get_mut(&node).expect("node");
+        if n.epoch != epoch || n.replica.is_none() {
+            return;
+        }
+        let write = n.writing.take().expect("a write in flight");
+        n.store.write(&write).expect("memory store");
+        let r = n.replica.as_mut().expect("up");
+        r.written();
+        let outs: Vec<CrdtOutput> = r.drain_outputs().collect();
+        self.emit(node, outs);
+        // What queued during the write.
+        let inbox = std::mem::take(&mut self.nodes.get_mut(&node).expect("node").inbox);
+        let mut ticked = false;
+        for ev in inbox {
+            match ev {
+                Ev::Tick { .. } if ticked => continue,
+                Ev::Tick { .. } => {
+                    ticked = true;
+                    self.with_replica(node, |r| r.tick());
+                }
+                Ev::Deliver { from, msg, .. } => self.receive(node, from, msg),
+                Ev::Request { client, call, req, .. } => self.take_request(node, client, call, req),
+                _ => unreachable!("only deliveries, requests and ticks wait"),
+            }
+        }
+        // Ticks reschedule themselves only when handled: keep the node ticking.
+        if ticked {
+            self.at(self.now + 10 * MS, Ev::Tick { node });
+        }
+        self.round(node);
+    }
+
+    fn emit(&mut self, node: u64, outs: Vec<CrdtOutput>) {
+        for out in outs {
+            match out {
+                CrdtOutput::Send { to, msg } => self.send(node, to, msg),
+                CrdtOutput::Answer { id, result } => {
+                    let Some((client, call, target)) = self.nodes.get_mut(&node).expect("node").calls.remove(&id)
+                    else {
+                        continue;
+                    };
+                    // A converged read is judged at the instant it is answered.
+                    if let (Some((t, must)), Ok(_)) = (&target, &result) {
+                        let key = match &self.clients[client].waiting {
+                            Some((c, asked)) if *c == call => Some(asked.key.clone()),
+                            _ => None,
+                        };
+                        if let Some(key) = key {
+                            self.check_converged(&key, t, node, must);
+                        }
+                    }
+                    let lat = self.rng.gen_range(100..2_000);
+                    let result = result.map_err(|e| e.to_string());
+                    self.at(self.now + lat, Ev::Reply { client, call, node, result });
+                }
+                CrdtOutput::Changed { .. } => {}
+            }
+        }
+    }
+
+    fn send(&mut self, from: u64, to: u64, msg: Gossip) {
+        if self.cut.contains(&(from.min(to), from.max(to))) || (self.loss > 0.0 && self.rng.gen_bool(self.loss)) {
+            self.report.dropped += 1;
+            return;
+        }
+        let long = self.cfg.faults.delay && !self.healing() && self.rng.gen_bool(0.02);
+        let lat = if long { self.rng.gen_range(50..1_500) * MS } else { self.rng.gen_range(200..3_000) };
+        if self.cfg.faults.duplicate && !self.healing() && self.rng.gen_bool(0.02) {
+            self.report.duplicated += 1;
+            let again = self.rng.gen_range(200..200_000);
+            self.at(self.now + again, Ev::Deliver { from, to, msg: msg.clone() });
+        }
+        self.at(self.now + lat, Ev::Deliver { from, to, msg });
+    }
+
+    /// The bounded counters' invariant on node `node`'s state, right now.
+    fn check_bounded(&mut self, node: u64) {
+        let Some(r) = self.nodes[&node].replica.as_ref() else { return };
+        let mut bad = Vec::new();
+        for key in self.keys.iter().filter(|k| k.kind == Kind::BoundedCounter) {
+            let Some(obj) = r.get(key) else { continue };
+            for reader in self.nodes.keys() {
+                if let Value::Bounded { value, rights } = obj.value(*reader) {
+                    if value < 0 || rights < 0 {
+                        bad.push(format!(
+                            "{} on node {node}: value {value}, node {reader}'s rights {rights}",
+                            key.name
+                        ));
+                    }
+                }
+            }
+        }
+        for detail in bad {
+            self.violation("crdt-bounded", detail);
+        }
+    }
+
+    fn violation(&mut self, property: &'static str, detail: String) {
+        if self.report.violations.len() < 20 {
+            self.report.violations.push(Violation { property, detail, at: self.now });
+        }
+    }
+
+    fn client_step(&mut self, c: usize) {
+        if self.healing() || self.clients[c].waiting.is_some() {
+            return;
+        }
+        let (key, node, barrier) = match self.clients[c].follow.take() {
+            Some((key, node)) => (key, node, true),
+            None => {
+                let key = self.keys[self.rng.gen_range(0..self.keys.len())].clone();
+                (key, self.rng.gen_range(1..=self.cfg.nodes as u64), false)
+            }
+        };
+        let client = &mut self.clients[c];
+        client.next_call += 1;
+        let call = client.next_call;
+        let read = barrier || self.rng.gen_bool(0.35);
+        let (req, op, level) = if read {
+            let level = match if barrier { 2 } else { self.rng.gen_range(0..3) } {
+                0 => ReadLevel::Local,
+                1 => ReadLevel::Session(self.clients[c].tokens.get(&key).cloned().unwrap_or_default()),
+                _ => ReadLevel::Converged,
+            };
+            (CrdtRequest::Read { key: key.clone(), level: level.clone() }, None, Some(level))
+        } else {
+            let op = self.draw_op(c, &key, call);
+            (CrdtRequest::Update { key: key.clone(), op: op.clone() }, Some(op), None)
+        };
+        if let Some(op) = &op {
+            self.record_try(&key, op);
+        }
+        self.clients[c].waiting = Some((call, Call { key, op, level }));
+        let lat = self.rng.gen_range(100..2_000);
+        self.at(self.now + lat, Ev::Request { node, client: c, call, req });
+        self.at(self.now + 3_000 * MS, Ev::ClientTimeout { client: c, call });
+    }
+
+    fn draw_op(&mut self, c: usize, key: &Key, call: u64) -> Op {
+        let n = self.rng.gen_range(1..5);
+        match key.kind {
+            Kind::GCounter => Op::Add(n),
+            Kind::PnCounter | Kind::BoundedCounter if self.rng.gen_bool(0.5) => Op::Add(n),
+            Kind::PnCounter | Kind::BoundedCounter => Op::Subtract(n),
+            Kind::GSet => Op::Insert(format!("c{c}-{call}")),
+            Kind::OrSet => {
+                let seen: Vec<String> = self.clients[c].own_inserts.get(key).into_iter().flatten().cloned().collect();
+                if !seen.is_empty() && self.rng.gen_bool(0.3) {
+                    Op::Remove(seen[self.rng.gen_range(0..seen.len())].clone())
+                } else {
+                    Op::Insert(format!("c{c}-{call}"))
+                }
+            }
+            Kind::LwwRegister | Kind::MvRegister => Op::Write(Some(format!("c{c}-{call}").into_bytes())),
+        }
+    }
+
+    fn record_try(&mut self, key: &Key, op: &Op) {
+        let t = &mut self.truth;
+        match op {
+            Op::Add(n) => *t.tried_add.entry(key.clone()).or_default() += *n as i128,
+            Op::Subtract(n) => *t.tried_sub.entry(key.clone()).or_default() += *n as i128,
+            Op::Insert(e) => {
+                t.tried_insert.entry(key.clone()).or_default().insert(e.clone());
+            }
+            Op::Remove(e) => {
+                t.tried_remove.entry(key.clone()).or_default().insert(e.clone());
+            }
+            _ => {}
+        }
+    }
+
+    fn on_reply(&mut self, c: usize, call: u64, node: u64, result: Result<CrdtReply, String>) {
+        let Some((waiting, _)) = &self.clients[c].waiting else { return };
+        if *waiting != call {
+            return;
+        }
+        let (_, asked) = self.clients[c].waiting.take().expect("waiting");
+        let Ok(reply) = result else {
+            let next = self.rng.gen_range(1..30) * MS;
+            self.at(self.now + next, Ev::ClientStep { client: c });
+            return;
+        };
+        // A barrier read follows its write at once; other steps after a pause.
+        let next = if reply.token.is_empty() { self.rng.gen_range(1..30) * MS } else { self.rng.gen_range(0..3) * MS };
+        self.at(self.now + next.max(1), Ev::ClientStep { client: c });
+        let key = asked.key.clone();
+        self.clients[c].tokens.entry(key.clone()).or_default().join(&reply.token);
+        if let Some(op) = &asked.op {
+            self.report.acked_updates += 1;
+            if self.rng.gen_bool(0.2) {
+                self.clients[c].follow = Some((key.clone(), node));
+            }
+            let t = &mut self.truth;
+            let cl = &mut self.clients[c];
+            match op {
+                Op::Add(n) => {
+                    *t.acked_add.entry(key.clone()).or_default() += *n as i128;
+                    *cl.own_adds.entry(key.clone()).or_default() += *n as i128;
+                }
+                Op::Subtract(n) => *t.acked_sub.entry(key.clone()).or_default() += *n as i128,
+                Op::Insert(e) => {
+                    t.acked_insert.entry(key.clone()).or_default().insert(e.clone());
+                    cl.own_inserts.entry(key.clone()).or_default().insert(e.clone());
+                }
+                _ => {}
+            }
+            return;
+        }
+        match asked.level {
+            Some(ReadLevel::Local) => self.report.reads[0] += 1,
+            Some(ReadLevel::Session(_)) => {
+                self.report.reads[1] += 1;
+                self.check_session(c, &key, &reply.value, node);
+            }
+            Some(ReadLevel::Converged) => self.report.reads[2] += 1,
+            None => {}
+        }
+    }
+
+    /// Read-your-writes and monotonic reads for one client's session read.
+    fn check_session(&mut self, c: usize, key: &Key, value: &Value, node: u64) {
+        let client = &self.clients[c];
+        let removed = self.truth.tried_remove.get(key).cloned().unwrap_or_default();
+        let mut problems = Vec::new();
+        match (key.kind, value) {
+            (Kind::GCounter, Value::Counter(v)) => {
+                let own = client.own_adds.get(key).copied().unwrap_or(0);
+                if *v < own {
+                    problems.push(format!("{} read {v} on node {node}, below the session's own adds {own}", key.name));
+                }
+            }
+            (Kind::GSet | Kind::OrSet, Value::Members(m)) => {
+                let m: BTreeSet<&String> = m.iter().collect();
+                for e in client.own_inserts.get(key).into_iter().flatten() {
+                    if !m.contains(e) && !removed.contains(e) {
+                        problems.push(format!("{} on node {node} lacks the session's own insert {e}", key.name));
+                    }
+                }
+            }
+            _ => {}
+        }
+        if let Some(prev) = client.last_session.get(key) {
+            let backwards = match (prev, value) {
+                (Value::Counter(a), Value::Counter(b)) if key.kind == Kind::GCounter => b < a,
+                (Value::Members(a), Value::Members(b)) if key.kind == Kind::GSet => !a.iter().all(|e| b.contains(e)),
+                _ => false,
+            };
+            if backwards {
+                problems.push(format!("{} read {value:?} on node {node} after the session read {prev:?}", key.name));
+            }
+        }
+        self.clients[c].last_session.insert(key.clone(), value.clone());
+        for p in problems {
+            self.violation("crdt-session", p);
+        }
+    }
+
+    /// Every peer the read had to wait for (`must`) that is up holds the updates `reader` had
+    /// when the read arrived (`target`).
+    fn check_converged(&mut self, key: &Key, target: &Context, reader: u64, must: &[u64]) {
+        let lacking: Vec<u64> = must
+            .iter()
+            .copied()
+            .filter(|p| {
+                let Some(r) = self.nodes[p].replica.as_ref() else { return false };
+                !r.get(key).map(|o| o.ctx.covers(target)).unwrap_or(target.is_empty())
+            })
+            .collect();
+        if !lacking.is_empty() {
+            let detail = format!(
+                "a converged read of {} on node {reader} answered while nodes {lacking:?} lacked its updates",
+                key.name
+            );
+            self.violation("crdt-converged-read", detail);
+        }
+    }
+
+    fn nemesis(&mut self) {
+        if self.healing() {
+            // Lift everything: restart crashed nodes, heal partitions, stop losing messages.
+            self.set_loss(0.0);
+            self.crash_in_write.clear();
+            self.heal_partition();
+            let down: Vec<u64> = self.nodes.iter().filter(|(_, n)| n.replica.is_none()).map(|(id, _)| *id).collect();
+            for id in down {
+                self.restart(id);
+            }
+            return;
+        }
+        let f = self.cfg.faults;
+        let mut choices = Vec::new();
+        if f.crash {
+            choices.push(0);
+        }
+        if f.partition {
+            choices.push(1);
+        }
+        if f.loss {
+            choices.push(2);
+        }
+        if !choices.is_empty() {
+            match choices[self.rng.gen_range(0..choices.len())] {
+                0 => {
+                    let id = self.rng.gen_range(1..=self.cfg.nodes as u64);
+                    if self.rng.gen_bool(0.5) {
+                        // With its next write in flight (which is then lost).
+                        self.crash_in_write.insert(id);
+                    } else {
+                        self.crash(id);
+                        let back = self.rng.gen_range(300..3_000) * MS;
+                        self.at(self.now + back, Ev::Restart { node: id });
+                    }
+                }
+                1 => {
+                    let id = self.rng.gen_range(1..=self.cfg.nodes as u64);
+                    for other in 1..=self.cfg.nodes as u64 {
+                        if other != id {
+                            self.cut.insert((id.min(other), id.max(other)));
+                        }
+                    }
+                    let heal = self.rng.gen_range(500..4_000) * MS;
+                    self.at(self.now + heal, Ev::HealPartition);
+                }
+                _ => {
+                    let p = if self.loss > 0.0 { 0.0 } else { self.rng.gen_range(0.05..0.5) };
+                    self.set_loss(p);
+                }
+            }
+        }
+        let next = self.rng.gen_range(300..1_500) * MS;
+        let when = (self.now + next).min(self.cfg.fault_ms * MS);
+        self.at(when.max(self.now + 1), Ev::Nemesis);
+    }
+
+    fn set_loss(&mut self, p: f64) {
+        self.loss = p;
+    }
+
+    fn heal_partition(&mut self) {
+        self.cut.clear();
+    }
+
+    fn crash(&mut self, id: u64) {
+        let n = self.nodes.get_mut(&id).expect("node");
+        if n.replica.is_none() {
+            return;
+        }
+        n.replica = None;
+        n.writing = None;
+        n.inbox.clear();
+        n.calls.clear();
+        n.epoch += 1;
+        self.report.crashes += 1;
+    }
+
+    fn restart(&mut self, id: u64) {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        let n = self.nodes.get_mut(&id).expect("node");
+        if n.replica.is_some() {
+            return;
+        }
+        let states = n.store.load().expect("memory store");
+        let mut r = Replica::new(ReplicaConfig::new(id), ids, states);
+        r.set_bugs(self.cfg.bugs);
+        n.replica = Some(r);
+        n.heard.clear();
+        self.at(self.now + MS, Ev::Tick { node: id });
+    }
+
+    /// After the heal phase: convergence, and no acknowledged update lost.
+    fn check_end(&mut self) {
+        let down: Vec<u64> = self.nodes.iter().filter(|(_, n)| n.replica.is_none()).map(|(id, _)| *id).collect();
+        if !down.is_empty() {
+            self.violation("crdt-convergence", format!("nodes {down:?} were still down at the end"));
+            return;
+        }
+        let keys = self.keys.clone();
+        for key in &keys {
+            let states: Vec<(u64, Option<baton_core::crdt::Object>)> =
+                self.nodes.iter().map(|(id, n)| (*id, n.replica.as_ref().and_then(|r| r.get(key)).cloned())).collect();
+            let first = &states[0].1;
+            for (id, s) in &states[1..] {
+                if s != first {
+                    let detail =
+                        format!("{} differs between node {} and node {id} after the heal phase", key.name, states[0].0);
+                    self.violation("crdt-convergence", detail);
+                }
+            }
+            let Some(obj) = first else { continue };
+            self.check_durable(key, &obj.value(1));
+        }
+    }
+
+    fn check_durable(&mut self, key: &Key, value: &Value) {
+        let t = &self.truth;
+        let get = |m: &BTreeMap<Key, i128>| m.get(key).copied().unwrap_or(0);
+        let mut problems = Vec::new();
+        match value {
+            Value::Counter(v) | Value::Bounded { value: v, .. } => {
+                let low = get(&t.acked_add) - get(&t.tried_sub);
+                let high = get(&t.tried_add) - get(&t.acked_sub);
+                if *v < low || *v > high {
+                    problems.push(format!(
+                        "{} ends at {v}, outside [{low}, {high}] (acknowledged adds less every subtraction tried, and the converse)",
+                        key.name
+                    ));
+                }
+            }
+            Value::Members(m) => {
+                let m: BTreeSet<&String> = m.iter().collect();
+                let removed = t.tried_remove.get(key).cloned().unwrap_or_default();
+                for e in t.acked_insert.get(key).into_iter().flatten() {
+                    if !m.contains(e) && !removed.contains(e) {
+                        problems.push(format!("{} lost the acknowledged insert {e}", key.name));
+                    }
+                }
+                let tried = t.tried_insert.get(key).cloned().unwrap_or_default();
+                for e in m {
+                    if !tried.contains(e) {
+                        problems.push(format!("{} holds {e}, never inserted", key.name));
+                    }
+                }
+            }
+            _ => {}
+        }
+        for p in problems {
+            self.violation("crdt-durability", p);
+        }
+    }
+}

@@ -92,11 +92,12 @@ impl Crdt {
 
     async fn call(&self, kind: Kind, name: &str, op: pb::crdt_request::Op, plan: Op) -> Result<CrdtValue> {
         let key = (kind, name.to_string());
+        // Session reads wait for the token; updates apply after it (a session's updates follow
+        // everything it has seen, its own earlier updates included). Local and converged reads
+        // do not need it.
         let token = match op {
-            pb::crdt_request::Op::Read(l) if l == pb::CrdtReadLevel::Session as i32 => {
-                self.tokens.lock().expect("tokens lock").get(&key).map(Context::to_bytes).unwrap_or_default()
-            }
-            _ => Vec::new(),
+            pb::crdt_request::Op::Read(l) if l != pb::CrdtReadLevel::Session as i32 => Vec::new(),
+            _ => self.tokens.lock().expect("tokens lock").get(&key).map(Context::to_bytes).unwrap_or_default(),
         };
         let req = pb::CrdtRequest {
             kind: pb_kind(kind) as i32,

@@ -24,8 +24,12 @@ impl Hlc {
     pub fn next(self, wall_ms: u64) -> Hlc {
         if wall_ms > self.physical_ms {
             Hlc { physical_ms: wall_ms, logical: 0 }
+        } else if self.logical == u32::MAX {
+            // The logical part is spent: carry into the physical part, so the next timestamp
+            // is still strictly greater (never equal: equal stamps would order nothing).
+            Hlc { physical_ms: self.physical_ms.saturating_add(1), logical: 0 }
         } else {
-            Hlc { physical_ms: self.physical_ms, logical: self.logical.saturating_add(1) }
+            Hlc { physical_ms: self.physical_ms, logical: self.logical + 1 }
         }
     }
 }

@@ -102,7 +102,12 @@ fn key(kind: Kind, name: &str) -> Key {
 }
 
 fn update(key: &Key, op: Op) -> CrdtRequest {
-    CrdtRequest::Update { key: key.clone(), op }
+    CrdtRequest::Update { key: key.clone(), op, after: Context::new() }
+}
+
+/// An update made after everything in `token` (as a session makes it).
+fn update_after(key: &Key, op: Op, token: &Context) -> CrdtRequest {
+    CrdtRequest::Update { key: key.clone(), op, after: token.clone() }
 }
 
 #[test]
@@ -213,4 +218,75 @@ fn nothing_leaves_before_the_write_and_a_restart_keeps_every_acknowledged_update
     again.request(2, update(&k, Op::Insert("y".into())), 1_000);
     let dots = again.get(&k).unwrap().ctx.dots();
     assert_eq!(dots.len(), 2, "{dots:?}");
+}
+
+#[test]
+fn anti_entropy_pages_past_the_first_keys_of_a_bucket() {
+    // More objects in one bucket than one exchange lists, all equal but one difference at the end.
+    let mut net = Net::new(2);
+    let target = key(Kind::OrSet, "zz-target");
+    let bucket = baton_node::crdt::gossip::bucket_of(&target);
+    let fillers: Vec<Key> = (0..)
+        .map(|i| key(Kind::GCounter, &format!("f{i}")))
+        .filter(|k| baton_node::crdt::gossip::bucket_of(k) == bucket)
+        .take(baton_node::crdt::gossip::MAX_KEYS_PER_EXCHANGE + 50)
+        .collect();
+    for f in &fillers {
+        net.request(1, update(f, Op::Add(1)));
+    }
+    net.settle(20);
+    net.cut = vec![2];
+    net.request(1, update(&target, Op::Insert("x".into())));
+    net.settle(20);
+    net.cut.clear();
+    net.settle(4_000);
+    assert_eq!(net.value(2, &target), Value::Members(vec!["x".into()]));
+}
+
+#[test]
+fn a_sessions_update_follows_what_it_has_seen() {
+    // OR-set: insert on node 1 (node 2 misses it), then the same session removes on node 2: the
+    // remove waits for the insert, so the element ends removed, not resurrected.
+    let mut net = Net::new(2);
+    let s = key(Kind::OrSet, "tasks");
+    net.cut = vec![2];
+    let ins = net.request(1, update(&s, Op::Insert("e".into())));
+    let token = net.answers.remove(&ins).unwrap().unwrap().token;
+    net.cut.clear();
+    let rm = net.request(2, update_after(&s, Op::Remove("e".into()), &token));
+    assert!(!net.answers.contains_key(&rm), "the remove applied before the insert it follows");
+    net.settle(1_200);
+    assert!(net.answers.remove(&rm).unwrap().is_ok());
+    for node in 1..=2 {
+        assert_eq!(net.value(node, &s), Value::Members(vec![]), "node {node}");
+    }
+
+    // LWW: two writes of one session in the same millisecond on two nodes: the later wins.
+    let r = key(Kind::LwwRegister, "mode");
+    let w1 = net.request(2, update(&r, Op::Write(Some(b"first".to_vec()))));
+    let token = net.answers.remove(&w1).unwrap().unwrap().token;
+    net.request(1, update_after(&r, Op::Write(Some(b"second".to_vec())), &token));
+    net.settle(1_200);
+    for node in 1..=2 {
+        assert!(
+            matches!(net.value(node, &r), Value::Register { value: Some(ref v), .. } if v == b"second"),
+            "node {node}"
+        );
+    }
+}
+
+#[test]
+fn malformed_states_from_a_peer_are_refused() {
+    let mut r = Replica::new(ReplicaConfig::new(1), [1, 2], vec![]);
+    r.set_time(1, 1);
+    let k = key(Kind::OrSet, "s");
+    // An element whose dot its context does not hold.
+    let mut other = Kind::OrSet.empty();
+    other.update("s", 2, Op::Insert("x".into()), Default::default()).unwrap();
+    let mut forged = other.clone();
+    forged.ctx = Context::new();
+    r.receive(2, Gossip::States(vec![(k.clone(), forged)]));
+    assert!(r.get(&k).is_none(), "a malformed state was joined");
+    r.receive(2, Gossip::States(vec![(k.clone(), other)]));
+    assert_eq!(r.get(&k).unwrap().value(1), Value::Members(vec!["x".into()]));
 }

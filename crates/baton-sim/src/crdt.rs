@@ -548,7 +548,9 @@ impl World {
             (CrdtRequest::Read { key: key.clone(), level: level.clone() }, None, Some(level))
         } else {
             let op = self.draw_op(c, &key, call);
-            (CrdtRequest::Update { key: key.clone(), op: op.clone() }, Some(op), None)
+            // Updates carry the session's token, as the client sends it.
+            let after = self.clients[c].tokens.get(&key).cloned().unwrap_or_default();
+            (CrdtRequest::Update { key: key.clone(), op: op.clone(), after }, Some(op), None)
         };
         if let Some(op) = &op {
             self.record_try(&key, op);

@@ -76,7 +76,7 @@ impl Context {
 
     /// Adds every dot of `other`.
     pub fn join(&mut self, other: &Context) {
-        for (&r, &n) in &other.vv {
+        for (&r, &n) in other.vv.iter().filter(|(_, &n)| n > 0) {
             let top = self.vv.entry(r).or_insert(0);
             *top = (*top).max(n);
         }
@@ -134,6 +134,21 @@ impl Context {
     /// True if the set is empty.
     pub fn is_empty(&self) -> bool {
         self.vv.values().all(|&n| n == 0) && self.cloud.is_empty()
+    }
+
+    /// True if the set is in the compact form every context made here has: no empty version
+    /// vector entry, no cloud dot that the version vector holds or that continues it, every
+    /// sequence number below 2^62. Two canonical contexts are equal exactly when their dots
+    /// are; a context from outside (a peer, a token) is checked with this first.
+    pub fn is_canonical(&self) -> bool {
+        const MAX_SEQ: u64 = 1 << 62;
+        self.vv.values().all(|&n| n > 0 && n < MAX_SEQ)
+            && self.cloud.iter().all(|d| d.seq < MAX_SEQ && d.seq > self.vv.get(&d.replica).copied().unwrap_or(0) + 1)
+    }
+
+    /// The highest dot of `replica` in the set (0: none).
+    pub fn top(&self, replica: ReplicaId) -> u64 {
+        self.next(replica).seq - 1
     }
 
     /// The context as bytes (a session token on the wire).

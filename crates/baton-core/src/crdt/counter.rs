@@ -138,6 +138,11 @@ impl Bounded {
         Ok(())
     }
 
+    /// True if a transfer goes from a replica to itself (never made here: a malformed state).
+    pub fn has_self_transfer(&self) -> bool {
+        self.transfers.keys().any(|(from, to)| from == to)
+    }
+
     /// Joins another state.
     pub fn join(&mut self, other: &Bounded) {
         self.counts.join(&other.counts);

@@ -374,6 +374,23 @@ impl Object {
         Ok(())
     }
 
+    /// Checks a state that came from outside (a peer) before it is joined: its context is
+    /// canonical, every entry of a dot kernel has its dot in the context, and no bounded-counter
+    /// transfer goes from a replica to itself.
+    pub fn check_foreign(&self) -> Result<(), CrdtError> {
+        let bad = |what: &str| Err(CrdtError::Invalid(format!("malformed CRDT state: {what}")));
+        if !self.ctx.is_canonical() {
+            return bad("its context is not in canonical form");
+        }
+        let in_ctx = |dots: Vec<Dot>| dots.iter().all(|d| self.ctx.contains(*d));
+        match &self.body {
+            Body::OrSet(k) if !in_ctx(k.dots_where(|_| true)) => bad("an element's dot is not in its context"),
+            Body::Mv(k) if !in_ctx(k.dots_where(|_| true)) => bad("a value's dot is not in its context"),
+            Body::Bounded(b) if b.has_self_transfer() => bad("a transfer of rights to the giver itself"),
+            _ => Ok(()),
+        }
+    }
+
     /// The latest LWW stamp in the state, if any (a replica's HLC must stay above every stamp it
     /// has seen).
     pub fn max_stamp(&self) -> Option<Hlc> {

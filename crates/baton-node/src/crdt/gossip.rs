@@ -8,9 +8,9 @@
 //! - **Anti-entropy** runs every `anti_entropy_ms` with every peer: `Digest` (one hash per
 //!   bucket of 256; a bucket is a range of slots, and its hash is the XOR of its objects' hashes,
 //!   so it is kept up to date per change) → `Diff` (the responder's key hashes in the buckets
-//!   that differ) → `States` with what the responder lacks and `Pull` of what the initiator
-//!   lacks → `States`. Each step is bounded ([`MAX_KEYS_PER_EXCHANGE`],
-//!   [`MAX_STATE_BYTES_PER_MESSAGE`]); whatever did not fit goes in the next exchange.
+//!   that differ, one page of them) → `States` with what the responder lacks and `Pull` of what
+//!   the initiator lacks → `States`. Each step is bounded ([`MAX_KEYS_PER_EXCHANGE`],
+//!   [`MAX_STATE_BYTES_PER_MESSAGE`]); the next exchange with the same peer takes the next page.
 //! - **Probe** / **ProbeReply**: a converged read asks each live peer for its context of the
 //!   object.
 //! - **WantRights**: a replica short of a bounded counter's rights asks peers to transfer some.
@@ -29,6 +29,9 @@ pub const MAX_KEYS_PER_EXCHANGE: usize = 4096;
 /// Most bytes of states in one message (more go in later messages or exchanges).
 pub const MAX_STATE_BYTES_PER_MESSAGE: usize = 4 << 20;
 
+/// A place in the (bucket, key) order anti-entropy pages through.
+pub type Position = (u16, Key);
+
 /// A message between replicas (bincode on the peer stream's CRDT channel).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Gossip {
@@ -37,8 +40,9 @@ pub enum Gossip {
     /// The sender's hash of each bucket ([`BUCKETS`] of them).
     Digest(Vec<u64>),
     /// The answer to a digest: the buckets that differ, and the responder's hash of every key
-    /// it holds in them.
-    Diff { buckets: Vec<u16>, hashes: Vec<(Key, u64)> },
+    /// it holds in them after `after` up to `to` (inclusive; `None`: from the start, to the
+    /// end), in (bucket, key) order: one page of at most [`MAX_KEYS_PER_EXCHANGE`].
+    Diff { buckets: Vec<u16>, hashes: Vec<(Key, u64)>, after: Option<Position>, to: Option<Position> },
     /// Whole states to join.
     States(Vec<(Key, Object)>),
     /// Please send these whole states.

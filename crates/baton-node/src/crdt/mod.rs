@@ -52,7 +52,10 @@ pub use gossip::Gossip;
 pub use store::{CrdtStore, EngineCrdtStore, MemCrdtStore};
 
 use crate::{NodeId, RequestId};
-use gossip::{bucket_of, encode_state, hash_of, BUCKETS, MAX_KEYS_PER_EXCHANGE, MAX_STATE_BYTES_PER_MESSAGE};
+use gossip::{bucket_of, encode_state, hash_of, Position, BUCKETS, MAX_KEYS_PER_EXCHANGE, MAX_STATE_BYTES_PER_MESSAGE};
+
+/// A replica gives one asker rights on one counter at most once per this many retry periods.
+const GIVE_MEMORY_RETRIES: u64 = 4;
 
 /// How fresh a read must be (see the module docs).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,8 +71,9 @@ pub enum ReadLevel {
 /// A client's request to the tier.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CrdtRequest {
-    /// Apply an update here.
-    Update { key: Key, op: Op },
+    /// Apply an update here, once this replica has every update of `after` (the session's
+    /// token: a session's updates apply after everything it has seen, its own included).
+    Update { key: Key, op: Op, after: Context },
     /// Read at a level.
     Read { key: Key, level: ReadLevel },
 }
@@ -148,6 +152,8 @@ struct Held {
 enum WaitFor {
     /// The local context must cover the token.
     Token(Context),
+    /// The local context must cover the token; then the update applies.
+    UpdateAfter(Context, Op),
     /// Every peer in the map must report a context covering the target (true: it did).
     Converged { target: Context, peers: BTreeMap<NodeId, bool>, probe: u64 },
     /// A bounded counter subtraction short of rights.
@@ -182,6 +188,12 @@ pub struct Replica {
     out: Vec<CrdtOutput>,
     waits: Vec<Wait>,
     heard: BTreeMap<NodeId, u64>,
+    /// Every key, per digest bucket (anti-entropy pages through them).
+    bucket_keys: Vec<BTreeSet<Key>>,
+    /// Where the next anti-entropy page for each peer starts.
+    ae_cursor: BTreeMap<NodeId, Position>,
+    /// Rights given lately, by (asker, counter): when.
+    given: BTreeMap<(NodeId, Key), u64>,
     /// The first clock reading: until `live_ms` after it, a peer not heard from yet counts as
     /// live (a node that just started has heard from nobody; its converged reads must wait).
     started_ms: Option<u64>,
@@ -207,6 +219,9 @@ impl Replica {
             out: Vec::new(),
             waits: Vec::new(),
             heard: BTreeMap::new(),
+            given: BTreeMap::new(),
+            bucket_keys: vec![BTreeSet::new(); BUCKETS],
+            ae_cursor: BTreeMap::new(),
             started_ms: None,
             next_anti_entropy_ms: 0,
             next_probe: 0,
@@ -220,6 +235,7 @@ impl Replica {
             }
             let hash = hash_of(&key, &encode_state(&obj));
             r.buckets[bucket_of(&key)] ^= hash;
+            r.bucket_keys[bucket_of(&key)].insert(key.clone());
             r.objects.insert(key, Held { obj, hash });
         }
         r
@@ -285,7 +301,15 @@ impl Replica {
     /// A client request, due by `deadline_ms` on the monotonic clock.
     pub fn request(&mut self, id: RequestId, req: CrdtRequest, deadline_ms: u64) {
         match req {
-            CrdtRequest::Update { key, op } => self.update(id, key, op, deadline_ms),
+            CrdtRequest::Update { key, op, after } => {
+                if self.has(&key, &after) {
+                    self.update(id, key, op, deadline_ms);
+                } else {
+                    self.pull(&key);
+                    let next_try_ms = self.now_ms + self.cfg.retry_ms;
+                    self.wait(Wait { id, key, what: WaitFor::UpdateAfter(after, op), deadline_ms, next_try_ms });
+                }
+            }
             CrdtRequest::Read { key, level } => self.read(id, key, level, deadline_ms),
         }
     }
@@ -325,7 +349,9 @@ impl Replica {
                 self.cfg.max_objects
             )));
         }
-        self.hlc = self.hlc.next(self.wall_ms);
+        if key.kind == Kind::LwwRegister {
+            self.hlc = self.hlc.next(self.wall_ms);
+        }
         let held = self.objects.entry(key.clone()).or_insert_with(|| Held { obj: key.kind.empty(), hash: 0 });
         if let (true, Op::Subtract(n), baton_core::crdt::Body::Bounded(b)) =
             (self.bugs.crdt_bounded_spends_value, &op, &mut held.obj.body)
@@ -451,7 +477,7 @@ impl Replica {
                 }
             }
             Gossip::Digest(theirs) => self.on_digest(from, &theirs),
-            Gossip::Diff { buckets, hashes } => self.on_diff(from, &buckets, hashes),
+            Gossip::Diff { buckets, hashes, after, to } => self.on_diff(from, &buckets, hashes, after, to),
             Gossip::Pull(keys) => {
                 let keys: Vec<Key> = keys.into_iter().take(MAX_KEYS_PER_EXCHANGE).collect();
                 self.send_states(from, keys.iter());
@@ -471,7 +497,6 @@ impl Replica {
             Gossip::ProbeReply { id, contexts } => self.on_probe_reply(from, id, contexts),
             Gossip::WantRights { key, n } => self.give_rights(from, key, n),
         }
-        self.recheck();
     }
 
     /// Joins a peer's state of `key`.
@@ -479,6 +504,17 @@ impl Replica {
         if key.kind != state.kind() {
             tracing::warn!(key = ?key, kind = state.kind().label(), "CRDT state of the wrong kind from a peer: ignored");
             return;
+        }
+        if let Err(e) = state.check_foreign() {
+            tracing::warn!(key = ?key, "CRDT state from a peer refused: {e}");
+            return;
+        }
+        let own_top = self.objects.get(&key).map_or(0, |h| h.obj.ctx.top(self.cfg.id));
+        if state.ctx.top(self.cfg.id) > own_top {
+            // Only this node makes its dots, and none leaves it before it is durable: a peer
+            // holding more of them means this node's CRDT data was lost (joined now, so that its
+            // next dots come after them).
+            tracing::warn!(key = ?key, "a peer holds updates this node made that its own store lacks: was the CRDT data folder lost?");
         }
         if let Some(h) = state.max_stamp() {
             // The HLC's receive rule: later local writes order after what this node has seen.
@@ -526,26 +562,64 @@ impl Replica {
         self.settle();
         let buckets: Vec<u16> = (0..BUCKETS).filter(|&b| self.buckets[b] != theirs[b]).map(|b| b as u16).collect();
         if buckets.is_empty() {
+            self.ae_cursor.remove(&from);
             return;
         }
-        let hashes = self.hashes_in(&buckets);
-        self.held.push(CrdtOutput::Send { to: from, msg: Gossip::Diff { buckets, hashes } });
+        // Page through the differing buckets: each exchange lists the keys after the last
+        // one the previous exchange with this peer listed, so that a difference beyond the
+        // first page is reached too.
+        let after = self.ae_cursor.get(&from).cloned();
+        let (hashes, to) = self.page(&buckets, after.as_ref());
+        match &to {
+            Some(last) => self.ae_cursor.insert(from, last.clone()),
+            None => self.ae_cursor.remove(&from),
+        };
+        self.held.push(CrdtOutput::Send { to: from, msg: Gossip::Diff { buckets, hashes, after, to } });
     }
 
-    fn hashes_in(&self, buckets: &[u16]) -> Vec<(Key, u64)> {
-        let set: BTreeSet<usize> = buckets.iter().map(|&b| b as usize).collect();
-        self.objects
-            .iter()
-            .filter(|(k, _)| set.contains(&bucket_of(k)))
-            .take(MAX_KEYS_PER_EXCHANGE)
-            .map(|(k, h)| (k.clone(), h.hash))
-            .collect()
+    /// The keys (with their hashes) in `buckets` after `after`, in (bucket, key) order, up to
+    /// [`MAX_KEYS_PER_EXCHANGE`]; and the last one if the page is full (`None`: to the end).
+    fn page(&self, buckets: &[u16], after: Option<&Position>) -> (Vec<(Key, u64)>, Option<Position>) {
+        let mut out = Vec::new();
+        for &b in buckets {
+            if after.is_some_and(|(ab, _)| b < *ab) {
+                continue;
+            }
+            for k in &self.bucket_keys[b as usize] {
+                if after.is_some_and(|(ab, ak)| b == *ab && k <= ak) {
+                    continue;
+                }
+                if out.len() == MAX_KEYS_PER_EXCHANGE {
+                    let last: &Key = &out.last().map(|(k, _): &(Key, u64)| k.clone()).expect("a full page");
+                    return (out, Some((bucket_of(last) as u16, last.clone())));
+                }
+                out.push((k.clone(), self.objects[k].hash));
+            }
+        }
+        (out, None)
     }
 
-    fn on_diff(&mut self, from: NodeId, buckets: &[u16], theirs: Vec<(Key, u64)>) {
+    fn on_diff(
+        &mut self,
+        from: NodeId,
+        buckets: &[u16],
+        theirs: Vec<(Key, u64)>,
+        after: Option<Position>,
+        to: Option<Position>,
+    ) {
         self.settle();
         let theirs: BTreeMap<Key, u64> = theirs.into_iter().collect();
-        let ours = self.hashes_in(buckets);
+        // Ours in the same range of the same buckets (all of them: only what is sent is bounded).
+        let in_range = |b: u16, k: &Key| {
+            after.as_ref().is_none_or(|(ab, ak)| (b, k) > (*ab, ak))
+                && to.as_ref().is_none_or(|(tb, tk)| (b, k) <= (*tb, tk))
+        };
+        let mut ours: BTreeMap<Key, u64> = BTreeMap::new();
+        for &b in buckets.iter().filter(|&&b| (b as usize) < BUCKETS) {
+            for k in self.bucket_keys[b as usize].iter().filter(|k| in_range(b, k)) {
+                ours.insert(k.clone(), self.objects[k].hash);
+            }
+        }
         // States they lack or hold differently go to them; what they hold differently or we
         // lack we pull (joining both ways makes both equal).
         let push: Vec<Key> = ours
@@ -554,7 +628,6 @@ impl Replica {
             .map(|(k, _)| k.clone())
             .take(MAX_KEYS_PER_EXCHANGE)
             .collect();
-        let ours: BTreeMap<Key, u64> = ours.into_iter().collect();
         let pull: Vec<Key> = theirs
             .iter()
             .filter(|(k, h)| ours.get(k) != Some(h))
@@ -625,20 +698,29 @@ impl Replica {
         }
     }
 
-    /// Re-examines waiting requests: answers those whose condition holds.
+    /// Re-examines waiting requests: answers those whose condition holds (once per round and
+    /// per tick, not per message: its cost grows with the waits).
     fn recheck(&mut self) {
+        if self.waits.is_empty() {
+            return;
+        }
+        let live: BTreeSet<NodeId> = self.live_peers().into_iter().collect();
         let waits = std::mem::take(&mut self.waits);
         let mut keep = Vec::with_capacity(waits.len());
         for w in waits {
             let done = match &w.what {
                 WaitFor::Token(token) => self.has(&w.key, token),
+                WaitFor::UpdateAfter(token, op) => {
+                    if self.has(&w.key, token) {
+                        self.update(w.id, w.key.clone(), op.clone(), w.deadline_ms);
+                        continue;
+                    }
+                    false
+                }
                 WaitFor::Converged { peers, .. } if self.bugs.crdt_converged_answers_early => {
                     peers.values().any(|h| *h)
                 }
-                WaitFor::Converged { peers, .. } => {
-                    let live: BTreeSet<NodeId> = self.live_peers().into_iter().collect();
-                    peers.iter().all(|(p, has)| *has || !live.contains(p))
-                }
+                WaitFor::Converged { peers, .. } => peers.iter().all(|(p, has)| *has || !live.contains(p)),
                 WaitFor::Rights(n) => match self.try_update(&w.key, Op::Subtract(*n)) {
                     Ok(()) => true,
                     Err(CrdtFailure::Refused(CrdtError::NotEnoughRights { .. })) => false,
@@ -659,6 +741,14 @@ impl Replica {
         self.waits = keep;
     }
 
+    /// This replica's rights on a bounded counter (0 if it has none, or it is no such counter).
+    fn rights(&self, key: &Key) -> i128 {
+        match self.objects.get(key).map(|h| h.obj.value(self.cfg.id)) {
+            Some(Value::Bounded { rights, .. }) => rights,
+            _ => 0,
+        }
+    }
+
     /// Time passed: anti-entropy when due, retries and deadlines of waiting requests.
     pub fn tick(&mut self) {
         if self.now_ms >= self.next_anti_entropy_ms {
@@ -667,60 +757,78 @@ impl Replica {
             for &p in &self.peers {
                 self.held.push(CrdtOutput::Send { to: p, msg: Gossip::Digest(self.buckets.clone()) });
             }
+            let forget = self.now_ms.saturating_sub(GIVE_MEMORY_RETRIES * self.cfg.retry_ms);
+            self.given.retain(|_, t| *t >= forget);
         }
         self.recheck();
         let now = self.now_ms;
         let mut waits = std::mem::take(&mut self.waits);
-        waits.retain_mut(|w| {
-            if now >= w.deadline_ms {
-                let why = match &w.what {
-                    WaitFor::Token(t) => {
-                        let have = self.objects.get(&w.key).map(|h| h.obj.ctx.clone()).unwrap_or_default();
-                        let missing = have.missing(t, 3);
-                        format!(
-                            "this node has not received every update the session has seen yet (missing {missing:?})"
-                        )
-                    }
-                    WaitFor::Converged { peers, .. } => {
-                        let lacking: Vec<_> = peers.iter().filter(|(_, h)| !**h).map(|(p, _)| *p).collect();
-                        format!("not converged before the deadline: nodes {lacking:?} have not reported every update")
-                    }
-                    WaitFor::Rights(n) => {
-                        let have = match self.objects.get(&w.key).map(|h| h.obj.value(self.cfg.id)) {
-                            Some(Value::Bounded { rights, .. }) => rights,
-                            _ => 0,
-                        };
-                        let e = CrdtError::NotEnoughRights { name: w.key.name.clone(), have, wanted: *n };
-                        self.held.push(CrdtOutput::Answer { id: w.id, result: Err(e.into()) });
-                        return false;
-                    }
-                };
-                self.held.push(CrdtOutput::Answer { id: w.id, result: Err(CrdtFailure::Timeout(why)) });
-                return false;
+        waits.retain(|w| {
+            if now < w.deadline_ms {
+                return true;
             }
-            true
+            let failure = match &w.what {
+                WaitFor::Token(t) | WaitFor::UpdateAfter(t, _) => {
+                    let have = self.objects.get(&w.key).map(|h| h.obj.ctx.clone()).unwrap_or_default();
+                    let missing = have.missing(t, 3);
+                    CrdtFailure::Timeout(format!(
+                        "this node has not received every update the session has seen yet (missing {missing:?}); \
+                         nothing was applied"
+                    ))
+                }
+                WaitFor::Converged { peers, .. } => {
+                    let lacking: Vec<_> = peers.iter().filter(|(_, h)| !**h).map(|(p, _)| *p).collect();
+                    CrdtFailure::Timeout(format!(
+                        "not converged before the deadline: nodes {lacking:?} have not reported every update"
+                    ))
+                }
+                WaitFor::Rights(n) => {
+                    let have = self.rights(&w.key);
+                    CrdtError::NotEnoughRights { name: w.key.name.clone(), have, wanted: *n }.into()
+                }
+            };
+            self.held.push(CrdtOutput::Answer { id: w.id, result: Err(failure) });
+            false
         });
+        // Retries, one message per peer and kind: pulls of every key some wait lacks, probes
+        // per converged read, and per bounded counter the largest remaining need.
+        let live = self.live_peers();
+        let mut pulls: BTreeSet<Key> = BTreeSet::new();
+        let mut wants: BTreeMap<Key, u64> = BTreeMap::new();
+        let mut probes = Vec::new();
         for w in &mut waits {
-            if now >= w.next_try_ms {
-                w.next_try_ms = now + self.cfg.retry_ms;
-                let msgs: Vec<(NodeId, Gossip)> = match &w.what {
-                    WaitFor::Token(_) => {
-                        self.live_peers().into_iter().map(|p| (p, Gossip::Pull(vec![w.key.clone()]))).collect()
+            if now < w.next_try_ms {
+                continue;
+            }
+            w.next_try_ms = now + self.cfg.retry_ms;
+            match &w.what {
+                WaitFor::Token(_) | WaitFor::UpdateAfter(..) => {
+                    pulls.insert(w.key.clone());
+                }
+                WaitFor::Converged { peers, probe, .. } => {
+                    for (p, _) in peers.iter().filter(|(_, h)| !**h) {
+                        probes.push((*p, Gossip::Probe { id: *probe, keys: vec![w.key.clone()] }));
                     }
-                    WaitFor::Converged { peers, probe, .. } => peers
-                        .iter()
-                        .filter(|(_, h)| !**h)
-                        .map(|(p, _)| (*p, Gossip::Probe { id: *probe, keys: vec![w.key.clone()] }))
-                        .collect(),
-                    WaitFor::Rights(n) => self
-                        .live_peers()
-                        .into_iter()
-                        .map(|p| (p, Gossip::WantRights { key: w.key.clone(), n: *n }))
-                        .collect(),
-                };
-                self.held.extend(msgs.into_iter().map(|(to, msg)| CrdtOutput::Send { to, msg }));
+                }
+                WaitFor::Rights(n) => {
+                    let need = n.saturating_sub(self.rights(&w.key).max(0) as u64).max(1);
+                    let e = wants.entry(w.key.clone()).or_insert(0);
+                    *e = (*e).max(need);
+                }
             }
         }
+        if !pulls.is_empty() {
+            let keys: Vec<Key> = pulls.into_iter().take(MAX_KEYS_PER_EXCHANGE).collect();
+            for &p in &live {
+                self.held.push(CrdtOutput::Send { to: p, msg: Gossip::Pull(keys.clone()) });
+            }
+        }
+        for (key, n) in wants {
+            for &p in &live {
+                self.held.push(CrdtOutput::Send { to: p, msg: Gossip::WantRights { key: key.clone(), n } });
+            }
+        }
+        self.held.extend(probes.into_iter().map(|(to, msg)| CrdtOutput::Send { to, msg }));
         waits.append(&mut self.waits);
         self.waits = waits;
     }
@@ -733,6 +841,7 @@ impl Replica {
             let hash = hash_of(&key, &bytes);
             self.buckets[bucket_of(&key)] ^= held.hash ^ hash;
             held.hash = hash;
+            self.bucket_keys[bucket_of(&key)].insert(key.clone());
             self.to_write.insert(key, bytes);
         }
     }
@@ -740,6 +849,8 @@ impl Replica {
     /// The states to make durable before [`Replica::written`] (empty: nothing to write; call
     /// `written` anyway).
     pub fn take_write(&mut self) -> Vec<(Key, Vec<u8>)> {
+        // Waits whose condition the round's inputs met are answered in this round.
+        self.recheck();
         self.settle();
         if self.bugs.crdt_answer_before_write {
             // Planted bug: the round's answers and deltas leave before its write.

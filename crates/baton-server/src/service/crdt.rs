@@ -12,8 +12,9 @@ use tonic::Status;
 pub const MAX_TIMEOUT_MS: u64 = 60_000;
 /// Wait when the request names none.
 pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
-/// Largest session token accepted.
-pub const MAX_TOKEN_BYTES: usize = 64 * 1024;
+/// Largest session token accepted (a context: a few numbers per node, and the dots that
+/// arrived out of order).
+pub const MAX_TOKEN_BYTES: usize = 4 * 1024;
 
 /// The kind a request names.
 pub fn kind_of(kind: i32) -> Result<Kind, Status> {
@@ -43,6 +44,7 @@ pub fn decode_token(bytes: &[u8]) -> Result<Context, Status> {
         return Err(Status::invalid_argument(format!("session token longer than {MAX_TOKEN_BYTES} bytes")));
     }
     Context::from_bytes(bytes)
+        .filter(Context::is_canonical)
         .ok_or_else(|| Status::invalid_argument("undecodable session token: pass back the token of an earlier answer"))
 }
 
@@ -82,7 +84,8 @@ pub fn request(req: pb::CrdtRequest) -> Result<(CrdtRequest, Duration), Status> 
         Some(P::Write(v)) => Op::Write(Some(v)),
         Some(P::Clear(_)) => Op::Write(None),
     };
-    Ok((CrdtRequest::Update { key, op }, Duration::from_millis(timeout_ms)))
+    let after = decode_token(&req.token)?;
+    Ok((CrdtRequest::Update { key, op, after }, Duration::from_millis(timeout_ms)))
 }
 
 /// The wire answer.

@@ -108,6 +108,40 @@ impl Driver {
         }
     }
 
+    /// A Baton client that sends calls to any node (the coordination-free tier) to endpoint
+    /// `index mod n` first, so that `n` clients spread over `n` nodes.
+    pub async fn connect_spread(endpoints: &[String], index: usize) -> DResult<Driver> {
+        let mut eps = endpoints.to_vec();
+        let n = eps.len();
+        eps.rotate_left(index % n);
+        let options = ClientOptions {
+            client_id: format!("bench-{}-{index}", std::process::id()),
+            tls: crate::tls::client(),
+            credentials: crate::auth::credentials(),
+            discover: false,
+            ..Default::default()
+        };
+        Ok(Driver::Baton(Client::connect_with(eps, options).await.map_err(text)?))
+    }
+
+    /// Adds one to the coordination-free PN-counter `name` on this client's node (Baton only).
+    pub async fn crdt_increment(&self, tier: &baton_client::crdt::Crdt, name: &str) -> DResult<i64> {
+        match self {
+            Driver::Baton(_) => {
+                tier.add(baton_client::crdt::CrdtKind::PnCounter, name, 1).await.map(|v| v.value).map_err(text)
+            }
+            Driver::Etcd(_) => Err("etcd has no coordination-free counter".into()),
+        }
+    }
+
+    /// The coordination-free tier through this client (Baton only).
+    pub fn crdt(&self) -> Option<baton_client::crdt::Crdt> {
+        match self {
+            Driver::Baton(c) => Some(c.crdt()),
+            Driver::Etcd(_) => None,
+        }
+    }
+
     /// Opens a session / grants a lease with this TTL; it is kept alive in the background.
     pub async fn open(&self, ttl: Duration) -> DResult<Sess> {
         match self {

@@ -17,6 +17,12 @@
 //! - `mixed`: half lock+unlock cycles, a quarter counter increments, a quarter linearizable reads.
 //! - `hold`: `--sessions` sessions holding `--locks` locks; reads the servers' RSS (`--pids`)
 //!   before, after opening the sessions and after taking the locks.
+//! - `counter`: every client adds one to one linearizable counter (Baton: an atomic add through
+//!   the group's leader; etcd: a compare-and-swap transaction, retried on conflict).
+//! - `crdt-counter` (Baton only): every client adds one to one coordination-free PN-counter on
+//!   its own node (clients spread over the endpoints). Meanwhile one probe a tenth of a second
+//!   writes a register on one node and times how long until every other node's local read shows
+//!   it: the convergence time under that load (`convergence_p50_ms`, `convergence_p99_ms`).
 //!
 //! The run is bounded by `--duration` (set-up excluded); every client stops by itself.
 
@@ -35,7 +41,7 @@ use driver::{Driver, Held, Sess, Target};
 pub use report::BenchReport;
 
 /// The workloads, in the order `bench/compare.sh` runs them.
-pub const WORKLOADS: [&str; 9] = [
+pub const WORKLOADS: [&str; 11] = [
     "uncontended",
     "uncontended-session",
     "contended",
@@ -45,6 +51,8 @@ pub const WORKLOADS: [&str; 9] = [
     "election",
     "mixed",
     "hold",
+    "counter",
+    "crdt-counter",
 ];
 
 /// Names in the `hot-set` workload.
@@ -92,6 +100,9 @@ pub fn validate(args: &BenchArgs) -> Result<(), String> {
     }
     if matches!(args.workload.as_str(), "hold" | "keepalive-scale") && args.sessions < args.clients {
         return Err(format!("--sessions ({}) must be at least --clients ({})", args.sessions, args.clients));
+    }
+    if args.workload == "crdt-counter" && args.target != Target::Baton {
+        return Err("the crdt-counter workload is Baton's coordination-free tier: etcd has none".into());
     }
     if args.workload == "hold" && args.pids.is_empty() {
         return Err("the hold workload measures server memory: give the servers' --pids".into());
@@ -238,6 +249,7 @@ pub async fn run(args: BenchArgs) -> Result<BenchReport, String> {
     for i in 0..args.clients {
         let driver = match i.checked_sub(connections) {
             Some(_) => drivers[i % connections].clone(),
+            None if args.workload == "crdt-counter" => Driver::connect_spread(&args.endpoints, i).await?,
             None => Driver::connect(args.target, &args.endpoints, i).await?,
         };
         drivers.push(driver);
@@ -255,6 +267,8 @@ struct Worker {
     driver: Driver,
     session: Option<Sess>,
     rng: Rng,
+    /// The coordination-free tier through `driver` (Baton).
+    tier: Option<baton_client::crdt::Crdt>,
 }
 
 /// The workloads where each client repeats one op until the deadline.
@@ -267,14 +281,20 @@ async fn looped(args: &BenchArgs, drivers: Vec<Driver>) -> Result<BenchReport, S
     let shared = Arc::new(Shared::new(names));
     let zipf = Arc::new(Zipf::new(HOT_SET_NAMES));
     // Set-up (connections, sessions) happens before the clock starts.
-    let reuse = !matches!(workload.as_str(), "uncontended-session" | "session-churn");
+    let reuse = !matches!(workload.as_str(), "uncontended-session" | "session-churn" | "counter" | "crdt-counter");
     let mut workers = Vec::new();
     for (i, driver) in drivers.into_iter().enumerate() {
         let session = if reuse { Some(driver.open(TTL).await?) } else { None };
-        workers.push(Worker { id: i as u64 + 1, driver, session, rng: Rng::new(i as u64 + 1) });
+        let tier = driver.crdt();
+        workers.push(Worker { id: i as u64 + 1, driver, session, rng: Rng::new(i as u64 + 1), tier });
     }
     let start = Instant::now();
     let deadline = start + args.duration;
+    let probe = if workload == "crdt-counter" {
+        Some(tokio::spawn(convergence_probe(args.endpoints.clone(), deadline)))
+    } else {
+        None
+    };
     let mut tasks = Vec::new();
     for mut w in workers {
         let shared = shared.clone();
@@ -293,6 +313,11 @@ async fn looped(args: &BenchArgs, drivers: Vec<Driver>) -> Result<BenchReport, S
                     }
                     "session-churn" => churn(&w).await,
                     "election" => leadership_change(&w, &shared, start, deadline).await,
+                    "counter" => timed(w.driver.increment("bench-counter")).await,
+                    "crdt-counter" => match &w.tier {
+                        Some(tier) => timed(w.driver.crdt_increment(tier, "bench-crdt-counter")).await,
+                        None => Err("no coordination-free tier on this target".into()),
+                    },
                     _ => mixed(&mut w).await,
                 };
                 match latency {
@@ -328,7 +353,62 @@ async fn looped(args: &BenchArgs, drivers: Vec<Driver>) -> Result<BenchReport, S
         }
     }
     let ops_per_s = shared.ops.load(Ordering::Relaxed) as f64 / elapsed;
-    Ok(shared.report(args, ops_per_s, serde_json::Map::new()))
+    let mut extra = serde_json::Map::new();
+    if let Some(probe) = probe {
+        let samples = probe.await.map_err(|e| format!("convergence probe: {e}"))??;
+        let q = |p: f64| samples.value_at_quantile(p) as f64 / 1000.0;
+        extra.insert("convergence_samples".into(), samples.len().into());
+        extra.insert("convergence_p50_ms".into(), q(0.5).into());
+        extra.insert("convergence_p99_ms".into(), q(0.99).into());
+    }
+    Ok(shared.report(args, ops_per_s, extra))
+}
+
+/// Times one op.
+async fn timed<T>(op: impl std::future::Future<Output = Result<T, String>>) -> Result<Option<Duration>, String> {
+    let t0 = Instant::now();
+    op.await?;
+    Ok(Some(t0.elapsed()))
+}
+
+/// Until `deadline`, ten times a second: writes a new value to a register on one node (in
+/// turn) and polls every other node's local read until it shows it. Returns how long each
+/// value took to reach every node (µs), counted from the write's acknowledgement.
+async fn convergence_probe(endpoints: Vec<String>, deadline: Instant) -> Result<Histogram<u64>, String> {
+    use baton_client::crdt::{CrdtKind, ReadLevel};
+    let mut tiers = Vec::new();
+    for i in 0..endpoints.len() {
+        let Driver::Baton(c) = Driver::connect_spread(&endpoints[i..=i], i).await? else { unreachable!("Baton") };
+        tiers.push(c.crdt());
+    }
+    let mut hist = histogram();
+    let name = format!("bench-convergence-{}", std::process::id());
+    let mut seq = 0u64;
+    while Instant::now() + Duration::from_millis(200) < deadline {
+        seq += 1;
+        let from = seq as usize % tiers.len();
+        let value = seq.to_be_bytes();
+        tiers[from].write(CrdtKind::LwwRegister, &name, &value).await.map_err(|e| e.to_string())?;
+        let t0 = Instant::now();
+        for (i, tier) in tiers.iter().enumerate() {
+            if i == from {
+                continue;
+            }
+            loop {
+                let v = tier.read(CrdtKind::LwwRegister, &name, ReadLevel::Local).await.map_err(|e| e.to_string())?;
+                if v.values.first().is_some_and(|b| b.as_slice() >= value.as_slice()) {
+                    break;
+                }
+                if t0.elapsed() > Duration::from_secs(10) {
+                    return Err(format!("value {seq} did not reach node {} within 10 s", i + 1));
+                }
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+        }
+        let _ = hist.record(t0.elapsed().as_micros().max(1) as u64);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(hist)
 }
 
 fn session(w: &Worker) -> Result<&Sess, String> {

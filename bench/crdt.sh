@@ -4,8 +4,9 @@
 # (default 10), alternating the `counter` workload (every client adds one to one linearizable
 # counter, through its group's leader) and `crdt-counter` (every client adds one to one
 # coordination-free PN-counter on its own node; a probe times how long a write takes to reach
-# every node meanwhile), ROUNDS times (default 3). Prints one line per run, the servers' CPU
-# per increment, and the ratio of the medians:
+# every node meanwhile), ROUNDS times (default 3). CONNECTIONS (default 3: one client per node,
+# shared by the tasks as in one application process; 0: a client per task) applies to both.
+# Prints one line per run, the servers' CPU per increment, and the ratio of the medians:
 #   WORKLOAD ops/s p50_ms p99_ms errors cpu_us_per_op convergence_p50_ms convergence_p99_ms
 #   bench/crdt.sh [SECS] [ROUNDS] [CLIENTS]
 set -euo pipefail
@@ -19,7 +20,8 @@ results=()
 run() { # WORKLOAD
   local before after line
   before=$(cpu_ticks "${baton_pids[@]}")
-  line=$("$bin" bench --endpoints "$baton_eps" --workload "$1" --clients "$clients" --duration "$secs" --json | tail -1)
+  line=$("$bin" bench --endpoints "$baton_eps" --workload "$1" --clients "$clients" \
+    --connections "${CONNECTIONS:-3}" --duration "$secs" --json | tail -1)
   after=$(cpu_ticks "${baton_pids[@]}")
   results+=("$(python3 -c '
 import json, sys, os

@@ -204,6 +204,8 @@ pub(crate) struct Inner {
     /// other streams hurry their renewals then (see `keepalive.rs`).
     stream_failed_ms: AtomicU64,
     stream_failed: Arc<Notify>,
+    /// Coordination-free counter adds waiting to be combined.
+    combiner: crdt::Combiner,
 }
 
 /// A connection to a Baton cluster. Cheap to clone.
@@ -241,6 +243,7 @@ impl Client {
             renewals: AtomicU64::new(0),
             stream_failed_ms: AtomicU64::new(0),
             stream_failed: Arc::new(Notify::new()),
+            combiner: crdt::Combiner::default(),
         });
         if inner.options.credentials.is_some() {
             // The first token before anything else: every request needs it.

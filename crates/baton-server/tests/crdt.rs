@@ -130,3 +130,29 @@ async fn acknowledged_updates_survive_restarts_and_reach_a_node_that_was_down() 
     let err = client_at(&c, &[2]).await.crdt().subtract(CrdtKind::GCounter, "visits", 1).await.unwrap_err();
     assert!(err.to_string().contains("subtraction"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_adds_of_one_client_are_combined_and_each_counted_once() {
+    let c = TestCluster::start(3, 1000).await;
+    c.ready().await;
+    let client = client_at(&c, &[1]).await;
+    let tasks: Vec<_> = (0..200u64)
+        .map(|i| {
+            let tier = client.crdt();
+            tokio::spawn(async move {
+                if i % 4 == 3 {
+                    tier.subtract(CrdtKind::PnCounter, "combined", 1).await.map(|_| ())
+                } else {
+                    tier.add(CrdtKind::PnCounter, "combined", 2).await.map(|_| ())
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    // 150 adds of 2 and 50 subtractions of 1, on every node.
+    for n in 1..=3 {
+        until_local(&c, n, CrdtKind::PnCounter, "combined", |v| v.value == 250).await;
+    }
+}

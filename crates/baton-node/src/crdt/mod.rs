@@ -12,8 +12,9 @@
 //!
 //! Updates ([`CrdtRequest::Update`]) apply to the local state at once (stamped with the
 //! replica's hybrid logical clock) and join the round's deltas, which go to every peer after the
-//! write ([`gossip`]); merged states from peers are written too, so what a node reports having
-//! (to a converged read) is on its disk. Anti-entropy repairs what gossip lost.
+//! write ([`gossip`]); merged states from peers are written too, at the latest
+//! [`MERGE_WRITE_DELAY_MS`] later, and always before the node reports having them (to a
+//! converged read's probe). Anti-entropy repairs what gossip lost.
 //!
 //! # Read levels
 //! - [`ReadLevel::Local`]: this replica's state now. May lag behind updates acknowledged
@@ -53,6 +54,11 @@ pub use store::{CrdtStore, EngineCrdtStore, MemCrdtStore};
 
 use crate::{NodeId, RequestId};
 use gossip::{bucket_of, encode_state, hash_of, Position, BUCKETS, MAX_KEYS_PER_EXCHANGE, MAX_STATE_BYTES_PER_MESSAGE};
+
+/// Longest a state merged from a peer waits for the disk when nothing else needs a write: a
+/// round with no local update and no probe to answer writes nothing (merged states are durable
+/// on the nodes that made them; a crash loses only what anti-entropy brings back).
+pub const MERGE_WRITE_DELAY_MS: u64 = 10;
 
 /// A replica gives one asker rights on one counter at most once per this many retry periods.
 const GIVE_MEMORY_RETRIES: u64 = 4;
@@ -185,6 +191,11 @@ pub struct Replica {
     deltas: BTreeMap<Key, Object>,
     /// Outputs held until the round's write is durable.
     held: Vec<CrdtOutput>,
+    /// A local update since the last write: the next round must write (answers and deltas
+    /// wait for it).
+    local_changes: bool,
+    /// Since when merged states have waited for the disk (see [`MERGE_WRITE_DELAY_MS`]).
+    dirty_since: Option<u64>,
     out: Vec<CrdtOutput>,
     waits: Vec<Wait>,
     heard: BTreeMap<NodeId, u64>,
@@ -216,6 +227,8 @@ impl Replica {
             to_write: BTreeMap::new(),
             deltas: BTreeMap::new(),
             held: Vec::new(),
+            local_changes: false,
+            dirty_since: None,
             out: Vec::new(),
             waits: Vec::new(),
             heard: BTreeMap::new(),
@@ -377,6 +390,7 @@ impl Replica {
                 self.deltas.insert(key.clone(), delta);
             }
         }
+        self.local_changes = true;
         self.changed(key, true);
         Ok(())
     }
@@ -847,7 +861,10 @@ impl Replica {
     }
 
     /// The states to make durable before [`Replica::written`] (empty: nothing to write; call
-    /// `written` anyway).
+    /// `written` anyway). A round with a local update, or a probe to answer (which reports what
+    /// is durable here), writes everything changed; a round of merges only writes once they
+    /// have waited [`MERGE_WRITE_DELAY_MS`], so that gossip does not cost every node an fsync
+    /// per round of every other.
     pub fn take_write(&mut self) -> Vec<(Key, Vec<u8>)> {
         // Waits whose condition the round's inputs met are answered in this round.
         self.recheck();
@@ -856,6 +873,16 @@ impl Replica {
             // Planted bug: the round's answers and deltas leave before its write.
             self.release();
         }
+        if self.to_write.is_empty() {
+            return Vec::new();
+        }
+        let probe = self.held.iter().any(|o| matches!(o, CrdtOutput::Send { msg: Gossip::ProbeReply { .. }, .. }));
+        let since = *self.dirty_since.get_or_insert(self.now_ms);
+        if !(self.local_changes || probe || self.now_ms >= since + MERGE_WRITE_DELAY_MS) {
+            return Vec::new();
+        }
+        self.local_changes = false;
+        self.dirty_since = None;
         std::mem::take(&mut self.to_write).into_iter().collect()
     }
 
@@ -883,7 +910,8 @@ impl Replica {
     /// The earliest monotonic time at which [`Replica::tick`] has work.
     pub fn next_tick_ms(&self) -> u64 {
         let waits = self.waits.iter().map(|w| w.next_try_ms.min(w.deadline_ms)).min().unwrap_or(u64::MAX);
-        waits.min(self.next_anti_entropy_ms)
+        let merged = self.dirty_since.map_or(u64::MAX, |t| t + MERGE_WRITE_DELAY_MS);
+        waits.min(self.next_anti_entropy_ms).min(merged)
     }
 
     /// The digest (for tests and status): one hash per bucket.

@@ -58,6 +58,20 @@ pub struct CrdtSimConfig {
     pub bugs: Bugs,
     /// Largest skew of a node's wall clock (ms), with clock faults on.
     pub max_skew_ms: u64,
+    /// Throughput mode: every round costs its node this much processor time (µs) plus
+    /// `per_input_us` per input it took (the node does nothing else meanwhile); clients update
+    /// counters only, each on its own node (client `i` on node `i mod nodes`), with no think
+    /// time. `None`: rounds are free, clients pick nodes and operations at random.
+    pub cost: Option<Cost>,
+}
+
+/// The processor cost model of [`CrdtSimConfig::cost`].
+#[derive(Clone, Copy, Debug)]
+pub struct Cost {
+    /// Per round (µs).
+    pub round_us: u64,
+    /// Per input of the round: a request, a peer's message (µs).
+    pub per_input_us: u64,
 }
 
 impl Default for CrdtSimConfig {
@@ -70,6 +84,7 @@ impl Default for CrdtSimConfig {
             faults: Faults::all(),
             bugs: Bugs::default(),
             max_skew_ms: 500,
+            cost: None,
         }
     }
 }
@@ -146,6 +161,8 @@ struct SimNode {
     inbox: Vec<Ev>,
     /// Bumped by every crash: a WriteDone of an older epoch is void.
     epoch: u64,
+    /// Inputs taken since the last round (for the cost model).
+    inputs: u64,
     skew_ms: i64,
     drift_ppm: i64,
     /// Requests taken: replica request id -> (client, call, and for a converged read the
@@ -211,6 +228,22 @@ struct World {
     keys: Vec<Key>,
 }
 
+/// Acknowledged updates per virtual second of `nodes` nodes with `clients_per_node` clients
+/// each, under the cost model `cost` and no fault, over `secs` seconds (one seed).
+pub fn crdt_throughput(nodes: usize, clients_per_node: usize, cost: Cost, secs: u64, seed: u64) -> f64 {
+    let cfg = CrdtSimConfig {
+        nodes,
+        clients: nodes * clients_per_node,
+        fault_ms: secs * 1000,
+        heal_ms: 0,
+        faults: Faults::parse("none").expect("no faults"),
+        cost: Some(cost),
+        ..CrdtSimConfig::default()
+    };
+    let r = run_crdt(&cfg, seed);
+    r.acked_updates as f64 / secs as f64
+}
+
 /// Runs one seeded simulation of the tier.
 pub fn run_crdt(cfg: &CrdtSimConfig, seed: u64) -> CrdtSimReport {
     let mut w = World::new(cfg.clone(), seed);
@@ -238,6 +271,7 @@ impl World {
                     writing: None,
                     inbox: Vec::new(),
                     epoch: 0,
+                    inputs: 0,
                     skew_ms: skew,
                     drift_ppm: drift,
                     calls: BTreeMap::new(),
@@ -348,7 +382,9 @@ impl World {
     }
 
     fn receive(&mut self, node: u64, from: u64, msg: Gossip) {
-        self.nodes.get_mut(&node).expect("node").heard.insert(from, self.now);
+        let n = self.nodes.get_mut(&node).expect("node");
+        n.heard.insert(from, self.now);
+        n.inputs += 1;
         self.with_replica(node, |r| r.receive(from, msg));
     }
 
@@ -356,6 +392,7 @@ impl World {
     fn take_request(&mut self, node: u64, client: usize, call: u64, req: CrdtRequest) {
         let n = self.nodes.get_mut(&node).expect("node");
         n.next_id += 1;
+        n.inputs += 1;
         let id = n.next_id;
         let target = match &req {
             CrdtRequest::Read { key, level: ReadLevel::Converged } => {
@@ -399,7 +436,9 @@ impl World {
         let early: Vec<CrdtOutput> = r.drain_outputs().collect();
         self.emit(node, early);
         self.check_bounded(node);
-        if write.is_empty() {
+        let inputs = std::mem::take(&mut self.nodes.get_mut(&node).expect("node").inputs);
+        let cpu = self.cfg.cost.map_or(0, |c| c.round_us + c.per_input_us * inputs);
+        if write.is_empty() && cpu == 0 {
             let n = self.nodes.get_mut(&node).expect("node");
             let r = n.replica.as_mut().expect("up");
             r.written();
@@ -408,7 +447,15 @@ impl World {
             return;
         }
         let slow = self.cfg.faults.disk && self.rng.gen_bool(0.05);
-        let lat = if slow { self.rng.gen_range(5..50) * MS } else { self.rng.gen_range(100..800) };
+        let disk = if write.is_empty() {
+            0
+        } else if slow {
+            self.rng.gen_range(5..50) * MS
+        } else {
+            self.rng.gen_range(100..800)
+        };
+        // The round's processing, then its write: the node takes no input meanwhile.
+        let lat = (cpu + disk).max(1);
         let n = self.nodes.get_mut(&node).expect("node");
         n.writing = Some(write);
         let epoch = n.epoch;
@@ -530,6 +577,13 @@ impl World {
         }
         let (key, node, barrier) = match self.clients[c].follow.take() {
             Some((key, node)) => (key, node, true),
+            None if self.cfg.cost.is_some() => {
+                // Throughput mode: counters only, each client on its own node.
+                let counters = [Kind::GCounter, Kind::PnCounter];
+                let kind = counters[self.rng.gen_range(0..2)];
+                let key = Key::new(kind, format!("{}-{}", kind.label(), self.rng.gen_range(0..2))).expect("valid");
+                (key, (c % self.cfg.nodes) as u64 + 1, false)
+            }
             None => {
                 let key = self.keys[self.rng.gen_range(0..self.keys.len())].clone();
                 (key, self.rng.gen_range(1..=self.cfg.nodes as u64), false)
@@ -538,7 +592,7 @@ impl World {
         let client = &mut self.clients[c];
         client.next_call += 1;
         let call = client.next_call;
-        let read = barrier || self.rng.gen_bool(0.35);
+        let read = barrier || (self.cfg.cost.is_none() && self.rng.gen_bool(0.35));
         let (req, op, level) = if read {
             let level = match if barrier { 2 } else { self.rng.gen_range(0..3) } {
                 0 => ReadLevel::Local,
@@ -606,14 +660,21 @@ impl World {
             self.at(self.now + next, Ev::ClientStep { client: c });
             return;
         };
-        // A barrier read follows its write at once; other steps after a pause.
-        let next = if reply.token.is_empty() { self.rng.gen_range(1..30) * MS } else { self.rng.gen_range(0..3) * MS };
+        // A barrier read follows its write at once; other steps after a pause (none when
+        // measuring throughput).
+        let next = if self.cfg.cost.is_some() {
+            1
+        } else if reply.token.is_empty() {
+            self.rng.gen_range(1..30) * MS
+        } else {
+            self.rng.gen_range(0..3) * MS
+        };
         self.at(self.now + next.max(1), Ev::ClientStep { client: c });
         let key = asked.key.clone();
         self.clients[c].tokens.entry(key.clone()).or_default().join(&reply.token);
         if let Some(op) = &asked.op {
             self.report.acked_updates += 1;
-            if self.rng.gen_bool(0.2) {
+            if self.cfg.cost.is_none() && self.rng.gen_bool(0.2) {
                 self.clients[c].follow = Some((key.clone(), node));
             }
             let t = &mut self.truth;

@@ -47,5 +47,5 @@ mod world;
 
 pub use baton_core::Bugs;
 pub use check::Violation;
-pub use crdt::{run_crdt, CrdtSimConfig, CrdtSimReport};
+pub use crdt::{crdt_throughput, run_crdt, Cost, CrdtSimConfig, CrdtSimReport};
 pub use world::{run, Coverage, Faults, SimConfig, SimReport};

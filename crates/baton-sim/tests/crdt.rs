@@ -80,3 +80,15 @@ fn print_stats() {
         );
     }
 }
+
+#[test]
+fn throughput_grows_with_the_nodes() {
+    // The same clients per node, a processor cost per round and per input: every node takes
+    // its own clients' updates, so throughput grows nearly linearly (gossip adds a few inputs
+    // per round and peer).
+    let cost = baton_sim::Cost { round_us: 40, per_input_us: 20 };
+    let one = baton_sim::crdt_throughput(1, 8, cost, 2, 1);
+    let five = baton_sim::crdt_throughput(5, 8, cost, 2, 1);
+    assert!(one > 1_000.0, "{one}");
+    assert!(five > 4.0 * one, "5 nodes: {five} updates/s, 1 node: {one}");
+}

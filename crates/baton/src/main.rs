@@ -467,6 +467,10 @@ enum Cmd {
         /// convergence, durability, session and converged reads, bounded counters).
         #[arg(long)]
         crdt: bool,
+        /// With --crdt: measure acknowledged updates per virtual second on 1, 3, 5 and 7 nodes
+        /// (--clients per node, --fault-ms long, no faults, a processor cost per round and input).
+        #[arg(long)]
+        throughput: bool,
     },
     /// The hottest names: most waiters and handoffs over the last one to two minutes, with their
     /// holders and waiters now (every data group; each node answers for its replicas).
@@ -567,6 +571,7 @@ fn main() -> ExitCode {
         membership,
         users,
         crdt,
+        throughput,
     } = cli.command
     {
         // Pure computation: no runtime, no logging, no sockets. Like other filters, stop quietly
@@ -593,6 +598,7 @@ fn main() -> ExitCode {
             membership,
             users,
             crdt,
+            throughput,
         });
     }
     match cli.tls.files() {

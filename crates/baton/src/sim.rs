@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use baton_sim::{run, run_crdt, Bugs, Coverage, CrdtSimConfig, CrdtSimReport, Faults, SimConfig, SimReport};
+use baton_sim::{
+    crdt_throughput, run, run_crdt, Bugs, Cost, Coverage, CrdtSimConfig, CrdtSimReport, Faults, SimConfig, SimReport,
+};
 
 /// Arguments of `baton sim`.
 pub struct SimArgs {
@@ -24,6 +26,7 @@ pub struct SimArgs {
     pub membership: bool,
     pub users: bool,
     pub crdt: bool,
+    pub throughput: bool,
 }
 
 fn config(args: &SimArgs) -> Result<SimConfig, String> {
@@ -176,8 +179,31 @@ impl CoverageTally {
     }
 }
 
+/// The processor cost the throughput model charges: per round, and per input of a round.
+/// Of the order this machine measures for a node (docs/BENCHMARKS.md); only the shape of the
+/// curve matters, not the figures.
+const COST: Cost = Cost { round_us: 40, per_input_us: 20 };
+
+/// `baton sim --crdt --throughput`: acknowledged updates per virtual second against node count,
+/// with the same clients per node and a processor cost per round and per input.
+fn crdt_throughput_table(args: &SimArgs) -> ExitCode {
+    let per_node = args.clients.max(1);
+    let secs = (args.fault_ms / 1000).max(1);
+    println!("nodes clients updates_per_s per_node scaling_vs_1_node");
+    let mut base = None;
+    for nodes in [1, 3, 5, 7] {
+        let rate = crdt_throughput(nodes, per_node, COST, secs, args.seed.unwrap_or(1));
+        let one = *base.get_or_insert(rate);
+        println!("{nodes} {} {rate:.0} {:.0} {:.2}", nodes * per_node, rate / nodes as f64, rate / one);
+    }
+    ExitCode::SUCCESS
+}
+
 /// `baton sim --crdt`: a campaign (or one seed) of the coordination-free tier's simulation.
 fn crdt_main(args: &SimArgs) -> ExitCode {
+    if args.throughput {
+        return crdt_throughput_table(args);
+    }
     let cfg = match (Faults::parse(&args.faults), args.bug.as_deref().map(Bugs::parse).transpose()) {
         (Ok(faults), Ok(bugs)) => CrdtSimConfig {
             nodes: args.nodes,

@@ -285,3 +285,63 @@ impl Crdt {
         self.call(kind, name, pb::crdt_request::Op::Read(level as i32), Op::Read).await
     }
 }
+
+impl Crdt {
+    /// Watches the objects named `name` (every kind), or every object whose name starts with it
+    /// (`prefix`), on the client's current node: for a name, each existing object's value first
+    /// (`type` `crdt_value`), then every change there (`crdt_changed`, made on that node or merged
+    /// from another), each with the whole value (`crdt_kind`, `counter_value`, `members`,
+    /// `values`). After a break the watch opens again on the next node (a name watch gets the
+    /// values again); it ends with an error only if refused (permissions) or if it fell behind
+    /// (`OUT_OF_RANGE`: read the values, watch again).
+    pub fn watch(&self, name: &str, prefix: bool) -> tokio::sync::mpsc::Receiver<Result<pb::WatchEvent>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let client = self.client.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(20);
+            let attempt = client.inner.options.attempt_timeout;
+            loop {
+                let Ok((addr, mut c)) = client.inner.router.current(None) else { return };
+                let req = pb::WatchRequest { name: name.clone(), prefix, crdt: true, ..Default::default() };
+                let error = match tokio::time::timeout(attempt, c.watch(req)).await {
+                    Err(_) => {
+                        crate::retry::AttemptError::NoAnswer(format!("no watch stream from {addr} within {attempt:?}"))
+                    }
+                    Ok(Err(s)) => crate::retry::AttemptError::from(s),
+                    Ok(Ok(stream)) => {
+                        let mut stream = stream.into_inner();
+                        loop {
+                            match stream.message().await {
+                                Ok(Some(e)) => {
+                                    backoff = Duration::from_millis(20);
+                                    if tx.send(Ok(e)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                Ok(None) => {
+                                    break crate::retry::AttemptError::NoAnswer("the watch stream ended".into())
+                                }
+                                Err(s) => break crate::retry::AttemptError::from(s),
+                            }
+                        }
+                    }
+                };
+                let leader = match crate::core::decide(error.class(), Op::Read.repeat()) {
+                    crate::core::Decision::Refused | crate::core::Decision::OutcomeUnknown => {
+                        let _ = tx.send(Err(error.into_error())).await;
+                        return;
+                    }
+                    crate::core::Decision::Retry { leader, .. } => leader,
+                };
+                if tx.is_closed() {
+                    return;
+                }
+                client.inner.router.moved_on(None, &addr, leader.as_deref());
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            }
+        });
+        rx
+    }
+}

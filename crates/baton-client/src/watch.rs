@@ -40,6 +40,7 @@ impl Client {
                     prefix,
                     start_seq: start,
                     start_seqs: if prefix { next.clone().into_iter().collect() } else { Default::default() },
+                    crdt: false,
                 };
                 let error = match tokio::time::timeout(attempt, c.watch(req)).await {
                     Err(_) => AttemptError::NoAnswer(format!("no watch stream from {addr} within {attempt:?}")),

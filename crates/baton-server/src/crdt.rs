@@ -147,6 +147,7 @@ impl<S: CrdtStore> Thread<S> {
             }
             let (mono, wall) = clock();
             self.replica.set_time(mono, wall);
+            self.replica.set_watched(self.changes.receiver_count() > 0);
             if mono >= next_peers {
                 next_peers = mono + PEERS_EVERY.as_millis() as u64;
                 let peers: Vec<NodeId> = self.view.lock().expect("view lock").peer_addrs.keys().copied().collect();

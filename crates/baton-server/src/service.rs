@@ -326,6 +326,12 @@ impl Baton for BatonService {
         let caller = self.access.admit(&request, "Watch", std::slice::from_ref(&need))?;
         let req = request.into_inner();
         requests::watch(&req)?;
+        if req.crdt {
+            let (tx, rx) = tokio::sync::mpsc::channel(256);
+            let (tier, access) = (self.crdt.clone(), self.access.clone());
+            tokio::spawn(crdt::watch(tier, access, caller, need, req.name, req.prefix, tx));
+            return Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))));
+        }
         // A name's events are its group's; a prefix covers every group this node holds.
         let groups: Vec<(GroupId, u64)> = if req.prefix {
             let logs = self.node.events.lock().expect("event log").groups();

@@ -156,3 +156,18 @@ async fn concurrent_adds_of_one_client_are_combined_and_each_counted_once() {
         until_local(&c, n, CrdtKind::PnCounter, "combined", |v| v.value == 250).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_sees_the_current_value_then_changes_made_anywhere() {
+    let c = TestCluster::start(3, 1000).await;
+    c.ready().await;
+    let one = client_at(&c, &[1]).await.crdt();
+    one.add(CrdtKind::GCounter, "views", 5).await.unwrap();
+    until_local(&c, 2, CrdtKind::GCounter, "views", |v| v.value == 5).await;
+    let mut events = client_at(&c, &[2]).await.crdt().watch("views", false);
+    let first = tokio::time::timeout(Duration::from_secs(10), events.recv()).await.unwrap().unwrap().unwrap();
+    assert_eq!((first.r#type.as_str(), first.crdt_kind.as_str(), first.counter_value), ("crdt_value", "gcounter", 5));
+    one.add(CrdtKind::GCounter, "views", 2).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), events.recv()).await.unwrap().unwrap().unwrap();
+    assert_eq!((next.r#type.as_str(), next.counter_value, next.local), ("crdt_changed", 7, false));
+}

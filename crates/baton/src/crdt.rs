@@ -58,6 +58,17 @@ pub(crate) enum CrdtCmd {
         /// add, remove: the element.
         element: Option<String>,
     },
+    /// Print every change of the objects named NAME (or starting with it, --prefix) on the node,
+    /// one line each: `KIND NAME VALUE (local|merged)`; for a name, the current values first.
+    Watch {
+        #[command(flatten)]
+        args: CrdtArgs,
+        /// Every object whose name starts with NAME.
+        #[arg(long)]
+        prefix: bool,
+        /// The name (or prefix).
+        name: String,
+    },
     /// A register that any node writes alone: `baton crdt register NAME set V | get | clear`.
     Register {
         #[command(flatten)]
@@ -134,7 +145,10 @@ fn level(l: Level) -> ReadLevel {
 
 pub(crate) async fn crdt(cmd: CrdtCmd) -> ExitCode {
     let args = match &cmd {
-        CrdtCmd::Counter { args, .. } | CrdtCmd::Set { args, .. } | CrdtCmd::Register { args, .. } => args,
+        CrdtCmd::Counter { args, .. }
+        | CrdtCmd::Set { args, .. }
+        | CrdtCmd::Register { args, .. }
+        | CrdtCmd::Watch { args, .. } => args,
     };
     let client = match connect(&args.endpoints).await {
         Ok(c) => c,
@@ -144,6 +158,32 @@ pub(crate) async fn crdt(cmd: CrdtCmd) -> ExitCode {
     let lvl = level(args.level);
     let usage = |m: &str| fail(EXIT_USAGE, format!("crdt: {m}"));
     let result: baton_client::Result<Vec<String>> = match cmd {
+        CrdtCmd::Watch { name, prefix, .. } => {
+            let mut events = tier.watch(&name, prefix);
+            while let Some(e) = events.recv().await {
+                match e {
+                    Ok(e) => {
+                        let value = match e.crdt_kind.as_str() {
+                            "gcounter" | "pncounter" | "bcounter" => e.counter_value.to_string(),
+                            "gset" | "orset" => format!("{:?}", e.members),
+                            _ => {
+                                format!("{:?}", e.values.iter().map(|v| String::from_utf8_lossy(v)).collect::<Vec<_>>())
+                            }
+                        };
+                        let how = if e.r#type == "crdt_value" {
+                            "now"
+                        } else if e.local {
+                            "local"
+                        } else {
+                            "merged"
+                        };
+                        out!("{} {} {value} ({how})", e.crdt_kind, e.name);
+                    }
+                    Err(e) => return client_error(e),
+                }
+            }
+            Ok(vec![])
+        }
         CrdtCmd::Counter { kind, name, op, amount, .. } => {
             let kind = match kind {
                 CounterKind::Pn => CrdtKind::PnCounter,

@@ -146,7 +146,8 @@ pub enum CrdtOutput {
     Send { to: NodeId, msg: Gossip },
     /// Answer request `id`.
     Answer { id: RequestId, result: Result<CrdtReply, CrdtFailure> },
-    /// An object changed (by a local update or a merge): for watchers.
+    /// An object changed (by a local update or a merge): for watchers (only while
+    /// [`Replica::set_watched`] says someone watches).
     Changed { key: Key, value: Value, local: bool },
 }
 
@@ -194,6 +195,8 @@ pub struct Replica {
     /// A local update since the last write: the next round must write (answers and deltas
     /// wait for it).
     local_changes: bool,
+    /// Someone watches: emit [`CrdtOutput::Changed`].
+    watched: bool,
     /// Since when merged states have waited for the disk (see [`MERGE_WRITE_DELAY_MS`]).
     dirty_since: Option<u64>,
     out: Vec<CrdtOutput>,
@@ -228,6 +231,7 @@ impl Replica {
             deltas: BTreeMap::new(),
             held: Vec::new(),
             local_changes: false,
+            watched: false,
             dirty_since: None,
             out: Vec::new(),
             waits: Vec::new(),
@@ -397,8 +401,16 @@ impl Replica {
 
     fn changed(&mut self, key: &Key, local: bool) {
         self.dirty.insert(key.clone());
-        let value = self.objects[key].obj.value(self.cfg.id);
-        self.held.push(CrdtOutput::Changed { key: key.clone(), value, local });
+        if self.watched {
+            let value = self.objects[key].obj.value(self.cfg.id);
+            self.held.push(CrdtOutput::Changed { key: key.clone(), value, local });
+        }
+    }
+
+    /// Whether anyone watches changes: [`CrdtOutput::Changed`] is made only then (a value can
+    /// be a whole set).
+    pub fn set_watched(&mut self, watched: bool) {
+        self.watched = watched;
     }
 
     fn read(&mut self, id: RequestId, key: Key, level: ReadLevel, deadline_ms: u64) {

@@ -88,6 +88,82 @@ pub fn request(req: pb::CrdtRequest) -> Result<(CrdtRequest, Duration), Status> 
     Ok((CrdtRequest::Update { key, op, after }, Duration::from_millis(timeout_ms)))
 }
 
+/// A watch event for an object's value (`kind`: `crdt_value` or `crdt_changed`).
+pub fn watch_event(key: &Key, value: Value, kind: &str, local: bool) -> pb::WatchEvent {
+    let clamp = |v: i128| v.clamp(i64::MIN as i128, i64::MAX as i128) as i64;
+    let mut e = pb::WatchEvent {
+        r#type: kind.into(),
+        name: key.name.clone(),
+        crdt_kind: key.kind.label().into(),
+        local,
+        ..Default::default()
+    };
+    match value {
+        Value::Counter(v) | Value::Bounded { value: v, .. } => e.counter_value = clamp(v),
+        Value::Members(m) => e.members = m,
+        Value::Register { value, .. } => e.values = value.into_iter().collect(),
+        Value::Values(v) => e.values = v,
+    }
+    e
+}
+
+/// Serves a watch of coordination-free objects (see `WatchRequest.crdt`): the current values of
+/// a named object's kinds, then every change on this node, each checked against the caller's
+/// permissions before it is sent.
+pub async fn watch(
+    tier: crate::crdt::CrdtHandle,
+    access: crate::access::Access,
+    caller: crate::access::Caller,
+    need: crate::access::Need,
+    name: String,
+    prefix: bool,
+    tx: tokio::sync::mpsc::Sender<Result<pb::WatchEvent, Status>>,
+) {
+    // Subscribed before the current values are read: nothing falls between.
+    let mut changes = tier.changes.subscribe();
+    if !prefix {
+        for kind in Kind::ALL {
+            let Ok(key) = Key::new(kind, name.clone()) else { return };
+            let read = CrdtRequest::Read { key: key.clone(), level: ReadLevel::Local };
+            match tier.request(read, Duration::from_secs(1)).await {
+                Ok(reply) if !reply.token.is_empty() => {
+                    if tx.send(Ok(watch_event(&key, reply.value, "crdt_value", false))).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = tx.send(Err(crate::status::crdt_status(e))).await;
+                    return;
+                }
+            }
+        }
+    }
+    loop {
+        let change = match changes.recv().await {
+            Ok(c) => c,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                let msg = format!("the watch fell {n} changes behind this node's: read the values and watch again");
+                let _ = tx.send(Err(Status::out_of_range(msg))).await;
+                return;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        let hit = if prefix { change.key.name.starts_with(&name) } else { change.key.name == name };
+        if !hit {
+            continue;
+        }
+        // Permissions may change while the watch runs.
+        if let Err(s) = access.check(&caller, "Watch", std::slice::from_ref(&need)) {
+            let _ = tx.send(Err(s)).await;
+            return;
+        }
+        if tx.send(Ok(watch_event(&change.key, change.value, "crdt_changed", change.local))).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// The wire answer.
 pub fn response(reply: CrdtReply, node: u64) -> pb::CrdtResponse {
     let clamp = |v: i128| v.clamp(i64::MIN as i128, i64::MAX as i128) as i64;

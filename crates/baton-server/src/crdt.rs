@@ -96,6 +96,7 @@ pub fn spawn<S: CrdtStore + Send + 'static>(
     store: S,
     outboxes: Outboxes,
     view: Arc<Mutex<ClusterView>>,
+    metrics: Arc<crate::obs::Metrics>,
 ) -> std::io::Result<(CrdtHandle, CrdtThread)> {
     let (tx, rx) = mpsc::sync_channel(MAX_QUEUED);
     let (changes, _) = broadcast::channel(4096);
@@ -104,7 +105,7 @@ pub fn spawn<S: CrdtStore + Send + 'static>(
     let stop = Arc::new(AtomicBool::new(false));
     let stopping = stop.clone();
     let join = std::thread::Builder::new().name(format!("baton-crdt-{id}")).spawn(move || {
-        let mut t = Thread { replica, store, outboxes, view, changes, waiting: BTreeMap::new(), next_id: 0 };
+        let mut t = Thread { replica, store, outboxes, view, changes, metrics, waiting: BTreeMap::new(), next_id: 0 };
         if let Err(e) = t.run(rx, &stopping) {
             // A failed write must not be acknowledged: the tier stops on this node (requests
             // fail), the Raft node goes on.
@@ -120,6 +121,7 @@ struct Thread<S> {
     outboxes: Outboxes,
     view: Arc<Mutex<ClusterView>>,
     changes: broadcast::Sender<CrdtChange>,
+    metrics: Arc<crate::obs::Metrics>,
     waiting: BTreeMap<u64, oneshot::Sender<Result<CrdtReply, CrdtFailure>>>,
     next_id: u64,
 }
@@ -156,11 +158,18 @@ impl<S: CrdtStore> Thread<S> {
             for input in inputs.drain(..) {
                 match input {
                     CrdtInput::Request { req, timeout, tx } => {
+                        if self.metrics.enabled {
+                            let op = if matches!(req, CrdtRequest::Update { .. }) { "update" } else { "read" };
+                            self.metrics.crdt_requests.get_or_create(&crate::obs::OpLabel { op }).inc();
+                        }
                         self.next_id += 1;
                         self.waiting.insert(self.next_id, tx);
                         self.replica.request(self.next_id, req, mono + timeout.as_millis() as u64);
                     }
-                    CrdtInput::Gossip { from, msg } => self.replica.receive(from, msg),
+                    CrdtInput::Gossip { from, msg } => {
+                        self.metrics.crdt_gossip_received.inc();
+                        self.replica.receive(from, msg);
+                    }
                 }
             }
             if mono >= next_tick {
@@ -168,7 +177,14 @@ impl<S: CrdtStore> Thread<S> {
                 self.replica.tick();
             }
             let write = self.replica.take_write();
-            self.store.write(&write)?;
+            if !write.is_empty() {
+                let t0 = std::time::Instant::now();
+                self.store.write(&write)?;
+                if self.metrics.enabled {
+                    self.metrics.crdt_write_seconds.observe(t0.elapsed().as_secs_f64());
+                    self.metrics.crdt_objects.set(self.replica.len() as i64);
+                }
+            }
             self.replica.written();
             self.dispatch();
         }

@@ -402,6 +402,7 @@ impl Server {
         let access = access::Access::new(view.clone(), net.metrics.clone());
         let crdt_outboxes = net.outboxes.clone();
         let crdt_view = view.clone();
+        let crdt_metrics = net.metrics.clone();
         let (handle, thread, outcome) = runtime::spawn(node, store, boot, net, view, config.tick)?;
         let (crdt, crdt_thread) = {
             use baton_node::crdt::CrdtStore as _;
@@ -411,7 +412,7 @@ impl Server {
             let peers: Vec<NodeId> = config.peers.keys().copied().collect();
             let replica =
                 baton_node::crdt::Replica::new(baton_node::crdt::ReplicaConfig::new(config.id), peers, states);
-            crdt::spawn(replica, store, crdt_outboxes, crdt_view)?
+            crdt::spawn(replica, store, crdt_outboxes, crdt_view, crdt_metrics)?
         };
 
         let client_api = grpc_server()

@@ -149,6 +149,21 @@ async fn every_rpc(c: &mut BatonClient<Channel>, token: Option<&str>, name: &str
             code(c.auth_change(req(pb::AuthChangeRequest { change: Some(Change::RoleAdd("x".into())) }, token)).await),
         ),
         ("AuthStatus", code(c.auth_status(req(pb::AuthStatusRequest {}, token)).await)),
+        (
+            "Crdt",
+            code(
+                c.crdt(req(
+                    pb::CrdtRequest {
+                        kind: pb::CrdtKind::Pncounter as i32,
+                        name: n(),
+                        op: Some(pb::crdt_request::Op::Add(1)),
+                        ..Default::default()
+                    },
+                    token,
+                ))
+                .await,
+            ),
+        ),
     ];
     let watch = c.watch(req(pb::WatchRequest { name: n(), prefix: true, ..Default::default() }, token)).await;
     codes.push(("Watch", code(watch)));
@@ -307,6 +322,22 @@ async fn every_rpc_needs_a_user_with_the_permission() {
     assert!(allowed(code(c.counter(req(get, Some(&bob))).await)));
     let open = pb::OpenSessionRequest { client_id: "bob".into(), ttl_ms: 5_000, request_id: 1 };
     assert_eq!(code(c.open_session(req(open, Some(&bob))).await), Code::PermissionDenied, "sessions need lock");
+    // The coordination-free tier by the same rules: bob reads, only a writer updates.
+    let crdt = |op| pb::CrdtRequest {
+        kind: pb::CrdtKind::Orset as i32,
+        name: "cnt/online".into(),
+        op: Some(op),
+        ..Default::default()
+    };
+    let read = crdt(pb::crdt_request::Op::Read(pb::CrdtReadLevel::Local as i32));
+    assert_eq!(code(c.crdt(req(read, Some(&bob))).await), Code::Ok);
+    let add = || crdt(pb::crdt_request::Op::Insert("bob".into()));
+    assert_eq!(
+        message(c.crdt(req(add(), Some(&bob))).await),
+        "user \"bob\" lacks the write permission on name \"cnt/online\" (Crdt)"
+    );
+    let carol = token(&mut c, "carol", "carolpw").await;
+    assert_eq!(code(c.crdt(req(add(), Some(&carol))).await), Code::Ok);
 
     // The Rust client with credentials: alice holds jobs/a, carol counts under cnt/, each is
     // refused elsewhere; root does everything.

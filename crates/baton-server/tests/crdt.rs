@@ -170,4 +170,9 @@ async fn a_watch_sees_the_current_value_then_changes_made_anywhere() {
     one.add(CrdtKind::GCounter, "views", 2).await.unwrap();
     let next = tokio::time::timeout(Duration::from_secs(10), events.recv()).await.unwrap().unwrap().unwrap();
     assert_eq!((next.r#type.as_str(), next.counter_value, next.local), ("crdt_changed", 7, false));
+    // Counted in the node's metrics.
+    let (status, body) = common::http_get(&c.http_addrs[&1], "/metrics");
+    assert_eq!(status, 200);
+    assert!(body.contains("baton_crdt_requests_total{op=\"update\"} 2"), "{body}");
+    assert!(body.contains("baton_crdt_objects 1"), "{body}");
 }

@@ -181,8 +181,20 @@ pub struct Metrics {
     pub peer_received_messages: Family<PeerLabel, Counter>,
     pub peer_received_bytes: Family<PeerLabel, Counter>,
     pub access_denied: Family<PermissionLabel, Counter>,
+    /// The coordination-free tier: requests taken (by `op`: update, read), peers' messages
+    /// taken, rounds written and how long each write took, objects held.
+    pub crdt_requests: Family<OpLabel, Counter>,
+    pub crdt_gossip_received: Counter,
+    pub crdt_write_seconds: Histogram,
+    pub crdt_objects: prometheus_client::metrics::gauge::Gauge,
     pub wait_buckets: WaitBuckets,
     pub totals: Totals,
+}
+
+/// The `op` label of the coordination-free tier's requests.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabel {
+    pub op: &'static str,
 }
 
 impl Default for Metrics {
@@ -215,6 +227,10 @@ impl Metrics {
             snapshots_persisted: Family::default(),
             snapshot_bytes_persisted: Family::default(),
             disk_write_seconds: disk_seconds(),
+            crdt_requests: Family::default(),
+            crdt_gossip_received: Counter::default(),
+            crdt_write_seconds: disk_seconds(),
+            crdt_objects: Default::default(),
             disk_batch_entries: sizes(),
             disk_bytes: Counter::default(),
             peer_sent_messages: Family::default(),
@@ -294,6 +310,18 @@ impl Metrics {
             self.disk_write_seconds.clone(),
         );
         r.register("disk_batch_entries", "Log entries per batched write", self.disk_batch_entries.clone());
+        r.register("crdt_requests", "Coordination-free requests taken, by op", self.crdt_requests.clone());
+        r.register(
+            "crdt_gossip_received",
+            "Coordination-free gossip messages taken from peers",
+            self.crdt_gossip_received.clone(),
+        );
+        r.register(
+            "crdt_write_seconds",
+            "Coordination-free rounds' disk writes (one fsync each)",
+            self.crdt_write_seconds.clone(),
+        );
+        r.register("crdt_objects", "Coordination-free objects held", self.crdt_objects.clone());
         r.register("disk_entry_bytes", "Bytes of log entries written", self.disk_bytes.clone());
         r.register("peer_sent_messages", "Raft messages sent to a peer", self.peer_sent_messages.clone());
         r.register("peer_sent_bytes", "Bytes of Raft messages sent to a peer", self.peer_sent_bytes.clone());

@@ -82,8 +82,29 @@ struct Batch {
     /// Every waiting session's token (the combined update follows all of them).
     after: Context,
     waiters: Vec<oneshot::Sender<Answered>>,
+    /// The longest wait any of them allows (a batch waits for all their tokens).
+    timeout: Duration,
     /// A task is sending this counter's batches.
     running: bool,
+}
+
+/// Removes a counter's batch if its task ends without emptying it (a panic): the waiters'
+/// channels close and they fail as outcome unknown, rather than wait for a task that is gone.
+struct BatchTask<'a> {
+    combiner: &'a Combiner,
+    key: (Kind, String, bool),
+    /// Ended normally (the batch was removed under the lock, and a new one may exist since).
+    done: bool,
+}
+
+impl Drop for BatchTask<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            if let Ok(mut batches) = self.combiner.batches.lock() {
+                batches.remove(&self.key);
+            }
+        }
+    }
 }
 
 /// The same error again, for each add of a combined request.
@@ -192,6 +213,7 @@ impl Crdt {
                 Some(sum) => {
                     b.n = sum;
                     b.after.join(&token);
+                    b.timeout = b.timeout.max(self.timeout);
                     b.waiters.push(tx);
                     Some(!std::mem::replace(&mut b.running, true))
                 }
@@ -214,20 +236,27 @@ impl Crdt {
     /// Sends the batches of one counter until none is waiting.
     async fn send_batches(&self, key: (Kind, String, bool)) {
         let (kind, name, subtract) = key.clone();
+        let mut task = BatchTask { combiner: &self.client.inner.combiner, key: key.clone(), done: false };
         loop {
             let batch = {
                 let mut batches = self.client.inner.combiner.batches.lock().expect("combiner lock");
-                let Some(b) = batches.get_mut(&key) else { return };
+                let Some(b) = batches.get_mut(&key) else {
+                    task.done = true;
+                    return;
+                };
                 if b.waiters.is_empty() {
                     batches.remove(&key);
+                    task.done = true;
                     return;
                 }
                 // `running` stays set: adds from now on wait for the next batch.
-                (std::mem::take(&mut b.n), std::mem::take(&mut b.after), std::mem::take(&mut b.waiters))
+                let timeout = std::mem::take(&mut b.timeout);
+                (std::mem::take(&mut b.n), std::mem::take(&mut b.after), std::mem::take(&mut b.waiters), timeout)
             };
-            let (n, after, waiters) = batch;
+            let (n, after, waiters, timeout) = batch;
             let op = if subtract { pb::crdt_request::Op::Subtract(n) } else { pb::crdt_request::Op::Add(n) };
-            let result = self.send(kind, &name, op, Op::CrdtOnce, &after).await;
+            let tier = Crdt { timeout, ..self.clone() };
+            let result = tier.send(kind, &name, op, Op::CrdtOnce, &after).await;
             for w in waiters {
                 let _ = w.send(match &result {
                     Ok(v) => Ok(v.clone()),

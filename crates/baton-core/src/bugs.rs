@@ -88,13 +88,19 @@ pub struct Bugs {
     /// A bounded counter's subtraction is allowed whenever the value covers it, spending other
     /// nodes' rights (CRDT bounded).
     pub crdt_bounded_spends_value: bool,
+    /// A CRDT replica answers a converged read's probe without writing what it merged first
+    /// (CRDT converged read: what it reports may be lost by a crash).
+    pub crdt_probe_reply_before_write: bool,
+    /// A CRDT replica applies a session's update without waiting for the session's token
+    /// (CRDT session: an insert then a remove on two nodes resurrects; LWW writes reorder).
+    pub crdt_update_ignores_token: bool,
 }
 
 /// Picks one flag out of a [`Bugs`].
 type Flag = fn(&mut Bugs) -> &mut bool;
 
 /// The command-line names of the bugs, with the flag each sets.
-const TABLE: [(&str, Flag); 28] = [
+const TABLE: [(&str, Flag); 30] = [
     ("grant-ignores-queue", |b| &mut b.grant_ignores_queue),
     ("token-reset-on-restart", |b| &mut b.token_reset_on_restart),
     ("follower-expiry", |b| &mut b.follower_expiry),
@@ -123,6 +129,8 @@ const TABLE: [(&str, Flag); 28] = [
     ("crdt-converged-answers-early", |b| &mut b.crdt_converged_answers_early),
     ("crdt-session-ignores-token", |b| &mut b.crdt_session_ignores_token),
     ("crdt-bounded-spends-value", |b| &mut b.crdt_bounded_spends_value),
+    ("crdt-probe-reply-before-write", |b| &mut b.crdt_probe_reply_before_write),
+    ("crdt-update-ignores-token", |b| &mut b.crdt_update_ignores_token),
 ];
 
 impl Bugs {

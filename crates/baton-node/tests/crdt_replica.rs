@@ -290,3 +290,39 @@ fn malformed_states_from_a_peer_are_refused() {
     r.receive(2, Gossip::States(vec![(k.clone(), other)]));
     assert_eq!(r.get(&k).unwrap().value(1), Value::Members(vec!["x".into()]));
 }
+
+#[test]
+fn two_nodes_short_of_rights_do_not_swap_them_until_both_fail() {
+    let mut net = Net::new(2);
+    let c = key(Kind::BoundedCounter, "tickets");
+    net.request(1, update(&c, Op::Add(5)));
+    net.request(2, update(&c, Op::Add(5)));
+    net.settle(1_100);
+    // Both want 8 of the 10 at once: one gets the other's rights and succeeds.
+    let a = net.request(1, update(&c, Op::Subtract(8)));
+    let b = net.request(2, update(&c, Op::Subtract(8)));
+    net.settle(2_500);
+    let ok = [a, b].iter().filter(|id| net.answers.remove(id).unwrap().is_ok()).count();
+    assert_eq!(ok, 1, "exactly one of the two subtractions fits");
+    net.settle(1_100);
+    for node in 1..=2 {
+        let Value::Bounded { value, .. } = net.value(node, &c) else { panic!() };
+        assert_eq!(value, 2, "node {node}");
+    }
+}
+
+#[test]
+fn a_repeated_request_for_rights_is_served_once() {
+    let mut r = Replica::new(ReplicaConfig::new(1), [1, 2], vec![]);
+    r.set_time(1, 1);
+    let c = key(Kind::BoundedCounter, "seats");
+    r.request(1, update(&c, Op::Add(30)), 1_000);
+    let _ = r.take_write();
+    r.written();
+    for _ in 0..2 {
+        r.receive(2, Gossip::WantRights { key: c.clone(), n: 10 });
+    }
+    let _ = r.take_write();
+    r.written();
+    assert_eq!(r.get(&c).unwrap().value(1), Value::Bounded { value: 30, rights: 20 });
+}

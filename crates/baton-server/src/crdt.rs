@@ -66,11 +66,21 @@ impl CrdtHandle {
 
     /// A request, answered once its round is durable.
     pub async fn request(&self, req: CrdtRequest, timeout: Duration) -> Result<CrdtReply, CrdtFailure> {
+        let update = matches!(req, CrdtRequest::Update { .. });
         let (tx, rx) = oneshot::channel();
         if !self.send(CrdtInput::Request { req, timeout, tx }) {
             return Err(CrdtFailure::Busy("the coordination-free tier's queue on this node is full or stopped".into()));
         }
-        rx.await.map_err(|_| CrdtFailure::Busy("the coordination-free tier on this node stopped".into()))?
+        rx.await.map_err(|_| {
+            // The thread stopped with the request taken: a failed write may still have reached
+            // the disk, so an update may count (a read changed nothing).
+            let msg = "the coordination-free tier on this node stopped (a failed write, or a shutdown)";
+            if update {
+                CrdtFailure::Unknown(format!("{msg}: the update may or may not have been applied"))
+            } else {
+                CrdtFailure::Busy(msg.into())
+            }
+        })?
     }
 }
 

@@ -107,6 +107,7 @@ pub fn crdt_status(failure: baton_node::crdt::CrdtFailure) -> Status {
         F::Refused(e) => Status::new(crdt_code(&e), e.to_string()),
         F::Timeout(msg) => Status::deadline_exceeded(msg),
         F::Busy(msg) => with_info(Status::resource_exhausted(msg), Reason::Busy, 0, String::new()),
+        F::Unknown(msg) => with_info(Status::unavailable(msg), Reason::MayHaveApplied, 0, String::new()),
     }
 }
 

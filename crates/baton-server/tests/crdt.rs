@@ -167,6 +167,8 @@ async fn a_watch_sees_the_current_value_then_changes_made_anywhere() {
     let mut events = client_at(&c, &[2]).await.crdt().watch("views", false);
     let first = tokio::time::timeout(Duration::from_secs(10), events.recv()).await.unwrap().unwrap().unwrap();
     assert_eq!((first.r#type.as_str(), first.crdt_kind.as_str(), first.counter_value), ("crdt_value", "gcounter", 5));
+    let sync = tokio::time::timeout(Duration::from_secs(10), events.recv()).await.unwrap().unwrap().unwrap();
+    assert_eq!(sync.r#type, "crdt_sync", "live changes start after the values");
     one.add(CrdtKind::GCounter, "views", 2).await.unwrap();
     let next = tokio::time::timeout(Duration::from_secs(10), events.recv()).await.unwrap().unwrap().unwrap();
     assert_eq!((next.r#type.as_str(), next.counter_value, next.local), ("crdt_changed", 7, false));

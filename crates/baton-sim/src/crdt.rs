@@ -14,10 +14,12 @@
 //!   acknowledged adds less every attempted subtraction and at most the converse; every
 //!   acknowledged insert nobody tried to remove is in its set; no member was never inserted);
 //! - **crdt-session**: a session read shows the session's own acknowledged updates and never
-//!   less than the session's previous read (read-your-writes, monotonic reads);
+//!   less than the session's previous read (read-your-writes, monotonic reads); a session's
+//!   LWW writes come back with ever higher stamps, and an element its only inserter removed
+//!   after inserting it is gone at the end (a session's updates keep their order);
 //! - **crdt-converged-read**: when a converged read answers, every peer the reader had heard
-//!   from so lately that it stayed live through the whole wait holds every update the reader
-//!   had when the read arrived;
+//!   from so lately that it stayed live through the whole wait holds on its disk every update
+//!   the reader had when the read arrived;
 //! - **crdt-bounded**: no node's state of a bounded counter ever has a value or any node's
 //!   rights below zero.
 //!
@@ -196,6 +198,8 @@ struct Client {
     own_inserts: BTreeMap<Key, BTreeSet<String>>,
     /// The next step reads this key on this node, converged (a write, then a "barrier").
     follow: Option<(Key, u64)>,
+    /// The highest LWW stamp an acknowledged write of this session came back with, per key.
+    last_stamp: BTreeMap<Key, (baton_core::Hlc, u64)>,
 }
 
 #[derive(Default)]
@@ -207,6 +211,9 @@ struct Truth {
     acked_insert: BTreeMap<Key, BTreeSet<String>>,
     tried_insert: BTreeMap<Key, BTreeSet<String>>,
     tried_remove: BTreeMap<Key, BTreeSet<String>>,
+    /// Removes acknowledged (each by the only client that inserted the element, after its
+    /// acknowledged insert).
+    acked_remove: BTreeMap<Key, BTreeSet<String>>,
 }
 
 struct World {
@@ -226,6 +233,7 @@ struct World {
     loss: f64,
     report: CrdtSimReport,
     keys: Vec<Key>,
+    seed: u64,
 }
 
 /// Acknowledged updates per virtual second of `nodes` nodes with `clients_per_node` clients
@@ -263,6 +271,8 @@ impl World {
             let drift = if cfg.faults.clock { rng.gen_range(-20_000..=20_000) } else { 0 };
             let mut replica = Replica::new(ReplicaConfig::new(id), ids.clone(), vec![]);
             replica.set_bugs(cfg.bugs);
+            // Half the runs as if someone watched (the replica then reports every change).
+            replica.set_watched(seed % 2 == 1);
             nodes.insert(
                 id,
                 SimNode {
@@ -302,6 +312,7 @@ impl World {
             loss: 0.0,
             report: CrdtSimReport::default(),
             keys,
+            seed,
         }
     }
 
@@ -689,7 +700,19 @@ impl World {
                     t.acked_insert.entry(key.clone()).or_default().insert(e.clone());
                     cl.own_inserts.entry(key.clone()).or_default().insert(e.clone());
                 }
+                Op::Remove(e) => {
+                    t.acked_remove.entry(key.clone()).or_default().insert(e.clone());
+                }
                 _ => {}
+            }
+            // A session's writes are ordered: each one's stamp is above any its session saw.
+            if let (Kind::LwwRegister, Value::Register { stamp: Some(st), .. }) = (key.kind, &reply.value) {
+                let prev = cl.last_stamp.insert(key.clone(), *st);
+                if prev.is_some_and(|p| *st <= p) {
+                    let detail =
+                        format!("{}: a write came back stamped {st:?}, not above the session's {prev:?}", key.name);
+                    self.violation("crdt-session", detail);
+                }
             }
             return;
         }
@@ -742,15 +765,16 @@ impl World {
         }
     }
 
-    /// Every peer the read had to wait for (`must`) that is up holds the updates `reader` had
-    /// when the read arrived (`target`).
+    /// Every peer the read had to wait for (`must`) holds, on its disk, the updates `reader`
+    /// had when the read arrived (`target`): up or crashed since.
     fn check_converged(&mut self, key: &Key, target: &Context, reader: u64, must: &[u64]) {
         let lacking: Vec<u64> = must
             .iter()
             .copied()
             .filter(|p| {
-                let Some(r) = self.nodes[p].replica.as_ref() else { return false };
-                !r.get(key).map(|o| o.ctx.covers(target)).unwrap_or(target.is_empty())
+                let stored = self.nodes[p].store.load().expect("memory store");
+                let has = stored.iter().find(|(k, _)| k == key).map(|(_, o)| o.ctx.covers(target));
+                !has.unwrap_or(target.is_empty())
             })
             .collect();
         if !lacking.is_empty() {
@@ -849,6 +873,7 @@ impl World {
         let states = n.store.load().expect("memory store");
         let mut r = Replica::new(ReplicaConfig::new(id), ids, states);
         r.set_bugs(self.cfg.bugs);
+        r.set_watched(self.seed % 2 == 1);
         n.replica = Some(r);
         n.heard.clear();
         self.at(self.now + MS, Ev::Tick { node: id });
@@ -899,6 +924,13 @@ impl World {
                 for e in t.acked_insert.get(key).into_iter().flatten() {
                     if !m.contains(e) && !removed.contains(e) {
                         problems.push(format!("{} lost the acknowledged insert {e}", key.name));
+                    }
+                }
+                // Its only inserter removed it after its insert (a session's updates are ordered).
+                for e in t.acked_remove.get(key).into_iter().flatten() {
+                    if m.contains(e) {
+                        problems
+                            .push(format!("{} holds {e}, removed by its only inserter after inserting it", key.name));
                     }
                 }
                 let tried = t.tried_insert.get(key).cloned().unwrap_or_default();

@@ -64,6 +64,20 @@ fn a_bounded_counter_that_spends_others_rights_is_caught() {
 }
 
 #[test]
+fn a_probe_answered_before_its_write_is_caught() {
+    caught("crdt-probe-reply-before-write", "crdt-converged-read", 30);
+}
+
+#[test]
+fn an_update_that_ignores_its_sessions_token_is_caught() {
+    let cfg = CrdtSimConfig { bugs: Bugs::parse("crdt-update-ignores-token").unwrap(), ..CrdtSimConfig::default() };
+    let hit = (1..=60).map(|seed| run_crdt(&cfg, seed)).find(|r| {
+        r.violations.iter().any(|v| v.property == "crdt-session" || v.detail.contains("removed by its only inserter"))
+    });
+    assert!(hit.is_some(), "session order never checked");
+}
+
+#[test]
 #[ignore]
 fn print_stats() {
     for r in seeds(&CrdtSimConfig::default(), 12) {

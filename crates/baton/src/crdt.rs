@@ -162,6 +162,9 @@ pub(crate) async fn crdt(cmd: CrdtCmd) -> ExitCode {
             let mut events = tier.watch(&name, prefix);
             while let Some(e) = events.recv().await {
                 match e {
+                    Ok(e) if e.r#type == "crdt_sync" => {
+                        out!("-- watching {} on the node (changes from here on)", e.name);
+                    }
                     Ok(e) => {
                         let value = match e.crdt_kind.as_str() {
                             "gcounter" | "pncounter" | "bcounter" => e.counter_value.to_string(),

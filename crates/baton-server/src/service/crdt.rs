@@ -139,8 +139,20 @@ pub async fn watch(
             }
         }
     }
+    // Marks where the live changes start (after a name's values): a client that reopens a
+    // watch sees a second one and knows that changes in between were not shown.
+    let sync = pb::WatchEvent { r#type: "crdt_sync".into(), name: name.clone(), ..Default::default() };
+    if tx.send(Ok(sync)).await.is_err() {
+        return;
+    }
     loop {
-        let change = match changes.recv().await {
+        // Ends as soon as the caller goes, not at the next matching change (which may never
+        // come, and keeps every change's value being made while anyone watches).
+        let received = tokio::select! {
+            r = changes.recv() => r,
+            _ = tx.closed() => return,
+        };
+        let change = match received {
             Ok(c) => c,
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                 let msg = format!("the watch fell {n} changes behind this node's: read the values and watch again");

@@ -26,7 +26,11 @@
 //! - [`ReadLevel::Converged`]: answers once every live peer (heard from within `live_ms`) holds,
 //!   durably, every update this replica had when the read arrived; pushes its state to those
 //!   that lack some. A peer that is down or partitioned away is not waited for (nothing could
-//!   converge until it is back): converged means "on every node that answers".
+//!   converge until it is back): converged means "on every node that answers". During the
+//!   first `live_ms` after a start, peers not heard from yet count as live.
+//!
+//! A session's updates carry its token too ([`CrdtRequest::Update`]'s `after`) and wait for it
+//! as session reads do: a session's own updates keep their order whichever nodes take them.
 //!
 //! # Bounded counters
 //! A subtraction the local rights do not cover waits (until its deadline) while the replica asks
@@ -40,6 +44,10 @@
 //!   placement yet, so it scales writes with nodes but not storage.
 //! - An object, once created, is never deleted (a counter, set or register emptied still holds
 //!   its context, a few numbers per replica that ever wrote).
+//! - A node whose CRDT store alone was lost hands out dots its peers already hold until it
+//!   merges their states (it logs a warning when it sees them): a lost store is a lost member.
+//! - Digest hashes are FNV-1a, not keyed: values crafted to collide could hide a difference
+//!   from anti-entropy until the object changes again.
 
 pub mod gossip;
 pub mod store;

@@ -48,7 +48,8 @@ fn bench(target: &str, endpoint: &str, pid: u32, workload: &str, extra: &[&str])
 /// Runs every workload against one target and checks what each one must show.
 fn every_workload(target: &str, endpoint: &str, pid: u32) -> Vec<serde_json::Value> {
     let mut lines = Vec::new();
-    for workload in ["uncontended", "uncontended-session", "contended", "hot-set", "session-churn", "election", "mixed"]
+    for workload in
+        ["uncontended", "uncontended-session", "contended", "hot-set", "session-churn", "election", "mixed", "counter"]
     {
         let v = bench(target, endpoint, pid, workload, &[]);
         assert!(v["ops_per_s"].as_f64().unwrap() > 0.0, "{v}");
@@ -78,6 +79,11 @@ fn every_workload_runs_against_baton_and_the_report_renders() {
     let dir = tempfile::tempdir().unwrap();
     let (dev, addr) = start_dev(dir.path());
     let lines = every_workload("baton", &addr, dev.0.id());
+    // The coordination-free counter, with its convergence probe.
+    let v = bench("baton", &addr, dev.0.id(), "crdt-counter", &[]);
+    assert!(v["ops_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["convergence_samples"].as_u64().unwrap() > 0, "{v}");
+    assert!(v.get("convergence_p99_ms").is_some(), "{v}");
     // The tool refuses what it cannot run, with the reason.
     let out = Command::new(BATON).args(["bench", "--endpoints", &addr, "--workload", "hold"]).output().unwrap();
     assert!(!out.status.success());
@@ -96,6 +102,12 @@ fn every_workload_runs_against_baton_and_the_report_renders() {
 fn every_workload_runs_against_a_real_etcd() {
     let dir = tempfile::tempdir().unwrap();
     let Some((etcd, addr)) = start_etcd(dir.path()) else { return };
+    let out = Command::new(BATON)
+        .args(["bench", "--target", "etcd", "--endpoints", &addr, "--workload", "crdt-counter"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("etcd has none"), "{}", String::from_utf8_lossy(&out.stderr));
     // Every run is checked in bench(): documented keys, no errors, and for etcd's lock and
     // election paths no exclusion violations and growing revisions.
     every_workload("etcd", &addr, etcd.0.id());

@@ -49,8 +49,10 @@
 //! - Digest hashes are FNV-1a, not keyed: values crafted to collide could hide a difference
 //!   from anti-entropy until the object changes again.
 
+mod antientropy;
 pub mod gossip;
 pub mod store;
+mod waits;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -61,7 +63,7 @@ pub use gossip::Gossip;
 pub use store::{CrdtStore, EngineCrdtStore, MemCrdtStore};
 
 use crate::{NodeId, RequestId};
-use gossip::{bucket_of, encode_state, hash_of, Position, BUCKETS, MAX_KEYS_PER_EXCHANGE, MAX_STATE_BYTES_PER_MESSAGE};
+use gossip::{bucket_of, encode_state, hash_of, Position, BUCKETS, MAX_KEYS_PER_EXCHANGE};
 
 /// Longest a state merged from a peer waits for the disk when nothing else needs a write: a
 /// round with no local update and no probe to answer writes nothing (merged states are durable
@@ -466,39 +468,10 @@ impl Replica {
         }
     }
 
-    fn wait(&mut self, w: Wait) {
-        if self.waits.len() >= self.cfg.max_waits {
-            let msg = format!(
-                "{} coordination-free requests are waiting on this node, the most it allows",
-                self.cfg.max_waits
-            );
-            self.answer(w.id, Err(CrdtFailure::Busy(msg)));
-            return;
-        }
-        self.waits.push(w);
-    }
-
     fn has(&self, key: &Key, token: &Context) -> bool {
         match self.objects.get(key) {
             Some(h) => h.obj.ctx.covers(token),
             None => token.is_empty(),
-        }
-    }
-
-    fn pull(&mut self, key: &Key) {
-        for p in self.live_peers() {
-            self.held.push(CrdtOutput::Send { to: p, msg: Gossip::Pull(vec![key.clone()]) });
-        }
-    }
-
-    fn ask_rights(&mut self, key: &Key, n: u64) {
-        let have = match self.objects.get(key).map(|h| h.obj.value(self.cfg.id)) {
-            Some(Value::Bounded { rights, .. }) => rights.max(0) as u64,
-            _ => 0,
-        };
-        let n = n.saturating_sub(have).max(1);
-        for p in self.live_peers() {
-            self.held.push(CrdtOutput::Send { to: p, msg: Gossip::WantRights { key: key.clone(), n } });
         }
     }
 
@@ -590,302 +563,6 @@ impl Replica {
         if held.obj != before {
             self.changed(&key, false);
         }
-    }
-
-    fn on_digest(&mut self, from: NodeId, theirs: &[u64]) {
-        if theirs.len() != BUCKETS {
-            tracing::warn!(from, len = theirs.len(), "CRDT digest of the wrong size: ignored");
-            return;
-        }
-        self.settle();
-        let buckets: Vec<u16> = (0..BUCKETS).filter(|&b| self.buckets[b] != theirs[b]).map(|b| b as u16).collect();
-        if buckets.is_empty() {
-            self.ae_cursor.remove(&from);
-            return;
-        }
-        // Page through the differing buckets: each exchange lists the keys after the last
-        // one the previous exchange with this peer listed, so that a difference beyond the
-        // first page is reached too.
-        let after = self.ae_cursor.get(&from).cloned();
-        let (hashes, to) = self.page(&buckets, after.as_ref());
-        match &to {
-            Some(last) => self.ae_cursor.insert(from, last.clone()),
-            None => self.ae_cursor.remove(&from),
-        };
-        self.held.push(CrdtOutput::Send { to: from, msg: Gossip::Diff { buckets, hashes, after, to } });
-    }
-
-    /// The keys (with their hashes) in `buckets` after `after`, in (bucket, key) order, up to
-    /// [`MAX_KEYS_PER_EXCHANGE`]; and the last one if the page is full (`None`: to the end).
-    fn page(&self, buckets: &[u16], after: Option<&Position>) -> (Vec<(Key, u64)>, Option<Position>) {
-        let mut out = Vec::new();
-        for &b in buckets {
-            if after.is_some_and(|(ab, _)| b < *ab) {
-                continue;
-            }
-            for k in &self.bucket_keys[b as usize] {
-                if after.is_some_and(|(ab, ak)| b == *ab && k <= ak) {
-                    continue;
-                }
-                if out.len() == MAX_KEYS_PER_EXCHANGE {
-                    let last: &Key = &out.last().map(|(k, _): &(Key, u64)| k.clone()).expect("a full page");
-                    return (out, Some((bucket_of(last) as u16, last.clone())));
-                }
-                out.push((k.clone(), self.objects[k].hash));
-            }
-        }
-        (out, None)
-    }
-
-    fn on_diff(
-        &mut self,
-        from: NodeId,
-        buckets: &[u16],
-        theirs: Vec<(Key, u64)>,
-        after: Option<Position>,
-        to: Option<Position>,
-    ) {
-        self.settle();
-        let theirs: BTreeMap<Key, u64> = theirs.into_iter().collect();
-        // Ours in the same range of the same buckets (all of them: only what is sent is bounded).
-        let in_range = |b: u16, k: &Key| {
-            after.as_ref().is_none_or(|(ab, ak)| (b, k) > (*ab, ak))
-                && to.as_ref().is_none_or(|(tb, tk)| (b, k) <= (*tb, tk))
-        };
-        let mut ours: BTreeMap<Key, u64> = BTreeMap::new();
-        for &b in buckets.iter().filter(|&&b| (b as usize) < BUCKETS) {
-            for k in self.bucket_keys[b as usize].iter().filter(|k| in_range(b, k)) {
-                ours.insert(k.clone(), self.objects[k].hash);
-            }
-        }
-        // States they lack or hold differently go to them; what they hold differently or we
-        // lack we pull (joining both ways makes both equal).
-        let push: Vec<Key> = ours
-            .iter()
-            .filter(|(k, h)| theirs.get(k) != Some(h))
-            .map(|(k, _)| k.clone())
-            .take(MAX_KEYS_PER_EXCHANGE)
-            .collect();
-        let pull: Vec<Key> = theirs
-            .iter()
-            .filter(|(k, h)| ours.get(k) != Some(h))
-            .map(|(k, _)| k.clone())
-            .take(MAX_KEYS_PER_EXCHANGE)
-            .collect();
-        self.send_states(from, push.iter());
-        if !pull.is_empty() {
-            self.held.push(CrdtOutput::Send { to: from, msg: Gossip::Pull(pull) });
-        }
-    }
-
-    /// Sends whole states of `keys` (those held) to `to`, cut into bounded messages.
-    fn send_states<'a>(&mut self, to: NodeId, keys: impl Iterator<Item = &'a Key>) {
-        let mut batch = Vec::new();
-        let mut bytes = 0;
-        let mut msgs = Vec::new();
-        for k in keys {
-            let Some(h) = self.objects.get(k) else { continue };
-            let size = encode_state(&h.obj).len() + k.name.len() + 16;
-            if !batch.is_empty() && bytes + size > MAX_STATE_BYTES_PER_MESSAGE {
-                msgs.push(Gossip::States(std::mem::take(&mut batch)));
-                bytes = 0;
-            }
-            bytes += size;
-            batch.push((k.clone(), h.obj.clone()));
-        }
-        if !batch.is_empty() {
-            msgs.push(Gossip::States(batch));
-        }
-        for msg in msgs {
-            self.held.push(CrdtOutput::Send { to, msg });
-        }
-    }
-
-    fn on_probe_reply(&mut self, from: NodeId, probe: u64, contexts: Vec<(Key, Context)>) {
-        let mut behind = Vec::new();
-        for w in &mut self.waits {
-            if let WaitFor::Converged { target, peers, probe: p } = &mut w.what {
-                if *p != probe {
-                    continue;
-                }
-                for (k, ctx) in &contexts {
-                    if *k == w.key && peers.contains_key(&from) {
-                        let has = ctx.covers(target);
-                        peers.insert(from, has);
-                        if !has {
-                            behind.push(k.clone());
-                        }
-                    }
-                }
-            }
-        }
-        // It lacks updates we have: push them now rather than wait for anti-entropy.
-        self.send_states(from, behind.iter());
-    }
-
-    fn give_rights(&mut self, to: NodeId, key: Key, n: u64) {
-        // One grant per asker and counter per few retry periods: its repeats (and duplicates)
-        // would otherwise be served again before the first grant reached it.
-        let recent = self.now_ms.saturating_sub(GIVE_MEMORY_RETRIES * self.cfg.retry_ms);
-        if self.given.get(&(to, key.clone())).is_some_and(|&t| t >= recent) {
-            return;
-        }
-        // This node's own subtractions waiting for rights on the counter: between two nodes
-        // both short, the lower id keeps what it has and the higher gives it everything, so
-        // that one of them can go on instead of both swapping rights until their deadlines.
-        let waiting: u64 = self
-            .waits
-            .iter()
-            .filter(|w| w.key == key)
-            .map(|w| if let WaitFor::Rights(n) = w.what { n } else { 0 })
-            .sum();
-        if waiting > 0 && self.cfg.id < to {
-            return;
-        }
-        let have = self.rights(&key).max(0) as u64;
-        let give = if waiting > 0 { have } else { have.min(n) };
-        if give == 0 {
-            return;
-        }
-        self.given.insert((to, key.clone()), self.now_ms);
-        if self.try_update(&key, Op::Transfer { to, n: give }).is_err() {
-            tracing::debug!(?key, to, give, "rights transfer refused");
-        }
-    }
-
-    /// Re-examines waiting requests: answers those whose condition holds (once per round and
-    /// per tick, not per message: its cost grows with the waits).
-    fn recheck(&mut self) {
-        if self.waits.is_empty() {
-            return;
-        }
-        let live: BTreeSet<NodeId> = self.live_peers().into_iter().collect();
-        let waits = std::mem::take(&mut self.waits);
-        let mut keep = Vec::with_capacity(waits.len());
-        for w in waits {
-            let done = match &w.what {
-                WaitFor::Token(token) => self.has(&w.key, token),
-                WaitFor::UpdateAfter(token, op) => {
-                    if self.has(&w.key, token) {
-                        self.update(w.id, w.key.clone(), op.clone(), w.deadline_ms);
-                        continue;
-                    }
-                    false
-                }
-                WaitFor::Converged { peers, .. } if self.bugs.crdt_converged_answers_early => {
-                    peers.values().any(|h| *h)
-                }
-                WaitFor::Converged { peers, .. } => peers.iter().all(|(p, has)| *has || !live.contains(p)),
-                WaitFor::Rights(n) => match self.try_update(&w.key, Op::Subtract(*n)) {
-                    Ok(()) => true,
-                    Err(CrdtFailure::Refused(CrdtError::NotEnoughRights { .. })) => false,
-                    Err(e) => {
-                        self.answer(w.id, Err(e));
-                        continue;
-                    }
-                },
-            };
-            if done {
-                let reply = self.reply(&w.key);
-                self.answer(w.id, Ok(reply));
-            } else {
-                keep.push(w);
-            }
-        }
-        keep.append(&mut self.waits);
-        self.waits = keep;
-    }
-
-    /// This replica's rights on a bounded counter (0 if it has none, or it is no such counter).
-    fn rights(&self, key: &Key) -> i128 {
-        match self.objects.get(key).map(|h| h.obj.value(self.cfg.id)) {
-            Some(Value::Bounded { rights, .. }) => rights,
-            _ => 0,
-        }
-    }
-
-    /// Time passed: anti-entropy when due, retries and deadlines of waiting requests.
-    pub fn tick(&mut self) {
-        if self.now_ms >= self.next_anti_entropy_ms {
-            self.next_anti_entropy_ms = self.now_ms + self.cfg.anti_entropy_ms;
-            self.settle();
-            for &p in &self.peers {
-                self.held.push(CrdtOutput::Send { to: p, msg: Gossip::Digest(self.buckets.clone()) });
-            }
-            let forget = self.now_ms.saturating_sub(GIVE_MEMORY_RETRIES * self.cfg.retry_ms);
-            self.given.retain(|_, t| *t >= forget);
-        }
-        self.recheck();
-        let now = self.now_ms;
-        let mut waits = std::mem::take(&mut self.waits);
-        waits.retain(|w| {
-            if now < w.deadline_ms {
-                return true;
-            }
-            let failure = match &w.what {
-                WaitFor::Token(t) | WaitFor::UpdateAfter(t, _) => {
-                    let have = self.objects.get(&w.key).map(|h| h.obj.ctx.clone()).unwrap_or_default();
-                    let missing = have.missing(t, 3);
-                    CrdtFailure::Timeout(format!(
-                        "this node has not received every update the session has seen yet (missing {missing:?}); \
-                         nothing was applied"
-                    ))
-                }
-                WaitFor::Converged { peers, .. } => {
-                    let lacking: Vec<_> = peers.iter().filter(|(_, h)| !**h).map(|(p, _)| *p).collect();
-                    CrdtFailure::Timeout(format!(
-                        "not converged before the deadline: nodes {lacking:?} have not reported every update"
-                    ))
-                }
-                WaitFor::Rights(n) => {
-                    let have = self.rights(&w.key);
-                    CrdtError::NotEnoughRights { name: w.key.name.clone(), have, wanted: *n }.into()
-                }
-            };
-            self.held.push(CrdtOutput::Answer { id: w.id, result: Err(failure) });
-            false
-        });
-        // Retries, one message per peer and kind: pulls of every key some wait lacks, probes
-        // per converged read, and per bounded counter the largest remaining need.
-        let live = self.live_peers();
-        let mut pulls: BTreeSet<Key> = BTreeSet::new();
-        let mut wants: BTreeMap<Key, u64> = BTreeMap::new();
-        let mut probes = Vec::new();
-        for w in &mut waits {
-            if now < w.next_try_ms {
-                continue;
-            }
-            w.next_try_ms = now + self.cfg.retry_ms;
-            match &w.what {
-                WaitFor::Token(_) | WaitFor::UpdateAfter(..) => {
-                    pulls.insert(w.key.clone());
-                }
-                WaitFor::Converged { peers, probe, .. } => {
-                    for (p, _) in peers.iter().filter(|(_, h)| !**h) {
-                        probes.push((*p, Gossip::Probe { id: *probe, keys: vec![w.key.clone()] }));
-                    }
-                }
-                WaitFor::Rights(n) => {
-                    let need = n.saturating_sub(self.rights(&w.key).max(0) as u64).max(1);
-                    let e = wants.entry(w.key.clone()).or_insert(0);
-                    *e = (*e).max(need);
-                }
-            }
-        }
-        if !pulls.is_empty() {
-            let keys: Vec<Key> = pulls.into_iter().take(MAX_KEYS_PER_EXCHANGE).collect();
-            for &p in &live {
-                self.held.push(CrdtOutput::Send { to: p, msg: Gossip::Pull(keys.clone()) });
-            }
-        }
-        for (key, n) in wants {
-            for &p in &live {
-                self.held.push(CrdtOutput::Send { to: p, msg: Gossip::WantRights { key: key.clone(), n } });
-            }
-        }
-        self.held.extend(probes.into_iter().map(|(to, msg)| CrdtOutput::Send { to, msg }));
-        waits.append(&mut self.waits);
-        self.waits = waits;
     }
 
     /// Hashes the states changed since the last call and queues them for the disk.

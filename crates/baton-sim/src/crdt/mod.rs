@@ -37,6 +37,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::check::Violation;
+
+mod check;
 use crate::Faults;
 
 /// Virtual time in µs.
@@ -554,28 +556,6 @@ impl World {
         self.at(self.now + lat, Ev::Deliver { from, to, msg });
     }
 
-    /// The bounded counters' invariant on node `node`'s state, right now.
-    fn check_bounded(&mut self, node: u64) {
-        let Some(r) = self.nodes[&node].replica.as_ref() else { return };
-        let mut bad = Vec::new();
-        for key in self.keys.iter().filter(|k| k.kind == Kind::BoundedCounter) {
-            let Some(obj) = r.get(key) else { continue };
-            for reader in self.nodes.keys() {
-                if let Value::Bounded { value, rights } = obj.value(*reader) {
-                    if value < 0 || rights < 0 {
-                        bad.push(format!(
-                            "{} on node {node}: value {value}, node {reader}'s rights {rights}",
-                            key.name
-                        ));
-                    }
-                }
-            }
-        }
-        for detail in bad {
-            self.violation("crdt-bounded", detail);
-        }
-    }
-
     fn violation(&mut self, property: &'static str, detail: String) {
         if self.report.violations.len() < 20 {
             self.report.violations.push(Violation { property, detail, at: self.now });
@@ -727,65 +707,6 @@ impl World {
         }
     }
 
-    /// Read-your-writes and monotonic reads for one client's session read.
-    fn check_session(&mut self, c: usize, key: &Key, value: &Value, node: u64) {
-        let client = &self.clients[c];
-        let removed = self.truth.tried_remove.get(key).cloned().unwrap_or_default();
-        let mut problems = Vec::new();
-        match (key.kind, value) {
-            (Kind::GCounter, Value::Counter(v)) => {
-                let own = client.own_adds.get(key).copied().unwrap_or(0);
-                if *v < own {
-                    problems.push(format!("{} read {v} on node {node}, below the session's own adds {own}", key.name));
-                }
-            }
-            (Kind::GSet | Kind::OrSet, Value::Members(m)) => {
-                let m: BTreeSet<&String> = m.iter().collect();
-                for e in client.own_inserts.get(key).into_iter().flatten() {
-                    if !m.contains(e) && !removed.contains(e) {
-                        problems.push(format!("{} on node {node} lacks the session's own insert {e}", key.name));
-                    }
-                }
-            }
-            _ => {}
-        }
-        if let Some(prev) = client.last_session.get(key) {
-            let backwards = match (prev, value) {
-                (Value::Counter(a), Value::Counter(b)) if key.kind == Kind::GCounter => b < a,
-                (Value::Members(a), Value::Members(b)) if key.kind == Kind::GSet => !a.iter().all(|e| b.contains(e)),
-                _ => false,
-            };
-            if backwards {
-                problems.push(format!("{} read {value:?} on node {node} after the session read {prev:?}", key.name));
-            }
-        }
-        self.clients[c].last_session.insert(key.clone(), value.clone());
-        for p in problems {
-            self.violation("crdt-session", p);
-        }
-    }
-
-    /// Every peer the read had to wait for (`must`) holds, on its disk, the updates `reader`
-    /// had when the read arrived (`target`): up or crashed since.
-    fn check_converged(&mut self, key: &Key, target: &Context, reader: u64, must: &[u64]) {
-        let lacking: Vec<u64> = must
-            .iter()
-            .copied()
-            .filter(|p| {
-                let stored = self.nodes[p].store.load().expect("memory store");
-                let has = stored.iter().find(|(k, _)| k == key).map(|(_, o)| o.ctx.covers(target));
-                !has.unwrap_or(target.is_empty())
-            })
-            .collect();
-        if !lacking.is_empty() {
-            let detail = format!(
-                "a converged read of {} on node {reader} answered while nodes {lacking:?} lacked its updates",
-                key.name
-            );
-            self.violation("crdt-converged-read", detail);
-        }
-    }
-
     fn nemesis(&mut self) {
         if self.healing() {
             // Lift everything: restart crashed nodes, heal partitions, stop losing messages.
@@ -877,73 +798,5 @@ impl World {
         n.replica = Some(r);
         n.heard.clear();
         self.at(self.now + MS, Ev::Tick { node: id });
-    }
-
-    /// After the heal phase: convergence, and no acknowledged update lost.
-    fn check_end(&mut self) {
-        let down: Vec<u64> = self.nodes.iter().filter(|(_, n)| n.replica.is_none()).map(|(id, _)| *id).collect();
-        if !down.is_empty() {
-            self.violation("crdt-convergence", format!("nodes {down:?} were still down at the end"));
-            return;
-        }
-        let keys = self.keys.clone();
-        for key in &keys {
-            let states: Vec<(u64, Option<baton_core::crdt::Object>)> =
-                self.nodes.iter().map(|(id, n)| (*id, n.replica.as_ref().and_then(|r| r.get(key)).cloned())).collect();
-            let first = &states[0].1;
-            for (id, s) in &states[1..] {
-                if s != first {
-                    let detail =
-                        format!("{} differs between node {} and node {id} after the heal phase", key.name, states[0].0);
-                    self.violation("crdt-convergence", detail);
-                }
-            }
-            let Some(obj) = first else { continue };
-            self.check_durable(key, &obj.value(1));
-        }
-    }
-
-    fn check_durable(&mut self, key: &Key, value: &Value) {
-        let t = &self.truth;
-        let get = |m: &BTreeMap<Key, i128>| m.get(key).copied().unwrap_or(0);
-        let mut problems = Vec::new();
-        match value {
-            Value::Counter(v) | Value::Bounded { value: v, .. } => {
-                let low = get(&t.acked_add) - get(&t.tried_sub);
-                let high = get(&t.tried_add) - get(&t.acked_sub);
-                if *v < low || *v > high {
-                    problems.push(format!(
-                        "{} ends at {v}, outside [{low}, {high}] (acknowledged adds less every subtraction tried, and the converse)",
-                        key.name
-                    ));
-                }
-            }
-            Value::Members(m) => {
-                let m: BTreeSet<&String> = m.iter().collect();
-                let removed = t.tried_remove.get(key).cloned().unwrap_or_default();
-                for e in t.acked_insert.get(key).into_iter().flatten() {
-                    if !m.contains(e) && !removed.contains(e) {
-                        problems.push(format!("{} lost the acknowledged insert {e}", key.name));
-                    }
-                }
-                // Its only inserter removed it after its insert (a session's updates are ordered).
-                for e in t.acked_remove.get(key).into_iter().flatten() {
-                    if m.contains(e) {
-                        problems
-                            .push(format!("{} holds {e}, removed by its only inserter after inserting it", key.name));
-                    }
-                }
-                let tried = t.tried_insert.get(key).cloned().unwrap_or_default();
-                for e in m {
-                    if !tried.contains(e) {
-                        problems.push(format!("{} holds {e}, never inserted", key.name));
-                    }
-                }
-            }
-            _ => {}
-        }
-        for p in problems {
-            self.violation("crdt-durability", p);
-        }
     }
 }

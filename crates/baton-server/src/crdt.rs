@@ -115,11 +115,13 @@ pub fn spawn<S: CrdtStore + Send + 'static>(
     let stop = Arc::new(AtomicBool::new(false));
     let stopping = stop.clone();
     let join = std::thread::Builder::new().name(format!("baton-crdt-{id}")).spawn(move || {
+        let view_after = view.clone();
         let mut t = Thread { replica, store, outboxes, view, changes, metrics, waiting: BTreeMap::new(), next_id: 0 };
         if let Err(e) = t.run(rx, &stopping) {
             // A failed write must not be acknowledged: the tier stops on this node (requests
-            // fail), the Raft node goes on.
+            // fail), the Raft node goes on; readiness says so.
             tracing::error!("the coordination-free tier stopped: {e}");
+            view_after.lock().expect("view lock").crdt_failed = Some(e.to_string());
         }
     })?;
     Ok((handle, CrdtThread { stop, join: Some(join) }))
@@ -232,5 +234,40 @@ impl<S: CrdtStore> Thread<S> {
                 let _ = outbox.send(msgs);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_core::crdt::{Context, Key, Kind, Object, Op};
+    use baton_node::crdt::ReplicaConfig;
+    use baton_node::DiskError;
+
+    /// A disk whose writes fail.
+    struct Broken;
+
+    impl CrdtStore for Broken {
+        fn load(&self) -> Result<Vec<(Key, Object)>, DiskError> {
+            Ok(vec![])
+        }
+        fn write(&mut self, _: &[(Key, Vec<u8>)]) -> Result<(), DiskError> {
+            Err(DiskError::Corrupt("the disk is gone".into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_answers_may_have_applied_and_the_node_says_it_is_not_ready() {
+        let view = Arc::new(Mutex::new(ClusterView::default()));
+        let replica = Replica::new(ReplicaConfig::new(1), [1], vec![]);
+        let metrics = Arc::new(crate::obs::Metrics::default());
+        let (handle, thread) = spawn(replica, Broken, Outboxes::default(), view.clone(), metrics).unwrap();
+        let key = Key::new(Kind::PnCounter, "hits").unwrap();
+        let update = CrdtRequest::Update { key, op: Op::Add(1), after: Context::new() };
+        let err = handle.request(update, Duration::from_secs(1)).await.unwrap_err();
+        assert!(matches!(err, CrdtFailure::Unknown(ref m) if m.contains("may or may not")), "{err:?}");
+        thread.stop().await;
+        let failed = view.lock().unwrap().crdt_failed.clone();
+        assert!(failed.is_some_and(|e| e.contains("the disk is gone")));
     }
 }

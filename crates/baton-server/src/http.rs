@@ -3,7 +3,8 @@
 //!
 //! - `GET /healthz`: 200 while the process serves (the node thread runs).
 //! - `GET /readyz`: 200 when every group this node is a voter of has a leader it knows and has applied
-//!   what it knows committed (within [`READY_LAG`] entries); else 503 with one line per reason.
+//!   what it knows committed (within [`READY_LAG`] entries), and the coordination-free tier runs;
+//!   else 503 with one line per reason.
 //!   For load balancers and Kubernetes readiness probes.
 //! - `GET /metrics`: the OpenMetrics text format, written by the `prometheus-client` crate.
 //!   Labels are bounded: a group id (at most 1,024 data groups, the meta group and the etcd
@@ -454,7 +455,10 @@ async fn readyz(State(node): State<NodeHandle>) -> Response {
     let Some(groups) = statuses(&node).await else {
         return (StatusCode::SERVICE_UNAVAILABLE, "the node has stopped\n").into_response();
     };
-    let reasons = not_ready(&groups);
+    let mut reasons = not_ready(&groups);
+    if let Some(e) = node.view.lock().expect("view lock").crdt_failed.clone() {
+        reasons.push(format!("the coordination-free tier stopped on this node: {e}"));
+    }
     if reasons.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {

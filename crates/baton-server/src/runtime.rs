@@ -118,6 +118,8 @@ pub struct ClusterView {
     pub auth_ready: bool,
     /// Each user's requests this node took lately (their `requests_per_s` quota).
     pub rates: Arc<crate::access::Rates>,
+    /// Why the coordination-free tier stopped on this node (a failed write), if it did.
+    pub crdt_failed: Option<String>,
 }
 
 impl ClusterView {

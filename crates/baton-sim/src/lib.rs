@@ -42,6 +42,7 @@
 mod check;
 mod client;
 pub mod crdt;
+mod timeline;
 mod workload;
 mod world;
 

@@ -1,7 +1,6 @@
 //! The simulated world: nodes, disks, network, clocks, the nemesis, and the event loop.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use baton_core::topology::ETCD_GROUP;
 use baton_core::{Bugs, Event};
@@ -187,10 +186,7 @@ struct World {
     cfg: SimConfig,
     rng: ChaCha8Rng,
     now: Time,
-    seq: u64,
-    queue: BinaryHeap<Reverse<(Time, u64, usize)>>,
-    events: BTreeMap<usize, Ev>,
-    next_event: usize,
+    timeline: crate::timeline::Timeline<Ev>,
     nodes: BTreeMap<u64, SimNode>,
     clients: Vec<SimClient>,
     wake_gen: Vec<u64>,
@@ -292,10 +288,7 @@ impl World {
             cfg,
             rng,
             now: 0,
-            seq: 0,
-            queue: BinaryHeap::new(),
-            events: BTreeMap::new(),
-            next_event: 0,
+            timeline: crate::timeline::Timeline::new(),
             nodes,
             clients,
             wake_gen: vec![0; n],
@@ -333,11 +326,7 @@ impl World {
     }
 
     fn at(&mut self, t: Time, ev: Ev) {
-        self.seq += 1;
-        let id = self.next_event;
-        self.next_event += 1;
-        self.events.insert(id, ev);
-        self.queue.push(Reverse((t, self.seq, id)));
+        self.timeline.at(t, ev);
     }
 
     fn run(&mut self) {
@@ -369,13 +358,12 @@ impl World {
         let end_faults = self.cfg.fault_ms * MS;
         let end = end_faults + self.cfg.heal_ms * MS;
         self.at(end_faults, Ev::Heal);
-        while let Some(Reverse((t, _, id))) = self.queue.pop() {
+        while let Some((t, ev)) = self.timeline.pop() {
             if t > end {
                 break;
             }
             self.now = t;
             self.steps += 1;
-            let ev = self.events.remove(&id).expect("event exists");
             self.handle(ev);
         }
         self.now = end;

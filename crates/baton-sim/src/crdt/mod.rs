@@ -25,8 +25,7 @@
 //!
 //! Every checker has a planted bug it catches (`crates/baton-sim/tests/crdt.rs`).
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use baton_core::crdt::{Context, Key, Kind, Op, Value};
 use baton_core::Bugs;
@@ -222,9 +221,7 @@ struct World {
     cfg: CrdtSimConfig,
     rng: ChaCha8Rng,
     now: Time,
-    seq: u64,
-    queue: BinaryHeap<Reverse<(Time, u64)>>,
-    events: BTreeMap<u64, Ev>,
+    timeline: crate::timeline::Timeline<Ev>,
     nodes: BTreeMap<u64, SimNode>,
     clients: Vec<Client>,
     truth: Truth,
@@ -303,9 +300,7 @@ impl World {
             cfg,
             rng,
             now: 0,
-            seq: 0,
-            queue: BinaryHeap::new(),
-            events: BTreeMap::new(),
+            timeline: crate::timeline::Timeline::new(),
             nodes,
             clients,
             truth: Truth::default(),
@@ -319,9 +314,7 @@ impl World {
     }
 
     fn at(&mut self, t: Time, ev: Ev) {
-        self.seq += 1;
-        self.queue.push(Reverse((t, self.seq)));
-        self.events.insert(self.seq, ev);
+        self.timeline.at(t, ev);
     }
 
     fn run(&mut self) {
@@ -336,12 +329,11 @@ impl World {
         }
         self.at(500 * MS, Ev::Nemesis);
         let end = (self.cfg.fault_ms + self.cfg.heal_ms) * MS;
-        while let Some(Reverse((t, seq))) = self.queue.pop() {
+        while let Some((t, ev)) = self.timeline.pop() {
             if t > end {
                 break;
             }
             self.now = t;
-            let ev = self.events.remove(&seq).expect("event");
             self.report.steps += 1;
             self.handle(ev);
         }

@@ -23,15 +23,7 @@ run() { # WORKLOAD
   line=$("$bin" bench --endpoints "$baton_eps" --workload "$1" --clients "$clients" \
     --connections "${CONNECTIONS:-3}" --duration "$secs" --json | tail -1)
   after=$(cpu_ticks "${baton_pids[@]}")
-  results+=("$(python3 -c '
-import json, sys, os
-d = json.loads(sys.argv[1])
-ticks = int(sys.argv[3]) - int(sys.argv[2])
-ops = d["ops_per_s"] * float(sys.argv[4])
-cpu_us = ticks / os.sysconf("SC_CLK_TCK") * 1e6 / ops if ops else 0
-print(sys.argv[5], "%.0f" % d["ops_per_s"], d["p50_ms"], d["p99_ms"], d["errors"], "%.1f" % cpu_us,
-      d.get("convergence_p50_ms", "-"), d.get("convergence_p99_ms", "-"))
-' "$line" "$before" "$after" "$secs" "$1")")
+  results+=("$(bench_row "$1" "$line" "$before" "$after" "$secs" convergence_p50_ms convergence_p99_ms)")
   echo "${results[-1]}"
 }
 echo "WORKLOAD ops/s p50_ms p99_ms errors cpu_us_per_op convergence_p50_ms convergence_p99_ms"

@@ -96,3 +96,18 @@ cpu_ticks() { # sum of utime+stime of the given pids, in clock ticks
   for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
   echo "$t"
 }
+
+# One result row from a `baton bench --json` line: LABEL ops/s p50_ms p99_ms errors
+# cpu_us_per_op (the servers' CPU ticks BEFORE..AFTER over SECS of ops), then the JSON's values
+# of any EXTRA keys ("-" where absent).
+#   bench_row LABEL JSON BEFORE AFTER SECS [EXTRA_KEY...]
+bench_row() {
+  python3 -c '
+import json, sys, os
+label, d, before, after, secs = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+ops = d["ops_per_s"] * secs
+cpu_us = (after - before) / os.sysconf("SC_CLK_TCK") * 1e6 / ops if ops else 0
+extra = [str(d.get(k, "-")) for k in sys.argv[6:]]
+print(label, "%.0f" % d["ops_per_s"], d["p50_ms"], d["p99_ms"], d["errors"], "%.1f" % cpu_us, *extra)
+' "$@"
+}

@@ -84,14 +84,7 @@ run() { # MODE: off | metrics | on | tls | auth
   line=$("$bin" "${client_tls[@]}" bench --endpoints "$eps" --workload uncontended --clients 64 --duration "$secs" \
     --json | tail -1)
   after=$(cpu_ticks "${servers[@]}")
-  results+=("$(python3 -c '
-import json, sys, os
-d = json.loads(sys.argv[1])
-ticks = int(sys.argv[3]) - int(sys.argv[2])
-ops = d["ops_per_s"] * float(sys.argv[4])
-cpu_us = ticks / os.sysconf("SC_CLK_TCK") * 1e6 / ops if ops else 0
-print(sys.argv[5], "%.0f" % d["ops_per_s"], d["p50_ms"], d["p99_ms"], d["errors"], "%.1f" % cpu_us)
-' "$line" "$before" "$after" "$secs" "$mode")")
+  results+=("$(bench_row "$mode" "$line" "$before" "$after" "$secs")")
   echo "${results[-1]}"
   [ -n "$scraper" ] && { kill "$scraper" 2>/dev/null || true; wait "$scraper" 2>/dev/null || true; }
   for p in "${servers[@]}"; do kill "$p"; wait "$p" 2>/dev/null || true; done

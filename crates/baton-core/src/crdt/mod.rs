@@ -306,7 +306,8 @@ impl Object {
             (Body::OrSet(k), Op::Insert(e)) => {
                 check_element(&e)?;
                 let old = k.dots_where(|v| *v == e);
-                if old.is_empty() && distinct(k) >= MAX_SET_MEMBERS {
+                // Entries are at least the distinct members: count those only near the limit.
+                if old.is_empty() && k.len() >= MAX_SET_MEMBERS && distinct(k) >= MAX_SET_MEMBERS {
                     return Err(too_many(name));
                 }
                 old.into_iter().for_each(|d| ctx.insert(d));

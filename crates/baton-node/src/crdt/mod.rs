@@ -46,6 +46,11 @@
 //!   its context, a few numbers per replica that ever wrote).
 //! - A node whose CRDT store alone was lost hands out dots its peers already hold until it
 //!   merges their states (it logs a warning when it sees them): a lost store is a lost member.
+//! - Deltas are joined in arrival order. A MV write's delta names the values it replaced without
+//!   their own contexts, so a node that joins it before the delta of a value it replaced can
+//!   hold that value's predecessor until the earlier delta (or anti-entropy) arrives, while its
+//!   context already covers both: a session or converged read there can show it. Joining
+//!   kernel deltas only once their causal past is here (pulling the state otherwise) is the fix.
 //! - Digest hashes are FNV-1a, not keyed: values crafted to collide could hide a difference
 //!   from anti-entropy until the object changes again.
 
@@ -544,6 +549,9 @@ impl Replica {
                 self.objects.entry(key.clone()).or_insert(Held { obj: key.kind.empty(), hash: 0 })
             }
         };
+        // Compared with a copy, not judged by contexts: a delta delivered late can still remove
+        // entries although this context already names its dot (a later delta of the same
+        // replica named it as superseded); the simulator caught a shortcut that assumed not.
         let before = held.obj.clone();
         if self.bugs.crdt_merge_not_idempotent && matches!(state.body, baton_core::crdt::Body::PnCounter(_)) {
             // Planted bug: the peer's count is added as a local update, once per delivery.

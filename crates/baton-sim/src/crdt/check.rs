@@ -45,9 +45,14 @@ impl World {
             }
             (Kind::GSet | Kind::OrSet, Value::Members(m)) => {
                 let m: BTreeSet<&String> = m.iter().collect();
+                let acked_removes = self.truth.acked_remove.get(key);
                 for e in client.own_inserts.get(key).into_iter().flatten() {
                     if !m.contains(e) && !removed.contains(e) {
                         problems.push(format!("{} on node {node} lacks the session's own insert {e}", key.name));
+                    }
+                    // Elements are the inserter's own, and only it removes them.
+                    if m.contains(e) && acked_removes.is_some_and(|r| r.contains(e)) {
+                        problems.push(format!("{} on node {node} holds {e}, which the session removed", key.name));
                     }
                 }
             }

@@ -94,13 +94,17 @@ pub struct Bugs {
     /// A CRDT replica applies a session's update without waiting for the session's token
     /// (CRDT session: an insert then a remove on two nodes resurrects; LWW writes reorder).
     pub crdt_update_ignores_token: bool,
+    /// A CRDT replica joins peers' set and MV-register deltas as they arrive, not once their
+    /// causal past is here (CRDT causal: a replaced value stays visible next to the update
+    /// that replaced it).
+    pub crdt_deltas_out_of_order: bool,
 }
 
 /// Picks one flag out of a [`Bugs`].
 type Flag = fn(&mut Bugs) -> &mut bool;
 
 /// The command-line names of the bugs, with the flag each sets.
-const TABLE: [(&str, Flag); 30] = [
+const TABLE: [(&str, Flag); 31] = [
     ("grant-ignores-queue", |b| &mut b.grant_ignores_queue),
     ("token-reset-on-restart", |b| &mut b.token_reset_on_restart),
     ("follower-expiry", |b| &mut b.follower_expiry),
@@ -131,6 +135,7 @@ const TABLE: [(&str, Flag); 30] = [
     ("crdt-bounded-spends-value", |b| &mut b.crdt_bounded_spends_value),
     ("crdt-probe-reply-before-write", |b| &mut b.crdt_probe_reply_before_write),
     ("crdt-update-ignores-token", |b| &mut b.crdt_update_ignores_token),
+    ("crdt-deltas-out-of-order", |b| &mut b.crdt_deltas_out_of_order),
 ];
 
 impl Bugs {

@@ -91,6 +91,24 @@ impl Net {
         }
     }
 
+    /// Takes the (first) deltas from `from` to `to` off the wire.
+    fn take_deltas(&mut self, from: u64, to: u64) -> Gossip {
+        let i = self
+            .wire
+            .iter()
+            .position(|(f, t, m)| (*f, *t) == (from, to) && matches!(m, Gossip::Deltas(_)))
+            .expect("deltas on the wire");
+        self.wire.remove(i).unwrap().2
+    }
+
+    /// Delivers one message now.
+    fn deliver(&mut self, from: u64, to: u64, msg: Gossip) {
+        let r = self.replicas.get_mut(&to).unwrap();
+        r.set_time(self.now, self.now);
+        r.receive(from, msg);
+        self.round(to);
+    }
+
     fn value(&mut self, node: u64, key: &Key) -> Value {
         let id = self.request(node, CrdtRequest::Read { key: key.clone(), level: ReadLevel::Local });
         self.answers.remove(&id).unwrap().unwrap().value
@@ -325,4 +343,38 @@ fn a_repeated_request_for_rights_is_served_once() {
     let _ = r.take_write();
     r.written();
     assert_eq!(r.get(&c).unwrap().value(1), Value::Bounded { value: 30, rights: 20 });
+}
+
+/// Node 1 writes a, node 2 replaces it with b, node 1 replaces b with c; node 3 gets c's delta
+/// before b's. Joined at once, c's delta (which names only b) would leave a next to c while
+/// node 3's context covers c. It waits for b's instead; lost, it is replaced by a pull.
+#[test]
+fn a_delta_waits_for_its_causal_past() {
+    let values = |v: &[&str]| Value::Values(v.iter().map(|s| s.as_bytes().to_vec()).collect());
+    for b_reaches_node_3 in [true, false] {
+        let mut net = Net::new(3);
+        let k = key(Kind::MvRegister, "config");
+        net.request(1, update(&k, Op::Write(Some(b"a".to_vec()))));
+        net.settle(10);
+        net.request(2, update(&k, Op::Write(Some(b"b".to_vec()))));
+        let b_to_1 = net.take_deltas(2, 1);
+        let b_to_3 = net.take_deltas(2, 3);
+        net.deliver(2, 1, b_to_1);
+        net.request(1, update(&k, Op::Write(Some(b"c".to_vec()))));
+        let c_to_3 = net.take_deltas(1, 3);
+        net.deliver(1, 3, c_to_3);
+        assert_eq!(net.value(3, &k), values(&["a"]), "c's delta waits for b's");
+        if b_reaches_node_3 {
+            net.deliver(2, 3, b_to_3);
+            assert_eq!(net.value(3, &k), values(&["c"]));
+        } else {
+            // Past the retry period node 3 pulls node 1's state (before any anti-entropy).
+            net.settle(100);
+            assert_eq!(net.value(3, &k), values(&["c"]));
+        }
+        net.settle(20);
+        for node in 1..=3 {
+            assert_eq!(net.value(node, &k), values(&["c"]), "node {node}");
+        }
+    }
 }

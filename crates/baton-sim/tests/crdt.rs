@@ -71,10 +71,15 @@ fn a_probe_answered_before_its_write_is_caught() {
 #[test]
 fn an_update_that_ignores_its_sessions_token_is_caught() {
     let cfg = CrdtSimConfig { bugs: Bugs::parse("crdt-update-ignores-token").unwrap(), ..CrdtSimConfig::default() };
-    let hit = (1..=60).map(|seed| run_crdt(&cfg, seed)).find(|r| {
-        r.violations.iter().any(|v| v.property == "crdt-session" || v.detail.contains("removed by its only inserter"))
-    });
+    let hit = (1..=60)
+        .map(|seed| run_crdt(&cfg, seed))
+        .find(|r| r.violations.iter().any(|v| v.property == "crdt-session" || v.detail.contains("whose last update")));
     assert!(hit.is_some(), "session order never checked");
+}
+
+#[test]
+fn deltas_joined_before_their_causal_past_are_caught() {
+    caught("crdt-deltas-out-of-order", "crdt-causal", 10);
 }
 
 #[test]

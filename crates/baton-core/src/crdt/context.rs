@@ -93,6 +93,18 @@ impl Context {
         other.vv.iter().all(|(&r, &n)| self.covers_upto(r, n)) && other.cloud.iter().all(|&d| self.contains(d))
     }
 
+    /// True if a delta made on `sender` can be joined here without getting ahead of its causal
+    /// past: the set holds every dot of `sender` up to `base` (the sender's last dot of the
+    /// object before the updates the delta carries) and every dot `delta` names, except the
+    /// sender's dots above `base` (the delta's own updates). A delta of a dot kernel names the
+    /// entries its updates replaced; joined before them, it would leave a replaced value in
+    /// place while the set already covers the update that replaced it.
+    pub fn ready_for(&self, delta: &Context, sender: ReplicaId, base: u64) -> bool {
+        self.covers_upto(sender, base)
+            && delta.vv.iter().all(|(&r, &n)| self.covers_upto(r, if r == sender { n.min(base) } else { n }))
+            && delta.cloud.iter().all(|&d| (d.replica == sender && d.seq > base) || self.contains(d))
+    }
+
     /// The dots of `other` that the set lacks, at most `max` of them (for error messages).
     pub fn missing(&self, other: &Context, max: usize) -> Vec<Dot> {
         let mut out = Vec::new();
@@ -208,6 +220,29 @@ mod tests {
         assert_eq!(c.cloud_len(), 0);
         assert_eq!(c.version_vector().get(&1), Some(&3));
         assert_eq!(c.missing(&Context::new(), 5), vec![]);
+    }
+
+    #[test]
+    fn a_delta_is_ready_once_its_named_dots_and_the_senders_earlier_ones_are_here() {
+        let mut here = Context::new();
+        here.insert_upto(1, 2);
+        // Node 2's delta: its dots 3 and 4 (base 2), replacing node 1's dot 2.
+        let mut delta = Context::new();
+        delta.insert(dot(1, 2));
+        delta.insert(dot(2, 3));
+        delta.insert(dot(2, 4));
+        assert!(!here.ready_for(&delta, 2, 2), "node 2's dots 1 and 2 are missing");
+        here.insert_upto(2, 2);
+        assert!(here.ready_for(&delta, 2, 2));
+        // Naming node 3's dot it lacks: not ready; a base past what is here: not ready.
+        delta.insert(dot(3, 1));
+        assert!(!here.ready_for(&delta, 2, 2));
+        here.insert(dot(3, 1));
+        assert!(here.ready_for(&delta, 2, 2));
+        assert!(!here.ready_for(&delta, 2, 3));
+        // A delta whose dots are all here already is ready whatever its base.
+        here.join(&delta);
+        assert!(here.ready_for(&delta, 2, 2));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use baton_core::crdt::{Context, Key, Kind, Op};
 use baton_core::Hlc;
-use baton_node::crdt::{gossip::decode_state, Gossip, Replica, ReplicaConfig};
+use baton_node::crdt::{gossip::decode_state, Delta, Gossip, Replica, ReplicaConfig};
 use baton_proto::v1 as pb;
 use prost::Message as _;
 
@@ -69,7 +69,7 @@ fn generate(src: &mut Source) -> Vec<u8> {
             let delta = obj.update(&name, 2, op, Hlc { physical_ms: src.below(1000), logical: 0 }).unwrap_or(obj);
             let key = Key { kind: if src.below(8) == 0 { kinds[src.index(kinds.len())] } else { k }, name };
             let msg = match src.below(5) {
-                0 => Gossip::Deltas(vec![(key, delta)]),
+                0 => Gossip::Deltas(vec![Delta { key, base: src.below(3), deps: Context::new(), state: delta }]),
                 1 => Gossip::States(vec![(key, delta)]),
                 2 => Gossip::Digest((0..256).map(|_| src.below(3)).collect()),
                 3 => Gossip::Probe { id: src.u64(), keys: vec![key] },

@@ -4,7 +4,9 @@
 //! # Protocol
 //! - **Deltas** go to every peer after the round that made them is durable: the fast path, one
 //!   message per peer per round, every update of the round joined per object. Nothing is
-//!   acknowledged or resent: a lost delta is anti-entropy's job.
+//!   acknowledged or resent: a lost delta is anti-entropy's job. A set's or MV register's delta
+//!   whose causal past has not arrived yet waits at the receiver (up to `retry_ms`, while other
+//!   messages may bring that past); then the receiver pulls the sender's whole state instead.
 //! - **Anti-entropy** runs every `anti_entropy_ms` with every peer: `Digest` (one hash per
 //!   bucket of 256; a bucket is a range of slots, and its hash is the XOR of its objects' hashes,
 //!   so it is kept up to date per change) → `Diff` (the responder's key hashes in the buckets
@@ -32,11 +34,27 @@ pub const MAX_STATE_BYTES_PER_MESSAGE: usize = 4 << 20;
 /// A place in the (bucket, key) order anti-entropy pages through.
 pub type Position = (u16, Key);
 
+/// The updates one round of the sender made to one object, joined.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Delta {
+    /// The object.
+    pub key: Key,
+    /// The sender's last dot of the object before the round.
+    pub base: u64,
+    /// For a set or MV register (empty for the other kinds): the sender's context of the object
+    /// before the round's last update, its causal past. A receiver joins the delta only once it
+    /// holds all of it but the sender's dots above `base` (the round's own updates, which the
+    /// delta brings): see [`Context::ready_for`].
+    pub deps: Context,
+    /// The joined delta.
+    pub state: Object,
+}
+
 /// A message between replicas (bincode on the peer stream's CRDT channel).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Gossip {
     /// Updates made on the sender, joined per object.
-    Deltas(Vec<(Key, Object)>),
+    Deltas(Vec<Delta>),
     /// The sender's hash of each bucket ([`BUCKETS`] of them).
     Digest(Vec<u64>),
     /// The answer to a digest: the buckets that differ, and the responder's hash of every key
@@ -102,7 +120,8 @@ mod tests {
     #[test]
     fn gossip_round_trips_and_refuses_trailing_bytes() {
         let key = Key::new(Kind::OrSet, "presence").unwrap();
-        let msg = Gossip::Deltas(vec![(key.clone(), Kind::OrSet.empty())]);
+        let msg =
+            Gossip::Deltas(vec![Delta { key: key.clone(), base: 3, deps: Context::new(), state: Kind::OrSet.empty() }]);
         let mut bytes = msg.encode();
         assert_eq!(Gossip::decode(&bytes).unwrap(), msg);
         bytes.push(0);

@@ -12,7 +12,13 @@
 //!
 //! Updates ([`CrdtRequest::Update`]) apply to the local state at once (stamped with the
 //! replica's hybrid logical clock) and join the round's deltas, which go to every peer after the
-//! write ([`gossip`]); merged states from peers are written too, at the latest
+//! write ([`gossip`]). A set's or MV register's delta names the entries its updates replaced but
+//! not what those entries had replaced in turn (nor the earlier removes of an element inserted
+//! again), so a receiver joins it only once its causal past (the sender's context before the
+//! update, sent along) is here ([`Context::ready_for`]): joined earlier, it could leave a
+//! replaced value next to the update that replaced it. Such a delta waits (other deltas may bring its past)
+//! for at most `retry_ms`, then the replica pulls the sender's state instead (bounded by
+//! [`MAX_PENDING_DELTAS`]). Counters, G-sets and LWW registers have no such past to wait for; merged states from peers are written too, at the latest
 //! [`MERGE_WRITE_DELAY_MS`] later, and always before the node reports having them (to a
 //! converged read's probe). Anti-entropy repairs what gossip lost.
 //!
@@ -46,11 +52,6 @@
 //!   its context, a few numbers per replica that ever wrote).
 //! - A node whose CRDT store alone was lost hands out dots its peers already hold until it
 //!   merges their states (it logs a warning when it sees them): a lost store is a lost member.
-//! - Deltas are joined in arrival order. A MV write's delta names the values it replaced without
-//!   their own contexts, so a node that joins it before the delta of a value it replaced can
-//!   hold that value's predecessor until the earlier delta (or anti-entropy) arrives, while its
-//!   context already covers both: a session or converged read there can show it. Joining
-//!   kernel deltas only once their causal past is here (pulling the state otherwise) is the fix.
 //! - Digest hashes are FNV-1a, not keyed: values crafted to collide could hide a difference
 //!   from anti-entropy until the object changes again.
 
@@ -64,7 +65,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use baton_core::crdt::{Context, CrdtError, Key, Kind, Object, Op, Value};
 use baton_core::Hlc;
 
-pub use gossip::Gossip;
+pub use gossip::{Delta, Gossip};
 pub use store::{CrdtStore, EngineCrdtStore, MemCrdtStore};
 
 use crate::{NodeId, RequestId};
@@ -74,6 +75,10 @@ use gossip::{bucket_of, encode_state, hash_of, Position, BUCKETS, MAX_KEYS_PER_E
 /// round with no local update and no probe to answer writes nothing (merged states are durable
 /// on the nodes that made them; a crash loses only what anti-entropy brings back).
 pub const MERGE_WRITE_DELAY_MS: u64 = 10;
+
+/// Most peers' deltas waiting for their causal past at once; past it the replica pulls the
+/// sender's state at once instead.
+pub const MAX_PENDING_DELTAS: usize = 4096;
 
 /// A replica gives one asker rights on one counter at most once per this many retry periods.
 const GIVE_MEMORY_RETRIES: u64 = 4;
@@ -207,8 +212,12 @@ pub struct Replica {
     dirty: BTreeSet<Key>,
     /// Encoded states to write (hashed already).
     to_write: BTreeMap<Key, Vec<u8>>,
-    /// This round's local updates, joined per object, to gossip once durable.
-    deltas: BTreeMap<Key, Object>,
+    /// This round's local updates, joined per object, to gossip once durable (see [`Delta`]).
+    deltas: BTreeMap<Key, Delta>,
+    /// Peers' deltas waiting for their causal past (see the module docs), per key: sender,
+    /// delta, since when.
+    pending: BTreeMap<Key, Vec<(NodeId, Delta, u64)>>,
+    pending_count: usize,
     /// Outputs held until the round's write is durable.
     held: Vec<CrdtOutput>,
     /// A local update since the last write: the next round must write (answers and deltas
@@ -248,6 +257,8 @@ impl Replica {
             dirty: BTreeSet::new(),
             to_write: BTreeMap::new(),
             deltas: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            pending_count: 0,
             held: Vec::new(),
             local_changes: false,
             watched: false,
@@ -397,6 +408,8 @@ impl Replica {
                 b.subtract_unchecked(self.cfg.id, *n);
             }
         }
+        let before = held.obj.ctx.clone();
+        let base = before.top(self.cfg.id);
         let result = held.obj.update(&key.name, self.cfg.id, op, self.hlc);
         let delta = match result {
             Ok(d) => d,
@@ -407,10 +420,14 @@ impl Replica {
                 return Err(e.into());
             }
         };
+        let deps = if matches!(key.kind, Kind::OrSet | Kind::MvRegister) { before } else { Context::new() };
         match self.deltas.get_mut(key) {
-            Some(d) => d.join(&delta).expect("deltas of one key share its kind"),
+            Some(d) => {
+                d.state.join(&delta).expect("deltas of one key share its kind");
+                d.deps = deps;
+            }
             None => {
-                self.deltas.insert(key.clone(), delta);
+                self.deltas.insert(key.clone(), Delta { key: key.clone(), base, deps, state: delta });
             }
         }
         self.local_changes = true;
@@ -487,9 +504,15 @@ impl Replica {
         }
         self.heard.insert(from, self.now_ms);
         match msg {
-            Gossip::Deltas(states) | Gossip::States(states) => {
+            Gossip::Deltas(deltas) => {
+                for delta in deltas {
+                    self.merge_delta(from, delta);
+                }
+            }
+            Gossip::States(states) => {
                 for (key, state) in states {
-                    self.merge(key, &state);
+                    self.merge(key.clone(), &state);
+                    self.join_pending(&key);
                 }
             }
             Gossip::Digest(theirs) => self.on_digest(from, &theirs),
@@ -512,6 +535,71 @@ impl Replica {
             }
             Gossip::ProbeReply { id, contexts } => self.on_probe_reply(from, id, contexts),
             Gossip::WantRights { key, n } => self.give_rights(from, key, n),
+        }
+    }
+
+    /// Joins a peer's delta now if its causal past is here, else keeps it waiting.
+    fn merge_delta(&mut self, from: NodeId, delta: Delta) {
+        if self.ready(from, &delta) {
+            self.merge(delta.key.clone(), &delta.state);
+            self.join_pending(&delta.key);
+        } else if self.pending_count >= MAX_PENDING_DELTAS {
+            self.held.push(CrdtOutput::Send { to: from, msg: Gossip::Pull(vec![delta.key]) });
+        } else {
+            self.pending_count += 1;
+            self.pending.entry(delta.key.clone()).or_default().push((from, delta, self.now_ms));
+        }
+    }
+
+    /// True if `delta` from `from` may be joined now (only dot kernels wait: see the module
+    /// docs).
+    fn ready(&self, from: NodeId, delta: &Delta) -> bool {
+        if !matches!(delta.key.kind, Kind::OrSet | Kind::MvRegister) || self.bugs.crdt_deltas_out_of_order {
+            return true;
+        }
+        let ready = |ctx: &Context| {
+            ctx.ready_for(&delta.deps, from, delta.base) && ctx.ready_for(&delta.state.ctx, from, delta.base)
+        };
+        match self.objects.get(&delta.key) {
+            Some(h) => ready(&h.obj.ctx),
+            None => ready(&Context::new()),
+        }
+    }
+
+    /// Joins the waiting deltas of `key` that have become ready, until none has.
+    fn join_pending(&mut self, key: &Key) {
+        while let Some(list) = self.pending.get(key) {
+            let Some(i) = list.iter().position(|(from, d, _)| self.ready(*from, d)) else { break };
+            let list = self.pending.get_mut(key).expect("present");
+            let (_, delta, _) = list.remove(i);
+            if list.is_empty() {
+                self.pending.remove(key);
+            }
+            self.pending_count -= 1;
+            self.merge(delta.key, &delta.state);
+        }
+    }
+
+    /// Gives up on deltas that waited `retry_ms` for their past: pulls their objects from their
+    /// senders (a whole state carries its past).
+    fn expire_pending(&mut self) {
+        let since = self.now_ms.saturating_sub(self.cfg.retry_ms);
+        let mut pulls: BTreeMap<NodeId, BTreeSet<Key>> = BTreeMap::new();
+        for (key, list) in self.pending.iter_mut() {
+            list.retain(|(from, _, at)| {
+                let keep = *at > since;
+                if !keep {
+                    pulls.entry(*from).or_default().insert(key.clone());
+                }
+                keep
+            });
+        }
+        self.pending.retain(|_, list| !list.is_empty());
+        self.pending_count = self.pending.values().map(Vec::len).sum();
+        for (to, keys) in pulls {
+            for chunk in keys.into_iter().collect::<Vec<_>>().chunks(MAX_KEYS_PER_EXCHANGE) {
+                self.held.push(CrdtOutput::Send { to, msg: Gossip::Pull(chunk.to_vec()) });
+            }
         }
     }
 
@@ -622,7 +710,7 @@ impl Replica {
     fn release(&mut self) {
         let deltas = std::mem::take(&mut self.deltas);
         if !deltas.is_empty() {
-            let deltas: Vec<(Key, Object)> = deltas.into_iter().collect();
+            let deltas: Vec<Delta> = deltas.into_values().collect();
             for &p in &self.peers {
                 self.out.push(CrdtOutput::Send { to: p, msg: Gossip::Deltas(deltas.clone()) });
             }
@@ -639,7 +727,9 @@ impl Replica {
     pub fn next_tick_ms(&self) -> u64 {
         let waits = self.waits.iter().map(|w| w.next_try_ms.min(w.deadline_ms)).min().unwrap_or(u64::MAX);
         let merged = self.dirty_since.map_or(u64::MAX, |t| t + MERGE_WRITE_DELAY_MS);
-        waits.min(self.next_anti_entropy_ms).min(merged)
+        let pending =
+            self.pending.values().flatten().map(|(_, _, at)| at + self.cfg.retry_ms).min().unwrap_or(u64::MAX);
+        waits.min(self.next_anti_entropy_ms).min(merged).min(pending)
     }
 
     /// The digest (for tests and status): one hash per bucket.

@@ -132,6 +132,7 @@ impl Replica {
             let forget = self.now_ms.saturating_sub(GIVE_MEMORY_RETRIES * self.cfg.retry_ms);
             self.given.retain(|_, t| *t >= forget);
         }
+        self.expire_pending();
         self.recheck();
         let now = self.now_ms;
         let mut waits = std::mem::take(&mut self.waits);

@@ -34,7 +34,6 @@ impl World {
     /// Read-your-writes and monotonic reads for one client's session read.
     pub(super) fn check_session(&mut self, c: usize, key: &Key, value: &Value, node: u64) {
         let client = &self.clients[c];
-        let removed = self.truth.tried_remove.get(key).cloned().unwrap_or_default();
         let mut problems = Vec::new();
         match (key.kind, value) {
             (Kind::GCounter, Value::Counter(v)) => {
@@ -45,14 +44,17 @@ impl World {
             }
             (Kind::GSet | Kind::OrSet, Value::Members(m)) => {
                 let m: BTreeSet<&String> = m.iter().collect();
-                let acked_removes = self.truth.acked_remove.get(key);
                 for e in client.own_inserts.get(key).into_iter().flatten() {
-                    if !m.contains(e) && !removed.contains(e) {
-                        problems.push(format!("{} on node {node} lacks the session's own insert {e}", key.name));
-                    }
-                    // Elements are the inserter's own, and only it removes them.
-                    if m.contains(e) && acked_removes.is_some_and(|r| r.contains(e)) {
-                        problems.push(format!("{} on node {node} holds {e}, which the session removed", key.name));
+                    // Elements are the inserter's own, and only it updates them.
+                    if let Some(want) = self.truth.settled(key, e) {
+                        if m.contains(e) != want {
+                            let last = if want { "an insert" } else { "a remove" };
+                            let has = if want { "lacks" } else { "holds" };
+                            problems.push(format!(
+                                "{} on node {node} {has} {e}, whose last update by this session was {last}",
+                                key.name
+                            ));
+                        }
                     }
                 }
             }
@@ -71,6 +73,34 @@ impl World {
         self.clients[c].last_session.insert(key.clone(), value.clone());
         for p in problems {
             self.violation("crdt-session", p);
+        }
+    }
+
+    /// No OR-set or MV-register state on node `node` holds an entry that an acknowledged update
+    /// replaced while its context has that update's dot.
+    pub(super) fn check_causal(&mut self, node: u64, key: &Key) {
+        use baton_core::crdt::Body;
+        let Some(obj) = self.nodes[&node].replica.as_ref().and_then(|r| r.get(key)) else { return };
+        let entries: Vec<(baton_core::crdt::Dot, Option<&String>)> = match &obj.body {
+            Body::OrSet(k) => k.entries().iter().map(|(d, e)| (*d, Some(e))).collect(),
+            Body::Mv(k) => k.entries().keys().map(|d| (*d, None)).collect(),
+            _ => return,
+        };
+        let mut problems = Vec::new();
+        for w in self.truth.kernel_writes.get(key).into_iter().flatten().filter(|w| obj.ctx.contains(w.dot)) {
+            for (d, e) in &entries {
+                if *d != w.dot && w.seen.contains(*d) && (e.is_none() || *e == w.elem.as_ref()) {
+                    problems.push(format!(
+                        "{} on node {node} holds the entry {d:?}{}, replaced by the acknowledged update {:?} its context has",
+                        key.name,
+                        e.map(|e| format!(" ({e})")).unwrap_or_default(),
+                        w.dot
+                    ));
+                }
+            }
+        }
+        for p in problems {
+            self.violation("crdt-causal", p);
         }
     }
 
@@ -142,11 +172,17 @@ impl World {
                         problems.push(format!("{} lost the acknowledged insert {e}", key.name));
                     }
                 }
-                // Its only inserter removed it after its insert (a session's updates are ordered).
-                for e in t.acked_remove.get(key).into_iter().flatten() {
-                    if m.contains(e) {
-                        problems
-                            .push(format!("{} holds {e}, removed by its only inserter after inserting it", key.name));
+                // Its only client's updates, all acknowledged, are ordered (a session's are).
+                for e in t.elem_ops.get(key).into_iter().flat_map(|m| m.keys()) {
+                    if let Some(want) = t.settled(key, e) {
+                        if m.contains(e) != want {
+                            let last = if want { "an acknowledged insert" } else { "an acknowledged remove" };
+                            problems.push(format!(
+                                "{} ends {} {e}, whose last update (by its only client) was {last}",
+                                key.name,
+                                if want { "without" } else { "with" }
+                            ));
+                        }
                     }
                 }
                 let tried = t.tried_insert.get(key).cloned().unwrap_or_default();
@@ -161,5 +197,18 @@ impl World {
         for p in problems {
             self.violation("crdt-durability", p);
         }
+    }
+}
+
+impl super::Truth {
+    /// Whether set element `e` must be present: `Some(last update was an insert)` when every
+    /// update of it was acknowledged (they are one session's, so ordered), `None` when one was
+    /// not (it may have applied, concurrently with later ones, or not at all).
+    pub(super) fn settled(&self, key: &Key, e: &str) -> Option<bool> {
+        let ops = self.elem_ops.get(key)?.get(e)?;
+        if ops.is_empty() || !ops.iter().all(|(_, acked)| *acked) {
+            return None;
+        }
+        ops.last().map(|(insert, _)| *insert)
     }
 }

@@ -15,11 +15,16 @@
 //!   acknowledged insert nobody tried to remove is in its set; no member was never inserted);
 //! - **crdt-session**: a session read shows the session's own acknowledged updates and never
 //!   less than the session's previous read (read-your-writes, monotonic reads); a session's
-//!   LWW writes come back with ever higher stamps, and an element its only inserter removed
-//!   after inserting it is gone at the end (a session's updates keep their order);
+//!   LWW writes come back with ever higher stamps, and a set element whose updates (inserts,
+//!   removes, inserts again, all by one client) were all acknowledged is present exactly if
+//!   the last was an insert, in that session's reads and at the end (a session's updates keep
+//!   their order);
 //! - **crdt-converged-read**: when a converged read answers, every peer the reader had heard
 //!   from so lately that it stayed live through the whole wait holds on its disk every update
 //!   the reader had when the read arrived;
+//! - **crdt-causal**: no node's state of an OR-set or MV register holds an entry that an
+//!   acknowledged update replaced while its context has that update's dot (a delta joined
+//!   before its causal past);
 //! - **crdt-bounded**: no node's state of a bounded counter ever has a value or any node's
 //!   rights below zero.
 //!
@@ -212,9 +217,21 @@ struct Truth {
     acked_insert: BTreeMap<Key, BTreeSet<String>>,
     tried_insert: BTreeMap<Key, BTreeSet<String>>,
     tried_remove: BTreeMap<Key, BTreeSet<String>>,
-    /// Removes acknowledged (each by the only client that inserted the element, after its
-    /// acknowledged insert).
-    acked_remove: BTreeMap<Key, BTreeSet<String>>,
+    /// Every insert and remove of each set element, in order (only the client that first
+    /// inserted an element updates it, one update at a time): (insert?, acknowledged?).
+    elem_ops: BTreeMap<Key, BTreeMap<String, Vec<(bool, bool)>>>,
+    /// Acknowledged updates of dot-kernel objects (OR-sets, MV registers), per key.
+    kernel_writes: BTreeMap<Key, Vec<KernelWrite>>,
+}
+
+/// An acknowledged OR-set or MV-register update: its dot, the context it was made in (the
+/// answer's token), and for a set the element. Every entry it replaced (a MV register's
+/// entries in that context; a set's entries of the element) must be gone from any state whose
+/// context has the update's dot.
+struct KernelWrite {
+    dot: baton_core::crdt::Dot,
+    seen: Context,
+    elem: Option<String>,
 }
 
 struct World {
@@ -390,7 +407,15 @@ impl World {
         let n = self.nodes.get_mut(&node).expect("node");
         n.heard.insert(from, self.now);
         n.inputs += 1;
+        let keys: Vec<Key> = match &msg {
+            Gossip::Deltas(d) => d.iter().map(|d| d.key.clone()).collect(),
+            Gossip::States(s) => s.iter().map(|(k, _)| k.clone()).collect(),
+            _ => Vec::new(),
+        };
         self.with_replica(node, |r| r.receive(from, msg));
+        for key in keys.iter().filter(|k| matches!(k.kind, Kind::OrSet | Kind::MvRegister)) {
+            self.check_causal(node, key);
+        }
     }
 
     /// Hands a client's request to node `node`'s replica.
@@ -608,7 +633,13 @@ impl World {
             Kind::OrSet => {
                 let seen: Vec<String> = self.clients[c].own_inserts.get(key).into_iter().flatten().cloned().collect();
                 if !seen.is_empty() && self.rng.gen_bool(0.3) {
-                    Op::Remove(seen[self.rng.gen_range(0..seen.len())].clone())
+                    // Its own element: removed, or inserted again (a new dot replacing the old).
+                    let e = seen[self.rng.gen_range(0..seen.len())].clone();
+                    if self.rng.gen_bool(0.6) {
+                        Op::Remove(e)
+                    } else {
+                        Op::Insert(e)
+                    }
                 } else {
                     Op::Insert(format!("c{c}-{call}"))
                 }
@@ -624,9 +655,11 @@ impl World {
             Op::Subtract(n) => *t.tried_sub.entry(key.clone()).or_default() += *n as i128,
             Op::Insert(e) => {
                 t.tried_insert.entry(key.clone()).or_default().insert(e.clone());
+                t.elem_ops.entry(key.clone()).or_default().entry(e.clone()).or_default().push((true, false));
             }
             Op::Remove(e) => {
                 t.tried_remove.entry(key.clone()).or_default().insert(e.clone());
+                t.elem_ops.entry(key.clone()).or_default().entry(e.clone()).or_default().push((false, false));
             }
             _ => {}
         }
@@ -672,10 +705,24 @@ impl World {
                     t.acked_insert.entry(key.clone()).or_default().insert(e.clone());
                     cl.own_inserts.entry(key.clone()).or_default().insert(e.clone());
                 }
-                Op::Remove(e) => {
-                    t.acked_remove.entry(key.clone()).or_default().insert(e.clone());
-                }
                 _ => {}
+            }
+            if let Op::Insert(e) | Op::Remove(e) = op {
+                if let Some(last) = t.elem_ops.get_mut(&key).and_then(|m| m.get_mut(e)).and_then(|v| v.last_mut()) {
+                    last.1 = true;
+                }
+            }
+            if matches!(key.kind, Kind::OrSet | Kind::MvRegister) {
+                let dot = baton_core::crdt::Dot { replica: node, seq: reply.token.top(node) };
+                let elem = match op {
+                    Op::Insert(e) | Op::Remove(e) => Some(e.clone()),
+                    _ => None,
+                };
+                t.kernel_writes.entry(key.clone()).or_default().push(KernelWrite {
+                    dot,
+                    seen: reply.token.clone(),
+                    elem,
+                });
             }
             // A session's writes are ordered: each one's stamp is above any its session saw.
             if let (Kind::LwwRegister, Value::Register { stamp: Some(st), .. }) = (key.kind, &reply.value) {

@@ -98,13 +98,19 @@ pub struct Bugs {
     /// causal past is here (CRDT causal: a replaced value stays visible next to the update
     /// that replaced it).
     pub crdt_deltas_out_of_order: bool,
+    /// A CRDT replica drops the objects of slots it no longer owns at once, without handing
+    /// them to their owners (CRDT durability: updates only it had are lost).
+    pub crdt_drop_before_handoff: bool,
+    /// A CRDT replica that dropped a handed-off object and owns it again makes updates to it
+    /// without waiting for its own earlier dots to come back (a dot issued twice).
+    pub crdt_dropped_forgets_dots: bool,
 }
 
 /// Picks one flag out of a [`Bugs`].
 type Flag = fn(&mut Bugs) -> &mut bool;
 
 /// The command-line names of the bugs, with the flag each sets.
-const TABLE: [(&str, Flag); 31] = [
+const TABLE: [(&str, Flag); 33] = [
     ("grant-ignores-queue", |b| &mut b.grant_ignores_queue),
     ("token-reset-on-restart", |b| &mut b.token_reset_on_restart),
     ("follower-expiry", |b| &mut b.follower_expiry),
@@ -136,6 +142,8 @@ const TABLE: [(&str, Flag); 31] = [
     ("crdt-probe-reply-before-write", |b| &mut b.crdt_probe_reply_before_write),
     ("crdt-update-ignores-token", |b| &mut b.crdt_update_ignores_token),
     ("crdt-deltas-out-of-order", |b| &mut b.crdt_deltas_out_of_order),
+    ("crdt-drop-before-handoff", |b| &mut b.crdt_drop_before_handoff),
+    ("crdt-dropped-forgets-dots", |b| &mut b.crdt_dropped_forgets_dots),
 ];
 
 impl Bugs {

@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, VecDeque};
 use baton_core::crdt::{Context, Key, Kind, Op, Value};
 use baton_node::crdt::Gossip;
 use baton_node::crdt::{
-    CrdtFailure, CrdtOutput, CrdtReply, CrdtRequest, CrdtStore, MemCrdtStore, ReadLevel, Replica, ReplicaConfig,
+    CrdtFailure, CrdtOutput, CrdtReply, CrdtRequest, CrdtStore, MemCrdtStore, Placement, ReadLevel, Replica,
+    ReplicaConfig, Stored,
 };
 
 struct Net {
@@ -377,4 +378,55 @@ fn a_delta_waits_for_its_causal_past() {
             assert_eq!(net.value(node, &k), values(&["c"]), "node {node}");
         }
     }
+}
+
+fn owned_by(nodes: &[u64], version: u64) -> Option<std::sync::Arc<Placement>> {
+    let set: std::collections::BTreeSet<u64> = nodes.iter().copied().collect();
+    let per_slot = std::iter::repeat_n(set, baton_core::SLOTS as usize);
+    Some(std::sync::Arc::new(Placement::from_owners(per_slot, version)))
+}
+
+/// Objects live on their slot's owners: others refuse (naming them); a move hands the object
+/// to the new owners and the old one drops it; when it owns the slot again, its first update
+/// waits for its own earlier updates to come back (its dots are not issued twice).
+#[test]
+fn objects_follow_their_owners_and_come_back_whole() {
+    let mut net = Net::new(3);
+    let k = key(Kind::GCounter, "hits");
+    let place = |net: &mut Net, nodes: &[u64], v: u64| {
+        for r in net.replicas.values_mut() {
+            r.set_placement(owned_by(nodes, v));
+        }
+    };
+    place(&mut net, &[1, 2], 1);
+    net.request(1, update(&k, Op::Add(5)));
+    net.settle(20);
+    assert_eq!(net.value(2, &k), Value::Counter(5));
+    let refused = net.request(3, update(&k, Op::Add(1)));
+    match net.answers.remove(&refused).unwrap() {
+        Err(CrdtFailure::NotOwned { owners, .. }) => assert_eq!(owners.len(), 2, "{owners:?}"),
+        other => panic!("node 3 took an object it does not own: {other:?}"),
+    }
+    assert!(net.replicas[&3].get(&k).is_none());
+
+    // The slot moves to nodes 2 and 3: node 1 hands the counter over and drops it.
+    place(&mut net, &[2, 3], 2);
+    net.settle(2_500);
+    assert_eq!(net.value(3, &k), Value::Counter(5));
+    assert!(net.replicas[&1].get(&k).is_none(), "node 1 still holds what it no longer owns");
+    assert_eq!(net.replicas[&1].handed_off(), 1);
+    let stored = net.stores[&1].load().unwrap();
+    assert_eq!(stored, vec![(k.clone(), Stored::Dropped(1))]);
+
+    // Back to nodes 1 and 2: node 1's next add waits for its own first one to come back.
+    place(&mut net, &[1, 2], 3);
+    let id = net.request(1, update(&k, Op::Add(1)));
+    assert!(!net.answers.contains_key(&id), "answered before node 1 had its own earlier add back");
+    net.settle(100);
+    assert_eq!(net.answers.remove(&id).unwrap().unwrap().value, Value::Counter(6));
+    net.settle(2_500);
+    for node in [1, 2] {
+        assert_eq!(net.value(node, &k), Value::Counter(6), "node {node}");
+    }
+    assert!(net.replicas[&3].get(&k).is_none(), "node 3 still holds what it no longer owns");
 }

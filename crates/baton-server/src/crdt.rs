@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use baton_node::crdt::{CrdtFailure, CrdtOutput, CrdtReply, CrdtRequest, CrdtStore, Gossip, Replica};
+use baton_node::crdt::{CrdtFailure, CrdtOutput, CrdtReply, CrdtRequest, CrdtStore, Gossip, Placement, Replica};
 use baton_node::{NodeId, CRDT_CHANNEL};
 use baton_proto::peer::GroupMessage;
 use tokio::sync::{broadcast, oneshot};
@@ -54,11 +54,17 @@ pub struct CrdtChange {
 #[derive(Clone)]
 pub struct CrdtHandle {
     tx: mpsc::SyncSender<CrdtInput>,
+    view: Arc<Mutex<ClusterView>>,
     /// Every change, as it is applied.
     pub changes: broadcast::Sender<CrdtChange>,
 }
 
 impl CrdtHandle {
+    /// The client address of node `node`, if known (to name an object's owners).
+    pub fn addr_of(&self, node: NodeId) -> Option<String> {
+        self.view.lock().expect("view lock").client_addrs.get(&node).cloned()
+    }
+
     /// Hands an input to the thread; false if its queue is full or it stopped.
     pub fn send(&self, input: CrdtInput) -> bool {
         self.tx.try_send(input).is_ok()
@@ -110,7 +116,7 @@ pub fn spawn<S: CrdtStore + Send + 'static>(
 ) -> std::io::Result<(CrdtHandle, CrdtThread)> {
     let (tx, rx) = mpsc::sync_channel(MAX_QUEUED);
     let (changes, _) = broadcast::channel(4096);
-    let handle = CrdtHandle { tx, changes: changes.clone() };
+    let handle = CrdtHandle { tx, view: view.clone(), changes: changes.clone() };
     let id = replica.id();
     let stop = Arc::new(AtomicBool::new(false));
     let stopping = stop.clone();
@@ -143,6 +149,7 @@ impl<S: CrdtStore> Thread<S> {
         let mut clock = crate::runtime::system_clock();
         let mut next_tick = 0;
         let mut next_peers = 0;
+        let mut placed = None;
         let mut inputs = Vec::new();
         while !stop.load(Ordering::Relaxed) {
             let (mono, _) = clock();
@@ -164,8 +171,17 @@ impl<S: CrdtStore> Thread<S> {
             self.replica.set_watched(self.changes.receiver_count() > 0);
             if mono >= next_peers {
                 next_peers = mono + PEERS_EVERY.as_millis() as u64;
-                let peers: Vec<NodeId> = self.view.lock().expect("view lock").peer_addrs.keys().copied().collect();
+                let (peers, topology) = {
+                    let view = self.view.lock().expect("view lock");
+                    (view.peer_addrs.keys().copied().collect::<Vec<NodeId>>(), view.topology.clone())
+                };
                 self.replica.set_peers(peers);
+                // Objects live on the replicas of the group serving their slot (none until the
+                // meta group's map is here: then every node takes every object).
+                if placed != Some(topology.version) && !topology.groups.is_empty() {
+                    placed = Some(topology.version);
+                    self.replica.set_placement(Some(Arc::new(Placement::from_topology(&topology))));
+                }
             }
             for input in inputs.drain(..) {
                 match input {
@@ -240,15 +256,15 @@ impl<S: CrdtStore> Thread<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use baton_core::crdt::{Context, Key, Kind, Object, Op};
-    use baton_node::crdt::ReplicaConfig;
+    use baton_core::crdt::{Context, Key, Kind, Op};
+    use baton_node::crdt::{ReplicaConfig, Stored};
     use baton_node::DiskError;
 
     /// A disk whose writes fail.
     struct Broken;
 
     impl CrdtStore for Broken {
-        fn load(&self) -> Result<Vec<(Key, Object)>, DiskError> {
+        fn load(&self) -> Result<Vec<(Key, Stored)>, DiskError> {
             Ok(vec![])
         }
         fn write(&mut self, _: &[(Key, Vec<u8>)]) -> Result<(), DiskError> {

@@ -300,7 +300,11 @@ impl Baton for BatonService {
         let (req, timeout) = crdt::request(request.into_inner())?;
         self.access.check(&caller, "Crdt", &rules::of_crdt(&req))?;
         self.access.charge(&caller)?;
-        let reply = self.crdt.request(req, timeout).await.map_err(crate::status::crdt_status)?;
+        let reply = self
+            .crdt
+            .request(req, timeout)
+            .await
+            .map_err(|e| crate::status::crdt_status(e, |n| self.crdt.addr_of(n)))?;
         Ok(Response::new(crdt::response(reply, self.node.id)))
     }
 

@@ -99,11 +99,22 @@ fn crdt_code(e: &baton_core::crdt::CrdtError) -> Code {
     }
 }
 
-/// The status for a failed request to the coordination-free tier.
-pub fn crdt_status(failure: baton_node::crdt::CrdtFailure) -> Status {
+/// The status for a failed request to the coordination-free tier; `addr_of` gives a node's
+/// client address (a request for an object this node does not hold is redirected to an owner,
+/// as a request to a follower is to its leader).
+pub fn crdt_status(failure: baton_node::crdt::CrdtFailure, addr_of: impl Fn(u64) -> Option<String>) -> Status {
     use baton_node::crdt::CrdtFailure as F;
     use pb::error_info::Reason;
     match failure {
+        F::NotOwned { kind, name, owners } => {
+            let to = owners.iter().find_map(|&o| addr_of(o).map(|a| (o, a)));
+            let (id, addr) = to.unwrap_or_default();
+            let message = format!(
+                "this node holds no replica of the {kind} {name:?}: nodes {owners:?} do{}",
+                if addr.is_empty() { String::new() } else { format!("; ask node {id} at {addr}") }
+            );
+            with_info(Status::unavailable(message), Reason::NotLeader, id, addr)
+        }
         F::Refused(e) => Status::new(crdt_code(&e), e.to_string()),
         F::Timeout(msg) => Status::deadline_exceeded(msg),
         F::Busy(msg) => with_info(Status::resource_exhausted(msg), Reason::Busy, 0, String::new()),

@@ -25,9 +25,37 @@ fn a_seed_replays_exactly() {
     assert_eq!((a.steps, a.acked_updates, a.dropped, a.reads), (b.steps, b.acked_updates, b.dropped, b.reads));
 }
 
+/// Five nodes, five groups of three, ranges moving all the time.
+fn placed() -> CrdtSimConfig {
+    CrdtSimConfig { nodes: 5, groups: 5, clients: 8, ..CrdtSimConfig::default() }
+}
+
+#[test]
+fn objects_follow_their_slots_owners_through_moves() {
+    let cfg = placed();
+    for r in seeds(&cfg, 6) {
+        assert!(r.violations.is_empty(), "seed {}: {:?}", r.seed, r.violations);
+        assert!(r.moves > 0 && r.not_owned > 0 && r.handed_off > 0, "seed {}: placement not exercised: {r:?}", r.seed);
+    }
+}
+
+#[test]
+fn dropping_before_the_hand_off_is_caught() {
+    caught_with(placed(), "crdt-drop-before-handoff", "crdt-durability", 10);
+}
+
+#[test]
+fn a_node_that_forgets_its_dropped_dots_is_caught() {
+    caught_with(placed(), "crdt-dropped-forgets-dots", "crdt-durability", 60);
+}
+
 /// The checker `property` catches `bug` within `n` seeds.
 fn caught(bug: &str, property: &str, n: u64) {
-    let cfg = CrdtSimConfig { bugs: Bugs::parse(bug).unwrap(), ..CrdtSimConfig::default() };
+    caught_with(CrdtSimConfig::default(), bug, property, n);
+}
+
+fn caught_with(cfg: CrdtSimConfig, bug: &str, property: &str, n: u64) {
+    let cfg = CrdtSimConfig { bugs: Bugs::parse(bug).unwrap(), ..cfg };
     let hit = (1..=n).map(|seed| run_crdt(&cfg, seed)).find(|r| r.violations.iter().any(|v| v.property == property));
     assert!(hit.is_some(), "{property} never caught {bug} in {n} seeds");
 }

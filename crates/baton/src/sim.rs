@@ -212,6 +212,7 @@ fn crdt_main(args: &SimArgs) -> ExitCode {
             heal_ms: args.heal_ms,
             faults,
             bugs: bugs.unwrap_or_default(),
+            groups: args.groups as usize,
             ..CrdtSimConfig::default()
         },
         (Err(e), _) | (_, Err(e)) => {
@@ -257,6 +258,15 @@ fn crdt_main(args: &SimArgs) -> ExitCode {
         sum(|r| r.dropped),
         sum(|r| r.duplicated)
     );
+    if cfg.groups > 1 {
+        println!(
+            "placement: {} groups; moves {}; requests refused (not an owner) {}; objects handed off and dropped {}",
+            cfg.groups,
+            sum(|r| r.moves),
+            sum(|r| r.not_owned),
+            sum(|r| r.handed_off)
+        );
+    }
     let rate = done.len() as f64 / started.elapsed().as_secs_f64();
     println!("runs={} violations={} seeds_per_s={rate:.1}", done.len(), failed.len());
     if failed.is_empty() {

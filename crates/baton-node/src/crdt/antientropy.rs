@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use baton_core::crdt::{Context, Key};
+use baton_core::slot_of;
 
 use super::gossip::{
     bucket_of, encode_state, Gossip, Position, BUCKETS, MAX_KEYS_PER_EXCHANGE, MAX_STATE_BYTES_PER_MESSAGE,
@@ -18,7 +19,8 @@ impl Replica {
             return;
         }
         self.settle();
-        let buckets: Vec<u16> = (0..BUCKETS).filter(|&b| self.buckets[b] != theirs[b]).map(|b| b as u16).collect();
+        let ours = self.digest_for(from);
+        let buckets: Vec<u16> = (0..BUCKETS).filter(|&b| ours[b] != theirs[b]).map(|b| b as u16).collect();
         if buckets.is_empty() {
             self.ae_cursor.remove(&from);
             return;
@@ -27,7 +29,7 @@ impl Replica {
         // one the previous exchange with this peer listed, so that a difference beyond the
         // first page is reached too.
         let after = self.ae_cursor.get(&from).cloned();
-        let (hashes, to) = self.page(&buckets, after.as_ref());
+        let (hashes, to) = self.page(from, &buckets, after.as_ref());
         match &to {
             Some(last) => self.ae_cursor.insert(from, last.clone()),
             None => self.ae_cursor.remove(&from),
@@ -35,16 +37,39 @@ impl Replica {
         self.held.push(CrdtOutput::Send { to: from, msg: Gossip::Diff { buckets, hashes, after, to } });
     }
 
-    /// The keys (with their hashes) in `buckets` after `after`, in (bucket, key) order, up to
-    /// [`MAX_KEYS_PER_EXCHANGE`]; and the last one if the page is full (`None`: to the end).
-    pub(super) fn page(&self, buckets: &[u16], after: Option<&Position>) -> (Vec<(Key, u64)>, Option<Position>) {
+    /// The digest this node compares with `peer`: per bucket, the XOR of the hashes of the
+    /// objects held in the slots both own (every bucket's whole hash without a placement).
+    pub(super) fn digest_for(&mut self, peer: NodeId) -> Vec<u64> {
+        self.settle();
+        if self.placement.is_none() {
+            return self.buckets.clone();
+        }
+        let per_bucket = baton_core::SLOTS as usize / BUCKETS;
+        (0..BUCKETS)
+            .map(|b| {
+                (b * per_bucket..(b + 1) * per_bucket)
+                    .filter(|&s| self.slot_hash[s] != 0 && self.shared(s as baton_core::Slot, peer))
+                    .fold(0, |h, s| h ^ self.slot_hash[s])
+            })
+            .collect()
+    }
+
+    /// The keys (with their hashes) in `buckets` after `after` in slots this node and `peer`
+    /// both own, in (bucket, key) order, up to [`MAX_KEYS_PER_EXCHANGE`]; and the last one if
+    /// the page is full (`None`: to the end).
+    pub(super) fn page(
+        &self,
+        peer: NodeId,
+        buckets: &[u16],
+        after: Option<&Position>,
+    ) -> (Vec<(Key, u64)>, Option<Position>) {
         let mut out = Vec::new();
         for &b in buckets {
             if after.is_some_and(|(ab, _)| b < *ab) {
                 continue;
             }
             for k in &self.bucket_keys[b as usize] {
-                if after.is_some_and(|(ab, ak)| b == *ab && k <= ak) {
+                if after.is_some_and(|(ab, ak)| b == *ab && k <= ak) || !self.shared(slot_of(&k.name), peer) {
                     continue;
                 }
                 if out.len() == MAX_KEYS_PER_EXCHANGE {
@@ -74,7 +99,9 @@ impl Replica {
         };
         let mut ours: BTreeMap<Key, u64> = BTreeMap::new();
         for &b in buckets.iter().filter(|&&b| (b as usize) < BUCKETS) {
-            for k in self.bucket_keys[b as usize].iter().filter(|k| in_range(b, k)) {
+            for k in
+                self.bucket_keys[b as usize].iter().filter(|k| in_range(b, k) && self.shared(slot_of(&k.name), from))
+            {
                 ours.insert(k.clone(), self.objects[k].hash);
             }
         }
@@ -88,7 +115,7 @@ impl Replica {
             .collect();
         let pull: Vec<Key> = theirs
             .iter()
-            .filter(|(k, h)| ours.get(k) != Some(h))
+            .filter(|(k, h)| ours.get(k) != Some(h) && self.owns(k))
             .map(|(k, _)| k.clone())
             .take(MAX_KEYS_PER_EXCHANGE)
             .collect();

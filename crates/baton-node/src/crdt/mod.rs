@@ -57,16 +57,20 @@
 
 mod antientropy;
 pub mod gossip;
+mod handoff;
+pub mod placement;
 pub mod store;
 mod waits;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use baton_core::crdt::{Context, CrdtError, Key, Kind, Object, Op, Value};
 use baton_core::Hlc;
 
 pub use gossip::{Delta, Gossip};
-pub use store::{CrdtStore, EngineCrdtStore, MemCrdtStore};
+pub use placement::Placement;
+pub use store::{CrdtStore, EngineCrdtStore, MemCrdtStore, Stored};
 
 use crate::{NodeId, RequestId};
 use gossip::{bucket_of, encode_state, hash_of, Position, BUCKETS, MAX_KEYS_PER_EXCHANGE};
@@ -130,6 +134,9 @@ pub enum CrdtFailure {
     /// on the disk, hence may or may not count.
     #[error("{0}")]
     Unknown(String),
+    /// This node holds no replica of the object: `owners` do (the live ones first).
+    #[error("this node holds no replica of the {kind} {name:?}: nodes {owners:?} do")]
+    NotOwned { kind: &'static str, name: String, owners: Vec<NodeId> },
 }
 
 /// Settings; the defaults suit a LAN.
@@ -232,6 +239,23 @@ pub struct Replica {
     heard: BTreeMap<NodeId, u64>,
     /// Every key, per digest bucket (anti-entropy pages through them).
     bucket_keys: Vec<BTreeSet<Key>>,
+    /// The XOR of the hashes of the objects held, per slot: a digest for one peer covers the
+    /// slots both own.
+    slot_hash: Vec<u64>,
+    /// Who owns which slot (`None`: every node owns every slot).
+    placement: Option<Arc<Placement>>,
+    /// Objects held here in slots this node does not own: handed to their owners, then dropped.
+    foreign: BTreeSet<Key>,
+    /// Per foreign object, the owners that reported holding, durably, everything this node has.
+    handed: BTreeMap<Key, BTreeSet<NodeId>>,
+    /// Probes of the hand-off, by id: when sent.
+    handoff_probes: BTreeMap<u64, u64>,
+    /// Objects this node dropped after handing them off, with its last dot of each: an update
+    /// there waits until the object is back with every one of those dots (else a dot would be
+    /// issued twice). Kept on the disk as markers ([`Stored::Dropped`]).
+    dropped: BTreeMap<Key, u64>,
+    /// Objects handed off and dropped since the start.
+    handed_off: u64,
     /// Where the next anti-entropy page for each peer starts.
     ae_cursor: BTreeMap<NodeId, Position>,
     /// Rights given lately, by (asker, counter): when.
@@ -246,7 +270,7 @@ pub struct Replica {
 
 impl Replica {
     /// A replica with the states `recovered` from its store, gossiping with `peers`.
-    pub fn new(cfg: ReplicaConfig, peers: impl IntoIterator<Item = NodeId>, recovered: Vec<(Key, Object)>) -> Self {
+    pub fn new(cfg: ReplicaConfig, peers: impl IntoIterator<Item = NodeId>, recovered: Vec<(Key, Stored)>) -> Self {
         let mut r = Replica {
             peers: BTreeSet::new(),
             now_ms: 0,
@@ -268,6 +292,13 @@ impl Replica {
             heard: BTreeMap::new(),
             given: BTreeMap::new(),
             bucket_keys: vec![BTreeSet::new(); BUCKETS],
+            slot_hash: vec![0; baton_core::SLOTS as usize],
+            placement: None,
+            foreign: BTreeSet::new(),
+            handed: BTreeMap::new(),
+            handoff_probes: BTreeMap::new(),
+            dropped: BTreeMap::new(),
+            handed_off: 0,
             ae_cursor: BTreeMap::new(),
             started_ms: None,
             next_anti_entropy_ms: 0,
@@ -276,16 +307,70 @@ impl Replica {
             cfg,
         };
         r.set_peers(peers);
-        for (key, obj) in recovered {
+        for (key, stored) in recovered {
+            let obj = match stored {
+                Stored::State(obj) => obj,
+                Stored::Dropped(top) => {
+                    r.dropped.insert(key, top);
+                    continue;
+                }
+            };
             if let Some(h) = obj.max_stamp() {
                 r.hlc = r.hlc.max(h);
             }
             let hash = hash_of(&key, &encode_state(&obj));
             r.buckets[bucket_of(&key)] ^= hash;
+            r.slot_hash[baton_core::slot_of(&key.name) as usize] ^= hash;
             r.bucket_keys[bucket_of(&key)].insert(key.clone());
             r.objects.insert(key, Held { obj, hash });
         }
         r
+    }
+
+    /// Who owns which slot (the runtime calls this when the topology changes; `None`: every
+    /// node owns every slot). Objects held in slots this node no longer owns are handed to
+    /// their owners and dropped once each owner holds them.
+    pub fn set_placement(&mut self, placement: Option<Arc<Placement>>) {
+        if self.placement.as_deref() == placement.as_deref() {
+            return;
+        }
+        self.placement = placement;
+        let foreign: BTreeSet<Key> = self.objects.keys().filter(|k| !self.owns(k)).cloned().collect();
+        self.handed.retain(|k, _| foreign.contains(k));
+        self.foreign = foreign;
+        // Digests change with the owners: start every peer's paging again.
+        self.ae_cursor.clear();
+        if self.bugs.crdt_drop_before_handoff {
+            // Planted bug: what this node no longer owns goes at once.
+            for key in self.foreign.clone() {
+                self.drop_object(&key);
+            }
+        }
+    }
+
+    /// True if this node owns `key`.
+    pub fn owns(&self, key: &Key) -> bool {
+        self.placement.as_ref().is_none_or(|p| p.owners(key).contains(&self.cfg.id))
+    }
+
+    /// True if peer `peer` owns `key`.
+    fn peer_owns(&self, peer: NodeId, key: &Key) -> bool {
+        self.placement.as_ref().is_none_or(|p| p.owners(key).contains(&peer))
+    }
+
+    /// True if this node and `peer` both own `slot`.
+    fn shared(&self, slot: baton_core::Slot, peer: NodeId) -> bool {
+        self.placement.as_ref().is_none_or(|p| p.owns(self.cfg.id, slot) && p.owns(peer, slot))
+    }
+
+    /// The live peers that own `key`.
+    fn live_owner_peers(&self, key: &Key) -> Vec<NodeId> {
+        self.live_peers().into_iter().filter(|&p| self.peer_owns(p, key)).collect()
+    }
+
+    /// The peers that own `key` (every peer without a placement).
+    fn owner_peers(&self, key: &Key) -> Vec<NodeId> {
+        self.peers.iter().copied().filter(|&p| self.peer_owns(p, key)).collect()
     }
 
     /// Deliberate bugs for the simulator's planted-bug checks (all off in production).
@@ -347,8 +432,22 @@ impl Replica {
 
     /// A client request, due by `deadline_ms` on the monotonic clock.
     pub fn request(&mut self, id: RequestId, req: CrdtRequest, deadline_ms: u64) {
+        let key = match &req {
+            CrdtRequest::Update { key, .. } | CrdtRequest::Read { key, .. } => key,
+        };
+        if !self.owns(key) {
+            let failure = self.not_owned(key);
+            self.answer(id, Err(failure));
+            return;
+        }
         match req {
-            CrdtRequest::Update { key, op, after } => {
+            CrdtRequest::Update { key, op, mut after } => {
+                let forget = self.bugs.crdt_dropped_forgets_dots;
+                if let (None, Some(&top), false) = (self.objects.get(&key), self.dropped.get(&key), forget) {
+                    // Handed off and dropped earlier: this node's own dots of it must come back
+                    // before it makes another.
+                    after.insert_upto(self.cfg.id, top);
+                }
                 if self.has(&key, &after) || self.bugs.crdt_update_ignores_token {
                     self.update(id, key, op, deadline_ms);
                 } else {
@@ -359,6 +458,19 @@ impl Replica {
             }
             CrdtRequest::Read { key, level } => self.read(id, key, level, deadline_ms),
         }
+    }
+
+    /// The refusal of a request for an object this node does not own: its owners, the live
+    /// ones first, starting from one picked by the name (so that clients spread over them).
+    fn not_owned(&self, key: &Key) -> CrdtFailure {
+        let mut owners: Vec<NodeId> = self.placement.as_ref().map(|p| p.owners(key).to_vec()).unwrap_or_default();
+        if !owners.is_empty() {
+            let at = baton_core::slot_of(&key.name) as usize % owners.len();
+            owners.rotate_left(at);
+        }
+        let live = self.live_peers();
+        owners.sort_by_key(|o| !live.contains(o));
+        CrdtFailure::NotOwned { kind: key.kind.label(), name: key.name.clone(), owners }
     }
 
     fn answer(&mut self, id: RequestId, result: Result<CrdtReply, CrdtFailure>) {
@@ -467,7 +579,8 @@ impl Replica {
             }
             ReadLevel::Converged => {
                 let target = self.reply(&key).token;
-                let peers: BTreeMap<NodeId, bool> = self.live_peers().into_iter().map(|p| (p, false)).collect();
+                let peers: BTreeMap<NodeId, bool> =
+                    self.live_owner_peers(&key).into_iter().map(|p| (p, false)).collect();
                 if peers.is_empty() {
                     let reply = self.reply(&key);
                     self.answer(id, Ok(reply));
@@ -533,6 +646,7 @@ impl Replica {
                 // Held like every output: what it reports must be durable first.
                 self.held.push(CrdtOutput::Send { to: from, msg: Gossip::ProbeReply { id, contexts } });
             }
+            Gossip::ProbeReply { id, contexts } if self.is_handoff_probe(id) => self.on_handoff_reply(from, contexts),
             Gossip::ProbeReply { id, contexts } => self.on_probe_reply(from, id, contexts),
             Gossip::WantRights { key, n } => self.give_rights(from, key, n),
         }
@@ -624,8 +738,19 @@ impl Replica {
             // The HLC's receive rule: later local writes order after what this node has seen.
             self.hlc = self.hlc.max(h);
         }
+        if let Some(&top) = self.dropped.get(&key) {
+            if state.ctx.top(self.cfg.id) >= top {
+                // Back with every dot this node made before it dropped the object.
+                self.dropped.remove(&key);
+            }
+        }
+        let owned = self.owns(&key);
         let held = match self.objects.get_mut(&key) {
             Some(h) => h,
+            None if !owned => {
+                // Not ours (a peer routes by an older topology): its owners get it from it.
+                return;
+            }
             None => {
                 if self.objects.len() >= self.cfg.max_objects {
                     tracing::warn!(
@@ -668,6 +793,7 @@ impl Replica {
             let bytes = encode_state(&held.obj);
             let hash = hash_of(&key, &bytes);
             self.buckets[bucket_of(&key)] ^= held.hash ^ hash;
+            self.slot_hash[baton_core::slot_of(&key.name) as usize] ^= held.hash ^ hash;
             held.hash = hash;
             self.bucket_keys[bucket_of(&key)].insert(key.clone());
             self.to_write.insert(key, bytes);
@@ -712,7 +838,13 @@ impl Replica {
         if !deltas.is_empty() {
             let deltas: Vec<Delta> = deltas.into_values().collect();
             for &p in &self.peers {
-                self.out.push(CrdtOutput::Send { to: p, msg: Gossip::Deltas(deltas.clone()) });
+                let theirs: Vec<Delta> = match &self.placement {
+                    None => deltas.clone(),
+                    Some(_) => deltas.iter().filter(|d| self.peer_owns(p, &d.key)).cloned().collect(),
+                };
+                if !theirs.is_empty() {
+                    self.out.push(CrdtOutput::Send { to: p, msg: Gossip::Deltas(theirs) });
+                }
             }
         }
         self.out.append(&mut self.held);

@@ -5,6 +5,9 @@
 //! answers and messages leave. [`EngineCrdtStore`] keeps them in a raft-engine log of its own
 //! (`<data>/crdt`), as key-value records of one region that the engine rewrites when it purges
 //! old files; [`MemCrdtStore`] keeps them in memory for tests and the simulator.
+//!
+//! An object handed to its owners and dropped leaves a marker with the node's last dot of it
+//! ([`Stored::Dropped`]), or nothing if the node never updated it (an empty record deletes).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,23 +25,52 @@ const PURGE_EVERY: u64 = 256;
 
 /// Where a replica's states go.
 pub trait CrdtStore {
-    /// Every stored state.
-    fn load(&self) -> Result<Vec<(Key, Object)>, DiskError>;
-    /// Writes states durably (fsync) before returning.
+    /// Every stored record.
+    fn load(&self) -> Result<Vec<(Key, Stored)>, DiskError>;
+    /// Writes records durably (fsync) before returning: encoded states, markers
+    /// ([`dropped_marker`]), or nothing (deletes the key's record).
     fn write(&mut self, states: &[(Key, Vec<u8>)]) -> Result<(), DiskError>;
+}
+
+/// A stored record.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Stored {
+    /// An object's state.
+    State(Object),
+    /// The object was handed off and dropped; this node's last dot of it.
+    Dropped(u64),
+}
+
+/// The bytes a marker starts with (no encoded state can: a state starts with its context's
+/// length, and these bytes read as a length far beyond the record).
+const DROPPED_MAGIC: &[u8; 8] = b"\xffDROPPED";
+
+/// The record of an object dropped here after its hand-off, this node's last dot of it being
+/// `top` (empty, a deletion, if 0).
+pub fn dropped_marker(top: u64) -> Vec<u8> {
+    if top == 0 {
+        return Vec::new();
+    }
+    let mut v = DROPPED_MAGIC.to_vec();
+    v.extend_from_slice(&top.to_le_bytes());
+    v
 }
 
 fn key_bytes(key: &Key) -> Vec<u8> {
     bincode::serialize(key).expect("key encodes")
 }
 
-fn decode_record(k: &[u8], v: &[u8]) -> Result<(Key, Object), DiskError> {
+fn decode_record(k: &[u8], v: &[u8]) -> Result<(Key, Stored), DiskError> {
     let key: Key = bincode::deserialize(k).map_err(|e| DiskError::Corrupt(format!("CRDT key: {e}")))?;
+    if v.len() == 16 && v.starts_with(DROPPED_MAGIC) {
+        let top = u64::from_le_bytes(v[8..].try_into().expect("8 bytes"));
+        return Ok((key, Stored::Dropped(top)));
+    }
     let obj = decode_state(v).map_err(DiskError::Corrupt)?;
     if obj.kind() != key.kind {
         return Err(DiskError::Corrupt(format!("CRDT state of {:?} has the kind {}", key, obj.kind().label())));
     }
-    Ok((key, obj))
+    Ok((key, Stored::State(obj)))
 }
 
 /// The real store (see the module docs).
@@ -62,7 +94,7 @@ impl EngineCrdtStore {
 }
 
 impl CrdtStore for EngineCrdtStore {
-    fn load(&self) -> Result<Vec<(Key, Object)>, DiskError> {
+    fn load(&self) -> Result<Vec<(Key, Stored)>, DiskError> {
         let mut out = Vec::new();
         let mut failed = None;
         self.engine.scan_raw_messages(REGION, None, None, false, |k, v| match decode_record(k, v) {
@@ -87,7 +119,11 @@ impl CrdtStore for EngineCrdtStore {
         }
         let mut batch = LogBatch::default();
         for (key, bytes) in states {
-            batch.put(REGION, key_bytes(key), bytes.clone())?;
+            if bytes.is_empty() {
+                batch.delete(REGION, key_bytes(key));
+            } else {
+                batch.put(REGION, key_bytes(key), bytes.clone())?;
+            }
         }
         self.engine.write(&mut batch, true)?;
         self.writes += 1;
@@ -106,13 +142,17 @@ pub struct MemCrdtStore {
 }
 
 impl CrdtStore for MemCrdtStore {
-    fn load(&self) -> Result<Vec<(Key, Object)>, DiskError> {
+    fn load(&self) -> Result<Vec<(Key, Stored)>, DiskError> {
         self.states.iter().map(|(k, v)| decode_record(&key_bytes(k), v)).collect()
     }
 
     fn write(&mut self, states: &[(Key, Vec<u8>)]) -> Result<(), DiskError> {
         for (k, v) in states {
-            self.states.insert(k.clone(), v.clone());
+            if v.is_empty() {
+                self.states.remove(k);
+            } else {
+                self.states.insert(k.clone(), v.clone());
+            }
         }
         Ok(())
     }
@@ -137,6 +177,18 @@ mod tests {
             store.write(&[(key.clone(), super::super::gossip::encode_state(&obj))]).unwrap();
         }
         let store = EngineCrdtStore::open(dir.path()).unwrap();
-        assert_eq!(store.load().unwrap(), vec![(key, obj)]);
+        assert_eq!(store.load().unwrap(), vec![(key.clone(), Stored::State(obj))]);
+        // A hand-off's marker, then a deletion, survive reopening too.
+        let other = Key::new(Kind::OrSet, "gone").unwrap();
+        {
+            let mut store = store;
+            store.write(&[(key.clone(), dropped_marker(9)), (other.clone(), dropped_marker(0))]).unwrap();
+        }
+        let store = EngineCrdtStore::open(dir.path()).unwrap();
+        assert_eq!(store.load().unwrap(), vec![(key.clone(), Stored::Dropped(9))]);
+        drop(store);
+        let mut store = EngineCrdtStore::open(dir.path()).unwrap();
+        store.write(&[(key, Vec::new())]).unwrap();
+        assert_eq!(store.load().unwrap(), vec![]);
     }
 }

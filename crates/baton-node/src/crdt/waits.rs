@@ -24,7 +24,7 @@ impl Replica {
     }
 
     pub(super) fn pull(&mut self, key: &Key) {
-        for p in self.live_peers() {
+        for p in self.live_owner_peers(key) {
             self.held.push(CrdtOutput::Send { to: p, msg: Gossip::Pull(vec![key.clone()]) });
         }
     }
@@ -35,7 +35,7 @@ impl Replica {
             _ => 0,
         };
         let n = n.saturating_sub(have).max(1);
-        for p in self.live_peers() {
+        for p in self.live_owner_peers(key) {
             self.held.push(CrdtOutput::Send { to: p, msg: Gossip::WantRights { key: key.clone(), n } });
         }
     }
@@ -126,9 +126,12 @@ impl Replica {
         if self.now_ms >= self.next_anti_entropy_ms {
             self.next_anti_entropy_ms = self.now_ms + self.cfg.anti_entropy_ms;
             self.settle();
-            for &p in &self.peers {
-                self.held.push(CrdtOutput::Send { to: p, msg: Gossip::Digest(self.buckets.clone()) });
+            let peers: Vec<NodeId> = self.peers.iter().copied().collect();
+            for p in peers {
+                let digest = self.digest_for(p);
+                self.held.push(CrdtOutput::Send { to: p, msg: Gossip::Digest(digest) });
             }
+            self.hand_off();
             let forget = self.now_ms.saturating_sub(GIVE_MEMORY_RETRIES * self.cfg.retry_ms);
             self.given.retain(|_, t| *t >= forget);
         }
@@ -193,11 +196,14 @@ impl Replica {
         if !pulls.is_empty() {
             let keys: Vec<Key> = pulls.into_iter().take(MAX_KEYS_PER_EXCHANGE).collect();
             for &p in &live {
-                self.held.push(CrdtOutput::Send { to: p, msg: Gossip::Pull(keys.clone()) });
+                let theirs: Vec<Key> = keys.iter().filter(|k| self.peer_owns(p, k)).cloned().collect();
+                if !theirs.is_empty() {
+                    self.held.push(CrdtOutput::Send { to: p, msg: Gossip::Pull(theirs) });
+                }
             }
         }
         for (key, n) in wants {
-            for &p in &live {
+            for p in self.live_owner_peers(&key) {
                 self.held.push(CrdtOutput::Send { to: p, msg: Gossip::WantRights { key: key.clone(), n } });
             }
         }

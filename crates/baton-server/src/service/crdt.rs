@@ -133,7 +133,7 @@ pub async fn watch(
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    let _ = tx.send(Err(crate::status::crdt_status(e))).await;
+                    let _ = tx.send(Err(crate::status::crdt_status(e, |n| tier.addr_of(n)))).await;
                     return;
                 }
             }

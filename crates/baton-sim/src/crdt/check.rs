@@ -112,8 +112,18 @@ impl World {
             .copied()
             .filter(|p| {
                 let stored = self.nodes[p].store.load().expect("memory store");
-                let has = stored.iter().find(|(k, _)| k == key).map(|(_, o)| o.ctx.covers(target));
-                !has.unwrap_or(target.is_empty())
+                // A node that dropped the object handed it off first: it no longer owns it,
+                // and every owner held, durably, all it had.
+                let handed = |p: u64| {
+                    let placed = self.nodes[&p].placed;
+                    placed > 0 && !self.placements[placed - 1].owners(key).contains(&p)
+                };
+                let has = stored.iter().find(|(k, _)| k == key).map(|(_, o)| match o {
+                    baton_node::crdt::Stored::State(o) => o.ctx.covers(target),
+                    baton_node::crdt::Stored::Dropped(_) => target.is_empty() || handed(*p),
+                });
+                // (Nothing at all: never held, or dropped without having made a dot of it.)
+                !has.unwrap_or_else(|| target.is_empty() || handed(*p))
             })
             .collect();
         if !lacking.is_empty() {
@@ -134,8 +144,24 @@ impl World {
         }
         let keys = self.keys.clone();
         for key in &keys {
-            let states: Vec<(u64, Option<baton_core::crdt::Object>)> =
-                self.nodes.iter().map(|(id, n)| (*id, n.replica.as_ref().and_then(|r| r.get(key)).cloned())).collect();
+            // Its owners hold equal states; every other node has handed it off and dropped it.
+            let owners = self.owners(key);
+            for (id, n) in &self.nodes {
+                if !owners.contains(id) && n.replica.as_ref().is_some_and(|r| r.get(key).is_some()) {
+                    let detail = format!("{} is still held by node {id}, which does not own it", key.name);
+                    self.report.violations.push(crate::check::Violation {
+                        property: "crdt-convergence",
+                        detail,
+                        at: self.now,
+                    });
+                }
+            }
+            let states: Vec<(u64, Option<baton_core::crdt::Object>)> = self
+                .nodes
+                .iter()
+                .filter(|(id, _)| owners.contains(id))
+                .map(|(id, n)| (*id, n.replica.as_ref().and_then(|r| r.get(key)).cloned()))
+                .collect();
             let first = &states[0].1;
             for (id, s) in &states[1..] {
                 if s != first {

@@ -35,10 +35,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use baton_core::crdt::{Context, Key, Kind, Op, Value};
 use baton_core::Bugs;
 use baton_node::crdt::{
-    CrdtOutput, CrdtReply, CrdtRequest, CrdtStore, Gossip, MemCrdtStore, ReadLevel, Replica, ReplicaConfig,
+    CrdtOutput, CrdtReply, CrdtRequest, CrdtStore, Gossip, MemCrdtStore, Placement, ReadLevel, Replica, ReplicaConfig,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::sync::Arc;
 
 use crate::check::Violation;
 
@@ -71,6 +72,11 @@ pub struct CrdtSimConfig {
     /// counters only, each on its own node (client `i` on node `i mod nodes`), with no think
     /// time. `None`: rounds are free, clients pick nodes and operations at random.
     pub cost: Option<Cost>,
+    /// Placement: with more than one group, the slots are cut into `groups` ranges, each owned
+    /// by 3 nodes (a ring, as the topology places groups), and the nemesis also moves ranges to
+    /// other nodes (both sets own a range while it moves; each node learns of a change after
+    /// its own delay). 0 or 1: every node owns every object.
+    pub groups: usize,
 }
 
 /// The processor cost model of [`CrdtSimConfig::cost`].
@@ -93,6 +99,7 @@ impl Default for CrdtSimConfig {
             bugs: Bugs::default(),
             max_skew_ms: 500,
             cost: None,
+            groups: 0,
         }
     }
 }
@@ -115,6 +122,11 @@ pub struct CrdtSimReport {
     pub duplicated: u64,
     /// Events processed.
     pub steps: u64,
+    /// With placement: moves started, requests refused by a node that does not own the
+    /// object, objects handed off and dropped.
+    pub moves: u64,
+    pub not_owned: u64,
+    pub handed_off: u64,
 }
 
 enum Ev {
@@ -159,6 +171,16 @@ enum Ev {
         node: u64,
     },
     HealPartition,
+    /// Node `node` learns placement number `version` (an index into the world's placements).
+    Place {
+        node: u64,
+        version: usize,
+    },
+    /// A move of group `group` started at placement `version` ends: its new owners alone.
+    EndMove {
+        group: usize,
+        owners: Vec<u64>,
+    },
 }
 
 struct SimNode {
@@ -178,6 +200,8 @@ struct SimNode {
     calls: BTreeMap<u64, Taken>,
     /// When this node's replica last took a message from each peer (since its last start).
     heard: BTreeMap<u64, Time>,
+    /// The placement this node was given last (an index into the world's placements).
+    placed: usize,
     next_id: u64,
 }
 
@@ -250,6 +274,13 @@ struct World {
     report: CrdtSimReport,
     keys: Vec<Key>,
     seed: u64,
+    /// Every placement handed out, in order (empty: none, every node owns everything); the
+    /// last is the current one.
+    placements: Vec<Arc<Placement>>,
+    /// Per group, its owners now (with placement).
+    group_owners: Vec<Vec<u64>>,
+    /// Per group, a move under way.
+    moving: BTreeSet<usize>,
 }
 
 /// Acknowledged updates per virtual second of `nodes` nodes with `clients_per_node` clients
@@ -303,6 +334,7 @@ impl World {
                     calls: BTreeMap::new(),
                     heard: BTreeMap::new(),
                     next_id: 0,
+                    placed: 0,
                 },
             );
         }
@@ -327,6 +359,40 @@ impl World {
             report: CrdtSimReport::default(),
             keys,
             seed,
+            placements: Vec::new(),
+            group_owners: Vec::new(),
+            moving: BTreeSet::new(),
+        }
+    }
+
+    /// The placement of `group_owners` (ranges as `even_split` cuts them).
+    fn placement_now(&self) -> Placement {
+        let ranges = baton_core::slots::even_split(self.group_owners.len() as u64);
+        let mut per_slot = vec![BTreeSet::new(); baton_core::SLOTS as usize];
+        for (g, (start, end)) in ranges.into_iter().enumerate() {
+            for s in start..=end {
+                per_slot[s as usize] = self.group_owners[g].iter().copied().collect();
+            }
+        }
+        Placement::from_owners(per_slot, self.placements.len() as u64 + 1)
+    }
+
+    /// Hands the current `group_owners` to every node, each after its own delay.
+    fn publish(&mut self, delay_to: u64) {
+        let p = Arc::new(self.placement_now());
+        self.placements.push(p);
+        let version = self.placements.len();
+        for node in 1..=self.cfg.nodes as u64 {
+            let delay = if delay_to == 0 { 0 } else { self.rng.gen_range(0..delay_to) * MS };
+            self.at(self.now + delay, Ev::Place { node, version });
+        }
+    }
+
+    /// The owners of `key` by the current placement (every node without one).
+    fn owners(&self, key: &Key) -> Vec<u64> {
+        match self.placements.last() {
+            Some(p) => p.owners(key).to_vec(),
+            None => (1..=self.cfg.nodes as u64).collect(),
         }
     }
 
@@ -335,6 +401,16 @@ impl World {
     }
 
     fn run(&mut self) {
+        if self.cfg.groups > 1 {
+            let n = self.cfg.nodes as u64;
+            let r = 3.min(n);
+            self.group_owners = (0..self.cfg.groups as u64).map(|g| ring(g, r, n)).collect();
+            self.publish(0);
+            let ids: Vec<u64> = self.nodes.keys().copied().collect();
+            for id in ids {
+                self.place(id, 1);
+            }
+        }
         let ids: Vec<u64> = self.nodes.keys().copied().collect();
         for id in ids {
             let t = self.rng.gen_range(0..10 * MS);
@@ -354,6 +430,8 @@ impl World {
             self.report.steps += 1;
             self.handle(ev);
         }
+        self.report.handed_off +=
+            self.nodes.values().filter_map(|n| n.replica.as_ref()).map(|r| r.handed_off()).sum::<u64>();
         self.check_end();
     }
 
@@ -398,6 +476,12 @@ impl World {
                 }
             }
             Ev::Nemesis => self.nemesis(),
+            Ev::Place { node, version } => self.place(node, version),
+            Ev::EndMove { group, owners } => {
+                self.moving.remove(&group);
+                self.group_owners[group] = owners;
+                self.publish(300);
+            }
             Ev::Restart { node } => self.restart(node),
             Ev::HealPartition => self.heal_partition(),
         }
@@ -431,7 +515,9 @@ impl World {
                 // clock that drifts at most 2%) for the whole wait (2 s at most): the read must
                 // wait for each of them.
                 let recent = self.now.saturating_sub(700 * MS);
-                let must = n.heard.iter().filter(|(_, &t)| t >= recent).map(|(p, _)| *p).collect();
+                let placed = (n.placed > 0).then(|| self.placements[n.placed - 1].clone());
+                let owns = |p: u64| placed.as_ref().is_none_or(|pl| pl.owners(key).contains(&p));
+                let must = n.heard.iter().filter(|(p, &t)| t >= recent && owns(**p)).map(|(p, _)| *p).collect();
                 Some((ctx, must))
             }
             _ => None,
@@ -594,7 +680,14 @@ impl World {
             }
             None => {
                 let key = self.keys[self.rng.gen_range(0..self.keys.len())].clone();
-                (key, self.rng.gen_range(1..=self.cfg.nodes as u64), false)
+                // As the client follows redirects: mostly an owner, sometimes any node.
+                let owners = self.owners(&key);
+                let node = if self.rng.gen_bool(0.8) && !owners.is_empty() {
+                    owners[self.rng.gen_range(0..owners.len())]
+                } else {
+                    self.rng.gen_range(1..=self.cfg.nodes as u64)
+                };
+                (key, node, false)
             }
         };
         let client = &mut self.clients[c];
@@ -610,8 +703,11 @@ impl World {
             (CrdtRequest::Read { key: key.clone(), level: level.clone() }, None, Some(level))
         } else {
             let op = self.draw_op(c, &key, call);
-            // Updates carry the session's token, as the client sends it.
-            let after = self.clients[c].tokens.get(&key).cloned().unwrap_or_default();
+            // Updates carry the session's token, as the client sends it; a counter's add
+            // sometimes none, as a new session's first one would.
+            let fresh = matches!(key.kind, Kind::GCounter | Kind::PnCounter) && self.rng.gen_bool(0.3);
+            let after =
+                if fresh { Context::new() } else { self.clients[c].tokens.get(&key).cloned().unwrap_or_default() };
             (CrdtRequest::Update { key: key.clone(), op: op.clone(), after }, Some(op), None)
         };
         if let Some(op) = &op {
@@ -671,6 +767,15 @@ impl World {
             return;
         }
         let (_, asked) = self.clients[c].waiting.take().expect("waiting");
+        if let (Err(e), Some(Op::Insert(el) | Op::Remove(el))) = (&result, &asked.op) {
+            if e.starts_with("this node holds no replica") {
+                self.report.not_owned += 1;
+                // Refused before anything applied: not an update of the element at all.
+                if let Some(ops) = self.truth.elem_ops.get_mut(&asked.key).and_then(|m| m.get_mut(el)) {
+                    ops.pop();
+                }
+            }
+        }
         let Ok(reply) = result else {
             let next = self.rng.gen_range(1..30) * MS;
             self.at(self.now + next, Ev::ClientStep { client: c });
@@ -769,6 +874,10 @@ impl World {
         if f.loss {
             choices.push(2);
         }
+        if self.cfg.groups > 1 {
+            // Moves are frequent: a range goes away from a node and comes back within a run.
+            self.start_move();
+        }
         if !choices.is_empty() {
             match choices[self.rng.gen_range(0..choices.len())] {
                 0 => {
@@ -803,6 +912,40 @@ impl World {
         self.at(when.max(self.now + 1), Ev::Nemesis);
     }
 
+    /// Moves one group's range to 3 other nodes (of a ring): both sets own it until the move
+    /// ends (after 1 to 3 s), then the new set alone.
+    fn start_move(&mut self) {
+        let g = self.rng.gen_range(0..self.group_owners.len());
+        if self.moving.contains(&g) {
+            return;
+        }
+        let n = self.cfg.nodes as u64;
+        let new = ring(self.rng.gen_range(0..n), 3.min(n), n);
+        if new == self.group_owners[g] {
+            return;
+        }
+        self.moving.insert(g);
+        self.report.moves += 1;
+        let both: BTreeSet<u64> = self.group_owners[g].iter().chain(&new).copied().collect();
+        self.group_owners[g] = both.into_iter().collect();
+        self.publish(300);
+        let end = self.rng.gen_range(1_000..3_000) * MS;
+        self.at(self.now + end, Ev::EndMove { group: g, owners: new });
+    }
+
+    /// Node `node` learns placement `version` (unless it knows a later one).
+    fn place(&mut self, node: u64, version: usize) {
+        let n = self.nodes.get_mut(&node).expect("node");
+        if version <= n.placed {
+            return;
+        }
+        n.placed = version;
+        let p = self.placements[version - 1].clone();
+        if let Some(r) = n.replica.as_mut() {
+            r.set_placement(Some(p));
+        }
+    }
+
     fn set_loss(&mut self, p: f64) {
         self.loss = p;
     }
@@ -816,7 +959,9 @@ impl World {
         if n.replica.is_none() {
             return;
         }
-        n.replica = None;
+        if let Some(r) = n.replica.take() {
+            self.report.handed_off += r.handed_off();
+        }
         n.writing = None;
         n.inbox.clear();
         n.calls.clear();
@@ -833,9 +978,19 @@ impl World {
         let states = n.store.load().expect("memory store");
         let mut r = Replica::new(ReplicaConfig::new(id), ids, states);
         r.set_bugs(self.cfg.bugs);
+        // The topology is on the disk of a restarted node (its meta group's log).
+        let placed = n.placed;
+        r.set_placement((placed > 0).then(|| self.placements[placed - 1].clone()));
         r.set_watched(self.seed % 2 == 1);
         n.replica = Some(r);
         n.heard.clear();
         self.at(self.now + MS, Ev::Tick { node: id });
     }
+}
+
+/// `r` of `n` nodes (ids 1..=n) from the `start`-th on, around the ring, in id order.
+fn ring(start: u64, r: u64, n: u64) -> Vec<u64> {
+    let mut v: Vec<u64> = (0..r).map(|k| (start + k) % n + 1).collect();
+    v.sort_unstable();
+    v
 }

@@ -211,6 +211,9 @@ impl<S: CrdtStore> Thread<S> {
                 if self.metrics.enabled {
                     self.metrics.crdt_write_seconds.observe(t0.elapsed().as_secs_f64());
                     self.metrics.crdt_objects.set(self.replica.len() as i64);
+                    self.metrics.crdt_foreign_objects.set(self.replica.foreign_len() as i64);
+                    let handed = self.replica.handed_off();
+                    self.metrics.crdt_handed_off.inc_by(handed.saturating_sub(self.metrics.crdt_handed_off.get()));
                 }
             }
             self.replica.written();

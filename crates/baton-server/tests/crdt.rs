@@ -178,3 +178,75 @@ async fn a_watch_sees_the_current_value_then_changes_made_anywhere() {
     assert!(body.contains("baton_crdt_requests_total{op=\"update\"} 2"), "{body}");
     assert!(body.contains("baton_crdt_objects 1"), "{body}");
 }
+
+/// The value of metric `name` (no labels) on node `n`, if it has one.
+fn metric(c: &TestCluster, n: u64, name: &str) -> Option<f64> {
+    let (_, body) = common::http_get(&c.http_addrs[&n], "/metrics");
+    body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Placement over real nodes: 3 nodes, 3 groups of 2 replicas. An object lives on its group's
+/// replicas: the third node refuses it, naming them, and the client goes there; a slot move
+/// hands it to the new group's replicas, and the old replica that is not one of them drops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_live_on_their_groups_replicas_and_move_with_their_slots() {
+    use baton_proto::v1 as pb;
+    let c = TestCluster::start_replicated(3, 3, 2).await;
+    c.ready().await;
+    let admin = c.client().await;
+    let t = admin.topology().await.unwrap();
+    let g = t.groups.iter().find(|g| !g.slots.is_empty() && g.replicas.len() == 2).expect("a data group").clone();
+    let (start, end) = (g.slots[0].start, g.slots[0].end);
+    let name = (0..1_000_000)
+        .map(|i| format!("visits-{i}"))
+        .find(|n| (start..=end).contains(&(baton_core::slot_of(n) as u32)))
+        .expect("some name hashes there");
+    let outsider = (1..=3).find(|n| !g.replicas.contains(n)).unwrap();
+
+    // Asked of the outsider only, the client is sent to an owner.
+    let tier = client_at(&c, &[outsider]).await.crdt();
+    for _ in 0..5 {
+        let v = tier.add(CrdtKind::GCounter, &name, 2).await.unwrap();
+        assert!(g.replicas.contains(&v.node), "answered by node {}, not an owner {:?}", v.node, g.replicas);
+    }
+    for &o in &g.replicas {
+        until_local(&c, o, CrdtKind::GCounter, &name, |v| v.value == 10).await;
+    }
+    let mut raw = raw_at(&c, outsider).await;
+    let read = pb::CrdtRequest {
+        kind: pb::CrdtKind::Gcounter as i32,
+        name: name.clone(),
+        op: Some(pb::crdt_request::Op::Read(pb::CrdtReadLevel::Local as i32)),
+        ..Default::default()
+    };
+    let err = raw.crdt(read.clone()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("holds no replica") && err.message().contains("ask node"), "{}", err.message());
+
+    // The range moves to a group that the outsider holds a replica of.
+    let to = t.groups.iter().find(|h| h.id != g.id && !h.slots.is_empty() && h.replicas.contains(&outsider)).unwrap();
+    admin.move_slots(start as u16, end as u16, to.id).await.unwrap();
+    until_local(&c, outsider, CrdtKind::GCounter, &name, |v| v.value == 10).await;
+    let leaver = *g.replicas.iter().find(|n| !to.replicas.contains(n)).expect("an owner that leaves");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let refused = raw_at(&c, leaver).await.crdt(read.clone()).await.is_err();
+        let (objects, handed) =
+            (metric(&c, leaver, "baton_crdt_objects"), metric(&c, leaver, "baton_crdt_handed_off_total"));
+        if refused && objects == Some(0.0) && handed == Some(1.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {leaver} kept the object: refused {refused}, objects {objects:?}, handed off {handed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The new owners take updates.
+    let v = client_at(&c, &[outsider]).await.crdt().add(CrdtKind::GCounter, &name, 1).await.unwrap();
+    assert_eq!((v.node, v.value), (outsider, 11));
+}
+
+async fn raw_at(c: &TestCluster, n: u64) -> baton_proto::v1::baton_client::BatonClient<tonic::transport::Channel> {
+    baton_proto::v1::baton_client::BatonClient::connect(format!("http://{}", c.client_addrs[&n])).await.unwrap()
+}

@@ -182,11 +182,14 @@ pub struct Metrics {
     pub peer_received_bytes: Family<PeerLabel, Counter>,
     pub access_denied: Family<PermissionLabel, Counter>,
     /// The coordination-free tier: requests taken (by `op`: update, read), peers' messages
-    /// taken, rounds written and how long each write took, objects held.
+    /// taken, rounds written and how long each write took, objects held, objects held for slots
+    /// the node no longer owns (waiting for their hand-off), objects handed off and dropped.
     pub crdt_requests: Family<OpLabel, Counter>,
     pub crdt_gossip_received: Counter,
     pub crdt_write_seconds: Histogram,
     pub crdt_objects: prometheus_client::metrics::gauge::Gauge,
+    pub crdt_foreign_objects: prometheus_client::metrics::gauge::Gauge,
+    pub crdt_handed_off: Counter,
     pub wait_buckets: WaitBuckets,
     pub totals: Totals,
 }
@@ -231,6 +234,8 @@ impl Metrics {
             crdt_gossip_received: Counter::default(),
             crdt_write_seconds: disk_seconds(),
             crdt_objects: Default::default(),
+            crdt_foreign_objects: Default::default(),
+            crdt_handed_off: Counter::default(),
             disk_batch_entries: sizes(),
             disk_bytes: Counter::default(),
             peer_sent_messages: Family::default(),
@@ -322,6 +327,16 @@ impl Metrics {
             self.crdt_write_seconds.clone(),
         );
         r.register("crdt_objects", "Coordination-free objects held", self.crdt_objects.clone());
+        r.register(
+            "crdt_foreign_objects",
+            "Coordination-free objects held for slots this node no longer owns, waiting for their hand-off",
+            self.crdt_foreign_objects.clone(),
+        );
+        r.register(
+            "crdt_handed_off",
+            "Coordination-free objects handed to their owners and dropped here",
+            self.crdt_handed_off.clone(),
+        );
         r.register("disk_entry_bytes", "Bytes of log entries written", self.disk_bytes.clone());
         r.register("peer_sent_messages", "Raft messages sent to a peer", self.peer_sent_messages.clone());
         r.register("peer_sent_bytes", "Bytes of Raft messages sent to a peer", self.peer_sent_bytes.clone());

@@ -21,6 +21,8 @@ pub struct TestCluster {
     pub lease_reads: bool,
     /// Data groups of the new cluster.
     pub groups: u64,
+    /// Replicas per data group of the new cluster.
+    pub replication: usize,
     /// Serve etcd's API on every node (set before the nodes start: see [`TestCluster::with_etcd`]).
     pub etcd: bool,
     /// Each node's etcd API address (kept across restarts).
@@ -49,6 +51,15 @@ impl TestCluster {
     /// A cluster of `n` nodes whose names are sharded over `groups` data groups.
     pub async fn start_sharded(n: u64, snapshot_entries: u64, lease_reads: bool, groups: u64) -> TestCluster {
         TestCluster::start_full(n, snapshot_entries, lease_reads, groups, None).await
+    }
+
+    /// A cluster of `n` nodes, `groups` data groups of `replication` replicas each.
+    pub async fn start_replicated(n: u64, groups: u64, replication: usize) -> TestCluster {
+        let mut c = TestCluster::unstarted(n, 20_000, false, groups, None).await;
+        c.replication = replication;
+        let listeners = c.listeners.take().unwrap();
+        c.start_nodes(listeners).await;
+        c
     }
 
     /// A cluster of `n` nodes serving etcd's API too (on ports of their own).
@@ -110,6 +121,7 @@ impl TestCluster {
             snapshot_entries,
             lease_reads,
             groups,
+            replication: baton_core::topology::DEFAULT_REPLICATION,
             etcd: etcd.is_some(),
             etcd_addrs: BTreeMap::new(),
             etcd_quota_bytes: etcd.unwrap_or(0),
@@ -137,6 +149,7 @@ impl TestCluster {
         config.snapshot_entries = self.snapshot_entries;
         config.lease_reads = self.lease_reads;
         config.groups = self.groups;
+        config.replication = self.replication;
         if self.etcd {
             config.etcd_quota_bytes = self.etcd_quota_bytes;
             config.etcd_addr = Some(self.etcd_addrs.get(&id).cloned().unwrap_or_else(|| "127.0.0.1:0".into()));

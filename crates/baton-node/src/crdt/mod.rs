@@ -44,10 +44,15 @@
 //! transfer, gossiped as any update), and the subtraction is tried again whenever the object
 //! changes.
 //!
+//! # Placement
+//! With a [`Placement`] ([`Replica::set_placement`]) an object lives on the owners of its slot
+//! (the replicas of the data group serving it): other nodes refuse its requests
+//! ([`CrdtFailure::NotOwned`], naming the owners), deltas, pulls, probes and rights requests go to
+//! owners only, anti-entropy with a peer covers the slots both own, and objects of slots this node
+//! no longer owns are handed to their owners and dropped (see `handoff.rs`). Without one, every node
+//! owns everything.
+//!
 //! # Caveats
-//! - Every node holds a replica of every object: names hash to slots (digest buckets are slot
-//!   ranges, permissions go by name as everywhere) but the tier does not follow the data groups'
-//!   placement yet, so it scales writes with nodes but not storage.
 //! - An object, once created, is never deleted (a counter, set or register emptied still holds
 //!   its context, a few numbers per replica that ever wrote).
 //! - A node whose CRDT store alone was lost hands out dots its peers already hold until it

@@ -393,12 +393,7 @@ fn owned_by(nodes: &[u64], version: u64) -> Option<std::sync::Arc<Placement>> {
 fn objects_follow_their_owners_and_come_back_whole() {
     let mut net = Net::new(3);
     let k = key(Kind::GCounter, "hits");
-    let place = |net: &mut Net, nodes: &[u64], v: u64| {
-        for r in net.replicas.values_mut() {
-            r.set_placement(owned_by(nodes, v));
-        }
-    };
-    place(&mut net, &[1, 2], 1);
+    place_all(&mut net, &[1, 2], 1);
     net.request(1, update(&k, Op::Add(5)));
     net.settle(20);
     assert_eq!(net.value(2, &k), Value::Counter(5));
@@ -410,7 +405,7 @@ fn objects_follow_their_owners_and_come_back_whole() {
     assert!(net.replicas[&3].get(&k).is_none());
 
     // The slot moves to nodes 2 and 3: node 1 hands the counter over and drops it.
-    place(&mut net, &[2, 3], 2);
+    place_all(&mut net, &[2, 3], 2);
     net.settle(2_500);
     assert_eq!(net.value(3, &k), Value::Counter(5));
     assert!(net.replicas[&1].get(&k).is_none(), "node 1 still holds what it no longer owns");
@@ -419,7 +414,7 @@ fn objects_follow_their_owners_and_come_back_whole() {
     assert_eq!(stored, vec![(k.clone(), Stored::Dropped(1))]);
 
     // Back to nodes 1 and 2: node 1's next add waits for its own first one to come back.
-    place(&mut net, &[1, 2], 3);
+    place_all(&mut net, &[1, 2], 3);
     let id = net.request(1, update(&k, Op::Add(1)));
     assert!(!net.answers.contains_key(&id), "answered before node 1 had its own earlier add back");
     net.settle(100);
@@ -429,4 +424,74 @@ fn objects_follow_their_owners_and_come_back_whole() {
         assert_eq!(net.value(node, &k), Value::Counter(6), "node {node}");
     }
     assert!(net.replicas[&3].get(&k).is_none(), "node 3 still holds what it no longer owns");
+}
+
+fn place_all(net: &mut Net, nodes: &[u64], v: u64) {
+    for r in net.replicas.values_mut() {
+        r.set_placement(owned_by(nodes, v));
+    }
+}
+
+/// A node that dropped a counter, owning it again, takes a peer's delta first (so it holds the
+/// object, without its own earlier dots) and a state while it owned nothing: its next update
+/// still waits for its own earlier dots, and no acknowledged add is lost (a reviewer's case:
+/// dot 1:1 issued twice lost the first add).
+#[test]
+fn a_node_owning_a_dropped_object_again_never_reissues_a_dot() {
+    let mut net = Net::new(3);
+    let k = key(Kind::PnCounter, "hits");
+    place_all(&mut net, &[1, 2], 1);
+    net.request(1, update(&k, Op::Add(5)));
+    net.settle(20);
+    place_all(&mut net, &[2, 3], 2);
+    net.settle(2_500);
+    assert!(net.replicas[&1].get(&k).is_none(), "not dropped");
+    // A state reaching node 1 while it owns nothing is ignored, and keeps the marker.
+    let state = net.replicas[&3].get(&k).unwrap().clone();
+    net.deliver(3, 1, Gossip::States(vec![(k.clone(), state)]));
+    place_all(&mut net, &[1, 2], 3);
+    net.request(2, update(&k, Op::Add(1)));
+    let delta = net.take_deltas(2, 1);
+    net.deliver(2, 1, delta);
+    assert!(net.replicas[&1].get(&k).is_some(), "node 1 holds the object again, without its own add");
+    let id = net.request(1, update(&k, Op::Add(3)));
+    assert!(!net.answers.contains_key(&id), "node 1 updated before its own earlier add was back");
+    net.settle(2_500);
+    assert_eq!(net.answers.remove(&id).unwrap().unwrap().value, Value::Counter(9));
+    for node in [1, 2] {
+        assert_eq!(net.value(node, &k), Value::Counter(9), "node {node}");
+    }
+    // Back with its dots: the marker is gone from node 1's disk too.
+    let stored = net.stores[&1].load().unwrap();
+    assert!(stored.iter().all(|(_, s)| matches!(s, Stored::State(_))), "{stored:?}");
+}
+
+/// A subtraction waiting for rights on a node that stops owning the counter fails (nothing
+/// applied), and no owner gives rights to a node that does not own the counter: every right
+/// stays where it can be spent (a reviewer's case: rights given to the leaving node were
+/// stranded there after it dropped the object).
+#[test]
+fn rights_never_go_to_a_node_that_no_longer_owns_the_counter() {
+    let mut net = Net::new(3);
+    let k = key(Kind::BoundedCounter, "seats");
+    place_all(&mut net, &[1, 2], 1);
+    net.request(2, update(&k, Op::Add(10)));
+    net.settle(20);
+    let id = net.request(1, update(&k, Op::Subtract(3)));
+    assert!(!net.answers.contains_key(&id), "the subtraction waits for rights");
+    place_all(&mut net, &[2, 3], 2);
+    net.round(1);
+    match net.answers.remove(&id) {
+        Some(Err(CrdtFailure::NotOwned { .. })) => {}
+        other => panic!("the waiting subtraction should fail as not owned: {other:?}"),
+    }
+    net.settle(3_000);
+    let rights = |net: &mut Net, n: u64| match net.value(n, &k) {
+        Value::Bounded { value, rights } => (value, rights),
+        v => panic!("{v:?}"),
+    };
+    let (v2, r2) = rights(&mut net, 2);
+    let (v3, r3) = rights(&mut net, 3);
+    assert_eq!((v2, v3, r2 + r3), (10, 10, 10), "rights stranded outside the owners");
+    assert!(net.replicas[&1].get(&k).is_none());
 }

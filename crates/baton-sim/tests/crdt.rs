@@ -46,7 +46,7 @@ fn dropping_before_the_hand_off_is_caught() {
 
 #[test]
 fn a_node_that_forgets_its_dropped_dots_is_caught() {
-    caught_with(placed(), "crdt-dropped-forgets-dots", "crdt-durability", 60);
+    caught_with(placed(), "crdt-dropped-forgets-dots", "crdt-dots", 60);
 }
 
 /// The checker `property` catches `bug` within `n` seeds.

@@ -1,13 +1,15 @@
 //! Handing objects to their owners: after a slot move or a membership change, a node can hold
-//! objects in slots it no longer owns. Every anti-entropy period it sends each of them (a page
-//! at a time) to every owner and probes the owners; once every owner reports holding, durably,
-//! everything this node has of an object, the node drops it, keeping on its disk only its own
-//! last dot of it (so that, should the slot come back, it does not issue a dot twice).
+//! objects in slots it no longer owns. Every anti-entropy period it sends a page of them to
+//! each owner that has not yet reported holding all of it, and probes those owners; once every
+//! owner has reported (durably: probe replies leave after the owner's write) a context covering
+//! the node's current one, the node drops the object, keeping on its disk only its own last dot
+//! of it (so that, should the slot come back, it never issues a dot twice). A bounded counter's
+//! rights here are first transferred to an owner that has answered (only their holder could
+//! spend them).
 
-use baton_core::crdt::{Body, Context, Key, Op};
+use baton_core::crdt::{Body, Context, Key, Kind, Op, Value};
 
 use super::gossip::{bucket_of, Gossip, MAX_KEYS_PER_EXCHANGE};
-use super::store::dropped_marker;
 use super::{CrdtOutput, Replica};
 use crate::NodeId;
 
@@ -16,35 +18,38 @@ use crate::NodeId;
 const PROBE_MEMORY_PERIODS: u64 = 3;
 
 impl Replica {
-    /// One round of hand-off (called every anti-entropy period).
+    /// One round of hand-off (called every anti-entropy period): the next page of foreign
+    /// objects, after the last page's, wrapping around.
     pub(super) fn hand_off(&mut self) {
         let forget = self.now_ms.saturating_sub(PROBE_MEMORY_PERIODS * self.cfg.anti_entropy_ms);
         self.handoff_probes.retain(|_, sent| *sent >= forget);
+        self.return_rights();
         if self.foreign.is_empty() {
+            self.handoff_cursor = None;
             return;
         }
-        let keys: Vec<Key> = self.foreign.iter().take(MAX_KEYS_PER_EXCHANGE).cloned().collect();
-        // A bounded counter's rights here could never be spent once the object is gone: give
-        // them to an owner first (a transfer like any other, gossiped to the owners).
-        let bounded: Vec<&Key> = keys
-            .iter()
-            .filter(|k| matches!(self.objects.get(*k).map(|h| &h.obj.body), Some(Body::Bounded(_))))
-            .collect();
-        for key in bounded {
-            let rights = self.rights(key);
-            let to = self.owner_peers(key).first().copied();
-            if let (true, Some(to)) = (rights > 0, to) {
-                if let Err(e) = self.try_update(key, Op::Transfer { to, n: rights as u64 }) {
-                    tracing::warn!(?key, to, "rights of a handed-off bounded counter not transferred: {e}");
-                }
-            }
+        let after = self.handoff_cursor.take();
+        let past = |k: &Key| after.as_ref().is_none_or(|a| k > a);
+        let mut keys: Vec<Key> = self.foreign.iter().filter(|k| past(k)).take(MAX_KEYS_PER_EXCHANGE).cloned().collect();
+        if keys.len() < MAX_KEYS_PER_EXCHANGE && after.is_some() {
+            // Around again, from the first.
+            let more = MAX_KEYS_PER_EXCHANGE - keys.len();
+            keys.extend(self.foreign.iter().take_while(|k| !past(k)).take(more).cloned());
+        }
+        if keys.len() == MAX_KEYS_PER_EXCHANGE {
+            self.handoff_cursor = keys.last().cloned();
+        }
+        for key in &keys {
+            self.give_away_rights(key);
         }
         self.next_probe += 1;
         let probe = self.next_probe;
         self.handoff_probes.insert(probe, self.now_ms);
         let peers: Vec<NodeId> = self.peers.iter().copied().collect();
         for p in peers {
-            let theirs: Vec<Key> = keys.iter().filter(|k| self.peer_owns(p, k)).cloned().collect();
+            // To each owner, what it has not reported holding all of yet.
+            let theirs: Vec<Key> =
+                keys.iter().filter(|k| self.peer_owns(p, k) && !self.covered_by(k, p)).cloned().collect();
             if theirs.is_empty() {
                 continue;
             }
@@ -53,26 +58,75 @@ impl Replica {
         }
     }
 
+    /// Rights that a node which does not own a bounded counter holds (given to it while it
+    /// still did, by a node whose view said so, with the transfer lost on the way) could never be
+    /// spent: each period an owner sends the counter's state to such a node, which takes it for
+    /// its rights and hands them on to an owner (see `merge`).
+    fn return_rights(&mut self) {
+        let first = Key { kind: Kind::BoundedCounter, name: String::new() };
+        let mut sends: Vec<(NodeId, Key)> = Vec::new();
+        for (key, held) in self.objects.range(first..).take_while(|(k, _)| k.kind == Kind::BoundedCounter) {
+            if sends.len() >= MAX_KEYS_PER_EXCHANGE {
+                break;
+            }
+            if !self.owns(key) {
+                continue;
+            }
+            for &p in self.peers.iter().filter(|&&p| !self.peer_owns(p, key)) {
+                if matches!(held.obj.value(p), Value::Bounded { rights: 1.., .. }) {
+                    sends.push((p, key.clone()));
+                }
+            }
+        }
+        for (p, key) in sends {
+            self.send_states(p, std::iter::once(&key));
+        }
+    }
+
+    /// Gives this node's rights on a foreign bounded counter to an owner that answered a
+    /// hand-off probe (alive, and an owner by its own view then).
+    fn give_away_rights(&mut self, key: &Key) {
+        if !matches!(self.objects.get(key).map(|h| &h.obj.body), Some(Body::Bounded(_))) {
+            return;
+        }
+        let rights = self.rights(key);
+        let to = self.handed.get(key).and_then(|m| m.keys().copied().find(|&o| self.peer_owns(o, key)));
+        if let (true, Some(to)) = (rights > 0, to) {
+            if let Err(e) = self.try_update(key, Op::Transfer { to, n: rights as u64 }) {
+                tracing::warn!(?key, to, "rights of a handed-off bounded counter not transferred: {e}");
+            }
+        }
+    }
+
+    /// True if owner `owner` reported holding everything this node has of `key`.
+    fn covered_by(&self, key: &Key, owner: NodeId) -> bool {
+        let (Some(held), Some(ctx)) = (self.objects.get(key), self.handed.get(key).and_then(|m| m.get(&owner))) else {
+            return false;
+        };
+        ctx.covers(&held.obj.ctx)
+    }
+
     /// True if `probe` is one of the hand-off's.
     pub(super) fn is_handoff_probe(&self, probe: u64) -> bool {
         self.handoff_probes.contains_key(&probe)
     }
 
-    /// An owner's answer to a hand-off probe: the objects it holds all of are handed to it;
-    /// one handed to every owner is dropped.
+    /// An owner's answer to a hand-off probe: what it holds is remembered; an object every
+    /// owner holds all of (and with no rights left here) is dropped.
     pub(super) fn on_handoff_reply(&mut self, from: NodeId, contexts: Vec<(Key, Context)>) {
         for (key, ctx) in contexts {
-            if !self.foreign.contains(&key) || !self.peer_owns(from, &key) {
+            if !self.foreign.contains(&key) || !self.peer_owns(from, &key) || ctx.is_empty() {
                 continue;
             }
-            let Some(held) = self.objects.get(&key) else { continue };
-            if !ctx.covers(&held.obj.ctx) {
-                continue;
+            if self.objects.get(&key).is_some_and(|h| !h.obj.ctx.covers(&ctx)) {
+                // The owner has updates this node lacks (rights given back, say): take them, so
+                // that what this node decides on (its rights, its last dot) is current.
+                self.held.push(CrdtOutput::Send { to: from, msg: Gossip::Pull(vec![key.clone()]) });
             }
-            let handed = self.handed.entry(key.clone()).or_default();
-            handed.insert(from);
+            self.handed.entry(key.clone()).or_default().insert(from, ctx);
             let owners = self.placement.as_ref().map(|p| p.owners(&key).to_vec()).unwrap_or_default();
-            if !owners.is_empty() && owners.iter().all(|o| handed.contains(o)) {
+            let all = !owners.is_empty() && owners.iter().all(|&o| self.covered_by(&key, o));
+            if all && self.rights(&key) <= 0 {
                 self.drop_object(&key);
             }
         }
@@ -87,11 +141,13 @@ impl Replica {
         self.foreign.remove(key);
         self.handed.remove(key);
         self.dirty.remove(key);
+        // The state's record goes; the marker of this node's last dot stays.
+        self.to_write.insert(key.clone(), Vec::new());
         let top = held.obj.ctx.top(self.cfg.id).max(self.dropped.get(key).copied().unwrap_or(0));
         if top > 0 {
             self.dropped.insert(key.clone(), top);
+            self.marks_to_write.insert(key.clone(), top);
         }
-        self.to_write.insert(key.clone(), dropped_marker(top));
         self.handed_off += 1;
         tracing::debug!(?key, "CRDT object handed to its owners and dropped here");
     }

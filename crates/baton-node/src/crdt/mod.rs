@@ -86,8 +86,8 @@ use gossip::{bucket_of, encode_state, hash_of, Position, BUCKETS, MAX_KEYS_PER_E
 pub const MERGE_WRITE_DELAY_MS: u64 = 10;
 
 /// Most peers' deltas waiting for their causal past at once; past it the replica pulls the
-/// sender's state at once instead.
-pub const MAX_PENDING_DELTAS: usize = 4096;
+/// sender's state instead (at the next tick, once per object and sender).
+pub const MAX_PENDING_DELTAS: usize = 1024;
 
 /// A replica gives one asker rights on one counter at most once per this many retry periods.
 const GIVE_MEMORY_RETRIES: u64 = 4;
@@ -251,8 +251,15 @@ pub struct Replica {
     placement: Option<Arc<Placement>>,
     /// Objects held here in slots this node does not own: handed to their owners, then dropped.
     foreign: BTreeSet<Key>,
-    /// Per foreign object, the owners that reported holding, durably, everything this node has.
-    handed: BTreeMap<Key, BTreeSet<NodeId>>,
+    /// Per foreign object, the context each owner reported holding durably (the object is
+    /// dropped once every owner's covers this node's, as it is then).
+    handed: BTreeMap<Key, BTreeMap<NodeId, Context>>,
+    /// Where the next hand-off page starts (after this key).
+    handoff_cursor: Option<Key>,
+    /// Markers to write (or, with 0, to delete): see `dropped`.
+    marks_to_write: BTreeMap<Key, u64>,
+    /// Objects to pull from a peer at the next tick (deltas that found the pending queue full).
+    pull_soon: BTreeSet<(NodeId, Key)>,
     /// Probes of the hand-off, by id: when sent.
     handoff_probes: BTreeMap<u64, u64>,
     /// Objects this node dropped after handing them off, with its last dot of each: an update
@@ -302,6 +309,9 @@ impl Replica {
             foreign: BTreeSet::new(),
             handed: BTreeMap::new(),
             handoff_probes: BTreeMap::new(),
+            handoff_cursor: None,
+            marks_to_write: BTreeMap::new(),
+            pull_soon: BTreeSet::new(),
             dropped: BTreeMap::new(),
             handed_off: 0,
             ae_cursor: BTreeMap::new(),
@@ -341,8 +351,20 @@ impl Replica {
         }
         self.placement = placement;
         let foreign: BTreeSet<Key> = self.objects.keys().filter(|k| !self.owns(k)).cloned().collect();
-        self.handed.retain(|k, _| foreign.contains(k));
+        self.handed.clear();
         self.foreign = foreign;
+        // Requests waiting on objects this node no longer owns fail (nothing was applied): the
+        // client asks an owner. A subtraction waiting for rights here would otherwise be given
+        // rights that only this node could spend, after it handed the object off.
+        let waits = std::mem::take(&mut self.waits);
+        for w in waits {
+            if self.owns(&w.key) {
+                self.waits.push(w);
+            } else {
+                let failure = self.not_owned(&w.key);
+                self.answer(w.id, Err(failure));
+            }
+        }
         // Digests change with the owners: start every peer's paging again.
         self.ae_cursor.clear();
         if self.bugs.crdt_drop_before_handoff {
@@ -371,11 +393,6 @@ impl Replica {
     /// The live peers that own `key`.
     fn live_owner_peers(&self, key: &Key) -> Vec<NodeId> {
         self.live_peers().into_iter().filter(|&p| self.peer_owns(p, key)).collect()
-    }
-
-    /// The peers that own `key` (every peer without a placement).
-    fn owner_peers(&self, key: &Key) -> Vec<NodeId> {
-        self.peers.iter().copied().filter(|&p| self.peer_owns(p, key)).collect()
     }
 
     /// Deliberate bugs for the simulator's planted-bug checks (all off in production).
@@ -447,8 +464,7 @@ impl Replica {
         }
         match req {
             CrdtRequest::Update { key, op, mut after } => {
-                let forget = self.bugs.crdt_dropped_forgets_dots;
-                if let (None, Some(&top), false) = (self.objects.get(&key), self.dropped.get(&key), forget) {
+                if let (Some(&top), false) = (self.dropped.get(&key), self.bugs.crdt_dropped_forgets_dots) {
                     // Handed off and dropped earlier: this node's own dots of it must come back
                     // before it makes another.
                     after.insert_upto(self.cfg.id, top);
@@ -507,6 +523,17 @@ impl Replica {
 
     /// Applies a local update; on success the delta joins the round's.
     fn try_update(&mut self, key: &Key, op: Op) -> Result<(), CrdtFailure> {
+        let own_top = self.objects.get(key).map_or(0, |h| h.obj.ctx.top(self.cfg.id));
+        if let (Some(&top), false) = (self.dropped.get(key), self.bugs.crdt_dropped_forgets_dots) {
+            if own_top < top {
+                // Never issue a dot this node may have issued before it dropped the object.
+                return Err(CrdtFailure::Busy(format!(
+                    "this node's earlier updates of the {} {:?} have not come back to it yet: retry",
+                    key.kind.label(),
+                    key.name
+                )));
+            }
+        }
         if !self.objects.contains_key(key) && self.objects.len() >= self.cfg.max_objects {
             return Err(CrdtFailure::Busy(format!(
                 "this node holds {} coordination-free objects, the most it may",
@@ -644,7 +671,10 @@ impl Replica {
                     .into_iter()
                     .take(MAX_KEYS_PER_EXCHANGE)
                     .map(|k| {
-                        let ctx = self.objects.get(&k).map(|h| h.obj.ctx.clone()).unwrap_or_default();
+                        // A node reports only what it owns: one that holds an object it no longer
+                        // owns (handing it off) must not count as one of its holders.
+                        let owned = self.objects.get(&k).filter(|_| self.owns(&k));
+                        let ctx = owned.map(|h| h.obj.ctx.clone()).unwrap_or_default();
                         (k, ctx)
                     })
                     .collect();
@@ -663,7 +693,7 @@ impl Replica {
             self.merge(delta.key.clone(), &delta.state);
             self.join_pending(&delta.key);
         } else if self.pending_count >= MAX_PENDING_DELTAS {
-            self.held.push(CrdtOutput::Send { to: from, msg: Gossip::Pull(vec![delta.key]) });
+            self.pull_soon.insert((from, delta.key));
         } else {
             self.pending_count += 1;
             self.pending.entry(delta.key.clone()).or_default().push((from, delta, self.now_ms));
@@ -704,6 +734,9 @@ impl Replica {
     fn expire_pending(&mut self) {
         let since = self.now_ms.saturating_sub(self.cfg.retry_ms);
         let mut pulls: BTreeMap<NodeId, BTreeSet<Key>> = BTreeMap::new();
+        for (from, key) in std::mem::take(&mut self.pull_soon) {
+            pulls.entry(from).or_default().insert(key);
+        }
         for (key, list) in self.pending.iter_mut() {
             list.retain(|(from, _, at)| {
                 let keep = *at > since;
@@ -743,16 +776,15 @@ impl Replica {
             // The HLC's receive rule: later local writes order after what this node has seen.
             self.hlc = self.hlc.max(h);
         }
-        if let Some(&top) = self.dropped.get(&key) {
-            if state.ctx.top(self.cfg.id) >= top {
-                // Back with every dot this node made before it dropped the object.
-                self.dropped.remove(&key);
-            }
-        }
         let owned = self.owns(&key);
+        // Rights on a bounded counter given to this node can be spent only here: such a state is
+        // taken even if this node does not own the counter (it hands the rights on to an owner).
+        // (Not from a state older than this node's own last dot: its rights there are stale.)
+        let rights_here = matches!(state.value(self.cfg.id), Value::Bounded { rights: 1.., .. })
+            && state.ctx.top(self.cfg.id) >= self.dropped.get(&key).copied().unwrap_or(0);
         let held = match self.objects.get_mut(&key) {
             Some(h) => h,
-            None if !owned => {
+            None if !owned && !rights_here => {
                 // Not ours (a peer routes by an older topology): its owners get it from it.
                 return;
             }
@@ -763,6 +795,9 @@ impl Replica {
                         "CRDT object limit reached: a peer's new object is not taken"
                     );
                     return;
+                }
+                if !owned {
+                    self.foreign.insert(key.clone());
                 }
                 self.objects.entry(key.clone()).or_insert(Held { obj: key.kind.empty(), hash: 0 })
             }
@@ -786,6 +821,13 @@ impl Replica {
         if held.obj.join(state).is_err() {
             return;
         }
+        let own_top = held.obj.ctx.top(self.cfg.id);
+        if self.dropped.get(&key).is_some_and(|&top| own_top >= top) {
+            // Back with every dot this node made before it dropped the object.
+            self.dropped.remove(&key);
+            self.marks_to_write.insert(key.clone(), 0);
+        }
+        let held = self.objects.get_mut(&key).expect("held");
         if held.obj != before {
             self.changed(&key, false);
         }
@@ -818,7 +860,7 @@ impl Replica {
             // Planted bug: the round's answers and deltas leave before its write.
             self.release();
         }
-        if self.to_write.is_empty() {
+        if self.to_write.is_empty() && self.marks_to_write.is_empty() {
             return Vec::new();
         }
         // A probe's reply says what is on this node's disk: it waits for the write.
@@ -830,7 +872,10 @@ impl Replica {
         }
         self.local_changes = false;
         self.dirty_since = None;
-        std::mem::take(&mut self.to_write).into_iter().collect()
+        let mut out: Vec<(Key, Vec<u8>)> = std::mem::take(&mut self.to_write).into_iter().collect();
+        let marks = std::mem::take(&mut self.marks_to_write);
+        out.extend(marks.into_iter().map(|(k, top)| (k, store::dropped_marker(top))));
+        out
     }
 
     /// The last [`Replica::take_write`] is durable: the round's answers and messages may go.
@@ -866,7 +911,8 @@ impl Replica {
         let merged = self.dirty_since.map_or(u64::MAX, |t| t + MERGE_WRITE_DELAY_MS);
         let pending =
             self.pending.values().flatten().map(|(_, _, at)| at + self.cfg.retry_ms).min().unwrap_or(u64::MAX);
-        waits.min(self.next_anti_entropy_ms).min(merged).min(pending)
+        let soon = if self.pull_soon.is_empty() { u64::MAX } else { self.now_ms };
+        waits.min(self.next_anti_entropy_ms).min(merged).min(pending).min(soon)
     }
 
     /// The digest (for tests and status): one hash per bucket.

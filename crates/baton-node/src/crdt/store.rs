@@ -7,7 +7,7 @@
 //! old files; [`MemCrdtStore`] keeps them in memory for tests and the simulator.
 //!
 //! An object handed to its owners and dropped leaves a marker with the node's last dot of it
-//! ([`Stored::Dropped`]), or nothing if the node never updated it (an empty record deletes).
+//! ([`Stored::Dropped`], in a region of its own) if the node ever updated it.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -20,6 +20,9 @@ use crate::disk::{open_engine, DiskError, StoreRecovery};
 
 /// The raft-engine region holding the states.
 const REGION: u64 = 1;
+/// The region holding the markers of dropped objects (apart: an object held again keeps its
+/// marker until it has every dot the marker names).
+const MARKS: u64 = 2;
 /// Purge old log files after this many writes.
 const PURGE_EVERY: u64 = 256;
 
@@ -27,12 +30,13 @@ const PURGE_EVERY: u64 = 256;
 pub trait CrdtStore {
     /// Every stored record.
     fn load(&self) -> Result<Vec<(Key, Stored)>, DiskError>;
-    /// Writes records durably (fsync) before returning: encoded states, markers
-    /// ([`dropped_marker`]), or nothing (deletes the key's record).
+    /// Writes records durably (fsync) before returning: encoded states, or nothing (deletes the
+    /// key's state), or markers ([`dropped_marker`]; of 0: deletes the key's marker).
     fn write(&mut self, states: &[(Key, Vec<u8>)]) -> Result<(), DiskError>;
 }
 
-/// A stored record.
+/// A stored record (a key can have both: a marker, and a state that does not yet have every
+/// dot the marker names).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Stored {
     /// An object's state.
@@ -46,11 +50,8 @@ pub enum Stored {
 const DROPPED_MAGIC: &[u8; 8] = b"\xffDROPPED";
 
 /// The record of an object dropped here after its hand-off, this node's last dot of it being
-/// `top` (empty, a deletion, if 0).
+/// `top` (0: the marker's deletion).
 pub fn dropped_marker(top: u64) -> Vec<u8> {
-    if top == 0 {
-        return Vec::new();
-    }
     let mut v = DROPPED_MAGIC.to_vec();
     v.extend_from_slice(&top.to_le_bytes());
     v
@@ -60,10 +61,15 @@ fn key_bytes(key: &Key) -> Vec<u8> {
     bincode::serialize(key).expect("key encodes")
 }
 
+/// The marker's `top` if `bytes` is one.
+fn marker_of(bytes: &[u8]) -> Option<u64> {
+    (bytes.len() == 16 && bytes.starts_with(DROPPED_MAGIC))
+        .then(|| u64::from_le_bytes(bytes[8..].try_into().expect("8")))
+}
+
 fn decode_record(k: &[u8], v: &[u8]) -> Result<(Key, Stored), DiskError> {
     let key: Key = bincode::deserialize(k).map_err(|e| DiskError::Corrupt(format!("CRDT key: {e}")))?;
-    if v.len() == 16 && v.starts_with(DROPPED_MAGIC) {
-        let top = u64::from_le_bytes(v[8..].try_into().expect("8 bytes"));
+    if let Some(top) = marker_of(v) {
         return Ok((key, Stored::Dropped(top)));
     }
     let obj = decode_state(v).map_err(DiskError::Corrupt)?;
@@ -97,16 +103,18 @@ impl CrdtStore for EngineCrdtStore {
     fn load(&self) -> Result<Vec<(Key, Stored)>, DiskError> {
         let mut out = Vec::new();
         let mut failed = None;
-        self.engine.scan_raw_messages(REGION, None, None, false, |k, v| match decode_record(k, v) {
-            Ok(rec) => {
-                out.push(rec);
-                true
-            }
-            Err(e) => {
-                failed = Some(e);
-                false
-            }
-        })?;
+        for region in [REGION, MARKS] {
+            self.engine.scan_raw_messages(region, None, None, false, |k, v| match decode_record(k, v) {
+                Ok(rec) => {
+                    out.push(rec);
+                    true
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            })?;
+        }
         match failed {
             Some(e) => Err(e),
             None => Ok(out),
@@ -119,10 +127,11 @@ impl CrdtStore for EngineCrdtStore {
         }
         let mut batch = LogBatch::default();
         for (key, bytes) in states {
-            if bytes.is_empty() {
-                batch.delete(REGION, key_bytes(key));
-            } else {
-                batch.put(REGION, key_bytes(key), bytes.clone())?;
+            match (marker_of(bytes), bytes.is_empty()) {
+                (Some(0), _) => batch.delete(MARKS, key_bytes(key)),
+                (Some(_), _) => batch.put(MARKS, key_bytes(key), bytes.clone())?,
+                (None, true) => batch.delete(REGION, key_bytes(key)),
+                (None, false) => batch.put(REGION, key_bytes(key), bytes.clone())?,
             }
         }
         self.engine.write(&mut batch, true)?;
@@ -139,20 +148,22 @@ impl CrdtStore for EngineCrdtStore {
 #[derive(Clone, Debug, Default)]
 pub struct MemCrdtStore {
     states: BTreeMap<Key, Vec<u8>>,
+    marks: BTreeMap<Key, Vec<u8>>,
 }
 
 impl CrdtStore for MemCrdtStore {
     fn load(&self) -> Result<Vec<(Key, Stored)>, DiskError> {
-        self.states.iter().map(|(k, v)| decode_record(&key_bytes(k), v)).collect()
+        self.states.iter().chain(&self.marks).map(|(k, v)| decode_record(&key_bytes(k), v)).collect()
     }
 
     fn write(&mut self, states: &[(Key, Vec<u8>)]) -> Result<(), DiskError> {
         for (k, v) in states {
-            if v.is_empty() {
-                self.states.remove(k);
-            } else {
-                self.states.insert(k.clone(), v.clone());
-            }
+            match (marker_of(v), v.is_empty()) {
+                (Some(0), _) => self.marks.remove(k),
+                (Some(_), _) => self.marks.insert(k.clone(), v.clone()),
+                (None, true) => self.states.remove(k),
+                (None, false) => self.states.insert(k.clone(), v.clone()),
+            };
         }
         Ok(())
     }
@@ -177,18 +188,23 @@ mod tests {
             store.write(&[(key.clone(), super::super::gossip::encode_state(&obj))]).unwrap();
         }
         let store = EngineCrdtStore::open(dir.path()).unwrap();
-        assert_eq!(store.load().unwrap(), vec![(key.clone(), Stored::State(obj))]);
-        // A hand-off's marker, then a deletion, survive reopening too.
-        let other = Key::new(Kind::OrSet, "gone").unwrap();
+        assert_eq!(store.load().unwrap(), vec![(key.clone(), Stored::State(obj.clone()))]);
+        // A hand-off: the state deleted, a marker kept, both across reopening; a marker and a
+        // state of one key live side by side; a marker of 0 deletes the marker.
         {
             let mut store = store;
-            store.write(&[(key.clone(), dropped_marker(9)), (other.clone(), dropped_marker(0))]).unwrap();
+            store.write(&[(key.clone(), Vec::new()), (key.clone(), dropped_marker(9))]).unwrap();
         }
         let store = EngineCrdtStore::open(dir.path()).unwrap();
         assert_eq!(store.load().unwrap(), vec![(key.clone(), Stored::Dropped(9))]);
         drop(store);
         let mut store = EngineCrdtStore::open(dir.path()).unwrap();
-        store.write(&[(key, Vec::new())]).unwrap();
-        assert_eq!(store.load().unwrap(), vec![]);
+        store.write(&[(key.clone(), super::super::gossip::encode_state(&obj))]).unwrap();
+        assert_eq!(
+            store.load().unwrap(),
+            vec![(key.clone(), Stored::State(obj.clone())), (key.clone(), Stored::Dropped(9))]
+        );
+        store.write(&[(key.clone(), dropped_marker(0))]).unwrap();
+        assert_eq!(store.load().unwrap(), vec![(key, Stored::State(obj))]);
     }
 }

@@ -43,6 +43,11 @@ impl Replica {
     pub(super) fn give_rights(&mut self, to: NodeId, key: Key, n: u64) {
         // One grant per asker and counter per few retry periods: its repeats (and duplicates)
         // would otherwise be served again before the first grant reached it.
+        if !self.peer_owns(to, &key) || !self.owns(&key) {
+            // Rights given to a node that does not own the counter could only be spent there,
+            // and it would never see the transfer (deltas go to owners).
+            return;
+        }
         let recent = self.now_ms.saturating_sub(GIVE_MEMORY_RETRIES * self.cfg.retry_ms);
         if self.given.get(&(to, key.clone())).is_some_and(|&t| t >= recent) {
             return;

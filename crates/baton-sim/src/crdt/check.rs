@@ -58,6 +58,14 @@ impl World {
                     }
                 }
             }
+            (Kind::LwwRegister, Value::Register { stamp, .. }) => {
+                if let Some(own) = client.last_stamp.get(key).filter(|own| stamp.is_none_or(|s| s < **own)) {
+                    problems.push(format!(
+                        "{} read on node {node} shows the write stamped {stamp:?}, older than the session's own {own:?}",
+                        key.name
+                    ));
+                }
+            }
             _ => {}
         }
         if let Some(prev) = client.last_session.get(key) {
@@ -106,10 +114,14 @@ impl World {
 
     /// Every peer the read had to wait for (`must`) holds, on its disk, the updates `reader`
     /// had when the read arrived (`target`): up or crashed since.
-    pub(super) fn check_converged(&mut self, key: &Key, target: &Context, reader: u64, must: &[u64]) {
+    /// A peer whose placement changed during the wait is not judged: it may have stopped owning
+    /// the object, handed it to its other owners and dropped it, and own it again (the read's
+    /// owners are the reader's at its start; docs/PRIMITIVES.md says so).
+    pub(super) fn check_converged(&mut self, key: &Key, target: &Context, reader: u64, must: &[(u64, usize)]) {
         let lacking: Vec<u64> = must
             .iter()
-            .copied()
+            .filter(|(p, placed)| self.nodes[p].placed == *placed)
+            .map(|(p, _)| *p)
             .filter(|p| {
                 let stored = self.nodes[p].store.load().expect("memory store");
                 // A node that dropped the object handed it off first: it no longer owns it,
@@ -172,6 +184,15 @@ impl World {
             }
             let Some(obj) = first else { continue };
             self.check_durable(key, &obj.value(1));
+            // Rights only an owner can spend: none left with a node that does not own it.
+            if key.kind == Kind::BoundedCounter {
+                for id in self.nodes.keys().copied().filter(|id| !owners.contains(id)).collect::<Vec<_>>() {
+                    if let Value::Bounded { rights: r @ 1.., .. } = obj.value(id) {
+                        let detail = format!("{}: node {id}, which does not own it, holds {r} rights", key.name);
+                        self.violation("crdt-bounded", detail);
+                    }
+                }
+            }
         }
     }
 

@@ -25,8 +25,11 @@
 //! - **crdt-causal**: no node's state of an OR-set or MV register holds an entry that an
 //!   acknowledged update replaced while its context has that update's dot (a delta joined
 //!   before its causal past);
+//! - **crdt-dots**: no two acknowledged updates got the same dot (a node never issues a dot
+//!   twice, across crashes and hand-offs);
 //! - **crdt-bounded**: no node's state of a bounded counter ever has a value or any node's
-//!   rights below zero.
+//!   rights below zero, and after the heal no node that does not own a counter holds rights on
+//!   it (they could never be spent).
 //!
 //! Every checker has a planted bug it catches (`crates/baton-sim/tests/crdt.rs`).
 
@@ -207,7 +210,7 @@ struct SimNode {
 
 /// A request a node took: the client and its call, and for a converged read the object's
 /// context on the node when it arrived and the peers it must wait for.
-type Taken = (usize, u64, Option<(Context, Vec<u64>)>);
+type Taken = (usize, u64, Option<(Context, Vec<(u64, usize)>)>);
 
 /// What a client asked and must check when the answer comes.
 struct Call {
@@ -246,6 +249,8 @@ struct Truth {
     elem_ops: BTreeMap<Key, BTreeMap<String, Vec<(bool, bool)>>>,
     /// Acknowledged updates of dot-kernel objects (OR-sets, MV registers), per key.
     kernel_writes: BTreeMap<Key, Vec<KernelWrite>>,
+    /// The dot of every acknowledged update (each must be unique).
+    acked_dots: BTreeSet<(Key, baton_core::crdt::Dot)>,
 }
 
 /// An acknowledged OR-set or MV-register update: its dot, the context it was made in (the
@@ -279,8 +284,8 @@ struct World {
     placements: Vec<Arc<Placement>>,
     /// Per group, its owners now (with placement).
     group_owners: Vec<Vec<u64>>,
-    /// Per group, a move under way.
-    moving: BTreeSet<usize>,
+    /// Per group, a move under way: its new owners.
+    moving: BTreeMap<usize, Vec<u64>>,
 }
 
 /// Acknowledged updates per virtual second of `nodes` nodes with `clients_per_node` clients
@@ -361,7 +366,7 @@ impl World {
             seed,
             placements: Vec::new(),
             group_owners: Vec::new(),
-            moving: BTreeSet::new(),
+            moving: BTreeMap::new(),
         }
     }
 
@@ -478,9 +483,11 @@ impl World {
             Ev::Nemesis => self.nemesis(),
             Ev::Place { node, version } => self.place(node, version),
             Ev::EndMove { group, owners } => {
-                self.moving.remove(&group);
-                self.group_owners[group] = owners;
-                self.publish(300);
+                // (Ended already if the heal phase began first.)
+                if self.moving.remove(&group).is_some() {
+                    self.group_owners[group] = owners;
+                    self.publish(300);
+                }
             }
             Ev::Restart { node } => self.restart(node),
             Ev::HealPartition => self.heal_partition(),
@@ -504,6 +511,7 @@ impl World {
 
     /// Hands a client's request to node `node`'s replica.
     fn take_request(&mut self, node: u64, client: usize, call: u64, req: CrdtRequest) {
+        let placed_now: BTreeMap<u64, usize> = self.nodes.iter().map(|(id, n)| (*id, n.placed)).collect();
         let n = self.nodes.get_mut(&node).expect("node");
         n.next_id += 1;
         n.inputs += 1;
@@ -517,7 +525,10 @@ impl World {
                 let recent = self.now.saturating_sub(700 * MS);
                 let placed = (n.placed > 0).then(|| self.placements[n.placed - 1].clone());
                 let owns = |p: u64| placed.as_ref().is_none_or(|pl| pl.owners(key).contains(&p));
-                let must = n.heard.iter().filter(|(p, &t)| t >= recent && owns(**p)).map(|(p, _)| *p).collect();
+                let must: Vec<u64> =
+                    n.heard.iter().filter(|(p, &t)| t >= recent && owns(**p)).map(|(p, _)| *p).collect();
+                // With the placement each of them had then (see `check_converged`).
+                let must = must.into_iter().map(|p| (p, placed_now[&p])).collect();
                 Some((ctx, must))
             }
             _ => None,
@@ -795,6 +806,11 @@ impl World {
         self.clients[c].tokens.entry(key.clone()).or_default().join(&reply.token);
         if let Some(op) = &asked.op {
             self.report.acked_updates += 1;
+            let dot = baton_core::crdt::Dot { replica: node, seq: reply.token.top(node) };
+            if !self.truth.acked_dots.insert((key.clone(), dot)) {
+                let detail = format!("{}: two acknowledged updates got the dot {dot:?}", key.name);
+                self.violation("crdt-dots", detail);
+            }
             if self.cfg.cost.is_none() && self.rng.gen_bool(0.2) {
                 self.clients[c].follow = Some((key.clone(), node));
             }
@@ -818,7 +834,6 @@ impl World {
                 }
             }
             if matches!(key.kind, Kind::OrSet | Kind::MvRegister) {
-                let dot = baton_core::crdt::Dot { replica: node, seq: reply.token.top(node) };
                 let elem = match op {
                     Op::Insert(e) | Op::Remove(e) => Some(e.clone()),
                     _ => None,
@@ -856,6 +871,14 @@ impl World {
             // Lift everything: restart crashed nodes, heal partitions, stop losing messages.
             self.set_loss(0.0);
             self.crash_in_write.clear();
+            // Moves under way end now: the heal phase starts from the placement it ends with.
+            let moving = std::mem::take(&mut self.moving);
+            for (g, owners) in &moving {
+                self.group_owners[*g] = owners.clone();
+            }
+            if !moving.is_empty() {
+                self.publish(300);
+            }
             self.heal_partition();
             let down: Vec<u64> = self.nodes.iter().filter(|(_, n)| n.replica.is_none()).map(|(id, _)| *id).collect();
             for id in down {
@@ -916,7 +939,7 @@ impl World {
     /// ends (after 1 to 3 s), then the new set alone.
     fn start_move(&mut self) {
         let g = self.rng.gen_range(0..self.group_owners.len());
-        if self.moving.contains(&g) {
+        if self.moving.contains_key(&g) {
             return;
         }
         let n = self.cfg.nodes as u64;
@@ -924,7 +947,7 @@ impl World {
         if new == self.group_owners[g] {
             return;
         }
-        self.moving.insert(g);
+        self.moving.insert(g, new.clone());
         self.report.moves += 1;
         let both: BTreeSet<u64> = self.group_owners[g].iter().chain(&new).copied().collect();
         self.group_owners[g] = both.into_iter().collect();

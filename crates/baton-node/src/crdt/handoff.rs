@@ -41,6 +41,7 @@ impl Replica {
         }
         for key in &keys {
             self.give_away_rights(key);
+            self.unblock(key);
         }
         self.next_probe += 1;
         let probe = self.next_probe;
@@ -63,16 +64,30 @@ impl Replica {
     /// spent: each period an owner sends the counter's state to such a node, which takes it for
     /// its rights and hands them on to an owner (see `merge`).
     fn return_rights(&mut self) {
+        if self.placement.is_none() {
+            return;
+        }
+        // A page of counters per period, a cursor going round.
         let first = Key { kind: Kind::BoundedCounter, name: String::new() };
+        let from = self.rights_cursor.take().unwrap_or(first);
+        let page: Vec<&Key> = self
+            .objects
+            .range((std::ops::Bound::Excluded(&from), std::ops::Bound::Unbounded))
+            .map(|(k, _)| k)
+            .take_while(|k| k.kind == Kind::BoundedCounter)
+            .take(MAX_KEYS_PER_EXCHANGE)
+            .collect();
+        if page.len() == MAX_KEYS_PER_EXCHANGE {
+            self.rights_cursor = page.last().map(|k| (*k).clone());
+        }
+        let live = self.live_peers();
         let mut sends: Vec<(NodeId, Key)> = Vec::new();
-        for (key, held) in self.objects.range(first..).take_while(|(k, _)| k.kind == Kind::BoundedCounter) {
-            if sends.len() >= MAX_KEYS_PER_EXCHANGE {
-                break;
-            }
+        for key in page {
+            let held = &self.objects[key];
             if !self.owns(key) {
                 continue;
             }
-            for &p in self.peers.iter().filter(|&&p| !self.peer_owns(p, key)) {
+            for &p in live.iter().filter(|&&p| !self.peer_owns(p, key)) {
                 if matches!(held.obj.value(p), Value::Bounded { rights: 1.., .. }) {
                     sends.push((p, key.clone()));
                 }
@@ -98,6 +113,23 @@ impl Replica {
         }
     }
 
+    /// An object every owner holds all of, but that this node cannot drop (rights left here that
+    /// it cannot give, its own earlier dots not back): its state is stale, so it takes an
+    /// owner's (only then: pulling a hot object every period would keep it ahead of the owners'
+    /// reports and never dropped).
+    fn unblock(&mut self, key: &Key) {
+        let owners = self.placement.as_ref().map(|p| p.owners(key).to_vec()).unwrap_or_default();
+        if owners.is_empty() || !owners.iter().all(|&o| self.covered_by(key, o)) {
+            return;
+        }
+        let own_top = self.objects.get(key).map_or(0, |h| h.obj.ctx.top(self.cfg.id));
+        let behind = self.dropped.get(key).is_some_and(|&top| own_top < top);
+        if self.rights(key) > 0 || behind {
+            let to = owners[(self.now_ms / self.cfg.anti_entropy_ms.max(1)) as usize % owners.len()];
+            self.held.push(CrdtOutput::Send { to, msg: Gossip::Pull(vec![key.clone()]) });
+        }
+    }
+
     /// True if owner `owner` reported holding everything this node has of `key`.
     fn covered_by(&self, key: &Key, owner: NodeId) -> bool {
         let (Some(held), Some(ctx)) = (self.objects.get(key), self.handed.get(key).and_then(|m| m.get(&owner))) else {
@@ -117,11 +149,6 @@ impl Replica {
         for (key, ctx) in contexts {
             if !self.foreign.contains(&key) || !self.peer_owns(from, &key) || ctx.is_empty() {
                 continue;
-            }
-            if self.objects.get(&key).is_some_and(|h| !h.obj.ctx.covers(&ctx)) {
-                // The owner has updates this node lacks (rights given back, say): take them, so
-                // that what this node decides on (its rights, its last dot) is current.
-                self.held.push(CrdtOutput::Send { to: from, msg: Gossip::Pull(vec![key.clone()]) });
             }
             self.handed.entry(key.clone()).or_default().insert(from, ctx);
             let owners = self.placement.as_ref().map(|p| p.owners(&key).to_vec()).unwrap_or_default();

@@ -256,6 +256,8 @@ pub struct Replica {
     handed: BTreeMap<Key, BTreeMap<NodeId, Context>>,
     /// Where the next hand-off page starts (after this key).
     handoff_cursor: Option<Key>,
+    /// Where the next scan for rights held by non-owners starts (after this key).
+    rights_cursor: Option<Key>,
     /// Markers to write (or, with 0, to delete): see `dropped`.
     marks_to_write: BTreeMap<Key, u64>,
     /// Objects to pull from a peer at the next tick (deltas that found the pending queue full).
@@ -310,6 +312,7 @@ impl Replica {
             handed: BTreeMap::new(),
             handoff_probes: BTreeMap::new(),
             handoff_cursor: None,
+            rights_cursor: None,
             marks_to_write: BTreeMap::new(),
             pull_soon: BTreeSet::new(),
             dropped: BTreeMap::new(),
@@ -346,7 +349,13 @@ impl Replica {
     /// node owns every slot). Objects held in slots this node no longer owns are handed to
     /// their owners and dropped once each owner holds them.
     pub fn set_placement(&mut self, placement: Option<Arc<Placement>>) {
-        if self.placement.as_deref() == placement.as_deref() {
+        let same = match (self.placement.as_deref(), placement.as_deref()) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.same_owners(b),
+            _ => false,
+        };
+        if same {
+            // A new topology version with the same owners: hand-offs under way go on.
             return;
         }
         self.placement = placement;

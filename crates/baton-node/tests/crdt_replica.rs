@@ -495,3 +495,31 @@ fn rights_never_go_to_a_node_that_no_longer_owns_the_counter() {
     assert_eq!((v2, v3, r2 + r3), (10, 10, 10), "rights stranded outside the owners");
     assert!(net.replicas[&1].get(&k).is_none());
 }
+
+/// A node restarted with a stale copy of a counter it no longer owns (rights it had already
+/// given away, its own last dot beyond the copy): every owner holds all the copy has, yet the
+/// node can neither drop it (rights left) nor give the rights (its dots are not back). It pulls
+/// an owner's state, sees the rights gone, and drops it (a reviewer's case: it stayed stuck).
+#[test]
+fn a_stale_foreign_copy_is_refreshed_and_dropped() {
+    use baton_core::Hlc;
+    let mut net = Net::new(3);
+    let k = key(Kind::BoundedCounter, "seats");
+    let mut stale = Kind::BoundedCounter.empty();
+    stale.update(&k.name, 1, Op::Add(5), Hlc::default()).unwrap();
+    let mut current = stale.clone();
+    current.update(&k.name, 1, Op::Transfer { to: 2, n: 5 }, Hlc::default()).unwrap();
+    let ids = [1, 2, 3];
+    for id in [2, 3] {
+        net.replicas
+            .insert(id, Replica::new(ReplicaConfig::new(id), ids, vec![(k.clone(), Stored::State(current.clone()))]));
+    }
+    let recovered = vec![(k.clone(), Stored::State(stale)), (k.clone(), Stored::Dropped(2))];
+    net.replicas.insert(1, Replica::new(ReplicaConfig::new(1), ids, recovered));
+    place_all(&mut net, &[2, 3], 1);
+    assert_eq!(net.replicas[&1].foreign_len(), 1);
+    net.settle(5_000);
+    assert!(net.replicas[&1].get(&k).is_none(), "the stale copy is still held");
+    assert_eq!(net.replicas[&1].handed_off(), 1);
+    assert_eq!(net.value(2, &k), Value::Bounded { value: 5, rights: 5 });
+}

@@ -43,6 +43,7 @@ impl Replica {
             self.give_away_rights(key);
             self.unblock(key);
         }
+        keys.retain(|k| self.objects.contains_key(k));
         self.next_probe += 1;
         let probe = self.next_probe;
         self.handoff_probes.insert(probe, self.now_ms);
@@ -113,10 +114,10 @@ impl Replica {
         }
     }
 
-    /// An object every owner holds all of, but that this node cannot drop (rights left here that
-    /// it cannot give, its own earlier dots not back): its state is stale, so it takes an
-    /// owner's (only then: pulling a hot object every period would keep it ahead of the owners'
-    /// reports and never dropped).
+    /// An object every owner holds all of: dropped if nothing stops it now; else (rights left
+    /// here that it cannot give, its own earlier dots not back) its state is stale, and it takes
+    /// an owner's (only then: pulling a hot object every period would keep it ahead of the
+    /// owners' reports and never dropped).
     fn unblock(&mut self, key: &Key) {
         let owners = self.placement.as_ref().map(|p| p.owners(key).to_vec()).unwrap_or_default();
         if owners.is_empty() || !owners.iter().all(|&o| self.covered_by(key, o)) {
@@ -124,7 +125,10 @@ impl Replica {
         }
         let own_top = self.objects.get(key).map_or(0, |h| h.obj.ctx.top(self.cfg.id));
         let behind = self.dropped.get(key).is_some_and(|&top| own_top < top);
-        if self.rights(key) > 0 || behind {
+        if self.rights(key) <= 0 && !behind {
+            // Unblocked since the owners' last answers (which still cover it): nothing to wait for.
+            self.drop_object(key);
+        } else {
             let to = owners[(self.now_ms / self.cfg.anti_entropy_ms.max(1)) as usize % owners.len()];
             self.held.push(CrdtOutput::Send { to, msg: Gossip::Pull(vec![key.clone()]) });
         }

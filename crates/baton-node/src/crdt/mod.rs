@@ -775,10 +775,12 @@ impl Replica {
             return;
         }
         let own_top = self.objects.get(&key).map_or(0, |h| h.obj.ctx.top(self.cfg.id));
-        if state.ctx.top(self.cfg.id) > own_top {
+        let marker = self.dropped.get(&key).copied().unwrap_or(0);
+        if state.ctx.top(self.cfg.id) > own_top.max(marker) {
             // Only this node makes its dots, and none leaves it before it is durable: a peer
-            // holding more of them means this node's CRDT data was lost (joined now, so that its
-            // next dots come after them).
+            // holding more of them than this node has (or had, before it handed the object off)
+            // means this node's CRDT data was lost (joined now, so that its next dots come after
+            // them).
             tracing::warn!(key = ?key, "a peer holds updates this node made that its own store lacks: was the CRDT data folder lost?");
         }
         if let Some(h) = state.max_stamp() {
@@ -790,7 +792,7 @@ impl Replica {
         // taken even if this node does not own the counter (it hands the rights on to an owner).
         // (Not from a state older than this node's own last dot: its rights there are stale.)
         let rights_here = matches!(state.value(self.cfg.id), Value::Bounded { rights: 1.., .. })
-            && state.ctx.top(self.cfg.id) >= self.dropped.get(&key).copied().unwrap_or(0);
+            && state.ctx.top(self.cfg.id) >= marker;
         let held = match self.objects.get_mut(&key) {
             Some(h) => h,
             None if !owned && !rights_here => {

@@ -52,12 +52,6 @@ impl Placement {
         )
     }
 
-    /// Every slot owned by `nodes` (a cluster whose groups all live on every node).
-    pub fn everywhere(nodes: impl IntoIterator<Item = NodeId>) -> Placement {
-        let all: BTreeSet<NodeId> = nodes.into_iter().collect();
-        Placement::from_owners(std::iter::repeat_n(all, SLOTS as usize), 0)
-    }
-
     /// From one owner set per slot (for tests and the simulator).
     pub fn from_owners(per_slot: impl IntoIterator<Item = BTreeSet<NodeId>>, version: u64) -> Placement {
         let mut sets: Vec<Vec<NodeId>> = Vec::new();
@@ -121,6 +115,5 @@ mod tests {
         let both: BTreeSet<NodeId> = t.groups[&1].replicas.iter().chain(&t.groups[&3].replicas).copied().collect();
         assert_eq!(p.owners_of_slot(start), both.into_iter().collect::<Vec<_>>().as_slice());
         assert_eq!(p.owners_of_slot(start + 10), t.groups[&1].replicas.as_slice());
-        assert!(Placement::everywhere([1, 2]).owns(2, 77));
     }
 }

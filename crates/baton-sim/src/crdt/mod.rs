@@ -38,7 +38,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use baton_core::crdt::{Context, Key, Kind, Op, Value};
 use baton_core::Bugs;
 use baton_node::crdt::{
-    CrdtOutput, CrdtReply, CrdtRequest, CrdtStore, Gossip, MemCrdtStore, Placement, ReadLevel, Replica, ReplicaConfig,
+    CrdtFailure, CrdtOutput, CrdtReply, CrdtRequest, CrdtStore, Gossip, MemCrdtStore, Placement, ReadLevel, Replica,
+    ReplicaConfig,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -151,7 +152,7 @@ enum Ev {
         client: usize,
         call: u64,
         node: u64,
-        result: Result<CrdtReply, String>,
+        result: Result<CrdtReply, CrdtFailure>,
     },
     /// A node's write is durable (unless it crashed since: `epoch` tells).
     WriteDone {
@@ -647,7 +648,6 @@ impl World {
                         }
                     }
                     let lat = self.rng.gen_range(100..2_000);
-                    let result = result.map_err(|e| e.to_string());
                     self.at(self.now + lat, Ev::Reply { client, call, node, result });
                 }
                 CrdtOutput::Changed { .. } => {}
@@ -772,19 +772,19 @@ impl World {
         }
     }
 
-    fn on_reply(&mut self, c: usize, call: u64, node: u64, result: Result<CrdtReply, String>) {
+    fn on_reply(&mut self, c: usize, call: u64, node: u64, result: Result<CrdtReply, CrdtFailure>) {
         let Some((waiting, _)) = &self.clients[c].waiting else { return };
         if *waiting != call {
             return;
         }
         let (_, asked) = self.clients[c].waiting.take().expect("waiting");
-        if let (Err(e), Some(Op::Insert(el) | Op::Remove(el))) = (&result, &asked.op) {
-            if e.starts_with("this node holds no replica") {
-                self.report.not_owned += 1;
-                // Refused before anything applied: not an update of the element at all.
-                if let Some(ops) = self.truth.elem_ops.get_mut(&asked.key).and_then(|m| m.get_mut(el)) {
-                    ops.pop();
-                }
+        if let Err(CrdtFailure::NotOwned { .. }) = &result {
+            self.report.not_owned += 1;
+        }
+        if let (Err(CrdtFailure::NotOwned { .. }), Some(Op::Insert(el) | Op::Remove(el))) = (&result, &asked.op) {
+            // Refused before anything applied: not an update of the element at all.
+            if let Some(ops) = self.truth.elem_ops.get_mut(&asked.key).and_then(|m| m.get_mut(el)) {
+                ops.pop();
             }
         }
         let Ok(reply) = result else {
